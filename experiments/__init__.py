@@ -1,0 +1,1 @@
+"""Benchmarks and evaluations. Never imported by library code."""
