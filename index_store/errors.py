@@ -1,0 +1,45 @@
+"""latemm's error hierarchy, in one module at the bottom of the stack.
+
+``index_store`` and ``latemm`` raise these; each subclass also inherits the matching builtin, so
+``except ValueError`` keeps working. Messages say what was expected, what arrived, where (row,
+document id, file) and the fix.
+"""
+
+from __future__ import annotations
+
+
+class LatemmError(Exception):
+    """Base class of every error latemm raises on purpose."""
+
+
+class InputError(LatemmError, ValueError):
+    """Bad input: wrong shape, dtype, missing column, duplicate id, ... Nothing was written."""
+
+
+class IndexCorruptError(LatemmError, OSError):
+    """An index file is missing, truncated or does not match its checksum."""
+
+
+class IndexLockedError(LatemmError, RuntimeError):
+    """Another process holds the index's writer lock."""
+
+
+class IndexFormatError(LatemmError, ValueError):
+    """The index was written by an incompatible format version or with other settings."""
+
+
+class MissingDependencyError(LatemmError, ImportError):
+    """An optional dependency is not installed; the message gives the pip line."""
+
+
+def require(module: str, extra: str, package: str | None = None):  # type: ignore[no-untyped-def]
+    """Import an optional dependency or raise ``MissingDependencyError`` with the install line."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{module} is needed for this: pip install '{package or module}' "
+            f"(or pip install 'latemm[{extra}]')"
+        ) from exc

@@ -1,0 +1,102 @@
+"""What every encoder returns and promises. numpy only; no model code here.
+
+An encoder turns documents (pages: text and/or image) and queries into multi-vectors: one flat
+float32 (N, d) array plus (n + 1,) int64 offsets, padding already removed.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class MultiVectors:
+    """n multi-vector sets as a flat (N, d) float32 array and (n + 1,) int64 offsets."""
+
+    vectors: np.ndarray
+    offsets: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.offsets.size - 1)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.vectors[self.offsets[i] : self.offsets[i + 1]]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @classmethod
+    def from_arrays(cls, arrays: Sequence[np.ndarray], dim: int) -> MultiVectors:
+        offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+        np.cumsum([len(a) for a in arrays], out=offsets[1:])
+        if not arrays:
+            return cls(np.zeros((0, dim), np.float32), offsets)
+        return cls(np.concatenate(arrays).astype(np.float32, copy=False), offsets)
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """The identity of an encoder, recorded in an index manifest and checked at search time."""
+
+    family: str
+    name_or_path: str
+    dim: int
+    revision: str | None = None
+    query_template: str | None = None
+    document_template: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "family": self.family,
+            "name_or_path": self.name_or_path,
+            "dim": self.dim,
+            "revision": self.revision,
+            "query_template": self.query_template,
+            "document_template": self.document_template,
+            "options": dict(self.options),
+        }
+
+
+@dataclass(frozen=True)
+class Page:
+    """One document to encode: its text, its image (PIL image or encoded bytes), or both."""
+
+    text: str | None = None
+    image: Any = None
+
+
+class Encoder(ABC):
+    """Turns pages and queries into multi-vectors."""
+
+    info: EncoderInfo
+
+    @property
+    def dim(self) -> int:
+        return self.info.dim
+
+    @abstractmethod
+    def encode_documents(
+        self,
+        documents: Sequence[Page | str],
+        *,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> MultiVectors:
+        """Multi-vectors of the documents, in input order."""
+
+    @abstractmethod
+    def encode_queries(
+        self,
+        queries: Sequence[Page | str],
+        *,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> MultiVectors:
+        """Multi-vectors of the queries, in input order."""

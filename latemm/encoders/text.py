@@ -1,0 +1,398 @@
+"""Late-interaction text encoders from any Hugging Face text model.
+
+Covers plain encoders (the packaged all-MiniLM-L6-v2, any BERT-like model), sentence-transformers
+folders (their Dense layers and normalisation are applied), and ColBERT checkpoints in the PyLate
+layout (Dense projection, query/document prefixes, query augmentation with mask tokens) or the
+Stanford layout (a ``linear`` layer beside the BERT weights). Text longer than the model's window
+is encoded in overlapping windows and every token keeps one vector, taken from the window where
+it sits most centrally. Only this module and its siblings import ``transformers``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from index_store.errors import InputError
+from latemm.encoders.base import Encoder, EncoderInfo, MultiVectors, Page
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on a GPU, float32 on the CPU."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+@dataclass(frozen=True)
+class _Linear:
+    weight: torch.Tensor  # (out, in)
+    bias: torch.Tensor | None
+    activation: str | None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.nn.functional.linear(
+            x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype)
+        )
+        if self.activation and self.activation.endswith("Tanh"):
+            y = torch.tanh(y)
+        return y
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as fh:
+        return dict(json.load(fh))
+
+
+def _local_folder(name_or_path: str, revision: str | None) -> Path | None:
+    """The local folder of a model: the path itself, or the hub snapshot (downloaded if needed)."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name_or_path, revision=revision))
+    except Exception:  # noqa: BLE001 - offline or unknown id: transformers gives the real error
+        return None
+
+
+class TextEncoder(Encoder):
+    """Token-level (or pooled) vectors from a Hugging Face text encoder.
+
+    Parameters
+    ----------
+    name_or_path
+        Hub id or local folder (a plain transformers model, a sentence-transformers folder, or a
+        ColBERT checkpoint).
+    revision, trust_remote_code
+        Passed to ``from_pretrained``; remote code stays off unless asked for.
+    device, dtype
+        Defaults: CUDA if available, else CPU; bf16 on GPU, float32 on CPU.
+    pooling
+        ``None`` keeps one vector per token (late interaction); ``"mean"`` or ``"cls"`` gives
+        one vector per text, so dense baselines run through the same index.
+    normalize
+        L2-normalise every output vector (default: True).
+    max_length
+        Window length in tokens including special tokens (default: the model's limit).
+    window_overlap
+        Tokens shared by consecutive windows for long texts.
+    batch_size
+        Windows per forward pass.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str,
+        *,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        pooling: str | None = None,
+        normalize: bool = True,
+        max_length: int | None = None,
+        window_overlap: int = 64,
+        batch_size: int = 32,
+        query_length: int | None = None,
+    ) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        if pooling not in (None, "mean", "cls"):
+            raise InputError(f"pooling must be None, 'mean' or 'cls', got {pooling!r}")
+        self.device = torch.device(device) if device is not None else default_device()
+        self.dtype = dtype or default_dtype(self.device)
+        folder = _local_folder(name_or_path, revision)
+        st_modules = _read_json_list(folder / "modules.json") if folder else []
+        transformer_dir = folder
+        self.dense: list[_Linear] = []
+        st_normalize = False
+        for module in st_modules:
+            kind = module.get("type", "")
+            sub = folder / module.get("path", "") if folder else None
+            if kind.endswith("models.Transformer") and sub is not None:
+                transformer_dir = sub
+            elif kind.endswith("Dense") and sub is not None:
+                self.dense.append(_load_dense(sub))
+            elif kind.endswith("Normalize"):
+                st_normalize = True
+        source = str(transformer_dir) if transformer_dir is not None else name_or_path
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            source, revision=None if folder else revision, trust_remote_code=trust_remote_code
+        )
+        self.model = AutoModel.from_pretrained(
+            source,
+            revision=None if folder else revision,
+            trust_remote_code=trust_remote_code,
+            dtype=self.dtype,
+        ).to(self.device)
+        self.model.eval()
+        st_config = {}
+        if folder is not None and (folder / "config_sentence_transformers.json").is_file():
+            st_config = _read_json(folder / "config_sentence_transformers.json")
+        # Stanford ColBERT checkpoints keep the projection as `linear.weight` next to BERT.
+        if not self.dense and folder is not None and (folder / "model.safetensors").is_file():
+            weights = _load_safetensors(folder / "model.safetensors")
+            if "linear.weight" in weights:
+                self.dense.append(_Linear(weights["linear.weight"].to(self.device), None, None))
+        self.query_prefix: str = st_config.get("query_prefix") or ""
+        self.document_prefix: str = st_config.get("document_prefix") or ""
+        is_colbert = bool(self.query_prefix) or "linear.weight" in _safetensor_keys(folder)
+        self.query_length = (
+            query_length or st_config.get("query_length") or (32 if is_colbert else None)
+        )
+        self.augment_queries = bool(st_config.get("do_query_expansion", is_colbert))
+        self.pooling = pooling
+        self.normalize = normalize or st_normalize
+        limit = _model_window(self.model, self.tokenizer, folder)
+        self.max_length = min(max_length or limit, limit)
+        self.window_overlap = window_overlap
+        self.batch_size = batch_size
+        self.num_special = self.tokenizer.num_special_tokens_to_add(pair=False)
+        if self.max_length - self.num_special <= 2 * window_overlap:
+            raise InputError(
+                f"window_overlap={window_overlap} is too large for windows of {self.max_length} "
+                "tokens; use at most a third of the window"
+            )
+        dim = self.dense[-1].weight.shape[0] if self.dense else int(self.model.config.hidden_size)
+        self.info = EncoderInfo(
+            family="text",
+            name_or_path=name_or_path,
+            dim=int(dim),
+            revision=revision,
+            query_template=self.query_prefix + "{query}" if self.query_prefix else None,
+            document_template=self.document_prefix + "{text}" if self.document_prefix else None,
+            options={
+                "pooling": pooling,
+                "normalize": self.normalize,
+                "max_length": self.max_length,
+                "window_overlap": window_overlap,
+                "query_length": self.query_length,
+            },
+        )
+
+    # ----------------------------------------------------------------------------------------
+    def encode_documents(
+        self,
+        documents: Sequence[Page | str],
+        *,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> MultiVectors:
+        texts = [_text_of(d, i, "document") for i, d in enumerate(documents)]
+        return self._encode(
+            [self.document_prefix + t for t in texts], batch_size, progress, augment=False
+        )
+
+    def encode_queries(
+        self,
+        queries: Sequence[Page | str],
+        *,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> MultiVectors:
+        texts = [_text_of(q, i, "query") for i, q in enumerate(queries)]
+        return self._encode(
+            [self.query_prefix + t for t in texts],
+            batch_size,
+            progress,
+            augment=self.augment_queries,
+        )
+
+    # ----------------------------------------------------------------------------------------
+    def _encode(
+        self, texts: list[str], batch_size: int | None, progress: bool, *, augment: bool
+    ) -> MultiVectors:
+        windows = self._windows(texts, augment=augment)
+        order = sorted(range(len(windows)), key=lambda w: len(windows[w].ids))
+        per_text: list[list[tuple[int, torch.Tensor]]] = [[] for _ in texts]
+        size = batch_size or self.batch_size
+        batches = [order[b : b + size] for b in range(0, len(order), size)]
+        iterator: Any = batches
+        if progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(batches, desc="encoding", unit="batch")
+        pad_id = self.tokenizer.pad_token_id or 0
+        with torch.inference_mode():
+            for batch in iterator:
+                longest = max(len(windows[w].ids) for w in batch)
+                input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+                attention = torch.zeros((len(batch), longest), dtype=torch.long)
+                for row, w in enumerate(batch):
+                    input_ids[row, : len(windows[w].ids)] = torch.tensor(windows[w].ids)
+                    attention[row, : len(windows[w].ids)] = 1
+                hidden = self.model(
+                    input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device)
+                ).last_hidden_state  # (B, L, h)
+                for row, w in enumerate(batch):
+                    window = windows[w]
+                    if self.pooling == "mean":
+                        vectors = hidden[row, : len(window.ids)].float().mean(dim=0, keepdim=True)
+                    elif self.pooling == "cls":
+                        vectors = hidden[row, :1].float()
+                    else:
+                        vectors = hidden[row, window.keep].float()  # (kept, h)
+                    per_text[window.text].append((window.start, vectors))
+        arrays = []
+        for parts in per_text:
+            parts.sort(key=lambda p: p[0])
+            if self.pooling is not None:
+                # Long texts: the mean of their windows' pooled vectors.
+                vectors = torch.cat([p[1] for p in parts]).mean(dim=0, keepdim=True)
+            else:
+                vectors = _stitch(parts, self.window_overlap)
+            for layer in self.dense:
+                vectors = layer(vectors)
+            if self.normalize:
+                vectors = torch.nn.functional.normalize(vectors, dim=-1)
+            arrays.append(vectors.cpu().numpy().astype(np.float32))
+        return MultiVectors.from_arrays(arrays, self.dim)
+
+    def _windows(self, texts: list[str], *, augment: bool) -> list[_Window]:
+        """Tokenise into model windows; long texts overflow into windows sharing
+        ``window_overlap`` tokens. Each window lists the positions whose vectors are kept."""
+        mask_id = self.tokenizer.mask_token_id
+        if augment and self.query_length:
+            # ColBERT query augmentation: pad to query_length and turn the padding into [MASK].
+            encoded = self.tokenizer(
+                texts,
+                padding="max_length",
+                truncation=True,
+                max_length=self.query_length,
+                return_special_tokens_mask=True,
+            )
+            out = []
+            for i in range(len(texts)):
+                ids = list(encoded["input_ids"][i])
+                real = encoded["attention_mask"][i]
+                special = encoded["special_tokens_mask"][i]
+                ids = [t if m else mask_id for t, m in zip(ids, real, strict=True)]
+                keep = [j for j in range(len(ids)) if not special[j] or not real[j]]
+                out.append(_Window(i, 0, ids, keep))
+            self._check_tokens(texts, out)
+            return out
+        encoded = self.tokenizer(
+            texts,
+            truncation=True,
+            max_length=self.max_length,
+            stride=self.window_overlap,
+            return_overflowing_tokens=True,
+            return_special_tokens_mask=True,
+        )
+        mapping = encoded["overflow_to_sample_mapping"]
+        seen: dict[int, int] = {}
+        out = []
+        for w, text in enumerate(mapping):
+            n = seen.get(text, 0)
+            seen[text] = n + 1
+            special = encoded["special_tokens_mask"][w]
+            keep = [j for j, s in enumerate(special) if not s]
+            out.append(_Window(int(text), n, list(encoded["input_ids"][w]), keep))
+        self._check_tokens(texts, out)
+        return out
+
+    @staticmethod
+    def _check_tokens(texts: list[str], windows: list[_Window]) -> None:
+        kept = np.zeros(len(texts), dtype=np.int64)
+        for window in windows:
+            kept[window.text] += len(window.keep)
+        empty = np.flatnonzero(kept == 0)
+        if empty.size:
+            raise InputError(
+                f"text {int(empty[0])} has no tokens after tokenisation ({texts[int(empty[0])]!r});"
+                " remove or fill it"
+            )
+
+
+@dataclass(frozen=True)
+class _Window:
+    text: int  # index of the text it came from
+    start: int  # window number within that text
+    ids: list[int]  # token ids with special tokens
+    keep: list[int]  # positions whose vectors are kept
+
+
+def _stitch(parts: list[tuple[int, torch.Tensor]], overlap: int) -> torch.Tensor:
+    """One vector per token from windows that share ``overlap`` tokens: each shared token comes
+    from the window where it is farther from an edge (half the overlap to each side)."""
+    if len(parts) == 1:
+        return parts[0][1]
+    half = overlap // 2
+    pieces = []
+    for n, (_, vectors) in enumerate(parts):
+        lo = 0 if n == 0 else overlap - half
+        hi = vectors.shape[0] if n == len(parts) - 1 else vectors.shape[0] - half
+        pieces.append(vectors[lo:hi])
+    return torch.cat(pieces)
+
+
+def _text_of(item: Page | str, index: int, kind: str) -> str:
+    text = item.text if isinstance(item, Page) else item
+    if not isinstance(text, str):
+        raise InputError(
+            f"{kind} {index} has no text (got {type(text).__name__}); a text encoder needs text"
+        )
+    if not text.strip():
+        raise InputError(f"{kind} {index} is empty text; drop it or give it content")
+    return text
+
+
+def _read_json_list(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8") as fh:
+        return list(json.load(fh))
+
+
+def _safetensor_keys(folder: Path | None) -> set[str]:
+    if folder is None or not (folder / "model.safetensors").is_file():
+        return set()
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as fh:
+        return set(fh.keys())
+
+
+def _load_dense(folder: Path) -> _Linear:
+    """A sentence-transformers Dense module: config.json plus safetensors weights."""
+    config = _read_json(folder / "config.json")
+    path = folder / "model.safetensors"
+    if not path.is_file():
+        raise InputError(
+            f"{folder} has no model.safetensors; latemm never unpickles weights "
+            "(convert pytorch_model.bin to safetensors)"
+        )
+    weights = _load_safetensors(path)
+    weight = weights.get("linear.weight")
+    if weight is None:
+        raise InputError(f"{path} has no 'linear.weight' tensor (found {sorted(weights)})")
+    return _Linear(weight, weights.get("linear.bias"), config.get("activation_function"))
+
+
+def _model_window(model: Any, tokenizer: Any, folder: Path | None) -> int:
+    limit = int(getattr(model.config, "max_position_embeddings", 512) or 512)
+    if folder is not None and (folder / "sentence_bert_config.json").is_file():
+        limit = min(
+            limit,
+            int(_read_json(folder / "sentence_bert_config.json").get("max_seq_length", limit)),
+        )
+    model_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(model_max, int) and 0 < model_max < limit:
+        limit = model_max
+    return limit
