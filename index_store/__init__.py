@@ -3,6 +3,7 @@
 Imports ``fde``, numpy, pyarrow and faiss; never ``latemm`` or any model code.
 """
 
+from index_store.config import IndexConfig, default_fde_config
 from index_store.errors import (
     IndexCorruptError,
     IndexFormatError,
@@ -11,12 +12,21 @@ from index_store.errors import (
     LatemmError,
     MissingDependencyError,
 )
+from index_store.store import Document, Index, IndexWriter, create, open_index, verify
 
 __all__ = [
+    "Document",
+    "Index",
+    "IndexConfig",
     "IndexCorruptError",
     "IndexFormatError",
     "IndexLockedError",
+    "IndexWriter",
     "InputError",
     "LatemmError",
     "MissingDependencyError",
+    "create",
+    "default_fde_config",
+    "open_index",
+    "verify",
 ]

@@ -7,6 +7,9 @@ document id, file) and the fix.
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 
 class LatemmError(Exception):
     """Base class of every error latemm raises on purpose."""
@@ -32,10 +35,8 @@ class MissingDependencyError(LatemmError, ImportError):
     """An optional dependency is not installed; the message gives the pip line."""
 
 
-def require(module: str, extra: str, package: str | None = None):  # type: ignore[no-untyped-def]
+def require(module: str, extra: str, package: str | None = None) -> ModuleType:
     """Import an optional dependency or raise ``MissingDependencyError`` with the install line."""
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as exc:
