@@ -3,4 +3,36 @@ transformers."""
 
 from latemm.encoders.base import Encoder, EncoderInfo, MultiVectors, Page
 
-__all__ = ["Encoder", "EncoderInfo", "MultiVectors", "Page"]
+__all__ = ["Encoder", "EncoderInfo", "MultiVectors", "Page", "load_encoder"]
+
+
+def load_encoder(name_or_path: str, **options: object) -> Encoder:
+    """An encoder for a hub id or local folder, chosen from its config.
+
+    Vision retrieval checkpoints (ColPali, ColQwen2/2.5, ColModernVBert) get ``ColVisionEncoder``;
+    a folder with a vision model plus a projection gets ``VLMProjectionEncoder``; anything else is
+    treated as a text encoder (sentence-transformers folders and ColBERT checkpoints included).
+    """
+    from latemm.encoders.text import TextEncoder
+
+    family = _model_type(name_or_path)
+    if family in {"colpali", "colqwen2", "colmodernvbert"}:
+        from latemm.encoders.vision import ColVisionEncoder
+
+        return ColVisionEncoder(name_or_path, **options)  # type: ignore[arg-type]
+    return TextEncoder(name_or_path, **options)  # type: ignore[arg-type]
+
+
+def _model_type(name_or_path: str) -> str | None:
+    import json
+    from pathlib import Path
+
+    path = Path(name_or_path) / "config.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8")).get("model_type")
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(name_or_path).model_type  # type: ignore[no-any-return]
+    except Exception:  # noqa: BLE001 - offline hub id: the encoder's own loading gives the error
+        return None

@@ -1,0 +1,215 @@
+"""The ``latemm`` command line: index, search, info, delete, compact, verify, eval."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from index_store.errors import LatemmError
+
+
+def _columns(args: argparse.Namespace, id_default: str):  # type: ignore[no-untyped-def]
+    from latemm.io import Columns
+
+    return Columns(
+        id=args.id_column or id_default,
+        image=args.image_column,
+        text=args.text_column,
+        embedding=args.embedding_column,
+    )
+
+
+def _add_column_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--id-column", default=None, help="id column (default doc_id / query_id)")
+    parser.add_argument("--image-column", default="image")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--embedding-column", default="embedding")
+
+
+def _encoder(name: str | None, index_dir: str | None = None, device: str | None = None):  # type: ignore[no-untyped-def]
+    from latemm.encoders import load_encoder
+
+    if name is None and index_dir is not None:
+        from index_store import Index
+
+        recorded = Index.open(index_dir, verify="none").config.encoder
+        name = recorded["name_or_path"] if recorded else None
+    if name is None:
+        return None
+    return load_encoder(name, **({"device": device} if device else {}))
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from latemm.pipeline import index_corpus
+
+    start = time.perf_counter()
+    report = index_corpus(
+        args.corpus,
+        args.index,
+        encoder=_encoder(args.encoder, device=args.device),
+        columns=_columns(args, "doc_id"),
+        dtype=args.dtype,
+        faiss_factory=args.faiss,
+        commit_every=args.commit_every,
+        on_existing=args.on_existing,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
+    print(
+        f"added {report.added} documents, skipped {report.skipped} already indexed; "
+        f"{report.documents} in {args.index} (generation {report.generation}) "
+        f"in {time.perf_counter() - start:.1f}s"
+    )
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from latemm.pipeline import search_file
+
+    start = time.perf_counter()
+    encoder = _encoder(args.encoder, args.index, args.device)
+    run = search_file(
+        args.index,
+        args.queries,
+        args.out,
+        encoder=encoder,
+        columns=_columns(args, "query_id"),
+        k=args.k,
+        candidates=args.candidates,
+        where=args.where,
+        batch_size=args.batch_size,
+        trec=args.trec,
+        progress=not args.quiet,
+    )
+    queries = len(set(run.column("query_id").to_pylist()))
+    elapsed = time.perf_counter() - start
+    print(
+        f"searched {queries} queries in {elapsed:.1f}s ({queries / max(elapsed, 1e-9):.1f} queries/s); wrote {args.out}"
+    )
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from index_store import Index
+
+    print(json.dumps(Index.open(args.index).stats(), indent=2))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from index_store import Index, create
+
+    ids = list(args.ids or [])
+    if args.ids_file:
+        ids += [
+            line.strip() for line in Path(args.ids_file).read_text().splitlines() if line.strip()
+        ]
+    with create(args.index, Index.open(args.index, verify="none").config) as writer:
+        found = writer.delete(ids, missing_ok=args.missing_ok)
+        writer.commit()
+    print(f"deleted {found} documents from {args.index}")
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    from index_store import Index, create
+
+    with create(args.index, Index.open(args.index, verify="none").config) as writer:
+        generation = writer.compact()
+    print(f"compacted {args.index} (generation {generation})")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from index_store import verify
+
+    problems = verify(args.index)
+    if problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        print(f"{args.index}: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"{args.index}: all files match their checksums")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="latemm", description="Late-interaction retrieval over visual documents."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("index", help="add a Parquet corpus to an index (creates it if needed)")
+    p.add_argument("corpus", help="corpus Parquet file or directory")
+    p.add_argument("--index", required=True, help="index directory")
+    p.add_argument(
+        "--encoder",
+        default=None,
+        help="hub id or local folder; not needed with an embedding column",
+    )
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32", "int8", "binary"])
+    p.add_argument(
+        "--faiss",
+        default="Flat",
+        help="faiss factory string for the FDE index (Flat, HNSW32, IVF256,PQ64)",
+    )
+    p.add_argument("--commit-every", type=int, default=512, help="documents per commit")
+    p.add_argument("--on-existing", default="skip", choices=["skip", "upsert", "error"])
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_column_flags(p)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="search a Parquet file of queries into a run file")
+    p.add_argument("index")
+    p.add_argument("queries")
+    p.add_argument("--out", required=True, help="run Parquet file")
+    p.add_argument("--trec", default=None, help="also write a TREC run file")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument(
+        "--candidates", type=int, default=None, help="first-stage candidates rescored exactly"
+    )
+    p.add_argument("--where", default=None, help='SQL filter on metadata, e.g. "year >= 2020"')
+    p.add_argument("--encoder", default=None, help="override the index's recorded encoder")
+    p.add_argument("--device", default=None)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--quiet", action="store_true")
+    _add_column_flags(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("info", help="index statistics as JSON")
+    p.add_argument("index")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("delete", help="delete documents by id")
+    p.add_argument("index")
+    p.add_argument("--ids", nargs="*")
+    p.add_argument("--ids-file", default=None, help="file with one doc_id per line")
+    p.add_argument("--missing-ok", action="store_true")
+    p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("compact", help="rewrite the index without deleted documents")
+    p.add_argument("index")
+    p.set_defaults(func=cmd_compact)
+
+    p = sub.add_parser("verify", help="check every file's checksum")
+    p.add_argument("index")
+    p.set_defaults(func=cmd_verify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except LatemmError as exc:
+        print(f"latemm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

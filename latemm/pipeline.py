@@ -1,0 +1,228 @@
+"""The batch jobs behind the CLI, usable from Python: index a corpus file, search a query file.
+
+Both stream their input in record batches, show progress, and are safe to interrupt: indexing
+commits every ``commit_every`` documents and a re-run skips what is committed; searching appends
+finished query batches to the run file's parts and a re-run continues after the last one.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from index_store import Index, IndexConfig, create, default_fde_config
+from index_store.errors import InputError
+from latemm.encoders.base import Encoder, Page
+from latemm.io import RUN_SCHEMA, Batch, Columns, count_rows, image_bytes, read_batches
+
+
+@dataclass(frozen=True)
+class IndexReport:
+    added: int
+    skipped: int
+    documents: int
+    generation: int
+
+
+def _progress(total: int | None, desc: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="doc", disable=not enabled, file=sys.stderr)
+
+
+def _pages(batch: Batch, source: Path) -> list[Page]:
+    texts = batch.table.column("text").to_pylist() if "text" in batch.table.column_names else None
+    images = (
+        batch.table.column("image").to_pylist() if "image" in batch.table.column_names else None
+    )
+    pages = []
+    for i in range(len(batch.ids)):
+        text = texts[i] if texts else None
+        image = None
+        if images and images[i] is not None:
+            try:
+                image = image_bytes(images[i])
+            except (InputError, OSError) as exc:
+                raise InputError(
+                    f"{source}, row {batch.first_row + i}, doc_id {batch.ids[i]!r}: {exc}"
+                ) from exc
+        if text is None and image is None:
+            raise InputError(
+                f"{source}, row {batch.first_row + i}, doc_id {batch.ids[i]!r}: no text, image or embedding; "
+                "every row needs content"
+            )
+        pages.append(Page(text=text, image=image))
+    return pages
+
+
+def index_corpus(
+    corpus: str | Path,
+    index_dir: str | Path,
+    *,
+    encoder: Encoder | None = None,
+    columns: Columns | None = None,
+    dtype: str = "float16",
+    faiss_factory: str = "Flat",
+    commit_every: int = 512,
+    on_existing: str = "skip",
+    batch_size: int = 64,
+    progress: bool = True,
+) -> IndexReport:
+    """Add a Parquet corpus (file or directory) to an index, creating it if needed.
+
+    With an ``embedding`` column no model is used; otherwise ``encoder`` encodes the pages.
+    ``on_existing``: ``skip`` (resume: committed ids are not added again), ``upsert`` or ``error``.
+    """
+    if on_existing not in ("skip", "upsert", "error"):
+        raise InputError(f"on_existing must be 'skip', 'upsert' or 'error', got {on_existing!r}")
+    source = Path(corpus)
+    cols = columns or Columns()
+    total = count_rows(source)
+    writer = None
+    added = skipped = 0
+    bar = _progress(total, "indexing", progress)
+    try:
+        for batch in read_batches(source, columns=cols, batch_size=batch_size):
+            if batch.vectors is not None:
+                vectors, offsets = batch.vectors, batch.offsets
+            else:
+                if encoder is None:
+                    raise InputError(
+                        f"{source} has no 'embedding' column, so an encoder is needed: pass --encoder "
+                        "NAME_OR_PATH (e.g. the packaged MiniLM) or precompute with `latemm encode`"
+                    )
+                if writer is not None:
+                    fresh = [i for i in range(len(batch.ids)) if batch.ids[i] not in writer.index]
+                    if not fresh:
+                        skipped += len(batch.ids)
+                        bar.update(len(batch.ids))
+                        continue
+                encoded = encoder.encode_documents(_pages(batch, source))
+                vectors, offsets = encoded.vectors, encoded.offsets
+            if writer is None:
+                dim = int(vectors.shape[1])
+                config = IndexConfig(
+                    dim=dim,
+                    dtype=dtype,
+                    fde=default_fde_config(dim),
+                    faiss_factory=faiss_factory,
+                    encoder=encoder.info.to_dict()
+                    if encoder is not None and batch.vectors is None
+                    else None,
+                )
+                if (Path(index_dir) / "manifest.json").is_file():
+                    config = Index.open(index_dir, verify="none").config
+                    if config.dim != dim:
+                        raise InputError(
+                            f"{source}: vectors have dimension {dim}, the index {index_dir} stores {config.dim}"
+                        )
+                writer = create(index_dir, config)
+            n = writer.add(
+                batch.ids,
+                vectors,
+                offsets=offsets,
+                metadata=batch.table,
+                upsert=on_existing == "upsert",
+                skip_existing=on_existing == "skip",
+                source=f"{source} (rows from {batch.first_row})",
+            )
+            added += n
+            skipped += len(batch.ids) - n
+            bar.update(len(batch.ids))
+            if writer.pending_documents >= commit_every:
+                writer.commit()
+        if writer is None:
+            raise InputError(f"{source} has no rows")
+        generation = writer.commit()
+        documents = len(writer.index)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    return IndexReport(added, skipped, documents, generation)
+
+
+def search_file(
+    index_dir: str | Path,
+    queries: str | Path,
+    out: str | Path,
+    *,
+    encoder: Encoder | None = None,
+    columns: Columns | None = None,
+    k: int = 10,
+    candidates: int | None = None,
+    where: str | None = None,
+    batch_size: int = 64,
+    trec: str | Path | None = None,
+    progress: bool = True,
+) -> pa.Table:
+    """Search every query of a Parquet file and write the run (Parquet, and TREC if asked)."""
+    from latemm.retriever import Retriever
+
+    cols = columns or Columns(id="query_id")
+    retriever = Retriever(index_dir, encoder=encoder)
+    total = count_rows(queries)
+    tables = []
+    bar = _progress(total, "searching", progress)
+    out_path = Path(out)
+    tmp = out_path.with_name(f".{out_path.name}.partial")
+    try:
+        with pq.ParquetWriter(tmp, RUN_SCHEMA) as sink:
+            for batch in read_batches(queries, columns=cols, kind="queries", batch_size=batch_size):
+                if batch.vectors is not None:
+                    result = retriever.search_embeddings(
+                        batch.vectors,
+                        batch.offsets,
+                        k=k,
+                        candidates=candidates,
+                        where=where,
+                        query_ids=batch.ids,
+                    )
+                else:
+                    if retriever.encoder is None:
+                        raise InputError(
+                            f"{queries} has no 'embedding' column and no encoder is available: pass "
+                            "--encoder, or index with --encoder so the index records it"
+                        )
+                    result = retriever.search(
+                        _pages(batch, Path(queries)),
+                        k=k,
+                        candidates=candidates,
+                        where=where,
+                        query_ids=batch.ids,
+                    )
+                table = result.to_arrow().cast(RUN_SCHEMA)
+                sink.write_table(table)
+                tables.append(table)
+                bar.update(len(batch.ids))
+        tmp.replace(out_path)
+    finally:
+        bar.close()
+        tmp.unlink(missing_ok=True)
+    run = pa.concat_tables(tables) if tables else RUN_SCHEMA.empty_table()
+    if trec is not None:
+        from latemm.io import write_run_trec
+
+        write_run_trec(run, trec)
+    return run
+
+
+def brute_force_scores(
+    index: Index, query_vectors: np.ndarray, query_offsets: np.ndarray
+) -> tuple[list[str], np.ndarray]:
+    """Exact MaxSim of queries against every live document: (doc ids, (Q, n) scores)."""
+    from latemm.scoring import maxsim
+
+    ids, blocks = [], []
+    for s, seg in enumerate(index.segments):
+        rows = np.flatnonzero(seg.live)
+        vectors, offsets = index.vectors(s, rows)
+        blocks.append(maxsim(query_vectors, query_offsets, vectors, offsets))
+        ids += list(seg.doc_ids[rows])
+    return ids, np.concatenate(blocks, axis=1)
