@@ -2,7 +2,8 @@
 
 Files (all in the segment's directory, listed with sizes and sha256 in the manifest):
 ``vectors.npy`` (N, d) codes, ``scales.npy`` (N,) for int8, ``offsets.npy`` (n + 1,) int64,
-``fde.npy`` (n, D) float32, ``fde.faiss`` the faiss index over them, and ``meta.parquet`` with
+``fde.faiss`` the faiss index over the documents' FDEs (recomputed from the stored vectors when a
+segment is compacted, so they are not kept twice), and ``meta.parquet`` with
 ``doc_id``, the page content and every metadata column. Deletions live in separate
 ``deleted-g<generation>.npy`` bitmaps, so a committed file is never modified.
 """
@@ -79,7 +80,6 @@ def write_segment(
     if scales is not None:
         save_npy(tmp / "scales.npy", scales)
     save_npy(tmp / "offsets.npy", offsets)
-    save_npy(tmp / "fde.npy", fde)
     index = build_faiss(faiss_factory, fde)
     save_bytes(tmp / "fde.faiss", faiss.serialize_index(index).tobytes())
     pq.write_table(table, tmp / "meta.parquet")
@@ -131,9 +131,6 @@ class Segment:
             data = np.fromfile(self.path / "fde.faiss", dtype=np.uint8)
             self._faiss = faiss.deserialize_index(data)
         return self._faiss
-
-    def fde(self) -> np.ndarray:
-        return load_npy(self.path / "fde.npy", mmap=True)
 
     def metadata(self, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(self.path / "meta.parquet", columns=columns)
