@@ -32,7 +32,11 @@ def ingest(n_docs: int, dtype: str, directory: Path, commit_every: int = 512) ->
         for start, pages in corpus.batches(n_docs, batch=commit_every):
             t0 = time.perf_counter()
             ids = [f"p{start + i}" for i in range(len(pages))]
-            writer.add(ids, pages.reshape(-1, corpus.dim), offsets=np.arange(len(pages) + 1) * corpus.tokens_per_page)
+            writer.add(
+                ids,
+                pages.reshape(-1, corpus.dim),
+                offsets=np.arange(len(pages) + 1) * corpus.tokens_per_page,
+            )
             writer.commit()
             busy += time.perf_counter() - t0
     stats = Index.open(directory, verify="none").stats()
@@ -59,7 +63,9 @@ def _child(n_docs: int, dtype: str) -> None:
 def run_child(n_docs: int, dtype: str) -> dict[str, float]:
     out = subprocess.run(
         [sys.executable, "-m", "experiments.bench_index", "--child", str(n_docs), dtype],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
@@ -78,13 +84,17 @@ def main(argv: list[str] | None = None) -> None:
     for n in sizes:
         row = run_child(n, "float16")
         growth.append(row)
-        print(f"{n:>7} docs float16: {row['docs_per_s']:.0f} docs/s, peak RSS {row['peak_rss_mb']:.0f} MB, "
-              f"{row['bytes_per_document'] / 1024:.0f} KiB/doc on disk")
+        print(
+            f"{n:>7} docs float16: {row['docs_per_s']:.0f} docs/s, peak RSS {row['peak_rss_mb']:.0f} MB, "
+            f"{row['bytes_per_document'] / 1024:.0f} KiB/doc on disk"
+        )
     storage = []
     for dtype in ("float32", "float16", "int8", "binary"):
         row = run_child(1000, dtype)
         storage.append(row)
-        print(f"{dtype:>8}: {row['bytes_per_document'] / 1024:.1f} KiB/doc ({row['docs_per_s']:.0f} docs/s)")
+        print(
+            f"{dtype:>8}: {row['bytes_per_document'] / 1024:.1f} KiB/doc ({row['docs_per_s']:.0f} docs/s)"
+        )
     rss = [r["peak_rss_mb"] for r in growth]
     write_result(
         "bench_index" + ("_quick" if args.quick else ""),

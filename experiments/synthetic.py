@@ -54,9 +54,14 @@ class SyntheticCorpus:
             rng = np.random.default_rng([self.seed, 2, page])
             topics = self.page_topics(page)
             directions = np.concatenate(
-                [background[rng.integers(0, self.n_background, n_bg)], concepts[topics[rng.integers(0, topics.size, T - n_bg)]]]
+                [
+                    background[rng.integers(0, self.n_background, n_bg)],
+                    concepts[topics[rng.integers(0, topics.size, T - n_bg)]],
+                ]
             )
-            out[i] = directions + self.noise / np.sqrt(self.dim) * rng.standard_normal((T, self.dim)).astype(np.float32)
+            out[i] = directions + self.noise / np.sqrt(self.dim) * rng.standard_normal(
+                (T, self.dim)
+            ).astype(np.float32)
         out /= np.linalg.norm(out, axis=2, keepdims=True)
         return out
 
@@ -74,8 +79,13 @@ class SyntheticCorpus:
         for q, page in enumerate(targets):
             topics = self.page_topics(int(page))
             directions = np.concatenate(
-                [concepts[topics[rng.integers(0, topics.size, related)]], concepts[rng.integers(0, self.n_concepts, self.unrelated_query_tokens)]]
+                [
+                    concepts[topics[rng.integers(0, topics.size, related)]],
+                    concepts[rng.integers(0, self.n_concepts, self.unrelated_query_tokens)],
+                ]
             )
-            out[q] = directions + 1.5 * self.noise / np.sqrt(self.dim) * rng.standard_normal(directions.shape).astype(np.float32)
+            out[q] = directions + 1.5 * self.noise / np.sqrt(self.dim) * rng.standard_normal(
+                directions.shape
+            ).astype(np.float32)
         out /= np.linalg.norm(out, axis=2, keepdims=True)
         return out, targets

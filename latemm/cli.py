@@ -1,4 +1,4 @@
-"""The ``latemm`` command line: index, search, info, delete, compact, verify, eval."""
+"""The ``latemm`` command line: ingest, index, search, eval, info, delete, compact, verify."""
 
 from __future__ import annotations
 
@@ -136,6 +136,48 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from latemm.evaluate import compare, evaluate, load_qrels, load_run
+
+    qrels = load_qrels(args.qrels)
+    runs = {Path(r).stem: load_run(r) for r in args.runs}
+    results = {name: evaluate(run, qrels, args.metrics) for name, run in runs.items()}
+    if len(runs) > 1:
+        print(compare(runs, qrels, args.metrics))
+    else:
+        for metric, value in next(iter(results.values())).items():
+            print(f"{metric:>12}  {value:.4f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from latemm.ingest import ingest_pdfs
+
+    start = time.perf_counter()
+    report = ingest_pdfs(
+        args.inputs,
+        args.out,
+        dpi=args.dpi,
+        max_pixels=args.max_pixels,
+        images=not args.no_images,
+        progress=not args.quiet,
+    )
+    print(
+        f"ingested {report.pages} pages from {report.files} PDFs into {args.out} in "
+        f"{time.perf_counter() - start:.1f}s; {len(report.problems)} problem(s) reported"
+    )
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from latemm.quickstart import run
+
+    run(args.work, k=args.k)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="latemm", description="Late-interaction retrieval over visual documents."
@@ -199,6 +241,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check every file's checksum")
     p.add_argument("index")
     p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("eval", help="evaluate run files against qrels (ranx)")
+    p.add_argument("runs", nargs="+", help="run files (Parquet or TREC); several are compared")
+    p.add_argument("qrels", help="qrels (TREC, JSON or Parquet)")
+    p.add_argument(
+        "--metrics", nargs="+", default=["ndcg@5", "ndcg@10", "recall@10", "recall@100", "mrr@10"]
+    )
+    p.add_argument("--json", default=None, help="write the scores as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("ingest", help="render and extract PDF pages into a corpus Parquet file")
+    p.add_argument("inputs", nargs="+", help="PDF files or folders")
+    p.add_argument("--out", required=True)
+    p.add_argument("--dpi", type=float, default=96.0)
+    p.add_argument("--max-pixels", type=int, default=1024 * 1024)
+    p.add_argument("--no-images", action="store_true", help="text only (for text encoders)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_ingest)
+    p = sub.add_parser(
+        "quickstart", help="offline demo: real PDFs, MiniLM, ranked pages and timings"
+    )
+    p.add_argument(
+        "--work", default="latemm-quickstart", help="folder for the corpus, index and run"
+    )
+    p.add_argument("--k", type=int, default=3)
+    p.set_defaults(func=cmd_quickstart)
     return parser
 
 

@@ -1,0 +1,119 @@
+"""fast-plaid (LightOn's PLAID) as a baseline, run from its own virtual environment.
+
+fast-plaid pins an older torch than latemm, so ``ensure_venv`` creates
+``experiments/cache/fastplaid-venv`` with it, and ``run_fastplaid`` hands the corpus over as
+.npy files to a child process that builds the index, searches, and prints JSON. Run directly, this
+module is that child.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from experiments.common import CACHE
+
+VENV = CACHE / "fastplaid-venv"
+PACKAGE = "fast-plaid==1.7.0.2110"
+
+
+def ensure_venv() -> Path | None:
+    """The venv's python, creating it on first use; None if it cannot be built here."""
+    python = VENV / "bin" / "python"
+    if (
+        python.is_file()
+        and subprocess.run([python, "-c", "import fast_plaid"], capture_output=True).returncode == 0
+    ):
+        return python
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        subprocess.run([python, "-m", "pip", "install", "-q", PACKAGE], check=True)
+    except subprocess.CalledProcessError:
+        return None
+    return python
+
+
+def run_fastplaid(
+    work: Path,
+    doc_vectors: np.ndarray,
+    doc_offsets: np.ndarray,
+    queries: np.ndarray,
+    *,
+    top_k: int = 10,
+    settings: list[dict[str, int]],
+    threads: int = 2,
+) -> dict[str, object] | None:
+    python = ensure_venv()
+    if python is None:
+        return None
+    work.mkdir(parents=True, exist_ok=True)
+    np.save(work / "doc_vectors.npy", doc_vectors)
+    np.save(work / "doc_offsets.npy", doc_offsets)
+    np.save(work / "queries.npy", queries)
+    out = subprocess.run(
+        [
+            python,
+            str(Path(__file__).resolve()),
+            str(work),
+            str(top_k),
+            json.dumps(settings),
+            str(threads),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        return {"error": out.stderr[-2000:]}
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def _child(work: Path, top_k: int, settings: list[dict[str, int]], threads: int) -> None:
+    import shutil
+
+    import torch
+    from fast_plaid import search
+
+    torch.set_num_threads(threads)
+    vectors = np.load(work / "doc_vectors.npy", mmap_mode="r")
+    offsets = np.load(work / "doc_offsets.npy")
+    queries = torch.from_numpy(np.load(work / "queries.npy"))
+    docs = [
+        torch.from_numpy(np.array(vectors[offsets[i] : offsets[i + 1]], dtype=np.float16))
+        for i in range(offsets.size - 1)
+    ]
+    index_dir = work / "plaid-index"
+    shutil.rmtree(index_dir, ignore_errors=True)
+    plaid = search.FastPlaid(index=str(index_dir), device="cpu")
+    start = time.perf_counter()
+    plaid.create(documents_embeddings=docs)
+    build = time.perf_counter() - start
+    del docs
+    rows = []
+    for setting in settings:
+        plaid.search(queries_embeddings=queries[:1], top_k=top_k, **setting)  # warm-up
+        latencies = []
+        for q in range(min(len(queries), 20)):
+            t0 = time.perf_counter()
+            plaid.search(queries_embeddings=queries[q : q + 1], top_k=top_k, **setting)
+            latencies.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        results = plaid.search(queries_embeddings=queries, top_k=top_k, **setting)
+        batch = time.perf_counter() - t0
+        rows.append(
+            {
+                "setting": setting,
+                "latency_s_median": float(np.median(latencies)),
+                "batch_queries_per_s": len(queries) / batch,
+                "top": [[int(d) for d, _ in r] for r in results],
+            }
+        )
+    print(json.dumps({"build_s": build, "runs": rows}))
+
+
+if __name__ == "__main__":
+    _child(Path(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4]))
