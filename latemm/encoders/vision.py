@@ -1,0 +1,216 @@
+"""Visual-document retrieval models native to transformers: ColPali (PaliGemma), ColQwen2
+(Qwen2-VL and Qwen2.5-VL backbones) and ColModernVBert.
+
+Pages are images; queries are text. The model's own processor builds the inputs (query prefix
+and augmentation tokens, the visual prompt, the image resolution), the model's projection and
+normalisation give the vectors, and the attention mask removes padding (and, on request,
+everything but the image-patch tokens of a page). Only the encoder modules import transformers.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from index_store.errors import InputError
+from latemm.encoders.base import Encoder, EncoderInfo, MultiVectors, Page
+from latemm.encoders.text import default_device, default_dtype
+
+MODEL_CLASSES = {
+    "colpali": "ColPaliForRetrieval",
+    "colqwen2": "ColQwen2ForRetrieval",
+    "colmodernvbert": "ColModernVBertForRetrieval",
+}
+
+
+def load_image(value: Any, where: str, *, max_image_pixels: int | None = None) -> Any:
+    """A PIL RGB image from a PIL image or encoded bytes; clear errors for the rest."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(value, Image.Image):
+        image = value
+    elif isinstance(value, (bytes, bytearray)):
+        if not value:
+            raise InputError(f"{where}: the image is empty (0 bytes)")
+        try:
+            image = Image.open(io.BytesIO(value))
+            image.load()
+        except (UnidentifiedImageError, OSError) as exc:
+            raise InputError(
+                f"{where}: the image cannot be decoded ({exc}); expected PNG or JPEG bytes"
+            ) from exc
+    else:
+        raise InputError(
+            f"{where}: expected an image (PIL image or PNG/JPEG bytes), got {type(value).__name__}"
+        )
+    if image.width == 0 or image.height == 0:
+        raise InputError(f"{where}: the image has no pixels ({image.width}x{image.height})")
+    if max_image_pixels is not None and image.width * image.height > max_image_pixels:
+        raise InputError(
+            f"{where}: the image is {image.width}x{image.height} pixels, over the configured budget "
+            f"of {max_image_pixels}; downscale it (latemm ingest --max-pixels) or raise the budget"
+        )
+    return image.convert("RGB")
+
+
+class ColVisionEncoder(Encoder):
+    """ColPali / ColQwen2 / ColModernVBert through their transformers classes.
+
+    Parameters
+    ----------
+    name_or_path
+        Hub id or local folder of a retrieval checkpoint (``model_type`` colpali, colqwen2 or
+        colmodernvbert).
+    revision, trust_remote_code
+        Passed to ``from_pretrained``; remote code stays off unless asked for.
+    device, dtype
+        Defaults: CUDA if available else CPU; bf16 on GPU, float32 on CPU.
+    batch_size
+        Pages or queries per forward pass (pages are sorted by area to cut padding).
+    min_pixels, max_pixels
+        Qwen2-VL resolution budget per page (the number of visual tokens follows from it).
+    max_image_pixels
+        Refuse input images larger than this (a clear error instead of an out-of-memory).
+    image_patches_only
+        Keep only image-patch vectors for documents (drop the prompt's text tokens).
+    """
+
+    def __init__(
+        self,
+        name_or_path: str,
+        *,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        batch_size: int = 4,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        max_image_pixels: int | None = 50_000_000,
+        image_patches_only: bool = False,
+    ) -> None:
+        import transformers
+        from transformers import AutoConfig, AutoProcessor
+
+        config = AutoConfig.from_pretrained(
+            name_or_path, revision=revision, trust_remote_code=trust_remote_code
+        )
+        if config.model_type not in MODEL_CLASSES:
+            raise InputError(
+                f"{name_or_path} is a {config.model_type!r} model; ColVisionEncoder takes "
+                f"{sorted(MODEL_CLASSES)} (use TextEncoder or VLMProjectionEncoder for others)"
+            )
+        self.device = torch.device(device) if device is not None else default_device()
+        self.dtype = dtype or default_dtype(self.device)
+        model_class = getattr(transformers, MODEL_CLASSES[config.model_type])
+        self.model = model_class.from_pretrained(
+            name_or_path, revision=revision, trust_remote_code=trust_remote_code, dtype=self.dtype
+        ).to(self.device)
+        self.model.eval()
+        self.processor = AutoProcessor.from_pretrained(
+            name_or_path, revision=revision, trust_remote_code=trust_remote_code
+        )
+        image_processor = getattr(self.processor, "image_processor", None)
+        if (min_pixels or max_pixels) and image_processor is not None:
+            size = dict(getattr(image_processor, "size", {}) or {})
+            if min_pixels:
+                size["shortest_edge"] = min_pixels
+                image_processor.min_pixels = min_pixels
+            if max_pixels:
+                size["longest_edge"] = max_pixels
+                image_processor.max_pixels = max_pixels
+            image_processor.size = size
+        self.batch_size = batch_size
+        self.max_image_pixels = max_image_pixels
+        self.image_patches_only = image_patches_only
+        self.image_token_id = getattr(self.processor, "image_token_id", None)
+        self.info = EncoderInfo(
+            family=config.model_type,
+            name_or_path=str(name_or_path),
+            dim=int(self.model.config.embedding_dim),
+            revision=revision,
+            query_template=getattr(self.processor, "query_prefix", None),
+            document_template=getattr(self.processor, "visual_prompt_prefix", None),
+            options={
+                "min_pixels": min_pixels,
+                "max_pixels": max_pixels,
+                "image_patches_only": image_patches_only,
+            },
+        )
+
+    def _embed(self, inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in inputs.items()}
+        with torch.inference_mode():
+            embeddings = self.model(**inputs).embeddings  # (B, L, dim)
+        return embeddings.float(), inputs
+
+    def _vectors(
+        self, embeddings: torch.Tensor, inputs: dict[str, Any], *, documents: bool
+    ) -> list[np.ndarray]:
+        mask = inputs["attention_mask"].bool()  # (B, L): padding never becomes a vector
+        if documents and self.image_patches_only and self.image_token_id is not None:
+            mask &= inputs["input_ids"] == self.image_token_id
+        return [embeddings[b][mask[b]].cpu().numpy() for b in range(embeddings.shape[0])]
+
+    def encode_documents(
+        self,
+        documents: Sequence[Page | str],
+        *,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> MultiVectors:
+        images = []
+        for i, doc in enumerate(documents):
+            value = doc.image if isinstance(doc, Page) else doc
+            if value is None:
+                raise InputError(
+                    f"document {i} has no image; {self.info.family} encodes page images"
+                )
+            images.append(
+                load_image(value, f"document {i}", max_image_pixels=self.max_image_pixels)
+            )
+        order = sorted(range(len(images)), key=lambda i: images[i].width * images[i].height)
+        size = batch_size or self.batch_size
+        out: list[np.ndarray | None] = [None] * len(images)
+        batches = [order[b : b + size] for b in range(0, len(order), size)]
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="encoding pages", unit="batch")
+        for batch in batches:
+            inputs = self.processor.process_images(
+                images=[images[i] for i in batch], return_tensors="pt"
+            )
+            embeddings, inputs = self._embed(inputs)
+            for i, vectors in zip(
+                batch, self._vectors(embeddings, inputs, documents=True), strict=True
+            ):
+                out[i] = vectors
+        return MultiVectors.from_arrays([v for v in out if v is not None], self.dim)
+
+    def encode_queries(
+        self,
+        queries: Sequence[Page | str],
+        *,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> MultiVectors:
+        texts = []
+        for i, query in enumerate(queries):
+            text = query.text if isinstance(query, Page) else query
+            if not isinstance(text, str) or not text.strip():
+                raise InputError(f"query {i} has no text; {self.info.family} queries are text")
+            texts.append(text)
+        size = batch_size or self.batch_size
+        arrays: list[np.ndarray] = []
+        for start in range(0, len(texts), size):
+            inputs = self.processor.process_queries(
+                text=texts[start : start + size], return_tensors="pt"
+            )
+            embeddings, inputs = self._embed(inputs)
+            arrays += self._vectors(embeddings, inputs, documents=False)
+        return MultiVectors.from_arrays(arrays, self.dim)

