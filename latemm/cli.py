@@ -71,6 +71,17 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     encoder = _encoder(args.encoder, args.index, args.device)
+    reranker = None
+    if args.rerank:
+        from latemm.reranker import MLLMReranker
+
+        reranker = MLLMReranker(
+            args.rerank,
+            template=args.rerank_template,
+            adapter=args.rerank_adapter,
+            device=args.device,
+            cache=args.rerank_cache,
+        )
     run = search_file(
         args.index,
         args.queries,
@@ -83,6 +94,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         trec=args.trec,
         progress=not args.quiet,
+        reranker=reranker,
+        rerank_depth=args.rerank_depth,
+        rerank_fusion=args.rerank_fusion,
     )
     queries = len(set(run.column("query_id").to_pylist()))
     elapsed = time.perf_counter() - start
@@ -217,6 +231,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--where", default=None, help='SQL filter on metadata, e.g. "year >= 2020"')
     p.add_argument("--encoder", default=None, help="override the index's recorded encoder")
+    p.add_argument("--rerank", default=None, help="MLLM reranker: hub id or local folder")
+    p.add_argument(
+        "--rerank-depth", type=int, default=20, help="pages per query the reranker reads"
+    )
+    p.add_argument(
+        "--rerank-template", default="monoqwen", choices=["monoqwen", "qwen3-vl-reranker", "yesno"]
+    )
+    p.add_argument("--rerank-adapter", default=None, help="LoRA adapter (peft), e.g. MonoQwen2-VL")
+    p.add_argument(
+        "--rerank-fusion",
+        default="none",
+        choices=["none", "rrf"],
+        help="rrf: reciprocal rank fusion with MaxSim",
+    )
+    p.add_argument("--rerank-cache", default=None, help="SQLite file caching rerank scores")
     p.add_argument("--device", default=None)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--quiet", action="store_true")

@@ -161,12 +161,24 @@ def search_file(
     batch_size: int = 64,
     trec: str | Path | None = None,
     progress: bool = True,
+    reranker: Any = None,
+    rerank_depth: int = 20,
+    rerank_fusion: str = "none",
 ) -> pa.Table:
-    """Search every query of a Parquet file and write the run (Parquet, and TREC if asked)."""
-    from latemm.retriever import Retriever
+    """Search every query of a Parquet file and write the run (Parquet, and TREC if asked).
+
+    With a ``reranker``, each query's top ``rerank_depth`` pages are reordered by it (the page
+    content is read from the index); the run's ``rerank_score`` column holds its scores."""
+    from latemm.retriever import Retriever, truncate
 
     cols = columns or Columns(id="query_id")
-    retriever = Retriever(index_dir, encoder=encoder)
+    retriever = Retriever(
+        index_dir,
+        encoder=encoder,
+        reranker=reranker,
+        rerank_depth=rerank_depth,
+        rerank_fusion=rerank_fusion,
+    )
     total = count_rows(queries)
     tables = []
     bar = _progress(total, "searching", progress)
@@ -179,11 +191,14 @@ def search_file(
                     result = retriever.search_embeddings(
                         batch.vectors,
                         batch.offsets,
-                        k=k,
+                        k=max(k, rerank_depth) if reranker is not None else k,
                         candidates=candidates,
                         where=where,
                         query_ids=batch.ids,
                     )
+                    if reranker is not None:
+                        # Precomputed query vectors: the reranker reads the queries' text/image.
+                        result = truncate(retriever.rerank(result, _pages(batch, Path(queries))), k)
                 else:
                     if retriever.encoder is None:
                         raise InputError(

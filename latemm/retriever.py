@@ -75,6 +75,17 @@ class SearchResult:
         )
 
 
+def truncate(result: SearchResult, k: int) -> SearchResult:
+    return SearchResult(
+        result.query_ids,
+        result.doc_ids[:, :k],
+        result.scores[:, :k],
+        result.fde_scores[:, :k],
+        result.maxsim_scores[:, :k],
+        None if result.rerank_scores is None else result.rerank_scores[:, :k],
+    )
+
+
 def _nullable(value: float) -> float | None:
     return None if np.isnan(value) else float(value)
 
@@ -103,12 +114,18 @@ class Retriever:
         device: str | None = None,
         nprobe: int = 32,
         ef_search: int = 256,
+        reranker: Any = None,
+        rerank_depth: int = 20,
+        rerank_fusion: str = "none",
     ) -> None:
         self.index = index if isinstance(index, Index) else Index.open(index)
         self.encoder = encoder
         self.device = device
         self.nprobe = nprobe
         self.ef_search = ef_search
+        self.reranker = reranker
+        self.rerank_depth = rerank_depth
+        self.rerank_fusion = rerank_fusion
         recorded = self.index.config.encoder
         if encoder is not None and recorded is not None:
             if (
@@ -138,14 +155,63 @@ class Retriever:
                 "latemm.load_encoder) or call search_embeddings with precomputed vectors"
             )
         encoded = self.encoder.encode_queries(list(queries))
-        return self.search_embeddings(
+        result = self.search_embeddings(
             encoded.vectors,
             encoded.offsets,
-            k=k,
+            k=max(k, self.rerank_depth if self.reranker is not None else k),
             candidates=candidates,
             where=where,
             query_ids=query_ids,
         )
+        if self.reranker is not None:
+            result = self.rerank(result, list(queries))
+        return truncate(result, k)
+
+    def rerank(self, result: SearchResult, queries: Sequence[Any]) -> SearchResult:
+        """Reorder each query's top ``rerank_depth`` with the reranker.
+
+        The reranked documents come first, by rerank score with ties broken by MaxSim (or by
+        reciprocal rank fusion with ``rerank_fusion="rrf"``); the rest keep their order. The
+        final ``score`` of a reranked document is its rerank score (or fused score).
+        """
+        from latemm.encoders.base import Page
+        from latemm.io import image_bytes
+        from latemm.reranker import rerank_order
+
+        if self.reranker is None:
+            raise InputError("this Retriever has no reranker")
+        doc_ids = result.doc_ids.copy()
+        scores, fde, exact = (
+            result.scores.copy(),
+            result.fde_scores.copy(),
+            result.maxsim_scores.copy(),
+        )
+        rerank_scores = np.full(doc_ids.shape, np.nan, dtype=np.float32)
+        for q, query in enumerate(queries):
+            depth = int(sum(d is not None for d in doc_ids[q, : self.rerank_depth]))
+            if depth == 0:
+                continue
+            pages = []
+            for doc_id in doc_ids[q, :depth]:
+                meta = self.index.get(doc_id).metadata
+                pages.append(Page(text=meta.get("text"), image=image_bytes(meta.get("image"))))
+            got = self.reranker.score(query, pages, doc_keys=list(doc_ids[q, :depth]))
+            ms = np.nan_to_num(exact[q, :depth], nan=-np.inf)
+            order = rerank_order(
+                got,
+                np.where(np.isnan(exact[q, :depth]), fde[q, :depth], ms),
+                fusion=self.rerank_fusion,
+            )
+            if self.rerank_fusion == "rrf":
+                final = np.zeros(depth, dtype=np.float32)
+                final[order] = 1.0 / (60.0 + np.arange(1, depth + 1))
+            else:
+                final = got
+            for array in (doc_ids, fde, exact):
+                array[q, :depth] = array[q, :depth][order]
+            rerank_scores[q, :depth] = got[order]
+            scores[q, :depth] = final[order]
+        return SearchResult(result.query_ids, doc_ids, scores, fde, exact, rerank_scores)
 
     def search_embeddings(
         self,

@@ -210,7 +210,11 @@ def build_colqwen2(folder: Path) -> Path:
 
 def build_qwen2_vl(folder: Path) -> Path:
     """A tiny Qwen2-VL chat model (image-text-to-text) with its processor, for the reranker."""
-    from transformers import Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+    from transformers import (
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
 
     torch.manual_seed(0)
     tokenizer = qwen_tokenizer()
@@ -218,6 +222,7 @@ def build_qwen2_vl(folder: Path) -> Path:
     processor = Qwen2VLProcessor(
         image_processor=qwen_image_processor(),
         tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(),
         chat_template=QWEN_CHAT_TEMPLATE,
     )
     model.save_pretrained(folder)
