@@ -9,9 +9,9 @@ __all__ = ["Encoder", "EncoderInfo", "MultiVectors", "Page", "load_encoder"]
 def load_encoder(name_or_path: str, **options: object) -> Encoder:
     """An encoder for a hub id or local folder, chosen from its config.
 
-    Vision retrieval checkpoints (ColPali, ColQwen2/2.5, ColModernVBert) get ``ColVisionEncoder``;
-    a folder with a vision model plus a projection gets ``VLMProjectionEncoder``; anything else is
-    treated as a text encoder (sentence-transformers folders and ColBERT checkpoints included).
+    Vision retrieval checkpoints (``model_type`` colpali, colqwen2, colmodernvbert) get
+    ``ColVisionEncoder``; anything else is treated as a text encoder (sentence-transformers
+    folders and ColBERT checkpoints included).
     """
     from latemm.encoders.text import TextEncoder
 

@@ -102,7 +102,7 @@ class ColVisionEncoder(Encoder):
         if config.model_type not in MODEL_CLASSES:
             raise InputError(
                 f"{name_or_path} is a {config.model_type!r} model; ColVisionEncoder takes "
-                f"{sorted(MODEL_CLASSES)} (use TextEncoder or VLMProjectionEncoder for others)"
+                f"{sorted(MODEL_CLASSES)} (use TextEncoder for text models)"
             )
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype or default_dtype(self.device)
