@@ -179,29 +179,39 @@ def run_size(n_docs: int, n_queries: int, with_plaid: bool) -> dict[str, object]
     if with_plaid:
         from experiments.plaid_baseline import run_fastplaid
 
-        vectors = np.concatenate(
-            [index.vectors(s, np.flatnonzero(seg.live))[0] for s, seg in enumerate(index.segments)]
+        # Hand the stored vectors over segment by segment, never all in memory at once.
+        work = CACHE / f"plaid-{n_docs}"
+        work.mkdir(parents=True, exist_ok=True)
+        total = sum(int(np.diff(seg.offsets)[seg.live].sum()) for seg in index.segments)
+        sink = np.lib.format.open_memmap(
+            work / "doc_vectors.npy", mode="w+", dtype=np.float16, shape=(total, corpus.dim)
         )
-        offsets = np.arange(n_docs + 1) * corpus.tokens_per_page
-        ids = [i for seg in index.segments for i in seg.doc_ids[seg.live]]
+        offsets, ids, at = [0], [], 0
+        for s, seg in enumerate(index.segments):
+            rows_ = np.flatnonzero(seg.live)
+            vectors, seg_offsets = index.vectors(s, rows_)
+            sink[at : at + len(vectors)] = vectors
+            offsets += list(at + seg_offsets[1:])
+            ids += list(seg.doc_ids[rows_])
+            at += len(vectors)
+            del vectors
+        sink.flush()
+        del sink
         settings = [
             {"n_ivf_probe": 8, "n_full_scores": 1024},
             {"n_ivf_probe": 16, "n_full_scores": 4096},
             {"n_ivf_probe": 32, "n_full_scores": 8192},
         ]
         plaid = run_fastplaid(
-            CACHE / f"plaid-{n_docs}",
-            vectors.astype(np.float16),
-            offsets,
-            q3.astype(np.float32),
-            settings=settings,
+            work, None, np.array(offsets, dtype=np.int64), q3.astype(np.float32), settings=settings
         )
         if plaid and "runs" in plaid:
             for run in plaid["runs"]:  # type: ignore[union-attr]
                 found = np.array([[ids[d] for d in top] for top in run.pop("top")], dtype=object)
                 run["recall@10"] = recall(found, exact)
                 print(
-                    f"    fast-plaid {run['setting']}: recall@10={run['recall@10']:.3f} latency={run['latency_s_median'] * 1e3:.1f} ms batch={run['batch_queries_per_s']:.1f} q/s"
+                    f"    fast-plaid {run['setting']}: recall@10={run['recall@10']:.3f} latency={run['latency_s_median'] * 1e3:.1f} ms batch={run['batch_queries_per_s']:.1f} q/s",
+                    flush=True,
                 )
         out["fast_plaid"] = plaid
     return out

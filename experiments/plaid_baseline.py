@@ -40,7 +40,7 @@ def ensure_venv() -> Path | None:
 
 def run_fastplaid(
     work: Path,
-    doc_vectors: np.ndarray,
+    doc_vectors: np.ndarray | None,
     doc_offsets: np.ndarray,
     queries: np.ndarray,
     *,
@@ -52,7 +52,8 @@ def run_fastplaid(
     if python is None:
         return None
     work.mkdir(parents=True, exist_ok=True)
-    np.save(work / "doc_vectors.npy", doc_vectors)
+    if doc_vectors is not None:  # else the caller already wrote work/doc_vectors.npy
+        np.save(work / "doc_vectors.npy", doc_vectors)
     np.save(work / "doc_offsets.npy", doc_offsets)
     np.save(work / "queries.npy", queries)
     out = subprocess.run(

@@ -1,7 +1,13 @@
 """latemm: late-interaction retrieval over visual documents.
 
 Encoders, scoring, the retriever, the reranker and the CLI live here; the FDE math is in ``fde``
-and the on-disk index in ``index_store``.
+and the on-disk index in ``index_store``. The notebook API (``build_index``, ``search``,
+``evaluate``) imports its heavy parts lazily.
 """
 
+from latemm.api import build_index, evaluate, minilm_path, search
+from latemm.retriever import Retriever, SearchResult
+
 __version__ = "0.1.0"
+
+__all__ = ["Retriever", "SearchResult", "build_index", "evaluate", "minilm_path", "search"]

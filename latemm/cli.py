@@ -56,6 +56,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         commit_every=args.commit_every,
         on_existing=args.on_existing,
         batch_size=args.batch_size,
+        pool_factor=args.pool_factor,
         progress=not args.quiet,
     )
     print(
@@ -63,6 +64,23 @@ def cmd_index(args: argparse.Namespace) -> int:
         f"{report.documents} in {args.index} (generation {report.generation}) "
         f"in {time.perf_counter() - start:.1f}s"
     )
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from latemm.pipeline import encode_corpus
+
+    start = time.perf_counter()
+    rows = encode_corpus(
+        args.corpus,
+        args.out,
+        encoder=_encoder(args.encoder, device=args.device),
+        columns=_columns(args, "doc_id"),
+        batch_size=args.batch_size,
+        pool_factor=args.pool_factor,
+        progress=not args.quiet,
+    )
+    print(f"encoded {rows} documents into {args.out} in {time.perf_counter() - start:.1f}s")
     return 0
 
 
@@ -216,9 +234,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--commit-every", type=int, default=512, help="documents per commit")
     p.add_argument("--on-existing", default="skip", choices=["skip", "upsert", "error"])
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--pool-factor", type=int, default=1, help="token pooling: keep ~T/F vectors per page"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_column_flags(p)
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser(
+        "encode", help="encode a corpus into a Parquet file with an embedding column"
+    )
+    p.add_argument("corpus")
+    p.add_argument("--encoder", required=True, help="hub id or local folder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--device", default=None)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--pool-factor", type=int, default=1)
+    p.add_argument("--quiet", action="store_true")
+    _add_column_flags(p)
+    p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("search", help="search a Parquet file of queries into a run file")
     p.add_argument("index")

@@ -72,12 +72,14 @@ def index_corpus(
     commit_every: int = 512,
     on_existing: str = "skip",
     batch_size: int = 64,
+    pool_factor: int = 1,
     progress: bool = True,
 ) -> IndexReport:
     """Add a Parquet corpus (file or directory) to an index, creating it if needed.
 
     With an ``embedding`` column no model is used; otherwise ``encoder`` encodes the pages.
     ``on_existing``: ``skip`` (resume: committed ids are not added again), ``upsert`` or ``error``.
+    ``pool_factor`` > 1 pools each document's vectors (``latemm.pooling``) before storing them.
     """
     if on_existing not in ("skip", "upsert", "error"):
         raise InputError(f"on_existing must be 'skip', 'upsert' or 'error', got {on_existing!r}")
@@ -105,6 +107,10 @@ def index_corpus(
                         continue
                 encoded = encoder.encode_documents(_pages(batch, source))
                 vectors, offsets = encoded.vectors, encoded.offsets
+            if pool_factor > 1:
+                from latemm.pooling import pool_tokens
+
+                vectors, offsets = pool_tokens(vectors, offsets, pool_factor)
             if writer is None:
                 dim = int(vectors.shape[1])
                 config = IndexConfig(
@@ -241,3 +247,58 @@ def brute_force_scores(
         blocks.append(maxsim(query_vectors, query_offsets, vectors, offsets))
         ids += list(seg.doc_ids[rows])
     return ids, np.concatenate(blocks, axis=1)
+
+
+def encode_corpus(
+    corpus: str | Path,
+    out: str | Path,
+    *,
+    encoder: Encoder,
+    columns: Columns | None = None,
+    batch_size: int = 64,
+    pool_factor: int = 1,
+    progress: bool = True,
+) -> int:
+    """Encode a corpus file into a Parquet file with an ``embedding`` column (T x d per row)
+    beside its other columns, so that encoding (on a GPU box) and indexing can be separate.
+    Returns the number of rows written."""
+    source = Path(corpus)
+    cols = columns or Columns()
+    out_path = Path(out)
+    tmp = out_path.with_name(f".{out_path.name}.partial")
+    writer = None
+    rows = 0
+    bar = _progress(count_rows(source), "encoding", progress)
+    try:
+        for batch in read_batches(source, columns=cols, batch_size=batch_size):
+            encoded = encoder.encode_documents(_pages(batch, source))
+            vectors, offsets = encoded.vectors, encoded.offsets
+            if pool_factor > 1:
+                from latemm.pooling import pool_tokens
+
+                vectors, offsets = pool_tokens(vectors, offsets, pool_factor)
+            embedding = pa.ListArray.from_arrays(
+                pa.array(offsets.astype(np.int32)),
+                pa.FixedSizeListArray.from_arrays(
+                    pa.array(vectors.reshape(-1)), vectors.shape[1]
+                ).cast(pa.list_(pa.float32())),
+            )
+            table = batch.table.append_column(
+                "doc_id", pa.array(batch.ids, pa.string())
+            ).append_column("embedding", embedding)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table.cast(writer.schema))
+            rows += len(batch.ids)
+            bar.update(len(batch.ids))
+        if writer is None:
+            raise InputError(f"{source} has no rows")
+        writer.close()
+        writer = None
+        tmp.replace(out_path)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    return rows

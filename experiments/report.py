@@ -1,0 +1,287 @@
+"""The experiments report: run the experiments, then regenerate ``experiments/RESULTS.md`` from
+the JSON they wrote.
+
+    python -m experiments.report --run --quick     # every experiment, quick sizes (minutes)
+    python -m experiments.report --run             # full sizes (hours)
+    python -m experiments.report                   # re-render RESULTS.md from committed JSON
+
+Each table names the machine, command and commit recorded in its JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+from experiments.common import RESULTS
+
+EXPERIMENTS = ["bench_fde", "bench_index", "bench_search", "eval_text", "storage_quality"]
+
+
+def _load(name: str, quick: bool) -> dict[str, Any] | None:
+    for candidate in [f"{name}_quick", name] if quick else [name, f"{name}_quick"]:
+        path = RESULTS / f"{candidate}.json"
+        if path.is_file():
+            return dict(json.loads(path.read_text(encoding="utf-8")))
+    return None
+
+
+def _provenance(record: dict[str, Any]) -> str:
+    machine = record.get("machine", {})
+    where = f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores"
+    if machine.get("gpu"):
+        where += f", {machine['gpu']}"
+    return f"*`{record.get('command')}` at commit `{record.get('commit')}` on {where}, {record.get('date')}.*"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    def fmt(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def section_fde(r: dict[str, Any]) -> str:
+    out = [
+        "## 1. The FDE: speed against the reference, recall against exact MaxSim",
+        _provenance(r),
+        "",
+    ]
+    rows = [
+        [
+            shape,
+            t["fde_docs_per_s"],
+            t["muvfde_docs_per_s"],
+            t["speedup_vs_muvfde"],
+            t["muvfde_pool_docs_per_s"],
+            t["speedup_vs_muvfde_pool"],
+            t["max_abs_diff_vs_reference"],
+        ]
+        for shape, t in r["throughput"].items()
+    ]
+    out.append(
+        _table(
+            [
+                "documents",
+                "fde docs/s",
+                "muvfde docs/s",
+                "ratio",
+                "muvfde on all cores docs/s",
+                "ratio",
+                "max |diff|",
+            ],
+            rows,
+        )
+    )
+    out.append("")
+    rows = [
+        [x["dataset"], x["R"], x["k"], x["projection"], x["fde_dimension"], x["recall@10"]]
+        for x in r["recall"]
+    ]
+    out.append(
+        "FDE-only retrieval (exhaustive inner products over FDEs) against the exact MaxSim top-10:\n"
+    )
+    out.append(_table(["data", "R", "k", "proj", "FDE dim", "recall@10"], rows))
+    return "\n".join(out)
+
+
+def section_index(r: dict[str, Any]) -> str:
+    out = ["## 2. Ingest: throughput, memory, bytes per page", _provenance(r), ""]
+    rows = [
+        [
+            g["documents"],
+            g["docs_per_s"],
+            g["peak_rss_mb"],
+            g["bytes_per_document"] / 1024,
+            g["segments"],
+        ]
+        for g in r["growth"]
+    ]
+    out.append(
+        _table(
+            ["pages (1,030 x 128)", "pages/s", "peak RSS MB", "KiB/page on disk", "segments"], rows
+        )
+    )
+    out.append(
+        f"\nPeak memory grew {r['peak_rss_ratio_largest_to_smallest']:.2f}x while the corpus grew {r['size_ratio_largest_to_smallest']:.0f}x.\n"
+    )
+    rows = [[s["dtype"], s["bytes_per_document"] / 1024, s["docs_per_s"]] for s in r["storage"]]
+    out.append(_table(["storage", "KiB/page (vectors + FDE index + metadata)", "pages/s"], rows))
+    return "\n".join(out)
+
+
+def section_search(r: dict[str, Any]) -> str:
+    out = ["## 3. Search against brute-force MaxSim and fast-plaid", _provenance(r), ""]
+    k = r.get("kernel", {})
+    if k:
+        out.append(
+            f"MaxSim kernel: {k['maxsim_gflops']:.0f} GFLOP/s against {k['matmul_same_shape_gflops']:.0f} GFLOP/s for a bare "
+            f"matrix product of the same shapes ({k['fraction_of_same_shape_peak']:.0%} of that limit; the 2048^3 product peaks at "
+            f"{k['matmul_2048_cubed_gflops']:.0f} GFLOP/s). With float16 storage widened on the fly: {k['maxsim_float16_storage_gflops']:.0f} GFLOP/s.\n"
+        )
+    rows = []
+    for size in r.get("colpali", []):
+        for x in size["latemm"]:
+            rows.append(
+                [
+                    size["documents"],
+                    f"latemm C={x['candidates']}",
+                    x["recall@10"],
+                    x["latency_s_median"] * 1e3,
+                    x["batch_queries_per_s"],
+                    x["speedup_vs_brute_force"],
+                ]
+            )
+        rows.append(
+            [
+                size["documents"],
+                "brute-force MaxSim",
+                1.0,
+                size["brute_force_latency_s"] * 1e3,
+                1 / size["brute_force_batched_s_per_query"],
+                1.0,
+            ]
+        )
+        plaid = size.get("fast_plaid") or {}
+        for run in plaid.get("runs", []):
+            rows.append(
+                [
+                    size["documents"],
+                    f"fast-plaid {run['setting']}",
+                    run["recall@10"],
+                    run["latency_s_median"] * 1e3,
+                    run["batch_queries_per_s"],
+                    size["brute_force_latency_s"] / run["latency_s_median"],
+                ]
+            )
+        if plaid.get("error"):
+            rows.append([size["documents"], "fast-plaid", "failed", "", "", ""])
+    out.append(
+        _table(
+            [
+                "pages",
+                "system",
+                "recall@10 vs exact",
+                "ms/query (one at a time)",
+                "queries/s (batch)",
+                "speed-up vs brute force",
+            ],
+            rows,
+        )
+    )
+    v = r.get("vaswani")
+    if v:
+        out.append(
+            f"\nVaswani with MiniLM ({v['documents']} abstracts, {v['queries']} queries), brute force {v['brute_force_latency_s'] * 1e3:.0f} ms/query:\n"
+        )
+        out.append(
+            _table(
+                ["C", "recall@10", "ms/query", "speed-up"],
+                [
+                    [
+                        x["candidates"],
+                        x["recall@10"],
+                        x["latency_s_median"] * 1e3,
+                        x["speedup_vs_brute_force"],
+                    ]
+                    for x in v["latemm"]
+                ],
+            )
+        )
+    if (RESULTS / "bench_search.png").is_file():
+        out.append("\n![latency growth and recall/latency](results/bench_search.png)")
+    return "\n".join(out)
+
+
+def section_text(r: dict[str, Any]) -> str:
+    out = ["## 4. Quality on real labelled data (offline MiniLM)", _provenance(r), ""]
+    for name in ("mmlongbench", "vaswani"):
+        block = r.get(name)
+        if not block:
+            continue
+        metrics = block["metrics"]
+        names = list(next(iter(metrics.values())))
+        out.append(f"**{name}**\n")
+        out.append(
+            _table(
+                ["system", *names],
+                [[system, *[values[m] for m in names]] for system, values in metrics.items()],
+            )
+        )
+        out.append("")
+    return "\n".join(out)
+
+
+def section_storage(r: dict[str, Any]) -> str:
+    out = ["## 5. Storage options: bytes against quality", _provenance(r), ""]
+    out.append(
+        _table(
+            [
+                "storage",
+                "vectors/page",
+                "KiB/page (vectors)",
+                "recall@10 vs float32 exact",
+                "nDCG@10 (Vaswani)",
+            ],
+            [
+                [x["storage"], x["vectors_per_doc"], x["kib_per_doc"], x["recall@10"], x["ndcg@10"]]
+                for x in r["rows"]
+            ],
+        )
+    )
+    return "\n".join(out)
+
+
+SECTIONS = {
+    "bench_fde": section_fde,
+    "bench_index": section_index,
+    "bench_search": section_search,
+    "eval_text": section_text,
+    "storage_quality": section_storage,
+}
+
+
+def render(quick: bool = False) -> str:
+    parts = [
+        "# latemm: results",
+        "",
+        "Generated by `python -m experiments.report` from the JSON in `experiments/results/`. Ratios are measured in the same run; absolute times on a shared 2-core machine are noise.",
+        "",
+    ]
+    for name in EXPERIMENTS:
+        record = _load(name, quick)
+        parts.append(
+            SECTIONS[name](record)
+            if record
+            else f"## {name}\n\n*Not run yet: `python -m experiments.{name}`.*"
+        )
+        parts.append("")
+    parts.append(
+        "## 6. GPU\n\nNo GPU was lent to the sessions that produced these results, so the GPU section (MaxSim kernel and faiss-gpu throughput) did not run."
+    )
+    return "\n".join(parts) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", action="store_true", help="run the experiments first")
+    parser.add_argument("--quick", action="store_true", help="quick sizes")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
+    args = parser.parse_args(argv)
+    if args.run:
+        for name in EXPERIMENTS:
+            module = importlib.import_module(f"experiments.{name}")
+            module.main(["--quick"] if args.quick else [])
+    Path(args.out).write_text(render(args.quick), encoding="utf-8")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

