@@ -310,12 +310,13 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, object] = {"kernel": kernel_efficiency(200 if args.quick else 500)}
     print("kernel:", results["kernel"])
     results["vaswani"] = vaswani()
-    results["colpali"] = [
-        run_size(n, n_queries, not args.no_plaid and n <= args.plaid_max) for n in sizes
-    ]
     name = "bench_search" + ("_quick" if args.quick else "")
-    write_result(name, results)
-    plot(results, RESULTS / f"{name}.png")
+    done: list[dict[str, object]] = []
+    results["colpali"] = done
+    for n in sizes:  # written after every size, so a long run keeps what it finished
+        done.append(run_size(n, n_queries, not args.no_plaid and n <= args.plaid_max))
+        write_result(name, results)
+        plot(results, RESULTS / f"{name}.png")
 
 
 if __name__ == "__main__":

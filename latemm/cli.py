@@ -203,6 +203,15 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_show(args: argparse.Namespace) -> int:
+    from latemm.show import render
+
+    out = Path(args.out or f"{Path(args.run).stem}-{args.query}.html")
+    out.write_text(render(args.run, args.index, args.query, k=args.k), encoding="utf-8")
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from latemm.quickstart import run
 

@@ -172,6 +172,7 @@ def search_file(
     rerank_fusion: str = "none",
 ) -> pa.Table:
     """Search every query of a Parquet file and write the run (Parquet, and TREC if asked).
+    Interrupted runs resume: a re-run skips the queries whose results were already written.
 
     With a ``reranker``, each query's top ``rerank_depth`` pages are reordered by it (the page
     content is read from the index); the run's ``rerank_score`` column holds its scores."""
@@ -186,47 +187,65 @@ def search_file(
         rerank_fusion=rerank_fusion,
     )
     total = count_rows(queries)
-    tables = []
-    bar = _progress(total, "searching", progress)
     out_path = Path(out)
-    tmp = out_path.with_name(f".{out_path.name}.partial")
+    # Finished batches go to numbered part files beside the output; an interrupted search
+    # re-run with the same arguments skips the queries already in them.
+    parts = out_path.with_name(f".{out_path.name}.parts")
+    parts.mkdir(exist_ok=True)
+    done_tables = [pq.read_table(p) for p in sorted(parts.glob("part-*.parquet"))]
+    done = {q for t in done_tables for q in t.column("query_id").to_pylist()}
+    tables = list(done_tables)
+    bar = _progress(total, "searching", progress)
+    bar.update(len(done))
+    n_parts = len(done_tables)
     try:
-        with pq.ParquetWriter(tmp, RUN_SCHEMA) as sink:
-            for batch in read_batches(queries, columns=cols, kind="queries", batch_size=batch_size):
-                if batch.vectors is not None:
-                    result = retriever.search_embeddings(
-                        batch.vectors,
-                        batch.offsets,
-                        k=max(k, rerank_depth) if reranker is not None else k,
-                        candidates=candidates,
-                        where=where,
-                        query_ids=batch.ids,
+        for batch in read_batches(queries, columns=cols, kind="queries", batch_size=batch_size):
+            if done and all(q in done for q in batch.ids):
+                continue
+            if batch.vectors is not None:
+                result = retriever.search_embeddings(
+                    batch.vectors,
+                    batch.offsets,
+                    k=max(k, rerank_depth) if reranker is not None else k,
+                    candidates=candidates,
+                    where=where,
+                    query_ids=batch.ids,
+                )
+                if reranker is not None:
+                    # Precomputed query vectors: the reranker reads the queries' text/image.
+                    result = truncate(retriever.rerank(result, _pages(batch, Path(queries))), k)
+            else:
+                if retriever.encoder is None:
+                    raise InputError(
+                        f"{queries} has no 'embedding' column and no encoder is available: pass "
+                        "--encoder, or index with --encoder so the index records it"
                     )
-                    if reranker is not None:
-                        # Precomputed query vectors: the reranker reads the queries' text/image.
-                        result = truncate(retriever.rerank(result, _pages(batch, Path(queries))), k)
-                else:
-                    if retriever.encoder is None:
-                        raise InputError(
-                            f"{queries} has no 'embedding' column and no encoder is available: pass "
-                            "--encoder, or index with --encoder so the index records it"
-                        )
-                    result = retriever.search(
-                        _pages(batch, Path(queries)),
-                        k=k,
-                        candidates=candidates,
-                        where=where,
-                        query_ids=batch.ids,
-                    )
-                table = result.to_arrow().cast(RUN_SCHEMA)
-                sink.write_table(table)
-                tables.append(table)
-                bar.update(len(batch.ids))
-        tmp.replace(out_path)
+                result = retriever.search(
+                    _pages(batch, Path(queries)),
+                    k=k,
+                    candidates=candidates,
+                    where=where,
+                    query_ids=batch.ids,
+                )
+            table = result.to_arrow().cast(RUN_SCHEMA)
+            if done:
+                keep = pa.array([q not in done for q in table.column("query_id").to_pylist()])
+                table = table.filter(keep)
+            part = parts / f"part-{n_parts:06d}.parquet"
+            pq.write_table(table, part.with_suffix(".tmp"))
+            part.with_suffix(".tmp").replace(part)
+            n_parts += 1
+            tables.append(table)
+            bar.update(len(batch.ids))
     finally:
         bar.close()
-        tmp.unlink(missing_ok=True)
     run = pa.concat_tables(tables) if tables else RUN_SCHEMA.empty_table()
+    tmp = out_path.with_name(f".{out_path.name}.partial")
+    pq.write_table(run, tmp)
+    tmp.replace(out_path)
+    for part in parts.iterdir():
+        part.unlink()
+    parts.rmdir()
     if trec is not None:
         from latemm.io import write_run_trec
 

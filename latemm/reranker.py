@@ -31,7 +31,7 @@ import torch
 from index_store.errors import InputError, require
 from latemm.encoders.base import Page
 from latemm.encoders.text import default_device, default_dtype
-from latemm.encoders.vision import load_image
+from latemm.encoders.vision import load_image, set_pixel_budget
 
 
 @dataclass(frozen=True)
@@ -134,12 +134,7 @@ class MLLMReranker:
         )
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.tokenizer.padding_side = "left"  # the next-token logits sit at the last position
-        image_processor = getattr(self.processor, "image_processor", None)
-        if max_pixels and image_processor is not None:
-            image_processor.max_pixels = max_pixels
-            size = dict(getattr(image_processor, "size", {}) or {})
-            size["longest_edge"] = max_pixels
-            image_processor.size = size
+        set_pixel_budget(getattr(self.processor, "image_processor", None), None, max_pixels)
         self.answer_ids = tuple(self._single_token(a) for a in template.answers)
         self.batch_size = batch_size
         self.model_id = f"{name_or_path}@{revision or ''}+{adapter or ''}"

@@ -157,6 +157,8 @@ class TextEncoder(Encoder):
             query_length or st_config.get("query_length") or (32 if is_colbert else None)
         )
         self.augment_queries = bool(st_config.get("do_query_expansion", is_colbert))
+        # ColBERT keeps every token's vector, [CLS], markers and [SEP] included.
+        self.keep_special_tokens = is_colbert
         self.pooling = pooling
         self.normalize = normalize or st_normalize
         limit = _model_window(self.model, self.tokenizer, folder)
@@ -283,7 +285,11 @@ class TextEncoder(Encoder):
                 real = encoded["attention_mask"][i]
                 special = encoded["special_tokens_mask"][i]
                 ids = [t if m else mask_id for t, m in zip(ids, real, strict=True)]
-                keep = [j for j in range(len(ids)) if not special[j] or not real[j]]
+                keep = [
+                    j
+                    for j in range(len(ids))
+                    if self.keep_special_tokens or not special[j] or not real[j]
+                ]
                 out.append(_Window(i, 0, ids, keep))
             self._check_tokens(texts, out)
             return out
@@ -302,8 +308,20 @@ class TextEncoder(Encoder):
             n = seen.get(text, 0)
             seen[text] = n + 1
             special = encoded["special_tokens_mask"][w]
-            keep = [j for j, s in enumerate(special) if not s]
+            keep = [j for j, s in enumerate(special) if self.keep_special_tokens or not s]
             out.append(_Window(int(text), n, list(encoded["input_ids"][w]), keep))
+        if self.keep_special_tokens:
+            # Stitching windows needs content tokens only: texts longer than one window drop
+            # the [CLS]/[SEP] of their windows.
+            for i, window in enumerate(out):
+                if seen[window.text] > 1:
+                    special = encoded["special_tokens_mask"][i]
+                    out[i] = _Window(
+                        window.text,
+                        window.start,
+                        window.ids,
+                        [j for j, s in enumerate(special) if not s],
+                    )
         self._check_tokens(texts, out)
         return out
 

@@ -57,6 +57,21 @@ def load_image(value: Any, where: str, *, max_image_pixels: int | None = None) -
     return image.convert("RGB")
 
 
+def set_pixel_budget(image_processor: Any, min_pixels: int | None, max_pixels: int | None) -> None:
+    """Bound the pixels per image of a Qwen-style image processor (its number of visual tokens
+    follows); a no-op for processors with a fixed size."""
+    if image_processor is None or not (min_pixels or max_pixels):
+        return
+    size = dict(getattr(image_processor, "size", {}) or {})
+    if min_pixels:
+        size["shortest_edge"] = min_pixels
+        image_processor.min_pixels = min_pixels
+    if max_pixels:
+        size["longest_edge"] = max_pixels
+        image_processor.max_pixels = max_pixels
+    image_processor.size = size
+
+
 class ColVisionEncoder(Encoder):
     """ColPali / ColQwen2 / ColModernVBert through their transformers classes.
 
@@ -114,16 +129,7 @@ class ColVisionEncoder(Encoder):
         self.processor = AutoProcessor.from_pretrained(
             name_or_path, revision=revision, trust_remote_code=trust_remote_code
         )
-        image_processor = getattr(self.processor, "image_processor", None)
-        if (min_pixels or max_pixels) and image_processor is not None:
-            size = dict(getattr(image_processor, "size", {}) or {})
-            if min_pixels:
-                size["shortest_edge"] = min_pixels
-                image_processor.min_pixels = min_pixels
-            if max_pixels:
-                size["longest_edge"] = max_pixels
-                image_processor.max_pixels = max_pixels
-            image_processor.size = size
+        set_pixel_budget(getattr(self.processor, "image_processor", None), min_pixels, max_pixels)
         self.batch_size = batch_size
         self.max_image_pixels = max_image_pixels
         self.image_patches_only = image_patches_only

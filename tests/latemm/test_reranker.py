@@ -29,12 +29,14 @@ DOCS = [
 QUERY = "what is the revenue"
 
 
-def _by_hand(folder, template: str, document: Page) -> float:
+def _by_hand(folder, template: str, document: Page, model=None) -> float:
     """Build the template's prompt independently, run one unpadded forward pass, read logits."""
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    model = AutoModelForImageTextToText.from_pretrained(folder).eval()
+    model = (
+        model if model is not None else AutoModelForImageTextToText.from_pretrained(folder).eval()
+    )
     processor = AutoProcessor.from_pretrained(folder)
     doc = ([{"type": "image"}] if document.image else []) + (
         [{"type": "text", "text": document.text}] if document.text else []
@@ -170,3 +172,65 @@ def test_search_cli_reranks_top_pages(qwen, tmp_path) -> None:
         assert all(s is not None for s in reranked) and rows[4]["rerank_score"] is None
         assert reranked == sorted(reranked, reverse=True)
         assert [r["score"] for r in rows[:4]] == reranked
+
+
+def test_lora_adapter_is_applied(qwen, tmp_path) -> None:
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForImageTextToText
+
+    torch.manual_seed(1)
+    base = AutoModelForImageTextToText.from_pretrained(qwen)
+    config = peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )
+    adapted = peft.get_peft_model(base, config).eval()
+    adapted.save_pretrained(tmp_path / "adapter")
+    with_adapter = MLLMReranker(str(qwen), adapter=str(tmp_path / "adapter")).score(QUERY, DOCS)
+    expected = [_by_hand(qwen, "monoqwen", d, model=adapted) for d in DOCS]
+    np.testing.assert_allclose(with_adapter, expected, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(with_adapter, MLLMReranker(str(qwen)).score(QUERY, DOCS), atol=1e-4)
+
+
+def test_show_renders_thumbnails_and_stage_scores(qwen, tmp_path) -> None:
+    from html.parser import HTMLParser
+
+    from latemm.cli import main
+
+    test_search_cli_reranks_top_pages(qwen, tmp_path)
+    out = tmp_path / "q0.html"
+    assert (
+        main(
+            [
+                "show",
+                str(tmp_path / "run.parquet"),
+                "--index",
+                str(tmp_path / "idx"),
+                "--query",
+                "q0",
+                "--k",
+                "5",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+
+    class Collect(HTMLParser):
+        images: list[str] = []
+        headers: list[str] = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.images.append(dict(attrs)["src"])
+
+        def handle_data(self, data):
+            if data in ("fde_score", "maxsim_score", "rerank_score"):
+                self.headers.append(data)
+
+    parser = Collect()
+    parser.feed(out.read_text())
+    assert len(parser.images) == 5 and all(
+        src.startswith("data:image/jpeg;base64,") for src in parser.images
+    )
+    assert parser.headers.count("rerank_score") == 5

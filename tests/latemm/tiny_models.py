@@ -228,3 +228,79 @@ def build_qwen2_vl(folder: Path) -> Path:
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def build_colbert_pylate(folder: Path, *, query_length: int = 12) -> Path:
+    """A tiny BERT ColBERT checkpoint in the PyLate (sentence-transformers) layout: a Dense
+    projection module, [Q]/[D] prefixes and query augmentation with [MASK]."""
+    import json
+
+    from safetensors.torch import save_file
+    from tokenizers import processors
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    raw = train_tokenizer(
+        ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[unused0]", "[unused1]"], unk="[UNK]"
+    )
+    raw.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        special_tokens=[("[CLS]", raw.token_to_id("[CLS]")), ("[SEP]", raw.token_to_id("[SEP]"))],
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        additional_special_tokens=["[unused0]", "[unused1]"],
+    )
+    model = BertModel(
+        BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=128,
+        )
+    ).eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "modules.json").write_text(
+        json.dumps(
+            [
+                {
+                    "idx": 0,
+                    "name": "0",
+                    "path": "",
+                    "type": "sentence_transformers.models.Transformer",
+                },
+                {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"},
+            ]
+        )
+    )
+    (folder / "config_sentence_transformers.json").write_text(
+        json.dumps(
+            {
+                "query_prefix": "[unused0]",
+                "document_prefix": "[unused1]",
+                "query_length": query_length,
+                "do_query_expansion": True,
+            }
+        )
+    )
+    (folder / "1_Dense").mkdir()
+    (folder / "1_Dense" / "config.json").write_text(
+        json.dumps(
+            {
+                "in_features": 32,
+                "out_features": 16,
+                "bias": False,
+                "activation_function": "torch.nn.modules.linear.Identity",
+            }
+        )
+    )
+    save_file({"linear.weight": torch.randn(16, 32)}, str(folder / "1_Dense" / "model.safetensors"))
+    return folder
