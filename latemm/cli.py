@@ -1,4 +1,5 @@
-"""The ``latemm`` command line: ingest, index, search, eval, info, delete, compact, verify."""
+"""The ``latemm`` command line: ingest, encode, index, search, eval, show, info, delete, compact,
+verify, quickstart."""
 
 from __future__ import annotations
 
@@ -330,6 +331,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-images", action="store_true", help="text only (for text encoders)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("show", help="render a query's top pages as HTML (thumbnails and scores)")
+    p.add_argument("run", help="run Parquet file")
+    p.add_argument("--index", required=True)
+    p.add_argument("--query", required=True, help="query_id")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--out", default=None, help="HTML file (default RUN-QUERY.html)")
+    p.set_defaults(func=cmd_show)
+
     p = sub.add_parser(
         "quickstart", help="offline demo: real PDFs, MiniLM, ranked pages and timings"
     )

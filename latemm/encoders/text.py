@@ -91,7 +91,8 @@ class TextEncoder(Encoder):
     max_length
         Window length in tokens including special tokens (default: the model's limit).
     window_overlap
-        Tokens shared by consecutive windows for long texts.
+        Tokens shared by consecutive windows for long texts (default: a quarter of the window,
+        at most 64).
     batch_size
         Windows per forward pass.
     """
@@ -107,7 +108,7 @@ class TextEncoder(Encoder):
         pooling: str | None = None,
         normalize: bool = True,
         max_length: int | None = None,
-        window_overlap: int = 64,
+        window_overlap: int | None = None,
         batch_size: int = 32,
         query_length: int | None = None,
     ) -> None:
@@ -163,9 +164,11 @@ class TextEncoder(Encoder):
         self.normalize = normalize or st_normalize
         limit = _model_window(self.model, self.tokenizer, folder)
         self.max_length = min(max_length or limit, limit)
-        self.window_overlap = window_overlap
         self.batch_size = batch_size
         self.num_special = self.tokenizer.num_special_tokens_to_add(pair=False)
+        if window_overlap is None:
+            window_overlap = min(64, (self.max_length - self.num_special) // 4)
+        self.window_overlap = window_overlap
         if self.max_length - self.num_special <= 2 * window_overlap:
             raise InputError(
                 f"window_overlap={window_overlap} is too large for windows of {self.max_length} "
