@@ -304,13 +304,18 @@ def main(argv: list[str] | None = None) -> None:
         default=30000,
         help="largest size fast-plaid is built for (in-memory build)",
     )
+    parser.add_argument(
+        "--name", default=None, help="results file name (default bench_search[_quick])"
+    )
+    parser.add_argument("--no-vaswani", action="store_true")
     args = parser.parse_args(argv)
     sizes = args.sizes or ([2000, 10000] if args.quick else [10000, 30000, 100000])
     n_queries = args.queries or (30 if args.quick else 50)
     results: dict[str, object] = {"kernel": kernel_efficiency(200 if args.quick else 500)}
     print("kernel:", results["kernel"])
-    results["vaswani"] = vaswani()
-    name = "bench_search" + ("_quick" if args.quick else "")
+    if not args.no_vaswani:
+        results["vaswani"] = vaswani()
+    name = args.name or "bench_search" + ("_quick" if args.quick else "")
     done: list[dict[str, object]] = []
     results["colpali"] = done
     for n in sizes:  # written after every size, so a long run keeps what it finished

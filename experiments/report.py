@@ -176,6 +176,41 @@ def section_search(r: dict[str, Any]) -> str:
             rows,
         )
     )
+    small = _load("bench_search_plaid", False)
+    if small:
+        out.append(
+            "\nA smaller corpus where fast-plaid's CPU build finishes, same run for both systems:\n"
+            + _provenance(small)
+            + "\n"
+        )
+        rows = []
+        for size in small.get("colpali", []):
+            for x in size["latemm"]:
+                rows.append(
+                    [
+                        size["documents"],
+                        f"latemm C={x['candidates']}",
+                        x["recall@10"],
+                        x["latency_s_median"] * 1e3,
+                        x["batch_queries_per_s"],
+                    ]
+                )
+            plaid = size.get("fast_plaid") or {}
+            for run in plaid.get("runs", []):
+                rows.append(
+                    [
+                        size["documents"],
+                        f"fast-plaid {run['setting']}",
+                        run["recall@10"],
+                        run["latency_s_median"] * 1e3,
+                        run["batch_queries_per_s"],
+                    ]
+                )
+            if plaid.get("error"):
+                rows.append([size["documents"], f"fast-plaid: {plaid['error'][:80]}", "", "", ""])
+        out.append(
+            _table(["pages", "system", "recall@10 vs exact", "ms/query", "queries/s (batch)"], rows)
+        )
     v = r.get("vaswani")
     if v:
         out.append(
