@@ -85,5 +85,6 @@ def test_mmlongbench_pdfs_to_metrics(shared_data, tmp_path, capsys) -> None:
         == 0
     )
     metrics = json.loads((tmp_path / "m.json").read_text())["run"]
-    # Measured 0.4-0.5 with this setup (experiments/eval_text.py); a broken stage gives ~0.
-    assert metrics["ndcg@5"] > 0.3 and metrics["recall@10"] > 0.4, metrics
+    # experiments/eval_text.py measured nDCG@5 0.308 and recall@10 0.428 with this setup (BM25:
+    # 0.334 and 0.449); a broken stage gives ~0.
+    assert metrics["ndcg@5"] > 0.25 and metrics["recall@10"] > 0.35, metrics
