@@ -47,7 +47,7 @@ def run_fastplaid(
     top_k: int = 10,
     settings: list[dict[str, int]],
     threads: int = 2,
-    timeout_s: float = 900.0,
+    timeout_s: float = 600.0,
 ) -> dict[str, object] | None:
     python = ensure_venv()
     if python is None:
