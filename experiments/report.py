@@ -117,6 +117,47 @@ def section_index(r: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _search_rows(size: dict[str, Any]) -> list[list[Any]]:
+    """Table rows of one corpus size: latemm per candidate count, brute force, fast-plaid."""
+    bf = size["brute_force_latency_s"]
+    rows = [
+        [
+            size["documents"],
+            f"latemm C={x['candidates']}",
+            x["recall@10"],
+            x["latency_s_median"] * 1e3,
+            x["batch_queries_per_s"],
+            x["speedup_vs_brute_force"],
+        ]
+        for x in size["latemm"]
+    ]
+    rows.append(
+        [
+            size["documents"],
+            "brute-force MaxSim",
+            1.0,
+            bf * 1e3,
+            1 / size["brute_force_batched_s_per_query"],
+            1.0,
+        ]
+    )
+    plaid = size.get("fast_plaid") or {}
+    for run in plaid.get("runs", []):
+        rows.append(
+            [
+                size["documents"],
+                f"fast-plaid {run['setting']}",
+                run["recall@10"],
+                run["latency_s_median"] * 1e3,
+                run["batch_queries_per_s"],
+                bf / run["latency_s_median"],
+            ]
+        )
+    if plaid.get("error"):
+        rows.append([size["documents"], f"fast-plaid: {plaid['error'][:100]}", "", "", "", ""])
+    return rows
+
+
 def section_search(r: dict[str, Any]) -> str:
     out = ["## 3. Search against brute-force MaxSim and fast-plaid", _provenance(r), ""]
     k = r.get("kernel", {})
@@ -126,90 +167,24 @@ def section_search(r: dict[str, Any]) -> str:
             f"matrix product of the same shapes ({k['fraction_of_same_shape_peak']:.0%} of that limit; the 2048^3 product peaks at "
             f"{k['matmul_2048_cubed_gflops']:.0f} GFLOP/s). With float16 storage widened on the fly: {k['maxsim_float16_storage_gflops']:.0f} GFLOP/s.\n"
         )
-    rows = []
-    for size in r.get("colpali", []):
-        for x in size["latemm"]:
-            rows.append(
-                [
-                    size["documents"],
-                    f"latemm C={x['candidates']}",
-                    x["recall@10"],
-                    x["latency_s_median"] * 1e3,
-                    x["batch_queries_per_s"],
-                    x["speedup_vs_brute_force"],
-                ]
-            )
-        rows.append(
-            [
-                size["documents"],
-                "brute-force MaxSim",
-                1.0,
-                size["brute_force_latency_s"] * 1e3,
-                1 / size["brute_force_batched_s_per_query"],
-                1.0,
-            ]
-        )
-        plaid = size.get("fast_plaid") or {}
-        for run in plaid.get("runs", []):
-            rows.append(
-                [
-                    size["documents"],
-                    f"fast-plaid {run['setting']}",
-                    run["recall@10"],
-                    run["latency_s_median"] * 1e3,
-                    run["batch_queries_per_s"],
-                    size["brute_force_latency_s"] / run["latency_s_median"],
-                ]
-            )
-        if plaid.get("error"):
-            rows.append([size["documents"], "fast-plaid", "failed", "", "", ""])
-    out.append(
-        _table(
-            [
-                "pages",
-                "system",
-                "recall@10 vs exact",
-                "ms/query (one at a time)",
-                "queries/s (batch)",
-                "speed-up vs brute force",
-            ],
-            rows,
-        )
-    )
+    header = [
+        "pages",
+        "system",
+        "recall@10 vs exact",
+        "ms/query (one at a time)",
+        "queries/s (batch)",
+        "speed-up vs brute force",
+    ]
+    out.append(_table(header, [row for size in r.get("colpali", []) for row in _search_rows(size)]))
     small = _load("bench_search_plaid", False)
     if small:
         out.append(
-            "\nA smaller corpus where fast-plaid's CPU build finishes, same run for both systems:\n"
+            "\nA smaller corpus for fast-plaid's CPU build, both systems in one run:\n"
             + _provenance(small)
             + "\n"
         )
-        rows = []
-        for size in small.get("colpali", []):
-            for x in size["latemm"]:
-                rows.append(
-                    [
-                        size["documents"],
-                        f"latemm C={x['candidates']}",
-                        x["recall@10"],
-                        x["latency_s_median"] * 1e3,
-                        x["batch_queries_per_s"],
-                    ]
-                )
-            plaid = size.get("fast_plaid") or {}
-            for run in plaid.get("runs", []):
-                rows.append(
-                    [
-                        size["documents"],
-                        f"fast-plaid {run['setting']}",
-                        run["recall@10"],
-                        run["latency_s_median"] * 1e3,
-                        run["batch_queries_per_s"],
-                    ]
-                )
-            if plaid.get("error"):
-                rows.append([size["documents"], f"fast-plaid: {plaid['error'][:80]}", "", "", ""])
         out.append(
-            _table(["pages", "system", "recall@10 vs exact", "ms/query", "queries/s (batch)"], rows)
+            _table(header, [row for size in small.get("colpali", []) for row in _search_rows(size)])
         )
     v = r.get("vaswani")
     if v:
