@@ -1,5 +1,5 @@
-"""The ``latemm`` command line: ingest, encode, index, search, eval, show, info, delete, compact,
-verify, quickstart."""
+"""The ``latemm`` command line: ingest, convert, encode, index, search, eval, show, info, delete,
+compact, verify, quickstart."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from index_store.errors import LatemmError
+from index_store.errors import InputError, LatemmError
 
 
 def _columns(args: argparse.Namespace, id_default: str):  # type: ignore[no-untyped-def]
@@ -204,11 +204,40 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from latemm.loaders import convert
+
+    done = convert(args.source, args.out, format=args.format, split=args.split)
+    print(
+        f"wrote {done.documents} documents to {done.corpus}, {done.num_queries} queries to "
+        f"{done.queries} and {done.judgements} judgements to {done.qrels}"
+    )
+    return 0
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from latemm.show import render
 
+    query_text = None
+    if args.queries:
+        from latemm.io import Columns, read_batches
+
+        for batch in read_batches(args.queries, columns=Columns(id="query_id"), kind="queries"):
+            if args.query in batch.ids and "text" in batch.table.column_names:
+                query_text = batch.table.column("text")[batch.ids.index(args.query)].as_py()
+                break
+    encoder = _encoder(None, args.index, args.device) if args.heatmap else None
+    if args.heatmap and not hasattr(encoder, "similarity_maps"):
+        built_with = encoder.info.name_or_path if encoder is not None else "precomputed vectors"
+        raise InputError(
+            f"--heatmap needs an index built with a vision encoder (ColPali, ColQwen2); "
+            f"{args.index} was built with {built_with}"
+        )
+    html = render(
+        args.run, args.index, args.query, k=args.k, query_text=query_text, encoder=encoder
+    )
     out = Path(args.out or f"{Path(args.run).stem}-{args.query}.html")
-    out.write_text(render(args.run, args.index, args.query, k=args.k), encoding="utf-8")
+    out.write_text(html, encoding="utf-8")
     print(f"wrote {out}")
     return 0
 
@@ -332,12 +361,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_ingest)
 
+    p = sub.add_parser(
+        "convert", help="ViDoRe v1/v2 or BEIR data to corpus/queries Parquet and TREC qrels"
+    )
+    p.add_argument("source", help="a Parquet file or folder (ViDoRe) or a BEIR folder")
+    p.add_argument(
+        "--out", required=True, help="folder for corpus.parquet, queries.parquet, qrels.txt"
+    )
+    p.add_argument(
+        "--format", default=None, choices=["vidore-v1", "vidore-v2", "beir"], help="default: detect"
+    )
+    p.add_argument("--split", default="test", help="BEIR qrels split")
+    p.set_defaults(func=cmd_convert)
+
     p = sub.add_parser("show", help="render a query's top pages as HTML (thumbnails and scores)")
     p.add_argument("run", help="run Parquet file")
     p.add_argument("--index", required=True)
     p.add_argument("--query", required=True, help="query_id")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--out", default=None, help="HTML file (default RUN-QUERY.html)")
+    p.add_argument("--queries", default=None, help="queries Parquet, for the query's text")
+    p.add_argument(
+        "--heatmap",
+        action="store_true",
+        help="patch-level similarity heat maps with the index's vision encoder (needs --queries)",
+    )
+    p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser(

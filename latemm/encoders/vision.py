@@ -198,6 +198,47 @@ class ColVisionEncoder(Encoder):
                 out[i] = vectors
         return MultiVectors.from_arrays([v for v in out if v is not None], self.dim)
 
+    def similarity_maps(self, query: str | Page, images: Sequence[Any]) -> list[np.ndarray]:
+        """Patch-level heat maps of a query over page images.
+
+        For each image, an (h, w) float32 grid over its image patches: each patch's best inner
+        product with any of the query's token vectors, i.e. how strongly some query token would
+        pick that patch in MaxSim. Available for ColPali (a square patch grid) and ColQwen2 (the
+        grid of merged patches the processor reports); ColModernVBert splits pages into tiles
+        and has no single grid.
+        """
+        if self.image_token_id is None or self.info.family not in ("colpali", "colqwen2"):
+            raise InputError(
+                f"similarity maps are available for colpali and colqwen2 encoders, not "
+                f"{self.info.family} (its image tokens do not form one patch grid)"
+            )
+        query_vectors = self.encode_queries([query])[0]  # (Tq, d)
+        maps = []
+        for i, value in enumerate(images):
+            image = load_image(value, f"page {i}", max_image_pixels=self.max_image_pixels)
+            inputs = self.processor.process_images(images=[image], return_tensors="pt")
+            embeddings, inputs = self._embed(inputs)
+            patches = embeddings[0][inputs["input_ids"][0] == self.image_token_id].cpu().numpy()
+            height, width = self._patch_grid(inputs, len(patches))
+            best = (patches @ query_vectors.T).max(axis=1)  # (P,)
+            maps.append(best.reshape(height, width).astype(np.float32))
+        return maps
+
+    def _patch_grid(self, inputs: dict[str, Any], n_patches: int) -> tuple[int, int]:
+        """(rows, columns) of the image-patch tokens of one processed image."""
+        if "image_grid_thw" in inputs:  # Qwen2-VL: patches merged merge_size x merge_size
+            merge = int(getattr(self.processor.image_processor, "merge_size", 2))
+            _, rows, columns = (int(v) for v in inputs["image_grid_thw"][0])
+            grid = (rows // merge, columns // merge)
+        else:  # PaliGemma: a square grid
+            side = int(round(n_patches**0.5))
+            grid = (side, side)
+        if grid[0] * grid[1] != n_patches:
+            raise InputError(
+                f"{n_patches} image tokens do not form the expected {grid[0]}x{grid[1]} patch grid"
+            )
+        return grid
+
     def encode_queries(
         self,
         queries: Sequence[Page | str],
