@@ -10,29 +10,34 @@ def load_encoder(name_or_path: str, **options: object) -> Encoder:
     """An encoder for a hub id or local folder, chosen from its config.
 
     Vision retrieval checkpoints (``model_type`` colpali, colqwen2, colmodernvbert) get
-    ``ColVisionEncoder``; anything else is treated as a text encoder (sentence-transformers
-    folders and ColBERT checkpoints included).
+    ``ColVisionEncoder``; other vision-language models (a ``vision_config`` in their config) get
+    ``VLMProjectionEncoder`` (backbone plus the checkpoint's linear projection); anything else
+    is treated as a text encoder (sentence-transformers folders and ColBERT checkpoints included).
     """
     from latemm.encoders.text import TextEncoder
 
-    family = _model_type(name_or_path)
-    if family in {"colpali", "colqwen2", "colmodernvbert"}:
+    config = _config(name_or_path)
+    if config.get("model_type") in {"colpali", "colqwen2", "colmodernvbert"}:
         from latemm.encoders.vision import ColVisionEncoder
 
         return ColVisionEncoder(name_or_path, **options)  # type: ignore[arg-type]
+    if "vision_config" in config:
+        from latemm.encoders.vlm import VLMProjectionEncoder
+
+        return VLMProjectionEncoder(name_or_path, **options)  # type: ignore[arg-type]
     return TextEncoder(name_or_path, **options)  # type: ignore[arg-type]
 
 
-def _model_type(name_or_path: str) -> str | None:
+def _config(name_or_path: str) -> dict[str, object]:
     import json
     from pathlib import Path
 
     path = Path(name_or_path) / "config.json"
     if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8")).get("model_type")
+        return dict(json.loads(path.read_text(encoding="utf-8")))
     try:
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(name_or_path).model_type  # type: ignore[no-any-return]
+        return dict(AutoConfig.from_pretrained(name_or_path).to_dict())
     except Exception:  # noqa: BLE001 - offline hub id: the encoder's own loading gives the error
-        return None
+        return {}

@@ -181,3 +181,51 @@ def test_colbert_pylate_layout_markers_projection_and_augmentation(tmp_path) -> 
     doc = encoder.encode_documents(["total revenue chart"])
     ids = [t("[CLS]"), t("[unused1]"), t("total"), t("revenue"), t("chart"), t("[SEP]")]
     np.testing.assert_allclose(doc[0], by_hand(ids), rtol=1e-4, atol=1e-5)
+
+
+def test_vlm_with_projection_equals_colidefics3_style_forward(tmp_path) -> None:
+    """The generic VLM path against ColIdefics3's own forward (backbone, linear, L2 norm) run
+    on each input alone through the model's processor and chat template."""
+    import io
+
+    from PIL import Image
+    from safetensors.torch import load_file
+    from transformers import AutoModel, AutoProcessor
+
+    from latemm.encoders.vlm import VLMProjectionEncoder
+    from tests.latemm.tiny_models import build_vlm_with_projection
+
+    folder = build_vlm_with_projection(tmp_path / "colvlm")
+    encoder = load_encoder(str(folder))
+    assert isinstance(encoder, VLMProjectionEncoder) and encoder.dim == 24
+    assert encoder.info.options["projection_key"] == "linear"
+    backbone = AutoModel.from_pretrained(folder).eval()
+    processor = AutoProcessor.from_pretrained(folder)
+    weights = load_file(str(folder / "model.safetensors"))
+
+    def reference(content, images=None):
+        text = processor.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=False
+        ).strip()
+        inputs = processor(text=[text], images=images, return_tensors="pt")
+        with torch.no_grad():
+            hidden = backbone(**inputs).last_hidden_state[0]
+        projected = hidden @ weights["linear.weight"].T + weights["linear.bias"]
+        return torch.nn.functional.normalize(projected, dim=-1).numpy()
+
+    docs = encoder.encode_documents([Page(image=p) for p in PAGES], batch_size=3)  # padded
+    for i, page in enumerate(PAGES):
+        image = Image.open(io.BytesIO(page)).convert("RGB")
+        want = reference(
+            [{"type": "text", "text": "Describe the image."}, {"type": "image"}], [[image]]
+        )
+        np.testing.assert_allclose(docs[i], want, rtol=1e-4, atol=1e-5)
+    queries = encoder.encode_queries(QUERIES, batch_size=3)
+    pad = processor.tokenizer.pad_token
+    for i, query in enumerate(QUERIES):
+        want = reference([{"type": "text", "text": f"Query: {query}{pad * 10}"}])
+        np.testing.assert_allclose(queries[i], want, rtol=1e-4, atol=1e-5)
+    patches = VLMProjectionEncoder(str(folder), image_patches_only=True).encode_documents(PAGES[:1])
+    assert 0 < len(patches.vectors) < len(docs[0])
+    with pytest.raises(InputError, match="no projection layer \\(proj.weight\\)"):
+        VLMProjectionEncoder(str(folder), projection_key="proj")

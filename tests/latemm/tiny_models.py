@@ -304,3 +304,17 @@ def build_colbert_pylate(folder: Path, *, query_length: int = 12) -> Path:
     )
     save_file({"linear.weight": torch.randn(16, 32)}, str(folder / "1_Dense" / "model.safetensors"))
     return folder
+
+
+def build_vlm_with_projection(folder: Path, *, dim: int = 24) -> Path:
+    """A ColIdefics3-style checkpoint: a tiny Qwen2-VL chat model whose safetensors also hold a
+    ``linear`` projection (hidden -> dim) beside the backbone, as colpali-engine saves them."""
+    from safetensors.torch import load_file, save_file
+
+    build_qwen2_vl(folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    generator = torch.Generator().manual_seed(1)
+    weights["linear.weight"] = torch.randn(dim, 32, generator=generator) / 32**0.5
+    weights["linear.bias"] = torch.randn(dim, generator=generator) * 0.1
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder

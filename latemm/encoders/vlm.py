@@ -1,0 +1,228 @@
+"""Late interaction from any Hugging Face vision-language model plus a linear projection.
+
+This is how ColIdefics3 / ColSmol-style checkpoints are built: the VLM's backbone
+(``AutoModel``: Idefics3, SmolVLM, Qwen2-VL, ...) gives one hidden state per token, a linear
+layer stored in the same checkpoint (``linear.weight``, or ``custom_text_proj.weight`` as
+ColPali names it) projects it to the retrieval dimension, and the result is L2-normalised.
+Inputs go through the model's own processor and chat template: a page is the user turn
+``[document_prompt, image]``, a query the user turn ``query_prefix + query + augmentation``.
+Only the encoder modules import transformers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from index_store.errors import InputError
+from latemm.encoders.base import Encoder, EncoderInfo, MultiVectors, Page
+from latemm.encoders.text import _local_folder, default_device, default_dtype
+from latemm.encoders.vision import load_image, set_pixel_budget
+
+PROJECTION_KEYS = ("linear", "custom_text_proj", "embedding_proj_layer")
+
+
+def find_projection(
+    folder: Path, key: str | None = None
+) -> tuple[str, torch.Tensor, torch.Tensor | None]:
+    """The checkpoint's projection layer: (key, weight (dim, hidden), bias or None).
+
+    Looks for ``{key}.weight`` in every ``*.safetensors`` file of the folder (any of
+    ``PROJECTION_KEYS`` when no key is given); never unpickles.
+    """
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise InputError(
+            f"{folder} has no .safetensors files; latemm reads projections from safetensors only"
+        )
+    wanted = [key] if key else list(PROJECTION_KEYS)
+    seen: list[str] = []
+    for path in files:
+        with safe_open(str(path), framework="pt") as fh:
+            names = set(fh.keys())
+            seen += sorted(n for n in names if n.endswith(".weight") and n.count(".") == 1)
+            for name in wanted:
+                if f"{name}.weight" in names:
+                    bias = fh.get_tensor(f"{name}.bias") if f"{name}.bias" in names else None
+                    return name, fh.get_tensor(f"{name}.weight"), bias
+    raise InputError(
+        f"{folder}: no projection layer ({', '.join(f'{n}.weight' for n in wanted)}) in its "
+        f"safetensors files; top-level weights found: {', '.join(seen) or 'none'}. "
+        "Name it with projection_key="
+    )
+
+
+class VLMProjectionEncoder(Encoder):
+    """Any vision-language model with a linear projection, ColIdefics3-style.
+
+    Parameters
+    ----------
+    name_or_path
+        Hub id or local folder holding the VLM (its config, processor and weights) and the
+        projection weights.
+    projection_key
+        Name of the projection layer in the safetensors files (default: the first of
+        ``PROJECTION_KEYS`` found).
+    document_prompt
+        The text beside each page image in the user turn.
+    query_prefix, query_augmentation_token, query_augmentation
+        A query's user turn is ``query_prefix + query + token * query_augmentation`` (the token
+        defaults to the tokenizer's pad token).
+    revision, trust_remote_code, device, dtype, batch_size, min_pixels, max_pixels,
+    max_image_pixels, image_patches_only
+        As for ``ColVisionEncoder``.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str,
+        *,
+        projection_key: str | None = None,
+        document_prompt: str = "Describe the image.",
+        query_prefix: str = "Query: ",
+        query_augmentation_token: str | None = None,
+        query_augmentation: int = 10,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        batch_size: int = 4,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        max_image_pixels: int | None = 50_000_000,
+        image_patches_only: bool = False,
+    ) -> None:
+        from transformers import AutoModel, AutoProcessor
+
+        folder = _local_folder(name_or_path, revision)
+        if folder is None:
+            raise InputError(
+                f"cannot find {name_or_path!r}: not a local folder, and the hub is unreachable"
+            )
+        self.device = torch.device(device) if device is not None else default_device()
+        self.dtype = dtype or default_dtype(self.device)
+        self.model = AutoModel.from_pretrained(
+            folder, trust_remote_code=trust_remote_code, dtype=self.dtype
+        ).to(self.device)
+        self.model.eval()
+        self.processor = AutoProcessor.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        set_pixel_budget(getattr(self.processor, "image_processor", None), min_pixels, max_pixels)
+        tokenizer = self.processor.tokenizer
+        if getattr(tokenizer, "chat_template", None) is None and not getattr(
+            self.processor, "chat_template", None
+        ):
+            raise InputError(
+                f"{name_or_path} has no chat template; this encoder builds prompts with it"
+            )
+        key, weight, bias = find_projection(folder, projection_key)
+        self.weight = weight.to(self.device, torch.float32)  # (dim, hidden)
+        self.bias = None if bias is None else bias.to(self.device, torch.float32)
+        self.document_prompt = document_prompt
+        self.query_prefix = query_prefix
+        token = query_augmentation_token or tokenizer.pad_token
+        self.query_suffix = (token or "") * query_augmentation
+        self.batch_size = batch_size
+        self.max_image_pixels = max_image_pixels
+        self.image_patches_only = image_patches_only
+        image_token = getattr(self.processor, "image_token", None)
+        self.image_token_id = (
+            tokenizer.convert_tokens_to_ids(image_token) if image_token is not None else None
+        )
+        self.info = EncoderInfo(
+            family="vlm-projection",
+            name_or_path=str(name_or_path),
+            dim=int(self.weight.shape[0]),
+            revision=revision,
+            query_template=f"{query_prefix}{{query}}{self.query_suffix}",
+            document_template=document_prompt,
+            options={
+                "projection_key": key,
+                "min_pixels": min_pixels,
+                "max_pixels": max_pixels,
+                "image_patches_only": image_patches_only,
+            },
+        )
+
+    def _prompt(self, content: list[dict[str, str]]) -> str:
+        messages = [{"role": "user", "content": content}]
+        return str(
+            self.processor.apply_chat_template(messages, add_generation_prompt=False)
+        ).strip()
+
+    def _vectors(self, inputs: Any, *, documents: bool) -> list[np.ndarray]:
+        inputs = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in inputs.items()}
+        with torch.inference_mode():
+            hidden = self.model(**inputs).last_hidden_state.float()  # (B, L, hidden)
+            projected = torch.nn.functional.linear(hidden, self.weight, self.bias)  # (B, L, dim)
+            projected = torch.nn.functional.normalize(projected, dim=-1)
+        mask = inputs["attention_mask"].bool()  # (B, L): padding never becomes a vector
+        if documents and self.image_patches_only and self.image_token_id is not None:
+            mask &= inputs["input_ids"] == self.image_token_id
+        return [projected[b][mask[b]].cpu().numpy() for b in range(projected.shape[0])]
+
+    def encode_documents(
+        self,
+        documents: Sequence[Page | str],
+        *,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> MultiVectors:
+        images = []
+        for i, doc in enumerate(documents):
+            value = doc.image if isinstance(doc, Page) else doc
+            if value is None:
+                raise InputError(f"document {i} has no image; this encoder encodes page images")
+            images.append(
+                load_image(value, f"document {i}", max_image_pixels=self.max_image_pixels)
+            )
+        order = sorted(range(len(images)), key=lambda i: images[i].width * images[i].height)
+        size = batch_size or self.batch_size
+        batches = [order[b : b + size] for b in range(0, len(order), size)]
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="encoding pages", unit="batch")
+        prompt = self._prompt([{"type": "text", "text": self.document_prompt}, {"type": "image"}])
+        out: list[np.ndarray] = [np.empty((0, self.dim), np.float32)] * len(images)
+        for batch in batches:
+            inputs = self.processor(
+                text=[prompt] * len(batch),
+                images=[[images[i]] for i in batch],
+                return_tensors="pt",
+                padding="longest",
+            )
+            for i, vectors in zip(batch, self._vectors(inputs, documents=True), strict=True):
+                out[i] = vectors
+        return MultiVectors.from_arrays(out, self.dim)
+
+    def encode_queries(
+        self,
+        queries: Sequence[Page | str],
+        *,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> MultiVectors:
+        prompts = []
+        for i, query in enumerate(queries):
+            text = query.text if isinstance(query, Page) else query
+            if not isinstance(text, str) or not text.strip():
+                raise InputError(f"query {i} has no text; this encoder's queries are text")
+            prompts.append(
+                self._prompt(
+                    [{"type": "text", "text": self.query_prefix + text + self.query_suffix}]
+                )
+            )
+        size = batch_size or self.batch_size
+        arrays: list[np.ndarray] = []
+        for start in range(0, len(prompts), size):
+            inputs = self.processor(
+                text=prompts[start : start + size], return_tensors="pt", padding="longest"
+            )
+            arrays += self._vectors(inputs, documents=False)
+        return MultiVectors.from_arrays(arrays, self.dim)
