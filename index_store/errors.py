@@ -16,7 +16,16 @@ class LatemmError(Exception):
 
 
 class InputError(LatemmError, ValueError):
-    """Bad input: wrong shape, dtype, missing column, duplicate id, ... Nothing was written."""
+    """Bad input: wrong shape, dtype, missing column, duplicate id, ... Nothing was written.
+
+    ``item`` is the position of the offending item in the sequence the raising function was
+    given, when there is one, so a caller that knows where the items came from (a file's rows)
+    can name the row and id.
+    """
+
+    def __init__(self, message: str, *, item: int | None = None) -> None:
+        super().__init__(message)
+        self.item = item
 
 
 class IndexCorruptError(LatemmError, OSError):

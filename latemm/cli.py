@@ -33,7 +33,7 @@ def _add_column_flags(parser: argparse.ArgumentParser) -> None:
 def _encoder(name: str | None, index_dir: str | None = None, device: str | None = None):  # type: ignore[no-untyped-def]
     from latemm.encoders import load_encoder
 
-    if name is None and index_dir is not None:
+    if name is None and index_dir is not None and (Path(index_dir) / "manifest.json").is_file():
         from index_store import Index
 
         recorded = Index.open(index_dir, verify="none").config.encoder
@@ -50,7 +50,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     report = index_corpus(
         args.corpus,
         args.index,
-        encoder=_encoder(args.encoder, device=args.device),
+        encoder=_encoder(args.encoder, args.index, args.device),
         columns=_columns(args, "doc_id"),
         dtype=args.dtype,
         faiss_factory=args.faiss,

@@ -43,6 +43,7 @@ class IngestReport:
 def pdf_files(inputs: Iterable[str | Path], report: IngestReport) -> Iterator[Path]:
     """PDF files under the inputs (files or folders, recursively, sorted); anything else is
     reported and skipped."""
+    names: dict[str, Path] = {}  # page ids are {file name}#p{page}: names must not collide
     for item in inputs:
         path = Path(item)
         if not path.exists():
@@ -54,6 +55,13 @@ def pdf_files(inputs: Iterable[str | Path], report: IngestReport) -> Iterator[Pa
             if magic != b"%PDF-":
                 report.problems.append(f"{candidate}: not a PDF (skipped)")
                 continue
+            if candidate.name in names:
+                report.problems.append(
+                    f"{candidate}: has the same file name as {names[candidate.name]}, so their page "
+                    "ids would collide; skipped (rename one)"
+                )
+                continue
+            names[candidate.name] = candidate
             yield candidate
 
 

@@ -8,6 +8,8 @@ finished query batches to the run file's parts and a re-run continues after the 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,20 @@ def _pages(batch: Batch, source: Path) -> list[Page]:
     return pages
 
 
+@contextmanager
+def _rows_named(batch: Batch, source: Path, kind: str = "doc_id") -> Iterator[None]:
+    """Turn an encoder's complaint about item i of the batch into one that names the file, row
+    and id the item came from."""
+    try:
+        yield
+    except InputError as exc:
+        if exc.item is None:
+            raise
+        raise InputError(
+            f"{source}, row {batch.first_row + exc.item}, {kind} {batch.ids[exc.item]!r}: {exc}"
+        ) from exc
+
+
 def index_corpus(
     corpus: str | Path,
     index_dir: str | Path,
@@ -85,12 +101,31 @@ def index_corpus(
         raise InputError(f"on_existing must be 'skip', 'upsert' or 'error', got {on_existing!r}")
     source = Path(corpus)
     cols = columns or Columns()
+    existing = None
+    if (Path(index_dir) / "manifest.json").is_file():
+        existing = Index.open(index_dir, verify="none").config
+        recorded = existing.encoder
+        if recorded and encoder and encoder.info.name_or_path != recorded["name_or_path"]:
+            raise InputError(
+                f"the index {index_dir} was built with encoder {recorded['name_or_path']!r}, not "
+                f"{encoder.info.name_or_path!r}; vectors of different models cannot share an index "
+                "(leave out --encoder to use the recorded one, or index into a new folder)"
+            )
     total = count_rows(source)
     writer = None
     added = skipped = 0
+    row_of: dict[str, int] = {}  # every id of this file so far: duplicates are errors, not skips
     bar = _progress(total, "indexing", progress)
     try:
         for batch in read_batches(source, columns=cols, batch_size=batch_size):
+            for i, doc_id in enumerate(batch.ids):
+                if doc_id in row_of:
+                    raise InputError(
+                        f"{source}, rows {row_of[doc_id]} and {batch.first_row + i}: duplicate "
+                        f"doc_id {doc_id!r}; ids must be unique (the index keeps what was "
+                        "committed; fix the file and re-run to resume)"
+                    )
+                row_of[doc_id] = batch.first_row + i
             if batch.vectors is not None:
                 vectors, offsets = batch.vectors, batch.offsets
             else:
@@ -105,7 +140,8 @@ def index_corpus(
                         skipped += len(batch.ids)
                         bar.update(len(batch.ids))
                         continue
-                encoded = encoder.encode_documents(_pages(batch, source))
+                with _rows_named(batch, source):
+                    encoded = encoder.encode_documents(_pages(batch, source))
                 vectors, offsets = encoded.vectors, encoded.offsets
             if pool_factor > 1:
                 from latemm.pooling import pool_tokens
@@ -122,8 +158,8 @@ def index_corpus(
                     if encoder is not None and batch.vectors is None
                     else None,
                 )
-                if (Path(index_dir) / "manifest.json").is_file():
-                    config = Index.open(index_dir, verify="none").config
+                if existing is not None:
+                    config = existing
                     if config.dim != dim:
                         raise InputError(
                             f"{source}: vectors have dimension {dim}, the index {index_dir} stores {config.dim}"
@@ -220,13 +256,14 @@ def search_file(
                         f"{queries} has no 'embedding' column and no encoder is available: pass "
                         "--encoder, or index with --encoder so the index records it"
                     )
-                result = retriever.search(
-                    _pages(batch, Path(queries)),
-                    k=k,
-                    candidates=candidates,
-                    where=where,
-                    query_ids=batch.ids,
-                )
+                with _rows_named(batch, Path(queries), "query_id"):
+                    result = retriever.search(
+                        _pages(batch, Path(queries)),
+                        k=k,
+                        candidates=candidates,
+                        where=where,
+                        query_ids=batch.ids,
+                    )
             table = result.to_arrow().cast(RUN_SCHEMA)
             if done:
                 keep = pa.array([q not in done for q in table.column("query_id").to_pylist()])
@@ -290,7 +327,8 @@ def encode_corpus(
     bar = _progress(count_rows(source), "encoding", progress)
     try:
         for batch in read_batches(source, columns=cols, batch_size=batch_size):
-            encoded = encoder.encode_documents(_pages(batch, source))
+            with _rows_named(batch, source):
+                encoded = encoder.encode_documents(_pages(batch, source))
             vectors, offsets = encoded.vectors, encoded.offsets
             if pool_factor > 1:
                 from latemm.pooling import pool_tokens

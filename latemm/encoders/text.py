@@ -337,7 +337,8 @@ class TextEncoder(Encoder):
         if empty.size:
             raise InputError(
                 f"text {int(empty[0])} has no tokens after tokenisation ({texts[int(empty[0])]!r});"
-                " remove or fill it"
+                " remove or fill it",
+                item=int(empty[0]),
             )
 
 
@@ -367,10 +368,11 @@ def _text_of(item: Page | str, index: int, kind: str) -> str:
     text = item.text if isinstance(item, Page) else item
     if not isinstance(text, str):
         raise InputError(
-            f"{kind} {index} has no text (got {type(text).__name__}); a text encoder needs text"
+            f"{kind} {index} has no text (got {type(text).__name__}); a text encoder needs text",
+            item=index,
         )
     if not text.strip():
-        raise InputError(f"{kind} {index} is empty text; drop it or give it content")
+        raise InputError(f"{kind} {index} is empty text; drop it or give it content", item=index)
     return text
 
 

@@ -27,32 +27,40 @@ MODEL_CLASSES = {
 }
 
 
-def load_image(value: Any, where: str, *, max_image_pixels: int | None = None) -> Any:
-    """A PIL RGB image from a PIL image or encoded bytes; clear errors for the rest."""
+def load_image(
+    value: Any, where: str, *, max_image_pixels: int | None = None, item: int | None = None
+) -> Any:
+    """A PIL RGB image from a PIL image or encoded bytes; clear errors (tagged with ``item``)
+    for the rest."""
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(value, Image.Image):
         image = value
     elif isinstance(value, (bytes, bytearray)):
         if not value:
-            raise InputError(f"{where}: the image is empty (0 bytes)")
+            raise InputError(f"{where}: the image is empty (0 bytes)", item=item)
         try:
             image = Image.open(io.BytesIO(value))
             image.load()
         except (UnidentifiedImageError, OSError) as exc:
             raise InputError(
-                f"{where}: the image cannot be decoded ({exc}); expected PNG or JPEG bytes"
+                f"{where}: the image cannot be decoded ({exc}); expected PNG or JPEG bytes",
+                item=item,
             ) from exc
     else:
         raise InputError(
-            f"{where}: expected an image (PIL image or PNG/JPEG bytes), got {type(value).__name__}"
+            f"{where}: expected an image (PIL image or PNG/JPEG bytes), got {type(value).__name__}",
+            item=item,
         )
     if image.width == 0 or image.height == 0:
-        raise InputError(f"{where}: the image has no pixels ({image.width}x{image.height})")
+        raise InputError(
+            f"{where}: the image has no pixels ({image.width}x{image.height})", item=item
+        )
     if max_image_pixels is not None and image.width * image.height > max_image_pixels:
         raise InputError(
             f"{where}: the image is {image.width}x{image.height} pixels, over the configured budget "
-            f"of {max_image_pixels}; downscale it (latemm ingest --max-pixels) or raise the budget"
+            f"of {max_image_pixels}; downscale it (latemm ingest --max-pixels) or raise the budget",
+            item=item,
         )
     return image.convert("RGB")
 
@@ -174,10 +182,10 @@ class ColVisionEncoder(Encoder):
             value = doc.image if isinstance(doc, Page) else doc
             if value is None:
                 raise InputError(
-                    f"document {i} has no image; {self.info.family} encodes page images"
+                    f"document {i} has no image; {self.info.family} encodes page images", item=i
                 )
             images.append(
-                load_image(value, f"document {i}", max_image_pixels=self.max_image_pixels)
+                load_image(value, f"document {i}", max_image_pixels=self.max_image_pixels, item=i)
             )
         order = sorted(range(len(images)), key=lambda i: images[i].width * images[i].height)
         size = batch_size or self.batch_size
@@ -250,7 +258,9 @@ class ColVisionEncoder(Encoder):
         for i, query in enumerate(queries):
             text = query.text if isinstance(query, Page) else query
             if not isinstance(text, str) or not text.strip():
-                raise InputError(f"query {i} has no text; {self.info.family} queries are text")
+                raise InputError(
+                    f"query {i} has no text; {self.info.family} queries are text", item=i
+                )
             texts.append(text)
         size = batch_size or self.batch_size
         arrays: list[np.ndarray] = []

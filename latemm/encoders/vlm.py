@@ -177,9 +177,11 @@ class VLMProjectionEncoder(Encoder):
         for i, doc in enumerate(documents):
             value = doc.image if isinstance(doc, Page) else doc
             if value is None:
-                raise InputError(f"document {i} has no image; this encoder encodes page images")
+                raise InputError(
+                    f"document {i} has no image; this encoder encodes page images", item=i
+                )
             images.append(
-                load_image(value, f"document {i}", max_image_pixels=self.max_image_pixels)
+                load_image(value, f"document {i}", max_image_pixels=self.max_image_pixels, item=i)
             )
         order = sorted(range(len(images)), key=lambda i: images[i].width * images[i].height)
         size = batch_size or self.batch_size
@@ -212,7 +214,7 @@ class VLMProjectionEncoder(Encoder):
         for i, query in enumerate(queries):
             text = query.text if isinstance(query, Page) else query
             if not isinstance(text, str) or not text.strip():
-                raise InputError(f"query {i} has no text; this encoder's queries are text")
+                raise InputError(f"query {i} has no text; this encoder's queries are text", item=i)
             prompts.append(
                 self._prompt(
                     [{"type": "text", "text": self.query_prefix + text + self.query_suffix}]
