@@ -40,7 +40,8 @@ def _encoder(name: str | None, index_dir: str | None = None, device: str | None 
         name = recorded["name_or_path"] if recorded else None
     if name is None:
         return None
-    return load_encoder(name, **({"device": device} if device else {}))
+    # --device cuda:0,cuda:1 encodes on several devices at once.
+    return load_encoder(name, devices=device.split(",") if device else None)
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -98,7 +99,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             args.rerank,
             template=args.rerank_template,
             adapter=args.rerank_adapter,
-            device=args.device,
+            device=args.device.split(",")[0] if args.device else None,
             cache=args.rerank_cache,
         )
     run = search_file(
@@ -249,6 +250,9 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+DEVICE_HELP = "torch device (default: CUDA if available), or several: cuda:0,cuda:1"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="latemm", description="Late-interaction retrieval over visual documents."
@@ -263,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="hub id or local folder; not needed with an embedding column",
     )
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.add_argument("--dtype", default="float16", choices=["float16", "float32", "int8", "binary"])
     p.add_argument(
         "--faiss",
@@ -286,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("corpus")
     p.add_argument("--encoder", required=True, help="hub id or local folder")
     p.add_argument("--out", required=True)
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--pool-factor", type=int, default=1)
     p.add_argument("--quiet", action="store_true")
@@ -319,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="rrf: reciprocal rank fusion with MaxSim",
     )
     p.add_argument("--rerank-cache", default=None, help="SQLite file caching rerank scores")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--quiet", action="store_true")
     _add_column_flags(p)
@@ -386,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="patch-level similarity heat maps with the index's vision encoder (needs --queries)",
     )
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser(

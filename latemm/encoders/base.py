@@ -100,3 +100,59 @@ class Encoder(ABC):
         progress: bool = False,
     ) -> MultiVectors:
         """Multi-vectors of the queries, in input order."""
+
+
+class MultiDeviceEncoder(Encoder):
+    """One replica of an encoder per device (each visible GPU, say), used together.
+
+    Every call splits its inputs into one contiguous share per replica and encodes the shares
+    in parallel threads (torch releases the GIL inside its kernels); results come back in input
+    order and equal what one replica alone returns.
+    """
+
+    def __init__(self, replicas: Sequence[Encoder]) -> None:
+        if not replicas:
+            raise ValueError("MultiDeviceEncoder needs at least one replica")
+        first = replicas[0].info
+        for replica in replicas[1:]:
+            if (replica.info.name_or_path, replica.info.dim) != (first.name_or_path, first.dim):
+                raise ValueError("every replica must be the same model")
+        self.replicas = list(replicas)
+        self.info = first
+
+    def _map(self, method: str, items: Sequence[Any], **options: Any) -> MultiVectors:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from index_store.errors import InputError
+
+        shares = [s for s in np.array_split(np.arange(len(items)), len(self.replicas)) if s.size]
+
+        def run(replica: Encoder, share: np.ndarray) -> MultiVectors:
+            try:
+                return getattr(replica, method)([items[i] for i in share], **options)
+            except InputError as exc:  # renumber the bad item to its place in the whole call
+                if exc.item is None:
+                    raise
+                raise InputError(str(exc), item=int(share[0]) + exc.item) from exc
+
+        with ThreadPoolExecutor(len(shares) or 1) as pool:
+            parts = list(pool.map(run, self.replicas, shares))
+        return MultiVectors.from_arrays([p[i] for p in parts for i in range(len(p))], self.dim)
+
+    def encode_documents(
+        self,
+        documents: Sequence[Page | str],
+        *,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> MultiVectors:
+        return self._map("encode_documents", documents, batch_size=batch_size)
+
+    def encode_queries(
+        self,
+        queries: Sequence[Page | str],
+        *,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> MultiVectors:
+        return self._map("encode_queries", queries, batch_size=batch_size)

@@ -229,3 +229,21 @@ def test_vlm_with_projection_equals_colidefics3_style_forward(tmp_path) -> None:
     assert 0 < len(patches.vectors) < len(docs[0])
     with pytest.raises(InputError, match="no projection layer \\(proj.weight\\)"):
         VLMProjectionEncoder(str(folder), projection_key="proj")
+
+
+def test_replicas_on_several_devices_equal_one_encoder(minilm) -> None:
+    """Two replicas (two CPU 'devices' here; GPUs in use) split each call and give back exactly
+    one encoder's output, in order, with a bad item renumbered to its place in the call."""
+    from latemm.encoders import MultiDeviceEncoder
+
+    texts = [f"the {w} report shows the total growth" * (1 + i % 3) for i, w in enumerate(QUERIES)]
+    texts += ["what is the revenue", "chart", "table of results", "market share data"]
+    both = load_encoder(minilm, devices=["cpu", "cpu"])
+    assert isinstance(both, MultiDeviceEncoder) and len(both.replicas) == 2
+    one = load_encoder(minilm).encode_documents(texts)
+    split = both.encode_documents(texts)
+    np.testing.assert_array_equal(split.offsets, one.offsets)
+    np.testing.assert_allclose(split.vectors, one.vectors, rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError) as info:
+        both.encode_queries(["fine", "also fine", "still fine", "  ", "fine"])
+    assert info.value.item == 3 and "is empty text" in str(info.value)
