@@ -177,47 +177,57 @@ def run_size(n_docs: int, n_queries: int, with_plaid: bool) -> dict[str, object]
         "index_disk_bytes": index.stats()["disk_bytes"],
     }
     if with_plaid:
-        from experiments.plaid_baseline import run_fastplaid
-
-        # Hand the stored vectors over segment by segment, never all in memory at once.
-        work = CACHE / f"plaid-{n_docs}"
-        work.mkdir(parents=True, exist_ok=True)
-        total = sum(int(np.diff(seg.offsets)[seg.live].sum()) for seg in index.segments)
-        sink = np.lib.format.open_memmap(
-            work / "doc_vectors.npy", mode="w+", dtype=np.float16, shape=(total, corpus.dim)
-        )
-        offsets, ids, at = [0], [], 0
-        for s, seg in enumerate(index.segments):
-            rows_ = np.flatnonzero(seg.live)
-            vectors, seg_offsets = index.vectors(s, rows_)
-            sink[at : at + len(vectors)] = vectors
-            offsets += list(at + seg_offsets[1:])
-            ids += list(seg.doc_ids[rows_])
-            at += len(vectors)
-            del vectors
-        sink.flush()
-        del sink
-        settings = [
-            {"n_ivf_probe": 8, "n_full_scores": 1024},
-            {"n_ivf_probe": 16, "n_full_scores": 4096},
-            {"n_ivf_probe": 32, "n_full_scores": 8192},
-        ]
-        plaid = run_fastplaid(
-            work, None, np.array(offsets, dtype=np.int64), q3.astype(np.float32), settings=settings
-        )
-        if plaid and "runs" in plaid:
-            for run in plaid["runs"]:  # type: ignore[union-attr]
-                found = np.array([[ids[d] for d in top] for top in run.pop("top")], dtype=object)
-                run["recall@10"] = recall(found, exact)
-                print(
-                    f"    fast-plaid {run['setting']}: recall@10={run['recall@10']:.3f} latency={run['latency_s_median'] * 1e3:.1f} ms batch={run['batch_queries_per_s']:.1f} q/s",
-                    flush=True,
-                )
-        out["fast_plaid"] = plaid
+        out["fast_plaid"] = fast_plaid(index, q_flat, q_off, exact, f"plaid-{n_docs}")
     return out
 
 
-def vaswani(n_queries: int | None = None) -> dict[str, object]:
+PLAID_SETTINGS = [
+    {"n_ivf_probe": 8, "n_full_scores": 1024},
+    {"n_ivf_probe": 16, "n_full_scores": 4096},
+    {"n_ivf_probe": 32, "n_full_scores": 8192},
+]
+
+
+def fast_plaid(
+    index: Index, q_flat: np.ndarray, q_off: np.ndarray, exact: list[list[str]], name: str
+) -> dict[str, object] | None:
+    """fast-plaid (its own venv) over the index's stored vectors: build time, latency, queries/s
+    and recall@10 against the same exact top-10, for each of ``PLAID_SETTINGS``."""
+    from experiments.plaid_baseline import run_fastplaid
+
+    # Hand the stored vectors over segment by segment, never all in memory at once.
+    work = CACHE / name
+    work.mkdir(parents=True, exist_ok=True)
+    total = sum(int(np.diff(seg.offsets)[seg.live].sum()) for seg in index.segments)
+    sink = np.lib.format.open_memmap(
+        work / "doc_vectors.npy", mode="w+", dtype=np.float16, shape=(total, index.config.dim)
+    )
+    offsets, ids, at = [0], [], 0
+    for s, seg in enumerate(index.segments):
+        rows = np.flatnonzero(seg.live)
+        vectors, seg_offsets = index.vectors(s, rows)
+        sink[at : at + len(vectors)] = vectors
+        offsets += list(at + seg_offsets[1:])
+        ids += list(seg.doc_ids[rows])
+        at += len(vectors)
+        del vectors
+    sink.flush()
+    del sink
+    plaid = run_fastplaid(
+        work, None, np.array(offsets, dtype=np.int64), q_flat, q_off, settings=PLAID_SETTINGS
+    )
+    for run in (plaid or {}).get("runs", []):  # type: ignore[union-attr]
+        found = np.array([[ids[d] for d in top] for top in run.pop("top")], dtype=object)
+        run["recall@10"] = recall(found, exact)
+        print(
+            f"    fast-plaid {run['setting']}: recall@10={run['recall@10']:.3f} "
+            f"latency={run['latency_s_median'] * 1e3:.1f} ms batch={run['batch_queries_per_s']:.1f} q/s",
+            flush=True,
+        )
+    return plaid
+
+
+def vaswani(with_plaid: bool = False) -> dict[str, object]:
     data = vaswani_minilm()
     path = CACHE / "search-vaswani-minilm"
     if not (path / "manifest.json").is_file():
@@ -238,12 +248,16 @@ def vaswani(n_queries: int | None = None) -> dict[str, object]:
     rows = evaluate_latemm(index, queries, exact, [32, 64, 128, 256, 512])
     for row in rows:
         row["speedup_vs_brute_force"] = float(np.median(bf)) / row["latency_s_median"]
-    return {
+    out: dict[str, object] = {
         "documents": len(index),
         "queries": len(queries),
         "brute_force_latency_s": float(np.median(bf)),
+        "brute_force_batched_s_per_query": seconds / len(queries),
         "latemm": rows,
     }
+    if with_plaid:
+        out["fast_plaid"] = fast_plaid(index, q_flat, q_off, exact, "plaid-vaswani")
+    return out
 
 
 def plot(results: dict[str, object], path: Path) -> None:
@@ -301,8 +315,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--plaid-max",
         type=int,
-        default=30000,
-        help="largest size fast-plaid is built for (in-memory build)",
+        default=None,
+        help="largest size fast-plaid is built for (default 2,000 with --quick, else 30,000)",
     )
     parser.add_argument(
         "--name", default=None, help="results file name (default bench_search[_quick])"
@@ -311,15 +325,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     sizes = args.sizes or ([2000, 10000] if args.quick else [10000, 30000, 100000])
     n_queries = args.queries or (30 if args.quick else 50)
+    plaid_max = args.plaid_max or (2000 if args.quick else 30000)
     results: dict[str, object] = {"kernel": kernel_efficiency(200 if args.quick else 500)}
     print("kernel:", results["kernel"])
     if not args.no_vaswani:
-        results["vaswani"] = vaswani()
+        results["vaswani"] = vaswani(with_plaid=not args.no_plaid)
     name = args.name or "bench_search" + ("_quick" if args.quick else "")
     done: list[dict[str, object]] = []
     results["colpali"] = done
     for n in sizes:  # written after every size, so a long run keeps what it finished
-        done.append(run_size(n, n_queries, not args.no_plaid and n <= args.plaid_max))
+        done.append(run_size(n, n_queries, not args.no_plaid and n <= plaid_max))
         write_result(name, results)
         plot(results, RESULTS / f"{name}.png")
 

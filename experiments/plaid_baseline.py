@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import CACHE
+from experiments.common import CACHE, REPO
 
 VENV = CACHE / "fastplaid-venv"
 PACKAGE = "fast-plaid==1.7.0.2110"
@@ -42,12 +42,13 @@ def run_fastplaid(
     work: Path,
     doc_vectors: np.ndarray | None,
     doc_offsets: np.ndarray,
-    queries: np.ndarray,
+    query_vectors: np.ndarray,
+    query_offsets: np.ndarray,
     *,
     top_k: int = 10,
     settings: list[dict[str, int]],
     threads: int = 2,
-    timeout_s: float = 600.0,
+    timeout_s: float = 3600.0,
 ) -> dict[str, object] | None:
     python = ensure_venv()
     if python is None:
@@ -56,19 +57,26 @@ def run_fastplaid(
     if doc_vectors is not None:  # else the caller already wrote work/doc_vectors.npy
         np.save(work / "doc_vectors.npy", doc_vectors)
     np.save(work / "doc_offsets.npy", doc_offsets)
-    np.save(work / "queries.npy", queries)
-    out = subprocess.run(
-        [
-            python,
-            str(Path(__file__).resolve()),
-            str(work),
-            str(top_k),
-            json.dumps(settings),
-            str(threads),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    np.save(work / "query_vectors.npy", query_vectors.astype(np.float32))
+    np.save(work / "query_offsets.npy", query_offsets.astype(np.int64))
+    try:
+        out = subprocess.run(
+            [
+                python,
+                "-m",
+                "experiments.plaid_baseline",
+                str(work),
+                str(top_k),
+                json.dumps(settings),
+                str(threads),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=timeout_s,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"fast-plaid did not finish within {timeout_s:.0f} s"}
     if out.returncode != 0:
         return {"error": out.stderr[-2000:]}
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -83,7 +91,9 @@ def _child(work: Path, top_k: int, settings: list[dict[str, int]], threads: int)
     torch.set_num_threads(threads)
     vectors = np.load(work / "doc_vectors.npy", mmap_mode="r")
     offsets = np.load(work / "doc_offsets.npy")
-    queries = torch.from_numpy(np.load(work / "queries.npy"))
+    q_vectors = torch.from_numpy(np.load(work / "query_vectors.npy"))
+    q_offsets = np.load(work / "query_offsets.npy")
+    queries = [q_vectors[q_offsets[i] : q_offsets[i + 1]] for i in range(q_offsets.size - 1)]
     docs = [
         torch.from_numpy(np.array(vectors[offsets[i] : offsets[i + 1]], dtype=np.float16))
         for i in range(offsets.size - 1)
@@ -97,14 +107,18 @@ def _child(work: Path, top_k: int, settings: list[dict[str, int]], threads: int)
     del docs
     rows = []
     for setting in settings:
-        plaid.search(queries_embeddings=queries[:1], top_k=top_k, **setting)  # warm-up
+        plaid.search(queries_embeddings=queries[:1], top_k=top_k, show_progress=False, **setting)
         latencies = []
         for q in range(min(len(queries), 20)):
             t0 = time.perf_counter()
-            plaid.search(queries_embeddings=queries[q : q + 1], top_k=top_k, **setting)
+            plaid.search(
+                queries_embeddings=queries[q : q + 1], top_k=top_k, show_progress=False, **setting
+            )
             latencies.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        results = plaid.search(queries_embeddings=queries, top_k=top_k, **setting)
+        results = plaid.search(
+            queries_embeddings=queries, top_k=top_k, show_progress=False, **setting
+        )
         batch = time.perf_counter() - t0
         rows.append(
             {
