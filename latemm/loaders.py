@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from index_store.errors import InputError
+from latemm.io import open_dataset
 
 FORMATS = ("vidore-v1", "vidore-v2", "beir")
 # Per-query columns of ViDoRe v1 rows: they describe the question, not the page.
@@ -54,7 +54,7 @@ def detect_format(source: str | Path) -> str:
             return "beir"
         if _part(path, "corpus") is not None:
             return "vidore-v2"
-    names = _dataset(path).schema.names
+    names = open_dataset(path).schema.names
     if {"query", "image_filename"} <= set(names):
         return "vidore-v1"
     raise InputError(
@@ -89,15 +89,6 @@ def convert(
 
 
 # ------------------------------------------------------------------------------- helpers
-def _dataset(path: Path) -> ds.Dataset:
-    if not path.exists():
-        raise InputError(f"{path} does not exist")
-    try:
-        return ds.dataset(path, format="parquet")
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(f"{path} is not a readable Parquet file or folder: {exc}") from exc
-
-
 def _part(root: Path, name: str) -> Path | None:
     """``root/name`` (a folder or ``name.parquet``), or the Parquet files under root whose names
     start with ``name`` (Hugging Face's ``corpus-00000-of-00001.parquet`` layouts)."""
@@ -165,7 +156,7 @@ def _as_string(table: pa.Table, old: str, new: str) -> pa.Table:
 
 # ------------------------------------------------------------------------------- formats
 def _vidore_v1(source: Path, corpus: Path, queries: Path, qrels: Path) -> tuple[int, int, int]:
-    dataset = _dataset(source)
+    dataset = open_dataset(source)
     names = dataset.schema.names
     _require_columns(source, names, ["query", "image", "image_filename"])
     seen_pages: set[str] = set()
@@ -213,7 +204,7 @@ def _vidore_v2(source: Path, corpus: Path, queries: Path, qrels: Path) -> tuple[
     corpus_src, queries_src, qrels_src = (
         _required_part(source, name) for name in ("corpus", "queries", "qrels")
     )
-    corpus_ds = _dataset(corpus_src)
+    corpus_ds = open_dataset(corpus_src)
     _require_columns(corpus_src, corpus_ds.schema.names, ["corpus-id"])
 
     def pages() -> Iterator[pa.Table]:
@@ -226,7 +217,7 @@ def _vidore_v2(source: Path, corpus: Path, queries: Path, qrels: Path) -> tuple[
             yield table
 
     documents = _write_stream(corpus, pages())
-    q_table = _dataset(queries_src).to_table()
+    q_table = open_dataset(queries_src).to_table()
     _require_columns(queries_src, q_table.column_names, ["query-id", "query"])
     n_queries = _write_stream(
         queries,
@@ -241,7 +232,7 @@ def _vidore_v2(source: Path, corpus: Path, queries: Path, qrels: Path) -> tuple[
             ]
         ),
     )
-    r_table = _dataset(qrels_src).to_table()
+    r_table = open_dataset(qrels_src).to_table()
     _require_columns(qrels_src, r_table.column_names, ["query-id", "corpus-id", "score"])
     judgements = [
         (str(q), str(d), int(s))

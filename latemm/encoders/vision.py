@@ -80,7 +80,98 @@ def set_pixel_budget(image_processor: Any, min_pixels: int | None, max_pixels: i
     image_processor.size = size
 
 
-class ColVisionEncoder(Encoder):
+class PageImageEncoder(Encoder):
+    """What the page-image encoders share: pages are validated and sorted by area into batches,
+    queries are validated text, and the attention mask (optionally narrowed to image-patch
+    tokens) removes padding. Subclasses say how a batch becomes model inputs (``_image_inputs``,
+    ``_query_inputs``) and how inputs become (B, L, dim) vectors (``_forward``)."""
+
+    device: torch.device
+    batch_size: int
+    max_image_pixels: int | None
+    image_patches_only: bool
+    image_token_id: int | None
+
+    def _image_inputs(self, images: list[Any]) -> Any:
+        raise NotImplementedError
+
+    def _query_inputs(self, texts: list[str]) -> Any:
+        raise NotImplementedError
+
+    def _forward(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """(B, L, dim) float32 vectors for device-resident inputs."""
+        raise NotImplementedError
+
+    def _embed(self, inputs: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        inputs = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in inputs.items()}
+        with torch.inference_mode():
+            return self._forward(inputs), inputs
+
+    def _vectors(
+        self, embeddings: torch.Tensor, inputs: dict[str, Any], *, documents: bool
+    ) -> list[np.ndarray]:
+        mask = inputs["attention_mask"].bool()  # (B, L): padding never becomes a vector
+        if documents and self.image_patches_only and self.image_token_id is not None:
+            mask &= inputs["input_ids"] == self.image_token_id
+        return [embeddings[b][mask[b]].cpu().numpy() for b in range(embeddings.shape[0])]
+
+    def encode_documents(
+        self,
+        documents: Sequence[Page | str],
+        *,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> MultiVectors:
+        images = []
+        for i, doc in enumerate(documents):
+            value = doc.image if isinstance(doc, Page) else doc
+            if value is None:
+                raise InputError(
+                    f"document {i} has no image; {self.info.family} encodes page images", item=i
+                )
+            images.append(
+                load_image(value, f"document {i}", max_image_pixels=self.max_image_pixels, item=i)
+            )
+        order = sorted(range(len(images)), key=lambda i: images[i].width * images[i].height)
+        size = batch_size or self.batch_size
+        out: list[np.ndarray] = [np.empty((0, self.dim), np.float32)] * len(images)
+        batches = [order[b : b + size] for b in range(0, len(order), size)]
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="encoding pages", unit="batch")
+        for batch in batches:
+            embeddings, inputs = self._embed(self._image_inputs([images[i] for i in batch]))
+            for i, vectors in zip(
+                batch, self._vectors(embeddings, inputs, documents=True), strict=True
+            ):
+                out[i] = vectors
+        return MultiVectors.from_arrays(out, self.dim)
+
+    def encode_queries(
+        self,
+        queries: Sequence[Page | str],
+        *,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> MultiVectors:
+        texts = []
+        for i, query in enumerate(queries):
+            text = query.text if isinstance(query, Page) else query
+            if not isinstance(text, str) or not text.strip():
+                raise InputError(
+                    f"query {i} has no text; {self.info.family} queries are text", item=i
+                )
+            texts.append(text)
+        size = batch_size or self.batch_size
+        arrays: list[np.ndarray] = []
+        for start in range(0, len(texts), size):
+            embeddings, inputs = self._embed(self._query_inputs(texts[start : start + size]))
+            arrays += self._vectors(embeddings, inputs, documents=False)
+        return MultiVectors.from_arrays(arrays, self.dim)
+
+
+class ColVisionEncoder(PageImageEncoder):
     """ColPali / ColQwen2 / ColModernVBert through their transformers classes.
 
     Parameters
@@ -156,55 +247,14 @@ class ColVisionEncoder(Encoder):
             },
         )
 
-    def _embed(self, inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in inputs.items()}
-        with torch.inference_mode():
-            embeddings = self.model(**inputs).embeddings  # (B, L, dim)
-        return embeddings.float(), inputs
+    def _image_inputs(self, images: list[Any]) -> Any:
+        return self.processor.process_images(images=images, return_tensors="pt")
 
-    def _vectors(
-        self, embeddings: torch.Tensor, inputs: dict[str, Any], *, documents: bool
-    ) -> list[np.ndarray]:
-        mask = inputs["attention_mask"].bool()  # (B, L): padding never becomes a vector
-        if documents and self.image_patches_only and self.image_token_id is not None:
-            mask &= inputs["input_ids"] == self.image_token_id
-        return [embeddings[b][mask[b]].cpu().numpy() for b in range(embeddings.shape[0])]
+    def _query_inputs(self, texts: list[str]) -> Any:
+        return self.processor.process_queries(text=texts, return_tensors="pt")
 
-    def encode_documents(
-        self,
-        documents: Sequence[Page | str],
-        *,
-        batch_size: int | None = None,
-        progress: bool = False,
-    ) -> MultiVectors:
-        images = []
-        for i, doc in enumerate(documents):
-            value = doc.image if isinstance(doc, Page) else doc
-            if value is None:
-                raise InputError(
-                    f"document {i} has no image; {self.info.family} encodes page images", item=i
-                )
-            images.append(
-                load_image(value, f"document {i}", max_image_pixels=self.max_image_pixels, item=i)
-            )
-        order = sorted(range(len(images)), key=lambda i: images[i].width * images[i].height)
-        size = batch_size or self.batch_size
-        out: list[np.ndarray | None] = [None] * len(images)
-        batches = [order[b : b + size] for b in range(0, len(order), size)]
-        if progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, desc="encoding pages", unit="batch")
-        for batch in batches:
-            inputs = self.processor.process_images(
-                images=[images[i] for i in batch], return_tensors="pt"
-            )
-            embeddings, inputs = self._embed(inputs)
-            for i, vectors in zip(
-                batch, self._vectors(embeddings, inputs, documents=True), strict=True
-            ):
-                out[i] = vectors
-        return MultiVectors.from_arrays([v for v in out if v is not None], self.dim)
+    def _forward(self, inputs: dict[str, Any]) -> torch.Tensor:
+        return self.model(**inputs).embeddings.float()  # (B, L, dim)
 
     def similarity_maps(self, query: str | Page, images: Sequence[Any]) -> list[np.ndarray]:
         """Patch-level heat maps of a query over page images.
@@ -224,8 +274,7 @@ class ColVisionEncoder(Encoder):
         maps = []
         for i, value in enumerate(images):
             image = load_image(value, f"page {i}", max_image_pixels=self.max_image_pixels)
-            inputs = self.processor.process_images(images=[image], return_tensors="pt")
-            embeddings, inputs = self._embed(inputs)
+            embeddings, inputs = self._embed(self._image_inputs([image]))
             patches = embeddings[0][inputs["input_ids"][0] == self.image_token_id].cpu().numpy()
             height, width = self._patch_grid(inputs, len(patches))
             best = (patches @ query_vectors.T).max(axis=1)  # (P,)
@@ -246,28 +295,3 @@ class ColVisionEncoder(Encoder):
                 f"{n_patches} image tokens do not form the expected {grid[0]}x{grid[1]} patch grid"
             )
         return grid
-
-    def encode_queries(
-        self,
-        queries: Sequence[Page | str],
-        *,
-        batch_size: int | None = None,
-        progress: bool = False,
-    ) -> MultiVectors:
-        texts = []
-        for i, query in enumerate(queries):
-            text = query.text if isinstance(query, Page) else query
-            if not isinstance(text, str) or not text.strip():
-                raise InputError(
-                    f"query {i} has no text; {self.info.family} queries are text", item=i
-                )
-            texts.append(text)
-        size = batch_size or self.batch_size
-        arrays: list[np.ndarray] = []
-        for start in range(0, len(texts), size):
-            inputs = self.processor.process_queries(
-                text=texts[start : start + size], return_tensors="pt"
-            )
-            embeddings, inputs = self._embed(inputs)
-            arrays += self._vectors(embeddings, inputs, documents=False)
-        return MultiVectors.from_arrays(arrays, self.dim)

@@ -11,17 +11,15 @@ Only the encoder modules import transformers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from index_store.errors import InputError
-from latemm.encoders.base import Encoder, EncoderInfo, MultiVectors, Page
+from latemm.encoders.base import EncoderInfo
 from latemm.encoders.text import _local_folder, default_device, default_dtype
-from latemm.encoders.vision import load_image, set_pixel_budget
+from latemm.encoders.vision import PageImageEncoder, set_pixel_budget
 
 PROJECTION_KEYS = ("linear", "custom_text_proj", "embedding_proj_layer")
 
@@ -58,7 +56,7 @@ def find_projection(
     )
 
 
-class VLMProjectionEncoder(Encoder):
+class VLMProjectionEncoder(PageImageEncoder):
     """Any vision-language model with a linear projection, ColIdefics3-style.
 
     Parameters
@@ -155,76 +153,23 @@ class VLMProjectionEncoder(Encoder):
             self.processor.apply_chat_template(messages, add_generation_prompt=False)
         ).strip()
 
-    def _vectors(self, inputs: Any, *, documents: bool) -> list[np.ndarray]:
-        inputs = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in inputs.items()}
-        with torch.inference_mode():
-            hidden = self.model(**inputs).last_hidden_state.float()  # (B, L, hidden)
-            projected = torch.nn.functional.linear(hidden, self.weight, self.bias)  # (B, L, dim)
-            projected = torch.nn.functional.normalize(projected, dim=-1)
-        mask = inputs["attention_mask"].bool()  # (B, L): padding never becomes a vector
-        if documents and self.image_patches_only and self.image_token_id is not None:
-            mask &= inputs["input_ids"] == self.image_token_id
-        return [projected[b][mask[b]].cpu().numpy() for b in range(projected.shape[0])]
-
-    def encode_documents(
-        self,
-        documents: Sequence[Page | str],
-        *,
-        batch_size: int | None = None,
-        progress: bool = False,
-    ) -> MultiVectors:
-        images = []
-        for i, doc in enumerate(documents):
-            value = doc.image if isinstance(doc, Page) else doc
-            if value is None:
-                raise InputError(
-                    f"document {i} has no image; this encoder encodes page images", item=i
-                )
-            images.append(
-                load_image(value, f"document {i}", max_image_pixels=self.max_image_pixels, item=i)
-            )
-        order = sorted(range(len(images)), key=lambda i: images[i].width * images[i].height)
-        size = batch_size or self.batch_size
-        batches = [order[b : b + size] for b in range(0, len(order), size)]
-        if progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, desc="encoding pages", unit="batch")
+    def _image_inputs(self, images: list[Any]) -> Any:
         prompt = self._prompt([{"type": "text", "text": self.document_prompt}, {"type": "image"}])
-        out: list[np.ndarray] = [np.empty((0, self.dim), np.float32)] * len(images)
-        for batch in batches:
-            inputs = self.processor(
-                text=[prompt] * len(batch),
-                images=[[images[i]] for i in batch],
-                return_tensors="pt",
-                padding="longest",
-            )
-            for i, vectors in zip(batch, self._vectors(inputs, documents=True), strict=True):
-                out[i] = vectors
-        return MultiVectors.from_arrays(out, self.dim)
+        return self.processor(
+            text=[prompt] * len(images),
+            images=[[image] for image in images],
+            return_tensors="pt",
+            padding="longest",
+        )
 
-    def encode_queries(
-        self,
-        queries: Sequence[Page | str],
-        *,
-        batch_size: int | None = None,
-        progress: bool = False,
-    ) -> MultiVectors:
-        prompts = []
-        for i, query in enumerate(queries):
-            text = query.text if isinstance(query, Page) else query
-            if not isinstance(text, str) or not text.strip():
-                raise InputError(f"query {i} has no text; this encoder's queries are text", item=i)
-            prompts.append(
-                self._prompt(
-                    [{"type": "text", "text": self.query_prefix + text + self.query_suffix}]
-                )
-            )
-        size = batch_size or self.batch_size
-        arrays: list[np.ndarray] = []
-        for start in range(0, len(prompts), size):
-            inputs = self.processor(
-                text=prompts[start : start + size], return_tensors="pt", padding="longest"
-            )
-            arrays += self._vectors(inputs, documents=False)
-        return MultiVectors.from_arrays(arrays, self.dim)
+    def _query_inputs(self, texts: list[str]) -> Any:
+        prompts = [
+            self._prompt([{"type": "text", "text": self.query_prefix + text + self.query_suffix}])
+            for text in texts
+        ]
+        return self.processor(text=prompts, return_tensors="pt", padding="longest")
+
+    def _forward(self, inputs: dict[str, Any]) -> torch.Tensor:
+        hidden = self.model(**inputs).last_hidden_state.float()  # (B, L, hidden)
+        projected = torch.nn.functional.linear(hidden, self.weight, self.bias)  # (B, L, dim)
+        return torch.nn.functional.normalize(projected, dim=-1)
