@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "experiments" / "results"
+RESULTS = Path(os.environ.get("LATEMM_RESULTS", REPO / "experiments" / "results"))
 CACHE = Path(os.environ.get("LATEMM_CACHE", REPO / "experiments" / "cache"))
 
 

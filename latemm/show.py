@@ -29,7 +29,7 @@ def _thumbnail(data: bytes, width: int = 320, heat: np.ndarray | None = None) ->
     if heat is not None:
         span = float(heat.max() - heat.min()) or 1.0
         levels = ((heat - heat.min()) / span * 0.65 * 255).astype(np.uint8)
-        alpha = Image.fromarray(levels, mode="L").resize(image.size, Image.Resampling.BILINEAR)
+        alpha = Image.fromarray(levels).resize(image.size, Image.Resampling.BILINEAR)
         image = Image.composite(Image.new("RGB", image.size, (230, 20, 20)), image, alpha)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)
