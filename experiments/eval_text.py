@@ -32,7 +32,7 @@ from experiments.common import (
     write_result,
 )
 from latemm.encoders.text import TextEncoder
-from latemm.evaluate import compare, evaluate, load_qrels, load_run
+from latemm.metrics import compare, evaluate, load_qrels, load_run
 from latemm.pipeline import index_corpus, search_file
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from experiments.common import CACHE, shared_data_dir, vaswani_minilm, write_result
 from index_store import Index, IndexConfig, create
 from index_store.codecs import bytes_per_vector
-from latemm.evaluate import evaluate, load_qrels
+from latemm.metrics import evaluate, load_qrels
 from latemm.pooling import pool_tokens
 from latemm.retriever import Retriever
 from latemm.scoring import maxsim

@@ -103,8 +103,8 @@ def evaluate(
     metrics: list[str] | None = None,
 ) -> dict[str, float]:
     """Metrics (ranx) of a run table or run file against qrels (file or dict)."""
-    from latemm.evaluate import evaluate as _evaluate
-    from latemm.evaluate import load_qrels, load_run
+    from latemm.metrics import evaluate as _evaluate
+    from latemm.metrics import load_qrels, load_run
 
     if isinstance(run, pa.Table):
         run_dict: dict[str, dict[str, float]] = {}

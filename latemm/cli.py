@@ -30,7 +30,9 @@ def _add_column_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embedding-column", default="embedding")
 
 
-def _encoder(name: str | None, index_dir: str | None = None, device: str | None = None):  # type: ignore[no-untyped-def]
+def _encoder(args: argparse.Namespace, name: str | None, index_dir: str | None = None):  # type: ignore[no-untyped-def]
+    """The encoder named by --encoder, else the one the index recorded (None if neither), on
+    --device (several comma-separated devices encode in parallel) with --model-dtype."""
     from latemm.encoders import load_encoder
 
     if name is None and index_dir is not None and (Path(index_dir) / "manifest.json").is_file():
@@ -40,8 +42,17 @@ def _encoder(name: str | None, index_dir: str | None = None, device: str | None 
         name = recorded["name_or_path"] if recorded else None
     if name is None:
         return None
-    # --device cuda:0,cuda:1 encodes on several devices at once.
-    return load_encoder(name, devices=device.split(",") if device else None)
+    devices = args.device.split(",") if args.device else None
+    return load_encoder(name, devices=devices, dtype=_model_dtype(args))
+
+
+def _model_dtype(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """--model-dtype as a torch dtype; None lets the model choose (bf16 on GPU, float32 on CPU)."""
+    if args.model_dtype == "auto":
+        return None
+    import torch
+
+    return getattr(torch, args.model_dtype)
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -51,7 +62,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     report = index_corpus(
         args.corpus,
         args.index,
-        encoder=_encoder(args.encoder, args.index, args.device),
+        encoder=_encoder(args, args.encoder, args.index),
         columns=_columns(args, "doc_id"),
         dtype=args.dtype,
         faiss_factory=args.faiss,
@@ -76,7 +87,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     rows = encode_corpus(
         args.corpus,
         args.out,
-        encoder=_encoder(args.encoder, device=args.device),
+        encoder=_encoder(args, args.encoder),
         columns=_columns(args, "doc_id"),
         batch_size=args.batch_size,
         pool_factor=args.pool_factor,
@@ -90,7 +101,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from latemm.pipeline import search_file
 
     start = time.perf_counter()
-    encoder = _encoder(args.encoder, args.index, args.device)
+    encoder = _encoder(args, args.encoder, args.index)
     reranker = None
     if args.rerank:
         from latemm.reranker import MLLMReranker
@@ -100,6 +111,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             template=args.rerank_template,
             adapter=args.rerank_adapter,
             device=args.device.split(",")[0] if args.device else None,
+            dtype=_model_dtype(args),
             cache=args.rerank_cache,
         )
     run = search_file(
@@ -171,7 +183,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from latemm.evaluate import compare, evaluate, load_qrels, load_run
+    from latemm.metrics import compare, evaluate, load_qrels, load_run
 
     qrels = load_qrels(args.qrels)
     runs = {Path(r).stem: load_run(r) for r in args.runs}
@@ -227,7 +239,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             if args.query in batch.ids and "text" in batch.table.column_names:
                 query_text = batch.table.column("text")[batch.ids.index(args.query)].as_py()
                 break
-    encoder = _encoder(None, args.index, args.device) if args.heatmap else None
+    encoder = _encoder(args, None, args.index) if args.heatmap else None
     if args.heatmap and not hasattr(encoder, "similarity_maps"):
         built_with = encoder.info.name_or_path if encoder is not None else "precomputed vectors"
         raise InputError(
@@ -250,7 +262,18 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
-DEVICE_HELP = "torch device (default: CUDA if available), or several: cuda:0,cuda:1"
+def _add_device_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="torch device (default: CUDA if available), or several: cuda:0,cuda:1",
+    )
+    parser.add_argument(
+        "--model-dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="model weights' dtype (auto: bfloat16 on a GPU, float32 on the CPU)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -267,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="hub id or local folder; not needed with an embedding column",
     )
-    p.add_argument("--device", default=None, help=DEVICE_HELP)
+    _add_device_flags(p)
     p.add_argument("--dtype", default="float16", choices=["float16", "float32", "int8", "binary"])
     p.add_argument(
         "--faiss",
@@ -290,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("corpus")
     p.add_argument("--encoder", required=True, help="hub id or local folder")
     p.add_argument("--out", required=True)
-    p.add_argument("--device", default=None, help=DEVICE_HELP)
+    _add_device_flags(p)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--pool-factor", type=int, default=1)
     p.add_argument("--quiet", action="store_true")
@@ -323,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="rrf: reciprocal rank fusion with MaxSim",
     )
     p.add_argument("--rerank-cache", default=None, help="SQLite file caching rerank scores")
-    p.add_argument("--device", default=None, help=DEVICE_HELP)
+    _add_device_flags(p)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--quiet", action="store_true")
     _add_column_flags(p)
@@ -390,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="patch-level similarity heat maps with the index's vision encoder (needs --queries)",
     )
-    p.add_argument("--device", default=None, help=DEVICE_HELP)
+    _add_device_flags(p)
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser(

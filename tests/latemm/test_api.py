@@ -33,3 +33,12 @@ def test_fde_and_index_store_never_import_latemm_or_transformers() -> None:
     code = "import sys, fde, index_store; bad = [m for m in sys.modules if m.split('.')[0] in ('latemm', 'transformers')]; print(bad); sys.exit(1 if bad else 0)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_evaluate_stays_a_function_after_the_metrics_module_loads() -> None:
+    """latemm.evaluate once shared its name with a submodule: importing the submodule (as the
+    first call itself did) replaced the function on the package."""
+    import latemm
+    import latemm.metrics  # noqa: F401
+
+    assert callable(latemm.evaluate) and latemm.evaluate.__module__ == "latemm.api"

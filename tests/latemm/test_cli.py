@@ -205,7 +205,7 @@ def crash_and_resume(tmp_path: Path, kills: int, n_docs: int, seed: int = 0) -> 
 
 
 def test_sigkill_during_index_loses_and_duplicates_nothing(tmp_path) -> None:
-    crash_and_resume(tmp_path, kills=20, n_docs=3000)
+    crash_and_resume(tmp_path, kills=20, n_docs=2000)
 
 
 @pytest.mark.slow

@@ -247,3 +247,21 @@ def test_replicas_on_several_devices_equal_one_encoder(minilm) -> None:
     with pytest.raises(InputError) as info:
         both.encode_queries(["fine", "also fine", "still fine", "  ", "fine"])
     assert info.value.item == 3 and "is empty text" in str(info.value)
+
+
+def test_model_dtype_flag_loads_the_weights_in_that_dtype(minilm, tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from latemm.cli import main
+
+    corpus = tmp_path / "corpus.parquet"
+    pq.write_table(pa.table({"doc_id": ["a", "b"], "text": QUERIES[:2]}), corpus)
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        path = tmp_path / f"{dtype}.parquet"
+        args = ["encode", str(corpus), "--encoder", minilm, "--out", str(path), "--quiet"]
+        assert main([*args, "--model-dtype", dtype]) == 0
+        out[dtype] = np.array(pq.read_table(path).column("embedding")[0].as_py())
+    assert not np.array_equal(out["float32"], out["bfloat16"])  # bf16 weights ran
+    np.testing.assert_allclose(out["bfloat16"], out["float32"], atol=0.05)
