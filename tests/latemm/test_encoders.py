@@ -11,9 +11,18 @@ from index_store.errors import InputError
 from latemm.encoders import Page, load_encoder
 from latemm.encoders.text import TextEncoder
 from latemm.encoders.vision import ColVisionEncoder
-from tests.latemm.tiny_models import build_colpali, build_colqwen2, png_bytes
+from tests.latemm.tiny_models import (
+    build_colmodernvbert,
+    build_colpali,
+    build_colqwen2,
+    png_bytes,
+)
 
-BUILDERS = {"colpali": build_colpali, "colqwen2": build_colqwen2}
+BUILDERS = {
+    "colpali": build_colpali,
+    "colqwen2": build_colqwen2,
+    "colmodernvbert": build_colmodernvbert,
+}
 
 
 @pytest.fixture(scope="session", params=sorted(BUILDERS))
@@ -34,9 +43,11 @@ def _reference(folder, *, images=None, texts=None):
     model = (
         getattr(
             transformers,
-            {"colpali": "ColPaliForRetrieval", "colqwen2": "ColQwen2ForRetrieval"}[
-                config.model_type
-            ],
+            {
+                "colpali": "ColPaliForRetrieval",
+                "colqwen2": "ColQwen2ForRetrieval",
+                "colmodernvbert": "ColModernVBertForRetrieval",
+            }[config.model_type],
         )
         .from_pretrained(folder)
         .eval()

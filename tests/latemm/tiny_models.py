@@ -318,3 +318,80 @@ def build_vlm_with_projection(folder: Path, *, dim: int = 24) -> Path:
     weights["linear.bias"] = torch.randn(dim, generator=generator) * 0.1
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
     return folder
+
+
+def build_colmodernvbert(folder: Path) -> Path:
+    """A tiny ColModernVBert (ModernBERT text, SigLIP vision, pixel shuffle 2, Idefics3 image
+    processor splitting pages into 32-pixel tiles of 4 image tokens each)."""
+    from transformers import (
+        ColModernVBertConfig,
+        ColModernVBertForRetrieval,
+        ColModernVBertProcessor,
+        Idefics3ImageProcessor,
+        ModernBertConfig,
+        ModernVBertConfig,
+        PreTrainedTokenizerFast,
+        SiglipVisionConfig,
+    )
+
+    torch.manual_seed(0)
+    special = [
+        "<pad>",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        "<|begin_of_text|>",
+        "<fake_token_around_image>",
+        "<image>",
+        "<end_of_utterance>",
+        "<global-img>",
+    ] + [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=train_tokenizer(special),
+        pad_token="<pad>",
+        unk_token="<unk>",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        bos_token="<|begin_of_text|>",
+    )
+    text = ModernBertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        pad_token_id=tokenizer.pad_token_id,
+        cls_token_id=tokenizer.cls_token_id,
+        sep_token_id=tokenizer.sep_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        global_attn_every_n_layers=1,
+        max_position_embeddings=512,
+    )
+    vision = SiglipVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+    )
+    vlm = ModernVBertConfig(
+        text_config=text.to_dict(),
+        vision_config=vision.to_dict(),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        pixel_shuffle_factor=2,
+    )
+    model = ColModernVBertForRetrieval(
+        ColModernVBertConfig(vlm_config=vlm, embedding_dim=24)
+    ).eval()
+    image_processor = Idefics3ImageProcessor(
+        size={"longest_edge": 64}, max_image_size={"longest_edge": 32}
+    )
+    processor = ColModernVBertProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4
+    )
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
