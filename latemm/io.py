@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from index_store.errors import InputError
 
@@ -211,3 +212,29 @@ def image_bytes(value: Any) -> bytes | None:
         if value.get("path"):
             return Path(value["path"]).read_bytes()
     raise InputError(f"cannot read an image from a cell of type {type(value).__name__}")
+
+
+def write_parquet(path: str | Path, tables: Iterable[pa.Table], *, empty: str = "") -> int:
+    """Stream tables into one Parquet file through a temporary name that replaces ``path`` only
+    when every table is written (nothing is left behind on an error); returns the row count.
+    ``empty`` is the error message when there are no tables."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    writer = None
+    rows = 0
+    try:
+        for table in tables:
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table.cast(writer.schema))
+            rows += table.num_rows
+        if writer is None:
+            raise InputError(empty or f"nothing to write to {path}: the source has no rows")
+        writer.close()
+        writer = None
+        tmp.replace(path)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    return rows

@@ -26,10 +26,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from index_store.errors import InputError
-from latemm.io import open_dataset
+from latemm.io import open_dataset, write_parquet
 
 FORMATS = ("vidore-v1", "vidore-v2", "beir")
 # Per-query columns of ViDoRe v1 rows: they describe the question, not the page.
@@ -119,29 +118,6 @@ def _require_columns(path: Path, names: list[str], needed: list[str]) -> None:
         )
 
 
-def _write_stream(path: Path, tables: Iterator[pa.Table]) -> int:
-    """Write tables to one Parquet file through a temporary name; returns the row count."""
-    tmp = path.with_name(f".{path.name}.partial")
-    writer = None
-    rows = 0
-    try:
-        for table in tables:
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema)
-            writer.write_table(table.cast(writer.schema))
-            rows += table.num_rows
-        if writer is None:
-            raise InputError(f"nothing to write to {path}: the source has no rows")
-        writer.close()
-        writer = None
-        tmp.replace(path)
-    finally:
-        if writer is not None:
-            writer.close()
-        tmp.unlink(missing_ok=True)
-    return rows
-
-
 def _write_qrels(path: Path, qrels: list[tuple[str, str, int]]) -> None:
     if not qrels:
         raise InputError(f"no relevance judgements to write to {path}")
@@ -191,8 +167,8 @@ def _vidore_v1(source: Path, corpus: Path, queries: Path, qrels: Path) -> tuple[
                     )
                 yield _as_string(pages_table, "image_filename", "doc_id")
 
-    documents = _write_stream(corpus, pages())
-    _write_stream(
+    documents = write_parquet(corpus, pages())
+    write_parquet(
         queries,
         iter([pa.table({"query_id": list(query_ids.values()), "text": list(query_ids.keys())})]),
     )
@@ -216,10 +192,10 @@ def _vidore_v2(source: Path, corpus: Path, queries: Path, qrels: Path) -> tuple[
                 )
             yield table
 
-    documents = _write_stream(corpus, pages())
+    documents = write_parquet(corpus, pages())
     q_table = open_dataset(queries_src).to_table()
     _require_columns(queries_src, q_table.column_names, ["query-id", "query"])
-    n_queries = _write_stream(
+    n_queries = write_parquet(
         queries,
         iter(
             [
@@ -278,7 +254,7 @@ def _beir(
         if ids:
             yield pa.table({"doc_id": ids, "text": texts, "title": titles})
 
-    n_docs = _write_stream(corpus, documents())
+    n_docs = write_parquet(corpus, documents())
     q_ids, q_texts = [], []
     for _, record in _jsonl(source / "queries.jsonl", ["_id", "text"]):
         q_ids.append(str(record["_id"]))
@@ -296,7 +272,7 @@ def _beir(
         judgements.append((parts[0], parts[1], int(parts[2])))
     judged = {q for q, _, _ in judgements}
     keep = [i for i, q in enumerate(q_ids) if q in judged]  # BEIR queries.jsonl spans all splits
-    n_queries = _write_stream(
+    n_queries = write_parquet(
         queries,
         iter(
             [pa.table({"query_id": [q_ids[i] for i in keep], "text": [q_texts[i] for i in keep]})]

@@ -21,7 +21,15 @@ import pyarrow.parquet as pq
 from index_store import Index, IndexConfig, create, default_fde_config
 from index_store.errors import InputError
 from latemm.encoders.base import Encoder, Page
-from latemm.io import RUN_SCHEMA, Batch, Columns, count_rows, image_bytes, read_batches
+from latemm.io import (
+    RUN_SCHEMA,
+    Batch,
+    Columns,
+    count_rows,
+    image_bytes,
+    read_batches,
+    write_parquet,
+)
 
 
 @dataclass(frozen=True)
@@ -320,12 +328,8 @@ def encode_corpus(
     Returns the number of rows written."""
     source = Path(corpus)
     cols = columns or Columns()
-    out_path = Path(out)
-    tmp = out_path.with_name(f".{out_path.name}.partial")
-    writer = None
-    rows = 0
-    bar = _progress(count_rows(source), "encoding", progress)
-    try:
+
+    def tables() -> Iterator[pa.Table]:
         for batch in read_batches(source, columns=cols, batch_size=batch_size):
             with _rows_named(batch, source):
                 encoded = encoder.encode_documents(_pages(batch, source))
@@ -340,22 +344,13 @@ def encode_corpus(
                     pa.array(vectors.reshape(-1)), vectors.shape[1]
                 ).cast(pa.list_(pa.float32())),
             )
-            table = batch.table.append_column(
+            yield batch.table.append_column(
                 "doc_id", pa.array(batch.ids, pa.string())
             ).append_column("embedding", embedding)
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema)
-            writer.write_table(table.cast(writer.schema))
-            rows += len(batch.ids)
             bar.update(len(batch.ids))
-        if writer is None:
-            raise InputError(f"{source} has no rows")
-        writer.close()
-        writer = None
-        tmp.replace(out_path)
+
+    bar = _progress(count_rows(source), "encoding", progress)
+    try:
+        return write_parquet(out, tables(), empty=f"{source} has no rows")
     finally:
         bar.close()
-        if writer is not None:
-            writer.close()
-        tmp.unlink(missing_ok=True)
-    return rows
