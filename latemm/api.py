@@ -67,7 +67,9 @@ def search(
 
     opened = index if isinstance(index, Index) else Index.open(index)
     if encoder is None and opened.config.encoder is not None:
-        encoder = opened.config.encoder["name_or_path"]
+        from latemm.encoders import load_encoder
+
+        encoder = load_encoder(opened.config.encoder)  # rebuilt with its recorded options
     if isinstance(reranker, (str, Path)):
         from latemm.reranker import MLLMReranker
 

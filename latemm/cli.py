@@ -31,19 +31,50 @@ def _add_column_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _encoder(args: argparse.Namespace, name: str | None, index_dir: str | None = None):  # type: ignore[no-untyped-def]
-    """The encoder named by --encoder, else the one the index recorded (None if neither), on
+    """The encoder named by --encoder (with --encoder-kind, --instruction, --dim, --pooling),
+    else the one the index recorded, rebuilt with its recorded options (None if neither), on
     --device (several comma-separated devices encode in parallel) with --model-dtype."""
     from latemm.encoders import load_encoder
 
+    devices = args.device.split(",") if args.device else None
+    options = {
+        key: getattr(args, key, None)
+        for key in ("instruction", "dim", "pooling")
+        if getattr(args, key, None) is not None
+    }
+    kind = getattr(args, "encoder_kind", None)
+    if name is None and (options or kind):
+        flags = ", ".join(
+            f"--{k.replace('_', '-')}" for k in [*options, *(["encoder_kind"] if kind else [])]
+        )
+        raise InputError(
+            f"{flags} configure the encoder named by --encoder; without --encoder the index's "
+            "recorded encoder is rebuilt with its recorded options"
+        )
     if name is None and index_dir is not None and (Path(index_dir) / "manifest.json").is_file():
         from index_store import Index
 
         recorded = Index.open(index_dir, verify="none").config.encoder
-        name = recorded["name_or_path"] if recorded else None
+        if recorded:
+            return load_encoder(recorded, devices=devices, dtype=_model_dtype(args))
     if name is None:
         return None
-    devices = args.device.split(",") if args.device else None
-    return load_encoder(name, devices=devices, dtype=_model_dtype(args))
+    return load_encoder(name, kind=kind, devices=devices, dtype=_model_dtype(args), **options)
+
+
+def _add_encoder_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--encoder-kind",
+        default=None,
+        choices=["multi", "single"],
+        help="multi: late interaction (default); single: one vector per item (DSE, "
+        "Qwen3-VL-Embedding, or a mean-pooled text model)",
+    )
+    parser.add_argument("--instruction", default=None, help="query instruction (single kind)")
+    parser.add_argument("--dim", type=int, default=None, help="Matryoshka dimension (single)")
+    parser.add_argument(
+        "--pooling", default=None, choices=["last", "mean"], help="single kind: token pooling"
+    )
 
 
 def _model_dtype(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -291,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="hub id or local folder; not needed with an embedding column",
     )
     _add_device_flags(p)
+    _add_encoder_flags(p)
     p.add_argument("--dtype", default="float16", choices=["float16", "float32", "int8", "binary"])
     p.add_argument(
         "--faiss",
@@ -314,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", required=True, help="hub id or local folder")
     p.add_argument("--out", required=True)
     _add_device_flags(p)
+    _add_encoder_flags(p)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--pool-factor", type=int, default=1)
     p.add_argument("--quiet", action="store_true")
@@ -347,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--rerank-cache", default=None, help="SQLite file caching rerank scores")
     _add_device_flags(p)
+    _add_encoder_flags(p)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--quiet", action="store_true")
     _add_column_flags(p)

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from index_store import Index, IndexConfig, create, default_fde_config
 from index_store.errors import InputError
-from latemm.encoders.base import Encoder, Page
+from latemm.encoders.base import Encoder, Page, is_compatible
 from latemm.io import (
     RUN_SCHEMA,
     Batch,
@@ -113,11 +113,13 @@ def index_corpus(
     if (Path(index_dir) / "manifest.json").is_file():
         existing = Index.open(index_dir, verify="none").config
         recorded = existing.encoder
-        if recorded and encoder and encoder.info.name_or_path != recorded["name_or_path"]:
+        reason = is_compatible(recorded, encoder.info) if recorded and encoder else None
+        if reason is not None and recorded and encoder:
             raise InputError(
                 f"the index {index_dir} was built with encoder {recorded['name_or_path']!r}, not "
-                f"{encoder.info.name_or_path!r}; vectors of different models cannot share an index "
-                "(leave out --encoder to use the recorded one, or index into a new folder)"
+                f"{encoder.info.name_or_path!r} as configured ({reason}); vectors of different "
+                "encoders cannot share an index (leave out --encoder to use the recorded one, "
+                "or index into a new folder)"
             )
     total = count_rows(source)
     writer = None

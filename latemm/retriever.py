@@ -130,14 +130,15 @@ class Retriever:
         self.rerank_fusion = rerank_fusion
         recorded = self.index.config.encoder
         if encoder is not None and recorded is not None:
-            if (
-                encoder.info.name_or_path != recorded["name_or_path"]
-                or encoder.info.dim != recorded["dim"]
-            ):
+            from latemm.encoders.base import is_compatible
+
+            reason = is_compatible(recorded, encoder.info)
+            if reason is not None:
                 raise InputError(
                     f"the index {self.index.path} was built with encoder {recorded['name_or_path']!r} "
                     f"(dim {recorded['dim']}); queries would be encoded with "
-                    f"{encoder.info.name_or_path!r} (dim {encoder.info.dim}). Use the index's encoder"
+                    f"{encoder.info.name_or_path!r} (dim {encoder.info.dim}), which differs: "
+                    f"{reason}. Use the index's encoder (leave out --encoder)"
                 )
 
     # ------------------------------------------------------------------------------ API

@@ -1,24 +1,64 @@
 """Encoders: pages and queries to multi-vectors. Only this package and the reranker import
 transformers."""
 
-from latemm.encoders.base import Encoder, EncoderInfo, MultiDeviceEncoder, MultiVectors, Page
+from __future__ import annotations
 
-__all__ = ["Encoder", "EncoderInfo", "MultiDeviceEncoder", "MultiVectors", "Page", "load_encoder"]
+from typing import Any
+
+from index_store.errors import InputError
+from latemm.encoders.base import (
+    Encoder,
+    EncoderInfo,
+    MultiDeviceEncoder,
+    MultiVectors,
+    Page,
+    is_compatible,
+)
+
+__all__ = [
+    "Encoder",
+    "EncoderInfo",
+    "MultiDeviceEncoder",
+    "MultiVectors",
+    "Page",
+    "is_compatible",
+    "load_encoder",
+]
+
+KINDS = ("multi", "single")
+
+# Options that change how an encoder runs, not what it returns: never recorded, so they may
+# accompany a recorded EncoderInfo.
+RUNTIME_OPTIONS = frozenset(
+    {"device", "dtype", "batch_size", "max_image_pixels", "trust_remote_code", "padding_side"}
+)
 
 
 def load_encoder(
-    name_or_path: str, *, devices: list[str] | None = None, **options: object
+    name_or_info: str | EncoderInfo | dict[str, Any],
+    *,
+    kind: str | None = None,
+    devices: list[str] | None = None,
+    **options: Any,
 ) -> Encoder:
-    """An encoder for a hub id or local folder, chosen from its config.
+    """An encoder for a hub id or local folder, chosen from its config, or rebuilt from a record.
+
+    ``name_or_info`` is a hub id or folder, or an ``EncoderInfo`` (or its ``to_dict()``, as an
+    index manifest holds it): the encoder is then rebuilt with exactly the recorded options,
+    and only runtime options (``RUNTIME_OPTIONS``: device, dtype, batch size, ...) may be added.
+
+    ``kind`` ``"multi"`` (default) picks the late-interaction encoder from the config: vision
+    retrieval checkpoints (``model_type`` colpali, colqwen2, colmodernvbert) get
+    ``ColVisionEncoder``; other vision-language models (a ``vision_config`` in their config)
+    get ``VLMProjectionEncoder`` (backbone plus the checkpoint's linear projection); anything
+    else is a ``TextEncoder`` (sentence-transformers folders and ColBERT checkpoints included).
+    ``kind="single"`` gives one vector per item: ``SingleVectorEncoder`` for vision-language
+    models (options ``style``, ``instruction``, ``pooling``, ``dim``, ...), a mean-pooled
+    ``TextEncoder`` for text models.
 
     ``devices`` (e.g. ``["cuda:0", "cuda:1"]``) loads one replica per device and splits every
     batch between them (``MultiDeviceEncoder``); with neither ``devices`` nor ``device`` given
     and several GPUs visible, all of them are used.
-
-    Vision retrieval checkpoints (``model_type`` colpali, colqwen2, colmodernvbert) get
-    ``ColVisionEncoder``; other vision-language models (a ``vision_config`` in their config) get
-    ``VLMProjectionEncoder`` (backbone plus the checkpoint's linear projection); anything else
-    is treated as a text encoder (sentence-transformers folders and ColBERT checkpoints included).
     """
     if devices is None and options.get("device") is None:
         import torch
@@ -27,25 +67,85 @@ def load_encoder(
             devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     if devices is not None and len(devices) > 1:
         return MultiDeviceEncoder(
-            [load_encoder(name_or_path, **{**options, "device": d}) for d in devices]
+            [load_encoder(name_or_info, kind=kind, **{**options, "device": d}) for d in devices]
         )
     if devices:
         options = {**options, "device": devices[0]}
-    from latemm.encoders.text import TextEncoder
+    if not isinstance(name_or_info, str):
+        if kind is not None:
+            raise InputError("kind= applies to a model name; a recorded encoder has its family")
+        return _rebuild(name_or_info, options)
+    if kind not in (None, *KINDS):
+        raise InputError(f"kind must be one of {KINDS}, got {kind!r}")
+    config = _config(name_or_info)
+    return _class_for(_family(config, kind or "multi", options))(name_or_info, **options)
 
-    config = _config(name_or_path)
+
+def _family(config: dict[str, Any], kind: str, options: dict[str, Any]) -> str:
+    """The encoder family for a model's config and the kind asked for (may set options)."""
+    if kind == "single":
+        if "vision_config" in config:
+            return "vlm-single"
+        extra = sorted(set(options) & {"instruction", "document_instruction", "dim", "style"})
+        if extra:
+            raise InputError(
+                f"kind='single' on a text model is a mean-pooled TextEncoder, which takes no "
+                f"{', '.join(extra)}; those options are for vision-language models"
+            )
+        options.setdefault("pooling", "mean")
+        return "text"
     if config.get("model_type") in {"colpali", "colqwen2", "colmodernvbert"}:
+        return str(config["model_type"])
+    if "vision_config" in config:
+        return "vlm-projection"
+    return "text"
+
+
+def _class_for(family: str) -> Any:
+    if family == "text":
+        from latemm.encoders.text import TextEncoder
+
+        return TextEncoder
+    if family in {"colpali", "colqwen2", "colmodernvbert"}:
         from latemm.encoders.vision import ColVisionEncoder
 
-        return ColVisionEncoder(name_or_path, **options)  # type: ignore[arg-type]
-    if "vision_config" in config:
+        return ColVisionEncoder
+    if family == "vlm-projection":
         from latemm.encoders.vlm import VLMProjectionEncoder
 
-        return VLMProjectionEncoder(name_or_path, **options)  # type: ignore[arg-type]
-    return TextEncoder(name_or_path, **options)  # type: ignore[arg-type]
+        return VLMProjectionEncoder
+    if family == "vlm-single":
+        from latemm.encoders.single import SingleVectorEncoder
+
+        return SingleVectorEncoder
+    raise InputError(
+        f"unknown encoder family {family!r}; latemm knows text, colpali, colqwen2, "
+        "colmodernvbert, vlm-projection and vlm-single"
+    )
 
 
-def _config(name_or_path: str) -> dict[str, object]:
+def _rebuild(info: EncoderInfo | dict[str, Any], runtime: dict[str, Any]) -> Encoder:
+    """The encoder of a record, with its recorded options, checked against the record."""
+    record = info if isinstance(info, EncoderInfo) else EncoderInfo.from_dict(info)
+    extra = sorted(set(runtime) - RUNTIME_OPTIONS)
+    if extra:
+        raise InputError(
+            f"options {extra} would change the recorded encoder {record.name_or_path!r}; only "
+            f"{sorted(RUNTIME_OPTIONS)} may be given with a record (load by name to change it)"
+        )
+    encoder: Encoder = _class_for(record.family)(
+        record.name_or_path, revision=record.revision, **record.options, **runtime
+    )
+    reason = is_compatible(record, encoder.info)
+    if reason is not None:
+        raise InputError(
+            f"the encoder rebuilt from its record differs from the record ({reason}); "
+            f"has the checkpoint {record.name_or_path!r} changed since the index was built?"
+        )
+    return encoder
+
+
+def _config(name_or_path: str) -> dict[str, Any]:
     import json
     from pathlib import Path
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from index_store.errors import InputError
+
 
 @dataclass(frozen=True)
 class MultiVectors:
@@ -52,6 +54,28 @@ class EncoderInfo:
     document_template: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        for name in ("family", "name_or_path"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise InputError(f"EncoderInfo.{name} must be a non-empty string, got {value!r}")
+        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
+            raise InputError(f"EncoderInfo.dim must be a positive int, got {self.dim!r}")
+        for name in ("revision", "query_template", "document_template"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise InputError(f"EncoderInfo.{name} must be a string or None, got {value!r}")
+        if not isinstance(self.options, dict):
+            raise InputError(f"EncoderInfo.options must be a dict, got {self.options!r}")
+        for key, value in self.options.items():
+            if not isinstance(key, str) or not isinstance(
+                value, (str, int, float, bool, type(None))
+            ):
+                raise InputError(
+                    f"EncoderInfo.options[{key!r}] = {value!r}: options are JSON scalars "
+                    "(str, int, float, bool or None) so that they round-trip through the manifest"
+                )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "family": self.family,
@@ -62,6 +86,55 @@ class EncoderInfo:
             "document_template": self.document_template,
             "options": dict(self.options),
         }
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> EncoderInfo:
+        """The inverse of ``to_dict`` (an index manifest's ``encoder`` entry), validated."""
+        if not isinstance(payload, dict):
+            raise InputError(f"an encoder record must be a dict, got {type(payload).__name__}")
+        fields = {"family", "name_or_path", "dim", "revision", "query_template"}
+        fields |= {"document_template", "options"}
+        unknown = sorted(set(payload) - fields)
+        missing = sorted({"family", "name_or_path", "dim"} - set(payload))
+        if unknown or missing:
+            raise InputError(
+                f"encoder record {payload!r}: "
+                + "; ".join(
+                    part
+                    for part in (
+                        f"unknown fields {unknown}" if unknown else "",
+                        f"missing fields {missing}" if missing else "",
+                    )
+                    if part
+                )
+            )
+        return cls(**{**payload, "options": dict(payload.get("options") or {})})
+
+
+def is_compatible(
+    recorded: EncoderInfo | dict[str, Any], other: EncoderInfo | dict[str, Any]
+) -> str | None:
+    """Whether vectors of ``other`` can share an index with (or search) vectors of ``recorded``.
+
+    Two encoders are compatible when their records are equal: same family, model, revision,
+    dimension, templates and options (everything an ``EncoderInfo`` holds changes the vectors;
+    device, dtype and batch size are not recorded). Returns None when compatible, else the
+    differences, e.g. ``"options.dim: 256 recorded, None given"``.
+    """
+    a = recorded.to_dict() if isinstance(recorded, EncoderInfo) else dict(recorded)
+    b = other.to_dict() if isinstance(other, EncoderInfo) else dict(other)
+    flat_a = {**{k: v for k, v in a.items() if k != "options"}, **_prefixed(a)}
+    flat_b = {**{k: v for k, v in b.items() if k != "options"}, **_prefixed(b)}
+    differences = [
+        f"{key}: {flat_a.get(key, 'absent')!r} recorded, {flat_b.get(key, 'absent')!r} given"
+        for key in sorted(set(flat_a) | set(flat_b))
+        if key not in flat_a or key not in flat_b or flat_a[key] != flat_b[key]
+    ]
+    return "; ".join(differences) or None
+
+
+def _prefixed(record: dict[str, Any]) -> dict[str, Any]:
+    return {f"options.{k}": v for k, v in (record.get("options") or {}).items()}
 
 
 @dataclass(frozen=True)
@@ -115,8 +188,9 @@ class MultiDeviceEncoder(Encoder):
             raise ValueError("MultiDeviceEncoder needs at least one replica")
         first = replicas[0].info
         for replica in replicas[1:]:
-            if (replica.info.name_or_path, replica.info.dim) != (first.name_or_path, first.dim):
-                raise ValueError("every replica must be the same model")
+            reason = is_compatible(first, replica.info)
+            if reason is not None:
+                raise InputError(f"every replica must be the same encoder: {reason}")
         self.replicas = list(replicas)
         self.info = first
 

@@ -177,7 +177,7 @@ class TextEncoder(Encoder):
         dim = self.dense[-1].weight.shape[0] if self.dense else int(self.model.config.hidden_size)
         self.info = EncoderInfo(
             family="text",
-            name_or_path=name_or_path,
+            name_or_path=str(name_or_path),
             dim=int(dim),
             revision=revision,
             query_template=self.query_prefix + "{query}" if self.query_prefix else None,

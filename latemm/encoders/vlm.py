@@ -141,6 +141,10 @@ class VLMProjectionEncoder(PageImageEncoder):
             document_template=document_prompt,
             options={
                 "projection_key": key,
+                "document_prompt": document_prompt,
+                "query_prefix": query_prefix,
+                "query_augmentation_token": query_augmentation_token,
+                "query_augmentation": query_augmentation,
                 "min_pixels": min_pixels,
                 "max_pixels": max_pixels,
                 "image_patches_only": image_patches_only,
