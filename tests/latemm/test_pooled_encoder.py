@@ -21,11 +21,12 @@ from tests.latemm.tiny_models import (
     build_colqwen2,
     build_idefics3,
     build_qwen2_vl,
+    build_qwen3_vl,
     build_vlm_with_projection,
     png_bytes,
 )
 
-BUILDERS = {"qwen2_vl": build_qwen2_vl, "idefics3": build_idefics3}
+BUILDERS = {"qwen2_vl": build_qwen2_vl, "idefics3": build_idefics3, "qwen3_vl": build_qwen3_vl}
 IMAGES = [png_bytes(60, 40, 0), png_bytes(30, 90, 1), png_bytes(56, 56, 2)]
 QUERIES = [
     "what is the revenue",
@@ -118,23 +119,34 @@ def test_dse_last_token_equals_hand_written_forward(checkpoints, references, pad
         np.testing.assert_allclose(documents[i][0], _unit(hidden[-1]), rtol=1e-4, atol=1e-5)
 
 
-def test_instruction_template_and_matryoshka(checkpoints, references):
+@pytest.mark.parametrize(
+    ("family", "padding_side", "instruction", "want"),
+    [
+        # Qwen3-VL picks the Qwen3-VL-Embedding layout and its documented instructions.
+        ("qwen3_vl", "left", None, "Retrieve images or text relevant to the user's query."),
+        ("qwen2_vl", "right", "Find the chart that answers the question", None),
+    ],
+)
+def test_instruction_template_and_matryoshka(
+    checkpoints, references, family, padding_side, instruction, want
+):
     """Qwen3-VL-Embedding's layout (instruction as system turn, full stop added, generation
     prompt, last non-pad token) with Matryoshka: truncate to dim, then L2-normalise."""
     encoder = load_encoder(
-        str(checkpoints["qwen2_vl"]),
+        str(checkpoints[family]),
         kind="single",
-        style="qwen3-vl-embedding",
-        instruction="Find the chart that answers the question",
+        style=None if instruction is None else "qwen3-vl-embedding",
+        instruction=instruction,
         dim=8,
-        padding_side="right",
+        padding_side=padding_side,
     )
     assert encoder.dim == 8 and encoder.info.dim == 8
-    model, processor = references["qwen2_vl"]
+    assert encoder.info.options["style"] == "qwen3-vl-embedding"
+    model, processor = references[family]
     queries = encoder.encode_queries(QUERIES, batch_size=3)
     documents = encoder.encode_documents(DOCUMENTS, batch_size=3)
     for out, items, instruction in (
-        (queries, QUERIES, "Find the chart that answers the question."),
+        (queries, QUERIES, want or "Find the chart that answers the question."),
         (documents, DOCUMENTS, "Represent the user's input."),
     ):
         for i, item in enumerate(items):
@@ -151,7 +163,7 @@ def test_instruction_template_and_matryoshka(checkpoints, references):
             assert abs(np.linalg.norm(out[i][0]) - 1) < 1e-5
     # Truncation comes before normalisation: not the first 8 entries of the full unit vector.
     full = load_encoder(
-        str(checkpoints["qwen2_vl"]), kind="single", style="qwen3-vl-embedding"
+        str(checkpoints[family]), kind="single", style="qwen3-vl-embedding", instruction=instruction
     ).encode_queries(QUERIES[:1])
     assert not np.allclose(full[0][0][:8], queries[0][0], atol=1e-3)
 
@@ -276,3 +288,52 @@ def test_records_validate_and_differences_are_named(families) -> None:
     assert load_encoder(record, batch_size=2, device="cpu").info == info
     with pytest.raises(InputError, match=r"options \['dim'\] would change the recorded encoder"):
         load_encoder(record, dim=8)
+
+
+def test_cli_single_kind_is_recorded_and_rebuilt_for_search(checkpoints, tmp_path, capsys):
+    """`latemm index --encoder-kind single --dim 16 --instruction ...` records the options;
+    `search` without --encoder and `latemm.search` rebuild exactly that encoder; a different
+    encoder is refused at search and at append with the differing option named."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import latemm
+    from index_store import Index
+    from latemm.cli import main
+
+    texts = ["the total revenue per year", "market share data", "how many pages show growth"]
+    corpus, queries = tmp_path / "corpus.parquet", tmp_path / "queries.parquet"
+    pq.write_table(pa.table({"doc_id": ["a", "b", "c"], "text": texts}), corpus)
+    pq.write_table(pa.table({"query_id": ["q"], "text": ["market share"]}), queries)
+    idx, run = str(tmp_path / "idx"), str(tmp_path / "run.parquet")
+    name = str(checkpoints["qwen2_vl"])
+    flags = ["--encoder-kind", "single", "--dim", "16", "--instruction", "Find it"]
+    assert main(["index", str(corpus), "--index", idx, "--encoder", name, *flags, "--quiet"]) == 0
+    recorded = Index.open(idx).config.encoder
+    assert recorded["family"] == "vlm-single" and recorded["dim"] == 16
+    assert recorded["options"]["instruction"] == "Find it"
+    assert main(["search", idx, str(queries), "--out", run, "--k", "3", "--quiet"]) == 0
+    encoder = load_encoder(recorded)
+    query = encoder.encode_queries(["market share"]).vectors[0]
+    documents = encoder.encode_documents(texts).vectors
+    got = pq.read_table(run).to_pylist()
+    assert [row["doc_id"] for row in got] == [
+        ["a", "b", "c"][i] for i in np.argsort(-documents @ query)
+    ]
+    np.testing.assert_allclose(
+        [row["score"] for row in got], np.sort(documents @ query)[::-1], atol=2e-3
+    )
+    api = latemm.search(idx, ["market share"], k=3)
+    assert api.column("doc_id").to_pylist() == [row["doc_id"] for row in got]
+
+    capsys.readouterr()
+    other = ["--encoder", name, "--encoder-kind", "single", "--dim", "8"]
+    assert main(["search", idx, str(queries), "--out", run, *other, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "latemm search: error: the index" in err and "options.dim: 16 recorded, 8 given" in err
+    assert main(["index", str(corpus), "--index", idx, *other, "--instruction", "Find it"]) == 2
+    err = capsys.readouterr().err
+    assert "vectors of different encoders cannot share an index" in err
+    assert "options.dim: 16 recorded, 8 given" in err
+    assert main(["search", idx, str(queries), "--out", run, "--dim", "8", "--quiet"]) == 2
+    assert "--dim configure the encoder named by --encoder" in capsys.readouterr().err
