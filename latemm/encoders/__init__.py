@@ -140,7 +140,9 @@ def _rebuild(info: EncoderInfo | dict[str, Any], runtime: dict[str, Any]) -> Enc
     if reason is not None:
         raise InputError(
             f"the encoder rebuilt from its record differs from the record ({reason}); "
-            f"has the checkpoint {record.name_or_path!r} changed since the index was built?"
+            f"the checkpoint {record.name_or_path!r} changed since the index was built, or an "
+            "older latemm wrote the record (an option shown as 'absent'); re-index with this "
+            "checkpoint and latemm"
         )
     return encoder
 

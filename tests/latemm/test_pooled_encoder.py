@@ -288,6 +288,9 @@ def test_records_validate_and_differences_are_named(families) -> None:
     assert load_encoder(record, batch_size=2, device="cpu").info == info
     with pytest.raises(InputError, match=r"options \['dim'\] would change the recorded encoder"):
         load_encoder(record, dim=8)
+    # A record the checkpoint no longer matches (another hidden size, say) is refused.
+    with pytest.raises(InputError, match=r"differs from the record \(dim: 24 recorded, 16 given"):
+        load_encoder({**record, "dim": 24})
 
 
 def test_cli_single_kind_is_recorded_and_rebuilt_for_search(checkpoints, tmp_path, capsys):
