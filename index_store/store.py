@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from fde import FDEInputError, as_flat
-from index_store import codecs
+from index_store import codecs, rejects
 from index_store.config import IndexConfig
 from index_store.errors import (
     IndexCorruptError,
@@ -36,8 +36,14 @@ from index_store.errors import (
     IndexLockedError,
     InputError,
 )
-from index_store.fsio import fsync_dir, npy_bytes, sha256_file, write_json_atomic
-from index_store.segment import open_segment, write_segment
+from index_store.fsio import (
+    fsync_dir,
+    npy_bytes,
+    sha256_file,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+from index_store.segment import check_files, open_segment, write_segment
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -107,6 +113,12 @@ class Index:
                     or _read_manifest(self.path)["generation"] == self.manifest["generation"]
                 ):
                     raise
+        if verify != "none":
+            problems = _check_rejects_file(self.path, self.manifest, full=verify == "full")
+            if problems:
+                raise IndexCorruptError(
+                    "index files are damaged: " + "; ".join(problems) + ". Run `latemm verify`"
+                )
         self.config = IndexConfig.from_dict(self.manifest["config"])
         self._locations: dict[str, tuple[int, int]] | None = None
 
@@ -204,6 +216,14 @@ class Index:
             )
         return pa.concat_tables(tables, promote_options="default")
 
+    def rejects(self) -> pa.Table:
+        """Rows an ingest skipped: ``doc_id``, ``source``, ``row`` (int64), ``reason``; one per
+        doc_id, none for a doc_id that is in the index. Empty when there are none."""
+        entry = self.manifest.get("rejects")
+        if not entry:
+            return rejects.empty()
+        return rejects.read(self.path / entry["file"])
+
     def stats(self) -> dict[str, Any]:
         live_vectors = 0
         for seg in self.segments:
@@ -215,6 +235,7 @@ class Index:
             "format_version": self.manifest["format_version"],
             "generation": self.generation,
             "documents": self.num_documents,
+            "rejected": int((self.manifest.get("rejects") or {}).get("count", 0)),
             "deleted_not_compacted": sum(int(s.deleted.sum()) for s in self.segments),
             "vectors": live_vectors,
             "segments": len(self.segments),
@@ -232,14 +253,19 @@ class Index:
         return verify(self.path)
 
 
+def _check_rejects_file(root: Path, manifest: dict[str, Any], *, full: bool) -> list[str]:
+    entry = manifest.get("rejects")
+    if not entry:
+        return []
+    return check_files(root, {"files": {entry["file"]: entry}}, full=full)
+
+
 def verify(path: str | Path) -> list[str]:
     """Every problem with an index's files (missing, truncated, checksum mismatch), read from
     the manifest alone so that it works on an index too damaged to open. Empty means intact."""
-    from index_store.segment import check_files
-
     root = Path(path)
     manifest = _read_manifest(root)
-    problems = []
+    problems = _check_rejects_file(root, manifest, full=True)
     for entry in manifest["segments"]:
         extra = {entry["deleted"]["file"]: entry["deleted"]} if entry.get("deleted") else None
         problems += check_files(root / "segments" / entry["name"], entry, full=True, extra=extra)
@@ -308,6 +334,7 @@ class IndexWriter:
         self._pending: list[tuple[list[str], np.ndarray, np.ndarray, pa.Table]] = []
         self._pending_ids: set[str] = set()
         self._deletes: set[str] = set()
+        self._rejects: list[pa.Table] = []
 
     # ----------------------------------------------------------------------- lifecycle
     def __enter__(self) -> IndexWriter:
@@ -451,6 +478,27 @@ class IndexWriter:
                 )
         return found
 
+    def reject(self, records: pa.Table | Sequence[dict[str, Any]]) -> int:
+        """Record rows an ingest skipped (nothing the encoder can read), written at the next
+        commit into the index's rejects file (``Index.rejects()``).
+
+        Parameters
+        ----------
+        records
+            A table or a list of dicts with ``doc_id`` (str), ``source`` (str, the input file),
+            ``row`` (int >= 0, the row in ``source``) and ``reason`` (str). A later record for a
+            doc_id replaces an earlier one (a resumed ingest does not duplicate them); a doc_id
+            that is in the index after the commit has no record.
+
+        Returns
+        -------
+        The number of records buffered.
+        """
+        table = rejects.as_table(records)
+        if table.num_rows:
+            self._rejects.append(table)
+        return table.num_rows
+
     def upsert(self, doc_ids: Sequence[Any], vectors: Any, **kwargs: Any) -> int:
         return self.add(doc_ids, vectors, upsert=True, **kwargs)
 
@@ -475,7 +523,7 @@ class IndexWriter:
     # ----------------------------------------------------------------------- commit
     def commit(self) -> int:
         """Write buffered changes and swap the manifest. Returns the new generation."""
-        if not self._pending and not self._deletes:
+        if not self._pending and not self._deletes and not self._rejects:
             return self.index.generation
         manifest = json.loads(json.dumps(self.index.manifest))
         generation = int(manifest["generation"]) + 1
@@ -506,8 +554,36 @@ class IndexWriter:
             manifest["segments"].append(entry)
         # Segments whose documents are all deleted are dropped from the manifest.
         manifest["segments"] = [e for e in manifest["segments"] if e["num_deleted"] < e["num_docs"]]
+        manifest["rejects"] = self._write_rejects(generation)
         self._swap_manifest(manifest, generation)
         return generation
+
+    def _write_rejects(self, generation: int) -> dict[str, Any] | None:
+        """The manifest's rejects entry after this commit; a new file when the records change."""
+        current = self.index.manifest.get("rejects")
+        if not self._rejects and not (current and self._pending):
+            return current  # unchanged
+        committed = self.index.locations()
+        old = self.index.rejects()
+        new = pa.concat_tables(self._rejects) if self._rejects else rejects.empty()
+        merged = rejects.merge(
+            old,
+            new,
+            lambda d: d in self._pending_ids or (d in committed and d not in self._deletes),
+        )
+        if merged.num_rows == 0:
+            return None
+        if current and merged.equals(old):
+            return current
+        fname = rejects.file_name(generation)
+        data = rejects.to_bytes(merged)
+        write_bytes_atomic(self.path / fname, data)
+        return {
+            "file": fname,
+            "size": len(data),
+            "sha256": sha256_file(self.path / fname),
+            "count": merged.num_rows,
+        }
 
     def _write_pending(self, seg_root: Path, name: str) -> dict[str, Any]:
         ids = [i for p in self._pending for i in p[0]]
@@ -543,7 +619,7 @@ class IndexWriter:
         docs = sum(e["num_docs"] - e["num_deleted"] for e in manifest["segments"])
         manifest["counts"] = {"documents": docs, "segments": len(manifest["segments"])}
         write_json_atomic(self.path / MANIFEST, manifest)  # the commit
-        self._pending, self._pending_ids, self._deletes = [], set(), set()
+        self._pending, self._pending_ids, self._deletes, self._rejects = [], set(), set(), []
         self.index = Index(self.path, verify="none")
         self._collect_garbage()
 
@@ -588,8 +664,11 @@ class IndexWriter:
             for f in child.iterdir():
                 if f.name not in keep:
                     f.unlink(missing_ok=True)
+        kept_rejects = (self.index.manifest.get("rejects") or {}).get("file")
         for f in self.path.iterdir():
-            if f.name.startswith(".") and ".tmp-" in f.name:
+            if (f.name.startswith(".") and ".tmp-" in f.name) or (
+                rejects.FILE_PATTERN.fullmatch(f.name) and f.name != kept_rejects
+            ):
                 f.unlink(missing_ok=True)
 
 
