@@ -83,10 +83,11 @@ def merge(old: pa.Table, new: pa.Table, is_live: Callable[[str], bool]) -> pa.Ta
     return pa.Table.from_pylist(kept, schema=SCHEMA)
 
 
-def read(path: Path) -> pa.Table:
-    """The records in a rejects file; ``IndexCorruptError`` naming it when it is unreadable."""
+def read(path: Path, source: pa.NativeFile | None = None) -> pa.Table:
+    """The records in a rejects file (read from ``source`` when given, a handle pinned at open
+    time); ``IndexCorruptError`` naming it when it is unreadable."""
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(source if source is not None else path)
     except (OSError, pa.ArrowException) as exc:
         raise IndexCorruptError(f"cannot read the rejects file {path}: {exc}") from exc
     if table.schema.names != SCHEMA.names:

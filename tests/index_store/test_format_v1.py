@@ -30,7 +30,7 @@ def test_v1_index_opens_searches_and_verifies(tmp_path) -> None:
     shutil.copytree(V1, path)  # the index may be written to (LOCK); the repository copy is not
     assert verify(path) == []
     index = Index.open(path, verify="full")
-    assert index.manifest["format_version"] == 1
+    assert index.manifest.format_version == 1
     assert sorted(index.doc_ids()) == ["d0", "d2", "d3", "d4", "d5"]
     assert index.get("d3").metadata == {"year": 2004, "text": "d"}
     result = Retriever(index).search_embeddings(_queries(), k=3)

@@ -26,6 +26,7 @@ def test_rejects_are_written_at_commit_and_listed(tmp_path) -> None:
     path = tmp_path / "i"
     with create(path, IndexConfig(dim=DIM)) as writer:
         writer.add(["a"], _doc())
+        writer.commit()
         assert writer.reject(_records("b", "c")) == 2
         assert Index.open(path).rejects().num_rows == 0  # buffered until the commit
         writer.commit()
@@ -38,8 +39,8 @@ def test_rejects_are_written_at_commit_and_listed(tmp_path) -> None:
         {"doc_id": "c", "source": "c.parquet", "row": 1, "reason": "blank page"},
     ]
     assert index.stats()["rejected"] == 2
-    entry = index.manifest["rejects"]
-    assert (path / entry["file"]).stat().st_size == entry["size"]
+    entry = index.manifest.rejects.file
+    assert (path / entry.file).stat().st_size == entry.size
     assert verify(path) == []
 
 
@@ -61,7 +62,7 @@ def test_later_record_replaces_earlier_and_added_ids_leave(tmp_path) -> None:
         # A resumed ingest records the same rows again: no duplicates, the latest reason wins.
         writer.reject(pa.Table.from_pylist(_records("b", reason="empty text")))
         writer.commit()
-        first = Index.open(path).manifest["rejects"]["file"]
+        first = Index.open(path).manifest.rejects.file.file
         # c gets indexed after all (e.g. with another encoder): it leaves the rejects.
         writer.add(["c"], _doc())
         writer.commit()
@@ -72,7 +73,7 @@ def test_later_record_replaces_earlier_and_added_ids_leave(tmp_path) -> None:
     assert index.stats()["rejected"] == 2
     # The replaced rejects files were garbage-collected; the current one was kept.
     files = sorted(p.name for p in path.glob("rejects-g*.parquet"))
-    assert files == [index.manifest["rejects"]["file"]] and first not in files
+    assert files == [index.manifest.rejects.file.file] and first not in files
     assert verify(path) == []
 
 
