@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -51,7 +52,9 @@ def as_table(records: pa.Table | Sequence[dict[str, Any]]) -> pa.Table:
         rows = list(records)
     for i, record in enumerate(rows):
         _check_record(i, record)
-    return pa.Table.from_pylist([{n: r[n] for n in SCHEMA.names} for r in rows], schema=SCHEMA)
+    return pa.Table.from_pylist(
+        [{**{n: r[n] for n in SCHEMA.names}, "row": int(r["row"])} for r in rows], schema=SCHEMA
+    )
 
 
 def _check_record(i: int, record: Any) -> None:
@@ -69,7 +72,7 @@ def _check_record(i: int, record: Any) -> None:
                 f"string, got {record[name]!r}"
             )
     row = record["row"]
-    if isinstance(row, bool) or not isinstance(row, int) or row < 0:
+    if isinstance(row, bool) or not isinstance(row, (int, np.integer)) or row < 0:
         raise InputError(f"reject record {i}: row must be an int >= 0, got {row!r}")
 
 

@@ -57,7 +57,9 @@ def test_empty_index_has_an_empty_rejects_table(tmp_path) -> None:
 def test_later_record_replaces_earlier_and_added_ids_leave(tmp_path) -> None:
     path = tmp_path / "i"
     with create(path, IndexConfig(dim=DIM)) as writer:
-        writer.reject(_records("b", "c", "d"))
+        records = _records("b", "c", "d")
+        records[2]["row"] = np.int64(2)  # numpy integers (a row counter) are rows too
+        writer.reject(records)
         writer.commit()
         # A resumed ingest records the same rows again: no duplicates, the latest reason wins.
         writer.reject(pa.Table.from_pylist(_records("b", reason="empty text")))
