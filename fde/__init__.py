@@ -8,7 +8,8 @@ rounding. This package imports numpy and torch only; it never imports ``latemm``
 """
 
 from fde.config import FDEConfig
-from fde.encode import FDEInputError, as_flat, encode_documents, encode_queries
+from fde.encode import as_flat, encode_documents, encode_queries
+from fde.errors import FDEInputError
 from fde.matrices import fde_matrices
 
 __all__ = [

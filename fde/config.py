@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from fde.errors import FDEInputError
+
 ProjectionType = Literal["identity", "ams_sketch"]
 _PROJECTION_TYPES = ("identity", "ams_sketch")
 _MAX_SEED = 2**31 - 1
@@ -56,42 +58,42 @@ class FDEConfig:
     def __post_init__(self) -> None:
         def positive_int(name: str, value: Any) -> None:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"FDEConfig.{name} must be a positive int, got {value!r}")
+                raise FDEInputError(f"FDEConfig.{name} must be a positive int, got {value!r}")
 
         positive_int("dimension", self.dimension)
         positive_int("num_repetitions", self.num_repetitions)
         k = self.num_simhash_projections
         if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= 30:
-            raise ValueError(
+            raise FDEInputError(
                 f"FDEConfig.num_simhash_projections must be an int in [0, 30] (the reference "
                 f"rejects larger values), got {k!r}"
             )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"FDEConfig.seed must be an int, got {self.seed!r}")
+            raise FDEInputError(f"FDEConfig.seed must be an int, got {self.seed!r}")
         if not 0 <= self.seed <= _MAX_SEED - self.num_repetitions:
-            raise ValueError(
+            raise FDEInputError(
                 f"FDEConfig.seed must be in [0, {_MAX_SEED - self.num_repetitions}] so that "
                 f"seed + repetition fits the reference's int32 seed, got {self.seed}"
             )
         if self.projection_type not in _PROJECTION_TYPES:
-            raise ValueError(
+            raise FDEInputError(
                 f"FDEConfig.projection_type must be one of {_PROJECTION_TYPES}, "
                 f"got {self.projection_type!r}"
             )
         if self.projection_type == "ams_sketch":
             if self.projection_dimension is None:
-                raise ValueError(
+                raise FDEInputError(
                     "FDEConfig.projection_dimension is required with projection_type='ams_sketch'"
                     " (the width each partition block is sketched to, e.g. 16)"
                 )
             positive_int("projection_dimension", self.projection_dimension)
         elif self.projection_dimension is not None:
-            raise ValueError(
+            raise FDEInputError(
                 "FDEConfig.projection_dimension only applies to projection_type='ams_sketch'; "
                 f"got {self.projection_dimension!r} with projection_type='identity'"
             )
         if not isinstance(self.fill_empty_partitions, bool):
-            raise ValueError(
+            raise FDEInputError(
                 "FDEConfig.fill_empty_partitions must be a bool, "
                 f"got {self.fill_empty_partitions!r}"
             )

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from fde.config import FDEConfig
+from fde.errors import FDEInputError
 from fde.matrices import FDEMatrices, fde_matrices
 
 # Float elements of intermediate state per chunk (about 128 MB in float32).
@@ -22,21 +23,24 @@ _CHUNK_ELEMENTS = 1 << 25
 _FILL_PAIRS = 1 << 22
 
 
-class FDEInputError(ValueError):
-    """Raised when vectors handed to the FDE are malformed; the message names the set."""
+def _item_error(kind: str, item: int, reason: str) -> FDEInputError:
+    """The error for one set: ``"{kind} {item} {reason}"``, with ``item`` and ``reason`` as data."""
+    return FDEInputError(f"{kind} {item} {reason}", item=item, reason=reason)
 
 
-def _as_float_array(value: Any, what: str) -> np.ndarray:
+def _as_float_array(value: Any, what: str, item: int | None = None) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         if not value.is_floating_point():
-            raise FDEInputError(f"{what} has dtype {value.dtype}; expected a float tensor")
+            reason = f"has dtype {value.dtype}; expected a float tensor"
+            raise FDEInputError(f"{what} {reason}", item=item, reason=reason)
         return value.detach().to(device="cpu", dtype=torch.float32).numpy()
     array = np.asarray(value)
     if not np.issubdtype(array.dtype, np.floating):
-        raise FDEInputError(
-            f"{what} has dtype {array.dtype}; expected float16, float32 or float64 "
+        reason = (
+            f"has dtype {array.dtype}; expected float16, float32 or float64 "
             "(cast with .astype(np.float32))"
         )
+        raise FDEInputError(f"{what} {reason}", item=item, reason=reason)
     return array
 
 
@@ -86,7 +90,9 @@ def as_flat(
         lengths = np.diff(bounds)
         if (lengths < 0).any():
             bad = int(np.flatnonzero(lengths < 0)[0])
-            raise FDEInputError(f"offsets decrease at {kind} {bad}; they must be non-decreasing")
+            raise FDEInputError(
+                f"offsets decrease at {kind} {bad}; they must be non-decreasing", item=bad
+            )
     else:
         if isinstance(sets, np.ndarray) and sets.ndim == 2:
             raise FDEInputError(
@@ -95,11 +101,13 @@ def as_flat(
             )
         arrays = []
         for i, item in enumerate(sets):
-            array = _as_float_array(item, f"{kind} {i}")
+            array = _as_float_array(item, f"{kind} {i}", i)
             if array.ndim != 2:
-                raise FDEInputError(
-                    f"{kind} {i} has shape {array.shape}; expected (num_vectors, {dimension}) "
-                    "(a single vector is a set of one: reshape it to (1, d))"
+                raise _item_error(
+                    kind,
+                    i,
+                    f"has shape {array.shape}; expected (num_vectors, {dimension}) "
+                    "(a single vector is a set of one: reshape it to (1, d))",
                 )
             arrays.append(array)
         lengths = np.array([a.shape[0] for a in arrays], dtype=np.int64)
@@ -107,9 +115,11 @@ def as_flat(
         np.cumsum(lengths, out=bounds[1:])
         for i, array in enumerate(arrays):
             if array.shape[1] != dimension:
-                raise FDEInputError(
-                    f"{kind} {i} has vectors of dimension {array.shape[1]}; the FDEConfig "
-                    f"expects dimension={dimension}"
+                raise _item_error(
+                    kind,
+                    i,
+                    f"has vectors of dimension {array.shape[1]}; the FDEConfig "
+                    f"expects dimension={dimension}",
                 )
         flat = (
             np.concatenate(arrays, axis=0, dtype=np.float32)
@@ -123,18 +133,21 @@ def as_flat(
         )
     empty = np.flatnonzero(lengths == 0)
     if empty.size:
-        raise FDEInputError(
-            f"{kind} {int(empty[0])} has no vectors ({empty.size} empty {kind}s in all); "
-            f"every {kind} needs at least one vector"
+        raise _item_error(
+            kind,
+            int(empty[0]),
+            f"has no vectors ({empty.size} empty {kind}s in all); "
+            f"every {kind} needs at least one vector",
         )
     flat = np.ascontiguousarray(flat, dtype=np.float32)
     finite = np.isfinite(flat).all(axis=1)
     if not finite.all():
         row = int(np.flatnonzero(~finite)[0])
         bad = int(np.searchsorted(bounds, row, side="right") - 1)
-        raise FDEInputError(
-            f"{kind} {bad} contains NaN or inf (vector {row - int(bounds[bad])}); "
-            "check the encoder's output"
+        raise _item_error(
+            kind,
+            bad,
+            f"contains NaN or inf (vector {row - int(bounds[bad])}); check the encoder's output",
         )
     return flat, bounds
 

@@ -11,6 +11,7 @@ from index_store.errors import (
     InputError,
     LatemmError,
     MissingDependencyError,
+    StorageError,
 )
 from index_store.store import Document, Index, IndexWriter, create, open_index, verify
 
@@ -25,6 +26,7 @@ __all__ = [
     "InputError",
     "LatemmError",
     "MissingDependencyError",
+    "StorageError",
     "create",
     "default_fde_config",
     "open_index",

@@ -61,3 +61,14 @@ def bytes_per_vector(dtype: str, dim: int) -> int:
     return {"float32": 4 * dim, "float16": 2 * dim, "int8": dim + 4, "binary": (dim + 7) // 8}[
         dtype
     ]
+
+
+def code_layout(dtype: str, dim: int) -> tuple[np.dtype, int]:
+    """(numpy dtype, columns) of the stored codes of ``dim``-dimensional vectors."""
+    layouts: dict[str, tuple[np.dtype, int]] = {
+        "float32": (np.dtype(np.float32), dim),
+        "float16": (np.dtype(np.float16), dim),
+        "int8": (np.dtype(np.int8), dim),
+        "binary": (np.dtype(np.uint8), (dim + 7) // 8),
+    }
+    return layouts[check_dtype(dtype)]

@@ -2,12 +2,70 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from fde import FDEConfig
 from index_store.codecs import DTYPES
-from index_store.errors import InputError
+from index_store.errors import FDEInputError, InputError
+
+FACTORY_FORMS = (
+    "Flat; HNSW<M> (M >= 2), optionally followed by ,Flat ,SQ8 ,SQ4 ,SQfp16 or ,PQ<m>; "
+    "IVF<n> followed by ,Flat ,SQ8 or ,PQ<m>[x<b>]; PQ<m>[x<b>] "
+    "(m divides the FDE dimension, 1 <= b <= 16)"
+)
+_FACTORY = re.compile(
+    r"(?P<flat>Flat)"
+    r"|HNSW(?P<hnsw>\d+)(?:,(?P<hnsw_code>Flat|SQ8|SQ4|SQfp16|PQ(?P<hnsw_pq>\d+)))?"
+    r"|IVF(?P<ivf>\d+),(?P<ivf_code>Flat|SQ8|PQ(?P<ivf_pq>\d+)(?:x(?P<ivf_bits>\d+))?)"
+    r"|PQ(?P<pq>\d+)(?:x(?P<pq_bits>\d+))?"
+)
+
+
+def faiss_fourccs(factory: str) -> frozenset[bytes]:
+    """The 4-byte tags faiss writes first when it serializes an index built from ``factory``
+    (a valid one, see ``check_factory``); a file starting otherwise was not written by us."""
+    match = _FACTORY.fullmatch(factory)
+    assert match is not None, factory  # checked by IndexConfig
+    if match["flat"]:
+        return frozenset({b"IxFI"})
+    if match["hnsw"]:
+        code = match["hnsw_code"] or "Flat"
+        tag = {"F": b"IHNf", "S": b"IHNs", "P": b"IHNp"}[code[0]]
+        return frozenset({tag})
+    if match["ivf"]:
+        return frozenset({{"F": b"IwFl", "S": b"IwSq", "P": b"IwPQ"}[match["ivf_code"][0]]})
+    return frozenset({b"IxPq"})
+
+
+def check_factory(factory: object, fde_dimension: int) -> None:
+    """Refuse a faiss factory string we do not build (faiss aborts the process on some, e.g.
+    ``HNSW0``), with the accepted forms."""
+    match = _FACTORY.fullmatch(factory) if isinstance(factory, str) else None
+
+    def bad(why: str) -> InputError:
+        return InputError(
+            f"IndexConfig.faiss_factory {factory!r} {why}. Accepted forms: {FACTORY_FORMS}; "
+            "e.g. Flat, HNSW32, IVF256,PQ64"
+        )
+
+    if match is None:
+        raise bad("is not a faiss index this store builds")
+    numbers = {k: int(v) for k, v in match.groupdict().items() if v and v.isdigit()}
+    if numbers.get("hnsw", 2) < 2:
+        raise bad("needs M >= 2 (HNSW<M>)")
+    if any(v < 1 for v in numbers.values()):
+        raise bad("has a zero where a positive number is needed")
+    for key in ("ivf_bits", "pq_bits"):
+        if numbers.get(key, 8) > 16:
+            raise bad("has more than 16 bits per PQ code")
+    for key in ("hnsw_pq", "ivf_pq", "pq"):
+        if key in numbers and fde_dimension % numbers[key]:
+            raise bad(
+                f"splits the {fde_dimension}-dimensional FDE into {numbers[key]} PQ "
+                "sub-vectors, which does not divide it"
+            )
 
 
 def default_fde_config(dim: int) -> FDEConfig:
@@ -61,9 +119,11 @@ class IndexConfig:
             raise InputError(
                 f"IndexConfig.fde.dimension ({self.fde.dimension}) must equal dim ({self.dim})"
             )
-        if not isinstance(self.faiss_factory, str) or not self.faiss_factory:
+        check_factory(self.faiss_factory, self.fde.output_dimension)
+        if self.encoder is not None and not isinstance(self.encoder, dict):
             raise InputError(
-                f"IndexConfig.faiss_factory must be a faiss factory string, got {self.faiss_factory!r}"
+                f"IndexConfig.encoder must be a dict (EncoderInfo.to_dict()) or None, "
+                f"got {self.encoder!r}"
             )
 
     @property
@@ -81,11 +141,33 @@ class IndexConfig:
         }
 
     @classmethod
-    def from_dict(cls, payload: dict[str, Any]) -> IndexConfig:
+    def from_dict(cls, payload: Any) -> IndexConfig:
+        """Rebuild a config from ``to_dict``'s output; ``InputError`` naming the field otherwise."""
+        if not isinstance(payload, dict):
+            raise InputError(f"an IndexConfig must be a JSON object, got {type(payload).__name__}")
+        missing = [k for k in ("dim", "dtype", "fde", "faiss_factory") if k not in payload]
+        if missing:
+            raise InputError(f"the IndexConfig lacks {', '.join(missing)}")
+        fde = payload["fde"]
+        if not isinstance(fde, dict):
+            raise InputError(f"fde must be a JSON object (FDEConfig fields), got {fde!r}")
+        try:
+            fde_config = FDEConfig(**fde)
+        except (TypeError, FDEInputError) as exc:
+            raise InputError(f"fde: {exc}") from exc
         return cls(
             dim=payload["dim"],
             dtype=payload["dtype"],
-            fde=FDEConfig(**payload["fde"]),
+            fde=fde_config,
             faiss_factory=payload["faiss_factory"],
             encoder=payload.get("encoder"),
         )
+
+    def differences(self, other: IndexConfig) -> list[str]:
+        """``"field: recorded X, requested Y"`` for each setting ``other`` changes."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [
+            f"{key}: recorded {mine[key]!r}, requested {theirs[key]!r}"
+            for key in ("dim", "dtype", "faiss_factory", "fde")
+            if mine[key] != theirs[key]
+        ]

@@ -1,21 +1,31 @@
 """Durable file writes: temporary file, fsync, atomic rename, fsync of the directory.
 
 safetensors learned the hard way that rewriting a memory-mapped file in place zero-fills what
-readers see; here a committed file is never modified, only replaced by rename.
+readers see; here a committed file is never modified, only replaced by rename. Every write of
+the index goes through ``write_file`` (or ``write_atomic`` on top of it), so a full disk is one
+``StorageError`` naming the file, whatever wrote it.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
+from index_store.errors import StorageError
+
 _HASH_CHUNK = 1 << 22
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# Temporary files write_atomic leaves when a process dies mid-write: ".NAME.tmp-PID".
+TMP_PATTERN = re.compile(r"\.(.+)\.tmp-\d+")
 
 
 def fsync_dir(path: Path) -> None:
@@ -26,14 +36,44 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
+def _is_full(exc: OSError) -> bool:
+    return exc.errno in _FULL or "No space left on device" in str(exc)
+
+
+def write_file(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Create ``path``, let ``write`` fill it, flush and fsync it.
+
+    A full disk (or quota) is a ``StorageError`` naming the file; the partial file is removed.
+    """
+    try:
+        with open(path, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        if not _is_full(exc):
+            raise
+        path.unlink(missing_ok=True)
+        raise StorageError(
+            f"writing {path} failed: no space left on device ({exc.strerror or exc}). Nothing "
+            "was committed and the last commit is intact; free some space and run it again"
+        ) from exc
+
+
+def write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """``write_file`` into ``.NAME.tmp-PID``, then rename over ``path`` and fsync the directory."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        write_file(tmp, write)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    write_atomic(path, lambda fh: fh.write(data))
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
@@ -42,22 +82,14 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
 
 def save_npy(path: Path, array: np.ndarray) -> None:
     """Write an .npy file (no pickles) and fsync it; the caller renames its directory."""
-    with open(path, "wb") as fh:
-        np.lib.format.write_array(fh, np.ascontiguousarray(array), allow_pickle=False)
-        fh.flush()
-        os.fsync(fh.fileno())
+    write_file(
+        path,
+        lambda fh: np.lib.format.write_array(fh, np.ascontiguousarray(array), allow_pickle=False),
+    )
 
 
 def save_bytes(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def fsync_file(path: Path) -> None:
-    with open(path, "rb+") as fh:
-        os.fsync(fh.fileno())
+    write_file(path, lambda fh: fh.write(data))
 
 
 def sha256_file(path: Path) -> str:

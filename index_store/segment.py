@@ -6,6 +6,11 @@ Files (all in the segment's directory, listed with sizes and sha256 in the manif
 segment is compacted, so they are not kept twice), and ``meta.parquet`` with
 ``doc_id``, the page content and every metadata column. Deletions live in separate
 ``deleted-g<generation>.npy`` bitmaps, so a committed file is never modified.
+
+Files are data: every array's dtype, shape and offsets are checked against the manifest and the
+config before use, and the faiss file's size and header before faiss deserializes it. A reader
+pins what it opened (memory maps held from open time), so a writer's garbage collection never
+pulls a file from under it.
 """
 
 from __future__ import annotations
@@ -20,12 +25,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fde import FDEConfig, encode_documents
+from fde import encode_documents
 from index_store import codecs
+from index_store.config import IndexConfig, faiss_fourccs
 from index_store.errors import IndexCorruptError, InputError
-from index_store.fsio import fsync_dir, load_npy, save_bytes, save_npy, sha256_file
+from index_store.fsio import fsync_dir, load_npy, save_bytes, save_npy, sha256_file, write_file
+from index_store.manifest import FileEntry, SegmentEntry
 
 SMALL_FILE = 64 << 20  # files below this size are checksummed on every open
+_FAISS_HEADER = 37  # fourcc, d (int32), ntotal (int64), 2 x int64, is_trained (u8), metric (int32)
 
 
 def build_faiss(factory: str, fde: np.ndarray) -> Any:
@@ -56,15 +64,13 @@ def write_segment(
     scales: np.ndarray | None,
     offsets: np.ndarray,
     table: pa.Table,
-    fde_config: FDEConfig,
-    dtype: str,
-    dim: int,
-    faiss_factory: str,
-) -> dict[str, Any]:
+    config: IndexConfig,
+) -> SegmentEntry:
     """Write a complete segment under ``root/name`` and return its manifest entry.
 
     Everything is written into a temporary directory, fsynced, then renamed into place, so a
-    crash leaves either nothing or a whole (not yet committed) segment.
+    crash leaves either nothing or a whole (not yet committed) segment; a failure removes the
+    temporary directory.
     """
     import faiss
 
@@ -73,47 +79,114 @@ def write_segment(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    # The FDE is computed from the stored (decoded) vectors so that compaction reproduces it.
-    decoded = codecs.decode(codes, scales, dtype, dim)
-    fde = encode_documents(decoded, fde_config, offsets=offsets)
-    save_npy(tmp / "vectors.npy", codes)
-    if scales is not None:
-        save_npy(tmp / "scales.npy", scales)
-    save_npy(tmp / "offsets.npy", offsets)
-    index = build_faiss(faiss_factory, fde)
-    save_bytes(tmp / "fde.faiss", faiss.serialize_index(index).tobytes())
-    pq.write_table(table, tmp / "meta.parquet")
-    with open(tmp / "meta.parquet", "rb+") as fh:
-        os.fsync(fh.fileno())
-    fsync_dir(tmp)
-    os.replace(tmp, final)
+    try:
+        # The FDE is computed from the stored (decoded) vectors so that compaction reproduces it.
+        decoded = codecs.decode(codes, scales, config.dtype, config.dim)
+        fde = encode_documents(decoded, config.fde_config, offsets=offsets)
+        index = build_faiss(config.faiss_factory, fde)  # before any file: training may fail
+        save_npy(tmp / "vectors.npy", codes)
+        if scales is not None:
+            save_npy(tmp / "scales.npy", scales)
+        save_npy(tmp / "offsets.npy", offsets)
+        save_bytes(tmp / "fde.faiss", faiss.serialize_index(index).tobytes())
+        write_file(tmp / "meta.parquet", lambda fh: pq.write_table(table, fh))
+        fsync_dir(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     fsync_dir(root)
-    files = {
-        p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
-        for p in sorted(final.iterdir())
-    }
-    return {
-        "name": name,
-        "num_docs": int(offsets.size - 1),
-        "num_vectors": int(offsets[-1]),
-        "files": files,
-        "deleted": None,
-        "num_deleted": 0,
-    }
+    files = tuple(
+        FileEntry(p.name, p.stat().st_size, sha256_file(p)) for p in sorted(final.iterdir())
+    )
+    return SegmentEntry(name, int(offsets.size - 1), int(offsets[-1]), files)
+
+
+def check_files(directory: Path, files: tuple[FileEntry, ...], *, full: bool) -> list[str]:
+    """Problems with some files: missing, wrong size, checksum mismatch."""
+    problems = []
+    for info in files:
+        fpath = directory / info.file
+        if not fpath.is_file():
+            problems.append(f"{fpath}: missing")
+            continue
+        size = fpath.stat().st_size
+        if size != info.size:
+            problems.append(
+                f"{fpath}: size {size} bytes, manifest says {info.size} (truncated or replaced)"
+            )
+            continue
+        if (full or size <= SMALL_FILE) and sha256_file(fpath) != info.sha256:
+            problems.append(f"{fpath}: checksum mismatch (file corrupted)")
+    return problems
+
+
+def check_faiss_header(
+    path: Path,
+    head: bytes,
+    *,
+    file_size: int,
+    expected_size: int,
+    config: IndexConfig,
+    num_docs: int,
+) -> None:
+    """Refuse a ``fde.faiss`` that is not what we wrote for this segment before faiss parses it
+    (faiss trusts its input: a crafted file can make it allocate without bound or abort).
+
+    ``head`` is the file's first 45 bytes (or all of it when shorter).
+    """
+
+    def bad(why: str) -> IndexCorruptError:
+        return IndexCorruptError(
+            f"{path}: {why}; it is not the faiss index this segment was written with. Restore "
+            "the file or rebuild the index"
+        )
+
+    if file_size != expected_size:
+        raise bad(f"{file_size} bytes, the manifest says {expected_size}")
+    if min(file_size, len(head)) < _FAISS_HEADER:
+        raise bad(f"only {file_size} bytes, too short for a faiss index")
+    fourccs = faiss_fourccs(config.faiss_factory)
+    if head[:4] not in fourccs:
+        raise bad(
+            f"starts with {head[:4]!r}; {config.faiss_factory!r} indexes start with "
+            f"{' or '.join(map(repr, sorted(fourccs)))}"
+        )
+    d = int(np.frombuffer(head, "<i4", 1, 4)[0])
+    ntotal = int(np.frombuffer(head, "<i8", 1, 8)[0])
+    metric = int(np.frombuffer(head, "<i4", 1, 33)[0])
+    expected_d = config.fde_config.output_dimension
+    if (d, ntotal, metric) != (expected_d, num_docs, 0):
+        raise bad(
+            f"holds {ntotal} vectors of dimension {d} (metric {metric}); expected {num_docs} of "
+            f"dimension {expected_d} (inner product)"
+        )
+    if head[:4] == b"IxFI":
+        floats = int(np.frombuffer(head, "<u8", 1, _FAISS_HEADER)[0]) if len(head) >= 45 else -1
+        if floats != d * ntotal or file_size != 45 + 4 * d * ntotal:
+            raise bad(f"its flat codes do not hold {ntotal} x {d} floats")
 
 
 @dataclass
 class Segment:
-    """A committed segment opened for reading (vectors memory-mapped)."""
+    """A committed segment opened for reading.
+
+    Vectors are memory-mapped; the faiss file and the metadata are memory-mapped at open time
+    and parsed on first use, so the segment reads what it opened even after a writer has
+    replaced or removed the files.
+    """
 
     name: str
     path: Path
-    entry: dict[str, Any]
+    entry: SegmentEntry
     offsets: np.ndarray  # (n + 1,) int64
     vectors: np.ndarray  # (N, d) codes, memory-mapped
     scales: np.ndarray | None  # (N,) float32 for int8
     doc_ids: np.ndarray  # (n,) object (str)
     deleted: np.ndarray  # (n,) bool
+    config: IndexConfig
+    _meta: pq.ParquetFile
+    _faiss_file: pa.MemoryMappedFile
     _faiss: Any = None
 
     @property
@@ -124,82 +197,164 @@ class Segment:
     def live(self) -> np.ndarray:
         return ~self.deleted
 
+    @property
+    def schema(self) -> pa.Schema:
+        """The metadata's schema (read from the Parquet footer, no data)."""
+        return self._meta.schema_arrow
+
+    def check_faiss_header(self) -> None:
+        """``check_faiss_header`` on the pinned ``fde.faiss``."""
+        entry = self.entry.file("fde.faiss")
+        assert entry is not None  # the manifest validation requires it
+        check_faiss_header(
+            self.path / "fde.faiss",
+            self._faiss_file.read_at(min(64, self._faiss_file.size()), 0),
+            file_size=self._faiss_file.size(),
+            expected_size=entry.size,
+            config=self.config,
+            num_docs=self.num_docs,
+        )
+
     def faiss_index(self) -> Any:
         if self._faiss is None:
             import faiss
 
-            data = np.fromfile(self.path / "fde.faiss", dtype=np.uint8)
-            self._faiss = faiss.deserialize_index(data)
+            path = self.path / "fde.faiss"
+            self.check_faiss_header()
+            data = self._faiss_file.read_at(self._faiss_file.size(), 0)
+            try:
+                index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+            except (RuntimeError, MemoryError, ValueError) as exc:
+                raise IndexCorruptError(f"{path}: faiss cannot read it ({exc})") from exc
+            if index.ntotal != self.num_docs or index.d != self.config.fde_config.output_dimension:
+                raise IndexCorruptError(f"{path}: faiss read an index of another shape")
+            self._faiss = index
         return self._faiss
 
     def metadata(self, columns: list[str] | None = None) -> pa.Table:
-        return pq.read_table(self.path / "meta.parquet", columns=columns)
+        try:
+            return self._meta.read(columns=columns)
+        except (OSError, pa.ArrowException) as exc:
+            raise IndexCorruptError(f"cannot read {self.path / 'meta.parquet'}: {exc}") from exc
 
 
-def check_files(
-    path: Path, entry: dict[str, Any], *, full: bool, extra: dict[str, Any] | None = None
-) -> list[str]:
-    """Problems with a segment's files: missing, wrong size, checksum mismatch."""
+def _array(path: Path, *, mmap: bool, dtype: np.dtype, ndim: int) -> np.ndarray:
+    try:
+        array = load_npy(path, mmap=mmap)
+    except (OSError, ValueError, EOFError) as exc:
+        pickled = "pickle" in str(exc) or "Python objects" in str(exc)
+        why = "it needs pickle, which is never loaded" if pickled else str(exc)
+        raise IndexCorruptError(f"{path}: not a readable .npy file ({why})") from exc
+    if array.dtype != dtype or array.ndim != ndim:
+        raise IndexCorruptError(
+            f"{path}: {array.ndim}-D {array.dtype} array, expected {ndim}-D {dtype}"
+        )
+    return array
+
+
+def _check_arrays(
+    path: Path, entry: SegmentEntry, config: IndexConfig, arrays: dict[str, np.ndarray]
+) -> None:
+    offsets, vectors = arrays["offsets"], arrays["vectors"]
+    _, width = codecs.code_layout(config.dtype, config.dim)
     problems = []
-    files = dict(entry["files"])
-    if extra:
-        files.update(extra)
-    for fname, info in files.items():
-        fpath = path / fname
-        if not fpath.is_file():
-            problems.append(f"{fpath}: missing")
-            continue
-        size = fpath.stat().st_size
-        if size != info["size"]:
-            problems.append(
-                f"{fpath}: size {size} bytes, manifest says {info['size']} (truncated or replaced)"
-            )
-            continue
-        if full or size <= SMALL_FILE:
-            if sha256_file(fpath) != info["sha256"]:
-                problems.append(f"{fpath}: checksum mismatch (file corrupted)")
-    return problems
+    if offsets.size != entry.num_docs + 1:
+        problems.append(f"offsets.npy has {offsets.size} entries for {entry.num_docs} documents")
+    elif offsets[0] != 0 or (np.diff(offsets) < 1).any() or offsets[-1] != vectors.shape[0]:
+        problems.append(
+            "offsets.npy is not increasing from 0 to the number of vectors "
+            f"({vectors.shape[0]}); every document has at least one vector"
+        )
+    if vectors.shape != (entry.num_vectors, width):
+        problems.append(
+            f"vectors.npy has shape {vectors.shape}, expected ({entry.num_vectors}, {width}) "
+            f"for {config.dtype} vectors of dimension {config.dim} (config.dim)"
+        )
+    if "scales" in arrays and arrays["scales"].shape != (entry.num_vectors,):
+        problems.append(f"scales.npy has shape {arrays['scales'].shape}")
+    if arrays["deleted"].shape != (entry.num_docs,):
+        problems.append(f"the deletion bitmap has shape {arrays['deleted'].shape}")
+    if problems:
+        raise IndexCorruptError(
+            f"segment {path} is inconsistent with the manifest: " + "; ".join(problems)
+        )
 
 
-def open_segment(root: Path, entry: dict[str, Any], dim: int, *, verify: str) -> Segment:
-    path = root / entry["name"]
-    extra = None
-    if entry.get("deleted"):
-        extra = {entry["deleted"]["file"]: entry["deleted"]}
+def _load_arrays(path: Path, entry: SegmentEntry, config: IndexConfig) -> dict[str, np.ndarray]:
+    code_dtype, _ = codecs.code_layout(config.dtype, config.dim)
+    arrays = {
+        "offsets": _array(path / "offsets.npy", mmap=False, dtype=np.dtype(np.int64), ndim=1),
+        "vectors": _array(path / "vectors.npy", mmap=True, dtype=code_dtype, ndim=2),
+    }
+    if config.dtype == "int8":
+        arrays["scales"] = _array(
+            path / "scales.npy", mmap=True, dtype=np.dtype(np.float32), ndim=1
+        )
+    if entry.deleted:
+        arrays["deleted"] = _array(
+            path / entry.deleted.file, mmap=False, dtype=np.dtype(bool), ndim=1
+        )
+    else:
+        arrays["deleted"] = np.zeros(entry.num_docs, dtype=bool)
+    _check_arrays(path, entry, config, arrays)
+    return arrays
+
+
+def _open_meta(path: Path, num_docs: int) -> tuple[pq.ParquetFile, np.ndarray]:
+    try:
+        meta = pq.ParquetFile(pa.memory_map(str(path)))
+        ids = meta.read(columns=["doc_id"]).column("doc_id")
+    except (OSError, KeyError, pa.ArrowException) as exc:
+        raise IndexCorruptError(f"cannot read {path}: {exc}") from exc
+    if len(ids) != num_docs or not pa.types.is_string(ids.type) or ids.null_count:
+        raise IndexCorruptError(
+            f"{path}: doc_id is {len(ids)} {ids.type} values ({ids.null_count} null), expected "
+            f"{num_docs} strings"
+        )
+    return meta, np.array(ids.to_pylist(), dtype=object)
+
+
+def open_segment(root: Path, entry: SegmentEntry, config: IndexConfig, *, verify: str) -> Segment:
+    path = root / entry.name
     if verify != "none":
-        problems = check_files(path, entry, full=verify == "full", extra=extra)
+        problems = check_files(path, entry.all_files(), full=verify == "full")
         if problems:
             raise IndexCorruptError(
                 "index files are damaged: "
                 + "; ".join(problems)
                 + ". Run `latemm verify` for a full report; restore the files or rebuild the index"
             )
+    arrays = _load_arrays(path, entry, config)
+    meta, doc_ids = _open_meta(path / "meta.parquet", entry.num_docs)
     try:
-        offsets = load_npy(path / "offsets.npy", mmap=False).astype(np.int64)
-        vectors = load_npy(path / "vectors.npy", mmap=True)
-        scales = (
-            load_npy(path / "scales.npy", mmap=True) if (path / "scales.npy").is_file() else None
-        )
-        ids = pq.read_table(path / "meta.parquet", columns=["doc_id"]).column("doc_id")
-        deleted = np.zeros(offsets.size - 1, dtype=bool)
-        if entry.get("deleted"):
-            deleted = load_npy(path / entry["deleted"]["file"], mmap=False).astype(bool)
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        raise IndexCorruptError(f"cannot read segment {path}: {exc}") from exc
-    if (
-        offsets[-1] != vectors.shape[0]
-        or offsets.size - 1 != entry["num_docs"]
-        or len(ids) != entry["num_docs"]
-        or deleted.size != entry["num_docs"]
-    ):
-        raise IndexCorruptError(f"segment {path} is inconsistent with the manifest")
+        faiss_file = pa.memory_map(str(path / "fde.faiss"))
+    except OSError as exc:
+        raise IndexCorruptError(f"cannot read {path / 'fde.faiss'}: {exc}") from exc
     return Segment(
-        name=entry["name"],
+        name=entry.name,
         path=path,
         entry=entry,
-        offsets=offsets,
-        vectors=vectors,
-        scales=scales,
-        doc_ids=np.array(ids.to_pylist(), dtype=object),
-        deleted=deleted,
+        offsets=arrays["offsets"],
+        vectors=arrays["vectors"],
+        scales=arrays.get("scales"),
+        doc_ids=doc_ids,
+        deleted=arrays["deleted"],
+        config=config,
+        _meta=meta,
+        _faiss_file=faiss_file,
     )
+
+
+def check_segment(root: Path, entry: SegmentEntry, config: IndexConfig) -> list[str]:
+    """Every problem ``latemm verify`` finds in a segment: files (size, checksum), then, when
+    those are intact, the arrays and the faiss header against the manifest and the config."""
+    path = root / entry.name
+    problems = check_files(path, entry.all_files(), full=True)
+    if problems:
+        return problems
+    try:
+        segment = open_segment(root, entry, config, verify="none")
+        segment.check_faiss_header()
+    except IndexCorruptError as exc:
+        return [str(exc)]
+    return []

@@ -2,25 +2,24 @@
 
 Layout of an index directory::
 
-    manifest.json         the commit point: format, config, segments, checksums, counts
-    segments/<name>/      immutable segments (see ``index_store.segment``)
-    LOCK                  the writer's lock file
+    manifest.json            the commit point: format, config, segments, checksums, counts
+    segments/<name>/         immutable segments (see ``index_store.segment``)
+    rejects-g<gen>.parquet   rows an ingest skipped (see ``index_store.rejects``), if any
+    LOCK                     the writer's lock file
 
-A commit writes new files only (a new segment, new deletion bitmaps), fsyncs them, then swaps
-``manifest.json`` atomically; a process killed at any instant leaves the last committed state
-intact. Files no manifest references (a crash's leftovers, replaced bitmaps, compacted segments)
-are removed when the next writer opens.
+A commit writes new files only (a new segment, new deletion bitmaps, a new rejects file), fsyncs
+them, then swaps ``manifest.json`` atomically; a process killed at any instant leaves the last
+committed state intact. Nothing is written to a new index before its first commit. Files no
+manifest references (a crash's leftovers, replaced bitmaps, compacted segments) are removed by
+the writer after each commit, and only files matching the names the index itself writes: a
+user's file in the folder is never touched. Readers pin what they opened (``segment.Segment``),
+so removing files never breaks a search in progress.
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
-import os
-import shutil
-import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +27,27 @@ import numpy as np
 import pyarrow as pa
 
 from fde import FDEInputError, as_flat
-from index_store import codecs
+from index_store import codecs, rejects
 from index_store.config import IndexConfig
 from index_store.errors import (
     IndexCorruptError,
     IndexFormatError,
-    IndexLockedError,
     InputError,
 )
-from index_store.fsio import fsync_dir, npy_bytes, sha256_file, write_json_atomic
-from index_store.segment import open_segment, write_segment
+from index_store.fsio import npy_bytes, sha256_file, write_bytes_atomic
+from index_store.housekeeping import acquire_lock, collect_garbage, prepare_folder, release_lock
+from index_store.manifest import (
+    FORMAT_VERSION,
+    MANIFEST,
+    FileEntry,
+    Manifest,
+    RejectsEntry,
+    SegmentEntry,
+    now,
+)
+from index_store.segment import Segment, check_files, check_segment, open_segment, write_segment
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
+__all__ = ["FORMAT_VERSION", "Document", "Index", "IndexWriter", "create", "open_index", "verify"]
 CONTENT_COLUMNS = ("image", "text")
 
 
@@ -53,23 +60,47 @@ class Document:
     metadata: dict[str, Any]
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        raise IndexCorruptError(
-            f"{path} is not a latemm index ({MANIFEST} is missing); create one with "
-            "`latemm index CORPUS.parquet --index DIR`"
-        )
+def _damaged(problems: list[str]) -> IndexCorruptError:
+    return IndexCorruptError(
+        "index files are damaged: "
+        + "; ".join(problems)
+        + ". Run `latemm verify` for a full report; restore the files or rebuild the index"
+    )
+
+
+def _open_commit(
+    path: Path, verify: str
+) -> tuple[Manifest, list[Segment], pa.MemoryMappedFile | None]:
+    """The manifest, its segments and its rejects file, opened together.
+
+    A writer may commit (and remove the files of the state we began to open) while we open: we
+    retry on the new manifest; when the manifest did not move, the damage is real.
+    """
+    for attempt in range(5):
+        manifest = Manifest.read(path)
+        try:
+            segments = [
+                open_segment(path / "segments", e, manifest.config, verify=verify)
+                for e in manifest.segments
+            ]
+            return manifest, segments, _open_rejects(path, manifest, verify)
+        except IndexCorruptError:
+            if attempt == 4 or Manifest.read(path).generation == manifest.generation:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _open_rejects(path: Path, manifest: Manifest, verify: str) -> pa.MemoryMappedFile | None:
+    if manifest.rejects is None:
+        return None
+    if verify != "none":
+        problems = check_files(path, (manifest.rejects.file,), full=verify == "full")
+        if problems:
+            raise _damaged(problems)
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise IndexCorruptError(f"{manifest_path} is unreadable: {exc}") from exc
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise IndexFormatError(
-            f"{path} has format_version {version}; this latemm reads version {FORMAT_VERSION}"
-        )
-    return dict(manifest)
+        return pa.memory_map(str(path / manifest.rejects.file.file))
+    except OSError as exc:
+        raise IndexCorruptError(f"cannot read {path / manifest.rejects.file.file}: {exc}") from exc
 
 
 class Index:
@@ -82,42 +113,33 @@ class Index:
     verify
         ``"fast"`` (default): every file exists with its recorded size, and files under 64 MB
         match their checksums. ``"full"``: every checksum (what ``latemm verify`` runs).
-        ``"none"``: trust the files.
+        ``"none"``: trust the sizes and checksums (array shapes and headers are always checked).
     """
 
     def __init__(self, path: str | Path, *, verify: str = "fast") -> None:
         if verify not in ("fast", "full", "none"):
             raise InputError(f"verify must be 'fast', 'full' or 'none', got {verify!r}")
         self.path = Path(path)
-        for attempt in range(3):
-            self.manifest = _read_manifest(self.path)
-            try:
-                self.segments = [
-                    open_segment(
-                        self.path / "segments", entry, self.manifest["config"]["dim"], verify=verify
-                    )
-                    for entry in self.manifest["segments"]
-                ]
-                break
-            except IndexCorruptError:
-                # A writer may have committed (and cleaned up) between our reads: retry once
-                # the manifest has moved on; otherwise the damage is real.
-                if (
-                    attempt == 2
-                    or _read_manifest(self.path)["generation"] == self.manifest["generation"]
-                ):
-                    raise
-        self.config = IndexConfig.from_dict(self.manifest["config"])
+        self.manifest, self.segments, self._rejects_file = _open_commit(self.path, verify)
+        self.config = self.manifest.config
         self._locations: dict[str, tuple[int, int]] | None = None
 
     @classmethod
     def open(cls, path: str | Path, *, verify: str = "fast") -> Index:
         return cls(path, verify=verify)
 
+    @classmethod
+    def _empty(cls, path: Path, manifest: Manifest) -> Index:
+        """The state of an index not committed yet (held in memory by its writer)."""
+        index = cls.__new__(cls)
+        index.path, index.manifest, index.segments = path, manifest, []
+        index.config, index._rejects_file, index._locations = manifest.config, None, None
+        return index
+
     # ---------------------------------------------------------------------------- lookups
     @property
     def generation(self) -> int:
-        return int(self.manifest["generation"])
+        return self.manifest.generation
 
     @property
     def num_documents(self) -> int:
@@ -178,18 +200,15 @@ class Index:
         ``_segment`` and ``_row`` locating each document."""
         tables = []
         for s, seg in enumerate(self.segments):
-            names = seg.metadata().schema.names if columns is None else None
-            wanted = (
-                list(columns)
-                if columns is not None
-                else [n for n in names or [] if n not in CONTENT_COLUMNS]
-            )
+            names = seg.schema.names
+            wanted = list(columns) if columns is not None else names
+            wanted = [c for c in wanted if c in names and (columns or c not in CONTENT_COLUMNS)]
             if "doc_id" not in wanted:
                 wanted = ["doc_id", *wanted]
-            table = seg.metadata([c for c in wanted if c in seg.metadata().schema.names])
             live = np.flatnonzero(seg.live)
             table = (
-                table.take(pa.array(live))
+                seg.metadata(wanted)
+                .take(pa.array(live))
                 .append_column("_segment", pa.array(np.full(live.size, s, np.int32)))
                 .append_column("_row", pa.array(live.astype(np.int64)))
             )
@@ -204,17 +223,22 @@ class Index:
             )
         return pa.concat_tables(tables, promote_options="default")
 
+    def rejects(self) -> pa.Table:
+        """Rows an ingest skipped: ``doc_id``, ``source``, ``row`` (int64), ``reason``; one per
+        doc_id, none for a doc_id that is in the index. Empty when there are none."""
+        if self._rejects_file is None:
+            return rejects.empty()
+        return rejects.read(self.path / self.manifest.rejects.file.file, self._rejects_file)  # type: ignore[union-attr]
+
     def stats(self) -> dict[str, Any]:
-        live_vectors = 0
-        for seg in self.segments:
-            lengths = np.diff(seg.offsets)
-            live_vectors += int(lengths[seg.live].sum())
-        disk = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+        live_vectors = sum(int(np.diff(s.offsets)[s.live].sum()) for s in self.segments)
+        disk = sum(f.size for _, f in self.manifest.files())
         return {
             "path": str(self.path),
-            "format_version": self.manifest["format_version"],
+            "format_version": self.manifest.format_version,
             "generation": self.generation,
             "documents": self.num_documents,
+            "rejected": self.manifest.rejects.count if self.manifest.rejects else 0,
             "deleted_not_compacted": sum(int(s.deleted.sum()) for s in self.segments),
             "vectors": live_vectors,
             "segments": len(self.segments),
@@ -233,81 +257,81 @@ class Index:
 
 
 def verify(path: str | Path) -> list[str]:
-    """Every problem with an index's files (missing, truncated, checksum mismatch), read from
-    the manifest alone so that it works on an index too damaged to open. Empty means intact."""
-    from index_store.segment import check_files
-
+    """Every problem with an index's files (missing, truncated, checksum mismatch, arrays or
+    faiss header inconsistent with the manifest), read from the manifest alone so that it works
+    on an index too damaged to open. Empty means intact."""
     root = Path(path)
-    manifest = _read_manifest(root)
-    problems = []
-    for entry in manifest["segments"]:
-        extra = {entry["deleted"]["file"]: entry["deleted"]} if entry.get("deleted") else None
-        problems += check_files(root / "segments" / entry["name"], entry, full=True, extra=extra)
+    manifest = Manifest.read(root)
+    problems = check_files(root, (manifest.rejects.file,), full=True) if manifest.rejects else []
+    for entry in manifest.segments:
+        problems += check_segment(root / "segments", entry, manifest.config)
     return problems
 
 
+@dataclass(frozen=True)
+class PendingBatch:
+    """Documents buffered for the next commit: ids, (N, d) float32 vectors, (n + 1,) offsets,
+    an n-row metadata table (possibly without columns)."""
+
+    doc_ids: tuple[str, ...]
+    vectors: np.ndarray  # (N, d) float32
+    offsets: np.ndarray  # (n + 1,) int64
+    metadata: pa.Table
+
+    def without(self, doc_id: str) -> PendingBatch:
+        row = self.doc_ids.index(doc_id)
+        keep = [r for r in range(len(self.doc_ids)) if r != row]
+        lengths = np.diff(self.offsets)
+        offsets = np.zeros(len(keep) + 1, dtype=np.int64)
+        np.cumsum(lengths[keep], out=offsets[1:])
+        metadata = self.metadata
+        if metadata.num_columns:
+            metadata = metadata.take(pa.array(keep, pa.int64()))
+        return PendingBatch(
+            tuple(self.doc_ids[r] for r in keep),
+            self.vectors[np.repeat(np.arange(len(self.doc_ids)) != row, lengths)],
+            offsets,
+            metadata,
+        )
+
+
 class IndexWriter:
-    """The single writer of an index: add, delete, upsert, commit, compact.
+    """The single writer of an index: add, delete, upsert, reject, commit, compact.
 
     Holds an exclusive lock on ``DIR/LOCK`` from construction until ``close()``; a second
-    writer gets ``IndexLockedError``. Changes are buffered until ``commit()``.
+    writer gets ``IndexLockedError``. Changes are buffered until ``commit()``; a new index is
+    written at its first commit (a failure before leaves no index behind).
     """
 
     def __init__(self, path: str | Path, *, config: IndexConfig | None = None) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lock_fh = open(self.path / "LOCK", "a+")  # noqa: SIM115 - held until close()
+        prepare_folder(self.path)
+        self._lock_fh = acquire_lock(self.path)
         try:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            self._lock_fh.close()
-            holder = (self.path / "LOCK").read_text().strip() or "another process"
-            raise IndexLockedError(
-                f"{self.path} is being written by {holder}; one writer at a time. Wait for it to "
-                "finish (readers may open the index meanwhile)"
-            ) from exc
-        self._lock_fh.seek(0)
-        self._lock_fh.truncate()
-        self._lock_fh.write(f"pid {os.getpid()}\n")
-        self._lock_fh.flush()
-        (self.path / "segments").mkdir(exist_ok=True)
-        if not (self.path / MANIFEST).is_file():
+            self.index = self._open_or_new(config)
+            if self._durable:
+                collect_garbage(self.path, self.index.manifest)
+        except BaseException:
+            self.close()
+            raise
+        self._pending: list[PendingBatch] = []
+        self._pending_ids: set[str] = set()
+        self._deletes: set[str] = set()
+        self._rejects: list[pa.Table] = []
+        self._types = self._committed_types()
+
+    def _open_or_new(self, config: IndexConfig | None) -> Index:
+        self._durable = (self.path / MANIFEST).is_file()
+        if not self._durable:
             if config is None:
-                self.close()
                 raise InputError(
                     f"{self.path} holds no index yet; pass an IndexConfig to create one"
                 )
-            manifest = {
-                "format_version": FORMAT_VERSION,
-                "generation": 0,
-                "config": config.to_dict(),
-                "segments": [],
-                "counts": {"documents": 0, "vectors": 0},
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            }
-            write_json_atomic(self.path / MANIFEST, manifest)
-        self.index = Index(self.path)
-        if config is not None and config != self.index.config:
-            self.close()
-            raise IndexFormatError(
-                f"{self.path} was created with {self.index.config.to_dict()}; it cannot be "
-                f"reopened with {config.to_dict()}. Use another directory"
-            )
-        if (
-            config is not None
-            and config.encoder
-            and self.index.config.encoder
-            and config.encoder != self.index.config.encoder
-        ):
-            self.close()
-            raise IndexFormatError(
-                f"{self.path} was built with encoder {self.index.config.encoder['name_or_path']!r};"
-                f" refusing vectors from {config.encoder['name_or_path']!r}"
-            )
-        self._collect_garbage()
-        self._pending: list[tuple[list[str], np.ndarray, np.ndarray, pa.Table]] = []
-        self._pending_ids: set[str] = set()
-        self._deletes: set[str] = set()
+            return Index._empty(self.path, Manifest(config=config, created=now()))
+        index = Index(self.path)
+        if config is not None:
+            _check_same_config(self.path, index.config, config)
+        return index
 
     # ----------------------------------------------------------------------- lifecycle
     def __enter__(self) -> IndexWriter:
@@ -317,9 +341,7 @@ class IndexWriter:
         self.close()
 
     def close(self) -> None:
-        if not self._lock_fh.closed:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
-            self._lock_fh.close()
+        release_lock(self._lock_fh)
 
     @property
     def config(self) -> IndexConfig:
@@ -327,7 +349,7 @@ class IndexWriter:
 
     @property
     def pending_documents(self) -> int:
-        return sum(len(p[0]) for p in self._pending)
+        return sum(len(p.doc_ids) for p in self._pending)
 
     # ----------------------------------------------------------------------- changes
     def add(
@@ -351,7 +373,8 @@ class IndexWriter:
         vectors, offsets
             A sequence of (T_i, d) float arrays, or an (N, d) array with (n + 1,) offsets.
         metadata
-            An n-row table: content (``image``, ``text``) and any metadata columns.
+            An n-row table: content (``image``, ``text``) and any metadata columns; a column
+            keeps the type it has in the index.
         upsert
             Replace documents whose ids are already indexed.
         skip_existing
@@ -363,76 +386,95 @@ class IndexWriter:
         -------
         The number of documents buffered.
         """
-        ids = [str(i) if isinstance(i, (int, np.integer)) else i for i in doc_ids]
-        for row, doc_id in enumerate(ids):
-            if not isinstance(doc_id, str) or not doc_id:
-                raise InputError(
-                    f"{source}, row {row}: doc_id must be a non-empty string or an integer, got {doc_id!r}"
-                )
+        ids = _check_ids(doc_ids, source)
+        flat, bounds = self._flatten(vectors, offsets, ids, source)
+        table = metadata if metadata is not None else pa.table({})
+        if table.num_columns and table.num_rows != len(ids):
+            raise InputError(
+                f"{source}: metadata has {table.num_rows} rows for {len(ids)} documents"
+            )
+        self._check_types(table, source)
+        keep = self._keep(ids, upsert=upsert, skip_existing=skip_existing, source=source)
+        nonzero, lengths = _unpadded(flat, bounds, ids, source)
+        if upsert:
+            self._replace(ids, keep)
+        rows = np.flatnonzero(keep)
+        if rows.size == 0:
+            return 0
+        new_offsets = np.zeros(rows.size + 1, dtype=np.int64)
+        np.cumsum(lengths[rows], out=new_offsets[1:])
+        batch = PendingBatch(
+            tuple(ids[r] for r in rows),
+            flat[nonzero & np.repeat(keep, np.diff(bounds))],
+            new_offsets,
+            table.take(pa.array(rows)) if table.num_columns else pa.table({}),
+        )
+        self._pending.append(batch)
+        self._pending_ids.update(batch.doc_ids)
+        self._types.update({f.name: f.type for f in table.schema if not pa.types.is_null(f.type)})
+        return int(rows.size)
+
+    def _flatten(
+        self, vectors: Any, offsets: Any, ids: list[str], source: str
+    ) -> tuple[np.ndarray, np.ndarray]:
         try:
             flat, bounds = as_flat(vectors, self.config.dim, offsets=offsets, kind="document")
         except FDEInputError as exc:
-            raise InputError(f"{source}: {_name_documents(str(exc), ids)}") from exc
+            if exc.item is not None and exc.item < len(ids):
+                where = f"row {exc.item}, doc_id {ids[exc.item]!r} {exc.reason}"
+                raise InputError(f"{source}: {where}", item=exc.item) from exc
+            raise InputError(f"{source}: {exc}") from exc
         if len(ids) != bounds.size - 1:
             raise InputError(f"{source}: {len(ids)} doc_ids but {bounds.size - 1} vector sets")
-        if metadata is None:
-            metadata = pa.table({})
-        if metadata.num_columns and metadata.num_rows != len(ids):
-            raise InputError(
-                f"{source}: metadata has {metadata.num_rows} rows for {len(ids)} documents"
-            )
-        seen: dict[str, int] = {}
-        for row, doc_id in enumerate(ids):
-            if doc_id in seen:
+        return flat, bounds
+
+    def _committed_types(self) -> dict[str, pa.DataType]:
+        types: dict[str, pa.DataType] = {}
+        for seg in self.index.segments:
+            types.update({f.name: f.type for f in seg.schema if not pa.types.is_null(f.type)})
+        return types
+
+    def _check_types(self, table: pa.Table, source: str) -> None:
+        """A metadata column keeps one type across batches and commits (``--where`` and
+        compaction read all segments as one table)."""
+        for field in table.schema:
+            known = self._types.get(field.name)
+            if field.name == "doc_id" or known is None or pa.types.is_null(field.type):
+                continue
+            if field.type != known:
                 raise InputError(
-                    f"{source}, rows {seen[doc_id]} and {row}: duplicate doc_id {doc_id!r} in one batch; ids must be unique"
+                    f"{source}: metadata column {field.name!r} has type {field.type} here but "
+                    f"{known} in the index {self.path} (committed or buffered); a column keeps "
+                    f"one type: cast it to {known} (or rename the column)"
                 )
-            seen[doc_id] = row
+
+    def _keep(
+        self, ids: list[str], *, upsert: bool, skip_existing: bool, source: str
+    ) -> np.ndarray:
+        """Which rows to add: committed ids are skipped (``skip_existing``), replaced
+        (``upsert``) or an error."""
         keep = np.ones(len(ids), dtype=bool)
         committed = self.index.locations()
         for row, doc_id in enumerate(ids):
-            exists = (
-                doc_id in committed and doc_id not in self._deletes
-            ) or doc_id in self._pending_ids
-            if exists and skip_existing and doc_id not in self._pending_ids:
+            pending = doc_id in self._pending_ids
+            exists = pending or (doc_id in committed and doc_id not in self._deletes)
+            if exists and skip_existing and not pending:
                 keep[row] = False
             elif exists and not upsert:
                 raise InputError(
                     f"{source}, row {row}: doc_id {doc_id!r} is already in the index {self.path}; "
-                    "pass upsert=True (--on-existing upsert) to replace it or skip_existing=True to resume"
+                    "pass upsert=True (--on-existing upsert) to replace it or skip_existing=True "
+                    "to resume"
                 )
-        # Encoders pad with zero vectors; they carry no signal and are not stored.
-        nonzero = np.any(flat != 0, axis=1)
-        lengths = (
-            np.add.reduceat(nonzero.astype(np.int64), bounds[:-1])
-            if flat.shape[0]
-            else np.zeros(0, np.int64)
-        )
-        lengths[np.diff(bounds) == 0] = 0
-        empty = np.flatnonzero(lengths == 0)
-        if empty.size:
-            row = int(empty[0])
-            raise InputError(
-                f"{source}, row {row}: document {ids[row]!r} has only zero (padding) vectors; every document needs at least one non-zero vector"
-            )
-        if upsert:
-            for row, doc_id in enumerate(ids):
-                if keep[row] and doc_id in self._pending_ids:
-                    self._drop_pending(doc_id)
-                if keep[row] and doc_id in committed:
-                    self._deletes.add(doc_id)
-        rows = np.flatnonzero(keep)
-        if rows.size == 0:
-            return 0
-        token_keep = nonzero & np.repeat(keep, np.diff(bounds))
-        flat = flat[token_keep]
-        new_offsets = np.zeros(rows.size + 1, dtype=np.int64)
-        np.cumsum(lengths[rows], out=new_offsets[1:])
-        table = metadata.take(pa.array(rows)) if metadata.num_columns else pa.table({})
-        kept_ids = [ids[r] for r in rows]
-        self._pending.append((kept_ids, flat, new_offsets, table))
-        self._pending_ids.update(kept_ids)
-        return int(rows.size)
+        return keep
+
+    def _replace(self, ids: list[str], keep: np.ndarray) -> None:
+        committed = self.index.locations()
+        for row, doc_id in enumerate(ids):
+            if keep[row] and doc_id in self._pending_ids:
+                self._drop_pending(doc_id)
+            if keep[row] and doc_id in committed:
+                self._deletes.add(doc_id)
 
     def delete(self, doc_ids: Sequence[Any], *, missing_ok: bool = False) -> int:
         """Mark documents deleted at the next commit. Returns how many were found."""
@@ -451,36 +493,62 @@ class IndexWriter:
                 )
         return found
 
+    def reject(self, records: pa.Table | Sequence[dict[str, Any]]) -> int:
+        """Record rows an ingest skipped (nothing the encoder can read), written at the next
+        commit into the index's rejects file (``Index.rejects()``).
+
+        Parameters
+        ----------
+        records
+            A table or a list of dicts with ``doc_id`` (str), ``source`` (str, the input file),
+            ``row`` (int >= 0, the row in ``source``) and ``reason`` (str). A later record for a
+            doc_id replaces an earlier one (a resumed ingest does not duplicate them); a doc_id
+            that is in the index after the commit has no record.
+
+        Returns
+        -------
+        The number of records buffered.
+        """
+        table = rejects.as_table(records)
+        if table.num_rows:
+            self._rejects.append(table)
+        return table.num_rows
+
     def upsert(self, doc_ids: Sequence[Any], vectors: Any, **kwargs: Any) -> int:
         return self.add(doc_ids, vectors, upsert=True, **kwargs)
 
     def _drop_pending(self, doc_id: str) -> None:
-        for i, (ids, flat, offsets, table) in enumerate(self._pending):
-            if doc_id in ids:
-                row = ids.index(doc_id)
-                keep = [r for r in range(len(ids)) if r != row]
-                lengths = np.diff(offsets)
-                token_keep = np.repeat(np.arange(len(ids)) != row, lengths)
-                new_offsets = np.zeros(len(keep) + 1, dtype=np.int64)
-                np.cumsum(lengths[keep], out=new_offsets[1:])
-                new_table = table.take(pa.array(keep, pa.int64())) if table.num_columns else table
-                self._pending[i] = (
-                    [ids[r] for r in keep],
-                    flat[token_keep],
-                    new_offsets,
-                    new_table,
-                )
+        self._pending = [p.without(doc_id) if doc_id in p.doc_ids else p for p in self._pending]
         self._pending_ids.discard(doc_id)
 
     # ----------------------------------------------------------------------- commit
     def commit(self) -> int:
         """Write buffered changes and swap the manifest. Returns the new generation."""
-        if not self._pending and not self._deletes:
-            return self.index.generation
-        manifest = json.loads(json.dumps(self.index.manifest))
-        generation = int(manifest["generation"]) + 1
-        seg_root = self.path / "segments"
-        # Deletions: one new bitmap per touched segment.
+        manifest = self.index.manifest
+        if not (self._pending or self._deletes or self._rejects):
+            if not self._durable:  # an empty index is still an index
+                self._swap_manifest(manifest)
+            return manifest.generation
+        generation = manifest.generation + 1
+        segments = self._write_deletions(generation)
+        if self._pending:
+            segments.append(self._write_batches(self._pending, generation))
+        # Segments whose documents are all deleted are dropped from the manifest.
+        segments = [e for e in segments if e.num_deleted < e.num_docs]
+        rejects_entry = self._write_rejects(generation)
+        self._swap_manifest(
+            replace(
+                manifest,
+                generation=generation,
+                segments=tuple(segments),
+                rejects=rejects_entry,
+                updated=now(),
+            )
+        )
+        return generation
+
+    def _write_deletions(self, generation: int) -> list[SegmentEntry]:
+        """The segment entries after this commit's deletions: one new bitmap per touched one."""
         locations = self.index.locations()
         touched: dict[int, np.ndarray] = {}
         for doc_id in self._deletes:
@@ -488,64 +556,71 @@ class IndexWriter:
             if s not in touched:
                 touched[s] = self.index.segments[s].deleted.copy()
             touched[s][row] = True
+        entries = list(self.index.manifest.segments)
+        seg_root = self.path / "segments"
         for s, bitmap in touched.items():
-            entry = manifest["segments"][s]
             fname = f"deleted-g{generation:06d}.npy"
-            fpath = seg_root / entry["name"] / fname
+            fpath = seg_root / entries[s].name / fname
             data = npy_bytes(bitmap)
-            with open(fpath, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            entry["deleted"] = {"file": fname, "size": len(data), "sha256": sha256_file(fpath)}
-            entry["num_deleted"] = int(bitmap.sum())
-        if touched:
-            fsync_dir(seg_root)
-        if self._pending:
-            entry = self._write_pending(seg_root, f"seg-g{generation:06d}")
-            manifest["segments"].append(entry)
-        # Segments whose documents are all deleted are dropped from the manifest.
-        manifest["segments"] = [e for e in manifest["segments"] if e["num_deleted"] < e["num_docs"]]
-        self._swap_manifest(manifest, generation)
-        return generation
+            write_bytes_atomic(fpath, data)
+            bitmap_entry = FileEntry(fname, len(data), sha256_file(fpath))
+            entries[s] = entries[s].with_deleted(bitmap_entry, int(bitmap.sum()))
+        return entries
 
-    def _write_pending(self, seg_root: Path, name: str) -> dict[str, Any]:
-        ids = [i for p in self._pending for i in p[0]]
-        flat = np.concatenate([p[1] for p in self._pending])
-        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
-        np.cumsum(np.concatenate([np.diff(p[2]) for p in self._pending]), out=offsets[1:])
-        tables = [p[3] for p in self._pending]
-        table = _merge_tables(tables, [len(p[0]) for p in self._pending])
-        table = (
-            table.append_column("doc_id", pa.array(ids, pa.string()))
-            if "doc_id" not in table.column_names
-            else table.set_column(
-                table.column_names.index("doc_id"), "doc_id", pa.array(ids, pa.string())
-            )
+    def _write_rejects(self, generation: int) -> RejectsEntry | None:
+        """The rejects entry after this commit; a new file when the records change."""
+        current = self.index.manifest.rejects
+        if not self._rejects and not (current and self._pending):
+            return current
+        committed = self.index.locations()
+        old = self.index.rejects()
+        new = pa.concat_tables(self._rejects) if self._rejects else rejects.empty()
+        merged = rejects.merge(
+            old,
+            new,
+            lambda d: d in self._pending_ids or (d in committed and d not in self._deletes),
         )
+        if merged.num_rows == 0:
+            return None
+        if current and merged.equals(old):
+            return current
+        fname = rejects.file_name(generation)
+        data = rejects.to_bytes(merged)
+        write_bytes_atomic(self.path / fname, data)
+        entry = FileEntry(fname, len(data), sha256_file(self.path / fname))
+        return RejectsEntry(entry, merged.num_rows)
+
+    def _write_batches(self, batches: list[PendingBatch], generation: int) -> SegmentEntry:
+        """One new segment ``seg-g<generation>`` holding ``batches``."""
+        ids = [i for p in batches for i in p.doc_ids]
+        flat = np.concatenate([p.vectors for p in batches])
+        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+        np.cumsum(np.concatenate([np.diff(p.offsets) for p in batches]), out=offsets[1:])
+        table = _merge_tables([p.metadata for p in batches], [len(p.doc_ids) for p in batches])
+        id_column = pa.array(ids, pa.string())
+        if "doc_id" in table.column_names:
+            table = table.set_column(table.column_names.index("doc_id"), "doc_id", id_column)
+        else:
+            table = table.append_column("doc_id", id_column)
         codes, scales = codecs.encode(flat, self.config.dtype)
+        seg_root = self.path / "segments"
+        seg_root.mkdir(exist_ok=True)
         return write_segment(
             seg_root,
-            name,
+            f"seg-g{generation:06d}",
             codes=codes,
             scales=scales,
             offsets=offsets,
             table=table,
-            fde_config=self.config.fde_config,
-            dtype=self.config.dtype,
-            dim=self.config.dim,
-            faiss_factory=self.config.faiss_factory,
+            config=self.config,
         )
 
-    def _swap_manifest(self, manifest: dict[str, Any], generation: int) -> None:
-        manifest["generation"] = generation
-        manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        docs = sum(e["num_docs"] - e["num_deleted"] for e in manifest["segments"])
-        manifest["counts"] = {"documents": docs, "segments": len(manifest["segments"])}
-        write_json_atomic(self.path / MANIFEST, manifest)  # the commit
-        self._pending, self._pending_ids, self._deletes = [], set(), set()
+    def _swap_manifest(self, manifest: Manifest) -> None:
+        manifest.write(self.path)  # the commit
+        self._durable = True
+        self._pending, self._pending_ids, self._deletes, self._rejects = [], set(), set(), []
         self.index = Index(self.path, verify="none")
-        self._collect_garbage()
+        collect_garbage(self.path, self.index.manifest)
 
     def compact(self) -> int:
         """Rewrite all segments as one, without deleted documents; returns the new generation.
@@ -553,44 +628,76 @@ class IndexWriter:
         Document ids, vectors, metadata and FDEs are unchanged (FDEs are recomputed from the
         stored vectors, as they were first computed)."""
         self.commit()
-        if len(self.index.segments) <= 1 and not any(s.deleted.any() for s in self.index.segments):
-            return self.index.generation
-        for s, seg in enumerate(self.index.segments):
+        index = self.index
+        if len(index.segments) <= 1 and not any(s.deleted.any() for s in index.segments):
+            return index.generation
+        batches = []
+        for s, seg in enumerate(index.segments):
             rows = np.flatnonzero(seg.live)
-            vectors, offsets = self.index.vectors(s, rows)
-            table = seg.metadata().take(pa.array(rows))
-            table = table.drop_columns(["doc_id"])
-            self._pending.append((list(seg.doc_ids[rows]), vectors, offsets, table))
-        manifest = json.loads(json.dumps(self.index.manifest))
-        generation = int(manifest["generation"]) + 1
-        manifest["segments"] = []
-        if self._pending:
-            manifest["segments"].append(
-                self._write_pending(self.path / "segments", f"seg-g{generation:06d}")
-            )
-        self._swap_manifest(manifest, generation)
+            vectors, offsets = index.vectors(s, rows)
+            table = seg.metadata().take(pa.array(rows)).drop_columns(["doc_id"])
+            batches.append(PendingBatch(tuple(seg.doc_ids[rows]), vectors, offsets, table))
+        generation = index.generation + 1
+        segment = self._write_batches(batches, generation)
+        self._swap_manifest(
+            replace(index.manifest, generation=generation, segments=(segment,), updated=now())
+        )
         return generation
 
-    def _collect_garbage(self) -> None:
-        """Remove files no committed manifest references (crash leftovers, old bitmaps)."""
-        seg_root = self.path / "segments"
-        referenced = {e["name"]: e for e in self.index.manifest["segments"]}
-        for child in seg_root.iterdir():
-            entry = referenced.get(child.name)
-            if entry is None:
-                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(
-                    missing_ok=True
-                )
-                continue
-            keep = set(entry["files"]) | (
-                {entry["deleted"]["file"]} if entry.get("deleted") else set()
+
+def _unpadded(
+    flat: np.ndarray, bounds: np.ndarray, ids: list[str], source: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Encoders pad with zero vectors; they carry no signal and are not stored. Returns which
+    vectors to keep, (N,) bool, and the documents' lengths without padding, (n,) int64."""
+    nonzero = np.any(flat != 0, axis=1)
+    lengths = np.add.reduceat(nonzero.astype(np.int64), bounds[:-1])
+    empty = np.flatnonzero(lengths == 0)
+    if empty.size:
+        row = int(empty[0])
+        raise InputError(
+            f"{source}, row {row}: document {ids[row]!r} has only zero (padding) vectors; "
+            "every document needs at least one non-zero vector",
+            item=row,
+        )
+    return nonzero, lengths
+
+
+def _check_ids(doc_ids: Sequence[Any], source: str) -> list[str]:
+    """Ids as strings (integers converted): non-empty and unique within the batch."""
+    ids = [str(i) if isinstance(i, (int, np.integer)) else i for i in doc_ids]
+    seen: dict[str, int] = {}
+    for row, doc_id in enumerate(ids):
+        if not isinstance(doc_id, str) or not doc_id:
+            raise InputError(
+                f"{source}, row {row}: doc_id must be a non-empty string or an integer, "
+                f"got {doc_id!r}",
+                item=row,
             )
-            for f in child.iterdir():
-                if f.name not in keep:
-                    f.unlink(missing_ok=True)
-        for f in self.path.iterdir():
-            if f.name.startswith(".") and ".tmp-" in f.name:
-                f.unlink(missing_ok=True)
+        if doc_id in seen:
+            raise InputError(
+                f"{source}, rows {seen[doc_id]} and {row}: duplicate doc_id {doc_id!r} in one "
+                "batch; ids must be unique",
+                item=row,
+            )
+        seen[doc_id] = row
+    return ids
+
+
+def _check_same_config(path: Path, recorded: IndexConfig, requested: IndexConfig) -> None:
+    """One compatibility check: an index keeps the settings it was created with."""
+    differences = recorded.differences(requested)
+    if differences:
+        raise IndexFormatError(
+            f"{path} was created with other settings ({'; '.join(differences)}); an index keeps "
+            "the settings it was created with. Leave the options out to use the recorded ones, "
+            "or write to another directory"
+        )
+    if requested.encoder and recorded.encoder and requested.encoder != recorded.encoder:
+        raise IndexFormatError(
+            f"{path} was built with encoder {recorded.encoder.get('name_or_path')!r}; "
+            f"refusing vectors from {requested.encoder.get('name_or_path')!r}"
+        )
 
 
 def _merge_tables(tables: list[pa.Table], rows: list[int]) -> pa.Table:
@@ -601,21 +708,10 @@ def _merge_tables(tables: list[pa.Table], rows: list[int]) -> pa.Table:
         t if t.num_columns else pa.table({"_latemm_empty": pa.nulls(n)})
         for t, n in zip(tables, rows, strict=True)
     ]
-    merged = pa.concat_tables(filled, promote_options="permissive")
+    merged = pa.concat_tables(filled, promote_options="default")
     return (
         merged.drop_columns(["_latemm_empty"]) if "_latemm_empty" in merged.column_names else merged
     )
-
-
-def _name_documents(message: str, ids: list[str]) -> str:
-    """Rewrite 'document 3 ...' in an FDE input error as the document's id."""
-    import re
-
-    match = re.match(r"document (\d+)(.*)", message, flags=re.S)
-    if match and int(match.group(1)) < len(ids):
-        row = int(match.group(1))
-        return f"row {row}, doc_id {ids[row]!r}{match.group(2)}"
-    return message
 
 
 def create(path: str | Path, config: IndexConfig) -> IndexWriter:

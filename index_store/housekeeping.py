@@ -1,0 +1,112 @@
+"""The index folder's housekeeping: the writer's lock, what may become an index, and garbage
+collection of files the index wrote that no manifest references.
+
+Only names the index itself writes are ever removed (``seg-g<gen>`` segment directories,
+``deleted-g<gen>.npy`` bitmaps, ``rejects-g<gen>.parquet`` files and their ``.NAME.tmp-PID``
+temporaries): a user's file in the folder is never touched.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from pathlib import Path
+from typing import IO
+
+from index_store.errors import IndexLockedError, InputError
+from index_store.fsio import TMP_PATTERN, fsync_dir
+from index_store.manifest import (
+    DELETED_PATTERN,
+    MANIFEST,
+    REJECTS_PATTERN,
+    SEGMENT_PATTERN,
+    SEGMENT_TMP_PATTERN,
+    Manifest,
+)
+
+
+def acquire_lock(path: Path) -> IO[str]:
+    """Hold ``path/LOCK`` exclusively (released by the OS when the process dies, so a stale
+    file never blocks); ``IndexLockedError`` naming the holder when another writer has it."""
+    lock = open(path / "LOCK", "a+")  # noqa: SIM115 - held until the writer closes
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        lock.close()
+        holder = (path / "LOCK").read_text().strip() or "another process"
+        raise IndexLockedError(
+            f"{path} is being written by {holder}; one writer at a time. Wait for it to "
+            "finish (readers may open the index meanwhile)"
+        ) from exc
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+def release_lock(lock: IO[str]) -> None:
+    if not lock.closed:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+
+
+def _owned_by_index(child: Path) -> bool:
+    """Whether a file in a folder without manifest is one an index writes before its first
+    commit (the lock, segment directories, temporaries, rejects)."""
+    name = child.name
+    if name == "segments" and child.is_dir():
+        return all(
+            SEGMENT_PATTERN.fullmatch(c.name) or SEGMENT_TMP_PATTERN.fullmatch(c.name)
+            for c in child.iterdir()
+        )
+    return (
+        name == "LOCK" or bool(REJECTS_PATTERN.fullmatch(name)) or bool(TMP_PATTERN.fullmatch(name))
+    )
+
+
+def prepare_folder(path: Path) -> None:
+    """Make ``path`` a folder for an index: new, empty, an index, or an index's leftovers."""
+    if path.exists() and not path.is_dir():
+        raise InputError(
+            f"{path} is a file, not an index directory; --index takes a directory "
+            "(new, or one `latemm index` created)"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    if (path / MANIFEST).exists():
+        return
+    foreign = sorted(c.name for c in path.iterdir() if not _owned_by_index(c))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise InputError(
+            f"{path} is not empty and is not a latemm index (no {MANIFEST}; it holds {shown}); "
+            "refusing to create an index there. Choose a new or empty directory for --index"
+        )
+
+
+def collect_garbage(path: Path, manifest: Manifest) -> None:
+    """Remove files the index wrote that ``manifest`` does not reference (crash leftovers, old
+    bitmaps and rejects, compacted segments); nothing else."""
+    referenced = {e.name: e for e in manifest.segments}
+    seg_root = path / "segments"
+    for child in seg_root.iterdir() if seg_root.is_dir() else []:
+        entry = referenced.get(child.name)
+        if entry is None:
+            if SEGMENT_PATTERN.fullmatch(child.name) or SEGMENT_TMP_PATTERN.fullmatch(child.name):
+                shutil.rmtree(child, ignore_errors=True)
+            continue
+        keep = {f.file for f in entry.all_files()}
+        for f in child.iterdir():
+            tmp = TMP_PATTERN.fullmatch(f.name)
+            if f.name not in keep and DELETED_PATTERN.fullmatch(tmp[1] if tmp else f.name):
+                f.unlink(missing_ok=True)
+    kept_rejects = manifest.rejects.file.file if manifest.rejects else None
+    for f in path.iterdir():
+        tmp = TMP_PATTERN.fullmatch(f.name)
+        if (tmp and (tmp[1] == MANIFEST or REJECTS_PATTERN.fullmatch(tmp[1]))) or (
+            REJECTS_PATTERN.fullmatch(f.name) and f.name != kept_rejects
+        ):
+            f.unlink(missing_ok=True)
+    if seg_root.is_dir():
+        fsync_dir(seg_root)

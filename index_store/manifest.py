@@ -1,0 +1,304 @@
+"""The manifest, typed: ``Manifest``, ``SegmentEntry``, ``FileEntry``, ``RejectsEntry``.
+
+``manifest.json`` is the commit point of an index. It is read into these frozen records and
+validated field by field, so a malformed manifest is one ``IndexCorruptError`` (or
+``IndexFormatError`` for another format version) naming the file and the field, and every path
+it names is a plain file name inside the index directory. Commits build a new ``Manifest`` with
+``dataclasses.replace`` and write it with ``Manifest.write``; nothing edits a raw dict.
+
+On disk (format version 1)::
+
+    {"format_version": 1, "generation": G, "config": IndexConfig.to_dict(),
+     "segments": [{"name": "seg-g000001", "num_docs": n, "num_vectors": N, "num_deleted": k,
+                   "files": {"vectors.npy": {"size": B, "sha256": H}, ...},
+                   "deleted": null | {"file": "deleted-g000002.npy", "size": B, "sha256": H}}],
+     "rejects": null | {"file": "rejects-g000002.parquet", "size": B, "sha256": H, "count": r},
+     "counts": {"documents": D, "vectors": V, "segments": S}, "created": T, "updated": T}
+
+``rejects`` is optional (absent in indexes written before it existed); ``counts`` is derived
+from the segments and rewritten at each commit.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from index_store.config import IndexConfig
+from index_store.errors import IndexCorruptError, IndexFormatError, InputError
+from index_store.fsio import write_json_atomic
+
+FORMAT_VERSION = 1
+READABLE_VERSIONS = (1,)
+MANIFEST = "manifest.json"
+SEGMENT_PATTERN = re.compile(r"seg-g\d{6,}")
+SEGMENT_TMP_PATTERN = re.compile(r"\.tmp-seg-g\d{6,}-\d+")
+DELETED_PATTERN = re.compile(r"deleted-g\d{6,}\.npy")
+REJECTS_PATTERN = re.compile(r"rejects-g\d{6,}\.parquet")
+SEGMENT_FILES = ("fde.faiss", "meta.parquet", "offsets.npy", "scales.npy", "vectors.npy")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class _Reader:
+    """Typed access to a JSON object, raising ``IndexCorruptError`` naming file and field."""
+
+    def __init__(self, source: Path, where: str, payload: Any) -> None:
+        self.source, self.where = source, where
+        if not isinstance(payload, dict):
+            raise self.error(f"expected a JSON object, got {type(payload).__name__}")
+        self.payload = payload
+
+    def error(self, why: str, key: str | None = None) -> IndexCorruptError:
+        field = f"{self.where}.{key}" if self.where and key else (key or self.where or "top level")
+        return IndexCorruptError(
+            f"{self.source}: field {field!r}: {why}. The manifest is damaged: restore it from a "
+            "backup or rebuild the index"
+        )
+
+    def get(self, key: str, kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
+        if key not in self.payload:
+            if optional:
+                return None
+            raise self.error("missing", key)
+        value = self.payload[key]
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+            names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            raise self.error(f"expected {names}, got {value!r}"[:300], key)
+        return value
+
+    def count(self, key: str) -> int:
+        value = self.get(key, int)
+        if value < 0:
+            raise self.error(f"expected an int >= 0, got {value}", key)
+        return int(value)
+
+    def name(self, key: str, pattern: re.Pattern[str], value: Any = None) -> str:
+        """A plain file name matching ``pattern``: no separators, no ``..``, inside the index."""
+        value = self.get(key, str) if value is None else value
+        if not pattern.fullmatch(value):
+            raise self.error(
+                f"{value!r} is not a file name this index writes (expected {pattern.pattern}); "
+                "paths outside the index directory are refused",
+                key,
+            )
+        return str(value)
+
+    def sub(self, key: str, value: Any) -> _Reader:
+        where = f"{self.where}.{key}" if self.where else key
+        return _Reader(self.source, where, value)
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file of the index: its name (relative to its directory), size and sha256."""
+
+    file: str
+    size: int
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "size": self.size, "sha256": self.sha256}
+
+    @classmethod
+    def from_reader(cls, reader: _Reader, name: str) -> FileEntry:
+        digest = reader.get("sha256", str)
+        if not _SHA256.fullmatch(digest):
+            raise reader.error(f"expected 64 lowercase hex digits, got {digest!r}", "sha256")
+        return cls(file=name, size=reader.count("size"), sha256=digest)
+
+
+@dataclass(frozen=True)
+class SegmentEntry:
+    """One immutable segment: ``segments/<name>/`` with ``files``, and its deletion bitmap."""
+
+    name: str
+    num_docs: int
+    num_vectors: int
+    files: tuple[FileEntry, ...]
+    deleted: FileEntry | None = None
+    num_deleted: int = 0
+
+    @property
+    def live_docs(self) -> int:
+        return self.num_docs - self.num_deleted
+
+    def all_files(self) -> tuple[FileEntry, ...]:
+        return self.files + ((self.deleted,) if self.deleted else ())
+
+    def file(self, name: str) -> FileEntry | None:
+        return next((f for f in self.files if f.file == name), None)
+
+    def with_deleted(self, deleted: FileEntry, num_deleted: int) -> SegmentEntry:
+        return replace(self, deleted=deleted, num_deleted=num_deleted)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "num_docs": self.num_docs,
+            "num_vectors": self.num_vectors,
+            "files": {f.file: {"size": f.size, "sha256": f.sha256} for f in self.files},
+            "deleted": self.deleted.to_dict() if self.deleted else None,
+            "num_deleted": self.num_deleted,
+        }
+
+    @classmethod
+    def from_reader(cls, r: _Reader, *, dtype: str) -> SegmentEntry:
+        name = r.name("name", SEGMENT_PATTERN)
+        num_docs, num_deleted = r.count("num_docs"), r.count("num_deleted")
+        if num_deleted > num_docs:
+            raise r.error(f"{num_deleted} deleted of {num_docs} documents", "num_deleted")
+        files_reader = r.sub("files", r.get("files", dict))
+        files = []
+        for fname, info in files_reader.payload.items():
+            if fname not in SEGMENT_FILES:
+                raise files_reader.error(
+                    f"{fname!r} is not a segment file (expected {', '.join(SEGMENT_FILES)}); "
+                    "paths outside the index directory are refused"
+                )
+            files.append(FileEntry.from_reader(files_reader.sub(fname, info), fname))
+        needed = {"fde.faiss", "meta.parquet", "offsets.npy", "vectors.npy"}
+        needed |= {"scales.npy"} if dtype == "int8" else set()
+        have = {f.file for f in files}
+        if have != needed:
+            raise files_reader.error(
+                f"lists {sorted(have)}; a {dtype} segment has exactly {sorted(needed)}"
+            )
+        deleted = None
+        raw = r.get("deleted", dict, optional=True)
+        if raw is not None:
+            d = r.sub("deleted", raw)
+            deleted = FileEntry.from_reader(d, d.name("file", DELETED_PATTERN))
+        elif num_deleted:
+            raise r.error(f"{num_deleted} documents deleted but no bitmap", "deleted")
+        return cls(name, num_docs, r.count("num_vectors"), tuple(files), deleted, num_deleted)
+
+
+@dataclass(frozen=True)
+class RejectsEntry:
+    """The rejects file at the index root (``index_store.rejects``) and its record count."""
+
+    file: FileEntry
+    count: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.file.to_dict(), "count": self.count}
+
+    @classmethod
+    def from_reader(cls, r: _Reader) -> RejectsEntry:
+        return cls(FileEntry.from_reader(r, r.name("file", REJECTS_PATTERN)), r.count("count"))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A committed state of an index (``manifest.json``)."""
+
+    config: IndexConfig
+    generation: int = 0
+    segments: tuple[SegmentEntry, ...] = ()
+    rejects: RejectsEntry | None = None
+    created: str = ""
+    updated: str | None = None
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Live documents, stored vectors (deleted ones included until compaction), segments."""
+        return {
+            "documents": sum(e.live_docs for e in self.segments),
+            "vectors": sum(e.num_vectors for e in self.segments),
+            "segments": len(self.segments),
+        }
+
+    def files(self) -> list[tuple[str, FileEntry]]:
+        """(directory relative to the index root, entry) of every file the manifest lists."""
+        out = [(f"segments/{e.name}", f) for e in self.segments for f in e.all_files()]
+        return out + ([("", self.rejects.file)] if self.rejects else [])
+
+    def to_dict(self) -> dict[str, Any]:
+        payload = {
+            "format_version": self.format_version,
+            "generation": self.generation,
+            "config": self.config.to_dict(),
+            "segments": [e.to_dict() for e in self.segments],
+            "rejects": self.rejects.to_dict() if self.rejects else None,
+            "counts": self.counts,
+            "created": self.created,
+        }
+        if self.updated is not None:
+            payload["updated"] = self.updated
+        return payload
+
+    @classmethod
+    def from_dict(cls, payload: Any, source: Path) -> Manifest:
+        """Validate a parsed ``manifest.json`` (``source`` names it in errors)."""
+        r = _Reader(source, "", payload)
+        version = payload.get("format_version")
+        if version not in READABLE_VERSIONS:
+            raise IndexFormatError(
+                f"{source} has format_version {version!r}; this latemm reads version(s) "
+                f"{', '.join(map(str, READABLE_VERSIONS))}. Use the latemm that wrote it, or "
+                "rebuild the index"
+            )
+        try:
+            config = IndexConfig.from_dict(r.get("config", dict))
+        except InputError as exc:
+            raise r.error(str(exc), "config") from exc
+        segments = r.get("segments", list)
+        entries = tuple(
+            SegmentEntry.from_reader(r.sub(f"segments[{i}]", s), dtype=config.dtype)
+            for i, s in enumerate(segments)
+        )
+        if len({e.name for e in entries}) != len(entries):
+            raise r.error("a segment is listed twice", "segments")
+        raw_rejects = r.get("rejects", dict, optional=True)
+        r.get("counts", dict, optional=True)
+        return cls(
+            config=config,
+            generation=r.count("generation"),
+            segments=entries,
+            rejects=RejectsEntry.from_reader(r.sub("rejects", raw_rejects))
+            if raw_rejects
+            else None,
+            created=r.get("created", str, optional=True) or "",
+            updated=r.get("updated", str, optional=True),
+            format_version=int(version),
+        )
+
+    @classmethod
+    def read(cls, root: Path) -> Manifest:
+        """The manifest of the index at ``root``; errors say what ``root`` is instead."""
+        path = root / MANIFEST
+        if root.exists() and not root.is_dir():
+            raise InputError(
+                f"{root} is a file, not an index directory; --index takes the directory "
+                "`latemm index` created"
+            )
+        if not path.is_file():
+            raise IndexCorruptError(
+                f"{root} is not a latemm index ({MANIFEST} is missing); create one with "
+                "`latemm index CORPUS.parquet --index DIR`"
+            )
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise IndexCorruptError(f"{path} is unreadable: {exc}") from exc
+        if not isinstance(payload, dict):
+            raise IndexCorruptError(
+                f"{path}: expected a JSON object, got {type(payload).__name__}. The manifest is "
+                "damaged: restore it from a backup or rebuild the index"
+            )
+        return cls.from_dict(payload, path)
+
+    def write(self, root: Path) -> None:
+        """The commit: replace ``root/manifest.json`` atomically."""
+        write_json_atomic(root / MANIFEST, self.to_dict())
