@@ -183,18 +183,6 @@ def mmlongbench_questions(
 ) -> tuple[list[str], list[str], dict[str, dict[str, int]]]:
     """(query ids, questions, qrels) of MMLongBench-Doc's answerable questions; a question's
     relevant pages are ``{pdf}#p{page}`` for each 1-based evidence page."""
-    import ast
+    from latemm.mmlongbench import questions
 
-    root = (data_dir or shared_data_dir()) / "mmlongbench"
-    samples = json.loads((root / "samples.json").read_text(encoding="utf-8"))
-    ids, questions, qrels = [], [], {}
-    for i, sample in enumerate(samples):
-        pages = sample.get("evidence_pages") or "[]"
-        pages = ast.literal_eval(pages) if isinstance(pages, str) else pages
-        if not pages:
-            continue
-        qid = f"q{i}"
-        ids.append(qid)
-        questions.append(sample["question"])
-        qrels[qid] = {f"{sample['doc_id']}#p{int(p)}": 1 for p in pages}
-    return ids, questions, qrels
+    return questions((data_dir or shared_data_dir()) / "mmlongbench" / "samples.json")
