@@ -12,7 +12,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -179,10 +179,12 @@ def vaswani_minilm(data_dir: Path | None = None) -> dict[str, np.ndarray]:
 
 
 def mmlongbench_questions(
-    data_dir: Path | None = None,
+    data_dir: Path | None = None, *, pdfs: Collection[str] | None = None
 ) -> tuple[list[str], list[str], dict[str, dict[str, int]]]:
-    """(query ids, questions, qrels) of MMLongBench-Doc's answerable questions; a question's
-    relevant pages are ``{pdf}#p{page}`` for each 1-based evidence page."""
+    """(query ids, questions, qrels) of MMLongBench-Doc's answerable questions (about ``pdfs``,
+    file names, when given); a question's relevant pages are ``{pdf}#p{page}`` for each 1-based
+    evidence page (``latemm.mmlongbench.questions``)."""
     from latemm.mmlongbench import questions
 
-    return questions((data_dir or shared_data_dir()) / "mmlongbench" / "samples.json")
+    root = (data_dir or shared_data_dir()) / "mmlongbench"
+    return questions(root / "samples.json", pdfs=pdfs)

