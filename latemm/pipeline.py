@@ -178,6 +178,8 @@ def _take(
     vectors: np.ndarray, offsets: np.ndarray, keep: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The multi-vectors of the documents where ``keep`` ((n,) bool) is True: (N', d), (n' + 1,)."""
+    if keep.all():
+        return vectors, offsets
     lengths = np.diff(offsets)
     kept = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
     np.cumsum(lengths[keep], out=kept[1:])
