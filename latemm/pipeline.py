@@ -1,8 +1,12 @@
 """The batch jobs behind the CLI, usable from Python: index a corpus file, search a query file.
 
 Both stream their input in record batches, show progress, and are safe to interrupt: indexing
-commits every ``commit_every`` documents and a re-run skips what is committed; searching appends
-finished query batches to the run file's parts and a re-run continues after the last one.
+commits every ``commit_every`` rows and a re-run skips what is committed or rejected; searching
+appends finished query batches to the run file's parts and a re-run continues after the last one.
+
+Indexing is three stages: ``resolve_config`` (the index's configuration and the one compatibility
+check), ``encoded_batches`` (rows to vectors: done ids skipped before encoding, rows the encoder
+cannot read turned into rejects records) and a writer loop (``_write_batches``).
 """
 
 from __future__ import annotations
