@@ -12,7 +12,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -179,22 +179,12 @@ def vaswani_minilm(data_dir: Path | None = None) -> dict[str, np.ndarray]:
 
 
 def mmlongbench_questions(
-    data_dir: Path | None = None,
+    data_dir: Path | None = None, *, pdfs: Collection[str] | None = None
 ) -> tuple[list[str], list[str], dict[str, dict[str, int]]]:
-    """(query ids, questions, qrels) of MMLongBench-Doc's answerable questions; a question's
-    relevant pages are ``{pdf}#p{page}`` for each 1-based evidence page."""
-    import ast
+    """(query ids, questions, qrels) of MMLongBench-Doc's answerable questions (about ``pdfs``,
+    file names, when given); a question's relevant pages are ``{pdf}#p{page}`` for each 1-based
+    evidence page (``latemm.mmlongbench.questions``)."""
+    from latemm.mmlongbench import questions
 
     root = (data_dir or shared_data_dir()) / "mmlongbench"
-    samples = json.loads((root / "samples.json").read_text(encoding="utf-8"))
-    ids, questions, qrels = [], [], {}
-    for i, sample in enumerate(samples):
-        pages = sample.get("evidence_pages") or "[]"
-        pages = ast.literal_eval(pages) if isinstance(pages, str) else pages
-        if not pages:
-            continue
-        qid = f"q{i}"
-        ids.append(qid)
-        questions.append(sample["question"])
-        qrels[qid] = {f"{sample['doc_id']}#p{int(p)}": 1 for p in pages}
-    return ids, questions, qrels
+    return questions(root / "samples.json", pdfs=pdfs)

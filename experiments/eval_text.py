@@ -119,11 +119,7 @@ def mmlongbench(data: Path, work: Path, quick: bool) -> dict[str, object]:
     print(
         f"  ingested {report.pages} pages from {report.files} PDFs in {time.perf_counter() - t0:.0f}s ({len(report.problems)} pages skipped)"
     )
-    query_ids, questions, qrels = mmlongbench_questions(data)
-    names = {p.name for p in pdfs}
-    keep = [i for i, q in enumerate(query_ids) if all(d.split("#p")[0] in names for d in qrels[q])]
-    query_ids, questions = [query_ids[i] for i in keep], [questions[i] for i in keep]
-    qrels = {q: qrels[q] for q in query_ids}
+    query_ids, questions, qrels = mmlongbench_questions(data, pdfs={p.name for p in pdfs})
     qfile = work / "mmlongbench-queries.parquet"
     pq.write_table(pa.table({"query_id": query_ids, "text": questions}), qfile)
     table = pq.read_table(corpus, columns=["doc_id", "text"])

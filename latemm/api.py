@@ -32,19 +32,36 @@ def minilm_path() -> str:
 
 
 def build_index(
-    corpus: str | Path, index_dir: str | Path, *, encoder: Any = None, **options: Any
+    corpus: str | Path,
+    index_dir: str | Path,
+    *,
+    encoder: Any = None,
+    on_empty: str = "skip",
+    **options: Any,
 ) -> Index:
     """Index a Parquet corpus (file or folder); ``encoder`` is a hub id, a folder or an Encoder
-    (not needed with an ``embedding`` column). Options as for ``latemm index``."""
+    (not needed with an ``embedding`` column). Options as for ``latemm index``.
+
+    Rows with nothing the encoder can read (blank pages, empty text) are skipped with a warning
+    and listed by ``Index.rejects()``; ``on_empty="error"`` makes the first one an error."""
+    import warnings
+
     from latemm.pipeline import index_corpus
 
-    index_corpus(
+    report = index_corpus(
         corpus,
         index_dir,
         encoder=_as_encoder(encoder),
+        on_empty=on_empty,
         progress=options.pop("progress", False),
         **options,
     )
+    if report.rejected:
+        warnings.warn(
+            f"skipped {report.rejected} rows of {corpus} with nothing the encoder can read "
+            f"(blank pages, empty text); Index.rejects() of {index_dir} lists them",
+            stacklevel=2,
+        )
     return Index.open(index_dir)
 
 

@@ -99,14 +99,21 @@ def cmd_index(args: argparse.Namespace) -> int:
         faiss_factory=args.faiss,
         commit_every=args.commit_every,
         on_existing=args.on_existing,
+        on_empty=args.on_empty,
         batch_size=args.batch_size,
         pool_factor=args.pool_factor,
         progress=not args.quiet,
     )
+    if report.rejected:
+        print(
+            f"latemm index: skipped {report.rejected} rows with nothing the encoder can read "
+            f"(blank pages, empty text); `latemm info {args.index}` lists them",
+            file=sys.stderr,
+        )
     print(
-        f"added {report.added} documents, skipped {report.skipped} already indexed; "
-        f"{report.documents} in {args.index} (generation {report.generation}) "
-        f"in {time.perf_counter() - start:.1f}s"
+        f"added {report.added} documents, skipped {report.skipped} already indexed or rejected, "
+        f"rejected {report.rejected}; {report.documents} in {args.index} "
+        f"(generation {report.generation}) in {time.perf_counter() - start:.1f}s"
     )
     return 0
 
@@ -115,16 +122,25 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from latemm.pipeline import encode_corpus
 
     start = time.perf_counter()
-    rows = encode_corpus(
+    report = encode_corpus(
         args.corpus,
         args.out,
         encoder=_encoder(args, args.encoder),
         columns=_columns(args, "doc_id"),
+        on_empty=args.on_empty,
         batch_size=args.batch_size,
         pool_factor=args.pool_factor,
         progress=not args.quiet,
     )
-    print(f"encoded {rows} documents into {args.out} in {time.perf_counter() - start:.1f}s")
+    if report.rejects is not None:
+        print(
+            f"latemm encode: skipped {report.rejected} rows with nothing the encoder can read "
+            f"(blank pages, empty text); listed in {report.rejects}",
+            file=sys.stderr,
+        )
+    print(
+        f"encoded {report.written} documents into {args.out} in {time.perf_counter() - start:.1f}s"
+    )
     return 0
 
 
@@ -172,7 +188,11 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from index_store import Index
 
-    print(json.dumps(Index.open(args.index).stats(), indent=2))
+    index = Index.open(args.index)
+    stats = index.stats()
+    if stats.get("rejected"):  # the rows an ingest skipped: row, doc_id, source file, reason
+        stats["rejects"] = index.rejects().to_pylist()
+    print(json.dumps(stats, indent=2))
     return 0
 
 
@@ -307,7 +327,22 @@ def _add_device_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_on_empty_flag(parser: argparse.ArgumentParser) -> None:
+    from latemm.pipeline import ON_EMPTY
+
+    parser.add_argument(
+        "--on-empty",
+        default="skip",
+        choices=ON_EMPTY,
+        help="rows with nothing the encoder can read (blank pages, empty text): skip them and "
+        "report them (default), or stop with an error",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from index_store.codecs import DTYPES
+    from latemm.pipeline import ON_EXISTING
+
     parser = argparse.ArgumentParser(
         prog="latemm", description="Late-interaction retrieval over visual documents."
     )
@@ -323,14 +358,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_device_flags(p)
     _add_encoder_flags(p)
-    p.add_argument("--dtype", default="float16", choices=["float16", "float32", "int8", "binary"])
+    p.add_argument("--dtype", default="float16", choices=DTYPES)
     p.add_argument(
         "--faiss",
         default="Flat",
         help="faiss factory string for the FDE index (Flat, HNSW32, IVF256,PQ64)",
     )
     p.add_argument("--commit-every", type=int, default=512, help="documents per commit")
-    p.add_argument("--on-existing", default="skip", choices=["skip", "upsert", "error"])
+    p.add_argument("--on-existing", default="skip", choices=ON_EXISTING)
+    _add_on_empty_flag(p)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument(
         "--pool-factor", type=int, default=1, help="token pooling: keep ~T/F vectors per page"
@@ -349,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_encoder_flags(p)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--pool-factor", type=int, default=1)
+    _add_on_empty_flag(p)
     p.add_argument("--quiet", action="store_true")
     _add_column_flags(p)
     p.set_defaults(func=cmd_encode)

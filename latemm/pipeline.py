@@ -1,14 +1,18 @@
 """The batch jobs behind the CLI, usable from Python: index a corpus file, search a query file.
 
 Both stream their input in record batches, show progress, and are safe to interrupt: indexing
-commits every ``commit_every`` documents and a re-run skips what is committed; searching appends
-finished query batches to the run file's parts and a re-run continues after the last one.
+commits every ``commit_every`` rows and a re-run skips what is committed or rejected; searching
+appends finished query batches to the run file's parts and a re-run continues after the last one.
+
+Indexing is three stages: ``resolve_config`` (the index's configuration and the one compatibility
+check), ``encoded_batches`` (rows to vectors: done ids skipped before encoding, rows the encoder
+cannot read turned into rejects records) and a writer loop (``_write_batches``).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence, Set
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +24,8 @@ import pyarrow.parquet as pq
 
 from index_store import Index, IndexConfig, create, default_fde_config
 from index_store.errors import InputError
+from index_store.rejects import as_table as rejects_table
+from index_store.rejects import read as read_rejects
 from latemm.encoders.base import Encoder, Page, is_compatible
 from latemm.io import (
     RUN_SCHEMA,
@@ -27,17 +33,45 @@ from latemm.io import (
     Columns,
     count_rows,
     image_bytes,
+    open_dataset,
     read_batches,
     write_parquet,
 )
 
+ON_EXISTING = ("skip", "upsert", "error")
+ON_EMPTY = ("skip", "error")
+
 
 @dataclass(frozen=True)
 class IndexReport:
+    """What one ``index_corpus`` run did.
+
+    ``added``: documents added; ``skipped``: rows already done (committed, or rejected by an
+    earlier run), not encoded again; ``rejected``: rows of this run with nothing the encoder can
+    read, recorded in the index's rejects (``Index.rejects()``); ``documents``, ``generation``:
+    the index after the run.
+    """
+
     added: int
     skipped: int
     documents: int
     generation: int
+    rejected: int = 0
+
+
+@dataclass(frozen=True)
+class EncodedBatch:
+    """One record batch of a corpus, ready for the writer: its new rows' vectors and metadata,
+    the rows it rejected and the rows it skipped as already done."""
+
+    first_row: int  # row number of the batch's first row in the file
+    rows: int  # rows of the file the batch covers
+    ids: list[str]  # n documents to add
+    vectors: np.ndarray  # (N, d) float32
+    offsets: np.ndarray  # (n + 1,) int64
+    metadata: pa.Table  # n rows: content and metadata columns
+    rejects: list[dict[str, Any]]  # doc_id, source, row, reason of rows with nothing to read
+    skipped: int  # rows whose ids were already done
 
 
 def _progress(total: int | None, desc: str, enabled: bool) -> Any:
@@ -46,13 +80,15 @@ def _progress(total: int | None, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, unit="doc", disable=not enabled, file=sys.stderr)
 
 
-def _pages(batch: Batch, source: Path) -> list[Page]:
+def _pages(batch: Batch, source: Path, rows: Sequence[int] | None = None) -> list[Page]:
+    """The pages of a batch's rows (all of them by default); a row with no content at all, or
+    an image that cannot be read, is an error naming the file, row and id."""
     texts = batch.table.column("text").to_pylist() if "text" in batch.table.column_names else None
     images = (
         batch.table.column("image").to_pylist() if "image" in batch.table.column_names else None
     )
     pages = []
-    for i in range(len(batch.ids)):
+    for i in range(len(batch.ids)) if rows is None else rows:
         text = texts[i] if texts else None
         image = None
         if images and images[i] is not None:
@@ -72,17 +108,211 @@ def _pages(batch: Batch, source: Path) -> list[Page]:
 
 
 @contextmanager
-def _rows_named(batch: Batch, source: Path, kind: str = "doc_id") -> Iterator[None]:
-    """Turn an encoder's complaint about item i of the batch into one that names the file, row
-    and id the item came from."""
+def _rows_named(
+    batch: Batch, source: Path, kind: str = "doc_id", rows: Sequence[int] | None = None
+) -> Iterator[None]:
+    """Turn an encoder's complaint about item i of the call into one that names the file, row
+    and id the item came from (``rows[i]`` of the batch when the call took a subset)."""
     try:
         yield
     except InputError as exc:
         if exc.item is None:
             raise
+        i = exc.item if rows is None else rows[exc.item]
         raise InputError(
-            f"{source}, row {batch.first_row + exc.item}, {kind} {batch.ids[exc.item]!r}: {exc}"
+            f"{source}, row {batch.first_row + i}, {kind} {batch.ids[i]!r}: {exc}"
         ) from exc
+
+
+def resolve_config(
+    index_dir: str | Path,
+    *,
+    dim: int,
+    encoder: Encoder | None,
+    dtype: str = "float16",
+    faiss_factory: str = "Flat",
+    source: str | Path = "the corpus",
+) -> IndexConfig:
+    """The configuration an ingest writes with: the index's own when ``index_dir`` holds one,
+    after the one compatibility check (same encoder, same dimension), else a new one.
+
+    ``encoder`` is the encoder that makes the vectors (None for precomputed embeddings); ``dim``
+    the dimension of the vectors to be added. ``dtype`` and ``faiss_factory`` only apply to a
+    new index.
+    """
+    if not (Path(index_dir) / "manifest.json").is_file():
+        return IndexConfig(
+            dim=dim,
+            dtype=dtype,
+            fde=default_fde_config(dim),
+            faiss_factory=faiss_factory,
+            encoder=encoder.info.to_dict() if encoder is not None else None,
+        )
+    config = Index.open(index_dir, verify="none").config
+    recorded = config.encoder
+    reason = is_compatible(recorded, encoder.info) if recorded and encoder else None
+    if reason is not None and recorded and encoder:
+        raise InputError(
+            f"the index {index_dir} was built with encoder {recorded['name_or_path']!r}, not "
+            f"{encoder.info.name_or_path!r} as configured ({reason}); vectors of different "
+            "encoders cannot share an index (leave out --encoder to use the recorded one, "
+            "or index into a new folder)"
+        )
+    if config.dim != dim:
+        raise InputError(
+            f"{source}: vectors have dimension {dim}, the index {index_dir} stores {config.dim}; "
+            "index into a new folder, or use the vectors' model the index was built with"
+        )
+    return config
+
+
+def _reject(
+    batch: Batch, i: int, source: Path, reason: str, on_empty: str, reader: str
+) -> dict[str, Any]:
+    """The rejects record of row i of the batch, or (``on_empty='error'``) the error."""
+    row, doc_id = batch.first_row + i, batch.ids[i]
+    if on_empty == "error":
+        raise InputError(
+            f"{source}, row {row}, doc_id {doc_id!r}: document {row} is {reason}, so {reader} has "
+            "nothing to read in it; drop the row or give it content, or leave out --on-empty "
+            "error (on_empty='skip') to skip such rows and record them in the index's rejects"
+        )
+    return {"doc_id": doc_id, "source": str(source), "row": row, "reason": reason}
+
+
+def _take(
+    vectors: np.ndarray, offsets: np.ndarray, keep: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The multi-vectors of the documents where ``keep`` ((n,) bool) is True: (N', d), (n' + 1,)."""
+    if keep.all():
+        return vectors, offsets
+    lengths = np.diff(offsets)
+    kept = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
+    np.cumsum(lengths[keep], out=kept[1:])
+    return vectors[np.repeat(keep, lengths)], kept
+
+
+def _has_signal(vectors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """(n,) bool: the documents with at least one non-zero vector (encoders pad with zeros)."""
+    nonzero = np.any(vectors != 0, axis=1).astype(np.int64)  # (N,)
+    counts = np.add.reduceat(nonzero, offsets[:-1]) if nonzero.size else np.zeros(offsets.size - 1)
+    counts[np.diff(offsets) == 0] = 0  # reduceat reads the next document's row for empty ones
+    return np.asarray(counts > 0)
+
+
+def _check_values(
+    vectors: np.ndarray,
+    offsets: np.ndarray,
+    rows: list[int],
+    batch: Batch,
+    source: Path,
+    dim: int | None,
+) -> None:
+    """Vectors the index cannot take are malformed input: an error naming file, row and id."""
+    if dim is not None and rows and vectors.shape[1] != dim:
+        i = rows[0]
+        raise InputError(
+            f"{source}, row {batch.first_row + i}, doc_id {batch.ids[i]!r}: vectors have "
+            f"dimension {vectors.shape[1]}, the index stores {dim}; every vector of an index "
+            "has one dimension (index into a new folder)"
+        )
+    finite = np.isfinite(vectors).all(axis=1).astype(np.int64)  # (N,)
+    if finite.size and not finite.all():
+        j = int(np.searchsorted(offsets, int(np.flatnonzero(finite == 0)[0]), side="right") - 1)
+        i = rows[j]
+        raise InputError(
+            f"{source}, row {batch.first_row + i}, doc_id {batch.ids[i]!r}: the vectors hold "
+            "NaN or infinite values; fix the embedding (or the model's dtype) and re-run"
+        )
+
+
+def _check_unique(batch: Batch, source: Path, row_of: dict[str, int]) -> None:
+    for i, doc_id in enumerate(batch.ids):
+        if doc_id in row_of:
+            raise InputError(
+                f"{source}, rows {row_of[doc_id]} and {batch.first_row + i}: duplicate "
+                f"doc_id {doc_id!r}; ids must be unique (the index keeps what was "
+                "committed; fix the file and re-run to resume)"
+            )
+        row_of[doc_id] = batch.first_row + i
+
+
+def _encode_rows(
+    batch: Batch, fresh: list[int], source: Path, encoder: Encoder, on_empty: str
+) -> tuple[list[int], np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """Encode the batch's ``fresh`` rows that the encoder can read; the others become rejects
+    records. Returns (encoded rows, (N, d) vectors, (n + 1,) offsets, records)."""
+    reader = f"the encoder {encoder.info.name_or_path!r}"
+    pages = dict(zip(fresh, _pages(batch, source, fresh), strict=True))
+    rows, rejects = [], []
+    for i, page in pages.items():
+        reason = encoder.can_read(page)
+        if reason is None:
+            rows.append(i)
+        else:
+            rejects.append(_reject(batch, i, source, reason, on_empty, reader))
+    if not rows:
+        return rows, np.zeros((0, encoder.dim), np.float32), np.zeros(1, np.int64), rejects
+    with _rows_named(batch, source, rows=rows):
+        encoded = encoder.encode_documents([pages[i] for i in rows])
+    return rows, encoded.vectors, encoded.offsets, rejects
+
+
+def encoded_batches(
+    source: Path,
+    *,
+    columns: Columns,
+    encoder: Encoder | None,
+    done: Set[str] = frozenset(),
+    dim: int | None = None,
+    on_empty: str = "skip",
+    batch_size: int = 64,
+    pool_factor: int = 1,
+) -> Iterator[EncodedBatch]:
+    """The corpus's rows, batch by batch, as vectors ready to add.
+
+    Rows whose ids are in ``done`` are skipped before anything is encoded. ``encoder`` None
+    takes the file's ``embedding`` column. A row the encoder cannot read (``Encoder.can_read``)
+    or whose vectors are all zero becomes a rejects record (``on_empty='skip'``) or an error.
+    A duplicate id anywhere in the file, vectors of another dimension than ``dim`` and NaN or
+    infinite values are errors naming the file, row and id.
+    """
+    row_of: dict[str, int] = {}
+    reader = f"the encoder {encoder.info.name_or_path!r}" if encoder else "the index"
+    for batch in read_batches(source, columns=columns, batch_size=batch_size):
+        _check_unique(batch, source, row_of)
+        fresh = [i for i, doc_id in enumerate(batch.ids) if doc_id not in done]
+        rejects: list[dict[str, Any]] = []
+        if encoder is None:
+            assert batch.vectors is not None and batch.offsets is not None  # no encoder: embeddings
+            keep = np.zeros(len(batch.ids), dtype=bool)
+            keep[fresh] = True
+            vectors, offsets = _take(batch.vectors, batch.offsets, keep)
+            rows = fresh
+        else:
+            rows, vectors, offsets, rejects = _encode_rows(batch, fresh, source, encoder, on_empty)
+        if pool_factor > 1 and rows:
+            from latemm.pooling import pool_tokens
+
+            vectors, offsets = pool_tokens(vectors, offsets, pool_factor)
+        signal = _has_signal(vectors, offsets)
+        for j in np.flatnonzero(~signal):
+            why = "without vectors" if offsets[j + 1] == offsets[j] else "all-zero vectors"
+            rejects.append(_reject(batch, rows[j], source, why, on_empty, reader))
+        if not signal.all():
+            vectors, offsets = _take(vectors, offsets, signal)
+            rows = [r for r, s in zip(rows, signal, strict=True) if s]
+        _check_values(vectors, offsets, rows, batch, source, dim)
+        yield EncodedBatch(
+            first_row=batch.first_row,
+            rows=len(batch.ids),
+            ids=[batch.ids[i] for i in rows],
+            vectors=vectors,
+            offsets=offsets,
+            metadata=batch.table.take(pa.array(rows, pa.int64())),
+            rejects=sorted(rejects, key=lambda r: r["row"]),
+            skipped=len(batch.ids) - len(fresh),
+        )
 
 
 def index_corpus(
@@ -95,6 +325,7 @@ def index_corpus(
     faiss_factory: str = "Flat",
     commit_every: int = 512,
     on_existing: str = "skip",
+    on_empty: str = "skip",
     batch_size: int = 64,
     pool_factor: int = 1,
     progress: bool = True,
@@ -102,102 +333,130 @@ def index_corpus(
     """Add a Parquet corpus (file or directory) to an index, creating it if needed.
 
     With an ``embedding`` column no model is used; otherwise ``encoder`` encodes the pages.
-    ``on_existing``: ``skip`` (resume: committed ids are not added again), ``upsert`` or ``error``.
-    ``pool_factor`` > 1 pools each document's vectors (``latemm.pooling``) before storing them.
+    ``on_existing``: ``skip`` (resume: committed and rejected ids are not read again), ``upsert``
+    or ``error``. ``on_empty``: ``skip`` records rows with nothing the encoder can read (blank
+    pages, empty text, all-zero vectors) in the index's rejects (``Index.rejects()``) and goes
+    on; ``error`` stops at the first. ``pool_factor`` > 1 pools each document's vectors
+    (``latemm.pooling``) before storing them.
     """
-    if on_existing not in ("skip", "upsert", "error"):
+    if on_existing not in ON_EXISTING:
         raise InputError(f"on_existing must be 'skip', 'upsert' or 'error', got {on_existing!r}")
+    if on_empty not in ON_EMPTY:
+        raise InputError(f"on_empty must be 'skip' or 'error', got {on_empty!r}")
     source = Path(corpus)
     cols = columns or Columns()
-    existing = None
-    if (Path(index_dir) / "manifest.json").is_file():
-        existing = Index.open(index_dir, verify="none").config
-        recorded = existing.encoder
-        reason = is_compatible(recorded, encoder.info) if recorded and encoder else None
-        if reason is not None and recorded and encoder:
-            raise InputError(
-                f"the index {index_dir} was built with encoder {recorded['name_or_path']!r}, not "
-                f"{encoder.info.name_or_path!r} as configured ({reason}); vectors of different "
-                "encoders cannot share an index (leave out --encoder to use the recorded one, "
-                "or index into a new folder)"
-            )
     total = count_rows(source)
-    writer = None
-    added = skipped = 0
-    row_of: dict[str, int] = {}  # every id of this file so far: duplicates are errors, not skips
+    if total == 0:
+        raise InputError(f"{source} has no rows")
+    used = _encoder_used(source, cols, encoder)
+    dim = used.dim if used is not None else _first_dim(source, cols)
+    config = resolve_config(
+        index_dir, dim=dim, encoder=used, dtype=dtype, faiss_factory=faiss_factory, source=source
+    )
+    done = _done_ids(index_dir) if on_existing == "skip" else set()
+    sidecar = rejects_path(source)  # rows `latemm encode` rejected, when ``source`` is its output
+    batches = encoded_batches(
+        source,
+        columns=cols,
+        encoder=used,
+        done=done,
+        dim=config.dim,
+        on_empty=on_empty,
+        batch_size=batch_size,
+        pool_factor=pool_factor,
+    )
     bar = _progress(total, "indexing", progress)
     try:
-        for batch in read_batches(source, columns=cols, batch_size=batch_size):
-            for i, doc_id in enumerate(batch.ids):
-                if doc_id in row_of:
-                    raise InputError(
-                        f"{source}, rows {row_of[doc_id]} and {batch.first_row + i}: duplicate "
-                        f"doc_id {doc_id!r}; ids must be unique (the index keeps what was "
-                        "committed; fix the file and re-run to resume)"
-                    )
-                row_of[doc_id] = batch.first_row + i
-            if batch.vectors is not None:
-                vectors, offsets = batch.vectors, batch.offsets
-            else:
-                if encoder is None:
-                    raise InputError(
-                        f"{source} has no 'embedding' column, so an encoder is needed: pass --encoder "
-                        "NAME_OR_PATH (e.g. the packaged MiniLM) or precompute with `latemm encode`"
-                    )
-                if writer is not None:
-                    fresh = [i for i in range(len(batch.ids)) if batch.ids[i] not in writer.index]
-                    if not fresh:
-                        skipped += len(batch.ids)
-                        bar.update(len(batch.ids))
-                        continue
-                with _rows_named(batch, source):
-                    encoded = encoder.encode_documents(_pages(batch, source))
-                vectors, offsets = encoded.vectors, encoded.offsets
-            if pool_factor > 1:
-                from latemm.pooling import pool_tokens
-
-                vectors, offsets = pool_tokens(vectors, offsets, pool_factor)
-            if writer is None:
-                dim = int(vectors.shape[1])
-                config = IndexConfig(
-                    dim=dim,
-                    dtype=dtype,
-                    fde=default_fde_config(dim),
-                    faiss_factory=faiss_factory,
-                    encoder=encoder.info.to_dict()
-                    if encoder is not None and batch.vectors is None
-                    else None,
-                )
-                if existing is not None:
-                    config = existing
-                    if config.dim != dim:
-                        raise InputError(
-                            f"{source}: vectors have dimension {dim}, the index {index_dir} stores {config.dim}"
-                        )
-                writer = create(index_dir, config)
-            n = writer.add(
-                batch.ids,
-                vectors,
-                offsets=offsets,
-                metadata=batch.table,
-                upsert=on_existing == "upsert",
-                skip_existing=on_existing == "skip",
-                source=f"{source} (rows from {batch.first_row})",
-            )
-            added += n
-            skipped += len(batch.ids) - n
-            bar.update(len(batch.ids))
-            if writer.pending_documents >= commit_every:
-                writer.commit()
-        if writer is None:
-            raise InputError(f"{source} has no rows")
-        generation = writer.commit()
-        documents = len(writer.index)
+        return _write_batches(
+            index_dir,
+            config,
+            batches,
+            on_existing=on_existing,
+            commit_every=commit_every,
+            sidecar=sidecar if used is None and sidecar.is_file() else None,
+            bar=bar,
+            source=source,
+        )
     finally:
         bar.close()
+
+
+def _encoder_used(source: Path, columns: Columns, encoder: Encoder | None) -> Encoder | None:
+    """The encoder that makes the vectors: None when the corpus has an ``embedding`` column."""
+    if columns.embedding in open_dataset(source).schema.names:
+        return None
+    if encoder is None:
+        raise InputError(
+            f"{source} has no 'embedding' column, so an encoder is needed: pass --encoder "
+            "NAME_OR_PATH (e.g. the packaged MiniLM) or precompute with `latemm encode`"
+        )
+    return encoder
+
+
+def _first_dim(source: Path, columns: Columns) -> int:
+    """The dimension of a precomputed corpus's first embedding."""
+    for batch in read_batches(source, columns=columns, batch_size=1):
+        assert batch.vectors is not None  # read_batches checked the embedding column
+        return int(batch.vectors.shape[1])
+    raise InputError(f"{source} has no rows")
+
+
+def _done_ids(index_dir: str | Path) -> set[str]:
+    """Ids a resumed ingest does not read again: committed documents and recorded rejects."""
+    if not (Path(index_dir) / "manifest.json").is_file():
+        return set()
+    index = Index.open(index_dir, verify="none")
+    return set(index.doc_ids()) | set(index.rejects().column("doc_id").to_pylist())
+
+
+def _write_batches(
+    index_dir: str | Path,
+    config: IndexConfig,
+    batches: Iterator[EncodedBatch],
+    *,
+    on_existing: str,
+    commit_every: int,
+    sidecar: Path | None,
+    bar: Any,
+    source: Path,
+) -> IndexReport:
+    """The writer loop: add each batch and its rejects, commit every ``commit_every`` rows."""
+    writer = None
+    added = skipped = rejected = pending = 0
+    try:
+        if sidecar is not None:  # rows `latemm encode` skipped: they belong in the rejects too
+            writer = create(index_dir, config)
+            rejected += writer.reject(read_rejects(sidecar))
+            pending += rejected
+        for batch in batches:
+            skipped += batch.skipped
+            if batch.ids or batch.rejects:
+                writer = writer or create(index_dir, config)
+                n = 0
+                if batch.ids:
+                    n = writer.add(
+                        batch.ids,
+                        batch.vectors,
+                        offsets=batch.offsets,
+                        metadata=batch.metadata,
+                        upsert=on_existing == "upsert",
+                        skip_existing=on_existing == "skip",
+                        source=f"{source} (rows from {batch.first_row})",
+                    )
+                added += n
+                skipped += len(batch.ids) - n
+                rejected += writer.reject(batch.rejects) if batch.rejects else 0
+                pending += len(batch.ids) + len(batch.rejects)
+            bar.update(batch.rows)
+            if writer is not None and pending >= commit_every:
+                writer.commit()
+                pending = 0
+        writer = writer or create(index_dir, config)
+        generation = writer.commit()
+        return IndexReport(added, skipped, len(writer.index), generation, rejected)
+    finally:
         if writer is not None:
             writer.close()
-    return IndexReport(added, skipped, documents, generation)
 
 
 def search_file(
@@ -315,44 +574,76 @@ def brute_force_scores(
     return ids, np.concatenate(blocks, axis=1)
 
 
+@dataclass(frozen=True)
+class EncodeReport:
+    """What ``encode_corpus`` wrote: ``written`` rows into the output, ``rejected`` rows (nothing
+    the encoder can read) into the ``rejects`` sidecar file (None when there were none)."""
+
+    written: int
+    rejected: int
+    rejects: Path | None
+
+
+def rejects_path(path: str | Path) -> Path:
+    """The rejects sidecar of an encoded corpus: ``NAME.rejects.parquet`` beside ``NAME.parquet``."""
+    path = Path(path)
+    return path.with_name(f"{path.name.removesuffix('.parquet')}.rejects.parquet")
+
+
 def encode_corpus(
     corpus: str | Path,
     out: str | Path,
     *,
     encoder: Encoder,
     columns: Columns | None = None,
+    on_empty: str = "skip",
     batch_size: int = 64,
     pool_factor: int = 1,
     progress: bool = True,
-) -> int:
+) -> EncodeReport:
     """Encode a corpus file into a Parquet file with an ``embedding`` column (T x d per row)
     beside its other columns, so that encoding (on a GPU box) and indexing can be separate.
-    Returns the number of rows written."""
+
+    Rows with nothing the encoder can read are left out of ``out`` and listed (``doc_id``,
+    ``source``, ``row``, ``reason``) in the sidecar ``rejects_path(out)``, which ``latemm
+    index`` records in the index's rejects when it indexes ``out``; ``on_empty='error'`` stops at
+    the first such row instead.
+    """
+    if on_empty not in ON_EMPTY:
+        raise InputError(f"on_empty must be 'skip' or 'error', got {on_empty!r}")
     source = Path(corpus)
-    cols = columns or Columns()
+    rejected: list[dict[str, Any]] = []
 
     def tables() -> Iterator[pa.Table]:
-        for batch in read_batches(source, columns=cols, batch_size=batch_size):
-            with _rows_named(batch, source):
-                encoded = encoder.encode_documents(_pages(batch, source))
-            vectors, offsets = encoded.vectors, encoded.offsets
-            if pool_factor > 1:
-                from latemm.pooling import pool_tokens
-
-                vectors, offsets = pool_tokens(vectors, offsets, pool_factor)
+        for batch in encoded_batches(
+            source,
+            columns=columns or Columns(),
+            encoder=encoder,
+            on_empty=on_empty,
+            batch_size=batch_size,
+            pool_factor=pool_factor,
+        ):
+            vectors, offsets = batch.vectors, batch.offsets
             embedding = pa.ListArray.from_arrays(
                 pa.array(offsets.astype(np.int32)),
                 pa.FixedSizeListArray.from_arrays(
                     pa.array(vectors.reshape(-1)), vectors.shape[1]
                 ).cast(pa.list_(pa.float32())),
             )
-            yield batch.table.append_column(
+            rejected.extend(batch.rejects)
+            yield batch.metadata.append_column(
                 "doc_id", pa.array(batch.ids, pa.string())
             ).append_column("embedding", embedding)
-            bar.update(len(batch.ids))
+            bar.update(batch.rows)
 
     bar = _progress(count_rows(source), "encoding", progress)
     try:
-        return write_parquet(out, tables(), empty=f"{source} has no rows")
+        written = write_parquet(out, tables(), empty=f"{source} has no rows")
     finally:
         bar.close()
+    sidecar = rejects_path(out)
+    if rejected:
+        write_parquet(sidecar, [rejects_table(rejected)])
+    else:
+        sidecar.unlink(missing_ok=True)  # a stale one from an earlier run would mislead
+    return EncodeReport(written, len(rejected), sidecar if rejected else None)

@@ -149,6 +149,32 @@ class Encoder(ABC):
     """Turns pages and queries into multi-vectors."""
 
     info: EncoderInfo
+    #: What the encoder reads from a page: ``("text",)``, ``("image",)`` or both (either will do).
+    reads: tuple[str, ...] = ("text", "image")
+
+    def can_read(self, page: Page | str) -> str | None:
+        """None when the encoder can read something in ``page``, else why not: a short phrase
+        that completes "document N is ..." (``"empty text"``, ``"without an image"``).
+
+        This decides which rows an ingest skips and reports (blank pages, image-only pages under
+        a text encoder); a page that has content in the wrong shape (an undecodable image) is
+        readable here and fails in ``encode_documents`` instead.
+        """
+        text = page.text if isinstance(page, Page) else page
+        image = page.image if isinstance(page, Page) else None
+        has_text = isinstance(text, str) and bool(text.strip())
+        blank = "empty text" if isinstance(text, str) else "without text"
+        if "text" in self.reads and "image" in self.reads:
+            if has_text or image is not None:
+                return None
+            return (
+                f"{blank} and without an image"
+                if isinstance(text, str)
+                else "without text or an image"
+            )
+        if "text" in self.reads:
+            return None if has_text else blank
+        return None if image is not None else "without an image"
 
     @property
     def dim(self) -> int:
@@ -193,6 +219,7 @@ class MultiDeviceEncoder(Encoder):
                 raise InputError(f"every replica must be the same encoder: {reason}")
         self.replicas = list(replicas)
         self.info = first
+        self.reads = replicas[0].reads
 
     def _map(self, method: str, items: Sequence[Any], **options: Any) -> MultiVectors:
         from concurrent.futures import ThreadPoolExecutor

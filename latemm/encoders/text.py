@@ -97,6 +97,8 @@ class TextEncoder(Encoder):
         Windows per forward pass.
     """
 
+    reads = ("text",)
+
     def __init__(
         self,
         name_or_path: str,

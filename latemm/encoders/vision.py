@@ -86,6 +86,7 @@ class PageImageEncoder(Encoder):
     tokens) removes padding. Subclasses say how a batch becomes model inputs (``_image_inputs``,
     ``_query_inputs``) and how inputs become (B, L, dim) vectors (``_forward``)."""
 
+    reads = ("image",)
     device: torch.device
     batch_size: int
     max_image_pixels: int | None
