@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -59,6 +60,11 @@ def _encoder(args: argparse.Namespace, name: str | None, index_dir: str | None =
             return load_encoder(recorded, devices=devices, dtype=_model_dtype(args))
     if name is None:
         return None
+    if not Path(name).exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+        raise InputError(
+            f"--encoder {name}: no such folder, and not a hub id (owner/name); give the folder "
+            "of a saved model or a hub id"
+        )
     return load_encoder(name, kind=kind, devices=devices, dtype=_model_dtype(args), **options)
 
 
@@ -201,6 +207,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
     ids = list(args.ids or [])
     if args.ids_file:
+        if not Path(args.ids_file).is_file():
+            raise InputError(f"--ids-file {args.ids_file} does not exist")
         ids += [
             line.strip() for line in Path(args.ids_file).read_text().splitlines() if line.strip()
         ]
@@ -234,10 +242,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from latemm.metrics import compare, evaluate, load_qrels, load_run
+    from latemm.metrics import check_metrics, compare, evaluate, load_qrels, load_run
 
+    check_metrics(args.metrics)
     qrels = load_qrels(args.qrels)
-    runs = {Path(r).stem: load_run(r) for r in args.runs}
+    runs = {name: load_run(r) for name, r in zip(_run_names(args.runs), args.runs, strict=True)}
     results = {name: evaluate(run, qrels, args.metrics) for name, run in runs.items()}
     if len(runs) > 1:
         print(compare(runs, qrels, args.metrics))
@@ -247,6 +256,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return 0
+
+
+def _run_names(paths: list[str]) -> list[str]:
+    """A unique name per run file: its stem, with as many parent folders as it takes to tell
+    runs apart (a/run.parquet and b/run.parquet are a/run and b/run)."""
+    resolved = [Path(p).resolve() for p in paths]
+    for i, path in enumerate(resolved):
+        if path in resolved[:i]:
+            raise InputError(f"the run file {paths[i]} is given twice; name each run once")
+    stems = [Path(p).with_suffix("").parts for p in paths]
+    for depth in range(1, max(len(parts) for parts in stems) + 1):
+        names = ["/".join(parts[-depth:]) for parts in stems]
+        if len(set(names)) == len(names):
+            return names
+    return [str(p) for p in paths]
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -298,9 +322,18 @@ def cmd_show(args: argparse.Namespace) -> int:
             f"{args.index} was built with {built_with}"
         )
     html = render(
-        args.run, args.index, args.query, k=args.k, query_text=query_text, encoder=encoder
+        args.run,
+        args.index,
+        args.query,
+        k=args.k,
+        query_text=query_text,
+        encoder=encoder,
+        allow_files=args.allow_files,
     )
-    out = Path(args.out or f"{Path(args.run).stem}-{args.query}.html")
+    # The query id names the default file: anything but letters, digits, '.', '-' and '_'
+    # (a '/' would name a folder) becomes '_'.
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", args.query).lstrip(".") or "query"
+    out = Path(args.out or f"{Path(args.run).stem}-{safe[:100]}.html")
     out.write_text(html, encoding="utf-8")
     print(f"wrote {out}")
     return 0
@@ -394,12 +427,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("index")
     p.add_argument("queries")
     p.add_argument("--out", required=True, help="run Parquet file")
-    p.add_argument("--trec", default=None, help="also write a TREC run file")
+    p.add_argument(
+        "--trec",
+        default=None,
+        help="also write a TREC run file (needs ids without whitespace; the Parquet run has no "
+        "such limit)",
+    )
     p.add_argument("--k", type=int, default=10)
     p.add_argument(
         "--candidates", type=int, default=None, help="first-stage candidates rescored exactly"
     )
-    p.add_argument("--where", default=None, help='SQL filter on metadata, e.g. "year >= 2020"')
+    p.add_argument(
+        "--where",
+        default=None,
+        help='one SQL condition over metadata columns, e.g. "year >= 2020" (scalar functions '
+        "only: no subqueries, table functions or ';'; run without file access)",
+    )
     p.add_argument("--encoder", default=None, help="override the index's recorded encoder")
     p.add_argument("--rerank", default=None, help="MLLM reranker: hub id or local folder")
     p.add_argument(
@@ -483,6 +526,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--heatmap",
         action="store_true",
         help="patch-level similarity heat maps with the index's vision encoder (needs --queries)",
+    )
+    p.add_argument(
+        "--allow-files",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="read page images that the index names by path (image.path) only under DIR "
+        "(repeatable); other paths get a placeholder",
     )
     _add_device_flags(p)
     p.set_defaults(func=cmd_show)

@@ -65,6 +65,25 @@ def pdf_files(inputs: Iterable[str | Path], report: IngestReport) -> Iterator[Pa
             yield candidate
 
 
+def _check_worth_writing(report: IngestReport, out: Path, inputs: Iterable[str | Path]) -> None:
+    """Refuse to write a corpus of no pages over an existing file, or from no PDFs at all: a
+    typo'd folder must not wipe a corpus."""
+    named = ", ".join(str(i) for i in inputs)
+    if report.files == 0 or (report.pages == 0 and out.exists()):
+        for problem in report.problems:
+            print(f"latemm ingest: {problem}", file=sys.stderr)
+    if report.files == 0:
+        raise InputError(
+            f"no readable PDF in {named}; nothing was written"
+            + (f" and {out} is unchanged" if out.exists() else "")
+        )
+    if report.pages == 0 and out.exists():
+        raise InputError(
+            f"no page of {named} could be ingested, so {out} would be replaced by an empty "
+            "corpus; it is unchanged (see the problems above, or write to another --out)"
+        )
+
+
 def render_page(page: Any, *, dpi: float, max_pixels: int | None, image_format: str) -> bytes:
     scale = dpi / 72.0
     width, height = page.get_size()
@@ -103,6 +122,11 @@ def ingest_pdfs(
     images
         False extracts text only (much faster; for text encoders).
     """
+    inputs = list(inputs)
+    if not dpi > 0 or dpi > 2400:
+        raise InputError(f"--dpi must be between 0 and 2400 (exclusive of 0), got {dpi}")
+    if max_pixels is not None and max_pixels < 1:
+        raise InputError(f"--max-pixels must be a positive number of pixels, got {max_pixels}")
     pdfium = require("pypdfium2", "pdf")
     from tqdm.auto import tqdm
 
@@ -169,6 +193,7 @@ def ingest_pdfs(
                         flush(writer)
                 pdf.close()
             flush(writer)
+        _check_worth_writing(report, out_path, inputs)
         tmp.replace(out_path)
     finally:
         bar.close()

@@ -23,6 +23,9 @@ import pyarrow.parquet as pq
 
 from index_store.errors import InputError
 
+# Columns the index's metadata table adds to locate documents (index_store.Index.metadata).
+RESERVED_COLUMNS = ("_segment", "_row")
+
 RUN_SCHEMA = pa.schema(
     [
         ("query_id", pa.string()),
@@ -58,12 +61,51 @@ class Batch:
 
 
 def open_dataset(path: str | Path) -> ds.Dataset:
-    """A Parquet file, or a directory of Parquet files, as a pyarrow dataset."""
+    """A Parquet file, or a directory of Parquet files, as a pyarrow dataset.
+
+    The files of a directory may have different columns: the dataset has all of them, null where
+    a file lacks one. A file that is not Parquet, or a column whose type differs between files,
+    is an ``InputError`` naming the file (and column)."""
     source = Path(path)
     if not source.exists():
         raise InputError(f"{source} does not exist")
+    if not source.is_dir():
+        files = [source]
+    else:
+        # As pyarrow's discovery: names starting with '.' or '_' are hidden (e.g. _SUCCESS).
+        files = sorted(
+            p
+            for p in source.rglob("*")
+            if p.is_file()
+            and not any(part.startswith((".", "_")) for part in p.relative_to(source).parts)
+        )
+    if not files:
+        raise InputError(f"{source} is an empty folder: no Parquet files in it")
+    schemas = []
+    for file in files:
+        try:
+            schemas.append(pq.read_schema(file))
+        except (pa.ArrowInvalid, OSError) as exc:
+            where = f"{file} (in {source})" if file != source else str(file)
+            raise InputError(
+                f"{where} is not a readable Parquet file ({exc}); "
+                + ("move it out of the folder" if file != source else "check the path")
+            ) from exc
     try:
-        return ds.dataset(source, format="parquet")
+        schema = pa.unify_schemas(schemas) if schemas else None
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        first: dict[str, tuple[Path, pa.DataType]] = {}
+        for file, file_schema in zip(files, schemas, strict=True):
+            for field in file_schema:
+                seen = first.setdefault(field.name, (file, field.type))
+                if seen[1] != field.type:
+                    raise InputError(
+                        f"{file}: column {field.name!r} has type {field.type}, but {seen[0]} has "
+                        f"{seen[1]}; every file of {source} needs the same type per column"
+                    ) from exc
+        raise InputError(f"{source}: the files' columns cannot be combined: {exc}") from exc
+    try:
+        return ds.dataset([str(f) for f in files], schema=schema, format="parquet")
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"{source} is not a readable Parquet file or directory: {exc}") from exc
 
@@ -86,8 +128,22 @@ def read_batches(
     null ids or malformed embeddings.
     """
     source = Path(path)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"--batch-size must be a positive integer, got {batch_size!r}")
     dataset = open_dataset(source)
     names = dataset.schema.names
+    id_name = "query_id" if kind == "queries" else "doc_id"
+    reserved = [n for n in names if n in RESERVED_COLUMNS]
+    if reserved:
+        raise InputError(
+            f"{source}: column {reserved[0]!r} has a reserved name (latemm uses _segment and _row "
+            "to locate documents); rename it"
+        )
+    if columns.id != id_name and id_name in names:
+        raise InputError(
+            f"{source}: --id-column {columns.id!r} would be renamed to {id_name!r}, but the file "
+            f"already has a {id_name!r} column; rename or drop one of them"
+        )
     if columns.id not in names:
         raise InputError(
             f"{source}: no {columns.id!r} column (columns: {', '.join(names)}); name the id column "
@@ -131,7 +187,6 @@ def read_batches(
             table = table.slice(skip_rows - start)
             start = skip_rows
         table = table.rename_columns([rename.get(n, n) for n in table.column_names])
-        id_name = "query_id" if kind == "queries" else "doc_id"
         id_column = table.column(id_name)
         if id_column.null_count:
             bad = int(np.flatnonzero(pc.is_null(id_column).to_numpy(zero_copy_only=False))[0])
@@ -141,16 +196,22 @@ def read_batches(
         ids = [str(v) for v in id_column.to_pylist()]
         vectors = offsets = None
         if "embedding" in table.column_names:
-            vectors, offsets = _embeddings(table.column("embedding"), ids, source, start)
+            vectors, offsets = _embeddings(table.column("embedding"), ids, source, start, id_name)
             table = table.drop_columns(["embedding"])
         table = table.drop_columns([id_name])
         yield Batch(start, ids, table, vectors, offsets)
 
 
+def _row_of_vector(outer: np.ndarray, vector: int) -> int:
+    return int(np.searchsorted(outer, vector, side="right") - 1)
+
+
 def _embeddings(
-    column: pa.ChunkedArray, ids: list[str], source: Path, start: int
+    column: pa.ChunkedArray, ids: list[str], source: Path, start: int, id_name: str = "doc_id"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """list<list<float>> -> flat (N, d) float32 and (n + 1,) offsets, checked row by row."""
+    """list<list<float>> -> flat (N, d) float32 and (n + 1,) offsets, checked row by row: no
+    null, empty, ragged or zero-dimensional vectors, no NaN or inf; a query needs a non-zero
+    vector."""
     array = column.combine_chunks()
     if not (pa.types.is_list(array.type) or pa.types.is_large_list(array.type)) or not (
         pa.types.is_list(array.type.value_type)
@@ -160,44 +221,110 @@ def _embeddings(
         raise InputError(
             f"{source}: column 'embedding' has type {array.type}; expected a list of lists of floats (T x d)"
         )
+
+    def where(row: int) -> str:
+        return f"{source}, row {start + row}, {id_name} {ids[row]!r}"
+
     if array.null_count:
         bad = int(np.flatnonzero(pc.is_null(array).to_numpy(zero_copy_only=False))[0])
-        raise InputError(f"{source}, row {start + bad}, doc_id {ids[bad]!r}: embedding is null")
+        raise InputError(f"{where(bad)}: embedding is null")
     outer = array.offsets.to_numpy().astype(np.int64)
     outer = outer - outer[0]
+    counts = np.diff(outer)
+    if (counts == 0).any():
+        bad = int(np.flatnonzero(counts == 0)[0])
+        raise InputError(f"{where(bad)}: embedding has no vectors; every row needs at least one")
     inner = array.flatten()
+    if inner.null_count:
+        vec = int(np.flatnonzero(pc.is_null(inner).to_numpy(zero_copy_only=False))[0])
+        bad = _row_of_vector(outer, vec)
+        raise InputError(f"{where(bad)}: embedding vector {vec - int(outer[bad])} is null")
     lengths = pc.list_value_length(inner).to_numpy(zero_copy_only=False)
-    if lengths.size == 0:
-        bad = 0
-        raise InputError(
-            f"{source}, row {start + bad}, doc_id {ids[bad]!r}: embedding has no vectors"
-        )
     dim = int(lengths[0])
     if (lengths != dim).any():
         vec = int(np.flatnonzero(lengths != dim)[0])
-        bad = int(np.searchsorted(outer, vec, side="right") - 1)
+        bad = _row_of_vector(outer, vec)
         raise InputError(
-            f"{source}, row {start + bad}, doc_id {ids[bad]!r}: embedding vectors have different "
+            f"{where(bad)}: embedding vectors have different "
             f"dimensions ({int(lengths[vec])} vs {dim}); every vector must have the same dimension"
         )
+    if dim == 0:
+        raise InputError(f"{where(0)}: embedding vectors have dimension 0")
     values = inner.flatten()
     if not pa.types.is_floating(values.type):
         raise InputError(f"{source}: embedding values have type {values.type}; expected floats")
+    if values.null_count:
+        value = int(np.flatnonzero(pc.is_null(values).to_numpy(zero_copy_only=False))[0])
+        bad = _row_of_vector(outer, value // dim)
+        raise InputError(f"{where(bad)}: embedding has a null value")
     flat = values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
+    finite = np.isfinite(flat).all(axis=1)
+    if not finite.all():
+        bad = _row_of_vector(outer, int(np.flatnonzero(~finite)[0]))
+        raise InputError(f"{where(bad)}: embedding contains NaN or inf; fix the vectors")
+    if id_name == "query_id":
+        nonzero = np.add.reduceat(np.any(flat != 0, axis=1).astype(np.int64), outer[:-1])
+        if (nonzero == 0).any():
+            bad = int(np.flatnonzero(nonzero == 0)[0])
+            raise InputError(
+                f"{where(bad)}: the query's vectors are all zero, so every document would score "
+                "the same; fix or drop the query"
+            )
     return flat, outer
 
 
+def check_storable(
+    vectors: np.ndarray,
+    offsets: np.ndarray,
+    ids: list[str],
+    dtype: str,
+    source: str | Path,
+    first_row: int | None = None,
+) -> None:
+    """Refuse vectors the index's storage ``dtype`` cannot hold (float16 tops out at 65504),
+    naming the document and the fix, before they turn into inf on disk."""
+    if dtype != "float16" or vectors.size == 0:
+        return
+    limit = float(np.finfo(np.float16).max)
+    too_big = np.abs(vectors).max(axis=1) > limit
+    if too_big.any():
+        vec = int(np.flatnonzero(too_big)[0])
+        row = _row_of_vector(offsets, vec)
+        raise InputError(
+            f"{source}{'' if first_row is None else f', row {first_row + row}'}, doc_id "
+            f"{ids[row]!r}: a vector value exceeds {limit:.0f}, the largest "
+            "float16 value; index with --dtype float32 (or normalise the vectors)"
+        )
+
+
+def trec_safe(
+    value: str,
+    what: str,
+    where: str,
+    fix: str = "leave out --trec and use the Parquet run (no limit on ids), or rename the ids",
+) -> str:
+    """``value`` if it can be a field of a whitespace-separated TREC line, else an ``InputError``
+    naming it (TREC files cannot hold ids with spaces, tabs or newlines; Parquet files can)."""
+    if not value or any(c.isspace() for c in value):
+        raise InputError(
+            f"{where}: {what} {value!r} contains whitespace (or is empty), which a TREC file "
+            f"cannot hold: its fields are separated by whitespace; {fix}"
+        )
+    return value
+
+
 def write_run_trec(table: pa.Table, path: str | Path, *, tag: str = "latemm") -> None:
-    """A run table as a TREC run file: ``qid Q0 docid rank score tag``."""
-    with open(path, "w", encoding="utf-8") as fh:
-        for q, d, r, s in zip(
-            table.column("query_id").to_pylist(),
-            table.column("doc_id").to_pylist(),
-            table.column("rank").to_pylist(),
-            table.column("score").to_pylist(),
-            strict=True,
-        ):
-            fh.write(f"{q} Q0 {d} {r} {s:.6f} {tag}\n")
+    """A run table as a TREC run file: ``qid Q0 docid rank score tag``. Ids with whitespace are
+    refused (``trec_safe``); nothing is written then."""
+    columns = [table.column(c).to_pylist() for c in ("query_id", "doc_id", "rank", "score")]
+    lines = [
+        f"{trec_safe(q, 'query_id', str(path))} Q0 {trec_safe(d, 'doc_id', str(path))} "
+        f"{r} {s:.6f} {tag}\n"
+        for q, d, r, s in zip(*columns, strict=True)
+    ]
+    tmp = Path(path).with_name(f".{Path(path).name}.partial")
+    tmp.write_text("".join(lines), encoding="utf-8")
+    tmp.replace(path)
 
 
 def image_bytes(value: Any) -> bytes | None:

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from index_store.errors import InputError
-from latemm.io import open_dataset, write_parquet
+from latemm.io import open_dataset, trec_safe, write_parquet
 
 FORMATS = ("vidore-v1", "vidore-v2", "beir")
 # Per-query columns of ViDoRe v1 rows: they describe the question, not the page.
@@ -121,6 +121,10 @@ def _require_columns(path: Path, names: list[str], needed: list[str]) -> None:
 def _write_qrels(path: Path, qrels: list[tuple[str, str, int]]) -> None:
     if not qrels:
         raise InputError(f"no relevance judgements to write to {path}")
+    for q, d, _ in qrels:  # TREC fields are whitespace-separated: such ids would corrupt it
+        fix = "rename the ids in the source (the corpus and queries Parquet files were written)"
+        trec_safe(q, "query id", str(path), fix)
+        trec_safe(d, "doc id", str(path), fix)
     path.write_text("".join(f"{q} 0 {d} {r}\n" for q, d, r in qrels), encoding="utf-8")
 
 

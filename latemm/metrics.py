@@ -8,80 +8,182 @@ Runs: the Parquet run files ``latemm search`` writes, or TREC run files. Qrels: 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from index_store.errors import InputError, require
 
 DEFAULT_METRICS = ["ndcg@5", "ndcg@10", "recall@10", "recall@100", "mrr@10"]
+# ranx's metrics (ranx.metrics.metric_switch), each optionally with a cutoff: ndcg@10, rbp.95.
+METRIC_NAMES = (
+    "hits hit_rate precision recall f1 r-precision mrr map dcg dcg_burges ndcg ndcg_burges bpref"
+).split()
+_METRIC = re.compile(
+    r"^(?:" + "|".join(map(re.escape, METRIC_NAMES)) + r"|rbp\.\d+)(?:@[1-9]\d*)?$"
+)
+
+
+def check_metrics(metrics: list[str]) -> list[str]:
+    """The metric names, or an ``InputError`` naming the unknown one and the known ones."""
+    for metric in metrics:
+        if not _METRIC.match(metric):
+            raise InputError(
+                f"unknown metric {metric!r}; known: {', '.join(METRIC_NAMES)}, rbp.P, each with an "
+                "optional cutoff (ndcg@10)"
+            )
+    return metrics
+
+
+def _grade(value: Any, where: str) -> int:
+    """A relevance grade: an integer (or an integral float / numeric string)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or number != number or number != int(number):
+        raise InputError(f"{where}: relevance {value!r} is not an integer grade (0, 1, 2, ...)")
+    return int(number)
+
+
+def _add(
+    out: dict[str, dict[str, Any]], q: str, d: str, value: Any, where: str, seen: dict
+) -> None:
+    """One (query_id, doc_id) entry; a repeated pair is an error naming both places."""
+    if (q, d) in seen:
+        raise InputError(
+            f"{where}: query_id {q!r} with doc_id {d!r} again (first at {seen[(q, d)]}); each "
+            "pair must appear once (a repeated query_id would merge two queries' lists)"
+        )
+    seen[(q, d)] = where.rsplit(", ", 1)[-1]
+    out.setdefault(q, {})[d] = value
 
 
 def load_qrels(path: str | Path) -> dict[str, dict[str, int]]:
+    """Qrels from TREC, JSON or Parquet; refuses malformed lines, non-integer grades and files
+    with no judgements."""
     source = Path(path)
     if not source.is_file():
         raise InputError(f"qrels file {source} does not exist")
     out: dict[str, dict[str, int]] = {}
     if source.suffix == ".json":
-        payload = json.loads(source.read_text(encoding="utf-8"))
-        return {str(q): {str(d): int(r) for d, r in docs.items()} for q, docs in payload.items()}
-    if source.suffix == ".parquet":
-        table = pq.read_table(source)
-        for column in ("query_id", "doc_id", "relevance"):
-            if column not in table.column_names:
-                raise InputError(
-                    f"{source}: qrels Parquet needs a {column!r} column (has {table.column_names})"
-                )
-        for q, d, r in zip(
-            *(table.column(c).to_pylist() for c in ("query_id", "doc_id", "relevance")), strict=True
+        try:
+            payload = json.loads(source.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InputError(f"{source}: not valid JSON ({exc})") from exc
+        if not isinstance(payload, dict) or not all(isinstance(v, dict) for v in payload.values()):
+            raise InputError(f"{source}: expected a JSON object {{query_id: {{doc_id: grade}}}}")
+        for q, docs in payload.items():
+            for d, r in docs.items():
+                out.setdefault(str(q), {})[str(d)] = _grade(r, f"{source}, query {q!r}, doc {d!r}")
+    elif source.suffix == ".parquet":
+        table = _read_parquet(source, ["query_id", "doc_id", "relevance"], "qrels")
+        for row, (q, d, r) in enumerate(
+            zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True)
         ):
-            out.setdefault(str(q), {})[str(d)] = int(r)
-        return out
-    for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) != 4:
-            raise InputError(
-                f"{source}, line {number}: expected 'qid 0 docid relevance', got {line!r}"
-            )
-        out.setdefault(parts[0], {})[parts[2]] = int(parts[3])
+            out.setdefault(str(q), {})[str(d)] = _grade(r, f"{source}, row {row}")
+    else:
+        for number, parts in _lines(source):
+            where = f"{source}, line {number}"
+            if len(parts) != 4:
+                raise InputError(
+                    f"{where}: expected 'qid 0 docid relevance' (4 fields without spaces in "
+                    f"ids), got {len(parts)} fields"
+                )
+            out.setdefault(parts[0], {})[parts[2]] = _grade(parts[3], where)
+    if not out:
+        raise InputError(f"{source} has no relevance judgements")
     return out
 
 
+def _lines(source: Path) -> list[tuple[int, list[str]]]:
+    try:
+        text = source.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{source}: not a UTF-8 text file ({exc})") from exc
+    return [(n, line.split()) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+def _read_parquet(source: Path, columns: list[str], what: str) -> pa.Table:
+    try:
+        names = pq.read_schema(source).names
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"{source} is not a readable Parquet file ({exc})") from exc
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise InputError(
+            f"{source}: a {what} Parquet file needs the columns {', '.join(columns)}; "
+            f"missing {', '.join(missing)} (has {', '.join(names)})"
+        )
+    table = pq.read_table(source, columns=columns)
+    for column in columns:
+        nulls = table.column(column).null_count
+        if nulls:
+            raise InputError(f"{source}: column {column!r} has {nulls} null value(s)")
+    return table
+
+
 def load_run(path: str | Path) -> dict[str, dict[str, float]]:
+    """A run from a Parquet run file or a TREC run file; refuses missing scores, malformed lines
+    and repeated (query_id, doc_id) pairs."""
     source = Path(path)
     if not source.is_file():
         raise InputError(f"run file {source} does not exist")
     out: dict[str, dict[str, float]] = {}
+    seen: dict[tuple[str, str], str] = {}
     if source.suffix == ".parquet":
-        table = pq.read_table(source, columns=["query_id", "doc_id", "score"])
-        for q, d, s in zip(
-            *(table.column(c).to_pylist() for c in ("query_id", "doc_id", "score")), strict=True
+        table = _read_parquet(source, ["query_id", "doc_id", "score"], "run")
+        for row, (q, d, s) in enumerate(
+            zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True)
         ):
-            out.setdefault(str(q), {})[str(d)] = float(s)
+            _add(out, str(q), str(d), float(s), f"{source}, row {row}", seen)
         return out
-    for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) < 5:
+    for number, parts in _lines(source):
+        where = f"{source}, line {number}"
+        if len(parts) not in (5, 6):
             raise InputError(
-                f"{source}, line {number}: expected 'qid Q0 docid rank score [tag]', got {line!r}"
+                f"{where}: expected 'qid Q0 docid rank score [tag]' (ids without spaces), got "
+                f"{len(parts)} fields"
             )
-        out.setdefault(parts[0], {})[parts[2]] = float(parts[4])
+        try:
+            score = float(parts[4])
+        except ValueError:
+            raise InputError(f"{where}: score {parts[4]!r} is not a number") from None
+        _add(out, parts[0], parts[2], score, where, seen)
     return out
 
 
 def _ranx_objects(
     run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]], name: str
 ) -> tuple[Any, Any]:
+    """ranx Qrels and Run with every id replaced by a short integer string: ranx's numba code
+    slows down and can crash on long ids. Metrics are means, so the mapping never shows."""
     ranx = require("ranx", "eval")
     judged = {q: docs for q, docs in qrels.items() if any(r > 0 for r in docs.values())}
     # Queries the run never answered score zero rather than being left out.
-    filled = {q: run.get(q) or {"__latemm_no_result__": 0.0} for q in judged}
-    return ranx.Qrels.from_dict(judged), ranx.Run.from_dict(filled, name=name)
+    filled = {q: run.get(q) or {"\x00no result": 0.0} for q in judged}
+    codes: dict[str, str] = {}
+
+    def code(key: str) -> str:
+        return codes.setdefault(key, str(len(codes)))
+
+    qrels_dict = {code(q): {code(d): r for d, r in docs.items()} for q, docs in judged.items()}
+    run_dict = {code(q): {code(d): s for d, s in docs.items()} for q, docs in filled.items()}
+    return ranx.Qrels.from_dict(qrels_dict), ranx.Run.from_dict(run_dict, name=name)
+
+
+def _check_overlap(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) -> None:
+    judged = [q for q, docs in qrels.items() if any(r > 0 for r in docs.values())]
+    if not judged:
+        raise InputError("the qrels judge no document relevant (every grade is 0 or less)")
+    if not any(q in run for q in judged):
+        raise InputError(
+            f"no query_id of the run is in the qrels (run: {', '.join(list(run)[:3]) or 'empty'}; "
+            f"qrels: {', '.join(judged[:3])}); are they for the same queries?"
+        )
 
 
 def evaluate(
@@ -91,6 +193,8 @@ def evaluate(
 ) -> dict[str, float]:
     """Mean of each metric over the queries with at least one relevant document."""
     ranx = require("ranx", "eval")
+    check_metrics(metrics or DEFAULT_METRICS)
+    _check_overlap(run, qrels)
     ranx_qrels, ranx_run = _ranx_objects(run, qrels, "run")
     scores = ranx.evaluate(ranx_qrels, ranx_run, metrics or DEFAULT_METRICS, make_comparable=True)
     if isinstance(scores, float):
@@ -105,6 +209,9 @@ def compare(
 ) -> Any:
     """Side-by-side table with a paired two-sided t-test between runs (ranx's report)."""
     ranx = require("ranx", "eval")
+    check_metrics(metrics or DEFAULT_METRICS)
+    for run in runs.values():
+        _check_overlap(run, qrels)
     objects = [_ranx_objects(run, qrels, name) for name, run in runs.items()]
     return ranx.compare(
         objects[0][0],

@@ -31,6 +31,7 @@ from latemm.io import (
     RUN_SCHEMA,
     Batch,
     Columns,
+    check_storable,
     count_rows,
     image_bytes,
     open_dataset,
@@ -434,6 +435,8 @@ def _write_batches(
                 writer = writer or create(index_dir, config)
                 n = 0
                 if batch.ids:
+                    where = f"{source} (rows from {batch.first_row})"
+                    check_storable(batch.vectors, batch.offsets, batch.ids, config.dtype, where)
                     n = writer.add(
                         batch.ids,
                         batch.vectors,
@@ -484,6 +487,7 @@ def search_file(
     from latemm.retriever import Retriever, truncate
 
     cols = columns or Columns(id="query_id")
+    _check_search_args(queries, out, k=k, candidates=candidates, batch_size=batch_size)
     retriever = Retriever(
         index_dir,
         encoder=encoder,
@@ -491,20 +495,45 @@ def search_file(
         rerank_depth=rerank_depth,
         rerank_fusion=rerank_fusion,
     )
+    if where is not None:  # a bad filter fails now, before any part file
+        from latemm.filters import filter_masks
+
+        filter_masks(retriever.index, where)
     total = count_rows(queries)
+    if total == 0:
+        raise InputError(f"{queries} has no rows: there are no queries to search")
     out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     # Finished batches go to numbered part files beside the output; an interrupted search
     # re-run with the same arguments skips the queries already in them.
     parts = out_path.with_name(f".{out_path.name}.parts")
-    parts.mkdir(exist_ok=True)
+    _claim_parts(
+        parts,
+        {
+            "index": str(Path(retriever.index.path).resolve()),
+            "generation": retriever.index.generation,
+            "queries": str(Path(queries).resolve()),
+            "k": k,
+            "candidates": candidates,
+            "where": where,
+            "encoder": None if retriever.encoder is None else retriever.encoder.info.name_or_path,
+            "reranker": None
+            if reranker is None
+            else str(getattr(reranker, "model_id", type(reranker).__name__)),
+            "rerank_depth": rerank_depth if reranker is not None else None,
+            "rerank_fusion": rerank_fusion if reranker is not None else None,
+        },
+    )
     done_tables = [pq.read_table(p) for p in sorted(parts.glob("part-*.parquet"))]
     done = {q for t in done_tables for q in t.column("query_id").to_pylist()}
     tables = list(done_tables)
+    row_of: dict[str, int] = {}  # every query_id so far: a repeated one is an error
     bar = _progress(total, "searching", progress)
     bar.update(len(done))
     n_parts = len(done_tables)
     try:
         for batch in read_batches(queries, columns=cols, kind="queries", batch_size=batch_size):
+            _check_query_ids(batch, Path(queries), row_of, trec=trec is not None)
             if done and all(q in done for q in batch.ids):
                 continue
             if batch.vectors is not None:
@@ -545,18 +574,88 @@ def search_file(
             bar.update(len(batch.ids))
     finally:
         bar.close()
+        if not any(parts.glob("part-*.parquet")):  # nothing to resume: leave no folder behind
+            for leftover in parts.iterdir():
+                leftover.unlink()
+            parts.rmdir()
     run = pa.concat_tables(tables) if tables else RUN_SCHEMA.empty_table()
     tmp = out_path.with_name(f".{out_path.name}.partial")
     pq.write_table(run, tmp)
     tmp.replace(out_path)
-    for part in parts.iterdir():
-        part.unlink()
-    parts.rmdir()
+    if parts.is_dir():
+        for part in parts.iterdir():
+            part.unlink()
+        parts.rmdir()
     if trec is not None:
         from latemm.io import write_run_trec
 
         write_run_trec(run, trec)
     return run
+
+
+def _check_search_args(
+    queries: str | Path, out: str | Path, *, k: int, candidates: int | None, batch_size: int
+) -> None:
+    """Refuse bad search arguments before any work: k, candidates, batch size, and an output
+    that would overwrite the queries."""
+    for name, value in (("--k", k), ("--candidates", candidates), ("--batch-size", batch_size)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
+    if Path(out).resolve() == Path(queries).resolve():
+        raise InputError(
+            f"--out {out} is the queries file: the run would overwrite the queries; write the "
+            "run to another file"
+        )
+
+
+def _claim_parts(parts: Path, settings: dict[str, Any]) -> None:
+    """Create the folder of an interrupted search's finished batches, or check that the one
+    there belongs to a search with the same ``settings`` (index and generation, queries, k,
+    candidates, where, encoder, reranker): parts of another search must not be merged."""
+    import json
+
+    record = parts / "search.json"
+    if parts.is_dir() and any(parts.glob("part-*.parquet")):
+        try:
+            recorded = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            recorded = None
+        if recorded != settings:
+            changed = (
+                ", ".join(
+                    f"{key} {recorded.get(key)!r} -> {value!r}"
+                    for key, value in settings.items()
+                    if recorded.get(key) != value
+                )
+                if isinstance(recorded, dict)
+                else "no record of its arguments"
+            )
+            raise InputError(
+                f"{parts} holds the finished batches of an interrupted search with other "
+                f"arguments ({changed}); re-run that search with the same arguments to resume "
+                "it, or delete the folder to start afresh"
+            )
+        return
+    parts.mkdir(exist_ok=True)
+    tmp = parts / ".search.json.tmp"
+    tmp.write_text(json.dumps(settings, sort_keys=True), encoding="utf-8")
+    tmp.replace(record)
+
+
+def _check_query_ids(batch: Batch, source: Path, row_of: dict[str, int], *, trec: bool) -> None:
+    """Query ids must be unique in the file (and TREC-safe when a TREC run is asked for)."""
+    from latemm.io import trec_safe
+
+    for i, query_id in enumerate(batch.ids):
+        row = batch.first_row + i
+        if query_id in row_of:
+            raise InputError(
+                f"{source}, rows {row_of[query_id]} and {row}: duplicate query_id "
+                f"{query_id!r}; query ids must be unique (their results would be merged)"
+            )
+        row_of[query_id] = row
+        if trec:
+            trec_safe(query_id, "query_id", f"{source}, row {row}")
 
 
 def brute_force_scores(

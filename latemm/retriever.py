@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from fde import FDEInputError, as_flat, encode_queries
 from index_store import Index
-from index_store.errors import InputError, require
+from index_store.errors import InputError
 from latemm.scoring import maxsim_pairs
 
 # Candidates rescored exactly by default: recall@10 >= 0.98 against exhaustive MaxSim on
@@ -253,6 +253,10 @@ class Retriever:
             raise InputError(f"{len(ids)} query_ids for {n_queries} queries")
         if k < 1:
             raise InputError(f"k must be >= 1, got {k}")
+        if candidates is not None and candidates < 1:
+            raise InputError(f"candidates must be >= 1, got {candidates}")
+        # No more results than live documents: the result arrays are (Q, k).
+        k = min(k, max(1, len(self.index)))
         n_cand = max(k, candidates if candidates is not None else DEFAULT_CANDIDATES)
         allowed = self._allowed(where)
         query_fde = encode_queries(
@@ -296,23 +300,9 @@ class Retriever:
             masks.append(None if not seg.deleted.any() else seg.live.copy())
         if where is None:
             return masks
-        duckdb = require("duckdb", "filters")
-        table = self.index.metadata()
-        try:
-            con = duckdb.connect()
-            con.register("meta", table)
-            hits = con.execute(f"SELECT _segment, _row FROM meta WHERE {where}").fetchnumpy()
-        except Exception as exc:  # noqa: BLE001 - duckdb raises many error types
-            columns = ", ".join(c for c in table.column_names if not c.startswith("_"))
-            raise InputError(
-                f"cannot apply --where {where!r}: {exc}. Metadata columns: {columns}"
-            ) from exc
-        out: list[np.ndarray | None] = []
-        for s, seg in enumerate(self.index.segments):
-            mask = np.zeros(seg.num_docs, dtype=bool)
-            mask[hits["_row"][hits["_segment"] == s]] = True
-            out.append(mask & seg.live)
-        return out
+        from latemm.filters import filter_masks
+
+        return list(filter_masks(self.index, where))
 
     def _first_stage(
         self, query_fde: np.ndarray, n_cand: int, allowed: list[np.ndarray | None]

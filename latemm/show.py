@@ -11,12 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from index_store import Index
 from index_store.errors import InputError
 from latemm.io import image_bytes
+
+SCORE_COLUMNS = ("score", "fde_score", "maxsim_score", "rerank_score")
 
 
 def _thumbnail(data: bytes, width: int = 320, heat: np.ndarray | None = None) -> str:
@@ -36,6 +39,47 @@ def _thumbnail(data: bytes, width: int = 320, heat: np.ndarray | None = None) ->
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+def _page_image(value: Any, allow_files: list[Path]) -> tuple[bytes | None, str | None]:
+    """The image bytes of an ``image`` cell, and a note when they are withheld: a cell that
+    names a local file (``{"path": ...}`` without bytes) is read only under ``allow_files``, so
+    an index cannot make the report embed arbitrary files."""
+    if isinstance(value, dict) and not value.get("bytes") and value.get("path"):
+        path = Path(value["path"]).resolve()
+        if not any(path.is_relative_to(folder) for folder in allow_files):
+            return None, (
+                f"image file {value['path']} not shown: pass --allow-files with its folder to "
+                "read it"
+            )
+        if not path.is_file():
+            return None, f"image file {value['path']} does not exist"
+    try:
+        return image_bytes(value), None
+    except (InputError, OSError) as exc:
+        return None, f"image not readable ({exc})"
+
+
+def _load_rows(run_path: str | Path, query_id: str, k: int) -> list[dict[str, Any]]:
+    try:
+        run = pq.read_table(run_path)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{run_path} is not a readable run Parquet file ({exc})") from exc
+    missing = [c for c in ("query_id", "doc_id", "rank") if c not in run.column_names]
+    if missing:
+        raise InputError(f"{run_path} is not a run file: no {', '.join(missing)} column")
+    for name in SCORE_COLUMNS:
+        if name not in run.column_names:
+            run = run.append_column(name, pa.nulls(run.num_rows, pa.float32()))
+    rows: list[dict[str, Any]] = (
+        run.filter(pc.equal(run.column("query_id"), query_id))
+        .sort_by("rank")
+        .slice(0, k)
+        .to_pylist()
+    )
+    if not rows:
+        raise InputError(f"{run_path} has no results for query_id {query_id!r}")
+    return rows
+
+
 def render(
     run_path: str | Path,
     index_dir: str | Path,
@@ -44,42 +88,51 @@ def render(
     k: int = 10,
     query_text: str | None = None,
     encoder: Any = None,
+    allow_files: list[str | Path] | None = None,
 ) -> str:
     """The HTML page of ``query_id``'s top ``k`` results in a run file.
 
     With ``encoder`` (a ``ColVisionEncoder``; needs ``query_text``) every page image gets a
     second thumbnail with the query's patch-level similarity heat map
-    (``ColVisionEncoder.similarity_maps``)."""
+    (``ColVisionEncoder.similarity_maps``). Page images stored in the index as file paths are
+    read only under the ``allow_files`` folders; a page whose image cannot be read or decoded
+    gets a note instead of a thumbnail. Every text is HTML-escaped."""
     if encoder is not None and not query_text:
         raise InputError("a heat map needs the query's text: pass --queries QUERIES.parquet")
-    run = pq.read_table(run_path)
-    rows = (
-        run.filter(pc.equal(run.column("query_id"), query_id))
-        .sort_by("rank")
-        .slice(0, k)
-        .to_pylist()
-    )
-    if not rows:
-        raise InputError(f"{run_path} has no results for query_id {query_id!r}")
+    rows = _load_rows(run_path, query_id, k)
     index = Index.open(index_dir)
+    absent = [row["doc_id"] for row in rows if row["doc_id"] not in index]
+    if absent:
+        raise InputError(
+            f"{len(absent)} doc_id(s) of {run_path} are not in the index {index_dir} "
+            f"({', '.join(repr(d) for d in absent[:3])}): was the run made with another index? "
+            "Pass the index the run was searched in"
+        )
+    folders = [Path(folder).resolve() for folder in allow_files or []]
     cards = []
     for row in rows:
-        meta = index.get(row["doc_id"]).metadata if row["doc_id"] in index else {}
-        data = image_bytes(meta.get("image"))
+        meta = index.get(row["doc_id"]).metadata
+        data, note = _page_image(meta.get("image"), folders)
         alt = html.escape(row["doc_id"])
+        body = ""
         if data:
-            body = f'<img src="{_thumbnail(data)}" alt="{alt}">'
-            if encoder is not None:
-                heat = encoder.similarity_maps(query_text, [data])[0]
-                body += (
-                    f'<img class="heatmap" src="{_thumbnail(data, heat=heat)}" '
-                    f'alt="heat map of {alt}" title="{heat.shape[0]}x{heat.shape[1]} patches">'
-                )
-        else:
-            body = f"<pre>{html.escape((meta.get('text') or '')[:1200])}</pre>"
+            try:
+                body = f'<img src="{_thumbnail(data)}" alt="{alt}">'
+                if encoder is not None:
+                    heat = encoder.similarity_maps(query_text, [data])[0]
+                    body += (
+                        f'<img class="heatmap" src="{_thumbnail(data, heat=heat)}" '
+                        f'alt="heat map of {alt}" title="{heat.shape[0]}x{heat.shape[1]} patches">'
+                    )
+            except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad images
+                body, note = "", f"thumbnail skipped: the image cannot be shown ({exc})"
+        if not body:
+            body = f"<pre>{html.escape(str(meta.get('text') or '')[:1200])}</pre>"
+        if note:
+            body = f'<p class="note">{html.escape(note)}</p>{body}'
         scores = "".join(
             f"<tr><th>{name}</th><td>{'—' if row[name] is None else f'{row[name]:.4f}'}</td></tr>"
-            for name in ("score", "fde_score", "maxsim_score", "rerank_score")
+            for name in SCORE_COLUMNS
         )
         cards.append(
             f'<div class="card"><h3>#{row["rank"]} {html.escape(row["doc_id"])}</h3>{body}'
