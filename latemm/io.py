@@ -275,7 +275,7 @@ def _embeddings(
 
 def check_storable(
     vectors: np.ndarray,
-    offsets: np.ndarray,
+    offsets: np.ndarray | None,
     ids: list[str],
     dtype: str,
     source: str | Path,
@@ -285,6 +285,8 @@ def check_storable(
     naming the document and the fix, before they turn into inf on disk."""
     if dtype != "float16" or vectors.size == 0:
         return
+    if offsets is None:  # one vector per document
+        offsets = np.arange(len(ids) + 1)
     limit = float(np.finfo(np.float16).max)
     too_big = np.abs(vectors).max(axis=1) > limit
     if too_big.any():
