@@ -516,7 +516,7 @@ def search_file(
             "k": k,
             "candidates": candidates,
             "where": where,
-            "encoder": None if retriever.encoder is None else retriever.encoder.info.name_or_path,
+            "encoder": None if retriever.encoder is None else retriever.encoder.info.to_dict(),
             "reranker": None
             if reranker is None
             else str(getattr(reranker, "model_id", type(reranker).__name__)),
@@ -614,6 +614,7 @@ def _claim_parts(parts: Path, settings: dict[str, Any]) -> None:
     candidates, where, encoder, reranker): parts of another search must not be merged."""
     import json
 
+    settings = json.loads(json.dumps(settings, sort_keys=True, default=str))  # as read back
     record = parts / "search.json"
     if parts.is_dir() and any(parts.glob("part-*.parquet")):
         try:

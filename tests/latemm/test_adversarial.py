@@ -391,6 +391,7 @@ def test_interrupted_search_resumes_only_with_the_same_arguments(base, tmp_path,
         f"{parts} holds the finished batches of an interrupted search with other arguments" in err
     )
     assert "k 5 -> 7" in err and "delete the folder" in err
+    assert "where None -> 'year > 2000'" in fails(capsys, *args, "--where", "year > 2000")
     other = tmp_path / "other_idx"
     shutil.copytree(base.index, other)
     assert "index " in fails(capsys, "search", other, *args[2:])
