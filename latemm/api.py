@@ -79,9 +79,22 @@ def search(
     """Search a list of text queries, or a queries Parquet file, and return the run table
     (``query_id, doc_id, rank, score, fde_score, maxsim_score, rerank_score``).
 
-    The encoder defaults to the one the index recorded."""
+    The encoder defaults to the one the index recorded. A sharded index (``latemm.sharded``)
+    is searched shard by shard and merged exactly."""
     from latemm.retriever import Retriever
+    from latemm.sharded import is_sharded
 
+    if not isinstance(index, Index) and is_sharded(index):
+        if reranker is not None:
+            from index_store.errors import InputError
+
+            raise InputError(
+                f"reranking is not available on a sharded index ({index}) yet; search without "
+                "reranker="
+            )
+        return _search_sharded(
+            Path(index), queries, k=k, encoder=encoder, candidates=candidates, where=where
+        )
     opened = index if isinstance(index, Index) else Index.open(index)
     if encoder is None and opened.config.encoder is not None:
         from latemm.encoders import load_encoder
@@ -113,6 +126,41 @@ def search(
         opened, encoder=_as_encoder(encoder), reranker=reranker, rerank_depth=rerank_depth
     )
     texts = [queries] if isinstance(queries, str) else list(queries)
+    return retriever.search(texts, k=k, candidates=candidates, where=where).to_arrow()
+
+
+def _search_sharded(
+    index: Path,
+    queries: Sequence[str] | str | Path,
+    *,
+    k: int,
+    encoder: Any,
+    candidates: int | None,
+    where: str | None,
+) -> pa.Table:
+    from latemm.sharded import ShardedRetriever, read_manifest
+
+    recorded = read_manifest(index).config.encoder
+    if encoder is None and recorded is not None:
+        encoder = recorded["name_or_path"]
+    if isinstance(queries, (str, Path)) and Path(queries).suffix == ".parquet":
+        import tempfile
+
+        from latemm.pipeline import search_file
+
+        with tempfile.TemporaryDirectory() as tmp:
+            return search_file(
+                index,
+                queries,
+                Path(tmp) / "run.parquet",
+                encoder=_as_encoder(encoder),
+                k=k,
+                candidates=candidates,
+                where=where,
+                progress=False,
+            )
+    retriever = ShardedRetriever(index, encoder=_as_encoder(encoder))
+    texts = [str(queries)] if isinstance(queries, (str, Path)) else list(queries)
     return retriever.search(texts, k=k, candidates=candidates, where=where).to_arrow()
 
 

@@ -52,10 +52,16 @@ def _encoder(args: argparse.Namespace, name: str | None, index_dir: str | None =
             f"{flags} configure the encoder named by --encoder; without --encoder the index's "
             "recorded encoder is rebuilt with its recorded options"
         )
-    if name is None and index_dir is not None and (Path(index_dir) / "manifest.json").is_file():
-        from index_store import Index
+    if name is None and index_dir is not None:
+        from latemm.sharded import is_sharded, read_manifest
 
-        recorded = Index.open(index_dir, verify="none").config.encoder
+        recorded = None
+        if is_sharded(index_dir):
+            recorded = read_manifest(index_dir).config.encoder
+        elif (Path(index_dir) / "manifest.json").is_file():
+            from index_store import Index
+
+            recorded = Index.open(index_dir, verify="none").config.encoder
         if recorded:
             return load_encoder(recorded, devices=devices, dtype=_model_dtype(args))
     if name is None:
@@ -94,12 +100,10 @@ def _model_dtype(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def cmd_index(args: argparse.Namespace) -> int:
     from latemm.pipeline import index_corpus
+    from latemm.sharded import index_sharded, is_sharded
 
     start = time.perf_counter()
-    report = index_corpus(
-        args.corpus,
-        args.index,
-        encoder=_encoder(args, args.encoder, args.index),
+    options = dict(
         columns=_columns(args, "doc_id"),
         dtype=args.dtype,
         faiss_factory=args.faiss,
@@ -110,6 +114,31 @@ def cmd_index(args: argparse.Namespace) -> int:
         pool_factor=args.pool_factor,
         progress=not args.quiet,
     )
+    if args.ray is not None:
+        from latemm.distributed import index_ray
+
+        report = index_ray(
+            args.corpus,
+            args.index,
+            encoder=_encoder_name(args, args.index),
+            num_shards=args.shards,
+            address=args.ray,
+            workers=args.workers,
+            model_dtype=args.model_dtype,
+            **options,
+        )
+    elif args.shards is not None or is_sharded(args.index):
+        report = index_sharded(
+            args.corpus,
+            args.index,
+            num_shards=args.shards,
+            encoder=_encoder(args, args.encoder, args.index),
+            **options,
+        )
+    else:
+        report = index_corpus(
+            args.corpus, args.index, encoder=_encoder(args, args.encoder, args.index), **options
+        )
     if report.rejected:
         print(
             f"latemm index: skipped {report.rejected} rows with nothing the encoder can read "
@@ -124,10 +153,44 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _encoder_name(args: argparse.Namespace, index_dir: str | None) -> str | None:
+    """--encoder, else the encoder the (sharded) index recorded, as a name: Ray workers load it."""
+    if args.encoder is not None:
+        return str(args.encoder)
+    if index_dir is None:
+        return None
+    from latemm.sharded import is_sharded, read_manifest
+
+    if is_sharded(index_dir):
+        recorded = read_manifest(index_dir).config.encoder
+        return str(recorded["name_or_path"]) if recorded else None
+    return None
+
+
 def cmd_encode(args: argparse.Namespace) -> int:
     from latemm.pipeline import encode_corpus
 
     start = time.perf_counter()
+    if args.ray is not None:
+        from latemm.distributed import encode_ray
+
+        rows = encode_ray(
+            args.corpus,
+            args.out,
+            encoder=args.encoder,
+            columns=_columns(args, "doc_id"),
+            batch_size=args.batch_size,
+            pool_factor=args.pool_factor,
+            num_shards=args.shards,
+            address=args.ray,
+            workers=args.workers,
+            model_dtype=args.model_dtype,
+            on_empty=args.on_empty,
+        )
+        print(f"encoded {rows} documents into {args.out} in {time.perf_counter() - start:.1f}s")
+        return 0
+    if args.shards is not None:
+        raise InputError("--shards splits the output of a Ray encode: add --ray (or --ray local)")
     report = encode_corpus(
         args.corpus,
         args.out,
@@ -182,6 +245,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         reranker=reranker,
         rerank_depth=args.rerank_depth,
         rerank_fusion=args.rerank_fusion,
+        ray=args.ray,
     )
     queries = len(set(run.column("query_id").to_pylist()))
     elapsed = time.perf_counter() - start
@@ -193,7 +257,11 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from index_store import Index
+    from latemm.sharded import is_sharded, sharded_stats
 
+    if is_sharded(args.index):
+        print(json.dumps(sharded_stats(args.index), indent=2))
+        return 0
     index = Index.open(args.index)
     stats = index.stats()
     if stats.get("rejected"):  # the rows an ingest skipped: row, doc_id, source file, reason
@@ -230,8 +298,9 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from index_store import verify
+    from latemm.sharded import is_sharded, verify_sharded
 
-    problems = verify(args.index)
+    problems = verify_sharded(args.index) if is_sharded(args.index) else verify(args.index)
     if problems:
         for problem in problems:
             print(problem, file=sys.stderr)
@@ -372,6 +441,27 @@ def _add_on_empty_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_ray_flags(parser: argparse.ArgumentParser, *, shards: str, workers: bool) -> None:
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="run on a Ray cluster: 'local' (the default) starts one here, an address "
+        "(ray://host:10001, auto) joins a running one; needs pip install 'latemm[ray]'",
+    )
+    if shards:
+        parser.add_argument("--shards", type=int, default=None, metavar="N", help=shards)
+    if workers:
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=None,
+            help="with --ray: encoder replicas (default: one per GPU, else one per CPU)",
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from index_store.codecs import DTYPES
     from latemm.pipeline import ON_EXISTING
@@ -405,6 +495,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--pool-factor", type=int, default=1, help="token pooling: keep ~T/F vectors per page"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_ray_flags(
+        p,
+        shards="build a sharded index of N shards (doc ids routed by hash; fixed once built)",
+        workers=True,
+    )
     _add_column_flags(p)
     p.set_defaults(func=cmd_index)
 
@@ -420,6 +515,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool-factor", type=int, default=1)
     _add_on_empty_flag(p)
     p.add_argument("--quiet", action="store_true")
+    _add_ray_flags(
+        p,
+        shards="with --ray: write OUT as a folder with one Parquet partition per index shard",
+        workers=True,
+    )
     _add_column_flags(p)
     p.set_defaults(func=cmd_encode)
 
@@ -463,6 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_encoder_flags(p)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--quiet", action="store_true")
+    _add_ray_flags(p, shards="", workers=False)
     _add_column_flags(p)
     p.set_defaults(func=cmd_search)
 

@@ -170,12 +170,6 @@ def read_batches(
             raise InputError(
                 f"{source}: column {columns.text!r} has type {text_type}; expected strings"
             )
-    rename = {
-        columns.id: "query_id" if kind == "queries" else "doc_id",
-        columns.image: "image",
-        columns.text: "text",
-        columns.embedding: "embedding",
-    }
     row = 0
     for record_batch in dataset.to_batches(batch_size=batch_size):
         start = row
@@ -186,20 +180,37 @@ def read_batches(
         if start < skip_rows:
             table = table.slice(skip_rows - start)
             start = skip_rows
-        table = table.rename_columns([rename.get(n, n) for n in table.column_names])
-        id_column = table.column(id_name)
-        if id_column.null_count:
-            bad = int(np.flatnonzero(pc.is_null(id_column).to_numpy(zero_copy_only=False))[0])
-            raise InputError(
-                f"{source}, row {start + bad}: {columns.id!r} is null; every row needs an id"
-            )
-        ids = [str(v) for v in id_column.to_pylist()]
-        vectors = offsets = None
-        if "embedding" in table.column_names:
-            vectors, offsets = _embeddings(table.column("embedding"), ids, source, start, id_name)
-            table = table.drop_columns(["embedding"])
-        table = table.drop_columns([id_name])
-        yield Batch(start, ids, table, vectors, offsets)
+        yield table_batch(table, columns=columns, kind=kind, source=source, first_row=start)
+
+
+def table_batch(
+    table: pa.Table, *, columns: Columns, kind: str, source: str | Path, first_row: int
+) -> Batch:
+    """One table of a corpus or query file (rows from ``first_row``, the file's own column
+    names) as a validated ``Batch``; ``read_batches`` streams a file through it, and Ray Data
+    workers (``latemm.distributed``) call it on the blocks they are handed."""
+    source = Path(source)
+    rename = {
+        columns.id: "query_id" if kind == "queries" else "doc_id",
+        columns.image: "image",
+        columns.text: "text",
+        columns.embedding: "embedding",
+    }
+    table = table.rename_columns([rename.get(n, n) for n in table.column_names])
+    id_name = "query_id" if kind == "queries" else "doc_id"
+    id_column = table.column(id_name)
+    if id_column.null_count:
+        bad = int(np.flatnonzero(pc.is_null(id_column).to_numpy(zero_copy_only=False))[0])
+        raise InputError(
+            f"{source}, row {first_row + bad}: {columns.id!r} is null; every row needs an id"
+        )
+    ids = [str(v) for v in id_column.to_pylist()]
+    vectors = offsets = None
+    if "embedding" in table.column_names:
+        vectors, offsets = _embeddings(table.column("embedding"), ids, source, first_row, id_name)
+        table = table.drop_columns(["embedding"])
+    table = table.drop_columns([id_name])
+    return Batch(first_row, ids, table, vectors, offsets)
 
 
 def _row_of_vector(outer: np.ndarray, vector: int) -> int:

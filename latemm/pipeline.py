@@ -478,22 +478,27 @@ def search_file(
     reranker: Any = None,
     rerank_depth: int = 20,
     rerank_fusion: str = "none",
+    ray: str | None = None,
 ) -> pa.Table:
     """Search every query of a Parquet file and write the run (Parquet, and TREC if asked).
     Interrupted runs resume: a re-run skips the queries whose results were already written.
 
     With a ``reranker``, each query's top ``rerank_depth`` pages are reordered by it (the page
     content is read from the index); the run's ``rerank_score`` column holds its scores."""
-    from latemm.retriever import Retriever, truncate
+    from latemm.retriever import truncate
+    from latemm.sharded import open_retriever
 
+    # A sharded index (latemm.sharded) is searched shard by shard and merged exactly, in this
+    # process or, with ``ray`` ("local" or a cluster address), on one Ray actor per shard.
     cols = columns or Columns(id="query_id")
     _check_search_args(queries, out, k=k, candidates=candidates, batch_size=batch_size)
-    retriever = Retriever(
+    retriever = open_retriever(
         index_dir,
         encoder=encoder,
         reranker=reranker,
         rerank_depth=rerank_depth,
         rerank_fusion=rerank_fusion,
+        ray=ray,
     )
     if where is not None:  # a bad filter fails now, before any part file
         from latemm.filters import filter_masks

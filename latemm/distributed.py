@@ -1,0 +1,439 @@
+"""latemm on a Ray cluster: encode and index with Ray Data, serve a sharded index from actors.
+
+- ``encode_ray``: ``ray.data.read_parquet`` over the corpus files, ``map_batches`` on an actor
+  pool (one encoder replica per GPU, ``num_gpus=1``; CPU actors without GPUs) running
+  ``pipeline.encode_batch``, embeddings written as Parquet (one partition per index shard).
+- ``index_ray``: ``encode_ray`` into a staging folder, then one Ray task per shard running
+  ``pipeline.index_corpus`` on its partition, then ``sharded.commit_shards``.
+- ``ShardActors``: one actor per shard holding a memory-mapped ``Retriever``; a query batch is
+  scattered to all of them and ``ShardedRetriever`` merges their top-k exactly.
+
+Failures: Ray Data restarts a dead encoder actor and retries its batch (``max_restarts``,
+``max_task_retries``); a block's output exists only once its task finished, so nothing is lost
+or written twice. Index tasks are retried on a dead worker (``index_corpus`` resumes: a retry
+skips what the dead attempt committed). A dead shard actor is restarted and its call retried;
+when that fails too, the search raises ``ShardUnavailableError`` naming the shard, never a
+partial result.
+
+Needs ``pip install 'latemm[ray]'``; nothing here is imported unless ``--ray`` is asked for.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pyarrow as pa
+
+from index_store.errors import InputError, LatemmError, require
+from latemm.encoders.base import Encoder
+from latemm.io import Columns, count_rows, open_dataset, read_batches, table_batch
+from latemm.pipeline import IndexReport, encode_corpus, index_corpus
+from latemm.retriever import SearchResult
+from latemm.sharded import (
+    ShardManifest,
+    assign_shards,
+    check_encoder,
+    commit_shards,
+    prepare,
+    shard_name,
+)
+
+# Restarts of a dead actor (and retries of its calls / of a dead task) before giving up.
+RETRIES = 3
+SHARD_COLUMN = "_shard"
+
+
+class ShardUnavailableError(LatemmError, RuntimeError):
+    """A shard's actor died and could not be restarted: the search has no complete answer."""
+
+
+def connect(address: str | None = "local", *, num_cpus: int | None = None) -> ModuleType:
+    """Ray, initialised: ``"local"`` (or None) starts a cluster on this machine, any other
+    address (``auto``, ``ray://head:10001``) joins a running one. Reuses an initialised Ray."""
+    ray = require("ray", "ray", "ray[data]")
+    if not ray.is_initialized():
+        if address in (None, "local"):
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    return ray
+
+
+def _latemm_error(exc: BaseException) -> LatemmError | None:
+    """The LatemmError a Ray error carries (a worker's InputError naming a row), if any."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, LatemmError):
+            return current
+        stack += [current.__cause__, current.__context__, getattr(current, "cause", None)]
+    return None
+
+
+# ------------------------------------------------------------------------------ encoding
+def load_named_encoder(name: str, model_dtype: str = "auto") -> Encoder:
+    """``load_encoder`` on the worker's device (Ray sets CUDA_VISIBLE_DEVICES for GPU actors)."""
+    from latemm.encoders import load_encoder
+
+    if model_dtype == "auto":
+        return load_encoder(name)
+    import torch
+
+    return load_encoder(name, dtype=getattr(torch, model_dtype))
+
+
+class EncodeBlocks:
+    """A Ray Data actor: encodes the blocks of the corpus it is handed (one encoder per actor).
+
+    ``loader`` builds the encoder in the actor (a name and dtype, or any picklable callable);
+    None passes precomputed embeddings through (checked, and given their shard)."""
+
+    def __init__(
+        self,
+        loader: Callable[[], Encoder] | None,
+        columns: Columns,
+        source: str,
+        pool_factor: int,
+        num_shards: int | None,
+        threads: int,
+        on_empty: str = "skip",
+    ) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.encoder = loader() if loader is not None else None
+        self.columns, self.source = columns, Path(source)
+        self.pool_factor, self.num_shards = pool_factor, num_shards
+        self.on_empty = on_empty
+
+    def _encode(self, table: pa.Table) -> pa.Table:
+        """``pipeline.encode_corpus`` on the block (through a scratch Parquet file): the same
+        checks, rejects of unreadable rows (``on_empty``), pooling and output columns."""
+        import tempfile
+
+        import pyarrow.parquet as pq
+
+        with tempfile.TemporaryDirectory(prefix="latemm-ray-") as tmp:
+            block, out = Path(tmp) / "block.parquet", Path(tmp) / "encoded.parquet"
+            pq.write_table(table, block)
+            encode_corpus(
+                block,
+                out,
+                encoder=self.encoder,  # type: ignore[arg-type]
+                columns=self.columns,
+                on_empty=self.on_empty,
+                batch_size=max(1, table.num_rows),
+                pool_factor=self.pool_factor,
+                progress=False,
+            )
+            return pq.read_table(out)
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        # Ray Data blocks do not carry file row numbers: errors name the doc_id and the row
+        # within the block.
+        where = Path(f"{self.source} (a Ray block)")
+        batch = table_batch(table, columns=self.columns, kind="corpus", source=where, first_row=0)
+        if self.encoder is None:
+            out = table  # precomputed embeddings, validated by table_batch
+        else:
+            out = self._encode(table)
+        if self.num_shards is not None:
+            ids = out.column("doc_id").to_pylist() if self.encoder is not None else batch.ids
+            out = out.append_column(
+                SHARD_COLUMN, pa.array(assign_shards(ids, self.num_shards), pa.int32())
+            )
+        return out
+
+
+def _parquet_files(corpus: Path) -> list[str]:
+    files = open_dataset(corpus).files
+    if not files:
+        raise InputError(f"{corpus} holds no Parquet files")
+    return [str(f) for f in files]
+
+
+# CPUs a read or write task of the Parquet files reserves: the encoder actors take the rest.
+IO_CPUS = 0.25
+
+
+def _workers(ray: ModuleType, workers: int | None) -> tuple[int, int, float]:
+    """(encoder replicas, GPUs per replica, CPUs per replica): one per GPU where the cluster
+    has GPUs, else one per CPU, unless ``workers`` says otherwise. CPU replicas share what the
+    reading and writing tasks leave, so that the pipeline cannot starve itself of CPUs."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    cpus = float(resources.get("CPU", 1))
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers must be >= 1, got {workers}")
+    n = workers or gpus or max(1, int(cpus))
+    # Ray Data's file-listing task takes one whole CPU of its own.
+    per_actor = min(1.0, max(0.01, (cpus - 1.0) / n))
+    return n, (1 if gpus else 0), round(per_actor, 2)
+
+
+def encode_ray(
+    corpus: str | Path,
+    out: str | Path,
+    *,
+    encoder: str | Callable[[], Encoder] | None,
+    columns: Columns | None = None,
+    batch_size: int = 64,
+    pool_factor: int = 1,
+    num_shards: int | None = None,
+    address: str | None = "local",
+    workers: int | None = None,
+    model_dtype: str = "auto",
+    on_empty: str = "skip",
+    progress: bool = False,
+) -> int:
+    """Encode a corpus (file or folder of Parquet files) on a Ray cluster into ``out``, a folder
+    of Parquet files with an ``embedding`` column; with ``num_shards``, one Hive partition per
+    index shard (``out/_shard=3/...``). ``out`` appears only when every block is written.
+    Returns the number of rows written.
+
+    Without an ``encoder`` the corpus must carry an ``embedding`` column: it is checked and
+    partitioned by shard as it is."""
+    source = Path(corpus)
+    cols = columns or Columns()
+    first = next(read_batches(source, columns=cols, batch_size=1), None)  # schema checks first
+    if encoder is None and (first is None or first.vectors is None):
+        raise InputError(
+            f"{source} has no {cols.embedding!r} column, so an encoder is needed: pass --encoder "
+            "NAME_OR_PATH"
+        )
+    ray = connect(address)
+    ray.data.DataContext.get_current().enable_progress_bars = progress
+    loader = (
+        None
+        if encoder is None
+        else encoder
+        if callable(encoder)
+        else _NamedLoader(encoder, model_dtype)
+    )
+    n, gpus, cpus = _workers(ray, workers)
+    files = _parquet_files(source)
+    # Blocks of a few batches each, streamed: every replica gets work even from one file.
+    dataset = ray.data.read_parquet(files, ray_remote_args={"num_cpus": IO_CPUS})
+    dataset = dataset.repartition(target_num_rows_per_block=4 * batch_size).map_batches(
+        EncodeBlocks,
+        fn_constructor_kwargs={
+            "loader": loader,
+            "columns": cols,
+            "source": str(source),
+            "pool_factor": pool_factor,
+            "num_shards": num_shards,
+            "threads": max(1, round(cpus)),
+            "on_empty": on_empty,
+        },
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=n),
+        num_gpus=gpus,
+        num_cpus=cpus,
+        max_restarts=RETRIES,
+        max_task_retries=RETRIES,
+    )
+    target = Path(out)
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        dataset.write_parquet(
+            str(partial),
+            partition_cols=[SHARD_COLUMN] if num_shards is not None else None,
+            ray_remote_args={"num_cpus": IO_CPUS},
+        )
+    except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors in its own types
+        shutil.rmtree(partial, ignore_errors=True)
+        found = _latemm_error(exc)
+        if found is not None:
+            raise type(found)(str(found)) from exc
+        raise
+    if not partial.is_dir():
+        raise InputError(f"{source} has no rows")
+    rows = count_rows(partial)
+    if target.exists():
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    partial.rename(target)
+    return rows
+
+
+class _NamedLoader:
+    """Picklable: loads an encoder by name in the worker that calls it."""
+
+    def __init__(self, name: str, model_dtype: str) -> None:
+        self.name, self.model_dtype = name, model_dtype
+
+    def __call__(self) -> Encoder:
+        return load_named_encoder(self.name, self.model_dtype)
+
+
+def _encoder_info(loader: Callable[[], Encoder]) -> dict[str, Any]:
+    return loader().info.to_dict()
+
+
+def _index_shard(partition: str, shard_dir: str, options: dict[str, Any]) -> tuple[int, int, int]:
+    report = index_corpus(partition, shard_dir, progress=False, **options)
+    return report.added, report.skipped, report.rejected
+
+
+def index_ray(
+    corpus: str | Path,
+    index_dir: str | Path,
+    *,
+    encoder: str | Callable[[], Encoder] | None,
+    num_shards: int | None = None,
+    address: str | None = "local",
+    workers: int | None = None,
+    model_dtype: str = "auto",
+    columns: Columns | None = None,
+    batch_size: int = 64,
+    pool_factor: int = 1,
+    progress: bool = False,
+    **options: Any,
+) -> IndexReport:
+    """Build (or add to) a sharded index on a Ray cluster: encode with ``encode_ray`` into
+    ``DIR/.staging`` partitioned by shard, index every partition in its own Ray task
+    (``index_corpus`` with the precomputed embeddings), then commit ``shards.json``.
+
+    Options (``dtype``, ``faiss_factory``, ``on_existing``, ``commit_every``) are
+    ``index_corpus``'s; ``num_shards`` defaults to the existing index's."""
+    root = Path(index_dir)
+    n, existing = prepare(root, num_shards)
+    ray = connect(address)
+    info = None
+    loader = None
+    if encoder is not None:
+        loader = encoder if callable(encoder) else _NamedLoader(encoder, model_dtype)
+        # The identity recorded in shards.json; loading it once in a worker keeps the driver
+        # free of model weights.
+        info = ray.get(ray.remote(num_cpus=1)(_encoder_info).remote(loader))
+        if existing is not None:
+            check_encoder(existing.config, info, root)
+    staging = root / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    embedded = staging / "embeddings"
+    encode_ray(
+        corpus,
+        embedded,
+        encoder=loader,
+        columns=columns,
+        batch_size=batch_size,
+        pool_factor=pool_factor,
+        num_shards=n,
+        address=address,
+        workers=workers,
+        on_empty=options.get("on_empty", "skip"),
+        progress=progress,
+    )
+    task = ray.remote(num_cpus=1, max_retries=RETRIES)(_index_shard)
+    # Encoded partitions have canonical column names; a precomputed corpus keeps the user's
+    # names and its pooling is still to do.
+    shard_options = {
+        **options,
+        "batch_size": batch_size,
+        "columns": columns if encoder is None else None,
+        "pool_factor": pool_factor if encoder is None else 1,
+    }
+    futures = {
+        shard: task.remote(
+            str(embedded / f"{SHARD_COLUMN}={shard}"),
+            str(root / "shards" / shard_name(shard)),
+            shard_options,
+        )
+        for shard in range(n)
+        if (embedded / f"{SHARD_COLUMN}={shard}").is_dir()
+    }
+    added = skipped = rejected = 0
+    for shard, future in futures.items():
+        try:
+            got_added, got_skipped, got_rejected = ray.get(future)
+        except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors in its own types
+            found = _latemm_error(exc)
+            kind: type[LatemmError] = type(found) if found is not None else LatemmError
+            raise kind(
+                f"{root}: indexing shard {shard_name(shard)} failed: {found or exc}"
+            ) from exc
+        added, skipped = added + got_added, skipped + got_skipped
+        rejected += got_rejected
+    manifest = commit_shards(root, n, encoder_info=info, existing=existing)
+    shutil.rmtree(staging, ignore_errors=True)
+    return IndexReport(added, skipped, sum(manifest.documents), manifest.generation, rejected)
+
+
+# ------------------------------------------------------------------------------ serving
+class ShardServer:
+    """A Ray actor's state: one shard opened memory-mapped, searched with a ``Retriever``."""
+
+    def __init__(self, root: str, shard: int, options: dict[str, Any]) -> None:
+        from latemm.retriever import Retriever
+        from latemm.sharded import open_shard
+
+        self.error: str | None = None
+        try:
+            self.retriever = Retriever(open_shard(root, shard), **options)
+        except LatemmError as exc:  # reported by ready(), so the driver can name the shard
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def ready(self) -> str | None:
+        return self.error
+
+    def search_embeddings(self, flat: Any, offsets: Any, **kwargs: Any) -> SearchResult:
+        return self.retriever.search_embeddings(flat, offsets, **kwargs)
+
+
+class ShardActors:
+    """One ``ShardServer`` actor per shard (restarted up to ``RETRIES`` times when it dies,
+    its pending call retried); ``search_embeddings`` scatters a query batch to all of them."""
+
+    def __init__(
+        self, root: Path, manifest: ShardManifest, *, address: str | None, **options: Any
+    ) -> None:
+        self.ray = connect(address)
+        self.root = root
+        server = self.ray.remote(max_restarts=RETRIES, max_task_retries=RETRIES)(ShardServer)
+        self.actors = [
+            server.remote(str(root), shard, options) for shard in range(manifest.num_shards)
+        ]
+        for shard, error in enumerate(self._gather([a.ready.remote() for a in self.actors])):
+            if error is not None:
+                self.close()
+                from index_store.errors import IndexCorruptError
+
+                raise IndexCorruptError(f"{error} (shard {shard_name(shard)}'s Ray actor)")
+
+    def _gather(self, futures: list[Any]) -> list[Any]:
+        out = []
+        for shard, future in enumerate(futures):
+            try:
+                out.append(self.ray.get(future))
+            except self.ray.exceptions.RayActorError as exc:
+                raise ShardUnavailableError(
+                    f"{self.root}: shard {shard_name(shard)}'s actor died and was not restarted "
+                    f"({RETRIES} restarts allowed); no partial result is returned. Check the "
+                    f"worker's memory and logs, then search again ({exc.__class__.__name__})"
+                ) from exc
+            except self.ray.exceptions.RayTaskError as exc:
+                found = _latemm_error(exc)
+                if found is None:
+                    raise
+                raise type(found)(f"shard {shard_name(shard)}: {found}") from exc
+        return out
+
+    def search_embeddings(self, flat: Any, offsets: Any, **kwargs: Any) -> list[SearchResult]:
+        flat_ref, offsets_ref = self.ray.put(flat), self.ray.put(offsets)
+        return self._gather(
+            [a.search_embeddings.remote(flat_ref, offsets_ref, **kwargs) for a in self.actors]
+        )
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)

@@ -1,0 +1,199 @@
+"""latemm on a local Ray cluster: encoding through Ray Data equals encoding in-process, a
+4-shard index served by Ray actors returns exactly one index's top-k, and dead workers or
+actors lose, duplicate and hide nothing. Slow (starting Ray takes seconds): run with -m slow."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+ray = pytest.importorskip("ray")
+
+import latemm  # noqa: E402
+from latemm.cli import main  # noqa: E402
+from latemm.distributed import (  # noqa: E402
+    ShardUnavailableError,
+    encode_ray,
+    load_named_encoder,
+)
+from latemm.encoders.base import Encoder, MultiVectors  # noqa: E402
+from latemm.io import Columns, read_batches  # noqa: E402
+from latemm.pipeline import encode_corpus  # noqa: E402
+from latemm.retriever import Retriever  # noqa: E402
+from latemm.sharded import ShardedRetriever, read_manifest  # noqa: E402
+from tests.latemm.test_cli import DIM, write_corpus, write_queries  # noqa: E402
+from tests.latemm.tiny_models import WORDS  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+N_TEXTS = 48
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """One local Ray cluster for the session, shut down at the end."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def write_texts(path: Path, n: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    texts = [" ".join(rng.choice(WORDS, int(rng.integers(3, 30)))) for _ in range(n)]
+    pq.write_table(
+        pa.table({"doc_id": [f"t{i}" for i in range(n)], "text": texts, "year": list(range(n))}),
+        path,
+        row_group_size=16,
+    )
+
+
+def vectors_by_id(path: Path) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for batch in read_batches(path, columns=Columns()):
+        assert batch.vectors is not None and batch.offsets is not None
+        for i, doc_id in enumerate(batch.ids):
+            assert doc_id not in out, f"{doc_id} written twice"
+            out[doc_id] = batch.vectors[batch.offsets[i] : batch.offsets[i + 1]]
+    return out
+
+
+def assert_same_vectors(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert sorted(a) == sorted(b)
+    for doc_id, vectors in a.items():
+        # Different batch compositions and thread counts reorder float sums in the model.
+        np.testing.assert_allclose(vectors, b[doc_id], rtol=0, atol=2e-5, err_msg=doc_id)
+
+
+def test_encoding_through_ray_equals_encoding_in_process(cluster, tmp_path) -> None:
+    corpus = tmp_path / "texts.parquet"
+    write_texts(corpus, N_TEXTS)
+    encoder = load_named_encoder(latemm.minilm_path())
+    encode_corpus(corpus, tmp_path / "local.parquet", encoder=encoder, progress=False)
+    rows = encode_ray(
+        corpus, tmp_path / "ray", encoder=latemm.minilm_path(), workers=2, batch_size=8
+    )
+    assert rows == N_TEXTS
+    assert_same_vectors(vectors_by_id(tmp_path / "local.parquet"), vectors_by_id(tmp_path / "ray"))
+    metadata = pq.read_table(tmp_path / "ray").select(["doc_id", "year"]).sort_by("doc_id")
+    assert metadata.column("year").to_pylist() == [
+        int(d[1:]) for d in metadata.column("doc_id").to_pylist()
+    ]
+
+
+class ExitOnFirstBatch(Encoder):
+    """The real encoder, in a worker that dies (os._exit) on its first batch, once per test:
+    the marker file records that the crash happened."""
+
+    def __init__(self, inner: Encoder, marker: Path) -> None:
+        self.inner, self.marker, self.info = inner, marker, inner.info
+
+    def encode_documents(self, items, **options) -> MultiVectors:  # type: ignore[no-untyped-def]
+        if not self.marker.exists():
+            self.marker.write_text(str(os.getpid()))
+            os._exit(1)
+        return self.inner.encode_documents(items, **options)
+
+    def encode_queries(self, items, **options) -> MultiVectors:  # type: ignore[no-untyped-def]
+        return self.inner.encode_queries(items, **options)
+
+
+class DiesOnce:
+    """Picklable loader for the Ray workers."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __call__(self) -> Encoder:
+        return ExitOnFirstBatch(load_named_encoder(latemm.minilm_path()), self.marker)
+
+
+def test_a_worker_killed_mid_encode_loses_and_duplicates_nothing(cluster, tmp_path) -> None:
+    corpus = tmp_path / "texts.parquet"
+    write_texts(corpus, N_TEXTS, seed=3)
+    marker = tmp_path / "crashed"
+    rows = encode_ray(corpus, tmp_path / "ray", encoder=DiesOnce(marker), workers=2, batch_size=8)
+    assert marker.exists(), "no worker died: the test did not test anything"
+    assert rows == N_TEXTS
+    encoder = load_named_encoder(latemm.minilm_path())
+    encode_corpus(corpus, tmp_path / "local.parquet", encoder=encoder, progress=False)
+    assert_same_vectors(vectors_by_id(tmp_path / "local.parquet"), vectors_by_id(tmp_path / "ray"))
+
+
+@pytest.fixture(scope="module")
+def indexes(cluster, tmp_path_factory) -> tuple[Path, Path, Path, int]:
+    """A precomputed-embedding corpus as one index (in-process) and as 4 shards built on Ray."""
+    tmp = tmp_path_factory.mktemp("ray-index")
+    corpus, queries = tmp / "corpus.parquet", tmp / "queries.parquet"
+    n = 500
+    write_corpus(corpus, n)
+    write_queries(queries, 16)
+    single, sharded = tmp / "single", tmp / "sharded"
+    assert main(["index", str(corpus), "--index", str(single), "--quiet"]) == 0
+    assert (
+        main(["index", str(corpus), "--index", str(sharded), "--ray", "--shards", "4", "--quiet"])
+        == 0
+    )
+    return queries, single, sharded, n
+
+
+def test_four_shards_on_ray_return_exactly_one_index_top_k(indexes, tmp_path) -> None:
+    queries, single, sharded, n = indexes
+    manifest = read_manifest(sharded)
+    assert manifest.num_shards == 4 and sum(manifest.documents) == n
+    assert min(manifest.documents) > 0
+    rng = np.random.default_rng(5)
+    qs = [rng.standard_normal((4, DIM)).astype(np.float32) for _ in range(16)]
+    one = Retriever(single).search_embeddings(qs, k=25, candidates=n)
+    four = ShardedRetriever(sharded, ray="local").search_embeddings(qs, k=25, candidates=n)
+    assert (one.doc_ids == four.doc_ids).all()
+    np.testing.assert_array_equal(one.scores, four.scores)
+    np.testing.assert_array_equal(one.fde_scores, four.fde_scores)
+    runs = {}
+    for name, idx, extra in (("one", single, []), ("ray", sharded, ["--ray"])):
+        out = tmp_path / f"{name}.parquet"
+        args = ["search", str(idx), str(queries), "--out", str(out), "--k", "10", "--quiet"]
+        assert main(args + ["--candidates", str(n)] + extra) == 0
+        runs[name] = pq.read_table(out)
+    assert runs["one"].equals(runs["ray"])
+
+
+def test_dead_shard_actor_is_restarted_or_named(indexes) -> None:
+    _, single, sharded, n = indexes
+    rng = np.random.default_rng(6)
+    qs = [rng.standard_normal((3, DIM)).astype(np.float32) for _ in range(4)]
+    expected = Retriever(single).search_embeddings(qs, k=10, candidates=n)
+    retriever = ShardedRetriever(sharded, ray="local")
+    actors = retriever._actors.actors
+    ray.kill(actors[1], no_restart=False)  # dies; Ray restarts it and retries the call
+    again = retriever.search_embeddings(qs, k=10, candidates=n)
+    assert (again.doc_ids == expected.doc_ids).all()
+    ray.kill(actors[2], no_restart=True)  # gone for good: the search must fail, naming it
+    with pytest.raises(ShardUnavailableError, match="shard shard-0002's actor died"):
+        retriever.search_embeddings(qs, k=10, candidates=n)
+    retriever.close()
+
+
+def test_index_text_corpus_on_ray_records_the_encoder(cluster, tmp_path) -> None:
+    corpus = tmp_path / "texts.parquet"
+    write_texts(corpus, N_TEXTS, seed=7)
+    idx, local = tmp_path / "idx", tmp_path / "local"
+    minilm = latemm.minilm_path()
+    base = ["--encoder", minilm, "--shards", "3", "--quiet"]
+    assert main(["index", str(corpus), "--index", str(idx), "--ray", "--workers", "2", *base]) == 0
+    assert main(["index", str(corpus), "--index", str(local), *base]) == 0
+    assert read_manifest(idx).config.encoder["name_or_path"] == minilm
+    # The recorded encoder encodes the queries; both builds give the same ranking.
+    a = latemm.search(idx, ["revenue growth chart", "what model shows the data"], k=8)
+    b = latemm.search(local, ["revenue growth chart", "what model shows the data"], k=8)
+    assert a.column("doc_id").to_pylist() == b.column("doc_id").to_pylist()
+    np.testing.assert_allclose(
+        a.column("score").to_numpy(), b.column("score").to_numpy(), rtol=0, atol=1e-4
+    )
+    # Re-running resumes: nothing is added twice.
+    assert main(["index", str(corpus), "--index", str(idx), "--ray", *base]) == 0
+    assert sum(read_manifest(idx).documents) == N_TEXTS
