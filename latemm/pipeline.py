@@ -500,10 +500,14 @@ def search_file(
         rerank_fusion=rerank_fusion,
         ray=ray,
     )
+    sharded = not hasattr(retriever, "index")
+    index_path = retriever.path if sharded else retriever.index.path
+    generation = retriever.generation if sharded else retriever.index.generation
     if where is not None:  # a bad filter fails now, before any part file
         from latemm.filters import filter_masks
 
-        filter_masks(retriever.index, where)
+        for served in retriever.indexes() if sharded else [retriever.index]:
+            filter_masks(served, where)
     total = count_rows(queries)
     if total == 0:
         raise InputError(f"{queries} has no rows: there are no queries to search")
@@ -515,8 +519,8 @@ def search_file(
     _claim_parts(
         parts,
         {
-            "index": str(Path(retriever.index.path).resolve()),
-            "generation": retriever.index.generation,
+            "index": str(Path(index_path).resolve()),
+            "generation": generation,
             "queries": str(Path(queries).resolve()),
             "k": k,
             "candidates": candidates,

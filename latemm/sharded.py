@@ -467,6 +467,14 @@ class ShardedRetriever:
             self._actors = ShardActors(self.path, self.manifest, address=ray, **options)
             self._search = self._actors.search_embeddings
 
+    @property
+    def generation(self) -> int:
+        return self.manifest.generation
+
+    def indexes(self) -> list[Index]:
+        """Every shard, opened read-only (to check a ``where`` filter before searching)."""
+        return [open_shard(self.path, s) for s in range(self.manifest.num_shards)]
+
     def __len__(self) -> int:
         return sum(self.manifest.documents)
 

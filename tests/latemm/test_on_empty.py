@@ -162,7 +162,7 @@ def test_zero_vectors_are_rejected_nan_and_wrong_dimension_are_errors(tmp_path, 
     bad = embeddings("n", [rng.standard_normal((2, 8)), nan])
     assert main(["index", bad, "--index", str(idx), "--quiet"]) == 2
     assert (
-        f"{bad}, row 1, doc_id 'n1': the vectors hold NaN or infinite values"
+        f"{bad}, row 1, doc_id 'n1': embedding contains NaN or inf"
         in capsys.readouterr().err
     )
     wide = embeddings("w", [rng.standard_normal((2, 16))])
