@@ -124,8 +124,8 @@ def _check(node: Any, where: str, columns: list[str], scalars: set[str]) -> None
         name = names[-1] if names else ""
         if len(names) > 2 or (len(names) == 2 and names[0] != "meta") or name not in columns:
             raise InputError(
-                f"--where {where!r}: no metadata column {'.'.join(names)!r}; "
-                f"metadata columns: {', '.join(columns)}"
+                f"--where {where!r}: no metadata column {'.'.join(names)!r}. "
+                f"Metadata columns: {', '.join(columns)}"
             )
     if kind == "FUNCTION":
         name = str(node.get("function_name", "")).lower()

@@ -405,7 +405,7 @@ def test_interrupted_search_resumes_only_with_the_same_arguments(base, tmp_path,
 WHERE_BAD = {
     "missing_column": (
         "nope > 1",
-        "no metadata column 'nope'; metadata columns: source, year, title, doc_id",
+        "no metadata column 'nope'. Metadata columns: source, year, title, doc_id",
     ),
     "reserved_column": ("_row > 3", "no metadata column '_row'"),
     "read_csv_subquery": (
