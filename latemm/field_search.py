@@ -453,7 +453,7 @@ def search_fields_file(
     rescore_fields, preset, encoders, reranker, ...). A query file's ``embedding`` column
     serves the one field that holds precomputed vectors."""
     from latemm.io import Columns, count_rows, read_batches, write_parquet, write_run_trec
-    from latemm.pipeline import _pages, _progress
+    from latemm.pipeline import _progress
 
     retriever = FieldRetriever(index_dir, **options)
     schema = run_schema(retriever.plan.scored)
@@ -471,16 +471,7 @@ def search_fields_file(
             kind="queries",
             batch_size=batch_size,
         ):
-            given = {}
-            if batch.vectors is not None and len(precomputed) == 1:
-                assert batch.offsets is not None
-                given[precomputed[0]] = [
-                    batch.vectors[a:b]
-                    for a, b in zip(batch.offsets[:-1], batch.offsets[1:], strict=True)
-                ]
-            pages = [
-                p if p.image is not None else p.text for p in _pages_or_ids(batch, queries, _pages)
-            ]
+            pages, given = _batch_queries(batch, Path(queries), precomputed)
             result = retriever.search(
                 pages,
                 k=k,
@@ -504,10 +495,18 @@ def search_fields_file(
     return run
 
 
-def _pages_or_ids(batch: Any, source: Any, pages_of: Any) -> list[Any]:
-    """The batch's queries as pages; rows with only precomputed vectors become empty pages."""
+def _batch_queries(
+    batch: Any, source: Path, precomputed: list[str]
+) -> tuple[list[Any], dict[str, Any]]:
+    """A query batch as texts or pages (image queries), and its ``embedding`` column as the
+    query vectors of the one precomputed field (if there is exactly one)."""
     from latemm.encoders.base import Page
+    from latemm.pipeline import _pages
 
+    given = {}
+    if batch.vectors is not None and len(precomputed) == 1:
+        bounds = zip(batch.offsets[:-1], batch.offsets[1:], strict=True)
+        given[precomputed[0]] = [batch.vectors[a:b] for a, b in bounds]
     if not any(c in batch.table.column_names for c in ("text", "image")):
-        return [Page() for _ in batch.ids]
-    return list(pages_of(batch, Path(source)))
+        return [Page() for _ in batch.ids], given
+    return [p if p.image is not None else p.text for p in _pages(batch, source)], given

@@ -324,3 +324,22 @@ def test_python_api_fields(tiny_text_model, corpus, tmp_path) -> None:
         assert run.num_rows == 5 and {"score_text", "score_bm25"} <= set(run.column_names)
     text_only = latemm.search(tmp_path / "idx", ["revenue growth"], k=5, preset="text-only")
     assert text_only.num_rows == 5
+
+
+def test_query_file_embeddings_serve_the_precomputed_field(index, tmp_path) -> None:
+    from latemm.cli import main
+
+    rng = np.random.default_rng(9)
+    queries = [rng.standard_normal((3, DIM)).astype(np.float32) for _ in range(2)]
+    qfile = tmp_path / "q.parquet"
+    table = {"query_id": ["a", "b"], "text": ["cash", "audit risk"]}
+    pq.write_table(pa.table({**table, "embedding": [q.tolist() for q in queries]}), qfile)
+    run = tmp_path / "run.parquet"
+    args = ["search", str(index), str(qfile), "--out", str(run), "--fields", "m,b", "--k", "3"]
+    assert main([*args, "--candidates", str(N), "--quiet", "--trec", str(tmp_path / "r.trec")]) == 0
+    got = pq.read_table(run)
+    want = FieldRetriever(index, fields=["m", "b"]).search(
+        ["cash", "audit risk"], k=3, candidates=N, query_vectors={"m": queries}
+    )
+    assert got.column("doc_id").to_pylist() == [d for row in want.doc_ids for d in row]
+    assert len((tmp_path / "r.trec").read_text().splitlines()) == 6
