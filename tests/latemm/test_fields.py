@@ -343,3 +343,30 @@ def test_query_file_embeddings_serve_the_precomputed_field(index, tmp_path) -> N
     )
     assert got.column("doc_id").to_pylist() == [d for row in want.doc_ids for d in row]
     assert len((tmp_path / "r.trec").read_text().splitlines()) == 6
+
+
+@pytest.mark.slow  # builds a tiny Qwen2-VL (test_reranker covers the reranker itself)
+def test_fused_results_are_reranked_from_the_fields_pages(index, tmp_path_factory) -> None:
+    pytest.importorskip("torchvision")  # Qwen2-VL's processor needs its video processor
+    from latemm.encoders.base import Page
+    from latemm.reranker import MLLMReranker
+    from tests.latemm.tiny_models import build_qwen2_vl
+
+    reranker = MLLMReranker(str(build_qwen2_vl(tmp_path_factory.mktemp("qwen"))), template="yesno")
+    queries = [np.ones((2, DIM), np.float32)]
+    vectors = {"m": queries, "s": [q.sum(0, keepdims=True) for q in queries]}
+    plain = FieldRetriever(index).search(["cash"], k=8, query_vectors=vectors)
+    reranked = FieldRetriever(index, reranker=reranker, rerank_depth=5).search(
+        ["cash"], k=8, query_vectors=vectors
+    )
+    top = list(plain.doc_ids[0, :5])
+    assert sorted(reranked.doc_ids[0, :5]) == sorted(top)
+    assert list(reranked.doc_ids[0, 5:]) == list(plain.doc_ids[0, 5:])
+    pages = FieldRetriever(index).pages(top)
+    want = reranker.score("cash", [pages[d] for d in top])
+    by_doc = dict(zip(top, want, strict=True))
+    got = reranked.rerank_scores[0, :5]
+    np.testing.assert_allclose(got, [by_doc[d] for d in reranked.doc_ids[0, :5]], rtol=1e-5)
+    assert list(got) == sorted(got, reverse=True)
+    # A page without text (p00) is read from the vector field's metadata, as an empty page.
+    assert FieldRetriever(index).pages(["p00"])["p00"] == Page(text=None, image=None)
