@@ -8,6 +8,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from index_store.errors import InputError, LatemmError
 
@@ -265,7 +266,7 @@ def _search_fields(args: argparse.Namespace, start: float) -> int:
     return 0
 
 
-def _reranker(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _reranker(args: argparse.Namespace) -> Any:
     if not args.rerank:
         return None
     from latemm.reranker import MLLMReranker

@@ -206,7 +206,9 @@ def search_params(
     faiss_index: Any, mask: np.ndarray | None, *, nprobe: int = 32, ef_search: int = 256
 ) -> Any:
     """faiss search parameters: HNSW's efSearch or IVF's nprobe, and a row selector."""
-    import faiss
+    import faiss as faiss_module
+
+    faiss: Any = faiss_module  # its stubs lack the SearchParameters classes
 
     concrete = faiss.downcast_index(faiss_index)
     if isinstance(concrete, faiss.IndexHNSW):
