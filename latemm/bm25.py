@@ -67,6 +67,17 @@ def build(directory: Path, doc_ids: Sequence[str], texts: Sequence[str]) -> dict
     }
 
 
+def read_docs(directory: Path) -> dict[str, str]:
+    """doc_id -> text of a build (from ``docs.parquet`` alone, so a build whose bm25s files
+    are damaged can still be rebuilt)."""
+    try:
+        table = pq.read_table(Path(directory) / DOCS)
+    except (OSError, pa.ArrowException) as exc:
+        raise IndexCorruptError(f"cannot read {Path(directory) / DOCS}: {exc}") from exc
+    ids, texts = table.column("doc_id").to_pylist(), table.column("text").to_pylist()
+    return dict(zip(ids, texts, strict=True))
+
+
 class BM25Index:
     """A saved BM25 field opened for scoring: ``doc_ids`` (n,) and ``scores(queries)``."""
 

@@ -329,8 +329,9 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from index_store import verify
+    from latemm.fields import is_fields_index, verify_fields
 
-    problems = verify(args.index)
+    problems = verify_fields(args.index) if is_fields_index(args.index) else verify(args.index)
     if problems:
         for problem in problems:
             print(problem, file=sys.stderr)

@@ -188,6 +188,24 @@ def open_field(
     return Index.open(path, verify=verify)
 
 
+def verify_fields(index_dir: str | Path) -> list[str]:
+    """Every problem with a multi-field index's files (each sub-index's checksums, each bm25
+    build's), field by field. Empty means intact."""
+    from index_store import verify
+    from index_store.segment import check_files
+
+    problems = []
+    for spec in read_fields(index_dir).fields:
+        path = field_dir(index_dir, spec)
+        found = (
+            check_files(path, {"files": spec.options["files"]}, full=True)
+            if spec.kind == "bm25"
+            else verify(path)
+        )
+        problems += [f"field {spec.name!r}: {p}" for p in found]
+    return problems
+
+
 # ------------------------------------------------------------------------------ encoders
 @dataclass(frozen=True)
 class FieldRequest:
@@ -528,10 +546,7 @@ def _index_bm25(
     texts: dict[str, str] = {}
     generation = 0
     if recorded is not None:
-        old = bm25.BM25Index(
-            base / recorded.options["dir"], recorded.options["files"], verify="none"
-        )
-        texts = dict(zip(old.doc_ids.tolist(), old.texts(), strict=True))
+        texts = bm25.read_docs(base / recorded.options["dir"])
         generation = int(recorded.options["dir"].lstrip("g"))
     on_existing = options.get("on_existing", "skip")
     table = pq.read_table(corpus, columns=[cols.id, cols.text])

@@ -13,7 +13,7 @@ import pytest
 
 from index_store import Index, IndexConfig, InputError, create
 from latemm.field_search import FieldRetriever
-from latemm.fields import index_fields, read_fields
+from latemm.fields import index_fields, parse_field, read_fields
 from latemm.retriever import Retriever
 
 DIM = 8
@@ -303,6 +303,16 @@ def test_cli_fields_fusion_weights_presets_and_info(
     assert "latemm search: error: unknown field 'nope'" in capsys.readouterr().err
     assert main([*search, "--weights", "text=-1"]) == 2
     assert "field 'text' has weight -1.0" in capsys.readouterr().err
+    assert main(["verify", str(idx)]) == 0
+    capsys.readouterr()
+    bm25_dir = next((idx / "fields" / "b").iterdir())
+    (bm25_dir / "vocab.index.json").write_text("{}")
+    assert main(["verify", str(idx)]) == 1
+    assert "field 'b': " in capsys.readouterr().err
+    assert main(["info", str(idx)]) == 2  # opening checks the damaged bm25 files
+    assert "BM25 field files are damaged" in capsys.readouterr().err
+    (bm25_dir / "vocab.index.json").unlink()
+    index_fields(corpus[0], idx, [parse_field("b=bm25")], progress=False)  # rebuilds the field
     assert main(["info", str(idx)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert [f["name"] for f in info["fields"]] == ["text", "dense", "b"]
