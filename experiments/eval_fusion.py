@@ -15,11 +15,12 @@ Metrics and the paired two-sided t-test are ranx's (``ranx.compare``).
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Any
 
-from experiments.common import CACHE, minilm_path, shared_data_dir, write_result
+from experiments.common import CACHE, RESULTS, minilm_path, shared_data_dir, write_result
 from experiments.eval_text import TextBench, mmlongbench_files, vaswani_files
 from latemm.field_search import search_fields_file
 from latemm.fields import index_fields
@@ -42,9 +43,9 @@ def run_systems(name: str, bench: TextBench, work: Path, k: int = 100) -> dict[s
     """Index both fields once, search each system, evaluate and compare."""
     index_dir = work / f"{name}-fields"
     t0 = time.perf_counter()
-    counts = index_fields(
-        bench.corpus, index_dir, {"text": minilm_path(), "bm25": "bm25"}, progress=False
-    )
+    # Small commits: an interrupted run resumes with little lost (re-running skips them).
+    fields = {"text": minilm_path(), "bm25": "bm25"}
+    counts = index_fields(bench.corpus, index_dir, fields, progress=False, commit_every=128)
     t_index = time.perf_counter() - t0
     print(f"  {name}: indexed {counts} in {t_index:.0f}s")
     runs, timings = {}, {}
@@ -88,15 +89,24 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="3,000 Vaswani abstracts, 8 PDFs")
     parser.add_argument("--data", default=None)
+    parser.add_argument(
+        "--only",
+        choices=["mmlongbench", "vaswani"],
+        default=None,
+        help="run one data set and merge it into the result file (run both in parallel)",
+    )
     args = parser.parse_args(argv)
     data = Path(args.data) if args.data else shared_data_dir()
     work = CACHE / ("eval_fusion" + ("_quick" if args.quick else ""))
     work.mkdir(parents=True, exist_ok=True)
+    result_name = "eval_fusion" + ("_quick" if args.quick else "")
     results: dict[str, Any] = {"systems": SYSTEMS}
     for name, build, metrics in (
         ("mmlongbench", mmlongbench_files, ["ndcg@5", "recall@10", "ndcg@10", "mrr@10"]),
         ("vaswani", vaswani_files, ["ndcg@10", "recall@100", "mrr@10"]),
     ):
+        if args.only is not None and name != args.only:
+            continue
         bench = build(data, work, args.quick)
         done = run_systems(name + ("-quick" if args.quick else ""), bench, work)
         runs = done.pop("runs")
@@ -105,7 +115,15 @@ def main(argv: list[str] | None = None) -> None:
             **done,
             **evaluate_runs(runs, bench.qrels, metrics),
         }
-    path = write_result("eval_fusion" + ("_quick" if args.quick else ""), results)
+    if args.only is not None:  # keep the other data set's results from its own run
+        previous = RESULTS / f"{result_name}.json"
+        if previous.is_file():
+            old = json.loads(previous.read_text(encoding="utf-8"))
+            results = {
+                **{k: old[k] for k in ("mmlongbench", "vaswani") if k in old},
+                **results,
+            }
+    path = write_result(result_name, results)
     print(f"wrote {path}")
 
 
