@@ -380,3 +380,12 @@ def test_fused_results_are_reranked_from_the_fields_pages(index, tmp_path_factor
     assert list(got) == sorted(got, reverse=True)
     # A page without text (p00) is read from the vector field's metadata, as an empty page.
     assert FieldRetriever(index).pages(["p00"])["p00"] == Page(text=None, image=None)
+
+
+def test_weights_text_is_parsed_or_refused() -> None:
+    from latemm.fusion import parse_weights
+
+    assert parse_weights("text=0.7, bm25=0.3") == {"text": 0.7, "bm25": 0.3}
+    for bad in ("text", "text=high", "=1", ","):
+        with pytest.raises(InputError, match="--weights"):
+            parse_weights(bad)
