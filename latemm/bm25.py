@@ -78,13 +78,21 @@ def read_docs(directory: Path) -> dict[str, str]:
     return dict(zip(ids, texts, strict=True))
 
 
+def check_build(directory: Path, files: dict[str, Any], *, full: bool) -> list[str]:
+    """Problems with a build's files against their recorded sizes and sha256."""
+    from index_store.manifest import FileEntry
+
+    entries = tuple(FileEntry(name, int(f["size"]), str(f["sha256"])) for name, f in files.items())
+    return check_files(Path(directory), entries, full=full)
+
+
 class BM25Index:
     """A saved BM25 field opened for scoring: ``doc_ids`` (n,) and ``scores(queries)``."""
 
     def __init__(self, directory: Path, files: dict[str, Any], *, verify: str = "fast") -> None:
         self.path = Path(directory)
         if verify != "none":
-            problems = check_files(self.path, {"files": files}, full=verify == "full")
+            problems = check_build(self.path, files, full=verify == "full")
             if problems:
                 raise IndexCorruptError(
                     "BM25 field files are damaged: " + "; ".join(problems) + "; rebuild the field"

@@ -192,13 +192,13 @@ def verify_fields(index_dir: str | Path) -> list[str]:
     """Every problem with a multi-field index's files (each sub-index's checksums, each bm25
     build's), field by field. Empty means intact."""
     from index_store import verify
-    from index_store.segment import check_files
+    from latemm.bm25 import check_build
 
     problems = []
     for spec in read_fields(index_dir).fields:
         path = field_dir(index_dir, spec)
         found = (
-            check_files(path, {"files": spec.options["files"]}, full=True)
+            check_build(path, spec.options["files"], full=True)
             if spec.kind == "bm25"
             else verify(path)
         )

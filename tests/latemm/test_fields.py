@@ -183,7 +183,7 @@ def test_layout_on_disk_and_pages_a_field_cannot_read(index) -> None:
     assert len(Index.open(index / "fields" / "m")) == N
     # Every 7th page has no text: absent from the bm25 field only.
     assert manifest["fields"][2]["options"]["documents"] == N - len(range(0, N, 7))
-    assert "emb_single" not in Index.open(index / "fields" / "m").segments[0].metadata_columns()
+    assert "emb_single" not in Index.open(index / "fields" / "m").segments[0].schema.names
 
 
 def test_a_field_added_later_is_the_only_one_encoded(corpus, tmp_path) -> None:
