@@ -279,7 +279,8 @@ def encoder_from_spec(spec: FieldSpec, *, device: str | None = None) -> Any:
     from latemm.encoders import load_encoder
 
     try:
-        return load_encoder(spec.encoder, **({"device": device} if device else {}))
+        options: dict[str, Any] = {"device": device} if device else {}
+        return load_encoder(spec.encoder, **options)
     except LatemmError as exc:
         raise InputError(f"field {spec.name!r}: cannot rebuild its encoder: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - transformers/hub raise many types for a bad model
