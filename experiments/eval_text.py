@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -88,7 +90,20 @@ def evaluate_all(
     }
 
 
-def vaswani(data: Path, work: Path, quick: bool) -> dict[str, object]:
+@dataclass(frozen=True)
+class TextBench:
+    """A labelled text retrieval set written as corpus and query Parquet files."""
+
+    corpus: Path
+    queries: Path
+    qrels: dict[str, dict[str, int]]
+    query_ids: list[str]
+    query_texts: list[str]
+    report: Any = None  # the ingest report (MMLongBench-Doc)
+
+
+def vaswani_files(data: Path, work: Path, quick: bool) -> TextBench:
+    """Vaswani as corpus and query Parquet files (``eval_fusion`` reuses them)."""
     root = data / "vaswani"
     doc_ids, texts = read_trec_docs(root / "doc-text.trec")
     query_ids, queries = read_trec_topics(root / "query-text.trec")
@@ -97,17 +112,29 @@ def vaswani(data: Path, work: Path, quick: bool) -> dict[str, object]:
     corpus, qfile = work / "vaswani-corpus.parquet", work / "vaswani-queries.parquet"
     pq.write_table(pa.table({"doc_id": doc_ids, "text": texts}), corpus)
     pq.write_table(pa.table({"query_id": query_ids, "text": queries}), qfile)
-    qrels = load_qrels(root / "qrels")
+    return TextBench(corpus, qfile, load_qrels(root / "qrels"), query_ids, queries)
+
+
+def vaswani(data: Path, work: Path, quick: bool) -> dict[str, object]:
+    files = vaswani_files(data, work, quick)
+    table = pq.read_table(files.corpus)
+    doc_ids, texts = table.column("doc_id").to_pylist(), table.column("text").to_pylist()
+    query_ids, queries = files.query_ids, files.query_texts
     runs = {"bm25": bm25_run(doc_ids, texts, query_ids, queries)}
-    runs.update(latemm_runs("vaswani" + ("-quick" if quick else ""), corpus, qfile, work))
+    runs.update(
+        latemm_runs("vaswani" + ("-quick" if quick else ""), files.corpus, files.queries, work)
+    )
     return {
         "documents": len(doc_ids),
         "queries": len(query_ids),
-        **evaluate_all("vaswani", runs, qrels, ["ndcg@10", "recall@100", "mrr@10"]),
+        **evaluate_all("vaswani", runs, files.qrels, ["ndcg@10", "recall@100", "mrr@10"]),
     }
 
 
-def mmlongbench(data: Path, work: Path, quick: bool) -> dict[str, object]:
+def mmlongbench_files(data: Path, work: Path, quick: bool) -> TextBench:
+    """MMLongBench-Doc's PDFs ingested as page text (``latemm ingest --no-images``) and its
+    answerable questions whose PDFs are all present, as Parquet files (``eval_fusion`` reuses
+    them)."""
     from latemm.ingest import ingest_pdfs
 
     pdfs = sorted((data / "mmlongbench" / "pdfs").glob("*.pdf"))
@@ -122,6 +149,13 @@ def mmlongbench(data: Path, work: Path, quick: bool) -> dict[str, object]:
     query_ids, questions, qrels = mmlongbench_questions(data, pdfs={p.name for p in pdfs})
     qfile = work / "mmlongbench-queries.parquet"
     pq.write_table(pa.table({"query_id": query_ids, "text": questions}), qfile)
+    return TextBench(corpus, qfile, qrels, query_ids, questions, report)
+
+
+def mmlongbench(data: Path, work: Path, quick: bool) -> dict[str, object]:
+    files = mmlongbench_files(data, work, quick)
+    corpus, qfile, qrels = files.corpus, files.queries, files.qrels
+    query_ids, questions, report = files.query_ids, files.query_texts, files.report
     table = pq.read_table(corpus, columns=["doc_id", "text"])
     runs = {
         "bm25": bm25_run(

@@ -24,6 +24,7 @@ EXPERIMENTS = [
     "bench_index",
     "bench_search",
     "eval_text",
+    "eval_fusion",
     "storage_quality",
     "candidates",
     "bench_encoders",
@@ -256,6 +257,40 @@ def section_text(r: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def section_fusion(r: dict[str, Any]) -> str:
+    out = ["## 4b. Fusing a MiniLM field with a BM25 field in one index", _provenance(r), ""]
+    out.append(
+        "One index, two fields (`latemm index --field text=MINILM --field bm25=bm25`), searched "
+        "alone (`--fields bm25`, `--fields text`) and fused (`--fusion rrf`, k=60; `--fusion "
+        "weighted`, min-max normalised, equal weights fixed in advance). p: ranx's paired "
+        "two-sided t-test on the first metric against each single field.\n"
+    )
+    for name in ("mmlongbench", "vaswani"):
+        block = r.get(name)
+        if not block:
+            continue
+        metrics = block["metrics"]
+        names = list(next(iter(metrics.values())))
+        tests = block["paired_t_test"]
+        rows = []
+        for system, values in metrics.items():
+            p = tests[system]["comparisons"]
+            rows.append(
+                [
+                    system,
+                    *[values[m] for m in names],
+                    *[
+                        "" if other == system else f"{p[other][names[0]]:.3g}"
+                        for other in ("bm25", "minilm-multivector")
+                    ],
+                ]
+            )
+        out.append(f"**{name}** ({block['queries']} queries; fields: {block['fields']})\n")
+        out.append(_table(["system", *names, "p vs bm25", "p vs minilm"], rows))
+        out.append("")
+    return "\n".join(out)
+
+
 def section_storage(r: dict[str, Any]) -> str:
     out = ["## 5. Storage options: bytes against quality", _provenance(r), ""]
     out.append(
@@ -434,6 +469,7 @@ SECTIONS = {
     "bench_index": section_index,
     "bench_search": section_search,
     "eval_text": section_text,
+    "eval_fusion": section_fusion,
     "storage_quality": section_storage,
     "candidates": section_candidates,
     "bench_encoders": section_encoders,

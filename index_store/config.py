@@ -99,6 +99,9 @@ class IndexConfig:
     encoder
         Identity of the encoder that produced the vectors (``EncoderInfo.to_dict()``), or None
         for precomputed embeddings.
+    single_vector
+        Every document has exactly one vector, and faiss indexes those vectors themselves (no
+        FDE): a query's summed vectors against them give exact MaxSim (``fde`` is then unused).
     """
 
     dim: int
@@ -106,8 +109,13 @@ class IndexConfig:
     fde: FDEConfig | None = None
     faiss_factory: str = "Flat"
     encoder: dict[str, Any] | None = field(default=None, compare=False)
+    single_vector: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.single_vector, bool):
+            raise InputError(
+                f"IndexConfig.single_vector must be True or False, got {self.single_vector!r}"
+            )
         if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
             raise InputError(f"IndexConfig.dim must be a positive int, got {self.dim!r}")
         if self.dtype not in DTYPES:
@@ -119,7 +127,7 @@ class IndexConfig:
             raise InputError(
                 f"IndexConfig.fde.dimension ({self.fde.dimension}) must equal dim ({self.dim})"
             )
-        check_factory(self.faiss_factory, self.fde.output_dimension)
+        check_factory(self.faiss_factory, self.faiss_dimension)
         if self.encoder is not None and not isinstance(self.encoder, dict):
             raise InputError(
                 f"IndexConfig.encoder must be a dict (EncoderInfo.to_dict()) or None, "
@@ -131,14 +139,22 @@ class IndexConfig:
         assert self.fde is not None
         return self.fde
 
+    @property
+    def faiss_dimension(self) -> int:
+        """The dimension of what faiss indexes: the FDE's, or ``dim`` for single-vector."""
+        return self.dim if self.single_vector else self.fde_config.output_dimension
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "dim": self.dim,
             "dtype": self.dtype,
             "fde": self.fde_config.to_dict(),
             "faiss_factory": self.faiss_factory,
             "encoder": self.encoder,
         }
+        if self.single_vector:  # absent otherwise: multi-vector manifests stay as they were
+            out["single_vector"] = True
+        return out
 
     @classmethod
     def from_dict(cls, payload: Any) -> IndexConfig:
@@ -161,6 +177,7 @@ class IndexConfig:
             fde=fde_config,
             faiss_factory=payload["faiss_factory"],
             encoder=payload.get("encoder"),
+            single_vector=payload.get("single_vector", False),
         )
 
     def differences(self, other: IndexConfig) -> list[str]:
@@ -168,6 +185,6 @@ class IndexConfig:
         mine, theirs = self.to_dict(), other.to_dict()
         return [
             f"{key}: recorded {mine[key]!r}, requested {theirs[key]!r}"
-            for key in ("dim", "dtype", "faiss_factory", "fde")
-            if mine[key] != theirs[key]
+            for key in ("dim", "dtype", "faiss_factory", "fde", "single_vector")
+            if mine.get(key, False) != theirs.get(key, False)
         ]

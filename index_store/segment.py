@@ -82,7 +82,7 @@ def write_segment(
     try:
         # The FDE is computed from the stored (decoded) vectors so that compaction reproduces it.
         decoded = codecs.decode(codes, scales, config.dtype, config.dim)
-        fde = encode_documents(decoded, config.fde_config, offsets=offsets)
+        fde = first_stage_vectors(decoded, offsets, config)
         index = build_faiss(config.faiss_factory, fde)  # before any file: training may fail
         save_npy(tmp / "vectors.npy", codes)
         if scales is not None:
@@ -100,6 +100,22 @@ def write_segment(
         FileEntry(p.name, p.stat().st_size, sha256_file(p)) for p in sorted(final.iterdir())
     )
     return SegmentEntry(name, int(offsets.size - 1), int(offsets[-1]), files)
+
+
+def first_stage_vectors(
+    decoded: np.ndarray, offsets: np.ndarray, config: IndexConfig
+) -> np.ndarray:
+    """What faiss indexes: the documents' FDEs, or for a single-vector index their one vector
+    each, (n, D) float32."""
+    if not config.single_vector:
+        return encode_documents(decoded, config.fde_config, offsets=offsets)
+    lengths = np.diff(offsets)
+    if np.any(lengths != 1):
+        row = int(np.flatnonzero(lengths != 1)[0])
+        raise InputError(
+            f"document {row} of a single-vector segment has {int(lengths[row])} vectors"
+        )
+    return np.ascontiguousarray(decoded, dtype=np.float32)
 
 
 def check_files(directory: Path, files: tuple[FileEntry, ...], *, full: bool) -> list[str]:
@@ -155,7 +171,7 @@ def check_faiss_header(
     d = int(np.frombuffer(head, "<i4", 1, 4)[0])
     ntotal = int(np.frombuffer(head, "<i8", 1, 8)[0])
     metric = int(np.frombuffer(head, "<i4", 1, 33)[0])
-    expected_d = config.fde_config.output_dimension
+    expected_d = config.faiss_dimension
     if (d, ntotal, metric) != (expected_d, num_docs, 0):
         raise bad(
             f"holds {ntotal} vectors of dimension {d} (metric {metric}); expected {num_docs} of "
@@ -226,7 +242,7 @@ class Segment:
                 index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
             except (RuntimeError, MemoryError, ValueError) as exc:
                 raise IndexCorruptError(f"{path}: faiss cannot read it ({exc})") from exc
-            if index.ntotal != self.num_docs or index.d != self.config.fde_config.output_dimension:
+            if index.ntotal != self.num_docs or index.d != self.config.faiss_dimension:
                 raise IndexCorruptError(f"{path}: faiss read an index of another shape")
             self._faiss = index
         return self._faiss

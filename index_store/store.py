@@ -244,7 +244,9 @@ class Index:
             "segments": len(self.segments),
             "dim": self.config.dim,
             "dtype": self.config.dtype,
-            "fde_dimension": self.config.fde_config.output_dimension,
+            "fde_dimension": None
+            if self.config.single_vector
+            else self.config.fde_config.output_dimension,
             "faiss_factory": self.config.faiss_factory,
             "encoder": self.config.encoder,
             "disk_bytes": disk,
@@ -396,6 +398,14 @@ class IndexWriter:
         self._check_types(table, source)
         keep = self._keep(ids, upsert=upsert, skip_existing=skip_existing, source=source)
         nonzero, lengths = _unpadded(flat, bounds, ids, source)
+        if self.config.single_vector and np.any(lengths[keep] > 1):
+            row = int(np.flatnonzero(keep & (lengths > 1))[0])
+            raise InputError(
+                f"{source}, row {row}: document {ids[row]!r} has {int(lengths[row])} vectors; this "
+                "index is single-vector (one vector per document): pool them first, or index "
+                "into a multi-vector index",
+                item=row,
+            )
         if upsert:
             self._replace(ids, keep)
         rows = np.flatnonzero(keep)

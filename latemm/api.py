@@ -37,16 +37,31 @@ def build_index(
     *,
     encoder: Any = None,
     on_empty: str = "skip",
+    fields: dict[str, Any] | None = None,
     **options: Any,
-) -> Index:
+) -> Any:
     """Index a Parquet corpus (file or folder); ``encoder`` is a hub id, a folder or an Encoder
     (not needed with an ``embedding`` column). Options as for ``latemm index``.
 
     Rows with nothing the encoder can read (blank pages, empty text) are skipped with a warning
-    and listed by ``Index.rejects()``; ``on_empty="error"`` makes the first one an error."""
+    and listed by ``Index.rejects()``; ``on_empty="error"`` makes the first one an error.
+
+    ``fields`` builds named fields instead (``{"text": latemm.minilm_path(), "bm25": "bm25"}``;
+    values as for ``--field``: a hub id or folder, ``bm25``, ``single:ENCODER``,
+    ``embedding:COLUMN``, or an Encoder) and returns the index's ``FieldsManifest``; pages a
+    field cannot read are left out of that field."""
     import warnings
 
     from latemm.pipeline import index_corpus
+
+    if fields is not None:
+        from index_store.errors import InputError
+        from latemm.fields import index_fields, read_fields
+
+        if encoder is not None:
+            raise InputError("give encoder= (one field) or fields= (named fields), not both")
+        index_fields(corpus, index_dir, fields, progress=options.pop("progress", False), **options)
+        return read_fields(index_dir)
 
     report = index_corpus(
         corpus,
@@ -75,14 +90,33 @@ def search(
     where: str | None = None,
     reranker: Any = None,
     rerank_depth: int = 20,
+    fields: Sequence[str] | None = None,
+    fusion: str | None = None,
+    weights: dict[str, float] | None = None,
+    rescore_fields: Sequence[str] | None = None,
+    preset: str | None = None,
 ) -> pa.Table:
     """Search a list of text queries, or a queries Parquet file, and return the run table
     (``query_id, doc_id, rank, score, fde_score, maxsim_score, rerank_score``).
 
     The encoder defaults to the one the index recorded. A sharded index (``latemm.sharded``)
-    is searched shard by shard and merged exactly."""
+    is searched shard by shard and merged exactly. A multi-field index (or any of
+    ``fields``, ``fusion``, ``weights``, ``rescore_fields``, ``preset``) searches named fields
+    (``latemm.field_search``); the run then has a ``score_<field>`` column per field."""
+    from latemm.fields import is_fields_index
     from latemm.retriever import Retriever
     from latemm.sharded import is_sharded
+
+    if isinstance(reranker, (str, Path)):
+        from latemm.reranker import MLLMReranker
+
+        reranker = MLLMReranker(str(reranker))
+    named = dict(
+        fields=fields, fusion=fusion, weights=weights, rescore_fields=rescore_fields, preset=preset
+    )
+    path = index.path if isinstance(index, Index) else Path(index)
+    if any(v is not None for v in named.values()) or is_fields_index(path):
+        return _search_fields(path, queries, k, candidates, where, reranker, rerank_depth, named)
 
     if not isinstance(index, Index) and is_sharded(index):
         if reranker is not None:
@@ -100,10 +134,6 @@ def search(
         from latemm.encoders import load_encoder
 
         encoder = load_encoder(opened.config.encoder)  # rebuilt with its recorded options
-    if isinstance(reranker, (str, Path)):
-        from latemm.reranker import MLLMReranker
-
-        reranker = MLLMReranker(str(reranker))
     if isinstance(queries, (str, Path)) and Path(queries).suffix == ".parquet":
         import tempfile
 
@@ -162,6 +192,42 @@ def _search_sharded(
     retriever = ShardedRetriever(index, encoder=_as_encoder(encoder))
     texts = [str(queries)] if isinstance(queries, (str, Path)) else list(queries)
     return retriever.search(texts, k=k, candidates=candidates, where=where).to_arrow()
+
+
+def _search_fields(
+    index: Path,
+    queries: Sequence[str] | str | Path,
+    k: int,
+    candidates: int | None,
+    where: str | None,
+    reranker: Any,
+    rerank_depth: int,
+    named: dict[str, Any],
+) -> pa.Table:
+    from latemm.field_search import FieldRetriever, run_schema, search_fields_file
+
+    named["fusion"] = named["fusion"] or "rrf"
+    if isinstance(queries, (str, Path)) and Path(queries).suffix == ".parquet":
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            return search_fields_file(
+                index,
+                queries,
+                Path(tmp) / "run.parquet",
+                k=k,
+                candidates=candidates,
+                where=where,
+                progress=False,
+                reranker=reranker,
+                rerank_depth=rerank_depth,
+                **named,
+            )
+    retriever = FieldRetriever(index, reranker=reranker, rerank_depth=rerank_depth, **named)
+    assert not isinstance(queries, Path)  # a Path is a queries file, handled above
+    texts = [queries] if isinstance(queries, str) else [str(q) for q in queries]
+    result = retriever.search(texts, k=k, candidates=candidates, where=where)
+    return result.to_arrow().cast(run_schema(retriever.plan.scored))
 
 
 def evaluate(

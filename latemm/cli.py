@@ -9,6 +9,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from index_store.errors import InputError, LatemmError
 
@@ -103,6 +104,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     from latemm.sharded import index_sharded, is_sharded
 
     start = time.perf_counter()
+    if args.field:
+        return _index_fields(args, start)
     options = dict(
         columns=_columns(args, "doc_id"),
         dtype=args.dtype,
@@ -167,6 +170,44 @@ def _encoder_name(args: argparse.Namespace, index_dir: str | None) -> str | None
     return None
 
 
+def _index_fields(args: argparse.Namespace, start: float) -> int:
+    """``latemm index --field NAME=ENCODER ...``: a multi-field index (latemm.fields)."""
+    from latemm.fields import index_fields, parse_field
+
+    if args.encoder:
+        raise InputError(
+            "give --encoder (one field) or --field NAME=ENCODER (named fields), not both"
+        )
+    kinds = dict(_pairs(args.field_kind or [], "--field-kind"))
+    counts = index_fields(
+        args.corpus,
+        args.index,
+        [parse_field(text, kinds) for text in args.field],
+        columns=_columns(args, "doc_id"),
+        device=args.device.split(",")[0] if args.device else None,
+        progress=not args.quiet,
+        dtype=args.dtype,
+        faiss_factory=args.faiss,
+        commit_every=args.commit_every,
+        on_existing=args.on_existing,
+        batch_size=args.batch_size,
+        pool_factor=args.pool_factor,
+    )
+    fields = ", ".join(f"{name}: {n} documents" for name, n in counts.items())
+    print(f"indexed {args.index} ({fields}) in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
+    out = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise InputError(f"{flag} {item!r}: expected NAME=VALUE")
+        out.append((name.strip(), value.strip()))
+    return out
+
+
 def cmd_encode(args: argparse.Namespace) -> int:
     from latemm.pipeline import encode_corpus
 
@@ -214,9 +255,13 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from latemm.fields import is_fields_index
     from latemm.pipeline import search_file
 
     start = time.perf_counter()
+    named = args.fields or args.weights or args.rescore_field or args.preset or args.fusion
+    if named or is_fields_index(args.index):
+        return _search_fields(args, start)
     encoder = _encoder(args, args.encoder, args.index)
     reranker = None
     if args.rerank:
@@ -255,8 +300,71 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search_fields(args: argparse.Namespace, start: float) -> int:
+    """``latemm search`` over named fields (latemm.field_search)."""
+    from latemm.field_search import search_fields_file
+    from latemm.fusion import parse_weights
+
+    if args.encoder:
+        raise InputError(
+            "--encoder names one model; with named fields each field's recorded encoder is used"
+        )
+    run = search_fields_file(
+        args.index,
+        args.queries,
+        args.out,
+        k=args.k,
+        candidates=args.candidates,
+        where=args.where,
+        batch_size=args.batch_size,
+        trec=args.trec,
+        progress=not args.quiet,
+        columns=_columns(args, "query_id"),
+        fields=[f.strip() for f in args.fields.split(",") if f.strip()] if args.fields else None,
+        fusion=args.fusion or "rrf",
+        weights=parse_weights(args.weights) if args.weights else None,
+        rescore_fields=args.rescore_field,
+        preset=args.preset,
+        device=args.device.split(",")[0] if args.device else None,
+        reranker=_reranker(args),
+        rerank_depth=args.rerank_depth,
+        rerank_fusion=args.rerank_fusion,
+    )
+    queries = len(set(run.column("query_id").to_pylist()))
+    elapsed = time.perf_counter() - start
+    print(f"searched {queries} queries in {elapsed:.1f}s over fields; wrote {args.out}")
+    return 0
+
+
+def _reranker(args: argparse.Namespace) -> Any:
+    if not args.rerank:
+        return None
+    from latemm.reranker import MLLMReranker
+
+    return MLLMReranker(
+        args.rerank,
+        template=args.rerank_template,
+        adapter=args.rerank_adapter,
+        device=args.device.split(",")[0] if args.device else None,
+        dtype=_model_dtype(args),
+        cache=args.rerank_cache,
+    )
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from index_store import Index
+    from latemm.fields import is_fields_index, open_field, read_fields
+
+    if is_fields_index(args.index):
+        fields = []
+        for spec in read_fields(args.index).fields:
+            opened = open_field(args.index, spec)
+            stats = (
+                opened.stats() if isinstance(opened, Index) else {"documents": len(opened.doc_ids)}
+            )
+            fields.append({**spec.to_dict(), "stats": stats})
+        print(json.dumps({"path": str(args.index), "fields": fields}, indent=2))
+        return 0
     from latemm.sharded import is_sharded, sharded_stats
 
     if is_sharded(args.index):
@@ -298,9 +406,15 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from index_store import verify
+    from latemm.fields import is_fields_index, verify_fields
     from latemm.sharded import is_sharded, verify_sharded
 
-    problems = verify_sharded(args.index) if is_sharded(args.index) else verify(args.index)
+    if is_fields_index(args.index):
+        problems = verify_fields(args.index)
+    elif is_sharded(args.index):
+        problems = verify_sharded(args.index)
+    else:
+        problems = verify(args.index)
     if problems:
         for problem in problems:
             print(problem, file=sys.stderr)
@@ -479,6 +593,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="hub id or local folder; not needed with an embedding column",
     )
+    p.add_argument(
+        "--field",
+        action="append",
+        default=None,
+        metavar="NAME=ENCODER",
+        help="a named field (repeatable): ENCODER is a hub id, a local folder, bm25, "
+        "embedding:COLUMN (precomputed), or single:ENCODER for one vector per page",
+    )
+    p.add_argument(
+        "--field-kind",
+        action="append",
+        default=None,
+        metavar="NAME=single",
+        help="make field NAME single-vector (same as single:ENCODER)",
+    )
     _add_device_flags(p)
     _add_encoder_flags(p)
     p.add_argument("--dtype", default="float16", choices=DTYPES)
@@ -544,6 +673,23 @@ def build_parser() -> argparse.ArgumentParser:
         "only: no subqueries, table functions or ';'; run without file access)",
     )
     p.add_argument("--encoder", default=None, help="override the index's recorded encoder")
+    p.add_argument("--fields", default=None, help="named fields to search, a,b (default: all)")
+    p.add_argument(
+        "--fusion", default=None, choices=["rrf", "weighted"], help="how fields fuse (default rrf)"
+    )
+    p.add_argument("--weights", default=None, help="field weights, e.g. text=0.7,bm25=0.3")
+    p.add_argument(
+        "--rescore-field",
+        action="append",
+        default=None,
+        help="field rescored with exact MaxSim (repeatable; default: every multi-vector field)",
+    )
+    p.add_argument(
+        "--preset",
+        default=None,
+        choices=["text-only", "image-only", "fusion", "joint"],
+        help="UniDoc-Bench's paradigms: which fields to search (see the README)",
+    )
     p.add_argument("--rerank", default=None, help="MLLM reranker: hub id or local folder")
     p.add_argument(
         "--rerank-depth", type=int, default=20, help="pages per query the reranker reads"

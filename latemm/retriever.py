@@ -1,6 +1,16 @@
-"""Search: FDE first stage over faiss, then exact MaxSim rescoring of the candidates.
+"""Search as stages, arrays in and arrays out, over one index_store index.
 
-Imports ``fde``, ``index_store`` and ``latemm.scoring``; encoders only when given one.
+1. ``first_stage``: the top ``C`` (segment, row, score) per query from faiss, over the queries'
+   FDEs (multi-vector indexes) or their summed vectors (single-vector indexes, where that sum's
+   inner product *is* MaxSim).
+2. ``rescore``: exact MaxSim over each query's candidates; every segment's candidate vectors
+   are read and decoded once per batch of queries.
+3. ``top_k``: best first, ties by doc_id.
+4. ``rerank_result``: a reranker reorders each query's top ``depth`` pages (``read_pages`` reads
+   only their text and image columns).
+
+``Retriever`` strings them together; ``latemm.fields`` reuses them per field. Imports ``fde``,
+``index_store`` and ``latemm.scoring``; encoders and the reranker only when given one.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ class SearchResult:
     fde_scores: np.ndarray  # (Q, k) float32
     maxsim_scores: np.ndarray  # (Q, k) float32; NaN where rescoring did not run
     rerank_scores: np.ndarray | None = None  # (Q, k) float32
+    field_scores: dict[str, np.ndarray] | None = None  # name -> (Q, k) float32, NaN if absent
 
     def to_arrow(self) -> pa.Table:
         """The run table: query_id, doc_id, rank (1-based), score and one column per stage."""
@@ -64,17 +75,21 @@ class SearchResult:
                 rows["rerank_score"].append(
                     None if self.rerank_scores is None else _nullable(self.rerank_scores[q, r])
                 )
-        return pa.table(
-            {
-                "query_id": pa.array(rows["query_id"], pa.string()),
-                "doc_id": pa.array(rows["doc_id"], pa.string()),
-                "rank": pa.array(rows["rank"], pa.int32()),
-                "score": pa.array(rows["score"], pa.float32()),
-                "fde_score": pa.array(rows["fde_score"], pa.float32()),
-                "maxsim_score": pa.array(rows["maxsim_score"], pa.float32()),
-                "rerank_score": pa.array(rows["rerank_score"], pa.float32()),
-            }
-        )
+        columns = {
+            "query_id": pa.array(rows["query_id"], pa.string()),
+            "doc_id": pa.array(rows["doc_id"], pa.string()),
+            "rank": pa.array(rows["rank"], pa.int32()),
+            "score": pa.array(rows["score"], pa.float32()),
+            "fde_score": pa.array(rows["fde_score"], pa.float32()),
+            "maxsim_score": pa.array(rows["maxsim_score"], pa.float32()),
+            "rerank_score": pa.array(rows["rerank_score"], pa.float32()),
+        }
+        present = self.doc_ids != None  # noqa: E711 - elementwise over an object array
+        for name, values in (self.field_scores or {}).items():
+            columns[f"score_{name}"] = pa.array(
+                [_nullable(v) for v in values[present]], pa.float32()
+            )
+        return pa.table(columns)
 
 
 def truncate(result: SearchResult, k: int) -> SearchResult:
@@ -85,11 +100,266 @@ def truncate(result: SearchResult, k: int) -> SearchResult:
         result.fde_scores[:, :k],
         result.maxsim_scores[:, :k],
         None if result.rerank_scores is None else result.rerank_scores[:, :k],
+        None
+        if result.field_scores is None
+        else {name: v[:, :k] for name, v in result.field_scores.items()},
     )
 
 
 def _nullable(value: float) -> float | None:
     return None if np.isnan(value) else float(value)
+
+
+# ------------------------------------------------------------------------------------ stages
+@dataclass(frozen=True)
+class Candidates:
+    """Row-aligned first-stage candidates: query q's c-th is (segment, row) of the index.
+
+    ``segments`` and ``rows`` are (Q, C) int64, -1 where a query has fewer than C; ``scores``
+    (Q, C) float32, -inf there.
+    """
+
+    segments: np.ndarray
+    rows: np.ndarray
+    scores: np.ndarray
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.segments >= 0
+
+
+def check_request(k: int, candidates: int | None) -> int:
+    """The number of first-stage candidates to take for ``k`` results (at least ``k``)."""
+    if k < 1:
+        raise InputError(f"k must be >= 1, got {k}")
+    if candidates is not None and candidates < 1:
+        raise InputError(f"candidates must be >= 1, got {candidates}")
+    return max(k, candidates if candidates is not None else DEFAULT_CANDIDATES)
+
+
+def query_ids_for(query_ids: Sequence[str] | None, n_queries: int) -> list[str]:
+    ids = [str(i) for i in (query_ids if query_ids is not None else range(n_queries))]
+    if len(ids) != n_queries:
+        raise InputError(f"{len(ids)} query_ids for {n_queries} queries")
+    return ids
+
+
+def as_query_arrays(index: Index, query_vectors: Any, query_offsets: Any) -> tuple[Any, Any]:
+    """Flat (N, d) float32 query vectors and (Q + 1,) offsets, checked against the index."""
+    dim = index.config.dim
+    try:
+        return as_flat(query_vectors, dim, offsets=query_offsets, kind="query")
+    except FDEInputError as exc:
+        raise InputError(f"{exc} (the index stores {dim}-dimensional vectors)") from exc
+
+
+def first_stage_queries(
+    index: Index, flat: np.ndarray, offsets: np.ndarray, *, device: str | None = None
+) -> np.ndarray:
+    """What faiss searches with, (Q, D) float32: the queries' FDEs, or for a single-vector
+    index the sum of each query's vectors (whose inner product with a one-vector document is
+    exactly that document's MaxSim)."""
+    if getattr(index.config, "single_vector", False):
+        sums = np.add.reduceat(flat, offsets[:-1], axis=0) if flat.shape[0] else flat[:0]
+        return np.ascontiguousarray(sums, dtype=np.float32)  # (Q, d)
+    return encode_queries(flat, index.config.fde_config, offsets=offsets, device=device)
+
+
+def first_stage(
+    index: Index,
+    query_matrix: np.ndarray,
+    n_cand: int,
+    allowed: list[np.ndarray | None],
+    *,
+    nprobe: int = 32,
+    ef_search: int = 256,
+) -> Candidates:
+    """Top ``n_cand`` (segment, row, faiss score) per query over all segments.
+
+    ``query_matrix`` (Q, D) float32 from ``first_stage_queries``; ``allowed`` per segment a bool
+    mask of searchable rows, or None for all rows."""
+    n_queries = query_matrix.shape[0]
+    all_seg, all_row, all_score = [], [], []
+    for s, seg in enumerate(index.segments):
+        mask = allowed[s]
+        if mask is not None and not mask.any():
+            continue
+        faiss_index = seg.faiss_index()
+        params = search_params(faiss_index, mask, nprobe=nprobe, ef_search=ef_search)
+        scores, rows = faiss_index.search(query_matrix, min(n_cand, seg.num_docs), params=params)
+        all_seg.append(np.where(rows >= 0, s, -1))
+        all_row.append(rows)
+        all_score.append(np.where(rows >= 0, scores, -np.inf))
+    if not all_seg:
+        empty = np.full((n_queries, 0), -1, dtype=np.int64)
+        return Candidates(empty, empty, np.zeros((n_queries, 0), np.float32))
+    seg_of = np.concatenate(all_seg, axis=1)
+    row_of = np.concatenate(all_row, axis=1)
+    score = np.concatenate(all_score, axis=1)
+    if score.shape[1] > n_cand:
+        top = np.argsort(-score, axis=1, kind="stable")[:, :n_cand]
+        seg_of = np.take_along_axis(seg_of, top, 1)
+        row_of = np.take_along_axis(row_of, top, 1)
+        score = np.take_along_axis(score, top, 1)
+    return Candidates(seg_of.astype(np.int64), row_of.astype(np.int64), score.astype(np.float32))
+
+
+def search_params(
+    faiss_index: Any, mask: np.ndarray | None, *, nprobe: int = 32, ef_search: int = 256
+) -> Any:
+    """faiss search parameters: HNSW's efSearch or IVF's nprobe, and a row selector."""
+    import faiss as faiss_module
+
+    faiss: Any = faiss_module  # its stubs lack the SearchParameters classes
+
+    concrete = faiss.downcast_index(faiss_index)
+    if isinstance(concrete, faiss.IndexHNSW):
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = ef_search
+    elif isinstance(concrete, faiss.IndexIVF):
+        params = faiss.SearchParametersIVF()
+        params.nprobe = nprobe
+    else:
+        params = faiss.SearchParameters()
+    if mask is not None:
+        bitmap = np.packbits(mask, bitorder="little")
+        selector = faiss.IDSelectorBitmap(mask.size, faiss.swig_ptr(bitmap))
+        setattr(selector, "bitmap_ref", bitmap)  # noqa: B010 - keeps the buffer alive for faiss
+        params.sel = selector
+        params.selector_ref = selector
+    return params
+
+
+def take_sets(
+    vectors: np.ndarray, offsets: np.ndarray, picks: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sets ``picks`` (m,) of a flat (N, d) array with (n + 1,) offsets, as flat + (m + 1,)."""
+    lengths = np.diff(offsets)[picks]
+    out_offsets = np.zeros(picks.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=out_offsets[1:])
+    starts = np.repeat(offsets[picks] - out_offsets[:-1], lengths)
+    return vectors[starts + np.arange(out_offsets[-1])], out_offsets
+
+
+def rescore(
+    index: Index,
+    flat: np.ndarray,
+    offsets: np.ndarray,
+    cands: Candidates,
+    *,
+    device: str | None = None,
+) -> np.ndarray:
+    """Exact MaxSim of each query against its own candidates: (Q, C) float32, NaN where a
+    query has no candidate. Each segment's candidate vectors (the union over the batch's
+    queries) are read and decoded once; each query is then scored against its own only."""
+    out = np.full(cands.segments.shape, np.nan, dtype=np.float32)
+    for s in np.unique(cands.segments[cands.valid]):
+        in_seg = cands.segments == s  # (Q, C)
+        union, inverse = np.unique(cands.rows[in_seg], return_inverse=True)
+        vectors, set_offsets = index.vectors(int(s), union)
+        position = np.full(cands.rows.shape, -1, dtype=np.int64)
+        position[in_seg] = inverse
+        for q in np.flatnonzero(in_seg.any(axis=1)):
+            cols = np.flatnonzero(in_seg[q])
+            docs, doc_offsets = take_sets(vectors, set_offsets, position[q, cols])
+            query = flat[offsets[q] : offsets[q + 1]]
+            out[q, cols] = maxsim_pairs(query, docs, doc_offsets, device=device)
+    return out
+
+
+def doc_ids_of(index: Index, cands: Candidates) -> np.ndarray:
+    """(Q, C) object array of the candidates' doc ids, None where invalid."""
+    out = np.full(cands.segments.shape, None, dtype=object)
+    for s in np.unique(cands.segments[cands.valid]):
+        in_seg = cands.segments == s
+        out[in_seg] = index.segments[int(s)].doc_ids[cands.rows[in_seg]]
+    return out
+
+
+def top_k(doc_ids: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
+    """(Q, k) column positions of each row's best ``keys``, ties by doc_id; -1 pads rows with
+    fewer valid entries (doc_id None or key NaN)."""
+    out = np.full((doc_ids.shape[0], k), -1, dtype=np.int64)
+    for q in range(doc_ids.shape[0]):
+        cols = np.flatnonzero((doc_ids[q] != None) & ~np.isnan(keys[q]))  # noqa: E711
+        # Best score first; ties by doc_id so results do not depend on storage order.
+        order = cols[np.lexsort((doc_ids[q, cols].astype(str), -keys[q, cols]))][:k]
+        out[q, : order.size] = order
+    return out
+
+
+def gather(values: np.ndarray, picks: np.ndarray, fill: Any = np.nan) -> np.ndarray:
+    """``values[q, picks[q, j]]`` row by row, ``fill`` where ``picks`` is -1."""
+    taken = np.take_along_axis(values, np.maximum(picks, 0), axis=1)
+    return np.where(picks >= 0, taken, fill)
+
+
+def read_pages(index: Index, doc_ids: Sequence[str]) -> dict[str, Any]:
+    """``Page`` (text and image) of each doc_id, reading only those two columns, once per
+    segment that holds any of them."""
+    from latemm.encoders.base import Page
+    from latemm.io import image_bytes
+
+    locations = index.locations()
+    by_segment: dict[int, list[str]] = {}
+    for doc_id in dict.fromkeys(doc_ids):
+        if doc_id in locations:
+            by_segment.setdefault(locations[doc_id][0], []).append(doc_id)
+    pages = {}
+    for s, ids in by_segment.items():
+        seg = index.segments[s]
+        names: list[str] = [c for c in ("text", "image") if c in seg.schema.names]
+        table = seg.metadata(names) if names else None
+        for doc_id in ids:
+            row = locations[doc_id][1]
+            text = table.column("text")[row].as_py() if "text" in names else None  # type: ignore[union-attr]
+            image = table.column("image")[row].as_py() if "image" in names else None  # type: ignore[union-attr]
+            pages[doc_id] = Page(text=text, image=image_bytes(image))
+    return pages
+
+
+def rerank_result(
+    result: SearchResult,
+    queries: Sequence[Any],
+    pages: dict[str, Any],
+    reranker: Any,
+    *,
+    depth: int,
+    fusion: str = "none",
+) -> SearchResult:
+    """Reorder each query's top ``depth`` with ``reranker`` (pages by doc_id from ``pages``).
+
+    The reranked documents come first, by rerank score with ties broken by the stage before
+    (or by reciprocal rank fusion with it, ``fusion="rrf"``); the rest keep their order. The
+    final ``score`` of a reranked document is its rerank score (or fused score)."""
+    from latemm.reranker import rerank_order
+
+    doc_ids, scores = result.doc_ids.copy(), result.scores.copy()
+    carried = [result.fde_scores.copy(), result.maxsim_scores.copy()]
+    carried += [v.copy() for v in (result.field_scores or {}).values()]
+    rerank_scores = np.full(doc_ids.shape, np.nan, dtype=np.float32)
+    for q, query in enumerate(queries):
+        n = int(sum(d is not None for d in doc_ids[q, :depth]))
+        if n == 0:
+            continue
+        got = reranker.score(
+            query, [pages[d] for d in doc_ids[q, :n]], doc_keys=list(doc_ids[q, :n])
+        )
+        before = np.where(np.isnan(carried[1][q, :n]), scores[q, :n], carried[1][q, :n])
+        order = rerank_order(got, np.nan_to_num(before, nan=-np.inf), fusion=fusion)
+        final = got
+        if fusion == "rrf":
+            final = np.zeros(n, dtype=np.float32)
+            final[order] = 1.0 / (60.0 + np.arange(1, n + 1))
+        for array in (doc_ids, *carried):
+            array[q, :n] = array[q, :n][order]
+        rerank_scores[q, :n] = got[order]
+        scores[q, :n] = final[order]
+    names = list(result.field_scores or {})
+    fields = dict(zip(names, carried[2:], strict=True)) if names else result.field_scores
+    return SearchResult(
+        result.query_ids, doc_ids, scores, carried[0], carried[1], rerank_scores, fields
+    )
 
 
 class Retriever:
@@ -171,50 +441,20 @@ class Retriever:
         return truncate(result, k)
 
     def rerank(self, result: SearchResult, queries: Sequence[Any]) -> SearchResult:
-        """Reorder each query's top ``rerank_depth`` with the reranker.
-
-        The reranked documents come first, by rerank score with ties broken by MaxSim (or by
-        reciprocal rank fusion with ``rerank_fusion="rrf"``); the rest keep their order. The
-        final ``score`` of a reranked document is its rerank score (or fused score).
-        """
-        from latemm.encoders.base import Page
-        from latemm.io import image_bytes
-        from latemm.reranker import rerank_order
-
+        """Reorder each query's top ``rerank_depth`` with the reranker (``rerank_result``);
+        ties are broken by MaxSim, or fused with it by ``rerank_fusion="rrf"``."""
         if self.reranker is None:
             raise InputError("this Retriever has no reranker")
-        doc_ids = result.doc_ids.copy()
-        scores, fde, exact = (
-            result.scores.copy(),
-            result.fde_scores.copy(),
-            result.maxsim_scores.copy(),
+        top = result.doc_ids[:, : self.rerank_depth]
+        pages = read_pages(self.index, [d for d in top.ravel() if d is not None])
+        return rerank_result(
+            result,
+            queries,
+            pages,
+            self.reranker,
+            depth=self.rerank_depth,
+            fusion=self.rerank_fusion,
         )
-        rerank_scores = np.full(doc_ids.shape, np.nan, dtype=np.float32)
-        for q, query in enumerate(queries):
-            depth = int(sum(d is not None for d in doc_ids[q, : self.rerank_depth]))
-            if depth == 0:
-                continue
-            pages = []
-            for doc_id in doc_ids[q, :depth]:
-                meta = self.index.get(doc_id).metadata
-                pages.append(Page(text=meta.get("text"), image=image_bytes(meta.get("image"))))
-            got = self.reranker.score(query, pages, doc_keys=list(doc_ids[q, :depth]))
-            ms = np.nan_to_num(exact[q, :depth], nan=-np.inf)
-            order = rerank_order(
-                got,
-                np.where(np.isnan(exact[q, :depth]), fde[q, :depth], ms),
-                fusion=self.rerank_fusion,
-            )
-            if self.rerank_fusion == "rrf":
-                final = np.zeros(depth, dtype=np.float32)
-                final[order] = 1.0 / (60.0 + np.arange(1, depth + 1))
-            else:
-                final = got
-            for array in (doc_ids, fde, exact):
-                array[q, :depth] = array[q, :depth][order]
-            rerank_scores[q, :depth] = got[order]
-            scores[q, :depth] = final[order]
-        return SearchResult(result.query_ids, doc_ids, scores, fde, exact, rerank_scores)
 
     def search_embeddings(
         self,
@@ -242,56 +482,48 @@ class Retriever:
         rescore
             False returns the FDE ranking alone.
         """
-        dim = self.index.config.dim
-        try:
-            flat, offsets = as_flat(query_vectors, dim, offsets=query_offsets, kind="query")
-        except FDEInputError as exc:
-            raise InputError(f"{exc} (the index stores {dim}-dimensional vectors)") from exc
-        n_queries = offsets.size - 1
-        ids = [str(i) for i in (query_ids if query_ids is not None else range(n_queries))]
-        if len(ids) != n_queries:
-            raise InputError(f"{len(ids)} query_ids for {n_queries} queries")
-        if k < 1:
-            raise InputError(f"k must be >= 1, got {k}")
-        if candidates is not None and candidates < 1:
-            raise InputError(f"candidates must be >= 1, got {candidates}")
+        flat, offsets = as_query_arrays(self.index, query_vectors, query_offsets)
+        ids = query_ids_for(query_ids, offsets.size - 1)
         # No more results than live documents: the result arrays are (Q, k).
         k = min(k, max(1, len(self.index)))
-        n_cand = max(k, candidates if candidates is not None else DEFAULT_CANDIDATES)
-        allowed = self._allowed(where)
-        query_fde = encode_queries(
-            flat, self.index.config.fde_config, offsets=offsets, device=self.device
-        )
-        seg_of, row_of, fde_scores = self._first_stage(query_fde, n_cand, allowed)
-        out_ids = np.full((n_queries, k), None, dtype=object)
-        out_final = np.full((n_queries, k), np.nan, dtype=np.float32)
-        out_fde = np.full((n_queries, k), np.nan, dtype=np.float32)
-        out_maxsim = np.full((n_queries, k), np.nan, dtype=np.float32)
-        for q in range(n_queries):
-            valid = seg_of[q] >= 0
-            segs, rows, fdes = seg_of[q][valid], row_of[q][valid], fde_scores[q][valid]
-            if segs.size == 0:
-                continue
-            doc_ids = np.array(
-                [self.index.segments[s].doc_ids[r] for s, r in zip(segs, rows, strict=True)],
-                dtype=object,
-            )
-            if rescore:
-                exact = self._maxsim(flat[offsets[q] : offsets[q + 1]], segs, rows)
-                key = exact
-            else:
-                exact = np.full(segs.size, np.nan, dtype=np.float32)
-                key = fdes
-            # Best score first; ties by doc_id so results do not depend on storage order.
-            order = np.lexsort((doc_ids.astype(str), -key))[:k]
-            n = order.size
-            out_ids[q, :n] = doc_ids[order]
-            out_final[q, :n] = key[order]
-            out_fde[q, :n] = fdes[order]
-            out_maxsim[q, :n] = exact[order]
-        return SearchResult(ids, out_ids, out_final, out_fde, out_maxsim)
+        n_cand = check_request(k, candidates)
+        cands = self.candidates(flat, offsets, n_cand, self._allowed(where))
+        exact = self._rescore(flat, offsets, cands) if rescore else None
+        return self._assemble(ids, cands, exact, k)
 
     # -------------------------------------------------------------------------- stages
+    def candidates(
+        self, flat: np.ndarray, offsets: np.ndarray, n_cand: int, allowed: list[np.ndarray | None]
+    ) -> Candidates:
+        """The first stage for flat query vectors with (Q + 1,) offsets."""
+        matrix = first_stage_queries(self.index, flat, offsets, device=self.device)
+        return first_stage(
+            self.index, matrix, n_cand, allowed, nprobe=self.nprobe, ef_search=self.ef_search
+        )
+
+    def _rescore(self, flat: np.ndarray, offsets: np.ndarray, cands: Candidates) -> np.ndarray:
+        return rescore(self.index, flat, offsets, cands, device=self.device)
+
+    def _assemble(
+        self, ids: list[str], cands: Candidates, exact: np.ndarray | None, k: int
+    ) -> SearchResult:
+        """The SearchResult of the top k by MaxSim (or by first-stage score without it)."""
+        doc_ids = doc_ids_of(self.index, cands)
+        fde = np.where(cands.valid, cands.scores, np.nan).astype(np.float32)
+        if exact is None:
+            exact = np.full(fde.shape, np.nan, dtype=np.float32)
+            key = fde
+        else:
+            key = exact
+        picks = top_k(doc_ids, key, k)
+        return SearchResult(
+            ids,
+            gather(doc_ids, picks, fill=None),
+            gather(key, picks).astype(np.float32),
+            gather(fde, picks).astype(np.float32),
+            gather(exact, picks).astype(np.float32),
+        )
+
     def _allowed(self, where: str | None) -> list[np.ndarray | None]:
         """Per segment: a bool mask of searchable rows (live and matching ``where``), or None
         when every row is searchable."""
@@ -303,62 +535,3 @@ class Retriever:
         from latemm.filters import filter_masks
 
         return list(filter_masks(self.index, where))
-
-    def _first_stage(
-        self, query_fde: np.ndarray, n_cand: int, allowed: list[np.ndarray | None]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Top ``n_cand`` (segment, row, FDE score) per query over all segments."""
-        import faiss
-
-        n_queries = query_fde.shape[0]
-        all_seg, all_row, all_score = [], [], []
-        for s, seg in enumerate(self.index.segments):
-            mask = allowed[s]
-            if mask is not None and not mask.any():
-                continue
-            index = seg.faiss_index()
-            params = self._search_params(index, mask, faiss)
-            kk = min(n_cand, seg.num_docs)
-            scores, rows = index.search(query_fde, kk, params=params)
-            all_seg.append(np.where(rows >= 0, s, -1))
-            all_row.append(rows)
-            all_score.append(np.where(rows >= 0, scores, -np.inf))
-        if not all_seg:
-            empty = np.full((n_queries, 0), -1, dtype=np.int64)
-            return empty, empty, np.zeros((n_queries, 0), np.float32)
-        seg_of = np.concatenate(all_seg, axis=1)
-        row_of = np.concatenate(all_row, axis=1)
-        score = np.concatenate(all_score, axis=1)
-        if score.shape[1] > n_cand:
-            top = np.argsort(-score, axis=1, kind="stable")[:, :n_cand]
-            seg_of = np.take_along_axis(seg_of, top, 1)
-            row_of = np.take_along_axis(row_of, top, 1)
-            score = np.take_along_axis(score, top, 1)
-        return seg_of, row_of, score.astype(np.float32)
-
-    def _search_params(self, index: Any, mask: np.ndarray | None, faiss: Any) -> Any:
-        concrete = faiss.downcast_index(index)
-        if isinstance(concrete, faiss.IndexHNSW):
-            params = faiss.SearchParametersHNSW()
-            params.efSearch = self.ef_search
-        elif isinstance(concrete, faiss.IndexIVF):
-            params = faiss.SearchParametersIVF()
-            params.nprobe = self.nprobe
-        else:
-            params = faiss.SearchParameters()
-        if mask is not None:
-            bitmap = np.packbits(mask, bitorder="little")
-            selector = faiss.IDSelectorBitmap(mask.size, faiss.swig_ptr(bitmap))
-            selector.bitmap_ref = bitmap  # keep the buffer alive while faiss holds a pointer
-            params.sel = selector
-            params.selector_ref = selector
-        return params
-
-    def _maxsim(self, query: np.ndarray, segs: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Exact MaxSim of one query against candidate (segment, row) pairs, in their order."""
-        scores = np.empty(segs.size, dtype=np.float32)
-        for s in np.unique(segs):
-            picked = np.flatnonzero(segs == s)
-            vectors, offsets = self.index.vectors(int(s), rows[picked])
-            scores[picked] = maxsim_pairs(query, vectors, offsets, device=self.device)
-        return scores

@@ -161,10 +161,7 @@ def test_zero_vectors_are_rejected_nan_and_wrong_dimension_are_errors(tmp_path, 
     nan[1, 3] = np.nan
     bad = embeddings("n", [rng.standard_normal((2, 8)), nan])
     assert main(["index", bad, "--index", str(idx), "--quiet"]) == 2
-    assert (
-        f"{bad}, row 1, doc_id 'n1': embedding contains NaN or inf"
-        in capsys.readouterr().err
-    )
+    assert f"{bad}, row 1, doc_id 'n1': embedding contains NaN or inf" in capsys.readouterr().err
     wide = embeddings("w", [rng.standard_normal((2, 16))])
     assert main(["index", wide, "--index", str(idx), "--quiet"]) == 2
     assert f"{wide}: vectors have dimension 16, the index {idx} stores 8" in capsys.readouterr().err

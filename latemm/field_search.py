@@ -1,0 +1,512 @@
+"""Searching a multi-field index: phased ranking over named fields.
+
+1. First phase, per field: FDE + faiss (multi-vector), faiss inner product (single-vector) or
+   bm25s (bm25) give each query's top ``C``; the lists are fused (RRF or weighted) and the
+   fused top ``C`` are the candidates.
+2. Second phase, per field, over those candidates: exact MaxSim for the rescoring fields
+   (every multi-vector field by default) and for single-vector fields (their inner product
+   *is* MaxSim), BM25 scores for bm25 fields, first-phase scores for multi-vector fields left
+   out of rescoring. These are fused the same way into the final ranking.
+3. The MLLM reranker, if given, reorders the top ``rerank_depth``.
+
+The run keeps every field's second-phase score (``score_<field>``). Kernels live in
+``latemm.retriever`` (stages) and ``latemm.fusion``; this module wires them per field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index_store import Index
+from index_store.errors import InputError
+from latemm import fusion as fusion_lib
+from latemm.fields import (
+    PRESETS,
+    FieldsManifest,
+    FieldSpec,
+    encoder_from_spec,
+    open_field,
+    read_fields,
+)
+from latemm.retriever import (
+    Candidates,
+    Retriever,
+    SearchResult,
+    as_query_arrays,
+    check_request,
+    doc_ids_of,
+    first_stage,
+    first_stage_queries,
+    gather,
+    query_ids_for,
+    read_pages,
+    rerank_result,
+    rescore,
+    top_k,
+    truncate,
+)
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """Which fields seed the candidates (``fields``), which are rescored with exact MaxSim
+    (``rescore``; they may be outside ``fields``, then they only count in the second phase),
+    how the phases fuse, and each scored field's weight (``weights``, aligned with
+    ``scored``)."""
+
+    fields: tuple[str, ...]
+    fusion: str
+    weights: tuple[float, ...]
+    rescore: tuple[str, ...]
+
+    @property
+    def scored(self) -> tuple[str, ...]:
+        """The fields of the second phase: the searched ones, then rescore-only ones."""
+        return self.fields + tuple(n for n in self.rescore if n not in self.fields)
+
+    def first_weights(self) -> list[float]:
+        """The searched fields' weights; equal ones if all are 0 (so a field can seed the
+        candidates without counting in the final score)."""
+        weights = list(self.weights[: len(self.fields)])
+        return weights if sum(weights) > 0 else [1.0] * len(weights)
+
+
+def _preset_fields(manifest: FieldsManifest, preset: str) -> list[str]:
+    if preset not in PRESETS:
+        raise InputError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    names = [f.name for f in manifest.fields if f.reads in PRESETS[preset]]
+    if not names:
+        reads = ", ".join(f"{f.name} reads {f.reads}" for f in manifest.fields)
+        raise InputError(
+            f"preset {preset!r} searches fields that read {' or '.join(PRESETS[preset])}; "
+            f"this index has none ({reads}). Add one with `latemm index --field`"
+        )
+    return names
+
+
+def plan(
+    manifest: FieldsManifest,
+    *,
+    fields: Sequence[str] | None = None,
+    fusion: str = "rrf",
+    weights: dict[str, float] | None = None,
+    rescore_fields: Sequence[str] | None = None,
+    preset: str | None = None,
+) -> SearchPlan:
+    """Validate a search request against the index's fields (every error names the field)."""
+    if fusion not in fusion_lib.FUSIONS:
+        raise InputError(f"--fusion must be one of {', '.join(fusion_lib.FUSIONS)}, got {fusion!r}")
+    if preset is not None and fields is not None:
+        raise InputError("give --preset or --fields, not both")
+    names = _preset_fields(manifest, preset) if preset is not None else None
+    names = list(fields) if fields is not None else names or manifest.names
+    if not names:
+        raise InputError("--fields names no field")
+    if len(set(names)) != len(names):
+        raise InputError(f"--fields {','.join(names)} names a field twice")
+    specs = [manifest.get(name) for name in names]  # unknown names raise, listing the fields
+    rescore = (
+        [s.name for s in specs if s.kind == "multi"]
+        if rescore_fields is None
+        else list(rescore_fields)
+    )
+    for name in rescore:
+        if manifest.get(name).kind == "bm25":
+            raise InputError(
+                f"--rescore-field {name!r} is a bm25 field; MaxSim rescoring needs a vector field"
+            )
+    scored = names + [n for n in rescore if n not in names]
+    return SearchPlan(
+        tuple(names), fusion, tuple(fusion_lib.check_weights(weights, scored)), tuple(rescore)
+    )
+
+
+@dataclass(frozen=True)
+class Hits:
+    """One field's first phase: (Q, C) doc ids (None pads) and scores (NaN pads)."""
+
+    doc_ids: np.ndarray
+    scores: np.ndarray
+    full: np.ndarray | None = None  # bm25: (Q, n_docs) scores of every document
+
+
+def union(hit_lists: Sequence[np.ndarray]) -> np.ndarray:
+    """(Q, U) object: each query's distinct doc ids over several (Q, C_f) lists, None pads."""
+    rows = []
+    for q in range(hit_lists[0].shape[0]):
+        seen = dict.fromkeys(d for ids in hit_lists for d in ids[q] if d is not None)
+        rows.append(list(seen))
+    width = max((len(r) for r in rows), default=0)
+    out = np.full((len(rows), width), None, dtype=object)
+    for q, row in enumerate(rows):
+        out[q, : len(row)] = row
+    return out
+
+
+def align(pool: np.ndarray, doc_ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``values`` (Q, C) of ``doc_ids`` placed at their columns of ``pool`` (Q, U); NaN where
+    a pooled document is not among them."""
+    out = np.full(pool.shape, np.nan, dtype=np.float64)
+    for q in range(pool.shape[0]):
+        where = {d: c for c, d in enumerate(doc_ids[q]) if d is not None}
+        for u, d in enumerate(pool[q]):
+            if d in where:
+                out[q, u] = values[q, where[d]]
+    return out
+
+
+def locate(index: Index, pool: np.ndarray) -> Candidates:
+    """(segment, row) of each pooled doc id in ``index``; -1 where it is not there."""
+    locations = index.locations()
+    segs = np.full(pool.shape, -1, dtype=np.int64)
+    rows = np.full(pool.shape, -1, dtype=np.int64)
+    for (q, u), d in np.ndenumerate(pool):
+        if d is not None and d in locations:
+            segs[q, u], rows[q, u] = locations[d]
+    return Candidates(segs, rows, np.zeros(pool.shape, np.float32))
+
+
+def bm25_hits(full: np.ndarray, doc_ids: np.ndarray, allowed: np.ndarray | None, n: int) -> Hits:
+    """Top ``n`` of (Q, n_docs) BM25 scores, ties by doc_id, skipping disallowed documents."""
+    scores = np.where(allowed, full, np.nan) if allowed is not None else full.astype(np.float64)
+    ids = np.broadcast_to(doc_ids, full.shape)
+    picks = top_k(ids, scores, min(n, doc_ids.size))
+    return Hits(gather(ids, picks, fill=None), gather(scores, picks), full)
+
+
+class FieldRetriever:
+    """Search a multi-field index (or an old single-field one, as field ``default``).
+
+    Parameters
+    ----------
+    index_dir
+        The index folder.
+    fields, fusion, weights, rescore_fields, preset
+        See ``plan``: default all fields, RRF (k=60), equal weights, every multi-vector field
+        rescored with exact MaxSim.
+    encoders
+        name -> Encoder, overriding the recorded ones (and needed for none: precomputed fields
+        take ``query_vectors``).
+    """
+
+    def __init__(
+        self,
+        index_dir: str | Path,
+        *,
+        fields: Sequence[str] | None = None,
+        fusion: str = "rrf",
+        weights: dict[str, float] | None = None,
+        rescore_fields: Sequence[str] | None = None,
+        preset: str | None = None,
+        encoders: dict[str, Any] | None = None,
+        device: str | None = None,
+        nprobe: int = 32,
+        ef_search: int = 256,
+        reranker: Any = None,
+        rerank_depth: int = 20,
+        rerank_fusion: str = "none",
+    ) -> None:
+        self.path = Path(index_dir)
+        self.manifest = read_fields(self.path)
+        self.plan = plan(
+            self.manifest,
+            fields=fields,
+            fusion=fusion,
+            weights=weights,
+            rescore_fields=rescore_fields,
+            preset=preset,
+        )
+        self.specs = {n: self.manifest.get(n) for n in self.plan.scored}
+        self.indexes = {
+            n: open_field(self.path, s, legacy=self.manifest.legacy) for n, s in self.specs.items()
+        }
+        given = dict(encoders or {})
+        self.encoders = {
+            n: given[n] if n in given else encoder_from_spec(s, device=device)
+            for n, s in self.specs.items()
+            if s.kind != "bm25"
+        }
+        self.device, self.nprobe, self.ef_search = device, nprobe, ef_search
+        self.reranker, self.rerank_depth, self.rerank_fusion = reranker, rerank_depth, rerank_fusion
+
+    # ------------------------------------------------------------------------------ API
+    def search(
+        self,
+        queries: Sequence[Any],
+        *,
+        k: int = 10,
+        candidates: int | None = None,
+        where: str | None = None,
+        query_ids: Sequence[str] | None = None,
+        query_vectors: dict[str, Any] | None = None,
+    ) -> SearchResult:
+        """Search text or ``Page`` queries over the planned fields.
+
+        ``query_vectors``: field name -> the queries' precomputed vectors (a sequence of
+        (T, d) arrays) for fields without an encoder, or to skip encoding."""
+        ids = query_ids_for(query_ids, len(queries))
+        depth = max(k, self.rerank_depth) if self.reranker is not None else k
+        n_cand = check_request(depth, candidates)
+        encoded = self._encode(list(queries), query_vectors or {})
+        allowed = self._allowed(where)
+        hits = {n: self._first_phase(n, encoded[n], n_cand, allowed[n]) for n in self.plan.fields}
+        pool, first = self._candidates(hits, n_cand)
+        exact = {n: self._second_phase(n, encoded[n], pool, hits.get(n)) for n in self.plan.scored}
+        result = self._result(ids, pool, first, exact, depth)
+        if self.reranker is not None:
+            top = [d for d in result.doc_ids[:, : self.rerank_depth].ravel() if d is not None]
+            result = rerank_result(
+                result,
+                list(queries),
+                self.pages(top),
+                self.reranker,
+                depth=self.rerank_depth,
+                fusion=self.rerank_fusion,
+            )
+        return truncate(result, k)
+
+    def pages(self, doc_ids: Sequence[str]) -> dict[str, Any]:
+        """Text and image of each doc id, from the first field holding it."""
+        from latemm.encoders.base import Page
+
+        pages: dict[str, Any] = {}
+        for index in self.indexes.values():
+            missing = [d for d in doc_ids if d not in pages]
+            if not missing:
+                break
+            if isinstance(index, Index):
+                pages.update(read_pages(index, missing))
+            else:
+                texts = index.texts()
+                pages.update(
+                    {d: Page(text=texts[index.position[d]]) for d in missing if d in index.position}
+                )
+        return pages
+
+    # -------------------------------------------------------------------------- stages
+    def _encode(self, queries: list[Any], given: dict[str, Any]) -> dict[str, Any]:
+        """Per field: (flat, offsets) query vectors, or the query texts for bm25 fields."""
+        unknown = [n for n in given if n not in self.specs]
+        if unknown:
+            raise InputError(
+                f"query vectors for unknown field(s) {unknown}; fields: {list(self.specs)}"
+            )
+        out: dict[str, Any] = {}
+        cache: dict[str, Any] = {}
+        for name, spec in self.specs.items():
+            if spec.kind == "bm25" or (spec.reads == "text" and name not in given):
+                texts = _texts(queries, name, spec)
+                if spec.kind == "bm25":
+                    out[name] = texts
+                    continue
+            if name in given:
+                out[name] = as_query_arrays(self.indexes[name], given[name], None)
+                continue
+            encoder = self.encoders.get(name)
+            if encoder is None:
+                raise InputError(
+                    f"field {name!r} holds precomputed vectors ({spec.options.get('embedding_column')!r}); "
+                    "pass its query vectors (query_vectors={name: ...}) or an encoder for it"
+                )
+            key = repr(sorted(encoder.info.to_dict().items(), key=str))
+            if key not in cache:
+                vectors = encoder.encode_queries(queries)
+                cache[key] = (vectors.vectors, vectors.offsets)
+            out[name] = cache[key]
+        return out
+
+    def _allowed(self, where: str | None) -> dict[str, Any]:
+        """Per field: searchable rows (per-segment masks for vector fields, one mask over the
+        documents for bm25), from each vector field's own metadata."""
+        out: dict[str, Any] = {}
+        admitted: set[str] = set()
+        for name, index in self.indexes.items():
+            if isinstance(index, Index):
+                out[name] = Retriever(index)._allowed(where)
+                if where is not None:
+                    for s, mask in enumerate(out[name]):
+                        seg = index.segments[s]
+                        admitted.update(seg.doc_ids[mask if mask is not None else seg.live])
+        for name, index in self.indexes.items():
+            if not isinstance(index, Index):
+                if where is not None and not any(
+                    isinstance(i, Index) for i in self.indexes.values()
+                ):
+                    raise InputError(
+                        f"--where needs the page metadata, which vector fields keep; field "
+                        f"{name!r} is bm25 only. Search a vector field too"
+                    )
+                out[name] = (
+                    None if where is None else np.array([d in admitted for d in index.doc_ids])
+                )
+        return out
+
+    def _first_phase(self, name: str, query: Any, n_cand: int, allowed: Any) -> Hits:
+        index = self.indexes[name]
+        if not isinstance(index, Index):
+            return bm25_hits(index.scores(query), index.doc_ids, allowed, n_cand)
+        flat, offsets = query
+        matrix = first_stage_queries(index, flat, offsets, device=self.device)
+        cands = first_stage(
+            index, matrix, n_cand, allowed, nprobe=self.nprobe, ef_search=self.ef_search
+        )
+        return Hits(doc_ids_of(index, cands), np.where(cands.valid, cands.scores, np.nan))
+
+    def _candidates(self, hits: dict[str, Hits], n_cand: int) -> tuple[np.ndarray, np.ndarray]:
+        """The fused first phase's top ``n_cand``: (Q, C) doc ids and fused scores."""
+        pool = union([h.doc_ids for h in hits.values()])
+        scores = [align(pool, h.doc_ids, h.scores) for h in hits.values()]
+        fused = fusion_lib.fuse(self.plan.fusion, scores, pool, self.plan.first_weights())
+        picks = top_k(pool, fused, n_cand)
+        return gather(pool, picks, fill=None), gather(fused, picks)
+
+    def _second_phase(
+        self, name: str, query: Any, pool: np.ndarray, hits: Hits | None
+    ) -> np.ndarray:
+        """(Q, C) this field's exact scores of the candidates (NaN where it lacks one)."""
+        index, spec = self.indexes[name], self.specs[name]
+        if not isinstance(index, Index):
+            full = hits.full if hits is not None and hits.full is not None else index.scores(query)
+            cols = np.array([[index.position.get(d, -1) for d in row] for row in pool]).reshape(
+                pool.shape
+            )
+            return np.where(cols >= 0, np.take_along_axis(full, np.maximum(cols, 0), 1), np.nan)
+        if spec.kind == "single" or name in self.plan.rescore:
+            flat, offsets = query
+            return rescore(index, flat, offsets, locate(index, pool), device=self.device).astype(
+                np.float64
+            )
+        assert hits is not None  # a field outside rescore is a searched one
+        return align(pool, hits.doc_ids, hits.scores)
+
+    def _result(
+        self,
+        ids: list[str],
+        pool: np.ndarray,
+        first: np.ndarray,
+        exact: dict[str, np.ndarray],
+        k: int,
+    ) -> SearchResult:
+        fused = fusion_lib.fuse(self.plan.fusion, list(exact.values()), pool, self.plan.weights)
+        picks = top_k(pool, fused, k)
+        maxsim = (
+            gather(exact[self.plan.rescore[0]], picks)
+            if len(self.plan.rescore) == 1
+            else np.full(picks.shape, np.nan)
+        )
+        return SearchResult(
+            ids,
+            gather(pool, picks, fill=None),
+            gather(fused, picks).astype(np.float32),
+            gather(first, picks).astype(np.float32),
+            maxsim.astype(np.float32),
+            None,
+            {n: gather(v, picks).astype(np.float32) for n, v in exact.items()},
+        )
+
+
+def _texts(queries: list[Any], name: str, spec: FieldSpec) -> list[str]:
+    """Query texts for a field that reads text; an image-only query is an error naming it."""
+    out = []
+    for i, query in enumerate(queries):
+        text = query if isinstance(query, str) else getattr(query, "text", None)
+        if not text:
+            raise InputError(
+                f"query {i} has no text; field {name!r} ({spec.kind}, reads {spec.reads}) "
+                "cannot encode image queries. Search it with text queries, or leave it out "
+                "with --fields"
+            )
+        out.append(str(text))
+    return out
+
+
+def run_schema(fields: Sequence[str]) -> Any:
+    """The run table's schema: ``latemm.io.RUN_SCHEMA`` plus ``score_<field>`` per field."""
+    import pyarrow as pa
+
+    from latemm.io import RUN_SCHEMA
+
+    return pa.schema([*RUN_SCHEMA, *(pa.field(f"score_{n}", pa.float32()) for n in fields)])
+
+
+def search_fields_file(
+    index_dir: str | Path,
+    queries: str | Path,
+    out: str | Path,
+    *,
+    k: int = 10,
+    candidates: int | None = None,
+    where: str | None = None,
+    batch_size: int = 64,
+    trec: str | Path | None = None,
+    progress: bool = True,
+    columns: Any = None,
+    **options: Any,
+) -> Any:
+    """Search every query of a Parquet file over an index's fields and write the run (Parquet,
+    and TREC if asked). ``options`` go to ``FieldRetriever`` (fields, fusion, weights,
+    rescore_fields, preset, encoders, reranker, ...). A query file's ``embedding`` column
+    serves the one field that holds precomputed vectors."""
+    from latemm.io import Columns, count_rows, read_batches, write_parquet, write_run_trec
+    from latemm.pipeline import _progress
+
+    retriever = FieldRetriever(index_dir, **options)
+    schema = run_schema(retriever.plan.scored)
+    precomputed = [
+        n
+        for n in retriever.plan.scored
+        if retriever.specs[n].kind != "bm25" and retriever.encoders.get(n) is None
+    ]
+    bar = _progress(count_rows(queries), "searching", progress)
+
+    def tables() -> Any:
+        for batch in read_batches(
+            queries,
+            columns=columns or Columns(id="query_id"),
+            kind="queries",
+            batch_size=batch_size,
+        ):
+            pages, given = _batch_queries(batch, Path(queries), precomputed)
+            result = retriever.search(
+                pages,
+                k=k,
+                candidates=candidates,
+                where=where,
+                query_ids=batch.ids,
+                query_vectors=given,
+            )
+            bar.update(len(batch.ids))
+            yield result.to_arrow().cast(schema)
+
+    try:
+        write_parquet(out, tables(), empty=f"{queries} has no queries")
+    finally:
+        bar.close()
+    import pyarrow.parquet as pq
+
+    run = pq.read_table(out)
+    if trec is not None:
+        write_run_trec(run, trec)
+    return run
+
+
+def _batch_queries(
+    batch: Any, source: Path, precomputed: list[str]
+) -> tuple[list[Any], dict[str, Any]]:
+    """A query batch as texts or pages (image queries), and its ``embedding`` column as the
+    query vectors of the one precomputed field (if there is exactly one)."""
+    from latemm.encoders.base import Page
+    from latemm.pipeline import _pages
+
+    given = {}
+    if batch.vectors is not None and len(precomputed) == 1:
+        bounds = zip(batch.offsets[:-1], batch.offsets[1:], strict=True)
+        given[precomputed[0]] = [batch.vectors[a:b] for a, b in bounds]
+    if not any(c in batch.table.column_names for c in ("text", "image")):
+        return [Page() for _ in batch.ids], given
+    return [p if p.image is not None else p.text for p in _pages(batch, source)], given

@@ -1,0 +1,578 @@
+"""Named fields in one index: the layout on disk, and building (or extending) it.
+
+A multi-field index ``DIR/`` holds ``DIR/fields.json`` (the commit point: format version and,
+per field, its name, kind, what it reads, the encoder's identity and options) and one
+sub-index per field under ``DIR/fields/<name>/``: an ``index_store`` index for ``multi``- and
+``single``-vector fields, bm25s's own files for ``bm25`` fields (``latemm.bm25``). Pages a field
+cannot read (no text for a text field, no image for an image field) are simply absent from it.
+An index built before fields existed (``DIR/manifest.json``, no ``fields.json``) opens as one
+field named ``default``. Searching is ``latemm.field_search``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import re
+import shutil
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from index_store import Index, IndexConfig, create
+from index_store.errors import IndexCorruptError, IndexFormatError, InputError, LatemmError
+from index_store.fsio import write_json_atomic
+
+FIELDS_FILE = "fields.json"
+FORMAT_VERSION = 1
+KINDS = ("multi", "single", "bm25")
+READS = ("text", "image", "image+text", "embedding")
+LEGACY_FIELD = "default"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+# UniDoc-Bench's four paradigms: which fields each one searches (by what they read).
+PRESETS = {
+    "text-only": ("text",),
+    "image-only": ("image",),
+    "fusion": ("text", "image", "image+text", "embedding"),
+    "joint": ("image+text",),
+}
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One field as recorded in ``fields.json``.
+
+    Parameters
+    ----------
+    name
+        Letters, digits, ``_`` and ``-`` (it names a folder and a run column ``score_<name>``).
+    kind
+        ``multi`` (FDE + faiss, MaxSim), ``single`` (one vector per page, faiss inner product)
+        or ``bm25`` (bm25s over the text column).
+    reads
+        What the field encodes from a page: ``text``, ``image``, ``image+text`` or
+        ``embedding`` (a precomputed column, ``options["embedding_column"]``).
+    encoder
+        ``EncoderInfo.to_dict()`` of its encoder; None for bm25 and precomputed vectors.
+    options
+        Kind-specific: ``embedding_column``; for bm25 the current build's ``dir`` and ``files``.
+    """
+
+    name: str
+    kind: str
+    reads: str
+    encoder: dict[str, Any] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise InputError(
+                f"field name {self.name!r}: use 1-64 letters, digits, '_' or '-' (it names a "
+                "folder and a run column)"
+            )
+        if self.kind not in KINDS:
+            raise InputError(f"field {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+        if self.reads not in READS:
+            raise InputError(
+                f"field {self.name!r}: reads must be one of {READS}, got {self.reads!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "reads": self.reads,
+            "encoder": self.encoder,
+            "options": dict(self.options),
+        }
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> FieldSpec:
+        return cls(
+            name=payload["name"],
+            kind=payload["kind"],
+            reads=payload["reads"],
+            encoder=payload.get("encoder"),
+            options=dict(payload.get("options") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class FieldsManifest:
+    """What ``fields.json`` holds: the fields, in the order they were added."""
+
+    fields: tuple[FieldSpec, ...]
+    legacy: bool = False  # an index built before fields existed: one field at DIR itself
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+    def get(self, name: str) -> FieldSpec:
+        for spec in self.fields:
+            if spec.name == name:
+                return spec
+        raise InputError(
+            f"unknown field {name!r}; this index has field(s) {', '.join(self.names)}"
+            + (
+                f" (it was built before named fields: its one field is {LEGACY_FIELD!r})"
+                if self.legacy
+                else ""
+            )
+        )
+
+    def with_field(self, spec: FieldSpec) -> FieldsManifest:
+        kept = [f for f in self.fields if f.name != spec.name]
+        position = next((i for i, f in enumerate(self.fields) if f.name == spec.name), len(kept))
+        kept.insert(position, spec)
+        return FieldsManifest(tuple(kept))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format_version": FORMAT_VERSION, "fields": [f.to_dict() for f in self.fields]}
+
+
+def is_fields_index(index_dir: str | Path) -> bool:
+    return (Path(index_dir) / FIELDS_FILE).is_file()
+
+
+def read_fields(index_dir: str | Path) -> FieldsManifest:
+    """The fields of an index: ``fields.json``, or one ``default`` field for an index built
+    before fields existed."""
+    root = Path(index_dir)
+    path = root / FIELDS_FILE
+    if not path.is_file():
+        if (root / "manifest.json").is_file():
+            config = Index.open(root, verify="none").config
+            kind = "single" if getattr(config, "single_vector", False) else "multi"
+            reads = _reads_of(None, config.encoder)
+            return FieldsManifest((FieldSpec(LEGACY_FIELD, kind, reads, config.encoder),), True)
+        raise IndexCorruptError(
+            f"{root} is not a latemm index (neither {FIELDS_FILE} nor manifest.json); create one "
+            "with `latemm index CORPUS.parquet --index DIR --field NAME=ENCODER`"
+        )
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise IndexCorruptError(f"{path} is unreadable: {exc}") from exc
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise IndexFormatError(
+            f"{path} has format_version {payload.get('format_version')}; this latemm reads "
+            f"version {FORMAT_VERSION}"
+        )
+    return FieldsManifest(tuple(FieldSpec.from_dict(f) for f in payload["fields"]))
+
+
+def field_dir(index_dir: str | Path, spec: FieldSpec, legacy: bool = False) -> Path:
+    """Where a field's sub-index lives (for bm25: its current build)."""
+    if legacy:
+        return Path(index_dir)
+    base = Path(index_dir) / "fields" / spec.name
+    return base / spec.options["dir"] if spec.kind == "bm25" else base
+
+
+def open_field(
+    index_dir: str | Path, spec: FieldSpec, *, legacy: bool = False, verify: str = "fast"
+) -> Any:
+    """A field's sub-index opened for reading: an ``Index`` or a ``latemm.bm25.BM25Index``."""
+    path = field_dir(index_dir, spec, legacy)
+    if spec.kind == "bm25":
+        from latemm.bm25 import BM25Index
+
+        return BM25Index(path, spec.options["files"], verify=verify)
+    return Index.open(path, verify=verify)
+
+
+def verify_fields(index_dir: str | Path) -> list[str]:
+    """Every problem with a multi-field index's files (each sub-index's checksums, each bm25
+    build's), field by field. Empty means intact."""
+    from index_store import verify
+    from latemm.bm25 import check_build
+
+    problems = []
+    for spec in read_fields(index_dir).fields:
+        path = field_dir(index_dir, spec)
+        found = (
+            check_build(path, spec.options["files"], full=True)
+            if spec.kind == "bm25"
+            else verify(path)
+        )
+        problems += [f"field {spec.name!r}: {p}" for p in found]
+    return problems
+
+
+# ------------------------------------------------------------------------------ encoders
+@dataclass(frozen=True)
+class FieldRequest:
+    """A field to build: ``source`` is ``bm25``, ``embedding:COLUMN`` (precomputed vectors),
+    a hub id or local folder, or an ``Encoder``; ``kind`` ``multi`` or ``single``."""
+
+    name: str
+    source: Any
+    kind: str = "multi"
+
+
+def parse_field(text: str, kinds: Mapping[str, str] | None = None) -> FieldRequest:
+    """``NAME=ENCODER`` (``--field``); ``single:ENCODER`` or ``kinds[NAME] == "single"`` for a
+    single-vector field; ``NAME=bm25`` for BM25."""
+    name, sep, source = text.partition("=")
+    name, source = name.strip(), source.strip()
+    if not sep or not name or not source:
+        raise InputError(
+            f"--field {text!r}: expected NAME=ENCODER (a hub id, a local folder, bm25, or "
+            "single:ENCODER), e.g. --field text=sentence-transformers/all-MiniLM-L6-v2"
+        )
+    kind = (kinds or {}).get(name, "multi")
+    if source.startswith("single:"):
+        kind, source = "single", source[len("single:") :]
+    if source == "bm25":
+        kind = "bm25"
+    if kind not in KINDS:
+        raise InputError(f"--field-kind {name}={kind}: kind must be multi or single")
+    FieldSpec(name, kind, "text")  # validates the name
+    return FieldRequest(name, source, kind)
+
+
+def _reads_of(encoder: Any, info: dict[str, Any] | None) -> str:
+    """What a field reads, from its encoder's ``reads``: text, image, or both together."""
+    reads = getattr(encoder, "reads", None)
+    if isinstance(reads, str) and reads in READS:
+        return reads
+    if reads is not None:
+        parts = set(reads)
+        return (
+            "image+text" if parts == {"text", "image"} else ("text" if "text" in parts else "image")
+        )
+    if info is None:
+        return "embedding"
+    return "text" if info.get("family") == "text" else "image"
+
+
+def load_field_encoder(name: str, source: str, kind: str, *, device: str | None = None) -> Any:
+    """The encoder of field ``name`` from a hub id or folder (``kind="single"``: one vector per
+    page, ``latemm.encoders.load_encoder``'s single kind). Any failure is an ``InputError``
+    naming the field."""
+    from latemm.encoders import load_encoder
+
+    options: dict[str, Any] = {"device": device} if device else {}
+    try:
+        return load_encoder(source, kind="single" if kind == "single" else None, **options)
+    except LatemmError as exc:
+        raise InputError(f"field {name!r}: cannot use encoder {source!r}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - transformers/hub raise many types for a bad model
+        raise InputError(
+            f"field {name!r}: cannot load encoder {source!r} ({type(exc).__name__}: {exc}); give "
+            "a local model folder or a hub id reachable from here"
+        ) from exc
+
+
+def encoder_from_spec(spec: FieldSpec, *, device: str | None = None) -> Any:
+    """Rebuild a field's recorded encoder with its recorded options (None for bm25 and
+    precomputed fields); a failure is an ``InputError`` naming the field."""
+    if spec.encoder is None:
+        return None
+    from latemm.encoders import load_encoder
+
+    try:
+        options: dict[str, Any] = {"device": device} if device else {}
+        return load_encoder(spec.encoder, **options)
+    except LatemmError as exc:
+        raise InputError(f"field {spec.name!r}: cannot rebuild its encoder: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - transformers/hub raise many types for a bad model
+        raise InputError(
+            f"field {spec.name!r}: cannot load its encoder {spec.encoder.get('name_or_path')!r} "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+# ------------------------------------------------------------------------------ building
+@contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """One writer of ``fields.json`` at a time (each sub-index also locks itself)."""
+    from index_store.errors import IndexLockedError
+
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "LOCK", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise IndexLockedError(
+                f"{root} is being written by another process; one writer at a time"
+            ) from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _as_request(name: str, value: Any) -> FieldRequest:
+    if isinstance(value, FieldRequest):
+        return value
+    if isinstance(value, (str, Path)):
+        return parse_field(f"{name}={value}")
+    pooled = bool((getattr(getattr(value, "info", None), "options", None) or {}).get("pooling"))
+    return FieldRequest(name, value, "single" if pooled else "multi")
+
+
+def _readable(table: pa.Table, reads: str, column: str) -> pa.Array:
+    """Bool mask of the rows a field can read."""
+    if column not in table.column_names:
+        return pa.array([False] * table.num_rows)
+    values = table.column(column)
+    if reads == "text":
+        stripped = pc.utf8_trim_whitespace(values)
+        return pc.fill_null(pc.greater(pc.utf8_length(stripped), 0), False)
+    return pc.is_valid(values)
+
+
+def field_corpus(
+    corpus: Path, out: Path, *, reads: str, column: str, drop: set[str]
+) -> tuple[Path, int]:
+    """Write the rows of ``corpus`` that a field can read (non-empty ``column``) to ``out``,
+    without the columns in ``drop`` (other fields' precomputed vectors). Returns the file and
+    the number of rows left out."""
+    from latemm.io import open_dataset
+
+    dataset = open_dataset(corpus)
+    keep = [n for n in dataset.schema.names if n not in drop]
+    writer = None
+    skipped = 0
+    try:
+        for batch in dataset.to_batches(columns=keep, batch_size=1024):
+            table = pa.Table.from_batches([batch])
+            mask = _readable(table, reads, column)
+            skipped += table.num_rows - pc.sum(mask).as_py() if table.num_rows else 0
+            table = table.filter(mask)
+            if writer is None:
+                writer = pq.ParquetWriter(out, table.schema)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise InputError(f"{corpus} has no rows")
+    return out, int(skipped)
+
+
+def _embedding_columns(fields: list[FieldRequest], cols: Any) -> set[str]:
+    out = {cols.embedding}
+    for req in fields:
+        if isinstance(req.source, str) and req.source.startswith("embedding:"):
+            out.add(req.source[len("embedding:") :])
+    return out
+
+
+def index_fields(
+    corpus: str | Path,
+    index_dir: str | Path,
+    fields: Mapping[str, Any] | list[FieldRequest] | None = None,
+    *,
+    columns: Any = None,
+    device: str | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> dict[str, int]:
+    """Index a Parquet corpus into the named fields of ``index_dir`` (created if needed).
+
+    Parameters
+    ----------
+    fields
+        name -> source (``"bm25"``, ``"embedding:COLUMN"``, ``"single:ENCODER"``, a hub id or
+        folder, or an ``Encoder``), or ``FieldRequest`` s. Only these fields are encoded; fields
+        already in the index and not named are left as they are (so a field can be added
+        later). None re-indexes every recorded field with its recorded encoder.
+    options
+        As for ``latemm.pipeline.index_corpus`` (dtype, faiss_factory, on_existing, ...).
+
+    Returns
+    -------
+    name -> documents in that field after indexing.
+    """
+    from latemm.io import Columns
+
+    root, source = Path(index_dir), Path(corpus)
+    if (root / "manifest.json").is_file() and not is_fields_index(root):
+        raise InputError(
+            f"{root} is a single-field index (built with --encoder); named fields go into a new "
+            "folder: `latemm index CORPUS --index NEW_DIR --field NAME=ENCODER ...`"
+        )
+    cols = columns or Columns()
+    with _locked(root):
+        manifest = read_fields(root) if is_fields_index(root) else FieldsManifest(())
+        if fields is None:
+            if not manifest.fields:
+                raise InputError(f"{root} has no fields yet; name them with --field NAME=ENCODER")
+            requests = [_recorded_request(spec) for spec in manifest.fields]
+        elif isinstance(fields, Mapping):
+            requests = [_as_request(n, v) for n, v in fields.items()]
+        else:
+            requests = list(fields)
+        if not requests:
+            raise InputError("no fields to index; name at least one with --field NAME=ENCODER")
+        drop_all = _embedding_columns(requests, cols)
+        counts = {}
+        for req in requests:
+            spec, count = _index_one(
+                root, source, req, manifest, cols, drop_all, device, progress, options
+            )
+            manifest = manifest.with_field(spec)
+            write_json_atomic(root / FIELDS_FILE, manifest.to_dict())  # commits this field
+            remove_stale_builds(root)
+            counts[req.name] = count
+    return counts
+
+
+def _recorded_request(spec: FieldSpec) -> FieldRequest:
+    if spec.kind == "bm25":
+        return FieldRequest(spec.name, "bm25", "bm25")
+    if spec.encoder is None:
+        return FieldRequest(spec.name, f"embedding:{spec.options['embedding_column']}", spec.kind)
+    return FieldRequest(spec.name, encoder_from_spec(spec), spec.kind)
+
+
+def _index_one(
+    root: Path,
+    source: Path,
+    req: FieldRequest,
+    manifest: FieldsManifest,
+    cols: Any,
+    drop_all: set[str],
+    device: str | None,
+    progress: bool,
+    options: dict[str, Any],
+) -> tuple[FieldSpec, int]:
+    """Build or extend one field; returns its new spec and its document count."""
+    recorded = next((f for f in manifest.fields if f.name == req.name), None)
+    encoder, spec = _spec_for(req, cols, device)
+    if recorded is not None and (recorded.kind, recorded.reads) != (spec.kind, spec.reads):
+        raise InputError(
+            f"field {req.name!r} is a {recorded.kind} field reading {recorded.reads}; it cannot "
+            f"take a {spec.kind} field reading {spec.reads} (name the new field differently)"
+        )
+    if recorded is not None and recorded.encoder and spec.encoder:
+        if recorded.encoder["name_or_path"] != spec.encoder["name_or_path"]:
+            raise InputError(
+                f"field {req.name!r} was built with encoder {recorded.encoder['name_or_path']!r}, "
+                f"not {spec.encoder['name_or_path']!r}; add the new encoder as another field"
+            )
+    column = {"text": cols.text, "embedding": spec.options.get("embedding_column")}.get(
+        spec.reads, cols.image
+    )
+    own = spec.options.get("embedding_column")
+    base = root / "fields" / req.name
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = base.parent / f".corpus-{req.name}.parquet"
+    try:
+        filtered, _ = field_corpus(
+            source, tmp, reads=spec.reads, column=column, drop=drop_all - {own}
+        )
+        if spec.kind == "bm25":
+            spec = _index_bm25(base, filtered, spec, recorded, cols, options)
+            return spec, int(spec.options["documents"])
+        return spec, _index_vectors(base, filtered, spec, encoder, cols, progress, options)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _spec_for(req: FieldRequest, cols: Any, device: str | None) -> tuple[Any, FieldSpec]:
+    if req.kind == "bm25" or req.source == "bm25":
+        return None, FieldSpec(req.name, "bm25", "text")
+    if isinstance(req.source, str) and req.source.startswith("embedding:"):
+        column = req.source[len("embedding:") :]
+        return None, FieldSpec(req.name, req.kind, "embedding", None, {"embedding_column": column})
+    encoder = req.source
+    if isinstance(encoder, str):
+        encoder = load_field_encoder(req.name, encoder, req.kind, device=device)
+    info = encoder.info.to_dict()
+    return encoder, FieldSpec(req.name, req.kind, _reads_of(encoder, info), info)
+
+
+def _index_vectors(
+    base: Path,
+    corpus: Path,
+    spec: FieldSpec,
+    encoder: Any,
+    cols: Any,
+    progress: bool,
+    options: dict[str, Any],
+) -> int:
+    from latemm.io import count_rows
+    from latemm.pipeline import index_corpus
+
+    if count_rows(corpus) == 0:
+        return len(Index.open(base)) if (base / "manifest.json").is_file() else 0
+    field_cols = replace(cols, embedding=spec.options.get("embedding_column", "\0none"))
+    if spec.kind == "single" and not (base / "manifest.json").is_file():
+        dim = encoder.info.dim if encoder is not None else _first_embedding_dim(corpus, field_cols)
+        config = IndexConfig(
+            dim=dim,
+            dtype=options.get("dtype", "float16"),
+            faiss_factory=options.get("faiss_factory", "Flat"),
+            encoder=spec.encoder,
+            single_vector=True,
+        )
+        create(base, config).close()
+    report = index_corpus(
+        corpus, base, encoder=encoder, columns=field_cols, progress=progress, **options
+    )
+    return report.documents
+
+
+def _first_embedding_dim(corpus: Path, cols: Any) -> int:
+    from latemm.io import read_batches
+
+    for batch in read_batches(corpus, columns=cols, batch_size=1):
+        if batch.vectors is not None:
+            return int(batch.vectors.shape[1])
+    raise InputError(f"{corpus}: no {cols.embedding!r} vectors")
+
+
+def _index_bm25(
+    base: Path,
+    corpus: Path,
+    spec: FieldSpec,
+    recorded: FieldSpec | None,
+    cols: Any,
+    options: dict[str, Any],
+) -> FieldSpec:
+    """Rebuild the BM25 field from its committed texts and the corpus's (a new build folder;
+    ``fields.json`` then points at it and older builds are removed)."""
+    from latemm import bm25
+
+    texts: dict[str, str] = {}
+    generation = 0
+    if recorded is not None:
+        texts = bm25.read_docs(base / recorded.options["dir"])
+        generation = int(recorded.options["dir"].lstrip("g"))
+    on_existing = options.get("on_existing", "skip")
+    table = pq.read_table(corpus, columns=[cols.id, cols.text])
+    for doc_id, text in zip(
+        table.column(cols.id).to_pylist(), table.column(cols.text).to_pylist(), strict=True
+    ):
+        key = str(doc_id)
+        if key in texts and on_existing == "error":
+            raise InputError(f"{corpus}: doc_id {key!r} is already in BM25 field {spec.name!r}")
+        if key not in texts or on_existing == "upsert":
+            texts[key] = text
+    name = f"g{generation + 1:06d}"
+    files = bm25.build(base / name, list(texts), list(texts.values()))
+    for child in base.iterdir():
+        if child.name != name and child.name != (recorded.options["dir"] if recorded else None):
+            shutil.rmtree(child, ignore_errors=True)
+    return replace(spec, options={"dir": name, "files": files, "documents": len(texts)})
+
+
+def remove_stale_builds(index_dir: str | Path) -> None:
+    """Remove bm25 builds ``fields.json`` no longer points at (after a commit)."""
+    root = Path(index_dir)
+    for spec in read_fields(root).fields:
+        if spec.kind != "bm25":
+            continue
+        for child in (root / "fields" / spec.name).iterdir():
+            if child.name != spec.options["dir"]:
+                shutil.rmtree(child, ignore_errors=True)

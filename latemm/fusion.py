@@ -1,0 +1,120 @@
+"""Fusing several rankings of the same candidates into one. Arrays in, arrays out; numpy only.
+
+Every function takes per-field score matrices, each (Q, U) float with NaN where a candidate has
+no score in that field (absent from it, or not retrieved by it), and the (Q, U) object matrix of
+the candidates' doc ids (None pads). Ranks break ties by doc_id, as every ranking here does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from index_store.errors import InputError
+
+FUSIONS = ("rrf", "weighted")
+RRF_K = 60
+
+
+def ranks(scores: np.ndarray, doc_ids: np.ndarray) -> np.ndarray:
+    """(Q, U) float 1-based rank of each scored candidate within its row (best = 1, ties by
+    doc_id); NaN where the score is NaN or the doc_id is None."""
+    out = np.full(scores.shape, np.nan)
+    for q in range(scores.shape[0]):
+        cols = np.flatnonzero(~np.isnan(scores[q]) & (doc_ids[q] != None))  # noqa: E711
+        order = cols[np.lexsort((doc_ids[q, cols].astype(str), -scores[q, cols]))]
+        out[q, order] = np.arange(1, order.size + 1)
+    return out
+
+
+def rrf(
+    field_scores: Sequence[np.ndarray],
+    doc_ids: np.ndarray,
+    weights: Sequence[float],
+    *,
+    k: int = RRF_K,
+) -> np.ndarray:
+    """Weighted reciprocal rank fusion: ``sum_f w_f / (k + rank_f(d))`` over the fields that
+    score d; NaN for padding."""
+    fused = np.zeros(doc_ids.shape)
+    for scores, weight in zip(field_scores, weights, strict=True):
+        fused += np.nan_to_num(weight / (k + ranks(scores, doc_ids)), nan=0.0)
+    return np.where(doc_ids != None, fused, np.nan)  # noqa: E711
+
+
+def min_max(scores: np.ndarray) -> np.ndarray:
+    """Each row's scores mapped to [0, 1] by its min and max (1 where they are equal); NaN
+    stays NaN."""
+    with np.errstate(all="ignore"):
+        low = np.nanmin(np.where(np.isnan(scores), np.inf, scores), axis=1, keepdims=True)
+        high = np.nanmax(np.where(np.isnan(scores), -np.inf, scores), axis=1, keepdims=True)
+        span = high - low
+        out = np.where(span > 0, (scores - low) / np.where(span > 0, span, 1.0), 1.0)
+    return np.where(np.isnan(scores), np.nan, out)
+
+
+def weighted(
+    field_scores: Sequence[np.ndarray], doc_ids: np.ndarray, weights: Sequence[float]
+) -> np.ndarray:
+    """``sum_f w_f * minmax_f(d)``, each field's scores min-max normalised per query over the
+    candidates it scores (absent counts 0); NaN for padding."""
+    fused = np.zeros(doc_ids.shape)
+    for scores, weight in zip(field_scores, weights, strict=True):
+        fused += weight * np.nan_to_num(min_max(scores), nan=0.0)
+    return np.where(doc_ids != None, fused, np.nan)  # noqa: E711
+
+
+def fuse(
+    method: str,
+    field_scores: Sequence[np.ndarray],
+    doc_ids: np.ndarray,
+    weights: Sequence[float],
+) -> np.ndarray:
+    """``rrf`` or ``weighted`` fusion, (Q, U) float64."""
+    if method == "rrf":
+        return rrf(field_scores, doc_ids, weights)
+    if method == "weighted":
+        return weighted(field_scores, doc_ids, weights)
+    raise InputError(f"fusion must be one of {', '.join(FUSIONS)}, got {method!r}")
+
+
+def check_weights(weights: dict[str, float] | None, fields: Sequence[str]) -> list[float]:
+    """Weights in the order of ``fields``: every name a fused field, none negative, not all
+    zero; fields left out weigh 0 when weights are given, and all weigh 1 otherwise."""
+    if weights is None:
+        return [1.0] * len(fields)
+    unknown = [name for name in weights if name not in fields]
+    if unknown:
+        raise InputError(
+            f"--weights names field(s) {', '.join(map(repr, unknown))} that are not among the "
+            f"fused fields ({', '.join(fields)}); weigh only those (or add them to --fields)"
+        )
+    for name, value in weights.items():
+        if not np.isfinite(value) or value < 0:
+            raise InputError(
+                f"--weights: field {name!r} has weight {value}; weights must be finite and >= 0"
+            )
+    if sum(weights.values()) <= 0:
+        raise InputError(
+            f"--weights {weights} are all zero; give at least one field a positive weight"
+        )
+    return [float(weights.get(name, 0.0)) for name in fields]
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """``"a=0.7,b=0.3"`` -> ``{"a": 0.7, "b": 0.3}``."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise InputError(
+                f"--weights {text!r}: expected NAME=NUMBER[,NAME=NUMBER...], got {part!r}"
+            )
+    if not out:
+        raise InputError(f"--weights {text!r} names no field; expected NAME=NUMBER[,...]")
+    return out

@@ -1,0 +1,391 @@
+"""Named fields in one index: fused rankings against brute force written out here (MaxSim by a
+loop, inner products, bm25s over every page, RRF and weighted fusion by hand), the layout on
+disk, adding a field later, old single-field indexes, and bad input naming the field."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from index_store import Index, IndexConfig, InputError, create
+from latemm.field_search import FieldRetriever
+from latemm.fields import index_fields, parse_field, read_fields
+from latemm.retriever import Retriever
+
+DIM = 8
+N = 36
+WORDS = "revenue margin profit asset equity cash debt growth risk audit".split()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Pages with a multi-vector and a one-vector embedding column; every 7th has no text."""
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(WORDS, 5)) if i % 7 else None for i in range(N)]
+    multi = [rng.standard_normal((int(t), DIM)).astype(np.float32) for t in rng.integers(1, 7, N)]
+    single = [rng.standard_normal((1, DIM)).astype(np.float32) for _ in range(N)]
+    path = tmp_path_factory.mktemp("corpus") / "corpus.parquet"
+    table = pa.table(
+        {
+            "doc_id": [f"p{i:02d}" for i in range(N)],
+            "text": texts,
+            "emb_multi": [m.tolist() for m in multi],
+            "emb_single": [s.tolist() for s in single],
+            "year": [2000 + i for i in range(N)],
+        }
+    )
+    pq.write_table(table, path)
+    ids = [f"p{i:02d}" for i in range(N)]
+    return path, ids, texts, dict(zip(ids, multi, strict=True)), dict(zip(ids, single, strict=True))
+
+
+@pytest.fixture(scope="module")
+def index(corpus, tmp_path_factory):
+    path = tmp_path_factory.mktemp("idx") / "idx"
+    fields = {"m": "embedding:emb_multi", "s": "single:embedding:emb_single", "b": "bm25"}
+    index_fields(corpus[0], path, fields, dtype="float32", progress=False)
+    return path
+
+
+def _maxsim_loop(query: np.ndarray, doc: np.ndarray) -> float:
+    return float(sum(max(float(np.dot(t, u)) for u in doc) for t in query))
+
+
+def _bm25_scores(ids, texts, query: str) -> dict[str, float]:
+    import bm25s
+
+    kept = [(d, t) for d, t in zip(ids, texts, strict=True) if t and t.strip()]
+    model = bm25s.BM25()
+    model.index(
+        bm25s.tokenize([t for _, t in kept], stopwords="en", show_progress=False),
+        show_progress=False,
+    )
+    tokens = bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)[0]
+    scores = model.get_scores(tokens)
+    return {d: float(s) for (d, _), s in zip(kept, scores, strict=True)}
+
+
+def _ranked(scores: dict[str, float]) -> list[str]:
+    return sorted(scores, key=lambda d: (-scores[d], d))
+
+
+def _rrf(per_field: list[dict[str, float]], weights: list[float]) -> dict[str, float]:
+    fused: dict[str, float] = {}
+    for scores, weight in zip(per_field, weights, strict=True):
+        for rank, d in enumerate(_ranked(scores), start=1):
+            fused[d] = fused.get(d, 0.0) + weight / (60 + rank)
+    return fused
+
+
+def _weighted(per_field: list[dict[str, float]], weights: list[float]) -> dict[str, float]:
+    fused: dict[str, float] = {}
+    for scores, weight in zip(per_field, weights, strict=True):
+        low, high = min(scores.values()), max(scores.values())
+        for d, s in scores.items():
+            norm = (s - low) / (high - low) if high > low else 1.0
+            fused[d] = fused.get(d, 0.0) + weight * norm
+    for scores in per_field:
+        for d in scores:
+            fused.setdefault(d, 0.0)
+    return fused
+
+
+@pytest.mark.parametrize(
+    ("fusion", "weights"),
+    [
+        ("rrf", None),
+        ("rrf", {"m": 2.0, "s": 0.5, "b": 1.0}),
+        ("weighted", {"m": 0.5, "s": 0.2, "b": 0.3}),
+    ],
+)
+def test_exhaustive_fused_ranking_equals_brute_force_fusion(corpus, index, fusion, weights) -> None:
+    _, ids, texts, multi, single = corpus
+    rng = np.random.default_rng(5)
+    queries = [rng.standard_normal((int(t), DIM)).astype(np.float32) for t in (3, 2, 4)]
+    query_texts = ["revenue growth", "cash debt risk", "audit"]
+    retriever = FieldRetriever(index, fusion=fusion, weights=weights)
+    result = retriever.search(
+        query_texts,
+        k=N,
+        candidates=N,
+        query_vectors={"m": queries, "s": [q.sum(0, keepdims=True) for q in queries]},
+    )
+    w = [1.0, 1.0, 1.0] if weights is None else [weights["m"], weights["s"], weights["b"]]
+    for q, query in enumerate(queries):
+        per_field = [
+            {d: _maxsim_loop(query, multi[d]) for d in ids},
+            {d: float(np.dot(query.sum(0), single[d][0])) for d in ids},
+            _bm25_scores(ids, texts, query_texts[q]),  # pages without text are absent
+        ]
+        fused = (_rrf if fusion == "rrf" else _weighted)(per_field, w)
+        assert list(result.doc_ids[q]) == _ranked(fused)
+        np.testing.assert_allclose(result.scores[q], [fused[d] for d in _ranked(fused)], rtol=1e-5)
+        for name, scores in zip("msb", per_field, strict=True):
+            got = result.field_scores[name][q]
+            want = [scores.get(d, np.nan) for d in result.doc_ids[q]]
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_single_vector_first_stage_with_multi_vector_rescoring_equals_brute_force(
+    corpus, index
+) -> None:
+    _, ids, _, multi, _ = corpus
+    rng = np.random.default_rng(6)
+    queries = [rng.standard_normal((3, DIM)).astype(np.float32) for _ in range(4)]
+    # The single-vector field seeds the candidates and weighs 0 in the final ranking.
+    retriever = FieldRetriever(index, fields=["s"], rescore_fields=["m"], weights={"s": 0, "m": 1})
+    result = retriever.search(
+        ["x"] * 4,
+        k=10,
+        candidates=N,
+        query_vectors={"m": queries, "s": [q.sum(0, keepdims=True) for q in queries]},
+    )
+    for q, query in enumerate(queries):
+        exact = {d: _maxsim_loop(query, multi[d]) for d in ids}
+        assert list(result.doc_ids[q]) == _ranked(exact)[:10]
+        np.testing.assert_allclose(
+            result.maxsim_scores[q], [exact[d] for d in _ranked(exact)[:10]], rtol=1e-5
+        )
+
+
+def test_single_vector_index_first_stage_is_exact_inner_product(tmp_path, corpus) -> None:
+    _, ids, _, _, single = corpus
+    config = IndexConfig(dim=DIM, dtype="float32", single_vector=True)
+    assert IndexConfig.from_dict(config.to_dict()) == config
+    with create(tmp_path / "sv", config) as writer:
+        writer.add(ids, [single[d] for d in ids])
+        with pytest.raises(InputError, match="single-vector"):
+            writer.add(["two"], [np.ones((2, DIM), np.float32)])
+        writer.commit()
+    queries = [np.random.default_rng(1).standard_normal((3, DIM)).astype(np.float32)]
+    got = Retriever(Index.open(tmp_path / "sv")).search_embeddings(queries, k=5, rescore=False)
+    dots = {d: float(np.dot(queries[0].sum(0), single[d][0])) for d in ids}
+    assert list(got.doc_ids[0]) == _ranked(dots)[:5]
+    assert Index.open(tmp_path / "sv").stats()["fde_dimension"] is None
+
+
+def test_layout_on_disk_and_pages_a_field_cannot_read(index) -> None:
+    manifest = json.loads((index / "fields.json").read_text())
+    assert manifest["format_version"] == 1
+    assert [(f["name"], f["kind"], f["reads"]) for f in manifest["fields"]] == [
+        ("m", "multi", "embedding"),
+        ("s", "single", "embedding"),
+        ("b", "bm25", "text"),
+    ]
+    assert (index / "fields" / "m" / "manifest.json").is_file()
+    bm25_dir = index / "fields" / "b" / manifest["fields"][2]["options"]["dir"]
+    assert not list(bm25_dir.glob("*.pkl")) and (bm25_dir / "params.index.json").is_file()
+    np.load(bm25_dir / "data.csc.index.npy", allow_pickle=False)
+    assert len(Index.open(index / "fields" / "m")) == N
+    # Every 7th page has no text: absent from the bm25 field only.
+    assert manifest["fields"][2]["options"]["documents"] == N - len(range(0, N, 7))
+    assert "emb_single" not in Index.open(index / "fields" / "m").segments[0].schema.names
+
+
+def test_a_field_added_later_is_the_only_one_encoded(corpus, tmp_path) -> None:
+    path = tmp_path / "idx"
+    index_fields(corpus[0], path, {"b": "bm25"}, progress=False)
+    before = json.loads((path / "fields.json").read_text())["fields"][0]
+    index_fields(corpus[0], path, {"m": "embedding:emb_multi"}, progress=False)
+    after = json.loads((path / "fields.json").read_text())["fields"]
+    assert [f["name"] for f in after] == ["b", "m"]
+    assert after[0] == before  # the bm25 field was not rebuilt
+
+
+def test_an_old_single_field_index_opens_as_field_default(tmp_path, corpus) -> None:
+    _, ids, _, multi, _ = corpus
+    with create(tmp_path / "old", IndexConfig(dim=DIM, dtype="float32")) as writer:
+        writer.add(ids, [multi[d] for d in ids])
+        writer.commit()
+    assert read_fields(tmp_path / "old").names == ["default"]
+    query = [np.ones((2, DIM), np.float32)]
+    fused = FieldRetriever(tmp_path / "old").search(
+        ["q"], k=5, candidates=N, query_vectors={"default": query}
+    )
+    plain = Retriever(Index.open(tmp_path / "old")).search_embeddings(query, k=5, candidates=N)
+    assert list(fused.doc_ids[0]) == list(plain.doc_ids[0])
+    with pytest.raises(InputError, match="built before named fields: its one field is 'default'"):
+        FieldRetriever(tmp_path / "old", fields=["text"])
+    with pytest.raises(InputError, match="single-field index"):
+        index_fields(corpus[0], tmp_path / "old", {"b": "bm25"}, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"fields": ["m", "nope"]}, "unknown field 'nope'; this index has field\\(s\\) m, s, b"),
+        ({"weights": {"m": -1.0}}, "field 'm' has weight -1.0"),
+        ({"weights": {"m": 0.0, "b": 0.0}}, "all zero"),
+        (
+            {"fields": ["m"], "weights": {"b": 1.0}},
+            "field\\(s\\) 'b' that are not among the fused fields \\(m\\)",
+        ),
+        ({"fusion": "max"}, "--fusion must be one of rrf, weighted"),
+        ({"rescore_fields": ["b"]}, "--rescore-field 'b' is a bm25 field"),
+        ({"preset": "image-only"}, "preset 'image-only' searches fields that read image"),
+    ],
+)
+def test_bad_search_requests_name_the_field(index, options, message) -> None:
+    with pytest.raises(InputError, match=message):
+        FieldRetriever(index, **options)
+
+
+def test_image_query_on_a_text_field_and_missing_query_vectors_name_the_field(index) -> None:
+    from latemm.encoders.base import Page
+
+    retriever = FieldRetriever(index, fields=["b"])
+    with pytest.raises(InputError, match="query 0 has no text; field 'b' \\(bm25, reads text\\)"):
+        retriever.search([Page(image=b"png")], k=3)
+    with pytest.raises(InputError, match="field 'm' holds precomputed vectors \\('emb_multi'\\)"):
+        FieldRetriever(index, fields=["m"]).search(["q"], k=3)
+
+
+def test_a_missing_encoder_is_an_error_naming_the_field(corpus, tmp_path) -> None:
+    with pytest.raises(InputError, match="field 'text': cannot load encoder"):
+        index_fields(
+            corpus[0], tmp_path / "idx", {"text": str(tmp_path / "no-such-model")}, progress=False
+        )
+
+
+def test_where_filters_every_field(index) -> None:
+    queries = [np.ones((2, DIM), np.float32)]
+    result = FieldRetriever(index).search(
+        ["revenue"],
+        k=N,
+        candidates=N,
+        where="year >= 2030",
+        query_vectors={"m": queries, "s": [q.sum(0, keepdims=True) for q in queries]},
+    )
+    got = [d for d in result.doc_ids[0] if d is not None]
+    assert sorted(got) == [f"p{i:02d}" for i in range(30, N)]
+
+
+@pytest.fixture(scope="module")
+def tiny_text_model(tmp_path_factory):
+    from tests.latemm.tiny_models import build_colbert_pylate
+
+    return build_colbert_pylate(tmp_path_factory.mktemp("models") / "colbert")
+
+
+def test_cli_fields_fusion_weights_presets_and_info(
+    tiny_text_model, corpus, tmp_path, capsys
+) -> None:
+    from latemm.cli import main
+
+    idx, run = tmp_path / "idx", tmp_path / "run.parquet"
+    queries = tmp_path / "q.parquet"
+    pq.write_table(pa.table({"query_id": ["a", "b"], "text": ["revenue growth", "cash"]}), queries)
+    args = ["index", str(corpus[0]), "--index", str(idx), "--quiet"]
+    fields = ["--field", f"text={tiny_text_model}", "--field", "dense=" + str(tiny_text_model)]
+    assert main([*args, *fields, "--field-kind", "dense=single", "--field", "b=bm25"]) == 0
+    assert "text: 30 documents" in capsys.readouterr().out  # pages without text are left out
+    spec = {f.name: f for f in read_fields(idx).fields}
+    assert spec["dense"].kind == "single" and spec["dense"].encoder["options"]["pooling"] == "mean"
+    search = ["search", str(idx), str(queries), "--out", str(run), "--k", "5", "--quiet"]
+    assert main([*search, "--fusion", "weighted", "--weights", "text=0.7,b=0.3,dense=0"]) == 0
+    table = pq.read_table(run)
+    assert {"score_text", "score_dense", "score_b", "fde_score", "rerank_score"} <= set(
+        table.column_names
+    )
+    assert table.num_rows == 10
+    text_col = table.column("score_text").to_numpy()
+    assert not np.isnan(text_col).any()
+    assert main([*search, "--preset", "text-only"]) == 0
+    assert main([*search, "--fields", "b"]) == 0
+    solo = pq.read_table(run)
+    assert solo.column("score").to_pylist() != [] and "score_text" not in solo.column_names
+    capsys.readouterr()
+    assert main([*search, "--fields", "b,nope"]) == 2
+    assert "latemm search: error: unknown field 'nope'" in capsys.readouterr().err
+    assert main([*search, "--weights", "text=-1"]) == 2
+    assert "field 'text' has weight -1.0" in capsys.readouterr().err
+    assert main(["verify", str(idx)]) == 0
+    capsys.readouterr()
+    bm25_dir = next((idx / "fields" / "b").iterdir())
+    (bm25_dir / "vocab.index.json").write_text("{}")
+    assert main(["verify", str(idx)]) == 1
+    assert "field 'b': " in capsys.readouterr().err
+    assert main(["info", str(idx)]) == 2  # opening checks the damaged bm25 files
+    assert "BM25 field files are damaged" in capsys.readouterr().err
+    (bm25_dir / "vocab.index.json").unlink()
+    index_fields(corpus[0], idx, [parse_field("b=bm25")], progress=False)  # rebuilds the field
+    assert main(["info", str(idx)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert [f["name"] for f in info["fields"]] == ["text", "dense", "b"]
+    assert info["fields"][0]["stats"]["documents"] == 30
+
+
+def test_python_api_fields(tiny_text_model, corpus, tmp_path) -> None:
+    import latemm
+
+    manifest = latemm.build_index(
+        corpus[0], tmp_path / "idx", fields={"text": tiny_text_model, "bm25": "bm25"}
+    )
+    assert manifest.names == ["text", "bm25"]
+    rrf = latemm.search(tmp_path / "idx", ["revenue growth"], k=5)
+    weighted = latemm.search(
+        tmp_path / "idx", ["revenue growth"], k=5, fusion="weighted", weights={"text": 1, "bm25": 1}
+    )
+    for run in (rrf, weighted):
+        assert run.num_rows == 5 and {"score_text", "score_bm25"} <= set(run.column_names)
+    text_only = latemm.search(tmp_path / "idx", ["revenue growth"], k=5, preset="text-only")
+    assert text_only.num_rows == 5
+
+
+def test_query_file_embeddings_serve_the_precomputed_field(index, tmp_path) -> None:
+    from latemm.cli import main
+
+    rng = np.random.default_rng(9)
+    queries = [rng.standard_normal((3, DIM)).astype(np.float32) for _ in range(2)]
+    qfile = tmp_path / "q.parquet"
+    table = {"query_id": ["a", "b"], "text": ["cash", "audit risk"]}
+    pq.write_table(pa.table({**table, "embedding": [q.tolist() for q in queries]}), qfile)
+    run = tmp_path / "run.parquet"
+    args = ["search", str(index), str(qfile), "--out", str(run), "--fields", "m,b", "--k", "3"]
+    assert main([*args, "--candidates", str(N), "--quiet", "--trec", str(tmp_path / "r.trec")]) == 0
+    got = pq.read_table(run)
+    want = FieldRetriever(index, fields=["m", "b"]).search(
+        ["cash", "audit risk"], k=3, candidates=N, query_vectors={"m": queries}
+    )
+    assert got.column("doc_id").to_pylist() == [d for row in want.doc_ids for d in row]
+    assert len((tmp_path / "r.trec").read_text().splitlines()) == 6
+
+
+@pytest.mark.slow  # builds a tiny Qwen2-VL (test_reranker covers the reranker itself)
+def test_fused_results_are_reranked_from_the_fields_pages(index, tmp_path_factory) -> None:
+    pytest.importorskip("torchvision")  # Qwen2-VL's processor needs its video processor
+    from latemm.encoders.base import Page
+    from latemm.reranker import MLLMReranker
+    from tests.latemm.tiny_models import build_qwen2_vl
+
+    reranker = MLLMReranker(str(build_qwen2_vl(tmp_path_factory.mktemp("qwen"))), template="yesno")
+    queries = [np.ones((2, DIM), np.float32)]
+    vectors = {"m": queries, "s": [q.sum(0, keepdims=True) for q in queries]}
+    plain = FieldRetriever(index).search(["cash"], k=8, query_vectors=vectors)
+    reranked = FieldRetriever(index, reranker=reranker, rerank_depth=5).search(
+        ["cash"], k=8, query_vectors=vectors
+    )
+    top = list(plain.doc_ids[0, :5])
+    assert sorted(reranked.doc_ids[0, :5]) == sorted(top)
+    assert list(reranked.doc_ids[0, 5:]) == list(plain.doc_ids[0, 5:])
+    pages = FieldRetriever(index).pages(top)
+    want = reranker.score("cash", [pages[d] for d in top])
+    by_doc = dict(zip(top, want, strict=True))
+    got = reranked.rerank_scores[0, :5]
+    np.testing.assert_allclose(got, [by_doc[d] for d in reranked.doc_ids[0, :5]], rtol=1e-5)
+    assert list(got) == sorted(got, reverse=True)
+    # A page without text (p00) is read from the vector field's metadata, as an empty page.
+    assert FieldRetriever(index).pages(["p00"])["p00"] == Page(text=None, image=None)
+
+
+def test_weights_text_is_parsed_or_refused() -> None:
+    from latemm.fusion import parse_weights
+
+    assert parse_weights("text=0.7, bm25=0.3") == {"text": 0.7, "bm25": 0.3}
+    for bad in ("text", "text=high", "=1", ","):
+        with pytest.raises(InputError, match="--weights"):
+            parse_weights(bad)
