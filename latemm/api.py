@@ -7,7 +7,7 @@ latemm.search("my-index", ["what was the revenue in 2020?"], k=10).to_pandas()
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,33 +118,34 @@ def search(
     if any(v is not None for v in named.values()) or is_fields_index(path):
         return _search_fields(path, queries, k, candidates, where, reranker, rerank_depth, named)
 
-    if not isinstance(index, Index) and is_sharded(index):
-        if reranker is not None:
-            from index_store.errors import InputError
+    sharded = not isinstance(index, Index) and is_sharded(index)
+    if sharded and reranker is not None:
+        from index_store.errors import InputError
 
-            raise InputError(
-                f"reranking is not available on a sharded index ({index}) yet; search without "
-                "reranker="
-            )
-        return _search_sharded(
-            Path(index), queries, k=k, encoder=encoder, candidates=candidates, where=where
+        raise InputError(
+            f"reranking is not available on a sharded index ({index}) yet; search without reranker="
         )
-    opened = index if isinstance(index, Index) else Index.open(index)
-    if encoder is None and opened.config.encoder is not None:
+    opened = None if sharded else index if isinstance(index, Index) else Index.open(index)
+    if opened is None:
+        from latemm.sharded import read_manifest
+
+        recorded = read_manifest(path).config.encoder
+    else:
+        path, recorded = opened.path, opened.config.encoder
+    if encoder is None and recorded is not None:
         from latemm.encoders import load_encoder
 
-        encoder = load_encoder(opened.config.encoder)  # rebuilt with its recorded options
+        encoder = load_encoder(recorded)  # rebuilt with its recorded options
+    encoder = _as_encoder(encoder)
     if isinstance(queries, (str, Path)) and Path(queries).suffix == ".parquet":
-        import tempfile
-
         from latemm.pipeline import search_file
 
-        with tempfile.TemporaryDirectory() as tmp:
-            return search_file(
-                opened.path,
+        return _run_of_file(
+            lambda out: search_file(
+                path,
                 queries,
-                Path(tmp) / "run.parquet",
-                encoder=_as_encoder(encoder),
+                out,
+                encoder=encoder,
                 k=k,
                 candidates=candidates,
                 where=where,
@@ -152,46 +153,23 @@ def search(
                 rerank_depth=rerank_depth,
                 progress=False,
             )
-    retriever = Retriever(
-        opened, encoder=_as_encoder(encoder), reranker=reranker, rerank_depth=rerank_depth
-    )
-    texts = [queries] if isinstance(queries, str) else list(queries)
-    return retriever.search(texts, k=k, candidates=candidates, where=where).to_arrow()
+        )
+    if opened is None:
+        from latemm.sharded import ShardedRetriever
 
-
-def _search_sharded(
-    index: Path,
-    queries: Sequence[str] | str | Path,
-    *,
-    k: int,
-    encoder: Any,
-    candidates: int | None,
-    where: str | None,
-) -> pa.Table:
-    from latemm.sharded import ShardedRetriever, read_manifest
-
-    recorded = read_manifest(index).config.encoder
-    if encoder is None and recorded is not None:
-        encoder = recorded["name_or_path"]
-    if isinstance(queries, (str, Path)) and Path(queries).suffix == ".parquet":
-        import tempfile
-
-        from latemm.pipeline import search_file
-
-        with tempfile.TemporaryDirectory() as tmp:
-            return search_file(
-                index,
-                queries,
-                Path(tmp) / "run.parquet",
-                encoder=_as_encoder(encoder),
-                k=k,
-                candidates=candidates,
-                where=where,
-                progress=False,
-            )
-    retriever = ShardedRetriever(index, encoder=_as_encoder(encoder))
+        retriever: Any = ShardedRetriever(path, encoder=encoder)
+    else:
+        retriever = Retriever(opened, encoder=encoder, reranker=reranker, rerank_depth=rerank_depth)
     texts = [str(queries)] if isinstance(queries, (str, Path)) else list(queries)
     return retriever.search(texts, k=k, candidates=candidates, where=where).to_arrow()
+
+
+def _run_of_file(search: Callable[[Path], pa.Table]) -> pa.Table:
+    """The run of a queries file, written to a temporary file by ``search(out)`` and returned."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return search(Path(tmp) / "run.parquet")
 
 
 def _search_fields(
@@ -208,13 +186,11 @@ def _search_fields(
 
     named["fusion"] = named["fusion"] or "rrf"
     if isinstance(queries, (str, Path)) and Path(queries).suffix == ".parquet":
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            return search_fields_file(
+        return _run_of_file(
+            lambda out: search_fields_file(
                 index,
                 queries,
-                Path(tmp) / "run.parquet",
+                out,
                 k=k,
                 candidates=candidates,
                 where=where,
@@ -223,6 +199,7 @@ def _search_fields(
                 rerank_depth=rerank_depth,
                 **named,
             )
+        )
     retriever = FieldRetriever(index, reranker=reranker, rerank_depth=rerank_depth, **named)
     assert not isinstance(queries, Path)  # a Path is a queries file, handled above
     texts = [queries] if isinstance(queries, str) else [str(q) for q in queries]

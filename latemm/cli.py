@@ -14,7 +14,7 @@ from typing import Any
 from index_store.errors import InputError, LatemmError
 
 
-def _columns(args: argparse.Namespace, id_default: str):  # type: ignore[no-untyped-def]
+def _columns(args: argparse.Namespace, id_default: str) -> Any:
     from latemm.io import Columns
 
     return Columns(
@@ -32,7 +32,7 @@ def _add_column_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embedding-column", default="embedding")
 
 
-def _encoder(args: argparse.Namespace, name: str | None, index_dir: str | None = None):  # type: ignore[no-untyped-def]
+def _encoder(args: argparse.Namespace, name: str | None, index_dir: str | None = None) -> Any:
     """The encoder named by --encoder (with --encoder-kind, --instruction, --dim, --pooling),
     else the one the index recorded, rebuilt with its recorded options (None if neither), on
     --device (several comma-separated devices encode in parallel) with --model-dtype."""
@@ -90,7 +90,7 @@ def _add_encoder_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _model_dtype(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _model_dtype(args: argparse.Namespace) -> Any:
     """--model-dtype as a torch dtype; None lets the model choose (bf16 on GPU, float32 on CPU)."""
     if args.model_dtype == "auto":
         return None

@@ -50,7 +50,7 @@ def pool_tokens(
         sums = np.zeros((k, doc.shape[1]), dtype=np.float32)
         np.add.at(sums, labels, doc)
         counts = np.bincount(labels, minlength=k)[:, None]
-        means = sums / counts
+        means = (sums / counts).astype(np.float32)
         means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
         pooled.append(means)
         lengths.append(k)

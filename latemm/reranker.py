@@ -128,7 +128,7 @@ class MLLMReranker:
         if adapter is not None:
             peft = require("peft", "rerank")
             self.model = peft.PeftModel.from_pretrained(self.model, adapter)
-        self.model = self.model.to(self.device).eval()
+        self.model = self.model.to(self.device).eval()  # type: ignore[arg-type]
         self.processor = AutoProcessor.from_pretrained(
             name_or_path, revision=revision, trust_remote_code=trust_remote_code
         )

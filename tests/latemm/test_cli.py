@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -171,7 +172,9 @@ def crash_and_resume(tmp_path: Path, kills: int, n_docs: int, seed: int = 0) -> 
     duration = time.perf_counter() - start
     killed = 0
     previous = 0
-    for _ in range(kills):
+    for _ in range(3 * kills):  # a run that finishes before its kill starts over, up to 3x
+        if killed == kills:
+            break
         proc = subprocess.Popen(
             _index_cmd(corpus, idx), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -179,6 +182,13 @@ def crash_and_resume(tmp_path: Path, kills: int, n_docs: int, seed: int = 0) -> 
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             killed += 1
+        elif proc.returncode == 0 and killed < kills:
+            # Resumed to the end before the kill came (the machine was faster than the timed
+            # run): start from scratch so the remaining kills land mid-ingest.
+            assert verify(idx) == []
+            shutil.rmtree(idx)
+            previous = 0
+            continue
         proc.wait()
         if (idx / "manifest.json").is_file():
             assert verify(idx) == []
