@@ -44,6 +44,7 @@ def _as_float_array(value: Any, what: str, item: int | None = None) -> np.ndarra
     return array
 
 
+# Over 60 lines on purpose: a chain of input checks, each raising its own error naming the document.
 def as_flat(
     sets: Any,
     dimension: int,

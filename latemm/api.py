@@ -80,6 +80,7 @@ def build_index(
     return Index.open(index_dir)
 
 
+# Over 60 lines on purpose: the notebook entry point: dispatches named fields, sharded and plain indexes, files and lists.
 def search(
     index: str | Path | Index,
     queries: Sequence[str] | str | Path,

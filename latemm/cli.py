@@ -576,14 +576,10 @@ def _add_ray_flags(parser: argparse.ArgumentParser, *, shards: str, workers: boo
         )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _index_parser(sub: Any) -> None:
+    """The parser of ``latemm index``."""
     from index_store.codecs import DTYPES
     from latemm.pipeline import ON_EXISTING
-
-    parser = argparse.ArgumentParser(
-        prog="latemm", description="Late-interaction retrieval over visual documents."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("index", help="add a Parquet corpus to an index (creates it if needed)")
     p.add_argument("corpus", help="corpus Parquet file or directory")
@@ -632,6 +628,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_column_flags(p)
     p.set_defaults(func=cmd_index)
 
+
+def _encode_parser(sub: Any) -> None:
+    """The parser of ``latemm encode``."""
     p = sub.add_parser(
         "encode", help="encode a corpus into a Parquet file with an embedding column"
     )
@@ -652,6 +651,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_column_flags(p)
     p.set_defaults(func=cmd_encode)
 
+
+# Over 60 lines on purpose: argparse declarations of the search command's flags.
+def _search_parser(sub: Any) -> None:
+    """The parser of ``latemm search``."""
     p = sub.add_parser("search", help="search a Parquet file of queries into a run file")
     p.add_argument("index")
     p.add_argument("queries")
@@ -713,6 +716,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_column_flags(p)
     p.set_defaults(func=cmd_search)
 
+
+def _maintenance_parsers(sub: Any) -> None:
+    """The parser of ``info``, ``delete``, ``compact``, ``verify`` and ``eval``."""
     p = sub.add_parser("info", help="index statistics as JSON")
     p.add_argument("index")
     p.set_defaults(func=cmd_info)
@@ -740,6 +746,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write the scores as JSON")
     p.set_defaults(func=cmd_eval)
 
+
+def _data_parsers(sub: Any) -> None:
+    """The parser of ``ingest``, ``convert``, ``show`` and ``quickstart``."""
     p = sub.add_parser("ingest", help="render and extract PDF pages into a corpus Parquet file")
     p.add_argument("inputs", nargs="+", help="PDF files or folders")
     p.add_argument("--out", required=True)
@@ -793,6 +802,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--k", type=int, default=3)
     p.set_defaults(func=cmd_quickstart)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="latemm", description="Late-interaction retrieval over visual documents."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _index_parser(sub)
+    _encode_parser(sub)
+    _search_parser(sub)
+    _maintenance_parsers(sub)
+    _data_parsers(sub)
     return parser
 
 

@@ -98,6 +98,7 @@ def render_page(page: Any, *, dpi: float, max_pixels: int | None, image_format: 
     return buffer.getvalue()
 
 
+# Over 60 lines on purpose: one streaming loop over PDFs and pages; each step reports its own problem with file and page.
 def ingest_pdfs(
     inputs: Iterable[str | Path],
     out: str | Path,

@@ -462,6 +462,7 @@ def _write_batches(
             writer.close()
 
 
+# Over 60 lines on purpose: one streaming, resumable loop; its steps are the helpers below.
 def search_file(
     index_dir: str | Path,
     queries: str | Path,
@@ -485,7 +486,6 @@ def search_file(
 
     With a ``reranker``, each query's top ``rerank_depth`` pages are reordered by it (the page
     content is read from the index); the run's ``rerank_score`` column holds its scores."""
-    from latemm.retriever import truncate
     from latemm.sharded import open_retriever
 
     # A sharded index (latemm.sharded) is searched shard by shard and merged exactly, in this
@@ -500,14 +500,6 @@ def search_file(
         rerank_fusion=rerank_fusion,
         ray=ray,
     )
-    sharded = not hasattr(retriever, "index")
-    index_path = retriever.path if sharded else retriever.index.path
-    generation = retriever.generation if sharded else retriever.index.generation
-    if where is not None:  # a bad filter fails now, before any part file
-        from latemm.filters import filter_masks
-
-        for served in retriever.indexes() if sharded else [retriever.index]:
-            filter_masks(served, where)
     total = count_rows(queries)
     if total == 0:
         raise InputError(f"{queries} has no rows: there are no queries to search")
@@ -518,83 +510,117 @@ def search_file(
     parts = out_path.with_name(f".{out_path.name}.parts")
     _claim_parts(
         parts,
-        {
-            "index": str(Path(index_path).resolve()),
-            "generation": generation,
-            "queries": str(Path(queries).resolve()),
-            "k": k,
-            "candidates": candidates,
-            "where": where,
-            "encoder": None if retriever.encoder is None else retriever.encoder.info.to_dict(),
-            "reranker": None
-            if reranker is None
-            else str(getattr(reranker, "model_id", type(reranker).__name__)),
-            "rerank_depth": rerank_depth if reranker is not None else None,
-            "rerank_fusion": rerank_fusion if reranker is not None else None,
-        },
+        _resume_record(
+            retriever,
+            queries,
+            dict(k=k, candidates=candidates, where=where),
+            (reranker, rerank_depth, rerank_fusion),
+        ),
     )
-    done_tables = [pq.read_table(p) for p in sorted(parts.glob("part-*.parquet"))]
-    done = {q for t in done_tables for q in t.column("query_id").to_pylist()}
-    tables = list(done_tables)
+    tables = [pq.read_table(p) for p in sorted(parts.glob("part-*.parquet"))]
+    done = {q for t in tables for q in t.column("query_id").to_pylist()}
     row_of: dict[str, int] = {}  # every query_id so far: a repeated one is an error
     bar = _progress(total, "searching", progress)
     bar.update(len(done))
-    n_parts = len(done_tables)
     try:
         for batch in read_batches(queries, columns=cols, kind="queries", batch_size=batch_size):
             _check_query_ids(batch, Path(queries), row_of, trec=trec is not None)
             if done and all(q in done for q in batch.ids):
                 continue
-            if batch.vectors is not None:
-                result = retriever.search_embeddings(
-                    batch.vectors,
-                    batch.offsets,
-                    k=max(k, rerank_depth) if reranker is not None else k,
-                    candidates=candidates,
-                    where=where,
-                    query_ids=batch.ids,
-                )
-                if reranker is not None:
-                    # Precomputed query vectors: the reranker reads the queries' text/image.
-                    result = truncate(retriever.rerank(result, _pages(batch, Path(queries))), k)
-            else:
-                if retriever.encoder is None:
-                    raise InputError(
-                        f"{queries} has no 'embedding' column and no encoder is available: pass "
-                        "--encoder, or index with --encoder so the index records it"
-                    )
-                with _rows_named(batch, Path(queries), "query_id"):
-                    result = retriever.search(
-                        _pages(batch, Path(queries)),
-                        k=k,
-                        candidates=candidates,
-                        where=where,
-                        query_ids=batch.ids,
-                    )
+            result = _search_batch(retriever, batch, Path(queries), k, candidates, where)
             table = result.to_arrow().cast(RUN_SCHEMA)
             if done:
                 keep = pa.array([q not in done for q in table.column("query_id").to_pylist()])
                 table = table.filter(keep)
-            part = parts / f"part-{n_parts:06d}.parquet"
+            part = parts / f"part-{len(tables):06d}.parquet"
             pq.write_table(table, part.with_suffix(".tmp"))
             part.with_suffix(".tmp").replace(part)
-            n_parts += 1
             tables.append(table)
             bar.update(len(batch.ids))
     finally:
         bar.close()
         if not any(parts.glob("part-*.parquet")):  # nothing to resume: leave no folder behind
-            for leftover in parts.iterdir():
-                leftover.unlink()
-            parts.rmdir()
+            _remove_parts(parts)
+    return _finish_run(tables, out_path, parts, trec)
+
+
+def _resume_record(
+    retriever: Any,
+    queries: str | Path,
+    search: dict[str, Any],
+    rerank: tuple[Any, int, str],
+) -> dict[str, Any]:
+    """What a search's part files belong to (checking ``where`` first, before any part file):
+    a re-run resumes them only when every entry is the same."""
+    sharded = not hasattr(retriever, "index")
+    index_path = retriever.path if sharded else retriever.index.path
+    if search["where"] is not None:
+        from latemm.filters import filter_masks
+
+        for served in retriever.indexes() if sharded else [retriever.index]:
+            filter_masks(served, search["where"])
+    reranker, rerank_depth, rerank_fusion = rerank
+    return {
+        "index": str(Path(index_path).resolve()),
+        "generation": retriever.generation if sharded else retriever.index.generation,
+        "queries": str(Path(queries).resolve()),
+        **search,
+        "encoder": None if retriever.encoder is None else retriever.encoder.info.to_dict(),
+        "reranker": None
+        if reranker is None
+        else str(getattr(reranker, "model_id", type(reranker).__name__)),
+        "rerank_depth": rerank_depth if reranker is not None else None,
+        "rerank_fusion": rerank_fusion if reranker is not None else None,
+    }
+
+
+def _search_batch(
+    retriever: Any, batch: Batch, queries: Path, k: int, candidates: int | None, where: str | None
+) -> Any:
+    """The SearchResult of one batch of queries: precomputed vectors or encoded pages."""
+    from latemm.retriever import truncate
+
+    if batch.vectors is not None:
+        reranker = getattr(retriever, "reranker", None)
+        result = retriever.search_embeddings(
+            batch.vectors,
+            batch.offsets,
+            k=max(k, retriever.rerank_depth) if reranker is not None else k,
+            candidates=candidates,
+            where=where,
+            query_ids=batch.ids,
+        )
+        if reranker is not None:
+            # Precomputed query vectors: the reranker reads the queries' text/image.
+            result = truncate(retriever.rerank(result, _pages(batch, queries)), k)
+        return result
+    if retriever.encoder is None:
+        raise InputError(
+            f"{queries} has no 'embedding' column and no encoder is available: pass "
+            "--encoder, or index with --encoder so the index records it"
+        )
+    with _rows_named(batch, queries, "query_id"):
+        return retriever.search(
+            _pages(batch, queries), k=k, candidates=candidates, where=where, query_ids=batch.ids
+        )
+
+
+def _remove_parts(parts: Path) -> None:
+    if parts.is_dir():
+        for leftover in parts.iterdir():
+            leftover.unlink()
+        parts.rmdir()
+
+
+def _finish_run(
+    tables: list[pa.Table], out_path: Path, parts: Path, trec: str | Path | None
+) -> pa.Table:
+    """Write the whole run atomically (and the TREC file if asked), then drop the parts."""
     run = pa.concat_tables(tables) if tables else RUN_SCHEMA.empty_table()
     tmp = out_path.with_name(f".{out_path.name}.partial")
     pq.write_table(run, tmp)
     tmp.replace(out_path)
-    if parts.is_dir():
-        for part in parts.iterdir():
-            part.unlink()
-        parts.rmdir()
+    _remove_parts(parts)
     if trec is not None:
         from latemm.io import write_run_trec
 

@@ -80,6 +80,7 @@ def _load_rows(run_path: str | Path, query_id: str, k: int) -> list[dict[str, An
     return rows
 
 
+# Over 60 lines on purpose: the HTML page assembled top to bottom.
 def render(
     run_path: str | Path,
     index_dir: str | Path,

@@ -112,6 +112,7 @@ class SingleVectorEncoder(Encoder):
         As for ``ColVisionEncoder``; remote code stays off unless asked for.
     """
 
+    # Over 60 lines on purpose: one loading sequence (config, processor, weights, prompt style, device) whose steps share the options recorded in EncoderInfo.
     def __init__(
         self,
         name_or_path: str,

@@ -99,6 +99,7 @@ class TextEncoder(Encoder):
 
     reads = ("text",)
 
+    # Over 60 lines on purpose: one loading sequence (config, tokenizer, weights, ColBERT projection, device) whose steps share the options recorded in EncoderInfo.
     def __init__(
         self,
         name_or_path: str,

@@ -77,6 +77,7 @@ class VLMProjectionEncoder(PageImageEncoder):
         As for ``ColVisionEncoder``.
     """
 
+    # Over 60 lines on purpose: one loading sequence (config, processor, backbone, projection, device) whose steps share the options recorded in EncoderInfo.
     def __init__(
         self,
         name_or_path: str,
