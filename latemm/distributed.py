@@ -44,7 +44,7 @@ from latemm.sharded import (
 
 # Restarts of a dead actor (and retries of its calls / of a dead task) before giving up.
 RETRIES = 3
-SHARD_COLUMN = "_shard"
+SHARD_COLUMN = "latemm_shard"  # no leading "_": corpus folders hide such names
 
 
 class ShardUnavailableError(LatemmError, RuntimeError):
@@ -197,7 +197,7 @@ def encode_ray(
 ) -> int:
     """Encode a corpus (file or folder of Parquet files) on a Ray cluster into ``out``, a folder
     of Parquet files with an ``embedding`` column; with ``num_shards``, one Hive partition per
-    index shard (``out/_shard=3/...``). ``out`` appears only when every block is written.
+    index shard (``out/latemm_shard=3/...``). ``out`` appears only when every block is written.
     Returns the number of rows written.
 
     Without an ``encoder`` the corpus must carry an ``embedding`` column: it is checked and
