@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from index_store import Index, IndexConfig, create
+from index_store import Index
 from index_store.errors import IndexCorruptError, IndexFormatError, InputError, LatemmError
 from index_store.fsio import write_json_atomic
 
@@ -507,29 +507,16 @@ def _index_vectors(
     if count_rows(corpus) == 0:
         return len(Index.open(base)) if (base / "manifest.json").is_file() else 0
     field_cols = replace(cols, embedding=spec.options.get("embedding_column", "\0none"))
-    if spec.kind == "single" and not (base / "manifest.json").is_file():
-        dim = encoder.info.dim if encoder is not None else _first_embedding_dim(corpus, field_cols)
-        config = IndexConfig(
-            dim=dim,
-            dtype=options.get("dtype", "float16"),
-            faiss_factory=options.get("faiss_factory", "Flat"),
-            encoder=spec.encoder,
-            single_vector=True,
-        )
-        create(base, config).close()
     report = index_corpus(
-        corpus, base, encoder=encoder, columns=field_cols, progress=progress, **options
+        corpus,
+        base,
+        encoder=encoder,
+        columns=field_cols,
+        single_vector=spec.kind == "single",
+        progress=progress,
+        **options,
     )
     return report.documents
-
-
-def _first_embedding_dim(corpus: Path, cols: Any) -> int:
-    from latemm.io import read_batches
-
-    for batch in read_batches(corpus, columns=cols, batch_size=1):
-        if batch.vectors is not None:
-            return int(batch.vectors.shape[1])
-    raise InputError(f"{corpus}: no {cols.embedding!r} vectors")
 
 
 def _index_bm25(

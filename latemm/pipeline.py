@@ -132,14 +132,15 @@ def resolve_config(
     encoder: Encoder | None,
     dtype: str = "float16",
     faiss_factory: str = "Flat",
+    single_vector: bool = False,
     source: str | Path = "the corpus",
 ) -> IndexConfig:
     """The configuration an ingest writes with: the index's own when ``index_dir`` holds one,
     after the one compatibility check (same encoder, same dimension), else a new one.
 
     ``encoder`` is the encoder that makes the vectors (None for precomputed embeddings); ``dim``
-    the dimension of the vectors to be added. ``dtype`` and ``faiss_factory`` only apply to a
-    new index.
+    the dimension of the vectors to be added. ``dtype``, ``faiss_factory`` and ``single_vector``
+    only apply to a new index.
     """
     if not (Path(index_dir) / "manifest.json").is_file():
         return IndexConfig(
@@ -148,6 +149,7 @@ def resolve_config(
             fde=default_fde_config(dim),
             faiss_factory=faiss_factory,
             encoder=encoder.info.to_dict() if encoder is not None else None,
+            single_vector=single_vector,
         )
     config = Index.open(index_dir, verify="none").config
     recorded = config.encoder
@@ -324,6 +326,7 @@ def index_corpus(
     columns: Columns | None = None,
     dtype: str = "float16",
     faiss_factory: str = "Flat",
+    single_vector: bool = False,
     commit_every: int = 512,
     on_existing: str = "skip",
     on_empty: str = "skip",
@@ -338,7 +341,8 @@ def index_corpus(
     or ``error``. ``on_empty``: ``skip`` records rows with nothing the encoder can read (blank
     pages, empty text, all-zero vectors) in the index's rejects (``Index.rejects()``) and goes
     on; ``error`` stops at the first. ``pool_factor`` > 1 pools each document's vectors
-    (``latemm.pooling``) before storing them.
+    (``latemm.pooling``) before storing them. ``single_vector``: a new index holds one vector per
+    document, searched directly by faiss instead of through an FDE.
     """
     if on_existing not in ON_EXISTING:
         raise InputError(f"on_existing must be 'skip', 'upsert' or 'error', got {on_existing!r}")
@@ -350,9 +354,15 @@ def index_corpus(
     if total == 0:
         raise InputError(f"{source} has no rows")
     used = _encoder_used(source, cols, encoder)
-    dim = used.dim if used is not None else _first_dim(source, cols)
+    dim = used.dim if used is not None else first_dim(source, cols)
     config = resolve_config(
-        index_dir, dim=dim, encoder=used, dtype=dtype, faiss_factory=faiss_factory, source=source
+        index_dir,
+        dim=dim,
+        encoder=used,
+        dtype=dtype,
+        faiss_factory=faiss_factory,
+        single_vector=single_vector,
+        source=source,
     )
     done = _done_ids(index_dir) if on_existing == "skip" else set()
     sidecar = rejects_path(source)  # rows `latemm encode` rejected, when ``source`` is its output
@@ -394,10 +404,11 @@ def _encoder_used(source: Path, columns: Columns, encoder: Encoder | None) -> En
     return encoder
 
 
-def _first_dim(source: Path, columns: Columns) -> int:
+def first_dim(source: Path, columns: Columns) -> int:
     """The dimension of a precomputed corpus's first embedding."""
     for batch in read_batches(source, columns=columns, batch_size=1):
-        assert batch.vectors is not None  # read_batches checked the embedding column
+        if batch.vectors is None:
+            raise InputError(f"{source}: no {columns.embedding!r} vectors")
         return int(batch.vectors.shape[1])
     raise InputError(f"{source} has no rows")
 

@@ -389,3 +389,10 @@ def test_weights_text_is_parsed_or_refused() -> None:
     for bad in ("text", "text=high", "=1", ","):
         with pytest.raises(InputError, match="--weights"):
             parse_weights(bad)
+
+
+def test_single_vector_field_is_stored_as_a_single_vector_index(index) -> None:
+    # Its faiss index holds the raw vectors (not an FDE): the first stage is an exact dot product.
+    config = Index.open(index / "fields" / "s").config
+    assert config.single_vector and config.faiss_dimension == config.dim
+    assert not Index.open(index / "fields" / "m").config.single_vector
