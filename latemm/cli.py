@@ -104,8 +104,6 @@ def cmd_index(args: argparse.Namespace) -> int:
     from latemm.sharded import index_sharded, is_sharded
 
     start = time.perf_counter()
-    if args.field:
-        return _index_fields(args, start)
     options = dict(
         columns=_columns(args, "doc_id"),
         dtype=args.dtype,
@@ -117,6 +115,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         pool_factor=args.pool_factor,
         progress=not args.quiet,
     )
+    if args.field:
+        return _index_fields(args, start, options)
     if args.ray is not None:
         from latemm.distributed import index_ray
 
@@ -170,7 +170,7 @@ def _encoder_name(args: argparse.Namespace, index_dir: str | None) -> str | None
     return None
 
 
-def _index_fields(args: argparse.Namespace, start: float) -> int:
+def _index_fields(args: argparse.Namespace, start: float, options: dict[str, Any]) -> int:
     """``latemm index --field NAME=ENCODER ...``: a multi-field index (latemm.fields)."""
     from latemm.fields import index_fields, parse_field
 
@@ -183,15 +183,8 @@ def _index_fields(args: argparse.Namespace, start: float) -> int:
         args.corpus,
         args.index,
         [parse_field(text, kinds) for text in args.field],
-        columns=_columns(args, "doc_id"),
         device=args.device.split(",")[0] if args.device else None,
-        progress=not args.quiet,
-        dtype=args.dtype,
-        faiss_factory=args.faiss,
-        commit_every=args.commit_every,
-        on_existing=args.on_existing,
-        batch_size=args.batch_size,
-        pool_factor=args.pool_factor,
+        **options,
     )
     fields = ", ".join(f"{name}: {n} documents" for name, n in counts.items())
     print(f"indexed {args.index} ({fields}) in {time.perf_counter() - start:.1f}s")

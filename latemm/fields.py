@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from index_store import Index
 from index_store.errors import IndexCorruptError, IndexFormatError, InputError, LatemmError
 from index_store.fsio import write_json_atomic
+from latemm.encoders.base import is_compatible
 
 FIELDS_FILE = "fields.json"
 FORMAT_VERSION = 1
@@ -455,10 +456,12 @@ def _index_one(
             f"take a {spec.kind} field reading {spec.reads} (name the new field differently)"
         )
     if recorded is not None and recorded.encoder and spec.encoder:
-        if recorded.encoder["name_or_path"] != spec.encoder["name_or_path"]:
+        reason = is_compatible(recorded.encoder, spec.encoder)
+        if reason is not None:
             raise InputError(
                 f"field {req.name!r} was built with encoder {recorded.encoder['name_or_path']!r}, "
-                f"not {spec.encoder['name_or_path']!r}; add the new encoder as another field"
+                f"not {spec.encoder['name_or_path']!r} as configured ({reason}); add the new "
+                "encoder as another field"
             )
     column = {"text": cols.text, "embedding": spec.options.get("embedding_column")}.get(
         spec.reads, cols.image
