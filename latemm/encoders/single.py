@@ -21,8 +21,7 @@ import torch
 
 from index_store.errors import InputError
 from latemm.encoders.base import Encoder, EncoderInfo, MultiVectors, Page
-from latemm.encoders.text import _local_folder, default_device, default_dtype
-from latemm.encoders.vision import load_image, set_pixel_budget
+from latemm.encoders.vision import load_image, load_vision_language
 
 POOLINGS = ("last", "mean")
 
@@ -132,25 +131,19 @@ class SingleVectorEncoder(Encoder):
         batch_size: int = 8,
         max_image_pixels: int | None = 50_000_000,
     ) -> None:
-        from transformers import AutoModel, AutoProcessor
-
         if pooling not in POOLINGS:
             raise InputError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if padding_side not in (None, "left", "right"):
             raise InputError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-        folder = _local_folder(name_or_path, revision)
-        if folder is None:
-            raise InputError(
-                f"cannot find {name_or_path!r}: not a local folder, and the hub is unreachable"
-            )
-        self.device = torch.device(device) if device is not None else default_device()
-        self.dtype = dtype or default_dtype(self.device)
-        self.model = AutoModel.from_pretrained(
-            folder, trust_remote_code=trust_remote_code, dtype=self.dtype
-        ).to(self.device)
-        self.model.eval()
-        self.processor = AutoProcessor.from_pretrained(folder, trust_remote_code=trust_remote_code)
-        set_pixel_budget(getattr(self.processor, "image_processor", None), min_pixels, max_pixels)
+        _, self.model, self.processor, self.device, self.dtype = load_vision_language(
+            name_or_path,
+            revision=revision,
+            device=device,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            min_pixels=min_pixels,
+            max_pixels=max_pixels,
+        )
         if padding_side is not None:
             self.processor.tokenizer.padding_side = padding_side
         if getattr(self.processor, "chat_template", None) is None:

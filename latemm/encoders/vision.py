@@ -18,7 +18,7 @@ import torch
 
 from index_store.errors import InputError
 from latemm.encoders.base import Encoder, EncoderInfo, MultiVectors, Page
-from latemm.encoders.text import default_device, default_dtype
+from latemm.encoders.text import _local_folder, default_device, default_dtype
 
 MODEL_CLASSES = {
     "colpali": "ColPaliForRetrieval",
@@ -63,6 +63,35 @@ def load_image(
             item=item,
         )
     return image.convert("RGB")
+
+
+def load_vision_language(
+    name_or_path: str,
+    *,
+    revision: str | None,
+    device: str | torch.device | None,
+    dtype: torch.dtype | None,
+    trust_remote_code: bool,
+    min_pixels: int | None,
+    max_pixels: int | None,
+) -> tuple[Any, Any, Any, torch.device, torch.dtype]:
+    """A vision-language checkpoint through ``AutoModel`` and ``AutoProcessor`` on ``device``
+    (default: CUDA when present) in ``dtype`` (default: bf16 on a GPU, float32 on the CPU), in
+    eval mode, with the pixel budget set: (folder, model, processor, device, dtype)."""
+    from transformers import AutoModel, AutoProcessor
+
+    folder = _local_folder(name_or_path, revision)
+    if folder is None:
+        raise InputError(
+            f"cannot find {name_or_path!r}: not a local folder, and the hub is unreachable"
+        )
+    on = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(on)
+    model = AutoModel.from_pretrained(folder, trust_remote_code=trust_remote_code, dtype=dtype)
+    model = model.to(on).eval()
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    set_pixel_budget(getattr(processor, "image_processor", None), min_pixels, max_pixels)
+    return folder, model, processor, on, dtype
 
 
 def set_pixel_budget(image_processor: Any, min_pixels: int | None, max_pixels: int | None) -> None:

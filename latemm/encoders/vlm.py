@@ -18,8 +18,7 @@ import torch
 
 from index_store.errors import InputError
 from latemm.encoders.base import EncoderInfo
-from latemm.encoders.text import _local_folder, default_device, default_dtype
-from latemm.encoders.vision import PageImageEncoder, set_pixel_budget
+from latemm.encoders.vision import PageImageEncoder, load_vision_language
 
 PROJECTION_KEYS = ("linear", "custom_text_proj", "embedding_proj_layer")
 
@@ -97,21 +96,15 @@ class VLMProjectionEncoder(PageImageEncoder):
         max_image_pixels: int | None = 50_000_000,
         image_patches_only: bool = False,
     ) -> None:
-        from transformers import AutoModel, AutoProcessor
-
-        folder = _local_folder(name_or_path, revision)
-        if folder is None:
-            raise InputError(
-                f"cannot find {name_or_path!r}: not a local folder, and the hub is unreachable"
-            )
-        self.device = torch.device(device) if device is not None else default_device()
-        self.dtype = dtype or default_dtype(self.device)
-        self.model = AutoModel.from_pretrained(
-            folder, trust_remote_code=trust_remote_code, dtype=self.dtype
-        ).to(self.device)
-        self.model.eval()
-        self.processor = AutoProcessor.from_pretrained(folder, trust_remote_code=trust_remote_code)
-        set_pixel_budget(getattr(self.processor, "image_processor", None), min_pixels, max_pixels)
+        folder, self.model, self.processor, self.device, self.dtype = load_vision_language(
+            name_or_path,
+            revision=revision,
+            device=device,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            min_pixels=min_pixels,
+            max_pixels=max_pixels,
+        )
         tokenizer = self.processor.tokenizer
         if getattr(tokenizer, "chat_template", None) is None and not getattr(
             self.processor, "chat_template", None
