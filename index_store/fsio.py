@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from index_store.errors import StorageError
+from index_store.errors import IndexCorruptError, StorageError
 
 _HASH_CHUNK = 1 << 22
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -74,6 +74,21 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     write_atomic(path, lambda fh: fh.write(data))
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file that must hold an object (a manifest); anything else is an
+    ``IndexCorruptError`` naming the file."""
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise IndexCorruptError(f"{path} is unreadable: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise IndexCorruptError(
+            f"{path}: expected a JSON object, got {type(payload).__name__}. The file is damaged: "
+            "restore it from a backup or rebuild the index"
+        )
+    return payload
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:

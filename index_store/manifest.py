@@ -21,7 +21,6 @@ from the segments and rewritten at each commit.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import dataclass, replace
@@ -30,7 +29,7 @@ from typing import Any
 
 from index_store.config import IndexConfig
 from index_store.errors import IndexCorruptError, IndexFormatError, InputError
-from index_store.fsio import write_json_atomic
+from index_store.fsio import read_json_object, write_json_atomic
 
 FORMAT_VERSION = 1
 READABLE_VERSIONS = (1,)
@@ -288,16 +287,7 @@ class Manifest:
                 f"{root} is not a latemm index ({MANIFEST} is missing); create one with "
                 "`latemm index CORPUS.parquet --index DIR`"
             )
-        try:
-            payload = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise IndexCorruptError(f"{path} is unreadable: {exc}") from exc
-        if not isinstance(payload, dict):
-            raise IndexCorruptError(
-                f"{path}: expected a JSON object, got {type(payload).__name__}. The manifest is "
-                "damaged: restore it from a backup or rebuild the index"
-            )
-        return cls.from_dict(payload, path)
+        return cls.from_dict(read_json_object(path), path)
 
     def write(self, root: Path) -> None:
         """The commit: replace ``root/manifest.json`` atomically."""

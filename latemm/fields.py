@@ -12,7 +12,6 @@ field named ``default``. Searching is ``latemm.field_search``.
 from __future__ import annotations
 
 import fcntl
-import json
 import re
 import shutil
 from collections.abc import Iterator, Mapping
@@ -27,7 +26,7 @@ import pyarrow.parquet as pq
 
 from index_store import Index
 from index_store.errors import IndexCorruptError, IndexFormatError, InputError, LatemmError
-from index_store.fsio import write_json_atomic
+from index_store.fsio import read_json_object, write_json_atomic
 from latemm.encoders.base import is_compatible
 
 FIELDS_FILE = "fields.json"
@@ -157,10 +156,7 @@ def read_fields(index_dir: str | Path) -> FieldsManifest:
             f"{root} is not a latemm index (neither {FIELDS_FILE} nor manifest.json); create one "
             "with `latemm index CORPUS.parquet --index DIR --field NAME=ENCODER`"
         )
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise IndexCorruptError(f"{path} is unreadable: {exc}") from exc
+    payload = read_json_object(path)
     if payload.get("format_version") != FORMAT_VERSION:
         raise IndexFormatError(
             f"{path} has format_version {payload.get('format_version')}; this latemm reads "

@@ -22,7 +22,6 @@ Imports ``index_store`` and ``latemm``'s pipeline and retriever; never Ray.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -36,7 +35,7 @@ import pyarrow.parquet as pq
 
 from index_store import Index, IndexConfig, create
 from index_store.errors import IndexCorruptError, IndexFormatError, InputError
-from index_store.fsio import write_json_atomic
+from index_store.fsio import read_json_object, write_json_atomic
 from latemm.io import Columns, open_dataset
 from latemm.pipeline import IndexReport, index_corpus
 from latemm.retriever import SearchResult
@@ -138,10 +137,7 @@ def read_manifest(root: str | Path) -> ShardManifest:
             f"{root} is not a sharded latemm index ({SHARDS_MANIFEST} is missing); build one with "
             "`latemm index CORPUS --index DIR --shards N`"
         )
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise IndexCorruptError(f"{path} is unreadable: {exc}") from exc
+    payload = read_json_object(path)
     version = payload.get("format_version")
     if version != SHARDS_FORMAT_VERSION or payload.get("hash") != HASH:
         raise IndexFormatError(
