@@ -13,13 +13,18 @@ from index_store.errors import FDEInputError, InputError
 FACTORY_FORMS = (
     "Flat; HNSW<M> (M >= 2), optionally followed by ,Flat ,SQ8 ,SQ4 ,SQfp16 or ,PQ<m>; "
     "IVF<n> followed by ,Flat ,SQ8 or ,PQ<m>[x<b>]; PQ<m>[x<b>] "
-    "(m divides the FDE dimension, 1 <= b <= 16)"
+    "(m divides the FDE dimension, 1 <= b <= 16); PQ<m>x4fs: one 4-bit PQ codebook per index "
+    "and one fast-scan search over all segments (the default, auto: PQ<D/8>x4fs)"
 )
+# The default: multi-vector indexes get the global fast-scan first stage (index_store.first_stage),
+# single-vector ones an exact Flat index per segment.
+AUTO_FACTORY = "auto"
 _FACTORY = re.compile(
     r"(?P<flat>Flat)"
     r"|HNSW(?P<hnsw>\d+)(?:,(?P<hnsw_code>Flat|SQ8|SQ4|SQfp16|PQ(?P<hnsw_pq>\d+)))?"
     r"|IVF(?P<ivf>\d+),(?P<ivf_code>Flat|SQ8|PQ(?P<ivf_pq>\d+)(?:x(?P<ivf_bits>\d+))?)"
     r"|PQ(?P<pq>\d+)(?:x(?P<pq_bits>\d+))?"
+    r"|PQ(?P<fs>\d+)x4fs"
 )
 
 
@@ -36,6 +41,8 @@ def faiss_fourccs(factory: str) -> frozenset[bytes]:
         return frozenset({tag})
     if match["ivf"]:
         return frozenset({{"F": b"IwFl", "S": b"IwSq", "P": b"IwPQ"}[match["ivf_code"][0]]})
+    if match["fs"]:  # segments written before the codebook existed keep an exact Flat index
+        return frozenset({b"IxFI"})
     return frozenset({b"IxPq"})
 
 
@@ -60,12 +67,21 @@ def check_factory(factory: object, fde_dimension: int) -> None:
     for key in ("ivf_bits", "pq_bits"):
         if numbers.get(key, 8) > 16:
             raise bad("has more than 16 bits per PQ code")
-    for key in ("hnsw_pq", "ivf_pq", "pq"):
+    for key in ("hnsw_pq", "ivf_pq", "pq", "fs"):
         if key in numbers and fde_dimension % numbers[key]:
             raise bad(
                 f"splits the {fde_dimension}-dimensional FDE into {numbers[key]} PQ "
                 "sub-vectors, which does not divide it"
             )
+
+
+def default_factory(faiss_dimension: int, single_vector: bool) -> str:
+    """What ``faiss_factory="auto"`` becomes: ``PQ<D/8>x4fs`` (8-dimensional sub-vectors, 4 bits:
+    640 bytes per 10,240-dimensional FDE; experiments/bench_first_stage.py), or ``Flat`` for a
+    single-vector index or an FDE dimension 8 does not divide."""
+    if single_vector or faiss_dimension % 8:
+        return "Flat"
+    return f"PQ{faiss_dimension // 8}x4fs"
 
 
 def default_fde_config(dim: int) -> FDEConfig:
@@ -94,8 +110,10 @@ class IndexConfig:
     fde
         The FDE config of the first stage (default: ``default_fde_config(dim)``).
     faiss_factory
-        faiss ``index_factory`` string over the FDEs, inner-product metric: ``Flat`` (default),
-        ``HNSW32``, ``IVF256,PQ64``, ...
+        ``auto`` (default): ``PQ<D/8>x4fs``, one product-quantisation codebook per index and one
+        fast-scan first stage over all segments (``index_store.first_stage``); ``Flat`` for a
+        single-vector index. Otherwise a faiss ``index_factory`` string over the FDEs, built per
+        segment, inner-product metric: ``Flat``, ``HNSW32``, ``IVF256,PQ64``, ...
     encoder
         Identity of the encoder that produced the vectors (``EncoderInfo.to_dict()``), or None
         for precomputed embeddings.
@@ -107,7 +125,7 @@ class IndexConfig:
     dim: int
     dtype: str = "float16"
     fde: FDEConfig | None = None
-    faiss_factory: str = "Flat"
+    faiss_factory: str = AUTO_FACTORY
     encoder: dict[str, Any] | None = field(default=None, compare=False)
     single_vector: bool = False
 
@@ -127,6 +145,9 @@ class IndexConfig:
             raise InputError(
                 f"IndexConfig.fde.dimension ({self.fde.dimension}) must equal dim ({self.dim})"
             )
+        if self.faiss_factory == AUTO_FACTORY:
+            factory = default_factory(self.faiss_dimension, self.single_vector)
+            object.__setattr__(self, "faiss_factory", factory)
         check_factory(self.faiss_factory, self.faiss_dimension)
         if self.encoder is not None and not isinstance(self.encoder, dict):
             raise InputError(

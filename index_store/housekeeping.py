@@ -2,8 +2,9 @@
 collection of files the index wrote that no manifest references.
 
 Only names the index itself writes are ever removed (``seg-g<gen>`` segment directories,
-``deleted-g<gen>.npy`` bitmaps, ``rejects-g<gen>.parquet`` files and their ``.NAME.tmp-PID``
-temporaries): a user's file in the folder is never touched.
+``deleted-g<gen>.npy`` bitmaps, ``rejects-g<gen>.parquet`` files, ``fde-pq-g<gen>.faiss``
+codebooks no manifest lists, and their ``.NAME.tmp-PID`` temporaries): a user's file in the
+folder is never touched.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import IO
 from index_store.errors import IndexLockedError, InputError
 from index_store.fsio import TMP_PATTERN, fsync_dir
 from index_store.manifest import (
+    CODEBOOK_PATTERN,
     DELETED_PATTERN,
     MANIFEST,
     REJECTS_PATTERN,
@@ -62,7 +64,10 @@ def _owned_by_index(child: Path) -> bool:
             for c in child.iterdir()
         )
     return (
-        name == "LOCK" or bool(REJECTS_PATTERN.fullmatch(name)) or bool(TMP_PATTERN.fullmatch(name))
+        name == "LOCK"
+        or bool(REJECTS_PATTERN.fullmatch(name))
+        or bool(CODEBOOK_PATTERN.fullmatch(name))
+        or bool(TMP_PATTERN.fullmatch(name))
     )
 
 
@@ -101,11 +106,23 @@ def collect_garbage(path: Path, manifest: Manifest) -> None:
             tmp = TMP_PATTERN.fullmatch(f.name)
             if f.name not in keep and DELETED_PATTERN.fullmatch(tmp[1] if tmp else f.name):
                 f.unlink(missing_ok=True)
-    kept_rejects = manifest.rejects.file.file if manifest.rejects else None
+    kept = {
+        e.file
+        for e in (manifest.rejects.file if manifest.rejects else None, manifest.codebook)
+        if e is not None
+    }
     for f in path.iterdir():
         tmp = TMP_PATTERN.fullmatch(f.name)
-        if (tmp and (tmp[1] == MANIFEST or REJECTS_PATTERN.fullmatch(tmp[1]))) or (
-            REJECTS_PATTERN.fullmatch(f.name) and f.name != kept_rejects
+        ours = (REJECTS_PATTERN.fullmatch(f.name) or CODEBOOK_PATTERN.fullmatch(f.name)) and (
+            f.name not in kept
+        )
+        if ours or (
+            tmp
+            and (
+                tmp[1] == MANIFEST
+                or REJECTS_PATTERN.fullmatch(tmp[1])
+                or CODEBOOK_PATTERN.fullmatch(tmp[1])
+            )
         ):
             f.unlink(missing_ok=True)
     if seg_root.is_dir():

@@ -17,6 +17,12 @@ On disk (format version 1)::
 
 ``rejects`` is optional (absent in indexes written before it existed); ``counts`` is derived
 from the segments and rewritten at each commit.
+
+Format version 2 adds the global first stage (``index_store.first_stage``): an optional
+``"fde_codebook": {"file": "fde-pq-g000002.faiss", "size": B, "sha256": H}`` at the top level,
+and segments whose files hold ``fde-codes.npy`` (codes under that codebook) instead of
+``fde.faiss``. An index is written as version 2 from the commit that adds its codebook, as
+version 1 otherwise, so that indexes without one stay readable by older latemm.
 """
 
 from __future__ import annotations
@@ -31,14 +37,23 @@ from index_store.config import IndexConfig
 from index_store.errors import IndexCorruptError, IndexFormatError, InputError
 from index_store.fsio import read_json_object, write_json_atomic
 
-FORMAT_VERSION = 1
-READABLE_VERSIONS = (1,)
+FORMAT_VERSION = 1  # written unless the index has a codebook (then 2)
+CODEBOOK_FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 SEGMENT_PATTERN = re.compile(r"seg-g\d{6,}")
 SEGMENT_TMP_PATTERN = re.compile(r"\.tmp-seg-g\d{6,}-\d+")
 DELETED_PATTERN = re.compile(r"deleted-g\d{6,}\.npy")
 REJECTS_PATTERN = re.compile(r"rejects-g\d{6,}\.parquet")
-SEGMENT_FILES = ("fde.faiss", "meta.parquet", "offsets.npy", "scales.npy", "vectors.npy")
+CODEBOOK_PATTERN = re.compile(r"fde-pq-g\d{6,}\.faiss")
+SEGMENT_FILES = (
+    "fde.faiss",
+    "fde-codes.npy",
+    "meta.parquet",
+    "offsets.npy",
+    "scales.npy",
+    "vectors.npy",
+)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -134,6 +149,11 @@ class SegmentEntry:
     def all_files(self) -> tuple[FileEntry, ...]:
         return self.files + ((self.deleted,) if self.deleted else ())
 
+    @property
+    def coded(self) -> bool:
+        """Whether the segment's first stage is codes under the index's codebook."""
+        return self.file("fde-codes.npy") is not None
+
     def file(self, name: str) -> FileEntry | None:
         return next((f for f in self.files if f.file == name), None)
 
@@ -165,9 +185,11 @@ class SegmentEntry:
                     "paths outside the index directory are refused"
                 )
             files.append(FileEntry.from_reader(files_reader.sub(fname, info), fname))
-        needed = {"fde.faiss", "meta.parquet", "offsets.npy", "vectors.npy"}
-        needed |= {"scales.npy"} if dtype == "int8" else set()
         have = {f.file for f in files}
+        # The first stage: a faiss index of its own, or codes under the index's codebook.
+        first = "fde-codes.npy" if "fde-codes.npy" in have else "fde.faiss"
+        needed = {first, "meta.parquet", "offsets.npy", "vectors.npy"}
+        needed |= {"scales.npy"} if dtype == "int8" else set()
         if have != needed:
             raise files_reader.error(
                 f"lists {sorted(have)}; a {dtype} segment has exactly {sorted(needed)}"
@@ -197,6 +219,28 @@ class RejectsEntry:
         return cls(FileEntry.from_reader(r, r.name("file", REJECTS_PATTERN)), r.count("count"))
 
 
+def _codebook(
+    r: _Reader, config: IndexConfig, segments: tuple[SegmentEntry, ...]
+) -> FileEntry | None:
+    """The ``fde_codebook`` entry, consistent with the config and the segments."""
+    raw = r.get("fde_codebook", dict, optional=True)
+    codebook = None
+    if raw is not None:
+        sub = r.sub("fde_codebook", raw)
+        codebook = FileEntry.from_reader(sub, sub.name("file", CODEBOOK_PATTERN))
+        if not config.faiss_factory.endswith("x4fs"):
+            raise r.error(
+                f"a codebook with faiss_factory {config.faiss_factory!r}, which has none",
+                "fde_codebook",
+            )
+    coded = [e.name for e in segments if e.coded]
+    if coded and codebook is None:
+        raise r.error(
+            f"segment {coded[0]} holds fde-codes.npy but there is no codebook", "fde_codebook"
+        )
+    return codebook
+
+
 @dataclass(frozen=True)
 class Manifest:
     """A committed state of an index (``manifest.json``)."""
@@ -205,6 +249,7 @@ class Manifest:
     generation: int = 0
     segments: tuple[SegmentEntry, ...] = ()
     rejects: RejectsEntry | None = None
+    codebook: FileEntry | None = None  # the global first stage's (index_store.first_stage)
     created: str = ""
     updated: str | None = None
     format_version: int = FORMAT_VERSION
@@ -221,6 +266,7 @@ class Manifest:
     def files(self) -> list[tuple[str, FileEntry]]:
         """(directory relative to the index root, entry) of every file the manifest lists."""
         out = [(f"segments/{e.name}", f) for e in self.segments for f in e.all_files()]
+        out += [("", self.codebook)] if self.codebook else []
         return out + ([("", self.rejects.file)] if self.rejects else [])
 
     def to_dict(self) -> dict[str, Any]:
@@ -235,6 +281,8 @@ class Manifest:
         }
         if self.updated is not None:
             payload["updated"] = self.updated
+        if self.codebook is not None:  # absent otherwise: version 1 manifests stay as they were
+            payload["fde_codebook"] = self.codebook.to_dict()
         return payload
 
     @classmethod
@@ -261,6 +309,7 @@ class Manifest:
             raise r.error("a segment is listed twice", "segments")
         raw_rejects = r.get("rejects", dict, optional=True)
         r.get("counts", dict, optional=True)
+        codebook = _codebook(r, config, entries)
         return cls(
             config=config,
             generation=r.count("generation"),
@@ -268,9 +317,20 @@ class Manifest:
             rejects=RejectsEntry.from_reader(r.sub("rejects", raw_rejects))
             if raw_rejects
             else None,
+            codebook=codebook,
             created=r.get("created", str, optional=True) or "",
             updated=r.get("updated", str, optional=True),
             format_version=int(version),
+        )
+
+    def with_codebook(self, codebook: FileEntry | None) -> Manifest:
+        """This manifest with ``codebook`` (a manifest that has one is version 2)."""
+        if codebook is None:
+            return self
+        return replace(
+            self,
+            codebook=codebook,
+            format_version=max(self.format_version, CODEBOOK_FORMAT_VERSION),
         )
 
     @classmethod

@@ -3,7 +3,9 @@
 Files (all in the segment's directory, listed with sizes and sha256 in the manifest):
 ``vectors.npy`` (N, d) codes, ``scales.npy`` (N,) for int8, ``offsets.npy`` (n + 1,) int64,
 ``fde.faiss`` the faiss index over the documents' FDEs (recomputed from the stored vectors when a
-segment is compacted, so they are not kept twice), and ``meta.parquet`` with
+segment is compacted, so they are not kept twice) or, under the index's codebook,
+``fde-codes.npy`` their product-quantised codes (``index_store.first_stage``), and
+``meta.parquet`` with
 ``doc_id``, the page content and every metadata column. Deletions live in separate
 ``deleted-g<generation>.npy`` bitmaps, so a committed file is never modified.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fde import encode_documents
-from index_store import codecs
+from index_store import codecs, first_stage
 from index_store.config import IndexConfig, faiss_fourccs
 from index_store.errors import IndexCorruptError, InputError
 from index_store.fsio import fsync_dir, load_npy, save_bytes, save_npy, sha256_file, write_file
@@ -65,12 +68,15 @@ def write_segment(
     offsets: np.ndarray,
     table: pa.Table,
     config: IndexConfig,
+    codebook_for: Callable[[np.ndarray], Any] | None = None,
 ) -> SegmentEntry:
     """Write a complete segment under ``root/name`` and return its manifest entry.
 
     Everything is written into a temporary directory, fsynced, then renamed into place, so a
     crash leaves either nothing or a whole (not yet committed) segment; a failure removes the
-    temporary directory.
+    temporary directory. ``codebook_for(fde)``, for a global first stage, returns the index's
+    codebook (or None before it exists): the FDEs are then stored as its codes,
+    ``fde-codes.npy``, instead of a faiss index of their own.
     """
     import faiss
 
@@ -83,12 +89,19 @@ def write_segment(
         # The FDE is computed from the stored (decoded) vectors so that compaction reproduces it.
         decoded = codecs.decode(codes, scales, config.dtype, config.dim)
         fde = first_stage_vectors(decoded, offsets, config)
-        index = build_faiss(config.faiss_factory, fde)  # before any file: training may fail
+        codebook = codebook_for(fde) if codebook_for is not None else None
+        index = None
+        if codebook is None:  # before any file: training may fail
+            factory = "Flat" if first_stage.is_global(config.faiss_factory) else None
+            index = build_faiss(factory or config.faiss_factory, fde)
         save_npy(tmp / "vectors.npy", codes)
         if scales is not None:
             save_npy(tmp / "scales.npy", scales)
         save_npy(tmp / "offsets.npy", offsets)
-        save_bytes(tmp / "fde.faiss", faiss.serialize_index(index).tobytes())
+        if index is not None:
+            save_bytes(tmp / "fde.faiss", faiss.serialize_index(index).tobytes())
+        else:
+            save_npy(tmp / first_stage.CODES_FILE, first_stage.encode_codes(codebook, fde))
         write_file(tmp / "meta.parquet", lambda fh: pq.write_table(table, fh))
         fsync_dir(tmp)
         os.replace(tmp, final)
@@ -202,8 +215,9 @@ class Segment:
     deleted: np.ndarray  # (n,) bool
     config: IndexConfig
     _meta: pq.ParquetFile
-    _faiss_file: pa.MemoryMappedFile
+    _faiss_file: pa.MemoryMappedFile | None  # None for a coded segment
     _faiss: Any = None
+    fde_codes: np.ndarray | None = None  # (n, code size) uint8 under the index's codebook
 
     @property
     def num_docs(self) -> int:
@@ -219,7 +233,9 @@ class Segment:
         return self._meta.schema_arrow
 
     def check_faiss_header(self) -> None:
-        """``check_faiss_header`` on the pinned ``fde.faiss``."""
+        """``check_faiss_header`` on the pinned ``fde.faiss`` (nothing for a coded segment)."""
+        if self._faiss_file is None:
+            return
         entry = self.entry.file("fde.faiss")
         assert entry is not None  # the manifest validation requires it
         check_faiss_header(
@@ -232,6 +248,11 @@ class Segment:
         )
 
     def faiss_index(self) -> Any:
+        if self._faiss_file is None:
+            raise InputError(
+                f"segment {self.path} has no faiss index of its own: its FDEs are codes under "
+                "the index's codebook, searched by Index.global_first_stage()"
+            )
         if self._faiss is None:
             import faiss
 
@@ -288,6 +309,13 @@ def _check_arrays(
         )
     if "scales" in arrays and arrays["scales"].shape != (entry.num_vectors,):
         problems.append(f"scales.npy has shape {arrays['scales'].shape}")
+    if "fde_codes" in arrays:
+        expected = (entry.num_docs, first_stage.code_size(config.faiss_factory))
+        if arrays["fde_codes"].shape != expected:
+            problems.append(
+                f"{first_stage.CODES_FILE} has shape {arrays['fde_codes'].shape}, expected "
+                f"{expected} for {config.faiss_factory} codes"
+            )
     if arrays["deleted"].shape != (entry.num_docs,):
         problems.append(f"the deletion bitmap has shape {arrays['deleted'].shape}")
     if problems:
@@ -305,6 +333,10 @@ def _load_arrays(path: Path, entry: SegmentEntry, config: IndexConfig) -> dict[s
     if config.dtype == "int8":
         arrays["scales"] = _array(
             path / "scales.npy", mmap=True, dtype=np.dtype(np.float32), ndim=1
+        )
+    if entry.coded:
+        arrays["fde_codes"] = _array(
+            path / first_stage.CODES_FILE, mmap=True, dtype=np.dtype(np.uint8), ndim=2
         )
     if entry.deleted:
         arrays["deleted"] = _array(
@@ -342,10 +374,12 @@ def open_segment(root: Path, entry: SegmentEntry, config: IndexConfig, *, verify
             )
     arrays = _load_arrays(path, entry, config)
     meta, doc_ids = _open_meta(path / "meta.parquet", entry.num_docs)
-    try:
-        faiss_file = pa.memory_map(str(path / "fde.faiss"))
-    except OSError as exc:
-        raise IndexCorruptError(f"cannot read {path / 'fde.faiss'}: {exc}") from exc
+    faiss_file = None
+    if not entry.coded:
+        try:
+            faiss_file = pa.memory_map(str(path / "fde.faiss"))
+        except OSError as exc:
+            raise IndexCorruptError(f"cannot read {path / 'fde.faiss'}: {exc}") from exc
     return Segment(
         name=entry.name,
         path=path,
@@ -358,6 +392,7 @@ def open_segment(root: Path, entry: SegmentEntry, config: IndexConfig, *, verify
         config=config,
         _meta=meta,
         _faiss_file=faiss_file,
+        fde_codes=arrays.get("fde_codes"),
     )
 
 

@@ -4,6 +4,8 @@ Layout of an index directory::
 
     manifest.json            the commit point: format, config, segments, checksums, counts
     segments/<name>/         immutable segments (see ``index_store.segment``)
+    fde-pq-g<gen>.faiss      the FDE codebook of the global first stage, if any (written once,
+                             see ``index_store.first_stage``)
     rejects-g<gen>.parquet   rows an ingest skipped (see ``index_store.rejects``), if any
     LOCK                     the writer's lock file
 
@@ -27,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from fde import FDEInputError, as_flat
-from index_store import codecs, rejects
+from index_store import codecs, first_stage, rejects
 from index_store.config import IndexConfig
 from index_store.errors import (
     IndexCorruptError,
@@ -90,6 +92,42 @@ def _open_commit(
     raise AssertionError("unreachable")
 
 
+def _open_codebook(path: Path, manifest: Manifest, verify: str) -> pa.MemoryMappedFile | None:
+    """The pinned codebook file of the global first stage (parsed on first use), if any; it is
+    written once and never removed while a manifest lists it."""
+    if manifest.codebook is None:
+        return None
+    if verify != "none":
+        problems = check_files(path, (manifest.codebook,), full=verify == "full")
+        if problems:
+            raise _damaged(problems)
+    try:
+        return pa.memory_map(str(path / manifest.codebook.file))
+    except OSError as exc:
+        raise IndexCorruptError(f"cannot read {path / manifest.codebook.file}: {exc}") from exc
+
+
+def _check_codebook(path: Path, manifest: Manifest) -> list[str]:
+    """``verify``'s problems with the codebook: its file, then its header."""
+    if manifest.codebook is None:
+        return []
+    problems = check_files(path, (manifest.codebook,), full=True)
+    if problems:
+        return problems
+    fpath = path / manifest.codebook.file
+    try:
+        first_stage.check_codebook_bytes(
+            fpath,
+            fpath.read_bytes(),
+            expected_size=manifest.codebook.size,
+            factory=manifest.config.faiss_factory,
+            dimension=manifest.config.faiss_dimension,
+        )
+    except IndexCorruptError as exc:
+        return [str(exc)]
+    return []
+
+
 def _open_rejects(path: Path, manifest: Manifest, verify: str) -> pa.MemoryMappedFile | None:
     if manifest.rejects is None:
         return None
@@ -123,6 +161,9 @@ class Index:
         self.manifest, self.segments, self._rejects_file = _open_commit(self.path, verify)
         self.config = self.manifest.config
         self._locations: dict[str, tuple[int, int]] | None = None
+        self._codebook_file = _open_codebook(self.path, self.manifest, verify)
+        self._codebook: Any = None
+        self._global: first_stage.GlobalFirstStage | None = None
 
     @classmethod
     def open(cls, path: str | Path, *, verify: str = "fast") -> Index:
@@ -134,7 +175,40 @@ class Index:
         index = cls.__new__(cls)
         index.path, index.manifest, index.segments = path, manifest, []
         index.config, index._rejects_file, index._locations = manifest.config, None, None
+        index._codebook_file, index._codebook, index._global = None, None, None
         return index
+
+    # ---------------------------------------------------------------------- first stage
+    def codebook(self) -> Any:
+        """The FDE codebook of the global first stage (a trained, empty faiss ``IndexPQ``), or
+        None when the index has none; checked before faiss parses it."""
+        if self._codebook is None and self._codebook_file is not None:
+            entry = self.manifest.codebook
+            assert entry is not None
+            self._codebook = first_stage.read_codebook(
+                self.path / entry.file,
+                self._codebook_file.read_at(self._codebook_file.size(), 0),
+                expected_size=entry.size,
+                factory=self.config.faiss_factory,
+                dimension=self.config.faiss_dimension,
+            )
+        return self._codebook
+
+    def global_first_stage(self) -> first_stage.GlobalFirstStage | None:
+        """One fast-scan structure over every coded segment's FDE codes (built on first use),
+        or None when no segment is coded; ``coded_segments`` lists which segments it covers."""
+        if self._global is None and self.coded_segments():
+            blocks = [(s, self.segments[s].fde_codes) for s in self.coded_segments()]
+            self._global = first_stage.GlobalFirstStage.assemble(
+                self.codebook(),
+                [(s, np.asarray(codes)) for s, codes in blocks if codes is not None],
+            )
+        return self._global
+
+    def coded_segments(self) -> list[int]:
+        """Numbers of the segments searched by ``global_first_stage`` (the others have a faiss
+        index each)."""
+        return [s for s, seg in enumerate(self.segments) if seg.fde_codes is not None]
 
     # ---------------------------------------------------------------------------- lookups
     @property
@@ -265,6 +339,7 @@ def verify(path: str | Path) -> list[str]:
     root = Path(path)
     manifest = Manifest.read(root)
     problems = check_files(root, (manifest.rejects.file,), full=True) if manifest.rejects else []
+    problems += _check_codebook(root, manifest)
     for entry in manifest.segments:
         problems += check_segment(root / "segments", entry, manifest.config)
     return problems
@@ -321,6 +396,8 @@ class IndexWriter:
         self._deletes: set[str] = set()
         self._rejects: list[pa.Table] = []
         self._types = self._committed_types()
+        self._new_codebook: FileEntry | None = None  # written, not yet committed
+        self._trained: Any = None  # its parsed codebook
 
     def _open_or_new(self, config: IndexConfig | None) -> Index:
         self._durable = (self.path / MANIFEST).is_file()
@@ -553,7 +630,7 @@ class IndexWriter:
                 segments=tuple(segments),
                 rejects=rejects_entry,
                 updated=now(),
-            )
+            ).with_codebook(self._new_codebook)
         )
         return generation
 
@@ -600,7 +677,34 @@ class IndexWriter:
         entry = FileEntry(fname, len(data), sha256_file(self.path / fname))
         return RejectsEntry(entry, merged.num_rows)
 
-    def _write_batches(self, batches: list[PendingBatch], generation: int) -> SegmentEntry:
+    def _codebook_for(self, generation: int, *, compacting: bool) -> Any:
+        """For a global first stage, ``write_segment``'s ``codebook_for``: the index's codebook,
+        trained and written (before the manifest swap) on the first batch that, with the
+        segments committed before any codebook, holds ``MIN_TRAIN_DOCUMENTS`` documents."""
+        if not first_stage.is_global(self.config.faiss_factory):
+            return None
+
+        def provide(fde: np.ndarray) -> Any:
+            existing = self.index.codebook()
+            if existing is not None or self._new_codebook is not None:
+                return existing if existing is not None else self._trained
+            earlier = [] if compacting else [s for s in self.index.segments if s.fde_codes is None]
+            if len(fde) + sum(s.num_docs for s in earlier) < first_stage.MIN_TRAIN_DOCUMENTS:
+                return None
+            sample = [fde] + [s.faiss_index().reconstruct_n(0, s.num_docs) for s in earlier]
+            codebook = first_stage.train_codebook(self.config.faiss_factory, np.concatenate(sample))
+            data = first_stage.serialize_codebook(codebook)
+            fpath = self.path / first_stage.codebook_name(generation)
+            write_bytes_atomic(fpath, data)
+            self._new_codebook = FileEntry(fpath.name, len(data), sha256_file(fpath))
+            self._trained = codebook
+            return codebook
+
+        return provide
+
+    def _write_batches(
+        self, batches: list[PendingBatch], generation: int, *, compacting: bool = False
+    ) -> SegmentEntry:
         """One new segment ``seg-g<generation>`` holding ``batches``."""
         ids = [i for p in batches for i in p.doc_ids]
         flat = np.concatenate([p.vectors for p in batches])
@@ -623,12 +727,14 @@ class IndexWriter:
             offsets=offsets,
             table=table,
             config=self.config,
+            codebook_for=self._codebook_for(generation, compacting=compacting),
         )
 
     def _swap_manifest(self, manifest: Manifest) -> None:
         manifest.write(self.path)  # the commit
         self._durable = True
         self._pending, self._pending_ids, self._deletes, self._rejects = [], set(), set(), []
+        self._new_codebook = None
         self.index = Index(self.path, verify="none")
         collect_garbage(self.path, self.index.manifest)
 
@@ -636,10 +742,19 @@ class IndexWriter:
         """Rewrite all segments as one, without deleted documents; returns the new generation.
 
         Document ids, vectors, metadata and FDEs are unchanged (FDEs are recomputed from the
-        stored vectors, as they were first computed)."""
+        stored vectors, as they were first computed); with a global first stage every document
+        is encoded under the index's codebook (trained here when there is none yet and there
+        are enough documents)."""
         self.commit()
         index = self.index
-        if len(index.segments) <= 1 and not any(s.deleted.any() for s in index.segments):
+        uncoded = first_stage.is_global(self.config.faiss_factory) and any(
+            s.fde_codes is None for s in index.segments
+        )
+        if (
+            len(index.segments) <= 1
+            and not any(s.deleted.any() for s in index.segments)
+            and not (uncoded and index.num_documents >= first_stage.MIN_TRAIN_DOCUMENTS)
+        ):
             return index.generation
         batches = []
         for s, seg in enumerate(index.segments):
@@ -648,9 +763,11 @@ class IndexWriter:
             table = seg.metadata().take(pa.array(rows)).drop_columns(["doc_id"])
             batches.append(PendingBatch(tuple(seg.doc_ids[rows]), vectors, offsets, table))
         generation = index.generation + 1
-        segment = self._write_batches(batches, generation)
+        segment = self._write_batches(batches, generation, compacting=True)
         self._swap_manifest(
-            replace(index.manifest, generation=generation, segments=(segment,), updated=now())
+            replace(
+                index.manifest, generation=generation, segments=(segment,), updated=now()
+            ).with_codebook(self._new_codebook)
         )
         return generation
 

@@ -602,8 +602,10 @@ def _index_parser(sub: Any) -> None:
     p.add_argument("--dtype", default="float16", choices=DTYPES)
     p.add_argument(
         "--faiss",
-        default="Flat",
-        help="faiss factory string for the FDE index (Flat, HNSW32, IVF256,PQ64)",
+        default="auto",
+        help="first stage over the FDEs: auto (default: one 4-bit PQ codebook per index, 640 "
+        "bytes per page, one fast-scan search over all segments, i.e. PQ<D/8>x4fs), or a faiss "
+        "factory string built per segment (Flat, HNSW32, IVF256,PQ64)",
     )
     p.add_argument("--commit-every", type=int, default=512, help="documents per commit")
     p.add_argument("--on-existing", default="skip", choices=ON_EXISTING)

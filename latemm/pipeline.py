@@ -131,7 +131,7 @@ def resolve_config(
     dim: int,
     encoder: Encoder | None,
     dtype: str = "float16",
-    faiss_factory: str = "Flat",
+    faiss_factory: str = "auto",
     single_vector: bool = False,
     source: str | Path = "the corpus",
 ) -> IndexConfig:
@@ -325,7 +325,7 @@ def index_corpus(
     encoder: Encoder | None = None,
     columns: Columns | None = None,
     dtype: str = "float16",
-    faiss_factory: str = "Flat",
+    faiss_factory: str = "auto",
     single_vector: bool = False,
     commit_every: int = 512,
     on_existing: str = "skip",

@@ -177,12 +177,22 @@ def first_stage(
     """Top ``n_cand`` (segment, row, faiss score) per query over all segments.
 
     ``query_matrix`` (Q, D) float32 from ``first_stage_queries``; ``allowed`` per segment a bool
-    mask of searchable rows, or None for all rows."""
+    mask of searchable rows, or None for all rows. Segments coded under the index's codebook are
+    searched together by one structure (``Index.global_first_stage``), whatever their number;
+    the others (``--faiss`` factories, segments older than the codebook) one faiss index each."""
     n_queries = query_matrix.shape[0]
     all_seg, all_row, all_score = [], [], []
+    coded = index.coded_segments()
+    structure = index.global_first_stage() if coded else None
+    if structure is not None:
+        masks = [allowed[s] for s in coded]
+        seg_of, row_of, scores = structure.search(query_matrix, n_cand, masks)
+        all_seg.append(seg_of)
+        all_row.append(row_of)
+        all_score.append(scores)
     for s, seg in enumerate(index.segments):
         mask = allowed[s]
-        if mask is not None and not mask.any():
+        if seg.fde_codes is not None or (mask is not None and not mask.any()):
             continue
         faiss_index = seg.faiss_index()
         params = search_params(faiss_index, mask, nprobe=nprobe, ef_search=ef_search)

@@ -240,7 +240,9 @@ def test_failed_training_leaves_no_index(tmp_path) -> None:
         with pytest.raises(InputError, match="training the faiss index 'IVF64,Flat' on 2"):
             writer.commit()
     assert not (path / "manifest.json").exists()
-    with create(path, IndexConfig(dim=DIM)) as writer:  # not locked to the failed settings
+    with create(
+        path, IndexConfig(dim=DIM, faiss_factory="Flat")
+    ) as writer:  # not locked to the failed settings
         writer.add(["a"], _docs(1))
         writer.commit()
     assert Index.open(path).config.faiss_factory == "Flat"
@@ -251,7 +253,8 @@ def test_reopening_with_other_settings_names_both(index_path) -> None:
         create(index_path, IndexConfig(dim=DIM, dtype="int8", faiss_factory="HNSW16"))
     message = str(err.value)
     assert "dtype: recorded 'float16', requested 'int8'" in message
-    assert "faiss_factory: recorded 'Flat', requested 'HNSW16'" in message
+    # The default first stage (auto) is recorded as PQ1280x4fs for the 10,240-d default FDE.
+    assert "faiss_factory: recorded 'PQ1280x4fs', requested 'HNSW16'" in message
     assert "Leave the options out to use the recorded ones" in message
 
 
