@@ -619,7 +619,10 @@ class IndexWriter:
         generation = manifest.generation + 1
         segments = self._write_deletions(generation)
         if self._pending:
-            segments.append(self._write_batches(self._pending, generation))
+            folded = self._to_fold()
+            batches = [self._live_batch(s) for s in folded] + self._pending
+            segments.append(self._write_batches(batches, generation, compacting=bool(folded)))
+            segments = [e for s, e in enumerate(segments) if s not in folded]
         # Segments whose documents are all deleted are dropped from the manifest.
         segments = [e for e in segments if e.num_deleted < e.num_docs]
         rejects_entry = self._write_rejects(generation)
@@ -676,6 +679,38 @@ class IndexWriter:
         write_bytes_atomic(self.path / fname, data)
         entry = FileEntry(fname, len(data), sha256_file(self.path / fname))
         return RejectsEntry(entry, merged.num_rows)
+
+    def _to_fold(self) -> list[int]:
+        """The segments committed before the codebook, when this commit trains it: their live
+        documents (fewer than ``MIN_TRAIN_DOCUMENTS``) are rewritten into its new segment, so
+        that from then on every segment is coded (a per-segment Flat index of a few hundred
+        FDEs costs more per query than the whole global structure)."""
+        if (
+            not first_stage.is_global(self.config.faiss_factory)
+            or self.index.codebook() is not None
+        ):
+            return []
+        uncoded = [s for s, seg in enumerate(self.index.segments) if seg.fde_codes is None]
+        live = sum(len(self._live_rows(s)) for s in uncoded)
+        if self.pending_documents + live < first_stage.MIN_TRAIN_DOCUMENTS:
+            return []
+        return uncoded
+
+    def _live_rows(self, s: int) -> np.ndarray:
+        """Rows of segment ``s`` live after this commit's deletions."""
+        seg = self.index.segments[s]
+        return np.array(
+            [r for r in np.flatnonzero(seg.live) if seg.doc_ids[r] not in self._deletes],
+            dtype=np.int64,
+        )
+
+    def _live_batch(self, s: int, rows: np.ndarray | None = None) -> PendingBatch:
+        """Segment ``s``'s live documents (or ``rows``) as a batch to rewrite."""
+        seg = self.index.segments[s]
+        rows = self._live_rows(s) if rows is None else rows
+        vectors, offsets = self.index.vectors(s, rows)
+        table = seg.metadata().take(pa.array(rows)).drop_columns(["doc_id"])
+        return PendingBatch(tuple(seg.doc_ids[rows]), vectors, offsets, table)
 
     def _codebook_for(self, generation: int, *, compacting: bool) -> Any:
         """For a global first stage, ``write_segment``'s ``codebook_for``: the index's codebook,
@@ -756,12 +791,9 @@ class IndexWriter:
             and not (uncoded and index.num_documents >= first_stage.MIN_TRAIN_DOCUMENTS)
         ):
             return index.generation
-        batches = []
-        for s, seg in enumerate(index.segments):
-            rows = np.flatnonzero(seg.live)
-            vectors, offsets = index.vectors(s, rows)
-            table = seg.metadata().take(pa.array(rows)).drop_columns(["doc_id"])
-            batches.append(PendingBatch(tuple(seg.doc_ids[rows]), vectors, offsets, table))
+        batches = [
+            self._live_batch(s, np.flatnonzero(seg.live)) for s, seg in enumerate(index.segments)
+        ]
         generation = index.generation + 1
         segment = self._write_batches(batches, generation, compacting=True)
         self._swap_manifest(
