@@ -38,10 +38,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="the first 3,000 abstracts, 300 ColPali pages"
     )
-    parser.add_argument("--pages", type=int, default=3000, help="ColPali-shaped pages")
+    parser.add_argument(
+        "--pages", type=int, default=None, help="ColPali-shaped pages (default 3,000; quick 300)"
+    )
     args = parser.parse_args(argv)
     vaswani = vaswani_rows(args.quick)
-    pages = colpali_rows(300 if args.quick else args.pages, 20 if args.quick else 50)
+    n_pages = args.pages or (300 if args.quick else 3000)
+    pages = colpali_rows(n_pages, 20 if args.quick else 50)
     write_result(
         "storage_quality" + ("_quick" if args.quick else ""),
         {"documents": vaswani["documents"], "rows": vaswani["rows"], "colpali": pages},
