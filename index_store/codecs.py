@@ -1,17 +1,35 @@
-"""Storage codecs for multi-vectors: float16, float32, int8 (per-vector scale), 1-bit signs.
+"""Storage codecs for multi-vectors.
 
-Arrays in, arrays out. ``decode`` always returns float32 so MaxSim accumulates in float32 whatever
-the storage.
+Fixed codecs: float16, float32, int8 (per-vector scale), 1-bit signs. Trained codecs: product
+quantisation with 4-bit codes, ``pq1`` (sub-vectors of 4 dimensions: 1 bit per dimension, 16
+bytes per 128-d token) and ``pq2`` (sub-vectors of 2 dimensions: 2 bits per dimension). Their
+codebooks (16 centroids per sub-vector, trained with faiss k-means on a sample of a segment's
+vectors) are stored with the segment; a segment with too few vectors to train one is stored in
+float16 instead (``storage_dtype``).
+
+Arrays in, arrays out. ``decode`` returns float32 (or float16 on request) whatever the storage.
+Trained codecs encode with faiss's ``ProductQuantizer`` (two 4-bit codes per byte, the lower
+sub-vector in the low nibble) and decode with one gather from a table of byte -> two
+sub-vectors (``pair_table``), which a reader builds once per segment.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
 
 from index_store.errors import InputError
 
-DTYPES = ("float16", "float32", "int8", "binary")
+DTYPES = ("float16", "float32", "int8", "binary", "pq1", "pq2")
+# Trained codecs: dimensions per sub-vector (4-bit codes, 16 centroids per sub-vector).
+PQ_SUBDIM = {"pq1": 4, "pq2": 2}
+KSUB = 16
+# Fewer vectors than this and a segment is stored in float16 (faiss k-means wants >= 39 points
+# per centroid); training uses at most TRAIN_SAMPLE of them, picked with a fixed seed.
+MIN_TRAIN = 64 * KSUB
+TRAIN_SAMPLE = 32 * 1024
 
 
 def check_dtype(dtype: str) -> str:
@@ -20,11 +38,93 @@ def check_dtype(dtype: str) -> str:
     return dtype
 
 
-def encode(vectors: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray | None]:
+def is_trained(dtype: str) -> bool:
+    """Whether ``dtype`` needs a codebook trained per segment."""
+    return dtype in PQ_SUBDIM
+
+
+def check_dim(dtype: str, dim: int) -> None:
+    """Refuse a dimension a trained codec cannot split into pairs of sub-vectors."""
+    if is_trained(dtype) and dim % (2 * PQ_SUBDIM[dtype]):
+        raise InputError(
+            f"storage dtype {dtype!r} splits vectors into sub-vectors of {PQ_SUBDIM[dtype]} "
+            f"dimensions, two per byte, so dim must be a multiple of {2 * PQ_SUBDIM[dtype]}; "
+            f"got dim={dim}. Use float16 or int8 for this dimension"
+        )
+
+
+def storage_dtype(dtype: str, num_vectors: int) -> str:
+    """What a segment of ``num_vectors`` vectors stores: ``dtype``, or float16 when a trained
+    codec has too few vectors to train its codebook."""
+    return "float16" if is_trained(dtype) and num_vectors < MIN_TRAIN else dtype
+
+
+def codebook_shape(dtype: str, dim: int) -> tuple[int, int, int]:
+    """(sub-vectors, 16, dimensions per sub-vector) of a trained codec's codebook."""
+    sub = PQ_SUBDIM[dtype]
+    return dim // sub, KSUB, sub
+
+
+def train(vectors: np.ndarray, dtype: str, *, seed: int = 0) -> np.ndarray:
+    """A codebook for ``vectors`` (N, d) float32 (N >= MIN_TRAIN): (M, 16, d / M) float32."""
+    import faiss
+
+    n, dim = vectors.shape
+    if n < MIN_TRAIN:
+        raise InputError(f"{dtype} needs at least {MIN_TRAIN} vectors to train, got {n}")
+    if n > TRAIN_SAMPLE:
+        rows = np.sort(np.random.default_rng(seed).choice(n, TRAIN_SAMPLE, replace=False))
+        vectors = vectors[rows]
+    shape = codebook_shape(dtype, dim)
+    pq = faiss.ProductQuantizer(dim, shape[0], 4)
+    pq.cp.seed = seed
+    pq.train(np.ascontiguousarray(vectors, dtype=np.float32))
+    return faiss.vector_to_array(pq.centroids).astype(np.float32).reshape(shape)
+
+
+def _quantizer(codebook: np.ndarray) -> Any:
+    """A faiss ``ProductQuantizer`` (4-bit codes) holding ``codebook``."""
+    import faiss
+
+    m, _, sub = codebook.shape
+    pq = faiss.ProductQuantizer(m * sub, m, 4)
+    faiss.copy_array_to_vector(np.ascontiguousarray(codebook, np.float32).ravel(), pq.centroids)
+    pq.sync_transposed_centroids()  # faiss's faster encoder for short sub-vectors
+    return pq
+
+
+def pair_table(codebook: np.ndarray, dtype: np.dtype | type = np.float32) -> np.ndarray:
+    """The decoding table of a codebook, (M / 2 * 256,) records of 2 * d / M values: record
+    ``256 * j + byte`` holds the two sub-vectors that byte ``j`` of a code stands for."""
+    m, _, sub = codebook.shape
+    byte = np.arange(256)
+    low, high = codebook[0::2][:, byte & 15], codebook[1::2][:, byte >> 4]  # (M / 2, 256, sub)
+    table = np.ascontiguousarray(np.concatenate([low, high], axis=-1), dtype=dtype)
+    return (
+        table.reshape(m // 2 * 256, 2 * sub)
+        .view(np.dtype((np.void, 2 * sub * table.itemsize)))
+        .ravel()
+    )
+
+
+def pq_decode(codes: np.ndarray, table: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
+    """(n, M / 2) uint8 codes and their ``pair_table`` -> (n, d) vectors of ``dtype``."""
+    n, width = codes.shape
+    index = codes.astype(np.intp)
+    index += np.arange(width, dtype=np.intp) * 256
+    # One gather of whole records (memcpy of 2 sub-vectors each): faster than torch's
+    # embedding or numpy's take of single floats here.
+    return np.take(table, index).view(dtype).reshape(n, -1)
+
+
+def encode(
+    vectors: np.ndarray, dtype: str, codebook: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """(N, d) float32 -> (codes, per-vector scales or None).
 
     int8: ``x ~ codes * scale`` with ``scale = max|x| / 127`` per vector.
     binary: the sign bits, packed (N, ceil(d / 8)) uint8; decoded as +-1 / sqrt(d).
+    pq1 / pq2: (N, M / 2) uint8 codes against ``codebook`` (``train``).
     """
     if dtype == "float32":
         return vectors.astype(np.float32, copy=False), None
@@ -37,27 +137,52 @@ def encode(vectors: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray | No
         return codes, scale.astype(np.float32)
     if dtype == "binary":
         return np.packbits(vectors > 0, axis=1), None
+    if is_trained(dtype):
+        if codebook is None:
+            raise InputError(f"{dtype} codes need the segment's codebook")
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        return _quantizer(codebook).compute_codes(x), None
     raise InputError(f"unknown storage dtype {dtype!r}")
 
 
-def decode(codes: np.ndarray, scales: np.ndarray | None, dtype: str, dim: int) -> np.ndarray:
-    """Codes of some vectors -> (n, d) float32."""
+def decode(
+    codes: np.ndarray,
+    scales: np.ndarray | None,
+    dtype: str,
+    dim: int,
+    codebook: np.ndarray | None = None,
+    *,
+    out: np.dtype | type = np.float32,
+) -> np.ndarray:
+    """Codes of some vectors -> (n, d) float32, or float16 with ``out=np.float16``."""
+    half = np.dtype(out) == np.float16
     if dtype == "float32":
-        return np.asarray(codes, dtype=np.float32)
+        return np.asarray(codes, dtype=np.float16 if half else np.float32)
     if dtype == "float16":
+        if half:
+            return np.asarray(codes, dtype=np.float16)
         # torch widens float16 about 3x faster than numpy's astype on this hardware
         # (experiments/bench_search.py's kernel section).
         return torch.from_numpy(np.ascontiguousarray(codes)).float().numpy()
+    if is_trained(dtype):
+        if codebook is None:
+            raise InputError(f"{dtype} codes need the segment's codebook")
+        dtype_out = np.float16 if half else np.float32
+        return pq_decode(codes, pair_table(codebook, dtype_out), dtype_out)
     if dtype == "int8":
         assert scales is not None
-        return np.asarray(codes, dtype=np.float32) * np.asarray(scales, dtype=np.float32)[:, None]
-    if dtype == "binary":
+        decoded = np.asarray(codes, np.float32) * np.asarray(scales, np.float32)[:, None]
+    elif dtype == "binary":
         bits = np.unpackbits(np.asarray(codes), axis=1, count=dim)
-        return (bits.astype(np.float32) * 2.0 - 1.0) / np.float32(np.sqrt(dim))
-    raise InputError(f"unknown storage dtype {dtype!r}")
+        decoded = (bits.astype(np.float32) * 2.0 - 1.0) / np.float32(np.sqrt(dim))
+    else:
+        raise InputError(f"unknown storage dtype {dtype!r}")
+    return decoded.astype(np.float16) if half else decoded
 
 
 def bytes_per_vector(dtype: str, dim: int) -> int:
+    if is_trained(dtype):
+        return dim // PQ_SUBDIM[dtype] // 2
     return {"float32": 4 * dim, "float16": 2 * dim, "int8": dim + 4, "binary": (dim + 7) // 8}[
         dtype
     ]
@@ -65,10 +190,12 @@ def bytes_per_vector(dtype: str, dim: int) -> int:
 
 def code_layout(dtype: str, dim: int) -> tuple[np.dtype, int]:
     """(numpy dtype, columns) of the stored codes of ``dim``-dimensional vectors."""
+    if is_trained(check_dtype(dtype)):
+        return np.dtype(np.uint8), bytes_per_vector(dtype, dim)
     layouts: dict[str, tuple[np.dtype, int]] = {
         "float32": (np.dtype(np.float32), dim),
         "float16": (np.dtype(np.float16), dim),
         "int8": (np.dtype(np.int8), dim),
         "binary": (np.dtype(np.uint8), (dim + 7) // 8),
     }
-    return layouts[check_dtype(dtype)]
+    return layouts[dtype]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fde import FDEConfig
-from index_store.codecs import DTYPES
+from index_store.codecs import DTYPES, check_dim
 from index_store.errors import FDEInputError, InputError
 
 FACTORY_FORMS = (
@@ -138,6 +138,7 @@ class IndexConfig:
             raise InputError(f"IndexConfig.dim must be a positive int, got {self.dim!r}")
         if self.dtype not in DTYPES:
             raise InputError(f"IndexConfig.dtype must be one of {DTYPES}, got {self.dtype!r}")
+        check_dim(self.dtype, self.dim)
         if self.fde is None:
             object.__setattr__(self, "fde", default_fde_config(self.dim))
         assert self.fde is not None

@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from index_store.codecs import is_trained, storage_dtype
 from index_store.config import IndexConfig
 from index_store.errors import IndexCorruptError, IndexFormatError, InputError
 from index_store.fsio import read_json_object, write_json_atomic
@@ -47,6 +48,7 @@ DELETED_PATTERN = re.compile(r"deleted-g\d{6,}\.npy")
 REJECTS_PATTERN = re.compile(r"rejects-g\d{6,}\.parquet")
 CODEBOOK_PATTERN = re.compile(r"fde-pq-g\d{6,}\.faiss")
 SEGMENT_FILES = (
+    "codebook.npy",
     "fde.faiss",
     "fde-codes.npy",
     "meta.parquet",
@@ -141,6 +143,12 @@ class SegmentEntry:
     files: tuple[FileEntry, ...]
     deleted: FileEntry | None = None
     num_deleted: int = 0
+    # What the vectors are stored as when not the config's dtype: float16 for a segment too
+    # small to train the config's codec (``codecs.storage_dtype``). None: the config's dtype.
+    dtype: str | None = None
+
+    def storage_dtype(self, config_dtype: str) -> str:
+        return self.dtype or config_dtype
 
     @property
     def live_docs(self) -> int:
@@ -161,7 +169,7 @@ class SegmentEntry:
         return replace(self, deleted=deleted, num_deleted=num_deleted)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "name": self.name,
             "num_docs": self.num_docs,
             "num_vectors": self.num_vectors,
@@ -169,6 +177,9 @@ class SegmentEntry:
             "deleted": self.deleted.to_dict() if self.deleted else None,
             "num_deleted": self.num_deleted,
         }
+        if self.dtype is not None:  # absent otherwise: segments stay as they were
+            out["dtype"] = self.dtype
+        return out
 
     @classmethod
     def from_reader(cls, r: _Reader, *, dtype: str) -> SegmentEntry:
@@ -185,14 +196,23 @@ class SegmentEntry:
                     "paths outside the index directory are refused"
                 )
             files.append(FileEntry.from_reader(files_reader.sub(fname, info), fname))
+        stored = r.get("dtype", str, optional=True)
+        if stored is not None and stored != storage_dtype(dtype, 0):
+            raise r.error(
+                f"{stored!r} is not what a {dtype} index stores in a segment too small to "
+                "train its codec (only float16 is)",
+                "dtype",
+            )
+        kind = stored or dtype
         have = {f.file for f in files}
         # The first stage: a faiss index of its own, or codes under the index's codebook.
         first = "fde-codes.npy" if "fde-codes.npy" in have else "fde.faiss"
         needed = {first, "meta.parquet", "offsets.npy", "vectors.npy"}
-        needed |= {"scales.npy"} if dtype == "int8" else set()
+        needed |= {"scales.npy"} if kind == "int8" else set()
+        needed |= {"codebook.npy"} if is_trained(kind) else set()
         if have != needed:
             raise files_reader.error(
-                f"lists {sorted(have)}; a {dtype} segment has exactly {sorted(needed)}"
+                f"lists {sorted(have)}; a {kind} segment has exactly {sorted(needed)}"
             )
         deleted = None
         raw = r.get("deleted", dict, optional=True)
@@ -201,7 +221,8 @@ class SegmentEntry:
             deleted = FileEntry.from_reader(d, d.name("file", DELETED_PATTERN))
         elif num_deleted:
             raise r.error(f"{num_deleted} documents deleted but no bitmap", "deleted")
-        return cls(name, num_docs, r.count("num_vectors"), tuple(files), deleted, num_deleted)
+        num_vectors = r.count("num_vectors")
+        return cls(name, num_docs, num_vectors, tuple(files), deleted, num_deleted, stored)
 
 
 @dataclass(frozen=True)

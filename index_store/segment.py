@@ -1,7 +1,10 @@
 """One immutable segment of an index: a batch of documents written once, then only read.
 
 Files (all in the segment's directory, listed with sizes and sha256 in the manifest):
-``vectors.npy`` (N, d) codes, ``scales.npy`` (N,) for int8, ``offsets.npy`` (n + 1,) int64,
+``vectors.npy`` (N, d) codes, ``scales.npy`` (N,) for int8, ``codebook.npy`` (M, 16, d / M)
+float32 for a trained codec (``codecs.PQ_SUBDIM``: trained on this segment's vectors, so
+compaction retrains it; a segment too small to train one stores float16 and its manifest entry
+says so), ``offsets.npy`` (n + 1,) int64,
 ``fde.faiss`` the faiss index over the documents' FDEs (recomputed from the stored vectors when a
 segment is compacted, so they are not kept twice) or, under the index's codebook,
 ``fde-codes.npy`` their product-quantised codes (``index_store.first_stage``), and
@@ -20,7 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +72,13 @@ def write_segment(
     table: pa.Table,
     config: IndexConfig,
     codebook_for: Callable[[np.ndarray], Any] | None = None,
+    codebook: np.ndarray | None = None,
+    storage: str | None = None,
 ) -> SegmentEntry:
     """Write a complete segment under ``root/name`` and return its manifest entry.
+
+    ``storage`` is what ``codes`` are (``codecs.storage_dtype``; default the config's dtype),
+    with ``codebook`` for a trained codec.
 
     Everything is written into a temporary directory, fsynced, then renamed into place, so a
     crash leaves either nothing or a whole (not yet committed) segment; a failure removes the
@@ -87,21 +95,24 @@ def write_segment(
     tmp.mkdir(parents=True)
     try:
         # The FDE is computed from the stored (decoded) vectors so that compaction reproduces it.
-        decoded = codecs.decode(codes, scales, config.dtype, config.dim)
+        kind = storage or config.dtype
+        decoded = codecs.decode(codes, scales, kind, config.dim, codebook)
         fde = first_stage_vectors(decoded, offsets, config)
-        codebook = codebook_for(fde) if codebook_for is not None else None
+        fde_codebook = codebook_for(fde) if codebook_for is not None else None
         index = None
-        if codebook is None:  # before any file: training may fail
+        if fde_codebook is None:  # before any file: training may fail
             factory = "Flat" if first_stage.is_global(config.faiss_factory) else None
             index = build_faiss(factory or config.faiss_factory, fde)
         save_npy(tmp / "vectors.npy", codes)
         if scales is not None:
             save_npy(tmp / "scales.npy", scales)
+        if codebook is not None:
+            save_npy(tmp / "codebook.npy", codebook)
         save_npy(tmp / "offsets.npy", offsets)
         if index is not None:
             save_bytes(tmp / "fde.faiss", faiss.serialize_index(index).tobytes())
         else:
-            save_npy(tmp / first_stage.CODES_FILE, first_stage.encode_codes(codebook, fde))
+            save_npy(tmp / first_stage.CODES_FILE, first_stage.encode_codes(fde_codebook, fde))
         write_file(tmp / "meta.parquet", lambda fh: pq.write_table(table, fh))
         fsync_dir(tmp)
         os.replace(tmp, final)
@@ -112,7 +123,13 @@ def write_segment(
     files = tuple(
         FileEntry(p.name, p.stat().st_size, sha256_file(p)) for p in sorted(final.iterdir())
     )
-    return SegmentEntry(name, int(offsets.size - 1), int(offsets[-1]), files)
+    return SegmentEntry(
+        name,
+        int(offsets.size - 1),
+        int(offsets[-1]),
+        files,
+        dtype=kind if kind != config.dtype else None,
+    )
 
 
 def first_stage_vectors(
@@ -218,6 +235,18 @@ class Segment:
     _faiss_file: pa.MemoryMappedFile | None  # None for a coded segment
     _faiss: Any = None
     fde_codes: np.ndarray | None = None  # (n, code size) uint8 under the index's codebook
+    dtype: str = "float16"  # what ``vectors`` are (``SegmentEntry.storage_dtype``)
+    codebook: np.ndarray | None = None  # (M, 16, d / M) float32 for a trained codec
+    _tables: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def decode(self, codes: np.ndarray, scales: np.ndarray | None, out: Any) -> np.ndarray:
+        """Codes of some of this segment's vectors -> (n, d) ``out`` (float32 or float16)."""
+        if self.codebook is None:
+            return codecs.decode(codes, scales, self.dtype, self.config.dim, out=out)
+        key = np.dtype(out).name
+        if key not in self._tables:  # built once per reader and segment
+            self._tables[key] = codecs.pair_table(self.codebook, out)
+        return codecs.pq_decode(codes, self._tables[key], out)
 
     @property
     def num_docs(self) -> int:
@@ -293,7 +322,8 @@ def _check_arrays(
     path: Path, entry: SegmentEntry, config: IndexConfig, arrays: dict[str, np.ndarray]
 ) -> None:
     offsets, vectors = arrays["offsets"], arrays["vectors"]
-    _, width = codecs.code_layout(config.dtype, config.dim)
+    kind = entry.storage_dtype(config.dtype)
+    _, width = codecs.code_layout(kind, config.dim)
     problems = []
     if offsets.size != entry.num_docs + 1:
         problems.append(f"offsets.npy has {offsets.size} entries for {entry.num_docs} documents")
@@ -305,8 +335,10 @@ def _check_arrays(
     if vectors.shape != (entry.num_vectors, width):
         problems.append(
             f"vectors.npy has shape {vectors.shape}, expected ({entry.num_vectors}, {width}) "
-            f"for {config.dtype} vectors of dimension {config.dim} (config.dim)"
+            f"for {kind} vectors of dimension {config.dim} (config.dim)"
         )
+    if "codebook" in arrays:
+        problems += _codebook_problems(arrays["codebook"], kind, config.dim)
     if "scales" in arrays and arrays["scales"].shape != (entry.num_vectors,):
         problems.append(f"scales.npy has shape {arrays['scales'].shape}")
     if "fde_codes" in arrays:
@@ -324,13 +356,30 @@ def _check_arrays(
         )
 
 
+def _codebook_problems(codebook: np.ndarray, kind: str, dim: int) -> list[str]:
+    shape = codecs.codebook_shape(kind, dim)
+    if codebook.shape != shape:
+        return [
+            f"codebook.npy has shape {codebook.shape}, expected {shape} for {kind} codes of "
+            f"dimension {dim}"
+        ]
+    if not np.isfinite(codebook).all():
+        return ["codebook.npy holds NaN or infinite values"]
+    return []
+
+
 def _load_arrays(path: Path, entry: SegmentEntry, config: IndexConfig) -> dict[str, np.ndarray]:
-    code_dtype, _ = codecs.code_layout(config.dtype, config.dim)
+    kind = entry.storage_dtype(config.dtype)
+    code_dtype, _ = codecs.code_layout(kind, config.dim)
     arrays = {
         "offsets": _array(path / "offsets.npy", mmap=False, dtype=np.dtype(np.int64), ndim=1),
         "vectors": _array(path / "vectors.npy", mmap=True, dtype=code_dtype, ndim=2),
     }
-    if config.dtype == "int8":
+    if codecs.is_trained(kind):
+        arrays["codebook"] = _array(
+            path / "codebook.npy", mmap=False, dtype=np.dtype(np.float32), ndim=3
+        )
+    if kind == "int8":
         arrays["scales"] = _array(
             path / "scales.npy", mmap=True, dtype=np.dtype(np.float32), ndim=1
         )
@@ -393,6 +442,8 @@ def open_segment(root: Path, entry: SegmentEntry, config: IndexConfig, *, verify
         _meta=meta,
         _faiss_file=faiss_file,
         fde_codes=arrays.get("fde_codes"),
+        dtype=entry.storage_dtype(config.dtype),
+        codebook=arrays.get("codebook"),
     )
 
 

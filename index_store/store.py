@@ -240,8 +240,13 @@ class Index:
         for seg in self.segments:
             yield from seg.doc_ids[seg.live]
 
-    def vectors(self, segment: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Decoded vectors of some rows of a segment: (N, d) float32 and (len(rows) + 1,) offsets."""
+    def vectors(
+        self, segment: int, rows: np.ndarray, *, dtype: Any = np.float32
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Decoded vectors of some rows of a segment: (N, d) ``dtype`` (float32, or float16 for
+        half-precision rescoring) and (len(rows) + 1,) offsets."""
+        if np.dtype(dtype) not in (np.float32, np.float16):
+            raise InputError(f"Index.vectors decodes to float32 or float16, not {dtype!r}")
         seg = self.segments[segment]
         rows = np.asarray(rows, dtype=np.int64)
         starts, ends = seg.offsets[rows], seg.offsets[rows + 1]
@@ -249,13 +254,13 @@ class Index:
         offsets = np.zeros(rows.size + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         if rows.size == 0:
-            return np.zeros((0, self.config.dim), np.float32), offsets
+            return np.zeros((0, self.config.dim), dtype), offsets
         # One contiguous slice per document: memory-mapped reads stay sequential.
         codes = np.concatenate([seg.vectors[a:b] for a, b in zip(starts, ends, strict=True)])
         scales = None
         if seg.scales is not None:
             scales = np.concatenate([seg.scales[a:b] for a, b in zip(starts, ends, strict=True)])
-        return codecs.decode(codes, scales, self.config.dtype, self.config.dim), offsets
+        return seg.decode(codes, scales, dtype), offsets
 
     def get(self, doc_id: str) -> Document:
         """A document by id, with its decoded vectors and metadata."""
@@ -751,7 +756,9 @@ class IndexWriter:
             table = table.set_column(table.column_names.index("doc_id"), "doc_id", id_column)
         else:
             table = table.append_column("doc_id", id_column)
-        codes, scales = codecs.encode(flat, self.config.dtype)
+        storage = codecs.storage_dtype(self.config.dtype, flat.shape[0])
+        codebook = codecs.train(flat, storage) if codecs.is_trained(storage) else None
+        codes, scales = codecs.encode(flat, storage, codebook)
         seg_root = self.path / "segments"
         seg_root.mkdir(exist_ok=True)
         return write_segment(
@@ -763,6 +770,8 @@ class IndexWriter:
             table=table,
             config=self.config,
             codebook_for=self._codebook_for(generation, compacting=compacting),
+            codebook=codebook,
+            storage=storage,
         )
 
     def _swap_manifest(self, manifest: Manifest) -> None:

@@ -599,7 +599,14 @@ def _index_parser(sub: Any) -> None:
     )
     _add_device_flags(p)
     _add_encoder_flags(p)
-    p.add_argument("--dtype", default="float16", choices=DTYPES)
+    p.add_argument(
+        "--dtype",
+        default="float16",
+        choices=DTYPES,
+        help="storage of the token vectors: float16 (default), float32, int8, binary (1-bit "
+        "signs), pq1 / pq2 (product quantisation, 1 / 2 bits per dimension, codebook trained "
+        "per segment; lossy, see experiments/RESULTS.md section 5)",
+    )
     p.add_argument(
         "--faiss",
         default="auto",
