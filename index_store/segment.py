@@ -70,8 +70,12 @@ def write_segment(
     table: pa.Table,
     config: IndexConfig,
     codebook_for: Callable[[np.ndarray], Any] | None = None,
+    decoded: np.ndarray | None = None,
 ) -> SegmentEntry:
     """Write a complete segment under ``root/name`` and return its manifest entry.
+
+    ``decoded``, when given, is ``codes`` decoded already (float32), so they are not decoded
+    again for the FDE.
 
     Everything is written into a temporary directory, fsynced, then renamed into place, so a
     crash leaves either nothing or a whole (not yet committed) segment; a failure removes the
@@ -94,7 +98,8 @@ def write_segment(
             vectors_written = pool.submit(save_npy, tmp / "vectors.npy", codes)
             # The FDE is computed from the stored (decoded) vectors so that compaction
             # reproduces it.
-            decoded = codecs.decode(codes, scales, config.dtype, config.dim)
+            if decoded is None:
+                decoded = codecs.decode(codes, scales, config.dtype, config.dim)
             fde = first_stage_vectors(decoded, offsets, config)
             codebook = codebook_for(fde) if codebook_for is not None else None
             index = None

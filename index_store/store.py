@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from fde import FDEInputError, as_flat
 from index_store import codecs, first_stage, rejects
@@ -785,6 +786,7 @@ class IndexWriter:
             table=table,
             config=self.config,
             codebook_for=self._codebook_for(generation, compacting=compacting),
+            decoded=_decoded_in_place(flat, codes, self.config.dtype),
         )
 
     def _swap_manifest(self, manifest: Manifest) -> None:
@@ -824,6 +826,18 @@ class IndexWriter:
             ).with_codebook(self._new_codebook)
         )
         return generation
+
+
+def _decoded_in_place(flat: np.ndarray, codes: np.ndarray, dtype: str) -> np.ndarray | None:
+    """The stored values as float32 without a new array, where the codec allows: float32 codes
+    are ``flat``; float16 codes are widened back into ``flat``, the commit's own buffer (a
+    repeated encode of the rounded values gives the same codes). None: decode as usual."""
+    if dtype == "float32" and codes is flat:
+        return flat
+    if dtype == "float16" and flat.flags.writeable and flat.flags.c_contiguous:
+        torch.from_numpy(flat).copy_(torch.from_numpy(codes))
+        return flat
+    return None
 
 
 def _kept_vectors(given: Any, flat: np.ndarray, keep: np.ndarray) -> np.ndarray:

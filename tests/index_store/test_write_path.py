@@ -10,6 +10,7 @@ import io
 import numpy as np
 import pytest
 
+from fde import encode_documents
 from index_store import Index, IndexConfig, create, verify
 from index_store.fsio import save_bytes, save_npy
 
@@ -56,6 +57,12 @@ def test_caller_reusing_its_buffer_after_add_changes_nothing(tmp_path, dtype) ->
     np.testing.assert_array_equal(index.get("a").vectors, expected[:4])
     np.testing.assert_array_equal(index.get("b").vectors, expected[4:])
     assert verify(tmp_path / "idx") == []
+    # The FDEs faiss holds are those of the stored (rounded) vectors, as compaction recomputes.
+    segment = index.segments[0]
+    stored = segment.faiss_index().reconstruct_n(0, segment.num_docs)
+    np.testing.assert_array_equal(
+        stored, encode_documents(expected, index.config.fde_config, offsets=offsets)
+    )
 
 
 def test_writer_after_commits_sees_what_a_fresh_reader_sees(tmp_path) -> None:
