@@ -1,36 +1,47 @@
 """Ingest throughput, peak memory and bytes per document of the on-disk index.
 
-Run: ``python -m experiments.bench_index [--quick] [--sizes 10000 100000]``. Each size runs in a
-fresh subprocess so its peak RSS is its own: ColPali-shaped synthetic pages (1,030 x 128) are
-generated in batches and added through ``IndexWriter`` (no model), committing every 512 pages.
-Generation time is excluded from the throughput. Writes ``results/bench_index.json``.
+Run: ``python -m experiments.bench_index [--quick] [--sizes 10000 30000] [--baseline REV]``.
+Each size runs in a fresh subprocess so its peak RSS is its own: ColPali-shaped synthetic pages
+(1,030 x 128) are generated in batches and added through ``IndexWriter`` (no model), committing
+every 512 pages. Generation is excluded from the throughput; both wall-clock and CPU seconds of
+``add`` + ``commit`` are recorded (on a shared machine the CPU time is the steadier figure).
+
+The baseline is the same child run on another commit's code (``git archive REV`` of ``fde``,
+``index_store`` and ``experiments``, by default the commit before the ingest speed-ups), in the
+same run, so the ratio compares like with like. Writes ``results/bench_index[_quick].json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import resource
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from experiments.common import write_result
-from experiments.synthetic import SyntheticCorpus
-from index_store import Index, IndexConfig, create
+# The code before the ingest speed-ups of issue 14 (goal 5).
+BASELINE_REV = "5ea98e8"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def ingest(n_docs: int, dtype: str, directory: Path, commit_every: int = 512) -> dict[str, float]:
+    from experiments.synthetic import SyntheticCorpus
+    from index_store import Index, IndexConfig, create
+
     corpus = SyntheticCorpus()
-    busy = 0.0
+    busy = cpu = 0.0
     with create(directory, IndexConfig(dim=corpus.dim, dtype=dtype)) as writer:
         for start, pages in corpus.batches(n_docs, batch=commit_every):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             ids = [f"p{start + i}" for i in range(len(pages))]
             writer.add(
                 ids,
@@ -39,12 +50,15 @@ def ingest(n_docs: int, dtype: str, directory: Path, commit_every: int = 512) ->
             )
             writer.commit()
             busy += time.perf_counter() - t0
+            cpu += time.process_time() - c0
     stats = Index.open(directory, verify="none").stats()
     return {
         "documents": n_docs,
         "dtype": dtype,
         "docs_per_s": n_docs / busy,
         "ingest_seconds": busy,
+        "cpu_seconds": cpu,
+        "cpu_ms_per_doc": 1e3 * cpu / n_docs,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "disk_bytes": stats["disk_bytes"],
         "bytes_per_document": stats["bytes_per_document"],
@@ -60,45 +74,99 @@ def _child(n_docs: int, dtype: str) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def run_child(n_docs: int, dtype: str) -> dict[str, float]:
+def baseline_tree(rev: str, into: Path) -> Path:
+    """The packages at ``rev`` (``git archive``), for a baseline child to import."""
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", rev, "fde", "index_store", "experiments"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def run_child(
+    n_docs: int, dtype: str, code: Path = REPO, threads: int | None = None
+) -> dict[str, float]:
+    """One size in a fresh process importing the packages under ``code``."""
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     out = subprocess.run(
-        [sys.executable, "-m", "experiments.bench_index", "--child", str(n_docs), dtype],
+        [sys.executable, str(Path(__file__).resolve()), "--child", str(n_docs), dtype],
         check=True,
         capture_output=True,
         text=True,
+        env=env,
+        cwd=code,
     )
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
+def _line(label: str, row: dict[str, float]) -> str:
+    return (
+        f"{label:>24}: {row['docs_per_s']:.0f} docs/s wall, {row['cpu_ms_per_doc']:.2f} CPU ms/doc, "
+        f"peak RSS {row['peak_rss_mb']:.0f} MB, {row['bytes_per_document'] / 1024:.0f} KiB/doc"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="sizes 2,000 and 10,000")
     parser.add_argument("--sizes", type=int, nargs="*", default=None)
+    parser.add_argument("--baseline", default=BASELINE_REV, help="git revision of the baseline")
+    parser.add_argument("--baseline-size", type=int, default=None, help="default: smallest size")
+    parser.add_argument("--no-storage", action="store_true", help="skip the dtype table")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch/OpenMP threads of every child (on a busy shared machine, 1 keeps the CPU "
+        "time from counting idle spinning)",
+    )
     parser.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         _child(int(args.child[0]), args.child[1])
         return
+    from experiments.common import write_result
+
     sizes = args.sizes or ([2000, 10000] if args.quick else [10000, 100000])
+    baseline_size = args.baseline_size or sizes[0]
+    with tempfile.TemporaryDirectory(prefix="latemm-baseline-") as tmp:
+        tree = baseline_tree(args.baseline, Path(tmp))
+        baseline = run_child(baseline_size, "float16", tree, args.threads)
+    print(_line(f"{baseline_size} baseline {args.baseline}", baseline))
     growth = []
     for n in sizes:
-        row = run_child(n, "float16")
+        row = run_child(n, "float16", threads=args.threads)
         growth.append(row)
-        print(
-            f"{n:>7} docs float16: {row['docs_per_s']:.0f} docs/s, peak RSS {row['peak_rss_mb']:.0f} MB, "
-            f"{row['bytes_per_document'] / 1024:.0f} KiB/doc on disk"
-        )
+        print(_line(f"{n} float16", row))
+    same = (
+        next(r for r in growth if r["documents"] == baseline_size)
+        if baseline_size in sizes
+        else None
+    )
+    if same is None:
+        same = run_child(baseline_size, "float16", threads=args.threads)
     storage = []
-    for dtype in ("float32", "float16", "int8", "binary"):
-        row = run_child(1000, dtype)
+    for dtype in () if args.no_storage else ("float32", "float16", "int8", "binary"):
+        row = run_child(1000, dtype, threads=args.threads)
         storage.append(row)
-        print(
-            f"{dtype:>8}: {row['bytes_per_document'] / 1024:.1f} KiB/doc ({row['docs_per_s']:.0f} docs/s)"
-        )
+        print(_line(dtype, row))
     rss = [r["peak_rss_mb"] for r in growth]
+    speedup = {
+        "wall": same["docs_per_s"] / baseline["docs_per_s"],
+        "cpu": baseline["cpu_ms_per_doc"] / same["cpu_ms_per_doc"],
+    }
+    print(f"speed-up over {args.baseline}: {speedup['wall']:.2f}x wall, {speedup['cpu']:.2f}x CPU")
     write_result(
         "bench_index" + ("_quick" if args.quick else ""),
         {
+            "threads": args.threads,
+            "baseline": {"revision": args.baseline, **baseline},
+            "speedup_over_baseline": speedup,
             "growth": growth,
             "storage": storage,
             "peak_rss_ratio_largest_to_smallest": rss[-1] / rss[0],

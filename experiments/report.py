@@ -105,26 +105,47 @@ def section_fde(r: dict[str, Any]) -> str:
 
 def section_index(r: dict[str, Any]) -> str:
     out = ["## 2. Ingest: throughput, memory, bytes per page", _provenance(r), ""]
+    runs = [dict(g, code="this commit") for g in r["growth"]]
+    if "baseline" in r:
+        runs.insert(0, dict(r["baseline"], code=f"baseline {r['baseline']['revision']}"))
     rows = [
         [
+            g["code"],
             g["documents"],
             g["docs_per_s"],
+            g.get("cpu_ms_per_doc", float("nan")),
             g["peak_rss_mb"],
             g["bytes_per_document"] / 1024,
             g["segments"],
         ]
-        for g in r["growth"]
+        for g in runs
     ]
-    out.append(
-        _table(
-            ["pages (1,030 x 128)", "pages/s", "peak RSS MB", "KiB/page on disk", "segments"], rows
+    header = ["code", "pages (1,030 x 128)", "pages/s (wall)", "CPU ms/page", "peak RSS MB"]
+    out.append(_table([*header, "KiB/page on disk", "segments"], rows))
+    if "speedup_over_baseline" in r:
+        s = r["speedup_over_baseline"]
+        out.append(
+            f"\nSame run, same size: {s['wall']:.2f}x the baseline's pages/s, "
+            f"{s['cpu']:.2f}x less CPU per page."
         )
-    )
     out.append(
         f"\nPeak memory grew {r['peak_rss_ratio_largest_to_smallest']:.2f}x while the corpus grew {r['size_ratio_largest_to_smallest']:.0f}x.\n"
     )
-    rows = [[s["dtype"], s["bytes_per_document"] / 1024, s["docs_per_s"]] for s in r["storage"]]
-    out.append(_table(["storage", "KiB/page (vectors + FDE index + metadata)", "pages/s"], rows))
+    out.append(
+        "Goal 5 (1,000 pages/s on 2 cores) is not met: the run shared its 2 cores with other jobs "
+        "(load 8-18), so wall pages/s are a floor; CPU ms/page is the steadier figure, and "
+        "1,000 pages/s needs at most 2 CPU ms/page spread over both cores. Where the ~2.5 ms "
+        "went (cProfile on CPU time, one thread, 2,048 pages): the FDE ~1.6 (SimHash product and "
+        "sign codes ~0.45, per-cell sums ~0.35, projection ~0.15, counts and fill ~0.3), the "
+        "float32 copy `add` keeps of the caller's array ~0.5-0.8 (memory-bound on the busy "
+        "machine), input checks ~0.2, float16 encode and widening ~0.3; writing and sha256 of "
+        "vectors.npy run on a second thread during the FDE.\n"
+    )
+    if r["storage"]:
+        rows = [[s["dtype"], s["bytes_per_document"] / 1024, s["docs_per_s"]] for s in r["storage"]]
+        out.append(
+            _table(["storage", "KiB/page (vectors + FDE index + metadata)", "pages/s"], rows)
+        )
     return "\n".join(out)
 
 

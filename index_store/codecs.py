@@ -129,7 +129,8 @@ def encode(
     if dtype == "float32":
         return vectors.astype(np.float32, copy=False), None
     if dtype == "float16":
-        return vectors.astype(np.float16), None
+        # torch rounds to float16 as numpy does (to nearest even), several times faster.
+        return torch.from_numpy(np.ascontiguousarray(vectors, np.float32)).half().numpy(), None
     if dtype == "int8":
         scale = np.abs(vectors).max(axis=1) / 127.0
         scale[scale == 0] = 1.0

@@ -95,16 +95,42 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     write_bytes_atomic(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
 
 
-def save_npy(path: Path, array: np.ndarray) -> None:
-    """Write an .npy file (no pickles) and fsync it; the caller renames its directory."""
-    write_file(
-        path,
-        lambda fh: np.lib.format.write_array(fh, np.ascontiguousarray(array), allow_pickle=False),
-    )
+def _write_hashed(fh: IO[bytes], parts: list[memoryview], digest: Any) -> None:
+    """Write ``parts`` in slices, hashing each slice as it goes out (no second read)."""
+    for part in parts:
+        for start in range(0, part.nbytes, _HASH_CHUNK):
+            piece = part[start : start + _HASH_CHUNK]
+            digest.update(piece)
+            fh.write(piece)
 
 
-def save_bytes(path: Path, data: bytes) -> None:
-    write_file(path, lambda fh: fh.write(data))
+def save_npy(path: Path, array: np.ndarray) -> str:
+    """Write an .npy file (no pickles) and fsync it; the caller renames its directory.
+
+    Returns the file's sha256, computed while writing (the bytes are those ``np.save`` writes).
+    """
+    array = np.ascontiguousarray(array)
+    if array.dtype.hasobject:
+        raise ValueError(f"{path}: refusing to write an object array (it would need pickle)")
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
+    digest = hashlib.sha256()
+    data = _byte_view(array)
+    write_file(path, lambda fh: _write_hashed(fh, [header.getbuffer(), data], digest))
+    return digest.hexdigest()
+
+
+def save_bytes(path: Path, data: bytes | np.ndarray) -> str:
+    """Write ``data`` to a new file and fsync it; returns its sha256, computed while writing."""
+    digest = hashlib.sha256()
+    write_file(path, lambda fh: _write_hashed(fh, [_byte_view(data)], digest))
+    return digest.hexdigest()
+
+
+def _byte_view(data: bytes | np.ndarray) -> memoryview:
+    """The bytes of ``data`` (an array: C order) without copying a contiguous array."""
+    array = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else data
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
 
 
 def sha256_file(path: Path) -> str:

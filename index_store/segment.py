@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,11 +75,13 @@ def write_segment(
     codebook_for: Callable[[np.ndarray], Any] | None = None,
     codebook: np.ndarray | None = None,
     storage: str | None = None,
+    decoded: np.ndarray | None = None,
 ) -> SegmentEntry:
     """Write a complete segment under ``root/name`` and return its manifest entry.
 
     ``storage`` is what ``codes`` are (``codecs.storage_dtype``; default the config's dtype),
-    with ``codebook`` for a trained codec.
+    with ``codebook`` for a trained codec. ``decoded``, when given, is ``codes`` decoded already
+    (float32), so they are not decoded again for the FDE.
 
     Everything is written into a temporary directory, fsynced, then renamed into place, so a
     crash leaves either nothing or a whole (not yet committed) segment; a failure removes the
@@ -94,25 +97,35 @@ def write_segment(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        # The FDE is computed from the stored (decoded) vectors so that compaction reproduces it.
+        # Checksums of the files written here are taken as they are written, not read back.
+        # The vectors go to disk (through sha256) on a second thread while the FDE is computed:
+        # both release the GIL. A failure below still removes the whole temporary directory.
         kind = storage or config.dtype
-        decoded = codecs.decode(codes, scales, kind, config.dim, codebook)
-        fde = first_stage_vectors(decoded, offsets, config)
-        fde_codebook = codebook_for(fde) if codebook_for is not None else None
-        index = None
-        if fde_codebook is None:  # before any file: training may fail
-            factory = "Flat" if first_stage.is_global(config.faiss_factory) else None
-            index = build_faiss(factory or config.faiss_factory, fde)
-        save_npy(tmp / "vectors.npy", codes)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            vectors_written = pool.submit(save_npy, tmp / "vectors.npy", codes)
+            # The FDE is computed from the stored (decoded) vectors so that compaction
+            # reproduces it.
+            if decoded is None:
+                decoded = codecs.decode(codes, scales, kind, config.dim, codebook)
+            fde = first_stage_vectors(decoded, offsets, config)
+            fde_codebook = codebook_for(fde) if codebook_for is not None else None
+            index = None
+            if fde_codebook is None:  # training may fail
+                factory = "Flat" if first_stage.is_global(config.faiss_factory) else None
+                index = build_faiss(factory or config.faiss_factory, fde)
+            digests = {"vectors.npy": vectors_written.result()}
         if scales is not None:
-            save_npy(tmp / "scales.npy", scales)
+            digests["scales.npy"] = save_npy(tmp / "scales.npy", scales)
         if codebook is not None:
-            save_npy(tmp / "codebook.npy", codebook)
-        save_npy(tmp / "offsets.npy", offsets)
+            digests["codebook.npy"] = save_npy(tmp / "codebook.npy", codebook)
+        digests["offsets.npy"] = save_npy(tmp / "offsets.npy", offsets)
         if index is not None:
-            save_bytes(tmp / "fde.faiss", faiss.serialize_index(index).tobytes())
+            digests["fde.faiss"] = save_bytes(tmp / "fde.faiss", faiss.serialize_index(index))
         else:
-            save_npy(tmp / first_stage.CODES_FILE, first_stage.encode_codes(fde_codebook, fde))
+            codes_file = first_stage.CODES_FILE
+            digests[codes_file] = save_npy(
+                tmp / codes_file, first_stage.encode_codes(fde_codebook, fde)
+            )
         write_file(tmp / "meta.parquet", lambda fh: pq.write_table(table, fh))
         fsync_dir(tmp)
         os.replace(tmp, final)
@@ -121,7 +134,8 @@ def write_segment(
         raise
     fsync_dir(root)
     files = tuple(
-        FileEntry(p.name, p.stat().st_size, sha256_file(p)) for p in sorted(final.iterdir())
+        FileEntry(p.name, p.stat().st_size, digests.get(p.name) or sha256_file(p))
+        for p in sorted(final.iterdir())
     )
     return SegmentEntry(
         name,

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from fde import FDEInputError, as_flat
 from index_store import codecs, first_stage, rejects
@@ -71,18 +72,23 @@ def _damaged(problems: list[str]) -> IndexCorruptError:
 
 
 def _open_commit(
-    path: Path, verify: str
+    path: Path, verify: str, reuse: Sequence[Segment] = ()
 ) -> tuple[Manifest, list[Segment], pa.MemoryMappedFile | None]:
     """The manifest, its segments and its rejects file, opened together.
 
     A writer may commit (and remove the files of the state we began to open) while we open: we
-    retry on the new manifest; when the manifest did not move, the damage is real.
+    retry on the new manifest; when the manifest did not move, the damage is real. Segments in
+    ``reuse`` whose manifest entry is unchanged are taken as they are (the writer reopening
+    after its own commit; segment files are immutable), so a commit does not reread them all.
     """
+    known = {s.name: s for s in reuse}
     for attempt in range(5):
         manifest = Manifest.read(path)
         try:
             segments = [
-                open_segment(path / "segments", e, manifest.config, verify=verify)
+                known[e.name]
+                if e.name in known and known[e.name].entry == e
+                else open_segment(path / "segments", e, manifest.config, verify=verify)
                 for e in manifest.segments
             ]
             return manifest, segments, _open_rejects(path, manifest, verify)
@@ -168,6 +174,19 @@ class Index:
     @classmethod
     def open(cls, path: str | Path, *, verify: str = "fast") -> Index:
         return cls(path, verify=verify)
+
+    @classmethod
+    def _reopen(cls, index: Index) -> Index:
+        """The index's current commit, reusing the unchanged segments ``index`` has open."""
+        reopened = cls.__new__(cls)
+        reopened.path = index.path
+        reopened.manifest, reopened.segments, reopened._rejects_file = _open_commit(
+            index.path, "none", index.segments
+        )
+        reopened.config, reopened._locations = reopened.manifest.config, None
+        reopened._codebook_file = _open_codebook(index.path, reopened.manifest, "none")
+        reopened._codebook, reopened._global = None, None
+        return reopened
 
     @classmethod
     def _empty(cls, path: Path, manifest: Manifest) -> Index:
@@ -497,7 +516,7 @@ class IndexWriter:
         np.cumsum(lengths[rows], out=new_offsets[1:])
         batch = PendingBatch(
             tuple(ids[r] for r in rows),
-            flat[nonzero & np.repeat(keep, np.diff(bounds))],
+            _kept_vectors(vectors, flat, nonzero & np.repeat(keep, np.diff(bounds))),
             new_offsets,
             table.take(pa.array(rows)) if table.num_columns else pa.table({}),
         )
@@ -747,7 +766,11 @@ class IndexWriter:
     ) -> SegmentEntry:
         """One new segment ``seg-g<generation>`` holding ``batches``."""
         ids = [i for p in batches for i in p.doc_ids]
-        flat = np.concatenate([p.vectors for p in batches])
+        flat = (
+            batches[0].vectors
+            if len(batches) == 1
+            else np.concatenate([p.vectors for p in batches])
+        )
         offsets = np.zeros(len(ids) + 1, dtype=np.int64)
         np.cumsum(np.concatenate([np.diff(p.offsets) for p in batches]), out=offsets[1:])
         table = _merge_tables([p.metadata for p in batches], [len(p.doc_ids) for p in batches])
@@ -772,6 +795,7 @@ class IndexWriter:
             codebook_for=self._codebook_for(generation, compacting=compacting),
             codebook=codebook,
             storage=storage,
+            decoded=_decoded_in_place(flat, codes, storage),
         )
 
     def _swap_manifest(self, manifest: Manifest) -> None:
@@ -779,7 +803,7 @@ class IndexWriter:
         self._durable = True
         self._pending, self._pending_ids, self._deletes, self._rejects = [], set(), set(), []
         self._new_codebook = None
-        self.index = Index(self.path, verify="none")
+        self.index = Index._reopen(self.index)
         collect_garbage(self.path, self.index.manifest)
 
     def compact(self) -> int:
@@ -811,6 +835,28 @@ class IndexWriter:
             ).with_codebook(self._new_codebook)
         )
         return generation
+
+
+def _decoded_in_place(flat: np.ndarray, codes: np.ndarray, dtype: str) -> np.ndarray | None:
+    """The stored values as float32 without a new array, where the codec allows: float32 codes
+    are ``flat``; float16 codes are widened back into ``flat``, the commit's own buffer (a
+    repeated encode of the rounded values gives the same codes). None: decode as usual."""
+    if dtype == "float32" and codes is flat:
+        return flat
+    if dtype == "float16" and flat.flags.writeable and flat.flags.c_contiguous:
+        torch.from_numpy(flat).copy_(torch.from_numpy(codes))
+        return flat
+    return None
+
+
+def _kept_vectors(given: Any, flat: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """The (N', d) vectors to buffer: ``flat[keep]``, always an array of our own (the caller may
+    reuse its buffer after ``add``), without the slower masked copy when every row is kept."""
+    if not keep.all():
+        return flat[keep]
+    # A list of arrays was concatenated into a new array; anything else may be the caller's.
+    concatenated = isinstance(given, (list, tuple)) and len(given) > 0
+    return flat if concatenated else flat.copy()
 
 
 def _unpadded(

@@ -130,3 +130,26 @@ def test_fill_uses_hamming_nearest_point_with_lowest_index_on_ties() -> None:
     _assert_matches_reference(
         encode_documents(sets, config), reference_encode(sets, config, document=True)
     )
+
+
+@pytest.mark.parametrize("k", [7, 9])
+def test_many_partitions_fill_and_long_sets_equal_reference(k: int) -> None:
+    """Past the (2**k, 2**k) distance table (k > 6) empty cells are filled pair by pair, and
+    past 8 bits sign codes are not packed into a byte; long sets sum raw vectors per cell before
+    projecting, short ones project each vector first. Every branch must equal the reference."""
+    rng = np.random.default_rng(k)
+    config = FDEConfig(
+        dimension=16,
+        num_repetitions=2,
+        num_simhash_projections=k,
+        seed=11,
+        projection_type="ams_sketch",
+        projection_dimension=4,
+        fill_empty_partitions=True,
+    )
+    long_sets = [rng.standard_normal((t, 16)).astype(np.float32) for t in (1100, 1300)]
+    short_sets = [rng.standard_normal((t, 16)).astype(np.float32) for t in (1, 7, 30)]
+    for sets in (long_sets, short_sets):
+        _assert_matches_reference(
+            encode_documents(sets, config), reference_encode(sets, config, document=True)
+        )
