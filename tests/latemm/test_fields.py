@@ -87,33 +87,45 @@ def _rrf(per_field: list[dict[str, float]], weights: list[float]) -> dict[str, f
     return fused
 
 
-def _weighted(per_field: list[dict[str, float]], weights: list[float]) -> dict[str, float]:
-    fused: dict[str, float] = {}
+def _weighted(
+    per_field: list[dict[str, float]], weights: list[float], normalization: str = "minmax"
+) -> dict[str, float]:
+    """Convex combination of per-field normalised scores; a document a field does not score
+    counts as that field's lowest normalised score."""
+    every = {d for scores in per_field for d in scores}
+    fused = dict.fromkeys(every, 0.0)
     for scores, weight in zip(per_field, weights, strict=True):
-        low, high = min(scores.values()), max(scores.values())
-        for d, s in scores.items():
-            norm = (s - low) / (high - low) if high > low else 1.0
-            fused[d] = fused.get(d, 0.0) + weight * norm
-    for scores in per_field:
-        for d in scores:
-            fused.setdefault(d, 0.0)
+        values = list(scores.values())
+        if normalization == "minmax":
+            low, high = min(values), max(values)
+            norm = {d: (s - low) / (high - low) if high > low else 1.0 for d, s in scores.items()}
+        else:
+            mean = sum(values) / len(values)
+            std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+            norm = {d: (s - mean) / std if std > 0 else 0.0 for d, s in scores.items()}
+        floor = min(norm.values())
+        for d in every:
+            fused[d] += weight * norm.get(d, floor)
     return fused
 
 
 @pytest.mark.parametrize(
-    ("fusion", "weights"),
+    ("fusion", "weights", "normalization"),
     [
-        ("rrf", None),
-        ("rrf", {"m": 2.0, "s": 0.5, "b": 1.0}),
-        ("weighted", {"m": 0.5, "s": 0.2, "b": 0.3}),
+        ("rrf", None, "minmax"),
+        ("rrf", {"m": 2.0, "s": 0.5, "b": 1.0}, "minmax"),
+        ("weighted", {"m": 0.5, "s": 0.2, "b": 0.3}, "minmax"),
+        ("weighted", {"m": 0.5, "s": 0.2, "b": 0.3}, "zscore"),
     ],
 )
-def test_exhaustive_fused_ranking_equals_brute_force_fusion(corpus, index, fusion, weights) -> None:
+def test_exhaustive_fused_ranking_equals_brute_force_fusion(
+    corpus, index, fusion, weights, normalization
+) -> None:
     _, ids, texts, multi, single = corpus
     rng = np.random.default_rng(5)
     queries = [rng.standard_normal((int(t), DIM)).astype(np.float32) for t in (3, 2, 4)]
     query_texts = ["revenue growth", "cash debt risk", "audits"]
-    retriever = FieldRetriever(index, fusion=fusion, weights=weights)
+    retriever = FieldRetriever(index, fusion=fusion, weights=weights, normalization=normalization)
     result = retriever.search(
         query_texts,
         k=N,
@@ -127,9 +139,12 @@ def test_exhaustive_fused_ranking_equals_brute_force_fusion(corpus, index, fusio
             {d: float(np.dot(query.sum(0), single[d][0])) for d in ids},
             _bm25_scores(ids, texts, query_texts[q]),  # pages without text are absent
         ]
-        fused = (_rrf if fusion == "rrf" else _weighted)(per_field, w)
+        fused = _rrf(per_field, w) if fusion == "rrf" else _weighted(per_field, w, normalization)
         assert list(result.doc_ids[q]) == _ranked(fused)
-        np.testing.assert_allclose(result.scores[q], [fused[d] for d in _ranked(fused)], rtol=1e-5)
+        want = [fused[d] for d in _ranked(fused)]
+        # z-scores sum to values near 0, where a relative tolerance alone means nothing.
+        atol = 1e-6 if normalization == "zscore" else 0.0
+        np.testing.assert_allclose(result.scores[q], want, rtol=1e-5, atol=atol)
         for name, scores in zip("msb", per_field, strict=True):
             got = result.field_scores[name][q]
             want = [scores.get(d, np.nan) for d in result.doc_ids[q]]
