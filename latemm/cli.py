@@ -322,7 +322,7 @@ def _search_fields(args: argparse.Namespace, start: float) -> int:
         progress=not args.quiet,
         columns=_columns(args, "query_id"),
         fields=[f.strip() for f in args.fields.split(",") if f.strip()] if args.fields else None,
-        fusion=args.fusion or "rrf",
+        fusion=args.fusion or "weighted",
         weights=parse_weights(args.weights) if args.weights else None,
         rescore_fields=args.rescore_field,
         preset=args.preset,
@@ -704,7 +704,10 @@ def _search_parser(sub: Any) -> None:
     p.add_argument("--encoder", default=None, help="override the index's recorded encoder")
     p.add_argument("--fields", default=None, help="named fields to search, a,b (default: all)")
     p.add_argument(
-        "--fusion", default=None, choices=["rrf", "weighted"], help="how fields fuse (default rrf)"
+        "--fusion",
+        default=None,
+        choices=["rrf", "weighted"],
+        help="how fields fuse (default weighted)",
     )
     p.add_argument("--weights", default=None, help="field weights, e.g. text=0.7,bm25=0.3")
     p.add_argument(

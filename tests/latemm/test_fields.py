@@ -580,8 +580,8 @@ def test_an_interrupted_field_search_resumes_only_with_the_same_arguments(
     assert json.loads((parts / "search.json").read_text())["plan"]["fields"] == ["m", "b"]
     write_queries("growth")
     for changed, what in (
-        (["--fusion", "weighted"], "'fusion': 'rrf'"),
-        (["--rrf-k", "10"], "'rrf_k': 60"),
+        (["--fusion", "rrf"], "'fusion': 'weighted'"),
+        (["--normalization", "zscore"], "'normalization': 'minmax'"),
         (["--k", "5"], "k 4 -> 5"),
     ):
         assert main([*args, *changed, "--out", str(run), "--batch-size", "1"]) == 2
