@@ -96,13 +96,16 @@ def search(
     weights: dict[str, float] | None = None,
     rescore_fields: Sequence[str] | None = None,
     preset: str | None = None,
+    normalization: str | None = None,
+    rrf_k: int | None = None,
 ) -> pa.Table:
     """Search a list of text queries, or a queries Parquet file, and return the run table
     (``query_id, doc_id, rank, score, fde_score, maxsim_score, rerank_score``).
 
     The encoder defaults to the one the index recorded. A sharded index (``latemm.sharded``)
     is searched shard by shard and merged exactly. A multi-field index (or any of
-    ``fields``, ``fusion``, ``weights``, ``rescore_fields``, ``preset``) searches named fields
+    ``fields``, ``fusion``, ``weights``, ``rescore_fields``, ``preset``, ``normalization``,
+    ``rrf_k``) searches named fields
     (``latemm.field_search``); the run then has a ``score_<field>`` column per field."""
     from latemm.fields import is_fields_index
     from latemm.retriever import Retriever
@@ -113,7 +116,13 @@ def search(
 
         reranker = MLLMReranker(str(reranker))
     named = dict(
-        fields=fields, fusion=fusion, weights=weights, rescore_fields=rescore_fields, preset=preset
+        fields=fields,
+        fusion=fusion,
+        weights=weights,
+        rescore_fields=rescore_fields,
+        preset=preset,
+        normalization=normalization,
+        rrf_k=rrf_k,
     )
     path = index.path if isinstance(index, Index) else Path(index)
     if any(v is not None for v in named.values()) or is_fields_index(path):
@@ -185,7 +194,9 @@ def _search_fields(
 ) -> pa.Table:
     from latemm.field_search import FieldRetriever, run_schema, search_fields_file
 
-    named["fusion"] = named["fusion"] or "rrf"
+    named["fusion"] = named["fusion"] or "weighted"
+    for unset in [name for name in ("normalization", "rrf_k") if named[name] is None]:
+        del named[unset]  # FieldRetriever's defaults
     if isinstance(queries, (str, Path)) and Path(queries).suffix == ".parquet":
         return _run_of_file(
             lambda out: search_fields_file(

@@ -252,7 +252,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     from latemm.pipeline import search_file
 
     start = time.perf_counter()
-    named = args.fields or args.weights or args.rescore_field or args.preset or args.fusion
+    named = (
+        args.fields
+        or args.weights
+        or args.rescore_field
+        or args.preset
+        or args.fusion
+        or args.normalization
+        or args.rrf_k
+    )
     if named or is_fields_index(args.index):
         return _search_fields(args, start)
     encoder = _encoder(args, args.encoder, args.index)
@@ -314,10 +322,15 @@ def _search_fields(args: argparse.Namespace, start: float) -> int:
         progress=not args.quiet,
         columns=_columns(args, "query_id"),
         fields=[f.strip() for f in args.fields.split(",") if f.strip()] if args.fields else None,
-        fusion=args.fusion or "rrf",
+        fusion=args.fusion or "weighted",
         weights=parse_weights(args.weights) if args.weights else None,
         rescore_fields=args.rescore_field,
         preset=args.preset,
+        **{
+            name: value
+            for name, value in (("normalization", args.normalization), ("rrf_k", args.rrf_k))
+            if value is not None
+        },
         device=args.device.split(",")[0] if args.device else None,
         reranker=_reranker(args),
         rerank_depth=args.rerank_depth,
@@ -349,6 +362,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     from latemm.fields import is_fields_index, open_field, read_fields
 
     if is_fields_index(args.index):
+        from latemm.field_maintenance import recover
+
+        recover(args.index)
         fields = []
         for spec in read_fields(args.index).fields:
             opened = open_field(args.index, spec)
@@ -373,6 +389,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     from index_store import Index, create
+    from latemm.fields import is_fields_index
 
     ids = list(args.ids or [])
     if args.ids_file:
@@ -381,6 +398,12 @@ def cmd_delete(args: argparse.Namespace) -> int:
         ids += [
             line.strip() for line in Path(args.ids_file).read_text().splitlines() if line.strip()
         ]
+    if is_fields_index(args.index):  # every field at once (latemm.field_maintenance)
+        from latemm.field_maintenance import delete
+
+        found = delete(args.index, ids, missing_ok=args.missing_ok)
+        print(f"deleted {found} documents from every field of {args.index}")
+        return 0
     with create(args.index, Index.open(args.index, verify="none").config) as writer:
         found = writer.delete(ids, missing_ok=args.missing_ok)
         writer.commit()
@@ -390,7 +413,15 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 def cmd_compact(args: argparse.Namespace) -> int:
     from index_store import Index, create
+    from latemm.fields import is_fields_index
 
+    if is_fields_index(args.index):
+        from latemm.field_maintenance import compact
+
+        state = compact(args.index)
+        fields = ", ".join(f"{name}: {value}" for name, value in state.items())
+        print(f"compacted {args.index} (fields {fields})")
+        return 0
     with create(args.index, Index.open(args.index, verify="none").config) as writer:
         generation = writer.compact()
     print(f"compacted {args.index} (generation {generation})")
@@ -680,9 +711,22 @@ def _search_parser(sub: Any) -> None:
     p.add_argument("--encoder", default=None, help="override the index's recorded encoder")
     p.add_argument("--fields", default=None, help="named fields to search, a,b (default: all)")
     p.add_argument(
-        "--fusion", default=None, choices=["rrf", "weighted"], help="how fields fuse (default rrf)"
+        "--fusion",
+        default=None,
+        choices=["rrf", "weighted"],
+        help="how fields fuse (default weighted)",
     )
     p.add_argument("--weights", default=None, help="field weights, e.g. text=0.7,bm25=0.3")
+    p.add_argument(
+        "--normalization",
+        default=None,
+        choices=["minmax", "zscore"],
+        help="how --fusion weighted puts each field's scores on one scale, per query over the "
+        "candidates (default minmax)",
+    )
+    p.add_argument(
+        "--rrf-k", type=int, default=None, help="the k of --fusion rrf, 1/(k + rank) (default 60)"
+    )
     p.add_argument(
         "--rescore-field",
         action="append",

@@ -63,6 +63,8 @@ class SearchPlan:
     fusion: str
     weights: tuple[float, ...]
     rescore: tuple[str, ...]
+    normalization: str = "minmax"
+    rrf_k: int = fusion_lib.RRF_K
 
     @property
     def scored(self) -> tuple[str, ...]:
@@ -93,14 +95,23 @@ def plan(
     manifest: FieldsManifest,
     *,
     fields: Sequence[str] | None = None,
-    fusion: str = "rrf",
+    fusion: str = "weighted",
     weights: dict[str, float] | None = None,
     rescore_fields: Sequence[str] | None = None,
     preset: str | None = None,
+    normalization: str = "minmax",
+    rrf_k: int = fusion_lib.RRF_K,
 ) -> SearchPlan:
     """Validate a search request against the index's fields (every error names the field)."""
     if fusion not in fusion_lib.FUSIONS:
         raise InputError(f"--fusion must be one of {', '.join(fusion_lib.FUSIONS)}, got {fusion!r}")
+    if normalization not in fusion_lib.NORMALIZATIONS:
+        raise InputError(
+            f"--normalization must be one of {', '.join(fusion_lib.NORMALIZATIONS)}, got "
+            f"{normalization!r}"
+        )
+    if isinstance(rrf_k, bool) or not isinstance(rrf_k, int) or rrf_k < 1:
+        raise InputError(f"--rrf-k must be a positive integer, got {rrf_k!r}")
     if preset is not None and fields is not None:
         raise InputError("give --preset or --fields, not both")
     names = _preset_fields(manifest, preset) if preset is not None else None
@@ -122,7 +133,12 @@ def plan(
             )
     scored = names + [n for n in rescore if n not in names]
     return SearchPlan(
-        tuple(names), fusion, tuple(fusion_lib.check_weights(weights, scored)), tuple(rescore)
+        tuple(names),
+        fusion,
+        tuple(fusion_lib.check_weights(weights, scored)),
+        tuple(rescore),
+        normalization,
+        rrf_k,
     )
 
 
@@ -141,7 +157,7 @@ def union(hit_lists: Sequence[np.ndarray]) -> np.ndarray:
     for q in range(hit_lists[0].shape[0]):
         seen = dict.fromkeys(d for ids in hit_lists for d in ids[q] if d is not None)
         rows.append(list(seen))
-    width = max((len(r) for r in rows), default=0)
+    width = max(1, max((len(r) for r in rows), default=0))  # one padding column if none
     out = np.full((len(rows), width), None, dtype=object)
     for q, row in enumerate(rows):
         out[q, : len(row)] = row
@@ -186,9 +202,10 @@ class FieldRetriever:
     ----------
     index_dir
         The index folder.
-    fields, fusion, weights, rescore_fields, preset
-        See ``plan``: default all fields, RRF (k=60), equal weights, every multi-vector field
-        rescored with exact MaxSim.
+    fields, fusion, weights, rescore_fields, preset, normalization, rrf_k
+        See ``plan``: default all fields, weighted fusion (a convex combination of min-max
+        normalised scores, equal weights: Bruch et al. 2023 find it ahead of RRF), every
+        multi-vector field rescored with exact MaxSim.
     encoders
         name -> Encoder, overriding the recorded ones (and needed for none: precomputed fields
         take ``query_vectors``).
@@ -199,10 +216,12 @@ class FieldRetriever:
         index_dir: str | Path,
         *,
         fields: Sequence[str] | None = None,
-        fusion: str = "rrf",
+        fusion: str = "weighted",
         weights: dict[str, float] | None = None,
         rescore_fields: Sequence[str] | None = None,
         preset: str | None = None,
+        normalization: str = "minmax",
+        rrf_k: int = fusion_lib.RRF_K,
         encoders: dict[str, Any] | None = None,
         device: str | None = None,
         nprobe: int = 32,
@@ -211,7 +230,10 @@ class FieldRetriever:
         rerank_depth: int = 20,
         rerank_fusion: str = "none",
     ) -> None:
+        from latemm.field_maintenance import recover
+
         self.path = Path(index_dir)
+        recover(self.path)  # a delete cut short is finished before any field is read
         self.manifest = read_fields(self.path)
         self.plan = plan(
             self.manifest,
@@ -220,6 +242,8 @@ class FieldRetriever:
             weights=weights,
             rescore_fields=rescore_fields,
             preset=preset,
+            normalization=normalization,
+            rrf_k=rrf_k,
         )
         self.specs = {n: self.manifest.get(n) for n in self.plan.scored}
         self.indexes = {
@@ -287,6 +311,47 @@ class FieldRetriever:
                     {d: Page(text=texts[index.position[d]]) for d in missing if d in index.position}
                 )
         return pages
+
+    def state(self) -> dict[str, Any]:
+        """What the searched fields hold now: each vector field's generation, each bm25
+        field's build (a search resumes only over the same state)."""
+        return {
+            n: index.generation if isinstance(index, Index) else self.specs[n].options.get("dir")
+            for n, index in self.indexes.items()
+        }
+
+    def resume_record(
+        self, queries: str | Path, *, k: int, candidates: int | None, where: str | None
+    ) -> dict[str, Any]:
+        """The settings a search of a query file records beside its finished batches
+        (``latemm.pipeline.run_queries``): the index and its fields' state, the plan, the
+        encoders, the reranker. ``where`` is checked here, before any batch is written."""
+        self._allowed(where)
+        reranker = self.reranker
+        return {
+            "index": str(self.path.resolve()),
+            "generation": self.state(),
+            "queries": str(Path(queries).resolve()),
+            "k": k,
+            "candidates": candidates,
+            "where": where,
+            "plan": {
+                "fields": list(self.plan.fields),
+                "fusion": self.plan.fusion,
+                "weights": list(self.plan.weights),
+                "rescore": list(self.plan.rescore),
+                "normalization": self.plan.normalization,
+                "rrf_k": self.plan.rrf_k,
+            },
+            "encoder": {
+                n: None if e is None else e.info.to_dict() for n, e in self.encoders.items()
+            },
+            "reranker": None
+            if reranker is None
+            else str(getattr(reranker, "model_id", type(reranker).__name__)),
+            "rerank_depth": self.rerank_depth if reranker is not None else None,
+            "rerank_fusion": self.rerank_fusion if reranker is not None else None,
+        }
 
     # -------------------------------------------------------------------------- stages
     def _encode(self, queries: list[Any], given: dict[str, Any]) -> dict[str, Any]:
@@ -360,8 +425,13 @@ class FieldRetriever:
     def _candidates(self, hits: dict[str, Hits], n_cand: int) -> tuple[np.ndarray, np.ndarray]:
         """The fused first phase's top ``n_cand``: (Q, C) doc ids and fused scores."""
         pool = union([h.doc_ids for h in hits.values()])
-        scores = [align(pool, h.doc_ids, h.scores) for h in hits.values()]
-        fused = fusion_lib.fuse(self.plan.fusion, scores, pool, self.plan.first_weights())
+        # A bm25 field scored every document: a pooled one outside its top list gets its true
+        # score, not "absent" (vector fields only know the scores of what they retrieved).
+        scores = [
+            align(pool, h.doc_ids, h.scores) if h.full is None else self._bm25_at(n, h.full, pool)
+            for n, h in hits.items()
+        ]
+        fused = self._fuse(scores, pool, self.plan.first_weights())
         picks = top_k(pool, fused, n_cand)
         return gather(pool, picks, fill=None), gather(fused, picks)
 
@@ -372,10 +442,7 @@ class FieldRetriever:
         index, spec = self.indexes[name], self.specs[name]
         if not isinstance(index, Index):
             full = hits.full if hits is not None and hits.full is not None else index.scores(query)
-            cols = np.array([[index.position.get(d, -1) for d in row] for row in pool]).reshape(
-                pool.shape
-            )
-            return np.where(cols >= 0, np.take_along_axis(full, np.maximum(cols, 0), 1), np.nan)
+            return self._bm25_at(name, full, pool)
         if spec.kind == "single" or name in self.plan.rescore:
             flat, offsets = query
             return rescore(index, flat, offsets, locate(index, pool), device=self.device).astype(
@@ -383,6 +450,25 @@ class FieldRetriever:
             )
         assert hits is not None  # a field outside rescore is a searched one
         return align(pool, hits.doc_ids, hits.scores)
+
+    def _bm25_at(self, name: str, full: np.ndarray, pool: np.ndarray) -> np.ndarray:
+        """(Q, U) bm25 field ``name``'s scores ``full`` (Q, n_docs) of the pooled doc ids; NaN
+        for ids it does not hold."""
+        position = self.indexes[name].position
+        cols = np.array([[position.get(d, -1) for d in row] for row in pool]).reshape(pool.shape)
+        if full.shape[1] == 0:
+            return np.full(pool.shape, np.nan)
+        return np.where(cols >= 0, np.take_along_axis(full, np.maximum(cols, 0), 1), np.nan)
+
+    def _fuse(self, scores: list[np.ndarray], pool: np.ndarray, weights: Sequence[float]) -> Any:
+        return fusion_lib.fuse(
+            self.plan.fusion,
+            scores,
+            pool,
+            weights,
+            normalization=self.plan.normalization,
+            rrf_k=self.plan.rrf_k,
+        )
 
     def _result(
         self,
@@ -392,7 +478,7 @@ class FieldRetriever:
         exact: dict[str, np.ndarray],
         k: int,
     ) -> SearchResult:
-        fused = fusion_lib.fuse(self.plan.fusion, list(exact.values()), pool, self.plan.weights)
+        fused = self._fuse(list(exact.values()), pool, self.plan.weights)
         picks = top_k(pool, fused, k)
         maxsim = (
             gather(exact[self.plan.rescore[0]], picks)
@@ -419,7 +505,8 @@ def _texts(queries: list[Any], name: str, spec: FieldSpec) -> list[str]:
             raise InputError(
                 f"query {i} has no text; field {name!r} ({spec.kind}, reads {spec.reads}) "
                 "cannot encode image queries. Search it with text queries, or leave it out "
-                "with --fields"
+                "with --fields",
+                item=i,
             )
         out.append(str(text))
     return out
@@ -451,28 +538,24 @@ def search_fields_file(
     """Search every query of a Parquet file over an index's fields and write the run (Parquet,
     and TREC if asked). ``options`` go to ``FieldRetriever`` (fields, fusion, weights,
     rescore_fields, preset, encoders, reranker, ...). A query file's ``embedding`` column
-    serves the one field that holds precomputed vectors."""
-    from latemm.io import Columns, count_rows, read_batches, write_parquet, write_run_trec
-    from latemm.pipeline import _progress
+    serves the one field that holds precomputed vectors.
 
+    It runs the resumable loop of ``latemm.pipeline.search_file``: an interrupted search re-run
+    with the same arguments (and the index unchanged) skips the queries already written."""
+    from latemm.pipeline import _check_search_args, _rows_named, run_queries
+
+    _check_search_args(queries, out, k=k, candidates=candidates, batch_size=batch_size)
     retriever = FieldRetriever(index_dir, **options)
-    schema = run_schema(retriever.plan.scored)
     precomputed = [
         n
         for n in retriever.plan.scored
         if retriever.specs[n].kind != "bm25" and retriever.encoders.get(n) is None
     ]
-    bar = _progress(count_rows(queries), "searching", progress)
 
-    def tables() -> Any:
-        for batch in read_batches(
-            queries,
-            columns=columns or Columns(id="query_id"),
-            kind="queries",
-            batch_size=batch_size,
-        ):
+    def search_batch(batch: Any) -> SearchResult:
+        with _rows_named(batch, Path(queries), "query_id"):
             pages, given = _batch_queries(batch, Path(queries), precomputed)
-            result = retriever.search(
+            return retriever.search(
                 pages,
                 k=k,
                 candidates=candidates,
@@ -480,19 +563,18 @@ def search_fields_file(
                 query_ids=batch.ids,
                 query_vectors=given,
             )
-            bar.update(len(batch.ids))
-            yield result.to_arrow().cast(schema)
 
-    try:
-        write_parquet(out, tables(), empty=f"{queries} has no queries")
-    finally:
-        bar.close()
-    import pyarrow.parquet as pq
-
-    run = pq.read_table(out)
-    if trec is not None:
-        write_run_trec(run, trec)
-    return run
+    return run_queries(
+        queries,
+        out,
+        retriever.resume_record(queries, k=k, candidates=candidates, where=where),
+        search_batch,
+        columns=columns,
+        schema=run_schema(retriever.plan.scored),
+        batch_size=batch_size,
+        trec=trec,
+        progress=progress,
+    )
 
 
 def _batch_queries(

@@ -61,7 +61,9 @@ class FieldSpec:
     encoder
         ``EncoderInfo.to_dict()`` of its encoder; None for bm25 and precomputed vectors.
     options
-        Kind-specific: ``embedding_column``; for bm25 the current build's ``dir`` and ``files``.
+        Kind-specific: ``embedding_column``; for bm25 the current build's ``dir``, ``files``,
+        ``documents`` and ``tokenizer`` (``latemm.bm25.Tokenizer.to_dict()``; absent in fields
+        built before it was recorded, which keep bm25s's English stop words without stemming).
     """
 
     name: str
@@ -181,8 +183,15 @@ def open_field(
     if spec.kind == "bm25":
         from latemm.bm25 import BM25Index
 
-        return BM25Index(path, spec.options["files"], verify=verify)
+        return BM25Index(path, spec.options["files"], tokenizer=bm25_tokenizer(spec), verify=verify)
     return Index.open(path, verify=verify)
+
+
+def bm25_tokenizer(spec: FieldSpec) -> Any:
+    """The ``latemm.bm25.Tokenizer`` a bm25 field records (the legacy one if it records none)."""
+    from latemm.bm25 import Tokenizer
+
+    return Tokenizer.from_dict(spec.options.get("tokenizer"))
 
 
 def verify_fields(index_dir: str | Path) -> list[str]:
@@ -190,8 +199,16 @@ def verify_fields(index_dir: str | Path) -> list[str]:
     build's), field by field. Empty means intact."""
     from index_store import verify
     from latemm.bm25 import check_build
+    from latemm.field_maintenance import JOURNAL, read_journal
 
     problems = []
+    pending = read_journal(index_dir)
+    if pending is not None:
+        problems.append(
+            f"{Path(index_dir) / JOURNAL}: a delete of {len(pending)} document(s) was cut "
+            "short, and some fields may still hold them; opening the index (a search, `latemm "
+            "delete` or `latemm compact`) finishes it"
+        )
     for spec in read_fields(index_dir).fields:
         path = field_dir(index_dir, spec)
         found = (
@@ -206,8 +223,9 @@ def verify_fields(index_dir: str | Path) -> list[str]:
 # ------------------------------------------------------------------------------ encoders
 @dataclass(frozen=True)
 class FieldRequest:
-    """A field to build: ``source`` is ``bm25``, ``embedding:COLUMN`` (precomputed vectors),
-    a hub id or local folder, or an ``Encoder``; ``kind`` ``multi`` or ``single``."""
+    """A field to build: ``source`` is ``bm25`` (or ``bm25:stemmer=NAME,stopwords=en|none``),
+    ``embedding:COLUMN`` (precomputed vectors), a hub id or local folder, or an ``Encoder``;
+    ``kind`` ``multi``, ``single`` or ``bm25``."""
 
     name: str
     source: Any
@@ -216,7 +234,8 @@ class FieldRequest:
 
 def parse_field(text: str, kinds: Mapping[str, str] | None = None) -> FieldRequest:
     """``NAME=ENCODER`` (``--field``); ``single:ENCODER`` or ``kinds[NAME] == "single"`` for a
-    single-vector field; ``NAME=bm25`` for BM25."""
+    single-vector field; ``NAME=bm25`` for BM25 (stemmed English; ``NAME=bm25:stemmer=none``
+    and ``stopwords=none`` change the tokenizer, see ``latemm.bm25.parse_tokenizer``)."""
     name, sep, source = text.partition("=")
     name, source = name.strip(), source.strip()
     if not sep or not name or not source:
@@ -227,8 +246,12 @@ def parse_field(text: str, kinds: Mapping[str, str] | None = None) -> FieldReque
     kind = (kinds or {}).get(name, "multi")
     if source.startswith("single:"):
         kind, source = "single", source[len("single:") :]
-    if source == "bm25":
+    if source == "bm25" or source.startswith("bm25:"):
         kind = "bm25"
+        if source != "bm25":
+            from latemm.bm25 import parse_tokenizer
+
+            parse_tokenizer(source[len("bm25:") :])  # refused here, before any work
     if kind not in KINDS:
         raise InputError(f"--field-kind {name}={kind}: kind must be multi or single")
     FieldSpec(name, kind, "text")  # validates the name
@@ -289,7 +312,7 @@ def encoder_from_spec(spec: FieldSpec, *, device: str | None = None) -> Any:
 
 # ------------------------------------------------------------------------------ building
 @contextmanager
-def _locked(root: Path) -> Iterator[None]:
+def locked(root: Path) -> Iterator[None]:
     """One writer of ``fields.json`` at a time (each sub-index also locks itself)."""
     from index_store.errors import IndexLockedError
 
@@ -399,7 +422,11 @@ def index_fields(
             "folder: `latemm index CORPUS --index NEW_DIR --field NAME=ENCODER ...`"
         )
     cols = columns or Columns()
-    with _locked(root):
+    with locked(root):
+        if is_fields_index(root):
+            from latemm.field_maintenance import finish_delete
+
+            finish_delete(root)  # a delete cut short is finished before pages are added
         manifest = read_fields(root) if is_fields_index(root) else FieldsManifest(())
         if fields is None:
             if not manifest.fields:
@@ -480,7 +507,12 @@ def _index_one(
 
 def _spec_for(req: FieldRequest, cols: Any, device: str | None) -> tuple[Any, FieldSpec]:
     if req.kind == "bm25" or req.source == "bm25":
-        return None, FieldSpec(req.name, "bm25", "text")
+        options = {}
+        if isinstance(req.source, str) and req.source.startswith("bm25:"):
+            from latemm.bm25 import parse_tokenizer
+
+            options["tokenizer"] = parse_tokenizer(req.source[len("bm25:") :]).to_dict()
+        return None, FieldSpec(req.name, "bm25", "text", None, options)
     if isinstance(req.source, str) and req.source.startswith("embedding:"):
         column = req.source[len("embedding:") :]
         return None, FieldSpec(req.name, req.kind, "embedding", None, {"embedding_column": column})
@@ -527,14 +559,26 @@ def _index_bm25(
     options: dict[str, Any],
 ) -> FieldSpec:
     """Rebuild the BM25 field from its committed texts and the corpus's (a new build folder;
-    ``fields.json`` then points at it and older builds are removed)."""
+    ``fields.json`` then points at it and older builds are removed). A field keeps the
+    tokenizer it was built with; asking for another one is an error naming the field."""
     from latemm import bm25
 
     texts: dict[str, str] = {}
-    generation = 0
+    tokenizer = (
+        bm25.Tokenizer.from_dict(spec.options["tokenizer"])
+        if "tokenizer" in spec.options
+        else bm25.Tokenizer()
+    )
     if recorded is not None:
         texts = bm25.read_docs(base / recorded.options["dir"])
-        generation = int(recorded.options["dir"].lstrip("g"))
+        kept = bm25_tokenizer(recorded)
+        if "tokenizer" in spec.options and tokenizer != kept:
+            raise InputError(
+                f"bm25 field {spec.name!r} was built with tokenizer {kept.to_dict()}, not "
+                f"{tokenizer.to_dict()} as asked; give it as --field {spec.name}=bm25 to add "
+                "pages, or build the new tokenizer as another field"
+            )
+        tokenizer = kept
     on_existing = options.get("on_existing", "skip")
     table = pq.read_table(corpus, columns=[cols.id, cols.text])
     for doc_id, text in zip(
@@ -545,12 +589,45 @@ def _index_bm25(
             raise InputError(f"{corpus}: doc_id {key!r} is already in BM25 field {spec.name!r}")
         if key not in texts or on_existing == "upsert":
             texts[key] = text
-    name = f"g{generation + 1:06d}"
-    files = bm25.build(base / name, list(texts), list(texts.values()))
+    return write_bm25_build(base, spec, recorded, texts, tokenizer)
+
+
+def write_bm25_build(
+    base: Path,
+    spec: FieldSpec,
+    recorded: FieldSpec | None,
+    texts: dict[str, str],
+    tokenizer: Any,
+) -> FieldSpec:
+    """A new build of bm25 field ``spec`` under ``base`` holding ``texts`` (doc_id -> text),
+    next to the committed build of ``recorded`` (readers keep using it until the caller moves
+    ``fields.json`` on); returns the spec that points at the new build. Builds left by an
+    interrupted run (never committed) are removed first."""
+    from latemm import bm25
+
+    committed = recorded.options["dir"] if recorded is not None else None
     for child in base.iterdir():
-        if child.name != name and child.name != (recorded.options["dir"] if recorded else None):
-            shutil.rmtree(child, ignore_errors=True)
-    return replace(spec, options={"dir": name, "files": files, "documents": len(texts)})
+        if child.name != committed:
+            _remove(child)
+    generation = int(committed.lstrip("g")) if committed else 0
+    name = f"g{generation + 1:06d}"
+    files = bm25.build(base / name, list(texts), list(texts.values()), tokenizer=tokenizer)
+    return replace(
+        spec,
+        options={
+            "dir": name,
+            "files": files,
+            "documents": len(texts),
+            "tokenizer": tokenizer.to_dict(),
+        },
+    )
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def remove_stale_builds(index_dir: str | Path) -> None:
@@ -561,4 +638,4 @@ def remove_stale_builds(index_dir: str | Path) -> None:
             continue
         for child in (root / "fields" / spec.name).iterdir():
             if child.name != spec.options["dir"]:
-                shutil.rmtree(child, ignore_errors=True)
+                _remove(child)

@@ -54,14 +54,43 @@ def min_max(scores: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(scores), np.nan, out)
 
 
+def z_score(scores: np.ndarray) -> np.ndarray:
+    """Each row's scores minus their mean, over their standard deviation (0 where it is 0);
+    NaN stays NaN."""
+    valid = ~np.isnan(scores)
+    count = valid.sum(axis=1, keepdims=True)
+    filled = np.where(valid, scores, 0.0)
+    with np.errstate(all="ignore"):
+        mean = filled.sum(axis=1, keepdims=True) / np.maximum(count, 1)
+        spread = np.sqrt(
+            np.where(valid, (scores - mean) ** 2, 0.0).sum(axis=1, keepdims=True)
+            / np.maximum(count, 1)
+        )
+        out = np.where(spread > 0, (scores - mean) / np.where(spread > 0, spread, 1.0), 0.0)
+    return np.where(valid, out, np.nan)
+
+
+NORMALIZATIONS = {"minmax": min_max, "zscore": z_score}
+
+
 def weighted(
-    field_scores: Sequence[np.ndarray], doc_ids: np.ndarray, weights: Sequence[float]
+    field_scores: Sequence[np.ndarray],
+    doc_ids: np.ndarray,
+    weights: Sequence[float],
+    *,
+    normalization: str = "minmax",
 ) -> np.ndarray:
-    """``sum_f w_f * minmax_f(d)``, each field's scores min-max normalised per query over the
-    candidates it scores (absent counts 0); NaN for padding."""
+    """``sum_f w_f * norm_f(d)``: a convex combination of each field's scores normalised per
+    query over the candidates it scores (``minmax`` or ``zscore``). A candidate a field does
+    not score counts as that field's lowest normalised score in the row (no better than the
+    worst it scored; 0 under min-max). NaN for padding."""
     fused = np.zeros(doc_ids.shape)
     for scores, weight in zip(field_scores, weights, strict=True):
-        fused += weight * np.nan_to_num(min_max(scores), nan=0.0)
+        normed = NORMALIZATIONS[normalization](scores)
+        with np.errstate(all="ignore"):
+            floor = np.nanmin(np.where(np.isnan(normed), np.inf, normed), axis=1, keepdims=True)
+        floor = np.where(np.isfinite(floor), floor, 0.0)
+        fused += weight * np.where(np.isnan(normed), floor, normed)
     return np.where(doc_ids != None, fused, np.nan)  # noqa: E711
 
 
@@ -70,12 +99,20 @@ def fuse(
     field_scores: Sequence[np.ndarray],
     doc_ids: np.ndarray,
     weights: Sequence[float],
+    *,
+    normalization: str = "minmax",
+    rrf_k: int = RRF_K,
 ) -> np.ndarray:
-    """``rrf`` or ``weighted`` fusion, (Q, U) float64."""
+    """``rrf`` (with ``rrf_k``) or ``weighted`` (with ``normalization``) fusion, (Q, U)
+    float64."""
     if method == "rrf":
-        return rrf(field_scores, doc_ids, weights)
+        return rrf(field_scores, doc_ids, weights, k=rrf_k)
     if method == "weighted":
-        return weighted(field_scores, doc_ids, weights)
+        if normalization not in NORMALIZATIONS:
+            raise InputError(
+                f"--normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}"
+            )
+        return weighted(field_scores, doc_ids, weights, normalization=normalization)
     raise InputError(f"fusion must be one of {', '.join(FUSIONS)}, got {method!r}")
 
 

@@ -12,7 +12,7 @@ cannot read turned into rejects records) and a writer loop (``_write_batches``).
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence, Set
+from collections.abc import Callable, Iterator, Sequence, Set
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -473,7 +473,6 @@ def _write_batches(
             writer.close()
 
 
-# Over 60 lines on purpose: one streaming, resumable loop; its steps are the helpers below.
 def search_file(
     index_dir: str | Path,
     queries: str | Path,
@@ -501,7 +500,6 @@ def search_file(
 
     # A sharded index (latemm.sharded) is searched shard by shard and merged exactly, in this
     # process or, with ``ray`` ("local" or a cluster address), on one Ray actor per shard.
-    cols = columns or Columns(id="query_id")
     _check_search_args(queries, out, k=k, candidates=candidates, batch_size=batch_size)
     retriever = open_retriever(
         index_dir,
@@ -511,23 +509,52 @@ def search_file(
         rerank_fusion=rerank_fusion,
         ray=ray,
     )
+    settings = _resume_record(
+        retriever,
+        queries,
+        dict(k=k, candidates=candidates, where=where),
+        (reranker, rerank_depth, rerank_fusion),
+    )
+    return run_queries(
+        queries,
+        out,
+        settings,
+        lambda batch: _search_batch(retriever, batch, Path(queries), k, candidates, where),
+        columns=columns,
+        batch_size=batch_size,
+        trec=trec,
+        progress=progress,
+    )
+
+
+# Over 60 lines on purpose: one streaming, resumable loop; its steps are the helpers below.
+def run_queries(
+    queries: str | Path,
+    out: str | Path,
+    settings: dict[str, Any],
+    search_batch: Callable[[Batch], Any],
+    *,
+    columns: Columns | None = None,
+    schema: pa.Schema = RUN_SCHEMA,
+    batch_size: int = 64,
+    trec: str | Path | None = None,
+    progress: bool = True,
+) -> pa.Table:
+    """The resumable loop of a search job (``search_file``, ``latemm.field_search``): read the
+    query file in batches, ``search_batch(batch)`` -> ``SearchResult`` for each, and write the
+    run (Parquet, and TREC if asked).
+
+    Finished batches go to numbered part files beside the output with ``search.json``, the
+    search's ``settings`` (index and generation, queries, k, ..., encoders): a re-run with the
+    same settings skips the queries already in them; other settings are refused."""
+    cols = columns or Columns(id="query_id")
     total = count_rows(queries)
     if total == 0:
         raise InputError(f"{queries} has no rows: there are no queries to search")
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    # Finished batches go to numbered part files beside the output; an interrupted search
-    # re-run with the same arguments skips the queries already in them.
     parts = out_path.with_name(f".{out_path.name}.parts")
-    _claim_parts(
-        parts,
-        _resume_record(
-            retriever,
-            queries,
-            dict(k=k, candidates=candidates, where=where),
-            (reranker, rerank_depth, rerank_fusion),
-        ),
-    )
+    _claim_parts(parts, settings)
     tables = [pq.read_table(p) for p in sorted(parts.glob("part-*.parquet"))]
     done = {q for t in tables for q in t.column("query_id").to_pylist()}
     row_of: dict[str, int] = {}  # every query_id so far: a repeated one is an error
@@ -538,8 +565,7 @@ def search_file(
             _check_query_ids(batch, Path(queries), row_of, trec=trec is not None)
             if done and all(q in done for q in batch.ids):
                 continue
-            result = _search_batch(retriever, batch, Path(queries), k, candidates, where)
-            table = result.to_arrow().cast(RUN_SCHEMA)
+            table = search_batch(batch).to_arrow().cast(schema)
             if done:
                 keep = pa.array([q not in done for q in table.column("query_id").to_pylist()])
                 table = table.filter(keep)
@@ -552,7 +578,7 @@ def search_file(
         bar.close()
         if not any(parts.glob("part-*.parquet")):  # nothing to resume: leave no folder behind
             _remove_parts(parts)
-    return _finish_run(tables, out_path, parts, trec)
+    return _finish_run(tables, out_path, parts, trec, schema)
 
 
 def _resume_record(
@@ -624,10 +650,14 @@ def _remove_parts(parts: Path) -> None:
 
 
 def _finish_run(
-    tables: list[pa.Table], out_path: Path, parts: Path, trec: str | Path | None
+    tables: list[pa.Table],
+    out_path: Path,
+    parts: Path,
+    trec: str | Path | None,
+    schema: pa.Schema = RUN_SCHEMA,
 ) -> pa.Table:
     """Write the whole run atomically (and the TREC file if asked), then drop the parts."""
-    run = pa.concat_tables(tables) if tables else RUN_SCHEMA.empty_table()
+    run = pa.concat_tables(tables) if tables else schema.empty_table()
     tmp = out_path.with_name(f".{out_path.name}.partial")
     pq.write_table(run, tmp)
     tmp.replace(out_path)

@@ -18,7 +18,7 @@ from latemm.retriever import Retriever
 
 DIM = 8
 N = 36
-WORDS = "revenue margin profit asset equity cash debt growth risk audit".split()
+WORDS = "revenue margin profit asset equity cash debt growth risk risks audit audits".split()
 
 
 @pytest.fixture(scope="module")
@@ -56,15 +56,21 @@ def _maxsim_loop(query: np.ndarray, doc: np.ndarray) -> float:
 
 
 def _bm25_scores(ids, texts, query: str) -> dict[str, float]:
+    """bm25s over the pages with text, English stop words and Snowball's English stemmer (the
+    bm25 field's default tokenizer)."""
     import bm25s
+    import Stemmer
 
+    stem = Stemmer.Stemmer("english")
     kept = [(d, t) for d, t in zip(ids, texts, strict=True) if t and t.strip()]
     model = bm25s.BM25()
     model.index(
-        bm25s.tokenize([t for _, t in kept], stopwords="en", show_progress=False),
+        bm25s.tokenize([t for _, t in kept], stopwords="en", stemmer=stem, show_progress=False),
         show_progress=False,
     )
-    tokens = bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)[0]
+    tokens = bm25s.tokenize(
+        [query], stopwords="en", stemmer=stem, return_ids=False, show_progress=False
+    )[0]
     scores = model.get_scores(tokens)
     return {d: float(s) for (d, _), s in zip(kept, scores, strict=True)}
 
@@ -81,33 +87,45 @@ def _rrf(per_field: list[dict[str, float]], weights: list[float]) -> dict[str, f
     return fused
 
 
-def _weighted(per_field: list[dict[str, float]], weights: list[float]) -> dict[str, float]:
-    fused: dict[str, float] = {}
+def _weighted(
+    per_field: list[dict[str, float]], weights: list[float], normalization: str = "minmax"
+) -> dict[str, float]:
+    """Convex combination of per-field normalised scores; a document a field does not score
+    counts as that field's lowest normalised score."""
+    every = {d for scores in per_field for d in scores}
+    fused = dict.fromkeys(every, 0.0)
     for scores, weight in zip(per_field, weights, strict=True):
-        low, high = min(scores.values()), max(scores.values())
-        for d, s in scores.items():
-            norm = (s - low) / (high - low) if high > low else 1.0
-            fused[d] = fused.get(d, 0.0) + weight * norm
-    for scores in per_field:
-        for d in scores:
-            fused.setdefault(d, 0.0)
+        values = list(scores.values())
+        if normalization == "minmax":
+            low, high = min(values), max(values)
+            norm = {d: (s - low) / (high - low) if high > low else 1.0 for d, s in scores.items()}
+        else:
+            mean = sum(values) / len(values)
+            std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+            norm = {d: (s - mean) / std if std > 0 else 0.0 for d, s in scores.items()}
+        floor = min(norm.values())
+        for d in every:
+            fused[d] += weight * norm.get(d, floor)
     return fused
 
 
 @pytest.mark.parametrize(
-    ("fusion", "weights"),
+    ("fusion", "weights", "normalization"),
     [
-        ("rrf", None),
-        ("rrf", {"m": 2.0, "s": 0.5, "b": 1.0}),
-        ("weighted", {"m": 0.5, "s": 0.2, "b": 0.3}),
+        ("rrf", None, "minmax"),
+        ("rrf", {"m": 2.0, "s": 0.5, "b": 1.0}, "minmax"),
+        ("weighted", {"m": 0.5, "s": 0.2, "b": 0.3}, "minmax"),
+        ("weighted", {"m": 0.5, "s": 0.2, "b": 0.3}, "zscore"),
     ],
 )
-def test_exhaustive_fused_ranking_equals_brute_force_fusion(corpus, index, fusion, weights) -> None:
+def test_exhaustive_fused_ranking_equals_brute_force_fusion(
+    corpus, index, fusion, weights, normalization
+) -> None:
     _, ids, texts, multi, single = corpus
     rng = np.random.default_rng(5)
     queries = [rng.standard_normal((int(t), DIM)).astype(np.float32) for t in (3, 2, 4)]
-    query_texts = ["revenue growth", "cash debt risk", "audit"]
-    retriever = FieldRetriever(index, fusion=fusion, weights=weights)
+    query_texts = ["revenue growth", "cash debt risk", "audits"]
+    retriever = FieldRetriever(index, fusion=fusion, weights=weights, normalization=normalization)
     result = retriever.search(
         query_texts,
         k=N,
@@ -121,9 +139,12 @@ def test_exhaustive_fused_ranking_equals_brute_force_fusion(corpus, index, fusio
             {d: float(np.dot(query.sum(0), single[d][0])) for d in ids},
             _bm25_scores(ids, texts, query_texts[q]),  # pages without text are absent
         ]
-        fused = (_rrf if fusion == "rrf" else _weighted)(per_field, w)
+        fused = _rrf(per_field, w) if fusion == "rrf" else _weighted(per_field, w, normalization)
         assert list(result.doc_ids[q]) == _ranked(fused)
-        np.testing.assert_allclose(result.scores[q], [fused[d] for d in _ranked(fused)], rtol=1e-5)
+        want = [fused[d] for d in _ranked(fused)]
+        # z-scores sum to values near 0, where a relative tolerance alone means nothing.
+        atol = 1e-6 if normalization == "zscore" else 0.0
+        np.testing.assert_allclose(result.scores[q], want, rtol=1e-5, atol=atol)
         for name, scores in zip("msb", per_field, strict=True):
             got = result.field_scores[name][q]
             want = [scores.get(d, np.nan) for d in result.doc_ids[q]]
@@ -184,6 +205,36 @@ def test_layout_on_disk_and_pages_a_field_cannot_read(index) -> None:
     # Every 7th page has no text: absent from the bm25 field only.
     assert manifest["fields"][2]["options"]["documents"] == N - len(range(0, N, 7))
     assert "emb_single" not in Index.open(index / "fields" / "m").segments[0].schema.names
+
+
+def test_bm25_fields_record_their_tokenizer_and_keep_it(corpus, tmp_path) -> None:
+    path = tmp_path / "idx"
+    index_fields(corpus[0], path, {"b": "bm25", "plain": "bm25:stemmer=none"}, progress=False)
+    spec = {f.name: f for f in read_fields(path).fields}
+    assert spec["b"].options["tokenizer"] == {"stopwords": "en", "stemmer": "english"}
+    assert spec["plain"].options["tokenizer"] == {"stopwords": "en", "stemmer": None}
+
+    def top(field: str, query: str) -> list:
+        result = FieldRetriever(path, fields=[field]).search([query], k=N)
+        return [(d, s) for d, s in zip(result.doc_ids[0], result.scores[0], strict=True) if s > 0]
+
+    # Stemmed, "audits" and "audit" are one term; unstemmed they are two.
+    assert top("b", "audits") == top("b", "audit")
+    assert top("plain", "audits") != top("plain", "audit")
+    with pytest.raises(InputError, match="bm25 field 'plain' was built with tokenizer"):
+        index_fields(corpus[0], path, [parse_field("plain=bm25:stemmer=porter")], progress=False)
+    # A field built before the tokenizer was recorded keeps what it used: no stemmer.
+    manifest = json.loads((path / "fields.json").read_text())
+    del manifest["fields"][1]["options"]["tokenizer"]
+    (path / "fields.json").write_text(json.dumps(manifest))
+    legacy = top("plain", "audits")
+    index_fields(corpus[0], path, [parse_field("plain=bm25")], progress=False)
+    assert read_fields(path).get("plain").options["tokenizer"]["stemmer"] is None
+    assert top("plain", "audits") == legacy
+    with pytest.raises(InputError, match="bm25 options 'lang=en': expected stemmer"):
+        parse_field("x=bm25:lang=en")
+    with pytest.raises(InputError, match="bm25 stemmer 'klingon' is not a Snowball algorithm"):
+        parse_field("k=bm25:stemmer=klingon")
 
 
 def test_a_field_added_later_is_the_only_one_encoded(corpus, tmp_path) -> None:
@@ -396,3 +447,157 @@ def test_single_vector_field_is_stored_as_a_single_vector_index(index) -> None:
     config = Index.open(index / "fields" / "s").config
     assert config.single_vector and config.faiss_dimension == config.dim
     assert not Index.open(index / "fields" / "m").config.single_vector
+
+
+# ------------------------------------------------------------------ delete, compact, resume
+GONE = ["p01", "p14", "p20"]  # p14 has no text: it is in the vector fields only
+FIELDS = {"m": "embedding:emb_multi", "s": "single:embedding:emb_single", "b": "bm25"}
+
+
+def _build(corpus_path, path, drop=()):
+    import pyarrow.compute as pc
+
+    table = pq.read_table(corpus_path)
+    if drop:
+        table = table.filter(pc.invert(pc.is_in(table["doc_id"], pa.array(list(drop)))))
+    source = path.with_suffix(".parquet")
+    pq.write_table(table, source)
+    index_fields(source, path, FIELDS, dtype="float32", progress=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def without_gone(corpus, tmp_path_factory):
+    """The index built from the corpus without the GONE pages: what deleting them must give."""
+    return _build(corpus[0], tmp_path_factory.mktemp("without") / "idx", GONE)
+
+
+def _fused(path):
+    rng = np.random.default_rng(11)
+    queries = [rng.standard_normal((3, DIM)).astype(np.float32) for _ in range(3)]
+    vectors = {"m": queries, "s": [q.sum(0, keepdims=True) for q in queries]}
+    texts = ["revenue growth", "cash debt risk", "audit"]
+    return FieldRetriever(path, fusion="weighted").search(
+        texts, k=N, candidates=N, query_vectors=vectors
+    )
+
+
+def _assert_same_results(got, want) -> None:
+    assert got.doc_ids.tolist() == want.doc_ids.tolist()
+    np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5)
+    for name in FIELDS:
+        np.testing.assert_allclose(got.field_scores[name], want.field_scores[name], rtol=1e-5)
+
+
+def _held(path):
+    from latemm.field_maintenance import held_ids
+
+    return {spec.name: held_ids(path, spec) for spec in read_fields(path).fields}
+
+
+def test_delete_and_compact_change_every_field_as_a_build_without_the_pages(
+    corpus, without_gone, tmp_path, capsys
+) -> None:
+    from latemm.cli import main
+
+    idx = _build(corpus[0], tmp_path / "idx")
+    assert main(["delete", str(idx), "--ids", *GONE]) == 0
+    assert f"deleted 3 documents from every field of {idx}" in capsys.readouterr().out
+    assert _held(idx) == _held(without_gone)
+    assert not any(set(GONE) & ids for ids in _held(idx).values())
+    _assert_same_results(_fused(idx), _fused(without_gone))
+    assert main(["delete", str(idx), "--ids", "p01"]) == 2
+    err = capsys.readouterr().err
+    assert f"doc_id 'p01' is in no field of {idx} (fields: m, s, b); nothing was deleted" in err
+    assert main(["delete", str(idx), "--ids", "p01", "p02", "--missing-ok"]) == 0
+    assert "deleted 1 documents" in capsys.readouterr().out
+    assert main(["compact", str(idx)]) == 0
+    assert "compacted" in capsys.readouterr().out
+    for name in ("m", "s"):
+        segments = Index.open(idx / "fields" / name).segments
+        assert len(segments) == 1 and not segments[0].deleted.any()
+    assert len(Index.open(idx / "fields" / "m")) == N - 4
+    assert main(["verify", str(idx)]) == 0
+    # Every page deleted: the bm25 field is empty, and searching it finds nothing.
+    from latemm.field_maintenance import delete
+
+    delete(idx, [f"p{i:02d}" for i in range(N)], missing_ok=True)
+    assert FieldRetriever(idx, fields=["b"]).search(["cash"], k=3).doc_ids.tolist() == [[None] * 3]
+
+
+@pytest.mark.parametrize("applied", ["none", "one field", "all"])
+def test_a_delete_cut_short_is_finished_when_the_index_is_next_opened(
+    corpus, without_gone, tmp_path, capsys, applied
+) -> None:
+    from index_store.errors import IndexLockedError
+    from latemm.cli import main
+    from latemm.field_maintenance import begin_delete, delete
+    from latemm.fields import locked
+
+    idx = _build(corpus[0], tmp_path / "idx")
+    # The state a process killed midway leaves: the journal, and the fields changed so far.
+    if applied == "all":
+        delete(idx, GONE)
+    begin_delete(idx, GONE)
+    if applied == "one field":
+        path = idx / "fields" / "m"
+        with create(path, Index.open(path).config) as writer:
+            writer.delete(GONE, missing_ok=True)
+            writer.commit()
+    assert main(["verify", str(idx)]) == 1
+    assert "a delete of 3 document(s) was cut short" in capsys.readouterr().err
+    with locked(idx), pytest.raises(IndexLockedError, match="a delete of its fields is under way"):
+        FieldRetriever(idx)
+    with pytest.warns(UserWarning, match="finished a delete of 3 document\\(s\\) that was int"):
+        FieldRetriever(idx)
+    assert not (idx / "journal.json").exists()
+    assert _held(idx) == _held(without_gone)
+    _assert_same_results(_fused(idx), _fused(without_gone))
+    assert main(["verify", str(idx)]) == 0
+
+
+def test_an_interrupted_field_search_resumes_only_with_the_same_arguments(
+    corpus, tmp_path, capsys
+) -> None:
+    from latemm.cli import main
+
+    idx = _build(corpus[0], tmp_path / "idx")
+    rng = np.random.default_rng(12)
+    vectors = [rng.standard_normal((3, DIM)).astype(np.float32).tolist() for _ in range(4)]
+    qfile, run, clean = tmp_path / "q.parquet", tmp_path / "run.parquet", tmp_path / "c.parquet"
+    ids = ["qa", "qb", "qc", "qd"]
+
+    def write_queries(last: str) -> None:
+        texts = ["cash", "audit risk", "revenue", last]
+        pq.write_table(pa.table({"query_id": ids, "text": texts, "embedding": vectors}), qfile)
+
+    write_queries("")  # the bm25 field cannot read qd: the search stops there
+    args = ["search", str(idx), str(qfile), "--fields", "m,b", "--k", "4", "--quiet"]
+    assert main([*args, "--out", str(run), "--batch-size", "1"]) == 2
+    assert "row 3, query_id 'qd': query 0 has no text; field 'b'" in capsys.readouterr().err
+    parts = tmp_path / ".run.parquet.parts"
+    assert len(list(parts.glob("part-*.parquet"))) == 3
+    assert json.loads((parts / "search.json").read_text())["plan"]["fields"] == ["m", "b"]
+    write_queries("growth")
+    for changed, what in (
+        (["--fusion", "rrf"], "'fusion': 'weighted'"),
+        (["--normalization", "zscore"], "'normalization': 'minmax'"),
+        (["--k", "5"], "k 4 -> 5"),
+    ):
+        assert main([*args, *changed, "--out", str(run), "--batch-size", "1"]) == 2
+        err = capsys.readouterr().err
+        assert "holds the finished batches of an interrupted search with other arguments" in err
+        assert what in err
+    assert main([*args, "--out", str(clean)]) == 0
+    assert main([*args, "--out", str(run), "--batch-size", "1"]) == 0  # resumes
+    assert pq.read_table(run).equals(pq.read_table(clean)) and not parts.exists()
+    # Parts of a search over the index as it was are refused once a field changed.
+    write_queries("")
+    assert main([*args, "--out", str(run), "--batch-size", "1"]) == 2
+    assert main(["delete", str(idx), "--ids", "p03"]) == 0
+    write_queries("growth")
+    capsys.readouterr()
+    assert main([*args, "--out", str(run), "--batch-size", "1"]) == 2
+    assert "generation {'b': 'g000001', 'm': 1} -> {'b': 'g000002', 'm': 2}" in (
+        capsys.readouterr().err
+    )
