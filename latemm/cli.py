@@ -322,7 +322,7 @@ def _search_fields(args: argparse.Namespace, start: float) -> int:
         progress=not args.quiet,
         columns=_columns(args, "query_id"),
         fields=[f.strip() for f in args.fields.split(",") if f.strip()] if args.fields else None,
-        fusion=args.fusion or "weighted",
+        fusion=args.fusion or "rrf",
         weights=parse_weights(args.weights) if args.weights else None,
         rescore_fields=args.rescore_field,
         preset=args.preset,
@@ -714,7 +714,7 @@ def _search_parser(sub: Any) -> None:
         "--fusion",
         default=None,
         choices=["rrf", "weighted"],
-        help="how fields fuse (default weighted)",
+        help="how fields fuse (default rrf)",
     )
     p.add_argument("--weights", default=None, help="field weights, e.g. text=0.7,bm25=0.3")
     p.add_argument(

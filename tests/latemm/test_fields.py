@@ -580,7 +580,7 @@ def test_an_interrupted_field_search_resumes_only_with_the_same_arguments(
     assert json.loads((parts / "search.json").read_text())["plan"]["fields"] == ["m", "b"]
     write_queries("growth")
     for changed, what in (
-        (["--fusion", "rrf"], "'fusion': 'weighted'"),
+        (["--fusion", "weighted"], "'fusion': 'rrf'"),
         (["--normalization", "zscore"], "'normalization': 'minmax'"),
         (["--k", "5"], "k 4 -> 5"),
     ):
