@@ -140,16 +140,46 @@ def estimate_index_bytes(
                     offsets=np.arange(n + 1) * corpus.tokens_per_page,
                 )
                 writer.commit()
-            measured.append(index_bytes(probe / "idx")["manifest_files_bytes"])
+            measured.append(index_bytes(probe / "idx"))
         finally:
             shutil.rmtree(probe, ignore_errors=True)
-    per_page = (measured[1] - measured[0]) / (sizes[1] - sizes[0])
-    fixed = max(0.0, measured[0] - per_page * sizes[0])
+    span = sizes[1] - sizes[0]
+    totals = [m["manifest_files_bytes"] for m in measured]
+    per_page = (totals[1] - totals[0]) / span
+    fixed = max(0.0, totals[0] - per_page * sizes[0])
+    by_file = {
+        name: (size - measured[0]["by_file"].get(name, 0)) / span
+        for name, size in measured[1]["by_file"].items()
+    }
+    faiss_per_page = sum(v for name, v in by_file.items() if "faiss" in name)
     return {
         "probe_bytes_per_page": per_page,
         "probe_fixed_bytes": fixed,
+        "probe_bytes_per_page_by_file": by_file,
         "estimated_bytes": fixed + per_page * n_pages,
+        "estimated_faiss_bytes": faiss_per_page * n_pages,
     }
+
+
+def memory_available() -> int:
+    """MemAvailable of /proc/meminfo in bytes."""
+    with open("/proc/meminfo", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def check_memory(faiss_bytes: float, factory: str) -> None:
+    """Refuse when the first-stage (faiss) files, which searches load into memory, would not
+    fit the memory available now."""
+    available = memory_available()
+    if faiss_bytes > 0.8 * available:
+        raise SystemExit(
+            f"bench_scale: the first-stage faiss files ({factory!r}) would take about "
+            f"{faiss_bytes / 2**30:.1f} GiB in memory at search time but {available / 2**30:.1f} "
+            "GiB is available; use a compressed first stage (e.g. --faiss with PQ) or fewer --pages"
+        )
 
 
 def check_disk(directory: Path, needed: float, what: str) -> dict[str, float]:
@@ -273,7 +303,7 @@ def exact_topk_streaming(
         order = np.lexsort((ids, -merged), axis=1)[:, :k]
         best = np.take_along_axis(ids, order, 1)
         best_scores = np.take_along_axis(merged, order, 1)
-        if progress and (first // chunk) % 100 == 99:
+        if progress and (first // chunk) % 40 == 39:
             print(f"  exact pass {first + len(pages)}/{n_pages} pages", flush=True)
     stats = {
         "wall_s": time.perf_counter() - start,
@@ -391,6 +421,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "disk": {**estimate, **check_disk(args.dir, needed, f"{args.pages} pages")},
     }
+    check_memory(estimate["estimated_faiss_bytes"], config.faiss_factory)
     print(f"[{args.pages} pages] config {config.to_dict()}", flush=True)
     print(f"  estimated index size {estimate['estimated_bytes'] / 2**30:.2f} GiB", flush=True)
     work = Path(tempfile.mkdtemp(prefix=f"bench-scale-{args.pages}-", dir=args.dir))

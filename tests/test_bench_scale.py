@@ -10,6 +10,7 @@ from experiments.bench_scale import (
     MemoryMonitor,
     build,
     check_disk,
+    check_memory,
     estimate_index_bytes,
     evaluate_latemm,
     exact_topk_streaming,
@@ -61,3 +62,9 @@ def test_disk_estimate_counts_every_file_and_refuses_what_does_not_fit(tmp_path)
     assert estimate["estimated_bytes"] == pytest.approx(stats["disk_bytes"], rel=0.05)
     with pytest.raises(SystemExit, match=r"1000000 pages needs about .* GiB free; free space"):
         check_disk(tmp_path, 10.0 * 2**50, "1000000 pages")
+
+
+def test_memory_check_refuses_a_first_stage_larger_than_memory() -> None:
+    with pytest.raises(SystemExit, match=r"first-stage faiss files \('Flat'\) would take about"):
+        check_memory(10.0 * 2**50, "Flat")
+    check_memory(1.0, "Flat")
