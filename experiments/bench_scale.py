@@ -446,7 +446,9 @@ def _measure(
     name: str,
     plaid: bool,
 ) -> None:
-    """The phases in order, writing the JSON after each (a long run keeps what it finished)."""
+    """The phases in order, writing the JSON after each (a long run keeps what it finished);
+    the machine's load averages at the start are recorded too (this machine is shared)."""
+    result["load_average"] = os.getloadavg()
     monitor.phase = "build"
     result["build"] = build(
         path, corpus, config, args.pages, commit_every=args.commit_every, monitor=monitor
