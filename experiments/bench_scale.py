@@ -468,6 +468,7 @@ def _measure(
     )
     exact = [[f"p{i}" for i in row] for row in top]
     result["exact"] = stats
+    write_result(name, result)
     print(
         f"  brute force: {stats['brute_force_single_query_s']:.2f} s for one query, "
         f"{stats['brute_force_batched_s_per_query']:.2f} s/query batched "
