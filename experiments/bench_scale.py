@@ -1,0 +1,510 @@
+"""Scale benchmark (issue #14 goals 4 and 6): build N ColPali-shaped pages straight into an
+index with the index's default configuration, then measure latency, throughput and recall@10
+against exact MaxSim, with brute force and fast-plaid where they finish.
+
+Run: ``python -m experiments.bench_scale --pages 100000`` (or ``--pages 1000000``).
+Writes ``results/bench_scale_<pages>.json`` (after every phase, so a long run keeps what it
+finished); ``python -m experiments.report`` renders it into RESULTS.md.
+
+- The index config is ``IndexConfig(dim=128)`` unless ``--dtype`` / ``--faiss`` override it, so
+  the run measures whatever the defaults are when it runs; the JSON records the config used.
+- Disk: two small probe indexes (same config) give bytes per page and a fixed part; the run
+  refuses to start when the estimate for N pages does not fit the free space of ``--dir``.
+- Build: seeded ``experiments.synthetic`` pages (1,030 x 128) are generated in batches, one batch
+  ahead on a background thread, and added through ``IndexWriter`` with a commit every
+  ``--commit-every`` pages; the corpus is never held whole, nor written anywhere else. Reports
+  wall time, time inside ``add``/``commit`` (ingest pages/s), bytes of every file the manifest
+  lists (by file name) and on disk, and the process's resident memory sampled every 0.25 s
+  (total, and anonymous: memory-mapped index files are page cache, not heap).
+- Exact top-10 for the first ``--recall-queries`` queries: the corpus is regenerated from the
+  seed in chunks and each chunk is scored with ``latemm.scoring.maxsim`` in float32 (all sample
+  queries in one product per block), keeping a running top-10. The same pass times brute force:
+  the batched pass per query, and one query alone against every chunk (vectors already in RAM as
+  float32, generation excluded: a lower bound for a brute force that reads them from disk).
+- latemm: for each ``--candidates`` count, every query one at a time (p50/p95 ms), then all in
+  batches of ``--batch-size`` (queries/s), and recall@10 of the sample against the exact top-10.
+- fast-plaid (its own venv, ``experiments.plaid_baseline``) when N <= ``--plaid-max``; its CPU
+  build took 30 minutes at 2,000 pages here, so the default cap is 2,000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from experiments.bench_search import fast_plaid, recall
+from experiments.common import REPO, write_result
+from experiments.synthetic import SyntheticCorpus
+from index_store import Index, IndexConfig, create
+from latemm.retriever import Retriever
+from latemm.scoring import maxsim
+
+CANDIDATES = [64, 128, 256, 512, 1024]
+DEFAULT_DIR = REPO.parent / "tmp"
+FLOAT16_PAGE_BYTES = 1030 * 128 * 2  # what fast-plaid's hand-over file costs per page
+
+
+# ------------------------------------------------------------------------------- memory
+def rss_bytes() -> tuple[int, int]:
+    """(resident, anonymous resident) bytes of this process, from /proc/self/status."""
+    values = {"VmRSS": 0, "RssAnon": 0}
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            key = line.split(":", 1)[0]
+            if key in values:
+                values[key] = int(line.split()[1]) * 1024
+    return values["VmRSS"], values["RssAnon"]
+
+
+class MemoryMonitor:
+    """Samples ``rss_bytes`` every ``interval`` seconds on a thread; peaks per named phase."""
+
+    def __init__(self, interval: float = 0.25) -> None:
+        self.interval = interval
+        self.phase = "start"
+        self.peaks: dict[str, dict[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> MemoryMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def sample(self) -> tuple[int, int]:
+        rss, anon = rss_bytes()
+        peak = self.peaks.setdefault(self.phase, {"peak_rss_mb": 0.0, "peak_anon_mb": 0.0})
+        peak["peak_rss_mb"] = max(peak["peak_rss_mb"], rss / 2**20)
+        peak["peak_anon_mb"] = max(peak["peak_anon_mb"], anon / 2**20)
+        return rss, anon
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+
+# ------------------------------------------------------------------------------- disk
+def index_bytes(path: Path) -> dict[str, Any]:
+    """Bytes of every file the manifest lists (total, and by file name across segments), plus
+    the manifest itself, and the blocks the whole folder occupies on disk."""
+    index = Index.open(path, verify="none")
+    by_name: dict[str, int] = {}
+    for _, entry in index.manifest.files():
+        key = entry.file.split("-g")[0] if entry.file.startswith("deleted") else entry.file
+        by_name[key] = by_name.get(key, 0) + entry.size
+    manifest = sum(p.stat().st_size for p in path.glob("manifest*.json"))
+    allocated = sum(
+        os.stat(os.path.join(root, f)).st_blocks * 512
+        for root, _, files in os.walk(path)
+        for f in files
+    )
+    total = sum(by_name.values()) + manifest
+    return {
+        "manifest_files_bytes": total,
+        "bytes_per_page": total / max(1, len(index)),
+        "by_file": by_name,
+        "allocated_bytes": allocated,
+        "segments": len(index.segments),
+    }
+
+
+def estimate_index_bytes(
+    corpus: SyntheticCorpus, config: IndexConfig, n_pages: int, workdir: Path
+) -> dict[str, float]:
+    """Bytes of an ``n_pages`` index, from two probe indexes (128 and 384 pages, one commit
+    each, same config): the slope per page and the fixed part (codebooks, trained indexes)."""
+    sizes = (128, 384)
+    measured = []
+    for n in sizes:
+        probe = Path(tempfile.mkdtemp(prefix="bench-scale-probe-", dir=workdir))
+        try:
+            with create(probe / "idx", config) as writer:
+                pages = corpus.pages(0, n)
+                writer.add(
+                    [f"p{i}" for i in range(n)],
+                    pages.reshape(-1, corpus.dim),
+                    offsets=np.arange(n + 1) * corpus.tokens_per_page,
+                )
+                writer.commit()
+            measured.append(index_bytes(probe / "idx"))
+        finally:
+            shutil.rmtree(probe, ignore_errors=True)
+    span = sizes[1] - sizes[0]
+    totals = [m["manifest_files_bytes"] for m in measured]
+    per_page = (totals[1] - totals[0]) / span
+    fixed = max(0.0, totals[0] - per_page * sizes[0])
+    by_file = {
+        name: (size - measured[0]["by_file"].get(name, 0)) / span
+        for name, size in measured[1]["by_file"].items()
+    }
+    faiss_per_page = sum(v for name, v in by_file.items() if "faiss" in name)
+    return {
+        "probe_bytes_per_page": per_page,
+        "probe_fixed_bytes": fixed,
+        "probe_bytes_per_page_by_file": by_file,
+        "estimated_bytes": fixed + per_page * n_pages,
+        "estimated_faiss_bytes": faiss_per_page * n_pages,
+    }
+
+
+def memory_available() -> int:
+    """MemAvailable of /proc/meminfo in bytes."""
+    with open("/proc/meminfo", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def check_memory(faiss_bytes: float, factory: str) -> None:
+    """Refuse when the first-stage (faiss) files, which searches load into memory, would not
+    fit the memory available now."""
+    available = memory_available()
+    if faiss_bytes > 0.8 * available:
+        raise SystemExit(
+            f"bench_scale: the first-stage faiss files ({factory!r}) would take about "
+            f"{faiss_bytes / 2**30:.1f} GiB in memory at search time but {available / 2**30:.1f} "
+            "GiB is available; use a compressed first stage (e.g. --faiss with PQ) or fewer --pages"
+        )
+
+
+def check_disk(directory: Path, needed: float, what: str) -> dict[str, float]:
+    """Refuse (SystemExit with the numbers and the fix) when ``needed`` bytes plus a 10% and
+    2 GiB margin do not fit the free space of ``directory``."""
+    free = shutil.disk_usage(directory).free
+    margin = 1.1 * needed + 2 * 2**30
+    if margin > free:
+        raise SystemExit(
+            f"bench_scale: {what} needs about {needed / 2**30:.1f} GiB (+10% and 2 GiB margin = "
+            f"{margin / 2**30:.1f} GiB) but {directory} has {free / 2**30:.1f} GiB free; "
+            "free space, choose another --dir, lower --pages, or lower --plaid-max"
+        )
+    return {"free_bytes_before": free, "needed_bytes_with_margin": margin}
+
+
+# ------------------------------------------------------------------------------- build
+def prefetched(batches: Iterator[tuple[int, np.ndarray]]) -> Iterator[tuple[int, np.ndarray]]:
+    """``batches`` generated one ahead on a background thread (numpy's generator releases the
+    GIL), so generation overlaps the writer on a second core; at most two batches exist."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(next, batches, None)
+        while (item := pending.result()) is not None:
+            pending = pool.submit(next, batches, None)
+            yield item
+
+
+def build(
+    path: Path,
+    corpus: SyntheticCorpus,
+    config: IndexConfig,
+    n_pages: int,
+    *,
+    commit_every: int,
+    monitor: MemoryMonitor,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Generate ``n_pages`` pages straight into a new index at ``path``; timings and memory."""
+    start = time.perf_counter()
+    busy, since_commit, commits = 0.0, 0, 0
+    rss_at: list[dict[str, float]] = []
+    batch = min(commit_every, 256)
+    with create(path, config) as writer:
+        for first, pages in prefetched(corpus.batches(n_pages, batch=batch)):
+            t0 = time.perf_counter()
+            writer.add(
+                [f"p{first + i}" for i in range(len(pages))],
+                pages.reshape(-1, corpus.dim),
+                offsets=np.arange(len(pages) + 1) * corpus.tokens_per_page,
+            )
+            since_commit += len(pages)
+            done = first + len(pages)
+            if since_commit >= commit_every or done == n_pages:
+                writer.commit()
+                commits += 1
+                since_commit = 0
+                rss, anon = monitor.sample()
+                rss_at.append({"pages": done, "rss_mb": rss / 2**20, "anon_mb": anon / 2**20})
+                if progress:
+                    print(
+                        f"  built {done}/{n_pages} pages, {time.perf_counter() - start:.0f} s, "
+                        f"RSS {rss / 2**20:.0f} MB (anon {anon / 2**20:.0f} MB)",
+                        flush=True,
+                    )
+            busy += time.perf_counter() - t0
+    wall = time.perf_counter() - start
+    return {
+        "pages": n_pages,
+        "commit_every": commit_every,
+        "commits": commits,
+        "wall_s": wall,
+        "pages_per_s_wall": n_pages / wall,
+        "writer_s": busy,
+        "pages_per_s_writer": n_pages / busy,
+        "rss_after_commits": _thin(rss_at, 20),
+    }
+
+
+def _thin(rows: list[dict[str, float]], keep: int) -> list[dict[str, float]]:
+    """At most ``keep`` evenly spaced rows, the last always kept."""
+    if len(rows) <= keep:
+        return rows
+    picks = sorted({round(i * (len(rows) - 1) / (keep - 1)) for i in range(keep)})
+    return [rows[i] for i in picks]
+
+
+# ------------------------------------------------------------------------------- exact
+def exact_topk_streaming(
+    corpus: SyntheticCorpus,
+    n_pages: int,
+    q_flat: np.ndarray,
+    q_off: np.ndarray,
+    *,
+    k: int = 10,
+    chunk: int = 256,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Exact float32 MaxSim top-``k`` (page numbers, scores; best first, ties by page number)
+    of every query over the regenerated corpus, streamed once in chunks of ``chunk`` pages.
+
+    Also times brute force: the batched products, and the first query alone on every chunk."""
+    n_q = q_off.size - 1
+    best = np.full((n_q, 0), -1, dtype=np.int64)
+    best_scores = np.full((n_q, 0), -np.inf, dtype=np.float32)
+    one = (q_flat[q_off[0] : q_off[1]], np.array([0, q_off[1] - q_off[0]]))
+    batched_s = single_s = 0.0
+    start = time.perf_counter()
+    for first, pages in prefetched(corpus.batches(n_pages, batch=chunk)):
+        flat = pages.reshape(-1, corpus.dim)
+        offsets = np.arange(len(pages) + 1) * corpus.tokens_per_page
+        t0 = time.perf_counter()
+        scores = maxsim(q_flat, q_off, flat, offsets)
+        t1 = time.perf_counter()
+        maxsim(one[0], one[1], flat, offsets)
+        single_s += time.perf_counter() - t1
+        batched_s += t1 - t0
+        ids = np.concatenate(
+            [best, np.broadcast_to(first + np.arange(len(pages)), scores.shape)], 1
+        )
+        merged = np.concatenate([best_scores, scores], axis=1)
+        order = np.lexsort((ids, -merged), axis=1)[:, :k]
+        best = np.take_along_axis(ids, order, 1)
+        best_scores = np.take_along_axis(merged, order, 1)
+        if progress and (first // chunk) % 40 == 39:
+            print(f"  exact pass {first + len(pages)}/{n_pages} pages", flush=True)
+    stats = {
+        "wall_s": time.perf_counter() - start,
+        "brute_force_batched_s_per_query": batched_s / n_q,
+        "brute_force_single_query_s": single_s,
+        "queries": n_q,
+    }
+    return best, best_scores, stats
+
+
+# ------------------------------------------------------------------------------- latemm
+def evaluate_latemm(
+    index: Index,
+    queries: np.ndarray,
+    exact_ids: list[list[str]],
+    candidates: list[int],
+    *,
+    batch_size: int,
+    k: int = 10,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """Per candidate count: one query at a time (p50/p95), batches (queries/s), and recall@10
+    of the first ``len(exact_ids)`` queries (from the batched results)."""
+    retriever = Retriever(index)
+    rows = []
+    for c in candidates:
+        retriever.search_embeddings(list(queries[:1]), k=k, candidates=c)  # warm-up
+        latencies = []
+        for q in queries:
+            t0 = time.perf_counter()
+            retriever.search_embeddings([q], k=k, candidates=c)
+            latencies.append(time.perf_counter() - t0)
+        found = []
+        t0 = time.perf_counter()
+        for at in range(0, len(queries), batch_size):
+            found.append(
+                retriever.search_embeddings(list(queries[at : at + batch_size]), k=k, candidates=c)
+            )
+        batch_s = time.perf_counter() - t0
+        doc_ids = np.concatenate([r.doc_ids for r in found])[: len(exact_ids)]
+        row = {
+            "candidates": c,
+            "p50_ms": float(np.percentile(latencies, 50) * 1e3),
+            "p95_ms": float(np.percentile(latencies, 95) * 1e3),
+            "batch_queries_per_s": len(queries) / batch_s,
+            "recall@10": recall(doc_ids, exact_ids),
+        }
+        rows.append(row)
+        if progress:
+            print(
+                f"  C={c:5d} recall@10={row['recall@10']:.3f} p50={row['p50_ms']:.1f} ms "
+                f"p95={row['p95_ms']:.1f} ms batched={row['batch_queries_per_s']:.1f} q/s",
+                flush=True,
+            )
+    return rows
+
+
+def against_targets(result: dict[str, Any]) -> dict[str, Any]:
+    """The issue's goal 4 (p50 <= 50 ms at recall@10 >= 0.95): the fastest candidate count
+    that reaches the recall, and whether its p50 meets the bar."""
+    good = [r for r in result["latemm"] if r["recall@10"] >= 0.95]
+    best = min(good, key=lambda r: r["p50_ms"]) if good else None
+    return {
+        "recall_target": 0.95,
+        "p50_target_ms": 50.0,
+        "fastest_at_recall": best,
+        "meets_latency_target": bool(best and best["p50_ms"] <= 50.0),
+        "speedup_vs_650ms": 650.0 / best["p50_ms"] if best else None,
+    }
+
+
+# ------------------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pages", type=int, required=True, help="e.g. 100000 or 1000000")
+    parser.add_argument("--queries", type=int, default=100, help="latency/throughput queries")
+    parser.add_argument(
+        "--recall-queries", type=int, default=50, help="queries in the exact recall sample"
+    )
+    parser.add_argument("--candidates", type=int, nargs="+", default=CANDIDATES)
+    parser.add_argument("--batch-size", type=int, default=32, help="queries per batched call")
+    parser.add_argument("--commit-every", type=int, default=2048)
+    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="where the index goes")
+    parser.add_argument("--keep", action="store_true", help="keep the index afterwards")
+    parser.add_argument("--dtype", default=None, help="override IndexConfig.dtype")
+    parser.add_argument("--faiss", default=None, help="override IndexConfig.faiss_factory")
+    parser.add_argument("--plaid-max", type=int, default=2000, help="largest N for fast-plaid")
+    parser.add_argument("--name", default=None, help="result name (default bench_scale_<pages>)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def make_config(corpus: SyntheticCorpus, dtype: str | None, faiss: str | None) -> IndexConfig:
+    """The index's defaults for ``corpus.dim``, with only the given fields overridden."""
+    overrides: dict[str, Any] = {}
+    if dtype is not None:
+        overrides["dtype"] = dtype
+    if faiss is not None:
+        overrides["faiss_factory"] = faiss
+    return IndexConfig(dim=corpus.dim, **overrides)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    corpus = SyntheticCorpus(seed=args.seed)
+    config = make_config(corpus, args.dtype, args.faiss)
+    name = args.name or f"bench_scale_{args.pages}"
+    args.dir.mkdir(parents=True, exist_ok=True)
+    estimate = estimate_index_bytes(corpus, config, args.pages, args.dir)
+    plaid = 0 < args.pages <= args.plaid_max
+    needed = estimate["estimated_bytes"] + (2 * FLOAT16_PAGE_BYTES * args.pages if plaid else 0)
+    result: dict[str, Any] = {
+        "pages": args.pages,
+        "corpus": {**corpus.__dict__},
+        "index_config": config.to_dict(),
+        "torch_threads": torch.get_num_threads(),
+        "disk": {**estimate, **check_disk(args.dir, needed, f"{args.pages} pages")},
+    }
+    check_memory(estimate["estimated_faiss_bytes"], config.faiss_factory)
+    print(f"[{args.pages} pages] config {config.to_dict()}", flush=True)
+    print(f"  estimated index size {estimate['estimated_bytes'] / 2**30:.2f} GiB", flush=True)
+    work = Path(tempfile.mkdtemp(prefix=f"bench-scale-{args.pages}-", dir=args.dir))
+    try:
+        with MemoryMonitor() as monitor:
+            _measure(args, corpus, config, work / "index", monitor, result, name, plaid)
+    finally:
+        if args.keep:
+            print(f"  kept {work / 'index'}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _measure(
+    args: argparse.Namespace,
+    corpus: SyntheticCorpus,
+    config: IndexConfig,
+    path: Path,
+    monitor: MemoryMonitor,
+    result: dict[str, Any],
+    name: str,
+    plaid: bool,
+) -> None:
+    """The phases in order, writing the JSON after each (a long run keeps what it finished);
+    the machine's load averages at the start are recorded too (this machine is shared)."""
+    result["load_average"] = os.getloadavg()
+    monitor.phase = "build"
+    result["build"] = build(
+        path, corpus, config, args.pages, commit_every=args.commit_every, monitor=monitor
+    )
+    result["disk"].update(index_bytes(path))
+    result["memory"] = monitor.peaks
+    write_result(name, result)
+    n_q = max(args.queries, args.recall_queries)
+    q3, _ = corpus.queries(n_q, args.pages)
+    sample = q3[: args.recall_queries]
+    monitor.phase = "exact"
+    top, scores, stats = exact_topk_streaming(
+        corpus,
+        args.pages,
+        sample.reshape(-1, corpus.dim),
+        np.arange(len(sample) + 1) * corpus.query_tokens,
+    )
+    exact = [[f"p{i}" for i in row] for row in top]
+    result["exact"] = stats
+    write_result(name, result)
+    print(
+        f"  brute force: {stats['brute_force_single_query_s']:.2f} s for one query, "
+        f"{stats['brute_force_batched_s_per_query']:.2f} s/query batched "
+        f"(exact pass {stats['wall_s']:.0f} s)",
+        flush=True,
+    )
+    monitor.phase = "search"
+    index = Index.open(path, verify="none")
+    result["latemm"] = evaluate_latemm(
+        index, q3[: args.queries], exact, args.candidates, batch_size=args.batch_size
+    )
+    result["targets"] = against_targets(result)
+    write_result(name, result)
+    if plaid:
+        monitor.phase = "fast_plaid"
+        q_flat = sample.reshape(-1, corpus.dim)
+        q_off = np.arange(len(sample) + 1) * corpus.query_tokens
+        result["fast_plaid"] = fast_plaid(index, q_flat, q_off, exact, path.parent.name + "-plaid")
+        shutil.rmtree(_plaid_work(path.parent.name + "-plaid"), ignore_errors=True)
+    else:
+        result["fast_plaid"] = {"skipped": f"{args.pages} pages > --plaid-max {args.plaid_max}"}
+    write_result(name, result)
+
+
+def _plaid_work(name: str) -> Path:
+    from experiments.common import CACHE
+
+    return CACHE / name
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    result = run(args)
+    targets = result.get("targets", {})
+    print(f"  targets: {targets}")
+
+
+if __name__ == "__main__":
+    main()

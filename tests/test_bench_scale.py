@@ -1,0 +1,70 @@
+"""experiments/bench_scale.py at a tiny size: the streamed exact top-10 is latemm's search with
+every page a candidate, the index is built through the writer, and the disk check refuses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from experiments.bench_scale import (
+    MemoryMonitor,
+    build,
+    check_disk,
+    check_memory,
+    estimate_index_bytes,
+    evaluate_latemm,
+    exact_topk_streaming,
+    index_bytes,
+    make_config,
+)
+from experiments.synthetic import SyntheticCorpus
+from index_store import Index
+from latemm.retriever import Retriever
+
+CORPUS = SyntheticCorpus(
+    tokens_per_page=40, n_concepts=256, query_tokens=8, unrelated_query_tokens=2
+)
+PAGES = 200
+
+
+def test_streamed_exact_top10_equals_search_over_every_page(tmp_path) -> None:
+    config = make_config(CORPUS, "float32", "Flat")
+    with MemoryMonitor(interval=0.05) as monitor:
+        built = build(tmp_path / "idx", CORPUS, config, PAGES, commit_every=64, monitor=monitor)
+    assert built["commits"] == 4 and built["pages"] == PAGES
+    assert monitor.peaks["start"]["peak_rss_mb"] > 0
+    index = Index.open(tmp_path / "idx")
+    assert len(index) == PAGES and len(index.segments) == 4
+    q3, _ = CORPUS.queries(12, PAGES)
+    q_off = np.arange(len(q3) + 1) * CORPUS.query_tokens
+    top, scores, stats = exact_topk_streaming(
+        CORPUS, PAGES, q3.reshape(-1, CORPUS.dim), q_off, chunk=48, progress=False
+    )
+    assert top.shape == (12, 10) and stats["queries"] == 12
+    found = Retriever(index).search_embeddings(list(q3), k=10, candidates=PAGES)
+    assert found.doc_ids.tolist() == [[f"p{i}" for i in row] for row in top]
+    np.testing.assert_allclose(found.scores, scores, rtol=1e-5)
+    rows = evaluate_latemm(
+        index, q3, [[f"p{i}" for i in row] for row in top], [PAGES], batch_size=5, progress=False
+    )
+    assert rows[0]["recall@10"] == 1.0 and rows[0]["p95_ms"] >= rows[0]["p50_ms"] > 0
+
+
+def test_disk_estimate_counts_every_file_and_refuses_what_does_not_fit(tmp_path) -> None:
+    config = make_config(CORPUS, None, None)
+    with MemoryMonitor() as monitor:
+        build(tmp_path / "idx", CORPUS, config, 384, commit_every=384, monitor=monitor)
+    measured = index_bytes(tmp_path / "idx")
+    stats = Index.open(tmp_path / "idx").stats()
+    assert measured["manifest_files_bytes"] > stats["disk_bytes"]  # + the manifest itself
+    assert sum(measured["by_file"].values()) == stats["disk_bytes"]
+    estimate = estimate_index_bytes(CORPUS, config, 384, tmp_path)
+    assert estimate["estimated_bytes"] == pytest.approx(stats["disk_bytes"], rel=0.05)
+    with pytest.raises(SystemExit, match=r"1000000 pages needs about .* GiB free; free space"):
+        check_disk(tmp_path, 10.0 * 2**50, "1000000 pages")
+
+
+def test_memory_check_refuses_a_first_stage_larger_than_memory() -> None:
+    with pytest.raises(SystemExit, match=r"first-stage faiss files \('Flat'\) would take about"):
+        check_memory(10.0 * 2**50, "Flat")
+    check_memory(1.0, "Flat")
