@@ -207,10 +207,11 @@ class GlobalFirstStage:
         ``masks``: per block, a bool mask of searchable rows or None (all)."""
         allowed = None
         if masks is not None and any(m is not None for m in masks):
+            sizes = np.diff(self.bases)
             allowed = np.concatenate(
                 [
-                    np.ones(len(m) if m is not None else int(n), bool) if m is None else m
-                    for m, n in zip(masks, np.diff(self.bases), strict=True)
+                    np.ones(int(n), bool) if m is None else m
+                    for m, n in zip(masks, sizes, strict=True)
                 ]
             )
         ids, scores = self._search_ids(np.ascontiguousarray(queries, np.float32), k, allowed)

@@ -164,7 +164,12 @@ class Index:
         if verify not in ("fast", "full", "none"):
             raise InputError(f"verify must be 'fast', 'full' or 'none', got {verify!r}")
         self.path = Path(path)
-        self.manifest, self.segments, self._rejects_file = _open_commit(self.path, verify)
+        self._load(verify)
+
+    def _load(self, verify: str, reuse: Sequence[Segment] = ()) -> None:
+        """Open the current commit (reusing unchanged segments of ``reuse``, see
+        ``_open_commit``); lookups and the first stage are built on first use."""
+        self.manifest, self.segments, self._rejects_file = _open_commit(self.path, verify, reuse)
         self.config = self.manifest.config
         self._locations: dict[str, tuple[int, int]] | None = None
         self._codebook_file = _open_codebook(self.path, self.manifest, verify)
@@ -180,12 +185,7 @@ class Index:
         """The index's current commit, reusing the unchanged segments ``index`` has open."""
         reopened = cls.__new__(cls)
         reopened.path = index.path
-        reopened.manifest, reopened.segments, reopened._rejects_file = _open_commit(
-            index.path, "none", index.segments
-        )
-        reopened.config, reopened._locations = reopened.manifest.config, None
-        reopened._codebook_file = _open_codebook(index.path, reopened.manifest, "none")
-        reopened._codebook, reopened._global = None, None
+        reopened._load("none", index.segments)
         return reopened
 
     @classmethod
@@ -216,12 +216,9 @@ class Index:
     def global_first_stage(self) -> first_stage.GlobalFirstStage | None:
         """One fast-scan structure over every coded segment's FDE codes (built on first use),
         or None when no segment is coded; ``coded_segments`` lists which segments it covers."""
-        if self._global is None and self.coded_segments():
-            blocks = [(s, self.segments[s].fde_codes) for s in self.coded_segments()]
-            self._global = first_stage.GlobalFirstStage.assemble(
-                self.codebook(),
-                [(s, np.asarray(codes)) for s, codes in blocks if codes is not None],
-            )
+        if self._global is None and (coded := self.coded_segments()):
+            blocks = [(s, np.asarray(self.segments[s].fde_codes)) for s in coded]
+            self._global = first_stage.GlobalFirstStage.assemble(self.codebook(), blocks)
         return self._global
 
     def coded_segments(self) -> list[int]:
