@@ -30,6 +30,7 @@ finished); ``python -m experiments.report`` renders it into RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import tempfile
@@ -388,6 +389,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--commit-every", type=int, default=2048)
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="where the index goes")
     parser.add_argument("--keep", action="store_true", help="keep the index afterwards")
+    parser.add_argument(
+        "--index",
+        type=Path,
+        default=None,
+        help="build the index at this path and keep it, with the exact top-10 beside it; when it "
+        "already holds --pages pages of this config (an earlier run), search it without "
+        "rebuilding or recomputing the exact pass (to re-measure search after a code change)",
+    )
     parser.add_argument("--dtype", default=None, help="override IndexConfig.dtype")
     parser.add_argument("--faiss", default=None, help="override IndexConfig.faiss_factory")
     parser.add_argument("--plaid-max", type=int, default=2000, help="largest N for fast-plaid")
@@ -424,6 +433,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     check_memory(estimate["estimated_faiss_bytes"], config.faiss_factory)
     print(f"[{args.pages} pages] config {config.to_dict()}", flush=True)
     print(f"  estimated index size {estimate['estimated_bytes'] / 2**30:.2f} GiB", flush=True)
+    if args.index is not None:
+        with MemoryMonitor() as monitor:
+            _measure(args, corpus, config, args.index, monitor, result, name, plaid)
+        return result
     work = Path(tempfile.mkdtemp(prefix=f"bench-scale-{args.pages}-", dir=args.dir))
     try:
         with MemoryMonitor() as monitor:
@@ -450,9 +463,12 @@ def _measure(
     the machine's load averages at the start are recorded too (this machine is shared)."""
     result["load_average"] = os.getloadavg()
     monitor.phase = "build"
-    result["build"] = build(
-        path, corpus, config, args.pages, commit_every=args.commit_every, monitor=monitor
-    )
+    if reusable(path, config, args.pages):
+        result["build"] = {"reused": str(path)}
+    else:
+        result["build"] = build(
+            path, corpus, config, args.pages, commit_every=args.commit_every, monitor=monitor
+        )
     result["disk"].update(index_bytes(path))
     result["memory"] = monitor.peaks
     write_result(name, result)
@@ -460,12 +476,7 @@ def _measure(
     q3, _ = corpus.queries(n_q, args.pages)
     sample = q3[: args.recall_queries]
     monitor.phase = "exact"
-    top, scores, stats = exact_topk_streaming(
-        corpus,
-        args.pages,
-        sample.reshape(-1, corpus.dim),
-        np.arange(len(sample) + 1) * corpus.query_tokens,
-    )
+    top, stats = cached_exact(path, corpus, args.pages, sample, keep=args.index is not None)
     exact = [[f"p{i}" for i in row] for row in top]
     result["exact"] = stats
     write_result(name, result)
@@ -491,6 +502,41 @@ def _measure(
     else:
         result["fast_plaid"] = {"skipped": f"{args.pages} pages > --plaid-max {args.plaid_max}"}
     write_result(name, result)
+
+
+def reusable(path: Path, config: IndexConfig, n_pages: int) -> bool:
+    """Whether ``path`` holds a finished index of ``n_pages`` pages built with ``config``."""
+    if not (path / "manifest.json").exists():
+        return False
+    index = Index.open(path, verify="none")
+    same = index.config.to_dict() == config.to_dict() and len(index) == n_pages
+    if not same:
+        raise SystemExit(
+            f"{path} holds another index ({len(index)} pages, config {index.config.to_dict()}); "
+            f"remove it or pass another --index"
+        )
+    return True
+
+
+def cached_exact(
+    path: Path, corpus: SyntheticCorpus, n_pages: int, sample: np.ndarray, *, keep: bool
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The exact top-10 page numbers of the ``sample`` queries, and the brute-force timings;
+    read from beside the index when an earlier run with the same corpus, size and queries left
+    them there, and left there when ``keep``."""
+    cache = path.parent / f"{path.name}-exact-s{corpus.seed}-n{n_pages}-q{len(sample)}.npz"
+    if cache.exists():
+        with np.load(cache, allow_pickle=False) as data:
+            return data["top"], {**json.loads(str(data["stats"])), "cached": str(cache)}
+    top, _, stats = exact_topk_streaming(
+        corpus,
+        n_pages,
+        sample.reshape(-1, corpus.dim),
+        np.arange(len(sample) + 1) * corpus.query_tokens,
+    )
+    if keep:
+        np.savez(cache, top=top, stats=np.array(json.dumps(stats)))
+    return top, stats
 
 
 def _plaid_work(name: str) -> Path:
