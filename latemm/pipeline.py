@@ -81,9 +81,12 @@ def _progress(total: int | None, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, unit="doc", disable=not enabled, file=sys.stderr)
 
 
-def _pages(batch: Batch, source: Path, rows: Sequence[int] | None = None) -> list[Page]:
+def _pages(
+    batch: Batch, source: Path, rows: Sequence[int] | None = None, *, for_reranker: bool = False
+) -> list[Page]:
     """The pages of a batch's rows (all of them by default); a row with no content at all, or
-    an image that cannot be read, is an error naming the file, row and id."""
+    an image that cannot be read, is an error naming the file, row and id. ``for_reranker``:
+    the rows are queries with precomputed vectors, read only by the reranker."""
     texts = batch.table.column("text").to_pylist() if "text" in batch.table.column_names else None
     images = (
         batch.table.column("image").to_pylist() if "image" in batch.table.column_names else None
@@ -100,9 +103,16 @@ def _pages(batch: Batch, source: Path, rows: Sequence[int] | None = None) -> lis
                     f"{source}, row {batch.first_row + i}, doc_id {batch.ids[i]!r}: {exc}"
                 ) from exc
         if text is None and image is None:
+            where = f"{source}, row {batch.first_row + i}"
+            if for_reranker:
+                raise InputError(
+                    f"{where}, query_id {batch.ids[i]!r}: the reranker reads a query's text or "
+                    "image, and this row has only an embedding; add a 'text' or 'image' value "
+                    "or search without --rerank"
+                )
             raise InputError(
-                f"{source}, row {batch.first_row + i}, doc_id {batch.ids[i]!r}: no text, image or embedding; "
-                "every row needs content"
+                f"{where}, doc_id {batch.ids[i]!r}: no text, image or embedding; every row "
+                "needs content"
             )
         pages.append(Page(text=text, image=image))
     return pages
@@ -629,7 +639,9 @@ def _search_batch(
         )
         if reranker is not None:
             # Precomputed query vectors: the reranker reads the queries' text/image.
-            result = truncate(retriever.rerank(result, _pages(batch, queries)), k)
+            result = truncate(
+                retriever.rerank(result, _pages(batch, queries, for_reranker=True)), k
+            )
         return result
     if retriever.encoder is None:
         raise InputError(

@@ -109,7 +109,7 @@ def test_rerank_order_breaks_ties_by_maxsim_and_fuses_by_rrf() -> None:
     assert fused[0] == 1  # first by rerank and second by maxsim
 
 
-def test_search_cli_reranks_top_pages(qwen, tmp_path) -> None:
+def test_search_cli_reranks_top_pages(qwen, tmp_path, capsys) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -172,6 +172,23 @@ def test_search_cli_reranks_top_pages(qwen, tmp_path) -> None:
         assert all(s is not None for s in reranked) and rows[4]["rerank_score"] is None
         assert reranked == sorted(reranked, reverse=True)
         assert [r["score"] for r in rows[:4]] == reranked
+
+    # A query with only its embedding cannot be reranked: the error names the row and the fix.
+    pq.write_table(
+        pa.table(
+            {
+                "query_id": ["q0", "q1"],
+                "embedding": [rng.standard_normal((2, 8)).tolist() for _ in range(2)],
+                "text": ["what is the revenue", None],
+            }
+        ),
+        tmp_path / "bare.parquet",
+    )
+    args[2] = str(tmp_path / "bare.parquet")
+    args[4] = str(tmp_path / "bare_run.parquet")
+    assert main([*args, "--rerank", str(qwen), "--rerank-depth", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "bare.parquet, row 1, query_id 'q1': the reranker reads a query's text or image" in err
 
 
 def test_lora_adapter_is_applied(qwen, tmp_path) -> None:
