@@ -10,9 +10,9 @@ rounding. This package imports numpy and torch only; it never imports ``latemm``
 import os
 
 # libgomp (torch's OpenMP) spin-waits by default: on shared or busy cores every small parallel
-# op then waits for a scheduler slice (a 28x128 @ 128x100 product took 8 ms instead of 0.01 ms
-# with 2 threads at load 5; a 2-D index_add_ 80-120 ms), and large products ran 1.7x slower.
-# Sleeping waiters cost nothing measurable here. Set before torch loads libgomp (index_store
+# op then waits for a scheduler slice. experiments/bench_openmp.py, 2 threads at load 6-8: a
+# query's FDE 11 ms -> 0.8 ms, a 28x128 @ 128x100 product 10 ms -> 0.09 ms, a 2-D index_add_
+# 99 ms -> 0.1 ms; a (263680 x 128) @ (128 x 28) product 47 -> 61 ms (noisy; 0.8x). Set before torch loads libgomp (index_store
 # and latemm import this package first); a user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
