@@ -26,7 +26,12 @@ import pyarrow as pa
 from fde import FDEInputError, as_flat, encode_queries
 from index_store import Index
 from index_store.errors import InputError
-from latemm.scoring import maxsim_pairs
+from latemm.scoring import (
+    half_accumulates_in_float32,
+    maxsim_half,
+    maxsim_pairs,
+    may_reach_top,
+)
 
 # Candidates rescored exactly by default: recall@10 >= 0.98 against exhaustive MaxSim on
 # MiniLM-embedded Vaswani and ColPali-shaped pages (experiments/bench_search.py).
@@ -258,23 +263,99 @@ def rescore(
     cands: Candidates,
     *,
     device: str | None = None,
+    k: int | None = None,
 ) -> np.ndarray:
     """Exact MaxSim of each query against its own candidates: (Q, C) float32, NaN where a
-    query has no candidate. Each segment's candidate vectors (the union over the batch's
-    queries) are read and decoded once; each query is then scored against its own only."""
+    query has no candidate.
+
+    With ``k`` (on the CPU), a float16 pass first scores every candidate with a proven error
+    bound (``maxsim_half``) and only those that might reach their query's top k are scored
+    exactly; the others keep their float16 score, which is strictly below the k-th exact one.
+    Either way each query's top k and its scores are those of the exact kernel.
+    """
     out = np.full(cands.segments.shape, np.nan, dtype=np.float32)
-    for s in np.unique(cands.segments[cands.valid]):
-        in_seg = cands.segments == s  # (Q, C)
-        union, inverse = np.unique(cands.rows[in_seg], return_inverse=True)
+    exact = cands.valid
+    if k is not None and torch_device_is_cpu(device) and half_accumulates_in_float32():
+        fast, bounds = _fast_scores(index, flat, offsets, cands)
+        exact = may_reach_top(fast, bounds, cands.valid, k)
+        out = np.where(cands.valid & ~exact, fast, out)
+    _exact_scores(index, flat, offsets, cands, exact, out, device)
+    return out
+
+
+def torch_device_is_cpu(device: str | None) -> bool:
+    return device is None or str(device).startswith("cpu")
+
+
+def _segment_positions(cands: Candidates, chosen: np.ndarray, s: int) -> tuple[np.ndarray, Any]:
+    """Rows (sorted, unique) of segment ``s`` among ``chosen`` (Q, C) candidates, and each
+    chosen candidate's position in them (-1 elsewhere)."""
+    in_seg = chosen & (cands.segments == s)  # (Q, C)
+    union, inverse = np.unique(cands.rows[in_seg], return_inverse=True)
+    position = np.full(cands.rows.shape, -1, dtype=np.int64)
+    position[in_seg] = inverse
+    return union, position
+
+
+def _exact_scores(
+    index: Index,
+    flat: np.ndarray,
+    offsets: np.ndarray,
+    cands: Candidates,
+    chosen: np.ndarray,
+    out: np.ndarray,
+    device: str | None,
+) -> None:
+    """Writes into ``out`` the float32 MaxSim of the ``chosen`` (Q, C) candidates; each
+    segment's chosen vectors (the union over the queries) are read and decoded once."""
+    for s in np.unique(cands.segments[chosen]):
+        union, position = _segment_positions(cands, chosen, int(s))
         vectors, set_offsets = index.vectors(int(s), union)
-        position = np.full(cands.rows.shape, -1, dtype=np.int64)
-        position[in_seg] = inverse
-        for q in np.flatnonzero(in_seg.any(axis=1)):
-            cols = np.flatnonzero(in_seg[q])
-            docs, doc_offsets = take_sets(vectors, set_offsets, position[q, cols])
+        for q in np.flatnonzero((position >= 0).any(axis=1)):
+            cols = np.flatnonzero(position[q] >= 0)
+            picks = position[q, cols]
+            docs, doc_offsets = (
+                (vectors, set_offsets)
+                if np.array_equal(picks, np.arange(union.size))
+                else take_sets(vectors, set_offsets, picks)
+            )
             query = flat[offsets[q] : offsets[q + 1]]
             out[q, cols] = maxsim_pairs(query, docs, doc_offsets, device=device)
-    return out
+
+
+def _fast_scores(
+    index: Index, flat: np.ndarray, offsets: np.ndarray, cands: Candidates
+) -> tuple[np.ndarray, np.ndarray]:
+    """(Q, C) float16-pass scores of the valid candidates and their bounds (``maxsim_half``).
+
+    A segment's union is decoded to float16 once; all queries are scored against all of it
+    in one pass when that is at most twice the work of scoring each query's own candidates
+    (a wide product runs faster per FLOP), else each query against its own.
+    """
+    scores = np.full(cands.segments.shape, np.nan, dtype=np.float32)
+    bounds = np.full(cands.segments.shape, np.inf)
+    lengths = np.diff(offsets)
+    for s in np.unique(cands.segments[cands.valid]):
+        union, position = _segment_positions(cands, cands.valid, int(s))
+        vectors, set_offsets = index.vectors(int(s), union, dtype=np.float16)
+        exact_half = index.segments[int(s)].dtype == "float16"
+        mine = position >= 0  # (Q, C)
+        users = np.flatnonzero(mine.any(axis=1))
+        own = int((mine.sum(axis=1) * lengths).sum())
+        if union.size * int(lengths[users].sum()) <= 2 * own:
+            f, b = maxsim_half(flat, offsets, vectors, set_offsets, exact_half=exact_half)
+            rows = np.nonzero(mine)
+            scores[rows], bounds[rows] = f[rows[0], position[rows]], b[rows[0], position[rows]]
+            continue
+        for q in users:
+            cols = np.flatnonzero(mine[q])
+            docs, doc_offsets = take_sets(vectors, set_offsets, position[q, cols])
+            query = flat[offsets[q] : offsets[q + 1]]
+            f, b = maxsim_half(
+                query, np.array([0, len(query)]), docs, doc_offsets, exact_half=exact_half
+            )
+            scores[q, cols], bounds[q, cols] = f[0], b[0]
+    return scores, bounds
 
 
 def doc_ids_of(index: Index, cands: Candidates) -> np.ndarray:
@@ -498,7 +579,7 @@ class Retriever:
         k = min(k, max(1, len(self.index)))
         n_cand = check_request(k, candidates)
         cands = self.candidates(flat, offsets, n_cand, self._allowed(where))
-        exact = self._rescore(flat, offsets, cands) if rescore else None
+        exact = self._rescore(flat, offsets, cands, k) if rescore else None
         return self._assemble(ids, cands, exact, k)
 
     # -------------------------------------------------------------------------- stages
@@ -511,8 +592,10 @@ class Retriever:
             self.index, matrix, n_cand, allowed, nprobe=self.nprobe, ef_search=self.ef_search
         )
 
-    def _rescore(self, flat: np.ndarray, offsets: np.ndarray, cands: Candidates) -> np.ndarray:
-        return rescore(self.index, flat, offsets, cands, device=self.device)
+    def _rescore(
+        self, flat: np.ndarray, offsets: np.ndarray, cands: Candidates, k: int | None = None
+    ) -> np.ndarray:
+        return rescore(self.index, flat, offsets, cands, device=self.device, k=k)
 
     def _assemble(
         self, ids: list[str], cands: Candidates, exact: np.ndarray | None, k: int

@@ -7,6 +7,8 @@ depends on which other documents share its block. Imports numpy and torch only.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -104,3 +106,178 @@ def maxsim_pairs(
     """MaxSim of one query, (Tq, d), against n documents: (n,) float32."""
     offsets = np.array([0, len(query_vectors)], dtype=np.int64)
     return maxsim(query_vectors, offsets, doc_vectors, doc_offsets, device=device)[0]
+
+
+# ------------------------------------------------------------------ half-precision fast pass
+# A fast pass multiplies in float16 (products accumulate in float32 inside the backend's GEMM,
+# which ``half_accumulates_in_float32`` checks) and keeps the per-page maxima in float16; each
+# fast score comes with a proven bound on its distance to the float32 kernel's score, so that
+# ``may_reach_top`` can send only the candidates that might change a top k to ``maxsim``.
+
+_U16 = 2.0**-11  # unit roundoff of float16
+_TINY16 = 2.0**-25  # half the spacing of float16 subnormals: absolute rounding error there
+_U32 = 2.0**-24  # unit roundoff of float32
+_SAFETY = 1.001  # absorbs the float64 rounding of the bound's own arithmetic
+# Page tokens per half-precision product: (block, d) float16 pages stay in the L2 cache.
+_HALF_BLOCK_TOKENS = 8192
+
+
+def _gamma(n: np.ndarray | int) -> np.ndarray:
+    """Higham's gamma_n for float32 (error of any order of summing n terms), rounded up."""
+    return 1.01 * np.asarray(n, dtype=np.float64) * _U32
+
+
+@functools.cache
+def half_accumulates_in_float32() -> bool:
+    """Whether torch's float16 CPU product accumulates in float32, as the fast pass's bound
+    assumes: 1 + 127 * 2**-12 survives it, float16 accumulation would return 1."""
+    u = torch.full((4, 128), 2.0**-12, dtype=torch.float16)
+    u[:, 0] = 1.0
+    got = (u @ torch.ones((128, 3), dtype=torch.float16)).float()
+    return bool((got == 1.03125).all())
+
+
+def _page_blocks(lengths: np.ndarray, block_tokens: int) -> list[np.ndarray]:
+    """Pages grouped by similar length, each group at most ``block_tokens`` once padded."""
+    order = np.argsort(lengths, kind="stable")
+    blocks, start = [], 0
+    while start < order.size:
+        stop = start + 1
+        while stop < order.size and (stop - start + 1) * int(lengths[order[stop]]) <= block_tokens:
+            stop += 1
+        blocks.append(order[start:stop])
+        start = stop
+    return blocks
+
+
+def _gather_pages(docs: np.ndarray, offsets: np.ndarray, pages: np.ndarray) -> np.ndarray:
+    """(p, L, d) view or copy of some pages; shorter pages repeat their last token (a repeated
+    token leaves every maximum unchanged)."""
+    lengths = offsets[pages + 1] - offsets[pages]
+    width = int(lengths.max())
+    first = int(offsets[pages[0]])
+    contiguous = bool((offsets[pages] == first + width * np.arange(pages.size)).all())
+    if contiguous and bool((lengths == width).all()):
+        return docs[first : first + width * pages.size].reshape(pages.size, width, -1)
+    steps = np.minimum(np.arange(width), lengths[:, None] - 1)  # (p, L)
+    return docs[offsets[pages][:, None] + steps]
+
+
+def _max_abs(block: np.ndarray) -> np.ndarray:
+    """(p, L, d) float16 -> (p,) float64 largest magnitude per page, from the bits (an
+    integer maximum: no conversion; NaN bits sort above infinity and give NaN)."""
+    bits = np.bitwise_and(block.view(np.uint16), np.uint16(0x7FFF))
+    return bits.reshape(bits.shape[0], -1).max(axis=1).view(np.float16).astype(np.float64)
+
+
+def _token_terms(queries: np.ndarray, exact_half: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per query token t: (a_t, c_t) with ``|similarity error| <= a_t * m + c_t`` before the
+    output rounding, for a page whose stored values are at most ``m`` in magnitude.
+
+    Terms: the query's rounding to float16 (``||q - q16||_1 m``), float32 accumulation in
+    both kernels (``gamma_d (||q||_1 + ||q16||_1) m``) and, when the stored values are not
+    float16 numbers, their rounding to float16 (``||q16||_1 (2**-11 m + 2**-25)``).
+    """
+    q64 = queries.astype(np.float64)
+    q16 = queries.astype(np.float16).astype(np.float64)
+    norm1, norm1_16 = np.abs(q64).sum(axis=1), np.abs(q16).sum(axis=1)
+    a = np.abs(q64 - q16).sum(axis=1) + _gamma(queries.shape[1]) * (norm1 + norm1_16)
+    c = np.zeros_like(a)
+    if not exact_half:
+        a += _U16 * norm1_16
+        c += _TINY16 * norm1_16
+    return a, c
+
+
+def _bounds(
+    best: np.ndarray, max_abs: np.ndarray, terms: tuple[np.ndarray, np.ndarray], q_offsets
+) -> np.ndarray:
+    """(Nq, n) float16 per-token maxima and (n,) page magnitudes -> (Q, n) float64 bound on
+    |fast score - float32 kernel score|; inf where any input is not finite.
+
+    Per token, with E = a_t m + c_t: the fast maximum Z is off from the float32 kernel's Y by
+    D <= (2**-11 (|Z| + E) + 2**-25 + E) / (1 - 2**-11) (|Y| <= |Z| + D bounds the rounded
+    output of the token achieving Y). Summing the Tq maxima in float32, in both kernels, adds
+    gamma_Tq (2 sum |Z| + sum D).
+    """
+    a, c = terms
+    z = np.abs(best.astype(np.float64))  # (Nq, n)
+    e = a[:, None] * max_abs[None, :] + c[:, None]
+    d = (_U16 * (z + e) + _TINY16 + e) / (1.0 - _U16)
+    lengths = np.diff(q_offsets)
+    per_query = torch.from_numpy(lengths)
+    sum_d = _segment_sum_columns(torch.from_numpy(d.T), per_query).numpy().T  # (Q, n)
+    sum_z = _segment_sum_columns(torch.from_numpy(z.T), per_query).numpy().T
+    bound = _SAFETY * (sum_d + _gamma(lengths)[:, None] * (2.0 * sum_z + sum_d))
+    return np.where(np.isfinite(bound), bound, np.inf)
+
+
+def maxsim_half(
+    query_vectors: np.ndarray,
+    query_offsets: np.ndarray,
+    doc_vectors: np.ndarray,
+    doc_offsets: np.ndarray,
+    *,
+    exact_half: bool = True,
+    block_tokens: int = _HALF_BLOCK_TOKENS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Half-precision MaxSim of every query against every document, with error bounds.
+
+    Parameters
+    ----------
+    query_vectors
+        (Nq, d) float32 array: all queries' token vectors, concatenated.
+    query_offsets
+        (Q + 1,) int64 boundaries of each query in ``query_vectors``.
+    doc_vectors
+        (N, d) float16 array: the documents as float16.
+    doc_offsets
+        (n + 1,) int64 boundaries of each document; every document has at least one vector.
+    exact_half
+        Whether ``doc_vectors`` are the stored values exactly (float16 storage), not a
+        float16 rounding of float32 decoded values (every other codec).
+    block_tokens
+        Page tokens per product (pages of similar length are padded to a block).
+
+    Returns
+    -------
+    (Q, n) float32 fast scores and (Q, n) float64 bounds: ``maxsim`` of the same pair (on the
+    float32 decoded values) is within the bound of the fast score.
+    """
+    q_offsets = np.asarray(query_offsets, dtype=np.int64)
+    d_offsets = np.asarray(doc_offsets, dtype=np.int64)
+    queries = np.ascontiguousarray(query_vectors, dtype=np.float32)
+    q16 = torch.from_numpy(queries.astype(np.float16))  # (Nq, d)
+    n = d_offsets.size - 1
+    best = np.empty((n, queries.shape[0]), dtype=np.float16)  # per-token maxima, transposed
+    max_abs = np.empty(n, dtype=np.float64)
+    for pages in _page_blocks(np.diff(d_offsets), block_tokens):
+        block = _gather_pages(doc_vectors, d_offsets, pages)  # (p, L, d)
+        sim = torch.matmul(q16, torch.from_numpy(block).transpose(1, 2))  # (p, Nq, L)
+        best[pages] = sim.amax(dim=2).numpy()
+        max_abs[pages] = _max_abs(block)
+    lengths = torch.from_numpy(np.diff(q_offsets))
+    scores = _segment_sum_columns(torch.from_numpy(best).float(), lengths).T.numpy()
+    terms = _token_terms(queries, exact_half)
+    if not exact_half:  # a bound on the float32 values from their float16 rounding
+        max_abs = (max_abs + _TINY16) / (1.0 - _U16)
+    return np.ascontiguousarray(scores), _bounds(best.T, max_abs, terms, q_offsets)
+
+
+def may_reach_top(scores: np.ndarray, bounds: np.ndarray, valid: np.ndarray, k: int) -> np.ndarray:
+    """(Q, C) bool: the valid candidates whose exact score might be among their query's top k.
+
+    With ``lam`` the lowest ``score - bound`` among a query's k best fast scores, k exact
+    scores are >= lam, so a candidate with ``score + bound < lam`` scores strictly below the
+    k-th exact score (and so does its fast score): it cannot enter, nor tie into, the top k.
+    """
+    low = np.where(valid, scores - bounds, np.nan)
+    high = np.where(valid, scores + bounds, np.nan)
+    keep = valid.copy()
+    for q in range(scores.shape[0]):
+        cols = np.flatnonzero(valid[q])
+        if cols.size <= k:
+            continue
+        top = cols[np.argsort(-scores[q, cols], kind="stable")[:k]]
+        keep[q, cols] = ~(high[q, cols] < np.min(low[q, top]))
+    return keep
