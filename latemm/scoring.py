@@ -119,7 +119,7 @@ _TINY16 = 2.0**-25  # half the spacing of float16 subnormals: absolute rounding 
 _U32 = 2.0**-24  # unit roundoff of float32
 _SAFETY = 1.001  # absorbs the float64 rounding of the bound's own arithmetic
 # Page tokens per half-precision product: (block, d) float16 pages stay in the L2 cache.
-_HALF_BLOCK_TOKENS = 8192
+_HALF_BLOCK_TOKENS = 16384
 
 
 def _gamma(n: np.ndarray | int) -> np.ndarray:
@@ -164,10 +164,15 @@ def _gather_pages(docs: np.ndarray, offsets: np.ndarray, pages: np.ndarray) -> n
 
 
 def _max_abs(block: np.ndarray) -> np.ndarray:
-    """(p, L, d) float16 -> (p,) float64 largest magnitude per page, from the bits (an
-    integer maximum: no conversion; NaN bits sort above infinity and give NaN)."""
-    bits = np.bitwise_and(block.view(np.uint16), np.uint16(0x7FFF))
-    return bits.reshape(bits.shape[0], -1).max(axis=1).view(np.float16).astype(np.float64)
+    """(p, L, d) float16 -> (p,) float64 largest magnitude per page, read from the bits with
+    two integer maxima and no conversion. As int16, a non-negative float's bits are its
+    magnitude; as uint16, a negative float's bits are 0x8000 + its magnitude. NaN bits sort
+    above infinity's and give NaN."""
+    flat = block.reshape(block.shape[0], -1)
+    positive = flat.view(np.int16).max(axis=1).astype(np.int32)
+    negative = flat.view(np.uint16).max(axis=1).astype(np.int32) - 0x8000
+    bits = np.maximum(np.maximum(positive, negative), 0).astype(np.uint16)
+    return bits.view(np.float16).astype(np.float64)
 
 
 def _token_terms(queries: np.ndarray, exact_half: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -253,8 +258,11 @@ def maxsim_half(
     max_abs = np.empty(n, dtype=np.float64)
     for pages in _page_blocks(np.diff(d_offsets), block_tokens):
         block = _gather_pages(doc_vectors, d_offsets, pages)  # (p, L, d)
-        sim = torch.matmul(q16, torch.from_numpy(block).transpose(1, 2))  # (p, Nq, L)
-        best[pages] = sim.amax(dim=2).numpy()
+        p, width, dim = block.shape
+        tokens = torch.from_numpy(block).view(p * width, dim)
+        # One (Nq, p * L) product: the maximum then runs over contiguous memory.
+        sim = torch.mm(q16, tokens.T).view(-1, p, width)  # (Nq, p, L)
+        best[pages] = sim.amax(dim=2).T.numpy()
         max_abs[pages] = _max_abs(block)
     lengths = torch.from_numpy(np.diff(q_offsets))
     scores = _segment_sum_columns(torch.from_numpy(best).float(), lengths).T.numpy()
