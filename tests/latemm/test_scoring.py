@@ -1,0 +1,191 @@
+"""The float16 fast pass (``maxsim_half``) stays within its proven bound of float64 and of the
+float32 kernel for every storage codec, and rescoring with it (``rescore(k=...)``) returns
+exactly the float32 kernel's top k, on near ties and batched or one query at a time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from index_store import Index, IndexConfig, codecs, create
+from latemm.retriever import Candidates, gather, rescore, top_k
+from latemm.scoring import half_accumulates_in_float32, maxsim, maxsim_half, may_reach_top
+
+DIM = 128
+
+
+def _flat(sets: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sets])]).astype(np.int64)
+    return np.concatenate(sets), offsets
+
+
+def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    x = rng.standard_normal((n, DIM))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _adversarial(rng: np.random.Generator) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Queries whose components sit just below a float16 rounding midpoint (the rounding error
+    is as large as it gets) and documents with a token along the sign of that error, so the
+    float16 query misses the most it can; plus huge, tiny (subnormal) and ordinary pages."""
+    q16 = _unit(rng, 24).astype(np.float16)
+    ulp = np.spacing(np.abs(q16)).astype(np.float32)
+    sign = rng.choice([-1.0, 1.0], size=q16.shape).astype(np.float32)
+    query = q16.astype(np.float32) + sign * ulp * np.float32(0.499)
+    aligned = np.sign(query - query.astype(np.float16).astype(np.float32)) / np.sqrt(DIM)
+    pages = [
+        np.concatenate([aligned[:3], _unit(rng, 50)]).astype(np.float32),
+        (_unit(rng, 1030) * np.float32(300.0)),
+        (_unit(rng, 7) * np.float32(1e-5)),
+        _unit(rng, 1030),
+        _unit(rng, 1),
+        np.concatenate([_unit(rng, 200), aligned[10:11]]).astype(np.float32),
+    ]
+    return [query[:20], query[20:], _unit(rng, 28)], pages
+
+
+def _stored(vectors: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """(float32, float16) decodings of ``vectors`` stored as ``dtype``."""
+    codebook = codecs.train(vectors, dtype) if codecs.is_trained(dtype) else None
+    codes, scales = codecs.encode(vectors, dtype, codebook)
+    wide = codecs.decode(codes, scales, dtype, DIM, codebook)
+    half = codecs.decode(codes, scales, dtype, DIM, codebook, out=np.float16)
+    return wide, half
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "int8", "binary", "pq1"])
+def test_fast_pass_is_within_its_bound_of_float64_and_of_the_float32_kernel(dtype) -> None:
+    rng = np.random.default_rng(3)
+    queries, pages = _adversarial(rng)
+    pages += [_unit(rng, int(t)) for t in rng.integers(1, 300, 12)]
+    if codecs.is_trained(dtype):  # enough vectors to train a codebook on
+        pages += [_unit(rng, 1030)]
+    q, qo = _flat(queries)
+    d, do = _flat(pages)
+    wide, half = _stored(d, dtype)
+    fast, bound = maxsim_half(q, qo, half, do, exact_half=dtype == "float16")
+    kernel = maxsim(q, qo, wide, do).astype(np.float64)
+    q64, d64 = q.astype(np.float64), wide.astype(np.float64)
+    exact = np.array(
+        [
+            [
+                (q64[a:b] @ d64[c:e].T).max(axis=1).sum()
+                for c, e in zip(do[:-1], do[1:], strict=True)
+            ]
+            for a, b in zip(qo[:-1], qo[1:], strict=True)
+        ]
+    )
+    assert fast.shape == bound.shape == exact.shape and np.isfinite(bound).all()
+    assert (np.abs(fast - exact) <= bound).all(), np.max(np.abs(fast - exact) / bound)
+    assert (np.abs(fast - kernel) <= bound).all(), np.max(np.abs(fast - kernel) / bound)
+    # Tight enough to use: about 1% of these unit-vector scores (6 to 9).
+    unit = np.array([i not in (1, 2) for i in range(len(pages))])
+    assert (bound[:, unit] <= 0.1).all(), bound[:, unit].max()
+
+
+def test_fast_pass_bound_is_attained_to_within_a_small_factor() -> None:
+    """A query token just below float16 rounding midpoints against a page token along its
+    rounding error makes the fast pass miss by most of its bound: the bound is not slack."""
+    rng = np.random.default_rng(4)
+    queries, _ = _adversarial(rng)
+    for token in queries[0][:3]:
+        query = token[None]  # (1, d)
+        error = query - query.astype(np.float16).astype(np.float32)
+        page = (np.sign(error) / np.sqrt(DIM)).astype(np.float16)  # (1, d)
+        one = np.array([0, 1])
+        fast, bound = maxsim_half(query, one, page, one)
+        kernel = maxsim(query, one, page, one)
+        assert 0.5 * bound[0, 0] <= abs(fast[0, 0] - kernel[0, 0]) <= bound[0, 0]
+
+
+def test_float16_products_accumulate_in_float32_on_this_backend() -> None:
+    # The bound assumes it; rescore falls back to the float32 kernel alone when it fails.
+    assert half_accumulates_in_float32()
+
+
+def test_may_reach_top_keeps_every_candidate_that_could_enter_or_tie() -> None:
+    scores = np.array([[10.0, 9.0, 8.5, 7.0, 1.0], [3.0, 2.0, 0.0, 0.0, 0.0]])
+    bounds = np.array([[0.1, 0.2, 0.3, 0.1, np.inf], [0.5, 0.5, 0.0, 0.0, 0.0]])
+    valid = np.array([[True] * 5, [True, True, False, False, False]])
+    got = may_reach_top(scores, bounds, valid, 2)
+    # lam = min(10 - 0.1, 9 - 0.2) = 8.8: 8.5 + 0.3 reaches it (a tie is kept), 7.1 does not,
+    # an infinite bound always does; a query with at most k candidates keeps them all.
+    assert got.tolist() == [[True, True, True, False, True], [True, True, False, False, False]]
+
+
+def _index(tmp_path, dtype: str, docs: list[np.ndarray]) -> Index:
+    half = len(docs) // 2
+    with create(tmp_path / "idx", IndexConfig(dim=DIM, dtype=dtype)) as writer:
+        writer.add([f"d{i:03d}" for i in range(half)], docs[:half])
+        writer.commit()
+        writer.add([f"d{i:03d}" for i in range(half, len(docs))], docs[half:])
+        writer.commit()
+    return Index.open(tmp_path / "idx")
+
+
+def _near_ties(rng: np.random.Generator) -> tuple[list[np.ndarray], np.ndarray]:
+    """Pages a float16 pass cannot tell apart (one value moved by a float32 ulp, exact copies)
+    among ordinary ones; the query is made of the shared page's tokens so they lead."""
+    base = _unit(rng, 40)
+    twins = []
+    for i in range(8):
+        page = base.copy()
+        page[i % 3, i] = np.nextafter(page[i % 3, i], np.float32(2.0 * (i % 2) - 1.0))
+        twins.append(page)
+    docs = [_unit(rng, int(t)) for t in rng.integers(5, 60, 30)]
+    for i, page in enumerate(twins + [base, base]):
+        docs.insert(3 * i + 1, page)
+    return docs, base[rng.choice(40, 12, replace=False)] + 0.01 * _unit(rng, 12)
+
+
+def _top(index: Index, cands: Candidates, scores: np.ndarray, k: int) -> tuple[list, np.ndarray]:
+    from latemm.retriever import doc_ids_of
+
+    ids = doc_ids_of(index, cands)
+    picks = top_k(ids, scores, k)
+    return gather(ids, picks, fill=None).tolist(), gather(scores, picks)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_rescore_with_k_returns_the_float32_kernels_top_k_on_near_ties(tmp_path, dtype) -> None:
+    rng = np.random.default_rng(5)
+    docs, query = _near_ties(rng)
+    index = _index(tmp_path, dtype, docs)
+    rows = np.concatenate([np.arange(s.num_docs) for s in index.segments])
+    segs = np.concatenate([np.full(s.num_docs, i) for i, s in enumerate(index.segments)])
+    cands = Candidates(segs[None], rows[None], np.zeros((1, rows.size), np.float32))
+    flat, offsets = query, np.array([0, len(query)])
+    every = rescore(index, flat, offsets, cands)
+    for k in (1, 3, 10):
+        fast = rescore(index, flat, offsets, cands, k=k)
+        want_ids, want_scores = _top(index, cands, every, k)
+        got_ids, got_scores = _top(index, cands, fast, k)
+        assert got_ids == want_ids
+        np.testing.assert_array_equal(got_scores, want_scores)
+        # The fast pass did spare work: some candidates kept their float16 score.
+        assert (fast != every).any()
+
+
+def test_rescore_with_k_batched_equals_one_query_at_a_time(tmp_path) -> None:
+    rng = np.random.default_rng(6)
+    docs, query = _near_ties(rng)
+    index = _index(tmp_path, "float16", docs)
+    queries = [query, _unit(rng, 9), docs[4][:5].copy(), _unit(rng, 3)]
+    flat, offsets = _flat(queries)
+    n0 = index.segments[0].num_docs
+    segments = rng.integers(0, 2, (4, 30))
+    rows = np.where(segments == 0, rng.integers(0, n0, (4, 30)), rng.integers(0, 19, (4, 30)))
+    segments[2, 5:], rows[2, 5:] = -1, -1  # fewer candidates than k
+    segments[3], rows[3] = -1, -1  # and none
+    cands = Candidates(segments, rows, np.zeros((4, 30), np.float32))
+    batched = rescore(index, flat, offsets, cands, k=6)
+    assert np.isnan(batched[3]).all() and np.isnan(batched[2, 5:]).all()
+    for q in range(4):
+        one = Candidates(segments[q : q + 1], rows[q : q + 1], cands.scores[q : q + 1])
+        alone = rescore(index, queries[q], np.array([0, len(queries[q])]), one, k=6)
+        got_ids, got = _top(index, one, batched[q : q + 1], 6)
+        want_ids, want = _top(index, one, alone, 6)
+        assert got_ids == want_ids
+        np.testing.assert_array_equal(got, want)
+        every = rescore(index, queries[q], np.array([0, len(queries[q])]), one)
+        np.testing.assert_array_equal(got, _top(index, one, every, 6)[1])
