@@ -278,6 +278,12 @@ class Index:
             scales = np.concatenate([seg.scales[a:b] for a, b in zip(starts, ends, strict=True)])
         return seg.decode(codes, scales, dtype), offsets
 
+    def half_vectors(self, segment: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """A float16 segment's stored (N, d) float16 vectors, memory-mapped (read in place, no
+        copy), and its (n + 1,) offsets; None for any other storage dtype."""
+        seg = self.segments[segment]
+        return (seg.vectors, seg.offsets) if seg.dtype == "float16" else None
+
     def get(self, doc_id: str) -> Document:
         """A document by id, with its decoded vectors and metadata."""
         key = str(doc_id)

@@ -4,7 +4,8 @@
    FDEs (multi-vector indexes) or their summed vectors (single-vector indexes, where that sum's
    inner product *is* MaxSim).
 2. ``rescore``: exact MaxSim over each query's candidates; every segment's candidate vectors
-   are read and decoded once per batch of queries.
+   are read and decoded once per batch of queries. For a top k, a float16 pass with a proven
+   error bound first rules out the candidates that cannot reach it (``maxsim_half``).
 3. ``top_k``: best first, ties by doc_id.
 4. ``rerank_result``: a reranker reorders each query's top ``depth`` pages (``read_pages`` reads
    only their text and image columns).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -275,7 +277,7 @@ def rescore(
     """
     out = np.full(cands.segments.shape, np.nan, dtype=np.float32)
     exact = cands.valid
-    if k is not None and torch_device_is_cpu(device) and half_accumulates_in_float32():
+    if k is not None and _on_cpu(device) and half_accumulates_in_float32():
         fast, bounds = _fast_scores(index, flat, offsets, cands)
         exact = may_reach_top(fast, bounds, cands.valid, k)
         out = np.where(cands.valid & ~exact, fast, out)
@@ -283,7 +285,8 @@ def rescore(
     return out
 
 
-def torch_device_is_cpu(device: str | None) -> bool:
+def _on_cpu(device: str | None) -> bool:
+    """Whether products run on the CPU (the float16 pass is a CPU speed-up)."""
     return device is None or str(device).startswith("cpu")
 
 
@@ -328,32 +331,40 @@ def _fast_scores(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(Q, C) float16-pass scores of the valid candidates and their bounds (``maxsim_half``).
 
-    A segment's union is decoded to float16 once; all queries are scored against all of it
-    in one pass when that is at most twice the work of scoring each query's own candidates
-    (a wide product runs faster per FLOP), else each query against its own.
+    A float16 segment is read in place block by block; any other is decoded to float16 once
+    per batch. All queries are scored against a segment's union of candidates in one pass
+    when that is at most twice the work of scoring each query's own candidates (a wide
+    product runs faster per FLOP), else each query against its own.
     """
     scores = np.full(cands.segments.shape, np.nan, dtype=np.float32)
     bounds = np.full(cands.segments.shape, np.inf)
     lengths = np.diff(offsets)
     for s in np.unique(cands.segments[cands.valid]):
         union, position = _segment_positions(cands, cands.valid, int(s))
-        vectors, set_offsets = index.vectors(int(s), union, dtype=np.float16)
-        exact_half = index.segments[int(s)].dtype == "float16"
+        stored = index.half_vectors(int(s))
+        if stored is None:
+            vectors, set_offsets = index.vectors(int(s), union, dtype=np.float16)
+            rows = np.arange(union.size)
+        else:
+            (vectors, set_offsets), rows = stored, union
+        half = partial(maxsim_half, doc_vectors=vectors, doc_offsets=set_offsets)
         mine = position >= 0  # (Q, C)
         users = np.flatnonzero(mine.any(axis=1))
         own = int((mine.sum(axis=1) * lengths).sum())
         if union.size * int(lengths[users].sum()) <= 2 * own:
-            f, b = maxsim_half(flat, offsets, vectors, set_offsets, exact_half=exact_half)
-            rows = np.nonzero(mine)
-            scores[rows], bounds[rows] = f[rows[0], position[rows]], b[rows[0], position[rows]]
+            q_flat, q_offsets = take_sets(flat, offsets, users)
+            f, b = half(q_flat, q_offsets, rows=rows, exact_half=stored is not None)
+            slot = np.full(len(lengths), -1)
+            slot[users] = np.arange(users.size)
+            at = np.nonzero(mine)
+            scores[at], bounds[at] = f[slot[at[0]], position[at]], b[slot[at[0]], position[at]]
             continue
         for q in users:
             cols = np.flatnonzero(mine[q])
-            docs, doc_offsets = take_sets(vectors, set_offsets, position[q, cols])
             query = flat[offsets[q] : offsets[q + 1]]
-            f, b = maxsim_half(
-                query, np.array([0, len(query)]), docs, doc_offsets, exact_half=exact_half
-            )
+            picked = rows[position[q, cols]]
+            one = np.array([0, len(query)])
+            f, b = half(query, one, rows=picked, exact_half=stored is not None)
             scores[q, cols], bounds[q, cols] = f[0], b[0]
     return scores, bounds
 

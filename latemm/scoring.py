@@ -2,12 +2,16 @@
 
 A multi-vector set is a flat (N, d) array plus (n + 1,) int64 offsets. Scores accumulate in
 float32 whatever the storage dtype, and no set is ever padded, so a document's score never
-depends on which other documents share its block. Imports numpy and torch only.
+depends on which other documents share its block. ``maxsim_half`` is a float16 pass that
+returns each score with a proven bound on its distance to ``maxsim``'s, and ``may_reach_top``
+uses the bounds to keep only the candidates whose exact score could reach a top k. Imports
+numpy and torch only.
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 
 import numpy as np
 import torch
@@ -150,17 +154,27 @@ def _page_blocks(lengths: np.ndarray, block_tokens: int) -> list[np.ndarray]:
     return blocks
 
 
-def _gather_pages(docs: np.ndarray, offsets: np.ndarray, pages: np.ndarray) -> np.ndarray:
-    """(p, L, d) view or copy of some pages; shorter pages repeat their last token (a repeated
-    token leaves every maximum unchanged)."""
-    lengths = offsets[pages + 1] - offsets[pages]
+def _gather_pages(docs: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """(p, L, d) float16 pages starting at ``starts`` (p,) in ``docs``: a view when they are
+    consecutive and of one length, else a copy (memory-mapped pages are read here, block by
+    block); shorter pages repeat their last token, which leaves every maximum unchanged."""
     width = int(lengths.max())
-    first = int(offsets[pages[0]])
-    contiguous = bool((offsets[pages] == first + width * np.arange(pages.size)).all())
-    if contiguous and bool((lengths == width).all()):
-        return docs[first : first + width * pages.size].reshape(pages.size, width, -1)
+    if bool((lengths == width).all()):
+        if bool((starts == starts[0] + width * np.arange(starts.size)).all()):
+            view = docs[int(starts[0]) : int(starts[0]) + width * starts.size]
+            return np.asarray(view, dtype=np.float16).reshape(starts.size, width, -1)
+        block = np.concatenate([docs[a : a + width] for a in starts.tolist()])
+        return np.asarray(block, dtype=np.float16).reshape(starts.size, width, -1)
     steps = np.minimum(np.arange(width), lengths[:, None] - 1)  # (p, L)
-    return docs[offsets[pages][:, None] + steps]
+    return np.asarray(docs[starts[:, None] + steps], dtype=np.float16)
+
+
+def _tensor(block: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``block``'s memory, which may be a read-only memory map: the products
+    only read it, so torch's warning about non-writable arrays does not apply."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        return torch.from_numpy(block)
 
 
 def _max_abs(block: np.ndarray) -> np.ndarray:
@@ -224,6 +238,7 @@ def maxsim_half(
     doc_offsets: np.ndarray,
     *,
     exact_half: bool = True,
+    rows: np.ndarray | None = None,
     block_tokens: int = _HALF_BLOCK_TOKENS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Half-precision MaxSim of every query against every document, with error bounds.
@@ -241,25 +256,30 @@ def maxsim_half(
     exact_half
         Whether ``doc_vectors`` are the stored values exactly (float16 storage), not a
         float16 rounding of float32 decoded values (every other codec).
+    rows
+        (n,) int64: score only these documents of ``doc_offsets``, in this order (all by
+        default); their vectors are read block by block, never gathered all at once.
     block_tokens
         Page tokens per product (pages of similar length are padded to a block).
 
     Returns
     -------
-    (Q, n) float32 fast scores and (Q, n) float64 bounds: ``maxsim`` of the same pair (on the
+    (Q, n) float32 fast scores and (Q, n) float64 bounds (n: documents scored): ``maxsim`` of the same pair (on the
     float32 decoded values) is within the bound of the fast score.
     """
     q_offsets = np.asarray(query_offsets, dtype=np.int64)
     d_offsets = np.asarray(doc_offsets, dtype=np.int64)
     queries = np.ascontiguousarray(query_vectors, dtype=np.float32)
     q16 = torch.from_numpy(queries.astype(np.float16))  # (Nq, d)
-    n = d_offsets.size - 1
+    picked = np.arange(d_offsets.size - 1) if rows is None else np.asarray(rows, np.int64)
+    starts, ends = d_offsets[picked], d_offsets[picked + 1]
+    n = picked.size
     best = np.empty((n, queries.shape[0]), dtype=np.float16)  # per-token maxima, transposed
     max_abs = np.empty(n, dtype=np.float64)
-    for pages in _page_blocks(np.diff(d_offsets), block_tokens):
-        block = _gather_pages(doc_vectors, d_offsets, pages)  # (p, L, d)
-        p, width, dim = block.shape
-        tokens = torch.from_numpy(block).view(p * width, dim)
+    for pages in _page_blocks(ends - starts, block_tokens):
+        block = _gather_pages(doc_vectors, starts[pages], ends[pages] - starts[pages])
+        p, width, dim = block.shape  # (p, L, d)
+        tokens = _tensor(block).view(p * width, dim)
         # One (Nq, p * L) product: the maximum then runs over contiguous memory.
         sim = torch.mm(q16, tokens.T).view(-1, p, width)  # (Nq, p, L)
         best[pages] = sim.amax(dim=2).T.numpy()

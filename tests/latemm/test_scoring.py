@@ -189,3 +189,25 @@ def test_rescore_with_k_batched_equals_one_query_at_a_time(tmp_path) -> None:
         np.testing.assert_array_equal(got, want)
         every = rescore(index, queries[q], np.array([0, len(queries[q])]), one)
         np.testing.assert_array_equal(got, _top(index, one, every, 6)[1])
+
+
+def test_rescore_with_k_on_disjoint_candidates_scores_each_query_against_its_own(tmp_path) -> None:
+    # Three queries with disjoint candidates in one segment: scoring all against the union
+    # would triple the work, so each query is scored against its own pages only.
+    rng = np.random.default_rng(7)
+    docs, query = _near_ties(rng)
+    index = _index(tmp_path, "float16", docs)
+    queries = [query, docs[1][:6].copy(), _unit(rng, 4)]
+    flat, offsets = _flat(queries)
+    rows = rng.permutation(index.segments[0].num_docs)[:18].reshape(3, 6)
+    cands = Candidates(np.zeros_like(rows), rows, np.zeros(rows.shape, np.float32))
+    batched = rescore(index, flat, offsets, cands, k=2)
+    every = rescore(index, flat, offsets, cands)
+    for q in range(3):
+        one = Candidates(cands.segments[q : q + 1], rows[q : q + 1], cands.scores[q : q + 1])
+        alone = rescore(index, queries[q], np.array([0, len(queries[q])]), one, k=2)
+        want_ids, want = _top(index, one, every[q : q + 1], 2)
+        for got_scores in (batched[q : q + 1], alone):
+            got_ids, got = _top(index, one, got_scores, 2)
+            assert got_ids == want_ids
+            np.testing.assert_array_equal(got, want)
