@@ -243,6 +243,7 @@ def main(argv: list[str] | None = None) -> None:
         args.pages, args.index_pages, args.candidates, args.rounds = 32, 96, [64], 2
     for name in THREADS_ENV:  # before torch and maxsim-cpu's OpenMP start
         os.environ[name] = str(args.threads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as importing fde sets it
     import torch
 
     from experiments.common import write_result
