@@ -3,7 +3,8 @@ float32 kernel, a plain einsum and maxsim-cpu (PyPI); then the whole rescore pat
 on disk, old against new, all in one run on the same data.
 
 Run: ``python -m experiments.bench_maxsim [--pages 256] [--queries 8] [--threads 2]``.
-Writes ``results/bench_maxsim.json`` (``--quick``: ``results/bench_maxsim_quick.json``).
+Writes ``results/bench_maxsim.json`` (``--quick``: ``bench_maxsim_quick.json``; other thread
+counts than 2: ``bench_maxsim_threads<N>.json``).
 
 Data: seeded ColPali-shaped synthetic pages (``experiments.synthetic``, 1,030 x 128 unit
 vectors) and 28-token queries aimed at some of them. FLOPs count the similarity product only
@@ -270,7 +271,8 @@ def main(argv: list[str] | None = None) -> None:
     payload = {"threads": args.threads, "rounds": args.rounds, "load_average": load}
     payload.update(kernel=kernel, rescore=rescoring)
     _print(kernel, rescoring)
-    write_result("bench_maxsim_quick" if args.quick else "bench_maxsim", payload)
+    name = "bench_maxsim_quick" if args.quick else "bench_maxsim"
+    write_result(name if args.threads == 2 else f"{name}_threads{args.threads}", payload)
 
 
 def _print(kernel: list[dict[str, Any]], rescoring: list[dict[str, Any]]) -> None:
