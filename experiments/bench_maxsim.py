@@ -196,7 +196,7 @@ def run_rescore(index: Any, queries: np.ndarray, n_cand: int, rounds: int) -> di
     np.testing.assert_array_equal(_top(index, cands, old)[1], _top(index, cands, new)[1])
     vectors, set_offsets = index.vectors(0, cands.rows[0], dtype=np.float16)
     fast, bound = maxsim_half(flat[:QUERY_TOKENS], offsets[:2], vectors, set_offsets)
-    pages = torch.from_numpy(np.asarray(index.half_vectors(0)[0][: n_cand * 1030]))  # type: ignore[index]
+    pages = torch.from_numpy(np.array(index.half_vectors(0)[0][: n_cand * 1030]))  # type: ignore[index]
     tokens = torch.from_numpy(flat[:QUERY_TOKENS].astype(np.float16)).T.contiguous()
     best = _best_of(
         {
