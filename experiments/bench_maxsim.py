@@ -31,6 +31,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ def _best_of(methods: dict[str, Callable[[], Any]], rounds: int) -> dict[str, fl
 def _limits(docs16: np.ndarray, flat_q: np.ndarray) -> dict[str, Callable[[], Any]]:
     import torch
 
-    out = {}
+    out: dict[str, Callable[[], Any]] = {}
     for name, dtype in (
         ("float32", torch.float32),
         ("float16", torch.float16),
@@ -65,7 +66,7 @@ def _limits(docs16: np.ndarray, flat_q: np.ndarray) -> dict[str, Callable[[], An
     ):
         a = torch.from_numpy(docs16).to(dtype)  # (N, d)
         b = torch.from_numpy(flat_q).to(dtype).T.contiguous()  # (d, Nq)
-        out[f"limit_{name}"] = lambda a=a, b=b: a @ b
+        out[f"limit_{name}"] = partial(torch.mm, a, b)
     return out
 
 
@@ -196,7 +197,7 @@ def run_rescore(index: Any, queries: np.ndarray, n_cand: int, rounds: int) -> di
     np.testing.assert_array_equal(_top(index, cands, old)[1], _top(index, cands, new)[1])
     vectors, set_offsets = index.vectors(0, cands.rows[0], dtype=np.float16)
     fast, bound = maxsim_half(flat[:QUERY_TOKENS], offsets[:2], vectors, set_offsets)
-    pages = torch.from_numpy(np.array(index.half_vectors(0)[0][: n_cand * 1030]))  # type: ignore[index]
+    pages = torch.from_numpy(np.array(index.half_vectors(0)[0][: n_cand * 1030]))
     tokens = torch.from_numpy(flat[:QUERY_TOKENS].astype(np.float16)).T.contiguous()
     best = _best_of(
         {
