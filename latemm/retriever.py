@@ -317,12 +317,12 @@ def _exact_scores(
         for q in np.flatnonzero((position >= 0).any(axis=1)):
             cols = np.flatnonzero(position[q] >= 0)
             picks = position[q, cols]
-            docs, doc_offsets = (
-                (vectors, set_offsets)
-                if np.array_equal(picks, np.arange(union.size))
-                else take_sets(vectors, set_offsets, picks)
-            )
             query = flat[offsets[q] : offsets[q + 1]]
+            if picks.size == union.size and np.array_equal(np.sort(picks), np.arange(union.size)):
+                # The query's candidates are the whole union: no copy, scores put in its order.
+                out[q, cols] = maxsim_pairs(query, vectors, set_offsets, device=device)[picks]
+                continue
+            docs, doc_offsets = take_sets(vectors, set_offsets, picks)
             out[q, cols] = maxsim_pairs(query, docs, doc_offsets, device=device)
 
 
