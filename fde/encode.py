@@ -486,10 +486,8 @@ class _Kernel:
         if self.ams_blocks is None:
             return sums
         R, B, d = self.config.num_repetitions, self.config.num_partitions, sums.shape[1]
-        projected = torch.bmm(
-            sums.view(n, R, B, d).transpose(0, 1).reshape(R, n * B, d), self.ams_blocks
-        )  # (R, n*B, p)
-        return projected.view(R, n, B, -1).transpose(0, 1).reshape(n * R * B, -1)
+        projected = torch.matmul(sums.view(n, R, B, d), self.ams_blocks)  # (n, R, B, p)
+        return projected.view(n * R * B, -1)
 
     def _project_then_sum(self, x: torch.Tensor, cells: torch.Tensor, n: int) -> torch.Tensor:
         """(n*R*B, p) cell sums: every token projected, then the projections summed."""
