@@ -260,7 +260,7 @@ def encode_flat(
         Average each partition (and fill empty ones, if configured) rather than sum it.
     threads
         CPU threads encoding chunks at once (the math releases the GIL). Default: the cores
-        this process may use that torch's own thread pool leaves idle (``_chunk_threads``).
+        this process may use that torch's own thread pool leaves idle (``cpu_threads``).
 
     Returns
     -------
@@ -280,7 +280,7 @@ def encode_flat(
         out[start:stop] = kernel(chunk, chunk_offsets, is_document).cpu().numpy()
 
     spans = _chunks(offsets, config)
-    workers = min(len(spans), threads or (_chunk_threads() if dev.type == "cpu" else 1))
+    workers = min(len(spans), threads or (cpu_threads() if dev.type == "cpu" else 1))
     if workers <= 1:
         for span in spans:
             encode(span)
@@ -307,9 +307,10 @@ def _chunks(offsets: np.ndarray, config: FDEConfig) -> list[tuple[int, int]]:
     return spans
 
 
-def _chunk_threads() -> int:
-    """Threads for chunks on the CPU: the cores this process may use, divided by the threads
-    torch runs each operation on (more would only contend for the same cores)."""
+def cpu_threads() -> int:
+    """Threads for work split by hand on the CPU (FDE chunks, an index's passes over a batch):
+    the cores this process may use, divided by the threads torch runs each operation on (more
+    would only contend for the same cores)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

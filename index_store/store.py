@@ -20,7 +20,8 @@ so removing files never breaks a search in progress.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ import pyarrow as pa
 import torch
 
 from fde import FDEInputError, as_flat
-from fde.encode import all_finite
+from fde.encode import all_finite, cpu_threads
 from index_store import codecs, first_stage, rejects
 from index_store.config import IndexConfig
 from index_store.errors import (
@@ -53,6 +54,8 @@ from index_store.segment import Segment, check_files, check_segment, open_segmen
 
 __all__ = ["FORMAT_VERSION", "Document", "Index", "IndexWriter", "create", "open_index", "verify"]
 CONTENT_COLUMNS = ("image", "text")
+# Rows per block of the passes over a batch that run on several threads (32 MB of float32).
+_BLOCK_ROWS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -854,16 +857,32 @@ def _kept_vectors(given: Any, flat: np.ndarray, keep: np.ndarray, dtype: np.dtyp
     (the caller may reuse its buffer after ``add``), converted or copied once."""
     if not keep.all():
         flat = flat[keep]
-    elif flat.dtype == dtype:
-        # A list of arrays was concatenated into a new array; anything else may be the caller's.
-        concatenated = isinstance(given, (list, tuple)) and len(given) > 0
-        return flat if concatenated else flat.copy()
-    if flat.dtype == dtype:
-        return flat
-    # torch converts float32 <-> float16 as numpy does (round to nearest even), several times
-    # faster.
-    target = torch.float16 if dtype == np.float16 else torch.float32
-    return torch.from_numpy(flat).to(target).numpy()
+        if flat.dtype == dtype:
+            return flat
+    elif flat.dtype == dtype and isinstance(given, (list, tuple)) and len(given) > 0:
+        return flat  # a list of arrays was concatenated into a new array
+    out = np.empty(flat.shape, dtype)
+
+    def convert(rows: slice) -> None:
+        # torch converts float32 <-> float16 as numpy does (round to nearest even), several
+        # times faster.
+        torch.from_numpy(out[rows]).copy_(torch.from_numpy(flat[rows]))
+
+    _in_row_blocks(convert, flat.shape[0])
+    return out
+
+
+def _in_row_blocks(work: Callable[[slice], None], rows: int) -> None:
+    """Run ``work`` over blocks of ``rows`` rows, one per core (``cpu_threads``) on threads:
+    numpy and torch release the GIL in these memory-bound passes. One block when small."""
+    blocks = min(cpu_threads(), max(1, rows // _BLOCK_ROWS))
+    edges = np.linspace(0, rows, blocks + 1).astype(np.int64)
+    spans = [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    if len(spans) == 1:
+        work(spans[0])
+        return
+    with ThreadPoolExecutor(max_workers=len(spans)) as pool:
+        list(pool.map(work, spans))  # re-raises the first error
 
 
 def _check_float16_range(
@@ -887,9 +906,17 @@ def _check_float16_range(
 def _nonzero_rows(flat: np.ndarray) -> np.ndarray:
     """(N,) bool: which rows hold a non-zero value (-0.0 is zero). float16 rows are OR-ed as
     integers (a value is zero when its bits but the sign are), faster than comparing floats."""
-    if flat.dtype == np.float16:
-        return (np.bitwise_or.reduce(flat.view(np.uint16), axis=1) & 0x7FFF) != 0
-    return np.any(flat != 0, axis=1)
+    out = np.empty(flat.shape[0], dtype=bool)
+
+    def check(rows: slice) -> None:
+        if flat.dtype == np.float16:
+            bits = np.bitwise_or.reduce(flat[rows].view(np.uint16), axis=1)
+            np.not_equal(bits & 0x7FFF, 0, out=out[rows])
+        else:
+            np.any(flat[rows] != 0, axis=1, out=out[rows])
+
+    _in_row_blocks(check, flat.shape[0])
+    return out
 
 
 def _unpadded(
