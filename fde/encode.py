@@ -445,7 +445,7 @@ class _Kernel:
         self, x: torch.Tensor, cells: torch.Tensor, n: int, first: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Per cell: the sum of its raw vectors (n*R*B, d), its count (n*R*B,) and, when
-        ``first``, its lowest point index within its set (int64 max where empty)."""
+        ``first``, its lowest point index in the chunk (int64 max where empty)."""
         R, B = self.config.num_repetitions, self.config.num_partitions
         N, d = x.shape
         if self.device.type != "cpu":
