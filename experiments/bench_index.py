@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     from experiments.common import write_result
 
+    load_before = os.getloadavg()
     sizes = args.sizes or ([2000, 10000] if args.quick else [10000, 100000])
     baseline_size = args.baseline_size or sizes[0]
     with tempfile.TemporaryDirectory(prefix="latemm-baseline-") as tmp:
@@ -161,10 +162,14 @@ def main(argv: list[str] | None = None) -> None:
         "cpu": baseline["cpu_ms_per_doc"] / same["cpu_ms_per_doc"],
     }
     print(f"speed-up over {args.baseline}: {speedup['wall']:.2f}x wall, {speedup['cpu']:.2f}x CPU")
+    # Wall-clock figures are only as good as the machine was idle: record how busy it was.
+    load = {"before": load_before, "after": os.getloadavg(), "cores": os.cpu_count()}
+    print(f"load average (1, 5, 15 min) before {load['before']}, after {load['after']}")
     write_result(
         "bench_index" + ("_quick" if args.quick else ""),
         {
             "threads": args.threads,
+            "load_average": load,
             "baseline": {"revision": args.baseline, **baseline},
             "speedup_over_baseline": speedup,
             "growth": growth,

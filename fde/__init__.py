@@ -17,7 +17,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from fde.config import FDEConfig  # noqa: E402
-from fde.encode import as_flat, encode_documents, encode_queries  # noqa: E402
+from fde.encode import as_flat, encode_documents, encode_flat, encode_queries  # noqa: E402
 from fde.errors import FDEInputError  # noqa: E402
 from fde.matrices import fde_matrices  # noqa: E402
 
@@ -26,6 +26,7 @@ __all__ = [
     "FDEInputError",
     "as_flat",
     "encode_documents",
+    "encode_flat",
     "encode_queries",
     "fde_matrices",
 ]

@@ -3,13 +3,15 @@
 ``encode_documents`` and ``encode_queries`` turn many multi-vector sets at once into one vector
 each, with a few large matrix products and scatter-adds per chunk of documents (no Python loop
 per document or repetition). The math runs in torch so the same code runs on a GPU when a device
-is given; on the CPU, the per-cell sums use a scipy sparse product. Imports numpy, scipy and torch
-only; no I/O.
+is given; on the CPU, scipy's counting sort groups points by cell and torch's embedding bag sums
+them, and chunks run on several threads. Imports numpy, scipy and torch only; no I/O.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -60,6 +62,7 @@ def as_flat(
     *,
     offsets: Any = None,
     kind: str = "document",
+    keep_float16: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Validate multi-vector sets and return them as a flat array plus offsets.
 
@@ -74,10 +77,13 @@ def as_flat(
         (n + 1,) integer array; set i is ``sets[offsets[i]:offsets[i+1]]``.
     kind
         ``"document"`` or ``"query"``, used in error messages.
+    keep_float16
+        Return a float16 ``sets`` array (with ``offsets``) as float16, not widened (the FDE
+        widens it chunk by chunk; an index stores it as it is).
 
     Returns
     -------
-    vectors : (N, d) float32, C-contiguous
+    vectors : (N, d) float32 (or float16, see ``keep_float16``), C-contiguous
     offsets : (n + 1,) int64
     """
     if offsets is not None:
@@ -149,10 +155,10 @@ def as_flat(
             f"has no vectors ({empty.size} empty {kind}s in all); "
             f"every {kind} needs at least one vector",
         )
-    flat = np.ascontiguousarray(flat, dtype=np.float32)
-    # Any NaN or inf makes the sum non-finite: one cheap pass, and the row scan only then.
+    half = keep_float16 and flat.dtype == np.float16
+    flat = np.ascontiguousarray(flat, dtype=np.float16 if half else np.float32)
     finite = np.ones(flat.shape[0], dtype=bool)
-    if not np.isfinite(flat.sum(dtype=np.float32)):
+    if not all_finite(flat):  # one cheap pass, and the row scan only then
         finite = np.isfinite(flat).all(axis=1)
     if not finite.all():
         row = int(np.flatnonzero(~finite)[0])
@@ -163,6 +169,18 @@ def as_flat(
             f"contains NaN or inf (vector {row - int(bounds[bad])}); check the encoder's output",
         )
     return flat, bounds
+
+
+def all_finite(flat: np.ndarray) -> bool:
+    """Whether a float32 or float16 array holds no NaN or inf, in one pass or two without a
+    temporary array: any NaN or inf makes the float32 sum non-finite; float16 values are
+    non-finite exactly when their bits, read as int16, reach 0x7C00 (positive) or, read as
+    uint16, reach 0xFC00 (negative)."""
+    if flat.size == 0:
+        return True
+    if flat.dtype == np.float16:
+        return bool(flat.view(np.int16).max() < 0x7C00 and flat.view(np.uint16).max() < 0xFC00)
+    return bool(np.isfinite(flat.sum(dtype=np.float32)))
 
 
 def encode_documents(
@@ -214,27 +232,90 @@ def _encode(
     if not isinstance(config, FDEConfig):
         raise TypeError(f"config must be an FDEConfig, got {type(config).__name__}")
     kind = "document" if is_document else "query"
-    flat, bounds = as_flat(sets, config.dimension, offsets=offsets, kind=kind)
-    n = bounds.size - 1
+    flat, bounds = as_flat(sets, config.dimension, offsets=offsets, kind=kind, keep_float16=True)
+    return encode_flat(flat, bounds, config, device=device, is_document=is_document)
+
+
+def encode_flat(
+    flat: np.ndarray,
+    offsets: np.ndarray,
+    config: FDEConfig,
+    *,
+    device: str | torch.device | None = None,
+    is_document: bool = True,
+    threads: int | None = None,
+) -> np.ndarray:
+    """FDEs of sets that ``as_flat`` has validated (an index's stored vectors), unchecked.
+
+    Parameters
+    ----------
+    flat, offsets
+        (N, d) float32 or float16 C-contiguous vectors and (n + 1,) int64 offsets, as
+        ``as_flat`` returns them (float16 is widened chunk by chunk).
+    config
+        The encoding parameters.
+    device
+        torch device to compute on; the CPU by default.
+    is_document
+        Average each partition (and fill empty ones, if configured) rather than sum it.
+    threads
+        CPU threads encoding chunks at once (the math releases the GIL). Default: the cores
+        this process may use that torch's own thread pool leaves idle (``cpu_threads``).
+
+    Returns
+    -------
+    (n, config.output_dimension) float32 array.
+    """
+    n = offsets.size - 1
     out = np.empty((n, config.output_dimension), dtype=np.float32)
     if n == 0:
         return out
     dev = torch.device(device) if device is not None else torch.device("cpu")
     kernel = _kernel(config, dev)
+
+    def encode(span: tuple[int, int]) -> None:
+        start, stop = span
+        chunk = flat[offsets[start] : offsets[stop]]
+        chunk_offsets = offsets[start : stop + 1] - offsets[start]
+        out[start:stop] = kernel(chunk, chunk_offsets, is_document).cpu().numpy()
+
+    spans = _chunks(offsets, config)
+    workers = min(len(spans), threads or (cpu_threads() if dev.type == "cpu" else 1))
+    if workers <= 1:
+        for span in spans:
+            encode(span)
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(encode, spans))  # re-raises the first error
+    return out
+
+
+def _chunks(offsets: np.ndarray, config: FDEConfig) -> list[tuple[int, int]]:
+    """(start, stop) set ranges of about ``_CHUNK_ELEMENTS`` elements of intermediate state
+    each: whole sets, at least one per chunk."""
     per_token = config.num_repetitions * (
         config.block_dimension + config.num_simhash_projections + 4
     )
     budget = max(1, _CHUNK_ELEMENTS // per_token)
-    start = 0
+    n = offsets.size - 1
+    spans, start = [], 0
     while start < n:
-        # Whole documents per chunk, at least one, about `budget` tokens.
-        stop = int(np.searchsorted(bounds, bounds[start] + budget, side="right") - 1)
+        stop = int(np.searchsorted(offsets, offsets[start] + budget, side="right") - 1)
         stop = min(max(stop, start + 1), n)
-        chunk = flat[bounds[start] : bounds[stop]]
-        chunk_offsets = bounds[start : stop + 1] - bounds[start]
-        out[start:stop] = kernel(chunk, chunk_offsets, is_document).cpu().numpy()
+        spans.append((start, stop))
         start = stop
-    return out
+    return spans
+
+
+def cpu_threads() -> int:
+    """Threads for work split by hand on the CPU (FDE chunks, an index's passes over a batch):
+    the cores this process may use, divided by the threads torch runs each operation on (more
+    would only contend for the same cores)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, torch.get_num_threads()))
 
 
 @functools.lru_cache(maxsize=8)
@@ -248,9 +329,11 @@ class _Kernel:
     """The FDE math for one config on one device, over a chunk of whole sets.
 
     The AMS projection is linear, so a cell (set, repetition, partition) can sum its raw vectors
-    first and project the sum once: ``R`` scatter-adds of the (N, d) chunk and one small batched
-    product, instead of projecting every token with a dense (d, R * p) product. That is chosen
-    when a chunk has more tokens than cells (documents); short sets project tokens first.
+    first and project the sum once: one gather-sum of the (N, d) chunk into its cells and one
+    small batched product, instead of projecting every token with a dense (d, R * p) product.
+    That is chosen when a chunk has more tokens than cells (documents); short sets project
+    tokens first. Cells are numbered (set * R + r) * B + partition; everything a cell needs
+    (count, sum, lowest point) is indexed that way.
     """
 
     def __init__(self, config: FDEConfig, matrices: FDEMatrices, device: torch.device) -> None:
@@ -286,53 +369,47 @@ class _Kernel:
         self.partition_of_code = (
             _gray_to_binary(partitions) if k <= _TABLE_MAX_BITS else None
         )  # (B,)
-        # (B, B) Hamming distance from code c to partition b, for the table fill.
+        # (B, B) Hamming distance between the sign codes of partitions a and b (the codes of a
+        # partition's points are its Gray code), for the table fill.
         self.distance = (
-            _popcount(partitions.unsqueeze(0) ^ self.partition_gray.unsqueeze(1))
+            _popcount(self.partition_gray.unsqueeze(1) ^ self.partition_gray.unsqueeze(0))
             if k <= _FILL_TABLE_MAX_BITS
             else None
         )
 
     def __call__(self, flat: np.ndarray, offsets: np.ndarray, is_document: bool) -> torch.Tensor:
+        """(N, d) float32 or float16 vectors of n sets and their (n + 1,) offsets -> (n, D)."""
         cfg = self.config
-        R, B, k = cfg.num_repetitions, cfg.num_partitions, cfg.num_simhash_projections
+        R, B = cfg.num_repetitions, cfg.num_partitions
         dev = self.device
-        x = torch.from_numpy(flat).to(dev)  # (N, d)
+        x = torch.from_numpy(flat).to(dev, torch.float32)  # (N, d), float16 widened here
         bounds = torch.from_numpy(offsets).to(dev)  # (n+1,)
         n, N = offsets.size - 1, flat.shape[0]
         lengths = bounds[1:] - bounds[:-1]  # (n,)
         doc_of_token = torch.repeat_interleave(torch.arange(n, device=dev), lengths)  # (N,)
-
-        if k > 0:
-            codes = self._codes(x)  # (N, R)
-            if self.partition_of_code is not None:
-                partition = self.partition_of_code[codes]  # (N, R)
-            else:
-                partition = _gray_to_binary(codes)  # (N, R)
-        else:
-            codes = None
-            partition = torch.zeros((N, R), dtype=torch.int64, device=dev)
-        # Cell (set, repetition, partition) of each token's repetitions: (set*R + r)*B + b.
-        base = (doc_of_token.unsqueeze(1) * R + torch.arange(R, device=dev)) * B  # (N, R)
-        cells = base + partition  # (N, R)
-
+        # Cell of each token's repetitions, (N, R); int32 where it fits (scipy's index type).
+        small = n * R * B < 2**31 and dev.type == "cpu"
+        index_type = torch.int32 if small else torch.int64
+        base = (doc_of_token.to(index_type).unsqueeze(1) * R + torch.arange(R, device=dev)) * B
+        cells = base + self._partitions(x)  # (N, R)
+        fill = is_document and cfg.fill_empty_partitions and cfg.num_simhash_projections > 0
         if N > n * B:  # more tokens than cells: sum raw vectors per cell, then project
-            out = self._sum_then_project(x, cells, n)  # (n*R*B, p)
+            sums, counts, first = self._cell_sums(x, cells, n, fill)  # (n*R*B, d), (n*R*B,)
+            if fill:
+                assert first is not None
+                empty = torch.nonzero(counts == 0).squeeze(1)
+                sums[empty] = x[self._nearest(empty, first, N)]
+            out = self._project_cells(sums, n)  # (n*R*B, p)
         else:
             out = self._project_then_sum(x, cells, n)  # (n*R*B, p)
-
-        if is_document:
             counts = torch.bincount(cells.reshape(-1), minlength=n * R * B)  # (n*R*B,)
-            out /= counts.clamp(min=1).unsqueeze(1).to(out.dtype)
-            if cfg.fill_empty_partitions and codes is not None:
+            if fill:
+                first = self._first_of_cell(cells, n)
                 empty = torch.nonzero(counts == 0).squeeze(1)
-                if empty.numel():
-                    code_cells = base + codes  # (N, R)
-                    if self.distance is not None:
-                        nearest = self._nearest_by_table(empty, code_cells, doc_of_token, bounds)
-                    else:
-                        nearest = self._nearest_by_pairs(empty, code_cells, doc_of_token, bounds)
-                    out[empty] = self._project_rows(x[nearest], (empty // B) % R)
+                nearest = self._nearest(empty, first, N)
+                out[empty] = self._project_rows(x[nearest], (empty // B) % R)
+        if is_document:  # averages; a filled cell holds one point
+            out /= counts.clamp(min=1).unsqueeze(1).to(out.dtype)
 
         raw = out.view(n, R * B * cfg.block_dimension)
         if self.final_buckets is None:
@@ -342,32 +419,76 @@ class _Kernel:
         final.index_add_(1, self.final_buckets, raw * self.final_signs)
         return final
 
-    def _sum_then_project(self, x: torch.Tensor, cells: torch.Tensor, n: int) -> torch.Tensor:
-        """(n*R*B, p) cell sums: the raw vectors of each cell summed, then projected once."""
+    def _partitions(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, d) vectors -> (N, R) partition of each point in each repetition: the Gray-code
+        inverse of its SimHash sign code (projection 0 in the top bit)."""
+        R, k = self.config.num_repetitions, self.config.num_simhash_projections
+        if k == 0:
+            return torch.zeros((x.shape[0], R), dtype=torch.uint8, device=self.device)
+        assert self.simhash is not None and self.code_weights is not None
+        projections = x @ self.simhash  # (N, R*k)
+        if self.device.type == "cpu" and k <= 8:
+            # Up to 8 bits, in uint8: partition bit j is the XOR of sign bits 0..j.
+            signs = (projections.numpy() > 0).view(np.uint8).reshape(-1, R, k)  # (N, R, k)
+            prefix = signs[:, :, 0].copy()  # (N, R)
+            partition = prefix << (k - 1)
+            for j in range(1, k):
+                prefix ^= signs[:, :, j]
+                partition |= prefix << (k - 1 - j)
+            return torch.from_numpy(partition)
+        codes = _sign_codes(projections > 0, self.code_weights, k, R)  # (N, R)
+        if self.partition_of_code is not None:
+            return self.partition_of_code[codes]
+        return _gray_to_binary(codes)
+
+    def _cell_sums(
+        self, x: torch.Tensor, cells: torch.Tensor, n: int, first: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Per cell: the sum of its raw vectors (n*R*B, d), its count (n*R*B,) and, when
+        ``first``, its lowest point index in the chunk (int64 max where empty)."""
         R, B = self.config.num_repetitions, self.config.num_partitions
         N, d = x.shape
-        if self.device.type == "cpu":
-            # Each token into its R cells in token order, as index_add_ does, about 2x faster.
-            sums = torch.from_numpy(_scatter_sum(cells.numpy(), x.numpy(), n * R * B))  # (n*R*B, d)
-        else:
+        if self.device.type != "cpu":
             sums = torch.zeros((n * R * B, d), dtype=torch.float32, device=self.device)
             for r in range(R):
                 sums.index_add_(0, cells[:, r], x)
+            counts = torch.bincount(cells.reshape(-1), minlength=n * R * B)
+            return sums, counts, self._first_of_cell(cells, n) if first else None
+        # Group the (token, repetition) pairs by cell with scipy's counting sort (a transpose of
+        # a 0/1 matrix with one entry per pair: stable, so each cell lists its points in order),
+        # then sum each cell's rows with an embedding bag (vectorised gather-add, in point order
+        # as the reference adds them).
+        pairs = scipy.sparse.csc_matrix(
+            (np.ones(N * R, np.float32), cells.reshape(-1).numpy(), np.arange(0, N * R + 1, R)),
+            shape=(n * R * B, N),
+        ).tocsr()
+        starts = torch.from_numpy(pairs.indptr)  # (n*R*B + 1,)
+        points = torch.from_numpy(pairs.indices)  # (N*R,) point of each pair, by cell
+        sums = torch.nn.functional.embedding_bag(
+            points, x, starts.to(points.dtype), mode="sum", include_last_offset=True
+        )  # (n*R*B, d)
+        counts = (starts[1:] - starts[:-1]).long()
+        if not first:
+            return sums, counts, None
+        lowest = points[starts[:-1].clamp(max=N * R - 1)].long()  # (n*R*B,)
+        return sums, counts, torch.where(counts > 0, lowest, _NO_POINT)
+
+    def _first_of_cell(self, cells: torch.Tensor, n: int) -> torch.Tensor:
+        """(n*R*B,) lowest point index of each cell, int64 max where empty."""
+        R, B = self.config.num_repetitions, self.config.num_partitions
+        N = cells.shape[0]
+        points = torch.arange(N, device=self.device).unsqueeze(1).expand(N, R)  # (N, R)
+        first = torch.full((n * R * B,), _NO_POINT, dtype=torch.int64, device=self.device)
+        first.scatter_reduce_(0, cells.reshape(-1).long(), points.reshape(-1), reduce="amin")
+        return first
+
+    def _project_cells(self, sums: torch.Tensor, n: int) -> torch.Tensor:
+        """(n*R*B, d) cell sums -> (n*R*B, p), each by its repetition's projection."""
         if self.ams_blocks is None:
             return sums
-        projected = torch.einsum("nrbd,rdp->nrbp", sums.view(n, R, B, d), self.ams_blocks)
-        return projected.reshape(n * R * B, self.config.block_dimension)
-
-    def _codes(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, d) vectors -> (N, R) int64 SimHash sign codes, projection 0 in the top bit."""
-        R, k = self.config.num_repetitions, self.config.num_simhash_projections
-        assert self.simhash is not None and self.code_weights is not None
-        projections = x @ self.simhash  # (N, R*k)
-        if self.device.type == "cpu" and k <= 8:  # up to 8 bits: one uint8 product in numpy
-            signs = (projections.numpy() > 0).reshape(-1, R, k).view(np.uint8)  # (N, R, k)
-            powers = (1 << np.arange(k - 1, -1, -1)).astype(np.uint8)  # (k,)
-            return torch.from_numpy(signs @ powers).long()  # (N, R)
-        return _sign_codes(projections > 0, self.code_weights, k, R)
+        R, B, d = self.config.num_repetitions, self.config.num_partitions, sums.shape[1]
+        projected = torch.matmul(sums.view(n, R, B, d), self.ams_blocks)  # (n, R, B, p)
+        return projected.view(n * R * B, -1)
 
     def _project_then_sum(self, x: torch.Tensor, cells: torch.Tensor, n: int) -> torch.Tensor:
         """(n*R*B, p) cell sums: every token projected, then the projections summed."""
@@ -389,7 +510,7 @@ class _Kernel:
                 _scatter_sum(cells.reshape(-1).numpy(), rows.numpy(), n * R * B)
             )
         out = torch.zeros((n * R * B, p), dtype=torch.float32, device=self.device)
-        out.index_add_(0, cells.reshape(-1), rows)
+        out.index_add_(0, cells.reshape(-1).long(), rows)
         return out
 
     def _project_rows(self, rows: torch.Tensor, reps: torch.Tensor) -> torch.Tensor:
@@ -407,68 +528,40 @@ class _Kernel:
                 out[picked] = rows[picked] @ self.ams_blocks[r]
         return out
 
-    def _first_of_code(
-        self, code_cells: torch.Tensor, doc_of_token: torch.Tensor, bounds: torch.Tensor
-    ) -> tuple[torch.Tensor, int]:
-        """(n*R*B,) lowest local index of a point with each sign code in each (set, repetition),
-        int64 max where none; and ``span``, one more than the largest local index."""
-        R, B = self.config.num_repetitions, self.config.num_partitions
-        dev = self.device
-        N = code_cells.shape[0]
-        local = torch.arange(N, device=dev) - bounds[doc_of_token]  # (N,)
-        n = bounds.numel() - 1
-        first = torch.full((n * R * B,), _NO_POINT, dtype=torch.int64, device=dev)
-        first.scatter_reduce_(
-            0, code_cells.reshape(-1), local.unsqueeze(1).expand(N, R).reshape(-1), reduce="amin"
-        )
-        return first, int(local.max()) + 1
+    def _nearest(self, empty: torch.Tensor, first: torch.Tensor, N: int) -> torch.Tensor:
+        """(E,) the point each empty cell takes: the one whose sign code is Hamming-nearest to
+        the partition's Gray code, lowest point index on ties (the reference's strict ``<``
+        scan). ``first`` is each cell's lowest point (int64 max where empty); a point's code
+        is its partition's Gray code, so a (set, repetition)'s candidates are the first points
+        of its non-empty cells, compared by the key distance * N + point."""
+        if empty.numel() == 0:
+            return empty
+        if self.distance is not None:
+            return self._nearest_by_table(empty, first, N)
+        return self._nearest_by_pairs(empty, first, N)
 
-    def _nearest_by_table(
-        self,
-        empty: torch.Tensor,
-        code_cells: torch.Tensor,
-        doc_of_token: torch.Tensor,
-        bounds: torch.Tensor,
-    ) -> torch.Tensor:
-        """(E,) the point each empty cell takes: Hamming-nearest sign code to the partition's
-        Gray code, lowest point index on ties (the reference's strict ``<`` scan).
-
-        With few partitions, each empty cell compares its (set, repetition)'s first point of
-        every code at once: distance * span + index, minimised over the B codes.
-        """
+    def _nearest_by_table(self, empty: torch.Tensor, first: torch.Tensor, N: int) -> torch.Tensor:
+        """``_nearest`` with few partitions: each empty cell compares all B cells of its (set,
+        repetition) at once through the (B, B) distance table."""
         assert self.distance is not None
-        B, R, k = (
-            self.config.num_partitions,
-            self.config.num_repetitions,
-            self.config.num_simhash_projections,
-        )
-        first, span = self._first_of_code(code_cells, doc_of_token, bounds)
-        # Absent codes rank after every present one (distances are at most k).
-        first = torch.where(first == _NO_POINT, (k + 1) * span, first).view(-1, B)  # (n*R, B)
+        B, k = self.config.num_partitions, self.config.num_simhash_projections
+        # Empty cells rank after every present one (distances are at most k).
+        first = torch.where(first == _NO_POINT, (k + 1) * N, first).view(-1, B)  # (n*R, B)
         nearest = torch.empty_like(empty)
         step = max(1, _FILL_PAIRS // B)
         for start in range(0, empty.numel(), step):
             cells = empty[start : start + step]
-            group = cells // B
-            keys = self.distance[cells % B] * span + first[group]  # (e, B)
-            best = keys.min(dim=1).values
-            nearest[start : start + step] = bounds[group // R] + best % span
+            keys = self.distance[cells % B] * N + first[cells // B]  # (e, B)
+            nearest[start : start + step] = keys.min(dim=1).values % N
         return nearest
 
-    def _nearest_by_pairs(
-        self,
-        empty: torch.Tensor,
-        code_cells: torch.Tensor,
-        doc_of_token: torch.Tensor,
-        bounds: torch.Tensor,
-    ) -> torch.Tensor:
-        """``_nearest_by_table`` for many partitions, where a (B, B) table does not fit: each
-        (set, repetition) is reduced to its distinct codes and the first point carrying each, at
-        most min(T, 2**k) candidates per empty cell, examined in slices of ``_FILL_PAIRS``."""
-        R, B = self.config.num_repetitions, self.config.num_partitions
+    def _nearest_by_pairs(self, empty: torch.Tensor, first: torch.Tensor, N: int) -> torch.Tensor:
+        """``_nearest`` for many partitions, where a (B, B) table does not fit: each empty cell
+        examines the non-empty cells of its (set, repetition), at most min(T, 2**k), in slices
+        of ``_FILL_PAIRS`` (cell, candidate) pairs."""
+        B = self.config.num_partitions
         dev = self.device
-        first, span = self._first_of_code(code_cells, doc_of_token, bounds)
-        present = torch.nonzero(first != _NO_POINT).squeeze(1)  # sorted by (set, rep, code)
+        present = torch.nonzero(first != _NO_POINT).squeeze(1)  # sorted by (set, rep, partition)
         group_count = torch.bincount(present // B, minlength=first.shape[0] // B)  # (n*R,)
         group_start = torch.cumsum(group_count, 0) - group_count
 
@@ -481,26 +574,25 @@ class _Kernel:
             stop = int(torch.searchsorted(ends, base + _FILL_PAIRS, right=True))
             stop = min(max(stop, start + 1), total)
             cells = empty[start:stop]
-            group, part = cells // B, cells % B
             per_cell = cell_count[start:stop]
             pair_cell = torch.repeat_interleave(torch.arange(cells.numel(), device=dev), per_cell)
             rank = (
                 torch.arange(pair_cell.numel(), device=dev)
                 - (torch.cumsum(per_cell, 0) - per_cell)[pair_cell]
             )
-            candidate = present[group_start[group][pair_cell] + rank]  # code-cell ids
-            distance = _popcount((candidate % B) ^ self.partition_gray[part[pair_cell]])
-            key = distance * span + first[candidate]
+            candidate = present[group_start[cells // B][pair_cell] + rank]  # cell ids
+            codes = _gray(candidate % B) ^ _gray(cells % B)[pair_cell]
+            key = _popcount(codes) * N + first[candidate]
             best = torch.full((cells.numel(),), _NO_POINT, dtype=torch.int64, device=dev)
             best.scatter_reduce_(0, pair_cell, key, reduce="amin")
-            nearest[start:stop] = bounds[group // R] + best % span
+            nearest[start:stop] = best % N
             start = stop
         return nearest
 
 
 def _scatter_sum(targets: np.ndarray, rows: np.ndarray, n_out: int) -> np.ndarray:
     """(n_out, p) float32: ``out[t] = sum of rows[i] over targets[i, j] == t``, for (N,) or
-    (N, R) int64 ``targets`` (each row added to its R targets) and (N, p) ``rows``, in row
+    (N, R) integer ``targets`` (each row added to its R targets) and (N, p) ``rows``, in row
     order. A 0/1 matrix stored by columns (one column per row, its structure known, nothing to
     sort) times ``rows``: scipy's compiled loop."""
     N = rows.shape[0]
@@ -522,6 +614,11 @@ def _sign_codes(signs: torch.Tensor, weights: torch.Tensor, k: int, R: int) -> t
         return (signs.to(weights.dtype) @ weights).to(torch.int64)
     powers = 1 << torch.arange(k - 1, -1, -1, device=signs.device, dtype=torch.int64)
     return (signs.view(signs.shape[0], R, k).to(torch.int64) * powers).sum(dim=2)
+
+
+def _gray(values: torch.Tensor) -> torch.Tensor:
+    """The Gray code of non-negative integers: the sign code of a partition's points."""
+    return values ^ (values >> 1)
 
 
 def _gray_to_binary(codes: torch.Tensor) -> torch.Tensor:

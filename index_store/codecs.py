@@ -120,7 +120,7 @@ def pq_decode(codes: np.ndarray, table: np.ndarray, dtype: np.dtype | type) -> n
 def encode(
     vectors: np.ndarray, dtype: str, codebook: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(N, d) float32 -> (codes, per-vector scales or None).
+    """(N, d) float32 (or float16 for float16 codes) -> (codes, per-vector scales or None).
 
     int8: ``x ~ codes * scale`` with ``scale = max|x| / 127`` per vector.
     binary: the sign bits, packed (N, ceil(d / 8)) uint8; decoded as +-1 / sqrt(d).
@@ -129,6 +129,8 @@ def encode(
     if dtype == "float32":
         return vectors.astype(np.float32, copy=False), None
     if dtype == "float16":
+        if vectors.dtype == np.float16:  # buffered as float16 already
+            return np.ascontiguousarray(vectors), None
         # torch rounds to float16 as numpy does (to nearest even), several times faster.
         return torch.from_numpy(np.ascontiguousarray(vectors, np.float32)).half().numpy(), None
     if dtype == "int8":

@@ -26,7 +26,9 @@ codes) and exact size are checked before faiss parses it.
 
 from __future__ import annotations
 
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,19 +72,37 @@ def expected_codebook_size(dimension: int) -> int:
     return 86 + 4 * dimension * (1 << _BITS)
 
 
-def train_codebook(factory: str, fde: np.ndarray, *, seed: int = 1234) -> Any:
+def train_codebook(
+    factory: str, fde: np.ndarray, *, seed: int = 1234, threads: int | None = None
+) -> Any:
     """A trained, empty ``IndexPQ`` (inner product, m sub-quantizers of 4 bits) over ``fde``
-    (n, D) float32, sampling at most ``MAX_TRAIN_DOCUMENTS`` rows (seeded)."""
+    (n, D) float32, sampling at most ``MAX_TRAIN_DOCUMENTS`` rows (seeded).
+
+    faiss trains each sub-quantizer on its own slice of the columns with the same seed, so
+    blocks of sub-quantizers are trained on ``threads`` threads (default ``_threads()``; faiss
+    releases the GIL) and their centroids put together: the same codebook, bit for bit."""
     import faiss
 
     if len(fde) > MAX_TRAIN_DOCUMENTS:
         rows = np.sort(np.random.default_rng(seed).choice(len(fde), MAX_TRAIN_DOCUMENTS, False))
         fde = fde[rows]
-    pq = faiss.IndexPQ(fde.shape[1], subquantizers(factory), _BITS, faiss.METRIC_INNER_PRODUCT)
-    pq.pq.cp.seed = seed
-    pq.pq.cp.verbose = False
-    pq.train(np.ascontiguousarray(fde, dtype=np.float32))
-    return pq
+    m = subquantizers(factory)
+    edges = np.linspace(0, m, min(m, threads or _threads()) + 1).astype(int) * (fde.shape[1] // m)
+
+    def train_block(block: int) -> np.ndarray:
+        lo, hi = int(edges[block]), int(edges[block + 1])
+        pq = faiss.ProductQuantizer(hi - lo, (hi - lo) * m // fde.shape[1], _BITS)
+        pq.cp.seed = seed
+        pq.cp.verbose = False
+        pq.train(np.ascontiguousarray(fde[:, lo:hi], dtype=np.float32))
+        return np.asarray(faiss.vector_to_array(pq.centroids))
+
+    with ThreadPoolExecutor(max_workers=len(edges) - 1) as pool:
+        centroids = np.concatenate(list(pool.map(train_block, range(len(edges) - 1))))
+    index = faiss.IndexPQ(fde.shape[1], m, _BITS, faiss.METRIC_INNER_PRODUCT)
+    faiss.copy_array_to_vector(centroids, index.pq.centroids)
+    index.is_trained = True  # what IndexPQ.train sets after training its quantizer
+    return index
 
 
 def serialize_codebook(codebook: Any) -> bytes:
@@ -91,11 +111,27 @@ def serialize_codebook(codebook: Any) -> bytes:
     return bytes(faiss.serialize_index(codebook).tobytes())
 
 
-def encode_codes(codebook: Any, fde: np.ndarray) -> np.ndarray:
-    """(n, D) float32 FDEs -> (n, code size) uint8 codes."""
+def encode_codes(codebook: Any, fde: np.ndarray, *, threads: int | None = None) -> np.ndarray:
+    """(n, D) float32 FDEs -> (n, code size) uint8 codes, blocks of rows on ``threads``
+    threads (default ``_threads()``)."""
     if len(fde) == 0:
         return np.zeros((0, codebook.sa_code_size()), dtype=np.uint8)
-    return np.asarray(codebook.sa_encode(np.ascontiguousarray(fde, dtype=np.float32)))
+    fde = np.ascontiguousarray(fde, dtype=np.float32)
+    blocks = np.array_split(fde, min(threads or _threads(), max(1, len(fde) // 256)))
+    with ThreadPoolExecutor(max_workers=len(blocks)) as pool:
+        return np.concatenate(list(pool.map(lambda b: np.asarray(codebook.sa_encode(b)), blocks)))
+
+
+def _threads() -> int:
+    """Threads for faiss work split by hand: the cores this process may use, divided by the
+    threads faiss runs each call on (more would only contend for the same cores)."""
+    import faiss
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, faiss.omp_get_max_threads()))
 
 
 def check_codebook_bytes(

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fde import encode_documents
+from fde import encode_flat
 from index_store import codecs, first_stage
 from index_store.config import IndexConfig, faiss_fourccs
 from index_store.errors import IndexCorruptError, InputError
@@ -75,13 +75,12 @@ def write_segment(
     codebook_for: Callable[[np.ndarray], Any] | None = None,
     codebook: np.ndarray | None = None,
     storage: str | None = None,
-    decoded: np.ndarray | None = None,
 ) -> SegmentEntry:
     """Write a complete segment under ``root/name`` and return its manifest entry.
 
     ``storage`` is what ``codes`` are (``codecs.storage_dtype``; default the config's dtype),
-    with ``codebook`` for a trained codec. ``decoded``, when given, is ``codes`` decoded already
-    (float32), so they are not decoded again for the FDE.
+    with ``codebook`` for a trained codec. float16 and float32 codes are the FDE's input as they
+    are (it widens float16 chunk by chunk); other codes are decoded first.
 
     Everything is written into a temporary directory, fsynced, then renamed into place, so a
     crash leaves either nothing or a whole (not yet committed) segment; a failure removes the
@@ -105,8 +104,11 @@ def write_segment(
             vectors_written = pool.submit(save_npy, tmp / "vectors.npy", codes)
             # The FDE is computed from the stored (decoded) vectors so that compaction
             # reproduces it.
-            if decoded is None:
-                decoded = codecs.decode(codes, scales, kind, config.dim, codebook)
+            decoded = (
+                codes
+                if kind in ("float16", "float32")
+                else codecs.decode(codes, scales, kind, config.dim, codebook)
+            )
             fde = first_stage_vectors(decoded, offsets, config)
             fde_codebook = codebook_for(fde) if codebook_for is not None else None
             index = None
@@ -150,9 +152,10 @@ def first_stage_vectors(
     decoded: np.ndarray, offsets: np.ndarray, config: IndexConfig
 ) -> np.ndarray:
     """What faiss indexes: the documents' FDEs, or for a single-vector index their one vector
-    each, (n, D) float32."""
+    each, (n, D) float32. ``decoded`` is the stored vectors, (N, d) float32 or float16 (checked
+    when they were added)."""
     if not config.single_vector:
-        return encode_documents(decoded, config.fde_config, offsets=offsets)
+        return encode_flat(np.ascontiguousarray(decoded), offsets, config.fde_config)
     lengths = np.diff(offsets)
     if np.any(lengths != 1):
         row = int(np.flatnonzero(lengths != 1)[0])

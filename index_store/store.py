@@ -20,7 +20,8 @@ so removing files never breaks a search in progress.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ import pyarrow as pa
 import torch
 
 from fde import FDEInputError, as_flat
+from fde.encode import all_finite, cpu_threads
 from index_store import codecs, first_stage, rejects
 from index_store.config import IndexConfig
 from index_store.errors import (
@@ -52,6 +54,8 @@ from index_store.segment import Segment, check_files, check_segment, open_segmen
 
 __all__ = ["FORMAT_VERSION", "Document", "Index", "IndexWriter", "create", "open_index", "verify"]
 CONTENT_COLUMNS = ("image", "text")
+# Rows per block of the passes over a batch that run on several threads (32 MB of float32).
+_BLOCK_ROWS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -374,11 +378,12 @@ def verify(path: str | Path) -> list[str]:
 
 @dataclass(frozen=True)
 class PendingBatch:
-    """Documents buffered for the next commit: ids, (N, d) float32 vectors, (n + 1,) offsets,
-    an n-row metadata table (possibly without columns)."""
+    """Documents buffered for the next commit: ids, (N, d) vectors (float16 for a float16
+    index, which stores them as they are, float32 otherwise: ``buffer_dtype``), (n + 1,)
+    offsets, an n-row metadata table (possibly without columns)."""
 
     doc_ids: tuple[str, ...]
-    vectors: np.ndarray  # (N, d) float32
+    vectors: np.ndarray  # (N, d) float16 or float32
     offsets: np.ndarray  # (n + 1,) int64
     metadata: pa.Table
 
@@ -423,6 +428,7 @@ class IndexWriter:
         self._deletes: set[str] = set()
         self._rejects: list[pa.Table] = []
         self._types = self._committed_types()
+        self._buffer_dtype = buffer_dtype(self.config.dtype)
         self._new_codebook: FileEntry | None = None  # written, not yet committed
         self._trained: Any = None  # its parsed codebook
 
@@ -510,16 +516,21 @@ class IndexWriter:
                 "into a multi-vector index",
                 item=row,
             )
-        if upsert:
-            self._replace(ids, keep)
         rows = np.flatnonzero(keep)
         if rows.size == 0:
             return 0
         new_offsets = np.zeros(rows.size + 1, dtype=np.int64)
         np.cumsum(lengths[rows], out=new_offsets[1:])
+        kept_ids = tuple(ids[r] for r in rows)
+        buffered = _kept_vectors(
+            vectors, flat, nonzero & np.repeat(keep, np.diff(bounds)), self._buffer_dtype
+        )
+        _check_float16_range(buffered, new_offsets, kept_ids, rows, source)
+        if upsert:
+            self._replace(ids, keep)
         batch = PendingBatch(
-            tuple(ids[r] for r in rows),
-            _kept_vectors(vectors, flat, nonzero & np.repeat(keep, np.diff(bounds))),
+            kept_ids,
+            buffered,
             new_offsets,
             table.take(pa.array(rows)) if table.num_columns else pa.table({}),
         )
@@ -532,7 +543,9 @@ class IndexWriter:
         self, vectors: Any, offsets: Any, ids: list[str], source: str
     ) -> tuple[np.ndarray, np.ndarray]:
         try:
-            flat, bounds = as_flat(vectors, self.config.dim, offsets=offsets, kind="document")
+            flat, bounds = as_flat(
+                vectors, self.config.dim, offsets=offsets, kind="document", keep_float16=True
+            )
         except FDEInputError as exc:
             if exc.item is not None and exc.item < len(ids):
                 where = f"row {exc.item}, doc_id {ids[exc.item]!r} {exc.reason}"
@@ -735,7 +748,7 @@ class IndexWriter:
         """Segment ``s``'s live documents (or ``rows``) as a batch to rewrite."""
         seg = self.index.segments[s]
         rows = self._live_rows(s) if rows is None else rows
-        vectors, offsets = self.index.vectors(s, rows)
+        vectors, offsets = self.index.vectors(s, rows, dtype=buffer_dtype(self.config.dtype))
         table = seg.metadata().take(pa.array(rows)).drop_columns(["doc_id"])
         return PendingBatch(tuple(seg.doc_ids[rows]), vectors, offsets, table)
 
@@ -798,7 +811,6 @@ class IndexWriter:
             codebook_for=self._codebook_for(generation, compacting=compacting),
             codebook=codebook,
             storage=storage,
-            decoded=_decoded_in_place(flat, codes, storage),
         )
 
     def _swap_manifest(self, manifest: Manifest) -> None:
@@ -840,26 +852,77 @@ class IndexWriter:
         return generation
 
 
-def _decoded_in_place(flat: np.ndarray, codes: np.ndarray, dtype: str) -> np.ndarray | None:
-    """The stored values as float32 without a new array, where the codec allows: float32 codes
-    are ``flat``; float16 codes are widened back into ``flat``, the commit's own buffer (a
-    repeated encode of the rounded values gives the same codes). None: decode as usual."""
-    if dtype == "float32" and codes is flat:
-        return flat
-    if dtype == "float16" and flat.flags.writeable and flat.flags.c_contiguous:
-        torch.from_numpy(flat).copy_(torch.from_numpy(codes))
-        return flat
-    return None
+def buffer_dtype(dtype: str) -> np.dtype:
+    """What an index of storage ``dtype`` buffers added vectors as: float16 for float16 (what it
+    stores: converted once, half the memory), float32 for the codecs that encode at commit."""
+    return np.dtype(np.float16 if dtype == "float16" else np.float32)
 
 
-def _kept_vectors(given: Any, flat: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """The (N', d) vectors to buffer: ``flat[keep]``, always an array of our own (the caller may
-    reuse its buffer after ``add``), without the slower masked copy when every row is kept."""
+def _kept_vectors(given: Any, flat: np.ndarray, keep: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """The (N', d) vectors to buffer: ``flat[keep]`` as ``dtype``, always an array of our own
+    (the caller may reuse its buffer after ``add``), converted or copied once."""
     if not keep.all():
-        return flat[keep]
-    # A list of arrays was concatenated into a new array; anything else may be the caller's.
-    concatenated = isinstance(given, (list, tuple)) and len(given) > 0
-    return flat if concatenated else flat.copy()
+        flat = flat[keep]
+        if flat.dtype == dtype:
+            return flat
+    elif flat.dtype == dtype and isinstance(given, (list, tuple)) and len(given) > 0:
+        return flat  # a list of arrays was concatenated into a new array
+    out = np.empty(flat.shape, dtype)
+
+    def convert(rows: slice) -> None:
+        # torch converts float32 <-> float16 as numpy does (round to nearest even), several
+        # times faster.
+        torch.from_numpy(out[rows]).copy_(torch.from_numpy(flat[rows]))
+
+    _in_row_blocks(convert, flat.shape[0])
+    return out
+
+
+def _in_row_blocks(work: Callable[[slice], None], rows: int) -> None:
+    """Run ``work`` over blocks of ``rows`` rows, one per core (``cpu_threads``) on threads:
+    numpy and torch release the GIL in these memory-bound passes. One block when small."""
+    blocks = min(cpu_threads(), max(1, rows // _BLOCK_ROWS))
+    edges = np.linspace(0, rows, blocks + 1).astype(np.int64)
+    spans = [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    if len(spans) == 1:
+        work(spans[0])
+        return
+    with ThreadPoolExecutor(max_workers=len(spans)) as pool:
+        list(pool.map(work, spans))  # re-raises the first error
+
+
+def _check_float16_range(
+    vectors: np.ndarray, offsets: np.ndarray, ids: tuple[str, ...], rows: np.ndarray, source: str
+) -> None:
+    """Refuse float16 vectors that overflowed (finite input beyond +-65504 rounds to inf):
+    ``vectors`` (N, d) are the documents ``ids`` (rows ``rows`` of the batch) as buffered."""
+    if vectors.dtype != np.float16 or all_finite(vectors):
+        return
+    vector = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
+    doc = int(np.searchsorted(offsets, vector, side="right") - 1)
+    row = int(rows[doc])
+    raise InputError(
+        f"{source}, row {row}: document {ids[doc]!r} has values beyond float16's range "
+        f"(+-65504) in vector {vector - int(offsets[doc])}; this index stores float16: scale "
+        "the vectors (e.g. normalise them) or index into a float32 index",
+        item=row,
+    )
+
+
+def _nonzero_rows(flat: np.ndarray) -> np.ndarray:
+    """(N,) bool: which rows hold a non-zero value (-0.0 is zero). float16 rows are OR-ed as
+    integers (a value is zero when its bits but the sign are), faster than comparing floats."""
+    out = np.empty(flat.shape[0], dtype=bool)
+
+    def check(rows: slice) -> None:
+        if flat.dtype == np.float16:
+            bits = np.bitwise_or.reduce(flat[rows].view(np.uint16), axis=1)
+            np.not_equal(bits & 0x7FFF, 0, out=out[rows])
+        else:
+            np.any(flat[rows] != 0, axis=1, out=out[rows])
+
+    _in_row_blocks(check, flat.shape[0])
+    return out
 
 
 def _unpadded(
@@ -867,7 +930,7 @@ def _unpadded(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Encoders pad with zero vectors; they carry no signal and are not stored. Returns which
     vectors to keep, (N,) bool, and the documents' lengths without padding, (n,) int64."""
-    nonzero = np.any(flat != 0, axis=1)
+    nonzero = _nonzero_rows(flat)
     lengths = np.add.reduceat(nonzero.astype(np.int64), bounds[:-1])
     empty = np.flatnonzero(lengths == 0)
     if empty.size:

@@ -244,3 +244,39 @@ def test_fde_inner_products_track_chamfer_on_real_vectors(shared_data) -> None:
     assert correlation > 0.75
     assert correlation > one_rep + 0.2
     assert top3 == 1.0
+
+
+@pytest.mark.parametrize("k", [3, 7])  # table fill, and the pairs fill of many partitions
+def test_chunks_on_threads_and_float16_input_give_the_same_fdes(monkeypatch, k) -> None:
+    from fde import as_flat, encode_flat
+
+    rng = np.random.default_rng(4)
+    config = FDEConfig(
+        dimension=16,
+        num_repetitions=3,
+        num_simhash_projections=k,
+        projection_type="ams_sketch",
+        projection_dimension=4,
+        fill_empty_partitions=True,
+    )
+    lengths = rng.integers(1, 300, 40)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    half = rng.standard_normal((int(offsets[-1]), 16)).astype(np.float16)
+    widened = half.astype(np.float32)
+    monkeypatch.setattr(fde_encode, "_CHUNK_ELEMENTS", 20_000)  # several chunks
+    one = encode_flat(widened, offsets, config, threads=1)
+    np.testing.assert_array_equal(encode_flat(widened, offsets, config, threads=3), one)
+    np.testing.assert_array_equal(encode_documents(half, config, offsets=offsets), one)
+    flat, _ = as_flat(half, 16, offsets=offsets, keep_float16=True)
+    assert flat is half  # kept as given, widened chunk by chunk
+    assert as_flat(half, 16, offsets=offsets)[0].dtype == np.float32
+    sets = [widened[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    np.testing.assert_allclose(encode_documents(sets[:5], config), one[:5], rtol=1e-5, atol=1e-6)
+
+
+def test_float16_nan_and_inf_are_found_by_their_bits() -> None:
+    values = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    finite = values[np.isfinite(values)]  # includes +-65504, the largest
+    assert fde_encode.all_finite(finite.reshape(-1, 2))
+    for value in values[~np.isfinite(values)]:  # every inf and NaN bit pattern
+        assert not fde_encode.all_finite(np.append(finite[:7], value).reshape(2, 4))

@@ -273,3 +273,20 @@ def test_flat_keeps_the_per_segment_layout(tmp_path) -> None:
     queries = _queries()
     got = Retriever(index).search_embeddings(queries, k=10, candidates=N)
     assert [list(r) for r in got.doc_ids] == _brute_force(index, queries, 10)
+
+
+def test_codebook_trained_on_threads_is_faiss_own_training_bit_for_bit() -> None:
+    import faiss
+
+    rng = np.random.default_rng(5)
+    fde = rng.standard_normal((fs.MIN_TRAIN_DOCUMENTS + 76, 48)).astype(np.float32)
+    reference = faiss.IndexPQ(48, 6, 4, faiss.METRIC_INNER_PRODUCT)
+    reference.pq.cp.seed = 1234
+    reference.pq.cp.verbose = False
+    reference.train(fde)
+    expected = fs.serialize_codebook(reference)
+    for threads in (1, 4):
+        codebook = fs.train_codebook("PQ6x4fs", fde, threads=threads)
+        assert fs.serialize_codebook(codebook) == expected
+        codes = fs.encode_codes(codebook, fde, threads=threads)
+        np.testing.assert_array_equal(codes, reference.sa_encode(fde))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fde import encode_documents
-from index_store import Index, IndexConfig, create, verify
+from index_store import Index, IndexConfig, InputError, create, verify
 from index_store.fsio import save_bytes, save_npy
 
 DIM = 8
@@ -81,3 +81,43 @@ def test_writer_after_commits_sees_what_a_fresh_reader_sees(tmp_path) -> None:
         writer.compact()
         assert len(writer.index.segments) == 1
         assert list(writer.index.doc_ids()) == list(Index.open(tmp_path / "idx").doc_ids())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
+def test_float16_input_is_stored_as_given_and_the_callers_buffer_stays_its_own(
+    tmp_path, dtype
+) -> None:
+    rng = np.random.default_rng(2)
+    half = rng.standard_normal((9, DIM)).astype(np.float16)
+    half[6] = -0.0  # a padding vector (negative zero is zero) of document "b"
+    expected = half.astype(np.float32)
+    with create(tmp_path / "idx", IndexConfig(dim=DIM, dtype=dtype)) as writer:
+        writer.add(["a", "b"], half, offsets=np.array([0, 4, 9]))
+        half[:] = 3.0
+        writer.commit()
+    index = Index.open(tmp_path / "idx")
+    assert index.get("b").vectors.shape == (4, DIM)
+    if dtype != "int8":  # exact codecs: the float16 values themselves
+        np.testing.assert_array_equal(index.get("a").vectors, expected[:4])
+        np.testing.assert_array_equal(index.get("b").vectors, np.delete(expected, 6, 0)[4:])
+    assert verify(tmp_path / "idx") == []
+
+
+def test_values_beyond_float16_range_are_refused_before_anything_changes(tmp_path) -> None:
+    rng = np.random.default_rng(3)
+    with create(tmp_path / "idx", IndexConfig(dim=DIM, dtype="float16")) as writer:
+        writer.add(["a"], [rng.standard_normal((2, DIM)).astype(np.float32)])
+        writer.commit()
+        big = rng.standard_normal((5, DIM)).astype(np.float32)
+        big[3, 1] = 70000.0  # finite in float32, inf in float16
+        with pytest.raises(
+            InputError,
+            match=r"batch, row 1: document 'a' has values beyond "
+            r"float16's range \(\+-65504\) in vector 1; this index stores float16",
+        ):
+            writer.add(["b", "a"], big, offsets=np.array([0, 2, 5]), upsert=True)
+        assert writer.pending_documents == 0
+        writer.commit()
+        assert sorted(writer.index.doc_ids()) == ["a"]
+    with create(tmp_path / "f32", IndexConfig(dim=DIM, dtype="float32")) as writer:
+        assert writer.add(["b", "a"], big, offsets=np.array([0, 2, 5])) == 2
