@@ -309,8 +309,10 @@ def _exact_scores(
     out: np.ndarray,
     device: str | None,
 ) -> None:
-    """Writes into ``out`` the float32 MaxSim of the ``chosen`` (Q, C) candidates; each
-    segment's chosen vectors (the union over the queries) are read and decoded once."""
+    """Writes into ``out`` the exact MaxSim of the ``chosen`` (Q, C) candidates, products in
+    float64 rounded to float32 so that a score does not depend on the candidates beside it
+    (identical documents score identically and tie by doc_id); each segment's chosen vectors
+    (the union over the queries) are read and decoded once."""
     for s in np.unique(cands.segments[chosen]):
         union, position = _segment_positions(cands, chosen, int(s))
         vectors, set_offsets = index.vectors(int(s), union)
@@ -320,10 +322,12 @@ def _exact_scores(
             query = flat[offsets[q] : offsets[q + 1]]
             if picks.size == union.size and np.array_equal(np.sort(picks), np.arange(union.size)):
                 # The query's candidates are the whole union: no copy, scores put in its order.
-                out[q, cols] = maxsim_pairs(query, vectors, set_offsets, device=device)[picks]
+                out[q, cols] = maxsim_pairs(
+                    query, vectors, set_offsets, device=device, float64=True
+                )[picks]
                 continue
             docs, doc_offsets = take_sets(vectors, set_offsets, picks)
-            out[q, cols] = maxsim_pairs(query, docs, doc_offsets, device=device)
+            out[q, cols] = maxsim_pairs(query, docs, doc_offsets, device=device, float64=True)
 
 
 def _fast_scores(

@@ -55,6 +55,7 @@ def maxsim(
     *,
     device: str | torch.device | None = None,
     block_tokens: int = _BLOCK_TOKENS,
+    float64: bool = False,
 ) -> np.ndarray:
     """MaxSim of every query against every document.
 
@@ -74,6 +75,10 @@ def maxsim(
         torch device for the products (``"cuda"`` for a GPU); the CPU by default.
     block_tokens
         Document tokens per matrix product.
+    float64
+        Products and sums in float64, the scores then rounded to float32: a document's score
+        then does not depend on its place in a block (float32 products differ by an ulp with
+        the position, which reorders identical documents). Twice the cost of float32.
 
     Returns
     -------
@@ -82,7 +87,8 @@ def maxsim(
     dev = torch.device(device) if device is not None else torch.device("cpu")
     q_offsets = np.asarray(query_offsets, dtype=np.int64)
     d_offsets = np.asarray(doc_offsets, dtype=np.int64)
-    queries = torch.as_tensor(np.asarray(query_vectors, dtype=np.float32)).to(dev)  # (Nq, d)
+    kind = torch.float64 if float64 else torch.float32
+    queries = torch.as_tensor(np.asarray(query_vectors, dtype=np.float32)).to(dev, kind)  # (Nq, d)
     q_lengths = torch.from_numpy(np.diff(q_offsets)).to(dev)  # (Q,)
     n = d_offsets.size - 1
     out = np.empty((q_offsets.size - 1, n), dtype=np.float32)
@@ -91,11 +97,11 @@ def maxsim(
         stop = int(np.searchsorted(d_offsets, d_offsets[start] + block_tokens, side="right")) - 1
         stop = min(max(stop, start + 1), n)
         block = doc_vectors[d_offsets[start] : d_offsets[stop]]
-        tokens = torch.as_tensor(np.asarray(block)).to(dev, torch.float32)  # (Nb, d)
+        tokens = torch.as_tensor(np.asarray(block)).to(dev, kind)  # (Nb, d)
         sim = tokens @ queries.T  # (Nb, Nq)
         lengths = torch.from_numpy(np.diff(d_offsets[start : stop + 1])).to(dev)
         best = _segment_max(sim, lengths)  # (nb, Nq)
-        out[:, start:stop] = _segment_sum_columns(best, q_lengths).T.cpu().numpy()
+        out[:, start:stop] = _segment_sum_columns(best, q_lengths).T.float().cpu().numpy()
         start = stop
     return out
 
@@ -106,10 +112,13 @@ def maxsim_pairs(
     doc_offsets: np.ndarray,
     *,
     device: str | torch.device | None = None,
+    float64: bool = False,
 ) -> np.ndarray:
     """MaxSim of one query, (Tq, d), against n documents: (n,) float32."""
     offsets = np.array([0, len(query_vectors)], dtype=np.int64)
-    return maxsim(query_vectors, offsets, doc_vectors, doc_offsets, device=device)[0]
+    return maxsim(query_vectors, offsets, doc_vectors, doc_offsets, device=device, float64=float64)[
+        0
+    ]
 
 
 # ------------------------------------------------------------------ half-precision fast pass
@@ -117,6 +126,9 @@ def maxsim_pairs(
 # which ``half_accumulates_in_float32`` checks) and keeps the per-page maxima in float16; each
 # fast score comes with a proven bound on its distance to the float32 kernel's score, so that
 # ``may_reach_top`` can send only the candidates that might change a top k to ``maxsim``.
+# The retriever's exact pass multiplies in float64 and rounds once to float32; its error is
+# within the float32 kernel's (half a float32 ulp per score plus float64 rounding), which the
+# bound's float32 summation terms already cover, so the bound holds against it too.
 
 _U16 = 2.0**-11  # unit roundoff of float16
 _TINY16 = 2.0**-25  # half the spacing of float16 subnormals: absolute rounding error there
