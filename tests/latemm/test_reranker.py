@@ -208,12 +208,12 @@ def test_lora_adapter_is_applied(qwen, tmp_path) -> None:
     assert not np.allclose(with_adapter, MLLMReranker(str(qwen)).score(QUERY, DOCS), atol=1e-4)
 
 
-def test_show_renders_thumbnails_and_stage_scores(qwen, tmp_path) -> None:
+def test_show_renders_thumbnails_and_stage_scores(qwen, tmp_path, capsys) -> None:
     from html.parser import HTMLParser
 
     from latemm.cli import main
 
-    test_search_cli_reranks_top_pages(qwen, tmp_path)
+    test_search_cli_reranks_top_pages(qwen, tmp_path, capsys)
     out = tmp_path / "q0.html"
     assert (
         main(
