@@ -5,20 +5,25 @@ Run: ``python -m experiments.eval_fusion [--quick] [--only mmlongbench|vaswani]`
 
 UniDoc-Bench found text-image fusion ahead of text-only and image-only retrieval on real PDF
 pages. Here the two fields are both text (page images need ColQwen2-class weights, not
-available offline): MiniLM multi-vector (FDE + exact MaxSim) and BM25 (bm25s). Each data set
-goes through the main job's functions: ``latemm ingest`` (MMLongBench-Doc), ``latemm index
---field text=MINILM --field bm25=bm25``, then ``latemm search`` with ``--fields bm25``,
-``--fields text`` and both fused. The corpora and questions are eval_text's (same ingest, same
-filters). Metrics and the paired two-sided t-test are ranx's (``ranx.compare``).
+available offline): MiniLM multi-vector (FDE + exact MaxSim) and BM25 (bm25s, English stop
+words and Snowball stemming, the default). Each data set goes through the README's main job,
+run as the CLI itself (``latemm.cli.main``): ``latemm ingest --no-images`` (MMLongBench-Doc's
+PDFs), ``latemm index --field text=MINILM --field bm25=bm25 --field bm25plain=bm25:stemmer=none``,
+then ``latemm search`` per system. Metrics and the paired two-sided t-test are ranx's
+(``ranx.compare``).
 
-Two BM25 fields: ``bm25`` (the default tokenizer: English stop words, Snowball stemmer) and
-``bm25plain`` (stop words, no stemmer: what bm25 fields were before stemming became the
-default), to show what the tokenizer does alone and in fusion. Fusion settings are fixed in
-advance from the literature, never tuned on these queries: weighted = convex combination of
-min-max normalised scores with equal weights (Bruch et al. 2023 find it ahead of RRF), z-score
-the alternative normalisation they study, RRF with Cormack et al.'s k = 60. MMLongBench-Doc is
-the development set on which the default was confirmed; Vaswani is reported with the same
-settings.
+Systems, every setting fixed before looking at these queries' results:
+
+- ``bm25``, ``bm25-unstemmed``, ``minilm-multivector``: one field each.
+- ``fusion-rrf``: the CLI's default (reciprocal rank fusion, Cormack et al.'s k = 60).
+- ``fusion-weighted``: min-max normalised scores, equal weights (Bruch et al. 2023).
+- ``fusion-weighted-cv``: the same with the weight of each field chosen by 5-fold
+  cross-validation over the queries. The queries are shuffled once (seed 0) into 5 folds; for
+  each fold the MiniLM weight ``w`` (BM25: ``1 - w``) is the one of 0, 0.1, ..., 1 with the best
+  mean first metric on the *other four folds*, computed by re-fusing the per-field scores that
+  ``fusion-weighted``'s run keeps for its candidates (``score_text``, ``score_bm25``); the fold's
+  own queries are then searched by the CLI with ``--weights text=w,bm25=1-w``. No query's result
+  depends on its own judgements. The chosen weights are printed and written per fold.
 """
 
 from __future__ import annotations
@@ -29,53 +34,184 @@ import time
 from pathlib import Path
 from typing import Any
 
-from experiments.common import CACHE, RESULTS, minilm_path, shared_data_dir, write_result
-from experiments.eval_text import TextBench, mmlongbench_files, vaswani_files
-from latemm.field_search import search_fields_file
-from latemm.fields import index_fields
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from experiments.common import (
+    CACHE,
+    RESULTS,
+    minilm_path,
+    mmlongbench_questions,
+    shared_data_dir,
+    write_result,
+)
+from experiments.eval_text import TextBench, vaswani_files
+from latemm import fusion
 from latemm.metrics import compare, evaluate, load_run
 
-# Label -> search options. Weights are fixed in advance (equal), not tuned on the test queries.
 SINGLE = ("bm25", "bm25-unstemmed", "minilm-multivector")
-SYSTEMS: dict[str, dict[str, Any]] = {
-    "bm25": {"fields": ["bm25"]},
-    "bm25-unstemmed": {"fields": ["bm25plain"]},
-    "minilm-multivector": {"fields": ["text"]},
-    "fusion-weighted": {"fields": ["text", "bm25"], "fusion": "weighted"},
-    "fusion-weighted-zscore": {
-        "fields": ["text", "bm25"],
-        "fusion": "weighted",
-        "normalization": "zscore",
-    },
-    "fusion-rrf": {"fields": ["text", "bm25"], "fusion": "rrf"},
-    "fusion-weighted-unstemmed": {"fields": ["text", "bm25plain"], "fusion": "weighted"},
-    "fusion-rrf-unstemmed": {"fields": ["text", "bm25plain"], "fusion": "rrf"},
+FUSED = ("text", "bm25")
+# Label -> `latemm search` flags. Nothing here is tuned on the test queries.
+SYSTEMS: dict[str, list[str]] = {
+    "bm25": ["--fields", "bm25"],
+    "bm25-unstemmed": ["--fields", "bm25plain"],
+    "minilm-multivector": ["--fields", "text"],
+    "fusion-rrf": ["--fields", "text,bm25", "--fusion", "rrf"],
+    "fusion-weighted": ["--fields", "text,bm25", "--fusion", "weighted"],
+}
+POOL = 512  # the CLI's default candidates; fusion-weighted keeps them all for the CV
+GRID = tuple(round(0.1 * i, 1) for i in range(11))
+FOLDS = 5
+METRICS = {
+    "mmlongbench": ["ndcg@5", "recall@10", "ndcg@10", "mrr@10"],
+    "vaswani": ["ndcg@10", "ndcg@5", "recall@100", "mrr@10"],
 }
 
 
-def run_systems(name: str, bench: TextBench, work: Path, k: int = 100) -> dict[str, Any]:
-    """Index both fields once, search each system, evaluate and compare."""
-    index_dir = work / f"{name}-fields"
+def cli(*args: Any) -> None:
+    """Run ``latemm ARGS`` in this process, as a user would from a shell."""
+    from latemm.cli import main
+
+    argv = [str(a) for a in args]
+    print("  $ latemm " + " ".join(argv), flush=True)
+    if main(argv) != 0:
+        raise RuntimeError(f"latemm {' '.join(argv)} failed")
+
+
+def mmlongbench_bench(data: Path, work: Path, quick: bool) -> TextBench:
+    """MMLongBench-Doc's PDFs ingested by ``latemm ingest --no-images`` and its answerable
+    questions about them, as Parquet files."""
+    pdfs = sorted((data / "mmlongbench" / "pdfs").glob("*.pdf"))[: 8 if quick else None]
+    corpus = work / ("mmlongbench-text" + ("-quick" if quick else "") + ".parquet")
+    if not corpus.is_file():
+        cli("ingest", *pdfs, "--out", corpus, "--no-images", "--quiet")
+    query_ids, questions, qrels = mmlongbench_questions(data, pdfs={p.name for p in pdfs})
+    queries = work / ("mmlongbench-queries" + ("-quick" if quick else "") + ".parquet")
+    pq.write_table(pa.table({"query_id": query_ids, "text": questions}), queries)
+    return TextBench(corpus, queries, qrels, query_ids, questions)
+
+
+def build_index(bench: TextBench, index_dir: Path) -> float:
+    """``latemm index`` with the three fields (re-running skips pages already indexed; small
+    commits so an interrupted run loses little). Returns the seconds taken."""
     t0 = time.perf_counter()
-    # Small commits: an interrupted run resumes with little lost (re-running skips them).
-    fields = {"text": minilm_path(), "bm25": "bm25", "bm25plain": "bm25:stemmer=none"}
-    counts = index_fields(bench.corpus, index_dir, fields, progress=False, commit_every=128)
-    t_index = time.perf_counter() - t0
-    print(f"  {name}: indexed {counts} in {t_index:.0f}s")
+    fields = [f"text={minilm_path()}", "bm25=bm25", "bm25plain=bm25:stemmer=none"]
+    flags = [x for f in fields for x in ("--field", f)]
+    cli("index", bench.corpus, "--index", index_dir, *flags, "--commit-every", 128, "--quiet")
+    return time.perf_counter() - t0
+
+
+def search(index_dir: Path, queries: Path, out: Path, flags: list[str], k: int) -> float:
+    """``latemm search`` into ``out`` (skipped when a finished run is there). Seconds taken."""
+    t0 = time.perf_counter()
+    if not out.is_file():
+        cli("search", index_dir, queries, "--out", out, "--k", k, "--quiet", *flags)
+    return time.perf_counter() - t0
+
+
+def pool_scores(run_file: Path) -> dict[str, tuple[list[str], np.ndarray]]:
+    """query_id -> (doc ids, (2, C) scores of ``FUSED``'s fields) from a fused run file."""
+    table = pq.read_table(run_file, columns=["query_id", "doc_id", *(f"score_{f}" for f in FUSED)])
+    columns = table.to_pydict()
+    out: dict[str, tuple[list[str], list[list[float]]]] = {}
+    for i, q in enumerate(columns["query_id"]):
+        docs, scores = out.setdefault(q, ([], [[] for _ in FUSED]))
+        docs.append(columns["doc_id"][i])
+        for row, field in zip(scores, FUSED, strict=True):
+            row.append(columns[f"score_{field}"][i])
+    return {q: (docs, np.array(scores, dtype=np.float64)) for q, (docs, scores) in out.items()}
+
+
+def refuse(pools: dict[str, tuple[list[str], np.ndarray]], w: float) -> dict[str, Any]:
+    """The run ``--fusion weighted --weights text=w,bm25=1-w`` gives over the same candidates
+    (``latemm.fusion.weighted``, min-max per query over them)."""
+    run = {}
+    for q, (docs, scores) in pools.items():
+        ids = np.array([docs], dtype=object)
+        fused = fusion.weighted([s[None, :] for s in scores], ids, [w, 1.0 - w])[0]
+        run[q] = dict(zip(docs, fused.tolist(), strict=True))
+    return run
+
+
+def folds_of(query_ids: list[str]) -> list[list[str]]:
+    """``FOLDS`` disjoint folds of the queries, shuffled once with seed 0."""
+    order = np.random.default_rng(0).permutation(len(query_ids))
+    return [[query_ids[i] for i in sorted(part)] for part in np.array_split(order, FOLDS)]
+
+
+def choose_weight(
+    pools: dict[str, Any], qrels: dict[str, dict[str, int]], train: list[str], metric: str
+) -> tuple[float, dict[float, float]]:
+    """The grid weight of MiniLM with the best mean ``metric`` over the ``train`` queries (ties:
+    the one nearest 0.5), and each weight's mean."""
+    judged = [q for q in train if q in qrels and q in pools]
+    sub_qrels = {q: qrels[q] for q in judged}
+    means = {}
+    for w in GRID:
+        run = refuse({q: pools[q] for q in judged}, w)
+        means[w] = evaluate(run, sub_qrels, [metric])[metric]
+    best = max(GRID, key=lambda w: (round(means[w], 12), -abs(w - 0.5)))
+    return best, means
+
+
+def cv_run(
+    name: str, index_dir: Path, bench: TextBench, work: Path, pools: dict[str, Any], k: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``fusion-weighted-cv``: per fold, the weight chosen on the other folds, then the CLI's
+    search of the fold's queries with it. Returns the merged run and a record per fold."""
+    metric, run, record = METRICS[name.removesuffix("-quick")][0], {}, []
+    texts = dict(zip(bench.query_ids, bench.query_texts, strict=True))
+    folds = folds_of(bench.query_ids)
+    for i, held_out in enumerate(folds):
+        train = [q for j, fold in enumerate(folds) if j != i for q in fold]
+        w, means = choose_weight(pools, bench.qrels, train, metric)
+        print(
+            f"  {name} fold {i}: {len(held_out)} queries, MiniLM weight {w} (train {metric} "
+            f"{means[w]:.4f}; equal weights {means[0.5]:.4f})",
+            flush=True,
+        )
+        queries = work / f"{name}-cv-fold{i}-queries.parquet"
+        pq.write_table(
+            pa.table({"query_id": held_out, "text": [texts[q] for q in held_out]}), queries
+        )
+        weights = f"text={w},bm25={round(1.0 - w, 1)}"
+        out = work / f"{name}-fusion-weighted-cv-fold{i}-w{w}.run.parquet"
+        flags = ["--fields", "text,bm25", "--fusion", "weighted", "--weights", weights]
+        seconds = search(index_dir, queries, out, flags, k)
+        run.update(load_run(out))
+        record.append(
+            {
+                "fold": i,
+                "queries": len(held_out),
+                "minilm_weight": w,
+                "train_means": {str(g): float(m) for g, m in means.items()},
+                "search_seconds": seconds,
+            }
+        )
+    return run, record
+
+
+def run_systems(name: str, bench: TextBench, work: Path, k: int = 100) -> dict[str, Any]:
+    """Index once, search each system through the CLI, then the cross-validated fusion."""
+    index_dir = work / f"{name}-fields"
+    t_index = build_index(bench, index_dir)
     runs, timings = {}, {}
-    for label, options in SYSTEMS.items():
-        out = work / f"{name}-{label}.run.parquet"
-        t0 = time.perf_counter()
-        search_fields_file(index_dir, bench.queries, out, k=k, progress=False, **options)
-        timings[label] = time.perf_counter() - t0
-        print(f"  {name} {label}: search {timings[label]:.1f}s")
+    for label, flags in SYSTEMS.items():
+        depth = POOL if label == "fusion-weighted" else k  # every candidate, for the CV
+        out = work / f"{name}-{label}-k{depth}.run.parquet"
+        timings[label] = search(index_dir, bench.queries, out, flags, depth)
+        print(f"  {name} {label}: search {timings[label]:.1f}s", flush=True)
         runs[label] = load_run(out)
-    return {"fields": counts, "index_seconds": t_index, "search_seconds": timings, "runs": runs}
+    pools = pool_scores(work / f"{name}-fusion-weighted-k{POOL}.run.parquet")
+    runs["fusion-weighted-cv"], folds = cv_run(name, index_dir, bench, work, pools, k)
+    return {"index_seconds": t_index, "search_seconds": timings, "cv_folds": folds, "runs": runs}
 
 
 def evaluate_runs(
     runs: dict[str, Any], qrels: dict[str, dict[str, int]], metrics: list[str]
 ) -> dict[str, Any]:
+    """ranx's metrics and paired t-tests of every run, and the verdict of each fused one."""
     report = compare(runs, qrels, metrics)
     print(report)
     table = report.to_dict()
@@ -108,18 +244,15 @@ def main(argv: list[str] | None = None) -> None:
         "--only",
         choices=["mmlongbench", "vaswani"],
         default=None,
-        help="run one data set and merge it into the result file (run both in parallel)",
+        help="run one data set and merge it into the result file",
     )
     args = parser.parse_args(argv)
     data = Path(args.data) if args.data else shared_data_dir()
     work = CACHE / ("eval_fusion" + ("_quick" if args.quick else ""))
     work.mkdir(parents=True, exist_ok=True)
     result_name = "eval_fusion" + ("_quick" if args.quick else "")
-    results: dict[str, Any] = {"systems": SYSTEMS}
-    for name, build, metrics in (
-        ("mmlongbench", mmlongbench_files, ["ndcg@5", "recall@10", "ndcg@10", "mrr@10"]),
-        ("vaswani", vaswani_files, ["ndcg@10", "recall@100", "mrr@10"]),
-    ):
+    results: dict[str, Any] = {"systems": SYSTEMS, "cv": {"folds": FOLDS, "grid": GRID}}
+    for name, build in (("vaswani", vaswani_files), ("mmlongbench", mmlongbench_bench)):
         if args.only is not None and name != args.only:
             continue
         bench = build(data, work, args.quick)
@@ -128,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
         results[name] = {
             "queries": len(bench.query_ids),
             **done,
-            **evaluate_runs(runs, bench.qrels, metrics),
+            **evaluate_runs(runs, bench.qrels, METRICS[name]),
         }
     if args.only is not None:  # keep the other data set's results from its own run
         previous = RESULTS / f"{result_name}.json"
