@@ -65,7 +65,7 @@ GRID = tuple(round(0.1 * i, 1) for i in range(11))
 FOLDS = 5
 METRICS = {
     "mmlongbench": ["ndcg@5", "recall@10", "ndcg@10", "mrr@10"],
-    "vaswani": ["ndcg@10", "ndcg@5", "recall@100", "mrr@10"],
+    "vaswani": ["ndcg@5", "ndcg@10", "recall@100", "mrr@10"],
 }
 
 
