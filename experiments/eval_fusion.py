@@ -24,6 +24,9 @@ Systems, every setting fixed before looking at these queries' results:
   ``fusion-weighted``'s run keeps for its candidates (``score_text``, ``score_bm25``); the fold's
   own queries are then searched by the CLI with ``--weights text=w,bm25=1-w``. No query's result
   depends on its own judgements. The chosen weights are printed and written per fold.
+
+Everything lands in ``experiments/cache/eval_fusion``; a re-run skips pages already indexed and
+run files already written (delete that folder to start afresh after changing the code).
 """
 
 from __future__ import annotations
@@ -225,7 +228,7 @@ def evaluate_runs(
 def _significant(table: dict[str, Any], metric: str) -> dict[str, dict[str, str]]:
     """Per fused system, against each single-field system on ``metric``: ``better`` or
     ``worse`` where ranx's paired test gives p < 0.05, ``same`` otherwise."""
-    out = {}
+    out: dict[str, dict[str, str]] = {}
     for label in (name for name in table if name.startswith("fusion")):
         row = table[label]
         out[label] = {}
