@@ -108,11 +108,13 @@ def build_index(bench: TextBench, index_dir: Path) -> float:
     return time.perf_counter() - t0
 
 
-def search(index_dir: Path, queries: Path, out: Path, flags: list[str], k: int) -> float:
-    """``latemm search`` into ``out`` (skipped when a finished run is there). Seconds taken."""
+def search(index_dir: Path, queries: Path, out: Path, flags: list[str], k: int) -> float | None:
+    """``latemm search`` into ``out``; the seconds it took, or None when a finished run was
+    there already (then it is reused)."""
+    if out.is_file():
+        return None
     t0 = time.perf_counter()
-    if not out.is_file():
-        cli("search", index_dir, queries, "--out", out, "--k", k, "--quiet", *flags)
+    cli("search", index_dir, queries, "--out", out, "--k", k, "--quiet", *flags)
     return time.perf_counter() - t0
 
 
@@ -207,7 +209,7 @@ def run_systems(name: str, bench: TextBench, work: Path, k: int = 100) -> dict[s
         depth = POOL if label == "fusion-weighted" else k  # every candidate, for the CV
         out = work / f"{name}-{label}-k{depth}.run.parquet"
         timings[label] = search(index_dir, bench.queries, out, flags, depth)
-        print(f"  {name} {label}: search {timings[label]:.1f}s", flush=True)
+        print(f"  {name} {label}: search {timings[label]}s (None: reused)", flush=True)
         runs[label] = load_run(out)
     pools = pool_scores(work / f"{name}-fusion-weighted-k{POOL}.run.parquet")
     runs["fusion-weighted-cv"], folds = cv_run(name, index_dir, bench, work, pools, k)
