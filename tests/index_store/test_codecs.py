@@ -161,3 +161,15 @@ def test_manifest_must_list_the_codebook(tmp_path) -> None:
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexCorruptError, match="only float16 is"):
         Index.open(path)
+
+
+@pytest.mark.parametrize("out", [np.float32, np.float16])
+def test_int8_decode_in_blocks_equals_one_numpy_pass(out, monkeypatch) -> None:
+    monkeypatch.setattr(codecs, "_SCALE_BLOCK_ROWS", 7)  # several blocks and a short last one
+    rng = np.random.default_rng(3)
+    codes = rng.integers(-127, 128, (50, 16)).astype(np.int8)
+    scales = rng.random(50).astype(np.float32) / 100
+    expected = (codes.astype(np.float32) * scales[:, None]).astype(out)
+    got = codecs.decode(codes, scales, "int8", 16, out=out)
+    assert got.dtype == out
+    np.testing.assert_array_equal(got, expected)
