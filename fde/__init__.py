@@ -12,8 +12,9 @@ import os
 # libgomp (torch's OpenMP) spin-waits by default: on shared or busy cores every small parallel
 # op then waits for a scheduler slice. experiments/bench_openmp.py, 2 threads at load 6-8: a
 # query's FDE 11 ms -> 0.8 ms, a 28x128 @ 128x100 product 10 ms -> 0.09 ms, a 2-D index_add_
-# 99 ms -> 0.1 ms; a (263680 x 128) @ (128 x 28) product 47 -> 61 ms (noisy; 0.8x). Set before torch loads libgomp (index_store
-# and latemm import this package first); a user's own setting wins.
+# 99 ms -> 0.1 ms; a (263680 x 128) @ (128 x 28) product 47 -> 61 ms (noisy; 0.8x). Set before
+# torch loads libgomp (index_store and latemm import this package first); a user's own setting
+# wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from fde.config import FDEConfig  # noqa: E402

@@ -502,15 +502,8 @@ class _Kernel:
             projected = (x @ self.ams).view(N, R, p)  # (N, R, p)
         else:
             projected = x.unsqueeze(1).expand(N, R, p)  # (N, R, d)
-        rows = projected.reshape(N * R, p)
-        if self.device.type == "cpu":
-            # torch's 2-D index_add_ on CPU costs ~100 ms per call with 2 threads (torch 2.15),
-            # whatever its size: scipy's compiled loop adds the rows in the same order instead.
-            return torch.from_numpy(
-                _scatter_sum(cells.reshape(-1).numpy(), rows.numpy(), n * R * B)
-            )
         out = torch.zeros((n * R * B, p), dtype=torch.float32, device=self.device)
-        out.index_add_(0, cells.reshape(-1).long(), rows)
+        out.index_add_(0, cells.reshape(-1).long(), projected.reshape(N * R, p))
         return out
 
     def _project_rows(self, rows: torch.Tensor, reps: torch.Tensor) -> torch.Tensor:
@@ -588,24 +581,6 @@ class _Kernel:
             nearest[start:stop] = best % N
             start = stop
         return nearest
-
-
-def _scatter_sum(targets: np.ndarray, rows: np.ndarray, n_out: int) -> np.ndarray:
-    """(n_out, p) float32: ``out[t] = sum of rows[i] over targets[i, j] == t``, for (N,) or
-    (N, R) integer ``targets`` (each row added to its R targets) and (N, p) ``rows``, in row
-    order. A 0/1 matrix stored by columns (one column per row, its structure known, nothing to
-    sort) times ``rows``: scipy's compiled loop."""
-    N = rows.shape[0]
-    per_row = targets.size // max(N, 1)
-    one_hot = scipy.sparse.csc_matrix(
-        (
-            np.ones(targets.size, np.float32),
-            targets.reshape(-1),
-            np.arange(0, targets.size + 1, per_row),
-        ),
-        shape=(n_out, N),
-    )
-    return np.asarray(one_hot @ rows, dtype=np.float32)
 
 
 def _sign_codes(signs: torch.Tensor, weights: torch.Tensor, k: int, R: int) -> torch.Tensor:

@@ -26,11 +26,6 @@ def _segment_max(sim: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     first = int(lengths[0])
     if bool((lengths == first).all()):
         return sim.view(n, first, sim.shape[1]).amax(dim=1)
-    if sim.device.type == "cpu":
-        # torch's 2-D scatter_reduce_ on CPU costs ~50-100 ms per call with 2 threads (torch
-        # 2.15); numpy's reduceat takes the same maxima in one pass.
-        starts = (torch.cumsum(lengths, 0) - lengths).numpy()
-        return torch.from_numpy(np.maximum.reduceat(sim.numpy(), starts, axis=0))
     owner = torch.repeat_interleave(torch.arange(n, device=sim.device), lengths)
     out = torch.full((n, sim.shape[1]), -torch.inf, dtype=sim.dtype, device=sim.device)
     return out.scatter_reduce_(0, owner.unsqueeze(1).expand_as(sim), sim, reduce="amax")
@@ -202,8 +197,7 @@ def _max_abs(block: np.ndarray) -> np.ndarray:
 
 
 def _sum_rows(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """(Nq, n) -> (Q, n): the sum of each query's rows, zeros for a query with none (numpy's
-    reduceat: torch's 2-D index_add_ costs ~50-100 ms a call on 2 CPU threads)."""
+    """(Nq, n) -> (Q, n): the sum of each query's rows, zeros for a query with none."""
     lengths = np.diff(offsets)
     out = np.zeros((lengths.size, values.shape[1]), dtype=values.dtype)
     some = lengths > 0
