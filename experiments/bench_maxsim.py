@@ -16,11 +16,15 @@ and each keeps its best round, because the machine is shared (the load average i
 Kernel section: ``half_pass`` is ``latemm.scoring.maxsim_half`` (float16 products, per-page
 maxima in float16, and its error bounds), ``float32_kernel`` is ``latemm.scoring.maxsim`` on the
 float16 pages (widened to float32 block by block), called one query at a time as rescoring did.
+The same pages as int8 codes: ``int8_pass`` multiplies the codes in place (in
+``latemm.scoring.code_dtype()``, bfloat16 on AMX CPUs, and scales each similarity), against
+``int8_decoded_half_pass``, the previous path (decode to float16, then the float16 pass).
 Rescore section: an index of ``--index-pages`` float16 pages; each query's first ``C``
 candidates from the index's own first stage; ``old`` is the previous ``rescore`` (every
 candidate decoded to float32, copied per query, float32 kernel), ``new`` is
 ``latemm.retriever.rescore(k=10)`` (float16 pass, then the float32 kernel on the candidates that
-may reach the top 10). Both top 10s (ids and scores) are checked equal.
+may reach the top 10). Both top 10s are checked equal (ids; scores to float32 rounding, as the
+exact pass now multiplies in float64).
 """
 
 from __future__ import annotations
@@ -74,10 +78,12 @@ def _kernel_methods(pages: np.ndarray, queries: np.ndarray) -> dict[str, Callabl
     """name -> callable returning (Q, n) scores (limits return None)."""
     import torch
 
+    from index_store import codecs
     from latemm.scoring import maxsim, maxsim_half, maxsim_pairs
 
     n, tokens, dim = pages.shape
     docs16 = pages.reshape(-1, dim).astype(np.float16)
+    codes, scales = codecs.encode(pages.reshape(-1, dim), "int8")
     offsets = np.arange(n + 1, dtype=np.int64) * tokens
     flat_q = queries.reshape(-1, dim)
     q_offsets = np.arange(len(queries) + 1, dtype=np.int64) * queries.shape[1]
@@ -86,6 +92,15 @@ def _kernel_methods(pages: np.ndarray, queries: np.ndarray) -> dict[str, Callabl
     pages32 = wide.numpy()
     methods: dict[str, Callable[[], Any]] = {
         "half_pass": lambda: maxsim_half(flat_q, q_offsets, docs16, offsets)[0],
+        # int8 storage: codes multiplied in place, against decoding them to float16 first
+        "int8_pass": lambda: maxsim_half(flat_q, q_offsets, codes, offsets, scales=scales)[0],
+        "int8_decoded_half_pass": lambda: maxsim_half(
+            flat_q,
+            q_offsets,
+            codecs.decode(codes, scales, "int8", dim, out=np.float16),
+            offsets,
+            exact_half=False,
+        )[0],
         "float32_kernel": lambda: np.stack([maxsim_pairs(q, docs16, offsets) for q in queries]),
         "float32_kernel_batched": lambda: maxsim(flat_q, q_offsets, docs16, offsets),
         "einsum_float32": lambda: (
@@ -128,8 +143,12 @@ def run_kernel(corpus: Any, n_pages: int, n_queries: int, rounds: int) -> dict[s
     for name, seconds in _best_of(methods, rounds).items():
         entry = out.setdefault(name, {})
         entry.update(seconds=seconds, gflops=flops / seconds / 1e9)
+    from latemm.scoring import code_dtype
+
+    code = str(code_dtype()).removeprefix("torch.")
     for name, entry in out.items():
         dtype = "float16" if name in ("half_pass", "float32_kernel") else "float32"
+        dtype = code if name == "int8_pass" else "float16" if name.startswith("int8") else dtype
         if name.startswith("limit_"):
             continue
         entry["limit"] = dtype
@@ -193,11 +212,12 @@ def run_rescore(index: Any, queries: np.ndarray, n_cand: int, rounds: int) -> di
     cands = retriever.candidates(flat, offsets, n_cand, retriever._allowed(None))
     old = _old_rescore(index, flat, offsets, cands)
     new = rescore(index, flat, offsets, cands, k=TOP_K)
+    # The new exact pass multiplies in float64 and rounds once: scores within float32 ulps.
     assert _top(index, cands, old)[0] == _top(index, cands, new)[0]
-    np.testing.assert_array_equal(_top(index, cands, old)[1], _top(index, cands, new)[1])
+    np.testing.assert_allclose(_top(index, cands, old)[1], _top(index, cands, new)[1], rtol=1e-6)
     vectors, set_offsets = index.vectors(0, cands.rows[0], dtype=np.float16)
     fast, bound = maxsim_half(flat[:QUERY_TOKENS], offsets[:2], vectors, set_offsets)
-    pages = torch.from_numpy(np.array(index.half_vectors(0)[0][: n_cand * 1030]))
+    pages = torch.from_numpy(np.array(index.stored_vectors(0)[0][: n_cand * 1030]))
     tokens = torch.from_numpy(flat[:QUERY_TOKENS].astype(np.float16)).T.contiguous()
     best = _best_of(
         {

@@ -282,11 +282,16 @@ class Index:
             scales = np.concatenate([seg.scales[a:b] for a, b in zip(starts, ends, strict=True)])
         return seg.decode(codes, scales, dtype), offsets
 
-    def half_vectors(self, segment: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """A float16 segment's stored (N, d) float16 vectors, memory-mapped (read in place, no
-        copy), and its (n + 1,) offsets; None for any other storage dtype."""
+    def stored_vectors(
+        self, segment: int
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray] | None:
+        """A float16 or int8 segment's stored (N, d) vectors or codes, memory-mapped (read in
+        place, no copy), the int8 codes' (N,) scales (None for float16) and its (n + 1,)
+        offsets; None for any other storage dtype."""
         seg = self.segments[segment]
-        return (seg.vectors, seg.offsets) if seg.dtype == "float16" else None
+        if seg.dtype not in ("float16", "int8"):
+            return None
+        return seg.vectors, seg.scales, seg.offsets
 
     def get(self, doc_id: str) -> Document:
         """A document by id, with its decoded vectors and metadata."""

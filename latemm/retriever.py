@@ -335,8 +335,8 @@ def _fast_scores(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(Q, C) float16-pass scores of the valid candidates and their bounds (``maxsim_half``).
 
-    A float16 segment is read in place block by block; any other is decoded to float16 once
-    per batch. All queries are scored against a segment's union of candidates in one pass
+    A float16 or int8 segment is read in place block by block (int8 codes multiplied as they
+    are, then scaled); any other is decoded to float16 once per batch. All queries are scored against a segment's union of candidates in one pass
     when that is at most twice the work of scoring each query's own candidates (a wide
     product runs faster per FLOP), else each query against its own.
     """
@@ -345,19 +345,25 @@ def _fast_scores(
     lengths = np.diff(offsets)
     for s in np.unique(cands.segments[cands.valid]):
         union, position = _segment_positions(cands, cands.valid, int(s))
-        stored = index.half_vectors(int(s))
+        stored = index.stored_vectors(int(s))
         if stored is None:
             vectors, set_offsets = index.vectors(int(s), union, dtype=np.float16)
-            rows = np.arange(union.size)
+            rows, scales = np.arange(union.size), None
         else:
-            (vectors, set_offsets), rows = stored, union
-        half = partial(maxsim_half, doc_vectors=vectors, doc_offsets=set_offsets)
+            (vectors, scales, set_offsets), rows = stored, union
+        half = partial(
+            maxsim_half,
+            doc_vectors=vectors,
+            doc_offsets=set_offsets,
+            scales=scales,
+            exact_half=stored is not None,
+        )
         mine = position >= 0  # (Q, C)
         users = np.flatnonzero(mine.any(axis=1))
         own = int((mine.sum(axis=1) * lengths).sum())
         if union.size * int(lengths[users].sum()) <= 2 * own:
             q_flat, q_offsets = take_sets(flat, offsets, users)
-            f, b = half(q_flat, q_offsets, rows=rows, exact_half=stored is not None)
+            f, b = half(q_flat, q_offsets, rows=rows)
             slot = np.full(len(lengths), -1)
             slot[users] = np.arange(users.size)
             at = np.nonzero(mine)
@@ -366,9 +372,8 @@ def _fast_scores(
         for q in users:
             cols = np.flatnonzero(mine[q])
             query = flat[offsets[q] : offsets[q + 1]]
-            picked = rows[position[q, cols]]
             one = np.array([0, len(query)])
-            f, b = half(query, one, rows=picked, exact_half=stored is not None)
+            f, b = half(query, one, rows=rows[position[q, cols]])
             scores[q, cols], bounds[q, cols] = f[0], b[0]
     return scores, bounds
 

@@ -128,6 +128,9 @@ def maxsim_pairs(
 _U16 = 2.0**-11  # unit roundoff of float16
 _TINY16 = 2.0**-25  # half the spacing of float16 subnormals: absolute rounding error there
 _U32 = 2.0**-24  # unit roundoff of float32
+# Unit roundoff and half the subnormal spacing of the dtypes int8 codes are multiplied in.
+_ROUNDING = {torch.float16: (_U16, _TINY16), torch.bfloat16: (2.0**-8, 2.0**-134)}
+_CODE_MAX = 127.0  # int8 codes lie in [-127, 127] (index_store.codecs)
 _SAFETY = 1.001  # absorbs the float64 rounding of the bound's own arithmetic
 # Page tokens per half-precision product: (block, d) float16 pages stay in the L2 cache.
 _HALF_BLOCK_TOKENS = 16384
@@ -139,13 +142,34 @@ def _gamma(n: np.ndarray | int) -> np.ndarray:
 
 
 @functools.cache
-def half_accumulates_in_float32() -> bool:
-    """Whether torch's float16 CPU product accumulates in float32, as the fast pass's bound
-    assumes: 1 + 127 * 2**-12 survives it, float16 accumulation would return 1."""
-    u = torch.full((4, 128), 2.0**-12, dtype=torch.float16)
+def accumulates_in_float32(dtype: torch.dtype = torch.float16) -> bool:
+    """Whether torch's CPU product in ``dtype`` (float16 or bfloat16) accumulates in float32,
+    as the fast pass's bound assumes: 1 + 127 tiny terms survives it (1.03125 in float16,
+    1.25 in bfloat16 once rounded), accumulation in ``dtype`` itself would return 1."""
+    tiny = 2.0**-12 if dtype == torch.float16 else 2.0**-9
+    u = torch.full((4, 128), tiny, dtype=dtype)
     u[:, 0] = 1.0
-    got = (u @ torch.ones((128, 3), dtype=torch.float16)).float()
-    return bool((got == 1.03125).all())
+    got = (u @ torch.ones((128, 3), dtype=dtype)).float()
+    return bool((got == (1.03125 if dtype == torch.float16 else 1.25)).all())
+
+
+def half_accumulates_in_float32() -> bool:
+    """Whether both fast passes' products (float16, and ``code_dtype`` for int8 codes)
+    accumulate in float32 on this backend."""
+    return accumulates_in_float32(torch.float16) and accumulates_in_float32(code_dtype())
+
+
+@functools.cache
+def code_dtype() -> torch.dtype:
+    """The dtype int8 codes are multiplied in by the fast pass: bfloat16 where the CPU has
+    AMX bfloat16 tiles (3x float16's speed here), else float16. Both hold every int8 code
+    exactly."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            flags = fh.read()
+    except OSError:
+        return torch.float16
+    return torch.bfloat16 if " amx_bf16" in flags else torch.float16
 
 
 def _page_blocks(lengths: np.ndarray, block_tokens: int) -> list[np.ndarray]:
@@ -162,18 +186,19 @@ def _page_blocks(lengths: np.ndarray, block_tokens: int) -> list[np.ndarray]:
 
 
 def _gather_pages(docs: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """(p, L, d) float16 pages starting at ``starts`` (p,) in ``docs``: a view when they are
-    consecutive and of one length, else a copy (memory-mapped pages are read here, block by
-    block); shorter pages repeat their last token, which leaves every maximum unchanged."""
+    """(p, L, d) pages starting at ``starts`` (p,) in ``docs`` ((N, d), or (N,) for one value
+    per token, then d = 1): a view when they are consecutive and of one length, else a copy
+    (memory-mapped pages are read here, block by block); shorter pages repeat their last
+    token, which leaves every maximum unchanged."""
     width = int(lengths.max())
     if bool((lengths == width).all()):
         if bool((starts == starts[0] + width * np.arange(starts.size)).all()):
             view = docs[int(starts[0]) : int(starts[0]) + width * starts.size]
-            return np.asarray(view, dtype=np.float16).reshape(starts.size, width, -1)
+            return np.asarray(view).reshape(starts.size, width, -1)
         block = np.concatenate([docs[a : a + width] for a in starts.tolist()])
-        return np.asarray(block, dtype=np.float16).reshape(starts.size, width, -1)
+        return block.reshape(starts.size, width, -1)
     steps = np.minimum(np.arange(width), lengths[:, None] - 1)  # (p, L)
-    return np.asarray(docs[starts[:, None] + steps], dtype=np.float16)
+    return np.asarray(docs[starts[:, None] + steps]).reshape(starts.size, width, -1)
 
 
 def _tensor(block: np.ndarray) -> torch.Tensor:
@@ -206,40 +231,54 @@ def _sum_rows(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return out
 
 
-def _token_terms(queries: np.ndarray, exact_half: bool) -> tuple[np.ndarray, np.ndarray]:
+def _token_terms(
+    queries: np.ndarray, rounded: torch.Tensor, stored: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Per query token t: (a_t, c_t) with ``|similarity error| <= a_t * m + c_t`` before the
-    output rounding, for a page whose stored values are at most ``m`` in magnitude.
+    output rounding, for a page whose values are at most ``m`` in magnitude.
 
-    Terms: the query's rounding to float16 (``||q - q16||_1 m``), float32 accumulation in
-    both kernels (``gamma_d (||q||_1 + ||q16||_1) m``) and, when the stored values are not
-    float16 numbers, their rounding to float16 (``||q16||_1 (2**-11 m + 2**-25)``).
+    Terms: the query's rounding to the product's dtype (``||q - q'||_1 m``), float32
+    accumulation in both kernels (``gamma_d (||q||_1 + ||q'||_1) m``) and the rounding of the
+    values the float32 kernel reads: none for ``stored="half"`` (float16 storage), float16's of
+    decoded float32 values for ``"decoded"`` (``||q'||_1 (2**-11 m + 2**-25)``), float32's of
+    ``codes * scale`` for ``"int8"`` (``2**-24 ||q||_1 m``).
     """
     q64 = queries.astype(np.float64)
-    q16 = queries.astype(np.float16).astype(np.float64)
-    norm1, norm1_16 = np.abs(q64).sum(axis=1), np.abs(q16).sum(axis=1)
-    a = np.abs(q64 - q16).sum(axis=1) + _gamma(queries.shape[1]) * (norm1 + norm1_16)
+    qr = rounded.double().numpy()
+    norm1, norm1_r = np.abs(q64).sum(axis=1), np.abs(qr).sum(axis=1)
+    a = np.abs(q64 - qr).sum(axis=1) + _gamma(queries.shape[1]) * (norm1 + norm1_r)
     c = np.zeros_like(a)
-    if not exact_half:
-        a += _U16 * norm1_16
-        c += _TINY16 * norm1_16
+    if stored == "decoded":
+        a += _U16 * norm1_r
+        c += _TINY16 * norm1_r
+    elif stored == "int8":
+        a += _U32 * norm1
     return a, c
 
 
 def _bounds(
-    best: np.ndarray, max_abs: np.ndarray, terms: tuple[np.ndarray, np.ndarray], q_offsets
+    best: np.ndarray,
+    max_abs: np.ndarray,
+    terms: tuple[np.ndarray, np.ndarray],
+    q_offsets: np.ndarray,
+    unit: float = _U16,
+    tiny: float | np.ndarray = _TINY16,
 ) -> np.ndarray:
-    """(Nq, n) float16 per-token maxima and (n,) page magnitudes -> (Q, n) float64 bound on
+    """(Nq, n) per-token maxima and (n,) page magnitudes -> (Q, n) float64 bound on
     |fast score - float32 kernel score|; inf where any input is not finite.
 
-    Per token, with E = a_t m + c_t: the fast maximum Z is off from the float32 kernel's Y by
-    D <= (2**-11 (|Z| + E) + 2**-25 + E) / (1 - 2**-11) (|Y| <= |Z| + D bounds the rounded
-    output of the token achieving Y). Summing the Tq maxima in float32, in both kernels, adds
+    A similarity v (within E = a_t m + c_t of the kernel's) reaches the maximum rounded,
+    within ``unit * |v| + tiny`` of v: float16 output (2**-11, 2**-25), or for int8 codes the
+    product dtype's output rounding in code units, then the float32 scaling. Per token the
+    fast maximum Z is off from the float32 kernel's Y by
+    D <= (unit (|Z| + E) + tiny + E) / (1 - unit) (|Y| <= |Z| + D bounds the rounded output
+    of the token achieving Y). Summing the Tq maxima in float32, in both kernels, adds
     gamma_Tq (2 sum |Z| + sum D).
     """
     a, c = terms
     z = np.abs(best.astype(np.float64))  # (Nq, n)
     e = a[:, None] * max_abs[None, :] + c[:, None]
-    d = (_U16 * (z + e) + _TINY16 + e) / (1.0 - _U16)
+    d = (unit * (z + e) + tiny + e) / (1.0 - unit)
     lengths = np.diff(q_offsets)
     sum_d, sum_z = _sum_rows(d, q_offsets), _sum_rows(z, q_offsets)  # (Q, n)
     bound = _SAFETY * (sum_d + _gamma(lengths)[:, None] * (2.0 * sum_z + sum_d))
@@ -253,6 +292,7 @@ def maxsim_half(
     doc_offsets: np.ndarray,
     *,
     exact_half: bool = True,
+    scales: np.ndarray | None = None,
     rows: np.ndarray | None = None,
     block_tokens: int = _HALF_BLOCK_TOKENS,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -265,12 +305,16 @@ def maxsim_half(
     query_offsets
         (Q + 1,) int64 boundaries of each query in ``query_vectors``.
     doc_vectors
-        (N, d) float16 array: the documents as float16.
+        (N, d) float16 array: the documents as float16; or (N, d) int8 codes with ``scales``.
     doc_offsets
         (n + 1,) int64 boundaries of each document; every document has at least one vector.
     exact_half
         Whether ``doc_vectors`` are the stored values exactly (float16 storage), not a
-        float16 rounding of float32 decoded values (every other codec).
+        float16 rounding of float32 decoded values (every other codec but int8).
+    scales
+        (N,) float32 per-vector scales of int8 ``doc_vectors`` (int8 storage read in place):
+        the codes are multiplied in ``code_dtype()``, which holds them exactly, and each
+        similarity is scaled in float32 before the maximum, so nothing is decoded.
     rows
         (n,) int64: score only these documents of ``doc_offsets``, in this order (all by
         default); their vectors are read block by block, never gathered all at once.
@@ -285,22 +329,42 @@ def maxsim_half(
     q_offsets = np.asarray(query_offsets, dtype=np.int64)
     d_offsets = np.asarray(doc_offsets, dtype=np.int64)
     queries = np.ascontiguousarray(query_vectors, dtype=np.float32)
-    q16 = torch.from_numpy(queries.astype(np.float16))  # (Nq, d)
+    int8 = scales is not None
+    dtype = code_dtype() if int8 else torch.float16
+    rounded = torch.from_numpy(queries).to(dtype)  # (Nq, d)
     picked = np.arange(d_offsets.size - 1) if rows is None else np.asarray(rows, np.int64)
     starts, ends = d_offsets[picked], d_offsets[picked + 1]
     n = picked.size
-    best = np.empty((n, queries.shape[0]), dtype=np.float16)  # per-token maxima, transposed
+    # Per-token maxima, transposed; float16 products give float16 maxima, scaled ones float32.
+    best = np.empty((n, queries.shape[0]), dtype=np.float32 if int8 else np.float16)
     max_abs = np.empty(n, dtype=np.float64)
     for pages in _page_blocks(ends - starts, block_tokens):
-        block = _gather_pages(doc_vectors, starts[pages], ends[pages] - starts[pages])
+        lengths = ends[pages] - starts[pages]
+        block = _gather_pages(doc_vectors, starts[pages], lengths)
         p, width, dim = block.shape  # (p, L, d)
         tokens = _tensor(block).view(p * width, dim)
-        # One (Nq, p * L) product: the maximum then runs over contiguous memory.
-        sim = torch.mm(q16, tokens.T).view(-1, p, width)  # (Nq, p, L)
-        best[pages] = sim.amax(dim=2).T.numpy()
-        max_abs[pages] = _max_abs(block)
+        if scales is not None:
+            scale = _gather_pages(scales, starts[pages], lengths).reshape(p, width)
+            # Codes are exact in ``dtype``; each similarity is scaled before the maximum.
+            sim = torch.mm(rounded, tokens.to(dtype).T).float()  # (Nq, p * L)
+            sim.mul_(torch.from_numpy(scale).view(1, p * width))
+            max_abs[pages] = scale.max(axis=1)
+        else:
+            # One (Nq, p * L) product: the maximum then runs over contiguous memory.
+            sim = torch.mm(rounded, tokens.T)
+            max_abs[pages] = _max_abs(block)
+        best[pages] = sim.view(-1, p, width).amax(dim=2).T.numpy()
     scores = _sum_rows(best.T.astype(np.float32), q_offsets)  # (Q, n)
-    terms = _token_terms(queries, exact_half)
+    stored = "int8" if int8 else "half" if exact_half else "decoded"
+    terms = _token_terms(queries, rounded, stored)
+    if int8:  # max |codes * scale| over a page (and over its float32 decoding), and the
+        # rounding of a similarity: in code units in ``dtype``, then of its float32 scaling
+        unit, tiny = _ROUNDING[dtype]
+        s_max = max_abs * (1.0 + _U32)
+        max_abs = _CODE_MAX * s_max * (1.0 + 2 * _U32)
+        return scores, _bounds(
+            best.T, max_abs, terms, q_offsets, (1 + unit) * (1 + _U32) - 1, tiny * s_max
+        )
     if not exact_half:  # a bound on the float32 values from their float16 rounding
         max_abs = (max_abs + _TINY16) / (1.0 - _U16)
     return scores, _bounds(best.T, max_abs, terms, q_offsets)

@@ -6,10 +6,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from index_store import Index, IndexConfig, codecs, create
+from latemm import scoring
 from latemm.retriever import Candidates, gather, rescore, top_k
-from latemm.scoring import half_accumulates_in_float32, maxsim, maxsim_half, may_reach_top
+from latemm.scoring import (
+    accumulates_in_float32,
+    half_accumulates_in_float32,
+    maxsim,
+    maxsim_half,
+    may_reach_top,
+)
 
 DIM = 128
 
@@ -53,17 +61,9 @@ def _stored(vectors: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     return wide, half
 
 
-@pytest.mark.parametrize("dtype", ["float16", "float32", "int8", "binary", "pq1"])
-def test_fast_pass_is_within_its_bound_of_float64_and_of_the_float32_kernel(dtype) -> None:
-    rng = np.random.default_rng(3)
-    queries, pages = _adversarial(rng)
-    pages += [_unit(rng, int(t)) for t in rng.integers(1, 300, 12)]
-    if codecs.is_trained(dtype):  # enough vectors to train a codebook on
-        pages += [_unit(rng, 1030)]
-    q, qo = _flat(queries)
-    d, do = _flat(pages)
-    wide, half = _stored(d, dtype)
-    fast, bound = maxsim_half(q, qo, half, do, exact_half=dtype == "float16")
+def _check_bound(q, qo, wide, do, fast, bound, tight: float) -> None:
+    """``fast`` is within ``bound`` of float64 MaxSim and of the float32 kernel over the
+    decoded ``wide`` vectors, and the bound stays under ``tight`` on the unit-vector pages."""
     kernel = maxsim(q, qo, wide, do).astype(np.float64)
     q64, d64 = q.astype(np.float64), wide.astype(np.float64)
     exact = np.array(
@@ -78,9 +78,43 @@ def test_fast_pass_is_within_its_bound_of_float64_and_of_the_float32_kernel(dtyp
     assert fast.shape == bound.shape == exact.shape and np.isfinite(bound).all()
     assert (np.abs(fast - exact) <= bound).all(), np.max(np.abs(fast - exact) / bound)
     assert (np.abs(fast - kernel) <= bound).all(), np.max(np.abs(fast - kernel) / bound)
+    unit = np.array([i not in (1, 2) for i in range(len(do) - 1)])
+    assert (bound[:, unit] <= tight).all(), bound[:, unit].max()
+
+
+def _bound_case(dtype: str, seed: int = 3):
+    rng = np.random.default_rng(seed)
+    queries, pages = _adversarial(rng)
+    pages += [_unit(rng, int(t)) for t in rng.integers(1, 300, 12)]
+    if codecs.is_trained(dtype):  # enough vectors to train a codebook on
+        pages += [_unit(rng, 1030)]
+    return _flat(queries), _flat(pages)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "int8", "binary", "pq1"])
+def test_fast_pass_is_within_its_bound_of_float64_and_of_the_float32_kernel(dtype) -> None:
+    (q, qo), (d, do) = _bound_case(dtype)
+    wide, half = _stored(d, dtype)
+    fast, bound = maxsim_half(q, qo, half, do, exact_half=dtype == "float16")
     # Tight enough to use: about 1% of these unit-vector scores (6 to 9).
-    unit = np.array([i not in (1, 2) for i in range(len(pages))])
-    assert (bound[:, unit] <= 0.1).all(), bound[:, unit].max()
+    _check_bound(q, qo, wide, do, fast, bound, tight=0.1)
+
+
+@pytest.mark.parametrize("product", [torch.float16, torch.bfloat16])
+def test_int8_codes_read_in_place_are_within_their_bound(monkeypatch, product) -> None:
+    """int8 storage is not decoded: codes are multiplied in float16 or bfloat16 (both hold
+    them exactly) and each similarity is scaled before the maximum."""
+    assert accumulates_in_float32(product)
+    monkeypatch.setattr(scoring, "code_dtype", lambda: product)
+    (q, qo), (d, do) = _bound_case("int8")
+    codes, scales = codecs.encode(d, "int8")
+    wide = codecs.decode(codes, scales, "int8", DIM)
+    fast, bound = maxsim_half(q, qo, codes, do, scales=scales)
+    # bfloat16 keeps 3 fewer bits than float16: a bound up to 8 times wider.
+    _check_bound(q, qo, wide, do, fast, bound, tight=0.1 if product == torch.float16 else 0.8)
+    # Against the float16 pass over the decoded values, on the same pairs.
+    half_fast, _ = maxsim_half(q, qo, wide.astype(np.float16), do, exact_half=False)
+    assert np.abs(fast - half_fast).max() <= bound.max()
 
 
 def test_fast_pass_bound_is_attained_to_within_a_small_factor() -> None:
@@ -146,7 +180,7 @@ def _top(index: Index, cands: Candidates, scores: np.ndarray, k: int) -> tuple[l
     return gather(ids, picks, fill=None).tolist(), gather(scores, picks)
 
 
-@pytest.mark.parametrize("dtype", ["float16", "float32"])
+@pytest.mark.parametrize("dtype", ["float16", "float32", "int8"])
 def test_rescore_with_k_returns_the_float32_kernels_top_k_on_near_ties(tmp_path, dtype) -> None:
     rng = np.random.default_rng(5)
     docs, query = _near_ties(rng)
@@ -211,3 +245,21 @@ def test_rescore_with_k_on_disjoint_candidates_scores_each_query_against_its_own
             got_ids, got = _top(index, one, got_scores, 2)
             assert got_ids == want_ids
             np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("product", [torch.float16, torch.bfloat16])
+def test_int8_bound_is_attained_to_within_a_small_factor(monkeypatch, product) -> None:
+    """A page token along the query's rounding error in the product dtype (its int8 codes are
+    exact: all +-127) makes the in-place pass miss by a large part of its bound."""
+    monkeypatch.setattr(scoring, "code_dtype", lambda: product)
+    rng = np.random.default_rng(4)
+    one = np.array([0, 1])
+    ratios = []
+    for query in _unit(rng, 3):
+        query = query[None]  # (1, d)
+        error = query - torch.from_numpy(query).to(product).float().numpy()
+        codes, scales = codecs.encode((np.sign(error) / np.sqrt(DIM)).astype(np.float32), "int8")
+        fast, bound = maxsim_half(query, one, codes, one, scales=scales)
+        kernel = maxsim(query, one, codecs.decode(codes, scales, "int8", DIM), one)
+        ratios.append(abs(fast[0, 0] - kernel[0, 0]) / bound[0, 0])
+    assert max(ratios) <= 1.0 and min(ratios) >= 0.4, ratios
