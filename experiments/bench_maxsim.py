@@ -16,9 +16,10 @@ and each keeps its best round, because the machine is shared (the load average i
 Kernel section: ``half_pass`` is ``latemm.scoring.maxsim_half`` (float16 products, per-page
 maxima in float16, and its error bounds), ``float32_kernel`` is ``latemm.scoring.maxsim`` on the
 float16 pages (widened to float32 block by block), called one query at a time as rescoring did.
-The same pages as int8 codes: ``int8_pass`` multiplies the codes in place (in
-``latemm.scoring.code_dtype()``, bfloat16 on AMX CPUs, and scales each similarity), against
-``int8_decoded_half_pass``, the previous path (decode to float16, then the float16 pass).
+The same pages as int8 codes: ``int8_pass`` multiplies the codes in place (the query split into
+two int8 parts, two exact int8 products, each similarity scaled in float32), against
+``int8_decoded_half_pass``, the previous path (decode to float16, then the float16 pass); the
+int8 limit is one bare int8 product of the same shape (the pass makes two).
 Rescore section: an index of ``--index-pages`` float16 pages; each query's first ``C``
 candidates from the index's own first stage; ``old`` is the previous ``rescore`` (every
 candidate decoded to float32, copied per query, float32 kernel), ``new`` is
@@ -59,10 +60,14 @@ def _best_of(methods: dict[str, Callable[[], Any]], rounds: int) -> dict[str, fl
     return best
 
 
-def _limits(docs16: np.ndarray, flat_q: np.ndarray) -> dict[str, Callable[[], Any]]:
+def _limits(
+    docs16: np.ndarray, flat_q: np.ndarray, codes: np.ndarray
+) -> dict[str, Callable[[], Any]]:
     import torch
 
     out: dict[str, Callable[[], Any]] = {}
+    q8 = torch.from_numpy(np.clip(np.rint(flat_q * 127), -127, 127).astype(np.int8))
+    out["limit_int8"] = partial(torch._int_mm, q8, torch.from_numpy(codes).T)
     for name, dtype in (
         ("float32", torch.float32),
         ("float16", torch.float16),
@@ -115,7 +120,7 @@ def _kernel_methods(pages: np.ndarray, queries: np.ndarray) -> dict[str, Callabl
         )
     except ImportError:
         pass
-    limits = {name: (lambda fn=fn: (fn(), None)[1]) for name, fn in _limits(docs16, flat_q).items()}
+    limits = {name: (lambda fn=fn: (fn(), None)[1]) for name, fn in _limits(docs16, flat_q, codes).items()}
     return {**methods, **limits}
 
 
@@ -143,12 +148,9 @@ def run_kernel(corpus: Any, n_pages: int, n_queries: int, rounds: int) -> dict[s
     for name, seconds in _best_of(methods, rounds).items():
         entry = out.setdefault(name, {})
         entry.update(seconds=seconds, gflops=flops / seconds / 1e9)
-    from latemm.scoring import code_dtype
-
-    code = str(code_dtype()).removeprefix("torch.")
     for name, entry in out.items():
         dtype = "float16" if name in ("half_pass", "float32_kernel") else "float32"
-        dtype = code if name == "int8_pass" else "float16" if name.startswith("int8") else dtype
+        dtype = "int8" if name == "int8_pass" else "float16" if name.startswith("int8") else dtype
         if name.startswith("limit_"):
             continue
         entry["limit"] = dtype

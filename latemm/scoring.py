@@ -128,9 +128,8 @@ def maxsim_pairs(
 _U16 = 2.0**-11  # unit roundoff of float16
 _TINY16 = 2.0**-25  # half the spacing of float16 subnormals: absolute rounding error there
 _U32 = 2.0**-24  # unit roundoff of float32
-# Unit roundoff and half the subnormal spacing of the dtypes int8 codes are multiplied in.
-_ROUNDING = {torch.float16: (_U16, _TINY16), torch.bfloat16: (2.0**-8, 2.0**-134)}
 _CODE_MAX = 127.0  # int8 codes lie in [-127, 127] (index_store.codecs)
+_TINY32 = 2.0**-149  # float32's smallest subnormal: absolute rounding error bound there
 _SAFETY = 1.001  # absorbs the float64 rounding of the bound's own arithmetic
 # Page tokens per half-precision product: (block, d) float16 pages stay in the L2 cache.
 _HALF_BLOCK_TOKENS = 16384
@@ -142,34 +141,30 @@ def _gamma(n: np.ndarray | int) -> np.ndarray:
 
 
 @functools.cache
-def accumulates_in_float32(dtype: torch.dtype = torch.float16) -> bool:
-    """Whether torch's CPU product in ``dtype`` (float16 or bfloat16) accumulates in float32,
-    as the fast pass's bound assumes: 1 + 127 tiny terms survives it (1.03125 in float16,
-    1.25 in bfloat16 once rounded), accumulation in ``dtype`` itself would return 1."""
-    tiny = 2.0**-12 if dtype == torch.float16 else 2.0**-9
-    u = torch.full((4, 128), tiny, dtype=dtype)
-    u[:, 0] = 1.0
-    got = (u @ torch.ones((128, 3), dtype=dtype)).float()
-    return bool((got == (1.03125 if dtype == torch.float16 else 1.25)).all())
-
-
 def half_accumulates_in_float32() -> bool:
-    """Whether both fast passes' products (float16, and ``code_dtype`` for int8 codes)
-    accumulate in float32 on this backend."""
-    return accumulates_in_float32(torch.float16) and accumulates_in_float32(code_dtype())
+    """Whether torch's float16 CPU product accumulates in float32, as the fast pass's bound
+    assumes: 1 + 127 * 2**-12 survives it, float16 accumulation would return 1."""
+    u = torch.full((4, 128), 2.0**-12, dtype=torch.float16)
+    u[:, 0] = 1.0
+    got = (u @ torch.ones((128, 3), dtype=torch.float16)).float()
+    return bool((got == 1.03125).all())
+
+
+# Largest dimension whose int8 products stay in int32: (128 * 127 + 64) * 127 * d < 2**31.
+INT8_MAX_DIM = 1024
 
 
 @functools.cache
-def code_dtype() -> torch.dtype:
-    """The dtype int8 codes are multiplied in by the fast pass: bfloat16 where the CPU has
-    AMX bfloat16 tiles (3x float16's speed here), else float16. Both hold every int8 code
-    exactly."""
+def int8_products_are_exact() -> bool:
+    """Whether torch multiplies int8 matrices into int32 on this CPU (``torch._int_mm``),
+    exactly, as the int8 fast pass needs; without it int8 pages are decoded to float16."""
     try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            flags = fh.read()
-    except OSError:
-        return torch.float16
-    return torch.bfloat16 if " amx_bf16" in flags else torch.float16
+        a = torch.tensor([[127, -127, 3], [1, 2, -128]], dtype=torch.int8)
+        b = torch.tensor([[127, 127, 5], [-128, 1, 2]], dtype=torch.int8)  # (n, d)
+        got = torch._int_mm(a, b.T)
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+    return got.dtype == torch.int32 and bool(torch.equal(got.long(), a.long() @ b.long().T))
 
 
 def _page_blocks(lengths: np.ndarray, block_tokens: int) -> list[np.ndarray]:
@@ -231,28 +226,22 @@ def _sum_rows(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return out
 
 
-def _token_terms(
-    queries: np.ndarray, rounded: torch.Tensor, stored: str
-) -> tuple[np.ndarray, np.ndarray]:
+def _token_terms(queries: np.ndarray, exact_half: bool) -> tuple[np.ndarray, np.ndarray]:
     """Per query token t: (a_t, c_t) with ``|similarity error| <= a_t * m + c_t`` before the
-    output rounding, for a page whose values are at most ``m`` in magnitude.
+    output rounding, for a page whose stored values are at most ``m`` in magnitude.
 
-    Terms: the query's rounding to the product's dtype (``||q - q'||_1 m``), float32
-    accumulation in both kernels (``gamma_d (||q||_1 + ||q'||_1) m``) and the rounding of the
-    values the float32 kernel reads: none for ``stored="half"`` (float16 storage), float16's of
-    decoded float32 values for ``"decoded"`` (``||q'||_1 (2**-11 m + 2**-25)``), float32's of
-    ``codes * scale`` for ``"int8"`` (``2**-24 ||q||_1 m``).
+    Terms: the query's rounding to float16 (``||q - q16||_1 m``), float32 accumulation in
+    both kernels (``gamma_d (||q||_1 + ||q16||_1) m``) and, when the stored values are not
+    float16 numbers, their rounding to float16 (``||q16||_1 (2**-11 m + 2**-25)``).
     """
     q64 = queries.astype(np.float64)
-    qr = rounded.double().numpy()
-    norm1, norm1_r = np.abs(q64).sum(axis=1), np.abs(qr).sum(axis=1)
-    a = np.abs(q64 - qr).sum(axis=1) + _gamma(queries.shape[1]) * (norm1 + norm1_r)
+    q16 = queries.astype(np.float16).astype(np.float64)
+    norm1, norm1_16 = np.abs(q64).sum(axis=1), np.abs(q16).sum(axis=1)
+    a = np.abs(q64 - q16).sum(axis=1) + _gamma(queries.shape[1]) * (norm1 + norm1_16)
     c = np.zeros_like(a)
-    if stored == "decoded":
-        a += _U16 * norm1_r
-        c += _TINY16 * norm1_r
-    elif stored == "int8":
-        a += _U32 * norm1
+    if not exact_half:
+        a += _U16 * norm1_16
+        c += _TINY16 * norm1_16
     return a, c
 
 
@@ -268,9 +257,9 @@ def _bounds(
     |fast score - float32 kernel score|; inf where any input is not finite.
 
     A similarity v (within E = a_t m + c_t of the kernel's) reaches the maximum rounded,
-    within ``unit * |v| + tiny`` of v: float16 output (2**-11, 2**-25), or for int8 codes the
-    product dtype's output rounding in code units, then the float32 scaling. Per token the
-    fast maximum Z is off from the float32 kernel's Y by
+    within ``unit * |v| + tiny`` of v: float16 output (2**-11, 2**-25); the int8 pass puts
+    all its roundings in E (unit 0). Per token the fast maximum Z is off from the float32
+    kernel's Y by
     D <= (unit (|Z| + E) + tiny + E) / (1 - unit) (|Y| <= |Z| + D bounds the rounded output
     of the token achieving Y). Summing the Tq maxima in float32, in both kernels, adds
     gamma_Tq (2 sum |Z| + sum D).
@@ -278,7 +267,7 @@ def _bounds(
     a, c = terms
     z = np.abs(best.astype(np.float64))  # (Nq, n)
     e = a[:, None] * max_abs[None, :] + c[:, None]
-    d = (unit * (z + e) + tiny + e) / (1.0 - unit)
+    d = e + tiny if unit == 0 else (unit * (z + e) + tiny + e) / (1.0 - unit)
     lengths = np.diff(q_offsets)
     sum_d, sum_z = _sum_rows(d, q_offsets), _sum_rows(z, q_offsets)  # (Q, n)
     bound = _SAFETY * (sum_d + _gamma(lengths)[:, None] * (2.0 * sum_z + sum_d))
@@ -312,9 +301,10 @@ def maxsim_half(
         Whether ``doc_vectors`` are the stored values exactly (float16 storage), not a
         float16 rounding of float32 decoded values (every other codec but int8).
     scales
-        (N,) float32 per-vector scales of int8 ``doc_vectors`` (int8 storage read in place):
-        the codes are multiplied in ``code_dtype()``, which holds them exactly, and each
-        similarity is scaled in float32 before the maximum, so nothing is decoded.
+        (N,) float32 per-vector scales of int8 ``doc_vectors`` (int8 storage read in place,
+        nothing decoded; needs ``int8_products_are_exact()`` and d <= ``INT8_MAX_DIM``): the
+        query is split into two int8 parts, both are multiplied with the codes into int32
+        exactly, and each similarity is scaled in float32 before the maximum.
     rows
         (n,) int64: score only these documents of ``doc_offsets``, in this order (all by
         default); their vectors are read block by block, never gathered all at once.
@@ -329,14 +319,20 @@ def maxsim_half(
     q_offsets = np.asarray(query_offsets, dtype=np.int64)
     d_offsets = np.asarray(doc_offsets, dtype=np.int64)
     queries = np.ascontiguousarray(query_vectors, dtype=np.float32)
-    int8 = scales is not None
-    dtype = code_dtype() if int8 else torch.float16
-    rounded = torch.from_numpy(queries).to(dtype)  # (Nq, d)
+    if scales is not None:
+        if queries.shape[1] > INT8_MAX_DIM:
+            raise ValueError(f"the int8 pass takes d <= {INT8_MAX_DIM}, got {queries.shape[1]}")
+        split = _Int8Query(queries)
+        nq = queries.shape[0]
+        # (2 Nq, block) int32 products and their float32 similarities stay in the L2 cache.
+        block_tokens = min(block_tokens, max(2048, (1 << 19) // max(1, nq)))
+    else:
+        q16 = torch.from_numpy(queries.astype(np.float16))  # (Nq, d)
     picked = np.arange(d_offsets.size - 1) if rows is None else np.asarray(rows, np.int64)
     starts, ends = d_offsets[picked], d_offsets[picked + 1]
     n = picked.size
-    # Per-token maxima, transposed; float16 products give float16 maxima, scaled ones float32.
-    best = np.empty((n, queries.shape[0]), dtype=np.float32 if int8 else np.float16)
+    # Per-token maxima, transposed: float16 for the float16 pass, float32 for int8 codes.
+    best = np.empty((n, queries.shape[0]), dtype=np.float16 if scales is None else np.float32)
     max_abs = np.empty(n, dtype=np.float64)
     for pages in _page_blocks(ends - starts, block_tokens):
         lengths = ends[pages] - starts[pages]
@@ -345,29 +341,65 @@ def maxsim_half(
         tokens = _tensor(block).view(p * width, dim)
         if scales is not None:
             scale = _gather_pages(scales, starts[pages], lengths).reshape(p, width)
-            # Codes are exact in ``dtype``; each similarity is scaled before the maximum.
-            sim = torch.mm(rounded, tokens.to(dtype).T).float()  # (Nq, p * L)
-            sim.mul_(torch.from_numpy(scale).view(1, p * width))
-            max_abs[pages] = scale.max(axis=1)
+            exact = torch._int_mm(split.codes, tokens.T)  # (2 Nq, p * L) int32, exact
+            # (128 h + l) . codes, in int32; then times each token's scale, in float32.
+            sim = torch.add(exact[nq:], exact[:nq], alpha=128) * torch.from_numpy(scale).view(
+                1, p * width
+            )
+            # The query tokens' scales are positive: they multiply the maxima instead.
+            best[pages] = (sim.view(-1, p, width).amax(dim=2) * split.unit).T.numpy()
+            max_abs[pages] = scale.max(axis=1)  # the page's largest scale, for now
+            continue
         else:
             # One (Nq, p * L) product: the maximum then runs over contiguous memory.
-            sim = torch.mm(rounded, tokens.T)
+            sim = torch.mm(q16, tokens.T)
             max_abs[pages] = _max_abs(block)
         best[pages] = sim.view(-1, p, width).amax(dim=2).T.numpy()
     scores = _sum_rows(best.T.astype(np.float32), q_offsets)  # (Q, n)
-    stored = "int8" if int8 else "half" if exact_half else "decoded"
-    terms = _token_terms(queries, rounded, stored)
-    if int8:  # max |codes * scale| over a page (and over its float32 decoding), and the
-        # rounding of a similarity: in code units in ``dtype``, then of its float32 scaling
-        unit, tiny = _ROUNDING[dtype]
+    if scales is not None:
+        # m = 127 times the largest scale bounds |codes * scale| and its float32 decoding.
         s_max = max_abs * (1.0 + _U32)
-        max_abs = _CODE_MAX * s_max * (1.0 + 2 * _U32)
-        return scores, _bounds(
-            best.T, max_abs, terms, q_offsets, (1 + unit) * (1 + _U32) - 1, tiny * s_max
-        )
+        m = _CODE_MAX * s_max * (1.0 + 2.0 * _U32)
+        return scores, _bounds(best.T, m, split.terms, q_offsets, 0.0, split.tiny)
+    terms = _token_terms(queries, exact_half)
     if not exact_half:  # a bound on the float32 values from their float16 rounding
         max_abs = (max_abs + _TINY16) / (1.0 - _U16)
     return scores, _bounds(best.T, max_abs, terms, q_offsets)
+
+
+class _Int8Query:
+    """Query tokens q (Nq, d) as ``unit * (128 h + l)``: h and l int8 (``codes``, (2 Nq, d), h
+    first), ``unit`` = max|q| / (127 * 128) per token in float32, so that q is within
+    ``unit / 2`` (about 3e-5 max|q|) per component and its products with int8 codes are exact
+    in int32 (combined as 128 P_h + P_l, at most 2**28 for d = 128).
+
+    ``terms`` (a_t, c_t) bound, per token, the distance of the fast similarity to the float32
+    kernel's on a page of magnitude m by ``a_t m + c_t``: the split's error
+    ``||q - unit (128 h + l)||_1 m``, float32 accumulation and decoding in the kernel
+    (``(gamma_d + 2**-24) ||q||_1 m``), and the fast pass's three float32 roundings (int32 to
+    float, the page token's scale, the query token's unit after the maximum:
+    ``3.01 * 2**-24 unit ||128 h + l||_1 m``); ``tiny`` their underflow.
+    """
+
+    def __init__(self, queries: np.ndarray) -> None:
+        q = queries.astype(np.float64)
+        finite = np.asarray(np.isfinite(q).all(axis=1))
+        q = np.where(finite[:, None], q, 0.0)
+        top = np.abs(q).max(axis=1)
+        unit = np.where(top > 0, top / (_CODE_MAX * 128.0), 1.0).astype(np.float32)
+        unit64 = unit[:, None].astype(np.float64)
+        high = np.clip(np.rint(q / (128.0 * unit64)), -_CODE_MAX, _CODE_MAX)
+        low = np.clip(np.rint(q / unit64 - 128.0 * high), -_CODE_MAX, _CODE_MAX)
+        self.codes = torch.from_numpy(np.concatenate([high, low]).astype(np.int8))
+        self.unit = torch.from_numpy(unit)[:, None]  # (Nq, 1)
+        combined = 128.0 * high + low
+        norm1 = np.abs(q).sum(axis=1)
+        a = np.abs(q - unit64 * combined).sum(axis=1) + (_gamma(q.shape[1]) + _U32) * norm1
+        a += 3.01 * _U32 * unit * np.abs(combined).sum(axis=1)
+        # A non-finite query token has no int8 split: its bound is infinite.
+        a = np.where(finite, a, np.inf)
+        self.terms = (a, np.zeros_like(a))
+        self.tiny = 2.0 * _TINY32 * (1.0 + float(unit.max(initial=0.0)))
 
 
 def may_reach_top(scores: np.ndarray, bounds: np.ndarray, valid: np.ndarray, k: int) -> np.ndarray:

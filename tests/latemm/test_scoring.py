@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from index_store import Index, IndexConfig, codecs, create
 from latemm import scoring
 from latemm.retriever import Candidates, gather, rescore, top_k
 from latemm.scoring import (
-    accumulates_in_float32,
     half_accumulates_in_float32,
+    int8_products_are_exact,
     maxsim,
     maxsim_half,
     may_reach_top,
@@ -100,21 +99,30 @@ def test_fast_pass_is_within_its_bound_of_float64_and_of_the_float32_kernel(dtyp
     _check_bound(q, qo, wide, do, fast, bound, tight=0.1)
 
 
-@pytest.mark.parametrize("product", [torch.float16, torch.bfloat16])
-def test_int8_codes_read_in_place_are_within_their_bound(monkeypatch, product) -> None:
-    """int8 storage is not decoded: codes are multiplied in float16 or bfloat16 (both hold
-    them exactly) and each similarity is scaled before the maximum."""
-    assert accumulates_in_float32(product)
-    monkeypatch.setattr(scoring, "code_dtype", lambda: product)
+def test_int8_codes_read_in_place_are_within_their_bound() -> None:
+    """int8 storage is not decoded: the query is split into two int8 parts, multiplied with
+    the codes exactly (int32), and each similarity is scaled before the maximum."""
+    assert int8_products_are_exact()
     (q, qo), (d, do) = _bound_case("int8")
     codes, scales = codecs.encode(d, "int8")
     wide = codecs.decode(codes, scales, "int8", DIM)
     fast, bound = maxsim_half(q, qo, codes, do, scales=scales)
-    # bfloat16 keeps 3 fewer bits than float16: a bound up to 8 times wider.
-    _check_bound(q, qo, wide, do, fast, bound, tight=0.1 if product == torch.float16 else 0.8)
-    # Against the float16 pass over the decoded values, on the same pairs.
-    half_fast, _ = maxsim_half(q, qo, wide.astype(np.float16), do, exact_half=False)
-    assert np.abs(fast - half_fast).max() <= bound.max()
+    # Much tighter than the float16 pass: the split query is within ~3e-5 of the query.
+    _check_bound(q, qo, wide, do, fast, bound, tight=0.01)
+    half_fast, half_bound = maxsim_half(q, qo, wide.astype(np.float16), do, exact_half=False)
+    assert np.abs(fast - half_fast).max() <= half_bound.max()
+    assert np.median(bound) < 0.1 * np.median(half_bound)
+
+
+def test_int8_pass_gives_a_non_finite_query_token_an_infinite_bound() -> None:
+    rng = np.random.default_rng(8)
+    codes, scales = codecs.encode(_unit(rng, 20), "int8")
+    query = _unit(rng, 3)
+    query[1, 5] = np.nan
+    fast, bound = maxsim_half(
+        query, np.array([0, 1, 3]), codes, np.array([0, 7, 20]), scales=scales
+    )
+    assert np.isfinite(bound[0]).all() and np.isinf(bound[1]).all()
 
 
 def test_fast_pass_bound_is_attained_to_within_a_small_factor() -> None:
@@ -247,19 +255,20 @@ def test_rescore_with_k_on_disjoint_candidates_scores_each_query_against_its_own
             np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("product", [torch.float16, torch.bfloat16])
-def test_int8_bound_is_attained_to_within_a_small_factor(monkeypatch, product) -> None:
-    """A page token along the query's rounding error in the product dtype (its int8 codes are
-    exact: all +-127) makes the in-place pass miss by a large part of its bound."""
-    monkeypatch.setattr(scoring, "code_dtype", lambda: product)
+def test_int8_bound_is_attained_to_within_a_small_factor() -> None:
+    """A page token along the sign of the query's int8 split error (its codes are all +-127,
+    exact) makes the in-place pass miss by a large part of its bound."""
     rng = np.random.default_rng(4)
     one = np.array([0, 1])
     ratios = []
     for query in _unit(rng, 3):
         query = query[None]  # (1, d)
-        error = query - torch.from_numpy(query).to(product).float().numpy()
+        split = scoring._Int8Query(query)
+        parts = split.codes.numpy().astype(np.float64)
+        error = query - split.unit.numpy() * (128.0 * parts[:1] + parts[1:])
         codes, scales = codecs.encode((np.sign(error) / np.sqrt(DIM)).astype(np.float32), "int8")
         fast, bound = maxsim_half(query, one, codes, one, scales=scales)
-        kernel = maxsim(query, one, codecs.decode(codes, scales, "int8", DIM), one)
-        ratios.append(abs(fast[0, 0] - kernel[0, 0]) / bound[0, 0])
+        wide = codecs.decode(codes, scales, "int8", DIM).astype(np.float64)
+        exact = float((query.astype(np.float64) @ wide[0])[0])
+        ratios.append(abs(fast[0, 0] - exact) / bound[0, 0])
     assert max(ratios) <= 1.0 and min(ratios) >= 0.4, ratios
