@@ -30,6 +30,7 @@ finished); ``python -m experiments.report`` renders it into RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -523,8 +524,11 @@ def cached_exact(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """The exact top-10 page numbers of the ``sample`` queries, and the brute-force timings;
     read from beside the index when an earlier run with the same corpus, size and queries left
-    them there, and left there when ``keep``."""
-    cache = path.parent / f"{path.name}-exact-s{corpus.seed}-n{n_pages}-q{len(sample)}.npz"
+    them there, and left there when ``keep``. The file name holds a digest of the queries: the
+    sample depends on ``--queries`` too (``corpus.queries`` draws all targets first)."""
+    digest = hashlib.sha256(np.ascontiguousarray(sample).tobytes()).hexdigest()[:12]
+    name = f"{path.name}-exact-s{corpus.seed}-n{n_pages}-q{len(sample)}-{digest}.npz"
+    cache = path.parent / name
     if cache.exists():
         with np.load(cache, allow_pickle=False) as data:
             return data["top"], {**json.loads(str(data["stats"])), "cached": str(cache)}

@@ -297,16 +297,6 @@ def _on_cpu(device: str | None) -> bool:
     return device is None or str(device).startswith("cpu")
 
 
-def _segment_positions(cands: Candidates, chosen: np.ndarray, s: int) -> tuple[np.ndarray, Any]:
-    """Rows (sorted, unique) of segment ``s`` among ``chosen`` (Q, C) candidates, and each
-    chosen candidate's position in them (-1 elsewhere)."""
-    in_seg = chosen & (cands.segments == s)  # (Q, C)
-    union, inverse = np.unique(cands.rows[in_seg], return_inverse=True)
-    position = np.full(cands.rows.shape, -1, dtype=np.int64)
-    position[in_seg] = inverse
-    return union, position
-
-
 def _exact_scores(
     index: Index,
     flat: np.ndarray,
@@ -318,17 +308,20 @@ def _exact_scores(
 ) -> None:
     """Writes into ``out`` the exact MaxSim of the ``chosen`` (Q, C) candidates, products in
     float64 rounded to float32 so that a score does not depend on the candidates beside it
-    (identical documents score identically and tie by doc_id); each segment's chosen vectors
-    (the union over the queries) are read and decoded once."""
-    for s in np.unique(cands.segments[chosen]):
-        union, position = _segment_positions(cands, chosen, int(s))
-        vectors, set_offsets = index.vectors(int(s), union)
-        for q in np.flatnonzero((position >= 0).any(axis=1)):
-            cols = np.flatnonzero(position[q] >= 0)
-            picks = position[q, cols]
+    (identical documents score identically and tie by doc_id). The distinct chosen pages,
+    across segments, are read and decoded once, in chunks of ``_EXACT_CHUNK_BYTES``, and
+    each query scores its own pages of a chunk in one call."""
+    segs, rows, position = _distinct_pages(cands, chosen)
+    page_bytes = _page_tokens(index, segs, rows) * flat.shape[1] * 4
+    for start, stop in _chunks(page_bytes, _EXACT_CHUNK_BYTES):
+        vectors, set_offsets = _read_pages(index, segs[start:stop], rows[start:stop], np.float32)
+        at = np.where((position >= start) & (position < stop), position - start, -1)
+        for q in np.flatnonzero((at >= 0).any(axis=1)):
+            cols = np.flatnonzero(at[q] >= 0)
+            picks = at[q, cols]
             query = flat[offsets[q] : offsets[q + 1]]
-            if picks.size == union.size and np.array_equal(np.sort(picks), np.arange(union.size)):
-                # The query's candidates are the whole union: no copy, scores put in its order.
+            if picks.size == stop - start and np.array_equal(np.sort(picks), np.arange(picks.size)):
+                # The query's candidates are the whole chunk: no copy, scores put in its order.
                 out[q, cols] = maxsim_pairs(
                     query, vectors, set_offsets, device=device, float64=True
                 )[picks]
@@ -337,11 +330,50 @@ def _exact_scores(
             out[q, cols] = maxsim_pairs(query, docs, doc_offsets, device=device, float64=True)
 
 
+def _distinct_pages(
+    cands: Candidates, chosen: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct (segment, row) pages among the ``chosen`` (Q, C) candidates, sorted, and
+    each chosen candidate's position among them (-1 elsewhere)."""
+    keys = cands.segments.astype(np.int64) * (1 << 40) + cands.rows
+    union, inverse = np.unique(keys[chosen], return_inverse=True)
+    position = np.full(keys.shape, -1, dtype=np.int64)
+    position[chosen] = inverse
+    return union >> 40, union & ((1 << 40) - 1), position
+
+
+def _page_tokens(index: Index, segs: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Token count of each page (segment, row)."""
+    tokens = np.empty(rows.size, dtype=np.int64)
+    for s in np.unique(segs).tolist():
+        at = segs == s
+        seg_offsets = index.segments[s].offsets
+        tokens[at] = seg_offsets[rows[at] + 1] - seg_offsets[rows[at]]
+    return tokens
+
+
+def _read_pages(
+    index: Index, segs: np.ndarray, rows: np.ndarray, dtype: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pages (segment, row), sorted by segment, decoded to ``dtype`` and concatenated in
+    that order, with their offsets."""
+    parts, lengths = [], []
+    for s in np.unique(segs).tolist():
+        vectors, set_offsets = index.vectors(s, rows[segs == s], dtype=dtype)
+        parts.append(vectors)
+        lengths.append(np.diff(set_offsets))
+    doc_offsets = np.zeros(rows.size + 1, dtype=np.int64)
+    np.cumsum(np.concatenate(lengths), out=doc_offsets[1:])
+    return (parts[0] if len(parts) == 1 else np.concatenate(parts)), doc_offsets
+
+
 # Bytes of candidate pages per fast-pass call (at least one page). A call copies its pages out
 # of the memory maps; copies this small reuse heap memory instead of faulting in fresh pages
 # (48 MB of int8 pages copy in 15 ms at once, 6 ms in 8 MB chunks), and one call over many
 # segments' pages saves a call per segment.
 _FAST_CHUNK_BYTES = 8 << 20
+# Bytes of decoded float32 pages per chunk of the exact pass.
+_EXACT_CHUNK_BYTES = 64 << 20
 
 
 def _fast_scores(
@@ -366,18 +398,10 @@ def _fast_scores(
             kind = "decoded"  # int8 codes, but no exact int8 product for them here
         groups.setdefault(kind, []).append(s)
     for kind, segments in groups.items():
-        chosen = cands.valid & np.isin(cands.segments, segments)
-        keys = cands.segments.astype(np.int64) * (1 << 40) + cands.rows
-        union, inverse = np.unique(keys[chosen], return_inverse=True)
-        position = np.full(keys.shape, -1, dtype=np.int64)
-        position[chosen] = inverse
-        segs, rows = union >> 40, union & ((1 << 40) - 1)
-        tokens = np.empty(union.size, dtype=np.int64)
-        for s in segments:
-            at_s = segs == s
-            seg_offsets = index.segments[s].offsets
-            tokens[at_s] = seg_offsets[rows[at_s] + 1] - seg_offsets[rows[at_s]]
-        page_bytes = tokens * flat.shape[1] * (1 if kind == "int8" else 2)
+        segs, rows, position = _distinct_pages(
+            cands, cands.valid & np.isin(cands.segments, segments)
+        )
+        page_bytes = _page_tokens(index, segs, rows) * flat.shape[1] * (1 if kind == "int8" else 2)
         for start, stop in _chunks(page_bytes, _FAST_CHUNK_BYTES):
             docs = _read_fast(index, kind, segs[start:stop], rows[start:stop])
             inside = (position >= start) & (position < stop)
@@ -402,16 +426,14 @@ def _chunks(sizes: np.ndarray, limit: int) -> list[tuple[int, int]]:
 def _read_fast(index: Index, kind: str, segments: np.ndarray, rows: np.ndarray) -> dict[str, Any]:
     """The pages (segment, row) as ``maxsim_half`` keywords: their vectors concatenated in
     that order (int8 codes with their scales, float16 values, or float16 decodings)."""
+    if kind == "decoded":
+        vectors, doc_offsets = _read_pages(index, segments, rows, np.float16)
+        return {"doc_vectors": vectors, "doc_offsets": doc_offsets, "exact_half": False}
     parts: list[np.ndarray] = []
     scales: list[np.ndarray] = []
     lengths: list[np.ndarray] = []
     for s in np.unique(segments).tolist():
         mine = rows[segments == s]
-        if kind == "decoded":
-            vectors, set_offsets = index.vectors(s, mine, dtype=np.float16)
-            parts.append(vectors)
-            lengths.append(np.diff(set_offsets))
-            continue
         stored, stored_scales, stored_offsets = index.stored_vectors(s)  # type: ignore[misc]
         starts, ends = stored_offsets[mine], stored_offsets[mine + 1]
         parts += [stored[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]

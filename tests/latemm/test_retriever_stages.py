@@ -101,7 +101,9 @@ def test_batched_rescoring_equals_per_query_scoring_and_reads_each_segment_once(
     calls: list[int] = []
     original = Index.vectors
     monkeypatch.setattr(
-        Index, "vectors", lambda self, s, rows: calls.append(s) or original(self, s, rows)
+        Index,
+        "vectors",
+        lambda self, s, rows, **kw: calls.append(s) or original(self, s, rows, **kw),
     )
     got = rescore(index, flat, offsets, cands)
     assert sorted(calls) == [0, 1, 2]  # one read per segment for the whole batch
