@@ -129,6 +129,7 @@ _U16 = 2.0**-11  # unit roundoff of float16
 _TINY16 = 2.0**-25  # half the spacing of float16 subnormals: absolute rounding error there
 _U32 = 2.0**-24  # unit roundoff of float32
 _CODE_MAX = 127.0  # int8 codes lie in [-127, 127] (index_store.codecs)
+_INT8_GROUP = 32  # query tokens per int8 product
 _TINY32 = 2.0**-149  # float32's smallest subnormal: absolute rounding error bound there
 _SAFETY = 1.001  # absorbs the float64 rounding of the bound's own arithmetic
 # Page tokens per half-precision product: (block, d) float16 pages stay in the L2 cache.
@@ -324,8 +325,6 @@ def maxsim_half(
             raise ValueError(f"the int8 pass takes d <= {INT8_MAX_DIM}, got {queries.shape[1]}")
         split = _Int8Query(queries)
         nq = queries.shape[0]
-        # (2 Nq, block) int32 products and their float32 similarities stay in the L2 cache.
-        block_tokens = min(block_tokens, max(2048, (1 << 19) // max(1, nq)))
     else:
         q16 = torch.from_numpy(queries.astype(np.float16))  # (Nq, d)
     picked = np.arange(d_offsets.size - 1) if rows is None else np.asarray(rows, np.int64)
@@ -341,13 +340,17 @@ def maxsim_half(
         tokens = _tensor(block).view(p * width, dim)
         if scales is not None:
             scale = _gather_pages(scales, starts[pages], lengths).reshape(p, width)
-            exact = torch._int_mm(split.codes, tokens.T)  # (2 Nq, p * L) int32, exact
-            # (128 h + l) . codes, in int32; then times each token's scale, in float32.
-            sim = torch.add(exact[nq:], exact[:nq], alpha=128) * torch.from_numpy(scale).view(
-                1, p * width
-            )
-            # The query tokens' scales are positive: they multiply the maxima instead.
-            best[pages] = (sim.view(-1, p, width).amax(dim=2) * split.unit).T.numpy()
+            page_scales = torch.from_numpy(scale).view(1, p * width)
+            # Query tokens in groups: (2 g, block) int32 products stay in the L2 cache.
+            for a in range(0, nq, _INT8_GROUP):
+                b = min(nq, a + _INT8_GROUP)
+                group = torch.cat([split.codes[a:b], split.codes[nq + a : nq + b]])
+                exact = torch._int_mm(group, tokens.T)  # (2 g, p * L) int32, exact
+                # (128 h + l) . codes, in int32; then times each token's scale, in float32.
+                sim = torch.add(exact[b - a :], exact[: b - a], alpha=128) * page_scales
+                # The query tokens' units are positive: they multiply the maxima instead.
+                top = sim.view(-1, p, width).amax(dim=2) * split.unit[a:b]
+                best[pages, a:b] = top.T.numpy()
             max_abs[pages] = scale.max(axis=1)  # the page's largest scale, for now
             continue
         else:
