@@ -120,7 +120,9 @@ def _kernel_methods(pages: np.ndarray, queries: np.ndarray) -> dict[str, Callabl
         )
     except ImportError:
         pass
-    limits = {name: (lambda fn=fn: (fn(), None)[1]) for name, fn in _limits(docs16, flat_q, codes).items()}
+    limits = {
+        name: (lambda fn=fn: (fn(), None)[1]) for name, fn in _limits(docs16, flat_q, codes).items()
+    }
     return {**methods, **limits}
 
 

@@ -326,10 +326,17 @@ def evaluate_latemm(
     batch_size: int,
     k: int = 10,
     progress: bool = True,
+    warm: bool = False,
 ) -> list[dict[str, float]]:
     """Per candidate count: one query at a time (p50/p95), batches (queries/s), and recall@10
-    of the first ``len(exact_ids)`` queries (from the batched results)."""
+    of the first ``len(exact_ids)`` queries (from the batched results). With ``warm``, every
+    query is searched once at the largest count first, so that the pages they touch are in
+    the page cache (a server's steady state; without it an index larger than what the page
+    cache keeps is read from disk on first touch)."""
     retriever = Retriever(index)
+    if warm:
+        for q in queries:
+            retriever.search_embeddings([q], k=k, candidates=max(candidates))
     rows = []
     for c in candidates:
         retriever.search_embeddings(list(queries[:1]), k=k, candidates=c)  # warm-up
@@ -403,6 +410,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--plaid-max", type=int, default=2000, help="largest N for fast-plaid")
     parser.add_argument("--name", default=None, help="result name (default bench_scale_<pages>)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="search every query once before timing, so their pages are in the page cache",
+    )
     return parser.parse_args(argv)
 
 
@@ -490,8 +502,14 @@ def _measure(
     monitor.phase = "search"
     index = Index.open(path, verify="none")
     result["latemm"] = evaluate_latemm(
-        index, q3[: args.queries], exact, args.candidates, batch_size=args.batch_size
+        index,
+        q3[: args.queries],
+        exact,
+        args.candidates,
+        batch_size=args.batch_size,
+        warm=args.warm,
     )
+    result["warm"] = args.warm
     result["targets"] = against_targets(result)
     write_result(name, result)
     if plaid:

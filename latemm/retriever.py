@@ -373,8 +373,9 @@ def _read_pages(
 # segments' pages saves a call per segment.
 _FAST_CHUNK_BYTES = 8 << 20
 _DECODED_CHUNK_BYTES = 256 << 20
-# Query tokens up to which int8 pages are scored on int8 products; a wider batch decodes them
-# to float16 once for all its queries (8 x 28 tokens at C=512: 63 against 92 ms per query).
+# Query tokens up to which int8 pages are always scored on int8 products; a wider batch whose
+# queries share most candidates decodes them to float16 once for all its queries (8 x 28
+# tokens against 1,024 shared pages at C=512: 63 against 92 ms per query).
 _INT8_MAX_QUERY_TOKENS = 64
 # Bytes of decoded float32 pages per chunk of the exact pass.
 _EXACT_CHUNK_BYTES = 64 << 20
@@ -387,9 +388,8 @@ def _fast_scores(
 
     Pages are grouped by how the pass reads them. A float16 segment is read in place from its
     memory map, block by block, one segment per call. int8 codes (multiplied exactly as int8,
-    then scaled, for up to ``_INT8_MAX_QUERY_TOKENS`` query tokens) and pages of other codecs
-    (decoded to float16) are gathered across segments in chunks of ``_FAST_CHUNK_BYTES``, one
-    call per chunk. All queries are scored against a
+    then scaled, unless ``_shared_widely``) and pages of other codecs (decoded to float16) are
+    gathered across segments in chunks, one call per chunk. All queries are scored against a
     call's pages at once when that is at most twice the work of scoring each query's own
     candidates (a wide product runs faster per FLOP), else each query against its own.
     """
@@ -401,9 +401,11 @@ def _fast_scores(
         kind = "decoded" if stored is None else "half" if stored[1] is None else "int8"
         if kind == "int8" and not int8_in_place(flat.shape[1]):
             kind = "decoded"  # int8 codes, but no exact int8 product for them here
-        if kind == "int8" and flat.shape[0] > _INT8_MAX_QUERY_TOKENS:
-            kind = "decoded"  # a wide batch: float16 products of a decoding shared by all
         groups.setdefault(kind, []).append(s)
+    if "int8" in groups and _shared_widely(cands, np.isin(cands.segments, groups["int8"]), offsets):
+        # int8 products gain nothing from more query rows: a batch whose queries share most
+        # candidates decodes them to float16 once and multiplies all queries at once.
+        groups.setdefault("decoded", []).extend(groups.pop("int8"))
     for s in groups.pop("half", []):
         vectors, _, set_offsets = index.stored_vectors(s)  # type: ignore[misc]
         segs, rows, position = _distinct_pages(cands, cands.valid & (cands.segments == s))
@@ -422,6 +424,19 @@ def _fast_scores(
             at = np.where(inside, position - start, -1)
             _score_chunk(flat, offsets, at, partial(maxsim_half, **docs), scores, bounds)
     return scores, bounds
+
+
+def _shared_widely(cands: Candidates, chosen: np.ndarray, offsets: np.ndarray) -> bool:
+    """Whether a batch of more than ``_INT8_MAX_QUERY_TOKENS`` query tokens would score the
+    ``chosen`` (Q, C) candidates' distinct pages all at once: their number times the batch's
+    query tokens is at most twice the work of each query against its own pages."""
+    lengths = np.diff(offsets)
+    mine = chosen & cands.valid
+    users = np.flatnonzero(mine.any(axis=1))
+    if int(lengths.sum()) <= _INT8_MAX_QUERY_TOKENS or users.size < 2:
+        return False
+    union = np.unique(cands.segments[mine].astype(np.int64) * (1 << 40) + cands.rows[mine]).size
+    return union * int(lengths[users].sum()) <= 2 * int((mine.sum(axis=1) * lengths).sum())
 
 
 def _chunks(sizes: np.ndarray, limit: int) -> list[tuple[int, int]]:

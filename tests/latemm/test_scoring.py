@@ -272,3 +272,34 @@ def test_int8_bound_is_attained_to_within_a_small_factor() -> None:
         exact = float((query.astype(np.float64) @ wide[0])[0])
         ratios.append(abs(fast[0, 0] - exact) / bound[0, 0])
     assert max(ratios) <= 1.0 and min(ratios) >= 0.4, ratios
+
+
+def test_int8_batch_sharing_its_candidates_gives_the_same_top_k_as_one_query_at_a_time(
+    tmp_path,
+) -> None:
+    # 6 x 12 query tokens against the same pages: the batch decodes them to float16 once
+    # (``_shared_widely``); each query alone multiplies the int8 codes in place.
+    from latemm.retriever import _shared_widely
+
+    rng = np.random.default_rng(9)
+    docs, query = _near_ties(rng)
+    index = _index(tmp_path, "int8", docs)
+    queries = [query] + [docs[3 * i][:12].copy() for i in range(5)]
+    flat, offsets = _flat(queries)
+    rows = np.concatenate([np.arange(s.num_docs) for s in index.segments])
+    segs = np.concatenate([np.full(s.num_docs, i) for i, s in enumerate(index.segments)])
+    cands = Candidates(
+        np.tile(segs, (6, 1)), np.tile(rows, (6, 1)), np.zeros((6, rows.size), np.float32)
+    )
+    assert _shared_widely(cands, cands.valid, offsets)
+    batched = rescore(index, flat, offsets, cands, k=5)
+    for q in range(6):
+        one = Candidates(cands.segments[q : q + 1], cands.rows[q : q + 1], cands.scores[q : q + 1])
+        query_q = queries[q]
+        alone = rescore(index, query_q, np.array([0, len(query_q)]), one, k=5)
+        every = rescore(index, query_q, np.array([0, len(query_q)]), one)
+        want_ids, want = _top(index, one, every, 5)
+        for got_scores in (batched[q : q + 1], alone):
+            got_ids, got = _top(index, one, got_scores, 5)
+            assert got_ids == want_ids
+            np.testing.assert_array_equal(got, want)
