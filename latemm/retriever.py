@@ -367,12 +367,9 @@ def _read_pages(
     return (parts[0] if len(parts) == 1 else np.concatenate(parts)), doc_offsets
 
 
-# Bytes of candidate pages per fast-pass call (at least one page). A call copies its pages out
-# of the memory maps; copies this small reuse heap memory instead of faulting in fresh pages
-# (48 MB of int8 pages copy in 15 ms at once, 6 ms in 8 MB chunks), and one call over many
-# segments' pages saves a call per segment.
-_FAST_CHUNK_BYTES = 8 << 20
-_DECODED_CHUNK_BYTES = 256 << 20
+# Bytes of candidate pages per fast-pass call over many segments' pages (one call instead of
+# one per segment): bounds the copies (int8 codes, float16 decodings) held at once.
+_FAST_CHUNK_BYTES = 256 << 20
 # Query tokens up to which int8 pages are always scored on int8 products; a wider batch whose
 # queries share most candidates decodes them to float16 once for all its queries (8 x 28
 # tokens against 1,024 shared pages at C=512: 63 against 92 ms per query).
@@ -416,9 +413,7 @@ def _fast_scores(
             cands, cands.valid & np.isin(cands.segments, segments)
         )
         page_bytes = _page_tokens(index, segs, rows) * flat.shape[1] * (1 if kind == "int8" else 2)
-        # Decoding allocates fresh memory anyway: decoded pages go in larger chunks.
-        limit = _FAST_CHUNK_BYTES if kind == "int8" else _DECODED_CHUNK_BYTES
-        for start, stop in _chunks(page_bytes, limit):
+        for start, stop in _chunks(page_bytes, _FAST_CHUNK_BYTES):
             docs = _read_fast(index, kind, segs[start:stop], rows[start:stop])
             inside = (position >= start) & (position < stop)
             at = np.where(inside, position - start, -1)
