@@ -267,20 +267,29 @@ class Index:
         half-precision rescoring) and (len(rows) + 1,) offsets."""
         if np.dtype(dtype) not in (np.float32, np.float16):
             raise InputError(f"Index.vectors decodes to float32 or float16, not {dtype!r}")
+        codes, scales, offsets = self.codes(segment, rows)
+        if codes.shape[0] == 0:
+            return np.zeros((0, self.config.dim), dtype), offsets
+        return self.segments[segment].decode(codes, scales, dtype), offsets
+
+    def codes(
+        self, segment: int, rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """Stored codes of some rows of a segment, as stored (undecoded), with the int8 codes'
+        scales (None for other dtypes) and (len(rows) + 1,) offsets."""
         seg = self.segments[segment]
         rows = np.asarray(rows, dtype=np.int64)
         starts, ends = seg.offsets[rows], seg.offsets[rows + 1]
-        lengths = ends - starts
         offsets = np.zeros(rows.size + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
+        np.cumsum(ends - starts, out=offsets[1:])
         if rows.size == 0:
-            return np.zeros((0, self.config.dim), dtype), offsets
+            return seg.vectors[:0], None if seg.scales is None else seg.scales[:0], offsets
         # One contiguous slice per document: memory-mapped reads stay sequential.
         codes = np.concatenate([seg.vectors[a:b] for a, b in zip(starts, ends, strict=True)])
         scales = None
         if seg.scales is not None:
             scales = np.concatenate([seg.scales[a:b] for a, b in zip(starts, ends, strict=True)])
-        return seg.decode(codes, scales, dtype), offsets
+        return codes, scales, offsets
 
     def stored_vectors(
         self, segment: int

@@ -314,7 +314,7 @@ def _exact_scores(
     segs, rows, position = _distinct_pages(cands, chosen)
     page_bytes = _page_tokens(index, segs, rows) * flat.shape[1] * 4
     for start, stop in _chunks(page_bytes, _EXACT_CHUNK_BYTES):
-        vectors, set_offsets = _read_pages(index, segs[start:stop], rows[start:stop], np.float32)
+        vectors, _, set_offsets = _read_pages(index, segs[start:stop], rows[start:stop], np.float32)
         at = np.where((position >= start) & (position < stop), position - start, -1)
         for q in np.flatnonzero((at >= 0).any(axis=1)):
             cols = np.flatnonzero(at[q] >= 0)
@@ -354,17 +354,26 @@ def _page_tokens(index: Index, segs: np.ndarray, rows: np.ndarray) -> np.ndarray
 
 def _read_pages(
     index: Index, segs: np.ndarray, rows: np.ndarray, dtype: Any
-) -> tuple[np.ndarray, np.ndarray]:
-    """The pages (segment, row), sorted by segment, decoded to ``dtype`` and concatenated in
-    that order, with their offsets."""
-    parts, lengths = [], []
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """The pages (segment, row), sorted by segment, concatenated in that order: decoded to
+    ``dtype``, or their int8 codes and scales when ``dtype`` is None; with their offsets."""
+    parts: list[np.ndarray] = []
+    scales: list[np.ndarray] = []
+    lengths: list[np.ndarray] = []
     for s in np.unique(segs).tolist():
-        vectors, set_offsets = index.vectors(s, rows[segs == s], dtype=dtype)
-        parts.append(vectors)
+        mine = rows[segs == s]
+        if dtype is None:
+            codes, code_scales, set_offsets = index.codes(s, mine)
+            if code_scales is not None:
+                scales.append(code_scales)
+        else:
+            codes, set_offsets = index.vectors(s, mine, dtype=dtype)
+        parts.append(codes)
         lengths.append(np.diff(set_offsets))
     doc_offsets = np.zeros(rows.size + 1, dtype=np.int64)
     np.cumsum(np.concatenate(lengths), out=doc_offsets[1:])
-    return (parts[0] if len(parts) == 1 else np.concatenate(parts)), doc_offsets
+    vectors = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return vectors, (np.concatenate(scales) if scales else None), doc_offsets
 
 
 # Bytes of candidate pages per fast-pass call over many segments' pages (one call instead of
@@ -413,11 +422,20 @@ def _fast_scores(
             cands, cands.valid & np.isin(cands.segments, segments)
         )
         page_bytes = _page_tokens(index, segs, rows) * flat.shape[1] * (1 if kind == "int8" else 2)
+        dtype = None if kind == "int8" else np.float16  # int8: the codes, undecoded
         for start, stop in _chunks(page_bytes, _FAST_CHUNK_BYTES):
-            docs = _read_fast(index, kind, segs[start:stop], rows[start:stop])
-            inside = (position >= start) & (position < stop)
-            at = np.where(inside, position - start, -1)
-            _score_chunk(flat, offsets, at, partial(maxsim_half, **docs), scores, bounds)
+            vectors, scales, doc_offsets = _read_pages(
+                index, segs[start:stop], rows[start:stop], dtype
+            )
+            half = partial(
+                maxsim_half,
+                doc_vectors=vectors,
+                doc_offsets=doc_offsets,
+                scales=scales,  # int8 codes; else float16 decodings, not stored values:
+                exact_half=False,
+            )
+            at = np.where((position >= start) & (position < stop), position - start, -1)
+            _score_chunk(flat, offsets, at, half, scores, bounds)
     return scores, bounds
 
 
@@ -445,34 +463,6 @@ def _chunks(sizes: np.ndarray, limit: int) -> list[tuple[int, int]]:
     if start < sizes.size:
         out.append((start, int(sizes.size)))
     return out
-
-
-def _read_fast(index: Index, kind: str, segments: np.ndarray, rows: np.ndarray) -> dict[str, Any]:
-    """The pages (segment, row) as ``maxsim_half`` keywords: their vectors concatenated in
-    that order (int8 codes with their scales, or float16 decodings)."""
-    if kind == "decoded":
-        vectors, doc_offsets = _read_pages(index, segments, rows, np.float16)
-        return {"doc_vectors": vectors, "doc_offsets": doc_offsets, "exact_half": False}
-    assert kind == "int8"
-    parts: list[np.ndarray] = []
-    scales: list[np.ndarray] = []
-    lengths: list[np.ndarray] = []
-    for s in np.unique(segments).tolist():
-        mine = rows[segments == s]
-        stored, stored_scales, stored_offsets = index.stored_vectors(s)  # type: ignore[misc]
-        starts, ends = stored_offsets[mine], stored_offsets[mine + 1]
-        parts += [stored[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
-        if stored_scales is not None:
-            scales += [stored_scales[a:b] for a, b in zip(starts, ends, strict=True)]
-        lengths.append(ends - starts)
-    # np.unique sorted the segments; the pages arrive sorted by segment too (keys sorted).
-    doc_offsets = np.zeros(rows.size + 1, dtype=np.int64)
-    np.cumsum(np.concatenate(lengths), out=doc_offsets[1:])
-    return {
-        "doc_vectors": np.concatenate(parts),
-        "doc_offsets": doc_offsets,
-        "scales": np.concatenate(scales),
-    }
 
 
 def _score_chunk(
