@@ -2,8 +2,9 @@
 
 A multi-vector set is a flat (N, d) array plus (n + 1,) int64 offsets. Scores accumulate in
 float32 whatever the storage dtype, and no set is ever padded, so a document's score never
-depends on which other documents share its block. ``maxsim_half`` is a float16 pass that
-returns each score with a proven bound on its distance to ``maxsim``'s, and ``may_reach_top``
+depends on which other documents share its block. ``maxsim_half`` is a fast pass (float16
+products, or exact int8 products on int8 codes) that returns each score with a proven bound on
+its distance to ``maxsim``'s, and ``may_reach_top``
 uses the bounds to keep only the candidates whose exact score could reach a top k. Imports
 numpy and torch only.
 """

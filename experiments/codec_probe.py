@@ -1,0 +1,115 @@
+"""Codec probe for issue #14 goal 1 (<= 20 KB per ColPali-shaped page at recall@10 >= 0.95):
+which faiss token codecs at 16-18 bytes per 128-d token keep the exact MaxSim top-10?
+
+Run: ``python -m experiments.codec_probe [--pages 1000] [--queries 50]``; writes
+``results/codec_probe.json``.
+
+Data: seeded ``experiments.synthetic`` pages (1,030 x 128) and queries. Every codec is trained
+on the same 200,000 sampled tokens and applied to every token; each query then scores every
+page with exact MaxSim (float64) over the decoded tokens, and recall@10 is measured against
+the top-10 over the original float32 tokens. No first stage: this is the codec's own loss,
+the ceiling of any index that stores it. 20 KB per page leaves at most ~19 bytes per token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from experiments.common import write_result
+from experiments.synthetic import SyntheticCorpus
+
+
+def maxsim_all(queries: np.ndarray, tokens: np.ndarray, n_pages: int) -> np.ndarray:
+    """(Q, n) float64 MaxSim of every query against every page of ``tokens``."""
+    pages = torch.from_numpy(tokens.reshape(n_pages, -1, tokens.shape[1])).double()
+    out = np.empty((len(queries), n_pages))
+    for i, query in enumerate(queries):
+        q = torch.from_numpy(query).double()
+        out[i] = torch.einsum("td,npd->ntp", q, pages).amax(dim=2).sum(dim=1).numpy()
+    return out
+
+
+def codecs(train: np.ndarray) -> dict[str, tuple[int, Callable[[np.ndarray], np.ndarray]]]:
+    """name -> (bytes per token, encode-then-decode)."""
+    import faiss
+
+    dim = train.shape[1]
+
+    def pq(m: int, nbits: int, sample: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        quantizer = faiss.ProductQuantizer(dim, m, nbits)
+        quantizer.train(np.ascontiguousarray(sample))
+        return lambda x: quantizer.decode(quantizer.compute_codes(np.ascontiguousarray(x)))
+
+    def residual(k: int, m: int, nbits: int) -> Callable[[np.ndarray], np.ndarray]:
+        # PLAID-style: a coarse centroid per token (2 bytes for k <= 65,536), the residual
+        # product-quantised.
+        kmeans = faiss.Kmeans(dim, k, niter=12, seed=1)
+        kmeans.train(train)
+        _, near = kmeans.index.search(train, 1)
+        inner = pq(m, nbits, train - kmeans.centroids[near[:, 0]])
+
+        def code(x: np.ndarray) -> np.ndarray:
+            _, assigned = kmeans.index.search(x, 1)
+            centroids = kmeans.centroids[assigned[:, 0]]
+            return centroids + inner(x - centroids)
+
+        return code
+
+    def rq(m: int, nbits: int) -> Callable[[np.ndarray], np.ndarray]:
+        quantizer = faiss.ResidualQuantizer(dim, m, nbits)
+        quantizer.max_beam_size = 4
+        quantizer.train(train)
+        return lambda x: quantizer.decode(quantizer.compute_codes(np.ascontiguousarray(x)))
+
+    return {
+        "pq 32x4 (= pq1)": (16, pq(32, 4, train)),
+        "pq 16x8": (16, pq(16, 8, train)),
+        "rq 16x8 (beam 4)": (16, rq(16, 8)),
+        "coarse 4096 + residual pq 16x8": (18, residual(4096, 16, 8)),
+        "coarse 4096 + residual pq 32x4": (18, residual(4096, 32, 4)),
+        "pq 32x8 (2 bits/dim, for scale)": (32, pq(32, 8, train)),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pages", type=int, default=1000)
+    parser.add_argument("--queries", type=int, default=50)
+    parser.add_argument("--train", type=int, default=200_000, help="tokens to train on")
+    args = parser.parse_args(argv)
+    corpus = SyntheticCorpus()
+    tokens = corpus.pages(0, args.pages).reshape(-1, corpus.dim)
+    queries, _ = corpus.queries(args.queries, args.pages)
+    rng = np.random.default_rng(0)
+    train = tokens[rng.choice(len(tokens), min(args.train, len(tokens)), replace=False)]
+    exact = maxsim_all(queries, tokens, args.pages)
+    top = np.argsort(-exact, axis=1, kind="stable")[:, :10]
+    rows: list[dict[str, Any]] = []
+    for name, (size, code) in codecs(train).items():
+        start = time.perf_counter()
+        scores = maxsim_all(queries, code(tokens), args.pages)
+        found = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+        hits = [
+            len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(found, top, strict=True)
+        ]
+        rows.append(
+            {
+                "codec": name,
+                "bytes_per_token": size,
+                "kib_per_page_tokens": size * corpus.tokens_per_page / 1024,
+                "recall@10": float(np.mean(hits)),
+                "seconds": time.perf_counter() - start,
+            }
+        )
+        print(f"  {name:<34} {size:3d} B/token  recall@10 {rows[-1]['recall@10']:.3f}", flush=True)
+    write_result("codec_probe", {"pages": args.pages, "queries": args.queries, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
