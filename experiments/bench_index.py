@@ -119,6 +119,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline-size", type=int, default=None, help="default: smallest size")
     parser.add_argument("--no-storage", action="store_true", help="skip the dtype table")
     parser.add_argument(
+        "--dtype",
+        default="float16",
+        help="storage dtype of the baseline and growth runs (results/bench_index_<dtype>.json "
+        "for any but float16)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -137,20 +143,20 @@ def main(argv: list[str] | None = None) -> None:
     baseline_size = args.baseline_size or sizes[0]
     with tempfile.TemporaryDirectory(prefix="latemm-baseline-") as tmp:
         tree = baseline_tree(args.baseline, Path(tmp))
-        baseline = run_child(baseline_size, "float16", tree, args.threads)
+        baseline = run_child(baseline_size, args.dtype, tree, args.threads)
     print(_line(f"{baseline_size} baseline {args.baseline}", baseline))
     growth = []
     for n in sizes:
-        row = run_child(n, "float16", threads=args.threads)
+        row = run_child(n, args.dtype, threads=args.threads)
         growth.append(row)
-        print(_line(f"{n} float16", row))
+        print(_line(f"{n} {args.dtype}", row))
     same = (
         next(r for r in growth if r["documents"] == baseline_size)
         if baseline_size in sizes
         else None
     )
     if same is None:
-        same = run_child(baseline_size, "float16", threads=args.threads)
+        same = run_child(baseline_size, args.dtype, threads=args.threads)
     storage = []
     for dtype in () if args.no_storage else ("float32", "float16", "int8", "binary"):
         row = run_child(1000, dtype, threads=args.threads)
@@ -165,9 +171,11 @@ def main(argv: list[str] | None = None) -> None:
     # Wall-clock figures are only as good as the machine was idle: record how busy it was.
     load = {"before": load_before, "after": os.getloadavg(), "cores": os.cpu_count()}
     print(f"load average (1, 5, 15 min) before {load['before']}, after {load['after']}")
+    name = "bench_index" + ("" if args.dtype == "float16" else f"_{args.dtype}")
     write_result(
-        "bench_index" + ("_quick" if args.quick else ""),
+        name + ("_quick" if args.quick else ""),
         {
+            "dtype": args.dtype,
             "threads": args.threads,
             "load_average": load,
             "baseline": {"revision": args.baseline, **baseline},

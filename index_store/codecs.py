@@ -136,10 +136,7 @@ def encode(
         # torch rounds to float16 as numpy does (to nearest even), several times faster.
         return torch.from_numpy(np.ascontiguousarray(vectors, np.float32)).half().numpy(), None
     if dtype == "int8":
-        scale = np.abs(vectors).max(axis=1) / 127.0
-        scale[scale == 0] = 1.0
-        codes = np.clip(np.rint(vectors / scale[:, None]), -127, 127).astype(np.int8)
-        return codes, scale.astype(np.float32)
+        return _int8(vectors)
     if dtype == "binary":
         return np.packbits(vectors > 0, axis=1), None
     if is_trained(dtype):
@@ -148,6 +145,22 @@ def encode(
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         return _quantizer(codebook).compute_codes(x), None
     raise InputError(f"unknown storage dtype {dtype!r}")
+
+
+def _int8(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int8 codes and scales, in float32 whatever the input (float16 input is widened first),
+    in row blocks with torch: numpy's whole-array passes took 2.4 ms per 1,030 x 128 page on
+    a float16 buffer (float16 arithmetic is emulated), and match these on float32 input."""
+    x = torch.from_numpy(np.ascontiguousarray(vectors))
+    codes = torch.empty(x.shape, dtype=torch.int8)
+    scales = torch.empty(x.shape[0], dtype=torch.float32)
+    for a in range(0, x.shape[0], _SCALE_BLOCK_ROWS):
+        block = x[a : a + _SCALE_BLOCK_ROWS].float()
+        scale = block.abs().amax(dim=1) / 127.0
+        scale[scale == 0] = 1.0
+        codes[a : a + _SCALE_BLOCK_ROWS] = torch.round(block / scale[:, None]).clamp_(-127, 127)
+        scales[a : a + _SCALE_BLOCK_ROWS] = scale
+    return codes.numpy(), scales.numpy()
 
 
 def _scaled(codes: np.ndarray, scales: np.ndarray, dtype: torch.dtype) -> np.ndarray:
