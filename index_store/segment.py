@@ -170,17 +170,25 @@ def check_files(directory: Path, files: tuple[FileEntry, ...], *, full: bool) ->
     problems = []
     for info in files:
         fpath = directory / info.file
+        # A file can vanish between the checks (a writer's commit removing what it replaced,
+        # while a reader opens the state before it): reported as missing, so that the reader
+        # retries on the new manifest instead of failing with a bare FileNotFoundError.
         if not fpath.is_file():
             problems.append(f"{fpath}: missing")
             continue
-        size = fpath.stat().st_size
-        if size != info.size:
-            problems.append(
-                f"{fpath}: size {size} bytes, manifest says {info.size} (truncated or replaced)"
-            )
-            continue
-        if (full or size <= SMALL_FILE) and sha256_file(fpath) != info.sha256:
-            problems.append(f"{fpath}: checksum mismatch (file corrupted)")
+        try:
+            size = fpath.stat().st_size
+            if size != info.size:
+                problems.append(
+                    f"{fpath}: size {size} bytes, manifest says {info.size} (truncated or replaced)"
+                )
+                continue
+            if (full or size <= SMALL_FILE) and sha256_file(fpath) != info.sha256:
+                problems.append(f"{fpath}: checksum mismatch (file corrupted)")
+        except FileNotFoundError:
+            problems.append(f"{fpath}: missing")
+        except OSError as exc:
+            problems.append(f"{fpath}: unreadable ({exc})")
     return problems
 
 

@@ -426,3 +426,20 @@ def test_readers_see_whole_commits_while_a_writer_compacts(index_path) -> None:
     assert int(out) >= 3, "the writer made too few rounds to test anything"
     assert searches > 10 and failures == []
     assert verify(index_path) == []
+
+
+def test_a_file_removed_while_it_is_checked_reads_as_missing(tmp_path, monkeypatch) -> None:
+    """A writer's commit can remove a file between a reader's checks of it; the reader must
+    see it as missing (and retry on the new manifest), not fail with FileNotFoundError."""
+    from index_store import segment
+    from index_store.manifest import FileEntry
+
+    (tmp_path / "a.npy").write_bytes(b"x" * 10)
+    entry = FileEntry("a.npy", 10, hashlib.sha256(b"x" * 10).hexdigest())
+    assert segment.check_files(tmp_path, (entry,), full=True) == []
+
+    def vanished(path: Path) -> str:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory")
+
+    monkeypatch.setattr(segment, "sha256_file", vanished)
+    assert segment.check_files(tmp_path, (entry,), full=True) == [f"{tmp_path / 'a.npy'}: missing"]
