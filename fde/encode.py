@@ -307,15 +307,16 @@ def _chunks(offsets: np.ndarray, config: FDEConfig) -> list[tuple[int, int]]:
     return spans
 
 
-def cpu_threads() -> int:
-    """Threads for work split by hand on the CPU (FDE chunks, an index's passes over a batch):
-    the cores this process may use, divided by the threads torch runs each operation on (more
-    would only contend for the same cores)."""
+def cpu_threads(per_call: int | None = None) -> int:
+    """Threads for work split by hand on the CPU (FDE chunks, an index's passes over a batch,
+    faiss calls): the cores this process may use, divided by the threads each call runs on
+    (``per_call``, torch's by default; more would only contend for the same cores)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    return max(1, cores // max(1, torch.get_num_threads()))
+    threads = torch.get_num_threads() if per_call is None else per_call
+    return max(1, cores // max(1, threads))
 
 
 @functools.lru_cache(maxsize=8)

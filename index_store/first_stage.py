@@ -26,7 +26,6 @@ codes) and exact size are checked before faiss parses it.
 
 from __future__ import annotations
 
-import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from fde.encode import cpu_threads
 from index_store.errors import IndexCorruptError
 
 CODEBOOK_PATTERN = re.compile(r"fde-pq-g\d{6,}\.faiss")
@@ -123,15 +123,10 @@ def encode_codes(codebook: Any, fde: np.ndarray, *, threads: int | None = None) 
 
 
 def _threads() -> int:
-    """Threads for faiss work split by hand: the cores this process may use, divided by the
-    threads faiss runs each call on (more would only contend for the same cores)."""
+    """Threads for faiss work split by hand: ``cpu_threads`` for faiss's own thread count."""
     import faiss
 
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, faiss.omp_get_max_threads()))
+    return cpu_threads(faiss.omp_get_max_threads())
 
 
 def check_codebook_bytes(
