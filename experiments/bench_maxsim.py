@@ -221,7 +221,7 @@ def run_rescore(index: Any, queries: np.ndarray, n_cand: int, rounds: int) -> di
     np.testing.assert_allclose(_top(index, cands, old)[1], _top(index, cands, new)[1], rtol=1e-6)
     vectors, set_offsets = index.vectors(0, cands.rows[0], dtype=np.float16)
     fast, bound = maxsim_half(flat[:QUERY_TOKENS], offsets[:2], vectors, set_offsets)
-    pages = torch.from_numpy(np.array(index.stored_vectors(0)[0][: n_cand * 1030]))
+    pages = torch.from_numpy(np.array(index.half_vectors(0)[0][: n_cand * 1030]))
     tokens = torch.from_numpy(flat[:QUERY_TOKENS].astype(np.float16)).T.contiguous()
     best = _best_of(
         {

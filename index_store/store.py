@@ -291,16 +291,12 @@ class Index:
             scales = np.concatenate([seg.scales[a:b] for a, b in zip(starts, ends, strict=True)])
         return codes, scales, offsets
 
-    def stored_vectors(
-        self, segment: int
-    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray] | None:
-        """A float16 or int8 segment's stored (N, d) vectors or codes, memory-mapped (read in
-        place, no copy), the int8 codes' (N,) scales (None for float16) and its (n + 1,)
-        offsets; None for any other storage dtype."""
+    def half_vectors(self, segment: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """A float16 segment's stored (N, d) float16 vectors, memory-mapped (read in place, no
+        copy), and its (n + 1,) offsets; None for any other storage dtype (``codes`` reads
+        int8 codes undecoded)."""
         seg = self.segments[segment]
-        if seg.dtype not in ("float16", "int8"):
-            return None
-        return seg.vectors, seg.scales, seg.offsets
+        return (seg.vectors, seg.offsets) if seg.dtype == "float16" else None
 
     def get(self, doc_id: str) -> Document:
         """A document by id, with its decoded vectors and metadata."""

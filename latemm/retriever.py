@@ -396,31 +396,30 @@ def _fast_scores(
     memory map, block by block, one segment per call. int8 codes (multiplied exactly as int8,
     then scaled, unless ``_shared_widely``) and pages of other codecs (decoded to float16) are
     gathered across segments in chunks, one call per chunk. All queries are scored against a
-    call's pages at once when that is at most twice the work of scoring each query's own
-    candidates (a wide product runs faster per FLOP), else each query against its own.
+    call's pages at once when ``_all_at_once``, else each query against its own.
     """
     scores = np.full(cands.segments.shape, np.nan, dtype=np.float32)
     bounds = np.full(cands.segments.shape, np.inf)
     groups: dict[str, list[int]] = {}
     for s in np.unique(cands.segments[cands.valid]).tolist():
-        stored = index.stored_vectors(s)
-        kind = "decoded" if stored is None else "half" if stored[1] is None else "int8"
-        if kind == "int8" and not int8_in_place(flat.shape[1]):
-            kind = "decoded"  # int8 codes, but no exact int8 product for them here
+        dtype = index.segments[s].dtype
+        kind = "decoded"  # as well as int8 codes without an exact int8 product here
+        if dtype == "float16" or (dtype == "int8" and int8_in_place(flat.shape[1])):
+            kind = dtype
         groups.setdefault(kind, []).append(s)
-    if "int8" in groups and _shared_widely(cands, np.isin(cands.segments, groups["int8"]), offsets):
-        # int8 products gain nothing from more query rows: a batch whose queries share most
-        # candidates decodes them to float16 once and multiplies all queries at once.
-        groups.setdefault("decoded", []).extend(groups.pop("int8"))
-    for s in groups.pop("half", []):
-        vectors, _, set_offsets = index.stored_vectors(s)  # type: ignore[misc]
-        segs, rows, position = _distinct_pages(cands, cands.valid & (cands.segments == s))
-        half = partial(maxsim_half, doc_vectors=vectors, doc_offsets=set_offsets)
+    for s in groups.pop("float16", []):
+        stored, set_offsets = index.half_vectors(s)  # type: ignore[misc]
+        _, rows, position = _distinct_pages(cands, cands.valid & (cands.segments == s))
+        half = partial(maxsim_half, doc_vectors=stored, doc_offsets=set_offsets)
         _score_chunk(flat, offsets, position, half, scores, bounds, rows=rows)
     for kind, segments in groups.items():
         segs, rows, position = _distinct_pages(
             cands, cands.valid & np.isin(cands.segments, segments)
         )
+        if kind == "int8" and _shared_widely(position >= 0, segs.size, offsets):
+            # int8 products gain nothing from more query rows: a batch whose queries share
+            # most candidates decodes them to float16 once and multiplies all at once.
+            kind = "decoded"
         page_bytes = _page_tokens(index, segs, rows) * flat.shape[1] * (1 if kind == "int8" else 2)
         dtype = None if kind == "int8" else np.float16  # int8: the codes, undecoded
         for start, stop in _chunks(page_bytes, _FAST_CHUNK_BYTES):
@@ -439,17 +438,22 @@ def _fast_scores(
     return scores, bounds
 
 
-def _shared_widely(cands: Candidates, chosen: np.ndarray, offsets: np.ndarray) -> bool:
-    """Whether a batch of more than ``_INT8_MAX_QUERY_TOKENS`` query tokens would score the
-    ``chosen`` (Q, C) candidates' distinct pages all at once: their number times the batch's
-    query tokens is at most twice the work of each query against its own pages."""
+def _shared_widely(mine: np.ndarray, n_pages: int, offsets: np.ndarray) -> bool:
+    """Whether a batch of more than ``_INT8_MAX_QUERY_TOKENS`` query tokens would score its
+    ``n_pages`` distinct pages (``mine``: (Q, C) where a query has one) all at once."""
     lengths = np.diff(offsets)
-    mine = chosen & cands.valid
-    users = np.flatnonzero(mine.any(axis=1))
-    if int(lengths.sum()) <= _INT8_MAX_QUERY_TOKENS or users.size < 2:
-        return False
-    union = np.unique(cands.segments[mine].astype(np.int64) * (1 << 40) + cands.rows[mine]).size
-    return union * int(lengths[users].sum()) <= 2 * int((mine.sum(axis=1) * lengths).sum())
+    several = np.count_nonzero(mine.any(axis=1)) > 1
+    return bool(lengths.sum() > _INT8_MAX_QUERY_TOKENS and several) and _all_at_once(
+        mine, n_pages, lengths
+    )
+
+
+def _all_at_once(mine: np.ndarray, n_pages: int, lengths: np.ndarray) -> bool:
+    """Whether scoring all queries with pages in ``mine`` ((Q, C)) against all ``n_pages`` at
+    once is at most twice the work of each query against its own (a wide product runs faster
+    per FLOP)."""
+    users = mine.any(axis=1)
+    return n_pages * int(lengths[users].sum()) <= 2 * int((mine.sum(axis=1) * lengths).sum())
 
 
 def _chunks(sizes: np.ndarray, limit: int) -> list[tuple[int, int]]:
@@ -481,9 +485,7 @@ def _score_chunk(
     users = np.flatnonzero(mine.any(axis=1))
     if users.size == 0:
         return
-    n_pages = int(position.max()) + 1
-    own = int((mine.sum(axis=1) * lengths).sum())
-    if n_pages * int(lengths[users].sum()) <= 2 * own:
+    if _all_at_once(mine, int(position.max()) + 1, lengths):
         q_flat, q_offsets = take_sets(flat, offsets, users)
         f, b = half(q_flat, q_offsets, rows=rows)
         slot = np.full(len(lengths), -1)
