@@ -6,7 +6,7 @@ Run: ``python -m experiments.codec_probe [--pages 1000] [--queries 50]``; writes
 
 Data: seeded ``experiments.synthetic`` pages (1,030 x 128) and queries. Every codec is trained
 on the same 200,000 sampled tokens and applied to every token; each query then scores every
-page with exact MaxSim (float64) over the decoded tokens, and recall@10 is measured against
+page with exact MaxSim (``latemm.scoring.maxsim``, float64 products) over the decoded tokens, and recall@10 is measured against
 the top-10 over the original float32 tokens. No first stage: this is the codec's own loss,
 the ceiling of any index that stores it. 20 KB per page leaves at most ~19 bytes per token.
 """
@@ -19,20 +19,11 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import torch
 
+from experiments.bench_search import recall
 from experiments.common import write_result
 from experiments.synthetic import SyntheticCorpus
-
-
-def maxsim_all(queries: np.ndarray, tokens: np.ndarray, n_pages: int) -> np.ndarray:
-    """(Q, n) float64 MaxSim of every query against every page of ``tokens``."""
-    pages = torch.from_numpy(tokens.reshape(n_pages, -1, tokens.shape[1])).double()
-    out = np.empty((len(queries), n_pages))
-    for i, query in enumerate(queries):
-        q = torch.from_numpy(query).double()
-        out[i] = torch.einsum("td,npd->ntp", q, pages).amax(dim=2).sum(dim=1).numpy()
-    return out
+from latemm.scoring import maxsim
 
 
 def codecs(train: np.ndarray) -> dict[str, tuple[int, Callable[[np.ndarray], np.ndarray]]]:
@@ -88,22 +79,25 @@ def main(argv: list[str] | None = None) -> None:
     queries, _ = corpus.queries(args.queries, args.pages)
     rng = np.random.default_rng(0)
     train = tokens[rng.choice(len(tokens), min(args.train, len(tokens)), replace=False)]
-    exact = maxsim_all(queries, tokens, args.pages)
-    top = np.argsort(-exact, axis=1, kind="stable")[:, :10]
+    q_flat = queries.reshape(-1, corpus.dim)
+    q_offsets = np.arange(len(queries) + 1) * queries.shape[1]
+    d_offsets = np.arange(args.pages + 1) * corpus.tokens_per_page
+
+    def top10(vectors: np.ndarray) -> np.ndarray:
+        scores = maxsim(q_flat, q_offsets, vectors, d_offsets, float64=True)
+        return np.argsort(-scores, axis=1, kind="stable")[:, :10]
+
+    exact = top10(tokens).tolist()
     rows: list[dict[str, Any]] = []
     for name, (size, code) in codecs(train).items():
         start = time.perf_counter()
-        scores = maxsim_all(queries, code(tokens), args.pages)
-        found = np.argsort(-scores, axis=1, kind="stable")[:, :10]
-        hits = [
-            len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(found, top, strict=True)
-        ]
+        found = top10(np.ascontiguousarray(code(tokens), dtype=np.float32))
         rows.append(
             {
                 "codec": name,
                 "bytes_per_token": size,
                 "kib_per_page_tokens": size * corpus.tokens_per_page / 1024,
-                "recall@10": float(np.mean(hits)),
+                "recall@10": recall(found, exact),
                 "seconds": time.perf_counter() - start,
             }
         )
