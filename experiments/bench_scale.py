@@ -49,6 +49,7 @@ from experiments.bench_search import fast_plaid, recall
 from experiments.common import REPO, write_result
 from experiments.synthetic import SyntheticCorpus
 from index_store import Index, IndexConfig, create
+from index_store.first_stage import MIN_TRAIN_DOCUMENTS
 from latemm.retriever import Retriever
 from latemm.scoring import maxsim
 
@@ -127,9 +128,12 @@ def index_bytes(path: Path) -> dict[str, Any]:
 def estimate_index_bytes(
     corpus: SyntheticCorpus, config: IndexConfig, n_pages: int, workdir: Path
 ) -> dict[str, float]:
-    """Bytes of an ``n_pages`` index, from two probe indexes (128 and 384 pages, one commit
-    each, same config): the slope per page and the fixed part (codebooks, trained indexes)."""
-    sizes = (128, 384)
+    """Bytes of an ``n_pages`` index, from two probe indexes (one commit each, same config): the
+    slope per page and the fixed part (codebooks, trained indexes). Both probes hold enough
+    pages to train the first stage's codebook, as a large index does: below that, a commit
+    keeps a Flat first stage of 40 KB per page, which made the old 128/384-page probes estimate
+    57 KB per pq1 page instead of 17."""
+    sizes = (MIN_TRAIN_DOCUMENTS, MIN_TRAIN_DOCUMENTS + 512)
     measured = []
     for n in sizes:
         probe = Path(tempfile.mkdtemp(prefix="bench-scale-probe-", dir=workdir))
@@ -493,12 +497,13 @@ def _measure(
     exact = [[f"p{i}" for i in row] for row in top]
     result["exact"] = stats
     write_result(name, result)
-    print(
-        f"  brute force: {stats['brute_force_single_query_s']:.2f} s for one query, "
-        f"{stats['brute_force_batched_s_per_query']:.2f} s/query batched "
-        f"(exact pass {stats['wall_s']:.0f} s)",
-        flush=True,
-    )
+    if "brute_force_single_query_s" in stats:  # not when a GPU computed the exact pass
+        print(
+            f"  brute force: {stats['brute_force_single_query_s']:.2f} s for one query, "
+            f"{stats['brute_force_batched_s_per_query']:.2f} s/query batched "
+            f"(exact pass {stats['wall_s']:.0f} s)",
+            flush=True,
+        )
     monitor.phase = "search"
     index = Index.open(path, verify="none")
     result["latemm"] = evaluate_latemm(
@@ -537,6 +542,14 @@ def reusable(path: Path, config: IndexConfig, n_pages: int) -> bool:
     return True
 
 
+def exact_cache(path: Path, corpus: SyntheticCorpus, n_pages: int, sample: np.ndarray) -> Path:
+    """Where the exact top-10 of ``sample`` over the index at ``path`` is kept: beside it, named
+    by the corpus, its size and a digest of the queries (``experiments.bench_gpu`` writes one
+    computed on a GPU under the same name)."""
+    digest = hashlib.sha256(np.ascontiguousarray(sample).tobytes()).hexdigest()[:12]
+    return path.parent / f"{path.name}-exact-s{corpus.seed}-n{n_pages}-q{len(sample)}-{digest}.npz"
+
+
 def cached_exact(
     path: Path, corpus: SyntheticCorpus, n_pages: int, sample: np.ndarray, *, keep: bool
 ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -544,9 +557,7 @@ def cached_exact(
     read from beside the index when an earlier run with the same corpus, size and queries left
     them there, and left there when ``keep``. The file name holds a digest of the queries: the
     sample depends on ``--queries`` too (``corpus.queries`` draws all targets first)."""
-    digest = hashlib.sha256(np.ascontiguousarray(sample).tobytes()).hexdigest()[:12]
-    name = f"{path.name}-exact-s{corpus.seed}-n{n_pages}-q{len(sample)}-{digest}.npz"
-    cache = path.parent / name
+    cache = exact_cache(path, corpus, n_pages, sample)
     if cache.exists():
         with np.load(cache, allow_pickle=False) as data:
             return data["top"], {**json.loads(str(data["stats"])), "cached": str(cache)}

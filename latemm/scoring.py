@@ -64,7 +64,8 @@ def maxsim(
     query_offsets
         (Q + 1,) int64 boundaries of each query in ``query_vectors``.
     doc_vectors
-        (N, d) float array (float16 or float32; memory-mapped arrays are read block by block).
+        (N, d) float array (float16 or float32; memory-mapped arrays are read block by block),
+        or a tensor, which may already lie on ``device`` (no copy through the host then).
     doc_offsets
         (n + 1,) int64 boundaries of each document; every document has at least one vector.
     device
@@ -84,7 +85,7 @@ def maxsim(
     q_offsets = np.asarray(query_offsets, dtype=np.int64)
     d_offsets = np.asarray(doc_offsets, dtype=np.int64)
     kind = torch.float64 if float64 else torch.float32
-    queries = torch.as_tensor(np.asarray(query_vectors, dtype=np.float32)).to(dev, kind)  # (Nq, d)
+    queries = _tensor(query_vectors, torch.float32).to(dev, kind)  # (Nq, d)
     q_lengths = torch.from_numpy(np.diff(q_offsets)).to(dev)  # (Q,)
     n = d_offsets.size - 1
     out = np.empty((q_offsets.size - 1, n), dtype=np.float32)
@@ -93,7 +94,7 @@ def maxsim(
         stop = int(np.searchsorted(d_offsets, d_offsets[start] + block_tokens, side="right")) - 1
         stop = min(max(stop, start + 1), n)
         block = doc_vectors[d_offsets[start] : d_offsets[stop]]
-        tokens = torch.as_tensor(np.asarray(block)).to(dev, kind)  # (Nb, d)
+        tokens = _tensor(block).to(dev, kind)  # (Nb, d)
         sim = tokens @ queries.T  # (Nb, Nq)
         lengths = torch.from_numpy(np.diff(d_offsets[start : stop + 1])).to(dev)
         best = _segment_max(sim, lengths)  # (nb, Nq)
@@ -198,12 +199,15 @@ def _gather_pages(docs: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> 
     return np.asarray(docs[starts[:, None] + steps]).reshape(starts.size, width, -1)
 
 
-def _tensor(block: np.ndarray) -> torch.Tensor:
-    """A tensor sharing ``block``'s memory, which may be a read-only memory map: the products
-    only read it, so torch's warning about non-writable arrays does not apply."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
-        return torch.from_numpy(block)
+def _tensor(block: np.ndarray | torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A tensor sharing ``block``'s memory, which may be a read-only memory map (the products
+    only read it, so torch's warning about non-writable arrays does not apply), or ``block``
+    itself when it is a tensor already (on a GPU, say); in ``dtype`` if given."""
+    if not isinstance(block, torch.Tensor):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            block = torch.from_numpy(np.asarray(block))
+    return block if dtype is None else block.to(dtype)
 
 
 def _max_abs(block: np.ndarray) -> np.ndarray:

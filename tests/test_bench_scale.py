@@ -53,12 +53,13 @@ def test_streamed_exact_top10_equals_search_over_every_page(tmp_path) -> None:
 def test_disk_estimate_counts_every_file_and_refuses_what_does_not_fit(tmp_path) -> None:
     config = make_config(CORPUS, None, None)
     with MemoryMonitor() as monitor:
-        build(tmp_path / "idx", CORPUS, config, 384, commit_every=384, monitor=monitor)
+        build(tmp_path / "idx", CORPUS, config, 2048, commit_every=2048, monitor=monitor)
     measured = index_bytes(tmp_path / "idx")
     stats = Index.open(tmp_path / "idx").stats()
     assert measured["manifest_files_bytes"] > stats["disk_bytes"]  # + the manifest itself
     assert sum(measured["by_file"].values()) == stats["disk_bytes"]
-    estimate = estimate_index_bytes(CORPUS, config, 384, tmp_path)
+    # The probes (1,024 and 1,536 pages) train the first stage's codebook as this index did.
+    estimate = estimate_index_bytes(CORPUS, config, 2048, tmp_path)
     assert estimate["estimated_bytes"] == pytest.approx(stats["disk_bytes"], rel=0.05)
     with pytest.raises(SystemExit, match=r"1000000 pages needs about .* GiB free; free space"):
         check_disk(tmp_path, 10.0 * 2**50, "1000000 pages")
