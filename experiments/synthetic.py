@@ -65,9 +65,12 @@ class SyntheticCorpus:
         out /= np.linalg.norm(out, axis=2, keepdims=True)
         return out
 
-    def batches(self, n_pages: int, batch: int = 256) -> Iterator[tuple[int, np.ndarray]]:
-        for start in range(0, n_pages, batch):
-            yield start, self.pages(start, min(n_pages, start + batch))
+    def batches(
+        self, n_pages: int, batch: int = 256, start: int = 0
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Pages ``start:n_pages`` in batches (every page is seeded by its number alone)."""
+        for first in range(start, n_pages, batch):
+            yield first, self.pages(first, min(n_pages, first + batch))
 
     def queries(self, n_queries: int, n_pages: int) -> tuple[np.ndarray, np.ndarray]:
         """(queries (Q, Tq, d) float32, target page of each (Q,))."""

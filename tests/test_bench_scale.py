@@ -50,6 +50,37 @@ def test_streamed_exact_top10_equals_search_over_every_page(tmp_path) -> None:
     assert rows[0]["recall@10"] == 1.0 and rows[0]["p95_ms"] >= rows[0]["p50_ms"] > 0
 
 
+def test_exact_pass_cut_short_resumes_from_its_checkpoint(tmp_path, monkeypatch) -> None:
+    import experiments.bench_scale as bench_scale
+
+    q3, _ = CORPUS.queries(6, PAGES)
+    q_flat, q_off = q3.reshape(-1, CORPUS.dim), np.arange(7) * CORPUS.query_tokens
+    run = dict(chunk=16, progress=False, checkpoint_every=3)
+    whole, whole_scores, _ = exact_topk_streaming(CORPUS, PAGES, q_flat, q_off, **run)
+    calls, kernel = [0], bench_scale.maxsim
+
+    def breaks_at_the_eighth_chunk(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] > 2 * 7:  # two products per chunk
+            raise KeyboardInterrupt
+        return kernel(*args, **kwargs)
+
+    checkpoint = tmp_path / "exact.partial.npz"
+    monkeypatch.setattr(bench_scale, "maxsim", breaks_at_the_eighth_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        exact_topk_streaming(CORPUS, PAGES, q_flat, q_off, checkpoint=checkpoint, **run)
+    monkeypatch.setattr(bench_scale, "maxsim", kernel)
+    assert int(np.load(checkpoint)["done"]) == 6 * 16  # the last checkpoint before the break
+    top, scores, stats = exact_topk_streaming(
+        CORPUS, PAGES, q_flat, q_off, checkpoint=checkpoint, **run
+    )
+    assert stats["resumed_at_page"] == 96
+    np.testing.assert_array_equal(top, whole)
+    np.testing.assert_array_equal(scores, whole_scores)
+    with pytest.raises(SystemExit, match="another exact pass's checkpoint"):
+        exact_topk_streaming(CORPUS, PAGES, q_flat[:-1], q_off[:-1], checkpoint=checkpoint, **run)
+
+
 def test_disk_estimate_counts_every_file_and_refuses_what_does_not_fit(tmp_path) -> None:
     config = make_config(CORPUS, None, None)
     with MemoryMonitor() as monitor:
