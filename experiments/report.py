@@ -810,7 +810,7 @@ def render(quick: bool = False) -> str:
     parts.append(findings(quick))
     parts.append("")
     parts.append(
-        "## 8. GPU\n\nNo GPU was lent to the sessions that produced these results, so the GPU section (MaxSim kernel and faiss-gpu throughput) did not run."
+        "## 8. GPU\n\nNo GPU was lent to the sessions that produced these results. `python -m experiments.bench_gpu` (MaxSim rescoring against the float16 product limit and a padded einsum, brute force over 100k resident pages, FDE encoding, a ColQwen2 of Qwen2-VL-2B's shape in bf16 against float32, and bench_scale's 1M-page exact top-10 on the GPU) and `pytest -m gpu tests/latemm/test_gpu.py` (every CUDA path against the CPU) are written for that machine but have not run on one: the CPU paths of the tests and the exact section's worker pool were checked here with the device set to the CPU. faiss-gpu is not measured either."
     )
     return "\n".join(parts) + "\n"
 
