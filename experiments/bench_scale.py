@@ -460,6 +460,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--name", default=None, help="result name (default bench_scale_<pages>)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--exact-only",
+        action="store_true",
+        help="only compute (or resume) the exact top-10 beside --index, which need not be built "
+        "yet: run it alongside a long build",
+    )
+    parser.add_argument(
         "--no-exact",
         action="store_true",
         help="skip the exact pass (latency, throughput, size and memory only; recall@10 is "
@@ -483,8 +489,24 @@ def make_config(corpus: SyntheticCorpus, dtype: str | None, faiss: str | None) -
     return IndexConfig(dim=corpus.dim, **overrides)
 
 
+def recall_sample(
+    args: argparse.Namespace, corpus: SyntheticCorpus
+) -> tuple[np.ndarray, np.ndarray]:
+    """(all queries, the recall sample): the first ``--recall-queries`` of them."""
+    queries, _ = corpus.queries(max(args.queries, args.recall_queries), args.pages)
+    return queries, queries[: args.recall_queries]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     corpus = SyntheticCorpus(seed=args.seed)
+    if args.exact_only:
+        if args.index is None:
+            raise SystemExit("bench_scale: --exact-only needs --index (the top-10 goes beside it)")
+        _, stats = cached_exact(
+            args.index, corpus, args.pages, recall_sample(args, corpus)[1], keep=True
+        )
+        print(f"  exact top-10 of {stats['queries']} queries: {stats}", flush=True)
+        return {"exact": stats}
     config = make_config(corpus, args.dtype, args.faiss)
     name = args.name or f"bench_scale_{args.pages}"
     args.dir.mkdir(parents=True, exist_ok=True)
@@ -540,9 +562,7 @@ def _measure(
     result["disk"].update(index_bytes(path))
     result["memory"] = monitor.peaks
     write_result(name, result)
-    n_q = max(args.queries, args.recall_queries)
-    q3, _ = corpus.queries(n_q, args.pages)
-    sample = q3[: args.recall_queries]
+    q3, sample = recall_sample(args, corpus)
     exact: list[list[str]] | None = None
     if args.no_exact:
         result["exact"] = {"skipped": "--no-exact: latency only, recall not measured"}

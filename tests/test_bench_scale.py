@@ -100,3 +100,23 @@ def test_memory_check_refuses_a_first_stage_larger_than_memory() -> None:
     with pytest.raises(SystemExit, match=r"first-stage faiss files \('Flat'\) would take about"):
         check_memory(10.0 * 2**50, "Flat")
     check_memory(1.0, "Flat")
+
+
+def test_exact_only_leaves_the_top10_that_a_later_run_reads(tmp_path) -> None:
+    from experiments.bench_scale import (
+        SyntheticCorpus,
+        cached_exact,
+        main,
+        parse_args,
+        recall_sample,
+    )
+
+    args = ["--pages", "64", "--queries", "6", "--recall-queries", "4"]
+    main([*args, "--exact-only", "--index", str(tmp_path / "idx")])
+    parsed = parse_args(args)
+    corpus = SyntheticCorpus(seed=0)
+    top, stats = cached_exact(
+        tmp_path / "idx", corpus, 64, recall_sample(parsed, corpus)[1], keep=True
+    )
+    assert "cached" in stats and top.shape == (4, 10)
+    assert not list(tmp_path.glob("*.partial.npz"))  # the finished pass leaves no checkpoint
