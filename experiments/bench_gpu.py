@@ -181,13 +181,13 @@ def qwen2_vl_2b_colqwen2(folder: Path) -> Path:
     weights in bf16, with the test suite's trained tokenizer and the model's pixel budget."""
     from transformers import ColQwen2Config, ColQwen2ForRetrieval, ColQwen2Processor
 
-    from tests.latemm.tiny_models import qwen_image_processor, qwen_tokenizer
+    from tests.latemm.tiny_models import qwen2_vl_config, qwen_image_processor, qwen_tokenizer
 
     tokenizer = qwen_tokenizer()
-    ids = tokenizer.convert_tokens_to_ids
-    vlm = {
-        "model_type": "qwen2_vl",
-        "text_config": {
+    mrope = {"mrope_section": [16, 24, 24], "rope_theta": 1000000.0}
+    vlm = qwen2_vl_config(
+        tokenizer,
+        text={
             "vocab_size": 151936,
             "hidden_size": 1536,
             "intermediate_size": 8960,
@@ -195,32 +195,17 @@ def qwen2_vl_2b_colqwen2(folder: Path) -> Path:
             "num_attention_heads": 12,
             "num_key_value_heads": 2,
             "max_position_embeddings": 32768,
-            "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
-            "rope_parameters": {
-                "rope_type": "default",
-                "mrope_section": [16, 24, 24],
-                "rope_theta": 1000000.0,
-            },
-            "pad_token_id": tokenizer.pad_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-            "bos_token_id": tokenizer.eos_token_id,
+            "rope_scaling": {"type": "mrope", "mrope_section": mrope["mrope_section"]},
+            "rope_parameters": {"rope_type": "default", **mrope},
         },
-        "vision_config": {
+        vision={
             "depth": 32,
             "embed_dim": 1280,
             "hidden_size": 1536,
             "num_heads": 16,
             "mlp_ratio": 4,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "in_channels": 3,
         },
-        "image_token_id": ids("<|image_pad|>"),
-        "video_token_id": ids("<|video_pad|>"),
-        "vision_start_token_id": ids("<|vision_start|>"),
-        "vision_end_token_id": ids("<|vision_end|>"),
-    }
+    ).to_dict()
     config = ColQwen2Config(vlm_config=vlm, embedding_dim=128)
     torch.manual_seed(0)
     with torch.device("cuda"):

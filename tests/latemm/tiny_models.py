@@ -142,7 +142,9 @@ def qwen_tokenizer():
     return tokenizer
 
 
-def qwen2_vl_config(tokenizer):
+def qwen2_vl_config(tokenizer, *, text: dict | None = None, vision: dict | None = None):
+    """A tiny Qwen2-VL config for ``tokenizer``; ``text`` and ``vision`` override its sizes
+    (``experiments/bench_gpu.py`` builds Qwen2-VL-2B's shape this way)."""
     from transformers import Qwen2VLConfig
 
     ids = tokenizer.convert_tokens_to_ids
@@ -164,6 +166,7 @@ def qwen2_vl_config(tokenizer):
             "pad_token_id": tokenizer.pad_token_id,
             "eos_token_id": tokenizer.eos_token_id,
             "bos_token_id": tokenizer.eos_token_id,
+            **(text or {}),
         },
         vision_config={
             "depth": 2,
@@ -175,6 +178,7 @@ def qwen2_vl_config(tokenizer):
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
             "in_channels": 3,
+            **(vision or {}),
         },
         image_token_id=ids("<|image_pad|>"),
         video_token_id=ids("<|video_pad|>"),
