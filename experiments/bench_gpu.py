@@ -275,7 +275,7 @@ def _generate(seed: int, start: int, stop: int, slot: int, slot_pages: int) -> t
 def exact_top10(
     n_pages: int, n_queries: int, recall_queries: int, index_name: str, workers: int, seed: int
 ) -> tuple[np.ndarray, dict[str, Any], Path]:
-    from experiments.bench_scale import exact_cache
+    from experiments.bench_scale import exact_cache, merge_top
 
     corpus = SyntheticCorpus(seed=seed)
     queries, _ = corpus.queries(max(n_queries, recall_queries), n_pages)
@@ -327,13 +327,7 @@ def exact_top10(
                     gpu["float64_batched_s"] += t2 - t1
                     gpu["float32_batched_s"] += t3 - t2
                     gpu["single_s"] += t4 - t3
-                    ids = np.concatenate(
-                        [best, np.broadcast_to(a + np.arange(b - a), scores.shape)], 1
-                    )
-                    merged = np.concatenate([best_scores, scores], axis=1)
-                    order = np.lexsort((ids, -merged), axis=1)[:, :k]
-                    best = np.take_along_axis(ids, order, 1)
-                    best_scores = np.take_along_axis(merged, order, 1)
+                    best, best_scores = merge_top(best, best_scores, scores, a, k)
                     done_pages += b - a
                     if done_pages % (chunk * 200) < chunk:
                         print(

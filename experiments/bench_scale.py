@@ -273,6 +273,19 @@ def _thin(rows: list[dict[str, float]], keep: int) -> list[dict[str, float]]:
 
 
 # ------------------------------------------------------------------------------- exact
+def merge_top(
+    best: np.ndarray, best_scores: np.ndarray, scores: np.ndarray, first: int, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The running top-``k`` (page numbers, scores) merged with the (Q, n) ``scores`` of pages
+    ``first:first + n``: best first, ties by page number."""
+    ids = np.concatenate(
+        [best, np.broadcast_to(first + np.arange(scores.shape[1]), scores.shape)], 1
+    )
+    merged = np.concatenate([best_scores, scores], axis=1)
+    order = np.lexsort((ids, -merged), axis=1)[:, :k]
+    return np.take_along_axis(ids, order, 1), np.take_along_axis(merged, order, 1)
+
+
 def exact_topk_streaming(
     corpus: SyntheticCorpus,
     n_pages: int,
@@ -340,13 +353,7 @@ def exact_topk_streaming(
         maxsim(one[0], one[1], flat, offsets)
         times["single_s"] += time.perf_counter() - t1
         times["batched_s"] += t1 - t0
-        ids = np.concatenate(
-            [best, np.broadcast_to(first + np.arange(len(pages)), scores.shape)], 1
-        )
-        merged = np.concatenate([best_scores, scores], axis=1)
-        order = np.lexsort((ids, -merged), axis=1)[:, :k]
-        best = np.take_along_axis(ids, order, 1)
-        best_scores = np.take_along_axis(merged, order, 1)
+        best, best_scores = merge_top(best, best_scores, scores, first, k)
         done = first + len(pages)
         step = (first - resumed_at) // chunk
         if checkpoint is not None and step % checkpoint_every == checkpoint_every - 1:

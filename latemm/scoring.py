@@ -85,7 +85,7 @@ def maxsim(
     q_offsets = np.asarray(query_offsets, dtype=np.int64)
     d_offsets = np.asarray(doc_offsets, dtype=np.int64)
     kind = torch.float64 if float64 else torch.float32
-    queries = _tensor(query_vectors, torch.float32).to(dev, kind)  # (Nq, d)
+    queries = _tensor(query_vectors).float().to(dev, kind)  # (Nq, d), rounded to float32 first
     q_lengths = torch.from_numpy(np.diff(q_offsets)).to(dev)  # (Q,)
     n = d_offsets.size - 1
     out = np.empty((q_offsets.size - 1, n), dtype=np.float32)
@@ -199,15 +199,15 @@ def _gather_pages(docs: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> 
     return np.asarray(docs[starts[:, None] + steps]).reshape(starts.size, width, -1)
 
 
-def _tensor(block: np.ndarray | torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+def _tensor(block: np.ndarray | torch.Tensor) -> torch.Tensor:
     """A tensor sharing ``block``'s memory, which may be a read-only memory map (the products
     only read it, so torch's warning about non-writable arrays does not apply), or ``block``
-    itself when it is a tensor already (on a GPU, say); in ``dtype`` if given."""
-    if not isinstance(block, torch.Tensor):
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
-            block = torch.from_numpy(np.asarray(block))
-    return block if dtype is None else block.to(dtype)
+    itself when it is a tensor already (on a GPU, say)."""
+    if isinstance(block, torch.Tensor):
+        return block
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        return torch.from_numpy(np.asarray(block))
 
 
 def _max_abs(block: np.ndarray) -> np.ndarray:
