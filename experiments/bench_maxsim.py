@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
         args.pages, args.index_pages, args.candidates, args.rounds = 32, 96, [64], 2
     for name in THREADS_ENV:  # before torch and maxsim-cpu's OpenMP start
         os.environ[name] = str(args.threads)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as importing fde sets it
+    import fde  # noqa: F401, I001  (sets libgomp's wait before torch loads it, as latemm does)
     import torch
 
     from experiments.common import write_result

@@ -9,13 +9,16 @@ rounding. This package imports numpy and torch only; it never imports ``latemm``
 
 import os
 
-# libgomp (torch's OpenMP) spin-waits by default: on shared or busy cores every small parallel
-# op then waits for a scheduler slice. experiments/bench_openmp.py, 2 threads at load 6-8: a
-# query's FDE 11 ms -> 0.8 ms, a 28x128 @ 128x100 product 10 ms -> 0.09 ms, a 2-D index_add_
-# 99 ms -> 0.1 ms; a (263680 x 128) @ (128 x 28) product 47 -> 61 ms (noisy; 0.8x). Set before
-# torch loads libgomp (index_store and latemm import this package first); a user's own setting
-# wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# libgomp (torch's OpenMP) spins 300,000 rounds by default after each parallel region: on shared
+# or busy cores every small op then waits for a scheduler slice. PASSIVE (sleep at once) cures
+# that but pays a wake-up per region, which a rescoring pass of ~100 regions feels. A short spin
+# is better than both (experiments/bench_openmp.py, 2 threads, best of 3; busy = 2 busy-looping
+# processes beside it): the int8 pass over 320 pages idle 24 ms (PASSIVE 36), busy 57 (PASSIVE
+# 79, default 76); a 2-D index_add_ busy 0.07 ms (PASSIVE 0.37, default 2.9); a query's FDE busy
+# 0.8 ms (PASSIVE 0.9, default 2.9). Set before torch loads libgomp (index_store and latemm
+# import this package first); a user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["GOMP_SPINCOUNT"] = "30000"
 
 from fde.config import FDEConfig  # noqa: E402
 from fde.encode import as_flat, encode_documents, encode_flat, encode_queries  # noqa: E402
