@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -356,24 +357,43 @@ def _read_pages(
     index: Index, segs: np.ndarray, rows: np.ndarray, dtype: Any
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """The pages (segment, row), sorted by segment, concatenated in that order: decoded to
-    ``dtype``, or their int8 codes and scales when ``dtype`` is None; with their offsets."""
-    parts: list[np.ndarray] = []
-    scales: list[np.ndarray] = []
-    lengths: list[np.ndarray] = []
-    for s in np.unique(segs).tolist():
-        mine = rows[segs == s]
-        if dtype is None:
-            codes, code_scales, set_offsets = index.codes(s, mine)
-            if code_scales is not None:
-                scales.append(code_scales)
-        else:
-            codes, set_offsets = index.vectors(s, mine, dtype=dtype)
-        parts.append(codes)
-        lengths.append(np.diff(set_offsets))
+    ``dtype``, or their int8 codes and scales when ``dtype`` is None (copied once, straight
+    into one buffer: every segment must then store the same dtype); with their offsets."""
     doc_offsets = np.zeros(rows.size + 1, dtype=np.int64)
-    np.cumsum(np.concatenate(lengths), out=doc_offsets[1:])
-    vectors = parts[0] if len(parts) == 1 else np.concatenate(parts)
-    return vectors, (np.concatenate(scales) if scales else None), doc_offsets
+    np.cumsum(_page_tokens(index, segs, rows), out=doc_offsets[1:])
+    segments = np.unique(segs).tolist()
+    if dtype is None:
+        first, n = index.segments[segments[0]], int(doc_offsets[-1])
+        codes = _scratch("codes", (n, *first.vectors.shape[1:]), first.vectors.dtype)
+        scales = None if first.scales is None else _scratch("scales", (n,), first.scales.dtype)
+        at = 0
+        for s in segments:
+            mine = rows[segs == s]
+            part = index.codes(s, mine, out=(codes[at:], None if scales is None else scales[at:]))
+            at += int(part[2][-1])
+        return codes, scales, doc_offsets
+    parts = [index.vectors(s, rows[segs == s], dtype=dtype)[0] for s in segments]
+    return (parts[0] if len(parts) == 1 else np.concatenate(parts)), None, doc_offsets
+
+
+_SCRATCH = threading.local()
+# Largest buffer a thread keeps for reading candidates' codes (one query at C=480 of 1,030 x 128
+# int8 pages); larger reads allocate their own.
+_SCRATCH_BYTES = 64 << 20
+
+
+def _scratch(name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialised array for this thread to fill and drop before it asks again: up to
+    ``_SCRATCH_BYTES`` it reuses the thread's buffer, whose memory is already mapped in
+    (a fresh 42 MB array costs ~6 ms of page faults and zeroing per query, as much as the
+    copy that fills it)."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if size > _SCRATCH_BYTES:
+        return np.empty(shape, dtype)
+    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
+    if buffers.get(name) is None or buffers[name].size < size:
+        buffers[name] = np.empty(max(size, 1 << 20), np.uint8)
+    return buffers[name][:size].view(dtype).reshape(shape)
 
 
 # Bytes of candidate pages per fast-pass call over many segments' pages (one call instead of

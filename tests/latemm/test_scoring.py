@@ -306,3 +306,28 @@ def test_int8_batch_sharing_its_candidates_gives_the_same_top_k_as_one_query_at_
             got_ids, got = _top(index, one, got_scores, 5)
             assert got_ids == want_ids
             np.testing.assert_array_equal(got, want)
+
+
+def test_int8_pass_over_many_chunks_sharing_one_read_buffer_scores_as_one_chunk(
+    tmp_path, monkeypatch
+) -> None:
+    # Candidates' int8 codes are read into a buffer each thread reuses; with one page per
+    # chunk every read overwrites the last, which must not change a single fast score.
+    from latemm import retriever
+
+    rng = np.random.default_rng(10)
+    docs, query = _near_ties(rng)
+    docs = [d[: 5 + i % 7] for i, d in enumerate(docs)]  # pages of several lengths
+    index = _index(tmp_path, "int8", docs)
+    rows = np.concatenate([np.arange(s.num_docs) for s in index.segments])
+    segs = np.concatenate([np.full(s.num_docs, i) for i, s in enumerate(index.segments)])
+    cands = Candidates(segs[None], rows[None], np.zeros((1, rows.size), np.float32))
+    offsets = np.array([0, len(query)])
+    whole = rescore(index, query, offsets, cands, k=5)
+    monkeypatch.setattr(retriever, "_FAST_CHUNK_BYTES", 1)
+    chunked = rescore(index, query, offsets, cands, k=5)
+    np.testing.assert_array_equal(chunked, whole)
+    got_ids, got = _top(index, cands, chunked, 5)
+    want_ids, want = _top(index, cands, rescore(index, query, offsets, cands), 5)
+    assert got_ids == want_ids
+    np.testing.assert_array_equal(got, want)
