@@ -273,36 +273,23 @@ class Index:
         return self.segments[segment].decode(codes, scales, dtype), offsets
 
     def codes(
-        self,
-        segment: int,
-        rows: np.ndarray,
-        out: tuple[np.ndarray, np.ndarray | None] | None = None,
+        self, segment: int, rows: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """Stored codes of some rows of a segment, as stored (undecoded), with the int8 codes'
-        scales (None for other dtypes) and (len(rows) + 1,) offsets. ``out``: (codes, scales)
-        arrays of at least the rows' tokens to copy into, from their start (scales None unless
-        int8), so that pages of several segments land in one buffer with a single copy."""
+        scales (None for other dtypes) and (len(rows) + 1,) offsets."""
         seg = self.segments[segment]
         rows = np.asarray(rows, dtype=np.int64)
         starts, ends = seg.offsets[rows], seg.offsets[rows + 1]
         offsets = np.zeros(rows.size + 1, dtype=np.int64)
         np.cumsum(ends - starts, out=offsets[1:])
-        if out is None:
-            scales_out = None
-            if seg.scales is not None:
-                scales_out = np.empty(int(offsets[-1]), dtype=seg.scales.dtype)
-            out = (
-                np.empty((int(offsets[-1]), *seg.vectors.shape[1:]), seg.vectors.dtype),
-                scales_out,
-            )
-        codes, scales = out
+        if rows.size == 0:
+            return seg.vectors[:0], None if seg.scales is None else seg.scales[:0], offsets
         # One contiguous slice per document: memory-mapped reads stay sequential.
-        for a, b, at in zip(starts.tolist(), ends.tolist(), offsets[:-1].tolist(), strict=True):
-            codes[at : at + b - a] = seg.vectors[a:b]
-            if scales is not None:
-                scales[at : at + b - a] = seg.scales[a:b]  # type: ignore[index]
-        total = int(offsets[-1])
-        return codes[:total], None if scales is None else scales[:total], offsets
+        codes = np.concatenate([seg.vectors[a:b] for a, b in zip(starts, ends, strict=True)])
+        scales = None
+        if seg.scales is not None:
+            scales = np.concatenate([seg.scales[a:b] for a, b in zip(starts, ends, strict=True)])
+        return codes, scales, offsets
 
     def half_vectors(self, segment: int) -> tuple[np.ndarray, np.ndarray] | None:
         """A float16 segment's stored (N, d) float16 vectors, memory-mapped (read in place, no

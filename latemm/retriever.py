@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -34,6 +33,7 @@ from latemm.scoring import (
     half_accumulates_in_float32,
     int8_products_are_exact,
     maxsim_half,
+    maxsim_int8,
     maxsim_pairs,
     may_reach_top,
 )
@@ -315,7 +315,7 @@ def _exact_scores(
     segs, rows, position = _distinct_pages(cands, chosen)
     page_bytes = _page_tokens(index, segs, rows) * flat.shape[1] * 4
     for start, stop in _chunks(page_bytes, _EXACT_CHUNK_BYTES):
-        vectors, _, set_offsets = _read_pages(index, segs[start:stop], rows[start:stop], np.float32)
+        vectors, set_offsets = _read_pages(index, segs[start:stop], rows[start:stop], np.float32)
         at = np.where((position >= start) & (position < stop), position - start, -1)
         for q in np.flatnonzero((at >= 0).any(axis=1)):
             cols = np.flatnonzero(at[q] >= 0)
@@ -355,49 +355,35 @@ def _page_tokens(index: Index, segs: np.ndarray, rows: np.ndarray) -> np.ndarray
 
 def _read_pages(
     index: Index, segs: np.ndarray, rows: np.ndarray, dtype: Any
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """The pages (segment, row), sorted by segment, concatenated in that order: decoded to
-    ``dtype``, or their int8 codes and scales when ``dtype`` is None (copied once, straight
-    into one buffer: every segment must then store the same dtype); with their offsets."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pages (segment, row), sorted by segment, decoded to ``dtype`` and concatenated in
+    that order, with their offsets."""
+    parts, lengths = [], []
+    for s in np.unique(segs).tolist():
+        vectors, set_offsets = index.vectors(s, rows[segs == s], dtype=dtype)
+        parts.append(vectors)
+        lengths.append(np.diff(set_offsets))
     doc_offsets = np.zeros(rows.size + 1, dtype=np.int64)
-    np.cumsum(_page_tokens(index, segs, rows), out=doc_offsets[1:])
-    segments = np.unique(segs).tolist()
-    if dtype is None:
-        first, n = index.segments[segments[0]], int(doc_offsets[-1])
-        codes = _scratch("codes", (n, *first.vectors.shape[1:]), first.vectors.dtype)
-        scales = None if first.scales is None else _scratch("scales", (n,), first.scales.dtype)
-        at = 0
-        for s in segments:
-            mine = rows[segs == s]
-            part = index.codes(s, mine, out=(codes[at:], None if scales is None else scales[at:]))
-            at += int(part[2][-1])
-        return codes, scales, doc_offsets
-    parts = [index.vectors(s, rows[segs == s], dtype=dtype)[0] for s in segments]
-    return (parts[0] if len(parts) == 1 else np.concatenate(parts)), None, doc_offsets
+    np.cumsum(np.concatenate(lengths), out=doc_offsets[1:])
+    return (parts[0] if len(parts) == 1 else np.concatenate(parts)), doc_offsets
 
 
-_SCRATCH = threading.local()
-# Largest buffer a thread keeps for reading candidates' codes (one query at C=480 of 1,030 x 128
-# int8 pages); larger reads allocate their own.
-_SCRATCH_BYTES = 64 << 20
+def _int8_pages(
+    index: Index, segs: np.ndarray, rows: np.ndarray
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The int8 codes and scales of each page (segment, row), as views of the stored (memory-
+    mapped) arrays: nothing is read until the int8 pass multiplies them."""
+    codes, scales = [], []
+    for s, row in zip(segs.tolist(), rows.tolist(), strict=True):
+        seg = index.segments[s]
+        a, b = int(seg.offsets[row]), int(seg.offsets[row + 1])
+        codes.append(seg.vectors[a:b])
+        scales.append(seg.scales[a:b])
+    return codes, scales
 
 
-def _scratch(name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    """An uninitialised array for this thread to fill and drop before it asks again: up to
-    ``_SCRATCH_BYTES`` it reuses the thread's buffer, whose memory is already mapped in
-    (a fresh 42 MB array costs ~6 ms of page faults and zeroing per query, as much as the
-    copy that fills it)."""
-    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if size > _SCRATCH_BYTES:
-        return np.empty(shape, dtype)
-    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
-    if buffers.get(name) is None or buffers[name].size < size:
-        buffers[name] = np.empty(max(size, 1 << 20), np.uint8)
-    return buffers[name][:size].view(dtype).reshape(shape)
-
-
-# Bytes of candidate pages per fast-pass call over many segments' pages (one call instead of
-# one per segment): bounds the copies (int8 codes, float16 decodings) held at once.
+# Bytes of decoded candidate pages per fast-pass call over many segments' pages (one call
+# instead of one per segment): bounds the float16 decodings held at once.
 _FAST_CHUNK_BYTES = 256 << 20
 # Query tokens up to which int8 pages are always scored on int8 products; a wider batch whose
 # queries share most candidates decodes them to float16 once for all its queries (8 x 28
@@ -410,13 +396,15 @@ _EXACT_CHUNK_BYTES = 64 << 20
 def _fast_scores(
     index: Index, flat: np.ndarray, offsets: np.ndarray, cands: Candidates
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(Q, C) fast-pass scores of the valid candidates and their bounds (``maxsim_half``).
+    """(Q, C) fast-pass scores of the valid candidates and their bounds (``maxsim_half``,
+    ``maxsim_int8``).
 
     Pages are grouped by how the pass reads them. A float16 segment is read in place from its
-    memory map, block by block, one segment per call. int8 codes (multiplied exactly as int8,
-    then scaled, unless ``_shared_widely``) and pages of other codecs (decoded to float16) are
-    gathered across segments in chunks, one call per chunk. All queries are scored against a
-    call's pages at once when ``_all_at_once``, else each query against its own.
+    memory map, block by block, one segment per call. int8 pages of every segment are
+    multiplied where they lie, in one call (exact int8 products, then scaled), unless
+    ``_shared_widely``; those and pages of other codecs are decoded to float16 across segments
+    in chunks, one call per chunk. All queries are scored against a call's pages at once when
+    ``_all_at_once``, else each query against its own.
     """
     scores = np.full(cands.segments.shape, np.nan, dtype=np.float32)
     bounds = np.full(cands.segments.shape, np.inf)
@@ -436,22 +424,23 @@ def _fast_scores(
         segs, rows, position = _distinct_pages(
             cands, cands.valid & np.isin(cands.segments, segments)
         )
-        if kind == "int8" and _shared_widely(position >= 0, segs.size, offsets):
-            # int8 products gain nothing from more query rows: a batch whose queries share
-            # most candidates decodes them to float16 once and multiplies all at once.
-            kind = "decoded"
-        page_bytes = _page_tokens(index, segs, rows) * flat.shape[1] * (1 if kind == "int8" else 2)
-        dtype = None if kind == "int8" else np.float16  # int8: the codes, undecoded
+        if kind == "int8" and not _shared_widely(position >= 0, segs.size, offsets):
+            codes, scales = _int8_pages(index, segs, rows)
+            int8 = partial(maxsim_int8, pages=codes, scales=scales)
+            _score_chunk(flat, offsets, position, int8, scores, bounds)
+            continue
+        # int8 products gain nothing from more query rows: a batch whose queries share most
+        # candidates decodes them to float16 once and multiplies all at once.
+        page_bytes = _page_tokens(index, segs, rows) * flat.shape[1] * 2
         for start, stop in _chunks(page_bytes, _FAST_CHUNK_BYTES):
-            vectors, scales, doc_offsets = _read_pages(
-                index, segs[start:stop], rows[start:stop], dtype
+            vectors, doc_offsets = _read_pages(
+                index, segs[start:stop], rows[start:stop], np.float16
             )
             half = partial(
                 maxsim_half,
                 doc_vectors=vectors,
                 doc_offsets=doc_offsets,
-                scales=scales,  # int8 codes; else float16 decodings, not stored values:
-                exact_half=False,
+                exact_half=False,  # float16 decodings, not stored values
             )
             at = np.where((position >= start) & (position < stop), position - start, -1)
             _score_chunk(flat, offsets, at, half, scores, bounds)

@@ -114,6 +114,30 @@ def test_int8_codes_read_in_place_are_within_their_bound() -> None:
     assert np.median(bound) < 0.1 * np.median(half_bound)
 
 
+@pytest.mark.parametrize("in_place_from", [1, 512, 10**9])
+def test_int8_pages_multiplied_in_place_score_as_pages_copied_into_blocks(
+    monkeypatch, in_place_from
+) -> None:
+    """Long pages are multiplied where they lie, one product per page into a shared buffer,
+    short ones copied into blocks: either way, every page of any length (one block mixes
+    lengths, the shorter padded), with more query tokens than one product takes, gets the
+    same fast score and bound, and the scores keep their bound to the float32 kernel."""
+    rng = np.random.default_rng(11)
+    pages = [_unit(rng, int(t)) for t in (1030, 5, 700, 1030, 513, 40, 1030, 511, 2)]
+    queries = [_unit(rng, 40), _unit(rng, 3), _unit(rng, 33)]  # > _INT8_GROUP tokens
+    (q, qo), (d, do) = _flat(queries), _flat(pages)
+    codes, scales = codecs.encode(d, "int8")
+    rows = np.array([3, 0, 8, 2, 6, 4])
+    want = maxsim_half(q, qo, codes, do, scales=scales, rows=rows, block_tokens=4096)
+    monkeypatch.setattr(scoring, "_INT8_IN_PLACE_TOKENS", in_place_from)
+    got = maxsim_half(q, qo, codes, do, scales=scales, rows=rows, block_tokens=4096)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    wide = codecs.decode(codes, scales, "int8", DIM)
+    picked, picked_offsets = _flat([wide[do[i] : do[i + 1]] for i in rows])
+    _check_bound(q, qo, picked, picked_offsets, got[0], got[1], tight=0.01)
+
+
 def test_int8_pass_gives_a_non_finite_query_token_an_infinite_bound() -> None:
     rng = np.random.default_rng(8)
     codes, scales = codecs.encode(_unit(rng, 20), "int8")
