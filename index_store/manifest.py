@@ -38,9 +38,11 @@ from index_store.config import IndexConfig
 from index_store.errors import IndexCorruptError, IndexFormatError, InputError
 from index_store.fsio import read_json_object, write_json_atomic
 
-FORMAT_VERSION = 1  # written unless the index has a codebook (then 2)
+FORMAT_VERSION = 1  # written unless the index has a codebook (then 2) or page magnitudes (3)
 CODEBOOK_FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+PAGE_MAX_FORMAT_VERSION = 3  # a segment stores its float16 documents' magnitudes
+PAGE_MAX_FILE = "page-max.npy"
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST = "manifest.json"
 SEGMENT_PATTERN = re.compile(r"seg-g\d{6,}")
 SEGMENT_TMP_PATTERN = re.compile(r"\.tmp-seg-g\d{6,}-\d+")
@@ -53,6 +55,7 @@ SEGMENT_FILES = (
     "fde-codes.npy",
     "meta.parquet",
     "offsets.npy",
+    PAGE_MAX_FILE,
     "scales.npy",
     "vectors.npy",
 )
@@ -210,6 +213,8 @@ class SegmentEntry:
         needed = {first, "meta.parquet", "offsets.npy", "vectors.npy"}
         needed |= {"scales.npy"} if kind == "int8" else set()
         needed |= {"codebook.npy"} if is_trained(kind) else set()
+        # A float16 segment stores its page magnitudes since format version 3.
+        needed |= {PAGE_MAX_FILE} if kind == "float16" and PAGE_MAX_FILE in have else set()
         if have != needed:
             raise files_reader.error(
                 f"lists {sorted(have)}; a {kind} segment has exactly {sorted(needed)}"
@@ -290,9 +295,17 @@ class Manifest:
         out += [("", self.codebook)] if self.codebook else []
         return out + ([("", self.rejects.file)] if self.rejects else [])
 
+    @property
+    def written_version(self) -> int:
+        """The format version this manifest is written as: at least the one it was read as,
+        and 3 once a segment stores page magnitudes (readers before them would not know the
+        file, and say so by the version instead)."""
+        stores_page_max = any(e.file(PAGE_MAX_FILE) for e in self.segments)
+        return max(self.format_version, PAGE_MAX_FORMAT_VERSION if stores_page_max else 0)
+
     def to_dict(self) -> dict[str, Any]:
         payload = {
-            "format_version": self.format_version,
+            "format_version": self.written_version,
             "generation": self.generation,
             "config": self.config.to_dict(),
             "segments": [e.to_dict() for e in self.segments],
@@ -328,6 +341,11 @@ class Manifest:
         )
         if len({e.name for e in entries}) != len(entries):
             raise r.error("a segment is listed twice", "segments")
+        if version < PAGE_MAX_FORMAT_VERSION and any(e.file(PAGE_MAX_FILE) for e in entries):
+            raise r.error(
+                f"a segment lists {PAGE_MAX_FILE}, which format version {version} does not have",
+                "segments",
+            )
         raw_rejects = r.get("rejects", dict, optional=True)
         r.get("counts", dict, optional=True)
         codebook = _codebook(r, config, entries)

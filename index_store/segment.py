@@ -7,8 +7,10 @@ compaction retrains it; a segment too small to train one stores float16 and its 
 says so), ``offsets.npy`` (n + 1,) int64,
 ``fde.faiss`` the faiss index over the documents' FDEs (recomputed from the stored vectors when a
 segment is compacted, so they are not kept twice) or, under the index's codebook,
-``fde-codes.npy`` their product-quantised codes (``index_store.first_stage``), and
-``meta.parquet`` with
+``fde-codes.npy`` their product-quantised codes (``index_store.first_stage``),
+``page-max.npy`` (n,) float16 each document's largest stored magnitude for float16 storage (the
+fast rescoring pass's error bound needs it; segments written before it existed lack it and
+the pass reads it from the vectors), and ``meta.parquet`` with
 ``doc_id``, the page content and every metadata column. Deletions live in separate
 ``deleted-g<generation>.npy`` bitmaps, so a committed file is never modified.
 
@@ -37,7 +39,7 @@ from index_store import codecs, first_stage
 from index_store.config import IndexConfig, faiss_fourccs
 from index_store.errors import IndexCorruptError, InputError
 from index_store.fsio import fsync_dir, load_npy, save_bytes, save_npy, sha256_file, write_file
-from index_store.manifest import FileEntry, SegmentEntry
+from index_store.manifest import PAGE_MAX_FILE, FileEntry, SegmentEntry
 
 SMALL_FILE = 64 << 20  # files below this size are checksummed on every open
 _FAISS_HEADER = 37  # fourcc, d (int32), ntotal (int64), 2 x int64, is_trained (u8), metric (int32)
@@ -118,6 +120,9 @@ def write_segment(
             digests = {"vectors.npy": vectors_written.result()}
         if scales is not None:
             digests["scales.npy"] = save_npy(tmp / "scales.npy", scales)
+        if kind == "float16":
+            magnitudes = codecs.page_magnitudes(codes, offsets)
+            digests[PAGE_MAX_FILE] = save_npy(tmp / PAGE_MAX_FILE, magnitudes)
         if codebook is not None:
             digests["codebook.npy"] = save_npy(tmp / "codebook.npy", codebook)
         digests["offsets.npy"] = save_npy(tmp / "offsets.npy", offsets)
@@ -262,6 +267,7 @@ class Segment:
     fde_codes: np.ndarray | None = None  # (n, code size) uint8 under the index's codebook
     dtype: str = "float16"  # what ``vectors`` are (``SegmentEntry.storage_dtype``)
     codebook: np.ndarray | None = None  # (M, 16, d / M) float32 for a trained codec
+    page_max: np.ndarray | None = None  # (n,) float16 largest magnitude per float16 document
     _tables: dict[str, np.ndarray] = field(default_factory=dict)
 
     def decode(self, codes: np.ndarray, scales: np.ndarray | None, out: Any) -> np.ndarray:
@@ -366,6 +372,8 @@ def _check_arrays(
         problems += _codebook_problems(arrays["codebook"], kind, config.dim)
     if "scales" in arrays and arrays["scales"].shape != (entry.num_vectors,):
         problems.append(f"scales.npy has shape {arrays['scales'].shape}")
+    if "page_max" in arrays and arrays["page_max"].shape != (entry.num_docs,):
+        problems.append(f"{PAGE_MAX_FILE} has shape {arrays['page_max'].shape}")
     if "fde_codes" in arrays:
         expected = (entry.num_docs, first_stage.code_size(config.faiss_factory))
         if arrays["fde_codes"].shape != expected:
@@ -407,6 +415,10 @@ def _load_arrays(path: Path, entry: SegmentEntry, config: IndexConfig) -> dict[s
     if kind == "int8":
         arrays["scales"] = _array(
             path / "scales.npy", mmap=True, dtype=np.dtype(np.float32), ndim=1
+        )
+    if kind == "float16" and entry.file(PAGE_MAX_FILE) is not None:
+        arrays["page_max"] = _array(
+            path / PAGE_MAX_FILE, mmap=False, dtype=np.dtype(np.float16), ndim=1
         )
     if entry.coded:
         arrays["fde_codes"] = _array(
@@ -469,6 +481,7 @@ def open_segment(root: Path, entry: SegmentEntry, config: IndexConfig, *, verify
         fde_codes=arrays.get("fde_codes"),
         dtype=entry.storage_dtype(config.dtype),
         codebook=arrays.get("codebook"),
+        page_max=arrays.get("page_max"),
     )
 
 
@@ -484,4 +497,12 @@ def check_segment(root: Path, entry: SegmentEntry, config: IndexConfig) -> list[
         segment.check_faiss_header()
     except IndexCorruptError as exc:
         return [str(exc)]
+    if segment.page_max is not None:
+        # Its checksum only says it is the file written: the rescoring's bounds trust its values.
+        truth = codecs.page_magnitudes(segment.vectors, segment.offsets)
+        if not np.array_equal(segment.page_max.view(np.uint16), truth.view(np.uint16)):
+            return [
+                f"{path / PAGE_MAX_FILE} does not hold the largest magnitude of each document's "
+                "vectors; rebuild the index (or remove the file and its manifest entry)"
+            ]
     return []

@@ -291,12 +291,15 @@ class Index:
             scales = np.concatenate([seg.scales[a:b] for a, b in zip(starts, ends, strict=True)])
         return codes, scales, offsets
 
-    def half_vectors(self, segment: int) -> tuple[np.ndarray, np.ndarray] | None:
+    def half_vectors(self, segment: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
         """A float16 segment's stored (N, d) float16 vectors, memory-mapped (read in place, no
-        copy), and its (n + 1,) offsets; None for any other storage dtype (``codes`` reads
-        int8 codes undecoded)."""
+        copy), its (n + 1,) offsets and (n,) float16 largest magnitude per document (None for
+        a segment written before they were stored); None for any other storage dtype
+        (``codes`` reads int8 codes undecoded)."""
         seg = self.segments[segment]
-        return (seg.vectors, seg.offsets) if seg.dtype == "float16" else None
+        if seg.dtype != "float16":
+            return None
+        return seg.vectors, seg.offsets, seg.page_max
 
     def get(self, doc_id: str) -> Document:
         """A document by id, with its decoded vectors and metadata."""
@@ -350,7 +353,7 @@ class Index:
         disk = sum(f.size for _, f in self.manifest.files())
         return {
             "path": str(self.path),
-            "format_version": self.manifest.format_version,
+            "format_version": self.manifest.written_version,
             "generation": self.generation,
             "documents": self.num_documents,
             "rejected": self.manifest.rejects.count if self.manifest.rejects else 0,

@@ -416,9 +416,9 @@ def _fast_scores(
             kind = dtype
         groups.setdefault(kind, []).append(s)
     for s in groups.pop("float16", []):
-        stored, set_offsets = index.half_vectors(s)  # type: ignore[misc]
+        stored, set_offsets, page_max = index.half_vectors(s)  # type: ignore[misc]
         _, rows, position = _distinct_pages(cands, cands.valid & (cands.segments == s))
-        half = partial(maxsim_half, doc_vectors=stored, doc_offsets=set_offsets)
+        half = partial(maxsim_half, doc_vectors=stored, doc_offsets=set_offsets, page_max=page_max)
         _score_chunk(flat, offsets, position, half, scores, bounds, rows=rows)
     for kind, segments in groups.items():
         segs, rows, position = _distinct_pages(

@@ -106,7 +106,7 @@ def _copy(built: Path, tmp_path: Path) -> Path:
 def test_layout_codebook_codes_and_folded_segments(built) -> None:
     index = Index.open(built, verify="full")
     assert index.config.faiss_factory == "PQ4x4fs"  # auto: D / 8 sub-quantizers, 4 bits
-    assert index.manifest.format_version == 2
+    assert index.manifest.format_version == 3  # a codebook (2) and page magnitudes (3)
     assert [e.name for e in index.manifest.segments] == ["seg-g000002", "seg-g000003"]
     assert [e.coded for e in index.manifest.segments] == [True, True]
     assert index.manifest.codebook is not None
@@ -267,7 +267,8 @@ def test_flat_keeps_the_per_segment_layout(tmp_path) -> None:
     docs = _corpus(3)
     path = _build(tmp_path / "flat", docs, [N - 50], factory="Flat")
     index = Index.open(path)
-    assert index.manifest.codebook is None and index.manifest.format_version == 1
+    assert index.manifest.codebook is None
+    assert index.manifest.format_version == 3  # float16 segments store page magnitudes
     assert index.coded_segments() == [] and not list(path.glob("fde-pq-*"))
     assert all((path / "segments" / s.name / "fde.faiss").is_file() for s in index.segments)
     queries = _queries()
