@@ -9,6 +9,16 @@ on the same 200,000 sampled tokens and applied to every token; each query then s
 page with exact MaxSim (``latemm.scoring.maxsim``, float64 products) over the decoded tokens, and recall@10 is measured against
 the top-10 over the original float32 tokens. No first stage: this is the codec's own loss,
 the ceiling of any index that stores it. 20 KB per page leaves at most ~19 bytes per token.
+
+Then a bound for codecs not tried: recall@10 against the root-mean-square error per token when
+every token gets isotropic Gaussian error of that size (``--errors``), next to each codec's own
+(error, recall); and the least error any code of R bits per token can have on this generator
+(Shannon's lower bound, computed from the generator's noise alone: a token is
+normalise(direction + n), n ~ N(0, noise^2 / d I), so even with its direction given for free
+the tangential noise, ~N(0, s^2) in each of d - 1 dimensions with s^2 = noise^2 / (d (1 +
+noise^2)), costs MSE >= (d - 1) s^2 2^(-2 R / (d - 1)) at R bits). Where the measured codecs
+lie on or below the random-error curve, the curve read at that bound is what a code of that
+size can hope for.
 """
 
 from __future__ import annotations
@@ -73,6 +83,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pages", type=int, default=1000)
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--train", type=int, default=200_000, help="tokens to train on")
+    parser.add_argument(
+        "--errors",
+        type=float,
+        nargs="*",
+        default=[0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.46],
+        help="RMS error per token of the random-error sweep",
+    )
     args = parser.parse_args(argv)
     corpus = SyntheticCorpus()
     tokens = corpus.pages(0, args.pages).reshape(-1, corpus.dim)
@@ -91,18 +108,60 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[dict[str, Any]] = []
     for name, (size, code) in codecs(train).items():
         start = time.perf_counter()
-        found = top10(np.ascontiguousarray(code(tokens), dtype=np.float32))
+        decoded = np.ascontiguousarray(code(tokens), dtype=np.float32)
+        found = top10(decoded)
         rows.append(
             {
                 "codec": name,
                 "bytes_per_token": size,
                 "kib_per_page_tokens": size * corpus.tokens_per_page / 1024,
+                "rms_error": rms(decoded - tokens),
                 "recall@10": recall(found, exact),
                 "seconds": time.perf_counter() - start,
             }
         )
-        print(f"  {name:<34} {size:3d} B/token  recall@10 {rows[-1]['recall@10']:.3f}", flush=True)
-    write_result("codec_probe", {"pages": args.pages, "queries": args.queries, "rows": rows})
+        print(
+            f"  {name:<34} {size:3d} B/token  RMS error {rows[-1]['rms_error']:.3f}  "
+            f"recall@10 {rows[-1]['recall@10']:.3f}",
+            flush=True,
+        )
+    random_error = []
+    for size in args.errors:
+        noise = rng.standard_normal(tokens.shape, dtype=np.float32) * (size / np.sqrt(corpus.dim))
+        random_error.append({"rms_error": size, "recall@10": recall(top10(tokens + noise), exact)})
+        print(f"  random error {size:.3f}: recall@10 {random_error[-1]['recall@10']:.3f}")
+    bound = [
+        {"bytes_per_token": size, "rms_error_at_least": shannon_rms(corpus, 8 * size)}
+        for size in (16, 18, 19, 32, 64)
+    ]
+    for row in bound:
+        print(
+            f"  Shannon: {row['bytes_per_token']} B/token -> RMS error >= {row['rms_error_at_least']:.3f}"
+        )
+    write_result(
+        "codec_probe",
+        {
+            "pages": args.pages,
+            "queries": args.queries,
+            "rows": rows,
+            "random_error": random_error,
+            "shannon_bound": bound,
+        },
+    )
+
+
+def rms(error: np.ndarray) -> float:
+    """Root-mean-square over tokens of each token's error norm."""
+    return float(np.sqrt(np.mean(np.sum(error.astype(np.float64) ** 2, axis=1))))
+
+
+def shannon_rms(corpus: SyntheticCorpus, bits: float) -> float:
+    """Least RMS error per token of any code of ``bits`` bits per token on ``corpus``'s pages,
+    even told each token's direction: Shannon's lower bound on the Gaussian tangential noise
+    (module docstring)."""
+    d = corpus.dim
+    per_dim = corpus.noise**2 / (d * (1.0 + corpus.noise**2))
+    return float(np.sqrt((d - 1) * per_dim * 2.0 ** (-2.0 * bits / (d - 1))))
 
 
 if __name__ == "__main__":

@@ -334,9 +334,10 @@ def maxsim_half(
         as much as the products for one query.
     block_tokens
         Page tokens per product (pages of similar length are padded to a block). By default
-        16,384 for int8 codes' short pages (``maxsim_int8``); for float16, as many as keep the (query tokens x block) float16
-        similarities within 4 MB, between 16,384 and 131,072 (one 28-token query against
-        256 pages: 45% of the product limit at 16,384 tokens, 53% at 65,536).
+        16,384 for int8 codes' short pages (``maxsim_int8``); for float16, as many as keep
+        the (query tokens x block) float16 similarities within 4 MB, between 16,384 and
+        131,072 (one 28-token query against 256 pages: 45% of the product limit at 16,384
+        tokens, 53% at 65,536).
 
     Returns
     -------
