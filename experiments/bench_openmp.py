@@ -2,10 +2,11 @@
 
 libgomp's threads spin while they wait for work (by default for a while, then sleep; with
 ``ACTIVE`` for good); on a 2-core machine that other processes also use, each parallel region of
-a small op then waits for a scheduler slice. ``fde`` now sets ``OMP_WAIT_POLICY=PASSIVE`` unless the user set one. This runs the same
-measurements in child processes under each policy (one fresh process per operation, policy
-and round, alternating policies, all in one run) and prints the ratio: a query's FDE, a small
-and a large product, and torch's 2-D ``index_add_`` (which a query's FDE uses).
+a small op then waits for a scheduler slice. ``fde`` sets ``GOMP_SPINCOUNT=30000`` unless the
+user set it or a policy (it set ``OMP_WAIT_POLICY=PASSIVE`` before; RESULTS.md has both runs).
+This runs the same measurements in child processes under each setting (one fresh process per
+operation, setting and round, alternating settings, all in one run): a query's FDE, a small and
+a large product, and torch's 2-D ``index_add_`` (which a query's FDE uses).
 Calls are spaced by 5 ms, as single queries arrive with other work between them. The machine's
 load average is recorded: the gap is a property of shared cores, and is small on idle ones.
 
