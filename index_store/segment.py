@@ -104,6 +104,9 @@ def write_segment(
         kind = storage or config.dtype
         with ThreadPoolExecutor(max_workers=1) as pool:
             vectors_written = pool.submit(save_npy, tmp / "vectors.npy", codes)
+            magnitudes = None
+            if kind == "float16":  # after the vectors, on the same thread
+                magnitudes = pool.submit(codecs.page_magnitudes, codes, offsets)
             # The FDE is computed from the stored (decoded) vectors so that compaction
             # reproduces it.
             decoded = (
@@ -120,9 +123,8 @@ def write_segment(
             digests = {"vectors.npy": vectors_written.result()}
         if scales is not None:
             digests["scales.npy"] = save_npy(tmp / "scales.npy", scales)
-        if kind == "float16":
-            magnitudes = codecs.page_magnitudes(codes, offsets)
-            digests[PAGE_MAX_FILE] = save_npy(tmp / PAGE_MAX_FILE, magnitudes)
+        if magnitudes is not None:
+            digests[PAGE_MAX_FILE] = save_npy(tmp / PAGE_MAX_FILE, magnitudes.result())
         if codebook is not None:
             digests["codebook.npy"] = save_npy(tmp / "codebook.npy", codebook)
         digests["offsets.npy"] = save_npy(tmp / "offsets.npy", offsets)
