@@ -8,7 +8,8 @@ every 512 pages. Generation is excluded from the throughput; both wall-clock and
 
 The baseline is the same child run on another commit's code (``git archive REV`` of ``fde``,
 ``index_store`` and ``experiments``, by default the commit before the ingest speed-ups), in the
-same run, so the ratio compares like with like. Writes ``results/bench_index[_quick].json``.
+same run, so the ratio compares like with like. Writes ``results/bench_index[_quick].json``
+(``results/NAME.json`` with ``--name``: a re-check then leaves the recorded runs alone).
 """
 
 from __future__ import annotations
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         help="torch/OpenMP threads of every child (on a busy shared machine, 1 keeps the CPU "
         "time from counting idle spinning)",
     )
+    parser.add_argument("--name", default=None, help="results file name (default as above)")
     parser.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -173,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"load average (1, 5, 15 min) before {load['before']}, after {load['after']}")
     name = "bench_index" + ("" if args.dtype == "float16" else f"_{args.dtype}")
     write_result(
-        name + ("_quick" if args.quick else ""),
+        args.name or name + ("_quick" if args.quick else ""),
         {
             "dtype": args.dtype,
             "threads": args.threads,
