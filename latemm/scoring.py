@@ -6,7 +6,7 @@ depends on which other documents share its block. ``maxsim_half`` is a fast pass
 products, or exact int8 products on int8 codes) that returns each score with a proven bound on
 its distance to ``maxsim``'s, and ``may_reach_top``
 uses the bounds to keep only the candidates whose exact score could reach a top k. Imports
-numpy and torch only.
+numpy, torch and ``index_store.codecs`` (float16 page magnitudes, read as an index stores them).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+
+from index_store.codecs import page_magnitudes
 
 # Document tokens per matrix product; (block, query tokens) float32 similarities stay in cache.
 _BLOCK_TOKENS = 1 << 16
@@ -226,15 +228,11 @@ def _tensors(blocks: Sequence[np.ndarray | torch.Tensor]) -> list[torch.Tensor]:
 
 
 def _max_abs(block: np.ndarray) -> np.ndarray:
-    """(p, L, d) float16 -> (p,) float64 largest magnitude per page, read from the bits with
-    two integer maxima and no conversion. As int16, a non-negative float's bits are its
-    magnitude; as uint16, a negative float's bits are 0x8000 + its magnitude. NaN bits sort
-    above infinity's and give NaN."""
-    flat = block.reshape(block.shape[0], -1)
-    positive = flat.view(np.int16).max(axis=1).astype(np.int32)
-    negative = flat.view(np.uint16).max(axis=1).astype(np.int32) - 0x8000
-    bits = np.maximum(np.maximum(positive, negative), 0).astype(np.uint16)
-    return bits.view(np.float16).astype(np.float64)
+    """(p, L, d) float16 -> (p,) float64 largest magnitude per page, read from the bits
+    (``index_store.codecs.page_magnitudes``, what a float16 index stores)."""
+    p, width, dim = block.shape
+    flat = block.reshape(p * width, dim)
+    return page_magnitudes(flat, np.arange(p + 1) * width).astype(np.float64)
 
 
 def _sum_rows(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
