@@ -298,10 +298,12 @@ class Manifest:
     @property
     def written_version(self) -> int:
         """The format version this manifest is written as: at least the one it was read as,
-        and 3 once a segment stores page magnitudes (readers before them would not know the
-        file, and say so by the version instead)."""
-        stores_page_max = any(e.file(PAGE_MAX_FILE) for e in self.segments)
-        return max(self.format_version, PAGE_MAX_FORMAT_VERSION if stores_page_max else 0)
+        2 with a codebook, 3 once a segment stores page magnitudes (readers before them would
+        not know the file, and say so by the version instead)."""
+        needs = CODEBOOK_FORMAT_VERSION if self.codebook is not None else FORMAT_VERSION
+        if any(e.file(PAGE_MAX_FILE) for e in self.segments):
+            needs = PAGE_MAX_FORMAT_VERSION
+        return max(self.format_version, needs)
 
     def to_dict(self) -> dict[str, Any]:
         payload = {
@@ -363,14 +365,8 @@ class Manifest:
         )
 
     def with_codebook(self, codebook: FileEntry | None) -> Manifest:
-        """This manifest with ``codebook`` (a manifest that has one is version 2)."""
-        if codebook is None:
-            return self
-        return replace(
-            self,
-            codebook=codebook,
-            format_version=max(self.format_version, CODEBOOK_FORMAT_VERSION),
-        )
+        """This manifest with ``codebook`` (written as version 2 at least: ``written_version``)."""
+        return self if codebook is None else replace(self, codebook=codebook)
 
     @classmethod
     def read(cls, root: Path) -> Manifest:
