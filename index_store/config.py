@@ -10,6 +10,12 @@ from fde import FDEConfig
 from index_store.codecs import DTYPES, check_dim
 from index_store.errors import FDEInputError, InputError
 
+# Storage of the optional refine copy (``IndexConfig.refine``), and the compact codes it may
+# accompany: a copy is worth its bytes only beside codes that lose ranking precision.
+REFINE_DTYPES = ("int8", "float16")
+REFINED_DTYPES = ("binary", "pq1", "pq2")
+DEFAULT_REFINE_DEPTH = 64
+
 FACTORY_FORMS = (
     "Flat; HNSW<M> (M >= 2), optionally followed by ,Flat ,SQ8 ,SQ4 ,SQfp16 or ,PQ<m>; "
     "IVF<n> followed by ,Flat ,SQ8 or ,PQ<m>[x<b>]; PQ<m>[x<b>] "
@@ -120,6 +126,17 @@ class IndexConfig:
     single_vector
         Every document has exactly one vector, and faiss indexes those vectors themselves (no
         FDE): a query's summed vectors against them give exact MaxSim (``fde`` is then unused).
+    refine
+        None (default), or ``int8`` / ``float16``: beside compact codes (``binary``, ``pq1``,
+        ``pq2``) every segment also stores the vectors in this dtype (``refine-vectors.npy``),
+        read only for the final pass: a query's candidates are scored on the compact codes,
+        and its ``refine_depth`` best are rescored exactly from the copy (faiss's
+        ``IndexRefine``, for token vectors). The copy is counted in the index's bytes on
+        disk; a search touches it for ``refine_depth`` pages per query. The first stage's
+        FDEs are computed from the copy.
+    refine_depth
+        How many of each query's best candidates on the compact codes are rescored from the
+        refine copy (at least the search's k).
     """
 
     dim: int
@@ -128,6 +145,8 @@ class IndexConfig:
     faiss_factory: str = AUTO_FACTORY
     encoder: dict[str, Any] | None = field(default=None, compare=False)
     single_vector: bool = False
+    refine: str | None = None
+    refine_depth: int = DEFAULT_REFINE_DEPTH
 
     def __post_init__(self) -> None:
         if not isinstance(self.single_vector, bool):
@@ -139,6 +158,7 @@ class IndexConfig:
         if self.dtype not in DTYPES:
             raise InputError(f"IndexConfig.dtype must be one of {DTYPES}, got {self.dtype!r}")
         check_dim(self.dtype, self.dim)
+        self._check_refine()
         if self.fde is None:
             object.__setattr__(self, "fde", default_fde_config(self.dim))
         assert self.fde is not None
@@ -155,6 +175,22 @@ class IndexConfig:
                 f"IndexConfig.encoder must be a dict (EncoderInfo.to_dict()) or None, "
                 f"got {self.encoder!r}"
             )
+
+    def _check_refine(self) -> None:
+        if self.refine is not None and self.refine not in REFINE_DTYPES:
+            raise InputError(
+                f"IndexConfig.refine must be None or one of {REFINE_DTYPES}, got {self.refine!r}"
+            )
+        if self.refine is not None and (self.dtype not in REFINED_DTYPES or self.single_vector):
+            raise InputError(
+                f"IndexConfig.refine={self.refine!r} keeps a copy beside compact codes, but this "
+                f"index stores {'single vectors' if self.single_vector else self.dtype}; use it "
+                f"with dtype one of {REFINED_DTYPES} (e.g. --dtype pq1 --refine int8), or leave "
+                "refine out"
+            )
+        depth = self.refine_depth
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+            raise InputError(f"IndexConfig.refine_depth must be a positive int, got {depth!r}")
 
     @property
     def fde_config(self) -> FDEConfig:
@@ -176,6 +212,9 @@ class IndexConfig:
         }
         if self.single_vector:  # absent otherwise: multi-vector manifests stay as they were
             out["single_vector"] = True
+        if self.refine is not None:  # likewise
+            out["refine"] = self.refine
+            out["refine_depth"] = self.refine_depth
         return out
 
     @classmethod
@@ -200,13 +239,18 @@ class IndexConfig:
             faiss_factory=payload["faiss_factory"],
             encoder=payload.get("encoder"),
             single_vector=payload.get("single_vector", False),
+            refine=payload.get("refine"),
+            refine_depth=payload.get("refine_depth", DEFAULT_REFINE_DEPTH),
         )
 
     def differences(self, other: IndexConfig) -> list[str]:
         """``"field: recorded X, requested Y"`` for each setting ``other`` changes."""
         mine, theirs = self.to_dict(), other.to_dict()
+        # Keys to_dict leaves out at their defaults.
+        absent = {"single_vector": False, "refine": None}
         return [
-            f"{key}: recorded {mine[key]!r}, requested {theirs[key]!r}"
-            for key in ("dim", "dtype", "faiss_factory", "fde", "single_vector")
-            if mine.get(key, False) != theirs.get(key, False)
+            f"{key}: recorded {mine.get(key, absent.get(key))!r}, "
+            f"requested {theirs.get(key, absent.get(key))!r}"
+            for key in ("dim", "dtype", "faiss_factory", "fde", "single_vector", "refine")
+            if mine.get(key, absent.get(key)) != theirs.get(key, absent.get(key))
         ]

@@ -38,11 +38,15 @@ from index_store.config import IndexConfig
 from index_store.errors import IndexCorruptError, IndexFormatError, InputError
 from index_store.fsio import read_json_object, write_json_atomic
 
-FORMAT_VERSION = 1  # written unless the index has a codebook (then 2) or page magnitudes (3)
+# Written unless the index has a codebook (then 2), page magnitudes (3) or a refine copy (4).
+FORMAT_VERSION = 1
 CODEBOOK_FORMAT_VERSION = 2
 PAGE_MAX_FORMAT_VERSION = 3  # a segment stores its float16 documents' magnitudes
 PAGE_MAX_FILE = "page-max.npy"
-READABLE_VERSIONS = (1, 2, 3)
+REFINE_FORMAT_VERSION = 4  # segments store a refine copy of compact codes (IndexConfig.refine)
+REFINE_FILE = "refine-vectors.npy"
+REFINE_SCALES_FILE = "refine-scales.npy"
+READABLE_VERSIONS = (1, 2, 3, 4)
 MANIFEST = "manifest.json"
 SEGMENT_PATTERN = re.compile(r"seg-g\d{6,}")
 SEGMENT_TMP_PATTERN = re.compile(r"\.tmp-seg-g\d{6,}-\d+")
@@ -56,6 +60,8 @@ SEGMENT_FILES = (
     "meta.parquet",
     "offsets.npy",
     PAGE_MAX_FILE,
+    REFINE_FILE,
+    REFINE_SCALES_FILE,
     "scales.npy",
     "vectors.npy",
 )
@@ -185,7 +191,7 @@ class SegmentEntry:
         return out
 
     @classmethod
-    def from_reader(cls, r: _Reader, *, dtype: str) -> SegmentEntry:
+    def from_reader(cls, r: _Reader, *, dtype: str, refine: str | None = None) -> SegmentEntry:
         name = r.name("name", SEGMENT_PATTERN)
         num_docs, num_deleted = r.count("num_docs"), r.count("num_deleted")
         if num_deleted > num_docs:
@@ -215,6 +221,9 @@ class SegmentEntry:
         needed |= {"codebook.npy"} if is_trained(kind) else set()
         # A float16 segment stores its page magnitudes since format version 3.
         needed |= {PAGE_MAX_FILE} if kind == "float16" and PAGE_MAX_FILE in have else set()
+        # Compact codes carry the index's refine copy (a float16 segment needs none).
+        if refine is not None and kind != "float16":
+            needed |= {REFINE_FILE} | ({REFINE_SCALES_FILE} if refine == "int8" else set())
         if have != needed:
             raise files_reader.error(
                 f"lists {sorted(have)}; a {kind} segment has exactly {sorted(needed)}"
@@ -298,11 +307,13 @@ class Manifest:
     @property
     def written_version(self) -> int:
         """The format version this manifest is written as: at least the one it was read as,
-        2 with a codebook, 3 once a segment stores page magnitudes (readers before them would
-        not know the file, and say so by the version instead)."""
+        2 with a codebook, 3 once a segment stores page magnitudes, 4 with a refine copy
+        (readers before them would not know the files, and say so by the version instead)."""
         needs = CODEBOOK_FORMAT_VERSION if self.codebook is not None else FORMAT_VERSION
         if any(e.file(PAGE_MAX_FILE) for e in self.segments):
             needs = PAGE_MAX_FORMAT_VERSION
+        if self.config.refine is not None:
+            needs = REFINE_FORMAT_VERSION
         return max(self.format_version, needs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -338,7 +349,9 @@ class Manifest:
             raise r.error(str(exc), "config") from exc
         segments = r.get("segments", list)
         entries = tuple(
-            SegmentEntry.from_reader(r.sub(f"segments[{i}]", s), dtype=config.dtype)
+            SegmentEntry.from_reader(
+                r.sub(f"segments[{i}]", s), dtype=config.dtype, refine=config.refine
+            )
             for i, s in enumerate(segments)
         )
         if len({e.name for e in entries}) != len(entries):
@@ -347,6 +360,10 @@ class Manifest:
             raise r.error(
                 f"a segment lists {PAGE_MAX_FILE}, which format version {version} does not have",
                 "segments",
+            )
+        if version < REFINE_FORMAT_VERSION and config.refine is not None:
+            raise r.error(
+                f"the config sets refine, which format version {version} does not have", "config"
             )
         raw_rejects = r.get("rejects", dict, optional=True)
         r.get("counts", dict, optional=True)

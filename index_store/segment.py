@@ -10,7 +10,9 @@ segment is compacted, so they are not kept twice) or, under the index's codebook
 ``fde-codes.npy`` their product-quantised codes (``index_store.first_stage``),
 ``page-max.npy`` (n,) float16 each document's largest stored magnitude for float16 storage (the
 fast rescoring pass's error bound needs it; segments written before it existed lack it and
-the pass reads it from the vectors), and ``meta.parquet`` with
+the pass reads it from the vectors), ``refine-vectors.npy`` (N, d) and for int8
+``refine-scales.npy`` (N,): the refine copy beside compact codes (``IndexConfig.refine``), and
+``meta.parquet`` with
 ``doc_id``, the page content and every metadata column. Deletions live in separate
 ``deleted-g<generation>.npy`` bitmaps, so a committed file is never modified.
 
@@ -26,7 +28,7 @@ import os
 import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,13 @@ from index_store import codecs, first_stage
 from index_store.config import IndexConfig, faiss_fourccs
 from index_store.errors import IndexCorruptError, InputError
 from index_store.fsio import fsync_dir, load_npy, save_bytes, save_npy, sha256_file, write_file
-from index_store.manifest import PAGE_MAX_FILE, FileEntry, SegmentEntry
+from index_store.manifest import (
+    PAGE_MAX_FILE,
+    REFINE_FILE,
+    REFINE_SCALES_FILE,
+    FileEntry,
+    SegmentEntry,
+)
 
 SMALL_FILE = 64 << 20  # files below this size are checksummed on every open
 _FAISS_HEADER = 37  # fourcc, d (int32), ntotal (int64), 2 x int64, is_trained (u8), metric (int32)
@@ -77,6 +85,7 @@ def write_segment(
     codebook_for: Callable[[np.ndarray], Any] | None = None,
     codebook: np.ndarray | None = None,
     storage: str | None = None,
+    refine: tuple[np.ndarray, np.ndarray | None] | None = None,
 ) -> SegmentEntry:
     """Write a complete segment under ``root/name`` and return its manifest entry.
 
@@ -88,7 +97,8 @@ def write_segment(
     crash leaves either nothing or a whole (not yet committed) segment; a failure removes the
     temporary directory. ``codebook_for(fde)``, for a global first stage, returns the index's
     codebook (or None before it exists): the FDEs are then stored as its codes,
-    ``fde-codes.npy``, instead of a faiss index of their own.
+    ``fde-codes.npy``, instead of a faiss index of their own. ``refine``: the refine copy's
+    (codes, scales) in ``config.refine``, from which the FDEs are then computed.
     """
     import faiss
 
@@ -108,11 +118,17 @@ def write_segment(
             if kind == "float16":  # after the vectors, on the same thread
                 magnitudes = pool.submit(codecs.page_magnitudes, codes, offsets)
             # The FDE is computed from the stored (decoded) vectors so that compaction
-            # reproduces it.
+            # reproduces it: the refine copy where there is one.
+            source, source_scales, source_kind = (codes, scales, kind)
+            if refine is not None:
+                source, source_scales = refine
+                source_kind, codebook_used = str(config.refine), None
+            else:
+                codebook_used = codebook
             decoded = (
-                codes
-                if kind in ("float16", "float32")
-                else codecs.decode(codes, scales, kind, config.dim, codebook)
+                source
+                if source_kind in ("float16", "float32")
+                else codecs.decode(source, source_scales, source_kind, config.dim, codebook_used)
             )
             fde = first_stage_vectors(decoded, offsets, config)
             fde_codebook = codebook_for(fde) if codebook_for is not None else None
@@ -127,6 +143,10 @@ def write_segment(
             digests[PAGE_MAX_FILE] = save_npy(tmp / PAGE_MAX_FILE, magnitudes.result())
         if codebook is not None:
             digests["codebook.npy"] = save_npy(tmp / "codebook.npy", codebook)
+        if refine is not None:
+            digests[REFINE_FILE] = save_npy(tmp / REFINE_FILE, refine[0])
+            if refine[1] is not None:
+                digests[REFINE_SCALES_FILE] = save_npy(tmp / REFINE_SCALES_FILE, refine[1])
         digests["offsets.npy"] = save_npy(tmp / "offsets.npy", offsets)
         if index is not None:
             digests["fde.faiss"] = save_bytes(tmp / "fde.faiss", faiss.serialize_index(index))
@@ -270,7 +290,26 @@ class Segment:
     dtype: str = "float16"  # what ``vectors`` are (``SegmentEntry.storage_dtype``)
     codebook: np.ndarray | None = None  # (M, 16, d / M) float32 for a trained codec
     page_max: np.ndarray | None = None  # (n,) float16 largest magnitude per float16 document
+    refine_vectors: np.ndarray | None = None  # (N, d) the refine copy, memory-mapped
+    refine_scales: np.ndarray | None = None  # (N,) float32 for an int8 refine copy
     _tables: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def refined(self) -> Segment:
+        """This segment as its refine copy stores it (itself where it has none: a segment
+        stored in float16 because it was too small to train its codec)."""
+        if self.refine_vectors is None:
+            return self
+        return replace(
+            self,
+            vectors=self.refine_vectors,
+            scales=self.refine_scales,
+            dtype=str(self.config.refine),
+            codebook=None,
+            page_max=None,
+            refine_vectors=None,
+            refine_scales=None,
+            _tables={},
+        )
 
     def decode(self, codes: np.ndarray, scales: np.ndarray | None, out: Any) -> np.ndarray:
         """Codes of some of this segment's vectors -> (n, d) ``out`` (float32 or float16)."""
@@ -374,6 +413,15 @@ def _check_arrays(
         problems += _codebook_problems(arrays["codebook"], kind, config.dim)
     if "scales" in arrays and arrays["scales"].shape != (entry.num_vectors,):
         problems.append(f"scales.npy has shape {arrays['scales'].shape}")
+    if "refine_vectors" in arrays:
+        _, refine_width = codecs.code_layout(str(config.refine), config.dim)
+        if arrays["refine_vectors"].shape != (entry.num_vectors, refine_width):
+            problems.append(
+                f"{REFINE_FILE} has shape {arrays['refine_vectors'].shape}, expected "
+                f"({entry.num_vectors}, {refine_width}) for the {config.refine} refine copy"
+            )
+    if "refine_scales" in arrays and arrays["refine_scales"].shape != (entry.num_vectors,):
+        problems.append(f"{REFINE_SCALES_FILE} has shape {arrays['refine_scales'].shape}")
     if "page_max" in arrays and arrays["page_max"].shape != (entry.num_docs,):
         problems.append(f"{PAGE_MAX_FILE} has shape {arrays['page_max'].shape}")
     if "fde_codes" in arrays:
@@ -421,6 +469,13 @@ def _load_arrays(path: Path, entry: SegmentEntry, config: IndexConfig) -> dict[s
     if kind == "float16" and entry.file(PAGE_MAX_FILE) is not None:
         arrays["page_max"] = _array(
             path / PAGE_MAX_FILE, mmap=False, dtype=np.dtype(np.float16), ndim=1
+        )
+    if entry.file(REFINE_FILE) is not None:
+        refine_dtype, _ = codecs.code_layout(str(config.refine), config.dim)
+        arrays["refine_vectors"] = _array(path / REFINE_FILE, mmap=True, dtype=refine_dtype, ndim=2)
+    if entry.file(REFINE_SCALES_FILE) is not None:
+        arrays["refine_scales"] = _array(
+            path / REFINE_SCALES_FILE, mmap=True, dtype=np.dtype(np.float32), ndim=1
         )
     if entry.coded:
         arrays["fde_codes"] = _array(
@@ -484,6 +539,8 @@ def open_segment(root: Path, entry: SegmentEntry, config: IndexConfig, *, verify
         dtype=entry.storage_dtype(config.dtype),
         codebook=arrays.get("codebook"),
         page_max=arrays.get("page_max"),
+        refine_vectors=arrays.get("refine_vectors"),
+        refine_scales=arrays.get("refine_scales"),
     )
 
 

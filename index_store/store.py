@@ -20,6 +20,7 @@ so removing files never breaks a search in progress.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -44,6 +45,8 @@ from index_store.housekeeping import acquire_lock, collect_garbage, prepare_fold
 from index_store.manifest import (
     FORMAT_VERSION,
     MANIFEST,
+    REFINE_FILE,
+    REFINE_SCALES_FILE,
     FileEntry,
     Manifest,
     RejectsEntry,
@@ -179,6 +182,7 @@ class Index:
         self._codebook_file = _open_codebook(self.path, self.manifest, verify)
         self._codebook: Any = None
         self._global: first_stage.GlobalFirstStage | None = None
+        self._refined: Index | None = None
 
     @classmethod
     def open(cls, path: str | Path, *, verify: str = "fast") -> Index:
@@ -199,7 +203,21 @@ class Index:
         index.path, index.manifest, index.segments = path, manifest, []
         index.config, index._rejects_file, index._locations = manifest.config, None, None
         index._codebook_file, index._codebook, index._global = None, None, None
+        index._refined = None
         return index
+
+    def refined(self) -> Index:
+        """This index as its refine copy stores the vectors (``IndexConfig.refine``): the same
+        documents, first stage and metadata, with each segment's ``vectors`` its refine copy.
+        The index itself when it has no refine copy."""
+        if self.config.refine is None:
+            return self
+        if self._refined is None:
+            view = copy.copy(self)
+            view.segments = [seg.refined() for seg in self.segments]
+            view._refined = view
+            self._refined = view
+        return self._refined
 
     # ---------------------------------------------------------------------- first stage
     def codebook(self) -> Any:
@@ -302,12 +320,13 @@ class Index:
         return seg.vectors, seg.offsets, seg.page_max
 
     def get(self, doc_id: str) -> Document:
-        """A document by id, with its decoded vectors and metadata."""
+        """A document by id, with its decoded vectors (from the refine copy where there is
+        one) and metadata."""
         key = str(doc_id)
         if key not in self.locations():
             raise KeyError(f"doc_id {key!r} is not in the index {self.path}")
         s, row = self.locations()[key]
-        vectors, _ = self.vectors(s, np.array([row]))
+        vectors, _ = self.refined().vectors(s, np.array([row]))
         table = self.segments[s].metadata().slice(row, 1)
         metadata = {name: table.column(name)[0].as_py() for name in table.column_names}
         metadata.pop("doc_id", None)
@@ -362,6 +381,13 @@ class Index:
             "segments": len(self.segments),
             "dim": self.config.dim,
             "dtype": self.config.dtype,
+            "refine": self.config.refine,
+            "refine_bytes": sum(
+                f.size
+                for e in self.manifest.segments
+                for f in e.files
+                if f.file in (REFINE_FILE, REFINE_SCALES_FILE)
+            ),
             "fde_dimension": None
             if self.config.single_vector
             else self.config.fde_config.output_dimension,
@@ -761,7 +787,9 @@ class IndexWriter:
         """Segment ``s``'s live documents (or ``rows``) as a batch to rewrite."""
         seg = self.index.segments[s]
         rows = self._live_rows(s) if rows is None else rows
-        vectors, offsets = self.index.vectors(s, rows, dtype=buffer_dtype(self.config.dtype))
+        # The refine copy, where there is one, is the finer record of the vectors.
+        source = self.index.refined()
+        vectors, offsets = source.vectors(s, rows, dtype=buffer_dtype(self.config.dtype))
         table = seg.metadata().take(pa.array(rows)).drop_columns(["doc_id"])
         return PendingBatch(tuple(seg.doc_ids[rows]), vectors, offsets, table)
 
@@ -811,6 +839,9 @@ class IndexWriter:
         storage = codecs.storage_dtype(self.config.dtype, flat.shape[0])
         codebook = codecs.train(flat, storage) if codecs.is_trained(storage) else None
         codes, scales = codecs.encode(flat, storage, codebook)
+        refine = None
+        if self.config.refine is not None and storage != "float16":
+            refine = codecs.encode(flat, self.config.refine, None)
         seg_root = self.path / "segments"
         seg_root.mkdir(exist_ok=True)
         return write_segment(
@@ -824,6 +855,7 @@ class IndexWriter:
             codebook_for=self._codebook_for(generation, compacting=compacting),
             codebook=codebook,
             storage=storage,
+            refine=refine,
         )
 
     def _swap_manifest(self, manifest: Manifest) -> None:

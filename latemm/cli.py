@@ -115,6 +115,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         pool_factor=args.pool_factor,
         progress=not args.quiet,
     )
+    if args.refine is not None:  # only then: single-vector and bm25 fields take no refine
+        options.update(refine=args.refine, refine_depth=args.refine_depth)
     if args.field:
         return _index_fields(args, start, options)
     if args.ray is not None:
@@ -603,6 +605,7 @@ def _add_ray_flags(parser: argparse.ArgumentParser, *, shards: str, workers: boo
 def _index_parser(sub: Any) -> None:
     """The parser of ``latemm index``."""
     from index_store.codecs import DTYPES
+    from index_store.config import DEFAULT_REFINE_DEPTH, REFINE_DTYPES
     from latemm.pipeline import ON_EXISTING
 
     p = sub.add_parser("index", help="add a Parquet corpus to an index (creates it if needed)")
@@ -637,6 +640,21 @@ def _index_parser(sub: Any) -> None:
         help="storage of the token vectors: float16 (default), float32, int8, binary (1-bit "
         "signs), pq1 / pq2 (product quantisation, 1 / 2 bits per dimension, codebook trained "
         "per segment; lossy, see experiments/RESULTS.md section 5)",
+    )
+    p.add_argument(
+        "--refine",
+        default=None,
+        choices=REFINE_DTYPES,
+        help="with compact codes (--dtype pq1, pq2 or binary): also keep the vectors in this "
+        "dtype on disk, read only to rescore each query's best --refine-depth candidates "
+        "exactly (the codes alone lose ranking precision: experiments/RESULTS.md section 5c)",
+    )
+    p.add_argument(
+        "--refine-depth",
+        type=int,
+        default=DEFAULT_REFINE_DEPTH,
+        help=f"candidates per query rescored from the --refine copy (default "
+        f"{DEFAULT_REFINE_DEPTH}; at least k)",
     )
     p.add_argument(
         "--faiss",

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from index_store import Index, IndexConfig, create, default_fde_config
+from index_store.config import DEFAULT_REFINE_DEPTH
 from index_store.errors import InputError
 from index_store.rejects import as_table as rejects_table
 from index_store.rejects import read as read_rejects
@@ -144,13 +145,15 @@ def resolve_config(
     faiss_factory: str = "auto",
     single_vector: bool = False,
     source: str | Path = "the corpus",
+    refine: str | None = None,
+    refine_depth: int = DEFAULT_REFINE_DEPTH,
 ) -> IndexConfig:
     """The configuration an ingest writes with: the index's own when ``index_dir`` holds one,
     after the one compatibility check (same encoder, same dimension), else a new one.
 
     ``encoder`` is the encoder that makes the vectors (None for precomputed embeddings); ``dim``
-    the dimension of the vectors to be added. ``dtype``, ``faiss_factory`` and ``single_vector``
-    only apply to a new index.
+    the dimension of the vectors to be added. ``dtype``, ``faiss_factory``, ``single_vector``,
+    ``refine`` and ``refine_depth`` only apply to a new index.
     """
     if not (Path(index_dir) / "manifest.json").is_file():
         return IndexConfig(
@@ -160,6 +163,8 @@ def resolve_config(
             faiss_factory=faiss_factory,
             encoder=encoder.info.to_dict() if encoder is not None else None,
             single_vector=single_vector,
+            refine=refine,
+            refine_depth=refine_depth,
         )
     config = Index.open(index_dir, verify="none").config
     recorded = config.encoder
@@ -343,6 +348,8 @@ def index_corpus(
     batch_size: int = 64,
     pool_factor: int = 1,
     progress: bool = True,
+    refine: str | None = None,
+    refine_depth: int = DEFAULT_REFINE_DEPTH,
 ) -> IndexReport:
     """Add a Parquet corpus (file or directory) to an index, creating it if needed.
 
@@ -352,7 +359,9 @@ def index_corpus(
     pages, empty text, all-zero vectors) in the index's rejects (``Index.rejects()``) and goes
     on; ``error`` stops at the first. ``pool_factor`` > 1 pools each document's vectors
     (``latemm.pooling``) before storing them. ``single_vector``: a new index holds one vector per
-    document, searched directly by faiss instead of through an FDE.
+    document, searched directly by faiss instead of through an FDE. ``refine`` (with compact
+    ``dtype`` codes): a new index also keeps the vectors in that dtype for the final exact
+    pass of each query's ``refine_depth`` best candidates (``IndexConfig.refine``).
     """
     if on_existing not in ON_EXISTING:
         raise InputError(f"on_existing must be 'skip', 'upsert' or 'error', got {on_existing!r}")
@@ -373,6 +382,8 @@ def index_corpus(
         faiss_factory=faiss_factory,
         single_vector=single_vector,
         source=source,
+        refine=refine,
+        refine_depth=refine_depth,
     )
     done = _done_ids(index_dir) if on_existing == "skip" else set()
     sidecar = rejects_path(source)  # rows `latemm encode` rejected, when ``source`` is its output

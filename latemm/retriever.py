@@ -277,7 +277,16 @@ def rescore(
     bound (``maxsim_half``) and only those that might reach their query's top k are scored
     exactly; the others keep their float16 score, which is strictly below the k-th exact one.
     Either way each query's top k and its scores are those of the exact kernel.
+
+    An index with a refine copy (``IndexConfig.refine``) is scored from the copy: with ``k``
+    on the CPU, only each query's ``refine_depth`` best candidates on the compact codes
+    (``_refine_picks``; the others are NaN); otherwise every candidate.
     """
+    refined = index.refined()
+    if refined is not index:
+        if k is not None and _on_cpu(device) and half_accumulates_in_float32():
+            cands = _refine_picks(index, flat, offsets, cands, max(k, index.config.refine_depth))
+        return rescore(refined, flat, offsets, cands, device=device, k=k)
     out = np.full(cands.segments.shape, np.nan, dtype=np.float32)
     exact = cands.valid
     if k is not None and _on_cpu(device) and half_accumulates_in_float32():
@@ -286,6 +295,21 @@ def rescore(
         out = np.where(cands.valid & ~exact, fast, out)
     _exact_scores(index, flat, offsets, cands, exact, out, device)
     return out
+
+
+def _refine_picks(
+    index: Index, flat: np.ndarray, offsets: np.ndarray, cands: Candidates, depth: int
+) -> Candidates:
+    """Each query's ``depth`` best candidates by the fast pass over the compact codes (ties in
+    candidate order), the others made invalid: what the refine copy rescores."""
+    fast, _ = _fast_scores(index, flat, offsets, cands)
+    keep = np.zeros(fast.shape, dtype=bool)
+    for q in range(fast.shape[0]):
+        cols = np.flatnonzero(cands.valid[q])
+        keep[q, cols[np.argsort(-fast[q, cols], kind="stable")[:depth]]] = True
+    return Candidates(
+        np.where(keep, cands.segments, -1), np.where(keep, cands.rows, -1), cands.scores
+    )
 
 
 def int8_in_place(dim: int) -> bool:

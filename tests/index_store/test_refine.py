@@ -1,0 +1,211 @@
+"""The refine copy (``IndexConfig.refine``): compact codes rank the candidates, each query's
+``refine_depth`` best are rescored exactly from a finer copy of the vectors. Checked against
+brute force over the copy, through compaction, with the copy damaged or missing, and for the
+settings it refuses."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from index_store import Index, IndexConfig, IndexCorruptError, InputError, codecs, create, verify
+from index_store.errors import IndexFormatError
+from index_store.store import IndexWriter
+from latemm.cli import main
+from latemm.retriever import Retriever
+from latemm.scoring import maxsim
+from tests.latemm.test_cli import write_corpus, write_queries
+
+DIM = 16
+PAIRS = [("pq1", "int8"), ("pq2", "float16"), ("binary", "int8")]
+
+
+def _docs(seed: int, n: int, low: int = 8, high: int = 20) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [
+        rng.standard_normal((int(t), DIM)).astype(np.float32) for t in rng.integers(low, high, n)
+    ]
+
+
+def _build(path, dtype: str, refine: str, depth: int = 64) -> dict[str, np.ndarray]:
+    """A segment too small to train a codec (float16, no copy), a large one, deletions."""
+    small, large = _docs(1, 5), _docs(2, 120)
+    live = {f"s{i}": v for i, v in enumerate(small)} | {f"l{i}": v for i, v in enumerate(large)}
+    config = IndexConfig(dim=DIM, dtype=dtype, refine=refine, refine_depth=depth)
+    with create(path, config) as writer:
+        writer.add([f"s{i}" for i in range(5)], small)
+        writer.commit()
+        writer.add([f"l{i}" for i in range(120)], large)
+        writer.commit()
+        writer.delete(["s1", "l7"])
+        writer.commit()
+    del live["s1"], live["l7"]
+    return live
+
+
+def _exact(index: Index, queries: list[np.ndarray]) -> tuple[list[str], np.ndarray]:
+    """Every live document's id (sorted) and float32 MaxSim over ``Index.get``'s vectors."""
+    ids = sorted(index.doc_ids())
+    docs = [index.get(i).vectors for i in ids]
+    offsets = np.concatenate([[0], np.cumsum([len(v) for v in docs])])
+    q_off = np.concatenate([[0], np.cumsum([len(q) for q in queries])])
+    return ids, maxsim(np.concatenate(queries), q_off, np.concatenate(docs), offsets)
+
+
+def _top(ids: list[str], row: np.ndarray, k: int) -> list[str]:
+    return [ids[j] for j in np.lexsort((np.array(ids), -row))[:k]]
+
+
+@pytest.mark.parametrize(("dtype", "refine"), PAIRS)
+def test_exhaustive_search_equals_brute_force_over_the_copy(tmp_path, dtype, refine) -> None:
+    path = tmp_path / "idx"
+    live = _build(path, dtype, refine, depth=1000)
+    queries = _docs(3, 4, 2, 5)
+    index = Index.open(path)
+    # Index.get reads the copy: the vectors as the refine dtype stores them, not the codes.
+    codes, scales = codecs.encode(live["l0"], refine)
+    np.testing.assert_array_equal(
+        index.get("l0").vectors, codecs.decode(codes, scales, refine, DIM)
+    )
+    before = {d: index.get(d).vectors for d in live}
+    for _ in ("segments", "compacted"):
+        index = Index.open(path)
+        result = Retriever(index).search_embeddings(queries, k=10, candidates=len(live))
+        ids, exact = _exact(index, queries)
+        assert [list(r) for r in result.doc_ids] == [_top(ids, row, 10) for row in exact]
+        for q, row in enumerate(result.doc_ids):
+            np.testing.assert_allclose(
+                result.scores[q], exact[q, [ids.index(d) for d in row]], rtol=1e-5, atol=1e-5
+            )
+        with IndexWriter(path) as writer:
+            writer.compact()
+    # Compaction re-encodes the compact codes from the copy; the copy itself is unchanged.
+    index = Index.open(path)
+    assert len(index.segments) == 1 and index.segments[0].refine_vectors is not None
+    for d, vectors in before.items():
+        if d.startswith("l"):
+            np.testing.assert_array_equal(index.get(d).vectors, vectors)
+    assert verify(path) == []
+
+
+def test_the_exact_pass_reads_only_each_querys_best_on_the_codes(tmp_path) -> None:
+    path = tmp_path / "idx"
+    live = _build(path, "pq1", "int8", depth=5)
+    queries = _docs(4, 6, 2, 5)
+    index = Index.open(path)
+    result = Retriever(index).search_embeddings(queries, k=3, candidates=len(live))
+    ids, exact = _exact(index, queries)
+    # The codes' own ranking: float32 MaxSim over what Index.vectors decodes (pq1 codes; the
+    # small segment's float16 as stored).
+    where = [index.locations()[d] for d in ids]
+    docs = [index.vectors(s, np.array([r]))[0] for s, r in where]
+    offsets = np.concatenate([[0], np.cumsum([len(v) for v in docs])])
+    q_off = np.concatenate([[0], np.cumsum([len(q) for q in queries])])
+    approx = maxsim(np.concatenate(queries), q_off, np.concatenate(docs), offsets)
+    for q, row in enumerate(result.doc_ids):
+        # The 5 rescored are the codes' best (+2: the fast pass is float16, so a near tie at
+        # the 5th may swap); the results are scored from the copy, best first.
+        assert set(row) <= set(_top(ids, approx[q], 7))
+        picked = [ids.index(d) for d in row]
+        np.testing.assert_allclose(result.scores[q], exact[q, picked], rtol=1e-5, atol=1e-5)
+        assert list(result.scores[q]) == sorted(result.scores[q], reverse=True)
+
+
+def test_manifest_files_and_format_version(tmp_path) -> None:
+    path = tmp_path / "idx"
+    _build(path, "pq1", "int8")
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["format_version"] == 4
+    assert manifest["config"]["refine"] == "int8" and manifest["config"]["refine_depth"] == 64
+    small, large = manifest["segments"]
+    assert "refine-vectors.npy" not in small["files"]  # float16 already: no copy
+    assert {"refine-vectors.npy", "refine-scales.npy"} <= set(large["files"])
+    stats = Index.open(path).stats()
+    assert stats["refine"] == "int8"
+    assert stats["refine_bytes"] == sum(
+        large["files"][f]["size"] for f in ("refine-vectors.npy", "refine-scales.npy")
+    )
+    # A reader of version 3 would not know the files: the version says so.
+    manifest["format_version"] = 3
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexCorruptError, match="sets refine, which format version 3"):
+        Index.open(path)
+
+
+@pytest.mark.parametrize("name", ["refine-vectors.npy", "refine-scales.npy"])
+def test_damaged_or_missing_copy_is_named(tmp_path, name) -> None:
+    path = tmp_path / "idx"
+    _build(path, "pq1", "int8")
+    (target,) = (path / "segments").glob(f"*/{name}")
+    data = bytearray(target.read_bytes())
+    data[-3] ^= 0x10
+    target.write_bytes(bytes(data))
+    problems = verify(path)
+    assert len(problems) == 1 and f"{name}: checksum mismatch" in problems[0]
+    with pytest.raises(IndexCorruptError, match=f"{name}: checksum mismatch"):
+        Index.open(path)
+    target.unlink()
+    assert f"{name}: missing" in verify(path)[0]
+    with pytest.raises(IndexCorruptError, match=f"{name}: missing"):
+        Index.open(path)
+
+
+def test_a_copy_of_the_wrong_shape_is_refused(tmp_path) -> None:
+    path = tmp_path / "idx"
+    _build(path, "pq1", "int8")
+    manifest = json.loads((path / "manifest.json").read_text())
+    seg = manifest["segments"][1]
+    target = path / "segments" / seg["name"] / "refine-vectors.npy"
+    np.save(target, np.zeros((3, DIM), np.int8))
+    with pytest.raises(IndexCorruptError, match=r"refine-vectors.npy has shape \(3, 16\)"):
+        Index.open(path, verify="none")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"dtype": "float16", "refine": "int8"}, "keeps a copy beside compact codes, but this "),
+        ({"dtype": "pq1", "refine": "pq2"}, "refine must be None or one of"),
+        ({"dtype": "pq1", "refine": "int8", "refine_depth": 0}, "refine_depth must be a posi"),
+        ({"dtype": "binary", "refine": "int8", "single_vector": True}, "stores single vectors"),
+    ],
+)
+def test_settings_it_refuses(kwargs, message) -> None:
+    with pytest.raises(InputError, match=message):
+        IndexConfig(dim=DIM, **kwargs)
+
+
+def test_reopening_with_another_refine_is_refused(tmp_path) -> None:
+    path = tmp_path / "idx"
+    _build(path, "pq1", "int8")
+    with pytest.raises(IndexFormatError, match="refine: recorded 'int8', requested None"):
+        IndexWriter(path, config=IndexConfig(dim=DIM, dtype="pq1"))
+
+
+def test_cli_builds_and_searches_an_index_with_a_copy(tmp_path, capsys) -> None:
+    corpus, queries = tmp_path / "corpus.parquet", tmp_path / "queries.parquet"
+    write_corpus(corpus, 200)
+    write_queries(queries, 3)
+    idx, run = str(tmp_path / "idx"), tmp_path / "run.parquet"
+    flags = ["--dtype", "pq1", "--refine", "int8", "--refine-depth", "200", "--quiet"]
+    assert main(["index", str(corpus), "--index", idx, *flags]) == 0
+    index = Index.open(idx)
+    assert (index.config.refine, index.config.refine_depth) == ("int8", 200)
+    args = ["search", idx, str(queries), "--out", str(run), "--k", "5", "--candidates", "200"]
+    assert main([*args, "--quiet"]) == 0
+    table = pq.read_table(run).to_pandas()
+    ids, exact = _exact(index, [np.asarray(list(v), np.float32) for v in _queries(queries)])
+    for q, (_, rows) in enumerate(table.groupby("query_id", sort=True)):
+        assert list(rows.sort_values("rank")["doc_id"]) == _top(ids, exact[q], 5)
+    # Without compact codes a copy has nothing to refine: a clear error, exit 2.
+    capsys.readouterr()
+    bad = ["index", str(corpus), "--index", str(tmp_path / "b"), "--refine", "int8", "--quiet"]
+    assert main(bad) == 2
+    assert "use it with dtype one of ('binary', 'pq1', 'pq2')" in capsys.readouterr().err
+
+
+def _queries(path) -> list[list[list[float]]]:
+    return pq.read_table(path).sort_by("query_id").column("embedding").to_pylist()
