@@ -17,6 +17,8 @@ verbatim:
 - A few generators read fragments at fixed places: ``<name>.provenance.md`` is appended to the
   italic provenance line before its final period, ``eval_fusion.intro.md`` opens section 4b,
   ``bench_index.goal5.md`` and ``bench_index.int8.md`` follow section 2's two tables.
+- A fragment line ``<!-- table: NAME -->`` is replaced by the table ``FRAGMENT_TABLES[NAME]``
+  renders from its JSON, so a write-up never copies figures a results file holds.
 
 To add a note: edit (or create) the fragment, add a new section's name to ``ORDER``, then run
 ``python -m experiments.report`` and commit the fragment and RESULTS.md together. Fragments
@@ -30,6 +32,7 @@ import importlib
 import json
 import re
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +80,26 @@ def writeup(name: str) -> str:
             f"{path} is missing: RESULTS.md includes it (experiments/report.py names it); "
             "restore it from git or remove its name from report.py"
         )
-    return path.read_text(encoding="utf-8").rstrip("\n")
+    text = path.read_text(encoding="utf-8").rstrip("\n")
+    return _TABLE_MARK.sub(lambda m: _fragment_table(m.group(1), path), text)
+
+
+# A line of its own in a fragment, replaced by the generated table of that name (FRAGMENT_TABLES).
+_TABLE_MARK = re.compile(r"^<!-- table: ([\w.-]+) -->$", re.MULTILINE)
+
+
+def _fragment_table(name: str, fragment: Path) -> str:
+    """The table a fragment's ``<!-- table: NAME -->`` line stands for, rendered from its JSON."""
+    if name not in FRAGMENT_TABLES:
+        raise KeyError(
+            f"{fragment} asks for table {name!r}, which experiments/report.py does not define; "
+            f"known: {', '.join(sorted(FRAGMENT_TABLES))}"
+        )
+    source, make = FRAGMENT_TABLES[name]
+    path = RESULTS / f"{source}.json"
+    if not path.is_file():
+        return f"*(Table {name} not rendered: {path} is missing.)*"
+    return make(json.loads(path.read_text(encoding="utf-8")))
 
 
 def _optional_writeup(name: str) -> str:
@@ -708,6 +730,38 @@ def section_ray(r: dict[str, Any]) -> str:
         "not measured here (no GPU was lent): `latemm index --ray` runs one ColPali replica per GPU."
     )
     return "\n".join(out)
+
+
+def table_codecs(r: dict[str, Any]) -> str:
+    """Section 5b: each faiss codec's size and recall with every page rescored."""
+    rows = [
+        [x["codec"], x["bytes_per_token"], x["kib_per_page_tokens"], f"{x['recall@10']:.3f}"]
+        for x in r["rows"]
+    ]
+    header = ["codec", "bytes/token", "KiB/page (tokens only)", "recall@10 (every page rescored)"]
+    return _table(header, rows)
+
+
+def table_shannon(r: dict[str, Any]) -> str:
+    """Section 5b: Shannon's least RMS error of any code of a given size on the generator."""
+    bound = r["shannon_bound"]
+    return _table(
+        ["bytes per token", *[str(x["bytes_per_token"]) for x in bound]],
+        [
+            [
+                "least RMS error of any code (Shannon)",
+                *[f"{x['rms_error_at_least']:.3f}" for x in bound],
+            ]
+        ],
+    )
+
+
+# Tables that hand-written fragments place with a <!-- table: NAME --> line: NAME -> (the
+# results JSON it reads, without .json; the function that renders it).
+FRAGMENT_TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
+    "codec_probe.codecs": ("codec_probe", table_codecs),
+    "codec_probe.shannon": ("codec_probe", table_shannon),
+}
 
 
 SECTIONS = {

@@ -40,8 +40,36 @@ def test_every_writeup_is_in_the_report(committed_results) -> None:
     rendered = report.render()
     fragments = sorted(report.WRITEUPS.glob("*.md"))
     assert fragments
-    missing = [p.name for p in fragments if p.read_text(encoding="utf-8").strip() not in rendered]
+    missing = [
+        p.name
+        for p in fragments
+        for piece in report._TABLE_MARK.split(p.read_text(encoding="utf-8"))[::2]
+        if piece.strip() not in rendered
+    ]
     assert missing == []
+
+
+def test_fragment_table_marks(monkeypatch, tmp_path) -> None:
+    """A `<!-- table: NAME -->` line becomes that table; a missing JSON leaves a visible note, an
+    unknown name is an error naming the fragment and the known tables."""
+    monkeypatch.setattr(report, "WRITEUPS", tmp_path)
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    (tmp_path / "note.md").write_text("Before.\n\n<!-- table: codec_probe.shannon -->\n\nAfter.\n")
+    assert report.writeup("note") == (
+        f"Before.\n\n*(Table codec_probe.shannon not rendered: {tmp_path / 'codec_probe.json'} "
+        "is missing.)*\n\nAfter."
+    )
+    bound = [{"bytes_per_token": 16, "rms_error_at_least": 0.16363}]
+    (tmp_path / "codec_probe.json").write_text(json.dumps({"shannon_bound": bound}))
+    assert report.writeup("note") == (
+        "Before.\n\n| bytes per token | 16 |\n|---|---|\n"
+        "| least RMS error of any code (Shannon) | 0.164 |\n\nAfter."
+    )
+    (tmp_path / "bad.md").write_text("<!-- table: nonsense -->\n")
+    with pytest.raises(
+        KeyError, match=r"bad\.md asks for table 'nonsense', which experiments/report"
+    ):
+        report.writeup("bad")
 
 
 def test_missing_writeup_names_the_file_and_the_fix(monkeypatch, tmp_path) -> None:
