@@ -756,11 +756,46 @@ def table_shannon(r: dict[str, Any]) -> str:
     )
 
 
+def table_first_stage_segments(r: dict[str, Any]) -> str:
+    """Section 6b: first-stage cost of the same documents committed as 1, 10 or 100 segments."""
+    rows = [
+        [
+            x["layout"],
+            x["segments"],
+            f"{x['documents']:,}",
+            f"{x['ms_per_query']:.2f}",
+            f"{x['disk_bytes_per_document']:,.0f}",
+        ]
+        for x in r["segments"]["rows"]
+    ]
+    header = ["layout", "segments", "documents", "first-stage ms/query", "disk bytes/page"]
+    return _table(header, rows)
+
+
+def table_first_stage_timing(r: dict[str, Any]) -> str:
+    """Section 6b: the global fast-scan structure over 10k and 100k documents' codes."""
+    rows = [
+        [
+            f"{x['documents']:,}",
+            x["segments"],
+            f"{x['ms_per_query_one_at_a_time']:.2f}",
+            f"{x['ms_per_query_2pct_deleted']:.2f}",
+            f"{x['queries_per_s_batch']:.0f}",
+            f"{x['assemble_s']:.2f}",
+        ]
+        for x in r["timing"]
+    ]
+    header = ["documents", "segments", "ms/query (one at a time)", "ms/query, 2% deleted"]
+    return _table([*header, "queries/s (batch of 16)", "assemble s"], rows)
+
+
 # Tables that hand-written fragments place with a <!-- table: NAME --> line: NAME -> (the
 # results JSON it reads, without .json; the function that renders it).
 FRAGMENT_TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "codec_probe.codecs": ("codec_probe", table_codecs),
     "codec_probe.shannon": ("codec_probe", table_shannon),
+    "first_stage.segments": ("bench_first_stage_segments", table_first_stage_segments),
+    "first_stage.timing": ("bench_first_stage_segments", table_first_stage_timing),
 }
 
 
