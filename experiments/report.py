@@ -789,6 +789,48 @@ def table_first_stage_timing(r: dict[str, Any]) -> str:
     return _table([*header, "queries/s (batch of 16)", "assemble s"], rows)
 
 
+def table_maxsim_kernel(r: dict[str, Any]) -> str:
+    """Section 7c: each MaxSim method's GFLOP/s for 1 and 8 queries against its dtype's limit."""
+    one, batch = r["kernel"][0]["methods"], r["kernel"][1]["methods"]
+    rows = []
+    for name, x in one.items():
+        y = batch[name]
+        if "limit" not in x:  # a bare product: the limit the others are measured against
+            rows.append([name, f"{x['gflops']:.1f}", "-", f"{y['gflops']:.1f}", "-", "-"])
+            continue
+        rows.append(
+            [
+                name,
+                f"{x['gflops']:.1f}",
+                f"{x['fraction_of_limit']:.0%} of {x['limit']}",
+                f"{y['gflops']:.1f}",
+                f"{y['fraction_of_limit']:.0%} of {y['limit']}",
+                f"{y['max_abs_error']:.1e}",
+            ]
+        )
+    header = ["method", "1 query: GFLOP/s", "of limit", "8 queries: GFLOP/s", "of limit"]
+    return _table([*header, "max abs. error (8 q.)"], rows)
+
+
+def table_maxsim_rescore(r: dict[str, Any]) -> str:
+    """Section 7c: the whole rescore path, old against new, per candidate count and batch."""
+    rows = [
+        [
+            x["candidates"],
+            x["queries"],
+            f"{x['old']['ms_per_query']:.1f}",
+            f"{x['new']['ms_per_query']:.1f}",
+            f"{x['speedup']:.1f}x",
+            f"{x['new']['gflops']:.1f}",
+            f"{x['new']['fraction_of_limit']:.0%}",
+            f"{x['exact_share_query0']:.1%}",
+        ]
+        for x in r["rescore"]
+    ]
+    header = ["C", "queries", "old ms/query", "new ms/query", "speedup", "new GFLOP/s"]
+    return _table([*header, "new, of float16 limit", "rescored in float32 (query 0)"], rows)
+
+
 # Tables that hand-written fragments place with a <!-- table: NAME --> line: NAME -> (the
 # results JSON it reads, without .json; the function that renders it).
 FRAGMENT_TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
@@ -796,6 +838,8 @@ FRAGMENT_TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "codec_probe.shannon": ("codec_probe", table_shannon),
     "first_stage.segments": ("bench_first_stage_segments", table_first_stage_segments),
     "first_stage.timing": ("bench_first_stage_segments", table_first_stage_timing),
+    "maxsim_threads1.kernel": ("bench_maxsim_threads1", table_maxsim_kernel),
+    "maxsim_threads1.rescore": ("bench_maxsim_threads1", table_maxsim_rescore),
 }
 
 
