@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import re
 import statistics
 from collections.abc import Callable
@@ -95,11 +96,12 @@ def _fragment_table(name: str, fragment: Path) -> str:
             f"{fragment} asks for table {name!r}, which experiments/report.py does not define; "
             f"known: {', '.join(sorted(FRAGMENT_TABLES))}"
         )
-    source, make = FRAGMENT_TABLES[name]
-    path = RESULTS / f"{source}.json"
-    if not path.is_file():
-        return f"*(Table {name} not rendered: {path} is missing.)*"
-    return make(json.loads(path.read_text(encoding="utf-8")))
+    sources, make = FRAGMENT_TABLES[name]
+    paths = [RESULTS / f"{source}.json" for source in sources]
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        return f"*(Table {name} not rendered: {', '.join(missing)} missing.)*"
+    return make(*[json.loads(path.read_text(encoding="utf-8")) for path in paths])
 
 
 def _optional_writeup(name: str) -> str:
@@ -831,15 +833,55 @@ def table_maxsim_rescore(r: dict[str, Any]) -> str:
     return _table([*header, "new, of float16 limit", "rescored in float32 (query 0)"], rows)
 
 
+def _sig3(value: float) -> str:
+    """3 significant digits, trailing zeros kept (35.0, 178, 8.09), for columns of timings."""
+    return f"{value:.{max(0, 2 - math.floor(math.log10(abs(value))))}f}" if value else "0"
+
+
+def table_int8_in_place(
+    a: dict[str, Any], b: dict[str, Any], c: dict[str, Any], decode: dict[str, Any]
+) -> str:
+    """Section 3b (cont. 2): three searches of one 100k int8 index (a: after profiling, b: cold
+    page cache, c: ``--warm``) and the float16-decode pass's p50 where it measured the same C."""
+    before = {x["candidates"]: x for x in decode["latemm"]}
+    rows = []
+    for xa, xb, xc in zip(a["latemm"], b["latemm"], c["latemm"], strict=True):
+        old = before.get(xa["candidates"])
+        rows.append(
+            [
+                xa["candidates"],
+                xa["recall@10"],
+                _sig3(xa["p50_ms"]),
+                _sig3(xb["p50_ms"]),
+                _sig3(xc["p50_ms"]),
+                _sig3(xc["p95_ms"]),
+                f"{xc['batch_queries_per_s']:.1f}",
+                _sig3(old["p50_ms"]) if old else "",
+            ]
+        )
+    header = ["C", "recall@10", "p50 ms (a)", "p50 ms (b) cold", "p50 ms (c) warm", "p95 ms (c)"]
+    header += ["queries/s batched (c)", "p50 ms, float16-decode pass (3b cont., other sample)"]
+    return _table(header, rows)
+
+
 # Tables that hand-written fragments place with a <!-- table: NAME --> line: NAME -> (the
-# results JSON it reads, without .json; the function that renders it).
-FRAGMENT_TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
-    "codec_probe.codecs": ("codec_probe", table_codecs),
-    "codec_probe.shannon": ("codec_probe", table_shannon),
-    "first_stage.segments": ("bench_first_stage_segments", table_first_stage_segments),
-    "first_stage.timing": ("bench_first_stage_segments", table_first_stage_timing),
-    "maxsim_threads1.kernel": ("bench_maxsim_threads1", table_maxsim_kernel),
-    "maxsim_threads1.rescore": ("bench_maxsim_threads1", table_maxsim_rescore),
+# results JSONs it reads, without .json; the function that renders it from those records).
+FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
+    "codec_probe.codecs": (("codec_probe",), table_codecs),
+    "codec_probe.shannon": (("codec_probe",), table_shannon),
+    "first_stage.segments": (("bench_first_stage_segments",), table_first_stage_segments),
+    "first_stage.timing": (("bench_first_stage_segments",), table_first_stage_timing),
+    "maxsim_threads1.kernel": (("bench_maxsim_threads1",), table_maxsim_kernel),
+    "maxsim_threads1.rescore": (("bench_maxsim_threads1",), table_maxsim_rescore),
+    "scale_100k_int8.in_place": (
+        (
+            "bench_scale_100000_int8_inplace_e541650",
+            "bench_scale_100000_int8_inplace_cold",
+            "bench_scale_100000_int8_inplace_warm",
+            "bench_scale_100000_int8",
+        ),
+        table_int8_in_place,
+    ),
 }
 
 
