@@ -100,7 +100,7 @@ def _fragment_table(name: str, fragment: Path) -> str:
     paths = [RESULTS / f"{source}.json" for source in sources]
     missing = [str(path) for path in paths if not path.is_file()]
     if missing:
-        return f"*(Table {name} not rendered: {', '.join(missing)} missing.)*"
+        return f"*(Table {name} not rendered: missing {', '.join(missing)}.)*"
     return make(*[json.loads(path.read_text(encoding="utf-8")) for path in paths])
 
 

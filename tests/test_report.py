@@ -56,8 +56,8 @@ def test_fragment_table_marks(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(report, "RESULTS", tmp_path)
     (tmp_path / "note.md").write_text("Before.\n\n<!-- table: codec_probe.shannon -->\n\nAfter.\n")
     assert report.writeup("note") == (
-        f"Before.\n\n*(Table codec_probe.shannon not rendered: {tmp_path / 'codec_probe.json'} "
-        "is missing.)*\n\nAfter."
+        "Before.\n\n*(Table codec_probe.shannon not rendered: missing "
+        f"{tmp_path / 'codec_probe.json'}.)*\n\nAfter."
     )
     bound = [{"bytes_per_token": 16, "rms_error_at_least": 0.16363}]
     (tmp_path / "codec_probe.json").write_text(json.dumps({"shannon_bound": bound}))
