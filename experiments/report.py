@@ -20,9 +20,16 @@ verbatim:
 - A fragment line ``<!-- table: NAME -->`` is replaced by the table ``FRAGMENT_TABLES[NAME]``
   renders from its JSON, so a write-up never copies figures a results file holds.
 
-To add a note: edit (or create) the fragment, add a new section's name to ``ORDER``, then run
-``python -m experiments.report`` and commit the fragment and RESULTS.md together. Fragments
-describe the committed runs: after re-running an experiment, re-read its fragments too.
+To add a note:
+
+1. Edit the fragment where it belongs (a paragraph after section 2's tables goes in
+   ``writeups/bench_index.goal5.md``, a new subsection after 7c in a new
+   ``writeups/7c_<topic>.md``, whose name you add to ``ORDER`` after ``"7c_page_magnitudes"``).
+   A table whose figures a results JSON holds is not copied: write a function that renders it,
+   register it in ``FRAGMENT_TABLES`` and put its ``<!-- table: NAME -->`` line in the fragment.
+2. Run ``python -m experiments.report``; commit the fragment, RESULTS.md and any JSON together.
+
+Fragments describe the committed runs: after re-running an experiment, re-read its fragments.
 """
 
 from __future__ import annotations
@@ -92,7 +99,7 @@ _TABLE_MARK = re.compile(r"^<!-- table: ([\w.-]+) -->$", re.MULTILINE)
 def _fragment_table(name: str, fragment: Path) -> str:
     """The table a fragment's ``<!-- table: NAME -->`` line stands for, rendered from its JSON."""
     if name not in FRAGMENT_TABLES:
-        raise KeyError(
+        raise ValueError(
             f"{fragment} asks for table {name!r}, which experiments/report.py does not define; "
             f"known: {', '.join(sorted(FRAGMENT_TABLES))}"
         )
