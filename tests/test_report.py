@@ -67,7 +67,7 @@ def test_fragment_table_marks(monkeypatch, tmp_path) -> None:
     )
     (tmp_path / "bad.md").write_text("<!-- table: nonsense -->\n")
     with pytest.raises(
-        KeyError, match=r"bad\.md asks for table 'nonsense', which experiments/report"
+        ValueError, match=r"bad\.md asks for table 'nonsense', which experiments/report"
     ):
         report.writeup("bad")
 
