@@ -1,11 +1,35 @@
 """The experiments report: run the experiments, then regenerate ``experiments/RESULTS.md`` from
-the JSON they wrote.
+the JSON they wrote and the hand-written fragments in ``experiments/writeups/``.
 
     python -m experiments.report --run --quick     # every experiment, quick sizes (minutes)
     python -m experiments.report --run             # full sizes (hours)
-    python -m experiments.report                   # re-render RESULTS.md from committed JSON
+    python -m experiments.report                   # re-render RESULTS.md from committed files
 
-Each table names the machine, command and commit recorded in its JSON.
+RESULTS.md is never edited by hand (tests/test_report.py checks that it is exactly what this
+module renders). Each table is generated from a JSON in ``experiments/results/`` and names the
+machine, command and commit recorded there. Text a person wrote (verdicts, analyses, commands,
+tables of runs whose JSON was not kept) lives in ``experiments/writeups/<name>.md``, included
+verbatim:
+
+- ``ORDER`` lists the report's sections in reading order. A name with a generator (``SECTIONS``,
+  ``bench_scale``, ``findings``) is rendered from JSON and followed by ``writeups/<name>.md`` if
+  that file exists; any other name is a hand-written section, ``writeups/<name>.md`` alone.
+- A few generators read fragments at fixed places: ``<name>.provenance.md`` is appended to the
+  italic provenance line before its final period, ``eval_fusion.intro.md`` opens section 4b,
+  ``bench_index.goal5.md`` and ``bench_index.int8.md`` follow section 2's two tables.
+- A fragment line ``<!-- table: NAME -->`` is replaced by the table ``FRAGMENT_TABLES[NAME]``
+  renders from its JSON, so a write-up never copies figures a results file holds.
+
+To add a note:
+
+1. Edit the fragment where it belongs (a paragraph after section 2's tables goes in
+   ``writeups/bench_index.goal5.md``, a new subsection after 7c in a new
+   ``writeups/7c_<topic>.md``, whose name you add to ``ORDER`` after ``"7c_page_magnitudes"``).
+   A table whose figures a results JSON holds is not copied: write a function that renders it,
+   register it in ``FRAGMENT_TABLES`` and put its ``<!-- table: NAME -->`` line in the fragment.
+2. Run ``python -m experiments.report``; commit the fragment, RESULTS.md and any JSON together.
+
+Fragments describe the committed runs: after re-running an experiment, re-read its fragments.
 """
 
 from __future__ import annotations
@@ -13,11 +37,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import re
+import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from experiments.common import RESULTS
+
+WRITEUPS = Path(__file__).resolve().parent / "writeups"
 
 EXPERIMENTS = [
     "bench_fde",
@@ -33,29 +62,80 @@ EXPERIMENTS = [
 
 
 def _load(name: str, quick: bool) -> dict[str, Any] | None:
-    for candidate in [f"{name}_quick", name] if quick else [name, f"{name}_quick"]:
-        path = RESULTS / f"{candidate}.json"
-        if path.is_file():
-            return dict(json.loads(path.read_text(encoding="utf-8")))
-    return None
+    """``<name>_quick.json`` first with ``quick``; otherwise the newer of ``<name>.json`` and
+    ``<name>_quick.json`` by recorded date (a quick run with larger options can be the latest)."""
+    records = [
+        dict(json.loads(path.read_text(encoding="utf-8")))
+        for path in (RESULTS / f"{name}_quick.json", RESULTS / f"{name}.json")
+        if path.is_file()
+    ]
+    if not records:
+        return None
+    return records[0] if quick else max(records, key=lambda r: str(r.get("date", "")))
 
 
-def _provenance(record: dict[str, Any]) -> str:
+def writeup(name: str) -> str:
+    """The hand-written fragment ``experiments/writeups/<name>.md``, without its final newline.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the fragment is missing: the message names the file and what reads it.
+    """
+    path = WRITEUPS / f"{name}.md"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: RESULTS.md includes it (experiments/report.py names it); "
+            "restore it from git or remove its name from report.py"
+        )
+    text = path.read_text(encoding="utf-8").rstrip("\n")
+    return _TABLE_MARK.sub(lambda m: _fragment_table(m.group(1), path), text)
+
+
+# A line of its own in a fragment, replaced by the generated table of that name (FRAGMENT_TABLES).
+_TABLE_MARK = re.compile(r"^<!-- table: ([\w.-]+) -->$", re.MULTILINE)
+
+
+def _fragment_table(name: str, fragment: Path) -> str:
+    """The table a fragment's ``<!-- table: NAME -->`` line stands for, rendered from its JSON."""
+    if name not in FRAGMENT_TABLES:
+        raise ValueError(
+            f"{fragment} asks for table {name!r}, which experiments/report.py does not define; "
+            f"known: {', '.join(sorted(FRAGMENT_TABLES))}"
+        )
+    sources, make = FRAGMENT_TABLES[name]
+    paths = [RESULTS / f"{source}.json" for source in sources]
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        return f"*(Table {name} not rendered: missing {', '.join(missing)}.)*"
+    return make(*[json.loads(path.read_text(encoding="utf-8")) for path in paths])
+
+
+def _optional_writeup(name: str) -> str:
+    """``writeup(name)`` if that fragment exists, else an empty string."""
+    return writeup(name) if (WRITEUPS / f"{name}.md").is_file() else ""
+
+
+def _provenance(record: dict[str, Any], note: str = "") -> str:
+    """The italic line naming a record's command, commit, machine and date; ``note`` (a fragment's
+    text) goes verbatim before the closing period."""
     machine = record.get("machine", {})
     where = f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores"
     if machine.get("gpu"):
         where += f", {machine['gpu']}"
-    return f"*`{record.get('command')}` at commit `{record.get('commit')}` on {where}, {record.get('date')}.*"
+    return f"*`{record.get('command')}` at commit `{record.get('commit')}` on {where}, {record.get('date')}{note}.*"
+
+
+def _fmt(value: Any) -> str:
+    """A table cell: 3 significant digits, thousands separated from 1,000 on."""
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
-    def fmt(value: Any) -> str:
-        if isinstance(value, float):
-            return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
-        return str(value)
-
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -103,49 +183,74 @@ def section_fde(r: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def section_index(r: dict[str, Any]) -> str:
-    out = ["## 2. Ingest: throughput, memory, bytes per page", _provenance(r), ""]
-    runs = [dict(g, code="this commit") for g in r["growth"]]
-    if "baseline" in r:
-        runs.insert(0, dict(r["baseline"], code=f"baseline {r['baseline']['revision']}"))
-    rows = [
-        [
-            g["code"],
-            g["documents"],
-            g["docs_per_s"],
-            g.get("cpu_ms_per_doc", float("nan")),
-            g["peak_rss_mb"],
-            g["bytes_per_document"] / 1024,
-            g["segments"],
-        ]
-        for g in runs
+def _index_repeats(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """``r`` and its repeats (``bench_index_repeat<N>.json``: same sizes and baseline)."""
+    same = [
+        json.loads(path.read_text(encoding="utf-8"))
+        for path in sorted(RESULTS.glob("bench_index_repeat*.json"))
     ]
-    header = ["code", "pages (1,030 x 128)", "pages/s (wall)", "CPU ms/page", "peak RSS MB"]
-    out.append(_table([*header, "KiB/page on disk", "segments"], rows))
-    if "speedup_over_baseline" in r:
-        s = r["speedup_over_baseline"]
-        out.append(
-            f"\nSame run, same size: {s['wall']:.2f}x the baseline's pages/s, "
-            f"{s['cpu']:.2f}x less CPU per page."
+    sizes = [g["documents"] for g in r["growth"]]
+    return [r] + [
+        x
+        for x in same
+        if [g["documents"] for g in x["growth"]] == sizes
+        and x.get("baseline", {}).get("revision") == r.get("baseline", {}).get("revision")
+    ]
+
+
+def section_index(r: dict[str, Any]) -> str:
+    """Section 2: one row per code and size, each run's pages/s and CPU ms/page side by side."""
+    out = [
+        "## 2. Ingest: throughput, memory, bytes per page",
+        _provenance(r, _optional_writeup("bench_index.provenance")),
+        "",
+    ]
+    runs = _index_repeats(r)
+    rows = []
+    for i, g in enumerate(r["growth"]):
+        per_run = [x["growth"][i] for x in runs]
+        rows.append(["this commit", g, per_run])
+    if "baseline" in r:
+        b = r["baseline"]
+        rows.insert(0, [f"baseline {b['revision']}", b, [x["baseline"] for x in runs]])
+    label = " / ".join(str(n) for n in range(1, len(runs) + 1))
+    header = ["code", "pages (1,030 x 128)", f"pages/s (wall), runs {label}", "median"]
+    header += [f"CPU ms/page, runs {label}", "peak RSS MB", "KiB/page on disk", "segments"]
+    table = []
+    for code, g, per_run in rows:
+        rss = [x["peak_rss_mb"] for x in per_run]
+        table.append(
+            [
+                code,
+                g["documents"],
+                " / ".join(_fmt(x["docs_per_s"]) for x in per_run),
+                _fmt(float(statistics.median(x["docs_per_s"] for x in per_run))),
+                " / ".join(f"{x.get('cpu_ms_per_doc', float('nan')):.2f}" for x in per_run),
+                f"{min(rss):,.0f}-{max(rss):,.0f}",
+                g["bytes_per_document"] / 1024,
+                g["segments"],
+            ]
         )
-    out.append(
-        f"\nPeak memory grew {r['peak_rss_ratio_largest_to_smallest']:.2f}x while the corpus grew {r['size_ratio_largest_to_smallest']:.0f}x.\n"
-    )
-    out.append(
-        "Goal 5 (1,000 pages/s on 2 cores) is not met: the run shared its 2 cores with other jobs "
-        "(load 8-18), so wall pages/s are a floor; CPU ms/page is the steadier figure, and "
-        "1,000 pages/s needs at most 2 CPU ms/page spread over both cores. Where the ~2.5 ms "
-        "went (cProfile on CPU time, one thread, 2,048 pages): the FDE ~1.6 (SimHash product and "
-        "sign codes ~0.45, per-cell sums ~0.35, projection ~0.15, counts and fill ~0.3), the "
-        "float32 copy `add` keeps of the caller's array ~0.5-0.8 (memory-bound on the busy "
-        "machine), input checks ~0.2, float16 encode and widening ~0.3; writing and sha256 of "
-        "vectors.npy run on a second thread during the FDE.\n"
-    )
+    out.append(_table(header, table))
+    if "speedup_over_baseline" in r:
+        wall = " / ".join(f"{x['speedup_over_baseline']['wall']:.2f}x" for x in runs)
+        cpu = " / ".join(f"{x['speedup_over_baseline']['cpu']:.2f}x" for x in runs)
+        peak = [x["peak_rss_ratio_largest_to_smallest"] for x in runs]
+        out.append(
+            f"\nSame runs, same size: {wall} the baseline's pages/s, {cpu} less CPU per page. "
+            f"Peak memory {min(peak):.2f}x-{max(peak):.2f}x while the corpus grew "
+            f"{r['size_ratio_largest_to_smallest']:.0f}x."
+        )
+    goal = _optional_writeup("bench_index.goal5")
+    if goal:
+        out.append("\n" + goal)
     if r["storage"]:
         rows = [[s["dtype"], s["bytes_per_document"] / 1024, s["docs_per_s"]] for s in r["storage"]]
-        out.append(
-            _table(["storage", "KiB/page (vectors + FDE index + metadata)", "pages/s"], rows)
-        )
+        header = ["storage", "KiB/page (vectors + FDE codes or index + metadata)", "pages/s"]
+        out.append("\n" + _table(header, rows))
+    int8 = _optional_writeup("bench_index.int8")
+    if int8:
+        out.append("\n" + int8)
     return "\n".join(out)
 
 
@@ -382,15 +487,14 @@ def section_text(r: dict[str, Any]) -> str:
 
 
 def section_fusion(r: dict[str, Any]) -> str:
-    out = ["## 4b. Fusing a MiniLM field with a BM25 field in one index", _provenance(r), ""]
-    out.append(
-        "The README's main job run as the CLI (`latemm ingest --no-images`, `latemm index "
-        "--field text=MINILM --field bm25=bm25 --field bm25plain=bm25:stemmer=none`, `latemm "
-        "search --k 100`): each field alone and fused (`fusion-rrf`: the CLI default, k=60; "
-        "`fusion-weighted`: min-max, equal weights; `fusion-weighted-cv`: the MiniLM weight of "
-        "each of 5 query folds chosen on the other folds only). p: ranx's paired two-sided "
-        "t-test on the first metric.\n"
-    )
+    """Section 4b: each field alone and fused, per data set, with paired t-tests."""
+    out = [
+        "## 4b. Fusing a MiniLM field with a BM25 field in one index",
+        _provenance(r, _optional_writeup("eval_fusion.provenance")),
+        "",
+        writeup("eval_fusion.intro"),
+        "",
+    ]
     for name in ("mmlongbench", "vaswani"):
         block = r.get(name)
         if block:
@@ -399,7 +503,7 @@ def section_fusion(r: dict[str, Any]) -> str:
 
 
 def _fusion_block(name: str, block: dict[str, Any]) -> list[str]:
-    """One data set's table of eval_fusion and the verdict on #13's must-show."""
+    """One data set's table of eval_fusion: metrics to 3 decimals, p-values to 3 digits."""
     metrics = block["metrics"]
     names = list(next(iter(metrics.values())))
     tests = block["paired_t_test"]
@@ -408,22 +512,14 @@ def _fusion_block(name: str, block: dict[str, Any]) -> list[str]:
         p = tests[system]["comparisons"]
         others = ("bm25", "minilm-multivector")
         rows.append(
-            [system, *[values[m] for m in names]]
+            [system, *[f"{values[m]:.3f}" for m in names]]
             + ["" if o == system else f"{p[o][names[0]]:.3g}" for o in others]
         )
     weights = [fold["minilm_weight"] for fold in block.get("cv_folds", [])]
-    beats = [
-        label
-        for label, verdict in block.get("significant_vs", {}).items()
-        if verdict.get("bm25") == "better" and verdict.get("minilm-multivector") == "better"
-    ]
+    header = ["system", *names, f"p vs bm25 ({names[0]})", f"p vs minilm ({names[0]})"]
     return [
         f"**{name}** ({block['queries']} queries; MiniLM weight per CV fold: {weights})\n",
-        _table(["system", *names, "p vs bm25", "p vs minilm"], rows),
-        "",
-        f"Fused {names[0]} significantly above both BM25 (stemmed) and MiniLM: "
-        + (", ".join(beats) if beats else "none")
-        + ".",
+        _table(header, rows),
     ]
 
 
@@ -645,6 +741,157 @@ def section_ray(r: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def table_codecs(r: dict[str, Any]) -> str:
+    """Section 5b: each faiss codec's size and recall with every page rescored."""
+    rows = [
+        [x["codec"], x["bytes_per_token"], x["kib_per_page_tokens"], f"{x['recall@10']:.3f}"]
+        for x in r["rows"]
+    ]
+    header = ["codec", "bytes/token", "KiB/page (tokens only)", "recall@10 (every page rescored)"]
+    return _table(header, rows)
+
+
+def table_shannon(r: dict[str, Any]) -> str:
+    """Section 5b: Shannon's least RMS error of any code of a given size on the generator."""
+    bound = r["shannon_bound"]
+    return _table(
+        ["bytes per token", *[str(x["bytes_per_token"]) for x in bound]],
+        [
+            [
+                "least RMS error of any code (Shannon)",
+                *[f"{x['rms_error_at_least']:.3f}" for x in bound],
+            ]
+        ],
+    )
+
+
+def table_first_stage_segments(r: dict[str, Any]) -> str:
+    """Section 6b: first-stage cost of the same documents committed as 1, 10 or 100 segments."""
+    rows = [
+        [
+            x["layout"],
+            x["segments"],
+            f"{x['documents']:,}",
+            f"{x['ms_per_query']:.2f}",
+            f"{x['disk_bytes_per_document']:,.0f}",
+        ]
+        for x in r["segments"]["rows"]
+    ]
+    header = ["layout", "segments", "documents", "first-stage ms/query", "disk bytes/page"]
+    return _table(header, rows)
+
+
+def table_first_stage_timing(r: dict[str, Any]) -> str:
+    """Section 6b: the global fast-scan structure over 10k and 100k documents' codes."""
+    rows = [
+        [
+            f"{x['documents']:,}",
+            x["segments"],
+            f"{x['ms_per_query_one_at_a_time']:.2f}",
+            f"{x['ms_per_query_2pct_deleted']:.2f}",
+            f"{x['queries_per_s_batch']:.0f}",
+            f"{x['assemble_s']:.2f}",
+        ]
+        for x in r["timing"]
+    ]
+    header = ["documents", "segments", "ms/query (one at a time)", "ms/query, 2% deleted"]
+    return _table([*header, "queries/s (batch of 16)", "assemble s"], rows)
+
+
+def table_maxsim_kernel(r: dict[str, Any]) -> str:
+    """Section 7c: each MaxSim method's GFLOP/s for 1 and 8 queries against its dtype's limit."""
+    one, batch = r["kernel"][0]["methods"], r["kernel"][1]["methods"]
+    rows = []
+    for name, x in one.items():
+        y = batch[name]
+        if "limit" not in x:  # a bare product: the limit the others are measured against
+            rows.append([name, f"{x['gflops']:.1f}", "-", f"{y['gflops']:.1f}", "-", "-"])
+            continue
+        rows.append(
+            [
+                name,
+                f"{x['gflops']:.1f}",
+                f"{x['fraction_of_limit']:.0%} of {x['limit']}",
+                f"{y['gflops']:.1f}",
+                f"{y['fraction_of_limit']:.0%} of {y['limit']}",
+                f"{y['max_abs_error']:.1e}",
+            ]
+        )
+    header = ["method", "1 query: GFLOP/s", "of limit", "8 queries: GFLOP/s", "of limit"]
+    return _table([*header, "max abs. error (8 q.)"], rows)
+
+
+def table_maxsim_rescore(r: dict[str, Any]) -> str:
+    """Section 7c: the whole rescore path, old against new, per candidate count and batch."""
+    rows = [
+        [
+            x["candidates"],
+            x["queries"],
+            f"{x['old']['ms_per_query']:.1f}",
+            f"{x['new']['ms_per_query']:.1f}",
+            f"{x['speedup']:.1f}x",
+            f"{x['new']['gflops']:.1f}",
+            f"{x['new']['fraction_of_limit']:.0%}",
+            f"{x['exact_share_query0']:.1%}",
+        ]
+        for x in r["rescore"]
+    ]
+    header = ["C", "queries", "old ms/query", "new ms/query", "speedup", "new GFLOP/s"]
+    return _table([*header, "new, of float16 limit", "rescored in float32 (query 0)"], rows)
+
+
+def _sig3(value: float) -> str:
+    """3 significant digits, trailing zeros kept (35.0, 178, 8.09), for columns of timings."""
+    return f"{value:.{max(0, 2 - math.floor(math.log10(abs(value))))}f}" if value else "0"
+
+
+def table_int8_in_place(
+    a: dict[str, Any], b: dict[str, Any], c: dict[str, Any], decode: dict[str, Any]
+) -> str:
+    """Section 3b (cont. 2): three searches of one 100k int8 index (a: after profiling, b: cold
+    page cache, c: ``--warm``) and the float16-decode pass's p50 where it measured the same C."""
+    before = {x["candidates"]: x for x in decode["latemm"]}
+    rows = []
+    for xa, xb, xc in zip(a["latemm"], b["latemm"], c["latemm"], strict=True):
+        old = before.get(xa["candidates"])
+        rows.append(
+            [
+                xa["candidates"],
+                xa["recall@10"],
+                _sig3(xa["p50_ms"]),
+                _sig3(xb["p50_ms"]),
+                _sig3(xc["p50_ms"]),
+                _sig3(xc["p95_ms"]),
+                f"{xc['batch_queries_per_s']:.1f}",
+                _sig3(old["p50_ms"]) if old else "",
+            ]
+        )
+    header = ["C", "recall@10", "p50 ms (a)", "p50 ms (b) cold", "p50 ms (c) warm", "p95 ms (c)"]
+    header += ["queries/s batched (c)", "p50 ms, float16-decode pass (3b cont., other sample)"]
+    return _table(header, rows)
+
+
+# Tables that hand-written fragments place with a <!-- table: NAME --> line: NAME -> (the
+# results JSONs it reads, without .json; the function that renders it from those records).
+FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
+    "codec_probe.codecs": (("codec_probe",), table_codecs),
+    "codec_probe.shannon": (("codec_probe",), table_shannon),
+    "first_stage.segments": (("bench_first_stage_segments",), table_first_stage_segments),
+    "first_stage.timing": (("bench_first_stage_segments",), table_first_stage_timing),
+    "maxsim_threads1.kernel": (("bench_maxsim_threads1",), table_maxsim_kernel),
+    "maxsim_threads1.rescore": (("bench_maxsim_threads1",), table_maxsim_rescore),
+    "scale_100k_int8.in_place": (
+        (
+            "bench_scale_100000_int8_inplace_e541650",
+            "bench_scale_100000_int8_inplace_cold",
+            "bench_scale_100000_int8_inplace_warm",
+            "bench_scale_100000_int8",
+        ),
+        table_int8_in_place,
+    ),
+}
+
+
 SECTIONS = {
     "bench_fde": section_fde,
     "bench_index": section_index,
@@ -656,6 +903,35 @@ SECTIONS = {
     "bench_encoders": section_encoders,
     "bench_ray": section_ray,
 }
+
+# The report's reading order. A name in SECTIONS (or "bench_scale", "findings") is rendered from
+# the JSON and followed by writeups/<name>.md when that file exists; any other name is a
+# hand-written section: writeups/<name>.md alone.
+ORDER = [
+    "bench_fde",
+    "bench_index",
+    "bench_search",
+    "bench_scale",
+    "3b_int8_float16_pass",
+    "3b_int8_in_place",
+    "3b_1m_pages",
+    "3b_int8_spin",
+    "3b_openmp",
+    "eval_text",
+    "eval_fusion",
+    "storage_quality",
+    "5b_codecs",
+    "5b_codecs_limit",
+    "candidates",
+    "6b_first_stage",
+    "bench_encoders",
+    "bench_ray",
+    "7c_rescoring",
+    "7c_int8_blocks",
+    "7c_page_magnitudes",
+    "findings",
+    "8_gpu",
+]
 
 
 def findings(quick: bool) -> str:
@@ -780,24 +1056,10 @@ def candidate_findings(record: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def render(quick: bool = False) -> str:
-    parts = [
-        "# latemm: results",
-        "",
-        "Generated by `python -m experiments.report` from the JSON in `experiments/results/`. Ratios are measured in the same run; absolute times on a shared 2-core machine are noise.",
-        "",
-    ]
-    for name in EXPERIMENTS:
-        record = _load(name, quick)
-        parts.append(
-            SECTIONS[name](record)
-            if record
-            else f"## {name}\n\n*Not run yet: `python -m experiments.{name}`.*"
-        )
-        parts.append("")
-    # One default-config run per size (bench_scale_<pages>.json); named variants (other dtypes,
-    # re-measured searches on a kept index) are written up by hand.
-    scale = sorted(
+def _scale_records() -> list[dict[str, Any]]:
+    """One default-config run per size (``bench_scale_<pages>.json``), smallest first; named
+    variants (other dtypes, re-measured searches on a kept index) are written up by hand."""
+    return sorted(
         (
             json.loads(p.read_text(encoding="utf-8"))
             for p in RESULTS.glob("bench_scale_*.json")
@@ -805,21 +1067,58 @@ def render(quick: bool = False) -> str:
         ),
         key=lambda r: r["pages"],
     )
-    if scale:  # run on its own (hours at 1M pages): python -m experiments.bench_scale
-        parts += [section_scale(scale), ""]
-    parts.append(findings(quick))
-    parts.append("")
-    parts.append(
-        "## 8. GPU\n\nNo GPU was lent to the sessions that produced these results. `python -m experiments.bench_gpu` (MaxSim rescoring against the float16 product limit and a padded einsum, brute force over 100k resident pages, FDE encoding, a ColQwen2 of Qwen2-VL-2B's shape in bf16 against float32, and bench_scale's 1M-page exact top-10 on the GPU) and `pytest -m gpu tests/latemm/test_gpu.py` (every CUDA path against the CPU) are written for that machine but have not run on one: the CPU paths of the tests and the exact section's worker pool were checked here with the device set to the CPU. faiss-gpu is not measured either."
-    )
-    return "\n".join(parts) + "\n"
+
+
+def _block(name: str, quick: bool) -> list[str]:
+    """One entry of ORDER: a generated section and its ``writeups/<name>.md`` if any, or a
+    hand-written section (``writeups/<name>.md``, which must exist)."""
+    if name == "findings":
+        generated = findings(quick)
+    elif name == "bench_scale":  # run on its own (hours at 1M pages): left out until it has
+        records = _scale_records()
+        if not records:
+            return []
+        generated = section_scale(records)
+    elif name in SECTIONS:
+        record = _load(name, quick)
+        generated = (
+            SECTIONS[name](record)
+            if record
+            else f"## {name}\n\n*Not run yet: `python -m experiments.{name}`.*"
+        )
+    else:
+        return [writeup(name)]
+    return [generated.rstrip("\n"), *filter(None, [_optional_writeup(name)])]
+
+
+def render(quick: bool = False) -> str:
+    """RESULTS.md: the title, then every entry of ORDER, blocks one blank line apart."""
+    blocks = [
+        "# latemm: results",
+        "Generated by `python -m experiments.report` from the JSON in `experiments/results/` and "
+        "the hand-written notes in `experiments/writeups/` (edit those and re-render; never this "
+        "file). Ratios are measured in the same run; absolute times on a shared 2-core machine "
+        "are noise.",
+    ]
+    for name in ORDER:
+        blocks += _block(name, quick)
+    return "\n\n".join(blocks) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description="Regenerate experiments/RESULTS.md from experiments/results/*.json (tables) "
+        "and experiments/writeups/*.md (hand-written text, included verbatim; ORDER in "
+        "experiments/report.py sets where). To add or change a note, edit its fragment in "
+        "experiments/writeups/, then run this command; never edit RESULTS.md by hand.",
+    )
     parser.add_argument("--run", action="store_true", help="run the experiments first")
     parser.add_argument("--quick", action="store_true", help="quick sizes")
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
+    parser.add_argument(
+        "--out",
+        default=str(Path(__file__).resolve().parent / "RESULTS.md"),
+        help="where to write the report (default: experiments/RESULTS.md)",
+    )
     args = parser.parse_args(argv)
     if args.run:
         for name in EXPERIMENTS:
