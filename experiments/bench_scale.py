@@ -382,17 +382,38 @@ def evaluate_latemm(
     k: int = 10,
     progress: bool = True,
     warm: bool = False,
-) -> list[dict[str, float]]:
+    refine_depths: list[int] | None = None,
+) -> list[dict[str, Any]]:
     """Per candidate count: one query at a time (p50/p95), batches (queries/s), and recall@10
     of the first ``len(exact_ids)`` queries (from the batched results). With ``warm``, every
     query is searched once at the largest count first, so that the pages they touch are in
     the page cache (a server's steady state; without it an index larger than what the page
-    cache keeps is read from disk on first touch)."""
-    retriever = Retriever(index)
-    if warm:
-        for q in queries:
-            retriever.search_embeddings([q], k=k, candidates=max(candidates))
+    cache keeps is read from disk on first touch). For an index with a refine copy, each of
+    ``refine_depths`` (default: the index's) is measured at every count."""
     rows = []
+    for depth in refine_depths or [None]:
+        retriever = Retriever(index, refine_depth=depth)
+        if warm:
+            for q in queries:
+                retriever.search_embeddings([q], k=k, candidates=max(candidates))
+        rows += _sweep(retriever, queries, exact_ids, candidates, batch_size, k, progress)
+        for row in rows[-len(candidates) :]:
+            row["refine_depth"] = (
+                depth or index.config.refine_depth if index.config.refine else None
+            )
+    return rows
+
+
+def _sweep(
+    retriever: Retriever,
+    queries: np.ndarray,
+    exact_ids: list[list[str]] | None,
+    candidates: list[int],
+    batch_size: int,
+    k: int,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
     for c in candidates:
         retriever.search_embeddings(list(queries[:1]), k=k, candidates=c)  # warm-up
         latencies = []
@@ -463,6 +484,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--dtype", default=None, help="override IndexConfig.dtype")
     parser.add_argument("--faiss", default=None, help="override IndexConfig.faiss_factory")
+    parser.add_argument("--refine", default=None, help="IndexConfig.refine (int8 or float16)")
+    parser.add_argument(
+        "--refine-depth",
+        type=int,
+        nargs="+",
+        default=None,
+        help="with --refine: candidates per query rescored from the copy (each is measured)",
+    )
     parser.add_argument("--plaid-max", type=int, default=2000, help="largest N for fast-plaid")
     parser.add_argument("--name", default=None, help="result name (default bench_scale_<pages>)")
     parser.add_argument("--seed", type=int, default=0)
@@ -486,9 +515,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def make_config(corpus: SyntheticCorpus, dtype: str | None, faiss: str | None) -> IndexConfig:
+def make_config(
+    corpus: SyntheticCorpus, dtype: str | None, faiss: str | None, refine: str | None = None
+) -> IndexConfig:
     """The index's defaults for ``corpus.dim``, with only the given fields overridden."""
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = {"refine": refine} if refine else {}
     if dtype is not None:
         overrides["dtype"] = dtype
     if faiss is not None:
@@ -514,7 +545,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         print(f"  exact top-10 of {stats['queries']} queries: {stats}", flush=True)
         return {"exact": stats}
-    config = make_config(corpus, args.dtype, args.faiss)
+    config = make_config(corpus, args.dtype, args.faiss, args.refine)
     name = args.name or f"bench_scale_{args.pages}"
     args.dir.mkdir(parents=True, exist_ok=True)
     estimate = estimate_index_bytes(corpus, config, args.pages, args.dir)
@@ -596,6 +627,7 @@ def _measure(
         args.candidates,
         batch_size=args.batch_size,
         warm=args.warm,
+        refine_depths=args.refine_depth,
     )
     result["warm"] = args.warm
     result["targets"] = against_targets(result)

@@ -269,6 +269,7 @@ def rescore(
     *,
     device: str | None = None,
     k: int | None = None,
+    refine_depth: int | None = None,
 ) -> np.ndarray:
     """Exact MaxSim of each query against its own candidates: (Q, C) float32, NaN where a
     query has no candidate.
@@ -279,13 +280,14 @@ def rescore(
     Either way each query's top k and its scores are those of the exact kernel.
 
     An index with a refine copy (``IndexConfig.refine``) is scored from the copy: with ``k``
-    on the CPU, only each query's ``refine_depth`` best candidates on the compact codes
-    (``_refine_picks``; the others are NaN); otherwise every candidate.
+    on the CPU, only each query's ``refine_depth`` (default: the config's) best candidates on
+    the compact codes (``_refine_picks``; the others are NaN); otherwise every candidate.
     """
     refined = index.refined()
     if refined is not index:
         if k is not None and _on_cpu(device) and half_accumulates_in_float32():
-            cands = _refine_picks(index, flat, offsets, cands, max(k, index.config.refine_depth))
+            depth = refine_depth or index.config.refine_depth
+            cands = _refine_picks(index, flat, offsets, cands, max(k, depth))
         return rescore(refined, flat, offsets, cands, device=device, k=k)
     out = np.full(cands.segments.shape, np.nan, dtype=np.float32)
     exact = cands.valid
@@ -645,6 +647,9 @@ class Retriever:
         torch device for FDE and MaxSim (``"cuda"`` for a GPU).
     nprobe, ef_search
         faiss search parameters for IVF and HNSW indexes.
+    refine_depth
+        For an index with a refine copy: candidates per query rescored from the copy (default:
+        the index's ``IndexConfig.refine_depth``).
     """
 
     def __init__(
@@ -658,8 +663,12 @@ class Retriever:
         reranker: Any = None,
         rerank_depth: int = 20,
         rerank_fusion: str = "none",
+        refine_depth: int | None = None,
     ) -> None:
         self.index = index if isinstance(index, Index) else Index.open(index)
+        if refine_depth is not None and refine_depth < 1:
+            raise InputError(f"refine_depth must be >= 1, got {refine_depth}")
+        self.refine_depth = refine_depth
         self.encoder = encoder
         self.device = device
         self.nprobe = nprobe
@@ -773,7 +782,15 @@ class Retriever:
     def _rescore(
         self, flat: np.ndarray, offsets: np.ndarray, cands: Candidates, k: int | None = None
     ) -> np.ndarray:
-        return rescore(self.index, flat, offsets, cands, device=self.device, k=k)
+        return rescore(
+            self.index,
+            flat,
+            offsets,
+            cands,
+            device=self.device,
+            k=k,
+            refine_depth=self.refine_depth,
+        )
 
     def _assemble(
         self, ids: list[str], cands: Candidates, exact: np.ndarray | None, k: int

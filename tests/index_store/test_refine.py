@@ -112,6 +112,12 @@ def test_the_exact_pass_reads_only_each_querys_best_on_the_codes(tmp_path) -> No
         picked = [ids.index(d) for d in row]
         np.testing.assert_allclose(result.scores[q], exact[q, picked], rtol=1e-5, atol=1e-5)
         assert list(result.scores[q]) == sorted(result.scores[q], reverse=True)
+    # The depth is a search setting too: every candidate rescored gives the exact top 3.
+    everything = Retriever(index, refine_depth=len(live))
+    result = everything.search_embeddings(queries, k=3, candidates=len(live))
+    assert [list(r) for r in result.doc_ids] == [_top(ids, row, 3) for row in exact]
+    with pytest.raises(InputError, match="refine_depth must be >= 1, got 0"):
+        Retriever(index, refine_depth=0)
 
 
 def test_manifest_files_and_format_version(tmp_path) -> None:
