@@ -382,7 +382,7 @@ def evaluate_latemm(
     k: int = 10,
     progress: bool = True,
     warm: bool = False,
-) -> list[dict[str, float]]:
+) -> list[dict[str, float | None]]:
     """Per candidate count: one query at a time (p50/p95), batches (queries/s), and recall@10
     of the first ``len(exact_ids)`` queries (from the batched results). With ``warm``, every
     query is searched once at the largest count first, so that the pages they touch are in
