@@ -15,18 +15,20 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from experiments.common import minilm_path, read_trec_docs, shared_data_dir, write_result
-from latemm.encoders import Page, load_encoder
+from latemm.encoders import MultiVectors, Page, load_encoder
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:  # type: ignore[no-untyped-def]
-    fn()  # warm-up
-    times, out = [], None
+def timed(fn: Callable[[], MultiVectors], repeats: int) -> tuple[float, MultiVectors]:
+    """Median seconds of ``fn()`` over ``repeats`` calls after a warm-up, and its last output."""
+    out = fn()  # warm-up
+    times = []
     for _ in range(repeats):
         start = time.perf_counter()
         out = fn()
@@ -34,10 +36,15 @@ def timed(fn, repeats: int) -> tuple[float, object]:  # type: ignore[no-untyped-
     return float(np.median(times)), out
 
 
-def measure(name: str, encode, items: list, repeats: int) -> dict[str, object]:  # type: ignore[no-untyped-def]
+def measure(
+    name: str,
+    encode: Callable[[Sequence[Page | str]], MultiVectors],
+    items: Sequence[Page | str],
+    repeats: int,
+) -> dict[str, str | float]:
     seconds, out = timed(lambda: encode(items), repeats)
-    tokens = int(out.offsets[-1])  # type: ignore[attr-defined]
-    row = {
+    tokens = int(out.offsets[-1])
+    row: dict[str, str | float] = {
         "encoder": name,
         "items": len(items),
         "seconds": seconds,

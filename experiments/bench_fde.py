@@ -83,12 +83,12 @@ def fde_recall(
     query_vectors: np.ndarray,
     query_offsets: np.ndarray,
     k: int = 10,
-) -> list[dict[str, float]]:
+) -> list[dict[str, str | float]]:
     dim = doc_vectors.shape[1]
     exact = maxsim(query_vectors, query_offsets, doc_vectors, doc_offsets)  # (Q, n)
     k_eff = min(k, exact.shape[1])
     exact_top = np.argsort(-exact, axis=1)[:, :k_eff]
-    rows = []
+    rows: list[dict[str, str | float]] = []
     for R, bits, p in PARETO:
         config = FDEConfig(
             dimension=dim,
@@ -136,17 +136,18 @@ def main(argv: list[str] | None = None) -> None:
             np.clip(rng.normal(80, 20, 5000).round(), 8, 180).astype(int),
         ),
     }
-    results: dict[str, object] = {"config": BENCH_CONFIG.to_dict(), "throughput": {}}
+    per_shape: dict[str, dict[str, float]] = {}
+    results: dict[str, object] = {"config": BENCH_CONFIG.to_dict(), "throughput": per_shape}
     for shape, (n, lengths) in shapes.items():
         row = throughput(n, lengths, repeats)
-        results["throughput"][shape] = row  # type: ignore[index]
+        per_shape[shape] = row
         print(
             f"{shape}: fde {row['fde_docs_per_s']:.0f} docs/s, muvfde {row['muvfde_docs_per_s']:.0f} "
             f"docs/s ({row['speedup_vs_muvfde']:.1f}x), muvfde x{row['muvfde_pool_workers']} "
             f"processes {row['muvfde_pool_docs_per_s']:.0f} docs/s "
             f"({row['speedup_vs_muvfde_pool']:.1f}x)"
         )
-    recall: list[dict[str, float]] = []
+    recall: list[dict[str, str | float]] = []
     root = data / "colbertv2-nanofiqa"
     if root.is_dir():
         _, dv, do = load_npz_sets(root / "documents.npz")

@@ -24,14 +24,19 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from experiments.candidates import needed, recall_curve
 from experiments.common import median_time, write_result
+from index_store import Index
 from index_store.first_stage import GlobalFirstStage, encode_codes, train_codebook
+
+if TYPE_CHECKING:
+    from latemm.retriever import Candidates
 
 K_MAX = 4096  # candidates searched to locate the exact top-10 in each ordering
 RECALL_AT = (64, 128, 256, 512, 1024)
@@ -39,10 +44,11 @@ RECALL_AT = (64, 128, 256, 512, 1024)
 
 def _ranks(ids: np.ndarray, exact_top: np.ndarray) -> np.ndarray:
     """(Q, K) ranked ids and (Q, 10) exact top-10 -> (Q, 10) rank of each (K when absent)."""
-    out = np.full(exact_top.shape, ids.shape[1], dtype=np.int64)
+    absent: int = ids.shape[1]
+    out = np.full(exact_top.shape, absent, dtype=np.int64)
     for q in range(ids.shape[0]):
         where = {int(d): r for r, d in enumerate(ids[q]) if d >= 0}
-        out[q] = [where.get(int(d), ids.shape[1]) for d in exact_top[q]]
+        out[q] = [where.get(int(d), absent) for d in exact_top[q]]
     return out
 
 
@@ -93,13 +99,13 @@ def _search(structure: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np
     if isinstance(structure, GlobalFirstStage):
         _, rows, scores = structure.search(queries, k)  # one block: rows are the ids
         return scores, rows
-    return structure.search(queries, k)  # type: ignore[no-any-return]
+    return structure.search(queries, k)  # a faiss index: (scores, ids)
 
 
 def _timings(structure: Any, query_fde: np.ndarray) -> tuple[float, float]:
     """(median s/query one at a time over up to 10 queries, s for the batch) at k = 512."""
     one = [
-        median_time(lambda q=q: _search(structure, query_fde[q : q + 1], 512), repeats=3)
+        median_time(partial(_search, structure, query_fde[q : q + 1], 512), repeats=3)
         for q in range(min(len(query_fde), 10))
     ]
     return float(np.median(one)), median_time(lambda: _search(structure, query_fde, 512), repeats=3)
@@ -232,8 +238,8 @@ def timing(sizes: tuple[int, ...], threads: int, dim: int = 10_240) -> list[dict
             structure.index()
             build_s = time.perf_counter() - start
             one, batch = _timings(structure, queries)
-            deleted = [np.arange(len(c)) % 50 != 0 for _, c in blocks]  # 2% deleted
-            masked = median_time(lambda s=structure, m=deleted: s.search(queries[:1], 512, m))
+            deleted: list[np.ndarray | None] = [np.arange(len(c)) % 50 != 0 for _, c in blocks]
+            masked = median_time(partial(structure.search, queries[:1], 512, deleted))  # 2% deleted
             rows.append(
                 {
                     "documents": n,
@@ -260,9 +266,18 @@ def _segment_index(path: Path, vectors: np.ndarray, n_segments: int, factory: st
             writer.commit()
 
 
+def _one_at_a_time(
+    index: Index, matrix: np.ndarray, allowed: list[np.ndarray | None], n_queries: int
+) -> list[Candidates]:
+    """latemm's first stage at 512 candidates for each of the first ``n_queries`` rows of the
+    query matrix alone."""
+    from latemm.retriever import first_stage
+
+    return [first_stage(index, matrix[q : q + 1], 512, allowed) for q in range(n_queries)]
+
+
 def segments(n_docs: int, counts: tuple[int, ...], n_queries: int) -> dict[str, Any]:
     """First-stage ms/query for one corpus committed as 1, 10, 100 segments, both layouts."""
-    from index_store import Index
     from latemm.retriever import first_stage, first_stage_queries
 
     rng = np.random.default_rng(0)
@@ -284,11 +299,7 @@ def segments(n_docs: int, counts: tuple[int, ...], n_queries: int) -> dict[str, 
                 allowed: list[np.ndarray | None] = [None] * len(index.segments)
                 first_stage(index, matrix[:1], 512, allowed)  # builds the structure
                 one = median_time(
-                    lambda index=index, matrix=matrix, allowed=allowed: [
-                        first_stage(index, matrix[q : q + 1], 512, allowed)
-                        for q in range(n_queries)
-                    ],
-                    repeats=3,
+                    partial(_one_at_a_time, index, matrix, allowed, n_queries), repeats=3
                 )
                 row = {
                     "layout": layout,

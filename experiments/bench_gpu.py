@@ -27,7 +27,8 @@ import json
 import os
 import tempfile
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from functools import partial
 from multiprocessing import get_context, shared_memory
 from pathlib import Path
@@ -43,7 +44,7 @@ from latemm.scoring import maxsim
 TOKENS, DIM, QUERY_TOKENS = 1030, 128, 28
 
 
-def _timed(fn: Any, repeat: int = 10) -> float:
+def _timed(fn: Callable[[], object], repeat: int = 10) -> float:
     """Median seconds of ``fn()`` on the GPU after two warm-up calls (CUDA events)."""
     for _ in range(2):
         fn()
@@ -101,7 +102,7 @@ def _maxsim_rows(c: int, batches: list[int]) -> list[dict[str, Any]]:
         limit = _timed(partial(torch.matmul, flat, queries.T))
         row: dict[str, Any] = {"candidates": c, "queries": nq, "product_limit_s": limit}
         exact = partial(maxsim, q_np, q_off, device="cuda", block_tokens=1 << 22)
-        variants = {
+        variants: dict[str, Callable[[], np.ndarray | torch.Tensor]] = {
             "latemm_maxsim_resident": partial(exact, flat, offsets),
             "latemm_maxsim_from_host": partial(exact, host, offsets),
             "latemm_exact_float64_resident": partial(exact, flat, offsets, float64=True),
@@ -209,7 +210,9 @@ def qwen2_vl_2b_colqwen2(folder: Path) -> Path:
     config = ColQwen2Config(vlm_config=vlm, embedding_dim=128)
     torch.manual_seed(0)
     with torch.device("cuda"):
-        model = ColQwen2ForRetrieval(config).to(torch.bfloat16).eval()
+        # transformers declares PreTrainedModel.to through functools.wraps(nn.Module.to), which
+        # mypy reads as an unbound function (self first): a stub gap, the call is nn.Module.to's.
+        model = ColQwen2ForRetrieval(config).to(torch.bfloat16).eval()  # type: ignore[arg-type]
     processor = qwen_image_processor()
     processor.min_pixels, processor.max_pixels = 28 * 28 * 4, 28 * 28 * 768  # ColQwen2's budget
     processor.size = {"shortest_edge": processor.min_pixels, "longest_edge": processor.max_pixels}
@@ -296,7 +299,7 @@ def exact_top10(
         ) as pool:
             todo = list(range(0, n_pages, chunk))
             free = list(range(slots))
-            pending = set()
+            pending: set[Future[tuple[int, int, int]]] = set()
             done_pages = 0
             while todo or pending:
                 while todo and free:

@@ -390,8 +390,9 @@ def evaluate_latemm(
     the page cache (a server's steady state; without it an index larger than what the page
     cache keeps is read from disk on first touch). For an index with a refine copy, each of
     ``refine_depths`` (default: the index's) is measured at every count."""
-    rows = []
-    for depth in refine_depths or [None]:
+    rows: list[dict[str, Any]] = []
+    depths: list[int | None] = list(refine_depths or [None])
+    for depth in depths:
         retriever = Retriever(index, refine_depth=depth)
         if warm:
             for q in queries:

@@ -43,7 +43,10 @@ def codecs(train: np.ndarray) -> dict[str, tuple[int, Callable[[np.ndarray], np.
     dim = train.shape[1]
 
     def pq(m: int, nbits: int, sample: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-        quantizer = faiss.ProductQuantizer(dim, m, nbits)
+        # Typed as the Quantizer it is: faiss's stub gives ProductQuantizer the SWIG
+        # decode(code, x) -> None, but what runs is the wrapper faiss installs on every
+        # quantizer (class_wrappers), Quantizer's decode(codes) -> vectors.
+        quantizer: faiss.Quantizer = faiss.ProductQuantizer(dim, m, nbits)
         quantizer.train(np.ascontiguousarray(sample))
         return lambda x: quantizer.decode(quantizer.compute_codes(np.ascontiguousarray(x)))
 
@@ -52,12 +55,14 @@ def codecs(train: np.ndarray) -> dict[str, tuple[int, Callable[[np.ndarray], np.
         # product-quantised.
         kmeans = faiss.Kmeans(dim, k, niter=12, seed=1)
         kmeans.train(train)
+        trained = kmeans.centroids
+        assert trained is not None  # set by train
         _, near = kmeans.index.search(train, 1)
-        inner = pq(m, nbits, train - kmeans.centroids[near[:, 0]])
+        inner = pq(m, nbits, train - trained[near[:, 0]])
 
         def code(x: np.ndarray) -> np.ndarray:
             _, assigned = kmeans.index.search(x, 1)
-            centroids = kmeans.centroids[assigned[:, 0]]
+            centroids = trained[assigned[:, 0]]
             return centroids + inner(x - centroids)
 
         return code

@@ -75,9 +75,11 @@ def build(
     return out
 
 
-def load(pages: int, queries: int, **options: object) -> dict[str, np.ndarray]:
+def load(
+    pages: int, queries: int, *, batch: int = 250, device: str | None = None, workers: int = 1
+) -> dict[str, np.ndarray]:
     """The cached data (built first when missing, ``build``'s options); ``fde`` memory-mapped."""
-    folder = build(pages, queries, **options)  # type: ignore[arg-type]
+    folder = build(pages, queries, batch=batch, device=device, workers=workers)
     return {
         "fde": np.load(folder / "fde.npy", mmap_mode="r"),
         "exact": np.load(folder / "exact.npy"),

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,7 @@ def run_fastplaid(
     settings: list[dict[str, int]],
     threads: int = 2,
     timeout_s: float = 3600.0,
-) -> dict[str, object] | None:
+) -> dict[str, Any] | None:
     python = ensure_venv()
     if python is None:
         return None

@@ -183,29 +183,33 @@ def colpali_rows(n_pages: int, n_queries: int) -> list[dict]:
     rows = []
     for dtype, path in paths.items():
         retriever = Retriever(Index.open(path))
-        row = {
-            "storage": dtype,
-            "pages": n_pages,
-            "bytes_per_token": bytes_per_vector(dtype, corpus.dim),
-            "index_bytes_per_page": disk_bytes(path) / n_pages,
-            "bytes_per_page_by_file": {k: v / n_pages for k, v in by_file(path).items()},
-            "encode_ms_per_page": encode_ms(corpus, dtype),
-            "build_s": build[dtype],
-        }
+        per_page = disk_bytes(path) / n_pages
+        ms = encode_ms(corpus, dtype)
+        recall = {}
         for label, candidates in (("recall@10", None), ("recall@10_all_rescored", n_pages)):
-            found = retriever.search_embeddings(
-                list(queries), k=10, **({"candidates": candidates} if candidates else {})
-            ).doc_ids
-            row[label] = float(
+            # candidates=None: the retriever's default count
+            found = retriever.search_embeddings(list(queries), k=10, candidates=candidates).doc_ids
+            recall[label] = float(
                 np.mean(
                     [len(set(f) & e) / 10 for f, e in zip(found.tolist(), exact_top, strict=True)]
                 )
             )
-        rows.append(row)
+        rows.append(
+            {
+                "storage": dtype,
+                "pages": n_pages,
+                "bytes_per_token": bytes_per_vector(dtype, corpus.dim),
+                "index_bytes_per_page": per_page,
+                "bytes_per_page_by_file": {k: v / n_pages for k, v in by_file(path).items()},
+                "encode_ms_per_page": ms,
+                "build_s": build[dtype],
+                **recall,
+            }
+        )
         print(
-            f"ColPali {dtype:>8}: {row['index_bytes_per_page'] / 1024:.1f} KiB/page, recall@10 "
-            f"{row['recall@10']:.3f} (all rescored {row['recall@10_all_rescored']:.3f}), encode "
-            f"{row['encode_ms_per_page']:.2f} ms/page"
+            f"ColPali {dtype:>8}: {per_page / 1024:.1f} KiB/page, recall@10 "
+            f"{recall['recall@10']:.3f} (all rescored {recall['recall@10_all_rescored']:.3f}), "
+            f"encode {ms:.2f} ms/page"
         )
         shutil.rmtree(path, ignore_errors=True)
     return rows

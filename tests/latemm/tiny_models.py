@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 WORDS = (
     "the a of and to in is for on with what which how many page chart table figure revenue year "
@@ -34,6 +38,15 @@ def train_tokenizer(special_tokens: list[str], *, unk: str = "<unk>"):
     corpus = [" ".join(WORDS[i : i + 8]) for i in range(0, len(WORDS), 3)] + list("0123456789?.,:")
     tokenizer.train_from_iterator(corpus, trainer=trainer)
     return tokenizer
+
+
+def token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int:
+    """The id of ``token``, a special token the builder put in ``tokenizer``'s vocabulary
+    (``convert_tokens_to_ids`` would silently give the unknown token's id for a misspelt one)."""
+    got = tokenizer.convert_tokens_to_ids(token)
+    if not isinstance(got, int) or got == tokenizer.unk_token_id:
+        raise ValueError(f"{token!r} is not in the tokenizer's vocabulary")
+    return got
 
 
 def png_bytes(width: int, height: int, seed: int) -> bytes:
@@ -90,13 +103,13 @@ def build_colpali(folder: Path) -> Path:
     vlm = PaliGemmaConfig(
         vision_config=vision.to_dict(),
         text_config=text.to_dict(),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_token_index=token_id(tokenizer, "<image>"),
         projection_dim=32,
     )
-    vlm.text_config.vocab_size = len(tokenizer)
     model = ColPaliForRetrieval(ColPaliConfig(vlm_config=vlm, embedding_dim=24)).eval()
-    image_processor = SiglipImageProcessor(size={"height": 28, "width": 28}, do_normalize=True)
-    image_processor.image_seq_length = (28 // 7) ** 2
+    image_processor = SiglipImageProcessor(
+        size={"height": 28, "width": 28}, do_normalize=True, image_seq_length=(28 // 7) ** 2
+    )
     processor = ColPaliProcessor(image_processor=image_processor, tokenizer=tokenizer)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -147,7 +160,6 @@ def qwen2_vl_config(tokenizer, *, text: dict | None = None, vision: dict | None 
     (``experiments/bench_gpu.py`` builds Qwen2-VL-2B's shape this way)."""
     from transformers import Qwen2VLConfig
 
-    ids = tokenizer.convert_tokens_to_ids
     return Qwen2VLConfig(
         text_config={
             "vocab_size": len(tokenizer),
@@ -180,10 +192,10 @@ def qwen2_vl_config(tokenizer, *, text: dict | None = None, vision: dict | None 
             "in_channels": 3,
             **(vision or {}),
         },
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
+        image_token_id=token_id(tokenizer, "<|image_pad|>"),
+        video_token_id=token_id(tokenizer, "<|video_pad|>"),
+        vision_start_token_id=token_id(tokenizer, "<|vision_start|>"),
+        vision_end_token_id=token_id(tokenizer, "<|vision_end|>"),
     )
 
 
@@ -370,7 +382,7 @@ def build_colmodernvbert(folder: Path) -> Path:
         sep_token_id=tokenizer.sep_token_id,
         bos_token_id=tokenizer.cls_token_id,
         eos_token_id=tokenizer.sep_token_id,
-        global_attn_every_n_layers=1,
+        layer_types=["full_attention"] * 2,  # global attention in every layer
         max_position_embeddings=512,
     )
     vision = SiglipVisionConfig(
@@ -384,7 +396,7 @@ def build_colmodernvbert(folder: Path) -> Path:
     vlm = ModernVBertConfig(
         text_config=text.to_dict(),
         vision_config=vision.to_dict(),
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        image_token_id=token_id(tokenizer, "<image>"),
         pixel_shuffle_factor=2,
     )
     model = ColModernVBertForRetrieval(
@@ -462,7 +474,7 @@ def build_idefics3(folder: Path) -> Path:
     config = Idefics3Config(
         text_config=text.to_dict(),
         vision_config=vision.to_dict(),
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        image_token_id=token_id(tokenizer, "<image>"),
         scale_factor=2,
     )
     model = Idefics3ForConditionalGeneration(config).eval()
@@ -493,7 +505,6 @@ def build_qwen3_vl(folder: Path) -> Path:
 
     torch.manual_seed(0)
     tokenizer = qwen_tokenizer()
-    ids = tokenizer.convert_tokens_to_ids
     rope = {"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True}
     config = Qwen3VLConfig(
         text_config={
@@ -521,10 +532,10 @@ def build_qwen3_vl(folder: Path) -> Path:
             "num_position_embeddings": 64,
             "deepstack_visual_indexes": [0],
         },
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
+        image_token_id=token_id(tokenizer, "<|image_pad|>"),
+        video_token_id=token_id(tokenizer, "<|video_pad|>"),
+        vision_start_token_id=token_id(tokenizer, "<|vision_start|>"),
+        vision_end_token_id=token_id(tokenizer, "<|vision_end|>"),
     )
     model = Qwen3VLForConditionalGeneration(config).eval()
     image_processor = Qwen2VLImageProcessor(
