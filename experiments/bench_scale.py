@@ -391,7 +391,9 @@ def evaluate_latemm(
     cache keeps is read from disk on first touch). For an index with a refine copy, each of
     ``refine_depths`` (default: the index's) is measured at every count."""
     rows: list[dict[str, Any]] = []
-    depths: list[int | None] = list(refine_depths or [None])
+    depths: list[int | None] = [None]
+    if refine_depths:
+        depths = list(refine_depths)
     for depth in depths:
         retriever = Retriever(index, refine_depth=depth)
         if warm:
