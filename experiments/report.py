@@ -871,6 +871,45 @@ def table_int8_in_place(
     return _table(header, rows)
 
 
+def table_refine(r: dict[str, Any]) -> str:
+    """Section 5c: storages with and without a refine copy, bytes per page split into what a
+    search reads for every candidate and the copy, recall@10 (and nDCG@10 on Vaswani)."""
+    rows = []
+    for data, key in (("ColPali-shaped", "colpali"), ("Vaswani MiniLM", "vaswani")):
+        for x in r.get(key, []):
+            copy = x["copy_bytes_per_doc"]
+            rows.append(
+                [
+                    f"{data} ({x['pages']:,} pages)" if "pages" in x else data,
+                    x["storage"],
+                    x["depth"] if x["depth"] is not None else "-",
+                    f"{(x['bytes_per_doc'] - copy) / 1000:.1f}",
+                    f"{copy / 1000:.1f}" if copy else "-",
+                    f"{x['recall@10']:.3f}",
+                    f"{x['ndcg@10']:.3f}" if "ndcg@10" in x else "",
+                ]
+            )
+    header = ["data", "storage", "depth", "kB/page without the copy", "kB/page copy"]
+    return _table(header + ["recall@10", "nDCG@10"], rows)
+
+
+def table_refine_scale(r: dict[str, Any]) -> str:
+    """Section 5c: 100k ColPali-shaped pages, pq1 codes with an int8 copy, per depth and C."""
+    rows = [
+        [
+            x["refine_depth"],
+            x["candidates"],
+            f"{x['recall@10']:.3f}",
+            _sig3(x["p50_ms"]),
+            _sig3(x["p95_ms"]),
+            f"{x['batch_queries_per_s']:.1f}",
+        ]
+        for x in r["latemm"]
+    ]
+    header = ["depth", "C", "recall@10", "p50 ms", "p95 ms", "queries/s batched"]
+    return _table(header, rows)
+
+
 # Tables that hand-written fragments place with a <!-- table: NAME --> line: NAME -> (the
 # results JSONs it reads, without .json; the function that renders it from those records).
 FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
@@ -880,6 +919,8 @@ FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
     "first_stage.timing": (("bench_first_stage_segments",), table_first_stage_timing),
     "maxsim_threads1.kernel": (("bench_maxsim_threads1",), table_maxsim_kernel),
     "maxsim_threads1.rescore": (("bench_maxsim_threads1",), table_maxsim_rescore),
+    "refine.quality": (("refine_quality",), table_refine),
+    "refine.scale": (("bench_scale_100000_pq1_refine",), table_refine_scale),
     "scale_100k_int8.in_place": (
         (
             "bench_scale_100000_int8_inplace_e541650",
@@ -922,6 +963,7 @@ ORDER = [
     "storage_quality",
     "5b_codecs",
     "5b_codecs_limit",
+    "5c_refine",
     "candidates",
     "6b_first_stage",
     "bench_encoders",
