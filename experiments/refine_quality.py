@@ -71,7 +71,12 @@ def _bytes(path: Path, n_docs: int) -> dict[str, float]:
 
 
 def _searches(
-    path: Path, refine: str | None, q_flat: np.ndarray, q_offsets: np.ndarray, k: int
+    path: Path,
+    refine: str | None,
+    q_flat: np.ndarray,
+    q_offsets: np.ndarray,
+    k: int,
+    query_ids: list[str] | None = None,
 ) -> list[tuple[int | None, Any]]:
     """(depth, SearchResult) for each refine depth (one search without a copy)."""
     depths: list[int | None] = [None]
@@ -79,7 +84,12 @@ def _searches(
         depths = list(DEPTHS)
     index = Index.open(path)
     return [
-        (d, Retriever(index, refine_depth=d).search_embeddings(q_flat, q_offsets, k=k))
+        (
+            d,
+            Retriever(index, refine_depth=d).search_embeddings(
+                q_flat, q_offsets, k=k, query_ids=query_ids
+            ),
+        )
         for d in depths
     ]
 
@@ -152,15 +162,8 @@ def vaswani() -> list[dict[str, Any]]:
             writer.add(ids, vectors, offsets=offsets)
             writer.commit()
         sizes = _bytes(path, len(ids))
-        for depth, result in _searches(path, refine, q_vectors, q_offsets, 10):
-            run = {
-                q: {
-                    d: float(s)
-                    for d, s in zip(result.doc_ids[n], result.scores[n], strict=True)
-                    if d is not None
-                }
-                for n, q in enumerate(query_ids)
-            }
+        for depth, result in _searches(path, refine, q_vectors, q_offsets, 10, query_ids):
+            run = result.to_run()
             rows.append(
                 {
                     "storage": label,

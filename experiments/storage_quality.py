@@ -96,14 +96,7 @@ def vaswani_rows(quick: bool) -> dict:
             q_vectors, q_offsets, k=100, query_ids=query_ids
         )
         top10 = [set(row[:10]) for row in result.doc_ids]
-        run = {
-            q: {
-                d: float(s)
-                for d, s in zip(result.doc_ids[i], result.scores[i], strict=True)
-                if d is not None
-            }
-            for i, q in enumerate(query_ids)
-        }
+        run = result.to_run()
         per_doc = stored_vectors.shape[0] / n_docs
         rows.append(
             {

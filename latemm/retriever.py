@@ -58,6 +58,17 @@ class SearchResult:
     rerank_scores: np.ndarray | None = None  # (Q, k) float32
     field_scores: dict[str, np.ndarray] | None = None  # name -> (Q, k) float32, NaN if absent
 
+    def to_run(self) -> dict[str, dict[str, float]]:
+        """``{query_id: {doc_id: score}}``, what ``latemm.metrics.evaluate`` reads."""
+        return {
+            q: {
+                d: float(s)
+                for d, s in zip(self.doc_ids[n], self.scores[n], strict=True)
+                if d is not None
+            }
+            for n, q in enumerate(self.query_ids)
+        }
+
     def to_arrow(self) -> pa.Table:
         """The run table: query_id, doc_id, rank (1-based), score and one column per stage."""
         rows: dict[str, list[Any]] = {

@@ -13,6 +13,7 @@ from index_store import Index, IndexConfig, create
 from latemm.retriever import (
     Candidates,
     Retriever,
+    SearchResult,
     first_stage,
     first_stage_queries,
     read_pages,
@@ -170,3 +171,16 @@ def test_read_pages_reads_text_and_image_only_once_per_segment(tmp_path, monkeyp
     pages = read_pages(index, ["d0-3", "d0-5", "d2-7", "d0-3"])
     assert sorted(reads) == [["text", "image"], ["text", "image"]]
     assert pages["d0-5"].text == "page 5" and pages["d2-7"].image == bytes([7]) * 50
+
+
+def test_run_dict_keeps_query_ids_and_leaves_out_missing_entries() -> None:
+    nan = np.nan
+    result = SearchResult(
+        ["q7", "q9"],
+        np.array([["a", "b"], ["c", None]], dtype=object),
+        np.array([[2.0, 1.5], [0.25, nan]], dtype=np.float32),
+        np.full((2, 2), nan, np.float32),
+        np.full((2, 2), nan, np.float32),
+    )
+    assert result.to_run() == {"q7": {"a": 2.0, "b": 1.5}, "q9": {"c": 0.25}}
+    assert result.to_arrow().num_rows == 3
