@@ -51,11 +51,12 @@ def test_dimension_a_codec_cannot_split_is_refused() -> None:
     assert IndexConfig(dim=12, dtype="pq2").dtype == "pq2"
 
 
-def _build(path, dtype: str) -> dict[str, np.ndarray]:
-    """A small segment (float16 fallback for trained codecs), a large one, deletions."""
+def _build(path, dtype: str, **config: object) -> dict[str, np.ndarray]:
+    """A small segment (float16 fallback for trained codecs), a large one, deletions;
+    ``config``: other ``IndexConfig`` settings."""
     small, large = _docs(1, 5), _docs(2, 120)
     live = {f"s{i}": v for i, v in enumerate(small)} | {f"l{i}": v for i, v in enumerate(large)}
-    with create(path, IndexConfig(dim=DIM, dtype=dtype)) as writer:
+    with create(path, IndexConfig(dim=DIM, dtype=dtype, **config)) as writer:
         writer.add([f"s{i}" for i in range(5)], small)
         writer.commit()
         writer.add([f"l{i}" for i in range(120)], large)

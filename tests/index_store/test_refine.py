@@ -11,39 +11,23 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from index_store import Index, IndexConfig, IndexCorruptError, InputError, codecs, create, verify
+from index_store import Index, IndexConfig, IndexCorruptError, InputError, codecs, verify
 from index_store.errors import IndexFormatError
 from index_store.store import IndexWriter
 from latemm.cli import main
 from latemm.retriever import Retriever
 from latemm.scoring import maxsim
+from tests.index_store.test_codecs import DIM, _docs
+from tests.index_store.test_codecs import _build as build
 from tests.latemm.test_cli import write_corpus, write_queries
 
-DIM = 16
 PAIRS = [("pq1", "int8"), ("pq2", "float16"), ("binary", "int8")]
 
 
-def _docs(seed: int, n: int, low: int = 8, high: int = 20) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [
-        rng.standard_normal((int(t), DIM)).astype(np.float32) for t in rng.integers(low, high, n)
-    ]
-
-
 def _build(path, dtype: str, refine: str, depth: int = 64) -> dict[str, np.ndarray]:
-    """A segment too small to train a codec (float16, no copy), a large one, deletions."""
-    small, large = _docs(1, 5), _docs(2, 120)
-    live = {f"s{i}": v for i, v in enumerate(small)} | {f"l{i}": v for i, v in enumerate(large)}
-    config = IndexConfig(dim=DIM, dtype=dtype, refine=refine, refine_depth=depth)
-    with create(path, config) as writer:
-        writer.add([f"s{i}" for i in range(5)], small)
-        writer.commit()
-        writer.add([f"l{i}" for i in range(120)], large)
-        writer.commit()
-        writer.delete(["s1", "l7"])
-        writer.commit()
-    del live["s1"], live["l7"]
-    return live
+    """test_codecs' index (a segment too small to train a codec: float16, no copy; a large
+    one; deletions) with a refine copy."""
+    return build(path, dtype, refine=refine, refine_depth=depth)
 
 
 def _exact(index: Index, queries: list[np.ndarray]) -> tuple[list[str], np.ndarray]:
