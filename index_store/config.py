@@ -14,7 +14,9 @@ from index_store.errors import FDEInputError, InputError
 # accompany: a copy is worth its bytes only beside codes that lose ranking precision.
 REFINE_DTYPES = ("int8", "float16")
 REFINED_DTYPES = ("binary", "pq1", "pq2")
-DEFAULT_REFINE_DEPTH = 64
+# 32 keeps recall@10 at 0.99 on 3,000 ColPali-shaped pages, but 100k pages need 128 at C=384
+# (0.99; 64 gives 0.925): experiments/RESULTS.md section 5c.
+DEFAULT_REFINE_DEPTH = 128
 
 FACTORY_FORMS = (
     "Flat; HNSW<M> (M >= 2), optionally followed by ,Flat ,SQ8 ,SQ4 ,SQfp16 or ,PQ<m>; "
