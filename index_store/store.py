@@ -382,6 +382,7 @@ class Index:
             "dim": self.config.dim,
             "dtype": self.config.dtype,
             "refine": self.config.refine,
+            "refine_depth": self.config.refine_depth if self.config.refine else None,
             "refine_bytes": sum(
                 f.size
                 for e in self.manifest.segments

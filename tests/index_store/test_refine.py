@@ -114,7 +114,7 @@ def test_manifest_files_and_format_version(tmp_path) -> None:
     assert "refine-vectors.npy" not in small["files"]  # float16 already: no copy
     assert {"refine-vectors.npy", "refine-scales.npy"} <= set(large["files"])
     stats = Index.open(path).stats()
-    assert stats["refine"] == "int8"
+    assert (stats["refine"], stats["refine_depth"]) == ("int8", 64)
     assert stats["refine_bytes"] == sum(
         large["files"][f]["size"] for f in ("refine-vectors.npy", "refine-scales.npy")
     )
