@@ -910,6 +910,42 @@ def table_refine_scale(r: dict[str, Any]) -> str:
     return _table(header, rows)
 
 
+def table_plan_10m(int8: dict[str, Any], refined: dict[str, Any]) -> str:
+    """Section 7b (cont.): 10M ColPali pages as 100 shards of 100k, from today's 100k runs:
+    int8 storage (C=320) and pq1 codes with an int8 copy (C=384, depth 128), 2 cores per shard
+    on 32-core nodes (16 shards a node)."""
+    shards, per_node = 100, 16
+    nodes = math.ceil(shards / per_node)
+    rows = []
+    for label, r, pick in (
+        ("int8 (C=320)", int8, lambda x: x["candidates"] == 320),
+        (
+            "pq1 + int8 copy (C=384, depth 128)",
+            refined,
+            lambda x: x["candidates"] == 384 and x["refine_depth"] == 128,
+        ),
+    ):
+        (x,) = [x for x in r["latemm"] if pick(x)]
+        disk = r["disk"]["by_file"]
+        copy = disk.get("refine-vectors.npy", 0) + disk.get("refine-scales.npy", 0)
+        resident = (r["disk"]["manifest_files_bytes"] - copy) * per_node / 1e9
+        rows.append(
+            [
+                label,
+                f"{x['recall@10']:.2f}",
+                _sig3(x["p50_ms"]),
+                f"{shards * 2 * x['p50_ms'] / 1e3:.1f}",
+                nodes,
+                f"{r['disk']['manifest_files_bytes'] * per_node / 1e9:.0f}",
+                f"{resident:.0f}",
+                f"{x['batch_queries_per_s']:.0f}",
+            ]
+        )
+    header = ["storage", "recall@10 per shard", "shard p50 ms", "core-s per query", "nodes"]
+    header += ["GB on disk per node", "GB to keep in memory per node", "queries/s (batched)"]
+    return _table(header, rows)
+
+
 # Tables that hand-written fragments place with a <!-- table: NAME --> line: NAME -> (the
 # results JSONs it reads, without .json; the function that renders it from those records).
 FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
@@ -919,6 +955,7 @@ FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
     "first_stage.timing": (("bench_first_stage_segments",), table_first_stage_timing),
     "maxsim_threads1.kernel": (("bench_maxsim_threads1",), table_maxsim_kernel),
     "maxsim_threads1.rescore": (("bench_maxsim_threads1",), table_maxsim_rescore),
+    "plan_10m": (("ab_main_1", "bench_scale_100000_pq1_refine"), table_plan_10m),
     "refine.quality": (("refine_quality",), table_refine),
     "refine.scale": (("bench_scale_100000_pq1_refine",), table_refine_scale),
     "scale_100k_int8.in_place": (
