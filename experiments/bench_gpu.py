@@ -22,7 +22,6 @@ Run on the GPU machine, e.g. ``python -m experiments.bench_gpu --out-dir $OUT``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import tempfile
@@ -278,7 +277,7 @@ def _generate(seed: int, start: int, stop: int, slot: int, slot_pages: int) -> t
 def exact_top10(
     n_pages: int, n_queries: int, recall_queries: int, index_name: str, workers: int, seed: int
 ) -> tuple[np.ndarray, dict[str, Any], Path]:
-    from experiments.bench_scale import exact_cache, merge_top
+    from experiments.bench_scale import exact_cache, first_pages_sha256, merge_top
 
     corpus = SyntheticCorpus(seed=seed)
     queries, _ = corpus.queries(max(n_queries, recall_queries), n_pages)
@@ -350,7 +349,7 @@ def exact_top10(
         "rounded once to float32 (the retriever's exact pass)",
         "workers": workers,
         # bench_scale's machine checks these pages are the ones it indexed (same numpy stream):
-        "first_pages_sha256": hashlib.sha256(corpus.pages(0, 2).tobytes()).hexdigest(),
+        "first_pages_sha256": first_pages_sha256(corpus),
         # The same names as bench_scale's CPU pass, with the pages already in GPU memory:
         "brute_force_single_query_s": gpu["single_s"],
         "brute_force_batched_s_per_query": gpu["float32_batched_s"] / n_q,

@@ -678,7 +678,15 @@ def cached_exact(
     cache = exact_cache(path, corpus, n_pages, sample)
     if cache.exists():
         with np.load(cache, allow_pickle=False) as data:
-            return data["top"], {**json.loads(str(data["stats"])), "cached": str(cache)}
+            top, stats = data["top"], json.loads(str(data["stats"]))
+        # Written on another machine (bench_gpu): its pages must be the ones indexed here.
+        made = stats.get("first_pages_sha256")
+        if made is not None and made != first_pages_sha256(corpus):
+            raise SystemExit(
+                f"{cache} was computed over other pages than this machine generates (first "
+                "pages' sha256 differs: another numpy or generator); remove it to recompute"
+            )
+        return top, {**stats, "cached": str(cache)}
     checkpoint = cache.with_name(cache.stem + ".partial.npz") if keep else None
     top, _, stats = exact_topk_streaming(
         corpus,
@@ -692,6 +700,11 @@ def cached_exact(
         assert checkpoint is not None
         checkpoint.unlink(missing_ok=True)
     return top, stats
+
+
+def first_pages_sha256(corpus: SyntheticCorpus) -> str:
+    """A digest of the corpus's first two pages: whether two machines generate the same pages."""
+    return hashlib.sha256(corpus.pages(0, 2).tobytes()).hexdigest()
 
 
 def _plaid_work(name: str) -> Path:

@@ -120,3 +120,28 @@ def test_exact_only_leaves_the_top10_that_a_later_run_reads(tmp_path) -> None:
     )
     assert "cached" in stats and top.shape == (4, 10)
     assert not list(tmp_path.glob("*.partial.npz"))  # the finished pass leaves no checkpoint
+
+
+def test_an_exact_top10_made_over_other_pages_is_refused(tmp_path) -> None:
+    import json
+
+    from experiments.bench_scale import (
+        SyntheticCorpus,
+        cached_exact,
+        exact_cache,
+        first_pages_sha256,
+    )
+
+    corpus = SyntheticCorpus(seed=0)
+    sample, _ = corpus.queries(2, 64)
+    cache = exact_cache(tmp_path / "idx", corpus, 64, sample)
+    top = np.zeros((2, 10), np.int64)
+    for digest, refused in ((first_pages_sha256(corpus), False), ("0" * 64, True)):
+        stats = {"first_pages_sha256": digest}  # as bench_gpu writes it
+        np.savez(cache, top=top, stats=np.array(json.dumps(stats)))
+        if refused:
+            with pytest.raises(SystemExit, match="computed over other pages than this machine"):
+                cached_exact(tmp_path / "idx", corpus, 64, sample, keep=True)
+        else:
+            got, _ = cached_exact(tmp_path / "idx", corpus, 64, sample, keep=True)
+            np.testing.assert_array_equal(got, top)
