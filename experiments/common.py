@@ -156,7 +156,8 @@ def vaswani_minilm(data_dir: Path | None = None) -> dict[str, np.ndarray]:
     """
     cache = CACHE / "vaswani-minilm.npz"
     if cache.is_file():
-        return dict(np.load(cache, allow_pickle=False))
+        with np.load(cache, allow_pickle=False) as data:
+            return dict(data)
     from latemm.encoders.text import TextEncoder
 
     root = (data_dir or shared_data_dir()) / "vaswani"
