@@ -96,16 +96,16 @@ def load_vision_language(
 
 def set_pixel_budget(image_processor: Any, min_pixels: int | None, max_pixels: int | None) -> None:
     """Bound the pixels per image of a Qwen-style image processor (its number of visual tokens
-    follows); a no-op for processors with a fixed size."""
+    follows); a no-op for processors with a fixed size. transformers 5 reads the bounds from
+    ``size`` (``shortest_edge`` / ``longest_edge``); a ``min_pixels`` / ``max_pixels``
+    attribute would be passed to every call as the deprecated keyword instead."""
     if image_processor is None or not (min_pixels or max_pixels):
         return
     size = dict(getattr(image_processor, "size", {}) or {})
     if min_pixels:
         size["shortest_edge"] = min_pixels
-        image_processor.min_pixels = min_pixels
     if max_pixels:
         size["longest_edge"] = max_pixels
-        image_processor.max_pixels = max_pixels
     image_processor.size = size
 
 

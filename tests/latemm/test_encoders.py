@@ -276,3 +276,20 @@ def test_model_dtype_flag_loads_the_weights_in_that_dtype(minilm, tmp_path) -> N
         out[dtype] = np.array(pq.read_table(path).column("embedding")[0].as_py())
     assert not np.array_equal(out["float32"], out["bfloat16"])  # bf16 weights ran
     np.testing.assert_allclose(out["bfloat16"], out["float32"], atol=0.05)
+
+
+def test_pixel_budget_sets_the_visual_tokens_without_the_deprecated_keywords(tmp_path) -> None:
+    import warnings
+
+    folder = build_colqwen2(tmp_path / "colqwen2")
+    page = [png_bytes(200, 200, 3)]
+    counts = {}
+    for budget in (28 * 28 * 4, 28 * 28 * 16):
+        encoder = ColVisionEncoder(str(folder), max_pixels=budget, image_patches_only=True)
+        with warnings.catch_warnings():
+            # transformers deprecates min_pixels / max_pixels in processor calls: the budget
+            # must reach the processor through its size, not through those keywords.
+            warnings.simplefilter("error", FutureWarning)
+            counts[budget] = len(encoder.encode_documents(page).vectors)
+    # A 200 x 200 page is 40,000 pixels: each budget caps it, at 4 and 16 merged patches.
+    assert counts == {28 * 28 * 4: 4, 28 * 28 * 16: 16}
