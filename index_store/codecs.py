@@ -109,14 +109,21 @@ def pair_table(codebook: np.ndarray, dtype: np.dtype | type = np.float32) -> np.
     )
 
 
-def pq_decode(codes: np.ndarray, table: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
-    """(n, M / 2) uint8 codes and their ``pair_table`` -> (n, d) vectors of ``dtype``."""
+def pq_decode(
+    codes: np.ndarray, table: np.ndarray, dtype: np.dtype | type, into: np.ndarray | None = None
+) -> np.ndarray:
+    """(n, M / 2) uint8 codes and their ``pair_table`` -> (n, d) vectors of ``dtype``, written
+    into ``into`` ((n, d) C-contiguous of ``dtype``) when given."""
     n, width = codes.shape
     index = codes.astype(np.intp)
     index += np.arange(width, dtype=np.intp) * 256
     # One gather of whole records (memcpy of 2 sub-vectors each): faster than torch's
     # embedding or numpy's take of single floats here.
-    return np.take(table, index).view(dtype).reshape(n, -1)
+    if into is None:
+        return np.take(table, index).view(dtype).reshape(n, -1)
+    # mode="clip" (the indices are in range): with "raise", numpy buffers ``out``.
+    np.take(table, index, out=into.view(table.dtype).reshape(n, width), mode="clip")
+    return into
 
 
 def encode(

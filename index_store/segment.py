@@ -311,14 +311,21 @@ class Segment:
             _tables={},
         )
 
-    def decode(self, codes: np.ndarray, scales: np.ndarray | None, out: Any) -> np.ndarray:
-        """Codes of some of this segment's vectors -> (n, d) ``out`` (float32 or float16)."""
+    def decode(
+        self, codes: np.ndarray, scales: np.ndarray | None, out: Any, into: Any = None
+    ) -> np.ndarray:
+        """Codes of some of this segment's vectors -> (n, d) ``out`` (float32 or float16),
+        written into ``into`` ((n, d) C-contiguous of that dtype) when given."""
         if self.codebook is None:
-            return codecs.decode(codes, scales, self.dtype, self.config.dim, out=out)
+            decoded = codecs.decode(codes, scales, self.dtype, self.config.dim, out=out)
+            if into is None:
+                return decoded
+            into[...] = decoded
+            return np.asarray(into)
         key = np.dtype(out).name
         if key not in self._tables:  # built once per reader and segment
             self._tables[key] = codecs.pair_table(self.codebook, out)
-        return codecs.pq_decode(codes, self._tables[key], out)
+        return codecs.pq_decode(codes, self._tables[key], out, into)
 
     @property
     def num_docs(self) -> int:

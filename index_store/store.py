@@ -279,16 +279,24 @@ class Index:
             yield from seg.doc_ids[seg.live]
 
     def vectors(
-        self, segment: int, rows: np.ndarray, *, dtype: Any = np.float32
+        self, segment: int, rows: np.ndarray, *, dtype: Any = np.float32, into: Any = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Decoded vectors of some rows of a segment: (N, d) ``dtype`` (float32, or float16 for
-        half-precision rescoring) and (len(rows) + 1,) offsets."""
+        half-precision rescoring) and (len(rows) + 1,) offsets. ``into``: an (N, d) C-contiguous
+        array of ``dtype`` to decode into (rows of a larger buffer, say) instead of a new one."""
         if np.dtype(dtype) not in (np.float32, np.float16):
             raise InputError(f"Index.vectors decodes to float32 or float16, not {dtype!r}")
         codes, scales, offsets = self.codes(segment, rows)
+        if into is not None and (
+            into.shape != (codes.shape[0], self.config.dim) or into.dtype != dtype
+        ):
+            raise InputError(
+                f"Index.vectors: into is {into.dtype} {into.shape}, the rows need "
+                f"{np.dtype(dtype)} ({codes.shape[0]}, {self.config.dim})"
+            )
         if codes.shape[0] == 0:
-            return np.zeros((0, self.config.dim), dtype), offsets
-        return self.segments[segment].decode(codes, scales, dtype), offsets
+            return (np.zeros((0, self.config.dim), dtype) if into is None else into), offsets
+        return self.segments[segment].decode(codes, scales, dtype, into), offsets
 
     def codes(
         self, segment: int, rows: np.ndarray

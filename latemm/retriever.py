@@ -315,7 +315,7 @@ def _refine_picks(
 ) -> Candidates:
     """Each query's ``depth`` best candidates by the fast pass over the compact codes (ties in
     candidate order), the others made invalid: what the refine copy rescores."""
-    fast, _ = _fast_scores(index, flat, offsets, cands)
+    fast, _ = _fast_scores(index, flat, offsets, cands, with_bounds=False)
     keep = np.zeros(fast.shape, dtype=bool)
     for q in range(fast.shape[0]):
         cols = np.flatnonzero(cands.valid[q])
@@ -393,16 +393,18 @@ def _page_tokens(index: Index, segs: np.ndarray, rows: np.ndarray) -> np.ndarray
 def _read_pages(
     index: Index, segs: np.ndarray, rows: np.ndarray, dtype: Any
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The pages (segment, row), sorted by segment, decoded to ``dtype`` and concatenated in
-    that order, with their offsets."""
-    parts, lengths = [], []
-    for s in np.unique(segs).tolist():
-        vectors, set_offsets = index.vectors(s, rows[segs == s], dtype=dtype)
-        parts.append(vectors)
-        lengths.append(np.diff(set_offsets))
+    """The pages (segment, row), sorted by segment, decoded to ``dtype`` in that order into one
+    array (each segment's pages written in place, not concatenated), with their offsets."""
     doc_offsets = np.zeros(rows.size + 1, dtype=np.int64)
-    np.cumsum(np.concatenate(lengths), out=doc_offsets[1:])
-    return (parts[0] if len(parts) == 1 else np.concatenate(parts)), doc_offsets
+    np.cumsum(_page_tokens(index, segs, rows), out=doc_offsets[1:])
+    out = np.empty((int(doc_offsets[-1]), index.config.dim), dtype=dtype)
+    done = 0
+    for s in np.unique(segs).tolist():
+        picked = rows[segs == s]
+        stop = int(doc_offsets[done + picked.size])
+        index.vectors(s, picked, dtype=dtype, into=out[int(doc_offsets[done]) : stop])
+        done += picked.size
+    return out, doc_offsets
 
 
 def _int8_pages(
@@ -433,7 +435,7 @@ _EXACT_CHUNK_BYTES = 64 << 20
 
 
 def _fast_scores(
-    index: Index, flat: np.ndarray, offsets: np.ndarray, cands: Candidates
+    index: Index, flat: np.ndarray, offsets: np.ndarray, cands: Candidates, with_bounds: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """(Q, C) fast-pass scores of the valid candidates and their bounds (``maxsim_half``,
     ``maxsim_int8``).
@@ -443,7 +445,8 @@ def _fast_scores(
     multiplied where they lie, in one call (exact int8 products, then scaled), unless
     ``_shared_widely``; those and pages of other codecs are decoded to float16 across segments
     in chunks, one call per chunk. All queries are scored against a call's pages at once when
-    ``_all_at_once``, else each query against its own.
+    ``_all_at_once``, else each query against its own. ``with_bounds=False``: scores only (the
+    float16 and decoded passes then leave the bounds infinite).
     """
     scores = np.full(cands.segments.shape, np.nan, dtype=np.float32)
     bounds = np.full(cands.segments.shape, np.inf)
@@ -457,7 +460,13 @@ def _fast_scores(
     for s in groups.pop("float16", []):
         stored, set_offsets, page_max = index.half_vectors(s)  # type: ignore[misc]
         _, rows, position = _distinct_pages(cands, cands.valid & (cands.segments == s))
-        half = partial(maxsim_half, doc_vectors=stored, doc_offsets=set_offsets, page_max=page_max)
+        half = partial(
+            maxsim_half,
+            doc_vectors=stored,
+            doc_offsets=set_offsets,
+            page_max=page_max,
+            bounds=with_bounds,
+        )
         _score_chunk(flat, offsets, position, half, scores, bounds, rows=rows)
     for kind, segments in groups.items():
         segs, rows, position = _distinct_pages(
@@ -480,6 +489,7 @@ def _fast_scores(
                 doc_vectors=vectors,
                 doc_offsets=doc_offsets,
                 exact_half=False,  # float16 decodings, not stored values
+                bounds=with_bounds,
             )
             at = np.where((position >= start) & (position < stop), position - start, -1)
             _score_chunk(flat, offsets, at, half, scores, bounds)

@@ -304,6 +304,7 @@ def maxsim_half(
     rows: np.ndarray | None = None,
     block_tokens: int | None = None,
     page_max: np.ndarray | None = None,
+    bounds: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Half-precision MaxSim of every query against every document, with error bounds.
 
@@ -336,6 +337,9 @@ def maxsim_half(
         the (query tokens x block) float16 similarities within 4 MB, between 16,384 and
         131,072 (one 28-token query against 256 pages: 45% of the product limit at 16,384
         tokens, 53% at 65,536).
+    bounds
+        False: the scores alone (every bound infinite), for a caller that only ranks them;
+        the pages' magnitudes are then not read.
 
     Returns
     -------
@@ -365,12 +369,13 @@ def maxsim_half(
         p, width, dim = block.shape  # (p, L, d)
         # One (Nq, p * L) product: the maximum then runs over contiguous memory.
         sim = torch.mm(q16, _tensor(block).view(p * width, dim).T)
-        if page_max is None:
-            max_abs[block_rows] = _max_abs(block)
-        else:
-            max_abs[block_rows] = page_max[picked[block_rows]]
+        if bounds:
+            stored = None if page_max is None else page_max[picked[block_rows]]
+            max_abs[block_rows] = _max_abs(block) if stored is None else stored
         best[block_rows] = sim.view(-1, p, width).amax(dim=2).T.numpy()
     scores = _sum_rows(best.T.astype(np.float32), q_offsets)  # (Q, n)
+    if not bounds:
+        return scores, np.full(scores.shape, np.inf)
     terms = _token_terms(queries, exact_half)
     if not exact_half:  # a bound on the float32 values from their float16 rounding
         max_abs = (max_abs + _TINY16) / (1.0 - _U16)

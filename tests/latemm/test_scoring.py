@@ -97,6 +97,10 @@ def test_fast_pass_is_within_its_bound_of_float64_and_of_the_float32_kernel(dtyp
     fast, bound = maxsim_half(q, qo, half, do, exact_half=dtype == "float16")
     # Tight enough to use: about 1% of these unit-vector scores (6 to 9).
     _check_bound(q, qo, wide, do, fast, bound, tight=0.1)
+    # Scores alone (the refine copy's ranking pass): the same scores, no bound claimed.
+    alone, none = maxsim_half(q, qo, half, do, exact_half=dtype == "float16", bounds=False)
+    np.testing.assert_array_equal(alone, fast)
+    assert np.isinf(none).all()
 
 
 def test_int8_codes_read_in_place_are_within_their_bound() -> None:
