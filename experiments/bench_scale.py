@@ -651,7 +651,8 @@ def reusable(path: Path, config: IndexConfig, n_pages: int) -> bool:
     if not (path / "manifest.json").exists():
         return False
     index = Index.open(path, verify="none")
-    same = index.config.to_dict() == config.to_dict() and len(index) == n_pages
+    # The settings an index keeps (IndexConfig.differences; the refine depth is a search's).
+    same = not index.config.differences(config) and len(index) == n_pages
     if not same:
         raise SystemExit(
             f"{path} holds another index ({len(index)} pages, config {index.config.to_dict()}); "

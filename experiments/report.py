@@ -946,6 +946,28 @@ def table_plan_10m(int8: dict[str, Any], refined: dict[str, Any]) -> str:
     return _table(header, rows)
 
 
+def table_ab_refine(*runs: dict[str, Any]) -> str:
+    """Section 5c (cont.): search latency of the 100k refine index, checkouts before and after
+    alternating (``experiments.search_latency``; runs given as before, after, before, after)."""
+    rows = []
+    for i, c in enumerate(x["candidates"] for x in runs[0]["rows"]):
+        p50 = [r["rows"][i]["p50_ms"] for r in runs]
+        qps = [r["rows"][i]["batch_queries_per_s"] for r in runs]
+        before, after = p50[0::2], p50[1::2]
+        rows.append(
+            [
+                c,
+                " / ".join(_sig3(v) for v in before),
+                " / ".join(_sig3(v) for v in after),
+                f"{statistics.mean(after) / statistics.mean(before):.2f}",
+                " / ".join(f"{v:.1f}" for v in qps[0::2]),
+                " / ".join(f"{v:.1f}" for v in qps[1::2]),
+            ]
+        )
+    header = ["C", "p50 ms before", "p50 ms after", "after / before (means)"]
+    return _table(header + ["queries/s batched before", "after"], rows)
+
+
 # Tables that hand-written fragments place with a <!-- table: NAME --> line: NAME -> (the
 # results JSONs it reads, without .json; the function that renders it from those records).
 FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
@@ -955,8 +977,12 @@ FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
     "first_stage.timing": (("bench_first_stage_segments",), table_first_stage_timing),
     "maxsim_threads1.kernel": (("bench_maxsim_threads1",), table_maxsim_kernel),
     "maxsim_threads1.rescore": (("bench_maxsim_threads1",), table_maxsim_rescore),
-    "plan_10m": (("ab_main_1", "bench_scale_100000_pq1_refine"), table_plan_10m),
+    "plan_10m": (("ab_main_1", "bench_scale_100000_pq1_refine_decode"), table_plan_10m),
     "refine.quality": (("refine_quality",), table_refine),
+    "refine.ab": (
+        ("ab_refine_before_1", "ab_refine_after_1", "ab_refine_before_2", "ab_refine_after_2"),
+        table_ab_refine,
+    ),
     "refine.scale": (("bench_scale_100000_pq1_refine",), table_refine_scale),
     "scale_100k_int8.in_place": (
         (
