@@ -15,7 +15,7 @@ from index_store import Index, IndexConfig, IndexCorruptError, InputError, codec
 from index_store.errors import IndexFormatError
 from index_store.store import IndexWriter
 from latemm.cli import main
-from latemm.retriever import Retriever
+from latemm.retriever import Retriever, doc_ids_of, first_stage, first_stage_queries, rescore
 from latemm.scoring import maxsim
 from tests.index_store.test_codecs import DIM, _docs
 from tests.index_store.test_codecs import _build as build
@@ -66,6 +66,19 @@ def test_exhaustive_search_equals_brute_force_over_the_copy(tmp_path, dtype, ref
             )
         with IndexWriter(path) as writer:
             writer.compact()
+    # Without k (field fusion needs every candidate's score) every candidate is scored from
+    # the copy.
+    flat = np.concatenate(queries)
+    q_off = np.concatenate([[0], np.cumsum([len(q) for q in queries])])
+    matrix = first_stage_queries(index, flat, q_off)
+    cands = first_stage(index, matrix, len(live), [None] * len(index.segments))
+    scores = rescore(index, flat, q_off, cands)
+    docs = doc_ids_of(index, cands)
+    for q in range(len(queries)):
+        got = {d: s for d, s in zip(docs[q], scores[q], strict=True) if d is not None}
+        want = {d: exact[q, ids.index(d)] for d in got}
+        assert len(got) == len(live)
+        np.testing.assert_allclose(list(got.values()), list(want.values()), rtol=1e-5, atol=1e-5)
     # Compaction re-encodes the compact codes from the copy; the copy itself is unchanged.
     index = Index.open(path)
     assert len(index.segments) == 1 and index.segments[0].refine_vectors is not None
