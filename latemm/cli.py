@@ -294,6 +294,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         rerank_depth=args.rerank_depth,
         rerank_fusion=args.rerank_fusion,
         ray=args.ray,
+        refine_depth=args.refine_depth,
     )
     queries = len(set(run.column("query_id").to_pylist()))
     elapsed = time.perf_counter() - start
@@ -311,6 +312,11 @@ def _search_fields(args: argparse.Namespace, start: float) -> int:
     if args.encoder:
         raise InputError(
             "--encoder names one model; with named fields each field's recorded encoder is used"
+        )
+    if args.refine_depth is not None:
+        raise InputError(
+            "--refine-depth applies to an ordinary index; fused fields score every candidate "
+            "from a field's refine copy"
         )
     run = search_fields_file(
         args.index,
@@ -719,6 +725,13 @@ def _search_parser(sub: Any) -> None:
     p.add_argument("--k", type=int, default=10)
     p.add_argument(
         "--candidates", type=int, default=None, help="first-stage candidates rescored exactly"
+    )
+    p.add_argument(
+        "--refine-depth",
+        type=int,
+        default=None,
+        help="an index with a refine copy (latemm index --refine): candidates per query "
+        "rescored from the copy (default: the depth the index recorded)",
     )
     p.add_argument(
         "--where",

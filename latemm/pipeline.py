@@ -511,12 +511,15 @@ def search_file(
     rerank_depth: int = 20,
     rerank_fusion: str = "none",
     ray: str | None = None,
+    refine_depth: int | None = None,
 ) -> pa.Table:
     """Search every query of a Parquet file and write the run (Parquet, and TREC if asked).
     Interrupted runs resume: a re-run skips the queries whose results were already written.
 
     With a ``reranker``, each query's top ``rerank_depth`` pages are reordered by it (the page
-    content is read from the index); the run's ``rerank_score`` column holds its scores."""
+    content is read from the index); the run's ``rerank_score`` column holds its scores.
+    ``refine_depth``: for an index with a refine copy, candidates per query rescored from it
+    (default: the index's recorded depth)."""
     from latemm.sharded import open_retriever
 
     # A sharded index (latemm.sharded) is searched shard by shard and merged exactly, in this
@@ -529,11 +532,15 @@ def search_file(
         rerank_depth=rerank_depth,
         rerank_fusion=rerank_fusion,
         ray=ray,
+        **({"refine_depth": refine_depth} if refine_depth is not None else {}),
     )
+    search = dict(k=k, candidates=candidates, where=where)
+    if refine_depth is not None:  # absent otherwise: records written before it still resume
+        search["refine_depth"] = refine_depth
     settings = _resume_record(
         retriever,
         queries,
-        dict(k=k, candidates=candidates, where=where),
+        search,
         (reranker, rerank_depth, rerank_fusion),
     )
     return run_queries(

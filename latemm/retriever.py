@@ -689,6 +689,11 @@ class Retriever:
         self.index = index if isinstance(index, Index) else Index.open(index)
         if refine_depth is not None and refine_depth < 1:
             raise InputError(f"refine_depth must be >= 1, got {refine_depth}")
+        if refine_depth is not None and self.index.config.refine is None:
+            raise InputError(
+                f"refine_depth: the index {self.index.path} has no refine copy (it was built "
+                "without --refine); leave the depth out"
+            )
         self.refine_depth = refine_depth
         self.encoder = encoder
         self.device = device

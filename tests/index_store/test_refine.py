@@ -203,11 +203,26 @@ def test_cli_builds_and_searches_an_index_with_a_copy(tmp_path, capsys) -> None:
     ids, exact = _exact(index, [np.asarray(list(v), np.float32) for v in _queries(queries)])
     for q, (_, rows) in enumerate(table.groupby("query_id", sort=True)):
         assert list(rows.sort_values("rank")["doc_id"]) == _top(ids, exact[q], 5)
+    # The depth per search, from the CLI: what the API gives with that depth.
+    shallow = tmp_path / "shallow.parquet"
+    assert main([*args, "--refine-depth", "5", "--out", str(shallow), "--quiet"]) == 0
+    vectors = [np.asarray(list(v), np.float32) for v in _queries(queries)]
+    api = Retriever(index, refine_depth=5).search_embeddings(vectors, k=5, candidates=200)
+    got = pq.read_table(shallow).to_pandas().groupby("query_id", sort=True)
+    assert [list(rows.sort_values("rank")["doc_id"]) for _, rows in got] == [
+        list(r) for r in api.doc_ids
+    ]
     # Without compact codes a copy has nothing to refine: a clear error, exit 2.
     capsys.readouterr()
     bad = ["index", str(corpus), "--index", str(tmp_path / "b"), "--refine", "int8", "--quiet"]
     assert main(bad) == 2
     assert "use it with dtype one of ('binary', 'pq1', 'pq2')" in capsys.readouterr().err
+    plain = str(tmp_path / "plain")
+    assert main(["index", str(corpus), "--index", plain, "--quiet"]) == 0
+    capsys.readouterr()
+    search = ["search", plain, str(queries), "--out", str(tmp_path / "r.parquet")]
+    assert main([*search, "--refine-depth", "8", "--quiet"]) == 2
+    assert "has no refine copy (it was built without --refine)" in capsys.readouterr().err
 
 
 def _queries(path) -> list[list[list[float]]]:
