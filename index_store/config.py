@@ -183,12 +183,11 @@ class IndexConfig:
             raise InputError(
                 f"IndexConfig.refine must be None or one of {REFINE_DTYPES}, got {self.refine!r}"
             )
-        if self.refine is not None and (self.dtype not in REFINED_DTYPES or self.single_vector):
+        if self.refine is not None and self.dtype not in REFINED_DTYPES:
             raise InputError(
                 f"IndexConfig.refine={self.refine!r} keeps a copy beside compact codes, but this "
-                f"index stores {'single vectors' if self.single_vector else self.dtype}; use it "
-                f"with dtype one of {REFINED_DTYPES} (e.g. --dtype pq1 --refine int8), or leave "
-                "refine out"
+                f"index stores {self.dtype}; use it with dtype one of {REFINED_DTYPES} (e.g. "
+                "--dtype pq1 --refine int8), or leave refine out"
             )
         depth = self.refine_depth
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:

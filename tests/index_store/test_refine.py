@@ -11,7 +11,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from index_store import Index, IndexConfig, IndexCorruptError, InputError, codecs, verify
+from index_store import (
+    Index,
+    IndexConfig,
+    IndexCorruptError,
+    InputError,
+    codecs,
+    create,
+    verify,
+)
 from index_store.errors import IndexFormatError
 from index_store.store import IndexWriter
 from latemm.cli import main
@@ -173,12 +181,31 @@ def test_a_copy_of_the_wrong_shape_is_refused(tmp_path) -> None:
         ({"dtype": "float16", "refine": "int8"}, "keeps a copy beside compact codes, but this "),
         ({"dtype": "pq1", "refine": "pq2"}, "refine must be None or one of"),
         ({"dtype": "pq1", "refine": "int8", "refine_depth": 0}, "refine_depth must be a posi"),
-        ({"dtype": "binary", "refine": "int8", "single_vector": True}, "stores single vectors"),
     ],
 )
 def test_settings_it_refuses(kwargs, message) -> None:
     with pytest.raises(InputError, match=message):
         IndexConfig(dim=DIM, **kwargs)
+
+
+def test_single_vector_index_with_a_copy_equals_brute_force(tmp_path) -> None:
+    """One vector per document (a field of a pooled embedder): faiss searches the copy's
+    vectors, the codes rank the candidates, the copy rescores them."""
+    rng = np.random.default_rng(5)
+    docs = rng.standard_normal((1100, DIM)).astype(np.float32)  # enough to train pq1
+    ids = [f"d{i}" for i in range(len(docs))]
+    config = IndexConfig(dim=DIM, dtype="pq1", single_vector=True, refine="int8")
+    with create(tmp_path / "sv", config) as writer:
+        writer.add(ids, list(docs[:, None, :]))
+        writer.commit()
+    index = Index.open(tmp_path / "sv")
+    assert index.segments[0].refine_vectors is not None
+    queries = [rng.standard_normal((3, DIM)).astype(np.float32) for _ in range(4)]
+    result = Retriever(index, refine_depth=len(ids)).search_embeddings(
+        queries, k=10, candidates=len(ids)
+    )
+    got_ids, exact = _exact(index, queries)
+    assert [list(r) for r in result.doc_ids] == [_top(got_ids, row, 10) for row in exact]
 
 
 def test_reopening_with_another_refine_is_refused(tmp_path) -> None:
