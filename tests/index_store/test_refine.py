@@ -254,3 +254,48 @@ def test_cli_builds_and_searches_an_index_with_a_copy(tmp_path, capsys) -> None:
 
 def _queries(path) -> list[list[list[float]]]:
     return pq.read_table(path).sort_by("query_id").column("embedding").to_pylist()
+
+
+class _Recording(np.ndarray):
+    """An array that records the row slices read from it (the pages a pass touches)."""
+
+    reads: list[tuple[int, int]]
+
+    def __getitem__(self, key):  # type: ignore[override]
+        if isinstance(key, slice):
+            self.reads.append((key.start, key.stop))
+        return np.asarray(super().__getitem__(key))
+
+
+def test_the_copy_is_read_only_for_each_querys_depth_pages(tmp_path, monkeypatch) -> None:
+    from index_store.segment import Segment
+
+    live = _build(tmp_path / "idx", "pq1", "int8", depth=6)
+    index = Index.open(tmp_path / "idx")
+    copies: list[_Recording] = []
+    original = Segment.refined
+
+    def recorded(seg: Segment) -> Segment:
+        view = original(seg)
+        if view is not seg:
+            rows = view.vectors.view(_Recording)
+            rows.reads = []
+            copies.append(rows)
+            view.vectors = rows
+        return view
+
+    monkeypatch.setattr(Segment, "refined", recorded)
+    queries = _docs(7, 1, 2, 5)
+    offsets = index.segments[1].offsets  # the large segment: the only one with a copy
+
+    def pages_read(depth: int | None) -> int:
+        copies.clear()
+        index._refined = None  # a fresh view, recording from empty
+        retriever = Retriever(index, refine_depth=depth)
+        retriever.search_embeddings(queries, k=3, candidates=len(live))
+        return len({int(np.searchsorted(offsets, a, side="right")) - 1 for a, _ in copies[0].reads})
+
+    # One query, 123 candidates: the copy's pages read are its best 6 on the codes (at most:
+    # the small segment's float16 pages hold no copy and are read as stored); asked for 50,
+    # more of them.
+    assert 0 < pages_read(None) <= 6 < pages_read(50) <= 50
