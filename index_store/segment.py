@@ -119,17 +119,10 @@ def write_segment(
                 magnitudes = pool.submit(codecs.page_magnitudes, codes, offsets)
             # The FDE is computed from the stored (decoded) vectors so that compaction
             # reproduces it: the refine copy where there is one.
-            source, source_scales, source_kind = (codes, scales, kind)
-            if refine is not None:
-                source, source_scales = refine
-                source_kind, codebook_used = str(config.refine), None
+            if refine is None:
+                decoded = _as_stored(codes, scales, kind, config.dim, codebook)
             else:
-                codebook_used = codebook
-            decoded = (
-                source
-                if source_kind in ("float16", "float32")
-                else codecs.decode(source, source_scales, source_kind, config.dim, codebook_used)
-            )
+                decoded = _as_stored(*refine, str(config.refine), config.dim, None)
             fde = first_stage_vectors(decoded, offsets, config)
             fde_codebook = codebook_for(fde) if codebook_for is not None else None
             index = None
@@ -173,6 +166,20 @@ def write_segment(
         files,
         dtype=kind if kind != config.dtype else None,
     )
+
+
+def _as_stored(
+    codes: np.ndarray,
+    scales: np.ndarray | None,
+    kind: str,
+    dim: int,
+    codebook: np.ndarray | None,
+) -> np.ndarray:
+    """The vectors ``codes`` stand for: float16 and float32 codes as they are (the FDE widens
+    float16 chunk by chunk), other codecs decoded."""
+    if kind in ("float16", "float32"):
+        return codes
+    return codecs.decode(codes, scales, kind, dim, codebook)
 
 
 def first_stage_vectors(
