@@ -350,9 +350,10 @@ def _exact_scores(
     across segments, are read and decoded once, in chunks of ``_EXACT_CHUNK_BYTES``, and
     each query scores its own pages of a chunk in one call."""
     segs, rows, position = _distinct_pages(cands, chosen)
-    page_bytes = _page_tokens(index, segs, rows) * flat.shape[1] * 4
-    for start, stop in _chunks(page_bytes, _EXACT_CHUNK_BYTES):
-        vectors, set_offsets = _read_pages(index, segs[start:stop], rows[start:stop], np.float32)
+    tokens = _page_tokens(index, segs, rows)
+    for start, stop in _chunks(tokens * flat.shape[1] * 4, _EXACT_CHUNK_BYTES):
+        span = slice(start, stop)
+        vectors, set_offsets = _read_pages(index, segs[span], rows[span], tokens[span], np.float32)
         at = np.where((position >= start) & (position < stop), position - start, -1)
         for q in np.flatnonzero((at >= 0).any(axis=1)):
             cols = np.flatnonzero(at[q] >= 0)
@@ -391,12 +392,13 @@ def _page_tokens(index: Index, segs: np.ndarray, rows: np.ndarray) -> np.ndarray
 
 
 def _read_pages(
-    index: Index, segs: np.ndarray, rows: np.ndarray, dtype: Any
+    index: Index, segs: np.ndarray, rows: np.ndarray, tokens: np.ndarray, dtype: Any
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The pages (segment, row), sorted by segment, decoded to ``dtype`` in that order into one
-    array (each segment's pages written in place, not concatenated), with their offsets."""
+    """The pages (segment, row), sorted by segment, of ``tokens`` vectors each
+    (``_page_tokens``), decoded to ``dtype`` in that order into one array (each segment's
+    pages written in place, not concatenated), with their offsets."""
     doc_offsets = np.zeros(rows.size + 1, dtype=np.int64)
-    np.cumsum(_page_tokens(index, segs, rows), out=doc_offsets[1:])
+    np.cumsum(tokens, out=doc_offsets[1:])
     out = np.empty((int(doc_offsets[-1]), index.config.dim), dtype=dtype)
     done = 0
     for s in np.unique(segs).tolist():
@@ -479,10 +481,11 @@ def _fast_scores(
             continue
         # int8 products gain nothing from more query rows: a batch whose queries share most
         # candidates decodes them to float16 once and multiplies all at once.
-        page_bytes = _page_tokens(index, segs, rows) * flat.shape[1] * 2
-        for start, stop in _chunks(page_bytes, _FAST_CHUNK_BYTES):
+        tokens = _page_tokens(index, segs, rows)
+        for start, stop in _chunks(tokens * flat.shape[1] * 2, _FAST_CHUNK_BYTES):
+            span = slice(start, stop)
             vectors, doc_offsets = _read_pages(
-                index, segs[start:stop], rows[start:stop], np.float16
+                index, segs[span], rows[span], tokens[span], np.float16
             )
             half = partial(
                 maxsim_half,
