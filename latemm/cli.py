@@ -114,9 +114,9 @@ def cmd_index(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         pool_factor=args.pool_factor,
         progress=not args.quiet,
+        refine=args.refine,
+        refine_depth=args.refine_depth,
     )
-    if args.refine is not None:  # only then: single-vector and bm25 fields take no refine
-        options.update(refine=args.refine, refine_depth=args.refine_depth)
     if args.field:
         return _index_fields(args, start, options)
     if args.ray is not None:

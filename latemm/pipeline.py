@@ -532,7 +532,7 @@ def search_file(
         rerank_depth=rerank_depth,
         rerank_fusion=rerank_fusion,
         ray=ray,
-        **({"refine_depth": refine_depth} if refine_depth is not None else {}),
+        refine_depth=refine_depth,
     )
     search = dict(k=k, candidates=candidates, where=where)
     if refine_depth is not None:  # absent otherwise: records written before it still resume
