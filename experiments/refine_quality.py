@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from experiments.common import CACHE, shared_data_dir, vaswani_minilm, write_result
+from experiments.storage_quality import disk_bytes
 from experiments.synthetic import SyntheticCorpus
 from index_store import Index, IndexConfig, create
-from index_store.manifest import REFINE_FILE, REFINE_SCALES_FILE
 from latemm.metrics import evaluate, load_qrels
 from latemm.retriever import Retriever
 from latemm.scoring import maxsim
@@ -59,15 +59,8 @@ def main(argv: list[str] | None = None) -> None:
 def _bytes(path: Path, n_docs: int) -> dict[str, float]:
     """Bytes per document of every file the manifest lists (and the manifest), and of the
     refine copy among them."""
-    index = Index.open(path)
-    total = sum(f.size for _, f in index.manifest.files()) + (path / "manifest.json").stat().st_size
-    copy = sum(
-        f.size
-        for e in index.manifest.segments
-        for f in e.files
-        if f.file in (REFINE_FILE, REFINE_SCALES_FILE)
-    )
-    return {"bytes_per_doc": total / n_docs, "copy_bytes_per_doc": copy / n_docs}
+    copy = Index.open(path).stats()["refine_bytes"]
+    return {"bytes_per_doc": disk_bytes(path) / n_docs, "copy_bytes_per_doc": copy / n_docs}
 
 
 def _searches(
