@@ -947,8 +947,9 @@ def table_plan_10m(int8: dict[str, Any], refined: dict[str, Any]) -> str:
 
 
 def table_ab_refine(*runs: dict[str, Any]) -> str:
-    """Section 5c (cont.): search latency of the 100k refine index, checkouts before and after
-    alternating (``experiments.search_latency``; runs given as before, after, before, after)."""
+    """Search latency of one index from two checkouts, alternating (``experiments.search_latency``;
+    runs given as before, after, before, after): 5c (cont.) on the 100k refine index, 7c (cont.
+    3) on a 10k one."""
     rows = []
     for i, c in enumerate(x["candidates"] for x in runs[0]["rows"]):
         p50 = [r["rows"][i]["p50_ms"] for r in runs]
@@ -968,6 +969,26 @@ def table_ab_refine(*runs: dict[str, Any]) -> str:
     return _table(header + ["queries/s batched before", "after"], rows)
 
 
+def table_segments(*runs: dict[str, Any]) -> str:
+    """Section 7c (cont. 3): Vaswani float16, 83 appended segments against one compacted,
+    checkouts before and after alternating (``experiments.bench_segments``; runs given as
+    before, after, before, after)."""
+    rows = []
+    for i, r in enumerate(runs):
+        appended, compacted = r["indexes"]["appended"], r["indexes"]["compacted"]
+        rows.append(
+            [
+                ("before" if i % 2 == 0 else "after") + f" ({r['commit']})",
+                f"{appended['segments']} / {compacted['segments']}",
+                f"{_sig3(appended['p50_ms'])} / {_sig3(compacted['p50_ms'])}",
+                f"{r['appended_over_compacted']['p50']:.2f}",
+                f"{appended['batched_qps']:.1f} / {compacted['batched_qps']:.1f}",
+            ]
+        )
+    header = ["checkout", "segments", "p50 ms", "p50 appended / compacted"]
+    return _table(header + ["queries/s batched"], rows)
+
+
 # Tables that hand-written fragments place with a <!-- table: NAME --> line: NAME -> (the
 # results JSONs it reads, without .json; the function that renders it from those records).
 FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
@@ -984,6 +1005,19 @@ FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
         table_ab_refine,
     ),
     "refine.scale": (("bench_scale_100000_pq1_refine",), table_refine_scale),
+    "segments.ab": (
+        (
+            "bench_segments_before_1",
+            "bench_segments_after_1",
+            "bench_segments_before_2",
+            "bench_segments_after_2",
+        ),
+        table_segments,
+    ),
+    "segments.batch_ab": (
+        ("ab_batch_before_1", "ab_batch_after_1", "ab_batch_before_2", "ab_batch_after_2"),
+        table_ab_refine,
+    ),
     "scale_100k_int8.in_place": (
         (
             "bench_scale_100000_int8_inplace_e541650",
@@ -1034,6 +1068,7 @@ ORDER = [
     "7c_rescoring",
     "7c_int8_blocks",
     "7c_page_magnitudes",
+    "7c_segments",
     "findings",
     "8_gpu",
 ]

@@ -428,6 +428,10 @@ def _int8_pages(
 # and in memory malloc reuses: 1M pq1 pages, one query at C=512, p50 169-170 ms with 8 MB
 # chunks against 195-199 ms with 256 MB (a fresh 135 MB array per query) and 179-181 with 4 MB.
 _FAST_CHUNK_BYTES = 8 << 20
+# Candidate tokens from which a float16 segment is read in place by its own fast-pass call;
+# fewer are copied, with those of other segments, into chunks scored in one call each: a
+# call's fixed costs (~1.5 ms) dominated one query against an index of many small segments.
+_HALF_IN_PLACE_TOKENS = 1 << 16
 # Query tokens up to which int8 pages are always scored on int8 products; a wider batch whose
 # queries share most candidates decodes them to float16 once for all its queries (8 x 28
 # tokens against 1,024 shared pages at C=512: 63 against 92 ms per query).
@@ -459,7 +463,7 @@ def _fast_scores(
         if dtype == "float16" or (dtype == "int8" and int8_in_place(flat.shape[1])):
             kind = dtype
         groups.setdefault(kind, []).append(s)
-    for s in groups.pop("float16", []):
+    for s in _in_place(index, cands, groups):
         stored, set_offsets, page_max = index.half_vectors(s)  # type: ignore[misc]
         _, rows, position = _distinct_pages(cands, cands.valid & (cands.segments == s))
         half = partial(
@@ -471,32 +475,101 @@ def _fast_scores(
         )
         _score_chunk(flat, offsets, position, half, scores, bounds, rows=rows)
     for kind, segments in groups.items():
-        segs, rows, position = _distinct_pages(
-            cands, cands.valid & np.isin(cands.segments, segments)
-        )
+        mine = cands.valid & np.isin(cands.segments, segments)
+        segs, rows, position = _distinct_pages(cands, mine)
         if kind == "int8" and not _shared_widely(position >= 0, segs.size, offsets):
             codes, scales = _int8_pages(index, segs, rows)
             int8 = partial(maxsim_int8, pages=codes, scales=scales)
             _score_chunk(flat, offsets, position, int8, scores, bounds)
             continue
-        # int8 products gain nothing from more query rows: a batch whose queries share most
-        # candidates decodes them to float16 once and multiplies all at once.
-        tokens = _page_tokens(index, segs, rows)
-        for start, stop in _chunks(tokens * flat.shape[1] * 2, _FAST_CHUNK_BYTES):
-            span = slice(start, stop)
-            vectors, doc_offsets = _read_pages(
-                index, segs[span], rows[span], tokens[span], np.float16
+        # A batch whose queries share most pages reads (decodes) them once and multiplies all
+        # queries at once; otherwise each query reads its own pages, one product per chunk
+        # (chunks of distinct pages across the batch held a few pages per query, one product
+        # each, and every new product shape costs float16 ~0.5 ms here).
+        if _all_at_once(mine, segs.size, np.diff(offsets)):
+            _chunked_pass(
+                index, flat, offsets, segs, rows, position, kind, scores, bounds, with_bounds
             )
-            half = partial(
-                maxsim_half,
-                doc_vectors=vectors,
-                doc_offsets=doc_offsets,
-                exact_half=False,  # float16 decodings, not stored values
-                bounds=with_bounds,
+            continue
+        for q in np.flatnonzero(mine.any(axis=1)).tolist():
+            one = Candidates(
+                cands.segments[q : q + 1], cands.rows[q : q + 1], cands.scores[q : q + 1]
             )
-            at = np.where((position >= start) & (position < stop), position - start, -1)
-            _score_chunk(flat, offsets, at, half, scores, bounds)
+            segs, rows, position = _distinct_pages(one, mine[q : q + 1])
+            query, at = flat[offsets[q] : offsets[q + 1]], slice(q, q + 1)
+            one_offsets = np.array([0, len(query)])
+            _chunked_pass(
+                index,
+                query,
+                one_offsets,
+                segs,
+                rows,
+                position,
+                kind,
+                scores[at],
+                bounds[at],
+                with_bounds,
+            )
     return scores, bounds
+
+
+def _chunked_pass(
+    index: Index,
+    flat: np.ndarray,
+    offsets: np.ndarray,
+    segs: np.ndarray,
+    rows: np.ndarray,
+    position: np.ndarray,
+    kind: str,
+    scores: np.ndarray,
+    bounds: np.ndarray,
+    with_bounds: bool,
+) -> None:
+    """The fast pass over the pages (``segs``, ``rows``, sorted; ``position``: (Q, C) index of
+    each candidate among them) read as float16 into chunks of ``_FAST_CHUNK_BYTES``: stored
+    values for ``kind`` float16, else decodings."""
+    tokens = _page_tokens(index, segs, rows)
+    stored = kind == "float16"
+    for start, stop in _chunks(tokens * flat.shape[1] * 2, _FAST_CHUNK_BYTES):
+        span = slice(start, stop)
+        vectors, doc_offsets = _read_pages(index, segs[span], rows[span], tokens[span], np.float16)
+        half = partial(
+            maxsim_half,
+            doc_vectors=vectors,
+            doc_offsets=doc_offsets,
+            exact_half=stored,
+            page_max=_page_max(index, segs[span], rows[span]) if stored else None,
+            bounds=with_bounds,
+        )
+        at = np.where((position >= start) & (position < stop), position - start, -1)
+        _score_chunk(flat, offsets, at, half, scores, bounds)
+
+
+def _in_place(index: Index, cands: Candidates, groups: dict[str, list[int]]) -> list[int]:
+    """The float16 segments of ``groups`` holding at least ``_HALF_IN_PLACE_TOKENS`` candidate
+    tokens, taken out of it: the fast pass reads those in place, one call each, and the others'
+    pages are copied into shared chunks (``_fast_scores``)."""
+    half = groups.pop("float16", [])
+    segs, rows, _ = _distinct_pages(cands, cands.valid & np.isin(cands.segments, half))
+    tokens = _page_tokens(index, segs, rows)
+    big = [s for s in half if int(tokens[segs == s].sum()) >= _HALF_IN_PLACE_TOKENS]
+    small = [s for s in half if s not in big]
+    if small:
+        groups["float16"] = small
+    return big
+
+
+def _page_max(index: Index, segs: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
+    """The stored largest magnitude of each float16 page (segment, row), or None when a
+    segment predates them (``maxsim_half`` then reads them from the pages)."""
+    out = np.empty(rows.size, dtype=np.float16)
+    for s in np.unique(segs).tolist():
+        page_max = index.segments[s].page_max
+        if page_max is None:
+            return None
+        at = segs == s
+        out[at] = page_max[rows[at]]
+    return out
 
 
 def _shared_widely(mine: np.ndarray, n_pages: int, offsets: np.ndarray) -> bool:

@@ -359,3 +359,50 @@ def test_int8_pass_over_many_chunks_sharing_one_read_buffer_scores_as_one_chunk(
     want_ids, want = _top(index, cands, rescore(index, query, offsets, cands), 5)
     assert got_ids == want_ids
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("in_place_tokens", [0, 1 << 30])
+@pytest.mark.parametrize("shared", [False, True])
+def test_fast_pass_over_many_small_float16_segments_in_place_or_gathered(
+    tmp_path, monkeypatch, in_place_tokens, shared
+) -> None:
+    # Six segments of a float16 index; each query's candidates are read in place per segment
+    # (threshold 0) or copied across segments into shared chunks, for a batch whose queries
+    # have their own candidates (one query at a time) or the same ones (all at once).
+    from latemm import retriever
+
+    rng = np.random.default_rng(12)
+    docs, query = _near_ties(rng)
+    with create(tmp_path / "idx", IndexConfig(dim=DIM, dtype="float16")) as writer:
+        for part in range(6):
+            chunk = range(part * len(docs) // 6, (part + 1) * len(docs) // 6)
+            writer.add([f"d{i:03d}" for i in chunk], [docs[i] for i in chunk])
+            writer.commit()
+    index = Index.open(tmp_path / "idx")
+    assert len(index.segments) == 6
+    monkeypatch.setattr(retriever, "_HALF_IN_PLACE_TOKENS", in_place_tokens)
+    rows = np.concatenate([np.arange(s.num_docs) for s in index.segments])
+    segs = np.concatenate([np.full(s.num_docs, i) for i, s in enumerate(index.segments)])
+    # Shared: every query has every page; else each has its own third of them.
+    order = np.arange(rows.size) if shared else rng.permutation(rows.size)
+    picks = [order] * 3 if shared else np.array_split(order[: rows.size // 3 * 3], 3)
+    cands = Candidates(
+        np.stack([segs[p] for p in picks]),
+        np.stack([rows[p] for p in picks]),
+        np.zeros((3, len(picks[0])), np.float32),
+    )
+    queries = [query, docs[4][:9].copy(), _unit(rng, 5)]
+    flat, offsets = _flat(queries)
+    distinct = np.unique(np.concatenate(picks)).size
+    assert retriever._all_at_once(cands.valid, distinct, np.diff(offsets)) == shared
+    every = rescore(index, flat, offsets, cands)
+    fast, bounds = retriever._fast_scores(index, flat, offsets, cands)
+    assert np.isfinite(bounds).all()
+    assert (np.abs(fast.astype(np.float64) - every) <= bounds).all()
+    got = rescore(index, flat, offsets, cands, k=5)
+    for q in range(3):
+        one = Candidates(cands.segments[q : q + 1], cands.rows[q : q + 1], cands.scores[q : q + 1])
+        want_ids, want = _top(index, one, every[q : q + 1], 5)
+        got_ids, got_scores = _top(index, one, got[q : q + 1], 5)
+        assert got_ids == want_ids
+        np.testing.assert_array_equal(got_scores, want)
