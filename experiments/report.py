@@ -989,11 +989,40 @@ def table_segments(*runs: dict[str, Any]) -> str:
     return _table(header + ["queries/s batched"], rows)
 
 
+def table_fusion_latency(*runs: dict[str, Any]) -> str:
+    """Section 4b (cont.): one fused query (a ColPali-shaped MaxSim field and BM25), checkouts
+    before and after alternating (``experiments.bench_fusion_latency``; runs given as before,
+    after, before, after)."""
+    rows = []
+    for i, x in enumerate(runs[0]["rows"]):
+        p50 = [r["rows"][i]["p50_ms"] for r in runs]
+        before, after = p50[0::2], p50[1::2]
+        rows.append(
+            [
+                x["fusion"],
+                x["k"],
+                " / ".join(_sig3(v) for v in before),
+                " / ".join(_sig3(v) for v in after),
+                f"{statistics.mean(before) / statistics.mean(after):.1f}x",
+            ]
+        )
+    return _table(["fusion", "k", "p50 ms before", "p50 ms after", "speed-up (means)"], rows)
+
+
 # Tables that hand-written fragments place with a <!-- table: NAME --> line: NAME -> (the
 # results JSONs it reads, without .json; the function that renders it from those records).
 FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
     "codec_probe.codecs": (("codec_probe",), table_codecs),
     "codec_probe.shannon": (("codec_probe",), table_shannon),
+    "fusion.latency": (
+        (
+            "bench_fusion_latency_before_1",
+            "bench_fusion_latency_after_1",
+            "bench_fusion_latency_before_2",
+            "bench_fusion_latency_after_2",
+        ),
+        table_fusion_latency,
+    ),
     "first_stage.segments": (("bench_first_stage_segments",), table_first_stage_segments),
     "first_stage.timing": (("bench_first_stage_segments",), table_first_stage_timing),
     "maxsim_threads1.kernel": (("bench_maxsim_threads1",), table_maxsim_kernel),
@@ -1057,6 +1086,7 @@ ORDER = [
     "3b_openmp",
     "eval_text",
     "eval_fusion",
+    "4b_fusion_latency",
     "storage_quality",
     "5b_codecs",
     "5b_codecs_limit",

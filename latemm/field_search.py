@@ -38,6 +38,7 @@ from latemm.retriever import (
     Retriever,
     SearchResult,
     as_query_arrays,
+    bounded_scores,
     check_request,
     doc_ids_of,
     first_stage,
@@ -47,9 +48,14 @@ from latemm.retriever import (
     read_pages,
     rerank_result,
     rescore,
+    rescore_chosen,
     top_k,
     truncate,
 )
+
+# RRF fusion uses bounded scores (``FieldRetriever._second_phases``) while k is at most this
+# fraction's inverse of the candidates.
+_RRF_BOUNDED_SHARE = 8
 
 
 @dataclass(frozen=True)
@@ -280,7 +286,7 @@ class FieldRetriever:
         allowed = self._allowed(where)
         hits = {n: self._first_phase(n, encoded[n], n_cand, allowed[n]) for n in self.plan.fields}
         pool, first = self._candidates(hits, n_cand)
-        exact = {n: self._second_phase(n, encoded[n], pool, hits.get(n)) for n in self.plan.scored}
+        exact = self._second_phases(encoded, pool, hits, depth)
         result = self._result(ids, pool, first, exact, depth)
         if self.reranker is not None:
             top = [d for d in result.doc_ids[:, : self.rerank_depth].ravel() if d is not None]
@@ -434,6 +440,84 @@ class FieldRetriever:
         fused = self._fuse(scores, pool, self.plan.first_weights())
         picks = top_k(pool, fused, n_cand)
         return gather(pool, picks, fill=None), gather(fused, picks)
+
+    def _second_phases(
+        self, encoded: dict[str, Any], pool: np.ndarray, hits: dict[str, Hits], k: int
+    ) -> dict[str, np.ndarray]:
+        """Every scored field's (Q, C) scores of the candidates, exact wherever the fused top
+        ``k`` depends on them.
+
+        On the CPU a MaxSim field is first scored by the fast pass, each score within a proven
+        bound of the exact one (``retriever.bounded_scores``); then, until the fused top k is
+        settled, the scores its fused values depend on (``fusion.entangled``) and those of the
+        candidates that may make it are computed exactly. The top k, its fused scores and every
+        field's scores in it are then those of exact scores everywhere; other candidates may
+        keep their fast scores. Under RRF with k over an eighth of the candidates, and on a
+        GPU, every score is computed exactly."""
+        # Under RRF the top k's ranks entangle each of them with its neighbours in every field:
+        # a top k over an eighth of the candidates needs nearly every score exactly, and the
+        # fast pass only adds its cost (2,000 ColPali-shaped pages, C = 512: k = 10 2.7x
+        # faster bounded, k = 100 1.15x slower; experiments/bench_fusion_latency).
+        bound = not (self.plan.fusion == "rrf" and _RRF_BOUNDED_SHARE * k > pool.shape[1])
+        lows, highs, work = {}, {}, {}
+        for name in self.plan.scored:
+            index, spec = self.indexes[name], self.specs[name]
+            fast = None
+            multi = isinstance(index, Index) and spec.kind != "single"
+            if bound and multi and name in self.plan.rescore:
+                flat, offsets = encoded[name]
+                cands = locate(index, pool)
+                fast = bounded_scores(index, flat, offsets, cands, self.device)
+            if fast is None:
+                exact = self._second_phase(name, encoded[name], pool, hits.get(name))
+                lows[name] = highs[name] = exact
+                continue
+            lows[name], highs[name] = fast[0] - fast[1], fast[0] + fast[1]
+            work[name] = (index, flat, offsets, cands, fast[0])
+        while work:
+            low, high = fusion_lib.fuse_bounds(
+                self.plan.fusion,
+                list(lows.values()),
+                list(highs.values()),
+                pool,
+                self.plan.weights,
+                normalization=self.plan.normalization,
+                rrf_k=self.plan.rrf_k,
+            )
+            low, high = np.nan_to_num(low, nan=-np.inf), np.nan_to_num(high, nan=-np.inf)
+            kth = -np.sort(-low, axis=1)[:, min(k, low.shape[1]) - 1 : min(k, low.shape[1])]
+            # A candidate that may make the top k needs its fused score and its own scores.
+            unknown = np.any([lows[n] < highs[n] for n in work], axis=0)
+            unsure = (high >= kth) & ((low < high) | unknown)
+            if not unsure.any():
+                break
+            computed = False
+            for name, (index, flat, offsets, cands, _) in work.items():
+                chosen = fusion_lib.entangled(
+                    self.plan.fusion,
+                    lows[name],
+                    highs[name],
+                    unsure,
+                    normalization=self.plan.normalization,
+                )
+                # Once most of a row's unknown scores are needed, the rest soon follow: all of
+                # them in one pass instead of round after round.
+                unknown = lows[name] < highs[name]
+                most = chosen.sum(axis=1) > unknown.sum(axis=1) // 2
+                chosen = np.where(most[:, None], unknown, chosen)
+                if chosen.any():
+                    out = rescore_chosen(index, flat, offsets, cands, chosen, self.device)
+                    lows[name] = np.where(chosen, out, lows[name])
+                    highs[name] = np.where(chosen, out, highs[name])
+                    computed = True
+            if not computed:  # every score known: the bounds are the fused scores
+                break
+        return {
+            name: np.where(lows[name] == highs[name], lows[name], work[name][4])
+            if name in work
+            else lows[name]
+            for name in self.plan.scored
+        }
 
     def _second_phase(
         self, name: str, query: Any, pool: np.ndarray, hits: Hits | None

@@ -155,3 +155,118 @@ def parse_weights(text: str) -> dict[str, float]:
     if not out:
         raise InputError(f"--weights {text!r} names no field; expected NAME=NUMBER[,...]")
     return out
+
+
+# ------------------------------------------------------------- fusing scores known to a bound
+# A rescoring field may first know each candidate's score only within a bound (the fast pass,
+# ``retriever._fast_scores``). The functions below bound the fused score over every choice of
+# scores within [low, high] (low == high: known) and name the unknown scores a fused score
+# depends on, so that only those are computed exactly (``field_search``): the fused top k and
+# its scores are then those of the exact scores.
+
+
+def _rank_bounds(low: np.ndarray, high: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Best and worst 1-based rank of each of one row's scored candidates (``ranks``'s order:
+    by score, equal known scores by doc_id) over every choice of scores within the bounds."""
+    n = low.size
+    best = 1 + n - np.searchsorted(np.sort(low), high, side="right")
+    worst = n - np.searchsorted(np.sort(high), low, side="left")
+    known = np.flatnonzero(low == high)
+    if np.unique(low[known]).size < known.size:  # equal known scores: ranked by doc_id
+        order = known[np.lexsort((ids[known], -low[known]))]
+        value = low[order]
+        starts = np.flatnonzero(np.r_[True, value[1:] != value[:-1]])
+        sizes = np.diff(np.r_[starts, value.size])
+        place = np.arange(value.size) - np.repeat(starts, sizes)  # ties before it
+        best[order] += place
+        worst[order] -= np.repeat(sizes, sizes) - 1 - place
+    return best, worst
+
+
+def _normalized_bounds(
+    low: np.ndarray, high: np.ndarray, normalization: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """One row's normalised scores (NaN: the row's floor, as ``weighted`` counts them) over
+    every choice within the bounds; -inf/inf where the row's scale is not known well enough."""
+    valid = ~np.isnan(low)
+    if not valid.any():
+        return np.zeros(low.shape), np.zeros(low.shape)
+    if np.array_equal(low[valid], high[valid]):
+        normed = NORMALIZATIONS[normalization](low[None])[0]
+        filled = np.where(valid, normed, np.nanmin(normed))
+        return filled, filled
+    m_lo, m_hi, top_lo, top_hi = (
+        low[valid].min(),
+        high[valid].min(),
+        low[valid].max(),
+        high[valid].max(),
+    )
+    if normalization != "minmax" or top_lo <= m_hi:
+        return np.full(low.shape, -np.inf), np.full(low.shape, np.inf)
+    # (s - min) / (max - min) grows with s and falls with min and max; the floor is 0.
+    lower = np.clip((low - m_hi) / (top_hi - m_hi), 0.0, 1.0)
+    upper = np.clip((high - m_lo) / (top_lo - m_lo), 0.0, 1.0)
+    return np.where(valid, lower, 0.0), np.where(valid, upper, 0.0)
+
+
+def fuse_bounds(
+    method: str,
+    lows: Sequence[np.ndarray],
+    highs: Sequence[np.ndarray],
+    doc_ids: np.ndarray,
+    weights: Sequence[float],
+    *,
+    normalization: str = "minmax",
+    rrf_k: int = RRF_K,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper bounds, (Q, U), of ``fuse`` over every choice of each field's scores
+    within [low, high] (NaN in both: no score); equal, and equal to ``fuse`` of the known
+    scores, where every score a candidate's fused score depends on is known."""
+    lower, upper = np.zeros(doc_ids.shape), np.zeros(doc_ids.shape)
+    for low, high, weight in zip(lows, highs, weights, strict=True):
+        field_lo, field_hi = np.zeros(doc_ids.shape), np.zeros(doc_ids.shape)
+        for q in range(doc_ids.shape[0]):
+            if method == "rrf":
+                cols = np.flatnonzero(~np.isnan(low[q]) & (doc_ids[q] != None))  # noqa: E711
+                best, worst = _rank_bounds(
+                    low[q, cols], high[q, cols], doc_ids[q, cols].astype(str)
+                )
+                field_lo[q, cols] = weight / (rrf_k + worst)
+                field_hi[q, cols] = weight / (rrf_k + best)
+            else:
+                normed_lo, normed_hi = _normalized_bounds(low[q], high[q], normalization)
+                field_lo[q], field_hi[q] = weight * normed_lo, weight * normed_hi
+        lower += field_lo
+        upper += field_hi
+    padding = doc_ids == None  # noqa: E711
+    return np.where(padding, np.nan, lower), np.where(padding, np.nan, upper)
+
+
+def entangled(
+    method: str,
+    low: np.ndarray,
+    high: np.ndarray,
+    unsure: np.ndarray,
+    *,
+    normalization: str = "minmax",
+) -> np.ndarray:
+    """(Q, U) the unknown scores of one field (low < high) that the fused scores of the
+    ``unsure`` candidates depend on: their own; under ``rrf`` every one whose bounds overlap
+    theirs (it may rank on either side); under min-max every one that may be the row's least
+    or greatest; under z-score every one in the row."""
+    unknown = low < high  # NaN compares False
+    out = unknown & unsure
+    for q in np.flatnonzero((unsure & ~np.isnan(low)).any(axis=1)):
+        row_unsure = np.flatnonzero(unsure[q] & ~np.isnan(low[q]))
+        if method == "rrf":
+            overlap = (low[q][None, :] <= high[q, row_unsure, None]) & (
+                high[q][None, :] >= low[q, row_unsure, None]
+            )
+            out[q] |= unknown[q] & overlap.any(axis=0)
+        elif normalization == "minmax":
+            valid = ~np.isnan(low[q])
+            least, greatest = high[q, valid].min(), low[q, valid].max()
+            out[q] |= unknown[q] & ((low[q] <= least) | (high[q] >= greatest))
+        else:
+            out[q] |= unknown[q]
+    return out

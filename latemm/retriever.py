@@ -310,6 +310,33 @@ def rescore(
     return out
 
 
+def bounded_scores(
+    index: Index, flat: np.ndarray, offsets: np.ndarray, cands: Candidates, device: str | None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(Q, C) fast scores of the valid candidates (NaN elsewhere) and bounds: each within its
+    bound of the score ``rescore`` gives (over the refine copy where there is one). None where
+    the fast pass does not run (a GPU, or float16 products not accumulated in float32)."""
+    if not (_on_cpu(device) and half_accumulates_in_float32()):
+        return None
+    fast, bounds = _fast_scores(index.refined(), flat, offsets, cands)
+    return np.where(cands.valid, fast, np.nan).astype(np.float64), bounds
+
+
+def rescore_chosen(
+    index: Index,
+    flat: np.ndarray,
+    offsets: np.ndarray,
+    cands: Candidates,
+    chosen: np.ndarray,
+    device: str | None = None,
+) -> np.ndarray:
+    """(Q, C) the scores ``rescore`` gives (without k) of the ``chosen`` candidates, NaN
+    elsewhere."""
+    out = np.full(chosen.shape, np.nan, dtype=np.float32)
+    _exact_scores(index.refined(), flat, offsets, cands, chosen, out, device)
+    return out
+
+
 def _refine_picks(
     index: Index, flat: np.ndarray, offsets: np.ndarray, cands: Candidates, depth: int
 ) -> Candidates:

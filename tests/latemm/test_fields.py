@@ -109,6 +109,7 @@ def _weighted(
     return fused
 
 
+@pytest.mark.parametrize("k", [N, 3])
 @pytest.mark.parametrize(
     ("fusion", "weights", "normalization"),
     [
@@ -119,7 +120,7 @@ def _weighted(
     ],
 )
 def test_exhaustive_fused_ranking_equals_brute_force_fusion(
-    corpus, index, fusion, weights, normalization
+    corpus, index, fusion, weights, normalization, k
 ) -> None:
     _, ids, texts, multi, single = corpus
     rng = np.random.default_rng(5)
@@ -128,7 +129,7 @@ def test_exhaustive_fused_ranking_equals_brute_force_fusion(
     retriever = FieldRetriever(index, fusion=fusion, weights=weights, normalization=normalization)
     result = retriever.search(
         query_texts,
-        k=N,
+        k=k,
         candidates=N,
         query_vectors={"m": queries, "s": [q.sum(0, keepdims=True) for q in queries]},
     )
@@ -140,8 +141,8 @@ def test_exhaustive_fused_ranking_equals_brute_force_fusion(
             _bm25_scores(ids, texts, query_texts[q]),  # pages without text are absent
         ]
         fused = _rrf(per_field, w) if fusion == "rrf" else _weighted(per_field, w, normalization)
-        assert list(result.doc_ids[q]) == _ranked(fused)
-        want = [fused[d] for d in _ranked(fused)]
+        assert list(result.doc_ids[q]) == _ranked(fused)[:k]
+        want = [fused[d] for d in _ranked(fused)[:k]]
         # z-scores sum to values near 0, where a relative tolerance alone means nothing.
         atol = 1e-6 if normalization == "zscore" else 0.0
         np.testing.assert_allclose(result.scores[q], want, rtol=1e-5, atol=atol)
@@ -149,6 +150,78 @@ def test_exhaustive_fused_ranking_equals_brute_force_fusion(
             got = result.field_scores[name][q]
             want = [scores.get(d, np.nan) for d in result.doc_ids[q]]
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("fusion", "normalization"), [("rrf", "minmax"), ("weighted", "minmax"), ("weighted", "zscore")]
+)
+def test_fused_top_k_on_near_ties_is_exact_and_computes_few_exact_scores(
+    tmp_path, monkeypatch, fusion, normalization
+) -> None:
+    # A float16 MaxSim field whose pages include exact copies and pages one float16 step
+    # apart, fused with bm25: the top 3 (ties by doc_id) and every score in it equal brute
+    # force over the stored values, while only the scores the top 3 depends on are computed
+    # exactly (all of them under z-score, whose mean and spread involve every candidate).
+    from latemm import field_search
+
+    rng = np.random.default_rng(21)
+    base = rng.standard_normal((6, DIM)).astype(np.float16)
+    pages = [rng.standard_normal((int(t), DIM)).astype(np.float16) for t in rng.integers(2, 8, 40)]
+    for i in range(6):
+        twin = base.copy()
+        if i % 2:
+            twin[i, i] = np.nextafter(twin[i, i], np.float16(9))
+        pages.insert(5 * i + 2, twin)
+    pages.insert(7, base.copy())
+    ids = [f"t{i:02d}" for i in range(len(pages))]
+    texts = [" ".join(rng.choice(WORDS, 4)) for _ in pages]
+    path = tmp_path / "corpus.parquet"
+    pq.write_table(
+        pa.table(
+            {"doc_id": ids, "text": texts, "emb": [p.astype(np.float32).tolist() for p in pages]}
+        ),
+        path,
+    )
+    index_fields(
+        path, tmp_path / "idx", {"m": "embedding:emb", "b": "bm25"}, dtype="float16", progress=False
+    )
+    computed = []
+    exact_scores = field_search.rescore_chosen
+
+    def counting(index, flat, offsets, cands, chosen, device=None):
+        computed.append(int(chosen.sum()))
+        return exact_scores(index, flat, offsets, cands, chosen, device)
+
+    monkeypatch.setattr(field_search, "rescore_chosen", counting)
+    queries = [base[[0, 2, 4]].astype(np.float32), base[[1, 3]].astype(np.float32) + 0.01]
+    query_texts = ["cash growth", "audit risk"]
+    retriever = FieldRetriever(tmp_path / "idx", fusion=fusion, normalization=normalization)
+    result = retriever.search(query_texts, k=3, candidates=len(ids), query_vectors={"m": queries})
+    for q, query in enumerate(queries):
+        per_field = [
+            {
+                d: _maxsim_loop(query, page.astype(np.float32))
+                for d, page in zip(ids, pages, strict=True)
+            },
+            _bm25_scores(ids, texts, query_texts[q]),
+        ]
+        fused = (
+            _rrf(per_field, [1.0, 1.0])
+            if fusion == "rrf"
+            else _weighted(per_field, [1.0, 1.0], normalization)
+        )
+        assert list(result.doc_ids[q]) == _ranked(fused)[:3]
+        np.testing.assert_allclose(
+            result.field_scores["m"][q], [per_field[0][d] for d in _ranked(fused)[:3]], rtol=1e-6
+        )
+        atol = 1e-6 if normalization == "zscore" else 0.0
+        np.testing.assert_allclose(
+            result.scores[q], [fused[d] for d in _ranked(fused)[:3]], rtol=1e-5, atol=atol
+        )
+    if normalization == "zscore":
+        assert sum(computed) == 2 * len(ids)
+    else:
+        assert 0 < sum(computed) < len(ids)  # of 2 x 47 candidate scores
 
 
 def test_single_vector_first_stage_with_multi_vector_rescoring_equals_brute_force(
@@ -601,3 +674,40 @@ def test_an_interrupted_field_search_resumes_only_with_the_same_arguments(
     assert "generation {'b': 'g000001', 'm': 1} -> {'b': 'g000002', 'm': 2}" in (
         capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize(
+    ("method", "normalization"), [("rrf", "minmax"), ("weighted", "minmax"), ("weighted", "zscore")]
+)
+def test_fuse_bounds_hold_for_every_choice_and_are_fuse_when_known(method, normalization) -> None:
+    from latemm import fusion
+
+    rng = np.random.default_rng(3)
+    ids = np.array([[f"d{i:02d}" for i in range(12)] for _ in range(4)], dtype=object)
+    ids[3, 10:] = None  # padding
+    exact = [np.round(rng.standard_normal(ids.shape), 1) for _ in range(2)]  # ties included
+    exact[1][0, :4] = np.nan  # no score in the second field
+    widths = [
+        np.where(rng.random(ids.shape) < 0.5, 0.0, 0.15 * rng.random(ids.shape)) for _ in exact
+    ]
+    lows = [e - w for e, w in zip(exact, widths, strict=True)]
+    highs = [e + w for e, w in zip(exact, widths, strict=True)]
+    args = {"normalization": normalization}
+    low, high = fusion.fuse_bounds(method, lows, highs, ids, [1.0, 0.5], **args)
+    for _ in range(50):
+        choice = [
+            lo + rng.random(ids.shape) * (hi - lo) for lo, hi in zip(lows, highs, strict=True)
+        ]
+        fused = fusion.fuse(method, choice, ids, [1.0, 0.5], **args)
+        real = ~np.isnan(fused)
+        assert (low[real] <= fused[real] + 1e-12).all() and (
+            fused[real] <= high[real] + 1e-12
+        ).all()
+    known_low, known_high = fusion.fuse_bounds(method, exact, exact, ids, [1.0, 0.5], **args)
+    want = fusion.fuse(method, exact, ids, [1.0, 0.5], **args)
+    np.testing.assert_array_equal(known_low, want)
+    np.testing.assert_array_equal(known_high, want)
+    # Every candidate unsure: what it depends on includes its own unknown score.
+    unsure = np.ones(ids.shape, bool)
+    for lo, hi in zip(lows, highs, strict=True):
+        assert (fusion.entangled(method, lo, hi, unsure, **args) == (lo < hi)).all()
