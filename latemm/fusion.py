@@ -159,7 +159,7 @@ def parse_weights(text: str) -> dict[str, float]:
 
 # ------------------------------------------------------------- fusing scores known to a bound
 # A rescoring field may first know each candidate's score only within a bound (the fast pass,
-# ``retriever._fast_scores``). The functions below bound the fused score over every choice of
+# ``retriever.bounded_scores``). The functions below bound the fused score over every choice of
 # scores within [low, high] (low == high: known) and name the unknown scores a fused score
 # depends on, so that only those are computed exactly (``field_search``): the fused top k and
 # its scores are then those of the exact scores.

@@ -457,7 +457,8 @@ def _int8_pages(
 _FAST_CHUNK_BYTES = 8 << 20
 # Candidate tokens from which a float16 segment is read in place by its own fast-pass call;
 # fewer are copied, with those of other segments, into chunks scored in one call each: a
-# call's fixed costs (~1.5 ms) dominated one query against an index of many small segments.
+# call's fixed costs (~1 ms, most of it a float16 product of a new shape) dominated one query
+# against an index of many small segments (RESULTS 7c cont. 3).
 _HALF_IN_PLACE_TOKENS = 1 << 16
 # Query tokens up to which int8 pages are always scored on int8 products; a wider batch whose
 # queries share most candidates decodes them to float16 once for all its queries (8 x 28
