@@ -452,13 +452,15 @@ class FieldRetriever:
         settled, the scores its fused values depend on (``fusion.entangled``) and those of the
         candidates that may make it are computed exactly. The top k, its fused scores and every
         field's scores in it are then those of exact scores everywhere; other candidates may
-        keep their fast scores. Under RRF with k over an eighth of the candidates, and on a
-        GPU, every score is computed exactly."""
+        keep their fast scores. With k at least the candidates, under RRF with k over an eighth
+        of them, and on a GPU, every score is computed exactly."""
         # Under RRF the top k's ranks entangle each of them with its neighbours in every field:
         # a top k over an eighth of the candidates needs nearly every score exactly, and the
         # fast pass only adds its cost (2,000 ColPali-shaped pages, C = 512: k = 10 2.7x
         # faster bounded, k = 100 1.15x slower; experiments/bench_fusion_latency).
-        bound = not (self.plan.fusion == "rrf" and _RRF_BOUNDED_SHARE * k > pool.shape[1])
+        # A top k of every candidate shows every score: nothing to spare.
+        share = _RRF_BOUNDED_SHARE if self.plan.fusion == "rrf" else 1
+        bound = share * k < pool.shape[1]
         lows, highs, work = {}, {}, {}
         for name in self.plan.scored:
             index, spec = self.indexes[name], self.specs[name]
