@@ -286,23 +286,28 @@ class Index:
         array of ``dtype`` to decode into (rows of a larger buffer, say) instead of a new one."""
         if np.dtype(dtype) not in (np.float32, np.float16):
             raise InputError(f"Index.vectors decodes to float32 or float16, not {dtype!r}")
+        seg = self.segments[segment]
+        rows = np.asarray(rows, dtype=np.int64)
+        if into is not None:
+            n = int((seg.offsets[rows + 1] - seg.offsets[rows]).sum())
+            if into.shape != (n, self.config.dim) or into.dtype != dtype:
+                raise InputError(
+                    f"Index.vectors: into is {into.dtype} {into.shape}, the rows need "
+                    f"{np.dtype(dtype)} ({n}, {self.config.dim})"
+                )
+            if seg.dtype == np.dtype(dtype).name:  # stored as asked: read straight into it
+                return into, self.codes(segment, rows, into=into)[2]
         codes, scales, offsets = self.codes(segment, rows)
-        if into is not None and (
-            into.shape != (codes.shape[0], self.config.dim) or into.dtype != dtype
-        ):
-            raise InputError(
-                f"Index.vectors: into is {into.dtype} {into.shape}, the rows need "
-                f"{np.dtype(dtype)} ({codes.shape[0]}, {self.config.dim})"
-            )
         if codes.shape[0] == 0:
             return (np.zeros((0, self.config.dim), dtype) if into is None else into), offsets
         return self.segments[segment].decode(codes, scales, dtype, into), offsets
 
     def codes(
-        self, segment: int, rows: np.ndarray
+        self, segment: int, rows: np.ndarray, *, into: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """Stored codes of some rows of a segment, as stored (undecoded), with the int8 codes'
-        scales (None for other dtypes) and (len(rows) + 1,) offsets."""
+        scales (None for other dtypes) and (len(rows) + 1,) offsets; the codes are written into
+        ``into`` (of their shape and dtype) when given."""
         seg = self.segments[segment]
         rows = np.asarray(rows, dtype=np.int64)
         starts, ends = seg.offsets[rows], seg.offsets[rows + 1]
@@ -311,7 +316,8 @@ class Index:
         if rows.size == 0:
             return seg.vectors[:0], None if seg.scales is None else seg.scales[:0], offsets
         # One contiguous slice per document: memory-mapped reads stay sequential.
-        codes = np.concatenate([seg.vectors[a:b] for a, b in zip(starts, ends, strict=True)])
+        pieces = [seg.vectors[a:b] for a, b in zip(starts, ends, strict=True)]
+        codes = np.concatenate(pieces, out=into)
         scales = None
         if seg.scales is not None:
             scales = np.concatenate([seg.scales[a:b] for a, b in zip(starts, ends, strict=True)])

@@ -504,9 +504,9 @@ class FieldRetriever:
                 )
                 # Once most of a row's unknown scores are needed, the rest soon follow: all of
                 # them in one pass instead of round after round.
-                unknown = lows[name] < highs[name]
-                most = chosen.sum(axis=1) > unknown.sum(axis=1) // 2
-                chosen = np.where(most[:, None], unknown, chosen)
+                open_scores = lows[name] < highs[name]
+                most = chosen.sum(axis=1) > open_scores.sum(axis=1) // 2
+                chosen = np.where(most[:, None], open_scores, chosen)
                 if chosen.any():
                     out = rescore_chosen(index, flat, offsets, cands, chosen, self.device)
                     lows[name] = np.where(chosen, out, lows[name])

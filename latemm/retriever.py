@@ -491,7 +491,11 @@ def _fast_scores(
         if dtype == "float16" or (dtype == "int8" and int8_in_place(flat.shape[1])):
             kind = dtype
         groups.setdefault(kind, []).append(s)
-    for s in _in_place(index, cands, groups):
+    float16 = groups.pop("float16", [])
+    big = _in_place(index, cands, float16)
+    if len(big) < len(float16):
+        groups["float16"] = [s for s in float16 if s not in big]
+    for s in big:
         stored, set_offsets, page_max = index.half_vectors(s)  # type: ignore[misc]
         _, rows, position = _distinct_pages(cands, cands.valid & (cands.segments == s))
         half = partial(
@@ -573,18 +577,13 @@ def _chunked_pass(
         _score_chunk(flat, offsets, at, half, scores, bounds)
 
 
-def _in_place(index: Index, cands: Candidates, groups: dict[str, list[int]]) -> list[int]:
-    """The float16 segments of ``groups`` holding at least ``_HALF_IN_PLACE_TOKENS`` candidate
-    tokens, taken out of it: the fast pass reads those in place, one call each, and the others'
-    pages are copied into shared chunks (``_fast_scores``)."""
-    half = groups.pop("float16", [])
+def _in_place(index: Index, cands: Candidates, half: list[int]) -> list[int]:
+    """The float16 segments among ``half`` holding at least ``_HALF_IN_PLACE_TOKENS``
+    candidate tokens: the fast pass reads those in place, one call each, and the others'
+    pages are copied into shared chunks (``_chunked_pass``)."""
     segs, rows, _ = _distinct_pages(cands, cands.valid & np.isin(cands.segments, half))
     tokens = _page_tokens(index, segs, rows)
-    big = [s for s in half if int(tokens[segs == s].sum()) >= _HALF_IN_PLACE_TOKENS]
-    small = [s for s in half if s not in big]
-    if small:
-        groups["float16"] = small
-    return big
+    return [s for s in half if int(tokens[segs == s].sum()) >= _HALF_IN_PLACE_TOKENS]
 
 
 def _page_max(index: Index, segs: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
