@@ -37,7 +37,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -374,7 +374,7 @@ def exact_topk_streaming(
 # ------------------------------------------------------------------------------- latemm
 def evaluate_latemm(
     index: Index,
-    queries: np.ndarray,
+    queries: np.ndarray | Sequence[np.ndarray],
     exact_ids: list[list[str]] | None,
     candidates: list[int],
     *,
@@ -409,7 +409,7 @@ def evaluate_latemm(
 
 def _sweep(
     retriever: Retriever,
-    queries: np.ndarray,
+    queries: np.ndarray | Sequence[np.ndarray],
     exact_ids: list[list[str]] | None,
     candidates: list[int],
     batch_size: int,

@@ -4,23 +4,22 @@ same pages compacted into one segment.
 
 Run: ``python -m experiments.bench_segments --name NAME [--dir DIR]`` from each of two
 checkouts in turn (an A/B: each checkout's code searches the same two indexes, built on the
-first run and only read after). Writes ``results/NAME.json``: per index, the p50 and p95 of one
-query at a time (``Retriever.search_embeddings``, k = 10, ``--candidates`` per query, after one
-warm-up pass over every query) and queries/s with all 93 queries in one call, plus the ratio of
-the many-segment index to the compacted one.
+first run and only read after). Writes ``results/NAME.json``: per index, ``bench_scale``'s
+timing at ``--candidates`` (k = 10; after a warm-up pass over every query, the p50 and p95 of
+one query at a time and queries/s with all 93 queries in one call), plus the ratio of the
+many-segment index to the compacted one.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
 
+from experiments.bench_scale import evaluate_latemm
 from experiments.common import CACHE, vaswani_minilm, write_result
 from index_store import Index, IndexConfig, create
-from latemm.retriever import Retriever
 
 
 def build(path: Path, data: dict[str, np.ndarray], commit_every: int, compact: bool) -> Index:
@@ -38,35 +37,6 @@ def build(path: Path, data: dict[str, np.ndarray], commit_every: int, compact: b
     return Index.open(path, verify="none")
 
 
-def measure(index: Index, flat: np.ndarray, offsets: np.ndarray, candidates: int) -> dict:
-    """p50/p95 ms of one query at a time (after a warm-up pass) and batched queries/s."""
-    retriever = Retriever(index)
-    n = offsets.size - 1
-
-    def one(q: int) -> None:
-        sl = slice(int(offsets[q]), int(offsets[q + 1]))
-        retriever.search_embeddings(
-            flat[sl], np.array([0, sl.stop - sl.start]), k=10, candidates=candidates
-        )
-
-    for q in range(n):
-        one(q)
-    times = []
-    for q in range(n):
-        start = time.perf_counter()
-        one(q)
-        times.append(1e3 * (time.perf_counter() - start))
-    start = time.perf_counter()
-    retriever.search_embeddings(flat, offsets, k=10, candidates=candidates)
-    batched = n / (time.perf_counter() - start)
-    return {
-        "segments": len(index.segments),
-        "p50_ms": float(np.percentile(times, 50)),
-        "p95_ms": float(np.percentile(times, 95)),
-        "batched_qps": batched,
-    }
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--name", required=True)
@@ -76,18 +46,21 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     data = vaswani_minilm()
     root = Path(args.dir)
-    flat = data["query_vectors"].astype(np.float32)
-    offsets = data["query_offsets"]
+    flat, offsets = data["query_vectors"].astype(np.float32), data["query_offsets"]
+    queries = [flat[offsets[q] : offsets[q + 1]] for q in range(offsets.size - 1)]
     rows = {}
     for label, compact in (("appended", False), ("compacted", True)):
-        index = build(
-            root / f"vaswani-{label}-{args.commit_every}", data, args.commit_every, compact
+        path = root / f"vaswani-{label}-{args.commit_every}"
+        index = build(path, data, args.commit_every, compact)
+        # bench_scale's timing: a warm pass, one query at a time, then all in one batch.
+        (row,) = evaluate_latemm(
+            index, queries, None, [args.candidates], batch_size=len(queries), warm=True
         )
-        rows[label] = measure(index, flat, offsets, args.candidates)
-        print(label, rows[label], flush=True)
+        rows[label] = {"segments": len(index.segments), **row}
     ratio = {
         "p50": rows["appended"]["p50_ms"] / rows["compacted"]["p50_ms"],
-        "batched": rows["compacted"]["batched_qps"] / rows["appended"]["batched_qps"],
+        "batched": rows["compacted"]["batch_queries_per_s"]
+        / rows["appended"]["batch_queries_per_s"],
     }
     print(f"appended / compacted: p50 {ratio['p50']:.2f}x, batched {ratio['batched']:.2f}x")
     write_result(

@@ -982,7 +982,7 @@ def table_segments(*runs: dict[str, Any]) -> str:
                 f"{appended['segments']} / {compacted['segments']}",
                 f"{_sig3(appended['p50_ms'])} / {_sig3(compacted['p50_ms'])}",
                 f"{r['appended_over_compacted']['p50']:.2f}",
-                f"{appended['batched_qps']:.1f} / {compacted['batched_qps']:.1f}",
+                f"{appended['batch_queries_per_s']:.1f} / {compacted['batch_queries_per_s']:.1f}",
             ]
         )
     header = ["checkout", "segments", "p50 ms", "p50 appended / compacted"]
