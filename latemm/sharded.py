@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from index_store import Index, IndexConfig, create
 from index_store.errors import IndexCorruptError, IndexFormatError, InputError
-from index_store.fsio import read_json_object, write_json_atomic
+from index_store.fsio import find_links, read_json_object, refuse_links, write_json_atomic
 from latemm.io import Columns, open_dataset
 from latemm.pipeline import IndexReport, index_corpus
 from latemm.retriever import SearchResult
@@ -132,6 +132,7 @@ def is_sharded(path: str | Path) -> bool:
 def read_manifest(root: str | Path) -> ShardManifest:
     """Read ``DIR/shards.json``; errors name the file and what is wrong with it."""
     path = Path(root) / SHARDS_MANIFEST
+    refuse_links(root)  # an index is untrusted data: nothing in it may point outside
     if not path.is_file():
         raise IndexCorruptError(
             f"{root} is not a sharded latemm index ({SHARDS_MANIFEST} is missing); build one with "
@@ -233,6 +234,7 @@ def prepare(root: str | Path, num_shards: int | None) -> tuple[int, ShardManifes
     An existing sharded index keeps its N (a different ``--shards`` is an error: ids would
     move between shards); an ordinary index in the folder is an error too."""
     path = Path(root)
+    refuse_links(path)  # .staging and the shards are written through no link out of the index
     if (path / "manifest.json").is_file():
         raise InputError(
             f"{path} holds an ordinary (unsharded) index; index into a new folder to shard, or "
@@ -371,6 +373,9 @@ def verify_sharded(root: str | Path) -> list[str]:
     its shard. Empty means intact."""
     from index_store import verify
 
+    links = find_links(root)
+    if links:  # reported, and nothing is read through them
+        return links
     manifest = read_manifest(root)
     problems = []
     for shard, path in enumerate(shard_dirs(root, manifest)):
