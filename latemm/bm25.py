@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from index_store.errors import IndexCorruptError, InputError, require
-from index_store.fsio import fsync_dir, full_disk_error, is_full, sha256_file
+from index_store.fsio import fsync_dir, full_disk_error, index_path, is_full, sha256_file
 from index_store.segment import check_files
 
 DOCS = "docs.parquet"
@@ -188,6 +188,14 @@ def check_build(directory: Path, files: dict[str, Any], *, full: bool) -> list[s
     """Problems with a build's files against their recorded sizes and sha256."""
     from index_store.manifest import FileEntry
 
+    problems = []
+    for name in files:  # a name from fields.json: never a path out of the build
+        try:
+            index_path(directory, name, what="a bm25 build file named in fields.json")
+        except IndexCorruptError as exc:
+            problems.append(str(exc))
+    if problems:
+        return problems
     entries = tuple(FileEntry(name, int(f["size"]), str(f["sha256"])) for name, f in files.items())
     return check_files(Path(directory), entries, full=full)
 

@@ -296,3 +296,23 @@ def test_a_planted_lock_link_is_not_written_through(built, tmp_path, capsys) -> 
         assert main(["delete", str(idx), "--ids", "d00001"]) == 2
         assert "LOCK is a symbolic link" in capsys.readouterr().err
         assert thesis.read_text() == "precious\n"
+
+
+def test_a_bm25_file_name_outside_the_build_is_damage(built, tmp_path, capsys) -> None:
+    """fields.json lists a bm25 build's files by name; ``../`` names are not read (hashed)."""
+    idx = tmp_path / "idx"
+    shutil.copytree(built["fields"].index, idx)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("password\n")
+
+    def edit(payload):
+        bm25 = next(f for f in payload["fields"] if f["name"] == "bm25")
+        bm25["options"]["files"]["../../../../secret.txt"] = {"size": 9, "sha256": "0" * 64}
+
+    _edit_fields(idx, edit)
+    assert main(["verify", str(idx)]) == 1
+    err = capsys.readouterr().err
+    assert "'../../../../secret.txt', not a plain file name inside the index" in err, err
+    queries = built["fields"].queries
+    assert main(["search", str(idx), str(queries), "--out", str(tmp_path / "r.parquet")]) == 2
+    assert "'../../../../secret.txt', not a plain file name" in capsys.readouterr().err
