@@ -253,6 +253,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     from latemm.fields import is_fields_index
     from latemm.pipeline import search_file
 
+    if args.allow_files and not args.rerank:
+        raise InputError(
+            "--allow-files names where the reranker may read page images; it applies only "
+            "with --rerank MODEL (add it, or leave --allow-files out)"
+        )
     start = time.perf_counter()
     named = (
         args.fields

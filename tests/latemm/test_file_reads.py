@@ -104,6 +104,8 @@ def test_b4_rerank_reads_index_image_paths_only_under_allow_files(qwen, tmp_path
     assert main([*search, *rerank, "--allow-files", "/dev"]) == 2
     err = capsys.readouterr().err
     assert "doc_id 'p0': image file /dev/zero not read: it is not a regular file" in err, err
+    assert main([*search, "--allow-files", "/dev"]) == 2  # an option that cannot apply
+    assert "it applies only with --rerank MODEL" in capsys.readouterr().err
     # The same through a multi-field index (fused search, then the reranker).
     fields = str(tmp_path / "fields-idx")
     corpus = str(tmp_path / "c.parquet")
