@@ -117,8 +117,10 @@ def cmd_index(args: argparse.Namespace) -> int:
         refine=args.refine,
         refine_depth=args.refine_depth,
     )
-    if args.field:
-        return _index_fields(args, start, options)
+    from latemm.fields import is_fields_index
+
+    if args.field or (args.encoder is None and is_fields_index(args.index)):
+        return _index_fields(args, start, options)  # no --field: the fields it records
     if args.ray is not None:
         from latemm.distributed import index_ray
 
@@ -184,7 +186,7 @@ def _index_fields(args: argparse.Namespace, start: float, options: dict[str, Any
     counts = index_fields(
         args.corpus,
         args.index,
-        [parse_field(text, kinds) for text in args.field],
+        [parse_field(text, kinds) for text in args.field] if args.field else None,
         device=args.device.split(",")[0] if args.device else None,
         **options,
     )
@@ -255,7 +257,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     named = (
-        args.fields
+        args.fields is not None
         or args.weights
         or args.rescore_field
         or args.preset
@@ -318,6 +320,7 @@ def _search_fields(args: argparse.Namespace, start: float) -> int:
             "--refine-depth applies to an ordinary index; fused fields score every candidate "
             "from a field's refine copy"
         )
+    _check_fusion_flags(args)
     run = search_fields_file(
         args.index,
         args.queries,
@@ -348,6 +351,26 @@ def _search_fields(args: argparse.Namespace, start: float) -> int:
     elapsed = time.perf_counter() - start
     print(f"searched {queries} queries in {elapsed:.1f}s over fields; wrote {args.out}")
     return 0
+
+
+def _check_fusion_flags(args: argparse.Namespace) -> None:
+    """Refuse fusion flags that name nothing or cannot apply, rather than ignore them."""
+    if args.fields is not None and not [f for f in args.fields.split(",") if f.strip()]:
+        raise InputError(
+            f"--fields {args.fields!r} names no field; give NAME[,NAME...] or leave --fields "
+            "out to search every field"
+        )
+    fusion = args.fusion or "rrf"
+    # Refused with an explicit --fusion rrf; alone it stays part of the recorded search plan.
+    if args.normalization is not None and args.fusion == "rrf":
+        raise InputError(
+            f"--normalization {args.normalization} applies to --fusion weighted, not rrf; "
+            "use --fusion weighted or drop --normalization"
+        )
+    if args.rrf_k is not None and fusion != "rrf":
+        raise InputError(
+            f"--rrf-k applies to --fusion rrf, not {fusion}; drop --rrf-k or use --fusion rrf"
+        )
 
 
 def _reranker(args: argparse.Namespace) -> Any:

@@ -118,6 +118,11 @@ def plan(
         )
     if isinstance(rrf_k, bool) or not isinstance(rrf_k, int) or rrf_k < 1:
         raise InputError(f"--rrf-k must be a positive integer, got {rrf_k!r}")
+    if rrf_k > fusion_lib.RRF_K_MAX:
+        raise InputError(
+            f"--rrf-k {rrf_k} is too large: at most {fusion_lib.RRF_K_MAX} (60 is usual; a "
+            "larger k flattens the rank differences towards equal scores)"
+        )
     if preset is not None and fields is not None:
         raise InputError("give --preset or --fields, not both")
     names = _preset_fields(manifest, preset) if preset is not None else None
@@ -677,4 +682,6 @@ def _batch_queries(
         given[precomputed[0]] = [batch.vectors[a:b] for a, b in bounds]
     if not any(c in batch.table.column_names for c in ("text", "image")):
         return [Page() for _ in batch.ids], given
-    return [p if p.image is not None else p.text for p in _pages(batch, source)], given
+    return [
+        p if p.image is not None else p.text for p in _pages(batch, source, kind="query_id")
+    ], given

@@ -5,6 +5,8 @@ answer; nothing already committed is lost."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +140,273 @@ def test_int8_index_of_one_dimensional_vectors_ranks_as_float32(tmp_path, capsys
         np.testing.assert_allclose(
             got.column("score").to_pylist(), np.sort(exact)[::-1][:3], atol=0.05
         )
+
+
+# ------------------------------------------------------------------------------ fields builds
+def test_bm25_field_refuses_null_and_duplicate_ids_before_committing(tmp_path, capsys) -> None:
+    """B11: the BM25 path refuses what the vector path refuses, and before any field is built."""
+    for case, ids, message in (
+        ("null", ["a", None, "c", "b"], "row 1: 'doc_id' is null; every row needs an id"),
+        ("dup", ["a", "b", "a", "c"], "rows 0 and 2: duplicate doc_id 'a'; ids must be unique"),
+    ):
+        path = corpus(tmp_path / f"{case}.parquet", ids=ids)
+        idx = tmp_path / f"idx-{case}"
+        err = fails(
+            capsys, "index", path, "--index", idx, "--field", "bm25=bm25",
+            "--field", "emb=embedding:embedding", "--quiet",
+        )  # fmt: skip
+        assert f"{path}, {message}" in err
+        assert not (idx / "fields.json").exists()
+        assert not (idx / "fields" / "bm25").exists() or not any(
+            (idx / "fields" / "bm25").iterdir()
+        )
+
+
+def test_bm25_field_added_later_refuses_bad_ids_and_keeps_the_index(tmp_path, capsys) -> None:
+    good, idx = corpus(tmp_path / "c.parquet"), tmp_path / "idx"
+    assert run_cli(capsys, "index", good, "--index", idx, "--field", "emb=embedding:embedding",
+                   "--quiet")[0] == 0  # fmt: skip
+    before = (idx / "fields.json").read_text()
+    bad = corpus(tmp_path / "bad.parquet", ids=["x", "y", None])
+    err = fails(capsys, "index", bad, "--index", idx, "--field", "bm25=bm25", "--quiet")
+    assert f"{bad}, row 2: 'doc_id' is null" in err
+    assert (idx / "fields.json").read_text() == before
+
+
+def test_field_named_twice_is_refused_before_any_work(tmp_path, capsys) -> None:
+    """P1: --field a=bm25 --field a=embedding:embedding used to commit a, then fail."""
+    path, idx = corpus(tmp_path / "c.parquet"), tmp_path / "idx"
+    err = fails(
+        capsys, "index", path, "--index", idx, "--field", "a=bm25",
+        "--field", "a=embedding:embedding", "--quiet",
+    )  # fmt: skip
+    assert "field 'a' is given twice (--field a=...); name each field once per command" in err
+    assert not (idx / "fields.json").exists()
+
+
+def test_second_field_that_cannot_be_built_leaves_the_first_uncommitted(tmp_path, capsys) -> None:
+    """P1: every field of one call is checked (kind, encoder, column) before any is built."""
+    path, idx = corpus(tmp_path / "c.parquet"), tmp_path / "idx"
+    assert run_cli(capsys, "index", path, "--index", idx, "--field", "emb=embedding:embedding",
+                   "--quiet")[0] == 0  # fmt: skip
+    before = (idx / "fields.json").read_text()
+    err = fails(
+        capsys, "index", path, "--index", idx, "--field", "bm25=bm25",
+        "--field", "emb=bm25", "--quiet",
+    )  # fmt: skip
+    assert "field 'emb' is a multi field reading embedding; it cannot take a bm25 field" in err
+    assert (idx / "fields.json").read_text() == before
+
+
+def test_precomputed_field_cannot_switch_columns(tmp_path, capsys) -> None:
+    """P2: a field built from `embedding` refuses vectors from another column."""
+    path = corpus(tmp_path / "c.parquet", other=embeddings(30, seed=5))
+    idx = tmp_path / "idx"
+    assert run_cli(capsys, "index", path, "--index", idx, "--field", "emb=embedding:embedding",
+                   "--quiet")[0] == 0  # fmt: skip
+    before = (idx / "fields.json").read_text()
+    err = fails(capsys, "index", path, "--index", idx, "--field", "emb=embedding:other", "--quiet")
+    assert (
+        "field 'emb' holds vectors from column 'embedding', not 'other': one field cannot mix "
+        "two columns' vectors; give --field emb=embedding:embedding to add pages"
+    ) in err
+    assert (idx / "fields.json").read_text() == before
+
+
+def test_index_without_field_reindexes_the_recorded_fields(tmp_path, capsys) -> None:
+    """P3: `latemm index C --index FIELDS_IDX` adds C's pages to every recorded field."""
+    first = corpus(tmp_path / "a.parquet", ids=[f"a{i}" for i in range(10)])
+    more = corpus(tmp_path / "b.parquet", ids=[f"b{i}" for i in range(7)])
+    idx = tmp_path / "idx"
+    assert run_cli(capsys, "index", first, "--index", idx, "--field", "emb=embedding:embedding",
+                   "--field", "bm25=bm25", "--quiet")[0] == 0  # fmt: skip
+    code, out, _ = run_cli(capsys, "index", more, "--index", idx, "--quiet")
+    assert code == 0
+    assert "emb: 17 documents, bm25: 17 documents" in out
+
+
+def test_field_build_errors_name_the_users_file_and_row(tmp_path, capsys) -> None:
+    """P23: a bad vector in a fields build names the corpus and its row, not the field's
+    filtered copy under fields/ (rows without vectors are left out of that copy)."""
+    g = np.random.default_rng(1)
+    rows = [g.standard_normal((3, DIM)).astype(np.float32).tolist() for _ in range(6)]
+    rows[4] = np.ones((3, DIM + 1), np.float32).tolist()
+    rows[1] = None
+    path = tmp_path / "c.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "doc_id": [f"d{i}" for i in range(6)],
+                "text": ["alpha", None, "gamma", "", "epsilon", "zeta"],
+                "emb": pa.array(rows, VECTORS),
+            }
+        ),
+        path,
+    )
+    idx = tmp_path / "idx"
+    err = fails(capsys, "index", path, "--index", idx, "--field", "e=embedding:emb", "--quiet")
+    assert ".corpus-" not in err
+    assert f"{path}, row 4, doc_id 'd4': embedding vectors have different dimensions" in err
+    assert "(field 'e')" in err
+
+
+def test_dictionary_encoded_doc_ids_are_accepted(tmp_path, capsys) -> None:
+    """P24: a pandas categorical doc_id column (dictionary-encoded in Parquet)."""
+    ids = pa.array([f"d{i}" for i in range(12)]).dictionary_encode()
+    path = corpus(tmp_path / "c.parquet", ids=ids)
+    assert pa.types.is_dictionary(pq.read_schema(path).field("doc_id").type)
+    code, out, _ = run_cli(
+        capsys, "index", path, "--index", tmp_path / "idx", "--field", "emb=embedding:embedding",
+        "--field", "bm25=bm25", "--quiet",
+    )  # fmt: skip
+    assert code == 0, out
+    assert "emb: 12 documents, bm25: 12 documents" in out
+    assert run_cli(capsys, "index", path, "--index", tmp_path / "plain", "--quiet")[0] == 0
+    run = tmp_path / "run.parquet"
+    q = queries(tmp_path / "q.parquet")
+    assert run_cli(capsys, "search", tmp_path / "idx", q, "--out", run, "--quiet")[0] == 0
+    assert set(pq.read_table(run).column("doc_id").to_pylist()) <= {f"d{i}" for i in range(12)}
+
+
+def test_bm25_field_over_texts_without_a_word_is_a_clear_error(tmp_path, capsys) -> None:
+    """P25: no text has a token of 2+ letters: bm25s would fail on an empty vocabulary."""
+    path = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"doc_id": ["a", "b"], "text": ["a 1 !", "the of"]}), path)
+    idx = tmp_path / "idx"
+    err = fails(capsys, "index", path, "--index", idx, "--field", "bm25=bm25", "--quiet")
+    assert f"{path}: bm25 field 'bm25': none of its 2 text(s) has a word BM25 can index" in err
+    assert not (idx / "fields.json").exists()
+
+
+# ------------------------------------------------------------------------------ fields.json
+@pytest.fixture(scope="module")
+def fields_index(tmp_path_factory) -> tuple[Path, Path]:
+    """A two-field index (precomputed vectors and BM25) and a query file for it."""
+    root = tmp_path_factory.mktemp("fields")
+    path, idx = corpus(root / "c.parquet"), root / "idx"
+    code = main(["index", str(path), "--index", str(idx), "--field", "emb=embedding:embedding",
+                 "--field", "bm25=bm25", "--quiet"])  # fmt: skip
+    assert code == 0
+    return idx, queries(root / "q.parquet")
+
+
+@pytest.mark.parametrize(
+    "case, edit, message",
+    [
+        ("P29", lambda m: m.pop("fields"), 'fields.json has no "fields" list; the file is damaged'),
+        (
+            "P30",
+            lambda m: m["fields"].append(dict(m["fields"][0])),
+            "fields.json lists field 'emb' twice; the file is damaged",
+        ),
+    ],
+)
+def test_malformed_fields_json_is_damage(case, edit, message, fields_index, tmp_path, capsys):
+    """P29/P30: verify reports the damage (exit 1), search gives one line (exit 2)."""
+    idx = tmp_path / "idx"
+    shutil.copytree(fields_index[0], idx)
+    manifest = json.loads((idx / "fields.json").read_text())
+    edit(manifest)
+    (idx / "fields.json").write_text(json.dumps(manifest))
+    code, _, err = run_cli(capsys, "verify", idx)
+    assert code == 1, err
+    assert message in err and "1 problem(s)" in err
+    err = fails(capsys, "search", idx, fields_index[1], "--out", tmp_path / "run.parquet")
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------ query rows
+def test_query_row_without_content_names_its_query_id(fields_index, tmp_path, capsys) -> None:
+    """P9: a query row without text or embedding is named by query_id, not doc_id."""
+    index, _ = fields_index
+    path = tmp_path / "q.parquet"
+    pq.write_table(pa.table({"query_id": ["s5", "s6"], "text": ["revenue", None]}), path)
+    err = fails(capsys, "search", index, path, "--out", tmp_path / "run.parquet", "--fields",
+                "bm25")  # fmt: skip
+    assert f"{path}, row 1, query_id 's6': no text, image or embedding" in err
+    assert "doc_id" not in err
+
+
+def _with_bad_row(path: Path, id_name: str, n: int, bad: int) -> Path:
+    g = np.random.default_rng(3)
+    rows = [g.standard_normal((3, DIM)).astype(np.float32).tolist() for _ in range(n)]
+    rows[bad] = np.ones((2, 7), np.float32).tolist()
+    pq.write_table(
+        pa.table(
+            {id_name: [f"{id_name[0]}{i}" for i in range(n)], "embedding": pa.array(rows, VECTORS)}
+        ),
+        path,
+    )
+    return path
+
+
+def test_dimension_mismatch_names_the_row_that_opens_a_batch(tmp_path, capsys) -> None:
+    """P26: the bad row opens a batch (row 150, batch size 10): it is the one named, in index
+    and in search, not the next row."""
+    bad = _with_bad_row(tmp_path / "c.parquet", "doc_id", 200, 150)
+    idx = tmp_path / "idx"
+    err = fails(capsys, "index", bad, "--index", idx, "--batch-size", "10", "--quiet")
+    assert (
+        f"{bad}, row 150, doc_id 'd150': embedding vectors have different dimensions (7 vs 16)"
+        in err
+    )
+    good = corpus(tmp_path / "good.parquet")
+    assert run_cli(capsys, "index", good, "--index", idx, "--quiet")[0] == 0
+    q = _with_bad_row(tmp_path / "q.parquet", "query_id", 200, 150)
+    err = fails(capsys, "search", idx, q, "--out", tmp_path / "run.parquet", "--batch-size", "10",
+                "--quiet")  # fmt: skip
+    assert (
+        f"{q}, row 150, query_id 'q150': embedding vectors have different dimensions (7 vs 16)"
+        in err
+    )
+
+
+# ------------------------------------------------------------------------------ fusion flags
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--weights", "emb=1,emb=2"], "--weights 'emb=1,emb=2' weighs field 'emb' twice"),
+        (["--fields", ""], "--fields '' names no field; give NAME[,NAME...] or leave --fields out"),
+        (["--fields", " , "], "--fields ' , ' names no field"),
+        (
+            ["--normalization", "zscore", "--fusion", "rrf"],
+            "--normalization zscore applies to --fusion weighted, not rrf",
+        ),
+        (["--rrf-k", "5", "--fusion", "weighted"], "--rrf-k applies to --fusion rrf, not weighted"),
+        (
+            ["--rrf-k", "100000000000000000000"],
+            "--rrf-k 100000000000000000000 is too large: at most 1000000000",
+        ),
+    ],
+)
+def test_fusion_flags_that_cannot_apply_are_refused(flags, message, fields_index, tmp_path, capsys):
+    """P5 and P7: duplicate weights, an empty --fields, --normalization with rrf, a huge
+    --rrf-k: one line each, before any search."""
+    index, q = fields_index
+    out = tmp_path / "run.parquet"
+    err = fails(capsys, "search", index, q, "--out", out, *flags)
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("fusion", ["rrf", "weighted"])
+@pytest.mark.parametrize("scale", ["1e39", "1e-300"])
+def test_extreme_weights_rank_as_their_ratio(fusion, scale, fields_index, tmp_path, capsys):
+    """P6: weights of 1e39 or 1e-300 in the ratio 2:1 rank as 2:1 does, with finite non-zero
+    scores (they used to be inf or 0, ranked as ties)."""
+    index, q = fields_index
+    runs = {}
+    for name, (a, b) in {"plain": ("2", "1"), "extreme": (f"2{scale[1:]}", scale)}.items():
+        out = tmp_path / f"{name}.parquet"
+        code, _, err = run_cli(capsys, "search", index, q, "--out", out, "--fusion", fusion,
+                               "--weights", f"emb={a},bm25={b}", "--k", "10", "--quiet")  # fmt: skip
+        assert code == 0, err
+        runs[name] = pq.read_table(out)
+    assert (
+        runs["extreme"].column("doc_id").to_pylist() == runs["plain"].column("doc_id").to_pylist()
+    )
+    scores = np.array(runs["extreme"].column("score").to_pylist())
+    assert np.isfinite(scores).all() and (scores > 0).any()
+    np.testing.assert_allclose(
+        scores, np.array(runs["plain"].column("score").to_pylist()) / 2, rtol=1e-5
+    )
