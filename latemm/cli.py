@@ -258,6 +258,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     named = (
         args.fields is not None
+        or args.query_column
         or args.weights
         or args.rescore_field
         or args.preset
@@ -346,11 +347,25 @@ def _search_fields(args: argparse.Namespace, start: float) -> int:
         reranker=_reranker(args),
         rerank_depth=args.rerank_depth,
         rerank_fusion=args.rerank_fusion,
+        query_columns=_query_columns(args.query_column),
     )
     queries = len(set(run.column("query_id").to_pylist()))
     elapsed = time.perf_counter() - start
     print(f"searched {queries} queries in {elapsed:.1f}s over fields; wrote {args.out}")
     return 0
+
+
+def _query_columns(items: list[str] | None) -> dict[str, str] | None:
+    """``--query-column FIELD=COLUMN`` flags as a mapping; a field named twice is refused."""
+    out: dict[str, str] = {}
+    for name, column in _pairs(items or [], "--query-column"):
+        if name in out:
+            raise InputError(
+                f"--query-column names field {name!r} twice ({out[name]!r} and {column!r}); "
+                "give each field one column"
+            )
+        out[name] = column
+    return out or None
 
 
 def _check_fusion_flags(args: argparse.Namespace) -> None:
@@ -764,6 +779,14 @@ def _search_parser(sub: Any) -> None:
     )
     p.add_argument("--encoder", default=None, help="override the index's recorded encoder")
     p.add_argument("--fields", default=None, help="named fields to search, a,b (default: all)")
+    p.add_argument(
+        "--query-column",
+        action="append",
+        default=None,
+        metavar="FIELD=COLUMN",
+        help="the query file's column of vectors for a field of precomputed vectors (repeat per "
+        "field; default: 'embedding' serves the one such field)",
+    )
     p.add_argument(
         "--fusion",
         default=None,

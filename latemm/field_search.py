@@ -387,7 +387,8 @@ class FieldRetriever:
             if encoder is None:
                 raise InputError(
                     f"field {name!r} holds precomputed vectors ({spec.options.get('embedding_column')!r}); "
-                    "pass its query vectors (query_vectors={name: ...}) or an encoder for it"
+                    "give the query file's column of its vectors (`latemm search ... "
+                    f"--query-column {name}=COLUMN`; in Python query_vectors={{name: ...}})"
                 )
             key = repr(sorted(encoder.info.to_dict().items(), key=str))
             if key not in cache:
@@ -624,12 +625,14 @@ def search_fields_file(
     trec: str | Path | None = None,
     progress: bool = True,
     columns: Any = None,
+    query_columns: dict[str, str] | None = None,
     **options: Any,
 ) -> Any:
     """Search every query of a Parquet file over an index's fields and write the run (Parquet,
     and TREC if asked). ``options`` go to ``FieldRetriever`` (fields, fusion, weights,
-    rescore_fields, preset, encoders, reranker, ...). A query file's ``embedding`` column
-    serves the one field that holds precomputed vectors.
+    rescore_fields, preset, encoders, reranker, ...). ``query_columns`` (field -> column,
+    ``--query-column``) names the query file's column of vectors for each field that holds
+    precomputed vectors; the ``embedding`` column serves the one such field left unnamed.
 
     It runs the resumable loop of ``latemm.pipeline.search_file``: an interrupted search re-run
     with the same arguments (and the index unchanged) skips the queries already written."""
@@ -642,10 +645,17 @@ def search_fields_file(
         for n in retriever.plan.scored
         if retriever.specs[n].kind != "bm25" and retriever.encoders.get(n) is None
     ]
+    named = dict(query_columns or {})
+    for name in named:
+        if name not in precomputed:
+            raise InputError(
+                f"--query-column {name}=...: {name!r} is not a searched field that holds "
+                f"precomputed vectors (those are: {', '.join(precomputed) or 'none'})"
+            )
 
     def search_batch(batch: Any) -> SearchResult:
         with _rows_named(batch, Path(queries), "query_id"):
-            pages, given = _batch_queries(batch, Path(queries), precomputed)
+            pages, given = _batch_queries(batch, Path(queries), precomputed, named)
             return retriever.search(
                 pages,
                 k=k,
@@ -669,17 +679,30 @@ def search_fields_file(
 
 
 def _batch_queries(
-    batch: Any, source: Path, precomputed: list[str]
+    batch: Any, source: Path, precomputed: list[str], named: dict[str, str] | None = None
 ) -> tuple[list[Any], dict[str, Any]]:
-    """A query batch as texts or pages (image queries), and its ``embedding`` column as the
-    query vectors of the one precomputed field (if there is exactly one)."""
+    """A query batch as texts or pages (image queries), and the query vectors of the
+    precomputed fields: from the columns ``named`` (field -> column), and the ``embedding``
+    column for the one precomputed field left (if exactly one is)."""
     from latemm.encoders.base import Page
+    from latemm.io import column_vectors
     from latemm.pipeline import _pages
 
     given = {}
-    if batch.vectors is not None and len(precomputed) == 1:
+    named = named or {}
+    for name, column in named.items():
+        if column == "embedding" and batch.vectors is not None:
+            vectors, offsets = batch.vectors, batch.offsets
+        else:
+            vectors, offsets = column_vectors(
+                batch.table, column, batch.ids, source=source, first_row=batch.first_row,
+                kind="queries",
+            )  # fmt: skip
+        given[name] = [vectors[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    rest = [n for n in precomputed if n not in named]
+    if batch.vectors is not None and len(rest) == 1:
         bounds = zip(batch.offsets[:-1], batch.offsets[1:], strict=True)
-        given[precomputed[0]] = [batch.vectors[a:b] for a, b in bounds]
+        given[rest[0]] = [batch.vectors[a:b] for a, b in bounds]
     if not any(c in batch.table.column_names for c in ("text", "image")):
         return [Page() for _ in batch.ids], given
     return [

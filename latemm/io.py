@@ -270,6 +270,17 @@ def table_batch(
     return Batch(first_row, ids, table, vectors, offsets)
 
 
+def column_vectors(
+    table: pa.Table, name: str, ids: list[str], *, source: str | Path, first_row: int, kind: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Another column of ``table`` holding T x d vectors, checked as ``embedding`` is (rows
+    named by their ``kind`` id): flat (N, d) float32 and (n + 1,) offsets."""
+    if name not in table.column_names:
+        raise InputError(f"{source}: no {name!r} column (columns: {', '.join(table.column_names)})")
+    id_name = "query_id" if kind == "queries" else "doc_id"
+    return _embeddings(table.column(name), ids, Path(source), first_row, id_name)
+
+
 def _row_of_vector(outer: np.ndarray, vector: int) -> int:
     return int(np.searchsorted(outer, vector, side="right") - 1)
 
@@ -359,8 +370,10 @@ def check_storable(
     source: str | Path,
     first_row: int | None = None,
 ) -> None:
-    """Refuse vectors the index's storage ``dtype`` cannot hold (float16 tops out at 65504),
-    naming the document and the fix, before they turn into inf on disk."""
+    """Refuse vectors the index's storage ``dtype`` cannot hold, naming the document and the
+    fix, before they reach the disk: float16 tops out at 65504 (larger values become inf),
+    and a vector whose values all lie below its smallest normal number (6.1e-05) would be
+    flushed to zero or keep only a few bits (every score 0, pages ranked by id)."""
     if dtype != "float16" or vectors.size == 0:
         return
     if offsets is None:  # one vector per document
@@ -374,6 +387,19 @@ def check_storable(
             f"{source}{'' if first_row is None else f', row {first_row + row}'}, doc_id "
             f"{ids[row]!r}: a vector value exceeds {limit:.0f}, the largest "
             "float16 value; index with --dtype float32 (or normalise the vectors)"
+        )
+    tiny = float(np.finfo(np.float16).tiny)
+    largest = np.abs(vectors).max(axis=1)
+    too_small = (largest > 0) & (largest < tiny)
+    if too_small.any():
+        vec = int(np.flatnonzero(too_small)[0])
+        row = _row_of_vector(offsets, vec)
+        raise InputError(
+            f"{source}{'' if first_row is None else f', row {first_row + row}'}, doc_id "
+            f"{ids[row]!r}: vector {vec - int(offsets[row])} has no value larger than "
+            f"{float(largest[vec]):.3g}, below float16's smallest normal value ({tiny:.2g}), so "
+            "float16 storage would round it to zero; normalise the vectors (or index with "
+            "--dtype float32)"
         )
 
 

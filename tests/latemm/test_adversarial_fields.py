@@ -410,3 +410,98 @@ def test_extreme_weights_rank_as_their_ratio(fusion, scale, fields_index, tmp_pa
     np.testing.assert_allclose(
         scores, np.array(runs["plain"].column("score").to_pylist()) / 2, rtol=1e-5
     )
+
+
+# ------------------------------------------------------------------------------ codecs
+def test_float16_refuses_vectors_it_would_flush_to_zero(tmp_path, capsys) -> None:
+    """P21: vectors of magnitude 1e-8 became zeros in float16 (every score 0, ranked by id);
+    they are refused, naming the document, and float32 keeps them."""
+    g = np.random.default_rng(4)
+    docs = [g.standard_normal((3, DIM)).astype(np.float32) for _ in range(5)]
+    docs[3] = docs[3] * np.float32(1e-8)
+    path = tmp_path / "tiny.parquet"
+    pq.write_table(
+        pa.table({"doc_id": [f"t{i}" for i in range(5)],
+                  "embedding": pa.array([d.tolist() for d in docs], VECTORS)}),
+        path,
+    )  # fmt: skip
+    idx = tmp_path / "idx"
+    err = fails(capsys, "index", path, "--index", idx, "--dtype", "float16", "--quiet")
+    assert "doc_id 't3': vector 0 has no value larger than" in err
+    assert "below float16's smallest normal value (6.1e-05)" in err
+    assert not idx.exists() or not (idx / "manifest.json").exists()
+    assert run_cli(capsys, "index", path, "--index", tmp_path / "f32", "--dtype", "float32",
+                   "--quiet")[0] == 0  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ query length
+def test_long_query_is_capped_at_the_encoders_max_query_tokens() -> None:
+    """P10: a 100k-character query became 12,500 vectors (8-11 s); it is truncated to the
+    encoder's documented maximum, with a warning, and scores as its first window."""
+    import latemm
+    from latemm.encoders.text import TextEncoder
+
+    encoder = TextEncoder(latemm.minilm_path(), device="cpu")
+    head = "revenue growth in the third quarter of the year"
+    long = " ".join([head] * 2000)  # ~100k characters
+    with pytest.warns(UserWarning, match=r"longer than 256 tokens, the encoder's maximum query"):
+        capped = encoder.encode_queries([long, "short query"])
+    assert encoder.max_query_tokens == 256
+    lengths = np.diff(capped.offsets)
+    assert lengths[0] <= encoder.max_query_tokens
+    ids = encoder.tokenizer(long, truncation=True, max_length=256)["input_ids"]
+    kept = encoder.tokenizer.decode(ids, skip_special_tokens=True)  # the window's text
+    assert len(kept) < 1500
+    want = encoder.encode_queries([kept])
+    np.testing.assert_allclose(capped.vectors[: lengths[0]], want.vectors, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------ query columns
+def test_two_precomputed_fields_are_searched_with_a_column_each(tmp_path, capsys) -> None:
+    """P11: --query-column FIELD=COLUMN gives each precomputed field its query vectors; the
+    result equals the Python API given the same vectors."""
+    from latemm.field_search import FieldRetriever
+
+    path = corpus(tmp_path / "c.parquet", other=embeddings(30, seed=5, dim=8))
+    idx = tmp_path / "idx"
+    assert run_cli(capsys, "index", path, "--index", idx, "--field", "a=embedding:embedding",
+                   "--field", "b=embedding:other", "--quiet")[0] == 0  # fmt: skip
+    q = queries(tmp_path / "q.parquet", other_q=embeddings(3, seed=7, dim=8))
+    out = tmp_path / "run.parquet"
+    err = fails(capsys, "search", idx, q, "--out", out)
+    assert "--query-column a=COLUMN" in err
+    code, _, err = run_cli(capsys, "search", idx, q, "--out", out, "--query-column", "b=other_q",
+                           "--k", "5", "--quiet")  # fmt: skip
+    assert code == 0, err
+    table = pq.read_table(q)
+    vectors = {
+        "a": [np.array(v, np.float32) for v in table.column("embedding").to_pylist()],
+        "b": [np.array(v, np.float32) for v in table.column("other_q").to_pylist()],
+    }
+    want = FieldRetriever(idx).search(["revenue growth"] * 3, k=5, query_vectors=vectors)
+    got = pq.read_table(out).to_pandas()
+    for i in range(3):
+        rows = got[got.query_id == f"q{i}"].sort_values("rank")
+        assert rows.doc_id.tolist() == list(want.doc_ids[i])
+        assert not rows.score_b.isna().all()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--query-column", "zz=other_q"], "--query-column zz=...: 'zz' is not a searched field"),
+        (["--query-column", "b=nope"], "no 'nope' column"),
+        (
+            ["--query-column", "b=other_q", "--query-column", "b=embedding"],
+            "--query-column names field 'b' twice",
+        ),
+    ],
+)
+def test_bad_query_columns_are_refused(flags, message, tmp_path, capsys) -> None:
+    path = corpus(tmp_path / "c.parquet", other=embeddings(30, seed=5, dim=8))
+    idx = tmp_path / "idx"
+    assert run_cli(capsys, "index", path, "--index", idx, "--field", "a=embedding:embedding",
+                   "--field", "b=embedding:other", "--quiet")[0] == 0  # fmt: skip
+    q = queries(tmp_path / "q.parquet", other_q=embeddings(3, seed=7, dim=8))
+    err = fails(capsys, "search", idx, q, "--out", tmp_path / "run.parquet", *flags)
+    assert message in err
