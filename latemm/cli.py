@@ -121,6 +121,12 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     if args.field or (args.encoder is None and is_fields_index(args.index)):
         return _index_fields(args, start, options)  # no --field: the fields it records
+    if is_fields_index(args.index):
+        raise InputError(
+            f"{args.index} holds named fields; --encoder builds a one-field index. Leave "
+            "--encoder out to add the corpus to every recorded field, or add a field with "
+            "--field NAME=ENCODER"
+        )
     if args.ray is not None:
         from latemm.distributed import index_ray
 

@@ -665,10 +665,13 @@ def search_fields_file(
                 query_vectors=given,
             )
 
+    record = retriever.resume_record(queries, k=k, candidates=candidates, where=where)
+    if named:  # parts written from other query columns are not resumed
+        record["query_columns"] = named
     return run_queries(
         queries,
         out,
-        retriever.resume_record(queries, k=k, candidates=candidates, where=where),
+        record,
         search_batch,
         columns=columns,
         schema=run_schema(retriever.plan.scored),

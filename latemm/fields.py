@@ -575,12 +575,15 @@ def _index_one(
             return spec, int(spec.options["documents"])
         return spec, _index_vectors(base, filtered, spec, encoder, cols, progress, options)
     except LatemmError as exc:
-        raise _in_user_terms(exc, tmp, source, rows, req.name) from exc
+        renamed = _in_user_terms(exc, tmp, source, rows, req.name)
+        if renamed is exc:
+            raise
+        raise renamed from exc
     finally:
         tmp.unlink(missing_ok=True)
 
 
-_ROWS = re.compile(r"\b(rows?) (\d+)(?: and (\d+))?")
+_ROWS = re.compile(r"\b(rows?(?: from)?) (\d+)(?: and (\d+))?")
 
 
 def _in_user_terms(

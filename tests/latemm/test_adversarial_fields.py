@@ -223,6 +223,8 @@ def test_index_without_field_reindexes_the_recorded_fields(tmp_path, capsys) -> 
     code, out, _ = run_cli(capsys, "index", more, "--index", idx, "--quiet")
     assert code == 0
     assert "emb: 17 documents, bm25: 17 documents" in out
+    err = fails(capsys, "index", more, "--index", idx, "--encoder", "some/model", "--quiet")
+    assert "holds named fields; --encoder builds a one-field index. Leave --encoder out" in err
 
 
 def test_field_build_errors_name_the_users_file_and_row(tmp_path, capsys) -> None:
@@ -505,3 +507,23 @@ def test_bad_query_columns_are_refused(flags, message, tmp_path, capsys) -> None
     q = queries(tmp_path / "q.parquet", other_q=embeddings(3, seed=7, dim=8))
     err = fails(capsys, "search", idx, q, "--out", tmp_path / "run.parquet", *flags)
     assert message in err
+
+
+def test_search_resumes_only_with_the_same_query_columns(tmp_path, capsys) -> None:
+    """A search stopped by a bad row keeps its finished batches; re-run with another
+    --query-column it refuses them instead of mixing two columns' results."""
+    path = corpus(tmp_path / "c.parquet", other=embeddings(30, seed=5, dim=8))
+    idx = tmp_path / "idx"
+    assert run_cli(capsys, "index", path, "--index", idx, "--field", "a=embedding:embedding",
+                   "--field", "b=embedding:other", "--quiet")[0] == 0  # fmt: skip
+    good = embeddings(3, seed=7, dim=8).to_pylist()
+    q = queries(tmp_path / "q.parquet", other_q=pa.array(good, VECTORS),
+                other_r=pa.array(good[:2] + [None], VECTORS))  # fmt: skip
+    run = tmp_path / "run.parquet"
+    args = ["search", idx, q, "--out", run, "--batch-size", "1", "--quiet"]
+    err = fails(capsys, *args, "--query-column", "b=other_r")
+    assert "row 2, query_id 'q2': embedding is null" in err
+    record = json.loads((tmp_path / ".run.parquet.parts" / "search.json").read_text())
+    assert record["query_columns"] == {"b": "other_r"}
+    err = fails(capsys, *args, "--query-column", "b=other_q")
+    assert "holds the finished batches of an interrupted search with other arguments" in err
