@@ -27,7 +27,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from index_store import Index
-from index_store.errors import IndexCorruptError, IndexFormatError, InputError, LatemmError
+from index_store.errors import (
+    IndexCorruptError,
+    IndexFormatError,
+    InputError,
+    LatemmError,
+    StorageError,
+)
 from index_store.fsio import (
     find_links,
     full_disk_error,
@@ -632,9 +638,10 @@ def _in_user_terms(
     exc: LatemmError, tmp: Path, source: Path, rows: np.ndarray, name: str
 ) -> LatemmError:
     """``exc`` with the field's filtered copy ``tmp`` (and its row numbers) replaced by the
-    user's ``source`` and rows; ``exc`` itself if it does not name the copy."""
+    user's ``source`` and rows; ``exc`` itself if it does not name the copy, or if it is a
+    full disk, whose message names the file that could not be written."""
     text = str(exc)
-    if str(tmp) not in text:
+    if str(tmp) not in text or isinstance(exc, StorageError):
         return exc
 
     def user_row(number: str) -> str:
