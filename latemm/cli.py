@@ -189,8 +189,35 @@ def _index_fields(args: argparse.Namespace, start: float, options: dict[str, Any
         **options,
     )
     fields = ", ".join(f"{name}: {n} documents" for name, n in counts.items())
+    rejected = _field_rejects(args.index, list(counts))
+    if rejected:
+        print(
+            "latemm index: pages a field cannot read (blank pages, empty text) are left out of "
+            f"it and recorded ({', '.join(f'{n}: {c}' for n, c in rejected.items())}); "
+            f"`latemm info {args.index}` lists them",
+            file=sys.stderr,
+        )
     print(f"indexed {args.index} ({fields}) in {time.perf_counter() - start:.1f}s")
     return 0
+
+
+def _field_rejects(index_dir: str, names: list[str]) -> dict[str, int]:
+    """Field name -> pages recorded as unreadable by it (nonzero only)."""
+    from index_store import Index
+    from latemm.fields import open_field, read_fields
+
+    out = {}
+    for spec in read_fields(index_dir).fields:
+        if spec.name not in names:
+            continue
+        if spec.kind == "bm25":
+            count = int(spec.options.get("rejected", 0))
+        else:
+            opened = open_field(index_dir, spec, verify="none")
+            count = int(opened.stats().get("rejected", 0)) if isinstance(opened, Index) else 0
+        if count:
+            out[spec.name] = count
+    return out
 
 
 def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
@@ -376,9 +403,15 @@ def cmd_info(args: argparse.Namespace) -> int:
         fields = []
         for spec in read_fields(args.index).fields:
             opened = open_field(args.index, spec)
-            stats = (
-                opened.stats() if isinstance(opened, Index) else {"documents": len(opened.doc_ids)}
-            )
+            if isinstance(opened, Index):
+                stats = opened.stats()
+                if stats.get("rejected"):  # pages this field could not read: row, doc_id, file
+                    stats["rejects"] = opened.rejects().to_pylist()
+            else:
+                stats = {
+                    "documents": len(opened.doc_ids),
+                    "rejected": int(spec.options.get("rejected", 0)),
+                }
             fields.append({**spec.to_dict(), "stats": stats})
         print(json.dumps({"path": str(args.index), "fields": fields}, indent=2))
         return 0
@@ -529,13 +562,12 @@ def cmd_show(args: argparse.Namespace) -> int:
             if args.query in batch.ids and "text" in batch.table.column_names:
                 query_text = batch.table.column("text")[batch.ids.index(args.query)].as_py()
                 break
-    encoder = _encoder(args, None, args.index) if args.heatmap else None
-    if args.heatmap and not hasattr(encoder, "similarity_maps"):
-        built_with = encoder.info.name_or_path if encoder is not None else "precomputed vectors"
-        raise InputError(
-            f"--heatmap needs an index built with a vision encoder (ColPali, ColQwen2); "
-            f"{args.index} was built with {built_with}"
-        )
+    encoder = _show_encoder(args) if args.heatmap else None
+    qrels = None
+    if args.qrels:
+        from latemm.metrics import load_qrels
+
+        qrels = load_qrels(args.qrels)
     html = render(
         args.run,
         args.index,
@@ -544,6 +576,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         query_text=query_text,
         encoder=encoder,
         allow_files=args.allow_files,
+        qrels=qrels,
     )
     # The query id names the default file: anything but letters, digits, '.', '-' and '_'
     # (a '/' would name a folder) becomes '_'.
@@ -552,6 +585,25 @@ def cmd_show(args: argparse.Namespace) -> int:
     out.write_text(html, encoding="utf-8")
     print(f"wrote {out}")
     return 0
+
+
+def _show_encoder(args: argparse.Namespace) -> Any:
+    """The vision encoder a --heatmap needs: the index's (a fields index: its image field's)."""
+    from latemm.encoders import load_encoder
+    from latemm.show import _page_lookup
+
+    _, _, recorded = _page_lookup(args.index)
+    encoder = None
+    if recorded:
+        devices = args.device.split(",") if args.device else None
+        encoder = load_encoder(recorded, devices=devices, dtype=_model_dtype(args))
+    if not hasattr(encoder, "similarity_maps"):
+        built_with = encoder.info.name_or_path if encoder is not None else "precomputed vectors"
+        raise InputError(
+            f"--heatmap needs an index built with a vision encoder (ColPali, ColQwen2); "
+            f"{args.index} was built with {built_with}"
+        )
+    return encoder
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
@@ -855,6 +907,11 @@ def _data_parsers(sub: Any) -> None:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--out", default=None, help="HTML file (default RUN-QUERY.html)")
     p.add_argument("--queries", default=None, help="queries Parquet, for the query's text")
+    p.add_argument(
+        "--qrels",
+        default=None,
+        help="qrels (TREC, JSON or Parquet, as for eval): mark the relevant pages (default: none)",
+    )
     p.add_argument(
         "--heatmap",
         action="store_true",
