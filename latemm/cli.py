@@ -67,12 +67,28 @@ def _encoder(args: argparse.Namespace, name: str | None, index_dir: str | None =
             return load_encoder(recorded, devices=devices, dtype=_model_dtype(args))
     if name is None:
         return None
-    if not Path(name).exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+    from latemm.encoders import PACKAGED, packaged_encoder
+
+    try:
+        name = packaged_encoder(name)
+    except InputError as exc:
+        raise InputError(f"--encoder {name!r}: {exc}") from exc
+    if not Path(name).exists() and (name.startswith((".", "/", "~")) or name.count("/") != 1):
         raise InputError(
-            f"--encoder {name}: no such folder, and not a hub id (owner/name); give the folder "
-            "of a saved model or a hub id"
+            f"--encoder {name}: no such folder, and not a hub id (owner/name) or a packaged "
+            f"encoder ({', '.join(PACKAGED)}); give the folder of a saved model, a hub id or "
+            "minilm"
         )
-    return load_encoder(name, kind=kind, devices=devices, dtype=_model_dtype(args), **options)
+    try:
+        return load_encoder(name, kind=kind, devices=devices, dtype=_model_dtype(args), **options)
+    except LatemmError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - transformers/hub raise many types for a bad model
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise InputError(
+            f"--encoder {name}: cannot load it ({type(exc).__name__}: {first[:200]}); give a "
+            "local model folder, a hub id reachable from here, or minilm"
+        ) from exc
 
 
 def _add_encoder_flags(parser: argparse.ArgumentParser) -> None:
