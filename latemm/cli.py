@@ -558,7 +558,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from latemm.loaders import convert
+    from latemm.questions import SUFFIXES, write_queries
 
+    if Path(args.source).suffix.lower() in SUFFIXES:  # a file of questions
+        if Path(args.out).suffix != ".parquet":
+            raise InputError(f"--out {args.out}: questions go into a .parquet file")
+        count = write_queries(args.source, args.out)
+        print(f"wrote {count} queries (query_id, text) to {args.out}")
+        return 0
     done = convert(args.source, args.out, format=args.format, split=args.split)
     print(
         f"wrote {done.documents} documents to {done.corpus}, {done.num_queries} queries to "
@@ -904,11 +911,19 @@ def _data_parsers(sub: Any) -> None:
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser(
-        "convert", help="ViDoRe v1/v2 or BEIR data to corpus/queries Parquet and TREC qrels"
+        "convert",
+        help="ViDoRe v1/v2 or BEIR data to corpus/queries Parquet and TREC qrels; or a CSV, "
+        "JSON, JSONL or text file of questions to a queries Parquet file",
     )
-    p.add_argument("source", help="a Parquet file or folder (ViDoRe) or a BEIR folder")
     p.add_argument(
-        "--out", required=True, help="folder for corpus.parquet, queries.parquet, qrels.txt"
+        "source",
+        help="a Parquet file or folder (ViDoRe), a BEIR folder, or questions (.csv, .tsv, "
+        ".json, .jsonl, .txt: columns query_id/id and text/question, or one question a line)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="folder for corpus.parquet, queries.parquet, qrels.txt (questions: the .parquet file)",
     )
     p.add_argument(
         "--format", default=None, choices=["vidore-v1", "vidore-v2", "beir"], help="default: detect"
