@@ -506,14 +506,34 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from latemm.metrics import check_metrics, compare, evaluate, load_qrels, load_run
+    import warnings
+
+    from latemm.metrics import (
+        check_metrics,
+        compare,
+        evaluate,
+        load_qrels,
+        load_run,
+        significance_legend,
+    )
 
     check_metrics(args.metrics)
     qrels = load_qrels(args.qrels)
     runs = {name: load_run(r) for name, r in zip(_run_names(args.runs), args.runs, strict=True)}
-    results = {name: evaluate(run, qrels, args.metrics) for name, run in runs.items()}
-    if len(runs) > 1:
-        print(compare(runs, qrels, args.metrics))
+    if not getattr(args, "quiet", False):
+        print(
+            "latemm eval: loading ranx's numba-compiled metrics (a fresh environment compiles "
+            "them once, which can take minutes; later runs load the cache, ~10 s of CPU)",
+            file=sys.stderr,
+        )
+    with warnings.catch_warnings():  # numba's type-safety notes on ranx's kernels: not ours
+        warnings.filterwarnings("ignore", module="numba")
+        warnings.filterwarnings("ignore", message=".*[Nn]umba.*")
+        results = {name: evaluate(run, qrels, args.metrics) for name, run in runs.items()}
+        report = compare(runs, qrels, args.metrics) if len(runs) > 1 else None
+    if report is not None:
+        print(report)
+        print(significance_legend(report))
     else:
         for metric, value in next(iter(results.values())).items():
             print(f"{metric:>12}  {value:.4f}")
@@ -895,7 +915,8 @@ def _maintenance_parsers(sub: Any) -> None:
     p.add_argument(
         "--metrics", nargs="+", default=["ndcg@5", "ndcg@10", "recall@10", "recall@100", "mrr@10"]
     )
-    p.add_argument("--json", default=None, help="write the scores as JSON")
+    p.add_argument("--json", default=None, help="write the scores as JSON (default: none)")
+    p.add_argument("--quiet", action="store_true", help="no note on stderr while ranx loads")
     p.set_defaults(func=cmd_eval)
 
 
