@@ -27,9 +27,17 @@ def _columns(args: argparse.Namespace, id_default: str) -> Any:
 
 def _add_column_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id-column", default=None, help="id column (default doc_id / query_id)")
-    parser.add_argument("--image-column", default="image")
-    parser.add_argument("--text-column", default="text")
-    parser.add_argument("--embedding-column", default="embedding")
+    parser.add_argument(
+        "--image-column", default="image", help="column of page images (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--text-column", default="text", help="column of page or query text (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--embedding-column",
+        default="embedding",
+        help="column of precomputed vectors, T x d (default: %(default)s)",
+    )
 
 
 def _encoder(args: argparse.Namespace, name: str | None, index_dir: str | None = None) -> Any:
@@ -64,9 +72,11 @@ def _encoder(args: argparse.Namespace, name: str | None, index_dir: str | None =
 
             recorded = Index.open(index_dir, verify="none").config.encoder
         if recorded:
+            _loading(args, str(recorded.get("name_or_path", "the recorded encoder")))
             return load_encoder(recorded, devices=devices, dtype=_model_dtype(args))
     if name is None:
         return None
+    _loading(args, name)
     from latemm.encoders import PACKAGED, packaged_encoder
 
     try:
@@ -89,6 +99,12 @@ def _encoder(args: argparse.Namespace, name: str | None, index_dir: str | None =
             f"--encoder {name}: cannot load it ({type(exc).__name__}: {first[:200]}); give a "
             "local model folder, a hub id reachable from here, or minilm"
         ) from exc
+
+
+def _loading(args: argparse.Namespace, name: str) -> None:
+    """Say what the seconds before the first progress bar are spent on."""
+    if not getattr(args, "quiet", False):
+        print(f"latemm {args.command}: loading encoder {name} ...", file=sys.stderr, flush=True)
 
 
 def _add_encoder_flags(parser: argparse.ArgumentParser) -> None:
@@ -666,7 +682,7 @@ def _add_device_flags(parser: argparse.ArgumentParser) -> None:
         "--model-dtype",
         default="auto",
         choices=["auto", "float32", "bfloat16", "float16"],
-        help="model weights' dtype (auto: bfloat16 on a GPU, float32 on the CPU)",
+        help="model weights' dtype (default: %(default)s, i.e. bfloat16 on a GPU, float32 on the CPU)",
     )
 
 
@@ -764,14 +780,30 @@ def _index_parser(sub: Any) -> None:
         "bytes per page, one fast-scan search over all segments, i.e. PQ<D/8>x4fs), or a faiss "
         "factory string built per segment (Flat, HNSW32, IVF256,PQ64)",
     )
-    p.add_argument("--commit-every", type=int, default=512, help="documents per commit")
-    p.add_argument("--on-existing", default="skip", choices=ON_EXISTING)
-    _add_on_empty_flag(p)
-    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument(
-        "--pool-factor", type=int, default=1, help="token pooling: keep ~T/F vectors per page"
+        "--commit-every", type=int, default=512, help="documents per commit (default: %(default)s)"
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--on-existing",
+        default="skip",
+        choices=ON_EXISTING,
+        help="a doc_id already in the index: skip it (resume), upsert (replace) or error "
+        "(default: %(default)s)",
+    )
+    _add_on_empty_flag(p)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="pages encoded per batch (default: %(default)s)",
+    )
+    p.add_argument(
+        "--pool-factor",
+        type=int,
+        default=1,
+        help="token pooling: keep ~T/F vectors per page (default: %(default)s, no pooling)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar or notes on stderr")
     _add_ray_flags(
         p,
         shards="build a sharded index of N shards (doc ids routed by hash; fixed once built)",
@@ -786,15 +818,22 @@ def _encode_parser(sub: Any) -> None:
     p = sub.add_parser(
         "encode", help="encode a corpus into a Parquet file with an embedding column"
     )
-    p.add_argument("corpus")
-    p.add_argument("--encoder", required=True, help="hub id or local folder")
-    p.add_argument("--out", required=True)
+    p.add_argument("corpus", help="corpus Parquet file or directory")
+    p.add_argument("--encoder", required=True, help="hub id, local folder or minilm")
+    p.add_argument("--out", required=True, help="output Parquet file with an embedding column")
     _add_device_flags(p)
     _add_encoder_flags(p)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--pool-factor", type=int, default=1)
+    p.add_argument(
+        "--batch-size", type=int, default=64, help="pages encoded per batch (default: %(default)s)"
+    )
+    p.add_argument(
+        "--pool-factor",
+        type=int,
+        default=1,
+        help="token pooling: keep ~T/F vectors per page (default: %(default)s, no pooling)",
+    )
     _add_on_empty_flag(p)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or notes on stderr")
     _add_ray_flags(
         p,
         shards="with --ray: write OUT as a folder with one Parquet partition per index shard",
@@ -808,18 +847,27 @@ def _encode_parser(sub: Any) -> None:
 def _search_parser(sub: Any) -> None:
     """The parser of ``latemm search``."""
     p = sub.add_parser("search", help="search a Parquet file of queries into a run file")
-    p.add_argument("index")
-    p.add_argument("queries")
-    p.add_argument("--out", required=True, help="run Parquet file")
+    p.add_argument("index", help="index directory")
+    p.add_argument(
+        "queries", help="queries Parquet file (query_id and text; see latemm convert for CSV/JSON)"
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="run Parquet file: query_id, doc_id, rank, score and each stage's score",
+    )
     p.add_argument(
         "--trec",
         default=None,
         help="also write a TREC run file (needs ids without whitespace; the Parquet run has no "
         "such limit)",
     )
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--k", type=int, default=10, help="pages per query (default: %(default)s)")
     p.add_argument(
-        "--candidates", type=int, default=None, help="first-stage candidates rescored exactly"
+        "--candidates",
+        type=int,
+        default=None,
+        help="first-stage candidates rescored exactly (default: chosen from k)",
     )
     p.add_argument(
         "--refine-depth",
@@ -867,23 +915,34 @@ def _search_parser(sub: Any) -> None:
     )
     p.add_argument("--rerank", default=None, help="MLLM reranker: hub id or local folder")
     p.add_argument(
-        "--rerank-depth", type=int, default=20, help="pages per query the reranker reads"
+        "--rerank-depth",
+        type=int,
+        default=20,
+        help="pages per query the reranker reads (default: %(default)s)",
     )
     p.add_argument(
-        "--rerank-template", default="monoqwen", choices=["monoqwen", "qwen3-vl-reranker", "yesno"]
+        "--rerank-template",
+        default="monoqwen",
+        choices=["monoqwen", "qwen3-vl-reranker", "yesno"],
+        help="the reranker's prompt (default: %(default)s)",
     )
     p.add_argument("--rerank-adapter", default=None, help="LoRA adapter (peft), e.g. MonoQwen2-VL")
     p.add_argument(
         "--rerank-fusion",
         default="none",
         choices=["none", "rrf"],
-        help="rrf: reciprocal rank fusion with MaxSim",
+        help="none: the reranker's order; rrf: reciprocal rank fusion with MaxSim (default: %(default)s)",
     )
     p.add_argument("--rerank-cache", default=None, help="SQLite file caching rerank scores")
     _add_device_flags(p)
     _add_encoder_flags(p)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="queries encoded per batch (default: %(default)s)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar or notes on stderr")
     _add_ray_flags(p, shards="", workers=False)
     _add_column_flags(p)
     p.set_defaults(func=cmd_search)
@@ -892,28 +951,34 @@ def _search_parser(sub: Any) -> None:
 def _maintenance_parsers(sub: Any) -> None:
     """The parser of ``info``, ``delete``, ``compact``, ``verify`` and ``eval``."""
     p = sub.add_parser("info", help="index statistics as JSON")
-    p.add_argument("index")
+    p.add_argument("index", help="index directory")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("delete", help="delete documents by id")
-    p.add_argument("index")
-    p.add_argument("--ids", nargs="*")
+    p.add_argument("index", help="index directory")
+    p.add_argument("--ids", nargs="*", help="doc_ids to delete")
     p.add_argument("--ids-file", default=None, help="file with one doc_id per line")
-    p.add_argument("--missing-ok", action="store_true")
+    p.add_argument(
+        "--missing-ok", action="store_true", help="ids not in the index are not an error"
+    )
     p.set_defaults(func=cmd_delete)
 
     p = sub.add_parser("compact", help="rewrite the index without deleted documents")
-    p.add_argument("index")
+    p.add_argument("index", help="index directory")
     p.set_defaults(func=cmd_compact)
 
     p = sub.add_parser("verify", help="check every file's checksum")
-    p.add_argument("index")
+    p.add_argument("index", help="index directory")
     p.set_defaults(func=cmd_verify)
     p = sub.add_parser("eval", help="evaluate run files against qrels (ranx)")
     p.add_argument("runs", nargs="+", help="run files (Parquet or TREC); several are compared")
     p.add_argument("qrels", help="qrels (TREC, JSON or Parquet)")
     p.add_argument(
-        "--metrics", nargs="+", default=["ndcg@5", "ndcg@10", "recall@10", "recall@100", "mrr@10"]
+        "--metrics",
+        nargs="+",
+        default=["ndcg@5", "ndcg@10", "recall@10", "recall@100", "mrr@10"],
+        help="ranx metrics, each with an optional @cutoff (default: ndcg@5 ndcg@10 recall@10 "
+        "recall@100 mrr@10)",
     )
     p.add_argument("--json", default=None, help="write the scores as JSON (default: none)")
     p.add_argument("--quiet", action="store_true", help="no note on stderr while ranx loads")
@@ -924,11 +989,25 @@ def _data_parsers(sub: Any) -> None:
     """The parser of ``ingest``, ``convert``, ``show`` and ``quickstart``."""
     p = sub.add_parser("ingest", help="render and extract PDF pages into a corpus Parquet file")
     p.add_argument("inputs", nargs="+", help="PDF files or folders")
-    p.add_argument("--out", required=True)
-    p.add_argument("--dpi", type=float, default=96.0)
-    p.add_argument("--max-pixels", type=int, default=1024 * 1024)
+    p.add_argument(
+        "--out",
+        required=True,
+        help="corpus Parquet file: doc_id (FILE#pN), image, text, source, page",
+    )
+    p.add_argument(
+        "--dpi",
+        type=float,
+        default=96.0,
+        help="resolution pages are rendered at (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=1024 * 1024,
+        help="largest page image in pixels; bigger renders are scaled down (default: %(default)s)",
+    )
     p.add_argument("--no-images", action="store_true", help="text only (for text encoders)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser(
@@ -949,14 +1028,14 @@ def _data_parsers(sub: Any) -> None:
     p.add_argument(
         "--format", default=None, choices=["vidore-v1", "vidore-v2", "beir"], help="default: detect"
     )
-    p.add_argument("--split", default="test", help="BEIR qrels split")
+    p.add_argument("--split", default="test", help="BEIR qrels split (default: %(default)s)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("show", help="render a query's top pages as HTML (thumbnails and scores)")
     p.add_argument("run", help="run Parquet file")
-    p.add_argument("--index", required=True)
+    p.add_argument("--index", required=True, help="the index the run was searched in")
     p.add_argument("--query", required=True, help="query_id")
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--k", type=int, default=10, help="pages shown (default: %(default)s)")
     p.add_argument("--out", default=None, help="HTML file (default RUN-QUERY.html)")
     p.add_argument("--queries", default=None, help="queries Parquet, for the query's text")
     p.add_argument(
@@ -984,9 +1063,13 @@ def _data_parsers(sub: Any) -> None:
         "quickstart", help="offline demo: real PDFs, MiniLM, ranked pages and timings"
     )
     p.add_argument(
-        "--work", default="latemm-quickstart", help="folder for the corpus, index and run"
+        "--work",
+        default="latemm-quickstart",
+        help="folder for the corpus, index and run (default: %(default)s)",
     )
-    p.add_argument("--k", type=int, default=3)
+    p.add_argument(
+        "--k", type=int, default=3, help="pages printed per question (default: %(default)s)"
+    )
     p.set_defaults(func=cmd_quickstart)
 
 
@@ -1000,11 +1083,30 @@ def build_parser() -> argparse.ArgumentParser:
     _search_parser(sub)
     _maintenance_parsers(sub)
     _data_parsers(sub)
+    for command in sub.choices.values():
+        command.add_argument(
+            "--verbose",
+            action="store_true",
+            help="show the libraries' own output too (transformers' 'Loading weights' bars and "
+            "warnings; default: off)",
+        )
     return parser
+
+
+def _quiet_libraries() -> None:
+    """transformers and huggingface_hub without their progress bars and advisory warnings
+    (read when they are first imported, so set before any command runs)."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        _quiet_libraries()
     try:
         return int(args.func(args))
     except LatemmError as exc:

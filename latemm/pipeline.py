@@ -76,10 +76,10 @@ class EncodedBatch:
     skipped: int  # rows whose ids were already done
 
 
-def _progress(total: int | None, desc: str, enabled: bool) -> Any:
+def _progress(total: int | None, desc: str, enabled: bool, unit: str = "doc") -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="doc", disable=not enabled, file=sys.stderr)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, file=sys.stderr)
 
 
 def _pages(
@@ -586,7 +586,7 @@ def run_queries(
     tables = [pq.read_table(p) for p in sorted(parts.glob("part-*.parquet"))]
     done = {q for t in tables for q in t.column("query_id").to_pylist()}
     row_of: dict[str, int] = {}  # every query_id so far: a repeated one is an error
-    bar = _progress(total, "searching", progress)
+    bar = _progress(total, "searching", progress, unit="query")
     bar.update(len(done))
     try:
         for batch in read_batches(queries, columns=cols, kind="queries", batch_size=batch_size):
