@@ -436,7 +436,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         for spec in read_fields(args.index).fields:
             opened = open_field(args.index, spec)
             if isinstance(opened, Index):
-                stats = opened.stats()
+                stats = _per_page(opened.stats(), opened)
                 if stats.get("rejected"):  # pages this field could not read: row, doc_id, file
                     stats["rejects"] = opened.rejects().to_pylist()
             else:
@@ -450,14 +450,28 @@ def cmd_info(args: argparse.Namespace) -> int:
     from latemm.sharded import is_sharded, sharded_stats
 
     if is_sharded(args.index):
-        print(json.dumps(sharded_stats(args.index), indent=2))
+        print(json.dumps(_per_page(sharded_stats(args.index)), indent=2))
         return 0
     index = Index.open(args.index)
-    stats = index.stats()
+    stats = _per_page(index.stats(), index)
     if stats.get("rejected"):  # the rows an ingest skipped: row, doc_id, source file, reason
         stats["rejects"] = index.rejects().to_pylist()
     print(json.dumps(stats, indent=2))
     return 0
+
+
+def _per_page(stats: dict[str, Any], index: Any = None) -> dict[str, Any]:
+    """``stats`` with the disk bytes per page and, for one index, the bytes its stored page
+    content (images, text, metadata: ``meta.parquet``) takes."""
+    documents = int(stats.get("documents") or 0)
+    if documents and stats.get("disk_bytes") is not None:
+        stats["disk_bytes_per_page"] = round(int(stats["disk_bytes"]) / documents)
+    if index is not None:
+        content = sum(f.size for _, f in index.manifest.files() if f.file == "meta.parquet")
+        stats["page_content_bytes"] = content
+        if documents:
+            stats["page_content_bytes_per_page"] = round(content / documents)
+    return stats
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
