@@ -182,12 +182,26 @@ def cmd_index(args: argparse.Namespace) -> int:
             f"(blank pages, empty text); `latemm info {args.index}` lists them",
             file=sys.stderr,
         )
-    print(
+    seconds = round(time.perf_counter() - start, 1)
+    _summary(
+        args,
         f"added {report.added} documents, skipped {report.skipped} already indexed or rejected, "
         f"rejected {report.rejected}; {report.documents} in {args.index} "
-        f"(generation {report.generation}) in {time.perf_counter() - start:.1f}s"
+        f"(generation {report.generation}) in {seconds:.1f}s",
+        index=str(args.index),
+        added=report.added,
+        skipped=report.skipped,
+        rejected=report.rejected,
+        documents=report.documents,
+        generation=report.generation,
+        seconds=seconds,
     )
     return 0
+
+
+def _summary(args: argparse.Namespace, text: str, **values: Any) -> None:
+    """A command's closing line, or with --json the same facts as one JSON object."""
+    print(json.dumps(values) if getattr(args, "json_summary", False) else text)
 
 
 def _encoder_name(args: argparse.Namespace, index_dir: str | None) -> str | None:
@@ -229,7 +243,15 @@ def _index_fields(args: argparse.Namespace, start: float, options: dict[str, Any
             f"`latemm info {args.index}` lists them",
             file=sys.stderr,
         )
-    print(f"indexed {args.index} ({fields}) in {time.perf_counter() - start:.1f}s")
+    seconds = round(time.perf_counter() - start, 1)
+    _summary(
+        args,
+        f"indexed {args.index} ({fields}) in {seconds:.1f}s",
+        index=str(args.index),
+        fields=counts,
+        rejected=rejected,
+        seconds=seconds,
+    )
     return 0
 
 
@@ -357,8 +379,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     )
     queries = len(set(run.column("query_id").to_pylist()))
     elapsed = time.perf_counter() - start
-    print(
-        f"searched {queries} queries in {elapsed:.1f}s ({queries / max(elapsed, 1e-9):.1f} queries/s); wrote {args.out}"
+    _summary(
+        args,
+        f"searched {queries} queries in {elapsed:.1f}s ({queries / max(elapsed, 1e-9):.1f} "
+        f"queries/s); wrote {args.out}",
+        queries=queries,
+        seconds=round(elapsed, 1),
+        out=str(args.out),
     )
     return 0
 
@@ -405,7 +432,13 @@ def _search_fields(args: argparse.Namespace, start: float) -> int:
     )
     queries = len(set(run.column("query_id").to_pylist()))
     elapsed = time.perf_counter() - start
-    print(f"searched {queries} queries in {elapsed:.1f}s over fields; wrote {args.out}")
+    _summary(
+        args,
+        f"searched {queries} queries in {elapsed:.1f}s over fields; wrote {args.out}",
+        queries=queries,
+        seconds=round(elapsed, 1),
+        out=str(args.out),
+    )
     return 0
 
 
@@ -733,6 +766,16 @@ def _add_ray_flags(parser: argparse.ArgumentParser, *, shards: str, workers: boo
         )
 
 
+def _add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json",
+        dest="json_summary",
+        action="store_true",
+        help="print the closing summary as one JSON object on stdout (for scripts; with --quiet "
+        "nothing else is printed)",
+    )
+
+
 def _index_parser(sub: Any) -> None:
     """The parser of ``latemm index``."""
     from index_store.codecs import DTYPES
@@ -818,6 +861,7 @@ def _index_parser(sub: Any) -> None:
         help="token pooling: keep ~T/F vectors per page (default: %(default)s, no pooling)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or notes on stderr")
+    _add_json_flag(p)
     _add_ray_flags(
         p,
         shards="build a sharded index of N shards (doc ids routed by hash; fixed once built)",
@@ -957,6 +1001,7 @@ def _search_parser(sub: Any) -> None:
         help="queries encoded per batch (default: %(default)s)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or notes on stderr")
+    _add_json_flag(p)
     _add_ray_flags(p, shards="", workers=False)
     _add_column_flags(p)
     p.set_defaults(func=cmd_search)

@@ -25,3 +25,24 @@ def test_info_gives_disk_per_page(tmp_path, capsys) -> None:
     assert main(["info", str(fidx)]) == 0
     emb = json.loads(capsys.readouterr().out)["fields"][0]["stats"]
     assert emb["disk_bytes_per_page"] == round(emb["disk_bytes"] / 30)
+
+
+def test_index_and_search_json_summaries_for_scripts(tmp_path, capsys) -> None:
+    from tests.latemm.test_cli import write_queries
+
+    corpus, queries, idx = tmp_path / "c.parquet", tmp_path / "q.parquet", tmp_path / "idx"
+    write_corpus(corpus, 20)
+    write_queries(queries, 3)
+    assert main(["index", str(corpus), "--index", str(idx), "--quiet", "--json"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["added"] == summary["documents"] == 20 and summary["rejected"] == 0
+    assert captured.err == ""
+    run = tmp_path / "run.parquet"
+    assert main(["search", str(idx), str(queries), "--out", str(run), "--quiet", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["queries"] == 3 and captured.err == ""
+    fidx = tmp_path / "fidx"
+    build = ["index", str(corpus), "--index", str(fidx), "--field", "emb=embedding:embedding"]
+    assert main([*build, "--quiet", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["fields"] == {"emb": 20}
