@@ -148,6 +148,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         refine=args.refine,
         refine_depth=args.refine_depth,
+        **({"keep_images": True} if args.keep_images else {}),
     )
     if args.field:
         return _index_fields(args, start, options)
@@ -859,6 +860,12 @@ def _index_parser(sub: Any) -> None:
         type=int,
         default=1,
         help="token pooling: keep ~T/F vectors per page (default: %(default)s, no pooling)",
+    )
+    p.add_argument(
+        "--keep-images",
+        action="store_true",
+        help="store page images even when the encoder reads only text (default: only an image "
+        "encoder's index stores them; show and a text index's reranker then use the page text)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or notes on stderr")
     _add_json_flag(p)

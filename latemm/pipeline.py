@@ -276,6 +276,14 @@ def _encode_rows(
     return rows, encoded.vectors, encoded.offsets, rejects
 
 
+def _unread_images(encoder: Encoder | None, cols: Columns, keep: bool | None) -> list[str]:
+    """The image column when the index should not store it: asked so (``keep=False``), or by
+    default when the encoder reads no images."""
+    if keep is None:
+        keep = encoder is None or "image" in encoder.reads
+    return [] if keep else [cols.image]
+
+
 def encoded_batches(
     source: Path,
     *,
@@ -286,8 +294,10 @@ def encoded_batches(
     on_empty: str = "skip",
     batch_size: int = 64,
     pool_factor: int = 1,
+    drop: Sequence[str] = (),
 ) -> Iterator[EncodedBatch]:
-    """The corpus's rows, batch by batch, as vectors ready to add.
+    """The corpus's rows, batch by batch, as vectors ready to add (the columns in ``drop`` left
+    out of their metadata).
 
     Rows whose ids are in ``done`` are skipped before anything is encoded. ``encoder`` None
     takes the file's ``embedding`` column. A row the encoder cannot read (``Encoder.can_read``)
@@ -327,7 +337,9 @@ def encoded_batches(
             ids=[batch.ids[i] for i in rows],
             vectors=vectors,
             offsets=offsets,
-            metadata=batch.table.take(pa.array(rows, pa.int64())),
+            metadata=batch.table.take(pa.array(rows, pa.int64())).drop_columns(
+                [c for c in drop if c in batch.table.column_names]
+            ),
             rejects=sorted(rejects, key=lambda r: r["row"]),
             skipped=len(batch.ids) - len(fresh),
         )
@@ -350,6 +362,7 @@ def index_corpus(
     progress: bool = True,
     refine: str | None = None,
     refine_depth: int = DEFAULT_REFINE_DEPTH,
+    keep_images: bool | None = None,
 ) -> IndexReport:
     """Add a Parquet corpus (file or directory) to an index, creating it if needed.
 
@@ -362,6 +375,8 @@ def index_corpus(
     document, searched directly by faiss instead of through an FDE. ``refine`` (with compact
     ``dtype`` codes): a new index also keeps the vectors in that dtype for the final exact
     pass of each query's ``refine_depth`` best candidates (``IndexConfig.refine``).
+    ``keep_images``: store the page images in the index; by default only when the encoder
+    reads images (a text encoder's index keeps the text, source and page, not the images).
     """
     if on_existing not in ON_EXISTING:
         raise InputError(f"on_existing must be 'skip', 'upsert' or 'error', got {on_existing!r}")
@@ -396,6 +411,7 @@ def index_corpus(
         on_empty=on_empty,
         batch_size=batch_size,
         pool_factor=pool_factor,
+        drop=_unread_images(used, cols, keep_images),
     )
     bar = _progress(total, "indexing", progress)
     try:
