@@ -111,9 +111,18 @@ def run(work: str | Path = "latemm-quickstart", *, k: int = 3) -> None:
         if evidence[i] and not hit:
             print(f"   (evidence: {', '.join(sorted(evidence[i]))}; not in the top {k})")
     if judged:
+        qrels = folder / "qrels.txt"
+        qrels.write_text(
+            "".join(
+                f"q{i} 0 {d} {g}\n" for i, pages in enumerate(evidence) for d, g in pages.items()
+            ),
+            encoding="utf-8",
+        )
         print(
-            f"\n{found} of {len(questions)} questions have an evidence page in their top {k} "
-            f"(`latemm eval {folder / 'run.parquet'} QRELS` scores a whole run)."
+            f"\n{found} of {len(questions)} questions have an evidence page in their top {k}; "
+            f"`latemm eval {folder / 'run.parquet'} {qrels}` scores the run, and `latemm show "
+            f"{folder / 'run.parquet'} --index {folder / 'index'} --query q0 --queries "
+            f"{folder / 'queries.parquet'} --qrels {qrels}` shows a question's pages."
         )
     print("\nTimings: " + ", ".join(f"{name} {seconds:.1f}s" for name, seconds in timings.items()))
     print(f"Run file: {folder / 'run.parquet'}; index: {folder / 'index'}")
