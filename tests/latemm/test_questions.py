@@ -58,3 +58,14 @@ def test_bad_questions_are_one_line(tmp_path, capsys, name, text, message) -> No
     err = capsys.readouterr().err
     assert message in err and str(tmp_path / name) in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_ingest_progress_has_a_total(shared_data, tmp_path, capsys) -> None:
+    """The ingest bar knows how many pages are coming (so it shows an ETA)."""
+    pytest.importorskip("pypdfium2")
+    pdf = shared_data / "mmlongbench" / "pdfs" / "watch_d.pdf"
+    out = tmp_path / "corpus.parquet"
+    assert main(["ingest", str(pdf), "--out", str(out), "--no-images"]) == 0
+    err = capsys.readouterr().err
+    assert "27/27" in err and "ingesting" in err
+    assert pq.read_metadata(out).num_rows == 27
