@@ -705,7 +705,11 @@ def _show_encoder(args: argparse.Namespace) -> Any:
         devices = args.device.split(",") if args.device else None
         encoder = load_encoder(recorded, devices=devices, dtype=_model_dtype(args))
     if not hasattr(encoder, "similarity_maps"):
-        built_with = encoder.info.name_or_path if encoder is not None else "precomputed vectors"
+        built_with = (
+            encoder.info.name_or_path
+            if encoder is not None
+            else "no image encoder (precomputed vectors, or text fields only)"
+        )
         raise InputError(
             f"--heatmap needs an index built with a vision encoder (ColPali, ColQwen2); "
             f"{args.index} was built with {built_with}"
