@@ -123,3 +123,46 @@ def test_main_job_runs_as_written_in_a_new_shell(shared_data, tmp_path) -> None:
     assert re.search(r"ndcg@5\s+0\.\d{4}", done.stdout), done.stdout
     assert (tmp_path / "run.parquet").is_file() and (tmp_path / "run.trec").is_file()
     assert "Loading weights" not in done.stderr  # model loading is quiet without --verbose
+
+
+def test_activation_step_puts_latemm_on_path(tmp_path) -> None:
+    """Fast form: in a new shell (PATH without the venv) `latemm` is not found, and after the
+    README's activation step it is, and runs."""
+    venv = Path(sys.prefix)
+    if not (venv / "bin" / "activate").is_file() or not (venv / "bin" / "latemm").is_file():
+        pytest.skip("the tests do not run from a virtual environment with latemm installed")
+    (tmp_path / ".venv").symlink_to(venv)
+    activation, block = main_job_block()
+    assert all(line.startswith("latemm ") for line in block.strip().splitlines())
+    env = clean_env(venv / "bin")
+    run = [
+        "bash",
+        "-c",
+        f"command -v latemm || echo 'not found'; {activation} && latemm convert --help",
+    ]
+    done = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("not found") and "questions" in done.stdout
+
+
+@pytest.mark.slow  # two model loads in fresh processes
+def test_model_loading_is_quiet_unless_verbose(tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.latemm.tiny_models import build_colbert_pylate
+
+    model = build_colbert_pylate(tmp_path / "colbert")
+    corpus = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"doc_id": ["a", "b"], "text": ["revenue", "growth"]}), corpus)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    errs = {}
+    for flag in ("", "--verbose"):
+        command = [sys.executable, "-m", "latemm.cli", "index", str(corpus), "--index"]
+        command += [str(tmp_path / f"idx{flag}"), "--encoder", str(model), "--quiet"]
+        done = subprocess.run(
+            [*command, *([flag] if flag else [])], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        errs[flag] = done.stderr
+    assert "Loading weights" not in errs[""] and "Loading weights" in errs["--verbose"]
