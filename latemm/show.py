@@ -340,8 +340,8 @@ STYLE = (
     ".lightbox a.full{display:block;width:min(95vw,1400px);margin:2vh auto;cursor:zoom-out;"
     "background-size:100% 100%}"
     "table.scores th{text-align:left;font-weight:normal;color:#444;padding-right:1em}"
-    ".legend{font-size:13px;color:#333}.legend dt{font-family:monospace;float:left;width:11em}"
-    ".legend dd{margin-left:11.5em}.query{font-size:18px}.qid{font-family:monospace}"
+    ".legend{font-size:13px;color:#333;font-family:monospace;list-style:none;padding:0}"
+    ".query{font-size:18px}.qid{font-family:monospace}"
 )
 
 
@@ -392,10 +392,12 @@ def render(
         for i, (row, meta) in enumerate(zip(rows, metas, strict=True))
     ]
     base = FIELDS_LEGEND if field_legend else LEGEND
-    legend = "".join(
-        f"<dt>{html.escape(name)}</dt><dd>"
-        f"{html.escape(base.get(name) or field_legend.get(name) or 'a score column of the run')}"
-        "</dd>"
+    legend = "".join(  # one line per score column: "name: what it is"
+        "<li>"
+        + html.escape(
+            f"{name}: {base.get(name) or field_legend.get(name) or 'a score column of the run'}"
+        )
+        + "</li>"
         for name in scores
     )
     judged = ""
@@ -422,6 +424,6 @@ def render(
         f"<p>Top {len(rows)} pages from {html.escape(str(run_path))} in "
         f"{html.escape(str(index_dir))}; click a page to enlarge it, query terms are "
         "<mark>marked</mark> in the page text.</p>"
-        f"{judged}<dl class='legend'>{legend}</dl>"
+        f"{judged}<ul class='legend'>{legend}</ul>"
         f"<div class='grid'>{''.join(cards)}</div></body></html>"
     )

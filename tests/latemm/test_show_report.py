@@ -111,10 +111,10 @@ def test_show_works_on_every_kind_of_index(data, kind, capsys) -> None:
     assert "relevant (grade 2)" in page and "not retrieved here: never-retrieved" in page
     # each score column with a one-line legend
     for name in ("score", "fde_score", "maxsim_score", "rerank_score"):
-        assert f"<dt>{name}</dt><dd>" in page
+        assert f"<li>{name}: " in page
     if kind == "fields":
-        assert "<dt>score_emb</dt><dd>field emb: MaxSim" in page
-        assert "<dt>score_bm25</dt><dd>field bm25: BM25" in page
+        assert "<li>score_emb: field emb: MaxSim" in page
+        assert "<li>score_bm25: field bm25: BM25" in page
         assert page.count("<th>score_bm25</th>") == N
 
 
@@ -231,7 +231,7 @@ def test_heatmap_on_a_fields_index_uses_its_image_field(tmp_path, capsys) -> Non
     assert main([*show, "--queries", str(queries), "--heatmap"]) == 0
     page = out.read_text()
     assert page.count('<img class="heatmap"') == 3 and page.count('<img class="page"') == 3
-    assert "<dt>score_image</dt><dd>field image: MaxSim" in page
+    assert "<li>score_image: field image: MaxSim" in page
 
 
 @pytest.mark.slow  # MiniLM and BM25 over 27 real pages, then Chromium: a minute or more
