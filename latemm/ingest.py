@@ -18,6 +18,7 @@ import io
 import json
 import os
 import sys
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
@@ -239,26 +240,41 @@ class _OcrJournal:
                 except (ValueError, KeyError, TypeError):
                     continue
         self._fh: Any = None
+        self._lock = threading.Lock()  # results arrive on the pool's thread
 
     @staticmethod
     def key(engine: str, doc_id: str, image: bytes) -> str:
         return f"{engine}|{doc_id}|{hashlib.sha256(image).hexdigest()[:32]}"
 
     def add(self, key: str, result: PageText) -> None:
-        if self._fh is None:
-            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        entry = {"key": key, **result.__dict__}
-        self._fh.write(json.dumps(entry) + "\n")
-        self._fh.flush()
+        with self._lock:
+            if self._fh is None:
+                self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - see close()
+            self._fh.write(json.dumps({"key": key, **result.__dict__}) + "\n")
+            self._fh.flush()
+
+    def keep(self, key: str) -> Any:
+        """A future's done-callback that adds its result under ``key`` (errors are not kept:
+        they are retried on resume)."""
+
+        def callback(future: Future[PageText | str]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                result = future.result()
+                if isinstance(result, PageText):
+                    self.add(key, result)
+
+        return callback
 
     def sync(self) -> None:
-        if self._fh is not None:
-            os.fsync(self._fh.fileno())
+        with self._lock:
+            if self._fh is not None:
+                os.fsync(self._fh.fileno())
 
     def close(self, *, remove: bool) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        with self._lock:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
         if remove:
             self.path.unlink(missing_ok=True)
 
@@ -397,9 +413,7 @@ def _resolve_ocr(ocr: str, engine: str | None) -> str | None:
     return found
 
 
-def _finish(
-    page: _Page, report: IngestReport, journal: _OcrJournal
-) -> tuple[str, str, float | None] | None:
+def _finish(page: _Page, report: IngestReport) -> tuple[str, str, float | None] | None:
     """The page's (text, text_source, OCR confidence), from its layer or its OCR; None when
     the row is dropped (reported)."""
     text, source, confidence = page.layer, "layer" if page.layer.strip() else "none", None
@@ -408,8 +422,6 @@ def _finish(
         if isinstance(result, str):
             report.problems.append(f"{page.where}: {result}; kept with its text layer only")
         else:
-            if page.ocr_key is not None and page.ocr_key not in journal.done:
-                journal.add(page.ocr_key, result)
             if result.text.strip():
                 text, source, confidence = result.text, "ocr", result.confidence
             elif not page.layer.strip():
@@ -523,7 +535,7 @@ def ingest_pdfs(
                 )
 
     def write(page: _Page, writer: pq.ParquetWriter) -> None:
-        finished = _finish(page, report, journal)
+        finished = _finish(page, report)
         if finished is None:
             return
         text, source, confidence = finished
@@ -566,6 +578,7 @@ def ingest_pdfs(
                         report.ocr_resumed += 1
                     else:
                         page.ocr = pool.submit(page.ocr_image)
+                        page.ocr.add_done_callback(journal.keep(page.ocr_key))
                         report.ocr_pages += 1
                 pending.append(page)
                 while pending and (

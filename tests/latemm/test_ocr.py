@@ -214,16 +214,16 @@ def test_an_interrupted_ingest_resumes_without_ocr_of_finished_pages(
     drawn_page([NOTE]).save(folder / "b.png")
     out = tmp_path / "corpus.parquet"
     out.write_bytes(b"the corpus from before")
-    finish = ingest._finish
-    finished = []
+    submit = ocr.OcrPool.submit
+    submitted = []
 
-    def interrupted(page, report, journal):
-        if finished:
-            raise KeyboardInterrupt  # Ctrl-C while the second page is being written
-        finished.append(page.doc_id)
-        return finish(page, report, journal)
+    def interrupted(pool, image):
+        if submitted:
+            raise KeyboardInterrupt  # Ctrl-C before the second page's OCR starts
+        submitted.append(image)
+        return submit(pool, image)
 
-    monkeypatch.setattr(ingest, "_finish", interrupted)
+    monkeypatch.setattr(ocr.OcrPool, "submit", interrupted)
     with pytest.raises(KeyboardInterrupt):
         ingest.ingest_pdfs([folder], out, progress=False, ocr_workers=1)
     assert out.read_bytes() == b"the corpus from before"  # nothing committed is lost
@@ -231,7 +231,7 @@ def test_an_interrupted_ingest_resumes_without_ocr_of_finished_pages(
     assert [json.loads(x)["key"].split("|")[:2] for x in journal.read_text().splitlines()] == [
         ["rapidocr", "a.png#p1"]
     ]
-    monkeypatch.setattr(ingest, "_finish", finish)
+    monkeypatch.setattr(ocr.OcrPool, "submit", submit)
     calls = []
     read = ocr.read_image
     monkeypatch.setattr(
@@ -319,3 +319,22 @@ def test_a_missing_engine_gives_the_install_line(tmp_path: Path, capsys, monkeyp
     assert rows(out)[0]["text_source"] == "none"
     assert main(["ingest", str(tmp_path), "--out", str(out), "--ocr-workers", "0"]) == 2
     assert "--ocr-workers must be at least 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@needs_rapidocr
+def test_ocr_in_worker_processes_gives_the_pages_in_file_order(tmp_path: Path, capsys) -> None:
+    """Two worker processes (the default on two cores; slow: each starts an engine in a fresh
+    process): rows come out in file order whatever order OCR finishes in."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    texts = [QUARTER, NOTE, "Total assets rose to 12 billion", "Board of directors"]
+    for i, text in enumerate(texts):
+        drawn_page([text]).save(folder / f"page{i}.png")
+    out = tmp_path / "corpus.parquet"
+    assert main(["ingest", str(folder), "--out", str(out), "--ocr-workers", "2"]) == 0
+    assert "OCR read 4 pages (" in capsys.readouterr().out
+    found = rows(out)
+    assert [r["doc_id"] for r in found] == [f"page{i}.png#p1" for i in range(4)]
+    for row, text in zip(found, texts, strict=True):
+        assert cer(row["text"], text) < 0.08, row

@@ -1,0 +1,291 @@
+"""OCR at ingest on MMLongBench-Doc: how well the OCR reads, and what it does for the main job.
+
+Run: ``python -m experiments.eval_ocr [--part oracle|main|all] [--sample N]``. Writes (and
+updates, one part at a time) ``results/eval_ocr.json``.
+
+- ``oracle``: born-digital pages (a text layer of 200 visible characters or more), a seeded
+  random sample. Each page is rendered as ``latemm ingest`` renders a page it OCRs and read by
+  the default engine; the OCR text is compared with the page's own text layer: character error
+  rate (Levenshtein distance over the layer's length, whitespace runs collapsed) and word recall
+  (share of the layer's lower-cased words, counted with multiplicity, that the OCR text has),
+  median and 90th percentile, and the OCR's pages/s in worker processes (one per core).
+  Reading order counts against the CER (a sidebar read before the body is an error); word recall
+  does not depend on order.
+- ``main``: the README's main job on every PDF, ``ingest`` -> ``index --encoder MiniLM`` ->
+  ``search``, once with ``--ocr never`` (before) and once with the default ``--ocr auto``
+  (after), both with ``--no-images`` (the text encoder reads no image; the pages OCR reads are
+  rendered either way). Pages without text, nDCG@5 over every answerable question and over the
+  questions whose evidence pages all lack a text layer, and ranx's paired t-test between the two
+  runs. The after corpus is reused from ``experiments/cache/eval_ocr/`` when a previous run (or a
+  ``latemm ingest`` there, logged to ``ingest-ocr.log``) left it; an interrupted ingest resumes
+  from its OCR journal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import statistics
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from experiments.common import CACHE, RESULTS, minilm_path, shared_data_dir, write_result
+
+NAME = "eval_ocr"
+WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def cer(found: str, reference: str) -> float:
+    from rapidfuzz.distance import Levenshtein
+
+    found, reference = " ".join(found.split()), " ".join(reference.split())
+    return Levenshtein.distance(found, reference) / max(1, len(reference))
+
+
+def word_recall(found: str, reference: str) -> float:
+    want = Counter(w.lower() for w in WORD.findall(reference))
+    have = Counter(w.lower() for w in WORD.findall(found))
+    return sum((want & have).values()) / max(1, sum(want.values()))
+
+
+def born_digital_pages(pdfs: list[Path], min_chars: int = 200) -> list[tuple[Path, int, str]]:
+    """(pdf, 0-based page, layer text) of every page whose layer has ``min_chars`` or more."""
+    import pypdfium2 as pdfium
+
+    pages = []
+    for path in pdfs:
+        pdf = pdfium.PdfDocument(str(path))
+        for number in range(len(pdf)):
+            text = pdf[number].get_textpage().get_text_range()
+            if len("".join(text.split())) >= min_chars:
+                pages.append((path, number, text))
+        pdf.close()
+    return pages
+
+
+def oracle(data: Path, sample: int, seed: int) -> dict[str, Any]:
+    import pypdfium2 as pdfium
+
+    from latemm.ingest import _render_for_ocr
+    from latemm.ocr import OcrPool, default_engine, default_workers
+
+    pdfs = sorted((data / "mmlongbench" / "pdfs").glob("*.pdf"))
+    candidates = born_digital_pages(pdfs)
+    chosen = random.Random(seed).sample(candidates, min(sample, len(candidates)))
+    engine = default_engine()
+    if engine is None:
+        raise SystemExit("no OCR engine installed: pip install 'latemm[ocr]'")
+    workers = default_workers()
+    images = []
+    for path, number, _ in chosen:
+        pdf = pdfium.PdfDocument(str(path))
+        _, png = _render_for_ocr(
+            pdf[number], dpi=96.0, max_pixels=1024 * 1024, image_format="JPEG", images=False
+        )
+        pdf.close()
+        images.append(png)
+    start = time.perf_counter()
+    with OcrPool(engine, workers=workers) as pool:
+        futures = [pool.submit(png) for png in images if png is not None]
+        results = [f.result() for f in futures]
+    seconds = time.perf_counter() - start
+    pages: list[dict[str, Any]] = []
+    for (path, number, layer), result in zip(chosen, results, strict=True):
+        text = result if isinstance(result, str) else result.text
+        pages.append(
+            {
+                "doc_id": f"{path.name}#p{number + 1}",
+                "cer": round(cer(text, layer), 4),
+                "word_recall": round(word_recall(text, layer), 4),
+                "confidence": None if isinstance(result, str) else result.confidence,
+                "layer_chars": len(layer),
+            }
+        )
+        print(f"  {pages[-1]}")
+    cers = [float(p["cer"]) for p in pages]
+    recalls = [float(p["word_recall"]) for p in pages]
+    summary = {
+        "engine": engine,
+        "workers": workers,
+        "born_digital_pages": len(candidates),
+        "sample": len(pages),
+        "seed": seed,
+        "cer_median": statistics.median(cers),
+        "cer_p90": percentile(cers, 0.9),
+        "word_recall_median": statistics.median(recalls),
+        "word_recall_p10": percentile(recalls, 0.1),
+        "ocr_seconds": round(seconds, 1),
+        "pages_per_second": round(len(pages) / seconds, 4),
+        "pages": pages,
+    }
+    print({k: v for k, v in summary.items() if k != "pages"})
+    return summary
+
+
+def _ingest(pdfs: Path, corpus: Path, ocr: str) -> dict[str, Any]:
+    from latemm.ingest import ingest_pdfs
+
+    start = time.perf_counter()
+    report = ingest_pdfs([pdfs], corpus, images=False, progress=True, ocr=ocr)
+    return {
+        "seconds": round(time.perf_counter() - start, 1),
+        "pages": report.pages,
+        "text_sources": report.text_sources,
+        "ocr_pages": report.ocr_pages,
+        "ocr_resumed": report.ocr_resumed,
+        "ocr_pages_per_second": (
+            round(report.ocr_pages / report.ocr_seconds, 4) if report.ocr_seconds else None
+        ),
+        "skipped": report.problems,
+    }
+
+
+def _logged_ingest(work: Path) -> dict[str, Any] | None:
+    """The figures of an after-corpus ``latemm ingest`` left in ``work`` (its log's last line)."""
+    log = work / "ingest-ocr.log"
+    if not log.is_file():
+        return None
+    text = log.read_text(encoding="utf-8", errors="replace").replace("\r", "\n")
+    done = re.search(r"ingested (\d+) pages .* in ([0-9.]+)s \(text: ([^)]*)\)(.*?);", text)
+    if done is None:
+        return None
+    rate = re.search(r"OCR read (\d+) pages \(([0-9.]+) pages/s\)", done.group(4))
+    sources = {n.split()[1]: int(n.split()[0]) for n in done.group(3).split(", ")}
+    return {
+        "seconds": float(done.group(2)),
+        "pages": int(done.group(1)),
+        "text_sources": sources,
+        "ocr_pages": int(rate.group(1)) if rate else 0,
+        "ocr_pages_per_second": float(rate.group(2)) if rate else None,
+        "skipped": [
+            line.removeprefix("latemm ingest: ")
+            for line in text.splitlines()
+            if line.startswith("latemm ingest: ")
+        ],
+        "command": "latemm ingest PDFS --out corpus-ocr.parquet --no-images (logged)",
+    }
+
+
+def _retrieve(corpus: Path, work: Path, label: str, queries: Path) -> dict[str, Any]:
+    from latemm.encoders.text import TextEncoder
+    from latemm.metrics import load_run
+    from latemm.pipeline import index_corpus, search_file
+
+    encoder = TextEncoder(minilm_path())
+    index = work / f"idx-{label}"
+    run = work / f"run-{label}.parquet"
+    for stale in (index, run):
+        if stale.exists():
+            import shutil
+
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    start = time.perf_counter()
+    index_corpus(corpus, index, encoder=encoder, progress=False)
+    index_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    search_file(index, queries, run, encoder=encoder, k=10, progress=False)
+    from index_store import Index
+
+    rejects = Index.open(index).rejects().to_pylist()
+    return {
+        "index_seconds": round(index_seconds, 1),
+        "search_seconds": round(time.perf_counter() - start, 1),
+        "rejects": len(rejects),
+        "run": load_run(run),
+    }
+
+
+def main_job(data: Path, work: Path) -> dict[str, Any]:
+    import pyarrow as pa
+
+    from latemm.metrics import compare, evaluate
+    from latemm.mmlongbench import questions
+
+    pdfs = data / "mmlongbench" / "pdfs"
+    work.mkdir(parents=True, exist_ok=True)
+    ids, texts, qrels = questions(data / "mmlongbench" / "samples.json")
+    queries = work / "questions.parquet"
+    pq.write_table(pa.table({"query_id": ids, "text": texts}), queries)
+
+    before = _ingest(pdfs, work / "corpus-never.parquet", "never")
+    after_corpus = work / "corpus-ocr.parquet"
+    after = _logged_ingest(work) if after_corpus.is_file() else None
+    if after is None:
+        after = _ingest(pdfs, after_corpus, "auto")
+    table = pq.read_table(after_corpus, columns=["doc_id", "text", "text_source"]).to_pylist()
+    layer = {r["doc_id"] for r in table if r["text_source"] == "layer"}
+    no_layer_q = [q for q in ids if not any(doc in layer for doc in qrels[q])]
+    blank = [p.split(":")[0] for p in after["skipped"] if p.endswith("(no text found by OCR)")]
+    shown = [r for r in table if r["text_source"] == "ocr"][:3]
+
+    runs, jobs = {}, {}
+    for label, corpus, ingest in (
+        ("before", work / "corpus-never.parquet", before),
+        ("after", after_corpus, after),
+    ):
+        done = _retrieve(corpus, work, label, queries)
+        runs[label] = done.pop("run")
+        jobs[label] = {
+            **{k: v for k, v in ingest.items() if k != "skipped"},
+            "without_text": len(ingest["skipped"]),
+            **done,
+        }
+        jobs[label]["total_seconds"] = round(
+            ingest["seconds"] + done["index_seconds"] + done["search_seconds"], 1
+        )
+    metrics = ["ndcg@5", "ndcg@10", "recall@10"]
+    subset = {q: qrels[q] for q in no_layer_q}
+    result = {
+        "pdfs": len(list(pdfs.glob("*.pdf"))),
+        "questions": len(ids),
+        "questions_without_layer_evidence": len(no_layer_q),
+        "jobs": jobs,
+        "truly_blank": blank,
+        "ocr_text_examples": [{"doc_id": r["doc_id"], "text": r["text"][:300]} for r in shown],
+        "all": {label: evaluate(run, qrels, metrics) for label, run in runs.items()},
+        "no_layer_evidence": {
+            label: evaluate({q: run.get(q, {}) for q in subset}, subset, metrics)
+            for label, run in runs.items()
+        },
+        "paired_t_test_all": str(compare(runs, qrels, metrics)),
+        "paired_t_test_no_layer_evidence": str(
+            compare(
+                {k: {q: r.get(q, {}) for q in subset} for k, r in runs.items()}, subset, metrics
+            )
+        ),
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "truly_blank"}, indent=1))
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=["oracle", "main", "all"], default="all")
+    parser.add_argument("--sample", type=int, default=40, help="born-digital pages in the oracle")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="an 8-page oracle, no main job")
+    args = parser.parse_args(argv)
+    data = shared_data_dir()
+    path = RESULTS / f"{NAME}.json"
+    previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    payload = {k: previous[k] for k in ("oracle", "main_job") if k in previous}
+    if args.part in ("oracle", "all"):
+        payload["oracle"] = oracle(data, 8 if args.quick else args.sample, args.seed)
+    if args.part in ("main", "all") and not args.quick:
+        payload["main_job"] = main_job(data, CACHE / NAME)
+    write_result(NAME, payload)
+
+
+if __name__ == "__main__":
+    main()
