@@ -16,9 +16,9 @@ updates, one part at a time) ``results/eval_ocr.json``.
   (after), both with ``--no-images`` (the text encoder reads no image; the pages OCR reads are
   rendered either way). Pages without text, nDCG@5 over every answerable question and over the
   questions whose evidence pages all lack a text layer, and ranx's paired t-test between the two
-  runs. The after corpus is reused from ``experiments/cache/eval_ocr/`` when a previous run (or a
-  ``latemm ingest`` there, logged to ``ingest-ocr.log``) left it; an interrupted ingest resumes
-  from its OCR journal.
+  runs. ``--max-ocr-pages N`` keeps the PDFs with at most N pages to OCR (on a busy 2-core
+  machine OCR runs at a few pages a minute). The corpora live in ``experiments/cache/eval_ocr/``;
+  an interrupted after-ingest resumes from its OCR journal there.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import json
 import random
 import re
 import statistics
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -133,11 +134,11 @@ def oracle(data: Path, sample: int, seed: int) -> dict[str, Any]:
     return summary
 
 
-def _ingest(pdfs: Path, corpus: Path, ocr: str) -> dict[str, Any]:
+def _ingest(pdfs: list[Path], corpus: Path, ocr: str) -> dict[str, Any]:
     from latemm.ingest import ingest_pdfs
 
     start = time.perf_counter()
-    report = ingest_pdfs([pdfs], corpus, images=False, progress=True, ocr=ocr)
+    report = ingest_pdfs(pdfs, corpus, images=False, progress=True, ocr=ocr)
     return {
         "seconds": round(time.perf_counter() - start, 1),
         "pages": report.pages,
@@ -148,32 +149,6 @@ def _ingest(pdfs: Path, corpus: Path, ocr: str) -> dict[str, Any]:
             round(report.ocr_pages / report.ocr_seconds, 4) if report.ocr_seconds else None
         ),
         "skipped": report.problems,
-    }
-
-
-def _logged_ingest(work: Path) -> dict[str, Any] | None:
-    """The figures of an after-corpus ``latemm ingest`` left in ``work`` (its log's last line)."""
-    log = work / "ingest-ocr.log"
-    if not log.is_file():
-        return None
-    text = log.read_text(encoding="utf-8", errors="replace").replace("\r", "\n")
-    done = re.search(r"ingested (\d+) pages .* in ([0-9.]+)s \(text: ([^)]*)\)(.*?);", text)
-    if done is None:
-        return None
-    rate = re.search(r"OCR read (\d+) pages \(([0-9.]+) pages/s\)", done.group(4))
-    sources = {n.split()[1]: int(n.split()[0]) for n in done.group(3).split(", ")}
-    return {
-        "seconds": float(done.group(2)),
-        "pages": int(done.group(1)),
-        "text_sources": sources,
-        "ocr_pages": int(rate.group(1)) if rate else 0,
-        "ocr_pages_per_second": float(rate.group(2)) if rate else None,
-        "skipped": [
-            line.removeprefix("latemm ingest: ")
-            for line in text.splitlines()
-            if line.startswith("latemm ingest: ")
-        ],
-        "command": "latemm ingest PDFS --out corpus-ocr.parquet --no-images (logged)",
     }
 
 
@@ -206,23 +181,43 @@ def _retrieve(corpus: Path, work: Path, label: str, queries: Path) -> dict[str, 
     }
 
 
-def main_job(data: Path, work: Path) -> dict[str, Any]:
+def pages_to_ocr(path: Path) -> int:
+    """Pages of a PDF that ``--ocr auto`` reads (text layer under 20 visible characters)."""
+    import pypdfium2 as pdfium
+
+    from latemm.ingest import NEARLY_EMPTY_CHARS
+
+    pdf = pdfium.PdfDocument(str(path))
+    try:
+        return sum(
+            len("".join(pdf[i].get_textpage().get_text_range().split())) < NEARLY_EMPTY_CHARS
+            for i in range(len(pdf))
+        )
+    finally:
+        pdf.close()
+
+
+def main_job(data: Path, work: Path, max_ocr_pages: int | None) -> dict[str, Any]:
     import pyarrow as pa
 
     from latemm.metrics import compare, evaluate
     from latemm.mmlongbench import questions
 
-    pdfs = data / "mmlongbench" / "pdfs"
+    every = sorted((data / "mmlongbench" / "pdfs").glob("*.pdf"))
+    ocr_pages = {p.name: pages_to_ocr(p) for p in every}
+    pdfs = [p for p in every if max_ocr_pages is None or ocr_pages[p.name] <= max_ocr_pages]
+    left_out = {p.name: ocr_pages[p.name] for p in every if p not in pdfs}
     work.mkdir(parents=True, exist_ok=True)
-    ids, texts, qrels = questions(data / "mmlongbench" / "samples.json")
+    ids, texts, qrels = questions(
+        data / "mmlongbench" / "samples.json", pdfs={p.name for p in pdfs}
+    )
     queries = work / "questions.parquet"
     pq.write_table(pa.table({"query_id": ids, "text": texts}), queries)
 
-    before = _ingest(pdfs, work / "corpus-never.parquet", "never")
-    after_corpus = work / "corpus-ocr.parquet"
-    after = _logged_ingest(work) if after_corpus.is_file() else None
-    if after is None:
-        after = _ingest(pdfs, after_corpus, "auto")
+    tag = "" if max_ocr_pages is None else f"-max{max_ocr_pages}"
+    before = _ingest(pdfs, work / f"corpus-never{tag}.parquet", "never")
+    after_corpus = work / f"corpus-ocr{tag}.parquet"
+    after = _ingest(pdfs, after_corpus, "auto")
     table = pq.read_table(after_corpus, columns=["doc_id", "text", "text_source"]).to_pylist()
     layer = {r["doc_id"] for r in table if r["text_source"] == "layer"}
     no_layer_q = [q for q in ids if not any(doc in layer for doc in qrels[q])]
@@ -231,7 +226,7 @@ def main_job(data: Path, work: Path) -> dict[str, Any]:
 
     runs, jobs = {}, {}
     for label, corpus, ingest in (
-        ("before", work / "corpus-never.parquet", before),
+        ("before", work / f"corpus-never{tag}.parquet", before),
         ("after", after_corpus, after),
     ):
         done = _retrieve(corpus, work, label, queries)
@@ -247,7 +242,9 @@ def main_job(data: Path, work: Path) -> dict[str, Any]:
     metrics = ["ndcg@5", "ndcg@10", "recall@10"]
     subset = {q: qrels[q] for q in no_layer_q}
     result = {
-        "pdfs": len(list(pdfs.glob("*.pdf"))),
+        "pdfs": len(pdfs),
+        "left_out_pdfs": left_out,
+        "pages_to_ocr": sum(ocr_pages[p.name] for p in pdfs),
         "questions": len(ids),
         "questions_without_layer_evidence": len(no_layer_q),
         "jobs": jobs,
@@ -274,16 +271,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--part", choices=["oracle", "main", "all"], default="all")
     parser.add_argument("--sample", type=int, default=40, help="born-digital pages in the oracle")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--max-ocr-pages",
+        type=int,
+        default=None,
+        help="main job over the PDFs with at most this many pages to OCR (default: every PDF)",
+    )
     parser.add_argument("--quick", action="store_true", help="an 8-page oracle, no main job")
     args = parser.parse_args(argv)
     data = shared_data_dir()
+    parts: dict[str, Any] = {}
+    command = "python -m experiments.eval_ocr " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    if args.part in ("oracle", "all"):
+        parts["oracle"] = oracle(data, 8 if args.quick else args.sample, args.seed)
+    if args.part in ("main", "all") and not args.quick:
+        parts["main_job"] = main_job(data, CACHE / NAME, args.max_ocr_pages)
+    # Each part keeps the command that produced it; the file is read again only now, so two
+    # parts run side by side both end up in it.
     path = RESULTS / f"{NAME}.json"
     previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     payload = {k: previous[k] for k in ("oracle", "main_job") if k in previous}
-    if args.part in ("oracle", "all"):
-        payload["oracle"] = oracle(data, 8 if args.quick else args.sample, args.seed)
-    if args.part in ("main", "all") and not args.quick:
-        payload["main_job"] = main_job(data, CACHE / NAME)
+    payload.update({k: {**v, "command": command.strip()} for k, v in parts.items()})
     write_result(NAME, payload)
 
 
