@@ -424,8 +424,8 @@ def _finish(page: _Page, report: IngestReport) -> tuple[str, str, float | None] 
         else:
             if result.text.strip():
                 text, source, confidence = result.text, "ocr", result.confidence
-            elif not page.layer.strip():
-                report.problems.append(f"{page.where}: {EMPTY_REASON}")
+            elif not page.layer.strip() and page.image is not None:
+                report.problems.append(f"{page.where}: {EMPTY_REASON}")  # kept for its image
     if page.image is None and not text.strip():
         if page.ocr is None:
             report.problems.append(f"{page.where}: no text layer and images are off; skipped")
