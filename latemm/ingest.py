@@ -65,6 +65,8 @@ NEARLY_EMPTY_CHARS = 20
 # 96 dpi the recogniser drops the spaces of body text and confuses letters.
 OCR_DPI = 144.0
 OCR_MAX_PIXELS = 4 * 1024 * 1024
+# Pages held back (in file order) behind one whose OCR has not finished.
+MAX_PENDING = 256
 # A page image with no grey level below this (of 255) is blank: OCR would find nothing.
 BLANK_LEVEL = 230
 
@@ -79,7 +81,7 @@ class IngestReport:
     problems: list[str] = field(default_factory=list)
     ocr_pages: int = 0  # pages whose OCR ran in this call
     ocr_resumed: int = 0  # pages whose OCR came from an interrupted earlier call
-    ocr_seconds: float = 0.0
+    ocr_seconds: float = 0.0  # from the first OCR submitted to the last page written
     text_sources: dict[str, int] = field(default_factory=dict)
 
 
@@ -565,7 +567,7 @@ def ingest_pdfs(
     try:
         with pq.ParquetWriter(tmp, CORPUS_SCHEMA) as writer:
             pending: deque[_Page] = deque()  # pages in file order, their OCR maybe in flight
-            started = time.perf_counter()
+            started: float | None = None  # the first OCR submitted: pages/s counts from there
             for page in pages():
                 if page.blank:
                     page.ocr = Future()
@@ -577,19 +579,25 @@ def ingest_pdfs(
                         page.ocr.set_result(journal.done[page.ocr_key])
                         report.ocr_resumed += 1
                     else:
+                        started = time.perf_counter() if started is None else started
                         page.ocr = pool.submit(page.ocr_image)
                         page.ocr.add_done_callback(journal.keep(page.ocr_key))
                         report.ocr_pages += 1
                 pending.append(page)
+                # Write what is ready; wait for the oldest page only when enough OCR is in
+                # flight to keep every worker busy, or too many pages wait behind it.
                 while pending and (
-                    len(pending) > 4 * workers or pending[0].ocr is None or pending[0].ocr.done()
+                    pending[0].ocr is None
+                    or pending[0].ocr.done()
+                    or len(pending) > MAX_PENDING
+                    or sum(p.ocr is not None and not p.ocr.done() for p in pending) > 2 * workers
                 ):
                     write(pending.popleft(), writer)
                 if report.ocr_pages:
                     bar.set_postfix(ocr=report.ocr_pages, refresh=False)
             while pending:
                 write(pending.popleft(), writer)
-            report.ocr_seconds = time.perf_counter() - started if report.ocr_pages else 0.0
+            report.ocr_seconds = time.perf_counter() - started if started is not None else 0.0
             flush(writer)
         _check_worth_writing(report, out_path, inputs)
         tmp.replace(out_path)

@@ -338,3 +338,35 @@ def test_ocr_in_worker_processes_gives_the_pages_in_file_order(tmp_path: Path, c
     assert [r["doc_id"] for r in found] == [f"page{i}.png#p1" for i in range(4)]
     for row, text in zip(found, texts, strict=True):
         assert cer(row["text"], text) < 0.08, row
+
+
+@pytest.mark.slow
+@needs_rapidocr
+def test_main_job_indexes_the_pages_ocr_reads(shared_data: Path, tmp_path: Path, capsys) -> None:
+    """The README's ingest and index (no extra flags) on two PDFs with four image-only pages
+    (test_main_job's SMALL): the pages OCR reads are indexed, and the index rejects exactly the
+    pages left without text, each a page without a text layer that ingest reported."""
+    import latemm
+    from index_store import Index
+
+    names = ["698bba535087fa9a7f9009e172a7f763.pdf", "3276a5b991c49cf5f9a4af0f7d6fce67.pdf"]
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    for name in names:
+        (folder / name).symlink_to(shared_data / "mmlongbench" / "pdfs" / name)
+    corpus, index = tmp_path / "corpus.parquet", tmp_path / "idx"
+    assert main(["ingest", str(folder), "--out", str(corpus), "--quiet"]) == 0
+    reported = capsys.readouterr().err
+    table = pq.read_table(corpus, columns=["doc_id", "text", "text_source"]).to_pylist()
+    without = {r["doc_id"] for r in table if r["text_source"] == "none"}
+    read = {r["doc_id"] for r in table if r["text_source"] == "ocr"}
+    assert len(table) == 36 and read and len(without) + len(read) >= 4
+    for doc_id in without:
+        name, page = doc_id.split("#p")
+        assert f"{folder / name}, page {page}: no text found by OCR" in reported
+    assert (
+        main(["index", str(corpus), "--index", str(index), "--encoder", latemm.minilm_path()]) == 0
+    )
+    rejects = Index.open(index).rejects().to_pylist()
+    assert {r["doc_id"] for r in rejects} == without
+    assert len(Index.open(index)) == 36 - len(without)
