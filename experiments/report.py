@@ -493,8 +493,9 @@ def section_ocr(r: dict[str, Any]) -> str:
     oracle = r.get("oracle")
     if oracle:
         out.append(
-            f"**Oracle**: {oracle['sample']} born-digital pages (of {oracle['born_digital_pages']}, "
-            f"seed {oracle['seed']}) read by {oracle['engine']} in {oracle['workers']} worker "
+            f"**Oracle**: {oracle.get('read', oracle['sample'])} of {oracle['sample']} sampled "
+            f"born-digital pages (of {oracle['born_digital_pages']}, seed {oracle['seed']}; those "
+            f"read within the {oracle.get('budget_seconds') or 'unlimited'} s budget) read by {oracle['engine']} in {oracle['workers']} worker "
             f"processes and compared with their text layer (`{oracle['command']}`).\n"
         )
         rows = [
@@ -513,10 +514,13 @@ def section_ocr(r: dict[str, Any]) -> str:
             f"{job['questions']} answerable questions, {job['questions_without_layer_evidence']} "
             f"of them with every evidence page lacking a text layer (`{job['command']}`).\n"
         )
+        # Left without text: before, every page without a text layer; after, the pages OCR
+        # found empty (listed one by one in the JSON).
+        without = {"before": before["without_text"], "after": len(job["truly_blank"])}
         rows = [
             [
                 flag,
-                block["without_text"],
+                without[label],
                 job["all"][label]["ndcg@5"],
                 job["no_layer_evidence"][label]["ndcg@5"],
                 block["ocr_pages"],
@@ -546,6 +550,8 @@ def section_ocr(r: dict[str, Any]) -> str:
         )
         out += ["", "Paired t-test (ranx), all answerable questions:", "", "```"]
         out += [job["paired_t_test_all"].strip(), "```", ""]
+        out += ["Paired t-test, questions whose evidence has no text layer:", "", "```"]
+        out += [job["paired_t_test_no_layer_evidence"].strip(), "```", ""]
     return "\n".join(out)
 
 
