@@ -683,10 +683,20 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         images=not args.no_images,
         progress=not args.quiet,
+        ocr=args.ocr,
+        ocr_engine=args.ocr_engine,
+        ocr_workers=args.ocr_workers,
     )
+    ocr = ""
+    if report.ocr_pages or report.ocr_resumed:
+        rate = report.ocr_pages / report.ocr_seconds if report.ocr_seconds else 0.0
+        ocr = f"; OCR read {report.ocr_pages} pages ({rate:.2f} pages/s)"
+        ocr += f", {report.ocr_resumed} resumed" if report.ocr_resumed else ""
+    sources = ", ".join(f"{n} {name}" for name, n in sorted(report.text_sources.items()))
     print(
-        f"ingested {report.pages} pages from {report.files} PDFs into {args.out} in "
-        f"{time.perf_counter() - start:.1f}s; {len(report.problems)} problem(s) reported"
+        f"ingested {report.pages} pages from {report.files} files into {args.out} in "
+        f"{time.perf_counter() - start:.1f}s (text: {sources or 'none'}){ocr}; "
+        f"{len(report.problems)} problem(s) reported"
     )
     return 0
 
@@ -1124,12 +1134,14 @@ def _maintenance_parsers(sub: Any) -> None:
 
 def _data_parsers(sub: Any) -> None:
     """The parser of ``ingest``, ``convert``, ``show`` and ``quickstart``."""
-    p = sub.add_parser("ingest", help="render and extract PDF pages into a corpus Parquet file")
-    p.add_argument("inputs", nargs="+", help="PDF files or folders")
+    p = sub.add_parser(
+        "ingest", help="render and extract PDF and image pages into a corpus Parquet file"
+    )
+    p.add_argument("inputs", nargs="+", help="PDF, PNG, JPEG or TIFF files, or folders of them")
     p.add_argument(
         "--out",
         required=True,
-        help="corpus Parquet file: doc_id (FILE#pN), image, text, source, page",
+        help="corpus Parquet file: doc_id (FILE#pN), image, text, text_source, source, page",
     )
     p.add_argument(
         "--dpi",
@@ -1144,6 +1156,23 @@ def _data_parsers(sub: Any) -> None:
         help="largest page image in pixels; bigger renders are scaled down (default: %(default)s)",
     )
     p.add_argument("--no-images", action="store_true", help="text only (for text encoders)")
+    p.add_argument(
+        "--ocr",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="auto: OCR pages without a text layer when an engine is installed; "
+        "always: OCR every page (layer text kept in layer_text); never: text layer only "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--ocr-engine",
+        choices=["rapidocr", "tesseract"],
+        default=None,
+        help="OCR engine (default: the first installed, rapidocr then tesseract)",
+    )
+    p.add_argument(
+        "--ocr-workers", type=int, default=None, help="OCR processes (default: one per core)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ingest)
 
