@@ -99,6 +99,20 @@ def render_page(page: Any, *, dpi: float, max_pixels: int | None, image_format: 
 
 
 # Over 60 lines on purpose: one streaming loop over PDFs and pages; each step reports its own problem with file and page.
+def _page_count(pdfium: Any, files: list[Path]) -> int | None:
+    """Pages in all ``files`` (the progress bar's total, for its ETA); None if a file cannot be
+    opened here (the ingest itself then reports it)."""
+    total = 0
+    for path in files:
+        try:
+            pdf = pdfium.PdfDocument(str(path))
+        except Exception:  # noqa: BLE001 - reported by the ingest loop
+            return None
+        total += len(pdf)
+        pdf.close()
+    return total
+
+
 def ingest_pdfs(
     inputs: Iterable[str | Path],
     out: str | Path,
@@ -142,10 +156,17 @@ def ingest_pdfs(
             for column in rows.values():
                 column.clear()
 
-    bar = tqdm(desc="ingesting", unit="page", disable=not progress, file=sys.stderr)
+    files = list(pdf_files(inputs, report))
+    bar = tqdm(
+        total=_page_count(pdfium, files) if progress else None,
+        desc="ingesting",
+        unit="page",
+        disable=not progress,
+        file=sys.stderr,
+    )
     try:
         with pq.ParquetWriter(tmp, CORPUS_SCHEMA) as writer:
-            for path in pdf_files(inputs, report):
+            for path in files:
                 try:
                     pdf = pdfium.PdfDocument(str(path))
                 except Exception as exc:  # noqa: BLE001 - pdfium raises its own error types
