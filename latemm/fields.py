@@ -660,7 +660,7 @@ def _index_one(
                 spec = replace(spec, options={**spec.options, "rejected": rejected})
             return spec, int(spec.options["documents"])
         return spec, _index_vectors(base, filtered, spec, encoder, cols, progress, options)
-    except LatemmError as exc:
+    except InputError as exc:  # bad rows; a full disk (StorageError) names the file written
         renamed = _in_user_terms(exc, tmp, source, rows, req.name)
         if renamed is exc:
             raise
@@ -674,8 +674,8 @@ _ROWS = re.compile(r"\b(rows?(?: from)?) (\d+)(?: and (\d+))?")
 
 
 def _in_user_terms(
-    exc: LatemmError, tmp: Path, source: Path, rows: np.ndarray, name: str
-) -> LatemmError:
+    exc: InputError, tmp: Path, source: Path, rows: np.ndarray, name: str
+) -> InputError:
     """``exc`` with the field's filtered copy ``tmp`` (and its row numbers) replaced by the
     user's ``source`` and rows; ``exc`` itself if it does not name the copy, or if it is a
     full disk, whose message names the file that could not be written."""

@@ -372,13 +372,17 @@ def check_storable(
     dtype: str,
     source: str | Path,
     first_row: int | None = None,
+    *,
+    refine: str | None = None,
 ) -> None:
-    """Refuse vectors the index's storage ``dtype`` cannot hold, naming the document and the
-    fix, before they reach the disk: float16 tops out at 65504 (larger values become inf),
-    and a vector whose values all lie below its smallest normal number (6.1e-05) would be
-    flushed to zero or keep only a few bits (every score 0, pages ranked by id)."""
-    if dtype != "float16" or vectors.size == 0:
+    """Refuse vectors the index's storage ``dtype`` (or its ``refine`` copy) cannot hold,
+    naming the document and the fix, before they reach the disk: float16 tops out at 65504
+    (larger values become inf), and a vector whose values all lie below its smallest normal
+    number (6.1e-05) would be flushed to zero or keep only a few bits (every score 0, pages
+    ranked by id)."""
+    if (dtype != "float16" and refine != "float16") or vectors.size == 0:
         return
+    fix = "index with --dtype float32" if dtype == "float16" else "keep the copy with --refine int8"
     if offsets is None:  # one vector per document
         offsets = np.arange(len(ids) + 1)
     limit = float(np.finfo(np.float16).max)
@@ -389,7 +393,7 @@ def check_storable(
         raise InputError(
             f"{source}{'' if first_row is None else f', row {first_row + row}'}, doc_id "
             f"{ids[row]!r}: a vector value exceeds {limit:.0f}, the largest "
-            "float16 value; index with --dtype float32 (or normalise the vectors)"
+            f"float16 value; {fix} (or normalise the vectors)"
         )
     tiny = float(np.finfo(np.float16).tiny)
     largest = np.abs(vectors).max(axis=1)
@@ -401,8 +405,7 @@ def check_storable(
             f"{source}{'' if first_row is None else f', row {first_row + row}'}, doc_id "
             f"{ids[row]!r}: vector {vec - int(offsets[row])} has no value larger than "
             f"{float(largest[vec]):.3g}, below float16's smallest normal value ({tiny:.2g}), so "
-            "float16 storage would round it to zero; normalise the vectors (or index with "
-            "--dtype float32)"
+            f"float16 storage would round it to zero; normalise the vectors (or {fix})"
         )
 
 

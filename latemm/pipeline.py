@@ -492,7 +492,14 @@ def _write_batches(
                 n = 0
                 if batch.ids:
                     where = f"{source} (rows from {batch.first_row})"
-                    check_storable(batch.vectors, batch.offsets, batch.ids, config.dtype, where)
+                    check_storable(
+                        batch.vectors,
+                        batch.offsets,
+                        batch.ids,
+                        config.dtype,
+                        where,
+                        refine=config.refine,
+                    )
                     n = writer.add(
                         batch.ids,
                         batch.vectors,

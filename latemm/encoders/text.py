@@ -376,7 +376,7 @@ def _warn_truncated(queries: list[int], limit: int) -> None:
             f"{len(queries)} query text(s) (number {shown} of the batch) are longer than "
             f"{limit} tokens, the encoder's maximum query length (one window); only their "
             "first tokens are encoded",
-            stacklevel=4,
+            stacklevel=5,
         )
 
 

@@ -527,3 +527,19 @@ def test_search_resumes_only_with_the_same_query_columns(tmp_path, capsys) -> No
     assert record["query_columns"] == {"b": "other_r"}
     err = fails(capsys, *args, "--query-column", "b=other_q")
     assert "holds the finished batches of an interrupted search with other arguments" in err
+
+
+def test_float16_refine_copy_refuses_vectors_it_would_flush_to_zero(tmp_path, capsys) -> None:
+    """P21 for the refine copy: --refine float16 beside pq codes would also store zeros."""
+    g = np.random.default_rng(4)
+    docs = [g.standard_normal((3, DIM)).astype(np.float32) * np.float32(1e-8) for _ in range(3)]
+    path = tmp_path / "tiny.parquet"
+    pq.write_table(
+        pa.table({"doc_id": ["t0", "t1", "t2"],
+                  "embedding": pa.array([d.tolist() for d in docs], VECTORS)}),
+        path,
+    )  # fmt: skip
+    err = fails(capsys, "index", path, "--index", tmp_path / "idx", "--dtype", "pq1",
+                "--refine", "float16", "--quiet")  # fmt: skip
+    assert "doc_id 't0': vector 0 has no value larger than" in err
+    assert "keep the copy with --refine int8" in err
