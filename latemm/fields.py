@@ -32,7 +32,6 @@ from index_store.errors import (
     IndexFormatError,
     InputError,
     LatemmError,
-    StorageError,
 )
 from index_store.fsio import (
     find_links,
@@ -677,10 +676,9 @@ def _in_user_terms(
     exc: InputError, tmp: Path, source: Path, rows: np.ndarray, name: str
 ) -> InputError:
     """``exc`` with the field's filtered copy ``tmp`` (and its row numbers) replaced by the
-    user's ``source`` and rows; ``exc`` itself if it does not name the copy, or if it is a
-    full disk, whose message names the file that could not be written."""
+    user's ``source`` and rows; ``exc`` itself if it does not name the copy."""
     text = str(exc)
-    if str(tmp) not in text or isinstance(exc, StorageError):
+    if str(tmp) not in text:
         return exc
 
     def user_row(number: str) -> str:
