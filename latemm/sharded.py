@@ -149,12 +149,15 @@ def is_unfinished_build(path: str | Path) -> bool:
 def unfinished_build_message(root: str | Path) -> str:
     """What a folder left by an interrupted first sharded build is, and how to finish it."""
     recorded = _building_shards(Path(root))
-    n = str(recorded) if recorded is not None else "N"
+    n, hint = str(recorded) if recorded is not None else "N", ""
+    if recorded is None:  # left by a build that did not record its N
+        found = extra_shards(root, 0)
+        hint = f"; shards/ holds {len(found)} shard folders, up to {found[-1]}" if found else ""
     return (
         f"{root} is an unfinished sharded index: a first `latemm index --shards {n}` build was "
-        f"interrupted before its commit ({SHARDS_MANIFEST} is missing). Re-run `latemm index "
-        f"CORPUS --index {root} --shards {n}` to finish it (committed shards are kept), or "
-        "delete the folder"
+        f"interrupted before its commit ({SHARDS_MANIFEST} is missing{hint}). Re-run `latemm "
+        f"index CORPUS --index {root} --shards {n}` to finish it (committed shards are kept), "
+        "or delete the folder"
     )
 
 
