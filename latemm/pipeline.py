@@ -534,9 +534,13 @@ def search_file(
         ray=ray,
         refine_depth=refine_depth,
     )
-    search = dict(k=k, candidates=candidates, where=where)
+    search: dict[str, Any] = dict(k=k, candidates=candidates, where=where)
     if refine_depth is not None:  # absent otherwise: records written before it still resume
         search["refine_depth"] = refine_depth
+    if columns is not None and columns != Columns(id="query_id"):  # which columns are read
+        from dataclasses import asdict
+
+        search["columns"] = asdict(columns)
     settings = _resume_record(
         retriever,
         queries,

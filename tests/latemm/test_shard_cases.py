@@ -235,6 +235,9 @@ def test_b8_unchanged_file_still_resumes(corpus, tmp_path, capsys) -> None:
     # The search options are part of the record too: another k is refused, parts kept.
     assert run("search", idx, questions, "--out", out, "--batch-size", "10", "--k", "3") == 2
     assert "k 10 -> 3" in capsys.readouterr().err
+    argv = ["search", idx, questions, "--out", out, "--batch-size", "10"]
+    assert run(*argv, "--text-column", "title") == 2  # another column read: another search
+    assert "columns None -> " in capsys.readouterr().err
     assert sorted(p.name for p in parts.glob("part-*.parquet")) == kept
 
 
