@@ -498,15 +498,19 @@ def _index_sharded(
 
 
 def check_encoder(config: IndexConfig, info: dict[str, Any], where: str | Path) -> None:
-    """The query/corpus encoder must be the one the sharded index recorded."""
+    """The query/corpus encoder must be the one the sharded index recorded: the same rule as
+    one index (``is_compatible``: model, revision, dimension, templates and options)."""
+    from latemm.encoders.base import is_compatible
+
     recorded = config.encoder
     if recorded is None:
         return
-    if info["name_or_path"] != recorded["name_or_path"] or info["dim"] != recorded["dim"]:
+    reason = is_compatible(recorded, info)
+    if reason is not None:
         raise InputError(
             f"the index {where} was built with encoder {recorded['name_or_path']!r} (dim "
             f"{recorded['dim']}); these vectors would come from {info['name_or_path']!r} (dim "
-            f"{info['dim']}). Use the index's encoder"
+            f"{info['dim']}), which differs: {reason}. Use the index's encoder"
         )
 
 

@@ -398,3 +398,30 @@ def test_p19_delete_and_compact_on_shards_equal_one_index(corpus, tmp_path, caps
             sorted((idx / "shards").iterdir()), read_manifest(idx).documents, strict=True
         )
     )
+
+
+# ------------------------------------------------------------------------------ encoder check
+def test_sharded_search_checks_the_encoder_as_one_index_does(tmp_path) -> None:
+    """Same model name and dimension, other kind (mean-pooled single vectors): refused on a
+    sharded index as on one index (the check was name and dimension only)."""
+    from index_store.errors import InputError
+    from latemm.encoders import load_encoder
+
+    pages = tmp_path / "c.parquet"
+    write_pages(pages, 12)
+    pq.write_table(pq.read_table(pages).drop(["embedding"]), pages)
+    minilm = latemm.minilm_path()
+    multi = load_encoder(minilm)
+    latemm.build_index(pages, tmp_path / "idx", encoder=multi, num_shards=2)
+    latemm.build_index(pages, tmp_path / "one", encoder=multi)
+    single = load_encoder(minilm, kind="single")
+    assert (
+        single.info.name_or_path == minilm
+        and single.dim == read_manifest(tmp_path / "idx").config.dim
+    )
+    with pytest.raises(InputError, match="which differs"):
+        ShardedRetriever(tmp_path / "idx", encoder=single)
+    with pytest.raises(InputError, match="which differs"):
+        Retriever(tmp_path / "one", encoder=single)
+    same = ShardedRetriever(tmp_path / "idx", encoder=multi)
+    assert same.search(["revenue"], k=3).doc_ids.shape == (1, 3)
