@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO
 
 from index_store.errors import IndexLockedError, InputError
-from index_store.fsio import TMP_PATTERN, fsync_dir
+from index_store.fsio import TMP_PATTERN, fsync_dir, open_lock_file, refuse_links
 from index_store.manifest import (
     CODEBOOK_PATTERN,
     DELETED_PATTERN,
@@ -31,7 +31,7 @@ from index_store.manifest import (
 def acquire_lock(path: Path) -> IO[str]:
     """Hold ``path/LOCK`` exclusively (released by the OS when the process dies, so a stale
     file never blocks); ``IndexLockedError`` naming the holder when another writer has it."""
-    lock = open(path / "LOCK", "a+")  # noqa: SIM115 - held until the writer closes
+    lock = open_lock_file(path / "LOCK")  # held until the writer closes
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:
@@ -79,15 +79,19 @@ def prepare_folder(path: Path) -> None:
             "(new, or one `latemm index` created)"
         )
     path.mkdir(parents=True, exist_ok=True)
-    if (path / MANIFEST).exists():
+    if (path / MANIFEST).exists() or (path / MANIFEST).is_symlink():
+        refuse_links(path)  # nothing is written, read or removed through a link out of it
         return
-    foreign = sorted(c.name for c in path.iterdir() if not _owned_by_index(c))
+    foreign = sorted(
+        c.name for c in path.iterdir() if not c.is_symlink() and not _owned_by_index(c)
+    )
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise InputError(
             f"{path} is not empty and is not a latemm index (no {MANIFEST}; it holds {shown}); "
             "refusing to create an index there. Choose a new or empty directory for --index"
         )
+    refuse_links(path)
 
 
 def collect_garbage(path: Path, manifest: Manifest) -> None:

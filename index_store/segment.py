@@ -204,6 +204,9 @@ def check_files(directory: Path, files: tuple[FileEntry, ...], *, full: bool) ->
     problems = []
     for info in files:
         fpath = directory / info.file
+        if fpath.is_symlink():  # never read through a link out of the index
+            problems.append(f"{fpath}: a symbolic link (an index holds none); remove it")
+            continue
         # A file can vanish between the checks (a writer's commit removing what it replaced,
         # while a reader opens the state before it): reported as missing, so that the reader
         # retries on the new manifest instead of failing with a bare FileNotFoundError.

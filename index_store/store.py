@@ -40,7 +40,13 @@ from index_store.errors import (
     IndexFormatError,
     InputError,
 )
-from index_store.fsio import npy_bytes, sha256_file, write_bytes_atomic
+from index_store.fsio import (
+    find_links,
+    npy_bytes,
+    refuse_links,
+    sha256_file,
+    write_bytes_atomic,
+)
 from index_store.housekeeping import acquire_lock, collect_garbage, prepare_folder, release_lock
 from index_store.manifest import (
     FORMAT_VERSION,
@@ -171,6 +177,7 @@ class Index:
         if verify not in ("fast", "full", "none"):
             raise InputError(f"verify must be 'fast', 'full' or 'none', got {verify!r}")
         self.path = Path(path)
+        refuse_links(self.path)  # an index is untrusted data: nothing in it may point outside
         self._load(verify)
 
     def _load(self, verify: str, reuse: Sequence[Segment] = ()) -> None:
@@ -422,6 +429,9 @@ def verify(path: str | Path) -> list[str]:
     faiss header inconsistent with the manifest), read from the manifest alone so that it works
     on an index too damaged to open. Empty means intact."""
     root = Path(path)
+    links = find_links(root)
+    if links:  # reported, and nothing is read through them
+        return links
     manifest = Manifest.read(root)
     problems = check_files(root, (manifest.rejects.file,), full=True) if manifest.rejects else []
     problems += _check_codebook(root, manifest)

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from index_store.errors import IndexCorruptError, InputError, require
-from index_store.fsio import fsync_dir, sha256_file
+from index_store.fsio import fsync_dir, full_disk_error, index_path, is_full, sha256_file
 from index_store.segment import check_files
 
 DOCS = "docs.parquet"
@@ -137,27 +137,40 @@ def build(
     bm25s = _bm25s()
     tokens = (tokenizer or Tokenizer()).tokenize(texts, return_ids=True)
     tmp = directory.with_name(f".tmp-{directory.name}-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    if len(texts):  # bm25s cannot index nothing; an empty field is its docs file alone
-        retriever = bm25s.BM25()
-        retriever.index(tokens, show_progress=False)
-        retriever.save(str(tmp), allow_pickle=False)
-    pq.write_table(
-        pa.table({"doc_id": pa.array(doc_ids, pa.string()), "text": pa.array(texts, pa.string())}),
-        tmp / DOCS,
-    )
-    for path in tmp.iterdir():
-        with open(path, "rb+") as fh:
-            os.fsync(fh.fileno())
-    fsync_dir(tmp)
+    _remove_tree(tmp)
+    try:
+        tmp.mkdir(parents=True)
+        if len(texts):  # bm25s cannot index nothing; an empty field is its docs file alone
+            retriever = bm25s.BM25()
+            retriever.index(tokens, show_progress=False)
+            retriever.save(str(tmp), allow_pickle=False)
+        table = pa.table(
+            {"doc_id": pa.array(doc_ids, pa.string()), "text": pa.array(texts, pa.string())}
+        )
+        pq.write_table(table, tmp / DOCS)
+        for path in tmp.iterdir():
+            with open(path, "rb+") as fh:
+                os.fsync(fh.fileno())
+        fsync_dir(tmp)
+    except OSError as exc:
+        _remove_tree(tmp)
+        if is_full(exc):  # the committed build is untouched: fields.json still names it
+            raise full_disk_error(tmp, exc) from exc
+        raise
     os.replace(tmp, directory)
     fsync_dir(directory.parent)
     return {
         p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
         for p in sorted(directory.iterdir())
     }
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a build folder the index wrote (a link there is removed, never followed)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def read_docs(directory: Path) -> dict[str, str]:
@@ -175,6 +188,14 @@ def check_build(directory: Path, files: dict[str, Any], *, full: bool) -> list[s
     """Problems with a build's files against their recorded sizes and sha256."""
     from index_store.manifest import FileEntry
 
+    problems = []
+    for name in files:  # a name from fields.json: never a path out of the build
+        try:
+            index_path(directory, name, what="a bm25 build file named in fields.json")
+        except IndexCorruptError as exc:
+            problems.append(str(exc))
+    if problems:
+        return problems
     entries = tuple(FileEntry(name, int(f["size"]), str(f["sha256"])) for name, f in files.items())
     return check_files(Path(directory), entries, full=full)
 

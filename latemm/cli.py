@@ -264,6 +264,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     from latemm.fields import is_fields_index
     from latemm.pipeline import search_file
 
+    if args.allow_files and not args.rerank:
+        raise InputError(
+            "--allow-files names where the reranker may read page images; it applies only "
+            "with --rerank MODEL (add it, or leave --allow-files out)"
+        )
     start = time.perf_counter()
     named = (
         args.fields
@@ -290,6 +295,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             device=args.device.split(",")[0] if args.device else None,
             dtype=_model_dtype(args),
             cache=args.rerank_cache,
+            allow_files=args.allow_files,
         )
     run = search_file(
         args.index,
@@ -432,6 +438,7 @@ def _reranker(args: argparse.Namespace) -> Any:
         device=args.device.split(",")[0] if args.device else None,
         dtype=_model_dtype(args),
         cache=args.rerank_cache,
+        allow_files=args.allow_files,
     )
 
 
@@ -866,6 +873,14 @@ def _search_parser(sub: Any) -> None:
         help="rrf: reciprocal rank fusion with MaxSim",
     )
     p.add_argument("--rerank-cache", default=None, help="SQLite file caching rerank scores")
+    p.add_argument(
+        "--allow-files",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="the reranker reads page images that the index names by path (image.path) only "
+        "under DIR (repeatable); other paths are an error",
+    )
     _add_device_flags(p)
     _add_encoder_flags(p)
     p.add_argument("--batch-size", type=int, default=64)

@@ -24,7 +24,7 @@ from typing import Any
 
 from index_store import Index, create
 from index_store.errors import IndexCorruptError, IndexLockedError, InputError
-from index_store.fsio import fsync_dir, write_json_atomic
+from index_store.fsio import fsync_dir, index_path, write_json_atomic
 from latemm.fields import (
     FIELDS_FILE,
     FieldsManifest,
@@ -102,7 +102,7 @@ def begin_delete(index_dir: str | Path, doc_ids: Sequence[str]) -> None:
 
 def read_journal(index_dir: str | Path) -> list[str] | None:
     """The doc ids of an unfinished delete, or None when there is none."""
-    path = Path(index_dir) / JOURNAL
+    path = index_path(index_dir, JOURNAL)  # a link is refused, never read
     if not path.is_file():
         return None
     try:
@@ -152,7 +152,8 @@ def _delete_bm25(
     if not ids & texts.keys():
         return manifest
     kept = {d: t for d, t in texts.items() if d not in ids}
-    rebuilt = write_bm25_build(root / "fields" / spec.name, spec, spec, kept, bm25_tokenizer(spec))
+    base = index_path(root, "fields", spec.name, what=f"field {spec.name!r}'s folder")
+    rebuilt = write_bm25_build(base, spec, spec, kept, bm25_tokenizer(spec))
     manifest = manifest.with_field(rebuilt)
     write_json_atomic(root / FIELDS_FILE, manifest.to_dict())
     return manifest

@@ -310,7 +310,7 @@ class FieldRetriever:
             if not missing:
                 break
             if isinstance(index, Index):
-                pages.update(read_pages(index, missing))
+                pages.update(read_pages(index, missing, getattr(self.reranker, "allow_files", ())))
             else:
                 texts = index.texts()
                 pages.update(

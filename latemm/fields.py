@@ -12,6 +12,7 @@ field named ``default``. Searching is ``latemm.field_search``.
 from __future__ import annotations
 
 import fcntl
+import os
 import re
 import shutil
 from collections.abc import Iterator, Mapping
@@ -26,7 +27,17 @@ import pyarrow.parquet as pq
 
 from index_store import Index
 from index_store.errors import IndexCorruptError, IndexFormatError, InputError, LatemmError
-from index_store.fsio import read_json_object, write_json_atomic
+from index_store.fsio import (
+    find_links,
+    full_disk_error,
+    index_path,
+    is_full,
+    open_lock_file,
+    open_nofollow,
+    read_json_object,
+    refuse_links,
+    write_json_atomic,
+)
 from latemm.encoders.base import is_compatible
 
 FIELDS_FILE = "fields.json"
@@ -158,6 +169,7 @@ def read_fields(index_dir: str | Path) -> FieldsManifest:
             f"{root} is not a latemm index (neither {FIELDS_FILE} nor manifest.json); create one "
             "with `latemm index CORPUS.parquet --index DIR --field NAME=ENCODER`"
         )
+    refuse_links(root)  # an index is untrusted data: nothing in it may point outside
     payload = read_json_object(path)
     if payload.get("format_version") != FORMAT_VERSION:
         raise IndexFormatError(
@@ -171,8 +183,12 @@ def field_dir(index_dir: str | Path, spec: FieldSpec, legacy: bool = False) -> P
     """Where a field's sub-index lives (for bm25: its current build)."""
     if legacy:
         return Path(index_dir)
-    base = Path(index_dir) / "fields" / spec.name
-    return base / spec.options["dir"] if spec.kind == "bm25" else base
+    base = index_path(index_dir, "fields", spec.name, what=f"field {spec.name!r}'s folder")
+    if spec.kind != "bm25":
+        return base
+    return index_path(
+        base, spec.options.get("dir"), what=f"{FIELDS_FILE}: bm25 field {spec.name!r}'s dir"
+    )
 
 
 def open_field(
@@ -201,8 +217,15 @@ def verify_fields(index_dir: str | Path) -> list[str]:
     from latemm.bm25 import check_build
     from latemm.field_maintenance import JOURNAL, read_journal
 
+    links = find_links(index_dir)
+    if links:  # reported, and nothing is read through them
+        return links
     problems = []
-    pending = read_journal(index_dir)
+    try:
+        pending = read_journal(index_dir)
+    except IndexCorruptError as exc:
+        problems.append(str(exc))
+        pending = None
     if pending is not None:
         problems.append(
             f"{Path(index_dir) / JOURNAL}: a delete of {len(pending)} document(s) was cut "
@@ -210,12 +233,18 @@ def verify_fields(index_dir: str | Path) -> list[str]:
             "delete` or `latemm compact`) finishes it"
         )
     for spec in read_fields(index_dir).fields:
-        path = field_dir(index_dir, spec)
-        found = (
-            check_build(path, spec.options["files"], full=True)
-            if spec.kind == "bm25"
-            else verify(path)
-        )
+        try:  # a damaged field is reported, and the others are still checked
+            path = field_dir(index_dir, spec)
+            if spec.kind == "bm25":
+                found = check_build(path, spec.options.get("files") or {}, full=True)
+                if not path.is_dir():
+                    found.append(f"{path}: the build folder {FIELDS_FILE} names is missing")
+            elif not path.is_dir():
+                found = [f"{path}: the field's sub-index folder is missing; rebuild the field"]
+            else:  # a field that holds no page yet has no manifest
+                found = verify(path) if (path / "manifest.json").is_file() else []
+        except (IndexCorruptError, IndexFormatError) as exc:
+            found = [str(exc)]
         problems += [f"field {spec.name!r}: {p}" for p in found]
     return problems
 
@@ -317,7 +346,7 @@ def locked(root: Path) -> Iterator[None]:
     from index_store.errors import IndexLockedError
 
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / "LOCK", "a+") as fh:
+    with open_lock_file(root / "LOCK") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
@@ -362,6 +391,8 @@ def field_corpus(
     keep = [n for n in dataset.schema.names if n not in drop]
     writer = None
     skipped = 0
+    # Created without following a link: a planted ``.corpus-<f>.parquet`` link is refused.
+    sink = os.fdopen(open_nofollow(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb")
     try:
         for batch in dataset.to_batches(columns=keep, batch_size=1024):
             table = pa.Table.from_batches([batch])
@@ -369,11 +400,22 @@ def field_corpus(
             skipped += table.num_rows - pc.sum(mask).as_py() if table.num_rows else 0
             table = table.filter(mask)
             if writer is None:
-                writer = pq.ParquetWriter(out, table.schema)
+                writer = pq.ParquetWriter(sink, table.schema)
             writer.write_table(table)
-    finally:
         if writer is not None:
             writer.close()
+        sink.close()
+    except OSError as exc:
+        if is_full(exc):  # nothing of this field is committed yet
+            raise full_disk_error(out, exc) from exc
+        raise
+    finally:
+        try:
+            if writer is not None and writer.is_open:
+                writer.close()
+            sink.close()
+        except OSError:
+            pass  # already failing: the error above is the one to report
     if writer is None:
         raise InputError(f"{corpus} has no rows")
     return out, int(skipped)
@@ -490,9 +532,9 @@ def _index_one(
         spec.reads, cols.image
     )
     own = spec.options.get("embedding_column")
-    base = root / "fields" / req.name
+    base = index_path(root, "fields", req.name, what=f"field {req.name!r}'s folder")
     base.mkdir(parents=True, exist_ok=True)
-    tmp = base.parent / f".corpus-{req.name}.parquet"
+    tmp = index_path(root, "fields", f".corpus-{req.name}.parquet")
     try:
         filtered, _ = field_corpus(
             source, tmp, reads=spec.reads, column=column, drop=drop_all - {own}
@@ -570,7 +612,7 @@ def _index_bm25(
         else bm25.Tokenizer()
     )
     if recorded is not None:
-        texts = bm25.read_docs(base / recorded.options["dir"])
+        texts = bm25.read_docs(field_dir(base.parent.parent, recorded))
         kept = bm25_tokenizer(recorded)
         if "tokenizer" in spec.options and tokenizer != kept:
             raise InputError(
@@ -606,6 +648,7 @@ def write_bm25_build(
     from latemm import bm25
 
     committed = recorded.options["dir"] if recorded is not None else None
+    index_path(base.parent, base.name, what="a bm25 field's folder")  # never a link out
     for child in base.iterdir():
         if child.name != committed:
             _remove(child)
@@ -636,6 +679,6 @@ def remove_stale_builds(index_dir: str | Path) -> None:
     for spec in read_fields(root).fields:
         if spec.kind != "bm25":
             continue
-        for child in (root / "fields" / spec.name).iterdir():
+        for child in index_path(root, "fields", spec.name).iterdir():
             if child.name != spec.options["dir"]:
                 _remove(child)

@@ -10,7 +10,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import io
+import os
+import stat
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -342,8 +345,64 @@ def write_run_trec(table: pa.Table, path: str | Path, *, tag: str = "latemm") ->
     tmp.replace(path)
 
 
-def image_bytes(value: Any) -> bytes | None:
-    """PNG/JPEG bytes from a cell of an ``image`` column (bytes or a ``{bytes, path}`` struct)."""
+# The largest page image file read from a path: far above any page scan (a 600 dpi A4 PNG is
+# ~30 MB), far below what would exhaust memory.
+MAX_IMAGE_FILE_BYTES = 256 * 1024 * 1024
+ANY_FILE = None  # ``allow_files`` for the user's own corpus: any path it names may be read
+
+
+def read_image_file(
+    path: str | Path,
+    allow_files: Sequence[str | Path] | None,
+    *,
+    max_bytes: int = MAX_IMAGE_FILE_BYTES,
+    refused: str = "not read",
+) -> bytes:
+    """The bytes of a page image that a cell names by path: the one file-read policy of every
+    reader of page images (``latemm show`` and its heat map, the reranker, the encoders).
+
+    ``allow_files`` None (``ANY_FILE``) reads any path: the user's own corpus at index time.
+    A list (paths an index names, read at search or show time: an index is untrusted data) reads
+    only files under those folders, after resolving links, so a link cannot lead out of them.
+    Either way the file is checked before reading: a regular file (``/dev/zero``, a FIFO or a
+    folder is refused) of at most ``max_bytes``. A refusal is an ``InputError`` naming the
+    path and the fix; ``refused`` says what happens to it (``not read``, ``not shown``)."""
+    if allow_files is not None:
+        resolved = Path(path).resolve()
+        folders = [Path(folder).resolve() for folder in allow_files]
+        if not any(resolved.is_relative_to(folder) for folder in folders):
+            raise InputError(
+                f"image file {path} {refused}: pass --allow-files with its folder to read it "
+                "(page images that an index names by path are read only under --allow-files)"
+            )
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise InputError(f"image file {path} does not exist or cannot be read ({exc})") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(
+            f"image file {path} {refused}: it is not a regular file (a device, FIFO or folder); "
+            "point the image path at a PNG or JPEG file"
+        )
+    if info.st_size > max_bytes:
+        raise InputError(
+            f"image file {path} {refused}: it is {info.st_size:,} bytes, over the "
+            f"{max_bytes:,}-byte limit for a page image; downscale it (latemm ingest --max-pixels)"
+        )
+    with open(path, "rb") as fh:
+        data = fh.read(max_bytes + 1)  # the file may have grown since the stat
+    if len(data) > max_bytes:
+        raise InputError(
+            f"image file {path} {refused}: it grew past the {max_bytes:,}-byte limit while read"
+        )
+    return data
+
+
+def image_bytes(
+    value: Any, allow_files: Sequence[str | Path] | None = ANY_FILE, *, refused: str = "not read"
+) -> bytes | None:
+    """PNG/JPEG bytes from a cell of an ``image`` column (bytes or a ``{bytes, path}`` struct);
+    a path is read by ``read_image_file`` under ``allow_files``."""
     if value is None:
         return None
     if isinstance(value, (bytes, bytearray)):
@@ -352,8 +411,29 @@ def image_bytes(value: Any) -> bytes | None:
         if value.get("bytes"):
             return bytes(value["bytes"])
         if value.get("path"):
-            return Path(value["path"]).read_bytes()
+            return read_image_file(value["path"], allow_files, refused=refused)
     raise InputError(f"cannot read an image from a cell of type {type(value).__name__}")
+
+
+def image_problem(data: bytes) -> str | None:
+    """Why an encoder could not decode ``data`` without risk, from its header alone: an image
+    over Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS`` x 2, where Pillow
+    refuses to decode). None when the header is within it, or not an image Pillow knows (that
+    is the encoder's error to give)."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                image.size  # noqa: B018 - the header is parsed by open
+    except Image.DecompressionBombError as exc:
+        return f"an image too large to decode safely ({exc})"
+    except Exception:  # noqa: BLE001 - not decodable: the encoder names the row
+        return None
+    return None
 
 
 def write_parquet(path: str | Path, tables: Iterable[pa.Table], *, empty: str = "") -> int:

@@ -35,6 +35,7 @@ from latemm.io import (
     check_storable,
     count_rows,
     image_bytes,
+    image_problem,
     open_dataset,
     read_batches,
     write_parquet,
@@ -265,6 +266,8 @@ def _encode_rows(
     rows, rejects = [], []
     for i, page in pages.items():
         reason = encoder.can_read(page)
+        if reason is None and page.image is not None and "image" in encoder.reads:
+            reason = image_problem(page.image)  # a decompression bomb: rejected, not decoded
         if reason is None:
             rows.append(i)
         else:

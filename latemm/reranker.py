@@ -95,6 +95,10 @@ class MLLMReranker:
         Page resolution budget (Qwen-style image processors).
     cache
         SQLite file for scores; None disables caching.
+    allow_files
+        Folders under which page images that an index names by file path may be read (the
+        ``--allow-files`` policy of ``latemm show``, ``latemm.io.read_image_file``); by default
+        none: an index is untrusted data and must not make the reranker read arbitrary files.
     """
 
     def __init__(
@@ -110,6 +114,7 @@ class MLLMReranker:
         batch_size: int = 4,
         max_pixels: int | None = None,
         cache: str | Path | None = None,
+        allow_files: Sequence[str | Path] = (),
     ) -> None:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -139,6 +144,9 @@ class MLLMReranker:
         self.batch_size = batch_size
         self.model_id = f"{name_or_path}@{revision or ''}+{adapter or ''}"
         self._cache = _ScoreCache(Path(cache)) if cache is not None else None
+        # Page images an index names by path are read only under these folders
+        # (latemm.io.read_image_file): an index must not make the reranker read any file.
+        self.allow_files = tuple(Path(folder) for folder in allow_files)
 
     def _single_token(self, answer: str) -> int:
         ids = self.tokenizer.encode(answer, add_special_tokens=False)

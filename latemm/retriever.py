@@ -691,9 +691,13 @@ def gather(values: np.ndarray, picks: np.ndarray, fill: Any = np.nan) -> np.ndar
     return np.where(picks >= 0, taken, fill)
 
 
-def read_pages(index: Index, doc_ids: Sequence[str]) -> dict[str, Any]:
+def read_pages(
+    index: Index, doc_ids: Sequence[str], allow_files: Sequence[Any] = ()
+) -> dict[str, Any]:
     """``Page`` (text and image) of each doc_id, reading only those two columns, once per
-    segment that holds any of them."""
+    segment that holds any of them. An image the index names by path is read only under
+    ``allow_files`` (``latemm.io.read_image_file``; by default none): an error names the
+    doc_id, the path and the fix."""
     from latemm.encoders.base import Page
     from latemm.io import image_bytes
 
@@ -711,7 +715,10 @@ def read_pages(index: Index, doc_ids: Sequence[str]) -> dict[str, Any]:
             row = locations[doc_id][1]
             text = table.column("text")[row].as_py() if "text" in names else None  # type: ignore[union-attr]
             image = table.column("image")[row].as_py() if "image" in names else None  # type: ignore[union-attr]
-            pages[doc_id] = Page(text=text, image=image_bytes(image))
+            try:
+                pages[doc_id] = Page(text=text, image=image_bytes(image, allow_files))
+            except InputError as exc:
+                raise InputError(f"{index.path}, doc_id {doc_id!r}: {exc}") from exc
     return pages
 
 
@@ -855,7 +862,11 @@ class Retriever:
         if self.reranker is None:
             raise InputError("this Retriever has no reranker")
         top = result.doc_ids[:, : self.rerank_depth]
-        pages = read_pages(self.index, [d for d in top.ravel() if d is not None])
+        pages = read_pages(
+            self.index,
+            [d for d in top.ravel() if d is not None],
+            getattr(self.reranker, "allow_files", ()),
+        )
         return rerank_result(
             result,
             queries,

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from index_store import Index, IndexConfig, create
 from index_store.errors import IndexCorruptError, IndexFormatError, InputError
-from index_store.fsio import read_json_object, write_json_atomic
+from index_store.fsio import find_links, read_json_object, refuse_links, write_json_atomic
 from index_store.housekeeping import acquire_lock, release_lock
 from latemm.io import Columns, open_dataset
 from latemm.pipeline import IndexReport, index_corpus
@@ -176,6 +176,7 @@ def _building_shards(root: Path) -> int | None:
 def read_manifest(root: str | Path) -> ShardManifest:
     """Read ``DIR/shards.json``; errors name the file and what is wrong with it."""
     path = Path(root) / SHARDS_MANIFEST
+    refuse_links(root)  # an index is untrusted data: nothing in it may point outside
     if not path.is_file() and is_unfinished_build(root):
         raise IndexCorruptError(unfinished_build_message(root))
     if not path.is_file():
@@ -241,6 +242,7 @@ def writer_lock(root: str | Path) -> Iterator[None]:
     path.mkdir(parents=True, exist_ok=True)
     lock = acquire_lock(path)
     try:
+        refuse_links(path)  # nothing is written or removed through a link out of the index
         for stale in path.glob(f"{STAGING_PREFIX}*"):  # a dead writer's partitions
             shutil.rmtree(stale, ignore_errors=True)
         if (path / DELETING).is_file() and is_sharded(path):
@@ -336,6 +338,7 @@ def prepare(root: str | Path, num_shards: int | None) -> tuple[int, ShardManifes
     build, whose N is recorded in ``building.json`` before any shard is written. An ordinary
     index in the folder is an error too."""
     path = Path(root)
+    refuse_links(path)  # .staging and the shards are written through no link out of the index
     if (path / "manifest.json").is_file():
         raise InputError(
             f"{path} holds an ordinary (unsharded) index; index into a new folder to shard, or "
@@ -633,6 +636,9 @@ def verify_sharded(root: str | Path) -> list[str]:
     its shard. Empty means intact."""
     from index_store import verify
 
+    links = find_links(root)
+    if links:  # reported, and nothing is read through them
+        return links
     if is_unfinished_build(root):
         return [unfinished_build_message(root)]
     try:
@@ -831,8 +837,9 @@ class ShardedRetriever:
         for doc_id, shard in zip(top, assign_shards(top, self.manifest.num_shards), strict=True):
             by_shard.setdefault(int(shard), []).append(doc_id)
         pages: dict[str, Any] = {}
+        allow_files = getattr(self.reranker, "allow_files", ())  # where page images may be read
         for shard, ids in by_shard.items():
-            pages.update(read_pages(self._shard_index(shard), ids))
+            pages.update(read_pages(self._shard_index(shard), ids, allow_files))
         return rerank_result(
             result,
             queries,

@@ -42,19 +42,13 @@ def _thumbnail(data: bytes, width: int = 320, heat: np.ndarray | None = None) ->
 def _page_image(value: Any, allow_files: list[Path]) -> tuple[bytes | None, str | None]:
     """The image bytes of an ``image`` cell, and a note when they are withheld: a cell that
     names a local file (``{"path": ...}`` without bytes) is read only under ``allow_files``, so
-    an index cannot make the report embed arbitrary files."""
-    if isinstance(value, dict) and not value.get("bytes") and value.get("path"):
-        path = Path(value["path"]).resolve()
-        if not any(path.is_relative_to(folder) for folder in allow_files):
-            return None, (
-                f"image file {value['path']} not shown: pass --allow-files with its folder to "
-                "read it"
-            )
-        if not path.is_file():
-            return None, f"image file {value['path']} does not exist"
+    an index cannot make the report embed arbitrary files (``latemm.io.read_image_file``, the
+    policy the reranker follows too)."""
     try:
-        return image_bytes(value), None
-    except (InputError, OSError) as exc:
+        return image_bytes(value, allow_files, refused="not shown"), None
+    except InputError as exc:
+        return None, str(exc)
+    except OSError as exc:
         return None, f"image not readable ({exc})"
 
 

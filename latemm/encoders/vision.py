@@ -42,6 +42,12 @@ def load_image(
         try:
             image = Image.open(io.BytesIO(value))
             image.load()
+        except Image.DecompressionBombError as exc:
+            raise InputError(
+                f"{where}: the image is too large to decode safely ({exc}); downscale it "
+                "(latemm ingest --max-pixels)",
+                item=item,
+            ) from exc
         except (UnidentifiedImageError, OSError) as exc:
             raise InputError(
                 f"{where}: the image cannot be decoded ({exc}); expected PNG or JPEG bytes",

@@ -162,3 +162,32 @@ def test_rerank_on_every_kind(indexes, tmp_path_factory, tmp_path, capsys) -> No
         runs[kind] = table.select(["query_id", "doc_id", "rank", "rerank_score"])
     assert runs["sharded"].equals(runs["plain"])
     capsys.readouterr()
+
+
+def test_rerank_on_shards_reads_page_files_only_under_allow_files(tmp_path, capsys) -> None:
+    """The reranker on a sharded index reads page images by the same --allow-files policy as
+    on one index (issue 30 B4): a path outside it is refused, one inside it is read."""
+    pytest.importorskip("torchvision")
+    from tests.latemm.test_file_reads import _image_index
+    from tests.latemm.tiny_models import build_qwen2_vl, png_bytes
+
+    qwen = build_qwen2_vl(tmp_path / "qwen2vl")
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    paths = [str(pages / f"{i}.png") for i in range(3)]
+    for i, path in enumerate(paths):
+        Path(path).write_bytes(png_bytes(32, 32, i))
+    _image_index(tmp_path, ["/dev/zero", *paths[1:]])
+    idx = tmp_path / "sharded"
+    assert run("index", tmp_path / "c.parquet", "--index", idx, "--shards", "2", "--quiet") == 0
+    out = tmp_path / "r.parquet"
+    argv = ["search", idx, tmp_path / "q.parquet", "--out", out, "--quiet", "--rerank", qwen]
+    assert run(*argv, "--rerank-depth", "3") == 2
+    assert "image file /dev/zero not read: pass --allow-files" in capsys.readouterr().err
+    _image_index(tmp_path, paths)  # the same ids, every page a file under pages/
+    idx = tmp_path / "sharded2"
+    assert run("index", tmp_path / "c.parquet", "--index", idx, "--shards", "2", "--quiet") == 0
+    argv[1] = idx
+    assert run(*argv, "--rerank-depth", "3", "--allow-files", pages) == 0
+    assert pq.read_table(out).column("rerank_score").null_count == 0
+    capsys.readouterr()

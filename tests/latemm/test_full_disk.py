@@ -1,0 +1,150 @@
+"""A full disk anywhere in a build is one `StorageError` naming the file, and the last commit
+stays intact (issue 30, P14, P15): plain and multi-field builds, the fields path's corpus copy,
+the BM25 build and the BM25 step of `delete`.
+
+Each case builds a first commit in a small tmpfs, fills the disk until only ``free`` bytes are
+left and runs the next step, for several values of ``free``: it either succeeds or fails with
+exit 2 and `no space left on device` naming a file inside the index, never a traceback; once
+the space is back, `verify` passes and the index holds the documents of one of the two
+commits. Skipped where mounting a tmpfs is not permitted. Over the 24 runs the failures name
+the segment files, the corpus copy ``fields/.corpus-<f>.parquet``, the BM25 build folder (in
+`index` and in `delete`), a deleted bitmap and the journal.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from latemm.cli import main
+
+DIM = 16
+FREE = [0, 4096, 16384, 65536, 131072, 262144]
+WORDS = "revenue profit growth market climate carbon energy solar policy budget tax".split()
+
+
+@pytest.fixture
+def disk(tmp_path):
+    """A 3 MB tmpfs at ``tmp_path/disk`` (skipped where mount is not permitted)."""
+    path = tmp_path / "disk"
+    path.mkdir()
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(path)],
+            capture_output=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"cannot mount a tmpfs here ({exc})")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
+
+
+def _corpus(path: Path, n: int, start: int = 0) -> Path:
+    rng = np.random.default_rng(start)
+    ids = [f"d{i:05d}" for i in range(start, start + n)]
+    texts = [
+        " ".join(WORDS[(i * 7 + j) % len(WORDS)] + str(i) for j in range(30))
+        for i in range(start, start + n)
+    ]
+    vectors = [rng.standard_normal((8, DIM)).astype(np.float32).tolist() for _ in ids]
+    pq.write_table(
+        pa.table(
+            {
+                "doc_id": ids,
+                "text": texts,
+                "embedding": pa.array(vectors, pa.list_(pa.list_(pa.float32()))),
+            }
+        ),
+        path,
+    )
+    return path
+
+
+def _fill(disk: Path, free: int) -> Path:
+    """A file taking all of ``disk``'s space but ``free`` bytes."""
+    filler = disk / "filler"
+    st = os.statvfs(disk)
+    size = st.f_bavail * st.f_frsize - free
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        if size > 0:
+            os.posix_fallocate(fd, 0, size)
+    finally:
+        os.close(fd)
+    return filler
+
+
+def _documents(idx: Path, capsys) -> int:
+    capsys.readouterr()
+    assert main(["info", str(idx)]) == 0
+    out = capsys.readouterr().out
+    counts = {int(n) for n in re.findall(r'"documents": (\d+)', out)}
+    assert len(counts) == 1, out  # (fields: every field agrees on which pages exist)
+    return counts.pop()
+
+
+KINDS = {
+    "plain": [],
+    "fields": ["--field", "emb=embedding:embedding", "--field", "bm25=bm25"],
+    "bm25": ["--field", "bm25=bm25"],
+}
+
+
+def _run(kind: str, step: str, disk: Path, tmp_path: Path, free: int, capsys) -> str:
+    idx = disk / f"idx-{free}"
+    first = _corpus(tmp_path / "first.parquet", 40)
+    assert main(["index", str(first), "--index", str(idx), "--quiet", *KINDS[kind]]) == 0
+    before = _documents(idx, capsys)
+    if step == "append":
+        argv = ["index", str(_corpus(tmp_path / "more.parquet", 300, 1000)), "--index", str(idx)]
+        argv += ["--quiet", *KINDS[kind]]
+    else:
+        argv = ["delete", str(idx), "--ids", "d00001", "d00002"]
+    filler = _fill(disk, free)
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    finally:
+        filler.unlink()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    if code != 0:
+        assert code == 2, err
+        named = re.search(r"writing (\S+) failed: no space left on device", err)
+        assert named, err
+        assert Path(named[1]).resolve().is_relative_to(idx.resolve()), err
+        assert "the last commit is intact" in err
+    capsys.readouterr()
+    journal = (idx / "journal.json").is_file()
+    if journal:  # the delete was recorded before the disk filled: the next writer finishes it
+        assert code == 2 and step == "delete"
+        assert main(["delete", str(idx), "--ids", "d00001", "--missing-ok"]) == 0
+        assert not (idx / "journal.json").exists()
+    assert main(["verify", str(idx)]) == 0, capsys.readouterr().err
+    after = _documents(idx, capsys)
+    done = {"append": before + 300, "delete": before - 2}[step]
+    assert after == (before if code and not journal else done), (code, err)
+    shutil.rmtree(idx)  # the next case gets the whole disk
+    return err
+
+
+@pytest.mark.parametrize(
+    ("kind", "step"),
+    [("plain", "append"), ("fields", "append"), ("bm25", "append"), ("fields", "delete")],
+)
+def test_a_full_disk_is_a_storage_error_naming_the_file(disk, tmp_path, kind, step, capsys):
+    errors = [_run(kind, step, disk, tmp_path, free, capsys) for free in FREE]
+    assert any("no space left on device" in e for e in errors), errors  # the disk did fill
