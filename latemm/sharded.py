@@ -766,19 +766,34 @@ class ShardedRetriever:
         if encoder is not None:
             check_encoder(self.config, encoder.info.to_dict(), self.path)
         self._search: Callable[..., list[SearchResult]]
+        self._hidden: set[str] = set()
         if ray is None:
-            from latemm.retriever import Retriever
-
-            self._retrievers = [
-                Retriever(open_shard(self.path, s), **options)
-                for s in range(self.manifest.num_shards)
-            ]
+            self._retrievers = self._open_consistent(options)
             self._search = self._search_local
         else:
             from latemm.distributed import ShardActors
 
             self._actors = ShardActors(self.path, self.manifest, address=ray, **options)
             self._search = self._actors.search_embeddings
+
+    def _open_consistent(self, options: dict[str, Any]) -> list[Any]:
+        """Open every shard as of one state of the index, without the writer's lock: a delete
+        that runs meanwhile either shows in ``deleting.json`` after the shards are open (its
+        ids are then hidden from every search) or has committed ``shards.json`` again (the
+        shards are opened anew)."""
+        from latemm.retriever import Retriever
+
+        for _ in range(5):
+            retrievers = [
+                Retriever(open_shard(self.path, s), **options)
+                for s in range(self.manifest.num_shards)
+            ]
+            self._hidden = pending_deletes(self.path)
+            latest = read_manifest(self.path)
+            if latest.generation == self.manifest.generation:
+                break
+            self.manifest = latest
+        return retrievers
 
     @property
     def generation(self) -> int:
@@ -875,7 +890,7 @@ class ShardedRetriever:
             raise InputError(f"{exc} (the index stores {dim}-dimensional vectors)") from exc
         # A delete in progress (or cut short): its ids are left out here, so readers never see
         # it half done. Each shard returns that many more results, so the merge stays exact.
-        hidden = pending_deletes(self.path)
+        hidden = self._hidden | pending_deletes(self.path)
         extra = len(hidden)
         if extra and candidates is None:
             from latemm.retriever import DEFAULT_CANDIDATES

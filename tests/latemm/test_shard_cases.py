@@ -425,3 +425,42 @@ def test_sharded_search_checks_the_encoder_as_one_index_does(tmp_path) -> None:
         Retriever(tmp_path / "one", encoder=single)
     same = ShardedRetriever(tmp_path / "idx", encoder=multi)
     assert same.search(["revenue"], k=3).doc_ids.shape == (1, 3)
+
+
+@pytest.mark.slow
+def test_p16_searches_during_deletes_see_one_state_and_never_fail(corpus, tmp_path) -> None:
+    """Another process deletes batch after batch while this one searches in a loop, taking no
+    lock: every search succeeds and sees the index with exactly the first j batches deleted,
+    for some j (never a delete half applied across shards)."""
+    import os
+    import subprocess
+    import sys
+
+    pages, _ = corpus
+    idx = tmp_path / "idx"
+    assert run("index", pages, "--index", idx, "--shards", "4", "--quiet") == 0
+    every = {f"d{i:05d}" for i in range(80)}
+    batches = [[f"d{i:05d}" for i in range(b, 80, 10)] for b in range(8)]  # 8 ids each
+    script = (
+        "import sys, json; from latemm.sharded import delete_sharded\n"
+        "for batch in json.loads(sys.argv[2]): delete_sharded(sys.argv[1], batch)\n"
+    )
+    writer = subprocess.Popen(
+        [sys.executable, "-c", script, str(idx), json.dumps(batches)],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+    )
+    views = set()
+    queries = [np.ones((2, DIM), np.float32)]
+    try:
+        while writer.poll() is None or not views:
+            got = ShardedRetriever(idx).search_embeddings(queries, k=80, candidates=80)
+            found = {d for d in got.doc_ids[0] if d is not None}
+            gone = every - found
+            j = len(gone) // 8
+            assert gone == set().union(*batches[:j]), f"a half-applied view: {sorted(gone)}"
+            views.add(j)
+    finally:
+        writer.wait(timeout=120)
+    assert writer.returncode == 0
+    assert sum(read_manifest(idx).documents) == 80 - 64
+    assert len(views) >= 1
