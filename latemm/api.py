@@ -131,8 +131,22 @@ def search(
     (``latemm.field_search``); the run then has a ``score_<field>`` column per field."""
     from latemm.fields import is_fields_index
     from latemm.retriever import Retriever
-    from latemm.sharded import is_sharded
+    from latemm.sharded import is_sharded, is_unfinished_build, unfinished_build_message
 
+    index_path = index.path if isinstance(index, Index) else Path(index)
+    if is_unfinished_build(index_path):  # named before any model is loaded
+        from index_store.errors import InputError
+
+        raise InputError(unfinished_build_message(index_path))
+    if not isinstance(index, Index) and not any(
+        (index_path / name).is_file() for name in ("manifest.json", "fields.json", "shards.json")
+    ):
+        from index_store.errors import InputError
+
+        raise InputError(
+            f"{index_path} is not a latemm index (no manifest.json, fields.json or shards.json); "
+            "create one with latemm.build_index(CORPUS, DIR)"
+        )
     if isinstance(reranker, (str, Path)):
         from latemm.reranker import MLLMReranker
 

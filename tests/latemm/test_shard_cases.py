@@ -464,3 +464,17 @@ def test_p16_searches_during_deletes_see_one_state_and_never_fail(corpus, tmp_pa
     assert writer.returncode == 0
     assert sum(read_manifest(idx).documents) == 80 - 64
     assert len(views) >= 1
+
+
+def test_p18_api_names_the_index_before_loading_a_reranker(corpus, tmp_path) -> None:
+    from index_store.errors import InputError
+
+    pages, _ = corpus
+    idx = tmp_path / "idx"
+    assert run("index", pages, "--index", idx, "--shards", "2", "--quiet") == 0
+    (idx / SHARDS_MANIFEST).unlink()
+    missing_model = str(tmp_path / "no-such-model")
+    with pytest.raises(InputError, match="unfinished sharded index"):
+        latemm.search(idx, ["revenue"], reranker=missing_model)
+    with pytest.raises(InputError, match="is not a latemm index"):
+        latemm.search(tmp_path / "nothing", ["revenue"], reranker=missing_model)
