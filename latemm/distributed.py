@@ -37,6 +37,7 @@ from latemm.sharded import (
     ShardManifest,
     assign_shards,
     check_encoder,
+    check_new_folder,
     commit_shards,
     prepare,
     record_building,
@@ -311,6 +312,7 @@ def index_ray(
     Options (``dtype``, ``faiss_factory``, ``on_existing``, ``commit_every``) are
     ``index_corpus``'s; ``num_shards`` defaults to the existing index's."""
     root = Path(index_dir)
+    check_new_folder(root)  # never among a user's files, not even a lock file
     # One writer at a time (DIR/LOCK), each with its own staging folder.
     with writer_lock(root), staging_dir(root) as staging:
         return _index_ray(

@@ -369,8 +369,27 @@ def prepare(root: str | Path, num_shards: int | None) -> tuple[int, ShardManifes
         return recorded, None
     if num_shards is None or num_shards < 1:
         raise InputError(f"--shards must be a positive number of shards, got {num_shards}")
+    check_new_folder(path)
     _check_built_shards(path, num_shards)
     return num_shards, None
+
+
+def check_new_folder(path: Path) -> None:
+    """A first sharded build goes into a new or empty folder (or one an earlier build left):
+    never among a user's files."""
+    if not path.is_dir() or is_sharded(path) or (path / BUILDING).is_file():
+        return
+    foreign = sorted(
+        c.name
+        for c in path.iterdir()
+        if c.name not in ("LOCK", "shards") and not c.name.startswith(STAGING_PREFIX)
+    )
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise InputError(
+            f"{path} is not empty and is not a latemm index (no {SHARDS_MANIFEST}; it holds "
+            f"{shown}); refusing to build a sharded index there. Choose a new or empty directory"
+        )
 
 
 def record_building(root: str | Path, num_shards: int) -> None:
@@ -459,6 +478,7 @@ def index_sharded(
     root = Path(index_dir)
     if (root / "manifest.json").is_file() or (root / "fields.json").is_file():
         prepare(root, num_shards)  # the error naming the other kind of index, before any lock
+    check_new_folder(root)  # before the lock file is created among a user's files
     with writer_lock(root), staging_dir(root) as staging:
         return _index_sharded(
             corpus, root, num_shards, encoder, columns, progress, staging, options

@@ -478,3 +478,14 @@ def test_p18_api_names_the_index_before_loading_a_reranker(corpus, tmp_path) -> 
         latemm.search(idx, ["revenue"], reranker=missing_model)
     with pytest.raises(InputError, match="is not a latemm index"):
         latemm.search(tmp_path / "nothing", ["revenue"], reranker=missing_model)
+
+
+def test_a_first_sharded_build_refuses_a_folder_of_other_files(corpus, tmp_path, capsys) -> None:
+    pages, _ = corpus
+    folder = tmp_path / "my-documents"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("precious")
+    assert run("index", pages, "--index", folder, "--shards", "2", "--quiet") == 2
+    assert "is not empty and is not a latemm index" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == ["thesis.tex"]
+    assert (folder / "thesis.tex").read_text() == "precious"
