@@ -135,7 +135,14 @@ def build(
     ``directory`` (written in a temporary one, fsynced, renamed) and return its file records
     (size and sha256 per file)."""
     bm25s = _bm25s()
-    tokens = (tokenizer or Tokenizer()).tokenize(texts, return_ids=True)
+    tokenizer = tokenizer or Tokenizer()
+    tokens = tokenizer.tokenize(texts, return_ids=True)
+    if len(texts) and not tokens.vocab:
+        raise InputError(
+            f"none of its {len(texts)} text(s) has a word BM25 can index (a run of 2+ letters "
+            f"or digits that is not a stop word; tokenizer {tokenizer.to_dict()}); index "
+            "pages with real text, or use stopwords=none"
+        )
     tmp = directory.with_name(f".tmp-{directory.name}-{os.getpid()}")
     _remove_tree(tmp)
     try:

@@ -117,11 +117,14 @@ def cmd_index(args: argparse.Namespace) -> int:
         refine=args.refine,
         refine_depth=args.refine_depth,
     )
-    if args.field:
+    from latemm.fields import is_fields_index
+
+    if args.field or (args.encoder is None and is_fields_index(args.index)):
         for flag, value in (("--shards", args.shards), ("--ray", args.ray)):
             if value is not None:
+                what = "--field" if args.field else f"{args.index}'s named fields"
                 raise InputError(
-                    f"{flag} cannot be combined with --field: a multi-field index is not "
+                    f"{flag} cannot be combined with {what}: a multi-field index is not "
                     f"sharded yet; leave out {flag}, or shard an index built with --encoder"
                 )
         if is_sharded(args.index):
@@ -129,7 +132,13 @@ def cmd_index(args: argparse.Namespace) -> int:
                 f"--field: {args.index} is a sharded index (one encoder); named fields need an "
                 "unsharded index: index into a new folder"
             )
-        return _index_fields(args, start, options)
+        return _index_fields(args, start, options)  # no --field: the fields it records
+    if is_fields_index(args.index):
+        raise InputError(
+            f"{args.index} holds named fields; --encoder builds a one-field index. Leave "
+            "--encoder out to add the corpus to every recorded field, or add a field with "
+            "--field NAME=ENCODER"
+        )
     if args.ray is not None:
         from latemm.distributed import index_ray
 
@@ -195,7 +204,7 @@ def _index_fields(args: argparse.Namespace, start: float, options: dict[str, Any
     counts = index_fields(
         args.corpus,
         args.index,
-        [parse_field(text, kinds) for text in args.field],
+        [parse_field(text, kinds) for text in args.field] if args.field else None,
         device=args.device.split(",")[0] if args.device else None,
         **options,
     )
@@ -271,7 +280,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         )
     start = time.perf_counter()
     named = (
-        args.fields
+        args.fields is not None
+        or args.query_column
         or args.weights
         or args.rescore_field
         or args.preset
@@ -394,6 +404,7 @@ def _search_fields(args: argparse.Namespace, start: float) -> int:
             "--refine-depth applies to an ordinary index; fused fields score every candidate "
             "from a field's refine copy"
         )
+    _check_fusion_flags(args)
     run = search_fields_file(
         args.index,
         args.queries,
@@ -419,11 +430,45 @@ def _search_fields(args: argparse.Namespace, start: float) -> int:
         reranker=_reranker(args),
         rerank_depth=args.rerank_depth,
         rerank_fusion=args.rerank_fusion,
+        query_columns=_query_columns(args.query_column),
     )
     queries = len(set(run.column("query_id").to_pylist()))
     elapsed = time.perf_counter() - start
     print(f"searched {queries} queries in {elapsed:.1f}s over fields; wrote {args.out}")
     return 0
+
+
+def _query_columns(items: list[str] | None) -> dict[str, str] | None:
+    """``--query-column FIELD=COLUMN`` flags as a mapping; a field named twice is refused."""
+    out: dict[str, str] = {}
+    for name, column in _pairs(items or [], "--query-column"):
+        if name in out:
+            raise InputError(
+                f"--query-column names field {name!r} twice ({out[name]!r} and {column!r}); "
+                "give each field one column"
+            )
+        out[name] = column
+    return out or None
+
+
+def _check_fusion_flags(args: argparse.Namespace) -> None:
+    """Refuse fusion flags that name nothing or cannot apply, rather than ignore them."""
+    if args.fields is not None and not [f for f in args.fields.split(",") if f.strip()]:
+        raise InputError(
+            f"--fields {args.fields!r} names no field; give NAME[,NAME...] or leave --fields "
+            "out to search every field"
+        )
+    fusion = args.fusion or "rrf"
+    # Refused with an explicit --fusion rrf; alone it stays part of the recorded search plan.
+    if args.normalization is not None and args.fusion == "rrf":
+        raise InputError(
+            f"--normalization {args.normalization} applies to --fusion weighted, not rrf; "
+            "use --fusion weighted or drop --normalization"
+        )
+    if args.rrf_k is not None and fusion != "rrf":
+        raise InputError(
+            f"--rrf-k applies to --fusion rrf, not {fusion}; drop --rrf-k or use --fusion rrf"
+        )
 
 
 def _reranker(args: argparse.Namespace) -> Any:
@@ -829,6 +874,14 @@ def _search_parser(sub: Any) -> None:
     )
     p.add_argument("--encoder", default=None, help="override the index's recorded encoder")
     p.add_argument("--fields", default=None, help="named fields to search, a,b (default: all)")
+    p.add_argument(
+        "--query-column",
+        action="append",
+        default=None,
+        metavar="FIELD=COLUMN",
+        help="the query file's column of vectors for a field of precomputed vectors (repeat per "
+        "field; default: 'embedding' serves the one such field)",
+    )
     p.add_argument(
         "--fusion",
         default=None,

@@ -118,6 +118,11 @@ def plan(
         )
     if isinstance(rrf_k, bool) or not isinstance(rrf_k, int) or rrf_k < 1:
         raise InputError(f"--rrf-k must be a positive integer, got {rrf_k!r}")
+    if rrf_k > fusion_lib.RRF_K_MAX:
+        raise InputError(
+            f"--rrf-k {rrf_k} is too large: at most {fusion_lib.RRF_K_MAX} (60 is usual; a "
+            "larger k flattens the rank differences towards equal scores)"
+        )
     if preset is not None and fields is not None:
         raise InputError("give --preset or --fields, not both")
     names = _preset_fields(manifest, preset) if preset is not None else None
@@ -382,7 +387,8 @@ class FieldRetriever:
             if encoder is None:
                 raise InputError(
                     f"field {name!r} holds precomputed vectors ({spec.options.get('embedding_column')!r}); "
-                    "pass its query vectors (query_vectors={name: ...}) or an encoder for it"
+                    "give the query file's column of its vectors (`latemm search ... "
+                    f"--query-column {name}=COLUMN`; in Python query_vectors={{name: ...}})"
                 )
             key = repr(sorted(encoder.info.to_dict().items(), key=str))
             if key not in cache:
@@ -619,12 +625,14 @@ def search_fields_file(
     trec: str | Path | None = None,
     progress: bool = True,
     columns: Any = None,
+    query_columns: dict[str, str] | None = None,
     **options: Any,
 ) -> Any:
     """Search every query of a Parquet file over an index's fields and write the run (Parquet,
     and TREC if asked). ``options`` go to ``FieldRetriever`` (fields, fusion, weights,
-    rescore_fields, preset, encoders, reranker, ...). A query file's ``embedding`` column
-    serves the one field that holds precomputed vectors.
+    rescore_fields, preset, encoders, reranker, ...). ``query_columns`` (field -> column,
+    ``--query-column``) names the query file's column of vectors for each field that holds
+    precomputed vectors; the ``embedding`` column serves the one such field left unnamed.
 
     It runs the resumable loop of ``latemm.pipeline.search_file``: an interrupted search re-run
     with the same arguments (and the index unchanged) skips the queries already written."""
@@ -637,10 +645,17 @@ def search_fields_file(
         for n in retriever.plan.scored
         if retriever.specs[n].kind != "bm25" and retriever.encoders.get(n) is None
     ]
+    named = dict(query_columns or {})
+    for name in named:
+        if name not in precomputed:
+            raise InputError(
+                f"--query-column {name}=...: {name!r} is not a searched field that holds "
+                f"precomputed vectors (those are: {', '.join(precomputed) or 'none'})"
+            )
 
     def search_batch(batch: Any) -> SearchResult:
         with _rows_named(batch, Path(queries), "query_id"):
-            pages, given = _batch_queries(batch, Path(queries), precomputed)
+            pages, given = _batch_queries(batch, Path(queries), precomputed, named)
             return retriever.search(
                 pages,
                 k=k,
@@ -650,10 +665,13 @@ def search_fields_file(
                 query_vectors=given,
             )
 
+    record = retriever.resume_record(queries, k=k, candidates=candidates, where=where)
+    if named:  # parts written from other query columns are not resumed
+        record["query_columns"] = named
     return run_queries(
         queries,
         out,
-        retriever.resume_record(queries, k=k, candidates=candidates, where=where),
+        record,
         search_batch,
         columns=columns,
         schema=run_schema(retriever.plan.scored),
@@ -664,17 +682,32 @@ def search_fields_file(
 
 
 def _batch_queries(
-    batch: Any, source: Path, precomputed: list[str]
+    batch: Any, source: Path, precomputed: list[str], named: dict[str, str] | None = None
 ) -> tuple[list[Any], dict[str, Any]]:
-    """A query batch as texts or pages (image queries), and its ``embedding`` column as the
-    query vectors of the one precomputed field (if there is exactly one)."""
+    """A query batch as texts or pages (image queries), and the query vectors of the
+    precomputed fields: from the columns ``named`` (field -> column), and the ``embedding``
+    column for the one precomputed field left (if exactly one is)."""
     from latemm.encoders.base import Page
+    from latemm.io import column_vectors
     from latemm.pipeline import _pages
 
     given = {}
-    if batch.vectors is not None and len(precomputed) == 1:
+    named = named or {}
+    for name, column in named.items():
+        if column == "embedding" and batch.vectors is not None:
+            vectors, offsets = batch.vectors, batch.offsets
+        else:
+            vectors, offsets = column_vectors(
+                batch.table, column, batch.ids, source=source, first_row=batch.first_row,
+                kind="queries",
+            )  # fmt: skip
+        given[name] = [vectors[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    rest = [n for n in precomputed if n not in named]
+    if batch.vectors is not None and len(rest) == 1:
         bounds = zip(batch.offsets[:-1], batch.offsets[1:], strict=True)
-        given[precomputed[0]] = [batch.vectors[a:b] for a, b in bounds]
+        given[rest[0]] = [batch.vectors[a:b] for a, b in bounds]
     if not any(c in batch.table.column_names for c in ("text", "image")):
         return [Page() for _ in batch.ids], given
-    return [p if p.image is not None else p.text for p in _pages(batch, source)], given
+    return [
+        p if p.image is not None else p.text for p in _pages(batch, source, kind="query_id")
+    ], given

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -176,7 +177,30 @@ def read_fields(index_dir: str | Path) -> FieldsManifest:
             f"{path} has format_version {payload.get('format_version')}; this latemm reads "
             f"version {FORMAT_VERSION}"
         )
-    return FieldsManifest(tuple(FieldSpec.from_dict(f) for f in payload["fields"]))
+    return FieldsManifest(_recorded_specs(path, payload.get("fields")))
+
+
+def _recorded_specs(path: Path, entries: Any) -> tuple[FieldSpec, ...]:
+    """The fields ``fields.json`` lists, each named once, or an ``IndexCorruptError`` naming the
+    file and what is damaged (``latemm verify`` reports it)."""
+    fix = "the file is damaged: restore it from a backup, or rebuild the index into a new folder"
+    if not isinstance(entries, list):
+        raise IndexCorruptError(f'{path} has no "fields" list; {fix}')
+    specs: list[FieldSpec] = []
+    for i, entry in enumerate(entries):
+        missing = [
+            k for k in ("name", "kind", "reads") if not isinstance(entry, dict) or k not in entry
+        ]
+        if missing:
+            raise IndexCorruptError(f"{path}: field entry {i} has no {', '.join(missing)}; {fix}")
+        try:
+            spec = FieldSpec.from_dict(entry)
+        except (InputError, TypeError, ValueError) as exc:
+            raise IndexCorruptError(f"{path}: field entry {i}: {exc}; {fix}") from exc
+        if spec.name in (s.name for s in specs):
+            raise IndexCorruptError(f"{path} lists field {spec.name!r} twice; {fix}")
+        specs.append(spec)
+    return tuple(specs)
 
 
 def field_dir(index_dir: str | Path, spec: FieldSpec, legacy: bool = False) -> Path:
@@ -222,6 +246,10 @@ def verify_fields(index_dir: str | Path) -> list[str]:
         return links
     problems = []
     try:
+        fields = read_fields(index_dir).fields
+    except (IndexCorruptError, IndexFormatError) as exc:
+        return [str(exc)]
+    try:
         pending = read_journal(index_dir)
     except IndexCorruptError as exc:
         problems.append(str(exc))
@@ -232,7 +260,7 @@ def verify_fields(index_dir: str | Path) -> list[str]:
             "short, and some fields may still hold them; opening the index (a search, `latemm "
             "delete` or `latemm compact`) finishes it"
         )
-    for spec in read_fields(index_dir).fields:
+    for spec in fields:
         try:  # a damaged field is reported, and the others are still checked
             path = field_dir(index_dir, spec)
             if spec.kind == "bm25":
@@ -381,10 +409,11 @@ def _readable(table: pa.Table, reads: str, column: str) -> pa.Array:
 
 def field_corpus(
     corpus: Path, out: Path, *, reads: str, column: str, drop: set[str]
-) -> tuple[Path, int]:
+) -> tuple[Path, int, np.ndarray]:
     """Write the rows of ``corpus`` that a field can read (non-empty ``column``) to ``out``,
-    without the columns in ``drop`` (other fields' precomputed vectors). Returns the file and
-    the number of rows left out."""
+    without the columns in ``drop`` (other fields' precomputed vectors). Returns the file, the
+    number of rows left out and, per row of ``out``, its row in ``corpus`` (so errors can name
+    the user's row)."""
     from latemm.io import open_dataset
 
     dataset = open_dataset(corpus)
@@ -393,11 +422,15 @@ def field_corpus(
     skipped = 0
     # Created without following a link: a planted ``.corpus-<f>.parquet`` link is refused.
     sink = os.fdopen(open_nofollow(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb")
+    start = 0
+    kept: list[np.ndarray] = []
     try:
         for batch in dataset.to_batches(columns=keep, batch_size=1024):
             table = pa.Table.from_batches([batch])
             mask = _readable(table, reads, column)
             skipped += table.num_rows - pc.sum(mask).as_py() if table.num_rows else 0
+            kept.append(start + np.flatnonzero(mask.to_numpy(zero_copy_only=False)))
+            start += table.num_rows
             table = table.filter(mask)
             if writer is None:
                 writer = pq.ParquetWriter(sink, table.schema)
@@ -418,7 +451,7 @@ def field_corpus(
             pass  # already failing: the error above is the one to report
     if writer is None:
         raise InputError(f"{corpus} has no rows")
-    return out, int(skipped)
+    return out, int(skipped), np.concatenate(kept).astype(np.int64)
 
 
 def _embedding_columns(fields: list[FieldRequest], cols: Any) -> set[str]:
@@ -480,17 +513,32 @@ def index_fields(
             requests = list(fields)
         if not requests:
             raise InputError("no fields to index; name at least one with --field NAME=ENCODER")
+        _check_requests(requests)
+        from latemm.io import check_ids
+
+        check_ids(source, columns=cols)  # null or duplicate ids: refused before any field is built
+        planned = [_plan(req, manifest, cols, device) for req in requests]
         drop_all = _embedding_columns(requests, cols)
         counts = {}
-        for req in requests:
-            spec, count = _index_one(
-                root, source, req, manifest, cols, drop_all, device, progress, options
-            )
+        for req, plan in zip(requests, planned, strict=True):
+            spec, count = _index_one(root, source, req, plan, cols, drop_all, progress, options)
             manifest = manifest.with_field(spec)
             write_json_atomic(root / FIELDS_FILE, manifest.to_dict())  # commits this field
             remove_stale_builds(root)
             counts[req.name] = count
     return counts
+
+
+def _check_requests(requests: list[FieldRequest]) -> None:
+    """Field names given twice are refused before any work (each would overwrite the other)."""
+    seen: set[str] = set()
+    for req in requests:
+        if req.name in seen:
+            raise InputError(
+                f"field {req.name!r} is given twice (--field {req.name}=...); name each field "
+                "once per command"
+            )
+        seen.add(req.name)
 
 
 def _recorded_request(spec: FieldSpec) -> FieldRequest:
@@ -501,18 +549,18 @@ def _recorded_request(spec: FieldSpec) -> FieldRequest:
     return FieldRequest(spec.name, encoder_from_spec(spec), spec.kind)
 
 
-def _index_one(
-    root: Path,
-    source: Path,
-    req: FieldRequest,
-    manifest: FieldsManifest,
-    cols: Any,
-    drop_all: set[str],
-    device: str | None,
-    progress: bool,
-    options: dict[str, Any],
-) -> tuple[FieldSpec, int]:
-    """Build or extend one field; returns its new spec and its document count."""
+@dataclass(frozen=True)
+class _Plan:
+    """A field to build, checked against what the index records before any field is built."""
+
+    encoder: Any
+    spec: FieldSpec
+    recorded: FieldSpec | None
+
+
+def _plan(req: FieldRequest, manifest: FieldsManifest, cols: Any, device: str | None) -> _Plan:
+    """The encoder and spec of one requested field, refused (an ``InputError`` naming the
+    field) if the index records it as another kind, encoder or column."""
     recorded = next((f for f in manifest.fields if f.name == req.name), None)
     encoder, spec = _spec_for(req, cols, device)
     if recorded is not None and (recorded.kind, recorded.reads) != (spec.kind, spec.reads):
@@ -528,6 +576,30 @@ def _index_one(
                 f"not {spec.encoder['name_or_path']!r} as configured ({reason}); add the new "
                 "encoder as another field"
             )
+    if recorded is not None and spec.reads == "embedding":
+        was, now = recorded.options.get("embedding_column"), spec.options.get("embedding_column")
+        if was != now:
+            raise InputError(
+                f"field {req.name!r} holds vectors from column {was!r}, not {now!r}: one field "
+                f"cannot mix two columns' vectors; give --field {req.name}=embedding:{was} to add "
+                f"pages, or add column {now!r} as another field"
+            )
+    return _Plan(encoder, spec, recorded)
+
+
+def _index_one(
+    root: Path,
+    source: Path,
+    req: FieldRequest,
+    plan: _Plan,
+    cols: Any,
+    drop_all: set[str],
+    progress: bool,
+    options: dict[str, Any],
+) -> tuple[FieldSpec, int]:
+    """Build or extend one field; returns its new spec and its document count. Errors about
+    its rows name the user's file and row, not the field's filtered copy."""
+    encoder, spec, recorded = plan.encoder, plan.spec, plan.recorded
     column = {"text": cols.text, "embedding": spec.options.get("embedding_column")}.get(
         spec.reads, cols.image
     )
@@ -535,16 +607,47 @@ def _index_one(
     base = index_path(root, "fields", req.name, what=f"field {req.name!r}'s folder")
     base.mkdir(parents=True, exist_ok=True)
     tmp = index_path(root, "fields", f".corpus-{req.name}.parquet")
+    rows = np.zeros(0, np.int64)
     try:
-        filtered, _ = field_corpus(
+        filtered, _, rows = field_corpus(
             source, tmp, reads=spec.reads, column=column, drop=drop_all - {own}
         )
         if spec.kind == "bm25":
             spec = _index_bm25(base, filtered, spec, recorded, cols, options)
             return spec, int(spec.options["documents"])
         return spec, _index_vectors(base, filtered, spec, encoder, cols, progress, options)
+    except LatemmError as exc:
+        renamed = _in_user_terms(exc, tmp, source, rows, req.name)
+        if renamed is exc:
+            raise
+        raise renamed from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+_ROWS = re.compile(r"\b(rows?(?: from)?) (\d+)(?: and (\d+))?")
+
+
+def _in_user_terms(
+    exc: LatemmError, tmp: Path, source: Path, rows: np.ndarray, name: str
+) -> LatemmError:
+    """``exc`` with the field's filtered copy ``tmp`` (and its row numbers) replaced by the
+    user's ``source`` and rows; ``exc`` itself if it does not name the copy."""
+    text = str(exc)
+    if str(tmp) not in text:
+        return exc
+
+    def user_row(number: str) -> str:
+        i = int(number)
+        return str(int(rows[i])) if 0 <= i < rows.size else number
+
+    def rewrite(match: re.Match[str]) -> str:
+        word, first, second = match.groups()
+        return f"{word} {user_row(first)}" + (f" and {user_row(second)}" if second else "")
+
+    head, _, tail = text.partition(str(tmp))
+    tail = _ROWS.sub(rewrite, tail, count=1)
+    return type(exc)(f"{head}{source}{tail.replace(str(tmp), str(source))} (field {name!r})")
 
 
 def _spec_for(req: FieldRequest, cols: Any, device: str | None) -> tuple[Any, FieldSpec]:
@@ -631,7 +734,10 @@ def _index_bm25(
             raise InputError(f"{corpus}: doc_id {key!r} is already in BM25 field {spec.name!r}")
         if key not in texts or on_existing == "upsert":
             texts[key] = text
-    return write_bm25_build(base, spec, recorded, texts, tokenizer)
+    try:
+        return write_bm25_build(base, spec, recorded, texts, tokenizer)
+    except InputError as exc:
+        raise InputError(f"{corpus}: bm25 field {spec.name!r}: {exc}") from exc
 
 
 def write_bm25_build(

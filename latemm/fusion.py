@@ -15,6 +15,10 @@ from index_store.errors import InputError
 
 FUSIONS = ("rrf", "weighted")
 RRF_K = 60
+RRF_K_MAX = 10**9
+# Weights whose largest lies outside this range are divided by it (the ranking depends only on
+# their ratios): weights of 1e39 or 1e-300 would otherwise give scores of inf or 0 in float32.
+WEIGHT_RANGE = (1e-6, 1e6)
 
 
 def ranks(scores: np.ndarray, doc_ids: np.ndarray) -> np.ndarray:
@@ -136,7 +140,11 @@ def check_weights(weights: dict[str, float] | None, fields: Sequence[str]) -> li
         raise InputError(
             f"--weights {weights} are all zero; give at least one field a positive weight"
         )
-    return [float(weights.get(name, 0.0)) for name in fields]
+    out = np.array([float(weights.get(name, 0.0)) for name in fields])
+    top = out.max()
+    if not WEIGHT_RANGE[0] <= top <= WEIGHT_RANGE[1]:
+        out = out / top  # only ratios rank; scores then stay within float32's range
+    return [float(w) for w in out]
 
 
 def parse_weights(text: str) -> dict[str, float]:
@@ -144,6 +152,11 @@ def parse_weights(text: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, value = part.partition("=")
+        if sep and name.strip() in out:
+            raise InputError(
+                f"--weights {text!r} weighs field {name.strip()!r} twice; give each field one "
+                "weight"
+            )
         try:
             out[name.strip()] = float(value)
         except ValueError:

@@ -159,15 +159,7 @@ def read_batches(
             f"{source}: none of the content columns {columns.image!r}, {columns.text!r}, "
             f"{columns.embedding!r} is present (columns: {', '.join(names)})"
         )
-    id_type = dataset.schema.field(columns.id).type
-    if not (
-        pa.types.is_string(id_type)
-        or pa.types.is_large_string(id_type)
-        or pa.types.is_integer(id_type)
-    ):
-        raise InputError(
-            f"{source}: column {columns.id!r} has type {id_type}; expected string or integer ids"
-        )
+    _check_id_type(source, dataset.schema, columns.id)
     if columns.text in names:
         text_type = dataset.schema.field(columns.text).type
         if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
@@ -175,6 +167,7 @@ def read_batches(
                 f"{source}: column {columns.text!r} has type {text_type}; expected strings"
             )
     row = 0
+    dim = None  # the vectors' dimension so far: a batch's odd row is the one blamed
     for record_batch in dataset.to_batches(batch_size=batch_size):
         start = row
         row += record_batch.num_rows
@@ -184,15 +177,76 @@ def read_batches(
         if start < skip_rows:
             table = table.slice(skip_rows - start)
             start = skip_rows
-        yield table_batch(table, columns=columns, kind=kind, source=source, first_row=start)
+        batch = table_batch(
+            table, columns=columns, kind=kind, source=source, first_row=start, dim=dim
+        )
+        if batch.vectors is not None and batch.vectors.size:
+            dim = batch.vectors.shape[1]
+        yield batch
+
+
+def _check_id_type(source: Path, schema: pa.Schema, name: str) -> None:
+    """String or integer ids, plain or dictionary-encoded (a pandas categorical)."""
+    id_type = schema.field(name).type
+    value_type = id_type.value_type if pa.types.is_dictionary(id_type) else id_type
+    if not (
+        pa.types.is_string(value_type)
+        or pa.types.is_large_string(value_type)
+        or pa.types.is_integer(value_type)
+    ):
+        raise InputError(
+            f"{source}: column {name!r} has type {id_type}; expected string or integer ids"
+        )
+
+
+def check_ids(path: str | Path, *, columns: Columns, kind: str = "corpus") -> None:
+    """Refuse a file whose id column is missing, of another type, null in some row or holds
+    one id twice, naming the file and row(s), as ``read_batches`` and the vector index do;
+    reads the id column alone, so a build can check it before any work."""
+    source = Path(path)
+    dataset = open_dataset(source)
+    id_name = "query_id" if kind == "queries" else "doc_id"
+    if columns.id not in dataset.schema.names:
+        raise InputError(
+            f"{source}: no {columns.id!r} column (columns: {', '.join(dataset.schema.names)}); "
+            "name the id column with --id-column"
+        )
+    _check_id_type(source, dataset.schema, columns.id)
+    row_of: dict[str, int] = {}
+    row = 0
+    for batch in dataset.to_batches(columns=[columns.id], batch_size=65536):
+        values = batch.column(0)
+        if values.null_count:
+            bad = int(np.flatnonzero(pc.is_null(values).to_numpy(zero_copy_only=False))[0])
+            raise InputError(
+                f"{source}, row {row + bad}: {columns.id!r} is null; every row needs an id"
+            )
+        for i, value in enumerate(values.to_pylist()):
+            key = str(value)
+            if key in row_of:
+                raise InputError(
+                    f"{source}, rows {row_of[key]} and {row + i}: duplicate {id_name} {key!r}; "
+                    "ids must be unique (the index keeps what was committed; fix the file and "
+                    "re-run to resume)"
+                )
+            row_of[key] = row + i
+        row += batch.num_rows
 
 
 def table_batch(
-    table: pa.Table, *, columns: Columns, kind: str, source: str | Path, first_row: int
+    table: pa.Table,
+    *,
+    columns: Columns,
+    kind: str,
+    source: str | Path,
+    first_row: int,
+    dim: int | None = None,
 ) -> Batch:
     """One table of a corpus or query file (rows from ``first_row``, the file's own column
     names) as a validated ``Batch``; ``read_batches`` streams a file through it, and Ray Data
-    workers (``latemm.distributed``) call it on the blocks they are handed."""
+    workers (``latemm.distributed``) call it on the blocks they are handed. ``dim``: the
+    dimension of the file's earlier vectors (else the batch's most common one), so that a row
+    of another dimension is the one named."""
     source = Path(source)
     rename = {
         columns.id: "query_id" if kind == "queries" else "doc_id",
@@ -211,10 +265,23 @@ def table_batch(
     ids = [str(v) for v in id_column.to_pylist()]
     vectors = offsets = None
     if "embedding" in table.column_names:
-        vectors, offsets = _embeddings(table.column("embedding"), ids, source, first_row, id_name)
+        vectors, offsets = _embeddings(
+            table.column("embedding"), ids, source, first_row, id_name, dim
+        )
         table = table.drop_columns(["embedding"])
     table = table.drop_columns([id_name])
     return Batch(first_row, ids, table, vectors, offsets)
+
+
+def column_vectors(
+    table: pa.Table, name: str, ids: list[str], *, source: str | Path, first_row: int, kind: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Another column of ``table`` holding T x d vectors, checked as ``embedding`` is (rows
+    named by their ``kind`` id): flat (N, d) float32 and (n + 1,) offsets."""
+    if name not in table.column_names:
+        raise InputError(f"{source}: no {name!r} column (columns: {', '.join(table.column_names)})")
+    id_name = "query_id" if kind == "queries" else "doc_id"
+    return _embeddings(table.column(name), ids, Path(source), first_row, id_name)
 
 
 def _row_of_vector(outer: np.ndarray, vector: int) -> int:
@@ -223,7 +290,12 @@ def _row_of_vector(outer: np.ndarray, vector: int) -> int:
 
 # Over 60 lines on purpose: a chain of vector checks, each raising its own error naming the row and id.
 def _embeddings(
-    column: pa.ChunkedArray, ids: list[str], source: Path, start: int, id_name: str = "doc_id"
+    column: pa.ChunkedArray,
+    ids: list[str],
+    source: Path,
+    start: int,
+    id_name: str = "doc_id",
+    expected: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """list<list<float>> -> flat (N, d) float32 and (n + 1,) offsets, checked row by row: no
     null, empty, ragged or zero-dimensional vectors, no NaN or inf; a query needs a non-zero
@@ -256,7 +328,11 @@ def _embeddings(
         bad = _row_of_vector(outer, vec)
         raise InputError(f"{where(bad)}: embedding vector {vec - int(outer[bad])} is null")
     lengths = pc.list_value_length(inner).to_numpy(zero_copy_only=False)
-    dim = int(lengths[0])
+    if expected is not None and (lengths == expected).any():
+        dim = int(expected)
+    else:  # the most common dimension (the first of equally common ones)
+        values, first, counts_of = np.unique(lengths, return_index=True, return_counts=True)
+        dim = int(values[np.lexsort((first, -counts_of))[0]])
     if (lengths != dim).any():
         vec = int(np.flatnonzero(lengths != dim)[0])
         bad = _row_of_vector(outer, vec)
@@ -297,8 +373,10 @@ def check_storable(
     source: str | Path,
     first_row: int | None = None,
 ) -> None:
-    """Refuse vectors the index's storage ``dtype`` cannot hold (float16 tops out at 65504),
-    naming the document and the fix, before they turn into inf on disk."""
+    """Refuse vectors the index's storage ``dtype`` cannot hold, naming the document and the
+    fix, before they reach the disk: float16 tops out at 65504 (larger values become inf),
+    and a vector whose values all lie below its smallest normal number (6.1e-05) would be
+    flushed to zero or keep only a few bits (every score 0, pages ranked by id)."""
     if dtype != "float16" or vectors.size == 0:
         return
     if offsets is None:  # one vector per document
@@ -312,6 +390,19 @@ def check_storable(
             f"{source}{'' if first_row is None else f', row {first_row + row}'}, doc_id "
             f"{ids[row]!r}: a vector value exceeds {limit:.0f}, the largest "
             "float16 value; index with --dtype float32 (or normalise the vectors)"
+        )
+    tiny = float(np.finfo(np.float16).tiny)
+    largest = np.abs(vectors).max(axis=1)
+    too_small = (largest > 0) & (largest < tiny)
+    if too_small.any():
+        vec = int(np.flatnonzero(too_small)[0])
+        row = _row_of_vector(offsets, vec)
+        raise InputError(
+            f"{source}{'' if first_row is None else f', row {first_row + row}'}, doc_id "
+            f"{ids[row]!r}: vector {vec - int(offsets[row])} has no value larger than "
+            f"{float(largest[vec]):.3g}, below float16's smallest normal value ({tiny:.2g}), so "
+            "float16 storage would round it to zero; normalise the vectors (or index with "
+            "--dtype float32)"
         )
 
 

@@ -84,7 +84,12 @@ def _progress(total: int | None, desc: str, enabled: bool) -> Any:
 
 
 def _pages(
-    batch: Batch, source: Path, rows: Sequence[int] | None = None, *, for_reranker: bool = False
+    batch: Batch,
+    source: Path,
+    rows: Sequence[int] | None = None,
+    *,
+    for_reranker: bool = False,
+    kind: str = "doc_id",
 ) -> list[Page]:
     """The pages of a batch's rows (all of them by default); a row with no content at all, or
     an image that cannot be read, is an error naming the file, row and id. ``for_reranker``:
@@ -102,7 +107,7 @@ def _pages(
                 image = image_bytes(images[i])
             except (InputError, OSError) as exc:
                 raise InputError(
-                    f"{source}, row {batch.first_row + i}, doc_id {batch.ids[i]!r}: {exc}"
+                    f"{source}, row {batch.first_row + i}, {kind} {batch.ids[i]!r}: {exc}"
                 ) from exc
         if text is None and image is None:
             where = f"{source}, row {batch.first_row + i}"
@@ -113,7 +118,7 @@ def _pages(
                     "or search without --rerank"
                 )
             raise InputError(
-                f"{where}, doc_id {batch.ids[i]!r}: no text, image or embedding; every row "
+                f"{where}, {kind} {batch.ids[i]!r}: no text, image or embedding; every row "
                 "needs content"
             )
         pages.append(Page(text=text, image=image))
@@ -666,7 +671,10 @@ def _search_batch(
         if reranker is not None:
             # Precomputed query vectors: the reranker reads the queries' text/image.
             result = truncate(
-                retriever.rerank(result, _pages(batch, queries, for_reranker=True)), k
+                retriever.rerank(
+                    result, _pages(batch, queries, for_reranker=True, kind="query_id")
+                ),
+                k,
             )
         return result
     if retriever.encoder is None:
@@ -676,7 +684,11 @@ def _search_batch(
         )
     with _rows_named(batch, queries, "query_id"):
         return retriever.search(
-            _pages(batch, queries), k=k, candidates=candidates, where=where, query_ids=batch.ids
+            _pages(batch, queries, kind="query_id"),
+            k=k,
+            candidates=candidates,
+            where=where,
+            query_ids=batch.ids,
         )
 
 

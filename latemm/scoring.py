@@ -182,6 +182,22 @@ def int8_products_are_exact() -> bool:
     return got.dtype == torch.int32 and bool(torch.equal(got.long(), a.long() @ b.long().T))
 
 
+def _int_product(
+    queries: torch.Tensor, page_t: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(M, N) exact int32 products of int8 ``queries`` (M, d) and ``page_t`` (d, N), a
+    transposed page. ``torch._int_mm`` is wrong when d = 1 (checked on torch 2.14, contiguous
+    operands or not), so one dimension is an outer product in int32 instead."""
+    if queries.shape[1] == 1:
+        product = queries.to(torch.int32) * page_t.to(torch.int32)  # (M, 1) * (1, N)
+        if out is None:
+            return product
+        return out.copy_(product)
+    if out is None:
+        return torch._int_mm(queries, page_t)
+    return torch._int_mm(queries, page_t, out=out)
+
+
 def _page_blocks(lengths: np.ndarray, block_tokens: int) -> list[np.ndarray]:
     """Pages grouped by similar length, each group at most ``block_tokens`` once padded."""
     order = np.argsort(lengths, kind="stable")
@@ -505,7 +521,7 @@ class _Int8Query:
         tokens, page_scales = _tensor(codes), torch.from_numpy(scale)
         out = np.empty((p, self.unit.shape[0]), dtype=np.float32)
         for a, b, group in self.groups:
-            exact = torch._int_mm(group, tokens.T).view(2, b - a, p, width)  # exact int32
+            exact = _int_product(group, tokens.T).view(2, b - a, p, width)  # exact int32
             # (128 h + l) . codes, in int32; then times each token's scale, in float32.
             sim = torch.add(exact[1], exact[0], alpha=128) * page_scales  # (k, p, L)
             # The query tokens' units are positive: they multiply the maxima instead.
@@ -522,9 +538,9 @@ class _Int8Query:
             exact = torch.empty((p, 2 * (b - a), width), dtype=torch.int32)
             for j, page in enumerate(tokens):
                 if page.shape[0] == width:
-                    torch._int_mm(group, page.T, out=exact[j])
+                    _int_product(group, page.T, out=exact[j])
                 else:  # a shorter page: its last token repeated
-                    exact[j, :, : page.shape[0]] = torch._int_mm(group, page.T)
+                    exact[j, :, : page.shape[0]] = _int_product(group, page.T)
                     exact[j, :, page.shape[0] :] = exact[j, :, page.shape[0] - 1 : page.shape[0]]
             halves = exact.view(p, 2, b - a, width)
             sim = torch.add(halves[:, 1], halves[:, 0], alpha=128) * page_scales

@@ -11,6 +11,7 @@ it sits most centrally. Only this module and its siblings import ``transformers`
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,9 @@ class TextEncoder(Encoder):
     normalize
         L2-normalise every output vector (default: True).
     max_length
-        Window length in tokens including special tokens (default: the model's limit).
+        Window length in tokens including special tokens (default: the model's limit). A
+        document longer than one window is encoded window by window; a query is capped at one
+        window (``max_query_tokens``): its later tokens are dropped, with a warning.
     window_overlap
         Tokens shared by consecutive windows for long texts (default: a quarter of the window,
         at most 64).
@@ -220,13 +223,28 @@ class TextEncoder(Encoder):
             batch_size,
             progress,
             augment=self.augment_queries,
+            query=True,
         )
+
+    @property
+    def max_query_tokens(self) -> int:
+        """Tokens of a query that are encoded (special tokens included); longer queries are
+        truncated to them, with a warning: ColBERT's ``query_length``, else one window."""
+        if self.augment_queries and self.query_length:
+            return int(self.query_length)
+        return int(self.max_length)
 
     # ----------------------------------------------------------------------------------------
     def _encode(
-        self, texts: list[str], batch_size: int | None, progress: bool, *, augment: bool
+        self,
+        texts: list[str],
+        batch_size: int | None,
+        progress: bool,
+        *,
+        augment: bool,
+        query: bool = False,
     ) -> MultiVectors:
-        windows = self._windows(texts, augment=augment)
+        windows = self._windows(texts, augment=augment, query=query)
         order = sorted(range(len(windows)), key=lambda w: len(windows[w].ids))
         per_text: list[list[tuple[int, torch.Tensor]]] = [[] for _ in texts]
         size = batch_size or self.batch_size
@@ -272,9 +290,11 @@ class TextEncoder(Encoder):
             arrays.append(vectors.cpu().numpy().astype(np.float32))
         return MultiVectors.from_arrays(arrays, self.dim)
 
-    def _windows(self, texts: list[str], *, augment: bool) -> list[_Window]:
+    def _windows(self, texts: list[str], *, augment: bool, query: bool = False) -> list[_Window]:
         """Tokenise into model windows; long texts overflow into windows sharing
-        ``window_overlap`` tokens. Each window lists the positions whose vectors are kept."""
+        ``window_overlap`` tokens, except queries (``query``), which keep their first window
+        (a warning names those truncated). Each window lists the positions whose vectors are
+        kept."""
         mask_id = self.tokenizer.mask_token_id
         if augment and self.query_length:
             # ColBERT query augmentation: pad to query_length and turn the padding into [MASK].
@@ -316,6 +336,10 @@ class TextEncoder(Encoder):
             special = encoded["special_tokens_mask"][w]
             keep = [j for j, s in enumerate(special) if self.keep_special_tokens or not s]
             out.append(_Window(int(text), n, list(encoded["input_ids"][w]), keep))
+        if query:
+            _warn_truncated([t for t, n in sorted(seen.items()) if n > 1], self.max_length)
+            out = [window for window in out if window.start == 0]
+            seen = dict.fromkeys(seen, 1)
         if self.keep_special_tokens:
             # Stitching windows needs content tokens only: texts longer than one window drop
             # the [CLS]/[SEP] of their windows.
@@ -343,6 +367,17 @@ class TextEncoder(Encoder):
                 " remove or fill it",
                 item=int(empty[0]),
             )
+
+
+def _warn_truncated(queries: list[int], limit: int) -> None:
+    if queries:
+        shown = ", ".join(map(str, queries[:5])) + (" ..." if len(queries) > 5 else "")
+        warnings.warn(
+            f"{len(queries)} query text(s) (number {shown} of the batch) are longer than "
+            f"{limit} tokens, the encoder's maximum query length (one window); only their "
+            "first tokens are encoded",
+            stacklevel=4,
+        )
 
 
 @dataclass(frozen=True)
