@@ -558,6 +558,13 @@ def _recount(root: Path, manifest: ShardManifest) -> ShardManifest:
     return updated
 
 
+def _shard_writer(root: Path, shard: int) -> Any:
+    """The writer of one committed shard, with the settings it was created with."""
+    return create(
+        root / "shards" / shard_name(shard), open_shard(root, shard, verify="none").config
+    )
+
+
 def _finish_delete(root: Path) -> ShardManifest:
     """Apply the recorded delete to every shard (ids already gone are fine), recount, and drop
     the record. Holds the writer lock (``writer_lock``)."""
@@ -573,7 +580,7 @@ def _finish_delete(root: Path) -> ShardManifest:
     for doc_id, shard in zip(ids, assign_shards(ids, manifest.num_shards), strict=True):
         by_shard.setdefault(int(shard), []).append(doc_id)
     for shard, shard_ids in sorted(by_shard.items()):
-        with create(root / "shards" / shard_name(shard), manifest.config) as writer:
+        with _shard_writer(root, shard) as writer:
             writer.delete(shard_ids, missing_ok=True)
             writer.commit()
     manifest = _recount(root, manifest)
@@ -624,8 +631,8 @@ def compact_sharded(root: str | Path) -> int:
     with writer_lock(path):
         manifest = read_manifest(path)
         check_layout(path, manifest)
-        for shard_dir in shard_dirs(path, manifest):
-            with create(shard_dir, manifest.config) as writer:
+        for shard in range(manifest.num_shards):
+            with _shard_writer(path, shard) as writer:
                 writer.compact()
         return _recount(path, manifest).generation
 
