@@ -479,6 +479,8 @@ def index_sharded(
     if (root / "manifest.json").is_file() or (root / "fields.json").is_file():
         prepare(root, num_shards)  # the error naming the other kind of index, before any lock
     check_new_folder(root)  # before the lock file is created among a user's files
+    if num_shards is not None and (isinstance(num_shards, bool) or num_shards < 1):
+        raise InputError(f"--shards must be a positive number of shards, got {num_shards}")
     with writer_lock(root), staging_dir(root) as staging:
         return _index_sharded(
             corpus, root, num_shards, encoder, columns, progress, staging, options

@@ -489,3 +489,10 @@ def test_a_first_sharded_build_refuses_a_folder_of_other_files(corpus, tmp_path,
     assert "is not empty and is not a latemm index" in capsys.readouterr().err
     assert sorted(p.name for p in folder.iterdir()) == ["thesis.tex"]
     assert (folder / "thesis.tex").read_text() == "precious"
+
+
+def test_a_bad_shard_count_creates_nothing(corpus, tmp_path, capsys) -> None:
+    pages, _ = corpus
+    assert run("index", pages, "--index", tmp_path / "new", "--shards", "0", "--quiet") == 2
+    assert "--shards must be a positive number of shards, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
