@@ -401,6 +401,7 @@ def test_p19_delete_and_compact_on_shards_equal_one_index(corpus, tmp_path, caps
 
 
 # ------------------------------------------------------------------------------ encoder check
+@pytest.mark.slow  # two MiniLM loads: 12-15 s on a loaded machine
 def test_sharded_search_checks_the_encoder_as_one_index_does(tmp_path) -> None:
     """Same model name and dimension, other kind (mean-pooled single vectors): refused on a
     sharded index as on one index (the check was name and dimension only)."""
