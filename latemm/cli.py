@@ -27,9 +27,17 @@ def _columns(args: argparse.Namespace, id_default: str) -> Any:
 
 def _add_column_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id-column", default=None, help="id column (default doc_id / query_id)")
-    parser.add_argument("--image-column", default="image")
-    parser.add_argument("--text-column", default="text")
-    parser.add_argument("--embedding-column", default="embedding")
+    parser.add_argument(
+        "--image-column", default="image", help="column of page images (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--text-column", default="text", help="column of page or query text (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--embedding-column",
+        default="embedding",
+        help="column of precomputed vectors, T x d (default: %(default)s)",
+    )
 
 
 def _encoder(args: argparse.Namespace, name: str | None, index_dir: str | None = None) -> Any:
@@ -64,15 +72,39 @@ def _encoder(args: argparse.Namespace, name: str | None, index_dir: str | None =
 
             recorded = Index.open(index_dir, verify="none").config.encoder
         if recorded:
+            _loading(args, str(recorded.get("name_or_path", "the recorded encoder")))
             return load_encoder(recorded, devices=devices, dtype=_model_dtype(args))
     if name is None:
         return None
-    if not Path(name).exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+    _loading(args, name)
+    from latemm.encoders import PACKAGED, packaged_encoder
+
+    try:
+        name = packaged_encoder(name)
+    except InputError as exc:
+        raise InputError(f"--encoder {name!r}: {exc}") from exc
+    if not Path(name).exists() and (name.startswith((".", "/", "~")) or name.count("/") != 1):
         raise InputError(
-            f"--encoder {name}: no such folder, and not a hub id (owner/name); give the folder "
-            "of a saved model or a hub id"
+            f"--encoder {name}: no such folder, and not a hub id (owner/name) or a packaged "
+            f"encoder ({', '.join(PACKAGED)}); give the folder of a saved model, a hub id or "
+            "minilm"
         )
-    return load_encoder(name, kind=kind, devices=devices, dtype=_model_dtype(args), **options)
+    try:
+        return load_encoder(name, kind=kind, devices=devices, dtype=_model_dtype(args), **options)
+    except LatemmError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - transformers/hub raise many types for a bad model
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise InputError(
+            f"--encoder {name}: cannot load it ({type(exc).__name__}: {first[:200]}); give a "
+            "local model folder, a hub id reachable from here, or minilm"
+        ) from exc
+
+
+def _loading(args: argparse.Namespace, name: str) -> None:
+    """Say what the seconds before the first progress bar are spent on."""
+    if not getattr(args, "quiet", False):
+        print(f"latemm {args.command}: loading encoder {name} ...", file=sys.stderr, flush=True)
 
 
 def _add_encoder_flags(parser: argparse.ArgumentParser) -> None:
@@ -116,6 +148,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         refine=args.refine,
         refine_depth=args.refine_depth,
+        **({"keep_images": True} if args.keep_images else {}),
     )
     from latemm.fields import is_fields_index
 
@@ -170,12 +203,26 @@ def cmd_index(args: argparse.Namespace) -> int:
             f"(blank pages, empty text); `latemm info {args.index}` lists them",
             file=sys.stderr,
         )
-    print(
+    seconds = round(time.perf_counter() - start, 1)
+    _summary(
+        args,
         f"added {report.added} documents, skipped {report.skipped} already indexed or rejected, "
         f"rejected {report.rejected}; {report.documents} in {args.index} "
-        f"(generation {report.generation}) in {time.perf_counter() - start:.1f}s"
+        f"(generation {report.generation}) in {seconds:.1f}s",
+        index=str(args.index),
+        added=report.added,
+        skipped=report.skipped,
+        rejected=report.rejected,
+        documents=report.documents,
+        generation=report.generation,
+        seconds=seconds,
     )
     return 0
+
+
+def _summary(args: argparse.Namespace, text: str, **values: Any) -> None:
+    """A command's closing line, or with --json the same facts as one JSON object."""
+    print(json.dumps(values) if getattr(args, "json_summary", False) else text)
 
 
 def _encoder_name(args: argparse.Namespace, index_dir: str | None) -> str | None:
@@ -209,8 +256,43 @@ def _index_fields(args: argparse.Namespace, start: float, options: dict[str, Any
         **options,
     )
     fields = ", ".join(f"{name}: {n} documents" for name, n in counts.items())
-    print(f"indexed {args.index} ({fields}) in {time.perf_counter() - start:.1f}s")
+    rejected = _field_rejects(args.index, list(counts))
+    if rejected:
+        print(
+            "latemm index: pages a field cannot read (blank pages, empty text) are left out of "
+            f"it and recorded ({', '.join(f'{n}: {c}' for n, c in rejected.items())}); "
+            f"`latemm info {args.index}` lists them",
+            file=sys.stderr,
+        )
+    seconds = round(time.perf_counter() - start, 1)
+    _summary(
+        args,
+        f"indexed {args.index} ({fields}) in {seconds:.1f}s",
+        index=str(args.index),
+        fields=counts,
+        rejected=rejected,
+        seconds=seconds,
+    )
     return 0
+
+
+def _field_rejects(index_dir: str, names: list[str]) -> dict[str, int]:
+    """Field name -> pages recorded as unreadable by it (nonzero only)."""
+    from index_store import Index
+    from latemm.fields import open_field, read_fields
+
+    out = {}
+    for spec in read_fields(index_dir).fields:
+        if spec.name not in names:
+            continue
+        if spec.kind == "bm25":
+            count = int(spec.options.get("rejected", 0))
+        else:
+            opened = open_field(index_dir, spec, verify="none")
+            count = int(opened.stats().get("rejected", 0)) if isinstance(opened, Index) else 0
+        if count:
+            out[spec.name] = count
+    return out
 
 
 def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
@@ -327,8 +409,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     )
     queries = len(set(run.column("query_id").to_pylist()))
     elapsed = time.perf_counter() - start
-    print(
-        f"searched {queries} queries in {elapsed:.1f}s ({queries / max(elapsed, 1e-9):.1f} queries/s); wrote {args.out}"
+    _summary(
+        args,
+        f"searched {queries} queries in {elapsed:.1f}s ({queries / max(elapsed, 1e-9):.1f} "
+        f"queries/s); wrote {args.out}",
+        queries=queries,
+        seconds=round(elapsed, 1),
+        out=str(args.out),
     )
     return 0
 
@@ -434,7 +521,13 @@ def _search_fields(args: argparse.Namespace, start: float) -> int:
     )
     queries = len(set(run.column("query_id").to_pylist()))
     elapsed = time.perf_counter() - start
-    print(f"searched {queries} queries in {elapsed:.1f}s over fields; wrote {args.out}")
+    _summary(
+        args,
+        f"searched {queries} queries in {elapsed:.1f}s over fields; wrote {args.out}",
+        queries=queries,
+        seconds=round(elapsed, 1),
+        out=str(args.out),
+    )
     return 0
 
 
@@ -498,23 +591,43 @@ def cmd_info(args: argparse.Namespace) -> int:
         fields = []
         for spec in read_fields(args.index).fields:
             opened = open_field(args.index, spec)
-            stats = (
-                opened.stats() if isinstance(opened, Index) else {"documents": len(opened.doc_ids)}
-            )
+            if isinstance(opened, Index):
+                stats = _per_page(opened.stats(), opened)
+                if stats.get("rejected"):  # pages this field could not read: row, doc_id, file
+                    stats["rejects"] = opened.rejects().to_pylist()
+            else:
+                stats = {
+                    "documents": len(opened.doc_ids),
+                    "rejected": int(spec.options.get("rejected", 0)),
+                }
             fields.append({**spec.to_dict(), "stats": stats})
         print(json.dumps({"path": str(args.index), "fields": fields}, indent=2))
         return 0
     from latemm.sharded import is_sharded, is_unfinished_build, sharded_stats
 
     if is_sharded(args.index) or is_unfinished_build(args.index):
-        print(json.dumps(sharded_stats(args.index), indent=2))
+        print(json.dumps(_per_page(sharded_stats(args.index)), indent=2))
         return 0
     index = Index.open(args.index)
-    stats = index.stats()
+    stats = _per_page(index.stats(), index)
     if stats.get("rejected"):  # the rows an ingest skipped: row, doc_id, source file, reason
         stats["rejects"] = index.rejects().to_pylist()
     print(json.dumps(stats, indent=2))
     return 0
+
+
+def _per_page(stats: dict[str, Any], index: Any = None) -> dict[str, Any]:
+    """``stats`` with the disk bytes per page and, for one index, the bytes its stored page
+    content (images, text, metadata: ``meta.parquet``) takes."""
+    documents = int(stats.get("documents") or 0)
+    if documents and stats.get("disk_bytes") is not None:
+        stats["disk_bytes_per_page"] = round(int(stats["disk_bytes"]) / documents)
+    if index is not None:
+        content = sum(f.size for _, f in index.manifest.files() if f.file == "meta.parquet")
+        stats["page_content_bytes"] = content
+        if documents:
+            stats["page_content_bytes_per_page"] = round(content / documents)
+    return stats
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
@@ -590,14 +703,34 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from latemm.metrics import check_metrics, compare, evaluate, load_qrels, load_run
+    import warnings
+
+    from latemm.metrics import (
+        check_metrics,
+        compare,
+        evaluate,
+        load_qrels,
+        load_run,
+        significance_legend,
+    )
 
     check_metrics(args.metrics)
     qrels = load_qrels(args.qrels)
     runs = {name: load_run(r) for name, r in zip(_run_names(args.runs), args.runs, strict=True)}
-    results = {name: evaluate(run, qrels, args.metrics) for name, run in runs.items()}
-    if len(runs) > 1:
-        print(compare(runs, qrels, args.metrics))
+    if not getattr(args, "quiet", False):
+        print(
+            "latemm eval: loading ranx's numba-compiled metrics (a fresh environment compiles "
+            "them once, which can take minutes; later runs load the cache, ~10 s of CPU)",
+            file=sys.stderr,
+        )
+    with warnings.catch_warnings():  # numba's type-safety notes on ranx's kernels: not ours
+        warnings.filterwarnings("ignore", module="numba")
+        warnings.filterwarnings("ignore", message=".*[Nn]umba.*")
+        results = {name: evaluate(run, qrels, args.metrics) for name, run in runs.items()}
+        report = compare(runs, qrels, args.metrics) if len(runs) > 1 else None
+    if report is not None:
+        print(report)
+        print(significance_legend(report))
     else:
         for metric, value in next(iter(results.values())).items():
             print(f"{metric:>12}  {value:.4f}")
@@ -632,17 +765,34 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         images=not args.no_images,
         progress=not args.quiet,
+        ocr=args.ocr,
+        ocr_engine=args.ocr_engine,
+        ocr_workers=args.ocr_workers,
     )
+    ocr = ""
+    if report.ocr_pages or report.ocr_resumed:
+        rate = report.ocr_pages / report.ocr_seconds if report.ocr_seconds else 0.0
+        ocr = f"; OCR read {report.ocr_pages} pages ({rate:.2f} pages/s)"
+        ocr += f", {report.ocr_resumed} resumed" if report.ocr_resumed else ""
+    sources = ", ".join(f"{n} {name}" for name, n in sorted(report.text_sources.items()))
     print(
-        f"ingested {report.pages} pages from {report.files} PDFs into {args.out} in "
-        f"{time.perf_counter() - start:.1f}s; {len(report.problems)} problem(s) reported"
+        f"ingested {report.pages} pages from {report.files} files into {args.out} in "
+        f"{time.perf_counter() - start:.1f}s (text: {sources or 'none'}){ocr}; "
+        f"{len(report.problems)} problem(s) reported"
     )
     return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from latemm.loaders import convert
+    from latemm.questions import SUFFIXES, write_queries
 
+    if Path(args.source).suffix.lower() in SUFFIXES:  # a file of questions
+        if Path(args.out).suffix != ".parquet":
+            raise InputError(f"--out {args.out}: questions go into a .parquet file")
+        count = write_queries(args.source, args.out)
+        print(f"wrote {count} queries (query_id, text) to {args.out}")
+        return 0
     done = convert(args.source, args.out, format=args.format, split=args.split)
     print(
         f"wrote {done.documents} documents to {done.corpus}, {done.num_queries} queries to "
@@ -662,13 +812,12 @@ def cmd_show(args: argparse.Namespace) -> int:
             if args.query in batch.ids and "text" in batch.table.column_names:
                 query_text = batch.table.column("text")[batch.ids.index(args.query)].as_py()
                 break
-    encoder = _encoder(args, None, args.index) if args.heatmap else None
-    if args.heatmap and not hasattr(encoder, "similarity_maps"):
-        built_with = encoder.info.name_or_path if encoder is not None else "precomputed vectors"
-        raise InputError(
-            f"--heatmap needs an index built with a vision encoder (ColPali, ColQwen2); "
-            f"{args.index} was built with {built_with}"
-        )
+    encoder = _show_encoder(args) if args.heatmap else None
+    qrels = None
+    if args.qrels:
+        from latemm.metrics import load_qrels
+
+        qrels = load_qrels(args.qrels)
     html = render(
         args.run,
         args.index,
@@ -677,6 +826,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         query_text=query_text,
         encoder=encoder,
         allow_files=args.allow_files,
+        qrels=qrels,
     )
     # The query id names the default file: anything but letters, digits, '.', '-' and '_'
     # (a '/' would name a folder) becomes '_'.
@@ -685,6 +835,29 @@ def cmd_show(args: argparse.Namespace) -> int:
     out.write_text(html, encoding="utf-8")
     print(f"wrote {out}")
     return 0
+
+
+def _show_encoder(args: argparse.Namespace) -> Any:
+    """The vision encoder a --heatmap needs: the index's (a fields index: its image field's)."""
+    from latemm.encoders import load_encoder
+    from latemm.show import _page_lookup
+
+    _, _, recorded = _page_lookup(args.index)
+    encoder = None
+    if recorded:
+        devices = args.device.split(",") if args.device else None
+        encoder = load_encoder(recorded, devices=devices, dtype=_model_dtype(args))
+    if not hasattr(encoder, "similarity_maps"):
+        built_with = (
+            encoder.info.name_or_path
+            if encoder is not None
+            else "no image encoder (precomputed vectors, or text fields only)"
+        )
+        raise InputError(
+            f"--heatmap needs an index built with a vision encoder (ColPali, ColQwen2); "
+            f"{args.index} was built with {built_with}"
+        )
+    return encoder
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
@@ -704,7 +877,7 @@ def _add_device_flags(parser: argparse.ArgumentParser) -> None:
         "--model-dtype",
         default="auto",
         choices=["auto", "float32", "bfloat16", "float16"],
-        help="model weights' dtype (auto: bfloat16 on a GPU, float32 on the CPU)",
+        help="model weights' dtype (default: %(default)s, i.e. bfloat16 on a GPU, float32 on the CPU)",
     )
 
 
@@ -739,6 +912,16 @@ def _add_ray_flags(parser: argparse.ArgumentParser, *, shards: str, workers: boo
             default=None,
             help="with --ray: encoder replicas (default: one per GPU, else one per CPU)",
         )
+
+
+def _add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json",
+        dest="json_summary",
+        action="store_true",
+        help="print the closing summary as one JSON object on stdout (for scripts; with --quiet "
+        "nothing else is printed)",
+    )
 
 
 def _index_parser(sub: Any) -> None:
@@ -802,14 +985,37 @@ def _index_parser(sub: Any) -> None:
         "bytes per page, one fast-scan search over all segments, i.e. PQ<D/8>x4fs), or a faiss "
         "factory string built per segment (Flat, HNSW32, IVF256,PQ64)",
     )
-    p.add_argument("--commit-every", type=int, default=512, help="documents per commit")
-    p.add_argument("--on-existing", default="skip", choices=ON_EXISTING)
-    _add_on_empty_flag(p)
-    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument(
-        "--pool-factor", type=int, default=1, help="token pooling: keep ~T/F vectors per page"
+        "--commit-every", type=int, default=512, help="documents per commit (default: %(default)s)"
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--on-existing",
+        default="skip",
+        choices=ON_EXISTING,
+        help="a doc_id already in the index: skip it (resume), upsert (replace) or error "
+        "(default: %(default)s)",
+    )
+    _add_on_empty_flag(p)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="pages encoded per batch (default: %(default)s)",
+    )
+    p.add_argument(
+        "--pool-factor",
+        type=int,
+        default=1,
+        help="token pooling: keep ~T/F vectors per page (default: %(default)s, no pooling)",
+    )
+    p.add_argument(
+        "--keep-images",
+        action="store_true",
+        help="store page images even when the encoder reads only text (default: only an image "
+        "encoder's index stores them; show and a text index's reranker then use the page text)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar or notes on stderr")
+    _add_json_flag(p)
     _add_ray_flags(
         p,
         shards="build a sharded index of N shards (doc ids routed by hash; fixed once built)",
@@ -824,15 +1030,22 @@ def _encode_parser(sub: Any) -> None:
     p = sub.add_parser(
         "encode", help="encode a corpus into a Parquet file with an embedding column"
     )
-    p.add_argument("corpus")
-    p.add_argument("--encoder", required=True, help="hub id or local folder")
-    p.add_argument("--out", required=True)
+    p.add_argument("corpus", help="corpus Parquet file or directory")
+    p.add_argument("--encoder", required=True, help="hub id, local folder or minilm")
+    p.add_argument("--out", required=True, help="output Parquet file with an embedding column")
     _add_device_flags(p)
     _add_encoder_flags(p)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--pool-factor", type=int, default=1)
+    p.add_argument(
+        "--batch-size", type=int, default=64, help="pages encoded per batch (default: %(default)s)"
+    )
+    p.add_argument(
+        "--pool-factor",
+        type=int,
+        default=1,
+        help="token pooling: keep ~T/F vectors per page (default: %(default)s, no pooling)",
+    )
     _add_on_empty_flag(p)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or notes on stderr")
     _add_ray_flags(
         p,
         shards="with --ray: write OUT as a folder with one Parquet partition per index shard",
@@ -846,18 +1059,27 @@ def _encode_parser(sub: Any) -> None:
 def _search_parser(sub: Any) -> None:
     """The parser of ``latemm search``."""
     p = sub.add_parser("search", help="search a Parquet file of queries into a run file")
-    p.add_argument("index")
-    p.add_argument("queries")
-    p.add_argument("--out", required=True, help="run Parquet file")
+    p.add_argument("index", help="index directory")
+    p.add_argument(
+        "queries", help="queries Parquet file (query_id and text; see latemm convert for CSV/JSON)"
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="run Parquet file: query_id, doc_id, rank, score and each stage's score",
+    )
     p.add_argument(
         "--trec",
         default=None,
         help="also write a TREC run file (needs ids without whitespace; the Parquet run has no "
         "such limit)",
     )
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--k", type=int, default=10, help="pages per query (default: %(default)s)")
     p.add_argument(
-        "--candidates", type=int, default=None, help="first-stage candidates rescored exactly"
+        "--candidates",
+        type=int,
+        default=None,
+        help="first-stage candidates rescored exactly (default: chosen from k)",
     )
     p.add_argument(
         "--refine-depth",
@@ -913,17 +1135,23 @@ def _search_parser(sub: Any) -> None:
     )
     p.add_argument("--rerank", default=None, help="MLLM reranker: hub id or local folder")
     p.add_argument(
-        "--rerank-depth", type=int, default=20, help="pages per query the reranker reads"
+        "--rerank-depth",
+        type=int,
+        default=20,
+        help="pages per query the reranker reads (default: %(default)s)",
     )
     p.add_argument(
-        "--rerank-template", default="monoqwen", choices=["monoqwen", "qwen3-vl-reranker", "yesno"]
+        "--rerank-template",
+        default="monoqwen",
+        choices=["monoqwen", "qwen3-vl-reranker", "yesno"],
+        help="the reranker's prompt (default: %(default)s)",
     )
     p.add_argument("--rerank-adapter", default=None, help="LoRA adapter (peft), e.g. MonoQwen2-VL")
     p.add_argument(
         "--rerank-fusion",
         default="none",
         choices=["none", "rrf"],
-        help="rrf: reciprocal rank fusion with MaxSim",
+        help="none: the reranker's order; rrf: reciprocal rank fusion with MaxSim (default: %(default)s)",
     )
     p.add_argument("--rerank-cache", default=None, help="SQLite file caching rerank scores")
     p.add_argument(
@@ -936,8 +1164,14 @@ def _search_parser(sub: Any) -> None:
     )
     _add_device_flags(p)
     _add_encoder_flags(p)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="queries encoded per batch (default: %(default)s)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar or notes on stderr")
+    _add_json_flag(p)
     _add_ray_flags(p, shards="", workers=False)
     _add_column_flags(p)
     p.set_defaults(func=cmd_search)
@@ -946,64 +1180,117 @@ def _search_parser(sub: Any) -> None:
 def _maintenance_parsers(sub: Any) -> None:
     """The parser of ``info``, ``delete``, ``compact``, ``verify`` and ``eval``."""
     p = sub.add_parser("info", help="index statistics as JSON")
-    p.add_argument("index")
+    p.add_argument("index", help="index directory")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("delete", help="delete documents by id")
-    p.add_argument("index")
-    p.add_argument("--ids", nargs="*")
+    p.add_argument("index", help="index directory")
+    p.add_argument("--ids", nargs="*", help="doc_ids to delete")
     p.add_argument("--ids-file", default=None, help="file with one doc_id per line")
-    p.add_argument("--missing-ok", action="store_true")
+    p.add_argument(
+        "--missing-ok", action="store_true", help="ids not in the index are not an error"
+    )
     p.set_defaults(func=cmd_delete)
 
     p = sub.add_parser("compact", help="rewrite the index without deleted documents")
-    p.add_argument("index")
+    p.add_argument("index", help="index directory")
     p.set_defaults(func=cmd_compact)
 
     p = sub.add_parser("verify", help="check every file's checksum")
-    p.add_argument("index")
+    p.add_argument("index", help="index directory")
     p.set_defaults(func=cmd_verify)
     p = sub.add_parser("eval", help="evaluate run files against qrels (ranx)")
     p.add_argument("runs", nargs="+", help="run files (Parquet or TREC); several are compared")
     p.add_argument("qrels", help="qrels (TREC, JSON or Parquet)")
     p.add_argument(
-        "--metrics", nargs="+", default=["ndcg@5", "ndcg@10", "recall@10", "recall@100", "mrr@10"]
+        "--metrics",
+        nargs="+",
+        default=["ndcg@5", "ndcg@10", "recall@10", "recall@100", "mrr@10"],
+        help="ranx metrics, each with an optional @cutoff (default: ndcg@5 ndcg@10 recall@10 "
+        "recall@100 mrr@10)",
     )
-    p.add_argument("--json", default=None, help="write the scores as JSON")
+    p.add_argument("--json", default=None, help="write the scores as JSON (default: none)")
+    p.add_argument("--quiet", action="store_true", help="no note on stderr while ranx loads")
     p.set_defaults(func=cmd_eval)
 
 
 def _data_parsers(sub: Any) -> None:
     """The parser of ``ingest``, ``convert``, ``show`` and ``quickstart``."""
-    p = sub.add_parser("ingest", help="render and extract PDF pages into a corpus Parquet file")
-    p.add_argument("inputs", nargs="+", help="PDF files or folders")
-    p.add_argument("--out", required=True)
-    p.add_argument("--dpi", type=float, default=96.0)
-    p.add_argument("--max-pixels", type=int, default=1024 * 1024)
+    p = sub.add_parser(
+        "ingest", help="render and extract PDF and image pages into a corpus Parquet file"
+    )
+    p.add_argument("inputs", nargs="+", help="PDF, PNG, JPEG or TIFF files, or folders of them")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="corpus Parquet file: doc_id (FILE#pN), image, text, text_source, source, page",
+    )
+    p.add_argument(
+        "--dpi",
+        type=float,
+        default=96.0,
+        help="resolution pages are rendered at (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=1024 * 1024,
+        help="largest page image in pixels; bigger renders are scaled down (default: %(default)s)",
+    )
     p.add_argument("--no-images", action="store_true", help="text only (for text encoders)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--ocr",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="auto: OCR pages without a text layer when an engine is installed; "
+        "always: OCR every page (layer text kept in layer_text); never: text layer only "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--ocr-engine",
+        choices=["rapidocr", "tesseract"],
+        default=None,
+        help="OCR engine (default: the first installed, rapidocr then tesseract)",
+    )
+    p.add_argument(
+        "--ocr-workers", type=int, default=None, help="OCR processes (default: one per core)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser(
-        "convert", help="ViDoRe v1/v2 or BEIR data to corpus/queries Parquet and TREC qrels"
+        "convert",
+        help="ViDoRe v1/v2 or BEIR data to corpus/queries Parquet and TREC qrels; or a CSV, "
+        "JSON, JSONL or text file of questions to a queries Parquet file",
     )
-    p.add_argument("source", help="a Parquet file or folder (ViDoRe) or a BEIR folder")
     p.add_argument(
-        "--out", required=True, help="folder for corpus.parquet, queries.parquet, qrels.txt"
+        "source",
+        help="a Parquet file or folder (ViDoRe), a BEIR folder, or questions (.csv, .tsv, "
+        ".json, .jsonl, .txt: columns query_id/id and text/question, or one question a line)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="folder for corpus.parquet, queries.parquet, qrels.txt (questions: the .parquet file)",
     )
     p.add_argument(
         "--format", default=None, choices=["vidore-v1", "vidore-v2", "beir"], help="default: detect"
     )
-    p.add_argument("--split", default="test", help="BEIR qrels split")
+    p.add_argument("--split", default="test", help="BEIR qrels split (default: %(default)s)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("show", help="render a query's top pages as HTML (thumbnails and scores)")
     p.add_argument("run", help="run Parquet file")
-    p.add_argument("--index", required=True)
+    p.add_argument("--index", required=True, help="the index the run was searched in")
     p.add_argument("--query", required=True, help="query_id")
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--k", type=int, default=10, help="pages shown (default: %(default)s)")
     p.add_argument("--out", default=None, help="HTML file (default RUN-QUERY.html)")
     p.add_argument("--queries", default=None, help="queries Parquet, for the query's text")
+    p.add_argument(
+        "--qrels",
+        default=None,
+        help="qrels (TREC, JSON or Parquet, as for eval): mark the relevant pages (default: none)",
+    )
     p.add_argument(
         "--heatmap",
         action="store_true",
@@ -1024,9 +1311,13 @@ def _data_parsers(sub: Any) -> None:
         "quickstart", help="offline demo: real PDFs, MiniLM, ranked pages and timings"
     )
     p.add_argument(
-        "--work", default="latemm-quickstart", help="folder for the corpus, index and run"
+        "--work",
+        default="latemm-quickstart",
+        help="folder for the corpus, index and run (default: %(default)s)",
     )
-    p.add_argument("--k", type=int, default=3)
+    p.add_argument(
+        "--k", type=int, default=3, help="pages printed per question (default: %(default)s)"
+    )
     p.set_defaults(func=cmd_quickstart)
 
 
@@ -1040,11 +1331,30 @@ def build_parser() -> argparse.ArgumentParser:
     _search_parser(sub)
     _maintenance_parsers(sub)
     _data_parsers(sub)
+    for command in sub.choices.values():
+        command.add_argument(
+            "--verbose",
+            action="store_true",
+            help="show the libraries' own output too (transformers' 'Loading weights' bars and "
+            "warnings; default: off)",
+        )
     return parser
+
+
+def _quiet_libraries() -> None:
+    """transformers and huggingface_hub without their progress bars and advisory warnings
+    (read when they are first imported, so set before any command runs)."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        _quiet_libraries()
     try:
         return int(args.func(args))
     except LatemmError as exc:

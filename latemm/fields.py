@@ -27,7 +27,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from index_store import Index
-from index_store.errors import IndexCorruptError, IndexFormatError, InputError, LatemmError
+from index_store.errors import (
+    IndexCorruptError,
+    IndexFormatError,
+    InputError,
+    LatemmError,
+    StorageError,
+)
 from index_store.fsio import (
     find_links,
     full_disk_error,
@@ -408,29 +414,51 @@ def _readable(table: pa.Table, reads: str, column: str) -> pa.Array:
 
 
 def field_corpus(
-    corpus: Path, out: Path, *, reads: str, column: str, drop: set[str]
+    corpus: Path,
+    out: Path,
+    *,
+    reads: str,
+    column: str,
+    drop: set[str],
+    id_column: str = "doc_id",
 ) -> tuple[Path, int, np.ndarray]:
     """Write the rows of ``corpus`` that a field can read (non-empty ``column``) to ``out``,
-    without the columns in ``drop`` (other fields' precomputed vectors). Returns the file, the
-    number of rows left out and, per row of ``out``, its row in ``corpus`` (so errors can name
-    the user's row)."""
+    without the columns in ``drop`` (other fields' precomputed vectors). The rows left out are
+    written as reject records (doc_id, the corpus file, its row, the reason) to the sidecar
+    ``latemm.pipeline.rejects_path(out)``, which ``index_corpus(out, ...)`` records in the
+    index. Returns the file, the number of rows left out and, per row of ``out``, its row in
+    ``corpus`` (so errors can name the user's row)."""
+    from index_store.rejects import as_table
     from latemm.io import open_dataset
+    from latemm.pipeline import rejects_path
 
     dataset = open_dataset(corpus)
     keep = [n for n in dataset.schema.names if n not in drop]
     writer = None
-    skipped = 0
     # Created without following a link: a planted ``.corpus-<f>.parquet`` link is refused.
     sink = os.fdopen(open_nofollow(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb")
-    start = 0
+    first_row = 0
     kept: list[np.ndarray] = []
+    rejects: list[dict[str, Any]] = []
+    reason = f"without {column}" if reads == "text" else f"without {reads} ({column} is null)"
     try:
         for batch in dataset.to_batches(columns=keep, batch_size=1024):
             table = pa.Table.from_batches([batch])
             mask = _readable(table, reads, column)
-            skipped += table.num_rows - pc.sum(mask).as_py() if table.num_rows else 0
-            kept.append(start + np.flatnonzero(mask.to_numpy(zero_copy_only=False)))
-            start += table.num_rows
+            kept.append(first_row + np.flatnonzero(mask.to_numpy(zero_copy_only=False)))
+            if id_column in table.column_names:
+                ids = table.column(id_column).to_pylist()
+                for i, ok in enumerate(mask.to_pylist()):
+                    if not ok and ids[i] is not None:
+                        rejects.append(
+                            {
+                                "doc_id": str(ids[i]),
+                                "source": str(corpus),
+                                "row": first_row + i,
+                                "reason": reason,
+                            }
+                        )
+            first_row += table.num_rows
             table = table.filter(mask)
             if writer is None:
                 writer = pq.ParquetWriter(sink, table.schema)
@@ -451,7 +479,12 @@ def field_corpus(
             pass  # already failing: the error above is the one to report
     if writer is None:
         raise InputError(f"{corpus} has no rows")
-    return out, int(skipped), np.concatenate(kept).astype(np.int64)
+    sidecar = rejects_path(out)
+    sidecar.unlink(missing_ok=True)
+    if rejects:  # created without following a link, like the copy itself
+        with os.fdopen(open_nofollow(sidecar, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as f:
+            pq.write_table(as_table(rejects), f)
+    return out, len(rejects), np.concatenate(kept).astype(np.int64)
 
 
 def _embedding_columns(fields: list[FieldRequest], cols: Any) -> set[str]:
@@ -608,12 +641,23 @@ def _index_one(
     base.mkdir(parents=True, exist_ok=True)
     tmp = index_path(root, "fields", f".corpus-{req.name}.parquet")
     rows = np.zeros(0, np.int64)
+    from latemm.pipeline import rejects_path
+
     try:
-        filtered, _, rows = field_corpus(
-            source, tmp, reads=spec.reads, column=column, drop=drop_all - {own}
+        filtered, rejected, rows = field_corpus(
+            source, tmp, reads=spec.reads, column=column, drop=drop_all - {own}, id_column=cols.id
         )
+        if rejected and options.get("on_empty") == "error":
+            first = pq.read_table(rejects_path(tmp)).slice(0, 1).to_pylist()[0]
+            raise InputError(
+                f"{source}, row {first['row']}, doc_id {first['doc_id']!r}: field {req.name!r} "
+                f"has nothing to read ({first['reason']}); drop the row or give it content, or "
+                "leave out --on-empty error to skip such rows and record them in the index"
+            )
         if spec.kind == "bm25":
             spec = _index_bm25(base, filtered, spec, recorded, cols, options)
+            if rejected:  # no Index to hold the records: the last build's count
+                spec = replace(spec, options={**spec.options, "rejected": rejected})
             return spec, int(spec.options["documents"])
         return spec, _index_vectors(base, filtered, spec, encoder, cols, progress, options)
     except LatemmError as exc:
@@ -623,6 +667,7 @@ def _index_one(
         raise renamed from exc
     finally:
         tmp.unlink(missing_ok=True)
+        rejects_path(tmp).unlink(missing_ok=True)
 
 
 _ROWS = re.compile(r"\b(rows?(?: from)?) (\d+)(?: and (\d+))?")
@@ -632,9 +677,10 @@ def _in_user_terms(
     exc: LatemmError, tmp: Path, source: Path, rows: np.ndarray, name: str
 ) -> LatemmError:
     """``exc`` with the field's filtered copy ``tmp`` (and its row numbers) replaced by the
-    user's ``source`` and rows; ``exc`` itself if it does not name the copy."""
+    user's ``source`` and rows; ``exc`` itself if it does not name the copy, or if it is a
+    full disk, whose message names the file that could not be written."""
     text = str(exc)
-    if str(tmp) not in text:
+    if str(tmp) not in text or isinstance(exc, StorageError):
         return exc
 
     def user_row(number: str) -> str:

