@@ -38,6 +38,7 @@ def build_index(
     encoder: Any = None,
     on_empty: str = "skip",
     fields: dict[str, Any] | None = None,
+    num_shards: int | None = None,
     **options: Any,
 ) -> Any:
     """Index a Parquet corpus (file or folder); ``encoder`` is a hub id, a folder or an Encoder
@@ -49,35 +50,56 @@ def build_index(
     ``fields`` builds named fields instead (``{"text": latemm.minilm_path(), "bm25": "bm25"}``;
     values as for ``--field``: a hub id or folder, ``bm25``, ``single:ENCODER``,
     ``embedding:COLUMN``, or an Encoder) and returns the index's ``FieldsManifest``; pages a
-    field cannot read are left out of that field."""
+    field cannot read are left out of that field.
+
+    ``num_shards`` builds (or adds to) a sharded index of that many shards (``latemm.sharded``;
+    a sharded index keeps its N) and returns its ``ShardManifest``."""
     import warnings
 
+    from index_store.errors import InputError
     from latemm.pipeline import index_corpus
+    from latemm.sharded import index_sharded, is_sharded, is_unfinished_build, read_manifest
 
     if fields is not None:
-        from index_store.errors import InputError
         from latemm.fields import index_fields, read_fields
 
         if encoder is not None:
             raise InputError("give encoder= (one field) or fields= (named fields), not both")
+        if num_shards is not None:
+            raise InputError(
+                "num_shards cannot be combined with fields=: a multi-field index is not sharded "
+                "yet; leave out num_shards, or shard an index built with encoder="
+            )
         index_fields(corpus, index_dir, fields, progress=options.pop("progress", False), **options)
         return read_fields(index_dir)
 
-    report = index_corpus(
-        corpus,
-        index_dir,
-        encoder=_as_encoder(encoder),
-        on_empty=on_empty,
-        progress=options.pop("progress", False),
-        **options,
-    )
+    sharded = num_shards is not None or is_sharded(index_dir) or is_unfinished_build(index_dir)
+    if sharded:
+        report = index_sharded(
+            corpus,
+            index_dir,
+            num_shards=num_shards,
+            encoder=_as_encoder(encoder),
+            on_empty=on_empty,
+            progress=options.pop("progress", False),
+            **options,
+        )
+    else:
+        report = index_corpus(
+            corpus,
+            index_dir,
+            encoder=_as_encoder(encoder),
+            on_empty=on_empty,
+            progress=options.pop("progress", False),
+            **options,
+        )
     if report.rejected:
         warnings.warn(
             f"skipped {report.rejected} rows of {corpus} with nothing the encoder can read "
             f"(blank pages, empty text); Index.rejects() of {index_dir} lists them",
             stacklevel=2,
         )
-    return Index.open(index_dir)
+    return read_manifest(index_dir) if sharded else Index.open(index_dir)
 
 
 # Over 60 lines on purpose: the notebook entry point: dispatches named fields, sharded and plain indexes, files and lists.
@@ -109,8 +131,22 @@ def search(
     (``latemm.field_search``); the run then has a ``score_<field>`` column per field."""
     from latemm.fields import is_fields_index
     from latemm.retriever import Retriever
-    from latemm.sharded import is_sharded
+    from latemm.sharded import is_sharded, is_unfinished_build, unfinished_build_message
 
+    index_path = index.path if isinstance(index, Index) else Path(index)
+    if is_unfinished_build(index_path):  # named before any model is loaded
+        from index_store.errors import InputError
+
+        raise InputError(unfinished_build_message(index_path))
+    if not isinstance(index, Index) and not any(
+        (index_path / name).is_file() for name in ("manifest.json", "fields.json", "shards.json")
+    ):
+        from index_store.errors import InputError
+
+        raise InputError(
+            f"{index_path} is not a latemm index (no manifest.json, fields.json or shards.json); "
+            "create one with latemm.build_index(CORPUS, DIR)"
+        )
     if isinstance(reranker, (str, Path)):
         from latemm.reranker import MLLMReranker
 
@@ -129,12 +165,6 @@ def search(
         return _search_fields(path, queries, k, candidates, where, reranker, rerank_depth, named)
 
     sharded = not isinstance(index, Index) and is_sharded(index)
-    if sharded and reranker is not None:
-        from index_store.errors import InputError
-
-        raise InputError(
-            f"reranking is not available on a sharded index ({index}) yet; search without reranker="
-        )
     opened = None if sharded else index if isinstance(index, Index) else Index.open(index)
     if opened is None:
         from latemm.sharded import read_manifest
@@ -167,7 +197,9 @@ def search(
     if opened is None:
         from latemm.sharded import ShardedRetriever
 
-        retriever: Any = ShardedRetriever(path, encoder=encoder)
+        retriever: Any = ShardedRetriever(
+            path, encoder=encoder, reranker=reranker, rerank_depth=rerank_depth
+        )
     else:
         retriever = Retriever(opened, encoder=encoder, reranker=reranker, rerank_depth=rerank_depth)
     texts = [str(queries)] if isinstance(queries, (str, Path)) else list(queries)

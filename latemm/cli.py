@@ -133,7 +133,7 @@ def _model_dtype(args: argparse.Namespace) -> Any:
 
 def cmd_index(args: argparse.Namespace) -> int:
     from latemm.pipeline import index_corpus
-    from latemm.sharded import index_sharded, is_sharded
+    from latemm.sharded import index_sharded, is_sharded, is_unfinished_build
 
     start = time.perf_counter()
     options = dict(
@@ -153,6 +153,18 @@ def cmd_index(args: argparse.Namespace) -> int:
     from latemm.fields import is_fields_index
 
     if args.field or (args.encoder is None and is_fields_index(args.index)):
+        for flag, value in (("--shards", args.shards), ("--ray", args.ray)):
+            if value is not None:
+                what = "--field" if args.field else f"{args.index}'s named fields"
+                raise InputError(
+                    f"{flag} cannot be combined with {what}: a multi-field index is not "
+                    f"sharded yet; leave out {flag}, or shard an index built with --encoder"
+                )
+        if is_sharded(args.index):
+            raise InputError(
+                f"--field: {args.index} is a sharded index (one encoder); named fields need an "
+                "unsharded index: index into a new folder"
+            )
         return _index_fields(args, start, options)  # no --field: the fields it records
     if is_fields_index(args.index):
         raise InputError(
@@ -173,7 +185,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             model_dtype=args.model_dtype,
             **options,
         )
-    elif args.shards is not None or is_sharded(args.index):
+    elif args.shards is not None or is_sharded(args.index) or is_unfinished_build(args.index):
         report = index_sharded(
             args.corpus,
             args.index,
@@ -359,8 +371,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         or args.normalization
         or args.rrf_k
     )
+    _check_index_kind(args, named)
     if named or is_fields_index(args.index):
         return _search_fields(args, start)
+    _check_search_target(args)  # before any model is loaded
     encoder = _encoder(args, args.encoder, args.index)
     reranker = None
     if args.rerank:
@@ -404,6 +418,63 @@ def cmd_search(args: argparse.Namespace) -> int:
         out=str(args.out),
     )
     return 0
+
+
+def _check_index_kind(args: argparse.Namespace, named: Any) -> None:
+    """Options that cannot apply to this kind of index are an error naming the option."""
+    from latemm.fields import is_fields_index
+    from latemm.sharded import is_sharded
+
+    if is_sharded(args.index) and named:
+        given = [
+            flag
+            for flag, value in (
+                ("--fields", args.fields),
+                ("--fusion", args.fusion),
+                ("--weights", args.weights),
+                ("--normalization", args.normalization),
+                ("--rrf-k", args.rrf_k),
+                ("--rescore-field", args.rescore_field),
+                ("--preset", args.preset),
+            )
+            if value
+        ]
+        raise InputError(
+            f"{', '.join(given)}: {args.index} is a sharded index with one field (no named "
+            "fields to fuse); leave the option out"
+        )
+    if args.ray is not None and (named or is_fields_index(args.index)):
+        raise InputError(
+            f"--ray serves a sharded index; {args.index} is a multi-field index, searched in "
+            "this process: leave out --ray"
+        )
+
+
+def _check_search_target(args: argparse.Namespace) -> None:
+    """The search's arguments and index, checked before an encoder or reranker is loaded."""
+    from latemm.pipeline import _check_search_args
+    from latemm.sharded import is_sharded, is_unfinished_build, unfinished_build_message
+
+    _check_search_args(
+        args.queries, args.out, k=args.k, candidates=args.candidates, batch_size=args.batch_size
+    )
+    if args.rerank and args.rerank_depth < 1:
+        raise InputError(f"--rerank-depth must be a positive integer, got {args.rerank_depth}")
+    if is_unfinished_build(args.index):
+        raise InputError(unfinished_build_message(args.index))
+    sharded = is_sharded(args.index)
+    if not sharded and not (Path(args.index) / "manifest.json").is_file():
+        raise InputError(
+            f"{args.index} is not a latemm index (no manifest.json, fields.json or "
+            "shards.json); create one with `latemm index CORPUS --index DIR`"
+        )
+    if args.ray is not None and not sharded:
+        raise InputError(
+            f"--ray serves a sharded index; {args.index} is an ordinary one. Build a sharded "
+            "index with `latemm index CORPUS --index DIR --shards N`, or leave out --ray"
+        )
+    if not Path(args.queries).exists():
+        raise InputError(f"{args.queries} does not exist: give a queries Parquet file")
 
 
 def _search_fields(args: argparse.Namespace, start: float) -> int:
@@ -532,9 +603,9 @@ def cmd_info(args: argparse.Namespace) -> int:
             fields.append({**spec.to_dict(), "stats": stats})
         print(json.dumps({"path": str(args.index), "fields": fields}, indent=2))
         return 0
-    from latemm.sharded import is_sharded, sharded_stats
+    from latemm.sharded import is_sharded, is_unfinished_build, sharded_stats
 
-    if is_sharded(args.index):
+    if is_sharded(args.index) or is_unfinished_build(args.index):
         print(json.dumps(_per_page(sharded_stats(args.index)), indent=2))
         return 0
     index = Index.open(args.index)
@@ -576,6 +647,12 @@ def cmd_delete(args: argparse.Namespace) -> int:
         found = delete(args.index, ids, missing_ok=args.missing_ok)
         print(f"deleted {found} documents from every field of {args.index}")
         return 0
+    from latemm.sharded import delete_sharded, is_sharded
+
+    if is_sharded(args.index):  # each id from its shard
+        found = delete_sharded(args.index, ids, missing_ok=args.missing_ok)
+        print(f"deleted {found} documents from {args.index}")
+        return 0
     with create(args.index, Index.open(args.index, verify="none").config) as writer:
         found = writer.delete(ids, missing_ok=args.missing_ok)
         writer.commit()
@@ -594,6 +671,11 @@ def cmd_compact(args: argparse.Namespace) -> int:
         fields = ", ".join(f"{name}: {value}" for name, value in state.items())
         print(f"compacted {args.index} (fields {fields})")
         return 0
+    from latemm.sharded import compact_sharded, is_sharded
+
+    if is_sharded(args.index):
+        print(f"compacted {args.index} (generation {compact_sharded(args.index)})")
+        return 0
     with create(args.index, Index.open(args.index, verify="none").config) as writer:
         generation = writer.compact()
     print(f"compacted {args.index} (generation {generation})")
@@ -603,11 +685,11 @@ def cmd_compact(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from index_store import verify
     from latemm.fields import is_fields_index, verify_fields
-    from latemm.sharded import is_sharded, verify_sharded
+    from latemm.sharded import is_sharded, is_unfinished_build, verify_sharded
 
     if is_fields_index(args.index):
         problems = verify_fields(args.index)
-    elif is_sharded(args.index):
+    elif is_sharded(args.index) or is_unfinished_build(args.index):
         problems = verify_sharded(args.index)
     else:
         problems = verify(args.index)

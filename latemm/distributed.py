@@ -37,9 +37,13 @@ from latemm.sharded import (
     ShardManifest,
     assign_shards,
     check_encoder,
+    check_new_folder,
     commit_shards,
     prepare,
+    record_building,
     shard_name,
+    staging_dir,
+    writer_lock,
 )
 
 # Restarts of a dead actor (and retries of its calls / of a dead task) before giving up.
@@ -302,12 +306,36 @@ def index_ray(
     **options: Any,
 ) -> IndexReport:
     """Build (or add to) a sharded index on a Ray cluster: encode with ``encode_ray`` into
-    ``DIR/.staging`` partitioned by shard, index every partition in its own Ray task
+    this writer's ``DIR/.staging-XXXX`` partitioned by shard, index every partition in its own Ray task
     (``index_corpus`` with the precomputed embeddings), then commit ``shards.json``.
 
     Options (``dtype``, ``faiss_factory``, ``on_existing``, ``commit_every``) are
     ``index_corpus``'s; ``num_shards`` defaults to the existing index's."""
     root = Path(index_dir)
+    check_new_folder(root)  # never among a user's files, not even a lock file
+    # One writer at a time (DIR/LOCK), each with its own staging folder.
+    with writer_lock(root), staging_dir(root) as staging:
+        return _index_ray(
+            corpus, root, encoder, num_shards, address, workers, model_dtype, columns,
+            batch_size, pool_factor, progress, staging, options,
+        )  # fmt: skip
+
+
+def _index_ray(
+    corpus: str | Path,
+    root: Path,
+    encoder: str | Callable[[], Encoder] | None,
+    num_shards: int | None,
+    address: str | None,
+    workers: int | None,
+    model_dtype: str,
+    columns: Columns | None,
+    batch_size: int,
+    pool_factor: int,
+    progress: bool,
+    staging: Path,
+    options: dict[str, Any],
+) -> IndexReport:
     n, existing = prepare(root, num_shards)
     ray = connect(address)
     info = None
@@ -319,9 +347,6 @@ def index_ray(
         info = ray.get(ray.remote(num_cpus=1)(_encoder_info).remote(loader))
         if existing is not None:
             check_encoder(existing.config, info, root)
-    staging = root / ".staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    root.mkdir(parents=True, exist_ok=True)
     embedded = staging / "embeddings"
     encode_ray(
         corpus,
@@ -336,6 +361,8 @@ def index_ray(
         on_empty=options.get("on_empty", "skip"),
         progress=progress,
     )
+    if existing is None:
+        record_building(root, n)
     task = ray.remote(num_cpus=1, max_retries=RETRIES)(_index_shard)
     # Encoded partitions have canonical column names; a precomputed corpus keeps the user's
     # names and its pooling is still to do.
@@ -367,7 +394,6 @@ def index_ray(
         added, skipped = added + got_added, skipped + got_skipped
         rejected += got_rejected
     manifest = commit_shards(root, n, encoder_info=info, existing=existing)
-    shutil.rmtree(staging, ignore_errors=True)
     return IndexReport(added, skipped, sum(manifest.documents), manifest.generation, rejected)
 
 

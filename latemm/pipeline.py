@@ -565,9 +565,13 @@ def search_file(
         ray=ray,
         refine_depth=refine_depth,
     )
-    search = dict(k=k, candidates=candidates, where=where)
+    search: dict[str, Any] = dict(k=k, candidates=candidates, where=where)
     if refine_depth is not None:  # absent otherwise: records written before it still resume
         search["refine_depth"] = refine_depth
+    if columns is not None and columns != Columns(id="query_id"):  # which columns are read
+        from dataclasses import asdict
+
+        search["columns"] = asdict(columns)
     settings = _resume_record(
         retriever,
         queries,
@@ -613,7 +617,8 @@ def run_queries(
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     parts = out_path.with_name(f".{out_path.name}.parts")
-    _claim_parts(parts, settings)
+    # The queries' content, not only their path: parts of a file since rewritten are stale.
+    _claim_parts(parts, {**settings, "queries_digest": queries_digest(queries)})
     tables = [pq.read_table(p) for p in sorted(parts.glob("part-*.parquet"))]
     done = {q for t in tables for q in t.column("query_id").to_pylist()}
     row_of: dict[str, int] = {}  # every query_id so far: a repeated one is an error
@@ -752,6 +757,21 @@ def _check_search_args(
         )
 
 
+def queries_digest(queries: str | Path) -> str:
+    """BLAKE2b of a queries file's bytes (of every file, by relative path, for a folder)."""
+    import hashlib
+
+    root = Path(queries)
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    digest = hashlib.blake2b(digest_size=16)
+    for path in files:
+        digest.update(str(path.relative_to(root) if root.is_dir() else "").encode() + b"\0")
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _claim_parts(parts: Path, settings: dict[str, Any]) -> None:
     """Create the folder of an interrupted search's finished batches, or check that the one
     there belongs to a search with the same ``settings`` (index and generation, queries, k,
@@ -765,7 +785,22 @@ def _claim_parts(parts: Path, settings: dict[str, Any]) -> None:
             recorded = json.loads(record.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             recorded = None
-        if recorded != settings:
+        if (
+            isinstance(recorded, dict)
+            and recorded.get("queries_digest") != settings.get("queries_digest")
+            and {k: v for k, v in recorded.items() if k != "queries_digest"}
+            == {k: v for k, v in settings.items() if k != "queries_digest"}
+        ):
+            # Same search, but the queries file was rewritten: its finished batches answer
+            # other queries. Start afresh rather than merge them.
+            print(
+                f"latemm search: warning: {settings.get('queries', 'the queries file')} changed "
+                f"since the interrupted search wrote {parts}; its finished batches are discarded and "
+                "the search starts afresh",
+                file=sys.stderr,
+            )
+            _remove_parts(parts)
+        elif recorded != settings:
             changed = (
                 ", ".join(
                     f"{key} {recorded.get(key)!r} -> {value!r}"
@@ -780,7 +815,8 @@ def _claim_parts(parts: Path, settings: dict[str, Any]) -> None:
                 f"arguments ({changed}); re-run that search with the same arguments to resume "
                 "it, or delete the folder to start afresh"
             )
-        return
+        else:
+            return
     parts.mkdir(exist_ok=True)
     tmp = parts / ".search.json.tmp"
     tmp.write_text(json.dumps(settings, sort_keys=True), encoding="utf-8")

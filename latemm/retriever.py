@@ -685,6 +685,8 @@ def top_k(doc_ids: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
 
 def gather(values: np.ndarray, picks: np.ndarray, fill: Any = np.nan) -> np.ndarray:
     """``values[q, picks[q, j]]`` row by row, ``fill`` where ``picks`` is -1."""
+    if values.shape[1] == 0:  # no candidate at all (a ``where`` that matches no page)
+        return np.full(picks.shape, fill, dtype=values.dtype)
     taken = np.take_along_axis(values, np.maximum(picks, 0), axis=1)
     return np.where(picks >= 0, taken, fill)
 

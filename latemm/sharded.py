@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ import pyarrow.parquet as pq
 from index_store import Index, IndexConfig, create
 from index_store.errors import IndexCorruptError, IndexFormatError, InputError
 from index_store.fsio import find_links, read_json_object, refuse_links, write_json_atomic
+from index_store.housekeeping import acquire_lock, release_lock
 from latemm.io import Columns, open_dataset
 from latemm.pipeline import IndexReport, index_corpus
 from latemm.retriever import SearchResult
@@ -43,6 +46,13 @@ from latemm.retriever import SearchResult
 SHARDS_MANIFEST = "shards.json"
 SHARDS_FORMAT_VERSION = 1
 HASH = "blake2b-64-mod-n"
+# A first build records its N here before any shard is written (removed once shards.json is
+# committed), so an interrupted first build can only be finished with the same N.
+BUILDING = "building.json"
+# A delete records its ids here before any shard changes; readers leave those ids out and the
+# next writer finishes the delete.
+DELETING = "deleting.json"
+STAGING_PREFIX = ".staging"
 
 
 # ------------------------------------------------------------------------------ assignment
@@ -129,10 +139,46 @@ def is_sharded(path: str | Path) -> bool:
     return (Path(path) / SHARDS_MANIFEST).is_file()
 
 
+def is_unfinished_build(path: str | Path) -> bool:
+    """True when ``path`` holds what a first sharded build leaves before its commit: a
+    ``building.json`` or a ``shards/`` folder, but no ``shards.json`` yet."""
+    root = Path(path)
+    return not is_sharded(root) and ((root / BUILDING).is_file() or (root / "shards").is_dir())
+
+
+def unfinished_build_message(root: str | Path) -> str:
+    """What a folder left by an interrupted first sharded build is, and how to finish it."""
+    recorded = _building_shards(Path(root))
+    n, hint = str(recorded) if recorded is not None else "N", ""
+    if recorded is None:  # left by a build that did not record its N
+        found = extra_shards(root, 0)
+        hint = f"; shards/ holds {len(found)} shard folders, up to {found[-1]}" if found else ""
+    return (
+        f"{root} is an unfinished sharded index: a first `latemm index --shards {n}` build was "
+        f"interrupted before its commit ({SHARDS_MANIFEST} is missing{hint}). Re-run `latemm "
+        f"index CORPUS --index {root} --shards {n}` to finish it (committed shards are kept), "
+        "or delete the folder"
+    )
+
+
+def _building_shards(root: Path) -> int | None:
+    """The N a first build recorded in ``building.json`` (None when there is none)."""
+    path = root / BUILDING
+    if not path.is_file():
+        return None
+    payload = read_json_object(path)
+    n = payload.get("num_shards")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise IndexCorruptError(f"{path} is malformed: num_shards {n!r} is not a positive int")
+    return n
+
+
 def read_manifest(root: str | Path) -> ShardManifest:
     """Read ``DIR/shards.json``; errors name the file and what is wrong with it."""
     path = Path(root) / SHARDS_MANIFEST
     refuse_links(root)  # an index is untrusted data: nothing in it may point outside
+    if not path.is_file() and is_unfinished_build(root):
+        raise IndexCorruptError(unfinished_build_message(root))
     if not path.is_file():
         raise IndexCorruptError(
             f"{root} is not a sharded latemm index ({SHARDS_MANIFEST} is missing); build one with "
@@ -158,6 +204,62 @@ def write_manifest(root: str | Path, manifest: ShardManifest) -> None:
 
 def shard_dirs(root: str | Path, manifest: ShardManifest) -> list[Path]:
     return [Path(root) / "shards" / name for name in manifest.names]
+
+
+def extra_shards(root: str | Path, num_shards: int) -> list[str]:
+    """Shard folders under ``DIR/shards`` beyond the ``num_shards`` the manifest names: their
+    documents would be invisible to search (an edited ``num_shards``)."""
+    folder = Path(root) / "shards"
+    if not folder.is_dir():
+        return []
+    names = set(shard_name(s) for s in range(num_shards))
+    return sorted(
+        c.name for c in folder.iterdir() if c.name.startswith("shard-") and c.name not in names
+    )
+
+
+def check_layout(root: str | Path, manifest: ShardManifest) -> None:
+    """Refuse a sharded index whose folder holds more shards than ``shards.json`` names."""
+    extra = extra_shards(root, manifest.num_shards)
+    if extra:
+        raise IndexCorruptError(
+            f"{Path(root) / SHARDS_MANIFEST} records {manifest.num_shards} shards, but "
+            f"{Path(root) / 'shards'} also holds {', '.join(extra[:5])}: their documents would "
+            "be invisible (was num_shards edited?). Restore the shards.json the index wrote; "
+            "`latemm verify` lists the damage"
+        )
+
+
+# ------------------------------------------------------------------------------ writing
+@contextmanager
+def writer_lock(root: str | Path) -> Iterator[None]:
+    """Hold the sharded index's writer lock (``DIR/LOCK``) for one writer's whole run: a
+    second writer gets ``IndexLockedError``. Readers never take it. An unfinished delete
+    (``deleting.json``) is finished first."""
+    path = Path(root)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path} is a file, not an index directory; --index takes a directory")
+    path.mkdir(parents=True, exist_ok=True)
+    lock = acquire_lock(path)
+    try:
+        refuse_links(path)  # nothing is written or removed through a link out of the index
+        for stale in path.glob(f"{STAGING_PREFIX}*"):  # a dead writer's partitions
+            shutil.rmtree(stale, ignore_errors=True)
+        if (path / DELETING).is_file() and is_sharded(path):
+            _finish_delete(path)
+        yield
+    finally:
+        release_lock(lock)
+
+
+@contextmanager
+def staging_dir(root: str | Path) -> Iterator[Path]:
+    """A staging folder of this writer's own (``DIR/.staging-XXXX``), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}-", dir=root))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def open_shard(root: str | Path, shard: int, *, verify: str = "fast") -> Index:
@@ -231,14 +333,21 @@ def partition_corpus(
 def prepare(root: str | Path, num_shards: int | None) -> tuple[int, ShardManifest | None]:
     """The shard count to build with and the existing manifest (None for a new index).
 
-    An existing sharded index keeps its N (a different ``--shards`` is an error: ids would
-    move between shards); an ordinary index in the folder is an error too."""
+    Call it holding ``writer_lock``. An existing sharded index keeps its N (a different
+    ``--shards`` is an error: ids would move between shards); so does an interrupted first
+    build, whose N is recorded in ``building.json`` before any shard is written. An ordinary
+    index in the folder is an error too."""
     path = Path(root)
     refuse_links(path)  # .staging and the shards are written through no link out of the index
     if (path / "manifest.json").is_file():
         raise InputError(
             f"{path} holds an ordinary (unsharded) index; index into a new folder to shard, or "
             "leave out --shards/--ray to add to it"
+        )
+    if (path / "fields.json").is_file():
+        raise InputError(
+            f"{path} holds a multi-field index, which is not sharded; leave out --shards/--ray "
+            "to add to it, or index into a new folder to shard"
         )
     existing = read_manifest(path) if is_sharded(path) else None
     if existing is not None:
@@ -247,10 +356,69 @@ def prepare(root: str | Path, num_shards: int | None) -> tuple[int, ShardManifes
                 f"{path} has {existing.num_shards} shards, not {num_shards}; doc ids are routed "
                 f"by hash mod N, so N is fixed: pass --shards {existing.num_shards} or a new folder"
             )
+        check_layout(path, existing)
         return existing.num_shards, existing
+    recorded = _building_shards(path)
+    if recorded is not None:
+        if num_shards is not None and num_shards != recorded:
+            raise InputError(
+                f"{path} holds an interrupted first build of {recorded} shards ({BUILDING}); "
+                f"doc ids are routed by hash mod N, so finish it with --shards {recorded}, or "
+                "delete the folder to start over with another N"
+            )
+        return recorded, None
     if num_shards is None or num_shards < 1:
         raise InputError(f"--shards must be a positive number of shards, got {num_shards}")
+    check_new_folder(path)
+    _check_built_shards(path, num_shards)
     return num_shards, None
+
+
+def check_new_folder(path: Path) -> None:
+    """A first sharded build goes into a new or empty folder (or one an earlier build left):
+    never among a user's files."""
+    if not path.is_dir() or is_sharded(path) or (path / BUILDING).is_file():
+        return
+    foreign = sorted(
+        c.name
+        for c in path.iterdir()
+        if c.name not in ("LOCK", "shards") and not c.name.startswith(STAGING_PREFIX)
+    )
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise InputError(
+            f"{path} is not empty and is not a latemm index (no {SHARDS_MANIFEST}; it holds "
+            f"{shown}); refusing to build a sharded index there. Choose a new or empty directory"
+        )
+
+
+def record_building(root: str | Path, num_shards: int) -> None:
+    """Record a first build's N (``building.json``) before its first shard is written."""
+    path = Path(root) / BUILDING
+    if not path.is_file():
+        payload = {"format_version": SHARDS_FORMAT_VERSION, "hash": HASH, "num_shards": num_shards}
+        write_json_atomic(path, payload)
+
+
+def _check_built_shards(root: Path, num_shards: int) -> None:
+    """Shards an older, unrecorded interrupted build left must route by the same N."""
+    extra = extra_shards(root, num_shards)
+    if extra:
+        raise InputError(
+            f"{root} holds shards of an interrupted build with more than {num_shards} shards "
+            f"({', '.join(extra[:3])}); re-run with its --shards, or delete the folder"
+        )
+    for shard in range(num_shards):
+        folder = root / "shards" / shard_name(shard)
+        if not (folder / "manifest.json").is_file():
+            continue
+        for doc_id in Index.open(folder, verify="none").doc_ids():
+            if shard_of(doc_id, num_shards) != shard:
+                raise InputError(
+                    f"{root} holds shards of an interrupted build with another number of "
+                    f"shards ({folder.name} holds {doc_id!r}, which --shards {num_shards} routes "
+                    "elsewhere); re-run with its --shards, or delete the folder"
+                )
 
 
 def commit_shards(
@@ -281,12 +449,14 @@ def commit_shards(
                     f"{shard_dir} was built with {other.to_dict()}, the other shards with "
                     f"{config.to_dict()}; every shard must share one config"
                 )
-        else:
-            create(shard_dir, config).close()
+        else:  # a shard no document routes to (yet): a valid, empty index
+            with create(shard_dir, config) as writer:
+                writer.commit()
     documents = tuple(len(Index.open(d, verify="none")) for d in dirs)
     generation = existing.generation + 1 if existing is not None else 1
     manifest = ShardManifest(num_shards, config, documents, generation)
     write_manifest(root, manifest)
+    (Path(root) / BUILDING).unlink(missing_ok=True)
     return manifest
 
 
@@ -306,45 +476,167 @@ def index_sharded(
     Options (``dtype``, ``faiss_factory``, ``on_existing``, ``pool_factor``, ...) are
     ``index_corpus``'s. Re-running resumes (each shard skips its committed ids)."""
     root = Path(index_dir)
+    if (root / "manifest.json").is_file() or (root / "fields.json").is_file():
+        prepare(root, num_shards)  # the error naming the other kind of index, before any lock
+    check_new_folder(root)  # before the lock file is created among a user's files
+    if num_shards is not None and (isinstance(num_shards, bool) or num_shards < 1):
+        raise InputError(f"--shards must be a positive number of shards, got {num_shards}")
+    with writer_lock(root), staging_dir(root) as staging:
+        return _index_sharded(
+            corpus, root, num_shards, encoder, columns, progress, staging, options
+        )
+
+
+def _index_sharded(
+    corpus: str | Path,
+    root: Path,
+    num_shards: int | None,
+    encoder: Any,
+    columns: Columns | None,
+    progress: bool,
+    staging: Path,
+    options: dict[str, Any],
+) -> IndexReport:
     n, existing = prepare(root, num_shards)
     if existing is not None and encoder is not None and existing.config.encoder:
         check_encoder(existing.config, encoder.info.to_dict(), root)
-    staging = root / ".staging"
-    shutil.rmtree(staging, ignore_errors=True)
     added = skipped = rejected = 0
-    try:
-        parts = partition_corpus(corpus, staging, n, columns=columns)
-        for shard, part in enumerate(parts):
-            if part is None:
-                continue
-            report = index_corpus(
-                part,
-                root / "shards" / shard_name(shard),
-                encoder=encoder,
-                columns=columns,
-                progress=progress,
-                **options,
-            )
-            added, skipped = added + report.added, skipped + report.skipped
-            rejected += report.rejected
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    parts = partition_corpus(corpus, staging, n, columns=columns)
+    if existing is None:
+        record_building(root, n)
+    for shard, part in enumerate(parts):
+        if part is None:
+            continue
+        report = index_corpus(
+            part,
+            root / "shards" / shard_name(shard),
+            encoder=encoder,
+            columns=columns,
+            progress=progress,
+            **options,
+        )
+        added, skipped = added + report.added, skipped + report.skipped
+        rejected += report.rejected
     info = encoder.info.to_dict() if encoder is not None else None
     manifest = commit_shards(root, n, encoder_info=info, existing=existing)
     return IndexReport(added, skipped, sum(manifest.documents), manifest.generation, rejected)
 
 
 def check_encoder(config: IndexConfig, info: dict[str, Any], where: str | Path) -> None:
-    """The query/corpus encoder must be the one the sharded index recorded."""
+    """The query/corpus encoder must be the one the sharded index recorded: the same rule as
+    one index (``is_compatible``: model, revision, dimension, templates and options)."""
+    from latemm.encoders.base import is_compatible
+
     recorded = config.encoder
     if recorded is None:
         return
-    if info["name_or_path"] != recorded["name_or_path"] or info["dim"] != recorded["dim"]:
+    reason = is_compatible(recorded, info)
+    if reason is not None:
         raise InputError(
             f"the index {where} was built with encoder {recorded['name_or_path']!r} (dim "
             f"{recorded['dim']}); these vectors would come from {info['name_or_path']!r} (dim "
-            f"{info['dim']}). Use the index's encoder"
+            f"{info['dim']}), which differs: {reason}. Use the index's encoder"
         )
+
+
+# ------------------------------------------------------------------------------ maintaining
+def pending_deletes(root: str | Path) -> set[str]:
+    """The ids of a delete that was recorded but not finished (``deleting.json``): readers
+    leave them out, the next writer finishes the delete."""
+    path = Path(root) / DELETING
+    if not path.is_file():
+        return set()
+    ids = read_json_object(path).get("doc_ids")
+    if not isinstance(ids, list) or not all(isinstance(d, str) for d in ids):
+        raise IndexCorruptError(f"{path} is malformed: 'doc_ids' is not a list of ids")
+    return set(ids)
+
+
+def _recount(root: Path, manifest: ShardManifest) -> ShardManifest:
+    """Commit ``shards.json`` with each shard's current document count."""
+    documents = tuple(len(open_shard(root, s, verify="none")) for s in range(manifest.num_shards))
+    updated = replace(manifest, documents=documents, generation=manifest.generation + 1)
+    write_manifest(root, updated)
+    return updated
+
+
+def _shard_writer(root: Path, shard: int) -> Any:
+    """The writer of one committed shard, with the settings it was created with."""
+    return create(
+        root / "shards" / shard_name(shard), open_shard(root, shard, verify="none").config
+    )
+
+
+def _finish_delete(root: Path) -> ShardManifest:
+    """Apply the recorded delete to every shard (ids already gone are fine), recount, and drop
+    the record. Holds the writer lock (``writer_lock``)."""
+    import warnings
+
+    manifest = read_manifest(root)
+    ids = sorted(pending_deletes(root))
+    warnings.warn(
+        f"{root}: finishing a delete of {len(ids)} documents that was cut short",
+        stacklevel=3,
+    )
+    by_shard: dict[int, list[str]] = {}
+    for doc_id, shard in zip(ids, assign_shards(ids, manifest.num_shards), strict=True):
+        by_shard.setdefault(int(shard), []).append(doc_id)
+    for shard, shard_ids in sorted(by_shard.items()):
+        with _shard_writer(root, shard) as writer:
+            writer.delete(shard_ids, missing_ok=True)
+            writer.commit()
+    manifest = _recount(root, manifest)
+    (root / DELETING).unlink()
+    return manifest
+
+
+def delete_sharded(root: str | Path, doc_ids: Sequence[Any], *, missing_ok: bool = False) -> int:
+    """Delete documents by id from a sharded index: each id goes to its shard. The ids are
+    recorded in ``deleting.json`` first, so readers never see a half-done delete and a delete
+    cut short is finished by the next writer. Returns the number of documents deleted; an id
+    the index does not hold is an error (``missing_ok`` skips it)."""
+    path = Path(root)
+    manifest = read_manifest(path)
+    ids = list(dict.fromkeys(str(d) for d in doc_ids))
+    with writer_lock(path):
+        manifest = read_manifest(path)
+        check_layout(path, manifest)
+        shards = assign_shards(ids, manifest.num_shards)
+        opened: dict[int, Index] = {}
+        held = []
+        for doc_id, shard in zip(ids, shards, strict=True):
+            if int(shard) not in opened:
+                opened[int(shard)] = open_shard(path, int(shard), verify="none")
+            if doc_id in opened[int(shard)]:
+                held.append(doc_id)
+            elif not missing_ok:
+                raise InputError(
+                    f"{path}: no document {doc_id!r} to delete (it would be in shard "
+                    f"{shard_name(int(shard))}); check the id, or pass --missing-ok"
+                )
+        if not held:
+            return 0
+        write_json_atomic(path / DELETING, {"generation": manifest.generation, "doc_ids": held})
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # our own record, not one left by a crash
+            _finish_delete(path)
+    return len(held)
+
+
+def compact_sharded(root: str | Path) -> int:
+    """Rewrite every shard without its deleted documents; returns the new generation of
+    ``shards.json``."""
+    path = Path(root)
+    read_manifest(path)
+    with writer_lock(path):
+        manifest = read_manifest(path)
+        check_layout(path, manifest)
+        for shard in range(manifest.num_shards):
+            with _shard_writer(path, shard) as writer:
+                writer.compact()
+        return _recount(path, manifest).generation
 
 
 # ------------------------------------------------------------------------------ inspecting
@@ -376,8 +668,24 @@ def verify_sharded(root: str | Path) -> list[str]:
     links = find_links(root)
     if links:  # reported, and nothing is read through them
         return links
-    manifest = read_manifest(root)
-    problems = []
+    if is_unfinished_build(root):
+        return [unfinished_build_message(root)]
+    try:
+        manifest = read_manifest(root)
+    except (IndexCorruptError, IndexFormatError) as exc:
+        return [str(exc)]
+    problems = [
+        f"{Path(root) / 'shards' / name}: a shard folder {SHARDS_MANIFEST} does not name (it "
+        f"records {manifest.num_shards} shards; was num_shards edited?): its documents are "
+        "invisible to search"
+        for name in extra_shards(root, manifest.num_shards)
+    ]
+    if (Path(root) / DELETING).is_file():
+        problems.append(
+            f"{Path(root) / DELETING}: a delete of {len(pending_deletes(root))} documents was "
+            "cut short (searches already leave them out); the next `latemm delete`, `compact` "
+            "or `index` finishes it"
+        )
     for shard, path in enumerate(shard_dirs(root, manifest)):
         name = shard_name(shard)
         if not (path / "manifest.json").is_file():
@@ -389,6 +697,17 @@ def verify_sharded(root: str | Path) -> list[str]:
         except (IndexCorruptError, IndexFormatError) as exc:
             problems.append(f"shard {name}: {exc}")
             continue
+        strays = [
+            d
+            for d in Index.open(path, verify="none").doc_ids()
+            if shard_of(d, manifest.num_shards) != shard
+        ]
+        if strays:
+            problems.append(
+                f"shard {name}: holds {len(strays)} documents (first {strays[0]!r}) that "
+                f"{manifest.num_shards} shards route elsewhere: {SHARDS_MANIFEST}'s num_shards "
+                "is not the one the index was built with (was it edited?)"
+            )
         if found != manifest.documents[shard]:
             problems.append(
                 f"shard {name}: holds {found} documents, {SHARDS_MANIFEST} records "
@@ -422,6 +741,18 @@ def merge_results(results: Sequence[SearchResult], k: int) -> SearchResult:
     return SearchResult(list(first.query_ids), out_ids, out[0], out[1], out[2])
 
 
+def _without(result: SearchResult, hidden: set[str]) -> SearchResult:
+    """``result`` with the documents in ``hidden`` blanked out (doc_id None, scores NaN)."""
+    drop = np.vectorize(lambda d: d is not None and d in hidden, otypes=[bool])(result.doc_ids)
+    if not drop.any():
+        return result
+    ids = result.doc_ids.copy()
+    ids[drop] = None
+    scores = [np.where(drop, np.nan, a) for a in (result.scores, result.fde_scores)]
+    exact = np.where(drop, np.nan, result.maxsim_scores)
+    return SearchResult(list(result.query_ids), ids, scores[0], scores[1], exact)
+
+
 class ShardedRetriever:
     """Search a sharded index: encode the queries once, search every shard with the same
     k / candidates / where, merge the top-k exactly (``merge_results``).
@@ -432,6 +763,9 @@ class ShardedRetriever:
         The sharded index directory.
     encoder
         Encodes queries (``search``); must match the encoder ``shards.json`` records.
+    reranker, rerank_depth, rerank_fusion
+        As for ``Retriever``: the merged top ``rerank_depth`` of each query is reranked here, on
+        the coordinator, with page content read from the shards that hold it.
     ray
         None searches the shards in this process (each shard memory-mapped); ``"local"`` or a
         cluster address serves each shard from a Ray actor (``latemm.distributed``).
@@ -445,28 +779,50 @@ class ShardedRetriever:
         *,
         encoder: Any = None,
         ray: str | None = None,
+        reranker: Any = None,
+        rerank_depth: int = 20,
+        rerank_fusion: str = "none",
         **options: Any,
     ) -> None:
         self.path = Path(index)
         self.manifest = read_manifest(self.path)
+        check_layout(self.path, self.manifest)
         self.config = self.manifest.config
         self.encoder = encoder
+        self.reranker = reranker
+        self.rerank_depth = rerank_depth
+        self.rerank_fusion = rerank_fusion
         if encoder is not None:
             check_encoder(self.config, encoder.info.to_dict(), self.path)
         self._search: Callable[..., list[SearchResult]]
+        self._hidden: set[str] = set()
         if ray is None:
-            from latemm.retriever import Retriever
-
-            self._retrievers = [
-                Retriever(open_shard(self.path, s), **options)
-                for s in range(self.manifest.num_shards)
-            ]
+            self._retrievers = self._open_consistent(options)
             self._search = self._search_local
         else:
             from latemm.distributed import ShardActors
 
             self._actors = ShardActors(self.path, self.manifest, address=ray, **options)
             self._search = self._actors.search_embeddings
+
+    def _open_consistent(self, options: dict[str, Any]) -> list[Any]:
+        """Open every shard as of one state of the index, without the writer's lock: a delete
+        that runs meanwhile either shows in ``deleting.json`` after the shards are open (its
+        ids are then hidden from every search) or has committed ``shards.json`` again (the
+        shards are opened anew)."""
+        from latemm.retriever import Retriever
+
+        for _ in range(5):
+            retrievers = [
+                Retriever(open_shard(self.path, s), **options)
+                for s in range(self.manifest.num_shards)
+            ]
+            self._hidden = pending_deletes(self.path)
+            latest = read_manifest(self.path)
+            if latest.generation == self.manifest.generation:
+                break
+            self.manifest = latest
+        return retrievers
 
     @property
     def generation(self) -> int:
@@ -491,21 +847,56 @@ class ShardedRetriever:
         where: str | None = None,
         query_ids: Sequence[str] | None = None,
     ) -> SearchResult:
-        """Encode queries (text or ``Page``) once, then ``search_embeddings``."""
+        """Encode queries (text or ``Page``) once, then ``search_embeddings`` (and rerank the
+        merged top ``rerank_depth`` with the reranker, if any)."""
+        from latemm.retriever import truncate
+
         if self.encoder is None:
             raise InputError(
                 "this ShardedRetriever has no encoder; pass encoder= or call search_embeddings "
                 "with precomputed vectors"
             )
         encoded = self.encoder.encode_queries(list(queries))
-        return self.search_embeddings(
+        result = self.search_embeddings(
             encoded.vectors,
             encoded.offsets,
-            k=k,
+            k=max(k, self.rerank_depth) if self.reranker is not None else k,
             candidates=candidates,
             where=where,
             query_ids=query_ids,
         )
+        if self.reranker is not None:
+            result = self.rerank(result, list(queries))
+        return truncate(result, k)
+
+    def rerank(self, result: SearchResult, queries: Sequence[Any]) -> SearchResult:
+        """Reorder each query's merged top ``rerank_depth`` with the reranker, reading each
+        page from its shard (``Retriever.rerank`` over one index does the same)."""
+        from latemm.retriever import read_pages, rerank_result
+
+        if self.reranker is None:
+            raise InputError("this ShardedRetriever has no reranker")
+        top = [d for d in result.doc_ids[:, : self.rerank_depth].ravel() if d is not None]
+        by_shard: dict[int, list[str]] = {}
+        for doc_id, shard in zip(top, assign_shards(top, self.manifest.num_shards), strict=True):
+            by_shard.setdefault(int(shard), []).append(doc_id)
+        pages: dict[str, Any] = {}
+        allow_files = getattr(self.reranker, "allow_files", ())  # where page images may be read
+        for shard, ids in by_shard.items():
+            pages.update(read_pages(self._shard_index(shard), ids, allow_files))
+        return rerank_result(
+            result,
+            queries,
+            pages,
+            self.reranker,
+            depth=self.rerank_depth,
+            fusion=self.rerank_fusion,
+        )
+
+    def _shard_index(self, shard: int) -> Index:
+        if hasattr(self, "_retrievers"):
+            return self._retrievers[shard].index
+        return open_shard(self.path, shard, verify="none")
 
     def search_embeddings(
         self,
@@ -526,15 +917,25 @@ class ShardedRetriever:
             flat, offsets = as_flat(query_vectors, dim, offsets=query_offsets, kind="query")
         except FDEInputError as exc:
             raise InputError(f"{exc} (the index stores {dim}-dimensional vectors)") from exc
+        # A delete in progress (or cut short): its ids are left out here, so readers never see
+        # it half done. Each shard returns that many more results, so the merge stays exact.
+        hidden = self._hidden | pending_deletes(self.path)
+        extra = len(hidden)
+        if extra and candidates is None:
+            from latemm.retriever import DEFAULT_CANDIDATES
+
+            candidates = DEFAULT_CANDIDATES
         results = self._search(
             flat,
             offsets,
-            k=k,
-            candidates=candidates,
+            k=k + extra,
+            candidates=None if candidates is None else candidates + extra,
             where=where,
             query_ids=query_ids,
             rescore=rescore,
         )
+        if hidden:
+            results = [_without(r, hidden) for r in results]
         return merge_results(results, k)
 
     def close(self) -> None:
@@ -562,10 +963,4 @@ def open_retriever(
                 "index with `latemm index CORPUS --index DIR --shards N`, or leave out --ray"
             )
         return Retriever(index_dir, encoder=encoder, reranker=reranker, **options)
-    if reranker is not None:
-        raise InputError(
-            f"reranking is not available on a sharded index ({index_dir}) yet; search without "
-            "--rerank, or rerank the run's top pages from an ordinary index"
-        )
-    shard_options = {k: v for k, v in options.items() if not k.startswith("rerank")}
-    return ShardedRetriever(index_dir, encoder=encoder, ray=ray, **shard_options)
+    return ShardedRetriever(index_dir, encoder=encoder, reranker=reranker, ray=ray, **options)
