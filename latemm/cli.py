@@ -885,7 +885,10 @@ def _data_parsers(sub: Any) -> None:
         "--out", required=True, help="folder for corpus.parquet, queries.parquet, qrels.txt"
     )
     p.add_argument(
-        "--format", default=None, choices=["vidore-v1", "vidore-v2", "beir"], help="default: detect"
+        "--format",
+        default=None,
+        choices=["vidore-v1", "vidore-v2", "vidore-v3", "beir"],
+        help="default: detect",
     )
     p.add_argument("--split", default="test", help="BEIR qrels split")
     p.set_defaults(func=cmd_convert)
