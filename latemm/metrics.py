@@ -157,6 +157,21 @@ def load_run(path: str | Path) -> dict[str, dict[str, float]]:
     return out
 
 
+def run_provenance(path: str | Path) -> dict[str, Any]:
+    """How a Parquet run was made, as ``latemm search`` records it in the file's schema
+    metadata: latemm version, index and generation, queries, k, candidates, where, encoder(s),
+    fusion, reranker, batch size. Empty for runs written otherwise (TREC files, older runs)."""
+    source = Path(path)
+    if source.suffix != ".parquet":
+        return {}
+    try:
+        metadata = pq.read_schema(source).metadata or {}
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"{source} is not a readable Parquet file ({exc})") from exc
+    record = metadata.get(b"latemm.run")
+    return {} if record is None else dict(json.loads(record))
+
+
 def _ranx_objects(
     run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]], name: str
 ) -> tuple[Any, Any]:
