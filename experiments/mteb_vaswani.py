@@ -3,8 +3,8 @@ local mteb retrieval task (no download), scored by ``mteb.evaluate`` with ``Late
 by ``latemm index`` + ``latemm search`` + ``latemm eval``. The two nDCG@10 must agree (within
 0.002): mteb's harness adds nothing and loses nothing.
 
-Run: ``python -m experiments.mteb_vaswani [--docs N --queries Q]``. Writes
-``results/mteb_vaswani.json``. Two systems: one MiniLM multi-vector field, and a fields index
+Run: ``python -m experiments.mteb_vaswani [--quick | --docs N --queries Q]``. Writes
+``results/mteb_vaswani.json`` (a slice: ``results/mteb_vaswani_quick.json``). Two systems: one MiniLM multi-vector field, and a fields index
 (MiniLM + BM25, weighted fusion).
 """
 
@@ -196,12 +196,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--docs", type=int, default=None, help="slice: first N documents")
     parser.add_argument("--queries", type=int, default=None, help="slice: first Q queries")
     parser.add_argument("--data", type=Path, default=None, help="default ../shared/data")
+    parser.add_argument("--quick", action="store_true", help="a slice: --docs 300 --queries 20")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.docs, args.queries = args.docs or 300, args.queries or 20
     with tempfile.TemporaryDirectory(prefix="mteb-vaswani-") as tmp:
         payload = compare(
             args.data or shared_data_dir(), Path(tmp), docs=args.docs, queries=args.queries
         )
-    name = "mteb_vaswani" if args.docs is None and args.queries is None else "mteb_vaswani_slice"
+    name = "mteb_vaswani" if args.docs is None and args.queries is None else "mteb_vaswani_quick"
     print(write_result(name, {"k": K, **payload}))
 
 

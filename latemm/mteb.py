@@ -326,7 +326,15 @@ class LatemmSearch:
             if self.fields is not None:
                 build_index(corpus_path, index_dir, fields=dict(self.fields), **options)
             else:
-                build_index(corpus_path, index_dir, encoder=self._encoder(), **options)
+                built = build_index(corpus_path, index_dir, encoder=self._encoder(), **options)
+                if next(iter(built.doc_ids()), None) is None:
+                    reads = " or ".join(getattr(self._encoder(), "reads", ("text", "image")))
+                    raise InputError(
+                        f"task {task_metadata.name} ({hf_subset}/{hf_split}): none of its "
+                        f"{len(corpus)} documents has what the encoder reads ({reads}); "
+                        f"{built.path} lists why (latemm info); pick an encoder for the task's "
+                        "modalities"
+                    )
         self._index = index_dir
         self._doc_count = len(corpus)
 

@@ -159,3 +159,32 @@ def test_mock_run_passes_every_compatible_task():
     failed = {n: s.exception for n, s in ran.items() if not hasattr(s, "scores")}
     assert failed == {}
     assert results.all_passed
+
+
+def test_page_images_through_mteb_image_tasks(tmp_path):
+    """A page-image encoder (a tiny ColQwen2) on mteb's text-to-image mock tasks: the pages'
+    images are indexed and searched; a text-only corpus is a clear error, not a crash."""
+    from mteb.mocks.mock_tasks.retrieval import MockRetrievalTask
+
+    from tests.latemm.tiny_models import build_colqwen2
+
+    model = LatemmSearch(encoder=build_colqwen2(tmp_path / "colqwen2"), work_dir=tmp_path / "w")
+    assert model.mteb_model_meta.modalities == ["image", "text"]
+    tasks = [
+        t
+        for t in mteb.mocks.ALL_MOCK_TASK_TEST_GRID
+        if t.metadata.name in {"MockAny2AnyRetrievalT2I", "MockVisionCentricQA"}
+    ]
+    results = mteb.evaluate(model, tasks, cache=None, raise_error=True, show_progress_bar=False)
+    assert {r.task_name for r in results.task_results} == {t.metadata.name for t in tasks}
+    task = MockRetrievalTask()
+    task.load_data()
+    split = task.dataset["default"]["test"]
+    with pytest.raises(InputError, match="none of its 2 documents has what the encoder reads"):
+        model.index(
+            split["corpus"],
+            task_metadata=task.metadata,
+            hf_split="test",
+            hf_subset="default",
+            encode_kwargs={},
+        )
