@@ -54,6 +54,7 @@ EXPERIMENTS = [
     "bench_search",
     "eval_text",
     "eval_fusion",
+    "mteb_vaswani",
     "storage_quality",
     "candidates",
     "bench_encoders",
@@ -1128,7 +1129,31 @@ FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
 }
 
 
+def section_mteb(record: dict[str, Any]) -> str:
+    """latemm through mteb (LatemmSearch) against latemm's CLI on a local Vaswani task."""
+    lines = [
+        "## 4d. latemm inside mteb: the same nDCG@10 as the CLI",
+        "",
+        _provenance(record),
+        "",
+        f"Vaswani as a local mteb `AbsTaskRetrieval` ({record['documents']:,} documents, "
+        f"{record['queries']} queries, top {record['k']}): `mteb.evaluate` with "
+        "`latemm.mteb.LatemmSearch` against `latemm index` + `latemm search` + `latemm eval` "
+        "on the same files.",
+        "",
+        "| system | mteb nDCG@10 | CLI nDCG@10 | difference | mteb s | CLI s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in record["systems"].items():
+        lines.append(
+            f"| {name} | {row['mteb_ndcg@10']:.4f} | {row['cli_ndcg@10']:.4f} | "
+            f"{row['difference']:.1e} | {row['mteb_seconds']:.0f} | {row['cli_seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 SECTIONS = {
+    "mteb_vaswani": section_mteb,
     "bench_fde": section_fde,
     "bench_index": section_index,
     "bench_search": section_search,
@@ -1158,6 +1183,7 @@ ORDER = [
     "eval_fusion",
     "4b_fusion_latency",
     "eval_ocr",
+    "mteb_vaswani",
     "storage_quality",
     "5b_codecs",
     "5b_codecs_limit",

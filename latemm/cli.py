@@ -708,6 +708,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from latemm.metrics import (
         check_metrics,
         compare,
+        compare_runs,
         evaluate,
         load_qrels,
         load_run,
@@ -715,8 +716,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
 
     check_metrics(args.metrics)
+    paths = list(args.runs)
+    if args.qrels is None:
+        if len(paths) < 2:
+            raise InputError(
+                "latemm eval needs run file(s) and qrels: RUN [RUN ...] QRELS or --qrels"
+            )
+        args.qrels = paths.pop()
     qrels = load_qrels(args.qrels)
-    runs = {name: load_run(r) for name, r in zip(_run_names(args.runs), args.runs, strict=True)}
+    runs = {name: load_run(r) for name, r in zip(_run_names(paths), paths, strict=True)}
     if not getattr(args, "quiet", False):
         print(
             "latemm eval: loading ranx's numba-compiled metrics (a fresh environment compiles "
@@ -727,13 +735,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
         warnings.filterwarnings("ignore", module="numba")
         warnings.filterwarnings("ignore", message=".*[Nn]umba.*")
         results = {name: evaluate(run, qrels, args.metrics) for name, run in runs.items()}
-        report = compare(runs, qrels, args.metrics) if len(runs) > 1 else None
-    if report is not None:
-        print(report)
-        print(significance_legend(report))
-    else:
-        for metric, value in next(iter(results.values())).items():
-            print(f"{metric:>12}  {value:.4f}")
+        if len(runs) > 1 and (args.format != "text" or args.test != "student"):
+            comparison = compare_runs(
+                runs,
+                qrels,
+                args.metrics,
+                test=args.test,
+                correction=args.correction,
+                alpha=args.alpha,
+                permutations=args.permutations,
+                seed=args.seed,
+            )
+            if args.format == "json":
+                print(json.dumps(comparison.to_dict(), indent=2))
+            else:
+                print(comparison.to_latex() if args.format == "latex" else comparison.to_markdown())
+        elif len(runs) > 1:
+            report = compare(runs, qrels, args.metrics)
+            print(report)
+            print(significance_legend(report))
+        elif args.format == "json":
+            print(json.dumps(next(iter(results.values())), indent=2))
+        else:
+            for metric, value in next(iter(results.values())).items():
+                print(f"{metric:>12}  {value:.4f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return 0
@@ -1200,8 +1225,26 @@ def _maintenance_parsers(sub: Any) -> None:
     p.add_argument("index", help="index directory")
     p.set_defaults(func=cmd_verify)
     p = sub.add_parser("eval", help="evaluate run files against qrels (ranx)")
-    p.add_argument("runs", nargs="+", help="run files (Parquet or TREC); several are compared")
-    p.add_argument("qrels", help="qrels (TREC, JSON or Parquet)")
+    p.add_argument(
+        "runs", nargs="+", help="run files (Parquet or TREC), then the qrels unless --qrels"
+    )
+    p.add_argument("--qrels", default=None, help="qrels (TREC, JSON or Parquet)")
+    p.add_argument(
+        "--format",
+        default="text",
+        choices=["text", "markdown", "latex", "json"],
+        help="several runs: a table with significance markers, a legend and the p-values",
+    )
+    p.add_argument("--test", default="student", choices=["student", "fisher"], help="paired test")
+    p.add_argument(
+        "--correction",
+        default="holm",
+        choices=["holm", "bonferroni", "bh", "none"],
+        help="multiple-comparison correction over every pair of runs, per metric",
+    )
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level")
+    p.add_argument("--permutations", type=int, default=1000, help="Fisher's test")
+    p.add_argument("--seed", type=int, default=42, help="Fisher's test")
     p.add_argument(
         "--metrics",
         nargs="+",
@@ -1274,7 +1317,10 @@ def _data_parsers(sub: Any) -> None:
         help="folder for corpus.parquet, queries.parquet, qrels.txt (questions: the .parquet file)",
     )
     p.add_argument(
-        "--format", default=None, choices=["vidore-v1", "vidore-v2", "beir"], help="default: detect"
+        "--format",
+        default=None,
+        choices=["vidore-v1", "vidore-v2", "vidore-v3", "beir"],
+        help="default: detect",
     )
     p.add_argument("--split", default="test", help="BEIR qrels split (default: %(default)s)")
     p.set_defaults(func=cmd_convert)

@@ -64,7 +64,9 @@ class Batch:
 
 
 def open_dataset(path: str | Path) -> ds.Dataset:
-    """A Parquet file, or a directory of Parquet files, as a pyarrow dataset.
+    """A Parquet file, a directory of Parquet files, or a Hugging Face dataset folder
+    (``latemm.hf_datasets``: ``save_to_disk`` output, ``data/*.parquet`` shards) as a pyarrow
+    dataset.
 
     The files of a directory may have different columns: the dataset has all of them, null where
     a file lacks one. A file that is not Parquet, or a column whose type differs between files,
@@ -72,6 +74,11 @@ def open_dataset(path: str | Path) -> ds.Dataset:
     source = Path(path)
     if not source.exists():
         raise InputError(f"{source} does not exist")
+    from latemm.hf_datasets import hf_dataset
+
+    saved = hf_dataset(source)  # a save_to_disk folder or a dataset repo's Parquet shards
+    if saved is not None:
+        return saved
     if not source.is_dir():
         files = [source]
     else:

@@ -11,6 +11,8 @@ metadata), ``queries.parquet`` (``query_id``, ``text``) and ``qrels.txt`` (TREC 
 - ``vidore-v2``: ViDoRe v2 / BEIR-style Hugging Face datasets: ``corpus`` (``corpus-id``,
   ``image``, ...), ``queries`` (``query-id``, ``query``) and ``qrels`` (``query-id``,
   ``corpus-id``, ``score``) Parquet files or folders.
+- ``vidore-v3``: ViDoRe v3 / v3.1 (``corpus_id``/``query_id`` columns, OCR ``markdown``), see
+  ``latemm.hf_datasets``; also writes ``qrels.parquet`` with the judgements' bounding boxes.
 - ``beir``: the classic BEIR layout: ``corpus.jsonl`` (``_id``, ``title``, ``text``),
   ``queries.jsonl`` (``_id``, ``text``) and ``qrels/{split}.tsv``.
 
@@ -30,7 +32,7 @@ import pyarrow.compute as pc
 from index_store.errors import InputError
 from latemm.io import open_dataset, trec_safe, write_parquet
 
-FORMATS = ("vidore-v1", "vidore-v2", "beir")
+FORMATS = ("vidore-v1", "vidore-v2", "vidore-v3", "beir")
 # Per-query columns of ViDoRe v1 rows: they describe the question, not the page.
 _V1_QUERY_COLUMNS = {"query", "answer", "answer_type", "prompt", "model", "options"}
 
@@ -51,6 +53,10 @@ def detect_format(source: str | Path) -> str:
     if path.is_dir():
         if (path / "corpus.jsonl").is_file():
             return "beir"
+        from latemm.hf_datasets import is_vidore_v3
+
+        if is_vidore_v3(path):
+            return "vidore-v3"
         if _part(path, "corpus") is not None:
             return "vidore-v2"
     names = open_dataset(path).schema.names
@@ -82,6 +88,10 @@ def convert(
         counts = _vidore_v1(Path(source), *paths)
     elif fmt == "vidore-v2":
         counts = _vidore_v2(Path(source), *paths)
+    elif fmt == "vidore-v3":
+        from latemm.hf_datasets import vidore_v3
+
+        counts = vidore_v3(Path(source), *paths)
     else:
         counts = _beir(Path(source), *paths, split=split)
     return Converted(*paths, *counts)

@@ -642,7 +642,8 @@ def run_queries(
         bar.close()
         if not any(parts.glob("part-*.parquet")):  # nothing to resume: leave no folder behind
             _remove_parts(parts)
-    return _finish_run(tables, out_path, parts, trec, schema)
+    provenance = {**settings, "batch_size": batch_size}
+    return _finish_run(tables, out_path, parts, trec, schema, provenance)
 
 
 def _resume_record(
@@ -728,9 +729,22 @@ def _finish_run(
     parts: Path,
     trec: str | Path | None,
     schema: pa.Schema = RUN_SCHEMA,
+    provenance: dict[str, Any] | None = None,
 ) -> pa.Table:
-    """Write the whole run atomically (and the TREC file if asked), then drop the parts."""
+    """Write the whole run atomically (and the TREC file if asked), then drop the parts. The
+    Parquet schema metadata ``latemm.run`` records how it was made (``latemm.metrics.
+    run_provenance``): the latemm version and the search's settings (index and generation,
+    queries, k, candidates, where, encoder, fields, reranker, ..., batch size)."""
     run = pa.concat_tables(tables) if tables else schema.empty_table()
+    if provenance is not None:
+        import json
+
+        from latemm import __version__
+
+        record = json.dumps(
+            {"latemm_version": __version__, **provenance}, sort_keys=True, default=str
+        )
+        run = run.replace_schema_metadata({**(run.schema.metadata or {}), b"latemm.run": record})
     tmp = out_path.with_name(f".{out_path.name}.partial")
     pq.write_table(run, tmp)
     tmp.replace(out_path)
