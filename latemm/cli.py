@@ -223,6 +223,10 @@ def _summary(args: argparse.Namespace, text: str, **values: Any) -> None:
 
 def _encoder_name(args: argparse.Namespace, index_dir: str | None) -> str | None:
     """--encoder, else the encoder the (sharded) index recorded, as a name: Ray workers load it."""
+    if getattr(args, "quantize", None):
+        raise InputError(
+            "--quantize does not reach Ray workers (they load the encoder by name); drop --ray"
+        )
     if args.encoder is not None:
         return str(args.encoder)
     if index_dir is None:
@@ -243,6 +247,8 @@ def _index_fields(args: argparse.Namespace, start: float, options: dict[str, Any
         raise InputError(
             "give --encoder (one field) or --field NAME=ENCODER (named fields), not both"
         )
+    if getattr(args, "quantize", None):
+        raise InputError("--quantize applies to one --encoder, not to --field encoders; drop it")
     kinds = dict(_pairs(args.field_kind or [], "--field-kind"))
     counts = index_fields(
         args.corpus,

@@ -149,3 +149,13 @@ def test_cli_int8_off_cpu_is_one_line_exit_2(corpus, tmp_path, capsys, extra) ->
     assert len(err.strip().splitlines()) == 1, err
     assert "quantize" in err and "Traceback" not in err
     assert not idx.exists()
+
+
+def test_cli_int8_with_named_fields_is_refused(corpus, tmp_path, capsys) -> None:
+    """--quantize configures --encoder only: with --field it would be silently ignored."""
+    idx = tmp_path / "idx"
+    args = ["index", str(corpus), "--index", str(idx), "--field", "text=minilm"]
+    assert main([*args, "--quantize", "int8", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--quantize" in err, err
+    assert not idx.exists()
