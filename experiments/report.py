@@ -1020,20 +1020,28 @@ def table_cpu_encode(r: dict[str, Any]) -> str:
             r["pages_per_s"][kind],
             r["tokens_per_s"][kind],
             1.0 if kind == "float32" else r["recall_at_10_int8_vs_float32_exact"],
-            r["ndcg_at_10"][kind],
+            "n/a" if r["ndcg_at_10"][kind] is None else r["ndcg_at_10"][kind],
         ]
         for kind in ("float32", "int8")
     ]
     header = ["MiniLM", "pages/s", "tokens/s", "recall@10 vs float32 (exact)", "nDCG@10"]
     cos = r["token_cosine"]
+    join = int(r.get("join", 1))
+    pages = (
+        f"{r['documents']:,} pages of {join} Vaswani abstracts joined"
+        if join > 1
+        else f"{r['documents']:,} Vaswani abstracts"
+    )
+    judged = (
+        "nDCG is not measured on joined pages (the qrels judge abstracts)"
+        if join > 1
+        else f"nDCG@10 over the {r['queries_judged']} queries with a relevant document among them"
+    )
     return (
-        _provenance(r)
-        + "\n\n"
-        + _table(header, rows)
-        + f"\n\n{r['documents']:,} Vaswani abstracts ({r['tokens']:,} tokens), "
+        _provenance(r) + "\n\n" + _table(header, rows) + f"\n\n{pages} ({r['tokens']:,} tokens), "
         f"{r['torch_threads']} torch threads, batch {r['batch_size']}; int8 / float32 speed per "
-        f"alternated chunk: {speed} (median {r['int8_speedup_median']:.2f}). nDCG@10 over the "
-        f"{r['queries_judged']} queries with a relevant document among them. Token vectors' "
+        f"alternated chunk: {speed} (median {r['int8_speedup_median']:.2f}). {judged}. "
+        "Token vectors' "
         f"cosine to float32: mean {cos['mean']:.3f}, 1st percentile {cos['p1']:.3f}, "
         f"min {cos['min']:.3f}."
     )
@@ -1041,6 +1049,7 @@ def table_cpu_encode(r: dict[str, Any]) -> str:
 
 FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
     "cpu_encode": (("bench_cpu_encode",), table_cpu_encode),
+    "cpu_encode.long": (("bench_cpu_encode_long",), table_cpu_encode),
     "codec_probe.codecs": (("codec_probe",), table_codecs),
     "codec_probe.shannon": (("codec_probe",), table_shannon),
     "fusion.latency": (
