@@ -159,3 +159,18 @@ def test_cli_int8_with_named_fields_is_refused(corpus, tmp_path, capsys) -> None
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "--quantize" in err, err
     assert not idx.exists()
+
+
+def test_int8_stays_on_the_cpu_where_gpus_are_visible(minilm_pair, monkeypatch) -> None:
+    """With GPUs visible, a float32 encoder would default to CUDA (several GPUs: one replica
+    each); an int8 one, asked for by name or rebuilt from its record, loads on the CPU."""
+    import torch
+
+    _, quantized = minilm_pair
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for source in (latemm.minilm_path(), quantized.info.to_dict()):
+        options = {"quantize": "int8"} if isinstance(source, str) else {}
+        encoder = load_encoder(source, **options)
+        assert isinstance(encoder, TextEncoder), type(encoder)
+        assert encoder.device.type == "cpu" and _quantized_linears(encoder) == 37
