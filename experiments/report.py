@@ -1081,7 +1081,45 @@ def table_fusion_latency(*runs: dict[str, Any]) -> str:
 
 # Tables that hand-written fragments place with a <!-- table: NAME --> line: NAME -> (the
 # results JSONs it reads, without .json; the function that renders it from those records).
+def table_cpu_encode(r: dict[str, Any]) -> str:
+    """Section 7c: MiniLM on the CPU, float32 against ``--quantize int8``, same run."""
+    speed = ", ".join(f"{c['int8_speedup']:.2f}" for c in r["chunks"])
+    rows = [
+        [
+            kind,
+            r["pages_per_s"][kind],
+            r["tokens_per_s"][kind],
+            1.0 if kind == "float32" else r["recall_at_10_int8_vs_float32_exact"],
+            "n/a" if r["ndcg_at_10"][kind] is None else r["ndcg_at_10"][kind],
+        ]
+        for kind in ("float32", "int8")
+    ]
+    header = ["MiniLM", "pages/s", "tokens/s", "recall@10 vs float32 (exact)", "nDCG@10"]
+    cos = r["token_cosine"]
+    join = int(r.get("join", 1))
+    pages = (
+        f"{r['documents']:,} pages of {join} Vaswani abstracts joined"
+        if join > 1
+        else f"{r['documents']:,} Vaswani abstracts"
+    )
+    judged = (
+        "nDCG is not measured on joined pages (the qrels judge abstracts)"
+        if join > 1
+        else f"nDCG@10 over the {r['queries_judged']} queries with a relevant document among them"
+    )
+    return (
+        _provenance(r) + "\n\n" + _table(header, rows) + f"\n\n{pages} ({r['tokens']:,} tokens), "
+        f"{r['torch_threads']} torch threads, batch {r['batch_size']}; int8 / float32 speed per "
+        f"alternated chunk: {speed} (median {r['int8_speedup_median']:.2f}). {judged}. "
+        "Token vectors' "
+        f"cosine to float32: mean {cos['mean']:.3f}, 1st percentile {cos['p1']:.3f}, "
+        f"min {cos['min']:.3f}."
+    )
+
+
 FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
+    "cpu_encode": (("bench_cpu_encode",), table_cpu_encode),
+    "cpu_encode.long": (("bench_cpu_encode_long",), table_cpu_encode),
     "codec_probe.codecs": (("codec_probe",), table_codecs),
     "codec_probe.shannon": (("codec_probe",), table_shannon),
     "fusion.latency": (
@@ -1196,6 +1234,7 @@ ORDER = [
     "7c_int8_blocks",
     "7c_page_magnitudes",
     "7c_segments",
+    "7c_cpu_encode",
     "findings",
     "8_gpu",
 ]

@@ -60,7 +60,7 @@ def load_encoder(
     batch between them (``MultiDeviceEncoder``); with neither ``devices`` nor ``device`` given
     and several GPUs visible, all of them are used.
     """
-    if devices is None and options.get("device") is None:
+    if devices is None and options.get("device") is None and not _quantized(name_or_info, options):
         import torch
 
         if torch.cuda.device_count() > 1:
@@ -80,7 +80,24 @@ def load_encoder(
     if kind not in (None, *KINDS):
         raise InputError(f"kind must be one of {KINDS}, got {kind!r}")
     config = _config(name_or_info)
-    return _class_for(_family(config, kind or "multi", options))(name_or_info, **options)
+    family = _family(config, kind or "multi", options)
+    if options.get("quantize") is not None and family != "text":
+        raise InputError(
+            f"quantize={options['quantize']!r}: int8 quantisation applies to text encoders "
+            f"only, and {name_or_info} is a {family} model; leave it out"
+        )
+    return _class_for(family)(name_or_info, **options)
+
+
+def _quantized(name_or_info: str | EncoderInfo | dict[str, Any], options: dict[str, Any]) -> bool:
+    """Whether the encoder asked for (or recorded) is int8-quantised: a CPU-only encoder."""
+    if options.get("quantize") is not None:
+        return True
+    if isinstance(name_or_info, EncoderInfo):
+        return name_or_info.options.get("quantize") is not None
+    if isinstance(name_or_info, dict):
+        return (name_or_info.get("options") or {}).get("quantize") is not None
+    return False
 
 
 PACKAGED = {
