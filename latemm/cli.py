@@ -1247,18 +1247,29 @@ def _maintenance_parsers(sub: Any) -> None:
         "--format",
         default="text",
         choices=["text", "markdown", "latex", "json"],
-        help="several runs: a table with significance markers, a legend and the p-values",
+        help="several runs: a table with significance markers, a legend and the p-values "
+        "(default: %(default)s)",
     )
-    p.add_argument("--test", default="student", choices=["student", "fisher"], help="paired test")
+    p.add_argument(
+        "--test",
+        default="student",
+        choices=["student", "fisher"],
+        help="paired test (default: %(default)s)",
+    )
     p.add_argument(
         "--correction",
         default="holm",
         choices=["holm", "bonferroni", "bh", "none"],
-        help="multiple-comparison correction over every pair of runs, per metric",
+        help="multiple-comparison correction over every pair of runs, per metric "
+        "(default: %(default)s)",
     )
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level")
-    p.add_argument("--permutations", type=int, default=1000, help="Fisher's test")
-    p.add_argument("--seed", type=int, default=42, help="Fisher's test")
+    p.add_argument(
+        "--alpha", type=float, default=0.05, help="significance level (default: %(default)s)"
+    )
+    p.add_argument(
+        "--permutations", type=int, default=1000, help="Fisher's test (default: %(default)s)"
+    )
+    p.add_argument("--seed", type=int, default=42, help="Fisher's test (default: %(default)s)")
     p.add_argument(
         "--metrics",
         nargs="+",
