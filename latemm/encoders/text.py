@@ -59,7 +59,7 @@ def _read_json(path: Path) -> dict[str, Any]:
         return dict(json.load(fh))
 
 
-def _local_folder(name_or_path: str, revision: str | None) -> Path | None:
+def local_folder(name_or_path: str, revision: str | None) -> Path | None:
     """The local folder of a model: the path itself, or the hub snapshot (downloaded if needed)."""
     path = Path(name_or_path)
     if path.is_dir():
@@ -134,7 +134,7 @@ class TextEncoder(Encoder):
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype or default_dtype(self.device)
         _check_quantize(quantize, self.device, self.dtype, name_or_path)
-        folder = _local_folder(name_or_path, revision)
+        folder = local_folder(name_or_path, revision)
         st_modules = _read_json_list(folder / "modules.json") if folder else []
         transformer_dir = folder
         self.dense: list[_Linear] = []

@@ -18,7 +18,7 @@ import torch
 
 from index_store.errors import InputError
 from latemm.encoders.base import Encoder, EncoderInfo, MultiVectors, Page
-from latemm.encoders.text import _local_folder, default_device, default_dtype
+from latemm.encoders.text import default_device, default_dtype, local_folder
 
 MODEL_CLASSES = {
     "colpali": "ColPaliForRetrieval",
@@ -86,7 +86,7 @@ def load_vision_language(
     eval mode, with the pixel budget set: (folder, model, processor, device, dtype)."""
     from transformers import AutoModel, AutoProcessor
 
-    folder = _local_folder(name_or_path, revision)
+    folder = local_folder(name_or_path, revision)
     if folder is None:
         raise InputError(
             f"cannot find {name_or_path!r}: not a local folder, and the hub is unreachable"
