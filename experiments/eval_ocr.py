@@ -161,14 +161,29 @@ def _ingest(pdfs: list[Path], corpus: Path, ocr: str) -> dict[str, Any]:
     }
 
 
-def _retrieve(corpus: Path, work: Path, label: str, queries: Path) -> dict[str, Any]:
+def _retrieve(
+    corpus: Path, work: Path, label: str, queries: Path, *, reuse: bool = False
+) -> dict[str, Any]:
+    """Index ``corpus`` with MiniLM and search ``queries``: timings, rejects and the run. With
+    ``reuse``, an index and run already in ``work`` are read back (timings from
+    ``retrieve-LABEL.json`` when it was written, else None)."""
+    from index_store import Index
     from latemm.encoders.text import TextEncoder
     from latemm.metrics import load_run
     from latemm.pipeline import index_corpus, search_file
 
-    encoder = TextEncoder(minilm_path())
     index = work / f"idx-{label}"
     run = work / f"run-{label}.parquet"
+    timings = work / f"retrieve-{label}.json"
+    if reuse and run.is_file() and index.is_dir():
+        done = json.loads(timings.read_text()) if timings.is_file() else {}
+        return {
+            "index_seconds": done.get("index_seconds"),
+            "search_seconds": done.get("search_seconds"),
+            "rejects": len(Index.open(index).rejects()),
+            "run": load_run(run),
+        }
+    encoder = TextEncoder(minilm_path())
     for stale in (index, run):
         if stale.exists():
             import shutil
@@ -179,15 +194,40 @@ def _retrieve(corpus: Path, work: Path, label: str, queries: Path) -> dict[str, 
     index_seconds = time.perf_counter() - start
     start = time.perf_counter()
     search_file(index, queries, run, encoder=encoder, k=10, progress=False)
-    from index_store import Index
-
-    rejects = Index.open(index).rejects().to_pylist()
-    return {
+    done = {
         "index_seconds": round(index_seconds, 1),
         "search_seconds": round(time.perf_counter() - start, 1),
-        "rejects": len(rejects),
-        "run": load_run(run),
+        "rejects": len(Index.open(index).rejects()),
     }
+    timings.write_text(json.dumps(done))
+    return {**done, "run": load_run(run)}
+
+
+def _from_corpus(corpus: Path, pages: int) -> dict[str, Any]:
+    """An ingest's figures read back from the corpus it wrote (``--no-images`` keeps no row
+    without text, so the pages without text are the ones missing); its timings are not known."""
+    sources = pq.read_table(corpus, columns=["text_source"]).column(0).to_pylist()
+    return {
+        "seconds": None,
+        "pages": len(sources),
+        "text_sources": dict(Counter(sources)),
+        "ocr_pages": None,
+        "ocr_resumed": None,
+        "ocr_pages_per_second": None,
+        "without_text": pages - len(sources),
+        "skipped": [],
+    }
+
+
+def _page_ids(pdfs: list[Path]) -> list[str]:
+    import pypdfium2 as pdfium
+
+    ids = []
+    for path in pdfs:
+        pdf = pdfium.PdfDocument(str(path))
+        ids += [f"{path.name}#p{i + 1}" for i in range(len(pdf))]
+        pdf.close()
+    return ids
 
 
 def pages_to_ocr(path: Path) -> int:
@@ -206,7 +246,7 @@ def pages_to_ocr(path: Path) -> int:
         pdf.close()
 
 
-def main_job(data: Path, work: Path, max_ocr_pages: int | None) -> dict[str, Any]:
+def main_job(data: Path, work: Path, max_ocr_pages: int | None, reuse: bool) -> dict[str, Any]:
     import pyarrow as pa
 
     from latemm.metrics import compare, evaluate
@@ -224,32 +264,39 @@ def main_job(data: Path, work: Path, max_ocr_pages: int | None) -> dict[str, Any
     pq.write_table(pa.table({"query_id": ids, "text": texts}), queries)
 
     tag = "" if max_ocr_pages is None else f"-max{max_ocr_pages}"
-    before = _ingest(pdfs, work / f"corpus-never{tag}.parquet", "never")
+    before_corpus = work / f"corpus-never{tag}.parquet"
     after_corpus = work / f"corpus-ocr{tag}.parquet"
-    after = _ingest(pdfs, after_corpus, "auto")
+    page_ids = _page_ids(pdfs)
+    if reuse and before_corpus.is_file() and after_corpus.is_file():
+        before = _from_corpus(before_corpus, len(page_ids))
+        after = _from_corpus(after_corpus, len(page_ids))
+    else:
+        before = _ingest(pdfs, before_corpus, "never")
+        after = _ingest(pdfs, after_corpus, "auto")
     table = pq.read_table(after_corpus, columns=["doc_id", "text", "text_source"]).to_pylist()
     layer = {r["doc_id"] for r in table if r["text_source"] == "layer"}
     no_layer_q = [q for q in ids if not any(doc in layer for doc in qrels[q])]
-    blank = [p.split(":")[0] for p in after["skipped"] if p.endswith("(no text found by OCR)")]
+    blank = sorted(set(page_ids) - {r["doc_id"] for r in table})  # OCR found nothing
     shown = [r for r in table if r["text_source"] == "ocr"][:3]
 
     runs, jobs = {}, {}
     for label, corpus, ingest in (
-        ("before", work / f"corpus-never{tag}.parquet", before),
+        ("before", before_corpus, before),
         ("after", after_corpus, after),
     ):
-        done = _retrieve(corpus, work, label, queries)
+        done = _retrieve(corpus, work, label, queries, reuse=reuse)
         runs[label] = done.pop("run")
         jobs[label] = {
-            **{k: v for k, v in ingest.items() if k != "skipped"},
             # pages the ingest left out for want of text (--no-images keeps no textless row)
             "without_text": len(
                 {m.group(0) for m in map(PAGE.match, ingest["skipped"]) if m is not None}
             ),
+            **{k: v for k, v in ingest.items() if k != "skipped"},
             **done,
         }
-        jobs[label]["total_seconds"] = round(
-            ingest["seconds"] + done["index_seconds"] + done["search_seconds"], 1
+        parts = (ingest["seconds"], done["index_seconds"], done["search_seconds"])
+        jobs[label]["total_seconds"] = (
+            round(sum(parts), 1) if all(x is not None for x in parts) else None
         )
     metrics = ["ndcg@5", "ndcg@10", "recall@10"]
     subset = {q: qrels[q] for q in no_layer_q}
@@ -296,6 +343,12 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="main job over the PDFs with at most this many pages to OCR (default: every PDF)",
     )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="main job: read back the corpora, indexes and runs a previous run left in "
+        "experiments/cache/eval_ocr/ (their timings only where they were recorded)",
+    )
     parser.add_argument("--quick", action="store_true", help="an 8-page oracle, no main job")
     args = parser.parse_args(argv)
     data = shared_data_dir()
@@ -306,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.part in ("oracle", "all"):
         parts["oracle"] = oracle(data, 8 if args.quick else args.sample, args.seed, args.budget)
     if args.part in ("main", "all") and not args.quick:
-        parts["main_job"] = main_job(data, CACHE / NAME, args.max_ocr_pages)
+        parts["main_job"] = main_job(data, CACHE / NAME, args.max_ocr_pages, args.reuse)
     # Each part keeps the command that produced it; the file is read again only now, so two
     # parts run side by side both end up in it.
     path = RESULTS / f"{NAME}.json"
