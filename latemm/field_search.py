@@ -194,8 +194,10 @@ def locate(index: Index, pool: np.ndarray) -> Candidates:
 
 
 def bm25_hits(full: np.ndarray, doc_ids: np.ndarray, allowed: np.ndarray | None, n: int) -> Hits:
-    """Top ``n`` of (Q, n_docs) BM25 scores, ties by doc_id, skipping disallowed documents."""
+    """Top ``n`` of (Q, n_docs) BM25 scores, ties by doc_id, skipping disallowed documents and
+    those that match no query term (score 0: BM25 retrieves nothing it did not match)."""
     scores = np.where(allowed, full, np.nan) if allowed is not None else full.astype(np.float64)
+    scores = np.where(scores > 0, scores, np.nan)
     ids = np.broadcast_to(doc_ids, full.shape)
     picks = top_k(ids, scores, min(n, doc_ids.size))
     return Hits(gather(ids, picks, fill=None), gather(scores, picks), full)
@@ -437,7 +439,7 @@ class FieldRetriever:
             align(pool, h.doc_ids, h.scores) if h.full is None else self._bm25_at(n, h.full, pool)
             for n, h in hits.items()
         ]
-        fused = self._fuse(scores, pool, self.plan.first_weights())
+        fused = self._fuse(list(hits), scores, pool, self.plan.first_weights())
         picks = top_k(pool, fused, n_cand)
         return gather(pool, picks, fill=None), gather(fused, picks)
 
@@ -479,8 +481,8 @@ class FieldRetriever:
         while work:
             low, high = fusion_lib.fuse_bounds(
                 self.plan.fusion,
-                list(lows.values()),
-                list(highs.values()),
+                self._matched(list(lows), list(lows.values())),
+                self._matched(list(highs), list(highs.values())),
                 pool,
                 self.plan.weights,
                 normalization=self.plan.normalization,
@@ -546,10 +548,28 @@ class FieldRetriever:
             return np.full(pool.shape, np.nan)
         return np.where(cols >= 0, np.take_along_axis(full, np.maximum(cols, 0), 1), np.nan)
 
-    def _fuse(self, scores: list[np.ndarray], pool: np.ndarray, weights: Sequence[float]) -> Any:
+    def _matched(self, names: Sequence[str], scores: list[np.ndarray]) -> list[np.ndarray]:
+        """The fields' scores as rank fusion reads them: a bm25 field's score 0 (the page
+        matches no query term) is no score, so RRF gives such a page nothing from that field
+        instead of ranking the non-matches among themselves by doc_id. Score fusions read
+        0 as the lowest score it is."""
+        if self.plan.fusion != "rrf":
+            return scores
+        return [
+            np.where(s > 0, s, np.nan) if self.specs[n].kind == "bm25" else s
+            for n, s in zip(names, scores, strict=True)
+        ]
+
+    def _fuse(
+        self,
+        names: Sequence[str],
+        scores: list[np.ndarray],
+        pool: np.ndarray,
+        weights: Sequence[float],
+    ) -> Any:
         return fusion_lib.fuse(
             self.plan.fusion,
-            scores,
+            self._matched(names, scores),
             pool,
             weights,
             normalization=self.plan.normalization,
@@ -564,7 +584,7 @@ class FieldRetriever:
         exact: dict[str, np.ndarray],
         k: int,
     ) -> SearchResult:
-        fused = self._fuse(list(exact.values()), pool, self.plan.weights)
+        fused = self._fuse(list(exact), list(exact.values()), pool, self.plan.weights)
         picks = top_k(pool, fused, k)
         maxsim = (
             gather(exact[self.plan.rescore[0]], picks)
