@@ -37,8 +37,10 @@ from latemm.retriever import (
     Candidates,
     Retriever,
     SearchResult,
+    Where,
     as_query_arrays,
     bounded_scores,
+    by_scope,
     check_request,
     doc_ids_of,
     first_stage,
@@ -49,6 +51,8 @@ from latemm.retriever import (
     rerank_result,
     rescore,
     rescore_chosen,
+    scopes_of,
+    take_queries,
     top_k,
     truncate,
 )
@@ -273,11 +277,14 @@ class FieldRetriever:
         *,
         k: int = 10,
         candidates: int | None = None,
-        where: str | None = None,
+        where: Where = None,
         query_ids: Sequence[str] | None = None,
         query_vectors: dict[str, Any] | None = None,
     ) -> SearchResult:
         """Search text or ``Page`` queries over the planned fields.
+
+        ``where``: one condition over the metadata for every query, or one per query (None:
+        none for that query), applied before the first phase.
 
         ``query_vectors``: field name -> the queries' precomputed vectors (a sequence of
         (T, d) arrays) for fields without an encoder, or to skip encoding."""
@@ -285,11 +292,21 @@ class FieldRetriever:
         depth = max(k, self.rerank_depth) if self.reranker is not None else k
         n_cand = check_request(depth, candidates)
         encoded = self._encode(list(queries), query_vectors or {})
-        allowed = self._allowed(where)
-        hits = {n: self._first_phase(n, encoded[n], n_cand, allowed[n]) for n in self.plan.fields}
-        pool, first = self._candidates(hits, n_cand)
-        exact = self._second_phases(encoded, pool, hits, depth)
-        result = self._result(ids, pool, first, exact, depth)
+        scopes = scopes_of(where, len(ids))
+        if scopes is None:
+            result = self._ranked(encoded, ids, where, n_cand, depth)  # type: ignore[arg-type]
+        else:
+            result = by_scope(
+                scopes,
+                ids,
+                lambda condition, rows: self._ranked(
+                    {n: _take(e, rows) for n, e in encoded.items()},
+                    [ids[i] for i in rows],
+                    condition,
+                    n_cand,
+                    depth,
+                ),
+            )
         if self.reranker is not None:
             top = [d for d in result.doc_ids[:, : self.rerank_depth].ravel() if d is not None]
             result = rerank_result(
@@ -301,6 +318,16 @@ class FieldRetriever:
                 fusion=self.rerank_fusion,
             )
         return truncate(result, k)
+
+    def _ranked(
+        self, encoded: dict[str, Any], ids: list[str], where: str | None, n_cand: int, depth: int
+    ) -> SearchResult:
+        """The phases for encoded queries under one condition: the fused top ``depth``."""
+        allowed = self._allowed(where)
+        hits = {n: self._first_phase(n, encoded[n], n_cand, allowed[n]) for n in self.plan.fields}
+        pool, first = self._candidates(hits, n_cand)
+        exact = self._second_phases(encoded, pool, hits, depth)
+        return self._result(ids, pool, first, exact, depth)
 
     def pages(self, doc_ids: Sequence[str]) -> dict[str, Any]:
         """Text and image of each doc id, from the first field holding it."""
@@ -602,6 +629,14 @@ class FieldRetriever:
         )
 
 
+def _take(encoded: Any, rows: list[int]) -> Any:
+    """The encoded queries at ``rows``: texts (bm25 fields) or (flat, offsets) vectors."""
+    if isinstance(encoded, list):
+        return [encoded[i] for i in rows]
+    flat, offsets = encoded
+    return take_queries(flat, offsets, rows)
+
+
 def _texts(queries: list[Any], name: str, spec: FieldSpec) -> list[str]:
     """Query texts for a field that reads text; an image-only query is an error naming it."""
     out = []
@@ -648,6 +683,7 @@ def search_fields_file(
 
     It runs the resumable loop of ``latemm.pipeline.search_file``: an interrupted search re-run
     with the same arguments (and the index unchanged) skips the queries already written."""
+    from latemm.filters import query_conditions
     from latemm.pipeline import _check_search_args, _rows_named, run_queries
 
     _check_search_args(queries, out, k=k, candidates=candidates, batch_size=batch_size)
@@ -665,7 +701,7 @@ def search_fields_file(
                 pages,
                 k=k,
                 candidates=candidates,
-                where=where,
+                where=query_conditions(batch.table, where),
                 query_ids=batch.ids,
                 query_vectors=given,
             )
