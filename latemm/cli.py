@@ -737,7 +737,8 @@ def _search_parser(sub: Any) -> None:
         "--where",
         default=None,
         help='one SQL condition over metadata columns, e.g. "year >= 2020" (scalar functions '
-        "only: no subqueries, table functions or ';'; run without file access)",
+        "only: no subqueries, table functions or ';'; run without file access); ANDed with "
+        "each query's own condition in the queries file's 'where' column, if it has one",
     )
     p.add_argument("--encoder", default=None, help="override the index's recorded encoder")
     p.add_argument("--fields", default=None, help="named fields to search, a,b (default: all)")
