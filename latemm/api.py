@@ -206,7 +206,7 @@ def _search_fields(
 ) -> pa.Table:
     from latemm.field_search import FieldRetriever, run_schema, search_fields_file
 
-    named["fusion"] = named["fusion"] or "rrf"
+    named["fusion"] = named["fusion"] or "auto"
     for unset in [name for name in ("normalization", "rrf_k") if named[name] is None]:
         del named[unset]  # FieldRetriever's defaults
     if isinstance(queries, (str, Path)) and Path(queries).suffix == ".parquet":

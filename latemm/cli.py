@@ -330,7 +330,7 @@ def _search_fields(args: argparse.Namespace, start: float) -> int:
         progress=not args.quiet,
         columns=_columns(args, "query_id"),
         fields=[f.strip() for f in args.fields.split(",") if f.strip()] if args.fields else None,
-        fusion=args.fusion or "rrf",
+        fusion=args.fusion or "auto",
         weights=parse_weights(args.weights) if args.weights else None,
         rescore_fields=args.rescore_field,
         preset=args.preset,
@@ -745,8 +745,9 @@ def _search_parser(sub: Any) -> None:
     p.add_argument(
         "--fusion",
         default=None,
-        choices=["rrf", "weighted"],
-        help="how fields fuse (default rrf)",
+        choices=["auto", "rrf", "weighted"],
+        help="how fields fuse (default auto: RRF with k 10, each field weighted per query by "
+        "how far its top 10 agrees with the other fields')",
     )
     p.add_argument("--weights", default=None, help="field weights, e.g. text=0.7,bm25=0.3")
     p.add_argument(
@@ -757,7 +758,10 @@ def _search_parser(sub: Any) -> None:
         "candidates (default minmax)",
     )
     p.add_argument(
-        "--rrf-k", type=int, default=None, help="the k of --fusion rrf, 1/(k + rank) (default 60)"
+        "--rrf-k",
+        type=int,
+        default=None,
+        help="the k of --fusion rrf or auto, 1/(k + rank) (default 60; auto: 10)",
     )
     p.add_argument(
         "--rescore-field",

@@ -105,12 +105,12 @@ def plan(
     manifest: FieldsManifest,
     *,
     fields: Sequence[str] | None = None,
-    fusion: str = "rrf",
+    fusion: str = "auto",
     weights: dict[str, float] | None = None,
     rescore_fields: Sequence[str] | None = None,
     preset: str | None = None,
     normalization: str = "minmax",
-    rrf_k: int = fusion_lib.RRF_K,
+    rrf_k: int | None = None,
 ) -> SearchPlan:
     """Validate a search request against the index's fields (every error names the field)."""
     if fusion not in fusion_lib.FUSIONS:
@@ -120,6 +120,8 @@ def plan(
             f"--normalization must be one of {', '.join(fusion_lib.NORMALIZATIONS)}, got "
             f"{normalization!r}"
         )
+    if rrf_k is None:
+        rrf_k = fusion_lib.AUTO_RRF_K if fusion == "auto" else fusion_lib.RRF_K
     if isinstance(rrf_k, bool) or not isinstance(rrf_k, int) or rrf_k < 1:
         raise InputError(f"--rrf-k must be a positive integer, got {rrf_k!r}")
     if preset is not None and fields is not None:
@@ -215,9 +217,11 @@ class FieldRetriever:
     index_dir
         The index folder.
     fields, fusion, weights, rescore_fields, preset, normalization, rrf_k
-        See ``plan``: default all fields, reciprocal rank fusion (``fusion="weighted"``: a
-        convex combination of min-max normalised scores, which Bruch et al. 2023 find ahead of
-        RRF; on our data the two tie), every multi-vector field rescored with exact MaxSim.
+        See ``plan``: default all fields, ``auto`` fusion (reciprocal rank fusion with k = 10,
+        each field weighted per query by its agreement with the others, ``fusion.
+        agreement_weights``; RESULTS 4b), every multi-vector field rescored with exact MaxSim.
+        ``fusion="rrf"`` is plain RRF (k = 60); ``fusion="weighted"`` a convex combination of
+        min-max normalised scores (Bruch et al. 2023).
     encoders
         name -> Encoder, overriding the recorded ones (and needed for none: precomputed fields
         take ``query_vectors``).
@@ -228,12 +232,12 @@ class FieldRetriever:
         index_dir: str | Path,
         *,
         fields: Sequence[str] | None = None,
-        fusion: str = "rrf",
+        fusion: str = "auto",
         weights: dict[str, float] | None = None,
         rescore_fields: Sequence[str] | None = None,
         preset: str | None = None,
         normalization: str = "minmax",
-        rrf_k: int = fusion_lib.RRF_K,
+        rrf_k: int | None = None,
         encoders: dict[str, Any] | None = None,
         device: str | None = None,
         nprobe: int = 32,
@@ -325,9 +329,24 @@ class FieldRetriever:
         """The phases for encoded queries under one condition: the fused top ``depth``."""
         allowed = self._allowed(where)
         hits = {n: self._first_phase(n, encoded[n], n_cand, allowed[n]) for n in self.plan.fields}
-        pool, first = self._candidates(hits, n_cand)
-        exact = self._second_phases(encoded, pool, hits, depth)
-        return self._result(ids, pool, first, exact, depth)
+        first_weights, weights = self._weights(hits)
+        pool, first = self._candidates(hits, n_cand, first_weights)
+        exact = self._second_phases(encoded, pool, hits, depth, weights)
+        return self._result(ids, pool, first, exact, depth, weights)
+
+    def _weights(self, hits: dict[str, Hits]) -> tuple[list[Any], list[Any]]:
+        """The first phase's and the second phase's field weights: the plan's, or under
+        ``auto`` the searched fields' times their per-query agreement (``fusion.
+        agreement_weights``, from the first-phase lists; rescore-only fields keep theirs)."""
+        first, scored = self.plan.first_weights(), list(self.plan.weights)
+        if self.plan.fusion != "auto":
+            return first, scored
+        lists = [h.doc_ids for h in hits.values()]  # bm25 lists hold matched pages only
+        n = len(self.plan.fields)
+        return (
+            fusion_lib.agreement_weights(lists, first),
+            fusion_lib.agreement_weights(lists, scored[:n]) + scored[n:],
+        )
 
     def pages(self, doc_ids: Sequence[str]) -> dict[str, Any]:
         """Text and image of each doc id, from the first field holding it."""
@@ -457,7 +476,9 @@ class FieldRetriever:
         )
         return Hits(doc_ids_of(index, cands), np.where(cands.valid, cands.scores, np.nan))
 
-    def _candidates(self, hits: dict[str, Hits], n_cand: int) -> tuple[np.ndarray, np.ndarray]:
+    def _candidates(
+        self, hits: dict[str, Hits], n_cand: int, weights: Sequence[Any]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The fused first phase's top ``n_cand``: (Q, C) doc ids and fused scores."""
         pool = union([h.doc_ids for h in hits.values()])
         # A bm25 field scored every document: a pooled one outside its top list gets its true
@@ -466,12 +487,17 @@ class FieldRetriever:
             align(pool, h.doc_ids, h.scores) if h.full is None else self._bm25_at(n, h.full, pool)
             for n, h in hits.items()
         ]
-        fused = self._fuse(list(hits), scores, pool, self.plan.first_weights())
+        fused = self._fuse(list(hits), scores, pool, weights)
         picks = top_k(pool, fused, n_cand)
         return gather(pool, picks, fill=None), gather(fused, picks)
 
     def _second_phases(
-        self, encoded: dict[str, Any], pool: np.ndarray, hits: dict[str, Hits], k: int
+        self,
+        encoded: dict[str, Any],
+        pool: np.ndarray,
+        hits: dict[str, Hits],
+        k: int,
+        weights: Sequence[Any],
     ) -> dict[str, np.ndarray]:
         """Every scored field's (Q, C) scores of the candidates, exact wherever the fused top
         ``k`` depends on them.
@@ -488,7 +514,7 @@ class FieldRetriever:
         # fast pass only adds its cost (2,000 ColPali-shaped pages, C = 512: k = 10 2.7x
         # faster bounded, k = 100 1.15x slower; experiments/bench_fusion_latency).
         # A top k of every candidate shows every score: nothing to spare.
-        share = _RRF_BOUNDED_SHARE if self.plan.fusion == "rrf" else 1
+        share = _RRF_BOUNDED_SHARE if self.plan.fusion in ("rrf", "auto") else 1
         bound = share * k < pool.shape[1]
         lows, highs, work = {}, {}, {}
         for name in self.plan.scored:
@@ -511,7 +537,7 @@ class FieldRetriever:
                 self._matched(list(lows), list(lows.values())),
                 self._matched(list(highs), list(highs.values())),
                 pool,
-                self.plan.weights,
+                weights,
                 normalization=self.plan.normalization,
                 rrf_k=self.plan.rrf_k,
             )
@@ -580,7 +606,7 @@ class FieldRetriever:
         matches no query term) is no score, so RRF gives such a page nothing from that field
         instead of ranking the non-matches among themselves by doc_id. Score fusions read
         0 as the lowest score it is."""
-        if self.plan.fusion != "rrf":
+        if self.plan.fusion not in ("rrf", "auto"):
             return scores
         return [
             np.where(s > 0, s, np.nan) if self.specs[n].kind == "bm25" else s
@@ -592,7 +618,7 @@ class FieldRetriever:
         names: Sequence[str],
         scores: list[np.ndarray],
         pool: np.ndarray,
-        weights: Sequence[float],
+        weights: Sequence[Any],
     ) -> Any:
         return fusion_lib.fuse(
             self.plan.fusion,
@@ -610,8 +636,9 @@ class FieldRetriever:
         first: np.ndarray,
         exact: dict[str, np.ndarray],
         k: int,
+        weights: Sequence[Any],
     ) -> SearchResult:
-        fused = self._fuse(list(exact), list(exact.values()), pool, self.plan.weights)
+        fused = self._fuse(list(exact), list(exact.values()), pool, weights)
         picks = top_k(pool, fused, k)
         maxsim = (
             gather(exact[self.plan.rescore[0]], picks)

@@ -648,6 +648,7 @@ def test_an_interrupted_field_search_resumes_only_with_the_same_arguments(
 
     write_queries("")  # the bm25 field cannot read qd: the search stops there
     args = ["search", str(idx), str(qfile), "--fields", "m,b", "--k", "4", "--quiet"]
+    args += ["--fusion", "rrf"]  # named: the default became auto (#31)
     assert main([*args, "--out", str(run), "--batch-size", "1"]) == 2
     assert "row 3, query_id 'qd': query 0 has no text; field 'b'" in capsys.readouterr().err
     parts = tmp_path / ".run.parquet.parts"
