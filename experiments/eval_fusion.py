@@ -62,6 +62,8 @@ SYSTEMS: dict[str, list[str]] = {
     "bm25-unstemmed": ["--fields", "bm25plain"],
     "minilm-multivector": ["--fields", "text"],
     "fusion-rrf": ["--fields", "text,bm25", "--fusion", "rrf"],
+    # The CLI's default since #31: no fusion flag at all (``auto``).
+    "fusion-auto": ["--fields", "text,bm25"],
     "fusion-weighted": ["--fields", "text,bm25", "--fusion", "weighted"],
     # What the earlier MMLongBench-Doc result used (before stemming became the default).
     "fusion-weighted-unstemmed": ["--fields", "text,bm25plain", "--fusion", "weighted"],
@@ -205,15 +207,87 @@ def run_systems(name: str, bench: TextBench, work: Path, k: int = 100) -> dict[s
     index_dir = work / f"{name}-fields"
     t_index = build_index(bench, index_dir)
     runs, timings = {}, {}
-    for label, flags in SYSTEMS.items():
+    # fusion-weighted first: its run keeps every candidate's field scores, which the CV and
+    # the comparison of default fusions re-fuse; then the default and the fields alone.
+    first = ("fusion-weighted", "fusion-auto", "minilm-multivector", "bm25")
+    for label in sorted(SYSTEMS, key=lambda s: first.index(s) if s in first else len(first)):
+        flags = SYSTEMS[label]
         depth = POOL if label == "fusion-weighted" else k  # every candidate, for the CV
         out = work / f"{name}-{label}-k{depth}.run.parquet"
         timings[label] = search(index_dir, bench.queries, out, flags, depth)
         print(f"  {name} {label}: search {timings[label]}s (None: reused)", flush=True)
         runs[label] = load_run(out)
+    runs = {label: runs[label] for label in SYSTEMS}
     pools = pool_scores(work / f"{name}-fusion-weighted-k{POOL}.run.parquet")
     runs["fusion-weighted-cv"], folds = cv_run(name, index_dir, bench, work, pools, k)
-    return {"index_seconds": t_index, "search_seconds": timings, "cv_folds": folds, "runs": runs}
+    defaults = compare_defaults(pools, bench.qrels, METRICS[name.removesuffix("-quick")][:2])
+    return {
+        "index_seconds": t_index,
+        "search_seconds": timings,
+        "cv_folds": folds,
+        "default_candidates": defaults,
+        "runs": runs,
+    }
+
+
+def _refused_run(pools: dict[str, Any], fuse: Any, depth: int = 100) -> dict[str, Any]:
+    """The top ``depth`` of ``fuse(text, bm25, ids)`` ((1, C) each) over each query's pool."""
+    run = {}
+    for q, (docs, scores) in pools.items():
+        ids = np.array([docs], dtype=object)
+        fused = fuse(scores[0][None], scores[1][None], ids)[0]
+        order = np.lexsort((np.array(docs, dtype=str), -fused))[:depth]
+        run[q] = {docs[i]: float(fused[i]) for i in order}
+    return run
+
+
+def _agreement(text: np.ndarray, bm25: np.ndarray, ids: np.ndarray) -> list[np.ndarray]:
+    """``auto``'s per-query weights from each field's top 10 over the pool."""
+    lists = []
+    for scores in (text, np.where(bm25 > 0, bm25, np.nan)):
+        order = np.lexsort((ids[0].astype(str), -np.nan_to_num(scores[0], nan=-np.inf)))
+        lists.append(np.array([[ids[0][i] if not np.isnan(scores[0][i]) else None for i in order]]))
+    return fusion.agreement_weights(lists, [1.0, 1.0])
+
+
+# Default fusions compared before choosing one (#31), each re-fused over the candidates and
+# per-field scores of the fusion-weighted run: label -> fuse(text, bm25, ids). None is tuned.
+DEFAULT_CANDIDATES: dict[str, Any] = {
+    "text alone": lambda t, b, ids: t,
+    "bm25 alone": lambda t, b, ids: b,
+    "rrf k=60": lambda t, b, ids: fusion.rrf([t, np.where(b > 0, b, np.nan)], ids, [1, 1]),
+    "rrf k=10": lambda t, b, ids: fusion.rrf([t, np.where(b > 0, b, np.nan)], ids, [1, 1], k=10),
+    "rrf k=5": lambda t, b, ids: fusion.rrf([t, np.where(b > 0, b, np.nan)], ids, [1, 1], k=5),
+    "auto (rrf k=10, agreement weights)": lambda t, b, ids: fusion.rrf(
+        [t, np.where(b > 0, b, np.nan)], ids, _agreement(t, b, ids), k=fusion.AUTO_RRF_K
+    ),
+    "weighted min-max 0.5/0.5": lambda t, b, ids: fusion.weighted([t, b], ids, [0.5, 0.5]),
+    "weighted z-score 0.5/0.5": lambda t, b, ids: fusion.weighted(
+        [t, b], ids, [0.5, 0.5], normalization="zscore"
+    ),
+}
+
+
+def compare_defaults(
+    pools: dict[str, Any], qrels: dict[str, dict[str, int]], metrics: list[str]
+) -> dict[str, Any]:
+    """Each of ``DEFAULT_CANDIDATES`` over the same pools: metrics, and the paired t-test's p
+    on ``metrics[0]`` against each field alone (ranked over the same pool)."""
+    runs = {label: _refused_run(pools, fuse) for label, fuse in DEFAULT_CANDIDATES.items()}
+    table = compare(runs, qrels, metrics).to_dict()
+    return {
+        label: {
+            **{m: float(table[label]["scores"][m]) for m in metrics},
+            **{
+                f"p vs {other}": float(
+                    table[label]["comparisons"].get(other, {}).get(metrics[0], 1.0)
+                )
+                for other in ("text alone", "bm25 alone")
+                if other != label
+            },
+        }
+        for label in runs
+    }
 
 
 def evaluate_runs(
