@@ -119,11 +119,22 @@ def build_index(bench: TextBench, index_dir: Path) -> float:
     return time.perf_counter() - t0
 
 
+# --cached-only: report the runs already in the cache, search nothing (a system without a run
+# is left out, and the CV with it).
+CACHED_ONLY = False
+
+
+class NotCached(Exception):
+    """A run --cached-only does not have."""
+
+
 def search(index_dir: Path, queries: Path, out: Path, flags: list[str], k: int) -> float | None:
     """``latemm search`` into ``out``; the seconds it took, or None when a finished run was
     there already (then it is reused)."""
     if out.is_file():
         return None
+    if CACHED_ONLY:
+        raise NotCached(out)
     t0 = time.perf_counter()
     cli("search", index_dir, queries, "--out", out, "--k", k, "--quiet", *flags)
     return time.perf_counter() - t0
@@ -236,19 +247,31 @@ def run_systems(name: str, bench: TextBench, work: Path, k: int = 100) -> dict[s
         flags = SYSTEMS[label]
         depth = POOL if label == "fusion-weighted" else k  # every candidate, for the CV
         out = work / f"{name}-{label}-k{depth}.run.parquet"
-        timings[label] = search(index_dir, bench.queries, out, flags, depth)
+        try:
+            timings[label] = search(index_dir, bench.queries, out, flags, depth)
+        except NotCached:
+            print(f"  {name} {label}: no cached run, left out (--cached-only)", flush=True)
+            continue
         print(f"  {name} {label}: search {timings[label]}s (None: reused)", flush=True)
         runs[label] = load_run(out)
-    runs = {label: runs[label] for label in SYSTEMS}
+    runs = {label: runs[label] for label in SYSTEMS if label in runs}
     if name.startswith("mmlongbench"):
         scoped = scoped_queries(bench, work / f"{name}-queries-scoped.parquet")
         for label, flags in SCOPED.items():
             out = work / f"{name}-{label}-k{k}.run.parquet"
-            timings[label] = search(index_dir, scoped, out, flags, k)
+            try:
+                timings[label] = search(index_dir, scoped, out, flags, k)
+            except NotCached:
+                print(f"  {name} {label}: no cached run, left out (--cached-only)", flush=True)
+                continue
             print(f"  {name} {label}: search {timings[label]}s (None: reused)", flush=True)
             runs[label] = load_run(out)
     pools = pool_scores(work / f"{name}-fusion-weighted-k{POOL}.run.parquet")
-    runs["fusion-weighted-cv"], folds = cv_run(name, index_dir, bench, work, pools, k)
+    try:
+        runs["fusion-weighted-cv"], folds = cv_run(name, index_dir, bench, work, pools, k)
+    except NotCached:
+        folds = []
+        print(f"  {name} fusion-weighted-cv: a fold has no cached run, left out", flush=True)
     defaults = compare_defaults(pools, bench.qrels, METRICS[name.removesuffix("-quick")][:2])
     return {
         "index_seconds": t_index,
@@ -340,7 +363,7 @@ def _significant(table: dict[str, Any], metric: str) -> dict[str, dict[str, str]
     for label in (name for name in table if name.startswith("fusion")):
         row = table[label]
         out[label] = {}
-        for other in SINGLE:
+        for other in (name for name in SINGLE if name in table):
             p = row["comparisons"].get(other, {}).get(metric, 1.0)
             mine, theirs = row["scores"][metric], table[other]["scores"][metric]
             out[label][other] = "same" if p >= 0.05 else ("better" if mine > theirs else "worse")
@@ -352,12 +375,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="3,000 Vaswani abstracts, 8 PDFs")
     parser.add_argument("--data", default=None)
     parser.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="report the runs already in experiments/cache/eval_fusion; search nothing",
+    )
+    parser.add_argument(
         "--only",
         choices=["mmlongbench", "vaswani"],
         default=None,
         help="run one data set and merge it into the result file",
     )
     args = parser.parse_args(argv)
+    global CACHED_ONLY
+    CACHED_ONLY = args.cached_only
     data = Path(args.data) if args.data else shared_data_dir()
     work = CACHE / ("eval_fusion" + ("_quick" if args.quick else ""))
     work.mkdir(parents=True, exist_ok=True)

@@ -513,7 +513,7 @@ def _fusion_block(name: str, block: dict[str, Any]) -> list[str]:
         others = ("bm25", "minilm-multivector")
         rows.append(
             [system, *[f"{values[m]:.3f}" for m in names]]
-            + ["" if o == system else f"{p[o][names[0]]:.3g}" for o in others]
+            + ["" if o == system or o not in p else f"{p[o][names[0]]:.3g}" for o in others]
         )
     weights = [fold["minilm_weight"] for fold in block.get("cv_folds", [])]
     header = ["system", *names, f"p vs bm25 ({names[0]})", f"p vs minilm ({names[0]})"]
