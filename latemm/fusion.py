@@ -272,6 +272,8 @@ def fuse_bounds(
                 field_lo[q, cols] = w / (rrf_k + worst)
                 field_hi[q, cols] = w / (rrf_k + best)
             else:
+                if w == 0:  # counts for nothing, however unknown its scale (0 * inf)
+                    continue
                 normed_lo, normed_hi = _normalized_bounds(low[q], high[q], normalization)
                 field_lo[q], field_hi[q] = w * normed_lo, w * normed_hi
         lower += field_lo
