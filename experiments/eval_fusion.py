@@ -62,9 +62,20 @@ SYSTEMS: dict[str, list[str]] = {
     "bm25-unstemmed": ["--fields", "bm25plain"],
     "minilm-multivector": ["--fields", "text"],
     "fusion-rrf": ["--fields", "text,bm25", "--fusion", "rrf"],
+    # The CLI's default since #31: no fusion flag at all (``auto``).
+    "fusion-auto": ["--fields", "text,bm25"],
     "fusion-weighted": ["--fields", "text,bm25", "--fusion", "weighted"],
     # What the earlier MMLongBench-Doc result used (before stemming became the default).
     "fusion-weighted-unstemmed": ["--fields", "text,bm25plain", "--fusion", "weighted"],
+}
+# MMLongBench-Doc with each question scoped to its own PDF (#31): the queries file's `where`
+# column. A BM25 field keeps no metadata, so bm25-scoped takes it from the text field, which
+# it rescores with weight 0 (the order is BM25's).
+SCOPED: dict[str, list[str]] = {
+    "bm25-scoped": ["--fields", "bm25", "--rescore-field", "text", "--fusion", "weighted"]
+    + ["--weights", "bm25=1,text=0"],
+    "minilm-multivector-scoped": ["--fields", "text"],
+    "fusion-auto-scoped": ["--fields", "text,bm25"],
 }
 POOL = 512  # the CLI's default candidates; fusion-weighted keeps them all for the CV
 GRID = tuple(round(0.1 * i, 1) for i in range(11))
@@ -108,14 +119,38 @@ def build_index(bench: TextBench, index_dir: Path) -> float:
     return time.perf_counter() - t0
 
 
+# --cached-only: report the runs already in the cache, search nothing (a system without a run
+# is left out, and the CV with it).
+CACHED_ONLY = False
+
+
+class NotCached(Exception):
+    """A run --cached-only does not have."""
+
+
 def search(index_dir: Path, queries: Path, out: Path, flags: list[str], k: int) -> float | None:
     """``latemm search`` into ``out``; the seconds it took, or None when a finished run was
     there already (then it is reused)."""
     if out.is_file():
         return None
+    if CACHED_ONLY:
+        raise NotCached(out)
     t0 = time.perf_counter()
     cli("search", index_dir, queries, "--out", out, "--k", k, "--quiet", *flags)
     return time.perf_counter() - t0
+
+
+def scoped_queries(bench: TextBench, path: Path) -> Path:
+    """The queries with a ``where`` column keeping each to its own PDF (the file its relevant
+    pages, ``{pdf}#p{page}``, come from)."""
+    wheres = []
+    for q in bench.query_ids:
+        pdfs = {d.rsplit("#p", 1)[0] for d in bench.qrels[q]}
+        (pdf,) = pdfs  # every answerable question is about one PDF
+        wheres.append("source = '" + pdf.replace("'", "''") + "'")
+    table = {"query_id": bench.query_ids, "text": bench.query_texts, "where": wheres}
+    pq.write_table(pa.table(table), path)
+    return path
 
 
 def pool_scores(run_file: Path) -> dict[str, tuple[list[str], np.ndarray]]:
@@ -205,15 +240,106 @@ def run_systems(name: str, bench: TextBench, work: Path, k: int = 100) -> dict[s
     index_dir = work / f"{name}-fields"
     t_index = build_index(bench, index_dir)
     runs, timings = {}, {}
-    for label, flags in SYSTEMS.items():
+    # fusion-weighted first: its run keeps every candidate's field scores, which the CV and
+    # the comparison of default fusions re-fuse; then the default and the fields alone.
+    first = ("fusion-weighted", "fusion-auto", "minilm-multivector", "bm25")
+    for label in sorted(SYSTEMS, key=lambda s: first.index(s) if s in first else len(first)):
+        flags = SYSTEMS[label]
         depth = POOL if label == "fusion-weighted" else k  # every candidate, for the CV
         out = work / f"{name}-{label}-k{depth}.run.parquet"
-        timings[label] = search(index_dir, bench.queries, out, flags, depth)
+        try:
+            timings[label] = search(index_dir, bench.queries, out, flags, depth)
+        except NotCached:
+            print(f"  {name} {label}: no cached run, left out (--cached-only)", flush=True)
+            continue
         print(f"  {name} {label}: search {timings[label]}s (None: reused)", flush=True)
         runs[label] = load_run(out)
+    runs = {label: runs[label] for label in SYSTEMS if label in runs}
+    if name.startswith("mmlongbench"):
+        scoped = scoped_queries(bench, work / f"{name}-queries-scoped.parquet")
+        for label, flags in SCOPED.items():
+            out = work / f"{name}-{label}-k{k}.run.parquet"
+            try:
+                timings[label] = search(index_dir, scoped, out, flags, k)
+            except NotCached:
+                print(f"  {name} {label}: no cached run, left out (--cached-only)", flush=True)
+                continue
+            print(f"  {name} {label}: search {timings[label]}s (None: reused)", flush=True)
+            runs[label] = load_run(out)
     pools = pool_scores(work / f"{name}-fusion-weighted-k{POOL}.run.parquet")
-    runs["fusion-weighted-cv"], folds = cv_run(name, index_dir, bench, work, pools, k)
-    return {"index_seconds": t_index, "search_seconds": timings, "cv_folds": folds, "runs": runs}
+    try:
+        runs["fusion-weighted-cv"], folds = cv_run(name, index_dir, bench, work, pools, k)
+    except NotCached:
+        folds = []
+        print(f"  {name} fusion-weighted-cv: a fold has no cached run, left out", flush=True)
+    defaults = compare_defaults(pools, bench.qrels, METRICS[name.removesuffix("-quick")][:2])
+    return {
+        "index_seconds": t_index,
+        "search_seconds": timings,
+        "cv_folds": folds,
+        "default_candidates": defaults,
+        "runs": runs,
+    }
+
+
+def _refused_run(pools: dict[str, Any], fuse: Any, depth: int = 100) -> dict[str, Any]:
+    """The top ``depth`` of ``fuse(text, bm25, ids)`` ((1, C) each) over each query's pool."""
+    run = {}
+    for q, (docs, scores) in pools.items():
+        ids = np.array([docs], dtype=object)
+        fused = fuse(scores[0][None], scores[1][None], ids)[0]
+        order = np.lexsort((np.array(docs, dtype=str), -fused))[:depth]
+        run[q] = {docs[i]: float(fused[i]) for i in order}
+    return run
+
+
+def _agreement(text: np.ndarray, bm25: np.ndarray, ids: np.ndarray) -> list[np.ndarray]:
+    """``auto``'s per-query weights from each field's top 10 over the pool."""
+    lists = []
+    for scores in (text, np.where(bm25 > 0, bm25, np.nan)):
+        order = np.lexsort((ids[0].astype(str), -np.nan_to_num(scores[0], nan=-np.inf)))
+        lists.append(np.array([[ids[0][i] if not np.isnan(scores[0][i]) else None for i in order]]))
+    return fusion.agreement_weights(lists, [1.0, 1.0])
+
+
+# Default fusions compared before choosing one (#31), each re-fused over the candidates and
+# per-field scores of the fusion-weighted run: label -> fuse(text, bm25, ids). None is tuned.
+DEFAULT_CANDIDATES: dict[str, Any] = {
+    "text alone": lambda t, b, ids: t,
+    "bm25 alone": lambda t, b, ids: b,
+    "rrf k=60": lambda t, b, ids: fusion.rrf([t, np.where(b > 0, b, np.nan)], ids, [1, 1]),
+    "rrf k=10": lambda t, b, ids: fusion.rrf([t, np.where(b > 0, b, np.nan)], ids, [1, 1], k=10),
+    "rrf k=5": lambda t, b, ids: fusion.rrf([t, np.where(b > 0, b, np.nan)], ids, [1, 1], k=5),
+    "auto (rrf k=10, agreement weights)": lambda t, b, ids: fusion.rrf(
+        [t, np.where(b > 0, b, np.nan)], ids, _agreement(t, b, ids), k=fusion.AUTO_RRF_K
+    ),
+    "weighted min-max 0.5/0.5": lambda t, b, ids: fusion.weighted([t, b], ids, [0.5, 0.5]),
+    "weighted z-score 0.5/0.5": lambda t, b, ids: fusion.weighted(
+        [t, b], ids, [0.5, 0.5], normalization="zscore"
+    ),
+}
+
+
+def compare_defaults(
+    pools: dict[str, Any], qrels: dict[str, dict[str, int]], metrics: list[str]
+) -> dict[str, Any]:
+    """Each of ``DEFAULT_CANDIDATES`` over the same pools: metrics, and the paired t-test's p
+    on ``metrics[0]`` against each field alone (ranked over the same pool)."""
+    runs = {label: _refused_run(pools, fuse) for label, fuse in DEFAULT_CANDIDATES.items()}
+    table = compare(runs, qrels, metrics).to_dict()
+    return {
+        label: {
+            **{m: float(table[label]["scores"][m]) for m in metrics},
+            **{
+                f"p vs {other}": float(
+                    table[label]["comparisons"].get(other, {}).get(metrics[0], 1.0)
+                )
+                for other in ("text alone", "bm25 alone")
+                if other != label
+            },
+        }
+        for label in runs
+    }
 
 
 def evaluate_runs(
@@ -237,7 +363,7 @@ def _significant(table: dict[str, Any], metric: str) -> dict[str, dict[str, str]
     for label in (name for name in table if name.startswith("fusion")):
         row = table[label]
         out[label] = {}
-        for other in SINGLE:
+        for other in (name for name in SINGLE if name in table):
             p = row["comparisons"].get(other, {}).get(metric, 1.0)
             mine, theirs = row["scores"][metric], table[other]["scores"][metric]
             out[label][other] = "same" if p >= 0.05 else ("better" if mine > theirs else "worse")
@@ -249,12 +375,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="3,000 Vaswani abstracts, 8 PDFs")
     parser.add_argument("--data", default=None)
     parser.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="report the runs already in experiments/cache/eval_fusion; search nothing",
+    )
+    parser.add_argument(
         "--only",
         choices=["mmlongbench", "vaswani"],
         default=None,
         help="run one data set and merge it into the result file",
     )
     args = parser.parse_args(argv)
+    global CACHED_ONLY
+    CACHED_ONLY = args.cached_only
     data = Path(args.data) if args.data else shared_data_dir()
     work = CACHE / ("eval_fusion" + ("_quick" if args.quick else ""))
     work.mkdir(parents=True, exist_ok=True)

@@ -583,14 +583,32 @@ def _fusion_block(name: str, block: dict[str, Any]) -> list[str]:
         others = ("bm25", "minilm-multivector")
         rows.append(
             [system, *[f"{values[m]:.3f}" for m in names]]
-            + ["" if o == system else f"{p[o][names[0]]:.3g}" for o in others]
+            + ["" if o == system or o not in p else f"{p[o][names[0]]:.3g}" for o in others]
         )
     weights = [fold["minilm_weight"] for fold in block.get("cv_folds", [])]
     header = ["system", *names, f"p vs bm25 ({names[0]})", f"p vs minilm ({names[0]})"]
-    return [
+    out = [
         f"**{name}** ({block['queries']} queries; MiniLM weight per CV fold: {weights})\n",
         _table(header, rows),
     ]
+    candidates = block.get("default_candidates")
+    if candidates:  # #31: the defaults compared over the same candidates
+        cols = list(dict.fromkeys(c for values in candidates.values() for c in values))
+
+        def cell(values: dict[str, float], col: str) -> str:
+            if col not in values:
+                return ""
+            return f"{values[col]:.3g}" if col.startswith("p ") else f"{values[col]:.3f}"
+
+        out += [
+            f"\n*{name}: candidate defaults re-fused over the fusion-weighted run's 512 "
+            "candidates and per-field scores (the fields alone ranked over the same pool)*\n",
+            _table(
+                ["fusion", *cols],
+                [[label, *[cell(v, c) for c in cols]] for label, v in candidates.items()],
+            ),
+        ]
+    return out
 
 
 def section_storage(r: dict[str, Any]) -> str:

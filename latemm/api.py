@@ -103,7 +103,7 @@ def search(
     k: int = 10,
     encoder: Any = None,
     candidates: int | None = None,
-    where: str | None = None,
+    where: str | Sequence[str | None] | None = None,
     reranker: Any = None,
     rerank_depth: int = 20,
     fields: Sequence[str] | None = None,
@@ -121,7 +121,11 @@ def search(
     is searched shard by shard and merged exactly. A multi-field index (or any of
     ``fields``, ``fusion``, ``weights``, ``rescore_fields``, ``preset``, ``normalization``,
     ``rrf_k``) searches named fields
-    (``latemm.field_search``); the run then has a ``score_<field>`` column per field."""
+    (``latemm.field_search``); the run then has a ``score_<field>`` column per field.
+
+    ``where``: one SQL condition over the metadata columns for every query, or a list with one
+    per query (None: none for that query). A queries file gives per-query conditions in a
+    ``where`` column instead; ``where=`` (one string) is then joined to each by AND."""
     from latemm.fields import is_fields_index
     from latemm.retriever import Retriever
     from latemm.sharded import is_sharded, is_unfinished_build, unfinished_build_message
@@ -154,6 +158,13 @@ def search(
         rrf_k=rrf_k,
     )
     path = index.path if isinstance(index, Index) else Path(index)
+    if not isinstance(where, (str, type(None))) and isinstance(queries, (str, Path)):
+        from index_store.errors import InputError
+
+        raise InputError(
+            f"where= holds one condition per query, but the queries are {str(queries)!r}: give "
+            "one string, or put each query's condition in the queries file's 'where' column"
+        )
     if any(v is not None for v in named.values()) or is_fields_index(path):
         return _search_fields(path, queries, k, candidates, where, reranker, rerank_depth, named)
 
@@ -173,6 +184,7 @@ def search(
     if isinstance(queries, (str, Path)) and Path(queries).suffix == ".parquet":
         from latemm.pipeline import search_file
 
+        one = where if isinstance(where, str) else None  # a list with a file is refused above
         return _run_of_file(
             lambda out: search_file(
                 path,
@@ -181,7 +193,7 @@ def search(
                 encoder=encoder,
                 k=k,
                 candidates=candidates,
-                where=where,
+                where=one,
                 reranker=reranker,
                 rerank_depth=rerank_depth,
                 progress=False,
@@ -212,14 +224,14 @@ def _search_fields(
     queries: Sequence[str] | str | Path,
     k: int,
     candidates: int | None,
-    where: str | None,
+    where: Any,
     reranker: Any,
     rerank_depth: int,
     named: dict[str, Any],
 ) -> pa.Table:
     from latemm.field_search import FieldRetriever, run_schema, search_fields_file
 
-    named["fusion"] = named["fusion"] or "rrf"
+    named["fusion"] = named["fusion"] or "auto"
     for unset in [name for name in ("normalization", "rrf_k") if named[name] is None]:
         del named[unset]  # FieldRetriever's defaults
     if isinstance(queries, (str, Path)) and Path(queries).suffix == ".parquet":

@@ -518,7 +518,7 @@ def _search_fields(args: argparse.Namespace, start: float) -> int:
         progress=not args.quiet,
         columns=_columns(args, "query_id"),
         fields=[f.strip() for f in args.fields.split(",") if f.strip()] if args.fields else None,
-        fusion=args.fusion or "rrf",
+        fusion=args.fusion or "auto",
         weights=parse_weights(args.weights) if args.weights else None,
         rescore_fields=args.rescore_field,
         preset=args.preset,
@@ -1131,7 +1131,8 @@ def _search_parser(sub: Any) -> None:
         "--where",
         default=None,
         help='one SQL condition over metadata columns, e.g. "year >= 2020" (scalar functions '
-        "only: no subqueries, table functions or ';'; run without file access)",
+        "only: no subqueries, table functions or ';'; run without file access); ANDed with "
+        "each query's own condition in the queries file's 'where' column, if it has one",
     )
     p.add_argument("--encoder", default=None, help="override the index's recorded encoder")
     p.add_argument("--fields", default=None, help="named fields to search, a,b (default: all)")
@@ -1146,8 +1147,9 @@ def _search_parser(sub: Any) -> None:
     p.add_argument(
         "--fusion",
         default=None,
-        choices=["rrf", "weighted"],
-        help="how fields fuse (default rrf)",
+        choices=["auto", "rrf", "weighted"],
+        help="how fields fuse (default auto: RRF with k 10, each field weighted per query by "
+        "how far its top 10 agrees with the other fields')",
     )
     p.add_argument("--weights", default=None, help="field weights, e.g. text=0.7,bm25=0.3")
     p.add_argument(
@@ -1158,7 +1160,10 @@ def _search_parser(sub: Any) -> None:
         "candidates (default minmax)",
     )
     p.add_argument(
-        "--rrf-k", type=int, default=None, help="the k of --fusion rrf, 1/(k + rank) (default 60)"
+        "--rrf-k",
+        type=int,
+        default=None,
+        help="the k of --fusion rrf or auto, 1/(k + rank) (default 60; auto: 10)",
     )
     p.add_argument(
         "--rescore-field",

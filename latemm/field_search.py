@@ -37,8 +37,10 @@ from latemm.retriever import (
     Candidates,
     Retriever,
     SearchResult,
+    Where,
     as_query_arrays,
     bounded_scores,
+    by_scope,
     check_request,
     doc_ids_of,
     first_stage,
@@ -49,6 +51,8 @@ from latemm.retriever import (
     rerank_result,
     rescore,
     rescore_chosen,
+    scopes_of,
+    take_queries,
     top_k,
     truncate,
 )
@@ -101,12 +105,12 @@ def plan(
     manifest: FieldsManifest,
     *,
     fields: Sequence[str] | None = None,
-    fusion: str = "rrf",
+    fusion: str = "auto",
     weights: dict[str, float] | None = None,
     rescore_fields: Sequence[str] | None = None,
     preset: str | None = None,
     normalization: str = "minmax",
-    rrf_k: int = fusion_lib.RRF_K,
+    rrf_k: int | None = None,
 ) -> SearchPlan:
     """Validate a search request against the index's fields (every error names the field)."""
     if fusion not in fusion_lib.FUSIONS:
@@ -116,6 +120,8 @@ def plan(
             f"--normalization must be one of {', '.join(fusion_lib.NORMALIZATIONS)}, got "
             f"{normalization!r}"
         )
+    if rrf_k is None:
+        rrf_k = fusion_lib.AUTO_RRF_K if fusion == "auto" else fusion_lib.RRF_K
     if isinstance(rrf_k, bool) or not isinstance(rrf_k, int) or rrf_k < 1:
         raise InputError(f"--rrf-k must be a positive integer, got {rrf_k!r}")
     if rrf_k > fusion_lib.RRF_K_MAX:
@@ -199,8 +205,10 @@ def locate(index: Index, pool: np.ndarray) -> Candidates:
 
 
 def bm25_hits(full: np.ndarray, doc_ids: np.ndarray, allowed: np.ndarray | None, n: int) -> Hits:
-    """Top ``n`` of (Q, n_docs) BM25 scores, ties by doc_id, skipping disallowed documents."""
+    """Top ``n`` of (Q, n_docs) BM25 scores, ties by doc_id, skipping disallowed documents and
+    those that match no query term (score 0: BM25 retrieves nothing it did not match)."""
     scores = np.where(allowed, full, np.nan) if allowed is not None else full.astype(np.float64)
+    scores = np.where(scores > 0, scores, np.nan)
     ids = np.broadcast_to(doc_ids, full.shape)
     picks = top_k(ids, scores, min(n, doc_ids.size))
     return Hits(gather(ids, picks, fill=None), gather(scores, picks), full)
@@ -214,9 +222,11 @@ class FieldRetriever:
     index_dir
         The index folder.
     fields, fusion, weights, rescore_fields, preset, normalization, rrf_k
-        See ``plan``: default all fields, reciprocal rank fusion (``fusion="weighted"``: a
-        convex combination of min-max normalised scores, which Bruch et al. 2023 find ahead of
-        RRF; on our data the two tie), every multi-vector field rescored with exact MaxSim.
+        See ``plan``: default all fields, ``auto`` fusion (reciprocal rank fusion with k = 10,
+        each field weighted per query by its agreement with the others, ``fusion.
+        agreement_weights``; RESULTS 4b), every multi-vector field rescored with exact MaxSim.
+        ``fusion="rrf"`` is plain RRF (k = 60); ``fusion="weighted"`` a convex combination of
+        min-max normalised scores (Bruch et al. 2023).
     encoders
         name -> Encoder, overriding the recorded ones (and needed for none: precomputed fields
         take ``query_vectors``).
@@ -227,12 +237,12 @@ class FieldRetriever:
         index_dir: str | Path,
         *,
         fields: Sequence[str] | None = None,
-        fusion: str = "rrf",
+        fusion: str = "auto",
         weights: dict[str, float] | None = None,
         rescore_fields: Sequence[str] | None = None,
         preset: str | None = None,
         normalization: str = "minmax",
-        rrf_k: int = fusion_lib.RRF_K,
+        rrf_k: int | None = None,
         encoders: dict[str, Any] | None = None,
         device: str | None = None,
         nprobe: int = 32,
@@ -276,11 +286,14 @@ class FieldRetriever:
         *,
         k: int = 10,
         candidates: int | None = None,
-        where: str | None = None,
+        where: Where = None,
         query_ids: Sequence[str] | None = None,
         query_vectors: dict[str, Any] | None = None,
     ) -> SearchResult:
         """Search text or ``Page`` queries over the planned fields.
+
+        ``where``: one condition over the metadata for every query, or one per query (None:
+        none for that query), applied before the first phase.
 
         ``query_vectors``: field name -> the queries' precomputed vectors (a sequence of
         (T, d) arrays) for fields without an encoder, or to skip encoding."""
@@ -288,11 +301,21 @@ class FieldRetriever:
         depth = max(k, self.rerank_depth) if self.reranker is not None else k
         n_cand = check_request(depth, candidates)
         encoded = self._encode(list(queries), query_vectors or {})
-        allowed = self._allowed(where)
-        hits = {n: self._first_phase(n, encoded[n], n_cand, allowed[n]) for n in self.plan.fields}
-        pool, first = self._candidates(hits, n_cand)
-        exact = self._second_phases(encoded, pool, hits, depth)
-        result = self._result(ids, pool, first, exact, depth)
+        scopes = scopes_of(where, len(ids))
+        if scopes is None:
+            result = self._ranked(encoded, ids, where, n_cand, depth)  # type: ignore[arg-type]
+        else:
+            result = by_scope(
+                scopes,
+                ids,
+                lambda condition, rows: self._ranked(
+                    {n: _take(e, rows) for n, e in encoded.items()},
+                    [ids[i] for i in rows],
+                    condition,
+                    n_cand,
+                    depth,
+                ),
+            )
         if self.reranker is not None:
             top = [d for d in result.doc_ids[:, : self.rerank_depth].ravel() if d is not None]
             result = rerank_result(
@@ -304,6 +327,31 @@ class FieldRetriever:
                 fusion=self.rerank_fusion,
             )
         return truncate(result, k)
+
+    def _ranked(
+        self, encoded: dict[str, Any], ids: list[str], where: str | None, n_cand: int, depth: int
+    ) -> SearchResult:
+        """The phases for encoded queries under one condition: the fused top ``depth``."""
+        allowed = self._allowed(where)
+        hits = {n: self._first_phase(n, encoded[n], n_cand, allowed[n]) for n in self.plan.fields}
+        first_weights, weights = self._weights(hits)
+        pool, first = self._candidates(hits, n_cand, first_weights)
+        exact = self._second_phases(encoded, pool, hits, depth, weights)
+        return self._result(ids, pool, first, exact, depth, weights)
+
+    def _weights(self, hits: dict[str, Hits]) -> tuple[list[Any], list[Any]]:
+        """The first phase's and the second phase's field weights: the plan's, or under
+        ``auto`` the searched fields' times their per-query agreement (``fusion.
+        agreement_weights``, from the first-phase lists; rescore-only fields keep theirs)."""
+        first, scored = self.plan.first_weights(), list(self.plan.weights)
+        if self.plan.fusion != "auto":
+            return first, scored
+        lists = [h.doc_ids for h in hits.values()]  # bm25 lists hold matched pages only
+        n = len(self.plan.fields)
+        return (
+            fusion_lib.agreement_weights(lists, first),
+            fusion_lib.agreement_weights(lists, scored[:n]) + scored[n:],
+        )
 
     def pages(self, doc_ids: Sequence[str]) -> dict[str, Any]:
         """Text and image of each doc id, from the first field holding it."""
@@ -434,7 +482,9 @@ class FieldRetriever:
         )
         return Hits(doc_ids_of(index, cands), np.where(cands.valid, cands.scores, np.nan))
 
-    def _candidates(self, hits: dict[str, Hits], n_cand: int) -> tuple[np.ndarray, np.ndarray]:
+    def _candidates(
+        self, hits: dict[str, Hits], n_cand: int, weights: Sequence[Any]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The fused first phase's top ``n_cand``: (Q, C) doc ids and fused scores."""
         pool = union([h.doc_ids for h in hits.values()])
         # A bm25 field scored every document: a pooled one outside its top list gets its true
@@ -443,12 +493,17 @@ class FieldRetriever:
             align(pool, h.doc_ids, h.scores) if h.full is None else self._bm25_at(n, h.full, pool)
             for n, h in hits.items()
         ]
-        fused = self._fuse(scores, pool, self.plan.first_weights())
+        fused = self._fuse(list(hits), scores, pool, weights)
         picks = top_k(pool, fused, n_cand)
         return gather(pool, picks, fill=None), gather(fused, picks)
 
     def _second_phases(
-        self, encoded: dict[str, Any], pool: np.ndarray, hits: dict[str, Hits], k: int
+        self,
+        encoded: dict[str, Any],
+        pool: np.ndarray,
+        hits: dict[str, Hits],
+        k: int,
+        weights: Sequence[Any],
     ) -> dict[str, np.ndarray]:
         """Every scored field's (Q, C) scores of the candidates, exact wherever the fused top
         ``k`` depends on them.
@@ -465,7 +520,7 @@ class FieldRetriever:
         # fast pass only adds its cost (2,000 ColPali-shaped pages, C = 512: k = 10 2.7x
         # faster bounded, k = 100 1.15x slower; experiments/bench_fusion_latency).
         # A top k of every candidate shows every score: nothing to spare.
-        share = _RRF_BOUNDED_SHARE if self.plan.fusion == "rrf" else 1
+        share = _RRF_BOUNDED_SHARE if self.plan.fusion in ("rrf", "auto") else 1
         bound = share * k < pool.shape[1]
         lows, highs, work = {}, {}, {}
         for name in self.plan.scored:
@@ -485,10 +540,10 @@ class FieldRetriever:
         while work:
             low, high = fusion_lib.fuse_bounds(
                 self.plan.fusion,
-                list(lows.values()),
-                list(highs.values()),
+                self._matched(list(lows), list(lows.values())),
+                self._matched(list(highs), list(highs.values())),
                 pool,
-                self.plan.weights,
+                weights,
                 normalization=self.plan.normalization,
                 rrf_k=self.plan.rrf_k,
             )
@@ -552,10 +607,28 @@ class FieldRetriever:
             return np.full(pool.shape, np.nan)
         return np.where(cols >= 0, np.take_along_axis(full, np.maximum(cols, 0), 1), np.nan)
 
-    def _fuse(self, scores: list[np.ndarray], pool: np.ndarray, weights: Sequence[float]) -> Any:
+    def _matched(self, names: Sequence[str], scores: list[np.ndarray]) -> list[np.ndarray]:
+        """The fields' scores as rank fusion reads them: a bm25 field's score 0 (the page
+        matches no query term) is no score, so RRF gives such a page nothing from that field
+        instead of ranking the non-matches among themselves by doc_id. Score fusions read
+        0 as the lowest score it is."""
+        if self.plan.fusion not in ("rrf", "auto"):
+            return scores
+        return [
+            np.where(s > 0, s, np.nan) if self.specs[n].kind == "bm25" else s
+            for n, s in zip(names, scores, strict=True)
+        ]
+
+    def _fuse(
+        self,
+        names: Sequence[str],
+        scores: list[np.ndarray],
+        pool: np.ndarray,
+        weights: Sequence[Any],
+    ) -> Any:
         return fusion_lib.fuse(
             self.plan.fusion,
-            scores,
+            self._matched(names, scores),
             pool,
             weights,
             normalization=self.plan.normalization,
@@ -569,8 +642,9 @@ class FieldRetriever:
         first: np.ndarray,
         exact: dict[str, np.ndarray],
         k: int,
+        weights: Sequence[Any],
     ) -> SearchResult:
-        fused = self._fuse(list(exact.values()), pool, self.plan.weights)
+        fused = self._fuse(list(exact), list(exact.values()), pool, weights)
         picks = top_k(pool, fused, k)
         maxsim = (
             gather(exact[self.plan.rescore[0]], picks)
@@ -586,6 +660,14 @@ class FieldRetriever:
             None,
             {n: gather(v, picks).astype(np.float32) for n, v in exact.items()},
         )
+
+
+def _take(encoded: Any, rows: list[int]) -> Any:
+    """The encoded queries at ``rows``: texts (bm25 fields) or (flat, offsets) vectors."""
+    if isinstance(encoded, list):
+        return [encoded[i] for i in rows]
+    flat, offsets = encoded
+    return take_queries(flat, offsets, rows)
 
 
 def _texts(queries: list[Any], name: str, spec: FieldSpec) -> list[str]:
@@ -636,6 +718,7 @@ def search_fields_file(
 
     It runs the resumable loop of ``latemm.pipeline.search_file``: an interrupted search re-run
     with the same arguments (and the index unchanged) skips the queries already written."""
+    from latemm.filters import query_conditions
     from latemm.pipeline import _check_search_args, _rows_named, run_queries
 
     _check_search_args(queries, out, k=k, candidates=candidates, batch_size=batch_size)
@@ -660,7 +743,7 @@ def search_fields_file(
                 pages,
                 k=k,
                 candidates=candidates,
-                where=where,
+                where=query_conditions(batch.table, where),
                 query_ids=batch.ids,
                 query_vectors=given,
             )

@@ -79,7 +79,11 @@ def _parse(con: Any, where: str) -> dict[str, Any]:
     try:
         statements = con.extract_statements(_PREFIX + where)
     except Exception as exc:  # noqa: BLE001 - duckdb's parser errors have several types
-        raise InputError(f"--where {where!r} is not a single SQL condition ({exc}); {fix}") from exc
+        # DuckDB's parser errors span lines (the query and a caret): one line here.
+        reason = " ".join(str(exc).split())
+        raise InputError(
+            f"--where {where!r} is not a single SQL condition ({reason}); {fix}"
+        ) from exc
     if len(statements) != 1:
         raise InputError(f"--where {where!r}: only one condition is allowed (no ';'); {fix}")
     parsed = json.loads(
@@ -200,3 +204,63 @@ def filter_masks(index: Index, where: str) -> list[np.ndarray]:
         mask[np.asarray(hits["_row"])[np.asarray(hits["_segment"]) == s]] = True
         masks.append(mask & seg.live)
     return masks
+
+
+# ------------------------------------------------------------------ conditions per query
+# A queries file may carry a ``where`` column: per query, one condition of the kind ``--where``
+# takes (null: no condition of its own). It is checked on its own, then joined to ``--where`` by
+# AND, and applied before the first stage as ``--where`` is (``latemm.retriever.by_scope``).
+WHERE_COLUMN = "where"
+
+
+def check_condition(where: str) -> None:
+    """Raise ``InputError`` unless ``where`` parses as one condition on its own (its columns
+    and functions are checked against an index's metadata when it is applied)."""
+    if not isinstance(where, str) or not where.strip():
+        raise InputError(f"--where must be a non-empty SQL condition, got {where!r}")
+    con = _connect()
+    try:
+        _parse(con, where)
+    finally:
+        con.close()
+
+
+def conjoin(*conditions: str | None) -> str | None:
+    """The conditions that are not None joined by AND (each checked on its own first, so that
+    none can reach into another's parentheses); None if there are none."""
+    present = [c for c in conditions if c is not None]
+    if len(present) <= 1:
+        return present[0] if present else None
+    for condition in present:
+        check_condition(condition)
+    return " AND ".join(f"({c})" for c in present)
+
+
+def query_conditions(table: pa.Table, where: str | None) -> str | list[str | None] | None:
+    """The conditions a batch of a queries file is searched under: ``where`` alone when the
+    file has no ``where`` column, else per query its own condition AND ``where``. An error
+    names the query's position in ``table`` (``InputError.item``)."""
+    if WHERE_COLUMN not in table.column_names:
+        return where
+    column = table.column(WHERE_COLUMN)
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        if not pa.types.is_null(column.type):
+            raise InputError(
+                f"the {WHERE_COLUMN!r} column has type {column.type}; expected strings (one SQL "
+                "condition per query, e.g. \"source = 'report.pdf'\"; null for none)"
+            )
+    out: list[str | None] = []
+    checked: dict[str, str | None] = {}
+    for i, own in enumerate(column.to_pylist()):
+        if own is not None and own not in checked:
+            try:
+                checked[own] = conjoin(where, own) if where is not None else _checked(own)
+            except InputError as exc:
+                raise InputError(f"its {WHERE_COLUMN!r}: {exc}", item=i) from exc
+        out.append(where if own is None else checked[own])
+    return out
+
+
+def _checked(where: str) -> str:
+    check_condition(where)
+    return where

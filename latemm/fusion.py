@@ -8,17 +8,22 @@ the candidates' doc ids (None pads). Ranks break ties by doc_id, as every rankin
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from index_store.errors import InputError
 
-FUSIONS = ("rrf", "weighted")
+FUSIONS = ("rrf", "weighted", "auto")
 RRF_K = 60
 RRF_K_MAX = 10**9
 # Weights whose largest lies outside this range are divided by it (the ranking depends only on
 # their ratios): weights of 1e39 or 1e-300 would otherwise give scores of inf or 0 in float32.
 WEIGHT_RANGE = (1e-6, 1e6)
+# ``auto``: reciprocal rank fusion with this k (top ranks count more than under k = 60), each
+# field weighted per query by how far its top AGREEMENT_DEPTH agrees with the other fields'.
+AUTO_RRF_K = 10
+AGREEMENT_DEPTH = 10
 
 
 def ranks(scores: np.ndarray, doc_ids: np.ndarray) -> np.ndarray:
@@ -32,19 +37,51 @@ def ranks(scores: np.ndarray, doc_ids: np.ndarray) -> np.ndarray:
     return out
 
 
+def _column(weight: Any) -> Any:
+    """A field's weight as a number, or its (Q,) per-query weights as a (Q, 1) column."""
+    return np.asarray(weight, dtype=np.float64).reshape(-1, 1) if np.ndim(weight) else weight
+
+
 def rrf(
     field_scores: Sequence[np.ndarray],
     doc_ids: np.ndarray,
-    weights: Sequence[float],
+    weights: Sequence[Any],
     *,
     k: int = RRF_K,
 ) -> np.ndarray:
     """Weighted reciprocal rank fusion: ``sum_f w_f / (k + rank_f(d))`` over the fields that
-    score d; NaN for padding."""
+    score d; NaN for padding. A weight is a number or one per query, (Q,)."""
     fused = np.zeros(doc_ids.shape)
     for scores, weight in zip(field_scores, weights, strict=True):
-        fused += np.nan_to_num(weight / (k + ranks(scores, doc_ids)), nan=0.0)
+        fused += np.nan_to_num(_column(weight) / (k + ranks(scores, doc_ids)), nan=0.0)
     return np.where(doc_ids != None, fused, np.nan)  # noqa: E711
+
+
+def agreement_weights(
+    hit_lists: Sequence[np.ndarray],
+    weights: Sequence[float],
+    *,
+    depth: int = AGREEMENT_DEPTH,
+) -> list[np.ndarray]:
+    """Per field, (Q,) weights for ``auto`` fusion: ``w_f * (a_f + 1) / (depth + 1)``, where
+    ``a_f`` counts the pages of field f's top ``depth`` (``hit_lists[f]``, (Q, C) doc ids best
+    first, None pads) that some other field's top ``depth`` holds too. A field that agrees with
+    no other weighs ``1 / (depth + 1)`` of one that agrees fully; one field alone, or fields
+    that agree equally, keep their weights' ratio (so two fields fuse as plain RRF)."""
+    tops = [[{d for d in row[:depth] if d is not None} for row in hits] for hits in hit_lists]
+    out = []
+    for f, weight in enumerate(weights):
+        agree = np.array(
+            [
+                len(mine & set().union(*(tops[g][q] for g in range(len(tops)) if g != f)))
+                if len(tops) > 1
+                else depth
+                for q, mine in enumerate(tops[f])
+            ],
+            dtype=np.float64,
+        )
+        out.append(weight * (agree + 1.0) / (depth + 1.0))
+    return out
 
 
 def min_max(scores: np.ndarray) -> np.ndarray:
@@ -80,7 +117,7 @@ NORMALIZATIONS = {"minmax": min_max, "zscore": z_score}
 def weighted(
     field_scores: Sequence[np.ndarray],
     doc_ids: np.ndarray,
-    weights: Sequence[float],
+    weights: Sequence[Any],
     *,
     normalization: str = "minmax",
 ) -> np.ndarray:
@@ -94,7 +131,7 @@ def weighted(
         with np.errstate(all="ignore"):
             floor = np.nanmin(np.where(np.isnan(normed), np.inf, normed), axis=1, keepdims=True)
         floor = np.where(np.isfinite(floor), floor, 0.0)
-        fused += weight * np.where(np.isnan(normed), floor, normed)
+        fused += _column(weight) * np.where(np.isnan(normed), floor, normed)
     return np.where(doc_ids != None, fused, np.nan)  # noqa: E711
 
 
@@ -102,14 +139,14 @@ def fuse(
     method: str,
     field_scores: Sequence[np.ndarray],
     doc_ids: np.ndarray,
-    weights: Sequence[float],
+    weights: Sequence[Any],
     *,
     normalization: str = "minmax",
     rrf_k: int = RRF_K,
 ) -> np.ndarray:
     """``rrf`` (with ``rrf_k``) or ``weighted`` (with ``normalization``) fusion, (Q, U)
-    float64."""
-    if method == "rrf":
+    float64; ``auto`` is ``rrf`` whose caller passes ``agreement_weights`` and ``rrf_k``."""
+    if method in ("rrf", "auto"):
         return rrf(field_scores, doc_ids, weights, k=rrf_k)
     if method == "weighted":
         if normalization not in NORMALIZATIONS:
@@ -227,7 +264,7 @@ def fuse_bounds(
     lows: Sequence[np.ndarray],
     highs: Sequence[np.ndarray],
     doc_ids: np.ndarray,
-    weights: Sequence[float],
+    weights: Sequence[Any],
     *,
     normalization: str = "minmax",
     rrf_k: int = RRF_K,
@@ -239,16 +276,19 @@ def fuse_bounds(
     for low, high, weight in zip(lows, highs, weights, strict=True):
         field_lo, field_hi = np.zeros(doc_ids.shape), np.zeros(doc_ids.shape)
         for q in range(doc_ids.shape[0]):
-            if method == "rrf":
+            w = float(weight[q]) if np.ndim(weight) else weight
+            if method in ("rrf", "auto"):
                 cols = np.flatnonzero(~np.isnan(low[q]) & (doc_ids[q] != None))  # noqa: E711
                 best, worst = _rank_bounds(
                     low[q, cols], high[q, cols], doc_ids[q, cols].astype(str)
                 )
-                field_lo[q, cols] = weight / (rrf_k + worst)
-                field_hi[q, cols] = weight / (rrf_k + best)
+                field_lo[q, cols] = w / (rrf_k + worst)
+                field_hi[q, cols] = w / (rrf_k + best)
             else:
+                if w == 0:  # counts for nothing, however unknown its scale (0 * inf)
+                    continue
                 normed_lo, normed_hi = _normalized_bounds(low[q], high[q], normalization)
-                field_lo[q], field_hi[q] = weight * normed_lo, weight * normed_hi
+                field_lo[q], field_hi[q] = w * normed_lo, w * normed_hi
         lower += field_lo
         upper += field_hi
     padding = doc_ids == None  # noqa: E711
@@ -271,7 +311,7 @@ def entangled(
     out = unknown & unsure
     for q in np.flatnonzero((unsure & ~np.isnan(low)).any(axis=1)):
         row_unsure = np.flatnonzero(unsure[q] & ~np.isnan(low[q]))
-        if method == "rrf":
+        if method in ("rrf", "auto"):
             overlap = (low[q][None, :] <= high[q, row_unsure, None]) & (
                 high[q][None, :] >= low[q, row_unsure, None]
             )

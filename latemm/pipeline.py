@@ -679,19 +679,24 @@ def _resume_record(
 def _search_batch(
     retriever: Any, batch: Batch, queries: Path, k: int, candidates: int | None, where: str | None
 ) -> Any:
-    """The SearchResult of one batch of queries: precomputed vectors or encoded pages."""
+    """The SearchResult of one batch of queries: precomputed vectors or encoded pages, each
+    query under ``where`` AND its own ``where`` column, if the file has one."""
+    from latemm.filters import query_conditions
     from latemm.retriever import truncate
 
+    with _rows_named(batch, queries, "query_id"):
+        conditions = query_conditions(batch.table, where)
     if batch.vectors is not None:
         reranker = getattr(retriever, "reranker", None)
-        result = retriever.search_embeddings(
-            batch.vectors,
-            batch.offsets,
-            k=max(k, retriever.rerank_depth) if reranker is not None else k,
-            candidates=candidates,
-            where=where,
-            query_ids=batch.ids,
-        )
+        with _rows_named(batch, queries, "query_id"):
+            result = retriever.search_embeddings(
+                batch.vectors,
+                batch.offsets,
+                k=max(k, retriever.rerank_depth) if reranker is not None else k,
+                candidates=candidates,
+                where=conditions,
+                query_ids=batch.ids,
+            )
         if reranker is not None:
             # Precomputed query vectors: the reranker reads the queries' text/image.
             result = truncate(
@@ -711,7 +716,7 @@ def _search_batch(
             _pages(batch, queries, kind="query_id"),
             k=k,
             candidates=candidates,
-            where=where,
+            where=conditions,
             query_ids=batch.ids,
         )
 

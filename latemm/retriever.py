@@ -16,11 +16,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -111,6 +111,92 @@ class SearchResult:
                 [_nullable(v) for v in values[present]], pa.float32()
             )
         return pa.table(columns)
+
+
+# One condition for every query (a string, or None for none), or one per query (None: none).
+Where: TypeAlias = str | Sequence[str | None] | None
+
+
+def scopes_of(where: Where, n_queries: int) -> list[str | None] | None:
+    """The per-query conditions of ``where``, checked against the number of queries; None when
+    one condition (or none) applies to every query."""
+    if where is None or isinstance(where, str):
+        return None
+    conditions = list(where)
+    if len(conditions) != n_queries:
+        raise InputError(
+            f"where= holds {len(conditions)} conditions for {n_queries} queries; give one string "
+            "for every query, or one condition (or None) per query"
+        )
+    for i, condition in enumerate(conditions):
+        if condition is not None and not isinstance(condition, str):
+            raise InputError(
+                f"where= item {i} is {type(condition).__name__}; expected a SQL condition or None",
+                item=i,
+            )
+    return conditions
+
+
+def by_scope(
+    scopes: Sequence[str | None],
+    query_ids: Sequence[str],
+    search: Callable[[str | None, list[int]], SearchResult],
+) -> SearchResult:
+    """Search each group of queries that share a condition with ``search(condition, rows)``
+    (their rows, in order) and put the results back in the queries' order: each query is
+    searched exactly as it would be alone under its condition. An error of a group's condition
+    names its first query (``InputError.item``)."""
+    groups: dict[str | None, list[int]] = {}
+    for i, condition in enumerate(scopes):
+        groups.setdefault(condition, []).append(i)
+    parts = []
+    for condition, rows in groups.items():
+        try:
+            parts.append((rows, search(condition, rows)))
+        except InputError as exc:
+            if exc.item is not None or condition is None:
+                raise
+            raise InputError(str(exc), item=rows[0]) from exc
+    return stack_results(parts, list(query_ids))
+
+
+def stack_results(
+    parts: Sequence[tuple[list[int], SearchResult]], query_ids: list[str]
+) -> SearchResult:
+    """One SearchResult of several, each holding the queries at ``rows`` (padded to the widest)."""
+    width = max(result.doc_ids.shape[1] for _, result in parts)
+    shape = (len(query_ids), width)
+
+    def place(pieces: Sequence[np.ndarray], fill: Any, dtype: Any) -> np.ndarray:
+        out = np.full(shape, fill, dtype=dtype)
+        for (rows, _), values in zip(parts, pieces, strict=True):
+            out[rows, : values.shape[1]] = values
+        return out
+
+    results = [result for _, result in parts]
+    reranked = [r.rerank_scores for r in results if r.rerank_scores is not None]
+    fields = [r.field_scores for r in results if r.field_scores is not None]
+    return SearchResult(
+        query_ids,
+        place([r.doc_ids for r in results], None, object),
+        place([r.scores for r in results], np.nan, np.float32),
+        place([r.fde_scores for r in results], np.nan, np.float32),
+        place([r.maxsim_scores for r in results], np.nan, np.float32),
+        place(reranked, np.nan, np.float32) if len(reranked) == len(results) else None,
+        {name: place([f[name] for f in fields], np.nan, np.float32) for name in fields[0]}
+        if fields and len(fields) == len(results)
+        else None,
+    )
+
+
+def take_queries(
+    flat: np.ndarray, offsets: np.ndarray, rows: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The flat (N', d) vectors and (len(rows) + 1,) offsets of the queries at ``rows``."""
+    pieces = [flat[offsets[i] : offsets[i + 1]] for i in rows]
+    lengths = np.array([p.shape[0] for p in pieces], dtype=np.int64)
+    sub = np.concatenate(pieces, axis=0) if pieces else flat[:0]
+    return np.ascontiguousarray(sub), np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
 
 
 def truncate(result: SearchResult, k: int) -> SearchResult:
@@ -834,7 +920,7 @@ class Retriever:
         *,
         k: int = 10,
         candidates: int | None = None,
-        where: str | None = None,
+        where: Where = None,
         query_ids: Sequence[str] | None = None,
     ) -> SearchResult:
         """Encode queries (text or ``Page``) with the encoder, then ``search_embeddings``."""
@@ -883,7 +969,7 @@ class Retriever:
         *,
         k: int = 10,
         candidates: int | None = None,
-        where: str | None = None,
+        where: Where = None,
         query_ids: Sequence[str] | None = None,
         rescore: bool = True,
     ) -> SearchResult:
@@ -898,7 +984,8 @@ class Retriever:
         candidates
             First-stage candidates rescored with exact MaxSim (default 512, at least k).
         where
-            SQL condition over the metadata (DuckDB), applied before the first stage.
+            SQL condition over the metadata (DuckDB), applied before the first stage; or one
+            per query (None: no condition for that query).
         rescore
             False returns the FDE ranking alone.
         """
@@ -907,6 +994,21 @@ class Retriever:
         # No more results than live documents: the result arrays are (Q, k).
         k = min(k, max(1, len(self.index)))
         n_cand = check_request(k, candidates)
+        scopes = scopes_of(where, len(ids))
+        if scopes is not None:
+            return by_scope(
+                scopes,
+                ids,
+                lambda condition, rows: self.search_embeddings(
+                    *take_queries(flat, offsets, rows),
+                    k=k,
+                    candidates=candidates,
+                    where=condition,
+                    query_ids=[ids[i] for i in rows],
+                    rescore=rescore,
+                ),
+            )
+        assert where is None or isinstance(where, str)  # per-query conditions: by_scope above
         cands = self.candidates(flat, offsets, n_cand, self._allowed(where))
         exact = self._rescore(flat, offsets, cands, k) if rescore else None
         return self._assemble(ids, cands, exact, k)

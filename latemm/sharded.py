@@ -844,7 +844,7 @@ class ShardedRetriever:
         *,
         k: int = 10,
         candidates: int | None = None,
-        where: str | None = None,
+        where: Any = None,  # latemm.retriever.Where: one condition, or one per query
         query_ids: Sequence[str] | None = None,
     ) -> SearchResult:
         """Encode queries (text or ``Page``) once, then ``search_embeddings`` (and rerank the
@@ -905,7 +905,7 @@ class ShardedRetriever:
         *,
         k: int = 10,
         candidates: int | None = None,
-        where: str | None = None,
+        where: Any = None,  # latemm.retriever.Where: one condition, or one per query
         query_ids: Sequence[str] | None = None,
         rescore: bool = True,
     ) -> SearchResult:

@@ -140,7 +140,9 @@ def test_exhaustive_fused_ranking_equals_brute_force_fusion(
             {d: float(np.dot(query.sum(0), single[d][0])) for d in ids},
             _bm25_scores(ids, texts, query_texts[q]),  # pages without text are absent
         ]
-        fused = _rrf(per_field, w) if fusion == "rrf" else _weighted(per_field, w, normalization)
+        # RRF ranks only the pages a field matched: bm25's 0 is no match (#30 B10).
+        matched = [*per_field[:2], {d: s for d, s in per_field[2].items() if s > 0}]
+        fused = _rrf(matched, w) if fusion == "rrf" else _weighted(per_field, w, normalization)
         assert list(result.doc_ids[q]) == _ranked(fused)[:k]
         want = [fused[d] for d in _ranked(fused)[:k]]
         # z-scores sum to values near 0, where a relative tolerance alone means nothing.
@@ -646,6 +648,7 @@ def test_an_interrupted_field_search_resumes_only_with_the_same_arguments(
 
     write_queries("")  # the bm25 field cannot read qd: the search stops there
     args = ["search", str(idx), str(qfile), "--fields", "m,b", "--k", "4", "--quiet"]
+    args += ["--fusion", "rrf"]  # named: the default became auto (#31)
     assert main([*args, "--out", str(run), "--batch-size", "1"]) == 2
     assert "row 3, query_id 'qd': query 0 has no text; field 'b'" in capsys.readouterr().err
     parts = tmp_path / ".run.parquet.parts"
