@@ -19,8 +19,9 @@ vector's residual to its nearest centroid coded per dimension in ``2^n`` buckets
 and weights are quantiles of the sample's residuals in that dimension. A code row is the centroid
 id (3 bytes, little-endian) then the bucket indices packed ``8 / n`` per byte, the first in the
 lowest bits. Decoded: the centroid plus the bucket weights. The segment's ``codebook.npy`` holds
-the centroids, then the cutoffs, then the weights (``residual_parts``); its ``scales.npy`` holds
-each vector's reconstruction error ``||x - decode(encode(x))||_2`` (float32, rounded up), so a
+the centroids, then the cutoffs, then the weights, in float16 (``residual_parts``; residuals are
+taken from the rounded centroids, so rounding them costs no accuracy); its ``scales.npy`` holds
+each vector's reconstruction error ``||x - decode(encode(x))||_2`` (float16, rounded up), so a
 MaxSim over decoded vectors is within ``sum_i ||q_i|| * max error`` of the exact one
 (``residual_score_bound``).
 """
@@ -260,7 +261,7 @@ def decode(
 
 
 def bytes_per_vector(dtype: str, dim: int) -> int:
-    """Bytes of one vector's codes (a residual codec's recorded error, 4 more, not included)."""
+    """Bytes of one vector's codes (a residual codec's recorded error, 2 more, not included)."""
     if is_residual(dtype):
         return CENTROID_BYTES + dim * RESIDUAL_BITS[dtype] // 8
     if is_trained(dtype):
@@ -308,7 +309,7 @@ def num_centroids(num_vectors: int, num_train: int) -> int:
 
 
 def train_residual(vectors: np.ndarray, nbits: int, *, seed: int = 0) -> np.ndarray:
-    """A residual codebook for ``vectors`` (N, d): (K + 2^(n+1) - 1, d) float32, the K k-means
+    """A residual codebook for ``vectors`` (N, d): (K + 2^(n+1) - 1, d) float16, the K k-means
     centroids, then the 2^n - 1 bucket cutoffs and the 2^n bucket weights of each dimension
     (quantiles ``i / 2^n`` and ``(i + 1/2) / 2^n`` of the sample's residuals in it)."""
     import faiss
@@ -323,17 +324,20 @@ def train_residual(vectors: np.ndarray, nbits: int, *, seed: int = 0) -> np.ndar
         dim, k, niter=RESIDUAL_NITER, seed=seed, min_points_per_centroid=1, verbose=False
     )
     kmeans.train(sample)
-    centroids = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)  # (K, d)
+    # (K, d), rounded to what is stored
+    centroids = np.asarray(np.asarray(kmeans.centroids, dtype=np.float16), dtype=np.float32)
     _, assigned = kmeans.index.search(sample, 1)
     residuals = sample - centroids[assigned[:, 0]]  # (S, d)
     levels = 1 << nbits
     cutoffs = np.quantile(residuals, np.arange(1, levels) / levels, axis=0)  # (2^n - 1, d)
     weights = np.quantile(residuals, (np.arange(levels) + 0.5) / levels, axis=0)  # (2^n, d)
-    return np.concatenate([centroids, cutoffs, weights]).astype(np.float32)
+    return np.concatenate([centroids, cutoffs, weights]).astype(np.float16)
 
 
 def residual_parts(codebook: np.ndarray, nbits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(centroids (K, d), cutoffs (2^n - 1, d), weights (2^n, d)) of a residual codebook."""
+    """(centroids (K, d), cutoffs (2^n - 1, d), weights (2^n, d)) float32 of a residual codebook
+    (float16 as stored, or float32 widened from it)."""
+    codebook = np.asarray(codebook, dtype=np.float32)
     levels = 1 << nbits
     k = codebook.shape[0] - (2 * levels - 1)
     if k < 1:
@@ -368,9 +372,9 @@ def centroid_ids(codes: np.ndarray) -> np.ndarray:
 def residual_encode(
     vectors: np.ndarray, codebook: np.ndarray, nbits: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(N, d) float32 -> ((N, 3 + d * n / 8) uint8 codes, (N,) float32 reconstruction errors
-    ``||x - decode(code)||_2``, rounded up (1e-5 relative) so that they bound the float32
-    decoding's error however its norm is summed)."""
+    """(N, d) float32 -> ((N, 3 + d * n / 8) uint8 codes, (N,) float16 reconstruction errors
+    ``||x - decode(code)||_2``, rounded up (and 1e-5 relative) so that they bound the float32
+    decoding's error however its norm is summed; infinite beyond float16's range)."""
     import faiss
 
     centroids, cutoffs, weights = residual_parts(codebook, nbits)
@@ -379,7 +383,7 @@ def residual_encode(
     flat = faiss.IndexFlatL2(dim)
     flat.add(np.ascontiguousarray(centroids))
     codes = np.empty((n, CENTROID_BYTES + dim // per), dtype=np.uint8)
-    errors = np.empty(n, dtype=np.float32)
+    errors = np.empty(n, dtype=np.float16)
     shifts = (np.arange(per) * nbits).astype(np.uint8)
     for a in range(0, n, _SCALE_BLOCK_ROWS):
         x = vectors[a : a + _SCALE_BLOCK_ROWS]  # (B, d)
@@ -399,7 +403,11 @@ def residual_encode(
         # Exact in float64, then 1e-5 relative slack: a norm summed in float32 (d roundings)
         # stays below it too.
         err = np.linalg.norm((x - decoded).astype(np.float64), axis=1) * (1 + 1e-5)
-        errors[a : a + len(x)] = np.nextafter(err.astype(np.float32), np.float32(np.inf))
+        with np.errstate(over="ignore"):
+            half = err.astype(np.float16)
+        low = half.astype(np.float64) < err
+        half[low] = np.nextafter(half[low], np.float16(np.inf))
+        errors[a : a + len(x)] = half
     return codes, errors
 
 

@@ -331,10 +331,12 @@ class Segment:
         if self.codebook is not None and codecs.is_residual(self.dtype):
             nbits = codecs.RESIDUAL_BITS[self.dtype]
             if "residual" not in self._tables:  # built once per reader and segment
-                _, _, weights = codecs.residual_parts(self.codebook, nbits)
+                wide = self.codebook.astype(np.float32)
+                _, _, weights = codecs.residual_parts(wide, nbits)
                 self._tables["residual"] = codecs.residual_table(weights, nbits)
-            table = self._tables["residual"]
-            return codecs.residual_decode(codes, self.codebook, nbits, out, table=table, into=into)
+                self._tables["residual-codebook"] = wide
+            table, wide = self._tables["residual"], self._tables["residual-codebook"]
+            return codecs.residual_decode(codes, wide, nbits, out, table=table, into=into)
         if self.codebook is None:
             decoded = codecs.decode(codes, scales, self.dtype, self.config.dim, out=out)
             if into is None:
@@ -500,12 +502,13 @@ def _load_arrays(path: Path, entry: SegmentEntry, config: IndexConfig) -> dict[s
         arrays["codebook"] = _array(
             path / "codebook.npy",
             mmap=False,
-            dtype=np.dtype(np.float32),
+            dtype=np.dtype(np.float16 if codecs.is_residual(kind) else np.float32),
             ndim=2 if codecs.is_residual(kind) else 3,
         )
     if kind == "int8" or codecs.is_residual(kind):
+        scale_dtype = np.float16 if codecs.is_residual(kind) else np.float32
         arrays["scales"] = _array(
-            path / "scales.npy", mmap=True, dtype=np.dtype(np.float32), ndim=1
+            path / "scales.npy", mmap=True, dtype=np.dtype(scale_dtype), ndim=1
         )
     if kind == "float16" and entry.file(PAGE_MAX_FILE) is not None:
         arrays["page_max"] = _array(
@@ -615,7 +618,7 @@ def check_segment(root: Path, entry: SegmentEntry, config: IndexConfig) -> list[
 def _residual_problems(segment: Segment) -> list[str]:
     """``verify``'s checks of a residual segment's values (its checksums only say the files are
     those written): every centroid id names a centroid, every recorded error is a finite
-    non-negative number (the score bounds trust them)."""
+    non-negative number or infinite (the score bounds trust them)."""
     assert segment.codebook is not None and segment.scales is not None  # loaded for residual
     nbits = codecs.RESIDUAL_BITS[segment.dtype]
     centroids, _, _ = codecs.residual_parts(segment.codebook, nbits)
@@ -630,9 +633,9 @@ def _residual_problems(segment: Segment) -> list[str]:
             )
             break
     errors = np.asarray(segment.scales)
-    if not (np.isfinite(errors).all() and (errors >= 0).all()):
+    if np.isnan(errors).any() or (errors < 0).any():
         problems.append(
-            f"{segment.path / 'scales.npy'}: the recorded reconstruction errors hold NaN, "
-            "infinite or negative values; rebuild the index"
+            f"{segment.path / 'scales.npy'}: the recorded reconstruction errors hold NaN or "
+            "negative values; rebuild the index"
         )
     return problems

@@ -44,13 +44,13 @@ def test_decode_error_is_within_the_recorded_bound(dtype) -> None:
     assert cutoffs.shape == ((1 << nbits) - 1, DIM) and weights.shape == (1 << nbits, DIM)
     assert centroids.shape[0] == codecs.num_centroids(3000, 3000)
     codes, errors = codecs.encode(x, dtype, codebook)
-    assert errors is not None and errors.dtype == np.float32 and errors.shape == (3000,)
+    assert errors is not None and errors.dtype == np.float16 and errors.shape == (3000,)
     assert codes.shape == (3000, codecs.bytes_per_vector(dtype, DIM))
     decoded = codecs.decode(codes, errors, dtype, DIM, codebook)
     real64 = np.linalg.norm((x - decoded).astype(np.float64), axis=1)
     real32 = np.linalg.norm(x - decoded, axis=1)
     assert (real64 <= errors).all() and (real32 <= errors).all()
-    assert (errors <= real64 * 1.001 + 1e-6).all()  # a bound, not a loose one
+    assert (errors <= real64 * 1.002 + 1e-6).all()  # a bound, not a loose one (float16)
     # The bound shrinks with the bits: each vector is nearer its decoding than its centroid.
     base = np.linalg.norm(x - centroids[codecs.centroid_ids(codes)], axis=1)
     assert real64.mean() < base.mean()
@@ -196,19 +196,25 @@ def test_verify_refuses_negative_recorded_errors(tmp_path) -> None:
     errors[3] = -1.0
     _rewrite(path, manifest, entry, seg_dir, "scales.npy", errors)
     problems = verify(path)
-    assert len(problems) == 1 and "scales.npy: the recorded reconstruction errors" in problems[0]
+    assert (
+        len(problems) == 1
+        and "scales.npy: the recorded reconstruction errors hold NaN or negative" in problems[0]
+    )
 
 
 @pytest.mark.parametrize(
     ("array", "message"),
     [
         (
-            np.zeros((3, DIM), np.float32),
+            np.zeros((3, DIM), np.float16),
             r"codebook.npy has shape \(3, 32\), expected \(K \+ 7, 32\)",
         ),
-        (np.zeros((40, 16), np.float32), r"codebook.npy has shape \(40, 16\)"),
-        (np.full((40, DIM), np.nan, np.float32), "codebook.npy holds NaN"),
-        (np.zeros((40, DIM, 1), np.float32), "codebook.npy: 3-D float32 array, expected 2-D"),
+        (np.zeros((40, 16), np.float16), r"codebook.npy has shape \(40, 16\)"),
+        (np.full((40, DIM), np.nan, np.float16), "codebook.npy holds NaN"),
+        (
+            np.zeros((40, DIM, 1), np.float16),
+            "codebook.npy: 3-D float16 array, expected 2-D float16",
+        ),
     ],
 )
 def test_codebook_is_validated_before_use(tmp_path, array, message) -> None:
