@@ -1,7 +1,8 @@
 """The residual codecs (res1 / res2 / res4) against float16, int8, pq1 and pq2 on real vectors.
 
-Run: ``python -m experiments.residual_codec [--docs N] [--dtypes ...]``. Writes
-``results/residual_codec.json`` (``residual_codec_<N>docs.json`` with ``--docs``).
+Run: ``python -m experiments.residual_codec [--docs N] [--dtypes ...] [--sets ...]``. Writes
+``results/residual_codec.json`` (``_<N>docs`` with ``--docs``, ``_<set>`` with ``--sets``),
+rewritten after every row.
 
 Sets: Vaswani abstracts embedded token by token with the packaged MiniLM (384-d, cached by
 ``experiments.common.vaswani_minilm``; 93 queries, TREC qrels) and the real ColBERTv2 vectors of
@@ -36,6 +37,7 @@ from latemm.retriever import Retriever
 from latemm.scoring import maxsim
 
 DTYPES = ("float16", "int8", "pq1", "pq2", "res1", "res2", "res4")
+SETS = ("vaswani", "colbert")
 CODE_FILES = ("vectors.npy", "scales.npy", "codebook.npy")
 
 
@@ -43,22 +45,28 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--docs", type=int, default=None, help="first N Vaswani abstracts")
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
+    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     args = parser.parse_args(argv)
-    sets = [vaswani_set(args.docs), colbert_set()]
-    results = []
-    for data in sets:
-        rows = [measure(data, dtype) for dtype in args.dtypes]
-        results.append({k: data[k] for k in ("set", "documents", "tokens", "dim")} | {"rows": rows})
     name = "residual_codec" + (f"_{args.docs}docs" if args.docs else "")
-    path = write_result(
-        name,
-        {
-            "sets": results,
-            "fast_plaid": "not run: `pip install fast-plaid` (1.7.0.2110) would replace torch with "
-            "2.11.0 and add CUDA 13 wheels, which the house rules forbid",
-            "timings": "not reported: shared machine, 2 cores, load ~14",
-        },
-    )
+    if args.sets != list(SETS):
+        name += "_" + "_".join(args.sets)
+    results: list[dict[str, Any]] = []
+    for set_name in args.sets:
+        data = vaswani_set(args.docs) if set_name == "vaswani" else colbert_set()
+        rows: list[dict[str, Any]] = []
+        results.append({k: data[k] for k in ("set", "documents", "tokens", "dim")} | {"rows": rows})
+        for dtype in args.dtypes:
+            rows.append(measure(data, dtype))
+            # Written after every row: a long run that is stopped keeps what it measured.
+            path = write_result(
+                name,
+                {
+                    "sets": results,
+                    "fast_plaid": "not run: `pip install fast-plaid` (1.7.0.2110) would replace "
+                    "torch with 2.11.0 and add CUDA 13 wheels, which the house rules forbid",
+                    "timings": "not reported: shared machine, 2 cores, load ~14",
+                },
+            )
     print(f"wrote {path}")
 
 
