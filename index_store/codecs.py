@@ -11,6 +11,19 @@ Arrays in, arrays out. ``decode`` returns float32 (or float16 on request) whatev
 Trained codecs encode with faiss's ``ProductQuantizer`` (two 4-bit codes per byte, the lower
 sub-vector in the low nibble) and decode with one gather from a table of byte -> two
 sub-vectors (``pair_table``), which a reader builds once per segment.
+
+Residual codecs ``res1`` / ``res2`` / ``res4`` (PLAID's centroid + n-bit residual coding, at 1, 2
+or 4 bits per dimension): coarse centroids trained with faiss k-means on a sample of a segment's
+vectors (``num_centroids``: 2^12 to 2^18 by the number of vectors, capped by the sample), and each
+vector's residual to its nearest centroid coded per dimension in ``2^n`` buckets whose cutoffs
+and weights are quantiles of the sample's residuals in that dimension. A code row is the centroid
+id (3 bytes, little-endian) then the bucket indices packed ``8 / n`` per byte, the first in the
+lowest bits. Decoded: the centroid plus the bucket weights. The segment's ``codebook.npy`` holds
+the centroids, then the cutoffs, then the weights, in float16 (``residual_parts``; residuals are
+taken from the rounded centroids, so rounding them costs no accuracy); its ``scales.npy`` holds
+each vector's reconstruction error ``||x - decode(encode(x))||_2`` (float16, rounded up), so a
+MaxSim over decoded vectors is within ``sum_i ||q_i|| * max error`` of the exact one
+(``residual_score_bound``).
 """
 
 from __future__ import annotations
@@ -20,9 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from index_store.errors import InputError
+from index_store.errors import IndexCorruptError, InputError
 
-DTYPES = ("float16", "float32", "int8", "binary", "pq1", "pq2")
+DTYPES = ("float16", "float32", "int8", "binary", "pq1", "pq2", "res1", "res2", "res4")
 # Rows per block when int8 codes are scaled: 16,384 x 128 values stay in the cache.
 _SCALE_BLOCK_ROWS = 16384
 # Trained codecs: dimensions per sub-vector (4-bit codes, 16 centroids per sub-vector).
@@ -32,6 +45,15 @@ KSUB = 16
 # per centroid); training uses at most TRAIN_SAMPLE of them, picked with a fixed seed.
 MIN_TRAIN = 64 * KSUB
 TRAIN_SAMPLE = 32 * 1024
+# Residual codecs: bits per dimension; coarse centroids per segment (PLAID's 2^floor(log2(16
+# sqrt(N))), within these limits, and at most one per RESIDUAL_POINTS_PER_CENTROID sampled
+# vectors); k-means on at most RESIDUAL_TRAIN_SAMPLE vectors, RESIDUAL_NITER iterations (PLAID: 4).
+RESIDUAL_BITS = {"res1": 1, "res2": 2, "res4": 4}
+MIN_CENTROIDS, MAX_CENTROIDS = 1 << 12, 1 << 18
+RESIDUAL_POINTS_PER_CENTROID = 16
+RESIDUAL_TRAIN_SAMPLE = 1 << 17
+RESIDUAL_NITER = 4
+CENTROID_BYTES = 3  # centroid ids of up to 2^24 centroids, little-endian, before the residual
 
 
 def check_dtype(dtype: str) -> str:
@@ -42,11 +64,25 @@ def check_dtype(dtype: str) -> str:
 
 def is_trained(dtype: str) -> bool:
     """Whether ``dtype`` needs a codebook trained per segment."""
-    return dtype in PQ_SUBDIM
+    return dtype in PQ_SUBDIM or dtype in RESIDUAL_BITS
+
+
+def is_residual(dtype: str) -> bool:
+    """Whether ``dtype`` is a centroid + n-bit residual codec."""
+    return dtype in RESIDUAL_BITS
 
 
 def check_dim(dtype: str, dim: int) -> None:
-    """Refuse a dimension a trained codec cannot split into pairs of sub-vectors."""
+    """Refuse a dimension a trained codec cannot split into pairs of sub-vectors (or, for a
+    residual codec, whose bucket indices do not fill whole bytes)."""
+    if is_residual(dtype):
+        per_byte = 8 // RESIDUAL_BITS[dtype]
+        if dim % per_byte:
+            raise InputError(
+                f"storage dtype {dtype!r} packs {per_byte} dimensions per byte, so dim must be a "
+                f"multiple of {per_byte}; got dim={dim}. Use float16 or int8 for this dimension"
+            )
+        return
     if is_trained(dtype) and dim % (2 * PQ_SUBDIM[dtype]):
         raise InputError(
             f"storage dtype {dtype!r} splits vectors into sub-vectors of {PQ_SUBDIM[dtype]} "
@@ -74,6 +110,8 @@ def train(vectors: np.ndarray, dtype: str, *, seed: int = 0) -> np.ndarray:
     n, dim = vectors.shape
     if n < MIN_TRAIN:
         raise InputError(f"{dtype} needs at least {MIN_TRAIN} vectors to train, got {n}")
+    if is_residual(dtype):
+        return train_residual(vectors, RESIDUAL_BITS[dtype], seed=seed)
     if n > TRAIN_SAMPLE:
         rows = np.sort(np.random.default_rng(seed).choice(n, TRAIN_SAMPLE, replace=False))
         vectors = vectors[rows]
@@ -150,6 +188,8 @@ def encode(
         if codebook is None:
             raise InputError(f"{dtype} codes need the segment's codebook")
         x = np.ascontiguousarray(vectors, dtype=np.float32)
+        if is_residual(dtype):
+            return residual_encode(x, codebook, RESIDUAL_BITS[dtype])
         return _quantizer(codebook).compute_codes(x), None
     raise InputError(f"unknown storage dtype {dtype!r}")
 
@@ -206,6 +246,8 @@ def decode(
         if codebook is None:
             raise InputError(f"{dtype} codes need the segment's codebook")
         dtype_out = np.float16 if half else np.float32
+        if is_residual(dtype):
+            return residual_decode(codes, codebook, RESIDUAL_BITS[dtype], dtype_out)
         return pq_decode(codes, pair_table(codebook, dtype_out), dtype_out)
     if dtype == "int8":
         assert scales is not None
@@ -219,6 +261,9 @@ def decode(
 
 
 def bytes_per_vector(dtype: str, dim: int) -> int:
+    """Bytes of one vector's codes (a residual codec's recorded error, 2 more, not included)."""
+    if is_residual(dtype):
+        return CENTROID_BYTES + dim * RESIDUAL_BITS[dtype] // 8
     if is_trained(dtype):
         return dim // PQ_SUBDIM[dtype] // 2
     return {"float32": 4 * dim, "float16": 2 * dim, "int8": dim + 4, "binary": (dim + 7) // 8}[
@@ -252,3 +297,159 @@ def page_magnitudes(vectors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     positive = np.maximum.reduceat(flat.view(np.int16), starts).astype(np.int32)
     negative = np.maximum.reduceat(flat.view(np.uint16), starts).astype(np.int32) - 0x8000
     return np.maximum(np.maximum(positive, negative), 0).astype(np.uint16).view(np.float16)
+
+
+def num_centroids(num_vectors: int, num_train: int) -> int:
+    """Coarse centroids of a residual codec for ``num_vectors`` vectors trained on ``num_train``:
+    PLAID's ``2^floor(log2(16 sqrt(N)))`` within ``MIN_CENTROIDS``..``MAX_CENTROIDS``, and at
+    most one per ``RESIDUAL_POINTS_PER_CENTROID`` training vectors."""
+    target = 1 << int(np.floor(np.log2(16.0 * np.sqrt(max(num_vectors, 1)))))
+    k = min(max(target, MIN_CENTROIDS), MAX_CENTROIDS)
+    return max(1, min(k, num_train // RESIDUAL_POINTS_PER_CENTROID))
+
+
+def train_residual(vectors: np.ndarray, nbits: int, *, seed: int = 0) -> np.ndarray:
+    """A residual codebook for ``vectors`` (N, d): (K + 2^(n+1) - 1, d) float16, the K k-means
+    centroids, then the 2^n - 1 bucket cutoffs and the 2^n bucket weights of each dimension
+    (quantiles ``i / 2^n`` and ``(i + 1/2) / 2^n`` of the sample's residuals in it)."""
+    import faiss
+
+    n, dim = vectors.shape
+    if n > RESIDUAL_TRAIN_SAMPLE:
+        rng = np.random.default_rng(seed)
+        vectors = vectors[np.sort(rng.choice(n, RESIDUAL_TRAIN_SAMPLE, replace=False))]
+    sample = np.ascontiguousarray(vectors, dtype=np.float32)  # (S, d)
+    k = num_centroids(n, sample.shape[0])
+    kmeans = faiss.Kmeans(
+        dim, k, niter=RESIDUAL_NITER, seed=seed, min_points_per_centroid=1, verbose=False
+    )
+    kmeans.train(sample)
+    # (K, d), rounded to what is stored
+    centroids = np.asarray(np.asarray(kmeans.centroids, dtype=np.float16), dtype=np.float32)
+    _, assigned = kmeans.index.search(sample, 1)
+    residuals = sample - centroids[assigned[:, 0]]  # (S, d)
+    levels = 1 << nbits
+    cutoffs = np.quantile(residuals, np.arange(1, levels) / levels, axis=0)  # (2^n - 1, d)
+    weights = np.quantile(residuals, (np.arange(levels) + 0.5) / levels, axis=0)  # (2^n, d)
+    return np.concatenate([centroids, cutoffs, weights]).astype(np.float16)
+
+
+def residual_parts(codebook: np.ndarray, nbits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(centroids (K, d), cutoffs (2^n - 1, d), weights (2^n, d)) float32 of a residual codebook
+    (float16 as stored, or float32 widened from it)."""
+    codebook = np.asarray(codebook, dtype=np.float32)
+    levels = 1 << nbits
+    k = codebook.shape[0] - (2 * levels - 1)
+    if k < 1:
+        raise IndexCorruptError(
+            f"a {nbits}-bit residual codebook has K centroid rows then {2 * levels - 1} bucket "
+            f"rows; this one has only {codebook.shape[0]} rows"
+        )
+    return codebook[:k], codebook[k : k + levels - 1], codebook[k + levels - 1 :]
+
+
+def residual_table(
+    weights: np.ndarray, nbits: int, dtype: np.dtype | type = np.float32
+) -> np.ndarray:
+    """Decoding table of the packed residuals, (d * n / 8 * 256,) records of ``8 / n`` values:
+    record ``256 * j + byte`` holds the weights of the dimensions byte ``j`` codes."""
+    levels, dim = weights.shape
+    per = 8 // nbits
+    width = dim // per
+    byte = np.arange(256)[:, None]
+    codes = (byte >> (np.arange(per) * nbits)[None, :]) & (levels - 1)  # (256, per)
+    w = weights.reshape(levels, width, per)
+    table = w[codes[None, :, :], np.arange(width)[:, None, None], np.arange(per)[None, None, :]]
+    table = np.ascontiguousarray(table, dtype=dtype)  # (width, 256, per)
+    return table.reshape(width * 256, per).view(np.dtype((np.void, per * table.itemsize))).ravel()
+
+
+def centroid_ids(codes: np.ndarray) -> np.ndarray:
+    c = np.asarray(codes[:, :CENTROID_BYTES], dtype=np.int64)
+    return c[:, 0] | (c[:, 1] << 8) | (c[:, 2] << 16)
+
+
+def residual_encode(
+    vectors: np.ndarray, codebook: np.ndarray, nbits: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N, d) float32 -> ((N, 3 + d * n / 8) uint8 codes, (N,) float16 reconstruction errors
+    ``||x - decode(code)||_2``, rounded up (and 1e-5 relative) so that they bound the float32
+    decoding's error however its norm is summed; infinite beyond float16's range)."""
+    import faiss
+
+    centroids, cutoffs, weights = residual_parts(codebook, nbits)
+    n, dim = vectors.shape
+    per = 8 // nbits
+    flat = faiss.IndexFlatL2(dim)
+    flat.add(np.ascontiguousarray(centroids))
+    codes = np.empty((n, CENTROID_BYTES + dim // per), dtype=np.uint8)
+    errors = np.empty(n, dtype=np.float16)
+    shifts = (np.arange(per) * nbits).astype(np.uint8)
+    for a in range(0, n, _SCALE_BLOCK_ROWS):
+        x = vectors[a : a + _SCALE_BLOCK_ROWS]  # (B, d)
+        _, nearest = flat.search(x, 1)
+        ids = nearest[:, 0]
+        base = centroids[ids]  # (B, d)
+        residual = x - base
+        buckets = np.zeros(x.shape, dtype=np.uint8)
+        for cutoff in cutoffs:  # bucket = how many cutoffs the value exceeds
+            buckets += residual > cutoff
+        packed = (buckets.reshape(len(x), -1, per) << shifts).sum(axis=2, dtype=np.uint8)
+        codes[a : a + len(x), :CENTROID_BYTES] = (
+            ids.astype("<u4").view(np.uint8).reshape(-1, 4)[:, :CENTROID_BYTES]
+        )
+        codes[a : a + len(x), CENTROID_BYTES:] = packed
+        decoded = base + weights[buckets, np.arange(dim)]  # what residual_decode gives
+        # Exact in float64, then 1e-5 relative slack: a norm summed in float32 (d roundings)
+        # stays below it too.
+        err = np.linalg.norm((x - decoded).astype(np.float64), axis=1) * (1 + 1e-5)
+        with np.errstate(over="ignore"):
+            half = err.astype(np.float16)
+        low = half.astype(np.float64) < err
+        half[low] = np.nextafter(half[low], np.float16(np.inf))
+        errors[a : a + len(x)] = half
+    return codes, errors
+
+
+def residual_decode(
+    codes: np.ndarray,
+    codebook: np.ndarray,
+    nbits: int,
+    dtype: np.dtype | type = np.float32,
+    *,
+    table: np.ndarray | None = None,
+    into: np.ndarray | None = None,
+) -> np.ndarray:
+    """(n, 3 + d * n / 8) uint8 residual codes -> (n, d) ``dtype``: centroid + bucket weights,
+    summed in float32 and rounded once. ``table``: ``residual_table`` of the codebook's weights
+    (float32), built here when absent; ``into``: (n, d) C-contiguous output of ``dtype``."""
+    centroids, _, weights = residual_parts(codebook, nbits)
+    n = codes.shape[0]
+    dim = centroids.shape[1]
+    ids = centroid_ids(codes)
+    if n and int(ids.max()) >= centroids.shape[0]:
+        row = int(np.argmax(ids >= centroids.shape[0]))
+        raise IndexCorruptError(
+            f"residual code {row} names centroid {int(ids[row])} of {centroids.shape[0]}; the "
+            "vectors do not belong to this codebook. Restore the segment or rebuild the index"
+        )
+    if table is None:
+        table = residual_table(weights, nbits)
+    packed = np.asarray(codes[:, CENTROID_BYTES:])
+    index = packed.astype(np.intp)
+    index += np.arange(packed.shape[1], dtype=np.intp) * 256
+    decoded = np.take(table, index).view(np.float32).reshape(n, dim)  # (n, d) residuals
+    decoded += centroids[ids]
+    if into is not None:
+        into[...] = decoded
+        return into
+    return decoded if np.dtype(dtype) == np.float32 else decoded.astype(dtype)
+
+
+def residual_score_bound(query_vectors: np.ndarray, errors: np.ndarray) -> float:
+    """How far one query's MaxSim over a document's decoded vectors may be from the MaxSim
+    over the vectors encoded: ``sum_i ||q_i|| * max_t error_t`` for the query's (T, d) vectors
+    and the document's (N,) recorded errors (each max over tokens moves by at most the largest
+    ``|q . (x - x')| <= ||q|| ||x - x'||``)."""
+    norms = np.linalg.norm(np.asarray(query_vectors, dtype=np.float64), axis=1)
+    return float(norms.sum() * float(np.max(errors)))

@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from index_store.codecs import is_trained, storage_dtype
+from index_store.codecs import is_residual, is_trained, storage_dtype
 from index_store.config import IndexConfig
 from index_store.errors import IndexCorruptError, IndexFormatError, InputError
 from index_store.fsio import read_json_object, write_json_atomic
@@ -217,7 +217,7 @@ class SegmentEntry:
         # The first stage: a faiss index of its own, or codes under the index's codebook.
         first = "fde-codes.npy" if "fde-codes.npy" in have else "fde.faiss"
         needed = {first, "meta.parquet", "offsets.npy", "vectors.npy"}
-        needed |= {"scales.npy"} if kind == "int8" else set()
+        needed |= {"scales.npy"} if kind == "int8" or is_residual(kind) else set()
         needed |= {"codebook.npy"} if is_trained(kind) else set()
         # A float16 segment stores its page magnitudes since format version 3.
         needed |= {PAGE_MAX_FILE} if kind == "float16" and PAGE_MAX_FILE in have else set()

@@ -11,7 +11,9 @@ segment is compacted, so they are not kept twice) or, under the index's codebook
 ``page-max.npy`` (n,) float16 each document's largest stored magnitude for float16 storage (the
 fast rescoring pass's error bound needs it; segments written before it existed lack it and
 the pass reads it from the vectors), ``refine-vectors.npy`` (N, d) and for int8
-``refine-scales.npy`` (N,): the refine copy beside compact codes (``IndexConfig.refine``), and
+``refine-scales.npy`` (N,): the refine copy beside compact codes (``IndexConfig.refine``); for
+a residual codec (``codecs.RESIDUAL_BITS``) ``codebook.npy`` holds the segment's centroids and
+bucket cutoffs and weights, and ``scales.npy`` each vector's recorded reconstruction error; and
 ``meta.parquet`` with
 ``doc_id``, the page content and every metadata column. Deletions live in separate
 ``deleted-g<generation>.npy`` bitmaps, so a committed file is never modified.
@@ -326,6 +328,15 @@ class Segment:
     ) -> np.ndarray:
         """Codes of some of this segment's vectors -> (n, d) ``out`` (float32 or float16),
         written into ``into`` ((n, d) C-contiguous of that dtype) when given."""
+        if self.codebook is not None and codecs.is_residual(self.dtype):
+            nbits = codecs.RESIDUAL_BITS[self.dtype]
+            if "residual" not in self._tables:  # built once per reader and segment
+                wide = self.codebook.astype(np.float32)
+                _, _, weights = codecs.residual_parts(wide, nbits)
+                self._tables["residual"] = codecs.residual_table(weights, nbits)
+                self._tables["residual-codebook"] = wide
+            table, wide = self._tables["residual"], self._tables["residual-codebook"]
+            return codecs.residual_decode(codes, wide, nbits, out, table=table, into=into)
         if self.codebook is None:
             decoded = codecs.decode(codes, scales, self.dtype, self.config.dim, out=out)
             if into is None:
@@ -457,6 +468,18 @@ def _check_arrays(
 
 
 def _codebook_problems(codebook: np.ndarray, kind: str, dim: int) -> list[str]:
+    if codecs.is_residual(kind):
+        bucket_rows = (2 << codecs.RESIDUAL_BITS[kind]) - 1
+        if codebook.shape[1] != dim or not (
+            1 <= codebook.shape[0] - bucket_rows <= codecs.MAX_CENTROIDS
+        ):
+            return [
+                f"codebook.npy has shape {codebook.shape}, expected (K + {bucket_rows}, {dim}) "
+                f"with 1 <= K <= {codecs.MAX_CENTROIDS} for {kind} codes of dimension {dim}"
+            ]
+        if not np.isfinite(codebook).all():
+            return ["codebook.npy holds NaN or infinite values"]
+        return []
     shape = codecs.codebook_shape(kind, dim)
     if codebook.shape != shape:
         return [
@@ -477,11 +500,15 @@ def _load_arrays(path: Path, entry: SegmentEntry, config: IndexConfig) -> dict[s
     }
     if codecs.is_trained(kind):
         arrays["codebook"] = _array(
-            path / "codebook.npy", mmap=False, dtype=np.dtype(np.float32), ndim=3
+            path / "codebook.npy",
+            mmap=False,
+            dtype=np.dtype(np.float16 if codecs.is_residual(kind) else np.float32),
+            ndim=2 if codecs.is_residual(kind) else 3,
         )
-    if kind == "int8":
+    if kind == "int8" or codecs.is_residual(kind):
+        scale_dtype = np.float16 if codecs.is_residual(kind) else np.float32
         arrays["scales"] = _array(
-            path / "scales.npy", mmap=True, dtype=np.dtype(np.float32), ndim=1
+            path / "scales.npy", mmap=True, dtype=np.dtype(scale_dtype), ndim=1
         )
     if kind == "float16" and entry.file(PAGE_MAX_FILE) is not None:
         arrays["page_max"] = _array(
@@ -573,6 +600,10 @@ def check_segment(root: Path, entry: SegmentEntry, config: IndexConfig) -> list[
         segment.check_faiss_header()
     except IndexCorruptError as exc:
         return [str(exc)]
+    if codecs.is_residual(segment.dtype):
+        problems = _residual_problems(segment)
+        if problems:
+            return problems
     if segment.page_max is not None:
         # Its checksum only says it is the file written: the rescoring's bounds trust its values.
         truth = codecs.page_magnitudes(segment.vectors, segment.offsets)
@@ -582,3 +613,29 @@ def check_segment(root: Path, entry: SegmentEntry, config: IndexConfig) -> list[
                 "vectors; rebuild the index (or remove the file and its manifest entry)"
             ]
     return []
+
+
+def _residual_problems(segment: Segment) -> list[str]:
+    """``verify``'s checks of a residual segment's values (its checksums only say the files are
+    those written): every centroid id names a centroid, every recorded error is a finite
+    non-negative number or infinite (the score bounds trust them)."""
+    assert segment.codebook is not None and segment.scales is not None  # loaded for residual
+    nbits = codecs.RESIDUAL_BITS[segment.dtype]
+    centroids, _, _ = codecs.residual_parts(segment.codebook, nbits)
+    problems = []
+    for a in range(0, segment.vectors.shape[0], 1 << 20):
+        ids = codecs.centroid_ids(segment.vectors[a : a + (1 << 20)])
+        if ids.size and int(ids.max()) >= centroids.shape[0]:
+            row = a + int(np.argmax(ids >= centroids.shape[0]))
+            problems.append(
+                f"{segment.path / 'vectors.npy'}: row {row} names centroid {int(ids[row - a])} "
+                f"of {centroids.shape[0]}; rebuild the index"
+            )
+            break
+    errors = np.asarray(segment.scales)
+    if np.isnan(errors).any() or (errors < 0).any():
+        problems.append(
+            f"{segment.path / 'scales.npy'}: the recorded reconstruction errors hold NaN or "
+            "negative values; rebuild the index"
+        )
+    return problems

@@ -1,0 +1,259 @@
+"""Residual codecs (res1 / res2 / res4) against oracles: the recorded reconstruction error bounds
+the real one, search equals brute force over the decoded vectors, and an index of them survives
+close / open, compaction, ``verify`` and a failed write."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from index_store import Index, IndexConfig, IndexCorruptError, InputError, codecs, create, verify
+from index_store import segment as segment_module
+from index_store.fsio import sha256_file
+from index_store.store import IndexWriter
+from latemm.retriever import Retriever
+from latemm.scoring import maxsim
+
+DIM = 32
+RESIDUAL = ("res1", "res2", "res4")
+
+
+def _clustered(seed: int, n: int, clusters: int = 60) -> np.ndarray:
+    """(n, DIM) float32 token-like vectors: cluster centres plus small noise."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, DIM)).astype(np.float32)
+    noise = 0.2 * rng.standard_normal((n, DIM)).astype(np.float32)
+    return centres[rng.integers(0, clusters, n)] + noise
+
+
+def _docs(seed: int, n: int, low: int = 8, high: int = 20) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed + 1000)
+    lengths = rng.integers(low, high, n)
+    flat = _clustered(seed, int(lengths.sum()))
+    return np.split(flat, np.cumsum(lengths)[:-1])
+
+
+@pytest.mark.parametrize("dtype", RESIDUAL)
+def test_decode_error_is_within_the_recorded_bound(dtype) -> None:
+    x = _clustered(0, 3000)
+    codebook = codecs.train(x, dtype)
+    nbits = codecs.RESIDUAL_BITS[dtype]
+    centroids, cutoffs, weights = codecs.residual_parts(codebook, nbits)
+    assert cutoffs.shape == ((1 << nbits) - 1, DIM) and weights.shape == (1 << nbits, DIM)
+    assert centroids.shape[0] == codecs.num_centroids(3000, 3000)
+    codes, errors = codecs.encode(x, dtype, codebook)
+    assert errors is not None and errors.dtype == np.float16 and errors.shape == (3000,)
+    assert codes.shape == (3000, codecs.bytes_per_vector(dtype, DIM))
+    decoded = codecs.decode(codes, errors, dtype, DIM, codebook)
+    real64 = np.linalg.norm((x - decoded).astype(np.float64), axis=1)
+    real32 = np.linalg.norm(x - decoded, axis=1)
+    assert (real64 <= errors).all() and (real32 <= errors).all()
+    assert (errors <= real64 * 1.002 + 1e-6).all()  # a bound, not a loose one (float16)
+    # The bound shrinks with the bits: each vector is nearer its decoding than its centroid.
+    base = np.linalg.norm(x - centroids[codecs.centroid_ids(codes)], axis=1)
+    assert real64.mean() < base.mean()
+    # Each vector's centroid is its nearest (ties aside), found by brute force.
+    d2 = ((x[:, None, :] - centroids[None]) ** 2).sum(-1)
+    assert np.mean(codecs.centroid_ids(codes) == d2.argmin(1)) > 0.999
+    half = codecs.decode(codes, errors, dtype, DIM, codebook, out=np.float16)
+    np.testing.assert_array_equal(half, decoded.astype(np.float16))
+
+
+def test_more_bits_reconstruct_better() -> None:
+    x = _clustered(1, 4000)
+    mean_error = {}
+    for dtype in RESIDUAL:
+        codebook = codecs.train(x, dtype)
+        codes, _ = codecs.encode(x, dtype, codebook)
+        decoded = codecs.decode(codes, None, dtype, DIM, codebook)
+        mean_error[dtype] = float(np.linalg.norm(x - decoded, axis=1).mean())
+    assert mean_error["res4"] < mean_error["res2"] < mean_error["res1"]
+
+
+def test_score_bound_holds_for_maxsim() -> None:
+    docs = _docs(2, 150)
+    x = np.concatenate(docs)
+    offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs])])
+    codebook = codecs.train(x, "res2")
+    codes, errors = codecs.encode(x, "res2", codebook)
+    decoded = codecs.decode(codes, errors, "res2", DIM, codebook)
+    queries = _docs(3, 5, 3, 6)
+    q_offsets = np.concatenate([[0], np.cumsum([len(q) for q in queries])])
+    flat_q = np.concatenate(queries)
+    exact = maxsim(flat_q, q_offsets, x, offsets)
+    coded = maxsim(flat_q, q_offsets, decoded, offsets)
+    for qi, q in enumerate(queries):
+        for d in range(len(docs)):
+            bound = codecs.residual_score_bound(q, errors[offsets[d] : offsets[d + 1]])
+            assert abs(float(exact[qi, d]) - float(coded[qi, d])) <= bound * (1 + 1e-5) + 1e-5
+
+
+def test_centroid_count_follows_corpus_size_within_limits() -> None:
+    assert codecs.num_centroids(10**6, 10**7) == 1 << 13  # 16 sqrt(N) = 16,000
+    assert codecs.num_centroids(100, 10**7) == codecs.MIN_CENTROIDS
+    assert codecs.num_centroids(10**12, 10**12) == codecs.MAX_CENTROIDS
+    assert codecs.num_centroids(10**6, 1600) == 1600 // codecs.RESIDUAL_POINTS_PER_CENTROID
+
+
+def test_dimension_that_does_not_fill_bytes_is_refused() -> None:
+    with pytest.raises(InputError, match="packs 8 dimensions per byte, so dim must be a multiple"):
+        IndexConfig(dim=12, dtype="res1")
+    assert IndexConfig(dim=12, dtype="res2").dtype == "res2"
+    assert IndexConfig(dim=12, dtype="res4").dtype == "res4"
+
+
+def _build(path, dtype: str) -> dict[str, np.ndarray]:
+    """A small segment (stored float16), a large one (residual), deletions."""
+    small, large = _docs(4, 5), _docs(5, 150)
+    live = {f"s{i}": v for i, v in enumerate(small)} | {f"l{i}": v for i, v in enumerate(large)}
+    with create(path, IndexConfig(dim=DIM, dtype=dtype)) as writer:
+        writer.add([f"s{i}" for i in range(5)], small)
+        writer.commit()
+        writer.add([f"l{i}" for i in range(150)], large)
+        writer.commit()
+        writer.delete(["s1", "l7"])
+        writer.commit()
+    del live["s1"], live["l7"]
+    return live
+
+
+def _brute_force(index: Index, queries: list[np.ndarray], k: int) -> list[list[str]]:
+    ids = sorted(index.doc_ids())
+    decoded = [index.get(i).vectors for i in ids]
+    offsets = np.concatenate([[0], np.cumsum([len(v) for v in decoded])])
+    q_off = np.concatenate([[0], np.cumsum([len(q) for q in queries])])
+    scores = maxsim(np.concatenate(queries), q_off, np.concatenate(decoded), offsets)
+    return [[ids[j] for j in np.lexsort((np.array(ids), -row))[:k]] for row in scores]
+
+
+@pytest.mark.parametrize("dtype", RESIDUAL)
+def test_index_round_trips_and_search_equals_brute_force_over_decoded(tmp_path, dtype) -> None:
+    path = tmp_path / "idx"
+    live = _build(path, dtype)
+    queries = _docs(6, 4, 2, 5)
+    for _ in ("segments", "compacted"):
+        index = Index.open(path)
+        assert [s.dtype for s in index.segments][-1] == dtype
+        assert sorted(index.doc_ids()) == sorted(live)
+        assert verify(path) == []
+        seg = index.segments[-1]
+        assert seg.scales is not None and seg.codebook is not None
+        # get() returns the decoding of the stored codes, within each token's recorded error
+        doc = next(d for d in live if d.startswith("l"))
+        got = index.get(doc).vectors
+        assert got.shape == live[doc].shape
+        real = np.linalg.norm(got.astype(np.float64) - live[doc], axis=1)
+        if seg.dtype == dtype and _ == "segments":
+            row = int(np.flatnonzero(seg.doc_ids == doc)[0])
+            errs = seg.scales[seg.offsets[row] : seg.offsets[row + 1]]
+            assert (real <= errs).all()
+        result = Retriever(index).search_embeddings(queries, k=10, candidates=len(live))
+        assert [list(r) for r in result.doc_ids] == _brute_force(index, queries, 10)
+        with IndexWriter(path) as writer:
+            writer.compact()
+    assert len(Index.open(path).segments) == 1
+    assert verify(path) == []
+
+
+def _residual_segment(path):
+    manifest = json.loads((path / "manifest.json").read_text())
+    entry = next(s for s in manifest["segments"] if s.get("dtype") is None)
+    return manifest, entry, path / "segments" / entry["name"]
+
+
+def _rewrite(path, manifest, entry, seg_dir, name: str, array: np.ndarray) -> None:
+    """Replace a segment file and make the manifest vouch for it (size and checksum), so that
+    only the value checks can catch it."""
+    np.save(seg_dir / name, array)
+    entry["files"][name] = {
+        "size": (seg_dir / name).stat().st_size,
+        "sha256": sha256_file(seg_dir / name),
+    }
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_verify_and_decode_refuse_a_centroid_id_out_of_range(tmp_path) -> None:
+    path = tmp_path / "idx"
+    _build(path, "res2")
+    manifest, entry, seg_dir = _residual_segment(path)
+    codes = np.load(seg_dir / "vectors.npy")
+    codes[5, :3] = 255  # centroid 2^24 - 1
+    _rewrite(path, manifest, entry, seg_dir, "vectors.npy", codes)
+    problems = verify(path)
+    assert len(problems) == 1 and "row 5 names centroid 16777215" in problems[0]
+    index = Index.open(path)
+    with pytest.raises(IndexCorruptError, match="names centroid 16777215"):
+        Retriever(index).search_embeddings(_docs(7, 1, 2, 3), k=10, candidates=200)
+
+
+def test_verify_refuses_negative_recorded_errors(tmp_path) -> None:
+    path = tmp_path / "idx"
+    _build(path, "res4")
+    manifest, entry, seg_dir = _residual_segment(path)
+    errors = np.load(seg_dir / "scales.npy")
+    errors[3] = -1.0
+    _rewrite(path, manifest, entry, seg_dir, "scales.npy", errors)
+    problems = verify(path)
+    assert (
+        len(problems) == 1
+        and "scales.npy: the recorded reconstruction errors hold NaN or negative" in problems[0]
+    )
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (
+            np.zeros((3, DIM), np.float16),
+            r"codebook.npy has shape \(3, 32\), expected \(K \+ 7, 32\)",
+        ),
+        (np.zeros((40, 16), np.float16), r"codebook.npy has shape \(40, 16\)"),
+        (np.full((40, DIM), np.nan, np.float16), "codebook.npy holds NaN"),
+        (
+            np.zeros((40, DIM, 1), np.float16),
+            "codebook.npy: 3-D float16 array, expected 2-D float16",
+        ),
+    ],
+)
+def test_codebook_is_validated_before_use(tmp_path, array, message) -> None:
+    path = tmp_path / "idx"
+    _build(path, "res2")
+    _, _, seg_dir = _residual_segment(path)
+    np.save(seg_dir / "codebook.npy", array)
+    with pytest.raises(IndexCorruptError, match=message):
+        Index.open(path, verify="none")
+
+
+def test_manifest_must_list_the_recorded_errors(tmp_path) -> None:
+    path = tmp_path / "idx"
+    _build(path, "res2")
+    manifest, entry, _ = _residual_segment(path)
+    del entry["files"]["scales.npy"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexCorruptError, match="a res2 segment has exactly"):
+        Index.open(path)
+
+
+def test_failed_write_of_a_residual_segment_changes_nothing(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "idx"
+    live = _build(path, "res2")
+    before = (path / "manifest.json").read_bytes()
+    real_save = segment_module.save_npy
+
+    def failing(fpath, array):
+        if fpath.name == "codebook.npy":
+            raise OSError(28, "No space left on device")
+        return real_save(fpath, array)
+
+    monkeypatch.setattr(segment_module, "save_npy", failing)
+    with IndexWriter(path) as writer:
+        writer.add([f"n{i}" for i in range(150)], _docs(8, 150))
+        with pytest.raises(OSError, match="No space left"):
+            writer.commit()
+    monkeypatch.undo()
+    assert (path / "manifest.json").read_bytes() == before
+    assert not [p for p in (path / "segments").iterdir() if p.name.startswith(".tmp")]
+    assert sorted(Index.open(path).doc_ids()) == sorted(live)
+    assert verify(path) == []
