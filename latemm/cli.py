@@ -466,10 +466,10 @@ def _check_index_kind(args: argparse.Namespace, named: Any) -> None:
 
 def _check_search_target(args: argparse.Namespace) -> None:
     """The search's arguments and index, checked before an encoder or reranker is loaded."""
-    from latemm.pipeline import _check_search_args
+    from latemm.pipeline import check_search_args
     from latemm.sharded import is_sharded, is_unfinished_build, unfinished_build_message
 
-    _check_search_args(
+    check_search_args(
         args.queries, args.out, k=args.k, candidates=args.candidates, batch_size=args.batch_size
     )
     if args.rerank and args.rerank_depth < 1:

@@ -719,9 +719,9 @@ def search_fields_file(
     It runs the resumable loop of ``latemm.pipeline.search_file``: an interrupted search re-run
     with the same arguments (and the index unchanged) skips the queries already written."""
     from latemm.filters import query_conditions
-    from latemm.pipeline import _check_search_args, _rows_named, run_queries
+    from latemm.pipeline import check_search_args, rows_named, run_queries
 
-    _check_search_args(queries, out, k=k, candidates=candidates, batch_size=batch_size)
+    check_search_args(queries, out, k=k, candidates=candidates, batch_size=batch_size)
     retriever = FieldRetriever(index_dir, **options)
     precomputed = [
         n
@@ -737,7 +737,7 @@ def search_fields_file(
             )
 
     def search_batch(batch: Any) -> SearchResult:
-        with _rows_named(batch, Path(queries), "query_id"):
+        with rows_named(batch, Path(queries), "query_id"):
             pages, given = _batch_queries(batch, Path(queries), precomputed, named)
             return retriever.search(
                 pages,
@@ -772,7 +772,7 @@ def _batch_queries(
     column for the one precomputed field left (if exactly one is)."""
     from latemm.encoders.base import Page
     from latemm.io import column_vectors
-    from latemm.pipeline import _pages
+    from latemm.pipeline import batch_pages
 
     given = {}
     named = named or {}
@@ -792,5 +792,5 @@ def _batch_queries(
     if not any(c in batch.table.column_names for c in ("text", "image")):
         return [Page() for _ in batch.ids], given
     return [
-        p if p.image is not None else p.text for p in _pages(batch, source, kind="query_id")
+        p if p.image is not None else p.text for p in batch_pages(batch, source, kind="query_id")
     ], given

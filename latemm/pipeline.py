@@ -83,7 +83,7 @@ def _progress(total: int | None, desc: str, enabled: bool, unit: str = "doc") ->
     return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, file=sys.stderr)
 
 
-def _pages(
+def batch_pages(
     batch: Batch,
     source: Path,
     rows: Sequence[int] | None = None,
@@ -126,7 +126,7 @@ def _pages(
 
 
 @contextmanager
-def _rows_named(
+def rows_named(
     batch: Batch, source: Path, kind: str = "doc_id", rows: Sequence[int] | None = None
 ) -> Iterator[None]:
     """Turn an encoder's complaint about item i of the call into one that names the file, row
@@ -267,7 +267,7 @@ def _encode_rows(
     """Encode the batch's ``fresh`` rows that the encoder can read; the others become rejects
     records. Returns (encoded rows, (N, d) vectors, (n + 1,) offsets, records)."""
     reader = f"the encoder {encoder.info.name_or_path!r}"
-    pages = dict(zip(fresh, _pages(batch, source, fresh), strict=True))
+    pages = dict(zip(fresh, batch_pages(batch, source, fresh), strict=True))
     rows, rejects = [], []
     for i, page in pages.items():
         reason = encoder.can_read(page)
@@ -279,7 +279,7 @@ def _encode_rows(
             rejects.append(_reject(batch, i, source, reason, on_empty, reader))
     if not rows:
         return rows, np.zeros((0, encoder.dim), np.float32), np.zeros(1, np.int64), rejects
-    with _rows_named(batch, source, rows=rows):
+    with rows_named(batch, source, rows=rows):
         encoded = encoder.encode_documents([pages[i] for i in rows])
     return rows, encoded.vectors, encoded.offsets, rejects
 
@@ -555,7 +555,7 @@ def search_file(
 
     # A sharded index (latemm.sharded) is searched shard by shard and merged exactly, in this
     # process or, with ``ray`` ("local" or a cluster address), on one Ray actor per shard.
-    _check_search_args(queries, out, k=k, candidates=candidates, batch_size=batch_size)
+    check_search_args(queries, out, k=k, candidates=candidates, batch_size=batch_size)
     retriever = open_retriever(
         index_dir,
         encoder=encoder,
@@ -684,11 +684,11 @@ def _search_batch(
     from latemm.filters import query_conditions
     from latemm.retriever import truncate
 
-    with _rows_named(batch, queries, "query_id"):
+    with rows_named(batch, queries, "query_id"):
         conditions = query_conditions(batch.table, where)
     if batch.vectors is not None:
         reranker = getattr(retriever, "reranker", None)
-        with _rows_named(batch, queries, "query_id"):
+        with rows_named(batch, queries, "query_id"):
             result = retriever.search_embeddings(
                 batch.vectors,
                 batch.offsets,
@@ -701,7 +701,7 @@ def _search_batch(
             # Precomputed query vectors: the reranker reads the queries' text/image.
             result = truncate(
                 retriever.rerank(
-                    result, _pages(batch, queries, for_reranker=True, kind="query_id")
+                    result, batch_pages(batch, queries, for_reranker=True, kind="query_id")
                 ),
                 k,
             )
@@ -711,9 +711,9 @@ def _search_batch(
             f"{queries} has no 'embedding' column and no encoder is available: pass "
             "--encoder, or index with --encoder so the index records it"
         )
-    with _rows_named(batch, queries, "query_id"):
+    with rows_named(batch, queries, "query_id"):
         return retriever.search(
-            _pages(batch, queries, kind="query_id"),
+            batch_pages(batch, queries, kind="query_id"),
             k=k,
             candidates=candidates,
             where=conditions,
@@ -761,7 +761,7 @@ def _finish_run(
     return run
 
 
-def _check_search_args(
+def check_search_args(
     queries: str | Path, out: str | Path, *, k: int, candidates: int | None, batch_size: int
 ) -> None:
     """Refuse bad search arguments before any work: k, candidates, batch size, and an output

@@ -1,5 +1,7 @@
-"""The package's shape: the version in one place, and no module importing another's private
-names (the layering check of issue 26 grows here as the import cycles are removed)."""
+"""The package's shape: the version in one place, and no module importing another module's
+private names, function-level imports included (issue 26). The import-cycle half of that check
+is not here yet: two cycles remain (pipeline / sharded / distributed, fields /
+field_maintenance), to be removed with the one-collection redesign."""
 
 from __future__ import annotations
 
@@ -51,3 +53,7 @@ def test_private_imports_checker_finds_one(tmp_path, monkeypatch) -> None:
     (tmp_path / "latemm" / "b.py").write_text("def _g():\n    pass\n")
     monkeypatch.setattr(__import__(__name__, fromlist=["REPO"]), "REPO", tmp_path)
     assert private_imports() == ["latemm.a imports latemm.b._g"]
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    assert private_imports() == []
