@@ -238,6 +238,27 @@ class BM25Index:
     def texts(self) -> list[str]:
         return list(self._texts.to_pylist())
 
+    def without(self, ids: frozenset[str]) -> BM25Index:
+        """This field as a build without ``ids`` scores, re-indexed in memory (document
+        frequencies and average length leave them out too); its files are not touched. For a
+        reader that honours an unfinished delete."""
+        keep = np.fromiter(
+            (d not in ids for d in self.doc_ids), dtype=bool, count=self.doc_ids.size
+        )
+        if keep.all():
+            return self
+        out = object.__new__(BM25Index)
+        out.path, out.tokenizer = self.path, self.tokenizer
+        out.doc_ids = self.doc_ids[keep]
+        out._texts = self._texts.filter(pa.array(keep))
+        out.position = {d: i for i, d in enumerate(out.doc_ids)}
+        tokens = self.tokenizer.tokenize(out.texts(), return_ids=True)
+        out.retriever = None
+        if out.doc_ids.size and tokens.vocab:
+            out.retriever = _bm25s().BM25()
+            out.retriever.index(tokens, show_progress=False)
+        return out
+
     def scores(self, queries: Sequence[str]) -> np.ndarray:
         """(Q, n) float32 BM25 scores of every document for every query text."""
         out = np.zeros((len(queries), self.doc_ids.size), dtype=np.float32)

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from index_store import Index
-from index_store.errors import InputError
+from index_store.errors import IndexLockedError, InputError
 from latemm import fusion as fusion_lib
+from latemm.field_maintenance import read_journal
 from latemm.fields import (
     PRESETS,
     FieldsManifest,
@@ -56,6 +57,9 @@ from latemm.retriever import (
     top_k,
     truncate,
 )
+
+# How often a reader re-opens the fields when a delete changed them while it opened them.
+OPEN_ATTEMPTS = 5
 
 # RRF fusion uses bounded scores (``FieldRetriever._second_phases``) while k is at most this
 # fraction's inverse of the candidates.
@@ -251,25 +255,38 @@ class FieldRetriever:
         rerank_depth: int = 20,
         rerank_fusion: str = "none",
     ) -> None:
-        from latemm.field_maintenance import recover
-
         self.path = Path(index_dir)
-        recover(self.path)  # a delete cut short is finished before any field is read
-        self.manifest = read_fields(self.path)
-        self.plan = plan(
-            self.manifest,
-            fields=fields,
-            fusion=fusion,
-            weights=weights,
-            rescore_fields=rescore_fields,
-            preset=preset,
-            normalization=normalization,
-            rrf_k=rrf_k,
-        )
-        self.specs = {n: self.manifest.get(n) for n in self.plan.scored}
-        self.indexes = {
-            n: open_field(self.path, s, legacy=self.manifest.legacy) for n, s in self.specs.items()
-        }
+        for _ in range(OPEN_ATTEMPTS):  # every field from one state of the index
+            # A reader never writes: an unfinished delete (its journal) is not finished here
+            # but honoured, its ids left out of every field; the next writer finishes it.
+            pending = read_journal(self.path)
+            self.manifest = read_fields(self.path)
+            self.plan = plan(
+                self.manifest,
+                fields=fields,
+                fusion=fusion,
+                weights=weights,
+                rescore_fields=rescore_fields,
+                preset=preset,
+                normalization=normalization,
+                rrf_k=rrf_k,
+            )
+            self.specs = {n: self.manifest.get(n) for n in self.plan.scored}
+            self.indexes = {
+                n: open_field(self.path, s, legacy=self.manifest.legacy)
+                for n, s in self.specs.items()
+            }
+            if self._unchanged(pending):
+                break
+        else:
+            raise IndexLockedError(
+                f"{self.path} changed {OPEN_ATTEMPTS} times while it was being opened (deletes "
+                "under way); search it again when they finish"
+            )
+        self.hidden = frozenset(pending or ())
+        for name, opened in self.indexes.items():
+            if self.hidden and not isinstance(opened, Index):  # bm25: its statistics too
+                self.indexes[name] = opened.without(self.hidden)
         given = dict(encoders or {})
         self.encoders = {
             n: given[n] if n in given else encoder_from_spec(s, device=device)
@@ -445,14 +462,36 @@ class FieldRetriever:
             out[name] = cache[key]
         return out
 
+    def _unchanged(self, pending: list[str] | None) -> bool:
+        """Whether the index is still in the state the fields were opened in: the same
+        unfinished delete (or none), the same fields.json, each vector field at the generation
+        opened. A delete that changed some fields between two opens shows here."""
+        from index_store.manifest import Manifest
+
+        if read_journal(self.path) != pending:
+            return False
+        if read_fields(self.path).to_dict() != self.manifest.to_dict():
+            return False
+        return all(
+            Manifest.read(index.path).generation == index.generation
+            for index in self.indexes.values()
+            if isinstance(index, Index)
+        )
+
     def _allowed(self, where: str | None) -> dict[str, Any]:
         """Per field: searchable rows (per-segment masks for vector fields, one mask over the
-        documents for bm25), from each vector field's own metadata."""
+        documents for bm25), from each vector field's own metadata; the ids of an unfinished
+        delete are never searchable (a bm25 field was re-indexed without them on open)."""
         out: dict[str, Any] = {}
         admitted: set[str] = set()
         for name, index in self.indexes.items():
             if isinstance(index, Index):
                 out[name] = Retriever(index)._allowed(where)
+                if self.hidden:
+                    out[name] = [
+                        _without(seg.doc_ids, mask if mask is not None else seg.live, self.hidden)
+                        for seg, mask in zip(index.segments, out[name], strict=True)
+                    ]
                 if where is not None:
                     for s, mask in enumerate(out[name]):
                         seg = index.segments[s]
@@ -794,3 +833,10 @@ def _batch_queries(
     return [
         p if p.image is not None else p.text for p in batch_pages(batch, source, kind="query_id")
     ], given
+
+
+def _without(doc_ids: Any, mask: np.ndarray | None, hidden: frozenset[str]) -> np.ndarray:
+    """``mask`` (None: every row) with the rows whose id is in ``hidden`` turned off."""
+    out = np.ones(len(doc_ids), dtype=bool) if mask is None else np.array(mask, dtype=bool)
+    out &= np.fromiter((d not in hidden for d in doc_ids), dtype=bool, count=len(doc_ids))
+    return out

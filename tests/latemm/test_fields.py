@@ -604,9 +604,8 @@ def test_delete_and_compact_change_every_field_as_a_build_without_the_pages(
 def test_a_delete_cut_short_is_finished_when_the_index_is_next_opened(
     corpus, without_gone, tmp_path, capsys, applied
 ) -> None:
-    from index_store.errors import IndexLockedError
     from latemm.cli import main
-    from latemm.field_maintenance import begin_delete, delete
+    from latemm.field_maintenance import begin_delete, delete, recover
     from latemm.fields import locked
 
     idx = _build(corpus[0], tmp_path / "idx")
@@ -621,14 +620,48 @@ def test_a_delete_cut_short_is_finished_when_the_index_is_next_opened(
             writer.commit()
     assert main(["verify", str(idx)]) == 1
     assert "a delete of 3 document(s) was cut short" in capsys.readouterr().err
-    with locked(idx), pytest.raises(IndexLockedError, match="a delete of its fields is under way"):
-        FieldRetriever(idx)
+    # Readers never write (issue 26): a search, even beside the writer holding the lock, leaves
+    # the journal's ids out of every field and gives the clean index's results...
+    with locked(idx):
+        _assert_same_results(_fused(idx), _fused(without_gone))
+    assert (idx / "journal.json").exists()
+    assert main(["info", str(idx)]) == 0
+    assert json.loads(capsys.readouterr().out)["unfinished_delete"] == 3
+    # ...and the next writer finishes the delete, warning that it did.
     with pytest.warns(UserWarning, match="finished a delete of 3 document\\(s\\) that was int"):
-        FieldRetriever(idx)
+        recover(idx)
     assert not (idx / "journal.json").exists()
     assert _held(idx) == _held(without_gone)
     _assert_same_results(_fused(idx), _fused(without_gone))
     assert main(["verify", str(idx)]) == 0
+
+
+def test_a_reader_opens_every_field_from_one_state_of_the_index(
+    corpus, without_gone, tmp_path, monkeypatch
+) -> None:
+    """A delete that starts and changes a field while a reader opens the fields (issue 30 P16):
+    the reader notices, opens them again, and leaves the delete's ids out; it never fails and
+    never sees fields that disagree."""
+    import latemm.field_search as field_search
+    from latemm.field_maintenance import begin_delete
+
+    idx = _build(corpus[0], tmp_path / "idx")
+    opened = []
+    real_open = field_search.open_field
+
+    def open_during_a_delete(path, spec, **kwargs):
+        if not opened:  # the first field opened: then a writer begins, and changes field m
+            begin_delete(idx, GONE)
+            with create(idx / "fields" / "m", Index.open(idx / "fields" / "m").config) as writer:
+                writer.delete(GONE, missing_ok=True)
+                writer.commit()
+        opened.append(spec.name)
+        return real_open(path, spec, **kwargs)
+
+    monkeypatch.setattr(field_search, "open_field", open_during_a_delete)
+    _assert_same_results(_fused(idx), _fused(without_gone))
+    assert len(opened) > len(FIELDS)  # opened a second time
+    assert (idx / "journal.json").exists()  # the reader left the delete to the next writer
 
 
 def test_an_interrupted_field_search_resumes_only_with_the_same_arguments(
@@ -648,7 +681,8 @@ def test_an_interrupted_field_search_resumes_only_with_the_same_arguments(
 
     write_queries("")  # the bm25 field cannot read qd: the search stops there
     args = ["search", str(idx), str(qfile), "--fields", "m,b", "--k", "4", "--quiet"]
-    args += ["--fusion", "rrf"]  # named: the default became auto (#31)
+    # Named: the default became auto (#31); weighted, for --normalization applies to it alone.
+    args += ["--fusion", "weighted"]
     assert main([*args, "--out", str(run), "--batch-size", "1"]) == 2
     assert "row 3, query_id 'qd': query 0 has no text; field 'b'" in capsys.readouterr().err
     parts = tmp_path / ".run.parquet.parts"
@@ -656,7 +690,7 @@ def test_an_interrupted_field_search_resumes_only_with_the_same_arguments(
     assert json.loads((parts / "search.json").read_text())["plan"]["fields"] == ["m", "b"]
     write_queries("growth")
     for changed, what in (
-        (["--fusion", "weighted"], "'fusion': 'rrf'"),
+        (["--fusion", "auto"], "'fusion': 'weighted'"),
         (["--normalization", "zscore"], "'normalization': 'minmax'"),
         (["--k", "5"], "k 4 -> 5"),
     ):
