@@ -565,16 +565,16 @@ def _check_fusion_flags(args: argparse.Namespace) -> None:
             f"--fields {args.fields!r} names no field; give NAME[,NAME...] or leave --fields "
             "out to search every field"
         )
-    fusion = args.fusion or "rrf"
-    # Refused with an explicit --fusion rrf; alone it stays part of the recorded search plan.
-    if args.normalization is not None and args.fusion == "rrf":
+    fusion = args.fusion or "auto"  # the default
+    if args.normalization is not None and fusion != "weighted":
         raise InputError(
-            f"--normalization {args.normalization} applies to --fusion weighted, not rrf; "
+            f"--normalization {args.normalization} applies to --fusion weighted, not {fusion}; "
             "use --fusion weighted or drop --normalization"
         )
-    if args.rrf_k is not None and fusion != "rrf":
+    if args.rrf_k is not None and fusion == "weighted":
         raise InputError(
-            f"--rrf-k applies to --fusion rrf, not {fusion}; drop --rrf-k or use --fusion rrf"
+            "--rrf-k applies to --fusion rrf and auto, not weighted; drop --rrf-k or use "
+            "--fusion rrf"
         )
 
 

@@ -374,7 +374,14 @@ def test_dimension_mismatch_names_the_row_that_opens_a_batch(tmp_path, capsys) -
             ["--normalization", "zscore", "--fusion", "rrf"],
             "--normalization zscore applies to --fusion weighted, not rrf",
         ),
-        (["--rrf-k", "5", "--fusion", "weighted"], "--rrf-k applies to --fusion rrf, not weighted"),
+        (
+            ["--normalization", "minmax"],  # the default fusion, auto, ranks: it normalises nothing
+            "--normalization minmax applies to --fusion weighted, not auto",
+        ),
+        (
+            ["--rrf-k", "5", "--fusion", "weighted"],
+            "--rrf-k applies to --fusion rrf and auto, not weighted",
+        ),
         (
             ["--rrf-k", "100000000000000000000"],
             "--rrf-k 100000000000000000000 is too large: at most 1000000000",
