@@ -599,7 +599,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from latemm.fields import is_fields_index, open_field, read_fields
 
     if is_fields_index(args.index):
-        from latemm.field_maintenance import read_journal
+        from latemm.fields import read_journal
 
         pending = read_journal(args.index)  # a reader: an unfinished delete is reported, not run
         fields = []

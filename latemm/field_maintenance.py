@@ -14,31 +14,27 @@ Imports ``index_store`` and ``latemm.fields``, ``latemm.bm25``.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from index_store import Index, create
-from index_store.errors import IndexCorruptError, IndexLockedError, InputError
-from index_store.fsio import fsync_dir, index_path, write_json_atomic
-from latemm.fields import (
+from index_store import create
+from index_store.errors import IndexLockedError, InputError
+from index_store.fsio import write_json_atomic
+from latemm.fields import (  # the journal's format and replay live with the fields
     FIELDS_FILE,
-    FieldsManifest,
+    JOURNAL,
     FieldSpec,
-    bm25_tokenizer,
     field_dir,
+    finish_delete,
     is_fields_index,
     locked,
     read_fields,
     remove_stale_builds,
-    write_bm25_build,
+    vector_index,
 )
-
-JOURNAL = "journal.json"
 
 
 def _fields_root(index_dir: str | Path) -> Path:
@@ -51,12 +47,6 @@ def _fields_root(index_dir: str | Path) -> Path:
     return root
 
 
-def _vector_index(root: Path, spec: FieldSpec) -> Index | None:
-    """A vector field's sub-index, or None while it holds no page (nothing committed yet)."""
-    path = field_dir(root, spec)
-    return Index.open(path, verify="none") if (path / "manifest.json").is_file() else None
-
-
 def held_ids(index_dir: str | Path, spec: FieldSpec) -> set[str]:
     """The doc ids field ``spec`` of ``index_dir`` holds."""
     from latemm import bm25
@@ -64,7 +54,7 @@ def held_ids(index_dir: str | Path, spec: FieldSpec) -> set[str]:
     root = Path(index_dir)
     if spec.kind == "bm25":
         return set(bm25.read_docs(field_dir(root, spec)))
-    index = _vector_index(root, spec)
+    index = vector_index(root, spec)
     return set() if index is None else set(index.doc_ids())
 
 
@@ -98,65 +88,6 @@ def begin_delete(index_dir: str | Path, doc_ids: Sequence[str]) -> None:
     here on the delete happens, now or when the index is next opened."""
     payload = {"op": "delete", "doc_ids": list(doc_ids), "started": time.time()}
     write_json_atomic(Path(index_dir) / JOURNAL, payload)
-
-
-def read_journal(index_dir: str | Path) -> list[str] | None:
-    """The doc ids of an unfinished delete, or None when there is none."""
-    path = index_path(index_dir, JOURNAL)  # a link is refused, never read
-    if not path.is_file():
-        return None
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-        ids = payload["doc_ids"]
-        if payload.get("op") != "delete" or not all(isinstance(d, str) for d in ids):
-            raise ValueError("not a delete of string doc ids")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise IndexCorruptError(
-            f"{path} records an unfinished delete but cannot be read ({exc}); the fields may "
-            "disagree about which pages exist: delete the journal and re-run `latemm delete` "
-            "with the ids you meant"
-        ) from exc
-    return list(ids)
-
-
-def finish_delete(root: Path) -> int:
-    """Apply the journal's delete to every field, then remove the journal; the caller holds
-    the index's lock (``latemm.fields.locked``). Returns how many ids it held (0 when there was no journal)."""
-    ids = read_journal(root)
-    if ids is None:
-        return 0
-    manifest = read_fields(root)
-    for spec in manifest.fields:
-        if spec.kind == "bm25":
-            manifest = _delete_bm25(root, manifest, spec, set(ids))
-            continue
-        index = _vector_index(root, spec)
-        if index is not None and any(d in index for d in ids):
-            with create(index.path, index.config) as writer:
-                writer.delete(ids, missing_ok=True)
-                writer.commit()
-    remove_stale_builds(root)
-    os.unlink(root / JOURNAL)
-    fsync_dir(root)
-    return len(ids)
-
-
-def _delete_bm25(
-    root: Path, manifest: FieldsManifest, spec: FieldSpec, ids: set[str]
-) -> FieldsManifest:
-    """Rebuild a bm25 field without ``ids`` and commit it in ``fields.json`` (no change when
-    it holds none of them)."""
-    from latemm import bm25
-
-    texts = bm25.read_docs(field_dir(root, spec))
-    if not ids & texts.keys():
-        return manifest
-    kept = {d: t for d, t in texts.items() if d not in ids}
-    base = index_path(root, "fields", spec.name, what=f"field {spec.name!r}'s folder")
-    rebuilt = write_bm25_build(base, spec, spec, kept, bm25_tokenizer(spec))
-    manifest = manifest.with_field(rebuilt)
-    write_json_atomic(root / FIELDS_FILE, manifest.to_dict())
-    return manifest
 
 
 def recover(index_dir: str | Path) -> int:
@@ -197,7 +128,7 @@ def compact(index_dir: str | Path) -> dict[str, Any]:
             if spec.kind == "bm25":
                 out[spec.name] = spec.options["dir"]
                 continue
-            index = _vector_index(root, spec)
+            index = vector_index(root, spec)
             if index is None:
                 out[spec.name] = 0
                 continue

@@ -25,7 +25,6 @@ import numpy as np
 from index_store import Index
 from index_store.errors import IndexLockedError, InputError
 from latemm import fusion as fusion_lib
-from latemm.field_maintenance import read_journal
 from latemm.fields import (
     PRESETS,
     FieldsManifest,
@@ -33,6 +32,7 @@ from latemm.fields import (
     encoder_from_spec,
     open_field,
     read_fields,
+    read_journal,
 )
 from latemm.retriever import (
     Candidates,

@@ -12,6 +12,7 @@ field named ``default``. Searching is ``latemm.field_search``.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -26,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from index_store import Index
+from index_store import Index, create
 from index_store.errors import (
     IndexCorruptError,
     IndexFormatError,
@@ -35,6 +36,7 @@ from index_store.errors import (
 )
 from index_store.fsio import (
     find_links,
+    fsync_dir,
     full_disk_error,
     index_path,
     is_full,
@@ -244,7 +246,6 @@ def verify_fields(index_dir: str | Path) -> list[str]:
     build's), field by field. Empty means intact."""
     from index_store import verify
     from latemm.bm25 import check_build
-    from latemm.field_maintenance import JOURNAL, read_journal
 
     links = find_links(index_dir)
     if links:  # reported, and nothing is read through them
@@ -531,8 +532,6 @@ def index_fields(
     cols = columns or Columns()
     with locked(root):
         if is_fields_index(root):
-            from latemm.field_maintenance import finish_delete
-
             finish_delete(root)  # a delete cut short is finished before pages are added
         manifest = read_fields(root) if is_fields_index(root) else FieldsManifest(())
         if fields is None:
@@ -832,3 +831,74 @@ def remove_stale_builds(index_dir: str | Path) -> None:
         for child in index_path(root, "fields", spec.name).iterdir():
             if child.name != spec.options["dir"]:
                 _remove(child)
+
+
+# ------------------------------------------------------------------ the delete journal
+# A multi-field delete is recorded here before any field changes (latemm.field_maintenance
+# writes it); readers honour it, writers finish it (``finish_delete``).
+JOURNAL = "journal.json"
+
+
+def vector_index(root: Path, spec: FieldSpec) -> Index | None:
+    """A vector field's sub-index, or None while it holds no page (nothing committed yet)."""
+    path = field_dir(root, spec)
+    return Index.open(path, verify="none") if (path / "manifest.json").is_file() else None
+
+
+def read_journal(index_dir: str | Path) -> list[str] | None:
+    """The doc ids of an unfinished delete, or None when there is none."""
+    path = index_path(index_dir, JOURNAL)  # a link is refused, never read
+    if not path.is_file():
+        return None
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        ids = payload["doc_ids"]
+        if payload.get("op") != "delete" or not all(isinstance(d, str) for d in ids):
+            raise ValueError("not a delete of string doc ids")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise IndexCorruptError(
+            f"{path} records an unfinished delete but cannot be read ({exc}); the fields may "
+            "disagree about which pages exist: delete the journal and re-run `latemm delete` "
+            "with the ids you meant"
+        ) from exc
+    return list(ids)
+
+
+def finish_delete(root: Path) -> int:
+    """Apply the journal's delete to every field, then remove the journal; the caller holds
+    the index's lock (``latemm.fields.locked``). Returns how many ids it held (0 when there was no journal)."""
+    ids = read_journal(root)
+    if ids is None:
+        return 0
+    manifest = read_fields(root)
+    for spec in manifest.fields:
+        if spec.kind == "bm25":
+            manifest = _delete_bm25(root, manifest, spec, set(ids))
+            continue
+        index = vector_index(root, spec)
+        if index is not None and any(d in index for d in ids):
+            with create(index.path, index.config) as writer:
+                writer.delete(ids, missing_ok=True)
+                writer.commit()
+    remove_stale_builds(root)
+    os.unlink(root / JOURNAL)
+    fsync_dir(root)
+    return len(ids)
+
+
+def _delete_bm25(
+    root: Path, manifest: FieldsManifest, spec: FieldSpec, ids: set[str]
+) -> FieldsManifest:
+    """Rebuild a bm25 field without ``ids`` and commit it in ``fields.json`` (no change when
+    it holds none of them)."""
+    from latemm import bm25
+
+    texts = bm25.read_docs(field_dir(root, spec))
+    if not ids & texts.keys():
+        return manifest
+    kept = {d: t for d, t in texts.items() if d not in ids}
+    base = index_path(root, "fields", spec.name, what=f"field {spec.name!r}'s folder")
+    rebuilt = write_bm25_build(base, spec, spec, kept, bm25_tokenizer(spec))
+    manifest = manifest.with_field(rebuilt)
+    write_json_atomic(root / FIELDS_FILE, manifest.to_dict())
+    return manifest
