@@ -1,7 +1,7 @@
 """Searching a multi-field index: phased ranking over named fields.
 
 1. First phase, per field: FDE + faiss (multi-vector), faiss inner product (single-vector) or
-   bm25s (bm25) give each query's top ``C``; the lists are fused (RRF or weighted) and the
+   bm25s (bm25) give each query's top ``C``; the lists are fused (auto, RRF or weighted) and the
    fused top ``C`` are the candidates.
 2. Second phase, per field, over those candidates: exact MaxSim for the rescoring fields
    (every multi-vector field by default) and for single-vector fields (their inner product

@@ -516,6 +516,39 @@ def image_bytes(
     raise InputError(f"cannot read an image from a cell of type {type(value).__name__}")
 
 
+def source_page_image(
+    source: Any, page: Any, allow_files: Sequence[str | Path], *, dpi: float = 96.0
+) -> bytes | None:
+    """A page rendered from its source PDF, for an index that keeps no page images (a text-only
+    index without ``--keep-images``): the row's ``source`` (the PDF's file name, as ``latemm
+    ingest`` records it) looked up in each ``--allow-files`` folder, read under the same policy
+    as page images (``read_image_file``: under those folders, a regular file, size-capped), and
+    its 1-based ``page`` rendered as PNG. None when there is no such PDF or page."""
+    if not allow_files or not isinstance(source, str) or not str(source).endswith(".pdf"):
+        return None
+    if not isinstance(page, int) or page < 1 or Path(source).is_absolute() or ".." in source:
+        return None
+    import io as _io
+
+    from index_store.errors import require
+
+    for folder in allow_files:
+        candidate = Path(folder) / source
+        if not candidate.is_file():
+            continue
+        data = read_image_file(candidate, allow_files)
+        pdf = require("pypdfium2", "pdf").PdfDocument(data)
+        try:
+            if page > len(pdf):
+                return None
+            buffer = _io.BytesIO()
+            pdf[page - 1].render(scale=dpi / 72.0).to_pil().save(buffer, format="PNG")
+            return buffer.getvalue()
+        finally:
+            pdf.close()
+    return None
+
+
 def image_problem(data: bytes) -> str | None:
     """Why an encoder could not decode ``data`` without risk, from its header alone: an image
     over Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS`` x 2, where Pillow

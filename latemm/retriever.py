@@ -785,7 +785,7 @@ def read_pages(
     ``allow_files`` (``latemm.io.read_image_file``; by default none): an error names the
     doc_id, the path and the fix."""
     from latemm.encoders.base import Page
-    from latemm.io import image_bytes
+    from latemm.io import image_bytes, source_page_image
 
     locations = index.locations()
     by_segment: dict[int, list[str]] = {}
@@ -795,14 +795,16 @@ def read_pages(
     pages = {}
     for s, ids in by_segment.items():
         seg = index.segments[s]
-        names: list[str] = [c for c in ("text", "image") if c in seg.schema.names]
+        names = [c for c in ("text", "image", "source", "page") if c in seg.schema.names]
         table = seg.metadata(names) if names else None
         for doc_id in ids:
             row = locations[doc_id][1]
-            text = table.column("text")[row].as_py() if "text" in names else None  # type: ignore[union-attr]
-            image = table.column("image")[row].as_py() if "image" in names else None  # type: ignore[union-attr]
+            cell = {n: table.column(n)[row].as_py() for n in names}  # type: ignore[union-attr]
             try:
-                pages[doc_id] = Page(text=text, image=image_bytes(image, allow_files))
+                image = image_bytes(cell.get("image"), allow_files)
+                if image is None:  # a text-only index: the page of its source PDF, if allowed
+                    image = source_page_image(cell.get("source"), cell.get("page"), allow_files)
+                pages[doc_id] = Page(text=cell.get("text"), image=image)
             except InputError as exc:
                 raise InputError(f"{index.path}, doc_id {doc_id!r}: {exc}") from exc
     return pages

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from index_store import Index
 from index_store.errors import InputError, LatemmError
-from latemm.io import image_bytes
+from latemm.io import image_bytes, source_page_image
 
 SCORE_COLUMNS = ("score", "fde_score", "maxsim_score", "rerank_score")
 TEXT_LIMIT = 6000  # characters of page text shown per page
@@ -42,7 +42,7 @@ LEGEND = {
     "rerank_score": "the MLLM reranker's relevance score",
 }
 FIELDS_LEGEND = {
-    "score": "the fused score the pages are ranked by (--fusion: RRF or weighted)",
+    "score": "the fused score the pages are ranked by (--fusion: auto, rrf or weighted)",
     "fde_score": "the fused first-phase score that chose the candidates",
     "maxsim_score": "exact MaxSim of the first rescored field",
     "rerank_score": "the MLLM reranker's relevance score",
@@ -281,6 +281,11 @@ def _card(
     doc_id = str(row["doc_id"])
     alt = html.escape(doc_id, quote=True)
     data, note = _page_image(meta.get("image"), folders)
+    if data is None and note is None:  # no stored image: the page of its source PDF, if found
+        try:
+            data = source_page_image(meta.get("source"), meta.get("page"), folders)
+        except (InputError, OSError) as exc:
+            note = f"source page not rendered ({exc})"
     body = ""
     if data:
         try:

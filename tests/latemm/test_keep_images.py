@@ -55,3 +55,45 @@ def test_text_index_keeps_images_only_when_asked(colbert, tmp_path, capsys) -> N
     assert main([*show, "--queries", str(queries)]) == 0
     page = out.read_text()
     assert "<mark>revenue</mark> <mark>growth</mark> in year" in page and "<img" not in page
+
+
+def test_pages_of_a_lean_index_are_rendered_from_their_source_pdf(colbert, tmp_path, capsys):
+    """An index without page images still shows them, and the reranker still reads them: the
+    row's source PDF, found under --allow-files, is rendered at its page (issue #32 item 4)."""
+    from PIL import Image
+
+    from latemm.retriever import read_pages
+
+    pytest.importorskip("pypdfium2")
+    (tmp_path / "pdfs").mkdir()
+    shades = [Image.new("RGB", (200, 260), (40 * i, 90, 200 - 30 * i)) for i in range(6)]
+    shades[0].save(tmp_path / "pdfs" / "a.pdf", save_all=True, append_images=shades[1:])
+    corpus, idx = tmp_path / "corpus.parquet", tmp_path / "lean"
+    pq.write_table(
+        pa.table(
+            {
+                "doc_id": [f"p{i}" for i in range(6)],
+                "text": [f"revenue growth in year {2000 + i}" for i in range(6)],
+                "source": ["a.pdf"] * 6,
+                "page": list(range(1, 7)),
+            }
+        ),
+        corpus,
+    )
+    build = ["index", str(corpus), "--index", str(idx), "--encoder", str(colbert), "--quiet"]
+    assert main(build) == 0
+    pages = read_pages(Index.open(idx), ["p3"], [tmp_path / "pdfs"])
+    with Image.open(__import__("io").BytesIO(pages["p3"].image)) as image:
+        pixel = image.convert("RGB").getpixel((50, 50))  # page 4's shade, through JPEG
+        assert max(abs(a - b) for a, b in zip(pixel, (120, 90, 110), strict=True)) <= 3
+    assert read_pages(Index.open(idx), ["p3"])["p3"].image is None  # no folder: nothing read
+    queries, run = tmp_path / "q.parquet", tmp_path / "run.parquet"
+    pq.write_table(pa.table({"query_id": ["q"], "text": ["revenue growth"]}), queries)
+    assert main(["search", str(idx), str(queries), "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "page.html"
+    show = ["show", str(run), "--index", str(idx), "--query", "q", "--out", str(out)]
+    assert main([*show, "--allow-files", str(tmp_path / "pdfs")]) == 0
+    assert out.read_text().count("<img") == 6
+    assert main(show) == 0  # without the folder: text only, no file read
+    assert "<img" not in out.read_text()
