@@ -24,8 +24,10 @@ def _png(shade: int) -> bytes:
 
 
 def _v3_parts(markdown: bool):
-    """corpus, queries, qrels with ViDoRe v3's column names and types (ids int64, an Image
-    feature, list-of-string query types, bounding boxes as a list of structs)."""
+    """corpus, queries, qrels with ViDoRe v3's column names and types, as its public loading
+    code declares them (vidore/vidore_v3_* queries and qrels Features): ids int64, an Image
+    feature, ``LargeList`` string lists, bounding boxes as a large list of
+    {annotator, x1, x2, y1, y2} structs."""
     features = datasets.Features(
         {
             "corpus_id": datasets.Value("int64"),
@@ -51,6 +53,12 @@ def _v3_parts(markdown: bool):
             "language": ["english", "french"],
             "query_types": [["extractive", "numerical"], ["open-ended"]],
             "query_format": ["question", "question"],
+            "content_type": [["table"], ["text"]],
+            "raw_answers": [["5M", "5 million"], ["the handbook's rules"]],
+            "query_generator": ["human", "synthetic"],
+            "query_generation_pipeline": ["manual", "pipeline-a"],
+            "source_type": ["report", "handbook"],
+            "query_type_for_generation": ["extractive", "open-ended"],
             "answer": ["5M", "the handbook's rules"],
         },
         features=datasets.Features(
@@ -58,29 +66,34 @@ def _v3_parts(markdown: bool):
                 "query_id": datasets.Value("int64"),
                 "query": datasets.Value("string"),
                 "language": datasets.Value("string"),
-                "query_types": datasets.Sequence(datasets.Value("string")),
+                "query_types": datasets.LargeList(datasets.Value("string")),
                 "query_format": datasets.Value("string"),
+                "content_type": datasets.LargeList(datasets.Value("string")),
+                "raw_answers": datasets.LargeList(datasets.Value("string")),
+                "query_generator": datasets.Value("string"),
+                "query_generation_pipeline": datasets.Value("string"),
+                "source_type": datasets.Value("string"),
+                "query_type_for_generation": datasets.Value("string"),
                 "answer": datasets.Value("string"),
             }
         ),
     )
-    box = {"x1": datasets.Value("int64"), "y1": datasets.Value("int64")}
-    box |= {"x2": datasets.Value("int64"), "y2": datasets.Value("int64")}
+    box = {name: datasets.Value("int64") for name in ("annotator", "x1", "x2", "y1", "y2")}
     qrels = datasets.Dataset.from_dict(
         {
             "query_id": [0, 1],
             "corpus_id": [0, 2],
             "score": [2, 1],
             "content_type": [["table"], ["text"]],
-            "bounding_boxes": [[{"x1": 1, "y1": 2, "x2": 30, "y2": 40}], []],
+            "bounding_boxes": [[{"annotator": 1, "x1": 1, "x2": 30, "y1": 2, "y2": 40}], []],
         },
         features=datasets.Features(
             {
                 "query_id": datasets.Value("int64"),
                 "corpus_id": datasets.Value("int64"),
                 "score": datasets.Value("int64"),
-                "content_type": datasets.Sequence(datasets.Value("string")),
-                "bounding_boxes": [box],
+                "content_type": datasets.LargeList(datasets.Value("string")),
+                "bounding_boxes": datasets.LargeList(box),
             }
         ),
     )
