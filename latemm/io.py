@@ -392,8 +392,9 @@ def check_storable(
     fix = "index with --dtype float32" if dtype == "float16" else "keep the copy with --refine int8"
     if offsets is None:  # one vector per document
         offsets = np.arange(len(ids) + 1)
+    largest = np.abs(vectors).max(axis=1)  # (T,): one pass over the vectors for both checks
     limit = float(np.finfo(np.float16).max)
-    too_big = np.abs(vectors).max(axis=1) > limit
+    too_big = largest > limit
     if too_big.any():
         vec = int(np.flatnonzero(too_big)[0])
         row = _row_of_vector(offsets, vec)
@@ -403,7 +404,6 @@ def check_storable(
             f"float16 value; {fix} (or normalise the vectors)"
         )
     tiny = float(np.finfo(np.float16).tiny)
-    largest = np.abs(vectors).max(axis=1)
     too_small = (largest > 0) & (largest < tiny)
     if too_small.any():
         vec = int(np.flatnonzero(too_small)[0])

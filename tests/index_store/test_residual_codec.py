@@ -15,6 +15,7 @@ from index_store.fsio import sha256_file
 from index_store.store import IndexWriter
 from latemm.retriever import Retriever
 from latemm.scoring import maxsim
+from tests.index_store.test_codecs import _brute_force_over_decoded
 
 DIM = 32
 RESIDUAL = ("res1", "res2", "res4")
@@ -119,15 +120,6 @@ def _build(path, dtype: str) -> dict[str, np.ndarray]:
     return live
 
 
-def _brute_force(index: Index, queries: list[np.ndarray], k: int) -> list[list[str]]:
-    ids = sorted(index.doc_ids())
-    decoded = [index.get(i).vectors for i in ids]
-    offsets = np.concatenate([[0], np.cumsum([len(v) for v in decoded])])
-    q_off = np.concatenate([[0], np.cumsum([len(q) for q in queries])])
-    scores = maxsim(np.concatenate(queries), q_off, np.concatenate(decoded), offsets)
-    return [[ids[j] for j in np.lexsort((np.array(ids), -row))[:k]] for row in scores]
-
-
 @pytest.mark.parametrize("dtype", RESIDUAL)
 def test_index_round_trips_and_search_equals_brute_force_over_decoded(tmp_path, dtype) -> None:
     path = tmp_path / "idx"
@@ -150,7 +142,7 @@ def test_index_round_trips_and_search_equals_brute_force_over_decoded(tmp_path, 
             errs = seg.scales[seg.offsets[row] : seg.offsets[row + 1]]
             assert (real <= errs).all()
         result = Retriever(index).search_embeddings(queries, k=10, candidates=len(live))
-        assert [list(r) for r in result.doc_ids] == _brute_force(index, queries, 10)
+        assert [list(r) for r in result.doc_ids] == _brute_force_over_decoded(index, queries, 10)
         with IndexWriter(path) as writer:
             writer.compact()
     assert len(Index.open(path).segments) == 1
