@@ -88,6 +88,7 @@ def _on_ray(corpus: Path, out: Path, workers: int, shards: int) -> dict[str, Any
 def _search_overhead(single: Path, sharded: Path, repeats: int) -> dict[str, Any]:
     """Queries/s of one in-process index against the same corpus's shards on Ray actors."""
     from latemm.encoders import load_encoder
+    from latemm.jobs import open_retriever
     from latemm.retriever import Retriever
     from latemm.sharded import ShardedRetriever
 
@@ -95,7 +96,7 @@ def _search_overhead(single: Path, sharded: Path, repeats: int) -> dict[str, Any
     queries = load_encoder(minilm_path()).encode_queries(topics)
     one = Retriever(single)
     local = ShardedRetriever(sharded)
-    actors = ShardedRetriever(sharded, ray="local")
+    actors = open_retriever(sharded, ray="local")
     out: dict[str, Any] = {"queries": len(topics)}
     results = {}
     for name, retriever in (

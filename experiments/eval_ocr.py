@@ -169,8 +169,9 @@ def _retrieve(
     ``retrieve-LABEL.json`` when it was written, else None)."""
     from index_store import Index
     from latemm.encoders.text import TextEncoder
+    from latemm.jobs import search_file
     from latemm.metrics import load_run
-    from latemm.pipeline import index_corpus, search_file
+    from latemm.pipeline import index_corpus
 
     index = work / f"idx-{label}"
     run = work / f"run-{label}.parquet"

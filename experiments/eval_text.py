@@ -34,8 +34,9 @@ from experiments.common import (
     write_result,
 )
 from latemm.encoders.text import TextEncoder
+from latemm.jobs import search_file
 from latemm.metrics import compare, evaluate, load_qrels, load_run
-from latemm.pipeline import index_corpus, search_file
+from latemm.pipeline import index_corpus
 
 
 def bm25_run(
