@@ -27,7 +27,7 @@ from latemm.jobs import open_retriever  # noqa: E402
 from latemm.pipeline import encode_corpus  # noqa: E402
 from latemm.retriever import Retriever  # noqa: E402
 from latemm.sharded import read_manifest  # noqa: E402
-from tests.latemm.test_cli import DIM, write_corpus, write_queries  # noqa: E402
+from tests.helpers import DIM, write_corpus, write_queries  # noqa: E402
 from tests.latemm.tiny_models import WORDS  # noqa: E402
 
 pytestmark = pytest.mark.slow
