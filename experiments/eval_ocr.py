@@ -150,7 +150,7 @@ def _ingest(pdfs: list[Path], corpus: Path, ocr: str) -> dict[str, Any]:
 
     start = time.perf_counter()
     report = ingest_pdfs(pdfs, corpus, images=False, progress=True, ocr=ocr)
-    return {
+    record = {
         "seconds": round(time.perf_counter() - start, 1),
         "pages": report.pages,
         "text_sources": report.text_sources,
@@ -161,6 +161,9 @@ def _ingest(pdfs: list[Path], corpus: Path, ocr: str) -> dict[str, Any]:
         ),
         "skipped": report.problems,
     }
+    # kept beside the corpus, so a --reuse run reports the ingest's own figures
+    corpus.with_suffix(".ingest.json").write_text(json.dumps(record))
+    return record
 
 
 def _retrieve(
@@ -208,7 +211,11 @@ def _retrieve(
 
 def _from_corpus(corpus: Path, pages: int) -> dict[str, Any]:
     """An ingest's figures read back from the corpus it wrote (``--no-images`` keeps no row
-    without text, so the pages without text are the ones missing); its timings are not known."""
+    without text, so the pages without text are the ones missing); its timings are those the
+    ingest recorded beside it, or not known."""
+    recorded = corpus.with_suffix(".ingest.json")
+    if recorded.is_file():
+        return dict(json.loads(recorded.read_text()))
     sources = pq.read_table(corpus, columns=["text_source"]).column(0).to_pylist()
     return {
         "seconds": None,
