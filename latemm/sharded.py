@@ -45,6 +45,10 @@ from latemm.retriever import SearchResult
 
 SHARDS_MANIFEST = "shards.json"
 SHARDS_FORMAT_VERSION = 1
+# A sharded multi-field collection (``latemm.field_shards``) records format_version 2 and
+# ``"shard_kind": "fields"``: latemm versions that read only ordinary shards refuse it by its
+# version, and ordinary sharded indexes keep version 1 (old ones open as they are).
+FIELDS_SHARD_KIND = "fields"
 HASH = "blake2b-64-mod-n"
 # A first build records its N here before any shard is written (removed once shards.json is
 # committed), so an interrupted first build can only be finished with the same N.
@@ -135,8 +139,20 @@ class ShardManifest:
 
 
 def is_sharded(path: str | Path) -> bool:
-    """True when ``path`` holds a sharded index (a ``shards.json``)."""
+    """True when ``path`` holds a sharded index (a ``shards.json``), of either kind of shard."""
     return (Path(path) / SHARDS_MANIFEST).is_file()
+
+
+def is_field_shards(path: str | Path) -> bool:
+    """True when ``path`` holds a sharded multi-field collection: a ``shards.json`` whose
+    shards are fields indexes (``latemm.field_shards``), not ordinary ones."""
+    manifest = Path(path) / SHARDS_MANIFEST
+    if not manifest.is_file():
+        return False
+    try:
+        return read_json_object(manifest).get("shard_kind") == FIELDS_SHARD_KIND
+    except (IndexCorruptError, InputError):
+        return False  # read_manifest names the damage
 
 
 def is_unfinished_build(path: str | Path) -> bool:
@@ -185,6 +201,12 @@ def read_manifest(root: str | Path) -> ShardManifest:
             "`latemm index CORPUS --index DIR --shards N`"
         )
     payload = read_json_object(path)
+    if payload.get("shard_kind") == FIELDS_SHARD_KIND:
+        raise InputError(
+            f"{root} is a sharded multi-field collection (named fields in every shard), not a "
+            "sharded index of one encoder; use the fields verbs (`latemm search`, `delete`, "
+            "... read it as such)"
+        )
     version = payload.get("format_version")
     if version != SHARDS_FORMAT_VERSION or payload.get("hash") != HASH:
         raise IndexFormatError(
@@ -245,8 +267,8 @@ def writer_lock(root: str | Path) -> Iterator[None]:
         refuse_links(path)  # nothing is written or removed through a link out of the index
         for stale in path.glob(f"{STAGING_PREFIX}*"):  # a dead writer's partitions
             shutil.rmtree(stale, ignore_errors=True)
-        if (path / DELETING).is_file() and is_sharded(path):
-            _finish_delete(path)
+        if (path / DELETING).is_file() and is_sharded(path) and not is_field_shards(path):
+            _finish_delete(path)  # a fields collection's writer finishes its own
         yield
     finally:
         release_lock(lock)
