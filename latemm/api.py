@@ -66,7 +66,7 @@ def build_index(
 
         if encoder is not None:
             raise InputError("give encoder= (one field) or fields= (named fields), not both")
-        if num_shards is not None or is_field_shards(index_dir):
+        if num_shards is not None or is_field_shards(index_dir) or is_unfinished_build(index_dir):
             from latemm.field_shards import index_field_shards, read_field_shards
 
             progress = options.pop("progress", False)

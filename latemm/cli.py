@@ -159,9 +159,9 @@ def cmd_index(args: argparse.Namespace) -> int:
         **({"keep_images": True} if args.keep_images else {}),
     )
     from latemm.fields import is_fields_index
-    from latemm.sharded import is_field_shards
+    from latemm.sharded import is_field_shards, is_unfinished_field_build
 
-    field_shards = is_field_shards(args.index)
+    field_shards = is_field_shards(args.index) or is_unfinished_field_build(args.index)
     if args.field or (args.encoder is None and (is_fields_index(args.index) or field_shards)):
         if args.ray is not None:
             what = "--field" if args.field else f"{args.index}'s named fields"

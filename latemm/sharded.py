@@ -166,6 +166,13 @@ def unfinished_build_message(root: str | Path) -> str:
     """What a folder left by an interrupted first sharded build is, and how to finish it."""
     recorded = _building_shards(Path(root))
     n, hint = str(recorded) if recorded is not None else "N", ""
+    if is_unfinished_field_build(root):
+        return (
+            f"{root} is an unfinished sharded multi-field collection: a first `latemm index "
+            f"--field ... --shards {n}` build was interrupted before its commit "
+            f"({SHARDS_MANIFEST} is missing). Re-run it with the same --field flags to finish "
+            "it (committed shards are kept), or delete the folder"
+        )
     if recorded is None:  # left by a build that did not record its N
         found = extra_shards(root, 0)
         hint = f"; shards/ holds {len(found)} shard folders, up to {found[-1]}" if found else ""
@@ -175,6 +182,18 @@ def unfinished_build_message(root: str | Path) -> str:
         f"index CORPUS --index {root} --shards {n}` to finish it (committed shards are kept), "
         "or delete the folder"
     )
+
+
+def is_unfinished_field_build(path: str | Path) -> bool:
+    """True when ``path`` holds an interrupted first build of a sharded multi-field
+    collection (its ``building.json`` records ``"shard_kind": "fields"``)."""
+    root = Path(path)
+    if is_sharded(root) or not (root / BUILDING).is_file():
+        return False
+    try:
+        return read_json_object(root / BUILDING).get("shard_kind") == FIELDS_SHARD_KIND
+    except (IndexCorruptError, InputError):
+        return False
 
 
 def _building_shards(root: Path) -> int | None:
@@ -381,6 +400,8 @@ def prepare(root: str | Path, num_shards: int | None) -> tuple[int, ShardManifes
         check_layout(path, existing)
         return existing.num_shards, existing
     recorded = _building_shards(path)
+    if recorded is not None and is_unfinished_field_build(path):
+        raise InputError(unfinished_build_message(path))
     if recorded is not None:
         if num_shards is not None and num_shards != recorded:
             raise InputError(
