@@ -255,3 +255,67 @@ def test_cli_fields_x_shards(corpus, pair, tmp_path, capsys) -> None:  # noqa: F
     assert main(["search", str(path), str(queries), "--out", str(out), "--refine-depth", "4"]) == 2
     err = capsys.readouterr().err
     assert "--refine-depth" in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_reranked_on_the_coordinator_like_the_unsharded_index(pair, tmp_path) -> None:
+    """The fused top ``rerank_depth`` is reranked once, after the shards' phases, with each
+    page read from the shard that holds it: the unsharded index's order and scores."""
+    pytest.importorskip("torchvision")  # Qwen2-VL's processor needs its video processor
+    from latemm.reranker import MLLMReranker
+    from tests.latemm.tiny_models import build_qwen2_vl
+
+    reranker = MLLMReranker(str(build_qwen2_vl(tmp_path / "qwen")), template="yesno")
+    one, sharded = pair
+    runs = [
+        _search(path, k=6, fusion="rrf", reranker=reranker, rerank_depth=4)
+        for path in (one, sharded)
+    ]
+    _assert_identical(runs[1], runs[0])
+    assert np.array_equal(runs[1].rerank_scores, runs[0].rerank_scores, equal_nan=True)
+    assert not np.isnan(runs[1].rerank_scores[:, :4]).any()
+    top = [d for d in runs[1].doc_ids[:, :4].ravel() if d is not None]
+    assert FieldRetriever(sharded).pages(top) == FieldRetriever(one).pages(top)
+
+
+def test_an_interrupted_search_resumes_only_over_the_same_collection(
+    pair_copy, tmp_path, capsys
+) -> None:
+    _, sharded = pair_copy
+    rng = np.random.default_rng(12)
+    vectors = [rng.standard_normal((3, DIM)).astype(np.float32).tolist() for _ in range(4)]
+    qfile, out, clean = tmp_path / "q.parquet", tmp_path / "run.parquet", tmp_path / "c.parquet"
+
+    def write_queries(last: str) -> None:
+        texts = ["cash", "audit risk", "revenue", last]
+        table = {"query_id": ["qa", "qb", "qc", "qd"], "text": texts, "embedding": vectors}
+        pq.write_table(pa.table(table), qfile)
+
+    write_queries("")  # the bm25 field cannot read qd: the search stops there
+    args = ["search", str(sharded), str(qfile), "--fields", "m,b", "--k", "4", "--quiet"]
+    assert main([*args, "--out", str(out), "--batch-size", "1"]) == 2
+    parts = tmp_path / ".run.parquet.parts"
+    assert len(list(parts.glob("part-*.parquet"))) == 3
+    write_queries("growth")
+    assert main([*args, "--out", str(clean)]) == 0
+    assert main([*args, "--out", str(out), "--batch-size", "1"]) == 0  # resumes
+    assert pq.read_table(out).equals(pq.read_table(clean)) and not parts.exists()
+    write_queries("")
+    assert main([*args, "--out", str(out), "--batch-size", "1"]) == 2
+    assert main(["delete", str(sharded), "--ids", "p03"]) == 0  # a shard's fields change
+    write_queries("growth")
+    capsys.readouterr()
+    assert main([*args, "--out", str(out), "--batch-size", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "interrupted search with other arguments" in err and "generation" in err
+
+
+def test_verify_names_the_damaged_shard_and_field(pair_copy, capsys) -> None:
+    _, sharded = pair_copy
+    shard = shard_dir(sharded, 1)
+    build = read_fields(shard).get("b").options["dir"]
+    docs = shard / "fields" / "b" / build / "docs.parquet"
+    docs.write_bytes(docs.read_bytes()[:-8] + b"damaged!")
+    assert main(["verify", str(sharded)]) == 1
+    err = capsys.readouterr().err
+    assert "shard shard-0001: field 'b'" in err and "docs.parquet" in err
