@@ -21,11 +21,14 @@ BM25 with the collection's statistics (``latemm.bm25.BM25Index.union``).
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from index_store.errors import IndexCorruptError, IndexFormatError, InputError
 from index_store.fsio import find_links, read_json_object, refuse_links, write_json_atomic
@@ -297,15 +300,39 @@ def index_field_shards(
                     progress=progress,
                     **options,
                 )
-            except InputError as exc:  # name the user's file, not the shard's part of it
-                text = str(exc).replace(str(part), f"{corpus} (the rows {shard_name(shard)} takes)")
-                raise InputError(text) from exc
+            except InputError as exc:  # name the user's file and row, not the shard's part
+                raise _in_user_terms(exc, part, Path(corpus), shard, n, cols) from exc
         committed = _commit(root, n, existing)
     counts: dict[str, int] = {}
     for _, folder, manifest in shard_layout(root, committed):
         for spec in manifest.fields:
             counts[spec.name] = counts.get(spec.name, 0) + _field_documents(folder, spec)
     return {spec.name: counts.get(spec.name, 0) for spec in committed.fields}
+
+
+_ROW = re.compile(r"\b(rows?) (\d+)")
+
+
+def _in_user_terms(
+    exc: InputError, part: Path, corpus: Path, shard: int, n: int, cols: Any
+) -> InputError:
+    """``exc`` about shard ``shard``'s part of the corpus, naming the user's file and row
+    instead (the part holds that shard's rows in their order); ``exc`` if it names no part."""
+    import pyarrow.parquet as pq
+
+    text = str(exc)
+    if str(part) not in text:
+        return exc
+    ids = [str(d) for d in pq.read_table(corpus, columns=[cols.id]).column(cols.id).to_pylist()]
+    rows = np.flatnonzero(assign_shards(ids, n) == shard)
+    head, _, tail = text.partition(str(part))
+
+    def user_row(match: re.Match[str]) -> str:
+        i = int(match.group(2))
+        return f"{match.group(1)} {rows[i] if 0 <= i < rows.size else i}"
+
+    tail = _ROW.sub(user_row, tail, count=1).replace(str(part), str(corpus))
+    return type(exc)(f"{head}{corpus}{tail}")
 
 
 def _field_documents(folder: Path, spec: FieldSpec) -> int:

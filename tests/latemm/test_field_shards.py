@@ -319,3 +319,22 @@ def test_verify_names_the_damaged_shard_and_field(pair_copy, capsys) -> None:
     assert main(["verify", str(sharded)]) == 1
     err = capsys.readouterr().err
     assert "shard shard-0001: field 'b'" in err and "docs.parquet" in err
+
+
+def test_a_bad_row_is_named_in_the_users_file(tmp_path, capsys) -> None:
+    """A row a shard's field refuses is named by the user's file and row, as unsharded."""
+    rng = np.random.default_rng(0)
+    vectors = [rng.standard_normal((3, DIM)).astype(np.float32).tolist() for _ in range(20)]
+    vectors[13] = rng.standard_normal((3, DIM - 3)).astype(np.float32).tolist()
+    corpus_path = tmp_path / "c.parquet"
+    ids = [f"d{i}" for i in range(20)]
+    pq.write_table(
+        pa.table({"doc_id": ids, "text": ["a b"] * 20, "embedding": vectors}), corpus_path
+    )
+    errors = []
+    for name, extra in (("one", []), ("sharded", ["--shards", "3"])):
+        argv = ["index", str(corpus_path), "--index", str(tmp_path / name), "--quiet"]
+        assert main([*argv, "--field", "m=embedding:embedding", *extra]) == 2
+        errors.append(capsys.readouterr().err)
+    assert f"{corpus_path}, row 13, doc_id 'd13'" in errors[1]
+    assert errors[1] == errors[0] and errors[1].count("\n") == 1
