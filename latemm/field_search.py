@@ -591,8 +591,12 @@ class FieldRetriever:
             return bm25_hits(parts[0].scores(query), parts[0].doc_ids, allowed, n_cand)
         flat, offsets = query
         hits = []
+        matrices: dict[str, np.ndarray] = {}  # shards share a config: the queries' FDEs once
         for index, masks in zip(parts, allowed, strict=True):
-            matrix = first_stage_queries(index, flat, offsets, device=self.device)
+            key = repr(index.config.to_dict())
+            if key not in matrices:
+                matrices[key] = first_stage_queries(index, flat, offsets, device=self.device)
+            matrix = matrices[key]
             cands = first_stage(
                 index, matrix, n_cand, masks, nprobe=self.nprobe, ef_search=self.ef_search
             )

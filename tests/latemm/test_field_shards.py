@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -246,7 +247,8 @@ def test_cli_fields_x_shards(corpus, pair, tmp_path, capsys) -> None:  # noqa: F
         main(["show", str(run_file), "--index", str(path), "--query", "q0", "--out", str(html)])
         == 0
     )
-    assert "p" in html.read_text()
+    top = pq.read_table(run_file).filter(pc.field("query_id") == "q0")
+    assert top.num_rows and top.column("doc_id")[0].as_py() in html.read_text()
     # Options that cannot apply: one line naming the option, exit 2.
     capsys.readouterr()
     assert main([*argv, *fields, "--shards", "3", "--ray"]) == 2
@@ -338,3 +340,17 @@ def test_a_bad_row_is_named_in_the_users_file(tmp_path, capsys) -> None:
         errors.append(capsys.readouterr().err)
     assert f"{corpus_path}, row 13, doc_id 'd13'" in errors[1]
     assert errors[1] == errors[0] and errors[1].count("\n") == 1
+
+
+def test_one_writer_at_a_time_and_readers_take_no_lock(pair_copy, capsys) -> None:
+    from index_store.housekeeping import acquire_lock, release_lock
+
+    one, sharded = pair_copy
+    lock = acquire_lock(sharded)  # another writer holds the collection
+    try:
+        assert main(["delete", str(sharded), "--ids", "p03"]) == 2
+        assert "is being written by" in capsys.readouterr().err
+        _assert_identical(_search(sharded), _search(one))  # a reader is not blocked
+    finally:
+        release_lock(lock)
+    assert main(["delete", str(sharded), "--ids", "p03"]) == 0
