@@ -162,6 +162,12 @@ def cmd_index(args: argparse.Namespace) -> int:
     from latemm.sharded import is_field_shards, is_unfinished_field_build
 
     field_shards = is_field_shards(args.index) or is_unfinished_field_build(args.index)
+    if field_shards and args.encoder and not args.field:  # before any model is loaded
+        raise InputError(
+            f"--encoder builds a one-field index; {args.index} is a sharded multi-field "
+            "collection: leave --encoder out to add the corpus to every recorded field, or add "
+            "a field with --field NAME=ENCODER"
+        )
     if args.field or (args.encoder is None and (is_fields_index(args.index) or field_shards)):
         if args.ray is not None:
             what = "--field" if args.field else f"{args.index}'s named fields"

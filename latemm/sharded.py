@@ -223,8 +223,8 @@ def read_manifest(root: str | Path) -> ShardManifest:
     if payload.get("shard_kind") == FIELDS_SHARD_KIND:
         raise InputError(
             f"{root} is a sharded multi-field collection (named fields in every shard), not a "
-            "sharded index of one encoder; use the fields verbs (`latemm search`, `delete`, "
-            "... read it as such)"
+            "sharded index of one encoder: add pages with --field NAME=ENCODER (or without "
+            "--encoder, to every recorded field)"
         )
     version = payload.get("format_version")
     if version != SHARDS_FORMAT_VERSION or payload.get("hash") != HASH:

@@ -354,3 +354,17 @@ def test_one_writer_at_a_time_and_readers_take_no_lock(pair_copy, capsys) -> Non
     finally:
         release_lock(lock)
     assert main(["delete", str(sharded), "--ids", "p03"]) == 0
+
+
+def test_cli_options_that_cannot_apply_to_a_collection(pair, corpus, capsys) -> None:  # noqa: F811
+    _, sharded = pair
+    argv = ["index", str(corpus[0]), "--index", str(sharded), "--quiet"]
+    for extra, named in (
+        (["--encoder", "x"], "--encoder builds a one-field index"),
+        (["--shards", "2"], "--shards 3"),
+        (["--field", "m=embedding:emb_multi", "--ray"], "--ray"),
+    ):
+        assert main([*argv, *extra]) == 2
+        err = capsys.readouterr().err
+        assert named in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert read_field_shards(sharded).generation == 1  # nothing was written
