@@ -198,7 +198,7 @@ def search(
         encoder = load_encoder(recorded)  # rebuilt with its recorded options
     encoder = _as_encoder(encoder)
     if isinstance(queries, (str, Path)) and Path(queries).suffix == ".parquet":
-        from latemm.pipeline import search_file
+        from latemm.jobs import search_file
 
         one = where if isinstance(where, str) else None  # a list with a file is refused above
         return _run_of_file(
@@ -245,7 +245,8 @@ def _search_fields(
     rerank_depth: int,
     named: dict[str, Any],
 ) -> pa.Table:
-    from latemm.field_search import FieldRetriever, run_schema, search_fields_file
+    from latemm.field_search import FieldRetriever, run_schema
+    from latemm.jobs import search_fields_file
 
     named["fusion"] = named["fusion"] or "auto"
     for unset in [name for name in ("normalization", "rrf_k") if named[name] is None]:

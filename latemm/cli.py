@@ -399,7 +399,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from latemm.fields import is_fields_index
-    from latemm.pipeline import search_file
+    from latemm.jobs import search_file
     from latemm.sharded import is_field_shards
 
     if args.allow_files and not args.rerank:
@@ -500,7 +500,7 @@ def _check_index_kind(args: argparse.Namespace, named: Any) -> None:
 
 def _check_search_target(args: argparse.Namespace) -> None:
     """The search's arguments and index, checked before an encoder or reranker is loaded."""
-    from latemm.pipeline import check_search_args
+    from latemm.jobs import check_search_args
     from latemm.sharded import is_sharded, is_unfinished_build, unfinished_build_message
 
     check_search_args(
@@ -527,8 +527,8 @@ def _check_search_target(args: argparse.Namespace) -> None:
 
 def _search_fields(args: argparse.Namespace, start: float) -> int:
     """``latemm search`` over named fields (latemm.field_search)."""
-    from latemm.field_search import search_fields_file
     from latemm.fusion import parse_weights
+    from latemm.jobs import search_fields_file
 
     if args.encoder:
         raise InputError(

@@ -457,7 +457,7 @@ class FieldRetriever:
         self, queries: str | Path, *, k: int, candidates: int | None, where: str | None
     ) -> dict[str, Any]:
         """The settings a search of a query file records beside its finished batches
-        (``latemm.pipeline.run_queries``): the index and its fields' state, the plan, the
+        (``latemm.jobs.run_queries``): the index and its fields' state, the plan, the
         encoders, the reranker. ``where`` is checked here, before any batch is written."""
         self._allowed(where)
         reranker = self.reranker
@@ -862,107 +862,6 @@ def run_schema(fields: Sequence[str]) -> Any:
     from latemm.io import RUN_SCHEMA
 
     return pa.schema([*RUN_SCHEMA, *(pa.field(f"score_{n}", pa.float32()) for n in fields)])
-
-
-def search_fields_file(
-    index_dir: str | Path,
-    queries: str | Path,
-    out: str | Path,
-    *,
-    k: int = 10,
-    candidates: int | None = None,
-    where: str | None = None,
-    batch_size: int = 64,
-    trec: str | Path | None = None,
-    progress: bool = True,
-    columns: Any = None,
-    query_columns: dict[str, str] | None = None,
-    **options: Any,
-) -> Any:
-    """Search every query of a Parquet file over an index's fields and write the run (Parquet,
-    and TREC if asked). ``options`` go to ``FieldRetriever`` (fields, fusion, weights,
-    rescore_fields, preset, encoders, reranker, ...). ``query_columns`` (field -> column,
-    ``--query-column``) names the query file's column of vectors for each field that holds
-    precomputed vectors; the ``embedding`` column serves the one such field left unnamed.
-
-    It runs the resumable loop of ``latemm.pipeline.search_file``: an interrupted search re-run
-    with the same arguments (and the index unchanged) skips the queries already written."""
-    from latemm.filters import query_conditions
-    from latemm.pipeline import check_search_args, rows_named, run_queries
-
-    check_search_args(queries, out, k=k, candidates=candidates, batch_size=batch_size)
-    retriever = FieldRetriever(index_dir, **options)
-    precomputed = [
-        n
-        for n in retriever.plan.scored
-        if retriever.specs[n].kind != "bm25" and retriever.encoders.get(n) is None
-    ]
-    named = dict(query_columns or {})
-    for name in named:
-        if name not in precomputed:
-            raise InputError(
-                f"--query-column {name}=...: {name!r} is not a searched field that holds "
-                f"precomputed vectors (those are: {', '.join(precomputed) or 'none'})"
-            )
-
-    def search_batch(batch: Any) -> SearchResult:
-        with rows_named(batch, Path(queries), "query_id"):
-            pages, given = _batch_queries(batch, Path(queries), precomputed, named)
-            return retriever.search(
-                pages,
-                k=k,
-                candidates=candidates,
-                where=query_conditions(batch.table, where),
-                query_ids=batch.ids,
-                query_vectors=given,
-            )
-
-    record = retriever.resume_record(queries, k=k, candidates=candidates, where=where)
-    if named:  # parts written from other query columns are not resumed
-        record["query_columns"] = named
-    return run_queries(
-        queries,
-        out,
-        record,
-        search_batch,
-        columns=columns,
-        schema=run_schema(retriever.plan.scored),
-        batch_size=batch_size,
-        trec=trec,
-        progress=progress,
-    )
-
-
-def _batch_queries(
-    batch: Any, source: Path, precomputed: list[str], named: dict[str, str] | None = None
-) -> tuple[list[Any], dict[str, Any]]:
-    """A query batch as texts or pages (image queries), and the query vectors of the
-    precomputed fields: from the columns ``named`` (field -> column), and the ``embedding``
-    column for the one precomputed field left (if exactly one is)."""
-    from latemm.encoders.base import Page
-    from latemm.io import column_vectors
-    from latemm.pipeline import batch_pages
-
-    given = {}
-    named = named or {}
-    for name, column in named.items():
-        if column == "embedding" and batch.vectors is not None:
-            vectors, offsets = batch.vectors, batch.offsets
-        else:
-            vectors, offsets = column_vectors(
-                batch.table, column, batch.ids, source=source, first_row=batch.first_row,
-                kind="queries",
-            )  # fmt: skip
-        given[name] = [vectors[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
-    rest = [n for n in precomputed if n not in named]
-    if batch.vectors is not None and len(rest) == 1:
-        bounds = zip(batch.offsets[:-1], batch.offsets[1:], strict=True)
-        given[rest[0]] = [batch.vectors[a:b] for a, b in bounds]
-    if not any(c in batch.table.column_names for c in ("text", "image")):
-        return [Page() for _ in batch.ids], given
-    return [
-        p if p.image is not None else p.text for p in batch_pages(batch, source, kind="query_id")
-    ], given
 
 
 def _without(doc_ids: Any, mask: np.ndarray | None, hidden: frozenset[str]) -> np.ndarray:

@@ -11,9 +11,9 @@ A document lives in shard ``shard_of(doc_id, N)`` (the first 8 bytes of the BLAK
 its UTF-8 id, mod N): re-runs and appends send every id to the same shard, so no id is ever in
 two shards and ``on_existing`` (skip/upsert) keeps working per shard.
 
-Searching scatters the query batch over the shards (in this process here; on Ray actors with
-``latemm.distributed``) and merges the shards' top-k by final score, ties by doc_id, which is
-how ``Retriever`` orders one index: the merge is exactly the top-k of one index over the same
+Searching scatters the query batch over the shards (in this process, or on Ray actors that the
+caller builds with ``latemm.distributed`` and hands in) and merges the shards' top-k by final
+score, ties by doc_id, which is how ``Retriever`` orders one index: the merge is exactly the top-k of one index over the same
 corpus whenever each shard's own top-k is exact.
 
 Imports ``index_store`` and ``latemm``'s pipeline and retriever; never Ray.
@@ -809,9 +809,13 @@ class ShardedRetriever:
     reranker, rerank_depth, rerank_fusion
         As for ``Retriever``: the merged top ``rerank_depth`` of each query is reranked here, on
         the coordinator, with page content read from the shards that hold it.
-    ray
-        None searches the shards in this process (each shard memory-mapped); ``"local"`` or a
-        cluster address serves each shard from a Ray actor (``latemm.distributed``).
+    actors
+        None searches the shards in this process (each shard memory-mapped). Otherwise a
+        callable ``actors(path, manifest, **options)`` returning what serves the shards
+        elsewhere: an object with ``search_embeddings(flat, offsets, **kwargs)`` (a
+        ``SearchResult`` per shard) and ``close()``, e.g. ``latemm.distributed.ShardActors`` on Ray (which
+        ``latemm.jobs.open_retriever(..., ray=ADDRESS)`` builds). Injected, so this module
+        never imports Ray or ``latemm.distributed``.
     **options
         ``Retriever`` options for every shard (``device``, ``nprobe``, ``ef_search``).
     """
@@ -821,7 +825,7 @@ class ShardedRetriever:
         index: str | Path,
         *,
         encoder: Any = None,
-        ray: str | None = None,
+        actors: Callable[..., Any] | None = None,
         reranker: Any = None,
         rerank_depth: int = 20,
         rerank_fusion: str = "none",
@@ -839,13 +843,11 @@ class ShardedRetriever:
             check_encoder(self.config, encoder.info.to_dict(), self.path)
         self._search: Callable[..., list[SearchResult]]
         self._hidden: set[str] = set()
-        if ray is None:
+        if actors is None:
             self._retrievers = self._open_consistent(options)
             self._search = self._search_local
         else:
-            from latemm.distributed import ShardActors
-
-            self._actors = ShardActors(self.path, self.manifest, address=ray, **options)
+            self._actors = actors(self.path, self.manifest, **options)
             self._search = self._actors.search_embeddings
 
     def _open_consistent(self, options: dict[str, Any]) -> list[Any]:
@@ -985,25 +987,3 @@ class ShardedRetriever:
         """Release the shard actors (nothing to do in-process)."""
         if hasattr(self, "_actors"):
             self._actors.close()
-
-
-def open_retriever(
-    index_dir: str | Path,
-    *,
-    encoder: Any = None,
-    reranker: Any = None,
-    ray: str | None = None,
-    **options: Any,
-) -> Any:
-    """``Retriever`` for an ordinary index, ``ShardedRetriever`` for a sharded one (on Ray
-    actors with ``ray``)."""
-    from latemm.retriever import Retriever
-
-    if not is_sharded(index_dir):
-        if ray is not None:
-            raise InputError(
-                f"--ray serves a sharded index; {index_dir} is an ordinary one. Build a sharded "
-                "index with `latemm index CORPUS --index DIR --shards N`, or leave out --ray"
-            )
-        return Retriever(index_dir, encoder=encoder, reranker=reranker, **options)
-    return ShardedRetriever(index_dir, encoder=encoder, reranker=reranker, ray=ray, **options)

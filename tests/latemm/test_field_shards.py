@@ -27,7 +27,8 @@ from latemm.field_shards import (
 )
 from latemm.fields import index_fields, open_field, read_fields
 from latemm.sharded import BUILDING, DELETING, SHARDS_MANIFEST, is_field_shards, shard_of
-from tests.latemm.test_fields import DIM, FIELDS, GONE, N, corpus  # noqa: F401 - the fixture
+from tests.helpers import SMALL_DIM as DIM
+from tests.latemm.test_fields import FIELDS, GONE, N, corpus  # noqa: F401 - the fixture
 
 SHARDS = 3
 TEXTS = ["revenue growth", "cash debt risk", "audit", "equity margin profit"]

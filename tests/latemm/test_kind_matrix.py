@@ -13,7 +13,7 @@ import pytest
 import latemm
 from latemm.cli import main
 from latemm.sharded import ShardManifest, read_manifest
-from tests.latemm.test_shard_cases import read_run, write_pages, write_questions
+from tests.helpers import read_run, write_pages, write_questions
 
 KINDS = {
     "plain": [],
