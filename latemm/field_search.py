@@ -371,16 +371,26 @@ class FieldRetriever:
         )
 
     def pages(self, doc_ids: Sequence[str]) -> dict[str, Any]:
-        """Text and image of each doc id, from the first field holding it."""
+        """Text and image of each doc id: from the index's page store (``latemm.pagestore``),
+        or, in an index written before it existed, from the first field holding it."""
         from latemm.encoders.base import Page
+        from latemm.pagestore import open_store
+        from latemm.pagestore import read_pages as read_stored
 
+        allow = getattr(self.reranker, "allow_files", ())
+        if not hasattr(
+            self, "_store"
+        ):  # opened on first use: a search without rerank never reads it
+            self._store = open_store(self.path, self.manifest.pages, self.hidden)
         pages: dict[str, Any] = {}
+        if self._store is not None:
+            pages.update(read_stored(self._store, doc_ids, allow))
         for index in self.indexes.values():
             missing = [d for d in doc_ids if d not in pages]
             if not missing:
                 break
             if isinstance(index, Index):
-                pages.update(read_pages(index, missing, getattr(self.reranker, "allow_files", ())))
+                pages.update(read_pages(index, missing, allow))
             else:
                 texts = index.texts()
                 pages.update(
