@@ -89,11 +89,11 @@ def build(source: Path, index: Path, fields: dict[str, str], *, store: bool) -> 
         index_fields(source, index, fields, progress=False)
         return
     kept = fields_module._store_pages  # noqa: SLF001 - the layout before the page store
-    fields_module._store_pages = lambda root, manifest, *a: manifest  # type: ignore[assignment]
+    setattr(fields_module, "_store_pages", lambda root, manifest, *a: manifest)  # noqa: B010
     try:
         index_fields(source, index, fields, progress=False)
     finally:
-        fields_module._store_pages = kept  # type: ignore[assignment]
+        setattr(fields_module, "_store_pages", kept)  # noqa: B010
 
 
 def main() -> None:
