@@ -391,3 +391,18 @@ def read_pages(
             raise InputError(f"{store.root / STORE_DIR}, doc_id {doc_id!r}: {exc}") from exc
         pages[doc_id] = Page(text=cell.get("text"), image=image)
     return pages
+
+
+def store_stats(
+    root: str | Path, record: StoreRecord, hidden: Iterable[str] = ()
+) -> dict[str, Any]:
+    """What ``latemm info`` reports of a page store: its pages (an unfinished delete's left
+    out), parts and bytes on disk."""
+    store = PageStore(root, record, hidden)
+    columns = sorted({c for p in record.parts for c in p.columns})
+    return {
+        "pages": len(store),
+        "parts": len(record.parts),
+        "columns": columns,
+        "disk_bytes": sum(p.size for p in record.parts),
+    }

@@ -406,3 +406,20 @@ def test_a_full_disk_in_the_store_write_is_one_line_and_loses_nothing(tmp_path, 
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=30)
     assert any(f"/{STORE_DIR}/part-" in n for n in named), named
+
+
+def test_info_reports_the_page_store(tmp_path, capsys) -> None:
+    corpus, idx = _corpus(tmp_path / "corpus.parquet", n=8), tmp_path / "idx"
+    _build(corpus, idx)
+    begin_delete(idx, ["p001"])  # an unfinished delete: its page is not counted
+    capsys.readouterr()
+    assert main(["info", str(idx)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    part = next((idx / STORE_DIR).glob("*.parquet"))
+    assert report["page_store"] == {
+        "pages": 7,
+        "parts": 1,
+        "columns": ["image", "page", "source", "text"],
+        "disk_bytes": part.stat().st_size,
+    }
+    assert report["unfinished_delete"] == 1
