@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -47,6 +48,7 @@ STORE_DIR = "pages"
 CONTENT = ("text", "image", "source", "page")
 CONTENT_ONLY = ("text", "image")  # source and page stay in the fields too: --where uses them
 PART_KINDS = ("pages", "deletes")
+_ROW_GROUP = 64  # pages per Parquet row group: a page is read with at most 63 others
 _FIX = "the page store is damaged: restore the index from a backup or rebuild it"
 
 
@@ -163,8 +165,8 @@ class PageStore:
         out: dict[str, dict[str, Any]] = {}
         for p, ids in by_part.items():
             part = self.record.parts[p]
-            rows = pa.array([self.where[d][1] for d in ids], pa.int64())
-            table = _read_part(self.root, part, list(part.columns)).take(rows)
+            rows = [self.where[d][1] for d in ids]
+            table = _read_rows(self.root, part, list(part.columns), rows)
             for doc_id, row in zip(ids, table.to_pylist(), strict=True):
                 out[doc_id] = row
         return out
@@ -179,6 +181,31 @@ def _read_part(root: Path, part: Part, columns: list[str]) -> pa.Table:
             f"{path}: page store part cannot be read ({exc}); {_FIX} (`latemm verify` lists "
             "what is damaged)"
         ) from exc
+
+
+def _read_rows(root: Path, part: Part, columns: list[str], rows: Sequence[int]) -> pa.Table:
+    """Rows ``rows`` of a part (in that order), reading only the row groups that hold them."""
+    path = part_path(root, part)
+    try:
+        with pq.ParquetFile(path) as parquet:
+            sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
+            starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+            wanted = np.asarray(rows, np.int64)
+            groups = np.searchsorted(starts, wanted, side="right") - 1
+            pieces, order = [], []
+            for g in np.unique(groups):
+                local = wanted[groups == g] - starts[g]
+                table = parquet.read_row_group(int(g), columns=columns)
+                pieces.append(table.take(pa.array(local, pa.int64())))
+                order.append(np.flatnonzero(groups == g))
+    except (OSError, pa.ArrowInvalid, KeyError, IndexError) as exc:
+        raise IndexCorruptError(
+            f"{path}: page store part cannot be read ({exc}); {_FIX} (`latemm verify` lists "
+            "what is damaged)"
+        ) from exc
+    table = pa.concat_tables(pieces)
+    back = np.argsort(np.concatenate(order), kind="stable")
+    return table.take(pa.array(back, pa.int64()))
 
 
 def open_store(
@@ -197,7 +224,7 @@ def add_pages(
     columns: Any,
     images: bool,
     upsert: bool = False,
-    batch_size: int = 256,
+    batch_size: int = _ROW_GROUP,
 ) -> StoreRecord:
     """Write the content of ``corpus``'s pages (read in place, batch by batch) that the store
     does not hold yet as one new part, and return the record that lists it; the caller commits
@@ -244,7 +271,7 @@ def add_pages(
             )
             if writer is None:
                 writer = pq.ParquetWriter(sink, out.schema)
-            writer.write_table(out.cast(writer.schema))
+            writer.write_table(out.cast(writer.schema), row_group_size=_ROW_GROUP)
             rows += out.num_rows
         if writer is not None:
             writer.close()
@@ -281,7 +308,7 @@ def _write_part(root: Path, kind: str, table: pa.Table) -> Part:
     path = index_path(root, STORE_DIR, f"part-{uuid.uuid4().hex[:16]}.parquet")
     try:
         with os.fdopen(open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as fh:
-            pq.write_table(table, fh)
+            pq.write_table(table, fh, row_group_size=_ROW_GROUP)
             fh.flush()
             os.fsync(fh.fileno())
     except OSError as exc:
@@ -308,29 +335,60 @@ def delete_pages(root: str | Path, record: StoreRecord, doc_ids: Sequence[str]) 
 def compact_pages(
     root: str | Path, record: StoreRecord, held: set[str] | None = None
 ) -> StoreRecord:
-    """The record of one new part per column layout holding only the live pages (deleted and
-    superseded rows dropped; with ``held``, pages no field holds too). The same record when
-    there is nothing to drop."""
+    """The record of new parts holding only the live pages (deleted and superseded rows
+    dropped; with ``held``, pages no field holds too), one part per column layout, streamed
+    row group by row group. The same record when there is nothing to drop."""
+    root = Path(root)
     store = PageStore(root, record)
-    live = [d for d in store.doc_ids() if held is None or d in held]
+    live = {d: pr for d, pr in store.where.items() if held is None or d in held}
     total = sum(p.rows for p in record.parts)
     if len(live) == total and all(p.kind == "pages" for p in record.parts):
         return record
-    groups: dict[tuple[str, ...], list[str]] = {}
-    for doc_id in live:
-        groups.setdefault(store.columns_of(doc_id), []).append(doc_id)
-    parts = []
-    for cols, ids in groups.items():
-        contents = store.pages(ids)
-        table = pa.Table.from_pylist([{"doc_id": d, **contents[d]} for d in ids])
-        table = table.select(["doc_id", *cols])
-        typed = _read_part(Path(root), record.parts[store.where[ids[0]][0]], list(cols)).schema
-        table = pa.table(
-            [table.column("doc_id").cast(pa.string())]
-            + [table.column(c).cast(typed.field(c).type) for c in cols],
-            names=["doc_id", *cols],
-        )
-        parts.append(_write_part(Path(root), "pages", table))
+    keep = {pr for pr in live.values()}
+    writers: dict[str, tuple[Path, Any, Any, list[int]]] = {}  # schema -> path, writer, sink, rows
+    folder = store_dir(root)
+    try:
+        for p, part in enumerate(record.parts):
+            if part.kind != "pages":
+                continue
+            with pq.ParquetFile(part_path(root, part)) as parquet:
+                start = 0
+                for batch in parquet.iter_batches(batch_size=_ROW_GROUP):
+                    mask = [(p, start + i) in keep for i in range(batch.num_rows)]
+                    start += batch.num_rows
+                    table = pa.Table.from_batches([batch]).filter(pa.array(mask))
+                    if table.num_rows == 0:
+                        continue
+                    key = table.schema.to_string()
+                    if key not in writers:
+                        path = index_path(root, STORE_DIR, f"part-{uuid.uuid4().hex[:16]}.parquet")
+                        sink = os.fdopen(
+                            open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb"
+                        )
+                        writers[key] = (path, pq.ParquetWriter(sink, table.schema), sink, [0])
+                    writers[key][1].write_table(table, row_group_size=_ROW_GROUP)
+                    writers[key][3][0] += table.num_rows
+        parts = []
+        for path, writer, sink, rows in writers.values():
+            writer.close()
+            sink.flush()
+            os.fsync(sink.fileno())
+            sink.close()
+            columns = tuple(n for n in pq.read_schema(path).names if n != "doc_id")
+            parts.append(_entry(path, "pages", rows[0], columns))
+    except BaseException as exc:
+        for path, writer, sink, _ in writers.values():
+            try:
+                if writer.is_open:
+                    writer.close()
+                sink.close()
+            except OSError:
+                pass  # already failing: the error below is the one to report
+            path.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and is_full(exc):
+            raise full_disk_error(folder, exc) from exc
+        raise
+    fsync_dir(folder)
     return StoreRecord(tuple(parts))
 
 

@@ -423,3 +423,32 @@ def test_info_reports_the_page_store(tmp_path, capsys) -> None:
         "disk_bytes": part.stat().st_size,
     }
     assert report["unfinished_delete"] == 1
+
+
+def test_pages_are_read_from_their_row_groups_in_any_order(tmp_path) -> None:
+    """A store over several Parquet row groups: any pages, in any order, are the corpus's;
+    so they are after a delete and compaction streamed the store into a new part."""
+    corpus, idx = _corpus(tmp_path / "corpus.parquet", n=150, side=8), tmp_path / "idx"
+    _build(corpus, idx, {"a": "embedding:ea"})
+    part = next((idx / STORE_DIR).glob("*.parquet"))
+    assert pq.ParquetFile(part).num_row_groups > 2
+    table = pq.read_table(corpus)
+    want = {
+        d: (t, i)
+        for d, t, i in zip(
+            table.column("doc_id").to_pylist(),
+            table.column("text").to_pylist(),
+            table.column("image").to_pylist(),
+            strict=True,
+        )
+    }
+    picks = [f"p{i:03d}" for i in np.random.default_rng(3).permutation(150)[:40]]
+    got = PageStore(idx, read_fields(idx).pages).pages(picks)
+    assert list(got) == picks
+    assert all((got[d]["text"], got[d]["image"]) == want[d] for d in picks)
+    delete(idx, picks[:10])
+    compact(idx)
+    store = PageStore(idx, read_fields(idx).pages)
+    assert len(store) == 140 and not set(picks[:10]) & set(store.doc_ids())
+    got = store.pages(picks[10:])
+    assert all((got[d]["text"], got[d]["image"]) == want[d] for d in picks[10:])
