@@ -533,6 +533,7 @@ def index_fields(
 
         check_ids(source, columns=cols)  # null or duplicate ids: refused before any field is built
         planned = [_plan(req, manifest, cols, device) for req in requests]
+        _check_bm25_text(source, planned, cols)
         drop_all = _embedding_columns(requests, cols)
         manifest = _store_pages(root, manifest, source, planned, cols, options)
         content = manifest.pages is None  # no page store (an index from before it): as then
@@ -600,6 +601,20 @@ def compact_store(index_dir: str | Path) -> None:
     if pages is not manifest.pages:
         write_json_atomic(root / FIELDS_FILE, manifest.with_pages(pages).to_dict())
         remove_stale_parts(root, pages)
+
+
+def _check_bm25_text(source: Path, planned: list[_Plan], cols: Any) -> None:
+    """A bm25 field over a corpus without the text column is refused before any work."""
+    from latemm.io import open_dataset
+
+    names = open_dataset(source).schema.names
+    for plan in planned:
+        if plan.spec.kind == "bm25" and cols.text not in names:
+            raise InputError(
+                f"{source}: bm25 field {plan.spec.name!r} reads the text column {cols.text!r}, "
+                f"which the file does not have (columns: {', '.join(names)}); name it with "
+                "--text-column, or leave the bm25 field out"
+            )
 
 
 def _check_requests(requests: list[FieldRequest]) -> None:

@@ -452,3 +452,17 @@ def test_pages_are_read_from_their_row_groups_in_any_order(tmp_path) -> None:
     assert len(store) == 140 and not set(picks[:10]) & set(store.doc_ids())
     got = store.pages(picks[10:])
     assert all((got[d]["text"], got[d]["image"]) == want[d] for d in picks[10:])
+
+
+def test_a_bm25_field_over_a_corpus_without_text_is_one_line(tmp_path, capsys) -> None:
+    """Found on the way (a pyarrow traceback on main): refused before anything is written."""
+    corpus, idx = tmp_path / "c.parquet", tmp_path / "idx"
+    pq.write_table(
+        pa.table({"doc_id": ["a", "b"], "embedding": [[[1.0, 2.0]], [[3.0, 1.0]]]}), corpus
+    )
+    argv = ["index", str(corpus), "--index", str(idx), "--quiet"]
+    assert main([*argv, "--field", "e=embedding:embedding", "--field", "b=bm25"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"{corpus}: bm25 field 'b' reads the text column 'text'" in err
+    assert not (idx / "fields.json").exists()
