@@ -466,3 +466,31 @@ def test_a_bm25_field_over_a_corpus_without_text_is_one_line(tmp_path, capsys) -
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert f"{corpus}: bm25 field 'b' reads the text column 'text'" in err
     assert not (idx / "fields.json").exists()
+
+
+@pytest.mark.slow
+def test_a_build_sigkilled_after_the_store_write_loses_nothing(tmp_path) -> None:
+    """As the test above, with a real SIGKILL (no ``finally`` runs): the process dies at the
+    moment it would commit the new pages (~25 s on a loaded machine, mostly importing torch in
+    the child: slow)."""
+    import subprocess
+    import sys
+
+    corpus, idx = _corpus(tmp_path / "corpus.parquet", n=8), tmp_path / "idx"
+    _build(corpus, idx)
+    committed = (idx / "fields.json").read_bytes()
+    more = _corpus(tmp_path / "more.parquet", n=4, start=50)
+    script = (
+        "import os, signal, sys\n"
+        "from latemm import fields\n"
+        "fields.write_json_atomic = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"fields.index_fields({str(more)!r}, {str(idx)!r}, {FIELDS!r}, dtype='float32', "
+        "progress=False)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert done.returncode == -9, done.stderr.decode()
+    assert len(list((idx / STORE_DIR).glob("*.parquet"))) == 2  # written, never committed
+    assert (idx / "fields.json").read_bytes() == committed and verify_fields(idx) == []
+    _build(more, idx)
+    assert FieldRetriever(idx).pages(["p051"])["p051"].image is not None
+    assert len(list((idx / STORE_DIR).glob("*.parquet"))) == 2 and verify_fields(idx) == []
