@@ -518,3 +518,29 @@ def test_a_text_field_read_in_place_encodes_whole_batches(tmp_path) -> None:
     counting.encoded.clear()
     index_fields(corpus, idx, {"t": counting}, progress=False, batch_size=24)
     assert counting.encoded == []
+
+
+def test_show_heatmap_reads_the_page_images_from_the_store(tmp_path, capsys) -> None:
+    """An image field keeps no image bytes; `latemm show --heatmap` gets them from the store."""
+    from tests.latemm.test_show import PAGES, Collect
+    from tests.latemm.tiny_models import build_colqwen2
+
+    model = build_colqwen2(tmp_path / "colqwen2")
+    corpus, queries = tmp_path / "corpus.parquet", tmp_path / "queries.parquet"
+    table = pa.table(
+        {"doc_id": ["a", "b", "c"], "image": PAGES, "text": ["revenue chart", "audit", "cash flow"]}
+    )
+    pq.write_table(table, corpus)
+    pq.write_table(pa.table({"query_id": ["q1"], "text": ["chart of the revenue"]}), queries)
+    idx, run, page = tmp_path / "idx", tmp_path / "run.parquet", tmp_path / "q1.html"
+    argv = ["index", str(corpus), "--index", str(idx), "--field", f"img={model}", "--quiet"]
+    assert main([*argv, "--field", "t=bm25"]) == 0
+    assert not _meta_columns(idx, "img") & {"image", "text"}
+    assert main(["search", str(idx), str(queries), "--out", str(run), "--quiet"]) == 0
+    show = ["show", str(run), "--index", str(idx), "--query", "q1", "--out", str(page)]
+    assert main([*show, "--heatmap", "--queries", str(queries)]) == 0
+    capsys.readouterr()
+    parser = Collect()
+    parser.feed(page.read_text())
+    assert len(parser.pages) == len(parser.heatmaps) == 3
+    assert parser.heatmaps[0] != parser.pages[0]  # the overlay changed the thumbnail
