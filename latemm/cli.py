@@ -643,7 +643,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
         pending = read_journal(args.index)  # a reader: an unfinished delete is reported, not run
         fields = []
-        for spec in read_fields(args.index).fields:
+        manifest = read_fields(args.index)
+        for spec in manifest.fields:
             opened = open_field(args.index, spec)
             if isinstance(opened, Index):
                 stats = _per_page(opened.stats(), opened)
@@ -656,6 +657,10 @@ def cmd_info(args: argparse.Namespace) -> int:
                 }
             fields.append({**spec.to_dict(), "stats": stats})
         report: dict[str, Any] = {"path": str(args.index), "fields": fields}
+        if manifest.pages is not None:  # each page's content, stored once (latemm.pagestore)
+            from latemm.pagestore import store_stats
+
+            report["page_store"] = store_stats(args.index, manifest.pages, pending or ())
         if pending is not None:  # searches leave these out; the next writer finishes it
             report["unfinished_delete"] = len(pending)
         print(json.dumps(report, indent=2))

@@ -27,6 +27,7 @@ from latemm.fields import (  # the journal's format and replay live with the fie
     FIELDS_FILE,
     JOURNAL,
     FieldSpec,
+    compact_store,
     field_dir,
     finish_delete,
     is_fields_index,
@@ -134,5 +135,6 @@ def compact(index_dir: str | Path) -> dict[str, Any]:
                 continue
             with create(index.path, index.config) as writer:
                 out[spec.name] = writer.compact()
+        compact_store(root)  # the page store: deleted pages' content dropped
         remove_stale_builds(root)
     return out

@@ -291,6 +291,7 @@ class FieldRetriever:
             self.specs = {n: self.manifest.get(n) for n in self.plan.scored}
             # Each field is a list of parts: one per shard that holds it (one part unsharded).
             self.parts = {n: self._open_parts(layout, n, s) for n, s in self.specs.items()}
+            self._layout = layout
             if self._unchanged(pending, layout):
                 break
         else:
@@ -389,16 +390,29 @@ class FieldRetriever:
         )
 
     def pages(self, doc_ids: Sequence[str]) -> dict[str, Any]:
-        """Text and image of each doc id, from the first field holding it."""
+        """Text and image of each doc id: from the index's page store (``latemm.pagestore``),
+        or, in an index written before it existed, from the first field holding it."""
         from latemm.encoders.base import Page
+        from latemm.pagestore import open_store
+        from latemm.pagestore import read_pages as read_stored
 
+        allow = getattr(self.reranker, "allow_files", ())
+        if not hasattr(
+            self, "_stores"
+        ):  # opened on first use: a search without rerank never reads them
+            stores = (
+                open_store(folder, fields.pages, self.hidden) for folder, fields in self._layout
+            )
+            self._stores = [store for store in stores if store is not None]
         pages: dict[str, Any] = {}
+        for store in self._stores:  # the index's store, or each shard's
+            pages.update(read_stored(store, [d for d in doc_ids if d not in pages], allow))
         for index in (part for parts in self.parts.values() for part in parts):
             missing = [d for d in doc_ids if d not in pages]
             if not missing:
                 break
             if isinstance(index, Index):
-                pages.update(read_pages(index, missing, getattr(self.reranker, "allow_files", ())))
+                pages.update(read_pages(index, missing, allow))
             else:
                 texts = index.texts()
                 pages.update(

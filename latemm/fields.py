@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from index_store import Index, create
 from index_store.errors import (
@@ -37,16 +36,21 @@ from index_store.errors import (
 from index_store.fsio import (
     find_links,
     fsync_dir,
-    full_disk_error,
     index_path,
-    is_full,
     open_lock_file,
-    open_nofollow,
     read_json_object,
     refuse_links,
     write_json_atomic,
 )
 from latemm.encoders.base import is_compatible
+from latemm.pagestore import (
+    StoreRecord,
+    add_pages,
+    compact_pages,
+    delete_pages,
+    remove_stale_parts,
+    verify_store,
+)
 
 FIELDS_FILE = "fields.json"
 FORMAT_VERSION = 1
@@ -130,6 +134,7 @@ class FieldsManifest:
 
     fields: tuple[FieldSpec, ...]
     legacy: bool = False  # an index built before fields existed: one field at DIR itself
+    pages: StoreRecord | None = None  # the page store (None: written before it existed)
 
     @property
     def names(self) -> list[str]:
@@ -152,10 +157,19 @@ class FieldsManifest:
         kept = [f for f in self.fields if f.name != spec.name]
         position = next((i for i, f in enumerate(self.fields) if f.name == spec.name), len(kept))
         kept.insert(position, spec)
-        return FieldsManifest(tuple(kept))
+        return FieldsManifest(tuple(kept), pages=self.pages)
+
+    def with_pages(self, pages: StoreRecord | None) -> FieldsManifest:
+        return replace(self, pages=pages)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format_version": FORMAT_VERSION, "fields": [f.to_dict() for f in self.fields]}
+        out: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "fields": [f.to_dict() for f in self.fields],
+        }
+        if self.pages is not None:
+            out["pages"] = self.pages.to_dict()
+        return out
 
 
 def is_fields_index(index_dir: str | Path) -> bool:
@@ -184,7 +198,13 @@ def read_fields(index_dir: str | Path) -> FieldsManifest:
             f"{path} has format_version {payload.get('format_version')}; this latemm reads "
             f"version {FORMAT_VERSION}"
         )
-    return FieldsManifest(_recorded_specs(path, payload.get("fields")))
+    pages = None
+    if "pages" in payload:
+        try:
+            pages = StoreRecord.from_dict(payload["pages"])
+        except IndexCorruptError as exc:
+            raise IndexCorruptError(f"{path}: {exc}") from exc
+    return FieldsManifest(_recorded_specs(path, payload.get("fields")), pages=pages)
 
 
 def _recorded_specs(path: Path, entries: Any) -> tuple[FieldSpec, ...]:
@@ -252,9 +272,11 @@ def verify_fields(index_dir: str | Path) -> list[str]:
         return links
     problems = []
     try:
-        fields = read_fields(index_dir).fields
+        manifest = read_fields(index_dir)
     except (IndexCorruptError, IndexFormatError) as exc:
         return [str(exc)]
+    fields = manifest.fields
+    problems += verify_store(index_dir, manifest.pages)
     try:
         pending = read_journal(index_dir)
     except IndexCorruptError as exc:
@@ -413,78 +435,40 @@ def _readable(table: pa.Table, reads: str, column: str) -> pa.Array:
     return pc.is_valid(values)
 
 
-def field_corpus(
-    corpus: Path,
-    out: Path,
-    *,
-    reads: str,
-    column: str,
-    drop: set[str],
-    id_column: str = "doc_id",
-) -> tuple[Path, int, np.ndarray]:
-    """Write the rows of ``corpus`` that a field can read (non-empty ``column``) to ``out``,
-    without the columns in ``drop`` (other fields' precomputed vectors). The rows left out are
-    written as reject records (doc_id, the corpus file, its row, the reason) to the sidecar
-    ``latemm.pipeline.rejects_path(out)``, which ``index_corpus(out, ...)`` records in the
-    index. Returns the file, the number of rows left out and, per row of ``out``, its row in
-    ``corpus`` (so errors can name the user's row)."""
-    from index_store.rejects import as_table
+def field_rows(
+    corpus: Path, *, reads: str, column: str, id_column: str = "doc_id"
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """The rows of ``corpus`` a field can read (non-empty ``column``), read in place from the
+    id column and ``column`` alone: their sorted row numbers, and a reject record (doc_id, the
+    corpus file, its row, the reason) for each row left out."""
     from latemm.io import open_dataset
-    from latemm.pipeline import rejects_path
 
     dataset = open_dataset(corpus)
-    keep = [n for n in dataset.schema.names if n not in drop]
-    writer = None
-    # Created without following a link: a planted ``.corpus-<f>.parquet`` link is refused.
-    sink = os.fdopen(open_nofollow(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb")
+    names = [n for n in (id_column, column) if n in dataset.schema.names]
     first_row = 0
     kept: list[np.ndarray] = []
     rejects: list[dict[str, Any]] = []
     reason = f"without {column}" if reads == "text" else f"without {reads} ({column} is null)"
-    try:
-        for batch in dataset.to_batches(columns=keep, batch_size=1024):
-            table = pa.Table.from_batches([batch])
-            mask = _readable(table, reads, column)
-            kept.append(first_row + np.flatnonzero(mask.to_numpy(zero_copy_only=False)))
-            if id_column in table.column_names:
-                ids = table.column(id_column).to_pylist()
-                for i, ok in enumerate(mask.to_pylist()):
-                    if not ok and ids[i] is not None:
-                        rejects.append(
-                            {
-                                "doc_id": str(ids[i]),
-                                "source": str(corpus),
-                                "row": first_row + i,
-                                "reason": reason,
-                            }
-                        )
-            first_row += table.num_rows
-            table = table.filter(mask)
-            if writer is None:
-                writer = pq.ParquetWriter(sink, table.schema)
-            writer.write_table(table)
-        if writer is not None:
-            writer.close()
-        sink.close()
-    except OSError as exc:
-        if is_full(exc):  # nothing of this field is committed yet
-            raise full_disk_error(out, exc) from exc
-        raise
-    finally:
-        try:
-            if writer is not None and writer.is_open:
-                writer.close()
-            sink.close()
-        except OSError:
-            pass  # already failing: the error above is the one to report
-    if writer is None:
+    for batch in dataset.to_batches(columns=names, batch_size=1024):
+        table = pa.Table.from_batches([batch])
+        mask = _readable(table, reads, column)
+        kept.append(first_row + np.flatnonzero(mask.to_numpy(zero_copy_only=False)))
+        if id_column in table.column_names:
+            ids = table.column(id_column).to_pylist()
+            for i, ok in enumerate(mask.to_pylist()):
+                if not ok and ids[i] is not None:
+                    rejects.append(
+                        {
+                            "doc_id": str(ids[i]),
+                            "source": str(corpus),
+                            "row": first_row + i,
+                            "reason": reason,
+                        }
+                    )
+        first_row += table.num_rows
+    if first_row == 0:
         raise InputError(f"{corpus} has no rows")
-    sidecar = rejects_path(out)
-    sidecar.unlink(missing_ok=True)
-    if rejects:  # created without following a link, like the copy itself
-        with os.fdopen(open_nofollow(sidecar, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as f:
-            pq.write_table(as_table(rejects), f)
-    return out, len(rejects), np.concatenate(kept).astype(np.int64)
+    return np.concatenate(kept).astype(np.int64), rejects
 
 
 def _embedding_columns(fields: list[FieldRequest], cols: Any) -> set[str]:
@@ -549,15 +533,88 @@ def index_fields(
 
         check_ids(source, columns=cols)  # null or duplicate ids: refused before any field is built
         planned = [_plan(req, manifest, cols, device) for req in requests]
+        _check_bm25_text(source, planned, cols)
         drop_all = _embedding_columns(requests, cols)
+        manifest = _store_pages(root, manifest, source, planned, cols, options)
+        content = manifest.pages is None  # no page store (an index from before it): as then
         counts = {}
         for req, plan in zip(requests, planned, strict=True):
-            spec, count = _index_one(root, source, req, plan, cols, drop_all, progress, options)
+            spec, count = _index_one(
+                root, source, req, plan, cols, drop_all, progress, options, content
+            )
             manifest = manifest.with_field(spec)
             write_json_atomic(root / FIELDS_FILE, manifest.to_dict())  # commits this field
             remove_stale_builds(root)
             counts[req.name] = count
     return counts
+
+
+def _store_pages(
+    root: Path,
+    manifest: FieldsManifest,
+    source: Path,
+    planned: list[_Plan],
+    cols: Any,
+    options: dict[str, Any],
+) -> FieldsManifest:
+    """Write the corpus's pages to the index's page store and commit it in ``fields.json``
+    before any field takes them (so a committed field's pages always have their content; a new
+    index commits them with its first field).
+
+    A new index gets a page store; an index with fields and no store (written before it
+    existed) keeps its content in its fields, as then. Images are kept when ``keep_images``
+    says so, or by default when a field reads images or precomputed vectors (as a field's own
+    metadata kept them)."""
+    if manifest.pages is None and manifest.fields:
+        return manifest
+    remove_stale_parts(root, manifest.pages)  # parts of a build that never committed
+    keep = options.get("keep_images")
+    images = bool(keep) if keep is not None else any(p.spec.reads != "text" for p in planned)
+    upsert = options.get("on_existing") == "upsert"
+    before = manifest.pages or StoreRecord()
+    pages = add_pages(root, before, source, columns=cols, images=images, upsert=upsert)
+    if manifest.pages is not None and pages is before:
+        return manifest
+    manifest = manifest.with_pages(pages)
+    if manifest.fields:  # a new index commits its pages with its first field
+        write_json_atomic(root / FIELDS_FILE, manifest.to_dict())
+    return manifest
+
+
+def compact_store(index_dir: str | Path) -> None:
+    """Rewrite the page store without deleted and superseded pages and pages no field holds,
+    and commit it (``latemm compact``); the caller holds the lock, no delete is unfinished."""
+    from latemm import bm25
+
+    root = Path(index_dir)
+    manifest = read_fields(root)
+    if manifest.pages is None:
+        return
+    held: set[str] = set()
+    for spec in manifest.fields:
+        if spec.kind == "bm25":
+            held.update(bm25.read_docs(field_dir(root, spec)))
+        else:
+            index = vector_index(root, spec)
+            held.update(index.doc_ids() if index is not None else ())
+    pages = compact_pages(root, manifest.pages, held)
+    if pages is not manifest.pages:
+        write_json_atomic(root / FIELDS_FILE, manifest.with_pages(pages).to_dict())
+        remove_stale_parts(root, pages)
+
+
+def _check_bm25_text(source: Path, planned: list[_Plan], cols: Any) -> None:
+    """A bm25 field over a corpus without the text column is refused before any work."""
+    from latemm.io import open_dataset
+
+    names = open_dataset(source).schema.names
+    for plan in planned:
+        if plan.spec.kind == "bm25" and cols.text not in names:
+            raise InputError(
+                f"{source}: bm25 field {plan.spec.name!r} reads the text column {cols.text!r}, "
+                f"which the file does not have (columns: {', '.join(names)}); name it with "
+                "--text-column, or leave the bm25 field out"
+            )
 
 
 def _check_requests(requests: list[FieldRequest]) -> None:
@@ -627,9 +684,11 @@ def _index_one(
     drop_all: set[str],
     progress: bool,
     options: dict[str, Any],
+    content: bool,
 ) -> tuple[FieldSpec, int]:
-    """Build or extend one field; returns its new spec and its document count. Errors about
-    its rows name the user's file and row, not the field's filtered copy."""
+    """Build or extend one field from the rows of ``source`` it can read, read in place (no
+    copy); returns its new spec and its document count. ``content=False``: a page store holds
+    the pages' text and image, so a vector field keeps neither."""
     encoder, spec, recorded = plan.encoder, plan.spec, plan.recorded
     column = {"text": cols.text, "embedding": spec.options.get("embedding_column")}.get(
         spec.reads, cols.image
@@ -637,60 +696,29 @@ def _index_one(
     own = spec.options.get("embedding_column")
     base = index_path(root, "fields", req.name, what=f"field {req.name!r}'s folder")
     base.mkdir(parents=True, exist_ok=True)
-    tmp = index_path(root, "fields", f".corpus-{req.name}.parquet")
-    rows = np.zeros(0, np.int64)
-    from latemm.pipeline import rejects_path
-
-    try:
-        filtered, rejected, rows = field_corpus(
-            source, tmp, reads=spec.reads, column=column, drop=drop_all - {own}, id_column=cols.id
+    rows, rejects = field_rows(source, reads=spec.reads, column=column, id_column=cols.id)
+    if rejects and options.get("on_empty") == "error":
+        first = rejects[0]
+        raise InputError(
+            f"{source}, row {first['row']}, doc_id {first['doc_id']!r}: field {req.name!r} "
+            f"has nothing to read ({first['reason']}); drop the row or give it content, or "
+            "leave out --on-empty error to skip such rows and record them in the index"
         )
-        if rejected and options.get("on_empty") == "error":
-            first = pq.read_table(rejects_path(tmp)).slice(0, 1).to_pylist()[0]
-            raise InputError(
-                f"{source}, row {first['row']}, doc_id {first['doc_id']!r}: field {req.name!r} "
-                f"has nothing to read ({first['reason']}); drop the row or give it content, or "
-                "leave out --on-empty error to skip such rows and record them in the index"
-            )
+    try:
         if spec.kind == "bm25":
-            spec = _index_bm25(base, filtered, spec, recorded, cols, options)
-            if rejected:  # no Index to hold the records: the last build's count
-                spec = replace(spec, options={**spec.options, "rejected": rejected})
+            spec = _index_bm25(base, source, rows, spec, recorded, cols, options)
+            if rejects:  # no Index to hold the records: the last build's count
+                spec = replace(spec, options={**spec.options, "rejected": len(rejects)})
             return spec, int(spec.options["documents"])
-        return spec, _index_vectors(base, filtered, spec, encoder, cols, progress, options)
-    except InputError as exc:  # bad rows; a full disk (StorageError) names the file written
-        renamed = _in_user_terms(exc, tmp, source, rows, req.name)
-        if renamed is exc:
+        from latemm.pipeline import CorpusView
+
+        view = CorpusView(rows, tuple(sorted(drop_all - {own})), tuple(rejects), content)
+        return spec, _index_vectors(base, source, view, spec, encoder, cols, progress, options)
+    except InputError as exc:  # a bad row names the user's file and row: add the field
+        text = str(exc)
+        if str(source) not in text or f"field {req.name!r}" in text:
             raise
-        raise renamed from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-        rejects_path(tmp).unlink(missing_ok=True)
-
-
-_ROWS = re.compile(r"\b(rows?(?: from)?) (\d+)(?: and (\d+))?")
-
-
-def _in_user_terms(
-    exc: InputError, tmp: Path, source: Path, rows: np.ndarray, name: str
-) -> InputError:
-    """``exc`` with the field's filtered copy ``tmp`` (and its row numbers) replaced by the
-    user's ``source`` and rows; ``exc`` itself if it does not name the copy."""
-    text = str(exc)
-    if str(tmp) not in text:
-        return exc
-
-    def user_row(number: str) -> str:
-        i = int(number)
-        return str(int(rows[i])) if 0 <= i < rows.size else number
-
-    def rewrite(match: re.Match[str]) -> str:
-        word, first, second = match.groups()
-        return f"{word} {user_row(first)}" + (f" and {user_row(second)}" if second else "")
-
-    head, _, tail = text.partition(str(tmp))
-    tail = _ROWS.sub(rewrite, tail, count=1)
-    return type(exc)(f"{head}{source}{tail.replace(str(tmp), str(source))} (field {name!r})")
+        raise type(exc)(f"{text} (field {req.name!r})") from exc
 
 
 def _spec_for(req: FieldRequest, cols: Any, device: str | None) -> tuple[Any, FieldSpec]:
@@ -714,16 +742,18 @@ def _spec_for(req: FieldRequest, cols: Any, device: str | None) -> tuple[Any, Fi
 def _index_vectors(
     base: Path,
     corpus: Path,
+    view: Any,
     spec: FieldSpec,
     encoder: Any,
     cols: Any,
     progress: bool,
     options: dict[str, Any],
 ) -> int:
-    from latemm.io import count_rows
+    """Add the rows of ``view`` (a ``latemm.pipeline.CorpusView`` of ``corpus``) to a vector
+    field's sub-index; returns its document count."""
     from latemm.pipeline import index_corpus
 
-    if count_rows(corpus) == 0:
+    if len(view.rows) == 0:
         return len(Index.open(base)) if (base / "manifest.json").is_file() else 0
     field_cols = replace(cols, embedding=spec.options.get("embedding_column", "\0none"))
     report = index_corpus(
@@ -733,6 +763,7 @@ def _index_vectors(
         columns=field_cols,
         single_vector=spec.kind == "single",
         progress=progress,
+        view=view,
         **options,
     )
     return report.documents
@@ -741,6 +772,7 @@ def _index_vectors(
 def _index_bm25(
     base: Path,
     corpus: Path,
+    rows: np.ndarray,
     spec: FieldSpec,
     recorded: FieldSpec | None,
     cols: Any,
@@ -768,7 +800,9 @@ def _index_bm25(
             )
         tokenizer = kept
     on_existing = options.get("on_existing", "skip")
-    table = pq.read_table(corpus, columns=[cols.id, cols.text])
+    from latemm.io import open_dataset
+
+    table = open_dataset(corpus).to_table(columns=[cols.id, cols.text]).take(pa.array(rows))
     for doc_id, text in zip(
         table.column(cols.id).to_pylist(), table.column(cols.text).to_pylist(), strict=True
     ):
@@ -823,9 +857,12 @@ def _remove(path: Path) -> None:
 
 
 def remove_stale_builds(index_dir: str | Path) -> None:
-    """Remove bm25 builds ``fields.json`` no longer points at (after a commit)."""
+    """Remove bm25 builds and page store parts ``fields.json`` no longer points at (after a
+    commit)."""
     root = Path(index_dir)
-    for spec in read_fields(root).fields:
+    manifest = read_fields(root)
+    remove_stale_parts(root, manifest.pages)
+    for spec in manifest.fields:
         if spec.kind != "bm25":
             continue
         for child in index_path(root, "fields", spec.name).iterdir():
@@ -880,6 +917,11 @@ def finish_delete(root: Path) -> int:
             with create(index.path, index.config) as writer:
                 writer.delete(ids, missing_ok=True)
                 writer.commit()
+    if manifest.pages is not None:  # the pages' content goes last: fields never outlive it
+        pages = delete_pages(root, manifest.pages, ids)
+        if pages is not manifest.pages:
+            manifest = manifest.with_pages(pages)
+            write_json_atomic(root / FIELDS_FILE, manifest.to_dict())
     remove_stale_builds(root)
     os.unlink(root / JOURNAL)
     fsync_dir(root)

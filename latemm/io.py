@@ -132,8 +132,14 @@ def read_batches(
     kind: str = "corpus",
     batch_size: int = 256,
     skip_rows: int = 0,
+    rows: np.ndarray | None = None,
+    exclude: Sequence[str] = (),
 ) -> Iterator[Batch]:
     """Stream a corpus or query file as validated ``Batch`` es.
+
+    ``rows`` (sorted row numbers): only those rows, each run of consecutive ones a batch of its
+    own, so every batch's ``first_row`` still names the file's rows. ``exclude``: columns never
+    read (another field's vectors).
 
     Raises ``InputError`` naming the file, row and column for missing id columns, wrong types,
     null ids or malformed embeddings.
@@ -175,7 +181,8 @@ def read_batches(
             )
     row = 0
     dim = None  # the vectors' dimension so far: a batch's odd row is the one blamed
-    for record_batch in dataset.to_batches(batch_size=batch_size):
+    read = [n for n in names if n not in exclude] if exclude else None
+    for record_batch in dataset.to_batches(columns=read, batch_size=batch_size):
         start = row
         row += record_batch.num_rows
         if row <= skip_rows:
@@ -184,12 +191,28 @@ def read_batches(
         if start < skip_rows:
             table = table.slice(skip_rows - start)
             start = skip_rows
-        batch = table_batch(
-            table, columns=columns, kind=kind, source=source, first_row=start, dim=dim
-        )
-        if batch.vectors is not None and batch.vectors.size:
-            dim = batch.vectors.shape[1]
-        yield batch
+        for first, part in _runs(table, start, rows):
+            batch = table_batch(
+                part, columns=columns, kind=kind, source=source, first_row=first, dim=dim
+            )
+            if batch.vectors is not None and batch.vectors.size:
+                dim = batch.vectors.shape[1]
+            yield batch
+
+
+def _runs(table: pa.Table, start: int, rows: np.ndarray | None) -> Iterator[tuple[int, pa.Table]]:
+    """``(first row, slice)`` for each run of consecutive ``rows`` inside ``table`` (whose first
+    row is ``start``); the whole table when ``rows`` is None."""
+    if rows is None:
+        yield start, table
+        return
+    lo, hi = np.searchsorted(rows, [start, start + table.num_rows])
+    inside = rows[lo:hi] - start
+    if inside.size == 0:
+        return
+    breaks = np.flatnonzero(np.diff(inside) != 1) + 1
+    for run in np.split(inside, breaks):
+        yield start + int(run[0]), table.slice(int(run[0]), int(run.size))
 
 
 def _check_id_type(source: Path, schema: pa.Schema, name: str) -> None:

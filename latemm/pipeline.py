@@ -75,6 +75,21 @@ class EncodedBatch:
     skipped: int  # rows whose ids were already done
 
 
+@dataclass(frozen=True)
+class CorpusView:
+    """The part of a corpus file one index takes, read in place (a named field's pages,
+    ``latemm.fields``): only ``rows`` (sorted row numbers of the file), never the columns in
+    ``exclude`` (other fields' vectors). ``rejects``: records of the rows left out, recorded as
+    the index's rejects when it reads precomputed vectors. ``content=False``: the pages' text
+    and image stay out of the index's metadata (a page store holds them,
+    ``latemm.pagestore``)."""
+
+    rows: np.ndarray  # (n,) int64, sorted
+    exclude: tuple[str, ...] = ()
+    rejects: tuple[dict[str, Any], ...] = ()
+    content: bool = True
+
+
 def progress_bar(total: int | None, desc: str, enabled: bool, unit: str = "doc") -> Any:
     from tqdm.auto import tqdm
 
@@ -301,6 +316,7 @@ def encoded_batches(
     batch_size: int = 64,
     pool_factor: int = 1,
     drop: Sequence[str] = (),
+    view: CorpusView | None = None,
 ) -> Iterator[EncodedBatch]:
     """The corpus's rows, batch by batch, as vectors ready to add (the columns in ``drop`` left
     out of their metadata).
@@ -309,13 +325,28 @@ def encoded_batches(
     takes the file's ``embedding`` column. A row the encoder cannot read (``Encoder.can_read``)
     or whose vectors are all zero becomes a rejects record (``on_empty='skip'``) or an error.
     A duplicate id anywhere in the file, vectors of another dimension than ``dim`` and NaN or
-    infinite values are errors naming the file, row and id.
+    infinite values are errors naming the file, row and id. ``view``: only its rows and
+    columns are read (``CorpusView``).
     """
     row_of: dict[str, int] = {}
     reader = f"the encoder {encoder.info.name_or_path!r}" if encoder else "the index"
-    for batch in read_batches(source, columns=columns, batch_size=batch_size):
+    # An encoder reads whole batches, the view's rows among them (a batch per run of rows
+    # would hand it a few pages at a time); precomputed vectors are read run by run, since a
+    # row outside the view may have none.
+    whole = view is not None and encoder is not None
+    for batch in read_batches(
+        source,
+        columns=columns,
+        batch_size=batch_size,
+        rows=view.rows if view is not None and not whole else None,
+        exclude=view.exclude if view is not None else (),
+    ):
         _check_unique(batch, source, row_of)
-        fresh = [i for i, doc_id in enumerate(batch.ids) if doc_id not in done]
+        member = np.ones(len(batch.ids), dtype=bool)
+        if whole:
+            numbers = np.arange(batch.first_row, batch.first_row + len(batch.ids))
+            member = np.isin(numbers, view.rows)  # type: ignore[union-attr]
+        fresh = [i for i, doc_id in enumerate(batch.ids) if member[i] and doc_id not in done]
         rejects: list[dict[str, Any]] = []
         if encoder is None:
             assert batch.vectors is not None and batch.offsets is not None  # no encoder: embeddings
@@ -339,7 +370,7 @@ def encoded_batches(
         _check_values(vectors, offsets, rows, batch, source, dim)
         yield EncodedBatch(
             first_row=batch.first_row,
-            rows=len(batch.ids),
+            rows=int(member.sum()),
             ids=[batch.ids[i] for i in rows],
             vectors=vectors,
             offsets=offsets,
@@ -347,7 +378,7 @@ def encoded_batches(
                 [c for c in drop if c in batch.table.column_names]
             ),
             rejects=sorted(rejects, key=lambda r: r["row"]),
-            skipped=len(batch.ids) - len(fresh),
+            skipped=int(member.sum()) - len(fresh),
         )
 
 
@@ -369,6 +400,7 @@ def index_corpus(
     refine: str | None = None,
     refine_depth: int = DEFAULT_REFINE_DEPTH,
     keep_images: bool | None = None,
+    view: CorpusView | None = None,
 ) -> IndexReport:
     """Add a Parquet corpus (file or directory) to an index, creating it if needed.
 
@@ -383,6 +415,7 @@ def index_corpus(
     pass of each query's ``refine_depth`` best candidates (``IndexConfig.refine``).
     ``keep_images``: store the page images in the index; by default only when the encoder
     reads images (a text encoder's index keeps the text, source and page, not the images).
+    ``view``: index only part of the file, read in place (``CorpusView``: a named field).
     """
     if on_existing not in ON_EXISTING:
         raise InputError(f"on_existing must be 'skip', 'upsert' or 'error', got {on_existing!r}")
@@ -390,11 +423,11 @@ def index_corpus(
         raise InputError(f"on_empty must be 'skip' or 'error', got {on_empty!r}")
     source = Path(corpus)
     cols = columns or Columns()
-    total = count_rows(source)
+    total = count_rows(source) if view is None else len(view.rows)
     if total == 0:
         raise InputError(f"{source} has no rows")
     used = _encoder_used(source, cols, encoder)
-    dim = used.dim if used is not None else first_dim(source, cols)
+    dim = used.dim if used is not None else first_dim(source, cols, view)
     config = resolve_config(
         index_dir,
         dim=dim,
@@ -408,6 +441,12 @@ def index_corpus(
     )
     done = _done_ids(index_dir) if on_existing == "skip" else set()
     sidecar = rejects_path(source)  # rows `latemm encode` rejected, when ``source`` is its output
+    recorded = read_rejects(sidecar) if used is None and sidecar.is_file() else None
+    if view is not None:  # the view's own records replace the file's sidecar
+        recorded = list(view.rejects) if used is None and view.rejects else None
+    drop = _unread_images(used, cols, keep_images)
+    if view is not None and not view.content:
+        drop = [*drop, "text", "image"]
     batches = encoded_batches(
         source,
         columns=cols,
@@ -417,7 +456,8 @@ def index_corpus(
         on_empty=on_empty,
         batch_size=batch_size,
         pool_factor=pool_factor,
-        drop=_unread_images(used, cols, keep_images),
+        drop=drop,
+        view=view,
     )
     bar = progress_bar(total, "indexing", progress)
     try:
@@ -427,7 +467,7 @@ def index_corpus(
             batches,
             on_existing=on_existing,
             commit_every=commit_every,
-            sidecar=sidecar if used is None and sidecar.is_file() else None,
+            sidecar=recorded,
             bar=bar,
             source=source,
         )
@@ -447,9 +487,15 @@ def _encoder_used(source: Path, columns: Columns, encoder: Encoder | None) -> En
     return encoder
 
 
-def first_dim(source: Path, columns: Columns) -> int:
-    """The dimension of a precomputed corpus's first embedding."""
-    for batch in read_batches(source, columns=columns, batch_size=1):
+def first_dim(source: Path, columns: Columns, view: CorpusView | None = None) -> int:
+    """The dimension of a precomputed corpus's first embedding (of ``view``'s rows)."""
+    for batch in read_batches(
+        source,
+        columns=columns,
+        batch_size=1,
+        rows=view.rows if view is not None else None,
+        exclude=view.exclude if view is not None else (),
+    ):
         if batch.vectors is None:
             raise InputError(f"{source}: no {columns.embedding!r} vectors")
         return int(batch.vectors.shape[1])
@@ -471,7 +517,7 @@ def _write_batches(
     *,
     on_existing: str,
     commit_every: int,
-    sidecar: Path | None,
+    sidecar: pa.Table | list[dict[str, Any]] | None,
     bar: Any,
     source: Path,
 ) -> IndexReport:
@@ -481,7 +527,7 @@ def _write_batches(
     try:
         if sidecar is not None:  # rows `latemm encode` skipped: they belong in the rejects too
             writer = create(index_dir, config)
-            rejected += writer.reject(read_rejects(sidecar))
+            rejected += writer.reject(sidecar)
             pending += rejected
         for batch in batches:
             skipped += batch.skipped

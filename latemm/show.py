@@ -136,7 +136,8 @@ def page_lookup(index_dir: str | Path) -> tuple[Lookup, dict[str, str], Any]:
     """A function doc_id -> the page's metadata (None when the index lacks it), the score
     legend of the index's fields (``score_<field>`` -> line) and its recorded encoder info
     (the vision field's for a fields index; None if none), for every kind of index."""
-    from latemm.fields import field_dir, is_fields_index, open_field, read_fields
+    from latemm.fields import field_dir, is_fields_index, open_field, read_fields, read_journal
+    from latemm.pagestore import open_store
     from latemm.sharded import is_field_shards, is_sharded, open_shard, read_manifest, shard_of
 
     root = Path(index_dir)
@@ -161,6 +162,7 @@ def page_lookup(index_dir: str | Path) -> tuple[Lookup, dict[str, str], Any]:
         from latemm import bm25
 
         manifest = read_fields(root)
+        store = open_store(root, manifest.pages, read_journal(root) or ())
         indexes, texts, encoder = [], [], None
         legend = {}
         for spec in manifest.fields:
@@ -190,6 +192,8 @@ def page_lookup(index_dir: str | Path) -> tuple[Lookup, dict[str, str], Any]:
                         found = dict(meta)
                     elif meta.get("image") is not None and found.get("image") is None:
                         found["image"] = meta["image"]
+            if store is not None and doc_id in store:  # the content, stored once
+                found = {**(found or {}), **store.pages([doc_id])[doc_id]}
             for docs in texts:
                 if doc_id in docs:
                     found = found if found is not None else {}

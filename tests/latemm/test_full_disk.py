@@ -1,13 +1,14 @@
 """A full disk anywhere in a build is one `StorageError` naming the file, and the last commit
-stays intact (issue 30, P14, P15): plain and multi-field builds, the fields path's corpus copy,
-the BM25 build and the BM25 step of `delete`.
+stays intact (issue 30, P14, P15): plain and multi-field builds, the fields path's page store
+(which replaced its corpus copy), the BM25 build and the BM25 step of `delete`.
 
 Each case builds a first commit in a small tmpfs, fills the disk until only ``free`` bytes are
 left and runs the next step, for several values of ``free``: it either succeeds or fails with
 exit 2 and `no space left on device` naming a file inside the index, never a traceback; once
 the space is back, `verify` passes and the index holds the documents of one of the two
 commits. Skipped where mounting a tmpfs is not permitted. Over the 24 runs the failures name
-the segment files, the corpus copy ``fields/.corpus-<f>.parquet``, the BM25 build folder (in
+the segment files, the page store's part ``pages/part-*.parquet`` (test_page_store.py), the
+BM25 build folder (in
 `index` and in `delete`), a deleted bitmap and the journal.
 """
 
