@@ -21,6 +21,8 @@ Needs ``pip install 'latemm[ray]'``; nothing here is imported unless ``--ray`` i
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -55,16 +57,112 @@ class ShardUnavailableError(LatemmError, RuntimeError):
     """A shard's actor died and could not be restarted: the search has no complete answer."""
 
 
-def connect(address: str | None = "local", *, num_cpus: int | None = None) -> ModuleType:
-    """Ray, initialised: ``"local"`` (or None) starts a cluster on this machine, any other
-    address (``auto``, ``ray://head:10001``) joins a running one. Reuses an initialised Ray."""
+def connect(
+    address: str | None = "local",
+    *,
+    num_cpus: int | None = None,
+    object_store_memory: int | None = None,
+) -> ModuleType:
+    """Ray, initialised: ``"local"`` (or None) starts a cluster on this machine (no dashboard;
+    its processes die with this process, see ``watch_session``), any other address (``auto``,
+    ``ray://head:10001``) joins a running one. Reuses an initialised Ray."""
     ray = require("ray", "ray", "ray[data]")
     if not ray.is_initialized():
         if address in (None, "local"):
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+            context = ray.init(
+                num_cpus=num_cpus,
+                object_store_memory=object_store_memory,
+                include_dashboard=False,
+                log_to_driver=False,
+            )
+            watch_session(context.address_info["session_dir"])
         else:
             ray.init(address=address, log_to_driver=False)
     return ray
+
+
+# The watchdog of a local cluster, a process of its own (stdlib only, so it starts in
+# milliseconds). Its stdin is a pipe whose only writer is the driver: end of file means the
+# driver is gone, however it ended (SIGKILL included). Ray kills its head processes with the
+# driver (PR_SET_PDEATHSIG), but the raylet's DashboardAgent and RuntimeEnvAgent then block
+# for a minute or more reporting the raylet's death to the dead GCS, and a worker busy in a
+# task can outlive it too. The watchdog ends every process that has a file of the session's
+# folder open for writing (each Ray process writes its logs there): SIGTERM, then SIGKILL
+# what is left after 3 s. Signals go through a pidfd, so a reused pid is never signalled.
+_WATCHDOG = r"""
+import os, signal, sys, time
+
+session = os.path.realpath(sys.argv[1]) + os.sep
+sys.stdin.buffer.read()
+
+
+def writes_to_session(pid):
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(session):
+            with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                fields = dict(line.split(":", 1) for line in info if ":" in line)
+            flags = int(fields["flags"], 8)
+            if flags & (os.O_WRONLY | os.O_RDWR):
+                return True
+    return False
+
+
+def members():
+    found = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            pidfd = os.pidfd_open(int(name))
+        except OSError:
+            continue
+        try:
+            if writes_to_session(name):
+                found[int(name)] = pidfd
+                continue
+        except OSError:
+            pass
+        os.close(pidfd)
+    return found
+
+
+def signal_all(sig):
+    pids = members()
+    for pidfd in pids.values():
+        try:
+            signal.pidfd_send_signal(pidfd, sig)
+        except OSError:
+            pass
+        os.close(pidfd)
+    return bool(pids)
+
+
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    if not signal_all(sig):
+        break
+    for _ in range(30):
+        time.sleep(0.1)
+        if not signal_all(0):
+            sys.exit(0)
+"""
+# The watchdogs of the local clusters this process started: their pipes stay open until it ends.
+_WATCHDOGS: list[subprocess.Popen[bytes]] = []
+
+
+def watch_session(session_dir: str) -> None:
+    """Start the watchdog that ends the Ray session in ``session_dir`` once this process is
+    gone (Linux: it reads /proc; elsewhere Ray's own clean-up is all there is)."""
+    if not sys.platform.startswith("linux"):
+        return
+    _WATCHDOGS.append(
+        subprocess.Popen(
+            [sys.executable, "-S", "-c", _WATCHDOG, session_dir],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C or a kill of the driver's group spares it
+        )
+    )
 
 
 def _latemm_error(exc: BaseException) -> LatemmError | None:

@@ -5,9 +5,14 @@ actors lose, duplicate and hide nothing. Slow (starting Ray takes seconds): run 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -197,3 +202,70 @@ def test_index_text_corpus_on_ray_records_the_encoder(cluster, tmp_path) -> None
     # Re-running resumes: nothing is added twice.
     assert main(["index", str(corpus), "--index", str(idx), "--ray", *base]) == 0
     assert sum(read_manifest(idx).documents) == N_TEXTS
+
+
+# The driver of the P13 test: a local cluster serving a 2-shard index from Ray actors, then
+# nothing until it is killed.
+DRIVER = """
+import sys, time
+from latemm.sharded import ShardedRetriever
+retriever = ShardedRetriever(sys.argv[1], ray="local")
+print("serving", flush=True)
+time.sleep(600)
+"""
+AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _cmdline(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def test_a_killed_driver_leaves_no_ray_process_behind(tmp_path) -> None:
+    """Issue 30 P13: SIGKILL the process that started a local cluster; within a bounded wait
+    none of the processes it started (the agents and the shard actors included) is alive."""
+    corpus, idx = tmp_path / "corpus.parquet", tmp_path / "idx"
+    write_corpus(corpus, 40)
+    assert main(["index", str(corpus), "--index", str(idx), "--shards", "2", "--quiet"]) == 0
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), *sys.path])}
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(idx)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert driver.stdout is not None and driver.stdout.readline().strip() == "serving"
+        deadline = time.monotonic() + 60
+        while True:  # the agents start after the raylet: wait until both are up
+            started = _descendants(driver.pid)
+            names = " ".join(_cmdline(p) for p in started)
+            if all(agent in names for agent in AGENTS) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert all(agent in names for agent in AGENTS), names
+        assert names.count("ray::ShardServer") == 2, names
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+        # The agents alone wait 60 s on the dead GCS: 20 s tells cleaned up from left behind.
+        deadline = time.monotonic() + 20
+        while (alive := [p for p in started if _alive(p)]) and (time.monotonic() < deadline):
+            time.sleep(0.5)
+        assert not alive, [f"{p.pid} {_cmdline(p)}" for p in alive]
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
