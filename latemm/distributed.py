@@ -313,7 +313,11 @@ def encode_ray(
             "NAME_OR_PATH"
         )
     ray = connect(address)
-    ray.data.DataContext.get_current().enable_progress_bars = progress
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = progress
+    # Ray Data >= 2.50 reads Parquet footers on a pool of 32 actors (32 Python processes) for
+    # every read; the files here are listed already, so the plain read tasks do.
+    context.use_datasource_v2 = False
     loader = (
         None
         if encoder is None

@@ -1,6 +1,8 @@
 """latemm on a local Ray cluster: encoding through Ray Data equals encoding in-process, a
 4-shard index served by Ray actors returns exactly one index's top-k, and dead workers or
-actors lose, duplicate and hide nothing. Slow (starting Ray takes seconds): run with -m slow."""
+actors lose, duplicate and hide nothing, and a killed driver leaves no Ray process behind.
+One local cluster serves the module; the tests that load MiniLM in Ray's encoder actors are
+slow (-m slow), the others run in the default suite."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import latemm  # noqa: E402
 from latemm.cli import main  # noqa: E402
 from latemm.distributed import (  # noqa: E402
     ShardUnavailableError,
+    connect,
     encode_ray,
     load_named_encoder,
 )
@@ -34,16 +37,14 @@ from latemm.sharded import ShardedRetriever, read_manifest  # noqa: E402
 from tests.latemm.test_cli import DIM, write_corpus, write_queries  # noqa: E402
 from tests.latemm.tiny_models import WORDS  # noqa: E402
 
-pytestmark = pytest.mark.slow
-
 N_TEXTS = 48
 
 
 @pytest.fixture(scope="session")
 def cluster():
-    """One local Ray cluster for the session, shut down at the end."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
+    """One local Ray cluster for the session (2 CPUs, no dashboard, a 100 MiB object store),
+    shut down at the end."""
+    yield connect("local", num_cpus=2, object_store_memory=100 * 2**20)
     ray.shutdown()
 
 
@@ -74,6 +75,7 @@ def assert_same_vectors(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> N
         np.testing.assert_allclose(vectors, b[doc_id], rtol=0, atol=2e-5, err_msg=doc_id)
 
 
+@pytest.mark.slow  # MiniLM in every encoder actor
 def test_encoding_through_ray_equals_encoding_in_process(cluster, tmp_path) -> None:
     corpus = tmp_path / "texts.parquet"
     write_texts(corpus, N_TEXTS)
@@ -117,6 +119,7 @@ class DiesOnce:
         return ExitOnFirstBatch(load_named_encoder(latemm.minilm_path()), self.marker)
 
 
+@pytest.mark.slow  # MiniLM in every encoder actor
 def test_a_worker_killed_mid_encode_loses_and_duplicates_nothing(cluster, tmp_path) -> None:
     corpus = tmp_path / "texts.parquet"
     write_texts(corpus, N_TEXTS, seed=3)
@@ -183,6 +186,7 @@ def test_dead_shard_actor_is_restarted_or_named(indexes) -> None:
     retriever.close()
 
 
+@pytest.mark.slow  # MiniLM in every encoder actor
 def test_index_text_corpus_on_ray_records_the_encoder(cluster, tmp_path) -> None:
     corpus = tmp_path / "texts.parquet"
     write_texts(corpus, N_TEXTS, seed=7)
