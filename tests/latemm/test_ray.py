@@ -1,7 +1,7 @@
 """latemm on a local Ray cluster: encoding through Ray Data equals encoding in-process, a
 4-shard index served by Ray actors returns exactly one index's top-k, and dead workers or
 actors lose, duplicate and hide nothing, and a killed driver leaves no Ray process behind.
-One local cluster serves the module; the tests that load MiniLM in Ray's encoder actors are
+One local cluster serves the session; the tests that load MiniLM in Ray's encoder actors are
 slow (-m slow), the others run in the default suite."""
 
 from __future__ import annotations
