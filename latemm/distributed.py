@@ -69,7 +69,10 @@ def connect(
     ray = require("ray", "ray", "ray[data]")
     if not ray.is_initialized():
         if address in (None, "local"):
+            # "local" starts a cluster even where RAY_ADDRESS or a `ray start` names one: the
+            # watchdog must only ever end a session this process started.
             context = ray.init(
+                address="local",
                 num_cpus=num_cpus,
                 object_store_memory=object_store_memory,
                 include_dashboard=False,

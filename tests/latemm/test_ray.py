@@ -248,6 +248,9 @@ def test_a_killed_driver_leaves_no_ray_process_behind(tmp_path) -> None:
     write_corpus(corpus, 40)
     assert main(["index", str(corpus), "--index", str(idx), "--shards", "2", "--quiet"]) == 0
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), *sys.path])}
+    # "local" means a cluster of this driver's own, even where RAY_ADDRESS names another one
+    # (which the clean-up must never touch).
+    env["RAY_ADDRESS"] = "127.0.0.1:9"
     driver = subprocess.Popen(
         [sys.executable, "-c", DRIVER, str(idx)], env=env, stdout=subprocess.PIPE, text=True
     )
