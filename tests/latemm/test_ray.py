@@ -1,7 +1,7 @@
 """latemm on a local Ray cluster: encoding through Ray Data equals encoding in-process, a
 4-shard index served by Ray actors returns exactly one index's top-k, and dead workers or
 actors lose, duplicate and hide nothing, and a killed driver leaves no Ray process behind.
-One local cluster serves the session; the tests that load MiniLM in Ray's encoder actors are
+One local cluster serves the module; the tests that load MiniLM in Ray's encoder actors are
 slow (-m slow), the others run in the default suite."""
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ from tests.latemm.tiny_models import WORDS  # noqa: E402
 N_TEXTS = 48
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cluster():
-    """One local Ray cluster for the session (2 CPUs, no dashboard, a 100 MiB object store),
-    shut down at the end."""
+    """One local Ray cluster for this module (2 CPUs, no dashboard, a 100 MiB object store),
+    shut down after its last test so the rest of the suite has the machine to itself."""
     yield connect("local", num_cpus=2, object_store_memory=100 * 2**20)
     ray.shutdown()
 
