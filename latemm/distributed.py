@@ -318,9 +318,6 @@ def encode_ray(
     ray = connect(address)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
-    # Ray Data >= 2.50 reads Parquet footers on a pool of 32 actors (32 Python processes) for
-    # every read; the files here are listed already, so the plain read tasks do.
-    context.use_datasource_v2 = False
     loader = (
         None
         if encoder is None
@@ -331,7 +328,15 @@ def encode_ray(
     n, gpus, cpus = _workers(ray, workers)
     files = _parquet_files(source)
     # Blocks of a few batches each, streamed: every replica gets work even from one file.
-    dataset = ray.data.read_parquet(files, ray_remote_args={"num_cpus": IO_CPUS})
+    # Ray Data's second Parquet reader (the default in 2.60) starts 32 footer-reading actors,
+    # 32 Python processes, for every read; the files are listed already, so the first reader's
+    # plain read tasks do. The choice is made by the call: the context is restored after it.
+    previous = getattr(context, "use_datasource_v2", False)
+    context.use_datasource_v2 = False
+    try:
+        dataset = ray.data.read_parquet(files, ray_remote_args={"num_cpus": IO_CPUS})
+    finally:
+        context.use_datasource_v2 = previous
     dataset = dataset.repartition(target_num_rows_per_block=4 * batch_size).map_batches(
         EncodeBlocks,
         fn_constructor_kwargs={
