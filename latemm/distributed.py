@@ -13,7 +13,8 @@ Failures: Ray Data restarts a dead encoder actor and retries its batch (``max_re
 or written twice. Index tasks are retried on a dead worker (``index_corpus`` resumes: a retry
 skips what the dead attempt committed). A dead shard actor is restarted and its call retried;
 when that fails too, the search raises ``ShardUnavailableError`` naming the shard, never a
-partial result.
+partial result. A local cluster (``connect("local")``) ends with the process that started
+it, SIGKILL included (``watch_session``).
 
 Needs ``pip install 'latemm[ray]'``; nothing here is imported unless ``--ray`` is asked for.
 """
@@ -154,7 +155,9 @@ _WATCHDOGS: list[subprocess.Popen[bytes]] = []
 
 def watch_session(session_dir: str) -> None:
     """Start the watchdog that ends the Ray session in ``session_dir`` once this process is
-    gone (Linux: it reads /proc; elsewhere Ray's own clean-up is all there is)."""
+    gone (Linux: it reads /proc; elsewhere Ray's own clean-up is all there is). A child forked
+    from this process without exec holds the pipe too: the session then ends after both. A kill
+    during ``ray.init`` itself, before the session folder is known, is not covered."""
     if not sys.platform.startswith("linux"):
         return
     _WATCHDOGS.append(
