@@ -21,13 +21,14 @@ Needs ``pip install 'latemm[ray]'``; nothing here is imported unless ``--ray`` i
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import IO, Any, cast
 
 import pyarrow as pa
 
@@ -70,6 +71,7 @@ def connect(
     ray = require("ray", "ray", "ray[data]")
     if not ray.is_initialized():
         if address in (None, "local"):
+            tell = watch_session()  # before ray.init, so a kill inside it is covered too
             # "local" starts a cluster even where RAY_ADDRESS or a `ray start` names one: the
             # watchdog must only ever end a session this process started.
             context = ray.init(
@@ -79,7 +81,7 @@ def connect(
                 include_dashboard=False,
                 log_to_driver=False,
             )
-            watch_session(context.address_info["session_dir"])
+            tell(context.address_info["session_dir"])
         else:
             ray.init(address=address, log_to_driver=False)
     return ray
@@ -94,17 +96,22 @@ def connect(
 # folder open for writing (each Ray process writes its logs there): SIGTERM, then SIGKILL
 # what is left after 3 s. Signals go through a pidfd, so a reused pid is never signalled.
 _WATCHDOG = r"""
-import os, signal, sys, time
+import os, re, signal, sys, time
 
-session = os.path.realpath(sys.argv[1]) + os.sep
-sys.stdin.buffer.read()
+line = sys.stdin.buffer.readline()
+if line.endswith(b"\n"):
+    session = os.path.realpath(line.decode().strip()) + os.sep
+    sys.stdin.buffer.read()
+    in_session = lambda path: path.startswith(session)
+else:  # killed inside ray.init: Ray names the session's folder after the driver's pid
+    in_session = re.compile(rf"/session_[^/]*_{int(sys.argv[1])}/").search
 
 
 def writes_to_session(pid):
     for fd in os.listdir(f"/proc/{pid}/fd"):
-        if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(session):
+        if in_session(os.readlink(f"/proc/{pid}/fd/{fd}")):
             with open(f"/proc/{pid}/fdinfo/{fd}") as info:
-                fields = dict(line.split(":", 1) for line in info if ":" in line)
+                fields = dict(row.split(":", 1) for row in info if ":" in row)
             flags = int(fields["flags"], 8)
             if flags & (os.O_WRONLY | os.O_RDWR):
                 return True
@@ -153,22 +160,32 @@ for sig in (signal.SIGTERM, signal.SIGKILL):
 _WATCHDOGS: list[subprocess.Popen[bytes]] = []
 
 
-def watch_session(session_dir: str) -> None:
-    """Start the watchdog that ends the Ray session in ``session_dir`` once this process is
-    gone (Linux: it reads /proc; elsewhere Ray's own clean-up is all there is). A child forked
-    from this process without exec holds the pipe too: the session then ends after both. A kill
-    during ``ray.init`` itself, before the session folder is known, is not covered."""
+def watch_session(session_dir: str | None = None) -> Callable[[str], None]:
+    """Start the watchdog that ends this process's Ray session once this process is gone
+    (Linux: it reads /proc; elsewhere Ray's own clean-up is all there is). Started before
+    ``ray.init``, it is told the session's folder by the function it returns (or by
+    ``session_dir``); killed before that, it ends the processes writing into
+    ``session_*_<this pid>``, the folder Ray names after its driver. A child forked from this
+    process without exec holds the pipe too: the session then ends after both."""
     if not sys.platform.startswith("linux"):
-        return
-    _WATCHDOGS.append(
-        subprocess.Popen(
-            [sys.executable, "-S", "-c", _WATCHDOG, session_dir],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # a Ctrl-C or a kill of the driver's group spares it
-        )
+        return lambda folder: None
+    watchdog = subprocess.Popen(
+        [sys.executable, "-S", "-c", _WATCHDOG, str(os.getpid())],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a Ctrl-C or a kill of the driver's group spares it
     )
+    _WATCHDOGS.append(watchdog)
+
+    def tell(folder: str) -> None:
+        pipe = cast(IO[bytes], watchdog.stdin)  # stdin=PIPE
+        pipe.write(f"{folder}\n".encode())
+        pipe.flush()
+
+    if session_dir is not None:
+        tell(session_dir)
+    return tell
 
 
 def _latemm_error(exc: BaseException) -> LatemmError | None:

@@ -27,10 +27,11 @@ print("ready", flush=True)
 time.sleep(600)
 """
 DRIVER = """
-import sys, time
+import os, sys, time
 from latemm.distributed import watch_session
-watch_session(sys.argv[1])
+watch_session(sys.argv[1] or None)
 print("ready", flush=True)
+print(os.getpid(), flush=True)
 time.sleep(600)
 """
 
@@ -76,6 +77,31 @@ def test_the_watchdog_ends_the_sessions_writers_once_the_driver_is_gone(tmp_path
         assert processes["stubborn writer"].returncode == -signal.SIGKILL
         for name in ("reader", "writer elsewhere", "bystander"):
             assert processes[name].poll() is None, f"the watchdog ended the {name}"
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def test_a_driver_killed_before_its_session_is_known_ends_its_pids_session(tmp_path) -> None:
+    """Killed inside ``ray.init``: the watchdog was started but never told the folder, so it
+    ends the writers of ``session_*_<driver pid>``, the name Ray gives the driver's session."""
+    driver = _start(DRIVER, "")
+    assert driver.stdout is not None
+    pid = int(driver.stdout.readline())
+    ours, other = tmp_path / f"session_2026_{pid}", tmp_path / f"session_2026_{pid}1"
+    for folder in (ours, other):
+        (folder / "logs").mkdir(parents=True)
+    processes = {
+        "writer": _start(SLEEPER, "-", str(ours / "logs" / "raylet.out"), "w"),
+        "writer of another pid's session": _start(SLEEPER, "-", str(other / "raylet.out"), "w"),
+    }
+    try:
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+        assert _ended_within(processes["writer"], 15)
+        assert processes["writer of another pid's session"].poll() is None
     finally:
         for process in processes.values():
             if process.poll() is None:
