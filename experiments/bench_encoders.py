@@ -17,11 +17,14 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from experiments import render
 from experiments.common import minilm_path, read_trec_docs, shared_data_dir, write_result
+from experiments.render import Sources
 from latemm.encoders import MultiVectors, Page, load_encoder
 
 
@@ -142,6 +145,23 @@ def main(argv: list[str] | None = None) -> None:
         "bench_encoders" + ("_quick" if args.quick else ""),
         {"torch_threads": torch.get_num_threads(), "rows": rows},
     )
+
+
+# ------------------------------------------------------------------------------ report
+def render_section(r: dict[str, Any], sources: Sources) -> str:
+    out = ["## 7. Encoder throughput on the CPU", render.provenance(r), ""]
+    out.append(
+        "Real MiniLM weights; the vision models are the tests' tiny real-architecture checkpoints "
+        "(random weights), so their figures show the pipeline's overhead, not a real model's cost.\n"
+    )
+    rows = [
+        [x["encoder"], x["items"], x["items_per_s"], x["tokens_per_s"], x["tokens_per_item"]]
+        for x in r["rows"]
+    ]
+    out.append(
+        render.table(["encoder: input", "items", "items/s", "tokens/s", "tokens/item"], rows)
+    )
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,11 @@ from __future__ import annotations
 import argparse
 import os
 from concurrent.futures import ProcessPoolExecutor
+from typing import Any
 
 import numpy as np
 
+from experiments import render
 from experiments.common import (
     load_npz_sets,
     median_time,
@@ -26,6 +28,7 @@ from experiments.common import (
     vaswani_minilm,
     write_result,
 )
+from experiments.render import Sources
 from fde import FDEConfig, encode_documents, encode_queries
 from fde.reference import reference_encode
 from latemm.scoring import maxsim
@@ -165,6 +168,51 @@ def main(argv: list[str] | None = None) -> None:
     results["recall"] = recall
     path = write_result("bench_fde" + ("_quick" if args.quick else ""), results)
     print(f"wrote {path}")
+
+
+# ------------------------------------------------------------------------------ report
+def render_section(r: dict[str, Any], sources: Sources) -> str:
+    out = [
+        "## 1. The FDE: speed against the reference, recall against exact MaxSim",
+        render.provenance(r),
+        "",
+    ]
+    rows = [
+        [
+            shape,
+            t["fde_docs_per_s"],
+            t["muvfde_docs_per_s"],
+            t["speedup_vs_muvfde"],
+            t["muvfde_pool_docs_per_s"],
+            t["speedup_vs_muvfde_pool"],
+            t["max_abs_diff_vs_reference"],
+        ]
+        for shape, t in r["throughput"].items()
+    ]
+    out.append(
+        render.table(
+            [
+                "documents",
+                "fde docs/s",
+                "muvfde docs/s",
+                "ratio",
+                "muvfde on all cores docs/s",
+                "ratio",
+                "max |diff|",
+            ],
+            rows,
+        )
+    )
+    out.append("")
+    rows = [
+        [x["dataset"], x["R"], x["k"], x["projection"], x["fde_dimension"], x["recall@10"]]
+        for x in r["recall"]
+    ]
+    out.append(
+        "FDE-only retrieval (exhaustive inner products over FDEs) against the exact MaxSim top-10:\n"
+    )
+    out.append(render.table(["data", "R", "k", "proj", "FDE dim", "recall@10"], rows))
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

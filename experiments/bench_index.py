@@ -20,14 +20,19 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from experiments import render
+from experiments.render import Sources
 
 # The code before the ingest speed-ups of issue 14 (goal 5).
 BASELINE_REV = "5ea98e8"
@@ -188,6 +193,78 @@ def main(argv: list[str] | None = None) -> None:
             "size_ratio_largest_to_smallest": sizes[-1] / sizes[0],
         },
     )
+
+
+# ------------------------------------------------------------------------------ report
+def _index_repeats(r: dict[str, Any], results: Path) -> list[dict[str, Any]]:
+    """``r`` and its repeats (``bench_index_repeat<N>.json``: same sizes and baseline)."""
+    same = [
+        json.loads(path.read_text(encoding="utf-8"))
+        for path in sorted(results.glob("bench_index_repeat*.json"))
+    ]
+    sizes = [g["documents"] for g in r["growth"]]
+    return [r] + [
+        x
+        for x in same
+        if [g["documents"] for g in x["growth"]] == sizes
+        and x.get("baseline", {}).get("revision") == r.get("baseline", {}).get("revision")
+    ]
+
+
+def render_section(r: dict[str, Any], sources: Sources) -> str:
+    """Section 2: one row per code and size, each run's pages/s and CPU ms/page side by side."""
+    out = [
+        "## 2. Ingest: throughput, memory, bytes per page",
+        render.provenance(r, sources.optional_writeup("bench_index.provenance")),
+        "",
+    ]
+    runs = _index_repeats(r, sources.results)
+    rows = []
+    for i, g in enumerate(r["growth"]):
+        per_run = [x["growth"][i] for x in runs]
+        rows.append(["this commit", g, per_run])
+    if "baseline" in r:
+        b = r["baseline"]
+        rows.insert(0, [f"baseline {b['revision']}", b, [x["baseline"] for x in runs]])
+    label = " / ".join(str(n) for n in range(1, len(runs) + 1))
+    header = ["code", "pages (1,030 x 128)", f"pages/s (wall), runs {label}", "median"]
+    header += [f"CPU ms/page, runs {label}", "peak RSS MB", "KiB/page on disk", "segments"]
+    table = []
+    for code, g, per_run in rows:
+        rss = [x["peak_rss_mb"] for x in per_run]
+        table.append(
+            [
+                code,
+                g["documents"],
+                " / ".join(render.fmt(x["docs_per_s"]) for x in per_run),
+                render.fmt(float(statistics.median(x["docs_per_s"] for x in per_run))),
+                " / ".join(f"{x.get('cpu_ms_per_doc', float('nan')):.2f}" for x in per_run),
+                f"{min(rss):,.0f}-{max(rss):,.0f}",
+                g["bytes_per_document"] / 1024,
+                g["segments"],
+            ]
+        )
+    out.append(render.table(header, table))
+    if "speedup_over_baseline" in r:
+        wall = " / ".join(f"{x['speedup_over_baseline']['wall']:.2f}x" for x in runs)
+        cpu = " / ".join(f"{x['speedup_over_baseline']['cpu']:.2f}x" for x in runs)
+        peak = [x["peak_rss_ratio_largest_to_smallest"] for x in runs]
+        out.append(
+            f"\nSame runs, same size: {wall} the baseline's pages/s, {cpu} less CPU per page. "
+            f"Peak memory {min(peak):.2f}x-{max(peak):.2f}x while the corpus grew "
+            f"{r['size_ratio_largest_to_smallest']:.0f}x."
+        )
+    goal = sources.optional_writeup("bench_index.goal5")
+    if goal:
+        out.append("\n" + goal)
+    if r["storage"]:
+        rows = [[s["dtype"], s["bytes_per_document"] / 1024, s["docs_per_s"]] for s in r["storage"]]
+        header = ["storage", "KiB/page (vectors + FDE codes or index + metadata)", "pages/s"]
+        out.append("\n" + render.table(header, rows))
+    int8 = sources.optional_writeup("bench_index.int8")
+    if int8:
+        out.append("\n" + int8)
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

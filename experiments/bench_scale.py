@@ -45,8 +45,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from experiments import render
 from experiments.bench_search import fast_plaid, recall
 from experiments.common import REPO, write_result
+from experiments.render import Sources
 from experiments.synthetic import SyntheticCorpus
 from index_store import Index, IndexConfig, create
 from index_store.first_stage import MIN_TRAIN_DOCUMENTS
@@ -719,6 +721,110 @@ def main(argv: list[str] | None = None) -> None:
     result = run(args)
     targets = result.get("targets", {})
     print(f"  targets: {targets}")
+
+
+# ------------------------------------------------------------------------------ report
+def render_section(records: list[dict[str, Any]], sources: Sources) -> str:
+    """Issue #14 goals 4 and 6: one ``bench_scale_<pages>.json`` per corpus size."""
+    out = ["## 3b. Scale: 100k and 1M ColPali-shaped pages (issue #14 goals 4 and 6)", ""]
+    for r in records:
+        out.append(render.provenance(r))
+        c, load = r["index_config"], r.get("load_average")
+        out.append(
+            f"Index config (the defaults then): dtype `{c['dtype']}`, faiss `{c['faiss_factory']}`."
+            + (f" Load average at the start: {load[0]:.1f} on 2 cores." if load else "")
+        )
+    out.append("")
+    build_rows = []
+    for r in records:
+        b, d, m = r["build"], r["disk"], r.get("memory", {})
+        build_rows.append(
+            [
+                r["pages"],
+                b["wall_s"],
+                b["pages_per_s_wall"],
+                b["pages_per_s_writer"],
+                d["manifest_files_bytes"] / 2**30,
+                d["bytes_per_page"] / 1024,
+                d["segments"],
+                m.get("build", {}).get("peak_rss_mb", float("nan")),
+                m.get("build", {}).get("peak_anon_mb", float("nan")),
+            ]
+        )
+    out.append(
+        render.table(
+            [
+                "pages",
+                "build s",
+                "pages/s (wall, with generation)",
+                "pages/s (writer)",
+                "GiB on disk (every file)",
+                "KiB/page",
+                "segments",
+                "peak RSS MB",
+                "peak anon MB",
+            ],
+            build_rows,
+        )
+    )
+    out.append("")
+    rows = []
+    for r in records:
+        e = r.get("exact")
+        if e:
+            rows.append(
+                [
+                    r["pages"],
+                    "brute force (float32, in RAM)",
+                    1.0,
+                    e["brute_force_single_query_s"] * 1e3,
+                    "",
+                    1 / e["brute_force_batched_s_per_query"],
+                ]
+            )
+        for x in r.get("latemm", []):
+            rows.append(
+                [
+                    r["pages"],
+                    f"latemm C={x['candidates']}",
+                    x["recall@10"],
+                    x["p50_ms"],
+                    x["p95_ms"],
+                    x["batch_queries_per_s"],
+                ]
+            )
+        for x in (r.get("fast_plaid") or {}).get("runs", []):
+            rows.append(
+                [
+                    r["pages"],
+                    f"fast-plaid {x['setting']}",
+                    x["recall@10"],
+                    x["latency_s_median"] * 1e3,
+                    "",
+                    x["batch_queries_per_s"],
+                ]
+            )
+    out.append(
+        render.table(
+            ["pages", "system", "recall@10 vs exact", "p50 ms", "p95 ms", "queries/s (batched)"],
+            rows,
+        )
+    )
+    for r in records:
+        t = r.get("targets") or {}
+        best = t.get("fastest_at_recall")
+        if best:
+            out.append(
+                f"\n{r['pages']:,} pages: fastest C with recall@10 >= 0.95 is C={best['candidates']}, "
+                f"p50 {best['p50_ms']:.0f} ms (650 ms / p50 = {t['speedup_vs_650ms']:.2f}x; target <= 50 ms at 100k: "
+                f"{'met' if t['meets_latency_target'] else 'not met'})."
+            )
+        elif t:
+            out.append(f"\n{r['pages']:,} pages: no candidate count reached recall@10 >= 0.95.")
+        skipped = (r.get("fast_plaid") or {}).get("skipped")
+        if skipped:
+            out.append(f"fast-plaid not run at {r['pages']:,} pages ({skipped}).")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

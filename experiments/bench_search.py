@@ -17,6 +17,7 @@ For every corpus size, in one process and with the same threads (torch and faiss
 from __future__ import annotations
 
 import argparse
+import re
 import resource
 import shutil
 import time
@@ -27,7 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from experiments import render
 from experiments.common import CACHE, RESULTS, median_time, vaswani_minilm, write_result
+from experiments.render import Sources
 from experiments.synthetic import SyntheticCorpus
 from index_store import Index, IndexConfig, create
 from latemm.retriever import Retriever
@@ -346,6 +349,119 @@ def main(argv: list[str] | None = None) -> None:
         done.append(run_size(n, n_queries, not args.no_plaid and n <= plaid_max))
         write_result(name, results)
         plot(done, RESULTS / f"{name}.png")
+
+
+# ------------------------------------------------------------------------------ report
+def _search_rows(size: dict[str, Any]) -> list[list[Any]]:
+    """Table rows of one corpus size: latemm per candidate count, brute force, fast-plaid."""
+    bf = size["brute_force_latency_s"]
+    rows = [
+        [
+            size["documents"],
+            f"latemm C={x['candidates']}",
+            x["recall@10"],
+            x["latency_s_median"] * 1e3,
+            x["batch_queries_per_s"],
+            x["speedup_vs_brute_force"],
+        ]
+        for x in size["latemm"]
+    ]
+    rows.append(
+        [
+            size["documents"],
+            "brute-force MaxSim",
+            1.0,
+            bf * 1e3,
+            1 / size["brute_force_batched_s_per_query"],
+            1.0,
+        ]
+    )
+    plaid = size.get("fast_plaid") or {}
+    for run in plaid.get("runs", []):
+        rows.append(
+            [
+                size["documents"],
+                f"fast-plaid {run['setting']}",
+                run["recall@10"],
+                run["latency_s_median"] * 1e3,
+                run["batch_queries_per_s"],
+                bf / run["latency_s_median"],
+            ]
+        )
+    if plaid.get("error"):
+        rows.append([size["documents"], f"fast-plaid: {plaid['error'][:100]}", "", "", "", ""])
+    return rows
+
+
+def render_section(r: dict[str, Any], sources: Sources) -> str:
+    out = ["## 3. Search against brute-force MaxSim and fast-plaid", render.provenance(r), ""]
+    k = r.get("kernel", {})
+    if k:
+        out.append(
+            f"MaxSim kernel: {k['maxsim_gflops']:.0f} GFLOP/s against {k['matmul_same_shape_gflops']:.0f} GFLOP/s for a bare "
+            f"matrix product of the same shapes ({k['fraction_of_same_shape_peak']:.0%} of that limit; the 2048^3 product peaks at "
+            f"{k['matmul_2048_cubed_gflops']:.0f} GFLOP/s). With float16 storage widened on the fly: {k['maxsim_float16_storage_gflops']:.0f} GFLOP/s.\n"
+        )
+    header = [
+        "pages",
+        "system",
+        "recall@10 vs exact",
+        "ms/query (one at a time)",
+        "queries/s (batch)",
+        "speed-up vs brute force",
+    ]
+    out.append(
+        render.table(header, [row for size in r.get("colpali", []) for row in _search_rows(size)])
+    )
+    small = sources.load("bench_search_plaid", False)
+    if small:
+        out.append(
+            "\nAgainst fast-plaid (LightOn's PLAID, its own venv, same threads) on corpora its CPU "
+            "build finishes on here, and on MiniLM-embedded Vaswani, all systems in one run:\n"
+            + render.provenance(small)
+            + "\n"
+        )
+        sizes = list(small.get("colpali", []))
+        asked = re.search(r"--sizes ([\d ]+)", small.get("command", ""))
+        missing = sorted(
+            set(int(n) for n in asked.group(1).split()) - {x["documents"] for x in sizes}
+            if asked
+            else set()
+        )
+        if missing:
+            out.append(
+                f"(The run was stopped before its {', '.join(f'{n:,}' for n in missing)}-page "
+                "corpus finished: fast-plaid's index build alone takes tens of minutes there.)\n"
+            )
+        if small.get("vaswani"):
+            sizes.append(
+                {**small["vaswani"], "documents": f"Vaswani {small['vaswani']['documents']}"}
+            )
+        out.append(render.table(header, [row for size in sizes for row in _search_rows(size)]))
+        if (sources.results / "bench_search_plaid.png").is_file():
+            out.append("\n![latemm and fast-plaid](results/bench_search_plaid.png)")
+    v = r.get("vaswani")
+    if v:
+        out.append(
+            f"\nVaswani with MiniLM ({v['documents']} abstracts, {v['queries']} queries), brute force {v['brute_force_latency_s'] * 1e3:.0f} ms/query:\n"
+        )
+        out.append(
+            render.table(
+                ["C", "recall@10", "ms/query", "speed-up"],
+                [
+                    [
+                        x["candidates"],
+                        x["recall@10"],
+                        x["latency_s_median"] * 1e3,
+                        x["speedup_vs_brute_force"],
+                    ]
+                    for x in v["latemm"]
+                ],
+            )
+        )
+    if (sources.results / "bench_search.png").is_file():
+        out.append("\n![latency growth and recall/latency](results/bench_search.png)")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from experiments import render
 from experiments.common import (
     CACHE,
     RESULTS,
@@ -51,6 +52,7 @@ from experiments.common import (
     write_result,
 )
 from experiments.eval_text import TextBench, vaswani_files
+from experiments.render import Sources
 from latemm import fusion
 from latemm.metrics import compare, evaluate, load_run
 
@@ -414,6 +416,62 @@ def main(argv: list[str] | None = None) -> None:
             }
     path = write_result(result_name, results)
     print(f"wrote {path}")
+
+
+# ------------------------------------------------------------------------------ report
+def render_section(r: dict[str, Any], sources: Sources) -> str:
+    """Section 4b: each field alone and fused, per data set, with paired t-tests."""
+    out = [
+        "## 4b. Fusing a MiniLM field with a BM25 field in one index",
+        render.provenance(r, sources.optional_writeup("eval_fusion.provenance")),
+        "",
+        sources.writeup("eval_fusion.intro"),
+        "",
+    ]
+    for name in ("mmlongbench", "vaswani"):
+        block = r.get(name)
+        if block:
+            out += [*_fusion_block(name, block), ""]
+    return "\n".join(out)
+
+
+def _fusion_block(name: str, block: dict[str, Any]) -> list[str]:
+    """One data set's table of eval_fusion: metrics to 3 decimals, p-values to 3 digits."""
+    metrics = block["metrics"]
+    names = list(next(iter(metrics.values())))
+    tests = block["paired_t_test"]
+    rows = []
+    for system, values in metrics.items():
+        p = tests[system]["comparisons"]
+        others = ("bm25", "minilm-multivector")
+        rows.append(
+            [system, *[f"{values[m]:.3f}" for m in names]]
+            + ["" if o == system or o not in p else f"{p[o][names[0]]:.3g}" for o in others]
+        )
+    weights = [fold["minilm_weight"] for fold in block.get("cv_folds", [])]
+    header = ["system", *names, f"p vs bm25 ({names[0]})", f"p vs minilm ({names[0]})"]
+    out = [
+        f"**{name}** ({block['queries']} queries; MiniLM weight per CV fold: {weights})\n",
+        render.table(header, rows),
+    ]
+    candidates = block.get("default_candidates")
+    if candidates:  # #31: the defaults compared over the same candidates
+        cols = list(dict.fromkeys(c for values in candidates.values() for c in values))
+
+        def cell(values: dict[str, float], col: str) -> str:
+            if col not in values:
+                return ""
+            return f"{values[col]:.3g}" if col.startswith("p ") else f"{values[col]:.3f}"
+
+        out += [
+            f"\n*{name}: candidate defaults re-fused over the fusion-weighted run's 512 "
+            "candidates and per-field scores (the fields alone ranked over the same pool)*\n",
+            render.table(
+                ["fusion", *cols],
+                [[label, *[cell(v, c) for c in cols]] for label, v in candidates.items()],
+            ),
+        ]
+    return out
 
 
 if __name__ == "__main__":

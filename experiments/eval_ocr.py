@@ -38,7 +38,9 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from experiments import render
 from experiments.common import CACHE, RESULTS, minilm_path, shared_data_dir, write_result
+from experiments.render import Sources
 
 NAME = "eval_ocr"
 WORD = re.compile(r"\w+", re.UNICODE)
@@ -148,7 +150,7 @@ def _ingest(pdfs: list[Path], corpus: Path, ocr: str) -> dict[str, Any]:
 
     start = time.perf_counter()
     report = ingest_pdfs(pdfs, corpus, images=False, progress=True, ocr=ocr)
-    return {
+    record = {
         "seconds": round(time.perf_counter() - start, 1),
         "pages": report.pages,
         "text_sources": report.text_sources,
@@ -159,6 +161,9 @@ def _ingest(pdfs: list[Path], corpus: Path, ocr: str) -> dict[str, Any]:
         ),
         "skipped": report.problems,
     }
+    # kept beside the corpus, so a --reuse run reports the ingest's own figures
+    corpus.with_suffix(".ingest.json").write_text(json.dumps(record))
+    return record
 
 
 def _retrieve(
@@ -169,8 +174,9 @@ def _retrieve(
     ``retrieve-LABEL.json`` when it was written, else None)."""
     from index_store import Index
     from latemm.encoders.text import TextEncoder
+    from latemm.jobs import search_file
     from latemm.metrics import load_run
-    from latemm.pipeline import index_corpus, search_file
+    from latemm.pipeline import index_corpus
 
     index = work / f"idx-{label}"
     run = work / f"run-{label}.parquet"
@@ -205,7 +211,11 @@ def _retrieve(
 
 def _from_corpus(corpus: Path, pages: int) -> dict[str, Any]:
     """An ingest's figures read back from the corpus it wrote (``--no-images`` keeps no row
-    without text, so the pages without text are the ones missing); its timings are not known."""
+    without text, so the pages without text are the ones missing); its timings are those the
+    ingest recorded beside it, or not known."""
+    recorded = corpus.with_suffix(".ingest.json")
+    if recorded.is_file():
+        return dict(json.loads(recorded.read_text()))
     sources = pq.read_table(corpus, columns=["text_source"]).column(0).to_pylist()
     return {
         "seconds": None,
@@ -367,6 +377,80 @@ def main(argv: list[str] | None = None) -> None:
     payload = {k: previous[k] for k in ("oracle", "main_job") if k in previous}
     payload.update({k: {**v, "command": command.strip()} for k, v in parts.items()})
     write_result(NAME, payload)
+
+
+# ------------------------------------------------------------------------------ report
+def render_section(r: dict[str, Any], sources: Sources) -> str:
+    """Section 4c: OCR at ingest (experiments/eval_ocr.py): reading quality against the text
+    layer, and the main job before and after."""
+    out = [
+        "## 4c. OCR at ingest: pages without a text layer (MMLongBench-Doc)",
+        render.provenance(r),
+        "",
+    ]
+    oracle = r.get("oracle")
+    if oracle:
+        out.append(
+            f"**Oracle**: {oracle.get('read', oracle['sample'])} of {oracle['sample']} sampled "
+            f"born-digital pages (of {oracle['born_digital_pages']}, seed {oracle['seed']}; those "
+            f"read within the {oracle.get('budget_seconds') or 'unlimited'} s budget) read by {oracle['engine']} in {oracle['workers']} worker "
+            f"processes and compared with their text layer (`{oracle['command']}`).\n"
+        )
+        rows = [
+            ["character error rate", oracle["cer_median"], oracle["cer_p90"]],
+            ["word recall", oracle["word_recall_median"], oracle["word_recall_p10"]],
+            ["OCR pages/s", oracle["pages_per_second"], ""],
+        ]
+        out += [render.table(["", "median", "worst decile (p90 CER, p10 recall)"], rows), ""]
+    job = r.get("main_job")
+    if job:
+        before, after = job["jobs"]["before"], job["jobs"]["after"]
+        out.append(
+            f"**Main job** (`ingest --no-images` -> `index --encoder MiniLM` -> `search`) over "
+            f"{job['pdfs']} PDFs ({job['pages_to_ocr']} pages to OCR; left out, with their pages "
+            f"to OCR: {', '.join(f'{k[:24]} ({v})' for k, v in job['left_out_pdfs'].items()) or 'none'}), "
+            f"{job['questions']} answerable questions, {job['questions_without_layer_evidence']} "
+            f"of them with every evidence page lacking a text layer (`{job['command']}`).\n"
+        )
+        # Left without text: before, every page without a text layer; after, the pages OCR
+        # found empty (listed one by one in the JSON).
+        without = {"before": before["without_text"], "after": len(job["truly_blank"])}
+        rows = [
+            [
+                flag,
+                without[label],
+                job["all"][label]["ndcg@5"],
+                job["no_layer_evidence"][label]["ndcg@5"],
+                block["ocr_pages"],
+                block["ocr_resumed"],
+                block["ocr_pages_per_second"] or "",
+                block["total_seconds"],
+            ]
+            for flag, label, block in (
+                ("--ocr never", "before", before),
+                ("--ocr auto (default)", "after", after),
+            )
+        ]
+        out.append(
+            render.table(
+                [
+                    "ingest",
+                    "pages left without text",
+                    "nDCG@5 all",
+                    "nDCG@5 no-layer evidence",
+                    "pages OCR read",
+                    "OCR results resumed",
+                    "OCR pages/s",
+                    "job seconds",
+                ],
+                rows,
+            )
+        )
+        out += ["", "Paired t-test (ranx), all answerable questions:", "", "```"]
+        out += [job["paired_t_test_all"].strip(), "```", ""]
+        out += ["Paired t-test, questions whose evidence has no text layer:", "", "```"]
+        out += [job["paired_t_test_no_layer_evidence"].strip(), "```", ""]
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from experiments import render
 from experiments.common import (
     CACHE,
     minilm_path,
@@ -33,9 +34,11 @@ from experiments.common import (
     shared_data_dir,
     write_result,
 )
+from experiments.render import Sources
 from latemm.encoders.text import TextEncoder
+from latemm.jobs import search_file
 from latemm.metrics import compare, evaluate, load_qrels, load_run
-from latemm.pipeline import index_corpus, search_file
+from latemm.pipeline import index_corpus
 
 
 def bm25_run(
@@ -189,6 +192,26 @@ def main(argv: list[str] | None = None) -> None:
     }
     path = write_result("eval_text" + ("_quick" if args.quick else ""), results)
     print(f"wrote {path}")
+
+
+# ------------------------------------------------------------------------------ report
+def render_section(r: dict[str, Any], sources: Sources) -> str:
+    out = ["## 4. Quality on real labelled data (offline MiniLM)", render.provenance(r), ""]
+    for name in ("mmlongbench", "vaswani"):
+        block = r.get(name)
+        if not block:
+            continue
+        metrics = block["metrics"]
+        names = list(next(iter(metrics.values())))
+        out.append(f"**{name}**\n")
+        out.append(
+            render.table(
+                ["system", *names],
+                [[system, *[values[m] for m in names]] for system, values in metrics.items()],
+            )
+        )
+        out.append("")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from experiments import render
 from experiments.common import (
     minilm_path,
     read_trec_docs,
@@ -26,6 +27,7 @@ from experiments.common import (
     shared_data_dir,
     write_result,
 )
+from experiments.render import Sources
 
 K = 100  # mteb's top_k (max of k_values) and the CLI's --k: the same candidates on both sides
 
@@ -206,6 +208,30 @@ def main(argv: list[str] | None = None) -> None:
         )
     name = "mteb_vaswani" if args.docs is None and args.queries is None else "mteb_vaswani_quick"
     print(write_result(name, {"k": K, **payload}))
+
+
+# ------------------------------------------------------------------------------ report
+def render_section(record: dict[str, Any], sources: Sources) -> str:
+    """latemm through mteb (LatemmSearch) against latemm's CLI on a local Vaswani task."""
+    lines = [
+        "## 4d. latemm inside mteb: the same nDCG@10 as the CLI",
+        "",
+        render.provenance(record),
+        "",
+        f"Vaswani as a local mteb `AbsTaskRetrieval` ({record['documents']:,} documents, "
+        f"{record['queries']} queries, top {record['k']}): `mteb.evaluate` with "
+        "`latemm.mteb.LatemmSearch` against `latemm index` + `latemm search` + `latemm eval` "
+        "on the same files.",
+        "",
+        "| system | mteb nDCG@10 | CLI nDCG@10 | difference | mteb s | CLI s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in record["systems"].items():
+        lines.append(
+            f"| {name} | {row['mteb_ndcg@10']:.4f} | {row['cli_ndcg@10']:.4f} | "
+            f"{row['difference']:.1e} | {row['mteb_seconds']:.0f} | {row['cli_seconds']:.0f} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,10 @@ class StorageError(LatemmError, OSError):
     is intact."""
 
 
+class ShardUnavailableError(LatemmError, RuntimeError):
+    """A shard's actor died and could not be restarted: the search has no complete answer."""
+
+
 class MissingDependencyError(LatemmError, ImportError):
     """An optional dependency is not installed; the message gives the pip line."""
 

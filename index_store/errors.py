@@ -10,6 +10,7 @@ from fde.errors import (
     InputError,
     LatemmError,
     MissingDependencyError,
+    ShardUnavailableError,
     StorageError,
     require,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "InputError",
     "LatemmError",
     "MissingDependencyError",
+    "ShardUnavailableError",
     "StorageError",
     "require",
 ]

@@ -46,23 +46,34 @@ def build_index(
     field cannot read are left out of that field.
 
     ``num_shards`` builds (or adds to) a sharded index of that many shards (``latemm.sharded``;
-    a sharded index keeps its N) and returns its ``ShardManifest``."""
+    a sharded index keeps its N) and returns its ``ShardManifest``; with ``fields=`` it builds
+    (or adds to) a sharded multi-field collection (``latemm.field_shards``) and returns its
+    ``FieldShards``."""
     import warnings
 
     from index_store.errors import InputError
     from latemm.pipeline import index_corpus
-    from latemm.sharded import index_sharded, is_sharded, is_unfinished_build, read_manifest
+    from latemm.sharded import (
+        index_sharded,
+        is_field_shards,
+        is_sharded,
+        is_unfinished_build,
+        read_manifest,
+    )
 
     if fields is not None:
         from latemm.fields import index_fields, read_fields
 
         if encoder is not None:
             raise InputError("give encoder= (one field) or fields= (named fields), not both")
-        if num_shards is not None:
-            raise InputError(
-                "num_shards cannot be combined with fields=: a multi-field index is not sharded "
-                "yet; leave out num_shards, or shard an index built with encoder="
+        if num_shards is not None or is_field_shards(index_dir) or is_unfinished_build(index_dir):
+            from latemm.field_shards import index_field_shards, read_field_shards
+
+            progress = options.pop("progress", False)
+            index_field_shards(
+                corpus, index_dir, fields, num_shards=num_shards, progress=progress, **options
             )
+            return read_field_shards(index_dir)
         index_fields(corpus, index_dir, fields, progress=options.pop("progress", False), **options)
         return read_fields(index_dir)
 
@@ -128,7 +139,12 @@ def search(
     ``where`` column instead; ``where=`` (one string) is then joined to each by AND."""
     from latemm.fields import is_fields_index
     from latemm.retriever import Retriever
-    from latemm.sharded import is_sharded, is_unfinished_build, unfinished_build_message
+    from latemm.sharded import (
+        is_field_shards,
+        is_sharded,
+        is_unfinished_build,
+        unfinished_build_message,
+    )
 
     index_path = index.path if isinstance(index, Index) else Path(index)
     if is_unfinished_build(index_path):  # named before any model is loaded
@@ -165,7 +181,7 @@ def search(
             f"where= holds one condition per query, but the queries are {str(queries)!r}: give "
             "one string, or put each query's condition in the queries file's 'where' column"
         )
-    if any(v is not None for v in named.values()) or is_fields_index(path):
+    if any(v is not None for v in named.values()) or is_fields_index(path) or is_field_shards(path):
         return _search_fields(path, queries, k, candidates, where, reranker, rerank_depth, named)
 
     sharded = not isinstance(index, Index) and is_sharded(index)
@@ -182,7 +198,7 @@ def search(
         encoder = load_encoder(recorded)  # rebuilt with its recorded options
     encoder = _as_encoder(encoder)
     if isinstance(queries, (str, Path)) and Path(queries).suffix == ".parquet":
-        from latemm.pipeline import search_file
+        from latemm.jobs import search_file
 
         one = where if isinstance(where, str) else None  # a list with a file is refused above
         return _run_of_file(
@@ -229,7 +245,8 @@ def _search_fields(
     rerank_depth: int,
     named: dict[str, Any],
 ) -> pa.Table:
-    from latemm.field_search import FieldRetriever, run_schema, search_fields_file
+    from latemm.field_search import FieldRetriever, run_schema
+    from latemm.jobs import search_fields_file
 
     named["fusion"] = named["fusion"] or "auto"
     for unset in [name for name in ("normalization", "rrf_k") if named[name] is None]:

@@ -259,6 +259,37 @@ class BM25Index:
             out.retriever.index(tokens, show_progress=False)
         return out
 
+    @classmethod
+    def union(cls, parts: Sequence[BM25Index], hidden: frozenset[str] = frozenset()) -> BM25Index:
+        """One BM25 field over every document of ``parts`` (the shards of a collection, each
+        a build over its own pages) but those in ``hidden``, re-indexed in memory: document
+        frequencies, the number of documents and the average length are the collection's, so
+        each page scores exactly as in one build over all of them. Every part must share one
+        tokenizer. Its files are not touched."""
+        tokenizers = {p.tokenizer for p in parts}
+        if len(tokenizers) > 1:
+            raise IndexCorruptError(
+                f"the shards' builds of one bm25 field use different tokenizers "
+                f"({', '.join(str(t.to_dict()) for t in tokenizers)}); rebuild the field"
+            )
+        if len(parts) == 1:
+            return parts[0].without(hidden)
+        out = object.__new__(BM25Index)
+        out.path = parts[0].path if parts else Path()
+        out.tokenizer = parts[0].tokenizer if parts else LEGACY
+        ids = np.concatenate([p.doc_ids for p in parts]) if parts else np.zeros(0, object)
+        texts = pa.chunked_array([c for p in parts for c in p._texts.chunks], type=pa.string())
+        keep = np.fromiter((d not in hidden for d in ids), dtype=bool, count=ids.size)
+        out.doc_ids = ids[keep].astype(object)
+        out._texts = texts.filter(pa.array(keep)) if ids.size else texts
+        out.position = {d: i for i, d in enumerate(out.doc_ids)}
+        tokens = out.tokenizer.tokenize(out.texts(), return_ids=True)
+        out.retriever = None
+        if out.doc_ids.size and tokens.vocab:
+            out.retriever = _bm25s().BM25()
+            out.retriever.index(tokens, show_progress=False)
+        return out
+
     def scores(self, queries: Sequence[str]) -> np.ndarray:
         """(Q, n) float32 BM25 scores of every document for every query text."""
         out = np.zeros((len(queries), self.doc_ids.size), dtype=np.float32)

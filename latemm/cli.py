@@ -159,15 +159,29 @@ def cmd_index(args: argparse.Namespace) -> int:
         **({"keep_images": True} if args.keep_images else {}),
     )
     from latemm.fields import is_fields_index
+    from latemm.sharded import is_field_shards, is_unfinished_field_build
 
-    if args.field or (args.encoder is None and is_fields_index(args.index)):
-        for flag, value in (("--shards", args.shards), ("--ray", args.ray)):
-            if value is not None:
-                what = "--field" if args.field else f"{args.index}'s named fields"
-                raise InputError(
-                    f"{flag} cannot be combined with {what}: a multi-field index is not "
-                    f"sharded yet; leave out {flag}, or shard an index built with --encoder"
-                )
+    field_shards = is_field_shards(args.index) or is_unfinished_field_build(args.index)
+    if field_shards and args.encoder and not args.field:  # before any model is loaded
+        raise InputError(
+            f"--encoder builds a one-field index; {args.index} is a sharded multi-field "
+            "collection: leave --encoder out to add the corpus to every recorded field, or add "
+            "a field with --field NAME=ENCODER"
+        )
+    if args.field or (args.encoder is None and (is_fields_index(args.index) or field_shards)):
+        if args.ray is not None:
+            what = "--field" if args.field else f"{args.index}'s named fields"
+            raise InputError(
+                f"--ray cannot be combined with {what}: named fields are indexed in this "
+                "process (--shards N shards them); leave out --ray"
+            )
+        if args.shards is not None and is_fields_index(args.index):
+            raise InputError(
+                f"--shards: {args.index} holds a multi-field index, which is not sharded; leave "
+                "out --shards to add to it, or index into a new folder to shard"
+            )
+        if args.shards is not None or field_shards:
+            return _index_fields(args, start, options, sharded=True)
         if is_sharded(args.index):
             raise InputError(
                 f"--field: {args.index} is a sharded index (one encoder); named fields need an "
@@ -251,8 +265,14 @@ def _encoder_name(args: argparse.Namespace, index_dir: str | None) -> str | None
     return None
 
 
-def _index_fields(args: argparse.Namespace, start: float, options: dict[str, Any]) -> int:
-    """``latemm index --field NAME=ENCODER ...``: a multi-field index (latemm.fields)."""
+def _index_fields(
+    args: argparse.Namespace, start: float, options: dict[str, Any], *, sharded: bool = False
+) -> int:
+    """``latemm index --field NAME=ENCODER ...``: a multi-field index (latemm.fields), sharded
+    with ``--shards N`` (latemm.field_shards)."""
+    from functools import partial
+
+    from latemm.field_shards import index_field_shards
     from latemm.fields import index_fields, parse_field
 
     if args.encoder:
@@ -262,7 +282,8 @@ def _index_fields(args: argparse.Namespace, start: float, options: dict[str, Any
     if getattr(args, "quantize", None):
         raise InputError("--quantize applies to one --encoder, not to --field encoders; drop it")
     kinds = dict(_pairs(args.field_kind or [], "--field-kind"))
-    counts = index_fields(
+    build = partial(index_field_shards, num_shards=args.shards) if sharded else index_fields
+    counts = build(
         args.corpus,
         args.index,
         [parse_field(text, kinds) for text in args.field] if args.field else None,
@@ -270,7 +291,7 @@ def _index_fields(args: argparse.Namespace, start: float, options: dict[str, Any
         **options,
     )
     fields = ", ".join(f"{name}: {n} documents" for name, n in counts.items())
-    rejected = _field_rejects(args.index, list(counts))
+    rejected = _field_rejects(args.index, list(counts), sharded=sharded)
     if rejected:
         print(
             "latemm index: pages a field cannot read (blank pages, empty text) are left out of "
@@ -290,17 +311,28 @@ def _index_fields(args: argparse.Namespace, start: float, options: dict[str, Any
     return 0
 
 
-def _field_rejects(index_dir: str, names: list[str]) -> dict[str, int]:
-    """Field name -> pages recorded as unreadable by it (nonzero only)."""
+def _field_rejects(index_dir: str, names: list[str], *, sharded: bool = False) -> dict[str, int]:
+    """Field name -> pages recorded as unreadable by it (nonzero only); over every shard of a
+    sharded collection."""
     from index_store import Index
     from latemm.fields import open_field, read_fields
 
+    if sharded:
+        from latemm.field_shards import read_field_shards, shard_layout
+
+        total: dict[str, int] = {}
+        for _, folder, _ in shard_layout(index_dir, read_field_shards(index_dir)):
+            for name, count in _field_rejects(str(folder), names).items():
+                total[name] = total.get(name, 0) + count
+        return total
     out = {}
     for spec in read_fields(index_dir).fields:
         if spec.name not in names:
             continue
         if spec.kind == "bm25":
             count = int(spec.options.get("rejected", 0))
+        elif not (Path(index_dir) / "fields" / spec.name / "manifest.json").is_file():
+            continue  # a field that holds no page (yet): nothing recorded
         else:
             opened = open_field(index_dir, spec, verify="none")
             count = int(opened.stats().get("rejected", 0)) if isinstance(opened, Index) else 0
@@ -367,7 +399,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from latemm.fields import is_fields_index
-    from latemm.pipeline import search_file
+    from latemm.jobs import search_file
+    from latemm.sharded import is_field_shards
 
     if args.allow_files and not args.rerank:
         raise InputError(
@@ -386,7 +419,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         or args.rrf_k
     )
     _check_index_kind(args, named)
-    if named or is_fields_index(args.index):
+    if named or is_fields_index(args.index) or is_field_shards(args.index):
         return _search_fields(args, start)
     _check_search_target(args)  # before any model is loaded
     encoder = _encoder(args, args.encoder, args.index)
@@ -437,9 +470,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 def _check_index_kind(args: argparse.Namespace, named: Any) -> None:
     """Options that cannot apply to this kind of index are an error naming the option."""
     from latemm.fields import is_fields_index
-    from latemm.sharded import is_sharded
+    from latemm.sharded import is_field_shards, is_sharded
 
-    if is_sharded(args.index) and named:
+    fields_kind = is_fields_index(args.index) or is_field_shards(args.index)
+    if is_sharded(args.index) and not fields_kind and named:
         given = [
             flag
             for flag, value in (
@@ -457,7 +491,7 @@ def _check_index_kind(args: argparse.Namespace, named: Any) -> None:
             f"{', '.join(given)}: {args.index} is a sharded index with one field (no named "
             "fields to fuse); leave the option out"
         )
-    if args.ray is not None and (named or is_fields_index(args.index)):
+    if args.ray is not None and (named or fields_kind):
         raise InputError(
             f"--ray serves a sharded index; {args.index} is a multi-field index, searched in "
             "this process: leave out --ray"
@@ -466,7 +500,7 @@ def _check_index_kind(args: argparse.Namespace, named: Any) -> None:
 
 def _check_search_target(args: argparse.Namespace) -> None:
     """The search's arguments and index, checked before an encoder or reranker is loaded."""
-    from latemm.pipeline import check_search_args
+    from latemm.jobs import check_search_args
     from latemm.sharded import is_sharded, is_unfinished_build, unfinished_build_message
 
     check_search_args(
@@ -493,8 +527,8 @@ def _check_search_target(args: argparse.Namespace) -> None:
 
 def _search_fields(args: argparse.Namespace, start: float) -> int:
     """``latemm search`` over named fields (latemm.field_search)."""
-    from latemm.field_search import search_fields_file
     from latemm.fusion import parse_weights
+    from latemm.jobs import search_fields_file
 
     if args.encoder:
         raise InputError(
@@ -597,7 +631,13 @@ def _reranker(args: argparse.Namespace) -> Any:
 def cmd_info(args: argparse.Namespace) -> int:
     from index_store import Index
     from latemm.fields import is_fields_index, open_field, read_fields
+    from latemm.sharded import is_field_shards
 
+    if is_field_shards(args.index):  # every shard's fields (latemm.field_shards)
+        from latemm.field_shards import field_shards_stats
+
+        print(json.dumps(field_shards_stats(args.index), indent=2))
+        return 0
     if is_fields_index(args.index):
         from latemm.fields import read_journal
 
@@ -658,6 +698,14 @@ def cmd_delete(args: argparse.Namespace) -> int:
         ids += [
             line.strip() for line in Path(args.ids_file).read_text().splitlines() if line.strip()
         ]
+    from latemm.sharded import is_field_shards
+
+    if is_field_shards(args.index):  # each id from its shard, every field (field_shards)
+        from latemm.field_shards import delete_field_shards
+
+        found = delete_field_shards(args.index, ids, missing_ok=args.missing_ok)
+        print(f"deleted {found} documents from every field of {args.index}")
+        return 0
     if is_fields_index(args.index):  # every field at once (latemm.field_maintenance)
         from latemm.field_maintenance import delete
 
@@ -680,7 +728,13 @@ def cmd_delete(args: argparse.Namespace) -> int:
 def cmd_compact(args: argparse.Namespace) -> int:
     from index_store import Index, create
     from latemm.fields import is_fields_index
+    from latemm.sharded import is_field_shards
 
+    if is_field_shards(args.index):
+        from latemm.field_shards import compact_field_shards
+
+        print(f"compacted {args.index} (generation {compact_field_shards(args.index)})")
+        return 0
     if is_fields_index(args.index):
         from latemm.field_maintenance import compact
 
@@ -702,9 +756,13 @@ def cmd_compact(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from index_store import verify
     from latemm.fields import is_fields_index, verify_fields
-    from latemm.sharded import is_sharded, is_unfinished_build, verify_sharded
+    from latemm.sharded import is_field_shards, is_sharded, is_unfinished_build, verify_sharded
 
-    if is_fields_index(args.index):
+    if is_field_shards(args.index):
+        from latemm.field_shards import verify_field_shards
+
+        problems = verify_field_shards(args.index)
+    elif is_fields_index(args.index):
         problems = verify_fields(args.index)
     elif is_sharded(args.index) or is_unfinished_build(args.index):
         problems = verify_sharded(args.index)

@@ -32,7 +32,7 @@ from typing import IO, Any, cast
 
 import pyarrow as pa
 
-from index_store.errors import InputError, LatemmError, require
+from index_store.errors import InputError, LatemmError, ShardUnavailableError, require
 from latemm.encoders.base import Encoder
 from latemm.io import Columns, count_rows, open_dataset, read_batches, table_batch
 from latemm.pipeline import IndexReport, encode_corpus, index_corpus
@@ -53,10 +53,6 @@ from latemm.sharded import (
 # Restarts of a dead actor (and retries of its calls / of a dead task) before giving up.
 RETRIES = 3
 SHARD_COLUMN = "latemm_shard"  # no leading "_": corpus folders hide such names
-
-
-class ShardUnavailableError(LatemmError, RuntimeError):
-    """A shard's actor died and could not be restarted: the search has no complete answer."""
 
 
 def connect(

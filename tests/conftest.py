@@ -1,4 +1,8 @@
-"""Shared fixtures: where the read-only evaluation data lives, and skips when it is absent."""
+"""Shared fixtures: where the read-only evaluation data lives, and skips when it is absent.
+
+Builders the tests call with their own sizes and seeds (``DIM``, ``write_corpus``,
+``write_queries``, ``write_pages``, ``write_questions``, ``write_embedding_table``, ``read_run``)
+are plain functions in ``tests/helpers.py``."""
 
 from __future__ import annotations
 

@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from latemm.cli import main
+from tests.helpers import DIM
 
-DIM = 16
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
 

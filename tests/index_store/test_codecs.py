@@ -14,8 +14,7 @@ from index_store import Index, IndexConfig, IndexCorruptError, InputError, codec
 from index_store.store import IndexWriter
 from latemm.retriever import Retriever
 from latemm.scoring import maxsim
-
-DIM = 16
+from tests.helpers import DIM
 
 
 def _docs(seed: int, n: int, low: int = 8, high: int = 20) -> list[np.ndarray]:

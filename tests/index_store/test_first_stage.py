@@ -18,8 +18,8 @@ from index_store import first_stage as fs
 from index_store.manifest import Manifest
 from latemm.retriever import Retriever, first_stage, first_stage_queries
 from latemm.scoring import maxsim
+from tests.helpers import SMALL_DIM as DIM
 
-DIM = 8
 FDE = FDEConfig(
     dimension=DIM,
     num_repetitions=2,

@@ -30,8 +30,8 @@ from index_store import (
 )
 from index_store.errors import StorageError
 from latemm.retriever import Retriever
+from tests.helpers import SMALL_DIM as DIM
 
-DIM = 8
 REPO = Path(__file__).resolve().parents[2]
 
 

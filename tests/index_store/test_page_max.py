@@ -16,8 +16,7 @@ from index_store.errors import IndexCorruptError
 from index_store.fsio import sha256_file
 from latemm.retriever import Retriever
 from latemm.scoring import _max_abs, maxsim, maxsim_half
-
-DIM = 16
+from tests.helpers import DIM
 
 
 def _docs(rng: np.random.Generator, n: int) -> list[np.ndarray]:

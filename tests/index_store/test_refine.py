@@ -25,9 +25,9 @@ from index_store.store import IndexWriter
 from latemm.cli import main
 from latemm.retriever import Retriever, doc_ids_of, first_stage, first_stage_queries, rescore
 from latemm.scoring import maxsim
+from tests.helpers import write_corpus, write_queries
 from tests.index_store.test_codecs import DIM, _docs
 from tests.index_store.test_codecs import _build as build
-from tests.latemm.test_cli import write_corpus, write_queries
 
 PAIRS = [("pq1", "int8"), ("pq2", "float16"), ("binary", "int8")]
 

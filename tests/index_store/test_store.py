@@ -20,8 +20,7 @@ from index_store import (
 )
 from latemm.retriever import Retriever
 from latemm.scoring import maxsim
-
-DIM = 8
+from tests.helpers import SMALL_DIM as DIM
 
 
 def _docs(rng: np.random.Generator, n: int) -> list[np.ndarray]:

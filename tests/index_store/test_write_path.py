@@ -13,8 +13,7 @@ import pytest
 from fde import encode_documents
 from index_store import Index, IndexConfig, InputError, create, verify
 from index_store.fsio import save_bytes, save_npy
-
-DIM = 8
+from tests.helpers import SMALL_DIM as DIM
 
 
 @pytest.mark.parametrize(

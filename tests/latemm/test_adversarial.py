@@ -23,8 +23,8 @@ import pytest
 from index_store import Index, verify
 from index_store.errors import InputError
 from latemm.cli import main
+from tests.helpers import SMALL_DIM as DIM
 
-DIM = 8
 N_DOCS = 50
 SCRIPT = "<script>alert(1)</script>"
 

@@ -17,9 +17,7 @@ import pytest
 from index_store import codecs
 from latemm import scoring
 from latemm.cli import main
-
-DIM = 16
-VECTORS = pa.list_(pa.list_(pa.float32()))
+from tests.helpers import DIM, VECTORS
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:

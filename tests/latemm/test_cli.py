@@ -17,34 +17,7 @@ import pytest
 
 from index_store import Index, verify
 from latemm.cli import main
-
-DIM = 16
-
-
-def write_corpus(path: Path, n: int, seed: int = 0, *, dim: int = DIM) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    docs = [rng.standard_normal((int(t), dim)).astype(np.float32) for t in rng.integers(2, 20, n)]
-    table = pa.table(
-        {
-            "doc_id": [f"doc-{i}" for i in range(n)],
-            "embedding": [d.tolist() for d in docs],
-            "source": ["esg" if i % 3 == 0 else "news" for i in range(n)],
-            "year": [2010 + i % 15 for i in range(n)],
-        }
-    )
-    pq.write_table(table, path, row_group_size=256)
-    return docs
-
-
-def write_queries(path: Path, n: int, seed: int = 1) -> None:
-    rng = np.random.default_rng(seed)
-    queries = [rng.standard_normal((4, DIM)).astype(np.float32) for _ in range(n)]
-    pq.write_table(
-        pa.table(
-            {"query_id": [f"q{i}" for i in range(n)], "embedding": [q.tolist() for q in queries]}
-        ),
-        path,
-    )
+from tests.helpers import DIM, write_corpus, write_queries
 
 
 def test_index_search_info_delete_compact_verify(tmp_path, capsys) -> None:

@@ -15,8 +15,8 @@ from index_store import Index, IndexConfig, InputError, create
 from latemm.field_search import FieldRetriever
 from latemm.fields import index_fields, parse_field, read_fields
 from latemm.retriever import Retriever
+from tests.helpers import SMALL_DIM as DIM
 
-DIM = 8
 N = 36
 WORDS = "revenue margin profit asset equity cash debt growth risk risks audit audits".split()
 

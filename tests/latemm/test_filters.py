@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from index_store.errors import InputError
+from tests.helpers import SMALL_DIM as DIM
 
-DIM = 8
 SOURCES = ("a.pdf", "b.pdf", "c.pdf")
 PAGES = 9  # per source
 WORDS = "revenue margin profit asset equity cash debt growth risk audit".split()

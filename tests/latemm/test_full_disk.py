@@ -20,15 +20,12 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from latemm.cli import main
+from tests.helpers import DIM, WORDS, write_embedding_table
 
-DIM = 16
 FREE = [0, 4096, 16384, 65536, 131072, 262144]
-WORDS = "revenue profit growth market climate carbon energy solar policy budget tax".split()
 
 
 @pytest.fixture
@@ -60,17 +57,7 @@ def _corpus(path: Path, n: int, start: int = 0) -> Path:
         for i in range(start, start + n)
     ]
     vectors = [rng.standard_normal((8, DIM)).astype(np.float32).tolist() for _ in ids]
-    pq.write_table(
-        pa.table(
-            {
-                "doc_id": ids,
-                "text": texts,
-                "embedding": pa.array(vectors, pa.list_(pa.list_(pa.float32()))),
-            }
-        ),
-        path,
-    )
-    return path
+    return write_embedding_table(path, ids, vectors, text=texts)
 
 
 def _fill(disk: Path, free: int) -> Path:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from latemm.cli import main
-from tests.latemm.test_cli import write_corpus
+from tests.helpers import write_corpus
 
 
 def test_info_gives_disk_per_page(tmp_path, capsys) -> None:
@@ -28,7 +28,7 @@ def test_info_gives_disk_per_page(tmp_path, capsys) -> None:
 
 
 def test_index_and_search_json_summaries_for_scripts(tmp_path, capsys) -> None:
-    from tests.latemm.test_cli import write_queries
+    from tests.helpers import write_queries
 
     corpus, queries, idx = tmp_path / "c.parquet", tmp_path / "q.parquet", tmp_path / "idx"
     write_corpus(corpus, 20)

@@ -1,6 +1,6 @@
-"""Issue 26's table, cell by cell, through the CLI: every feature on a plain, a multi-field and
-a sharded index either works (and gives the plain index's answer) or is a one-line error
-naming the option, exit code 2."""
+"""Issue 26's table, cell by cell, through the CLI: every feature on a plain, a multi-field, a
+sharded index and a sharded multi-field collection either works (and gives the plain index's
+answer) or is a one-line error naming the option, exit code 2."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ import pytest
 import latemm
 from latemm.cli import main
 from latemm.sharded import ShardManifest, read_manifest
-from tests.latemm.test_shard_cases import read_run, write_pages, write_questions
+from tests.helpers import read_run, write_pages, write_questions
 
 KINDS = {
     "plain": [],
     "fields": ["--field", "emb=embedding:embedding"],
     "sharded": ["--shards", "3"],
+    "fields-sharded": ["--field", "emb=embedding:embedding", "--shards", "3"],
 }
 
 
@@ -80,7 +81,7 @@ def test_delete_compact_verify_info_on_every_kind(indexes, kind, tmp_path, capsy
     capsys.readouterr()
     assert run("info", idx) == 0
     info = json.loads(capsys.readouterr().out)
-    if kind == "sharded":
+    if kind in ("sharded", "fields-sharded"):
         assert info["num_shards"] == 3 and info["documents"] == 57
 
 
@@ -98,17 +99,39 @@ def test_sharded_equals_plain_after_delete_and_compact(indexes, tmp_path, capsys
     capsys.readouterr()
 
 
+def test_fields_sharded_equals_fields_after_delete_and_compact(indexes, tmp_path, capsys) -> None:
+    runs = {}
+    for kind in ("fields", "fields-sharded"):
+        idx = tmp_path / kind
+        assert run("index", indexes["corpus"], "--index", idx, *KINDS[kind], "--quiet") == 0
+        out = tmp_path / f"{kind}-before.parquet"
+        assert run("search", idx, indexes["queries"], "--out", out, "--k", "25") == 0
+        runs[kind, "before"] = pq.read_table(out)
+        assert run("delete", idx, "--ids", "d00010", "d00011", "d00031") == 0
+        out = tmp_path / f"{kind}-deleted.parquet"
+        assert run("search", idx, indexes["queries"], "--out", out, "--k", "25") == 0
+        runs[kind, "deleted"] = pq.read_table(out)
+        assert run("compact", idx) == 0
+        out = tmp_path / f"{kind}.parquet"
+        assert run("search", idx, indexes["queries"], "--out", out, "--k", "25") == 0
+        runs[kind, "compacted"] = pq.read_table(out)
+    for stage in ("before", "deleted", "compacted"):
+        assert runs["fields-sharded", stage].equals(runs["fields", stage]), stage
+    capsys.readouterr()
+
+
 def test_options_that_cannot_apply_are_named(indexes, tmp_path, capsys) -> None:
     out = tmp_path / "run.parquet"
     capsys.readouterr()
-    # --shards (or --ray) with --field: never silently dropped (P4).
+    # --ray with --field: never silently dropped (P4); --shards with --field builds a sharded
+    # multi-field collection (issue 26), the kind "fields-sharded" every test here covers.
     fresh = tmp_path / "fresh"
     argv = ["index", indexes["corpus"], "--index", fresh, "--field", "emb=embedding:embedding"]
-    assert run(*argv, "--shards", "3", "--quiet") == 2
-    _one_error_line(capsys, "--shards", "--field")
-    assert not fresh.exists()
     assert run(*argv, "--ray", "--quiet") == 2
     _one_error_line(capsys, "--ray")
+    assert not fresh.exists()
+    assert run(*argv, "--shards", "3", "--quiet") == 0
+    assert json.loads((fresh / "shards.json").read_text())["shard_kind"] == "fields"
     # --field into a sharded index, --shards into a fields index.
     assert run("index", indexes["corpus"], "--index", indexes["sharded"], *KINDS["fields"]) == 2
     _one_error_line(capsys, "--field", "sharded")
@@ -137,9 +160,11 @@ def test_api_build_index_with_num_shards(indexes, tmp_path) -> None:
     a = latemm.search(tmp_path / "api", indexes["queries"], k=10)
     b = latemm.search(indexes["plain"], indexes["queries"], k=10)
     assert a.equals(b)
-    with pytest.raises(latemm.sharded.InputError, match="num_shards"):
-        latemm.build_index(indexes["corpus"], tmp_path / "f", fields={"e": "embedding:embedding"},
-                           num_shards=2)  # fmt: skip
+    # fields= with num_shards: a sharded multi-field collection (issue 26, fields x shards).
+    collection = latemm.build_index(
+        indexes["corpus"], tmp_path / "f", fields={"e": "embedding:embedding"}, num_shards=2
+    )
+    assert collection.num_shards == 2 and sum(collection.documents) == 60
     assert read_manifest(tmp_path / "api").generation == 2
 
 

@@ -31,10 +31,11 @@ from latemm.distributed import (  # noqa: E402
 )
 from latemm.encoders.base import Encoder, MultiVectors  # noqa: E402
 from latemm.io import Columns, read_batches  # noqa: E402
+from latemm.jobs import open_retriever  # noqa: E402
 from latemm.pipeline import encode_corpus  # noqa: E402
 from latemm.retriever import Retriever  # noqa: E402
-from latemm.sharded import ShardedRetriever, read_manifest  # noqa: E402
-from tests.latemm.test_cli import DIM, write_corpus, write_queries  # noqa: E402
+from latemm.sharded import read_manifest  # noqa: E402
+from tests.helpers import DIM, write_corpus, write_queries  # noqa: E402
 from tests.latemm.tiny_models import WORDS  # noqa: E402
 
 N_TEXTS = 48
@@ -157,7 +158,7 @@ def test_four_shards_on_ray_return_exactly_one_index_top_k(indexes, tmp_path) ->
     rng = np.random.default_rng(5)
     qs = [rng.standard_normal((4, DIM)).astype(np.float32) for _ in range(16)]
     one = Retriever(single).search_embeddings(qs, k=25, candidates=n)
-    four = ShardedRetriever(sharded, ray="local").search_embeddings(qs, k=25, candidates=n)
+    four = open_retriever(sharded, ray="local").search_embeddings(qs, k=25, candidates=n)
     assert (one.doc_ids == four.doc_ids).all()
     np.testing.assert_array_equal(one.scores, four.scores)
     np.testing.assert_array_equal(one.fde_scores, four.fde_scores)
@@ -175,7 +176,7 @@ def test_dead_shard_actor_is_restarted_or_named(indexes) -> None:
     rng = np.random.default_rng(6)
     qs = [rng.standard_normal((3, DIM)).astype(np.float32) for _ in range(4)]
     expected = Retriever(single).search_embeddings(qs, k=10, candidates=n)
-    retriever = ShardedRetriever(sharded, ray="local")
+    retriever = open_retriever(sharded, ray="local")
     actors = retriever._actors.actors
     ray.kill(actors[1], no_restart=False)  # dies; Ray restarts it and retries the call
     again = retriever.search_embeddings(qs, k=10, candidates=n)
@@ -212,8 +213,8 @@ def test_index_text_corpus_on_ray_records_the_encoder(cluster, tmp_path) -> None
 # nothing until it is killed.
 DRIVER = """
 import sys, time
-from latemm.sharded import ShardedRetriever
-retriever = ShardedRetriever(sys.argv[1], ray="local")
+from latemm.jobs import open_retriever
+retriever = open_retriever(sys.argv[1], ray="local")
 print("serving", flush=True)
 time.sleep(600)
 """

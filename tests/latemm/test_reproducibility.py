@@ -12,8 +12,9 @@ import torch
 
 import latemm
 from latemm.encoders.text import TextEncoder
+from latemm.jobs import search_file
 from latemm.metrics import run_provenance
-from latemm.pipeline import index_corpus, search_file
+from latemm.pipeline import index_corpus
 
 WORDS = "revenue margin profit asset equity cash debt growth risk audit tax loan bond".split()
 

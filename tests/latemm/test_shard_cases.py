@@ -25,55 +25,11 @@ from latemm.sharded import (
     read_manifest,
     shard_of,
 )
-from tests.latemm.test_cli import DIM
-
-WORDS = "revenue profit growth market climate carbon energy solar policy budget tax".split()
-
-
-def write_pages(path: Path, n: int, seed: int = 0, start: int = 0) -> None:
-    """n pages with text, (T, DIM) embeddings and a year: doc ids d00000, d00001, ..."""
-    rng = np.random.default_rng(seed)
-    pq.write_table(
-        pa.table(
-            {
-                "doc_id": [f"d{i:05d}" for i in range(start, start + n)],
-                "text": [" ".join(rng.choice(WORDS, 8)) for _ in range(n)],
-                "embedding": [
-                    rng.standard_normal((int(t), DIM)).astype(np.float32).tolist()
-                    for t in rng.integers(2, 9, n)
-                ],
-                "year": [2000 + i % 25 for i in range(n)],
-            }
-        ),
-        path,
-    )
-
-
-def write_questions(path: Path, n: int, seed: int = 1) -> None:
-    rng = np.random.default_rng(seed)
-    pq.write_table(
-        pa.table(
-            {
-                "query_id": [f"q{i}" for i in range(n)],
-                "text": ["revenue growth"] * n,
-                "embedding": [
-                    rng.standard_normal((4, DIM)).astype(np.float32).tolist() for _ in range(n)
-                ],
-            }
-        ),
-        path,
-    )
+from tests.helpers import DIM, read_run, write_pages, write_questions
 
 
 def run(*argv: str | Path) -> int:
     return main([str(a) for a in argv])
-
-
-def read_run(path: Path) -> list[tuple[str, str, int, float]]:
-    table = pq.read_table(path)
-    columns = [table.column(c).to_pylist() for c in ("query_id", "doc_id", "rank", "score")]
-    rows = zip(*columns, strict=True)
-    return sorted(rows)
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from latemm.sharded import (
     read_manifest,
     shard_of,
 )
-from tests.latemm.test_cli import DIM, write_corpus, write_queries
+from tests.helpers import DIM, write_corpus, write_queries
 
 N_DOCS = 400
 

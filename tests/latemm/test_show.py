@@ -135,7 +135,7 @@ def test_show_heatmap_end_to_end_and_in_chromium(checkpoint, tmp_path, capsys) -
 
 
 def test_heatmap_needs_a_vision_encoder(tmp_path, capsys) -> None:
-    from tests.latemm.test_cli import write_corpus, write_queries
+    from tests.helpers import write_corpus, write_queries
 
     write_corpus(tmp_path / "corpus.parquet", 20)
     write_queries(tmp_path / "queries.parquet", 2)

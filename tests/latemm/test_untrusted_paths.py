@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from latemm.cli import main
+from tests.helpers import DIM, write_embedding_table
 
-DIM = 16
 WORDS = "revenue profit growth market climate carbon energy solar policy budget".split()
 
 
@@ -35,17 +35,7 @@ def _corpus(path: Path, n: int, start: int = 0) -> Path:
     ids = [f"d{i:05d}" for i in range(start, start + n)]
     vectors = [rng.standard_normal((3 + i % 4, DIM)).astype(np.float32).tolist() for i in range(n)]
     texts = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(8)) for i in range(n)]
-    pq.write_table(
-        pa.table(
-            {
-                "doc_id": ids,
-                "text": texts,
-                "embedding": pa.array(vectors, pa.list_(pa.list_(pa.float32()))),
-            }
-        ),
-        path,
-    )
-    return path
+    return write_embedding_table(path, ids, vectors, text=texts)
 
 
 @dataclass(frozen=True)
