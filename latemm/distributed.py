@@ -13,18 +13,22 @@ Failures: Ray Data restarts a dead encoder actor and retries its batch (``max_re
 or written twice. Index tasks are retried on a dead worker (``index_corpus`` resumes: a retry
 skips what the dead attempt committed). A dead shard actor is restarted and its call retried;
 when that fails too, the search raises ``ShardUnavailableError`` naming the shard, never a
-partial result.
+partial result. A local cluster (``connect("local")``) ends with the process that started
+it, SIGKILL included (``watch_session``).
 
 Needs ``pip install 'latemm[ray]'``; nothing here is imported unless ``--ray`` is asked for.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import IO, Any, cast
 
 import pyarrow as pa
 
@@ -51,16 +55,133 @@ RETRIES = 3
 SHARD_COLUMN = "latemm_shard"  # no leading "_": corpus folders hide such names
 
 
-def connect(address: str | None = "local", *, num_cpus: int | None = None) -> ModuleType:
-    """Ray, initialised: ``"local"`` (or None) starts a cluster on this machine, any other
-    address (``auto``, ``ray://head:10001``) joins a running one. Reuses an initialised Ray."""
+def connect(
+    address: str | None = "local",
+    *,
+    num_cpus: int | None = None,
+    object_store_memory: int | None = None,
+) -> ModuleType:
+    """Ray, initialised: ``"local"`` (or None) starts a cluster on this machine (no dashboard;
+    its processes die with this process, see ``watch_session``), any other address (``auto``,
+    ``ray://head:10001``) joins a running one. Reuses an initialised Ray."""
     ray = require("ray", "ray", "ray[data]")
     if not ray.is_initialized():
         if address in (None, "local"):
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+            tell = watch_session()  # before ray.init, so a kill inside it is covered too
+            # "local" starts a cluster even where RAY_ADDRESS or a `ray start` names one: the
+            # watchdog must only ever end a session this process started.
+            context = ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                object_store_memory=object_store_memory,
+                include_dashboard=False,
+                log_to_driver=False,
+            )
+            tell(context.address_info["session_dir"])
         else:
             ray.init(address=address, log_to_driver=False)
     return ray
+
+
+# The watchdog of a local cluster, a process of its own (stdlib only, so it starts in
+# milliseconds). Its stdin is a pipe whose only writer is the driver: end of file means the
+# driver is gone, however it ended (SIGKILL included). Ray kills its head processes with the
+# driver (PR_SET_PDEATHSIG), but the raylet's DashboardAgent and RuntimeEnvAgent then block
+# for a minute or more reporting the raylet's death to the dead GCS, and a worker busy in a
+# task can outlive it too. The watchdog ends every process that has a file of the session's
+# folder open for writing (each Ray process writes its logs there): SIGTERM, then SIGKILL
+# what is left after 3 s. Signals go through a pidfd, so a reused pid is never signalled.
+_WATCHDOG = r"""
+import os, re, signal, sys, time
+
+line = sys.stdin.buffer.readline()
+if line.endswith(b"\n"):
+    session = os.path.realpath(line.decode().strip()) + os.sep
+    sys.stdin.buffer.read()
+    in_session = lambda path: path.startswith(session)
+else:  # killed inside ray.init: Ray names the session's folder after the driver's pid
+    in_session = re.compile(rf"/session_[^/]*_{int(sys.argv[1])}/").search
+
+
+def writes_to_session(pid):
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        if in_session(os.readlink(f"/proc/{pid}/fd/{fd}")):
+            with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                fields = dict(row.split(":", 1) for row in info if ":" in row)
+            flags = int(fields["flags"], 8)
+            if flags & (os.O_WRONLY | os.O_RDWR):
+                return True
+    return False
+
+
+def members():
+    found = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            pidfd = os.pidfd_open(int(name))
+        except OSError:
+            continue
+        try:
+            if writes_to_session(name):
+                found[int(name)] = pidfd
+                continue
+        except OSError:
+            pass
+        os.close(pidfd)
+    return found
+
+
+def signal_all(sig):
+    pids = members()
+    for pidfd in pids.values():
+        try:
+            signal.pidfd_send_signal(pidfd, sig)
+        except OSError:
+            pass
+        os.close(pidfd)
+    return bool(pids)
+
+
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    if not signal_all(sig):
+        break
+    for _ in range(30):
+        time.sleep(0.1)
+        if not signal_all(0):
+            sys.exit(0)
+"""
+# The watchdogs of the local clusters this process started: their pipes stay open until it ends.
+_WATCHDOGS: list[subprocess.Popen[bytes]] = []
+
+
+def watch_session(session_dir: str | None = None) -> Callable[[str], None]:
+    """Start the watchdog that ends this process's Ray session once this process is gone
+    (Linux: it reads /proc; elsewhere Ray's own clean-up is all there is). Started before
+    ``ray.init``, it is told the session's folder by the function it returns (or by
+    ``session_dir``); killed before that, it ends the processes writing into
+    ``session_*_<this pid>``, the folder Ray names after its driver. A child forked from this
+    process without exec holds the pipe too: the session then ends after both."""
+    if not sys.platform.startswith("linux"):
+        return lambda folder: None
+    watchdog = subprocess.Popen(
+        [sys.executable, "-S", "-c", _WATCHDOG, str(os.getpid())],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a Ctrl-C or a kill of the driver's group spares it
+    )
+    _WATCHDOGS.append(watchdog)
+
+    def tell(folder: str) -> None:
+        pipe = cast(IO[bytes], watchdog.stdin)  # stdin=PIPE
+        pipe.write(f"{folder}\n".encode())
+        pipe.flush()
+
+    if session_dir is not None:
+        tell(session_dir)
+    return tell
 
 
 def _latemm_error(exc: BaseException) -> LatemmError | None:
@@ -211,7 +332,8 @@ def encode_ray(
             "NAME_OR_PATH"
         )
     ray = connect(address)
-    ray.data.DataContext.get_current().enable_progress_bars = progress
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = progress
     loader = (
         None
         if encoder is None
@@ -222,7 +344,15 @@ def encode_ray(
     n, gpus, cpus = _workers(ray, workers)
     files = _parquet_files(source)
     # Blocks of a few batches each, streamed: every replica gets work even from one file.
-    dataset = ray.data.read_parquet(files, ray_remote_args={"num_cpus": IO_CPUS})
+    # Ray Data's second Parquet reader (the default in 2.60) starts 32 footer-reading actors,
+    # 32 Python processes, for every read; the files are listed already, so the first reader's
+    # plain read tasks do. The choice is made by the call: the context is restored after it.
+    previous = getattr(context, "use_datasource_v2", False)
+    context.use_datasource_v2 = False
+    try:
+        dataset = ray.data.read_parquet(files, ray_remote_args={"num_cpus": IO_CPUS})
+    finally:
+        context.use_datasource_v2 = previous
     dataset = dataset.repartition(target_num_rows_per_block=4 * batch_size).map_batches(
         EncodeBlocks,
         fn_constructor_kwargs={

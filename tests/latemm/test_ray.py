@@ -1,13 +1,20 @@
 """latemm on a local Ray cluster: encoding through Ray Data equals encoding in-process, a
 4-shard index served by Ray actors returns exactly one index's top-k, and dead workers or
-actors lose, duplicate and hide nothing. Slow (starting Ray takes seconds): run with -m slow."""
+actors lose, duplicate and hide nothing, and a killed driver leaves no Ray process behind.
+One local cluster serves the module; the tests that load MiniLM in Ray's encoder actors are
+slow (-m slow), the others run in the default suite."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -18,6 +25,7 @@ import latemm  # noqa: E402
 from latemm.cli import main  # noqa: E402
 from latemm.distributed import (  # noqa: E402
     ShardUnavailableError,
+    connect,
     encode_ray,
     load_named_encoder,
 )
@@ -30,16 +38,14 @@ from latemm.sharded import read_manifest  # noqa: E402
 from tests.helpers import DIM, write_corpus, write_queries  # noqa: E402
 from tests.latemm.tiny_models import WORDS  # noqa: E402
 
-pytestmark = pytest.mark.slow
-
 N_TEXTS = 48
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cluster():
-    """One local Ray cluster for the session, shut down at the end."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
+    """One local Ray cluster for this module (2 CPUs, no dashboard, a 100 MiB object store),
+    shut down after its last test so the rest of the suite has the machine to itself."""
+    yield connect("local", num_cpus=2, object_store_memory=100 * 2**20)
     ray.shutdown()
 
 
@@ -70,6 +76,7 @@ def assert_same_vectors(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> N
         np.testing.assert_allclose(vectors, b[doc_id], rtol=0, atol=2e-5, err_msg=doc_id)
 
 
+@pytest.mark.slow  # MiniLM in every encoder actor
 def test_encoding_through_ray_equals_encoding_in_process(cluster, tmp_path) -> None:
     corpus = tmp_path / "texts.parquet"
     write_texts(corpus, N_TEXTS)
@@ -113,6 +120,7 @@ class DiesOnce:
         return ExitOnFirstBatch(load_named_encoder(latemm.minilm_path()), self.marker)
 
 
+@pytest.mark.slow  # MiniLM in every encoder actor
 def test_a_worker_killed_mid_encode_loses_and_duplicates_nothing(cluster, tmp_path) -> None:
     corpus = tmp_path / "texts.parquet"
     write_texts(corpus, N_TEXTS, seed=3)
@@ -179,6 +187,7 @@ def test_dead_shard_actor_is_restarted_or_named(indexes) -> None:
     retriever.close()
 
 
+@pytest.mark.slow  # MiniLM in every encoder actor
 def test_index_text_corpus_on_ray_records_the_encoder(cluster, tmp_path) -> None:
     corpus = tmp_path / "texts.parquet"
     write_texts(corpus, N_TEXTS, seed=7)
@@ -198,3 +207,73 @@ def test_index_text_corpus_on_ray_records_the_encoder(cluster, tmp_path) -> None
     # Re-running resumes: nothing is added twice.
     assert main(["index", str(corpus), "--index", str(idx), "--ray", *base]) == 0
     assert sum(read_manifest(idx).documents) == N_TEXTS
+
+
+# The driver of the P13 test: a local cluster serving a 2-shard index from Ray actors, then
+# nothing until it is killed.
+DRIVER = """
+import sys, time
+from latemm.jobs import open_retriever
+retriever = open_retriever(sys.argv[1], ray="local")
+print("serving", flush=True)
+time.sleep(600)
+"""
+AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _cmdline(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def test_a_killed_driver_leaves_no_ray_process_behind(tmp_path) -> None:
+    """Issue 30 P13: SIGKILL the process that started a local cluster; within a bounded wait
+    none of the processes it started (the agents and the shard actors included) is alive."""
+    corpus, idx = tmp_path / "corpus.parquet", tmp_path / "idx"
+    write_corpus(corpus, 40)
+    assert main(["index", str(corpus), "--index", str(idx), "--shards", "2", "--quiet"]) == 0
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), *sys.path])}
+    # "local" means a cluster of this driver's own, even where RAY_ADDRESS names another one
+    # (which the clean-up must never touch).
+    env["RAY_ADDRESS"] = "127.0.0.1:9"
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(idx)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert driver.stdout is not None and driver.stdout.readline().strip() == "serving"
+        deadline = time.monotonic() + 60
+        while True:  # the agents start after the raylet: wait until both are up
+            started = _descendants(driver.pid)
+            names = " ".join(_cmdline(p) for p in started)
+            if all(agent in names for agent in AGENTS) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert all(agent in names for agent in AGENTS), names
+        assert names.count("ray::ShardServer") == 2, names
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+        # The agents alone wait 60 s on the dead GCS: 20 s tells cleaned up from left behind.
+        deadline = time.monotonic() + 20
+        while (alive := [p for p in started if _alive(p)]) and (time.monotonic() < deadline):
+            time.sleep(0.5)
+        assert not alive, [f"{p.pid} {_cmdline(p)}" for p in alive]
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
