@@ -54,6 +54,7 @@ EXPERIMENTS = [
     "bench_search",
     "eval_text",
     "eval_fusion",
+    "eval_tune",
     "mteb_vaswani",
     "storage_quality",
     "candidates",
@@ -609,6 +610,39 @@ def _fusion_block(name: str, block: dict[str, Any]) -> list[str]:
             ),
         ]
     return out
+
+
+def section_tune(r: dict[str, Any]) -> str:
+    """Section 4c: ``latemm tune``'s cross-validated fusion against the default and each
+    field alone, with ranx's paired t-test over the held-out queries."""
+    out = ["## 4c. Tuning the fusion on labelled queries (`latemm tune`)", _provenance(r), ""]
+    for name in ("vaswani", "mmlongbench"):
+        block = r.get(name)
+        if not block:
+            continue
+        metric = block["metric"]
+        p = block["p_values_tuned_vs"]
+        rows = [
+            [
+                label,
+                f"{value:.4f}",
+                f"{value - block['estimates'][next(iter(block['estimates']))]:+.4f}",
+            ]
+            + ["" if label not in p else f"{p[label]:.3g}"]
+            for label, value in block["estimates"].items()
+        ]
+        choices = ", ".join(f["chosen"] for f in block["folds"])
+        out += [
+            f"**{name}** ({block['queries']} queries, {len(block['folds'])}-fold CV on {metric}, "
+            f"{len(block['settings'])} settings; tune took {block['tune_seconds']:.0f} s)\n",
+            _table(["system", metric, "tuned minus this", "p (tuned vs this)"], rows),
+            "",
+            f"Chosen per fold (on the other folds' queries): {choices}. Chosen on all queries: "
+            f"{block['chosen']['label']} ({metric} {block['chosen_mean_all_queries']:.4f}, "
+            "not cross-validated).",
+            "",
+        ]
+    return "\n".join(out)
 
 
 def section_storage(r: dict[str, Any]) -> str:
@@ -1215,6 +1249,7 @@ SECTIONS = {
     "bench_search": section_search,
     "eval_text": section_text,
     "eval_fusion": section_fusion,
+    "eval_tune": section_tune,
     "eval_ocr": section_ocr,
     "storage_quality": section_storage,
     "candidates": section_candidates,
@@ -1238,6 +1273,7 @@ ORDER = [
     "eval_text",
     "eval_fusion",
     "4b_fusion_latency",
+    "eval_tune",
     "eval_ocr",
     "mteb_vaswani",
     "storage_quality",
