@@ -290,11 +290,13 @@ class TuneReport:
     chosen_mean: float
     settings: dict[str, float]  # every setting's mean over all queries (not cross-validated)
     saved: bool = False
+    unjudged: int = 0  # queries of the file without a relevant document: left out
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "metric": self.metric,
             "queries": self.queries,
+            "unjudged_queries_left_out": self.unjudged,
             "estimates": self.estimates,
             "p_values_tuned_vs": self.p_values,
             "chosen": {"label": self.chosen.label, **self.chosen.options()},
@@ -317,7 +319,8 @@ class TuneReport:
     def lines(self) -> list[str]:
         """A plain-text summary, one fact a line."""
         n = len(self.folds)
-        out = [f"{self.queries} judged queries, {n}-fold cross-validation on {self.metric}:"]
+        left = f" ({self.unjudged} without a relevant document left out)" if self.unjudged else ""
+        out = [f"{self.queries} judged queries{left}, {n}-fold cross-validation on {self.metric}:"]
         for label, value in self.estimates.items():
             p = self.p_values.get(label)
             tail = "" if p is None else f"   tuned vs this: p = {p:.4f}"
@@ -401,6 +404,7 @@ def tune(
             f"{', '.join(query_ids[:3]) or 'none'}; qrels: {', '.join(list(judged)[:3]) or 'none'}); "
             "are they for the same queries?"
         )
+    unjudged = len(query_ids) - len(keep)
     query_ids, texts = [query_ids[i] for i in keep], [texts[i] for i in keep]
     folds_of(query_ids, folds, seed)  # refused before any search
     cache = collect(
@@ -437,6 +441,7 @@ def tune(
         chosen,
         float(scores[choice].mean()),
         {label: float(m) for label, m in zip(labels, scores.mean(axis=1), strict=True)},
+        unjudged=unjudged,
     )
     if save:
         record = {

@@ -254,3 +254,17 @@ def test_a_damaged_search_defaults_record_names_the_file(data, tmp_path) -> None
         payload.pop("search_defaults")
         (index / "fields.json").write_text(json.dumps(payload))
         write_search_defaults(index, tune_lib.Setting(("zz",), "auto", 10).defaults({}))
+
+
+def test_queries_without_judgements_are_left_out_and_counted(data, tmp_path) -> None:
+    from latemm.api import tune
+
+    index, _, qrels, query_ids, texts = data
+    queries = tmp_path / "queries.parquet"
+    pq.write_table(
+        pa.table({"query_id": [*query_ids, "extra"], "text": [*texts, "cash audit"]}), queries
+    )
+    report = tune(index, queries, qrels, folds=3)
+    assert report.queries == len(query_ids) and report.unjudged == 1
+    assert "extra" not in {q for f in report.folds for q in f.test}
+    assert "(1 without a relevant document left out)" in report.lines()[0]
