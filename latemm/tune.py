@@ -337,7 +337,8 @@ class TuneReport:
         return out
 
 
-def _cutoff(metric: str) -> int:
+def metric_depth(metric: str) -> int:
+    """How deep a ranking ``metric`` reads (its ``@k``; 100 for a metric without one)."""
     found = re.search(r"@(\d+)$", metric)
     return int(found.group(1)) if found else 100
 
@@ -412,7 +413,7 @@ def tune(
         encoders=encoders, device=device,
     )  # fmt: skip
     space = settings(cache.retriever.plan.fields)
-    k = _cutoff(metric)
+    k = metric_depth(metric)
     rankings = {s.label: cache.ranking(s, k) for s in space}
     scores = per_query(rankings, query_ids, judged, metric)  # (S, Q)
     labels = list(rankings)
