@@ -147,10 +147,12 @@ def collect(
     *,
     fields: Sequence[str] | None = None,
     candidates: int | None = None,
+    depth: int = 10,
     encoders: dict[str, Any] | None = None,
     device: str | None = None,
 ) -> ScoreCache:
-    """Each field's first phase and exact scores for the queries, once (``ScoreCache``)."""
+    """Each field's first phase and exact scores for the queries, once (``ScoreCache``), for
+    rankings ``depth`` deep (a search's first phase takes at least that many candidates)."""
     retriever = FieldRetriever(
         index_dir, fields=fields, fusion="auto", encoders=encoders, device=device
     )
@@ -160,7 +162,7 @@ def collect(
             "fuses two or more: add a field (`latemm index CORPUS --index DIR --field "
             "NAME=ENCODER`) or name them with --fields"
         )
-    n_cand = check_request(1, candidates)
+    n_cand = check_request(depth, candidates)
     cache = ScoreCache(retriever, n_cand, list(query_ids))
     allowed = retriever._allowed(None)
     for start in range(0, len(texts), BATCH):
@@ -408,12 +410,12 @@ def tune(
     unjudged = len(query_ids) - len(keep)
     query_ids, texts = [query_ids[i] for i in keep], [texts[i] for i in keep]
     folds_of(query_ids, folds, seed)  # refused before any search
+    k = metric_depth(metric)
     cache = collect(
-        index_dir, texts, query_ids, fields=fields, candidates=candidates,
+        index_dir, texts, query_ids, fields=fields, candidates=candidates, depth=k,
         encoders=encoders, device=device,
     )  # fmt: skip
     space = settings(cache.retriever.plan.fields)
-    k = metric_depth(metric)
     rankings = {s.label: cache.ranking(s, k) for s in space}
     scores = per_query(rankings, query_ids, judged, metric)  # (S, Q)
     labels = list(rankings)

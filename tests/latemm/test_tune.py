@@ -119,14 +119,14 @@ def test_report_folds_partition_the_queries(data) -> None:
     assert not report.saved and read_fields(index).search_defaults is None
 
 
-@pytest.mark.parametrize("candidates", [None, 6])
-def test_refused_rankings_equal_real_searches(data, candidates) -> None:
+@pytest.mark.parametrize(("candidates", "k"), [(None, 5), (6, 5), (4, 7)])
+def test_refused_rankings_equal_real_searches(data, candidates, k) -> None:
     index, _, _, query_ids, texts = data
-    cache = tune_lib.collect(index, texts, query_ids, candidates=candidates)
+    cache = tune_lib.collect(index, texts, query_ids, candidates=candidates, depth=k)
     for setting in tune_lib.settings(["text", "b"]):
-        got = cache.ranking(setting, 5)
+        got = cache.ranking(setting, k)
         want = FieldRetriever(index, **setting.options()).search(
-            texts, k=5, candidates=candidates, query_ids=query_ids
+            texts, k=k, candidates=candidates, query_ids=query_ids
         )
         assert got.tolist() == want.doc_ids.tolist(), setting.label
 
