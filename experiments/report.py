@@ -613,24 +613,27 @@ def _fusion_block(name: str, block: dict[str, Any]) -> list[str]:
 
 
 def section_tune(r: dict[str, Any]) -> str:
-    """Section 4c: ``latemm tune``'s cross-validated fusion against the default and each
+    """Section 4e: ``latemm tune``'s cross-validated fusion against the default and each
     field alone, with ranx's paired t-test over the held-out queries."""
-    out = ["## 4c. Tuning the fusion on labelled queries (`latemm tune`)", _provenance(r), ""]
+    out = ["## 4e. Tuning the fusion on labelled queries (`latemm tune`)", _provenance(r), ""]
     for name in ("vaswani", "mmlongbench"):
         block = r.get(name)
         if not block:
             continue
         metric = block["metric"]
         p = block["p_values_tuned_vs"]
+        tuned = block["estimates"]["tuned (cross-validated)"]
         rows = [
-            [
-                label,
-                f"{value:.4f}",
-                f"{value - block['estimates'][next(iter(block['estimates']))]:+.4f}",
-            ]
-            + ["" if label not in p else f"{p[label]:.3g}"]
+            [label, f"{value:.4f}"]
+            + (["", ""] if label not in p else [f"{tuned - value:+.4f}", f"{p[label]:.3g}"])
             for label, value in block["estimates"].items()
         ]
+        checks = block.get("real_search_checks", {})
+        check = "; ".join(
+            f"{c['setting']}: real search {c['mean']:.4f}, re-fused {c['refused_mean']:.4f} "
+            f"({c['seconds']:.0f} s a search)"
+            for c in checks.values()
+        )
         choices = ", ".join(f["chosen"] for f in block["folds"])
         out += [
             f"**{name}** ({block['queries']} queries, {len(block['folds'])}-fold CV on {metric}, "
@@ -639,7 +642,7 @@ def section_tune(r: dict[str, Any]) -> str:
             "",
             f"Chosen per fold (on the other folds' queries): {choices}. Chosen on all queries: "
             f"{block['chosen']['label']} ({metric} {block['chosen_mean_all_queries']:.4f}, "
-            "not cross-validated).",
+            "not cross-validated)." + (f" Searched for real as a check: {check}." if check else ""),
             "",
         ]
     return "\n".join(out)
@@ -1273,9 +1276,9 @@ ORDER = [
     "eval_text",
     "eval_fusion",
     "4b_fusion_latency",
-    "eval_tune",
     "eval_ocr",
     "mteb_vaswani",
+    "eval_tune",
     "storage_quality",
     "5b_codecs",
     "5b_codecs_limit",
