@@ -248,9 +248,6 @@ def _search_fields(
     from latemm.field_search import FieldRetriever, run_schema
     from latemm.jobs import search_fields_file
 
-    named["fusion"] = named["fusion"] or "auto"
-    for unset in [name for name in ("normalization", "rrf_k") if named[name] is None]:
-        del named[unset]  # FieldRetriever's defaults
     if isinstance(queries, (str, Path)) and Path(queries).suffix == ".parquet":
         return _run_of_file(
             lambda out: search_fields_file(
@@ -295,3 +292,17 @@ def evaluate(
         run_dict = load_run(run)
     qrels_dict = qrels if isinstance(qrels, dict) else load_qrels(qrels)
     return _evaluate(run_dict, qrels_dict, metrics)
+
+
+def tune(
+    index: str | Path,
+    queries: str | Path,
+    qrels: str | Path | dict[str, dict[str, int]],
+    **options: Any,
+) -> Any:
+    """Fit a multi-field index's fusion to labelled queries by k-fold cross-validation and
+    return the report (``latemm.tune.tune``: ``folds``, ``metric``, ``seed``, ``fields``,
+    ``candidates``, ``save``)."""
+    from latemm.tune import tune as _tune
+
+    return _tune(index, queries, qrels, **options)

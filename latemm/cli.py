@@ -552,7 +552,7 @@ def _search_fields(args: argparse.Namespace, start: float) -> int:
         progress=not args.quiet,
         columns=_columns(args, "query_id"),
         fields=[f.strip() for f in args.fields.split(",") if f.strip()] if args.fields else None,
-        fusion=args.fusion or "auto",
+        fusion=args.fusion,  # None: the index's tuned default, else auto
         weights=parse_weights(args.weights) if args.weights else None,
         rescore_fields=args.rescore_field,
         preset=args.preset,
@@ -661,6 +661,9 @@ def cmd_info(args: argparse.Namespace) -> int:
             from latemm.pagestore import store_stats
 
             report["page_store"] = store_stats(args.index, manifest.pages, pending or ())
+        defaults = read_fields(args.index).search_defaults
+        if defaults is not None:  # what a search naming no fusion option uses (latemm tune)
+            report["search_defaults"] = defaults.to_dict()
         if pending is not None:  # searches leave these out; the next writer finishes it
             report["unfinished_delete"] = len(pending)
         print(json.dumps(report, indent=2))
@@ -690,6 +693,28 @@ def _per_page(stats: dict[str, Any], index: Any = None) -> dict[str, Any]:
         if documents:
             stats["page_content_bytes_per_page"] = round(content / documents)
     return stats
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from latemm.api import tune
+
+    report = tune(
+        args.index,
+        args.queries,
+        args.qrels,
+        folds=args.folds,
+        metric=args.metric,
+        seed=args.seed,
+        fields=[f.strip() for f in args.fields.split(",") if f.strip()] if args.fields else None,
+        candidates=args.candidates,
+        save=args.save,
+        device=args.device,
+    )
+    if args.json_summary:
+        print(json.dumps(report.to_dict()))
+    else:
+        print("\n".join(report.lines()))
+    return 0
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
@@ -1294,6 +1319,38 @@ def _maintenance_parsers(sub: Any) -> None:
     p = sub.add_parser("info", help="index statistics as JSON")
     p.add_argument("index", help="index directory")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser(
+        "tune", help="fit a multi-field index's fusion to labelled queries (k-fold CV)"
+    )
+    p.add_argument("index", help="multi-field index directory")
+    p.add_argument("--queries", required=True, help="queries Parquet file (query_id, text)")
+    p.add_argument("--qrels", required=True, help="judgements: TREC qrels, JSON or Parquet")
+    p.add_argument(
+        "--folds", type=int, default=5, help="cross-validation folds (default: %(default)s)"
+    )
+    p.add_argument("--metric", default="ndcg@10", help="the metric to fit (default: %(default)s)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the folds' shuffle (default: %(default)s)"
+    )
+    p.add_argument(
+        "--fields", default=None, help="comma-separated fields to fuse (default: every field)"
+    )
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=None,
+        help="first-phase depth, as latemm search --candidates (default: 512)",
+    )
+    p.add_argument(
+        "--save",
+        action="store_true",
+        help="record the setting chosen on all queries as the index's search default "
+        "(default: report only)",
+    )
+    p.add_argument("--device", default=None, help="torch device for the encoders (default: auto)")
+    _add_json_flag(p)
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("delete", help="delete documents by id")
     p.add_argument("index", help="index directory")

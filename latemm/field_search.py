@@ -112,14 +112,31 @@ def plan(
     manifest: FieldsManifest,
     *,
     fields: Sequence[str] | None = None,
-    fusion: str = "auto",
+    fusion: str | None = None,
     weights: dict[str, float] | None = None,
     rescore_fields: Sequence[str] | None = None,
     preset: str | None = None,
-    normalization: str = "minmax",
+    normalization: str | None = None,
     rrf_k: int | None = None,
 ) -> SearchPlan:
-    """Validate a search request against the index's fields (every error names the field)."""
+    """Validate a search request against the index's fields (every error names the field).
+
+    A request that names none of ``fields``, ``preset``, ``fusion``, ``weights``,
+    ``normalization`` and ``rrf_k`` gets the index's recorded search defaults (``latemm tune
+    --save``) if it has them, else every field under ``auto``; naming any of them sets the
+    whole fusion from the request and the built-in defaults."""
+    saved = manifest.search_defaults
+    request = (fields, fusion, weights, preset, normalization, rrf_k)
+    if saved is not None and all(v is None for v in request):
+        fields, fusion, rrf_k, normalization = (
+            saved.fields,
+            saved.fusion,
+            saved.rrf_k,
+            saved.normalization,
+        )
+        weights = None if saved.weights is None else dict(saved.weights)
+    fusion = fusion if fusion is not None else "auto"
+    normalization = normalization if normalization is not None else "minmax"
     if fusion not in fusion_lib.FUSIONS:
         raise InputError(f"--fusion must be one of {', '.join(fusion_lib.FUSIONS)}, got {fusion!r}")
     if normalization not in fusion_lib.NORMALIZATIONS:
@@ -247,7 +264,8 @@ class FieldRetriever:
         each field weighted per query by its agreement with the others, ``fusion.
         agreement_weights``; RESULTS 4b), every multi-vector field rescored with exact MaxSim.
         ``fusion="rrf"`` is plain RRF (k = 60); ``fusion="weighted"`` a convex combination of
-        min-max normalised scores (Bruch et al. 2023).
+        min-max normalised scores (Bruch et al. 2023). An index tuned with ``latemm tune
+        --save`` searches with its recorded settings when none of these is given.
     encoders
         name -> Encoder, overriding the recorded ones (and needed for none: precomputed fields
         take ``query_vectors``).
@@ -258,11 +276,11 @@ class FieldRetriever:
         index_dir: str | Path,
         *,
         fields: Sequence[str] | None = None,
-        fusion: str = "auto",
+        fusion: str | None = None,
         weights: dict[str, float] | None = None,
         rescore_fields: Sequence[str] | None = None,
         preset: str | None = None,
-        normalization: str = "minmax",
+        normalization: str | None = None,
         rrf_k: int | None = None,
         encoders: dict[str, Any] | None = None,
         device: str | None = None,

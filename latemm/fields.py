@@ -129,12 +129,66 @@ class FieldSpec:
 
 
 @dataclass(frozen=True)
+class SearchDefaults:
+    """The fusion a search of the index uses when it names none (``latemm tune --save``):
+    the fields searched, the fusion and its settings, and how they were chosen (``tuned``:
+    metric, folds, queries, cross-validated score). ``fields.json``'s ``search_defaults``."""
+
+    fields: tuple[str, ...]
+    fusion: str
+    weights: Mapping[str, float] | None = None
+    rrf_k: int | None = None
+    normalization: str = "minmax"
+    tuned: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from latemm import fusion as fusion_lib
+
+        if not self.fields or not all(isinstance(n, str) for n in self.fields):
+            raise InputError(f"search defaults name no fields (got {self.fields!r})")
+        if self.fusion not in fusion_lib.FUSIONS:
+            raise InputError(f"search defaults: unknown fusion {self.fusion!r}")
+        if self.normalization not in fusion_lib.NORMALIZATIONS:
+            raise InputError(f"search defaults: unknown normalization {self.normalization!r}")
+        if self.rrf_k is not None and (
+            isinstance(self.rrf_k, bool) or not isinstance(self.rrf_k, int) or self.rrf_k < 1
+        ):
+            raise InputError(
+                f"search defaults: rrf_k must be a positive integer, not {self.rrf_k!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fields": list(self.fields),
+            "fusion": self.fusion,
+            "weights": None if self.weights is None else dict(self.weights),
+            "rrf_k": self.rrf_k,
+            "normalization": self.normalization,
+            "tuned": dict(self.tuned),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SearchDefaults:
+        weights = d.get("weights")
+        return cls(
+            tuple(d["fields"]),
+            d["fusion"],
+            None if weights is None else {str(k): float(v) for k, v in dict(weights).items()},
+            d.get("rrf_k"),
+            d.get("normalization", "minmax"),
+            dict(d.get("tuned") or {}),
+        )
+
+
+@dataclass(frozen=True)
 class FieldsManifest:
-    """What ``fields.json`` holds: the fields, in the order they were added."""
+    """What ``fields.json`` holds: the fields, in the order they were added, and the search
+    defaults ``latemm tune --save`` recorded (None: the built-in ones)."""
 
     fields: tuple[FieldSpec, ...]
     legacy: bool = False  # an index built before fields existed: one field at DIR itself
     pages: StoreRecord | None = None  # the page store (None: written before it existed)
+    search_defaults: SearchDefaults | None = None
 
     @property
     def names(self) -> list[str]:
@@ -157,7 +211,7 @@ class FieldsManifest:
         kept = [f for f in self.fields if f.name != spec.name]
         position = next((i for i, f in enumerate(self.fields) if f.name == spec.name), len(kept))
         kept.insert(position, spec)
-        return FieldsManifest(tuple(kept), pages=self.pages)
+        return FieldsManifest(tuple(kept), pages=self.pages, search_defaults=self.search_defaults)
 
     def with_pages(self, pages: StoreRecord | None) -> FieldsManifest:
         return replace(self, pages=pages)
@@ -169,6 +223,8 @@ class FieldsManifest:
         }
         if self.pages is not None:
             out["pages"] = self.pages.to_dict()
+        if self.search_defaults is not None:  # an index never tuned keeps its file as it was
+            out["search_defaults"] = self.search_defaults.to_dict()
         return out
 
 
@@ -204,7 +260,48 @@ def read_fields(index_dir: str | Path) -> FieldsManifest:
             pages = StoreRecord.from_dict(payload["pages"])
         except IndexCorruptError as exc:
             raise IndexCorruptError(f"{path}: {exc}") from exc
-    return FieldsManifest(_recorded_specs(path, payload.get("fields")), pages=pages)
+    specs = _recorded_specs(path, payload.get("fields"))
+    return FieldsManifest(
+        specs, pages=pages, search_defaults=_recorded_defaults(path, payload, specs)
+    )
+
+
+def _recorded_defaults(
+    path: Path, payload: dict[str, Any], specs: tuple[FieldSpec, ...]
+) -> SearchDefaults | None:
+    """``fields.json``'s ``search_defaults`` (None when absent), or an ``IndexCorruptError``."""
+    entry = payload.get("search_defaults")
+    if entry is None:
+        return None
+    fix = 'remove the "search_defaults" entry (searches then use the built-in fusion) or re-run `latemm tune --save`'
+    try:
+        defaults = SearchDefaults.from_dict(entry)
+    except (InputError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise IndexCorruptError(f"{path}: search_defaults is damaged ({exc}); {fix}") from exc
+    unknown = [n for n in defaults.fields if n not in {s.name for s in specs}]
+    if unknown:
+        raise IndexCorruptError(
+            f"{path}: search_defaults name field(s) {', '.join(unknown)} the index does not have; {fix}"
+        )
+    return defaults
+
+
+def write_search_defaults(index_dir: str | Path, defaults: SearchDefaults | None) -> None:
+    """Record (None: remove) an index's search defaults in ``fields.json``, atomically, under
+    the index's writer lock."""
+    root = Path(index_dir)
+    if not is_fields_index(root):
+        raise InputError(
+            f"{root} has no {FIELDS_FILE}: search defaults are kept by a multi-field index "
+            "(`latemm index CORPUS --index DIR --field NAME=ENCODER ...`)"
+        )
+    with locked(root):
+        manifest = read_fields(root)
+        if defaults is not None:
+            for name in defaults.fields:
+                manifest.get(name)  # an unknown name raises, listing the fields
+        manifest = replace(manifest, search_defaults=defaults)
+        write_json_atomic(root / FIELDS_FILE, manifest.to_dict())
 
 
 def _recorded_specs(path: Path, entries: Any) -> tuple[FieldSpec, ...]:
