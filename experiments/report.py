@@ -1208,6 +1208,69 @@ def section_mteb(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def section_shapes(r: dict[str, Any]) -> str:
+    """Issue 33: build and search at three page shapes, against brute force in the same run
+    and, with ``--against``, a checkout of another commit run alternately; then every named
+    run (``bench_shapes_<name>.json``, e.g. one shape at another size) the same way."""
+    lines = [
+        "## 9. Speed at three page shapes (issue 33)",
+        "",
+        "`experiments/bench_shapes.py`: Vaswani's real MiniLM token vectors through the CLI "
+        "(whole process: `latemm index`, then `latemm search` of 465 queries), synthetic long "
+        "text pages and ColPali-shaped pages through the Python API (one query per call). "
+        "Recall@10 is against exact MaxSim top-10 over the same stored vectors, and the speedup "
+        "against brute force (one float32 product per block of pages for all queries) is per "
+        "query, both from the same run; with `--against` the other commit ran alternately with "
+        "this one. Medians over rounds; absolute times on a loaded machine are noise, read the "
+        "ratios.",
+    ]
+    named = sorted(RESULTS.glob("bench_shapes_*.json"))
+    for record in [r] + [json.loads(p.read_text(encoding="utf-8")) for p in named]:
+        lines += ["", _provenance(record), *_shape_blocks(record)]
+    return "\n".join(lines)
+
+
+def _shape_blocks(r: dict[str, Any]) -> list[str]:
+    """One table per shape of a ``bench_shapes`` record (and its candidate counts, if several)."""
+    names = {"head": f"`{r.get('commit')}`", "against": f"`{r.get('against')}`"}
+    lines = []
+    for shape, block in r["shapes"].items():
+        lines += [
+            "",
+            f"**{shape}**: {block['documents']:,} pages of {block['tokens_per_page']:.0f} tokens "
+            f"on average, {block['queries']} queries of {block['tokens_per_query']:.0f} tokens, "
+            f"d = {block['dim']}; brute force {block['brute_force_s_per_query'] * 1e3:.0f} ms "
+            "per query.",
+            "",
+        ]
+        if shape == "short":
+            header = ["checkout", "build s", "ms/query (whole)", "ms/query (marginal)"]
+            keys = ["build_s", "ms_per_query", "marginal_ms_per_query"]
+        else:
+            header = ["checkout", "build s", "first pass p50 ms", "warm p50 ms", "warm mean ms"]
+            keys = ["build_s", "first_pass_p50_ms", "p50_ms", "mean_ms"]
+        header += ["recall@10", "x brute force"]
+        keys += ["recall@10", "speedup_vs_brute_force"]
+        rows = [
+            [names[tag]] + [row.get(k, float("nan")) for k in keys]
+            for tag, row in block["median"].items()
+        ]
+        lines.append(_table(header, rows))
+        by = block["runs"]["head"][0].get("by_candidates")
+        if by:
+            lines += [
+                "",
+                _table(
+                    ["candidates", "first pass p50 ms", "warm p50 ms", "recall@10"],
+                    [
+                        [int(c), v["first_pass_p50_ms"], v["p50_ms"], v["recall@10"]]
+                        for c, v in by.items()
+                    ],
+                ),
+            ]
+    return lines
+
+
 SECTIONS = {
     "mteb_vaswani": section_mteb,
     "bench_fde": section_fde,
@@ -1220,6 +1283,7 @@ SECTIONS = {
     "candidates": section_candidates,
     "bench_encoders": section_encoders,
     "bench_ray": section_ray,
+    "bench_shapes": section_shapes,
 }
 
 # The report's reading order. A name in SECTIONS (or "bench_scale", "findings") is rendered from
@@ -1253,6 +1317,7 @@ ORDER = [
     "7c_page_magnitudes",
     "7c_segments",
     "7c_cpu_encode",
+    "bench_shapes",
     "findings",
     "8_gpu",
 ]
