@@ -501,6 +501,7 @@ SECTIONS = {
     "candidates": _rendered_by("candidates"),
     "bench_encoders": _rendered_by("bench_encoders"),
     "bench_ray": _rendered_by("bench_ray"),
+    "bench_shapes": _rendered_by("bench_shapes"),
 }
 section_index = SECTIONS["bench_index"]  # section 2 alone (tests/test_report.py reads it)
 section_scale = _rendered_by("bench_scale")  # from every bench_scale_<pages>.json
@@ -537,6 +538,7 @@ ORDER = [
     "7c_page_magnitudes",
     "7c_segments",
     "7c_cpu_encode",
+    "bench_shapes",
     "findings",
     "8_gpu",
 ]

@@ -148,6 +148,8 @@ _TINY32 = 2.0**-149  # float32's smallest subnormal: absolute rounding error bou
 _SAFETY = 1.001  # absorbs the float64 rounding of the bound's own arithmetic
 # Page tokens per half-precision product, at least: (block, d) pages stay in the L2 cache.
 _HALF_BLOCK_TOKENS = 16384
+# Share of padding from which pages of many lengths are multiplied unpadded (_ragged_maxima).
+_MAX_PADDING_WASTE = 0.25
 
 
 def _gamma(n: np.ndarray | int) -> np.ndarray:
@@ -225,6 +227,55 @@ def _gather_pages(docs: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> 
         return block.reshape(starts.size, width, -1)
     steps = np.minimum(np.arange(width), lengths[:, None] - 1)  # (p, L)
     return np.asarray(docs[starts[:, None] + steps]).reshape(starts.size, width, -1)
+
+
+def _padding_waste(lengths: np.ndarray, block_tokens: int) -> float:
+    """The share of the tokens ``_page_blocks`` would multiply that are padding."""
+    if bool((lengths == lengths[0]).all()):
+        return 0.0
+    padded = sum(
+        int(rows.size) * int(lengths[rows].max()) for rows in _page_blocks(lengths, block_tokens)
+    )
+    return 1.0 - float(lengths.sum()) / max(1, padded)
+
+
+def _ragged_maxima(
+    q16: torch.Tensor,
+    docs: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    block_tokens: int,
+    best: np.ndarray,
+    max_abs: np.ndarray | None,
+    page_max: np.ndarray | None,
+) -> None:
+    """Fills ``best`` (n, Nq) with each page's float16 per-token maxima and ``max_abs`` (n,)
+    with its largest magnitude (``page_max`` where given; not at all when ``max_abs`` is None),
+    for the n pages [starts, ends) of
+    ``docs`` (N, d) float16, in order: consecutive runs of pages of at most ``block_tokens``
+    tokens, unpadded, one (Nq, tokens) product each, then a maximum over each page's columns.
+    A run of pages lying one after another is read in place; others are gathered first."""
+    lengths = ends - starts
+    ends_cum = np.cumsum(lengths)
+    first = 0
+    while first < lengths.size:
+        done = int(ends_cum[first - 1]) if first else 0
+        stop = int(np.searchsorted(ends_cum, done + block_tokens, side="right"))
+        stop = min(max(stop, first + 1), lengths.size)
+        run_starts, run_ends = starts[first:stop], ends[first:stop]
+        local = np.zeros(stop - first + 1, dtype=np.int64)
+        np.cumsum(lengths[first:stop], out=local[1:])
+        if bool((run_starts[1:] == run_ends[:-1]).all()):
+            block = np.asarray(docs[int(run_starts[0]) : int(run_ends[-1])])
+        else:
+            tokens = np.repeat(run_starts - local[:-1], lengths[first:stop]) + np.arange(local[-1])
+            block = np.asarray(docs[tokens])
+        sim = torch.mm(q16, _tensor(block).T).float().numpy()  # (Nq, tokens), float16 values
+        best[first:stop] = np.maximum.reduceat(sim, local[:-1], axis=1).T
+        if max_abs is not None:
+            got = page_magnitudes(block, local) if page_max is None else page_max[first:stop]
+            max_abs[first:stop] = got
+        first = stop
 
 
 def _tensor(block: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -379,9 +430,26 @@ def maxsim_half(
     n = picked.size
     best = np.empty((n, queries.shape[0]), dtype=np.float16)  # per-token maxima, transposed
     max_abs = np.empty(n, dtype=np.float64)
-    for block_rows in _page_blocks(ends - starts, block_tokens):
-        lengths = ends[block_rows] - starts[block_rows]
-        block = _gather_pages(doc_vectors, starts[block_rows], lengths)
+    lengths = ends - starts
+    # Pages of one length are multiplied as (p, L, d) blocks, read in place where they lie
+    # consecutively; pages of many lengths (text) are multiplied as they are, no padding, with
+    # each page's maxima taken over its own columns (``_ragged_maxima``): padding short pages to
+    # the longest of their block multiplied 5x the tokens on Vaswani's MiniLM abstracts.
+    ragged = n > 0 and _padding_waste(lengths, block_tokens) > _MAX_PADDING_WASTE
+    if ragged:
+        stored_max = None if page_max is None else page_max[picked]
+        _ragged_maxima(
+            q16,
+            doc_vectors,
+            starts,
+            ends,
+            block_tokens,
+            best,
+            max_abs if bounds else None,
+            stored_max,
+        )
+    for block_rows in [] if ragged else _page_blocks(lengths, block_tokens):
+        block = _gather_pages(doc_vectors, starts[block_rows], lengths[block_rows])
         p, width, dim = block.shape  # (p, L, d)
         # One (Nq, p * L) product: the maximum then runs over contiguous memory.
         sim = torch.mm(q16, _tensor(block).view(p * width, dim).T)

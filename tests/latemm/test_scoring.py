@@ -406,3 +406,69 @@ def test_fast_pass_over_many_small_float16_segments_in_place_or_gathered(
         got_ids, got_scores = _top(index, one, got[q : q + 1], 5)
         assert got_ids == want_ids
         np.testing.assert_array_equal(got_scores, want)
+
+
+@pytest.mark.parametrize("page_max", [False, True])
+@pytest.mark.parametrize("rows", [False, True])
+def test_pages_of_many_lengths_multiplied_unpadded_are_within_their_bound(
+    monkeypatch, page_max, rows
+) -> None:
+    """Text pages (many lengths) skip the padded blocks: one product over their tokens as they
+    lie (or gathered, for ``rows``), each page's maximum over its own columns; within the bound,
+    as the padded path is, with stored or computed page magnitudes."""
+    (q, qo), (d, do) = _bound_case("float16")
+    half = d.astype(np.float16)
+    wide = half.astype(np.float32)
+    n = do.size - 1
+    picked = np.arange(n)[::-1].copy() if rows else None  # not consecutive: gathered
+    stored = scoring.page_magnitudes(half, do) if page_max else None
+    calls: list[int] = []
+    ragged = scoring._ragged_maxima
+    monkeypatch.setattr(
+        scoring, "_ragged_maxima", lambda *a, **kw: calls.append(1) or ragged(*a, **kw)
+    )
+    fast, bound = maxsim_half(q, qo, half, do, rows=picked, page_max=stored)
+    assert calls  # the case's pages (1 to 1,030 tokens) take the unpadded path
+    order = picked if rows else np.arange(n)
+    _check_bound(q, qo, wide, do, fast[:, np.argsort(order)], bound[:, np.argsort(order)], 0.1)
+    monkeypatch.setattr(scoring, "_MAX_PADDING_WASTE", 2.0)  # the padded path, for reference
+    padded, padded_bound = maxsim_half(q, qo, half, do, rows=picked, page_max=stored)
+    assert len(calls) == 1
+    assert (np.abs(fast - padded) <= bound + padded_bound).all()
+
+
+def test_search_over_text_pages_unpadded_equals_the_padded_path_and_brute_force(
+    tmp_path, monkeypatch
+) -> None:
+    """The shape-picked rescoring of short text pages returns exactly the top k ids and scores
+    of the padded path and of brute force (float64 products rounded to float32)."""
+    from latemm.retriever import Retriever
+
+    rng = np.random.default_rng(11)
+    lengths = rng.integers(3, 120, 300)
+    docs = [_unit(rng, int(t)) for t in lengths]
+    ids = [f"d{i:03d}" for i in range(len(docs))]
+    with create(tmp_path / "idx", IndexConfig(dim=DIM)) as writer:  # float16 storage
+        for a in range(0, len(docs), 100):
+            writer.add(ids[a : a + 100], docs[a : a + 100])
+            writer.commit()
+    index = Index.open(tmp_path / "idx")
+    queries = [_unit(rng, int(t)) for t in (5, 12, 31)]
+    queries.append(docs[7][:9].copy())  # a query whose answer is clear
+    unpadded = Retriever(index).search_embeddings(queries, k=10, candidates=200)
+    monkeypatch.setattr(scoring, "_MAX_PADDING_WASTE", 2.0)
+    padded = Retriever(index).search_embeddings(queries, k=10, candidates=200)
+    np.testing.assert_array_equal(unpadded.doc_ids, padded.doc_ids)
+    np.testing.assert_array_equal(unpadded.scores, padded.scores)
+    everything = Retriever(index).search_embeddings(queries, k=10, candidates=len(docs))
+    stored = [x.astype(np.float16).astype(np.float32) for x in docs]
+    d, do = _flat(stored)
+    for q, query in enumerate(queries):
+        exact = maxsim(query, np.array([0, len(query)]), d, do, float64=True)[0]
+        cands = set(unpadded.doc_ids[q])
+        best = np.lexsort((np.array(ids), -exact))[:10]
+        if cands == {ids[j] for j in best}:  # the first stage found the exact top 10
+            assert list(unpadded.doc_ids[q]) == [ids[j] for j in best]
+            np.testing.assert_array_equal(unpadded.scores[q], exact[best])
+        np.testing.assert_array_equal(everything.doc_ids[q], [ids[j] for j in best])
+        np.testing.assert_array_equal(everything.scores[q], exact[best])
