@@ -58,6 +58,7 @@ from latemm.sharded import (
     is_sharded,
     partition_corpus,
     pending_deletes,
+    read_manifest,
     shard_name,
     shard_of,
     staging_dir,
@@ -272,6 +273,7 @@ def index_field_shards(
             "collection into a new folder (leave out --shards to add to this one)"
         )
     if is_sharded(root) and not is_field_shards(root):
+        read_manifest(root)  # a damaged or linked shards.json is named as such first
         raise InputError(
             f"--field: {root} is a sharded index of one encoder; named fields go into a new "
             "folder (`latemm index CORPUS --index NEW_DIR --field NAME=ENCODER --shards N`)"

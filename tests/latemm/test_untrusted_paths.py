@@ -3,7 +3,7 @@ index, or a manifest entry naming a path outside it, never makes a verb read, wr
 outside the index. Every verb refuses such an index with a one-line error naming the entry
 (exit 2), and `latemm verify` reports it as damage (exit 1).
 
-Three kinds of index are built once (plain, multi-field, sharded; precomputed vectors, no
+Four kinds of index are built once (plain, multi-field, sharded, multi-field x shards; precomputed vectors, no
 model). Each test copies one, replaces one of its files or folders by a link to a copy placed
 outside the index (next to a user's file), runs a verb and checks that nothing outside the
 index changed: a sweep over every file and folder name of each kind, each verb (about 10 s), a
@@ -51,6 +51,10 @@ class Built:
             "plain": [],
             "fields": ["--field", "emb=embedding:embedding", "--field", "bm25=bm25"],
             "sharded": ["--shards", "2"],
+            "fields-sharded": [
+                *["--field", "emb=embedding:embedding", "--field", "bm25=bm25"],
+                *["--shards", "2"],
+            ],
         }[self.kind]
         return ["index", str(corpus), "--index", str(idx), "--quiet", *extra]
 
@@ -76,7 +80,7 @@ def built(tmp_path_factory) -> dict[str, Built]:
         queries,
     )
     out = {}
-    for kind in ("plain", "fields", "sharded"):
+    for kind in ("plain", "fields", "sharded", "fields-sharded"):
         b = Built(kind, root / f"idx-{kind}", corpus, more, queries)
         assert main(b.index_args(corpus, b.index)) == 0
         if kind != "sharded":  # leaves a deleted bitmap (plain) and a second bm25 build behind
@@ -131,9 +135,8 @@ def _verbs(b: Built, idx: Path, work: Path) -> dict[str, list[str]]:
         "info": ["info", str(idx)],
         "index": b.index_args(b.more, idx),
     }
-    if b.kind != "sharded":  # a sharded index has no delete or compact yet
-        verbs["delete"] = ["delete", str(idx), "--ids", "d00001"]
-        verbs["compact"] = ["compact", str(idx)]
+    verbs["delete"] = ["delete", str(idx), "--ids", "d00001"]
+    verbs["compact"] = ["compact", str(idx)]
     return verbs
 
 
@@ -160,6 +163,12 @@ SAMPLES = {
     "plain": ["segments", "manifest.json"],
     "fields": ["fields/bm25", "fields/emb/manifest.json", "fields.json"],
     "sharded": ["shards/shard-0001", "shards.json"],
+    "fields-sharded": [
+        "shards/shard-0001/fields/bm25",
+        "shards/shard-0000/pages",
+        "shards/shard-0000/fields.json",
+        "shards.json",
+    ],
 }
 VERBS = ["verify", "search", "info", "index", "delete", "compact"]
 
@@ -173,7 +182,7 @@ def test_a_planted_link_is_refused_by_every_verb(built, kind, name, verb, tmp_pa
     _check(b, name, verb, tmp_path, capsys)
 
 
-@pytest.mark.parametrize("kind", ["plain", "fields", "sharded"])
+@pytest.mark.parametrize("kind", ["plain", "fields", "sharded", "fields-sharded"])
 def test_every_name_of_every_kind_with_every_verb(built, kind, tmp_path, capsys):
     b = built[kind]
     names = _names(b.index)
