@@ -77,9 +77,8 @@ def main(argv: list[str] | None = None) -> None:
         data = vaswani_set(args.docs) if set_name == "vaswani" else colbert_set()
         rows: list[dict[str, Any]] = []
         results.append({k: data[k] for k in ("set", "documents", "tokens", "dim")} | {"rows": rows})
-        jobs: list[tuple[str, int]] = [(d, 1) for d in args.dtypes]
-        jobs += [(d, f) for f in args.pool for d in args.dtypes if d != FLAT]
-        steps: list[Any] = [*jobs, "plaid"] if args.plaid else jobs
+        steps: list[Any] = [(d, 1) for d in args.dtypes] + (["plaid"] if args.plaid else [])
+        steps += [(d, f) for f in args.pool for d in args.dtypes if d != FLAT]
         for step in steps:
             if step == "plaid":
                 rows.extend(measure_plaid(data))
