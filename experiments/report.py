@@ -1183,6 +1183,25 @@ def table_residual_codec(r: dict[str, Any]) -> str:
     )
 
 
+def table_residual_candidates(r: dict[str, Any]) -> str:
+    """Section 5d: the same indexes searched with more first-stage candidates (one run)."""
+    (block,) = r["sets"]
+    rows = [
+        [
+            x["dtype"],
+            c,
+            f"{x['bytes_per_doc_all_files'] / 1024:.2f}",
+            f"{y['recall@10_search']:.3f}",
+            f"{y['ndcg@10']:.4f}" if isinstance(y["ndcg@10"], float) else "-",
+            f"{y['search_s_per_query'] * 1e3:.0f}",
+        ]
+        for x in block["rows"]
+        for c, y in x.get("by_candidates", {}).items()
+    ]
+    header = ["storage", "candidates", "KiB/doc", "recall@10", "nDCG@10", "search ms/query"]
+    return f"{_provenance(r)}\n\n{_table(header, rows)}"
+
+
 def table_residual_rotation(r: dict[str, Any]) -> str:
     """Section 5d: the residual's quantile buckets on its own axes, on principal axes, and on
     principal axes with bits spread by variance (the codec's own loss, no first stage)."""
@@ -1227,6 +1246,10 @@ FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
     "residual_codec.vaswani": (("residual_codec_vaswani_pool_plaid",), table_residual_codec),
     "residual_codec.colbert": (("residual_codec_colbert_pool_plaid",), table_residual_codec),
     "residual_rotation": (("residual_rotation_3000docs",), table_residual_rotation),
+    "residual_codec.candidates": (
+        ("residual_codec_vaswani_candidates",),
+        table_residual_candidates,
+    ),
     "refine.ab": (
         ("ab_refine_before_1", "ab_refine_after_1", "ab_refine_before_2", "ab_refine_after_2"),
         table_ab_refine,

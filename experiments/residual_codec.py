@@ -66,24 +66,36 @@ def main(argv: list[str] | None = None) -> None:
         "--pool", nargs="+", type=int, default=[], help="pool factors measured with each dtype"
     )
     parser.add_argument("--plaid", action="store_true", help="fast-plaid at nbits 2 and 4 too")
+    parser.add_argument(
+        "--pool-only", action="store_true", help="only the pooled indexes of --pool"
+    )
+    parser.add_argument(
+        "--candidates",
+        nargs="+",
+        type=int,
+        default=[],
+        help="also search each index with these numbers of first-stage candidates",
+    )
     args = parser.parse_args(argv)
     name = "residual_codec" + (f"_{args.docs}docs" if args.docs else "")
     if args.sets != list(SETS):
         name += "_" + "_".join(args.sets)
-    name += "_pool" if args.pool else ""
+    name += ("_poolonly" if args.pool_only else "_pool") if args.pool else ""
     name += "_plaid" if args.plaid else ""
+    name += "_candidates" if args.candidates else ""
     results: list[dict[str, Any]] = []
     for set_name in args.sets:
         data = vaswani_set(args.docs) if set_name == "vaswani" else colbert_set()
         rows: list[dict[str, Any]] = []
         results.append({k: data[k] for k in ("set", "documents", "tokens", "dim")} | {"rows": rows})
-        steps: list[Any] = [(d, 1) for d in args.dtypes] + (["plaid"] if args.plaid else [])
+        steps: list[Any] = [] if args.pool_only else [(d, 1) for d in args.dtypes]
+        steps += ["plaid"] if args.plaid else []
         steps += [(d, f) for f in args.pool for d in args.dtypes if d != FLAT]
         for step in steps:
             if step == "plaid":
                 rows.extend(measure_plaid(data))
             else:
-                rows.append(measure(data, step[0], pool=step[1]))
+                rows.append(measure(data, step[0], pool=step[1], candidates=args.candidates))
             # Written after every row: a long run that is stopped keeps what it measured.
             path = write_result(
                 name,
@@ -157,7 +169,9 @@ def _ndcg(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) ->
         return f"n/a ({exc})"
 
 
-def measure(data: dict[str, Any], dtype: str, *, pool: int = 1) -> dict[str, Any]:
+def measure(
+    data: dict[str, Any], dtype: str, *, pool: int = 1, candidates: list[int] | None = None
+) -> dict[str, Any]:
     q, q_off = data["query_vectors"], data["query_offsets"]
     exact_top = exact_top10(data)
     vectors, offsets = data["vectors"], data["offsets"]
@@ -204,7 +218,19 @@ def measure(data: dict[str, Any], dtype: str, *, pool: int = 1) -> dict[str, Any
         "index_s": index_s,
         "encode_pages_per_s": data["documents"] / index_s,
         "search_s_per_query": search_s,
+        "by_candidates": {},
     }
+    for c in candidates or []:
+        start = time.perf_counter()
+        more = retriever.search_embeddings(
+            q, q_off, k=100, candidates=c, query_ids=data["query_ids"]
+        )
+        row["by_candidates"][str(c)] = {
+            "search_s_per_query": (time.perf_counter() - start) / (q_off.size - 1),
+            "recall@10_search": _recall([list(r) for r in more.doc_ids], exact_top),
+            "ndcg@10": _ndcg(more.to_run(), data["qrels"]),
+        }
+        print(f"    {c} candidates: {row['by_candidates'][str(c)]}", flush=True)
     print(
         f"{data['set']:>20} {dtype:>12} pool {pool}: {row['bytes_per_token_all_files']:7.1f} B/token "
         f"({row['bytes_per_token_codes']:6.1f} codes), {row['bytes_per_doc_all_files'] / 1024:7.2f}"

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 
 from experiments import plaid_baseline
-from experiments.report import table_residual_codec
+from experiments.report import table_residual_candidates, table_residual_codec
 from experiments.residual_rotation import ALLOWED_BITS, bucket_code, tiered_bits
 
 
@@ -87,3 +87,22 @@ def test_residual_codec_table_gives_byte_fractions_and_names_what_did_not_run() 
     )
     assert "| res4 | 2 | 5.00 |" in table
     assert "Not run: fast-plaid: no fast-plaid environment" in table
+
+
+def test_candidates_table_has_a_row_per_index_and_candidate_count() -> None:
+    runs = {
+        "512": {"search_s_per_query": 0.5, "recall@10_search": 0.94, "ndcg@10": 0.5},
+        "1024": {"search_s_per_query": 0.7, "recall@10_search": 0.95, "ndcg@10": 0.501},
+    }
+    record = {
+        "command": "c",
+        "commit": "abc",
+        "machine": {},
+        "date": "d",
+        "sets": [
+            {"rows": [{"dtype": "res4", "bytes_per_doc_all_files": 2048.0, "by_candidates": runs}]}
+        ],
+    }
+    table = table_residual_candidates(record)
+    assert "| res4 | 512 | 2.00 | 0.940 | 0.5000 | 500 |" in table
+    assert "| res4 | 1024 | 2.00 | 0.950 | 0.5010 | 700 |" in table
