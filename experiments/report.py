@@ -1246,6 +1246,7 @@ FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
     "residual_codec.vaswani": (("residual_codec_vaswani_pool_plaid",), table_residual_codec),
     "residual_codec.colbert": (("residual_codec_colbert_pool_plaid",), table_residual_codec),
     "residual_rotation": (("residual_rotation_3000docs",), table_residual_rotation),
+    "residual_codec.pool": (("residual_codec_vaswani_poolonly",), table_residual_codec),
     "residual_codec.candidates": (
         ("residual_codec_vaswani_candidates",),
         table_residual_candidates,
