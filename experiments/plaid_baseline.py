@@ -94,8 +94,8 @@ def run_fastplaid(
         )
     except subprocess.TimeoutExpired:
         return {"error": f"fast-plaid did not finish within {timeout_s:.0f} s"}
-    if out.returncode != 0:
-        return {"error": out.stderr[-2000:]}
+    if out.returncode != 0:  # a negative code: killed by that signal (-9: e.g. the OOM killer)
+        return {"error": f"exit code {out.returncode}: {out.stderr[-2000:]}"}
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 

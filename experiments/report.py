@@ -1175,7 +1175,7 @@ def table_residual_codec(r: dict[str, Any]) -> str:
         "build docs/s",
         "search ms/query",
     ]
-    failed = [f"{x['dtype']}: {x['error'][-200:]}" for x in block["rows"] if "error" in x]
+    failed = [f"{x['dtype']}: {x['error'][:300]}" for x in block["rows"] if "error" in x]
     note = f"\n\nNot run: {'; '.join(failed)}" if failed else ""
     return (
         f"{_provenance(r)}\n\n{block['set']}: {block['documents']:,} documents, "
