@@ -419,6 +419,94 @@ def table_cpu_encode(r: dict[str, Any]) -> str:
     )
 
 
+def table_residual_codec(r: dict[str, Any]) -> str:
+    """Section 5d: every storage of ``experiments.residual_codec`` on one real set, with fast-plaid:
+    bytes every file counted (and as a fraction of float16 and of float16 --faiss Flat), recall@10
+    against exact float32 MaxSim, nDCG@10, and times (loaded machine: ratios only)."""
+    (block,) = r["sets"]
+    rows = [x for x in block["rows"] if "error" not in x]
+    size = {x["dtype"]: x["bytes_per_doc_all_files"] for x in rows if x.get("pool_factor") == 1}
+    out = []
+    for x in rows:
+        b = x["bytes_per_doc_all_files"]
+        ndcg = x["ndcg@10"]
+        codec = x.get("recall@10_codec_only")
+        out.append(
+            [
+                x["dtype"],
+                x.get("pool_factor", 1),
+                f"{b / 1024:.2f}",
+                f"{x['bytes_per_token_all_files']:.1f}",
+                f"1/{size['float16'] / b:.1f}" if "float16" in size else "-",
+                f"1/{size['float16-flat'] / b:.1f}" if "float16-flat" in size else "-",
+                f"{x['recall@10_search']:.3f}",
+                "-" if codec is None else f"{codec:.3f}",
+                f"{ndcg:.4f}" if isinstance(ndcg, float) else "-",
+                f"{x['encode_pages_per_s']:.0f}" if "encode_pages_per_s" in x else "-",
+                f"{x['search_s_per_query'] * 1e3:.1f}" if "search_s_per_query" in x else "-",
+            ]
+        )
+    header = [
+        "storage",
+        "pool",
+        "KiB/doc (every file)",
+        "B/token",
+        "of float16",
+        "of float16 Flat",
+        "recall@10",
+        "recall@10 codec only",
+        "nDCG@10",
+        "build docs/s",
+        "search ms/query",
+    ]
+    failed = [f"{x['dtype']}: {x['error'][:300]}" for x in block["rows"] if "error" in x]
+    note = f"\n\nNot run: {'; '.join(failed)}" if failed else ""
+    return (
+        f"{_provenance(r)}\n\n{block['set']}: {block['documents']:,} documents, "
+        f"{block['tokens']:,} tokens of {block['dim']} dimensions.\n\n{_table(header, out)}{note}"
+    )
+
+
+def table_residual_candidates(r: dict[str, Any]) -> str:
+    """Section 5d: the same indexes searched with more first-stage candidates (one run)."""
+    (block,) = r["sets"]
+    rows = [
+        [
+            x["dtype"],
+            c,
+            f"{x['bytes_per_doc_all_files'] / 1024:.2f}",
+            f"{y['recall@10_search']:.3f}",
+            f"{y['ndcg@10']:.4f}" if isinstance(y["ndcg@10"], float) else "-",
+            f"{y['search_s_per_query'] * 1e3:.0f}",
+        ]
+        for x in block["rows"]
+        for c, y in x.get("by_candidates", {}).items()
+    ]
+    header = ["storage", "candidates", "KiB/doc", "recall@10", "nDCG@10", "search ms/query"]
+    return f"{_provenance(r)}\n\n{_table(header, rows)}"
+
+
+def table_residual_rotation(r: dict[str, Any]) -> str:
+    """Section 5d: the residual's quantile buckets on its own axes, on principal axes, and on
+    principal axes with bits spread by variance (the codec's own loss, no first stage)."""
+    rows = [
+        [
+            x["coding"],
+            x["bits_per_dim"],
+            x["bits_per_token"],
+            ", ".join(f"{n} x {b}" for b, n in (x["tiers"] or {}).items() if n) or "-",
+            f"{x['recall@10_codec_only']:.3f}",
+            f"{x['mse']:.4f}",
+        ]
+        for x in r["rows"]
+    ]
+    header = ["coding", "bits/dim", "bits/token", "axes x bits", "recall@10 codec only", "MSE"]
+    return (
+        f"{_provenance(r)}\n\nFirst {r['documents']:,} Vaswani abstracts, {r['tokens']:,} "
+        f"tokens, {r['centroids']:,} centroids.\n\n{_table(header, rows)}"
+    )
+
+
 FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
     "cpu_encode": (("bench_cpu_encode",), table_cpu_encode),
     "cpu_encode.long": (("bench_cpu_encode_long",), table_cpu_encode),
@@ -439,6 +527,14 @@ FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
     "maxsim_threads1.rescore": (("bench_maxsim_threads1",), table_maxsim_rescore),
     "plan_10m": (("ab_main_1", "bench_scale_100000_pq1_refine_decode"), table_plan_10m),
     "refine.quality": (("refine_quality",), table_refine),
+    "residual_codec.vaswani": (("residual_codec_vaswani_pool_plaid",), table_residual_codec),
+    "residual_codec.colbert": (("residual_codec_colbert_pool_plaid",), table_residual_codec),
+    "residual_rotation": (("residual_rotation_3000docs",), table_residual_rotation),
+    "residual_codec.pool": (("residual_codec_vaswani_poolonly",), table_residual_codec),
+    "residual_codec.candidates": (
+        ("residual_codec_vaswani_candidates",),
+        table_residual_candidates,
+    ),
     "refine.ab": (
         ("ab_refine_before_1", "ab_refine_after_1", "ab_refine_before_2", "ab_refine_after_2"),
         table_ab_refine,
@@ -529,6 +625,7 @@ ORDER = [
     "5b_codecs",
     "5b_codecs_limit",
     "5c_refine",
+    "5d_residual_codec",
     "candidates",
     "6b_first_stage",
     "bench_encoders",

@@ -1,8 +1,16 @@
 """The residual codecs (res1 / res2 / res4) against float16, int8, pq1 and pq2 on real vectors.
 
-Run: ``python -m experiments.residual_codec [--docs N] [--dtypes ...] [--sets ...]``. Writes
-``results/residual_codec.json`` (``_<N>docs`` with ``--docs``, ``_<set>`` with ``--sets``),
-rewritten after every row.
+Run: ``python -m experiments.residual_codec [--docs N] [--dtypes ...] [--sets ...] [--pool F ...]
+[--plaid]``. Writes ``results/residual_codec.json`` (``_<N>docs`` with ``--docs``, ``_<set>`` with
+``--sets``, ``_pool`` with ``--pool``, ``_plaid`` with ``--plaid``), rewritten after every row.
+
+``float16-flat`` is ``--dtype float16 --faiss Flat``, issue 29's yardstick for bytes (every file,
+the Flat first stage's float32 FDEs included). ``--pool F`` adds, for each dtype, an index of
+the documents' tokens pooled by ``latemm.pooling.pool_tokens`` (Ward clustering, factor F),
+judged against the exact top-10 over the unpooled vectors. ``--plaid`` runs fast-plaid (its own
+virtual environment, ``experiments.plaid_baseline``; ``$LATEMM_PLAID_PYTHON``) at nbits 2 and 4
+on the same vectors in the same run: its index folder's bytes and the recall@10 of its top-10
+against the same exact top-10.
 
 Sets: Vaswani abstracts embedded token by token with the packaged MiniLM (384-d, cached by
 ``experiments.common.vaswani_minilm``; 93 queries, TREC qrels) and the real ColBERTv2 vectors of
@@ -16,7 +24,9 @@ built through the API (one segment) and measured:
   codec loses, without the first stage);
 - nDCG@10 against the qrels (ranx), where the set's qrels judge its documents.
 
-Timings are not reported: the machine these ran on was shared and loaded (2 cores, load ~14).
+Timings (``index_s``: building the index through the API; ``search_s_per_query``: one batch
+search of every query, divided by the queries) are taken on a shared, loaded machine: compare
+them only as ratios within one run.
 """
 
 from __future__ import annotations
@@ -24,19 +34,25 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from experiments.common import CACHE, load_npz_sets, shared_data_dir, vaswani_minilm, write_result
+from experiments.plaid_baseline import run_fastplaid
 from experiments.storage_quality import by_file
 from fde.errors import LatemmError
 from index_store import Index, IndexConfig, create
 from latemm.metrics import evaluate, load_qrels
+from latemm.pooling import pool_tokens
 from latemm.retriever import Retriever
 from latemm.scoring import maxsim
 
 DTYPES = ("float16", "int8", "pq1", "pq2", "res1", "res2", "res4")
+FLAT = "float16-flat"  # --dtype float16 --faiss Flat
+PLAID_BUILDS = [{"nbits": 2}, {"nbits": 4}]
 SETS = ("vaswani", "colbert")
 CODE_FILES = ("vectors.npy", "scales.npy", "codebook.npy")
 
@@ -44,27 +60,48 @@ CODE_FILES = ("vectors.npy", "scales.npy", "codebook.npy")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--docs", type=int, default=None, help="first N Vaswani abstracts")
-    parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
+    parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=(*DTYPES, FLAT))
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
+    parser.add_argument(
+        "--pool", nargs="+", type=int, default=[], help="pool factors measured with each dtype"
+    )
+    parser.add_argument("--plaid", action="store_true", help="fast-plaid at nbits 2 and 4 too")
+    parser.add_argument(
+        "--pool-only", action="store_true", help="only the pooled indexes of --pool"
+    )
+    parser.add_argument(
+        "--candidates",
+        nargs="+",
+        type=int,
+        default=[],
+        help="also search each index with these numbers of first-stage candidates",
+    )
     args = parser.parse_args(argv)
     name = "residual_codec" + (f"_{args.docs}docs" if args.docs else "")
     if args.sets != list(SETS):
         name += "_" + "_".join(args.sets)
+    name += ("_poolonly" if args.pool_only else "_pool") if args.pool else ""
+    name += "_plaid" if args.plaid else ""
+    name += "_candidates" if args.candidates else ""
     results: list[dict[str, Any]] = []
     for set_name in args.sets:
         data = vaswani_set(args.docs) if set_name == "vaswani" else colbert_set()
         rows: list[dict[str, Any]] = []
         results.append({k: data[k] for k in ("set", "documents", "tokens", "dim")} | {"rows": rows})
-        for dtype in args.dtypes:
-            rows.append(measure(data, dtype))
+        steps: list[Any] = [] if args.pool_only else [(d, 1) for d in args.dtypes]
+        steps += ["plaid"] if args.plaid else []
+        steps += [(d, f) for f in args.pool for d in args.dtypes if d != FLAT]
+        for step in steps:
+            if step == "plaid":
+                rows.extend(measure_plaid(data))
+            else:
+                rows.append(measure(data, step[0], pool=step[1], candidates=args.candidates))
             # Written after every row: a long run that is stopped keeps what it measured.
             path = write_result(
                 name,
                 {
                     "sets": results,
-                    "fast_plaid": "not run: `pip install fast-plaid` (1.7.0.2110) would replace "
-                    "torch with 2.11.0 and add CUDA 13 wheels, which the house rules forbid",
-                    "timings": "not reported: shared machine, 2 cores, load ~14",
+                    "timings": "shared machine, 2 cores, loaded: compare only within one run",
                 },
             )
     print(f"wrote {path}")
@@ -113,35 +150,64 @@ def _recall(found: list[list[str]], exact: list[set[str]]) -> float:
     return float(np.mean([len(set(f[:10]) & e) / 10 for f, e in zip(found, exact, strict=True)]))
 
 
-def measure(data: dict[str, Any], dtype: str) -> dict[str, Any]:
-    ids = np.array(data["ids"])
+def exact_top10(data: dict[str, Any]) -> list[set[str]]:
+    """Each query's exact float32 MaxSim top-10 over the set's (unpooled) vectors, computed once."""
+    if "exact_top" not in data:
+        ids = np.array(data["ids"])
+        exact = maxsim(
+            data["query_vectors"], data["query_offsets"], data["vectors"], data["offsets"]
+        )
+        data["exact_top"] = [set(ids[np.argsort(-row, kind="stable")[:10]]) for row in exact]
+    top: list[set[str]] = data["exact_top"]
+    return top
+
+
+def _ndcg(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) -> float | str:
+    try:
+        return float(evaluate(run, qrels, ["ndcg@10"])["ndcg@10"])
+    except LatemmError as exc:  # qrels that judge none of these documents
+        return f"n/a ({exc})"
+
+
+def measure(
+    data: dict[str, Any], dtype: str, *, pool: int = 1, candidates: list[int] | None = None
+) -> dict[str, Any]:
     q, q_off = data["query_vectors"], data["query_offsets"]
-    exact = maxsim(q, q_off, data["vectors"], data["offsets"])  # (Q, D) float32 truth
-    exact_top = [set(ids[np.argsort(-row, kind="stable")[:10]]) for row in exact]
-    path = CACHE / f"residual-codec-{data['set']}-{dtype}"
+    exact_top = exact_top10(data)
+    vectors, offsets = data["vectors"], data["offsets"]
+    if pool > 1:
+        vectors, offsets = pool_tokens(vectors, offsets, pool)
+    storage, factory = ("float16", "Flat") if dtype == FLAT else (dtype, "auto")
+    path = CACHE / f"residual-codec-{data['set']}-{dtype}-pool{pool}"
     shutil.rmtree(path, ignore_errors=True)
-    with create(path, IndexConfig(dim=data["dim"], dtype=dtype)) as writer:
-        writer.add(data["ids"], data["vectors"], offsets=data["offsets"])
+    start = time.perf_counter()
+    with create(path, IndexConfig(dim=data["dim"], dtype=storage, faiss_factory=factory)) as writer:
+        writer.add(data["ids"], vectors, offsets=offsets)
         writer.commit()
+    index_s = time.perf_counter() - start
     index = Index.open(path)
     files = by_file(path)
     total, codes = sum(files.values()), sum(files.get(f, 0) for f in CODE_FILES)
-    result = Retriever(index).search_embeddings(q, q_off, k=100, query_ids=data["query_ids"])
+    retriever = Retriever(index)
+    retriever.search_embeddings(q[: q_off[1]], q_off[:2], k=100)  # warm-up
+    start = time.perf_counter()
+    result = retriever.search_embeddings(q, q_off, k=100, query_ids=data["query_ids"])
+    search_s = (time.perf_counter() - start) / (q_off.size - 1)
     # The codec alone: every document's decoded vectors scored exactly.
     (segment,) = index.segments
     decoded = segment.decode(segment.vectors, segment.scales, np.float32)
     coded = maxsim(q, q_off, decoded, segment.offsets)
     coded_top = [list(segment.doc_ids[np.argsort(-row, kind="stable")[:10]]) for row in coded]
-    try:
-        ndcg: float | str = evaluate(result.to_run(), data["qrels"], ["ndcg@10"])["ndcg@10"]
-    except LatemmError as exc:  # qrels that judge none of these documents
-        ndcg = f"n/a ({exc})"
+    ndcg = _ndcg(result.to_run(), data["qrels"])
     row = {
         "dtype": dtype,
+        "pool_factor": pool,
+        "vectors_stored": int(offsets[-1]),
         "stored_as": segment.dtype,
         "centroids": None
         if segment.codebook is None or segment.codebook.ndim != 2
         else int(segment.codebook.shape[0] - ((2 << int(dtype[3:])) - 1)),
+        "faiss_factory": index.config.faiss_factory,
         "bytes_per_token_all_files": total / data["tokens"],
         "bytes_per_doc_all_files": total / data["documents"],
         "bytes_per_token_codes": codes / data["tokens"],
@@ -149,9 +215,24 @@ def measure(data: dict[str, Any], dtype: str) -> dict[str, Any]:
         "recall@10_search": _recall([list(r) for r in result.doc_ids], exact_top),
         "recall@10_codec_only": _recall(coded_top, exact_top),
         "ndcg@10": ndcg,
+        "index_s": index_s,
+        "encode_pages_per_s": data["documents"] / index_s,
+        "search_s_per_query": search_s,
+        "by_candidates": {},
     }
+    for c in candidates or []:
+        start = time.perf_counter()
+        more = retriever.search_embeddings(
+            q, q_off, k=100, candidates=c, query_ids=data["query_ids"]
+        )
+        row["by_candidates"][str(c)] = {
+            "search_s_per_query": (time.perf_counter() - start) / (q_off.size - 1),
+            "recall@10_search": _recall([list(r) for r in more.doc_ids], exact_top),
+            "ndcg@10": _ndcg(more.to_run(), data["qrels"]),
+        }
+        print(f"    {c} candidates: {row['by_candidates'][str(c)]}", flush=True)
     print(
-        f"{data['set']:>20} {dtype:>7}: {row['bytes_per_token_all_files']:7.1f} B/token "
+        f"{data['set']:>20} {dtype:>12} pool {pool}: {row['bytes_per_token_all_files']:7.1f} B/token "
         f"({row['bytes_per_token_codes']:6.1f} codes), {row['bytes_per_doc_all_files'] / 1024:7.2f}"
         f" KiB/doc, recall@10 {row['recall@10_search']:.3f} (codec only "
         f"{row['recall@10_codec_only']:.3f}), nDCG@10 {ndcg if isinstance(ndcg, str) else f'{ndcg:.4f}'}",
@@ -159,6 +240,56 @@ def measure(data: dict[str, Any], dtype: str) -> dict[str, Any]:
     )
     shutil.rmtree(path, ignore_errors=True)
     return row
+
+
+def measure_plaid(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """fast-plaid at nbits 2 and 4 over the set's vectors (float16, as it takes them), in its own
+    virtual environment: one row per build, or one row saying why it did not run."""
+    exact_top = exact_top10(data)
+    work = Path(CACHE) / f"plaid-{data['set']}"
+    plaid = run_fastplaid(
+        work,
+        data["vectors"].astype(np.float16),
+        data["offsets"],
+        data["query_vectors"],
+        data["query_offsets"],
+        top_k=10,
+        settings=[{}],
+        builds=PLAID_BUILDS,
+    )
+    shutil.rmtree(work, ignore_errors=True)
+    if plaid is None or "error" in plaid:
+        why = "no fast-plaid environment" if plaid is None else plaid["error"]
+        print(f"{data['set']:>20} fast-plaid: not run ({why[-300:]})", flush=True)
+        return [{"dtype": "fast-plaid", "error": why}]
+    rows = []
+    ids = data["ids"]
+    for build in plaid["builds"]:
+        (run,) = build["runs"]
+        found = [[ids[d] for d in top] for top in run["top"]]
+        scores = {
+            qid: {ids[d]: float(10 - r) for r, d in enumerate(top)}
+            for qid, top in zip(data["query_ids"], run["top"], strict=True)
+        }
+        row = {
+            "dtype": f"fast-plaid-nbits{build['create']['nbits']}",
+            "pool_factor": 1,
+            "bytes_per_token_all_files": build["index_bytes"] / data["tokens"],
+            "bytes_per_doc_all_files": build["index_bytes"] / data["documents"],
+            "recall@10_search": _recall(found, exact_top),
+            "ndcg@10": _ndcg(scores, data["qrels"]),
+            "index_s": build["build_s"],
+            "encode_pages_per_s": data["documents"] / build["build_s"],
+            "search_s_per_query": 1.0 / run["batch_queries_per_s"],
+            "search_s_p50_single": run["latency_s_median"],
+        }
+        print(
+            f"{data['set']:>20} {row['dtype']}: {row['bytes_per_doc_all_files'] / 1024:7.2f} KiB/doc,"
+            f" recall@10 {row['recall@10_search']:.3f}, nDCG@10 {row['ndcg@10']}",
+            flush=True,
+        )
+        rows.append(row)
+    return rows
 
 
 if __name__ == "__main__":

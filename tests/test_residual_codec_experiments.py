@@ -1,0 +1,108 @@
+"""The issue-29 codec experiments' own parts at a tiny size: the tiered bit allocation, the
+quantile bucket coder, the fast-plaid environment switch and the report's table."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from experiments import plaid_baseline
+from experiments.report import table_residual_candidates, table_residual_codec
+from experiments.residual_rotation import ALLOWED_BITS, bucket_code, tiered_bits
+
+
+def test_tiered_bits_fill_the_budget_with_byte_tiers_and_favour_variance() -> None:
+    variances = np.geomspace(1.0, 1e-3, 64)  # decreasing, as principal axes come
+    bits = tiered_bits(variances, 2 * 64)
+    assert bits.sum() >= 2 * 64 and bits.sum() <= 2 * 64 + 8
+    assert set(bits.tolist()) <= set(ALLOWED_BITS.tolist())
+    assert np.all(np.diff(bits) <= 0)  # more variance, never fewer bits
+    assert bits[0] > bits[-1]
+
+
+def test_bucket_code_error_shrinks_with_bits_and_stays_within_the_range() -> None:
+    rng = np.random.default_rng(0)
+    train = rng.standard_normal((4000, 4)).astype(np.float32)
+    values = rng.standard_normal((500, 4)).astype(np.float32)
+    errors = []
+    for b in (1, 2, 4, 8):
+        decoded = bucket_code(train, values, np.full(4, b))
+        assert decoded.min() >= train.min() and decoded.max() <= train.max()
+        errors.append(float(((decoded - values) ** 2).mean()))
+    assert errors == sorted(errors, reverse=True)
+    # 0 bits: every value becomes the column's median.
+    zero = bucket_code(train, values, np.zeros(4, dtype=np.int64))
+    np.testing.assert_allclose(zero, np.broadcast_to(np.median(train, axis=0), values.shape))
+
+
+def test_plaid_python_without_fast_plaid_is_reported_as_absent(monkeypatch) -> None:
+    monkeypatch.setenv("LATEMM_PLAID_PYTHON", sys.executable)  # the project's: no fast_plaid
+    try:
+        import fast_plaid  # noqa: F401
+    except ImportError:
+        assert plaid_baseline.ensure_venv() is None
+    else:  # pragma: no cover - fast-plaid is never in the project's environment
+        assert plaid_baseline.ensure_venv() is not None
+
+
+def test_residual_codec_table_gives_byte_fractions_and_names_what_did_not_run() -> None:
+    def row(dtype: str, kib: float, recall: float, pool: int = 1) -> dict[str, object]:
+        return {
+            "dtype": dtype,
+            "pool_factor": pool,
+            "bytes_per_doc_all_files": kib * 1024,
+            "bytes_per_token_all_files": kib * 1024 / 50,
+            "recall@10_search": recall,
+            "recall@10_codec_only": recall,
+            "ndcg@10": 0.5,
+            "encode_pages_per_s": 100.0,
+            "search_s_per_query": 0.01,
+        }
+
+    record = {
+        "command": "python -m experiments.residual_codec",
+        "commit": "abc",
+        "machine": {"cpu": "cpu", "cores": 2},
+        "date": "today",
+        "sets": [
+            {
+                "set": "toy",
+                "documents": 10,
+                "tokens": 500,
+                "dim": 8,
+                "rows": [
+                    row("float16-flat", 60.0, 0.99),
+                    row("float16", 30.0, 0.98),
+                    row("res4", 10.0, 0.95),
+                    row("res4", 5.0, 0.9, pool=2),
+                    {"dtype": "fast-plaid", "error": "no fast-plaid environment"},
+                ],
+            }
+        ],
+    }
+    table = table_residual_codec(record)
+    assert "| res4 | 1 | 10.00 | 204.8 | 1/3.0 | 1/6.0 | 0.950 | 0.950 | 0.5000 | 100 | 10.0 |" in (
+        table
+    )
+    assert "| res4 | 2 | 5.00 |" in table
+    assert "Not run: fast-plaid: no fast-plaid environment" in table
+
+
+def test_candidates_table_has_a_row_per_index_and_candidate_count() -> None:
+    runs = {
+        "512": {"search_s_per_query": 0.5, "recall@10_search": 0.94, "ndcg@10": 0.5},
+        "1024": {"search_s_per_query": 0.7, "recall@10_search": 0.95, "ndcg@10": 0.501},
+    }
+    record = {
+        "command": "c",
+        "commit": "abc",
+        "machine": {},
+        "date": "d",
+        "sets": [
+            {"rows": [{"dtype": "res4", "bytes_per_doc_all_files": 2048.0, "by_candidates": runs}]}
+        ],
+    }
+    table = table_residual_candidates(record)
+    assert "| res4 | 512 | 2.00 | 0.940 | 0.5000 | 500 |" in table
+    assert "| res4 | 1024 | 2.00 | 0.950 | 0.5010 | 700 |" in table
