@@ -247,17 +247,9 @@ class BM25Index:
         )
         if keep.all():
             return self
-        out = object.__new__(BM25Index)
-        out.path, out.tokenizer = self.path, self.tokenizer
-        out.doc_ids = self.doc_ids[keep]
-        out._texts = self._texts.filter(pa.array(keep))
-        out.position = {d: i for i, d in enumerate(out.doc_ids)}
-        tokens = self.tokenizer.tokenize(out.texts(), return_ids=True)
-        out.retriever = None
-        if out.doc_ids.size and tokens.vocab:
-            out.retriever = _bm25s().BM25()
-            out.retriever.index(tokens, show_progress=False)
-        return out
+        return BM25Index._in_memory(
+            self.path, self.tokenizer, self.doc_ids[keep], self._texts.filter(pa.array(keep))
+        )
 
     @classmethod
     def union(cls, parts: Sequence[BM25Index], hidden: frozenset[str] = frozenset()) -> BM25Index:
@@ -274,18 +266,28 @@ class BM25Index:
             )
         if len(parts) == 1:
             return parts[0].without(hidden)
-        out = object.__new__(BM25Index)
-        out.path = parts[0].path if parts else Path()
-        out.tokenizer = parts[0].tokenizer if parts else LEGACY
         ids = np.concatenate([p.doc_ids for p in parts]) if parts else np.zeros(0, object)
         texts = pa.chunked_array([c for p in parts for c in p._texts.chunks], type=pa.string())
         keep = np.fromiter((d not in hidden for d in ids), dtype=bool, count=ids.size)
-        out.doc_ids = ids[keep].astype(object)
-        out._texts = texts.filter(pa.array(keep)) if ids.size else texts
-        out.position = {d: i for i, d in enumerate(out.doc_ids)}
-        tokens = out.tokenizer.tokenize(out.texts(), return_ids=True)
+        return cls._in_memory(
+            parts[0].path if parts else Path(),
+            parts[0].tokenizer if parts else LEGACY,
+            ids[keep].astype(object),
+            texts.filter(pa.array(keep)) if ids.size else texts,
+        )
+
+    @classmethod
+    def _in_memory(
+        cls, path: Path, tokenizer: Tokenizer, doc_ids: np.ndarray, texts: Any
+    ) -> BM25Index:
+        """A build of ``texts`` (one per doc id) indexed in memory, no files written: what a
+        reader scores with when the saved build's statistics would not be the right ones."""
+        out = object.__new__(cls)
+        out.path, out.tokenizer, out.doc_ids, out._texts = path, tokenizer, doc_ids, texts
+        out.position = {d: i for i, d in enumerate(doc_ids)}
+        tokens = tokenizer.tokenize(out.texts(), return_ids=True)
         out.retriever = None
-        if out.doc_ids.size and tokens.vocab:
+        if doc_ids.size and tokens.vocab:
             out.retriever = _bm25s().BM25()
             out.retriever.index(tokens, show_progress=False)
         return out
