@@ -90,10 +90,12 @@ def connect(
 # for a minute or more reporting the raylet's death to the dead GCS, and a worker busy in a
 # task can outlive it too. The watchdog ends every process that has a file of the session's
 # folder open for writing (each Ray process writes its logs there): SIGTERM, then SIGKILL
-# what is left after 3 s. Signals go through a pidfd, so a reused pid is never signalled.
+# what is left after 3 s, once the driver has exited. Signals go through a pidfd, so a reused
+# pid is never signalled.
 _WATCHDOG = r"""
-import os, re, signal, sys, time
+import os, re, select, signal, sys, time
 
+driver = os.pidfd_open(int(sys.argv[1]))  # opened while the driver lives: never another process
 line = sys.stdin.buffer.readline()
 if line.endswith(b"\n"):
     session = os.path.realpath(line.decode().strip()) + os.sep
@@ -101,6 +103,9 @@ if line.endswith(b"\n"):
     in_session = lambda path: path.startswith(session)
 else:  # killed inside ray.init: Ray names the session's folder after the driver's pid
     in_session = re.compile(rf"/session_[^/]*_{int(sys.argv[1])}/").search
+# The pipe can close before the driver is gone (interpreter shutdown closes it, then finishes):
+# wait for the driver's exit, so a driver still alive is never signalled nor left without Ray.
+select.select([driver], [], [])
 
 
 def writes_to_session(pid):

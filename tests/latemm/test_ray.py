@@ -277,3 +277,34 @@ def test_a_killed_driver_leaves_no_ray_process_behind(tmp_path) -> None:
         if driver.poll() is None:
             driver.kill()
             driver.wait()
+
+
+EXITING_DRIVER = """
+import time
+from latemm import distributed
+
+ray = distributed.connect("local", num_cpus=1)
+ray.get(ray.put(1))
+# What interpreter shutdown may do before the process is gone: close the watchdog's pipe while
+# the driver still holds its session's log files open for writing.
+for watchdog in distributed._WATCHDOGS:
+    watchdog.stdin.close()
+time.sleep(8)
+print("alive", flush=True)
+"""
+
+
+def test_the_watchdog_never_ends_its_own_driver(tmp_path) -> None:
+    """The watchdog of a local cluster sees end of file on its pipe when the driver's pipe is
+    closed, which at interpreter shutdown can come before the driver has exited (the full test
+    suite was ended by SIGTERM after its summary): it ends Ray's processes, never the driver."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), *sys.path])}
+    driver = subprocess.run(
+        [sys.executable, "-c", EXITING_DRIVER],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert driver.returncode == 0, (driver.returncode, driver.stderr[-2000:])
+    assert driver.stdout.strip() == "alive"
