@@ -6,12 +6,17 @@ Plain functions, not fixtures, because tests call them with their own sizes and 
 
 from __future__ import annotations
 
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 DIM = 16  # the CLI tests' embeddings
 SMALL_DIM = 8  # the unit tests' hand-checkable vectors
@@ -94,3 +99,38 @@ def read_run(path: Path) -> list[tuple[str, str, int, float]]:
     columns = [table.column(c).to_pylist() for c in ("query_id", "doc_id", "rank", "score")]
     rows = zip(*columns, strict=True)
     return sorted(rows)
+
+
+@contextmanager
+def mounted_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (``3m``) mounted at ``path`` for the block, for full-disk tests;
+    the test is skipped where mounting is not permitted."""
+    path.mkdir(exist_ok=True)
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+            capture_output=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"cannot mount a tmpfs here ({exc})")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
+
+
+def fill_disk(disk: Path, free: int) -> Path:
+    """A file taking all of ``disk``'s space but ``free`` bytes."""
+    filler = disk / "filler"
+    st = os.statvfs(disk)
+    size = st.f_bavail * st.f_frsize - free
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        if size > 0:
+            os.posix_fallocate(fd, 0, size)
+    finally:
+        os.close(fd)
+    return filler

@@ -14,17 +14,15 @@ BM25 build folder (in
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from latemm.cli import main
-from tests.helpers import DIM, WORDS, write_embedding_table
+from tests.helpers import DIM, WORDS, fill_disk, mounted_tmpfs, write_embedding_table
 
 FREE = [0, 4096, 16384, 65536, 131072, 262144]
 
@@ -32,22 +30,8 @@ FREE = [0, 4096, 16384, 65536, 131072, 262144]
 @pytest.fixture
 def disk(tmp_path):
     """A 3 MB tmpfs at ``tmp_path/disk`` (skipped where mount is not permitted)."""
-    path = tmp_path / "disk"
-    path.mkdir()
-    try:
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(path)],
-            capture_output=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here ({exc})")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "3m") as path:
         yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
 
 
 def _corpus(path: Path, n: int, start: int = 0) -> Path:
@@ -59,20 +43,6 @@ def _corpus(path: Path, n: int, start: int = 0) -> Path:
     ]
     vectors = [rng.standard_normal((8, DIM)).astype(np.float32).tolist() for _ in ids]
     return write_embedding_table(path, ids, vectors, text=texts)
-
-
-def _fill(disk: Path, free: int) -> Path:
-    """A file taking all of ``disk``'s space but ``free`` bytes."""
-    filler = disk / "filler"
-    st = os.statvfs(disk)
-    size = st.f_bavail * st.f_frsize - free
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        if size > 0:
-            os.posix_fallocate(fd, 0, size)
-    finally:
-        os.close(fd)
-    return filler
 
 
 def _documents(idx: Path, capsys) -> int:
@@ -101,7 +71,7 @@ def _run(kind: str, step: str, disk: Path, tmp_path: Path, free: int, capsys) ->
         argv += ["--quiet", *KINDS[kind]]
     else:
         argv = ["delete", str(idx), "--ids", "d00001", "d00002"]
-    filler = _fill(disk, free)
+    filler = fill_disk(disk, free)
     capsys.readouterr()
     try:
         code = main(argv)

@@ -23,6 +23,7 @@ from latemm.field_search import FieldRetriever
 from latemm.fields import index_fields, read_fields, verify_fields
 from latemm.pagestore import STORE_DIR, PageStore
 from latemm.show import page_lookup
+from tests.helpers import fill_disk, mounted_tmpfs
 
 DIM = 8
 N = 24
@@ -340,42 +341,14 @@ def test_a_text_only_build_keeps_no_images_unless_asked(tmp_path) -> None:
     assert "image" not in cols[0] and "image" in cols[1]
 
 
-def _fill(disk: Path, free: int) -> Path:
-    import os
-
-    filler = disk / "filler"
-    st = os.statvfs(disk)
-    size = st.f_bavail * st.f_frsize - free
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        if size > 0:
-            os.posix_fallocate(fd, 0, size)
-    finally:
-        os.close(fd)
-    return filler
-
-
 def test_a_full_disk_in_the_store_write_is_one_line_and_loses_nothing(tmp_path, capsys) -> None:
     """As tests/latemm/test_full_disk.py: a small tmpfs filled to ``free`` bytes, then a build
     adding pages with large images; it succeeds or fails with exit 2 naming a file in the
     index, and the last commit stays intact. Some run fails writing the store's part."""
     import shutil
-    import subprocess
 
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    try:
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)],
-            capture_output=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here ({exc})")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
     named = []
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "4m") as disk:
         first = _corpus(tmp_path / "first.parquet", n=6)
         more = _corpus(tmp_path / "more.parquet", n=30, start=300, side=160)
         for free in (0, 16384, 131072):
@@ -383,7 +356,7 @@ def test_a_full_disk_in_the_store_write_is_one_line_and_loses_nothing(tmp_path, 
             argv = ["--index", str(idx), "--quiet", "--field", "a=embedding:ea"]
             assert main(["index", str(first), *argv]) == 0
             committed = (idx / "fields.json").read_bytes()
-            filler = _fill(disk, free)
+            filler = fill_disk(disk, free)
             capsys.readouterr()
             try:
                 code = main(["index", str(more), *argv])
@@ -403,8 +376,6 @@ def test_a_full_disk_in_the_store_write_is_one_line_and_loses_nothing(tmp_path, 
             docs = json.loads(capsys.readouterr().out)["fields"][0]["stats"]["documents"]
             assert docs == (6 if code else 36)
             shutil.rmtree(idx)
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=30)
     assert any(f"/{STORE_DIR}/part-" in n for n in named), named
 
 
