@@ -8,6 +8,7 @@ import json
 import re
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -1560,7 +1561,21 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except LatemmError as exc:
         print(f"latemm {args.command}: error: {exc}", file=sys.stderr)
+        _release_frames(exc)
         return 2
+
+
+def _release_frames(exc: BaseException | None) -> None:
+    """Clear the frames of a handled error and of the errors it chains. A ``raise … from err``
+    inside ``except`` leaves a cycle (frame -> err -> traceback -> frame) that only the garbage
+    collector breaks; until it runs, the failed build's open segments (memory maps of files it
+    may have deleted) stay held, and the space they take is not given back to a full disk."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if exc.__traceback__ is not None:
+            traceback.clear_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
 
 
 if __name__ == "__main__":

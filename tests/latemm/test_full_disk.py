@@ -54,6 +54,12 @@ def _documents(idx: Path, capsys) -> int:
     return counts.pop()
 
 
+def _mapped(idx: Path) -> list[str]:
+    """Files under ``idx`` this process still maps (a deleted one keeps its disk space)."""
+    with open("/proc/self/maps") as maps:
+        return [line.split(maxsplit=5)[-1].strip() for line in maps if str(idx) in line]
+
+
 KINDS = {
     "plain": [],
     "fields": ["--field", "emb=embedding:embedding", "--field", "bm25=bm25"],
@@ -79,6 +85,7 @@ def _run(kind: str, step: str, disk: Path, tmp_path: Path, free: int, capsys) ->
         filler.unlink()
     err = capsys.readouterr().err
     assert "Traceback" not in err
+    assert _mapped(idx) == [], "a failed step still holds files of the index open"
     if code != 0:
         assert code == 2, err
         named = re.search(r"writing (\S+) failed: no space left on device", err)
