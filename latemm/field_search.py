@@ -323,7 +323,7 @@ class FieldRetriever:
             if self.specs[name].kind == "bm25":  # one field over the collection: its statistics
                 from latemm.bm25 import BM25Index
 
-                self.parts[name] = [BM25Index.union(parts, self.hidden)]
+                self.parts[name] = [BM25Index.merged(parts, self.hidden)]
         given = dict(encoders or {})
         self.encoders = {
             n: given[n] if n in given else encoder_from_spec(s, device=device)
