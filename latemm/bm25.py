@@ -30,6 +30,10 @@ DOCS = "docs.parquet"
 # precomputed scores, so shards score with collection-wide statistics without re-indexing.
 TERM_FREQUENCIES = "latemm.tf.npy"
 DOC_LENGTHS = "latemm.doc_lengths.npy"
+# A bm25 field's build format (its ``format`` option in fields.json; absent: 1). 2 adds the
+# two files above; a reader of 1 verifies and ignores them, so a version-1 reader still scores
+# a version-2 build correctly (re-indexing shards at open, as it always did).
+BUILD_FORMAT = 2
 STOPWORD_LISTS = ("en", "en_plus")  # bm25s's English lists (NLTK's, and a longer one)
 
 

@@ -363,8 +363,15 @@ def open_field(
     """A field's sub-index opened for reading: an ``Index`` or a ``latemm.bm25.BM25Index``."""
     path = field_dir(index_dir, spec, legacy)
     if spec.kind == "bm25":
-        from latemm.bm25 import BM25Index
+        from latemm.bm25 import BUILD_FORMAT, BM25Index
 
+        version = spec.options.get("format", 1)
+        if not isinstance(version, int) or version > BUILD_FORMAT:
+            raise IndexFormatError(
+                f"{Path(index_dir) / FIELDS_FILE}: bm25 field {spec.name!r} has build format "
+                f"{version!r}, newer than this latemm reads (up to {BUILD_FORMAT}); upgrade "
+                "latemm (pip install -U latemm) to open this index"
+            )
         return BM25Index(path, spec.options["files"], tokenizer=bm25_tokenizer(spec), verify=verify)
     return Index.open(path, verify=verify)
 
@@ -953,15 +960,15 @@ def write_bm25_build(
     generation = int(committed.lstrip("g")) if committed else 0
     name = f"g{generation + 1:06d}"
     files = bm25.build(base / name, list(texts), list(texts.values()), tokenizer=tokenizer)
-    return replace(
-        spec,
-        options={
-            "dir": name,
-            "files": files,
-            "documents": len(texts),
-            "tokenizer": tokenizer.to_dict(),
-        },
-    )
+    options = {
+        "dir": name,
+        "files": files,
+        "documents": len(texts),
+        "tokenizer": tokenizer.to_dict(),
+    }
+    if {bm25.TERM_FREQUENCIES, bm25.DOC_LENGTHS} <= set(files):
+        options["format"] = bm25.BUILD_FORMAT  # its statistics: shards merge them at open
+    return replace(spec, options=options)
 
 
 def _remove(path: Path) -> None:

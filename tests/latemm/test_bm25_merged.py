@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from index_store.errors import IndexFormatError
 from latemm import bm25
 from latemm.bm25 import BM25Index, MergedBM25
 from latemm.field_search import FieldRetriever
@@ -140,3 +141,16 @@ def test_build_records_stay_readable_by_their_checksums(built, tmp_path) -> None
     problems = bm25.check_build(folder, spec.options["files"], full=True)
     assert problems and bm25.DOC_LENGTHS in " ".join(problems)
     json.dumps(spec.options["files"])  # plain JSON, as fields.json holds it
+
+
+def test_builds_record_their_format_and_a_newer_one_is_refused(built, tmp_path) -> None:
+    one, _, _ = built
+    assert read_fields(one).get("b").options["format"] == bm25.BUILD_FORMAT == 2
+    path = tmp_path / "newer"
+    shutil.copytree(one, path)
+    payload = json.loads((path / "fields.json").read_text())
+    payload["fields"][0]["options"]["format"] = bm25.BUILD_FORMAT + 1
+    (path / "fields.json").write_text(json.dumps(payload))
+    with pytest.raises(IndexFormatError, match="newer than this latemm reads") as caught:
+        FieldRetriever(path, fields=["b"])
+    assert "upgrade latemm" in str(caught.value) and "\n" not in str(caught.value)

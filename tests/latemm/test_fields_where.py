@@ -189,3 +189,42 @@ def test_an_unknown_column_lists_the_page_content_columns(built) -> None:
         _fields_search(built["new"], "nope = 1")
     with pytest.raises(InputError, match="page content columns: text"):
         _fields_search(built["new"], "nope = 1")
+
+
+def test_an_image_condition_reads_the_stored_images(tmp_path) -> None:
+    """``image IS NULL`` on a page store that keeps images passes the pages a plain index's
+    own image column passes."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), "white").save(buffer, format="PNG")
+    png = buffer.getvalue()
+    table = pq.read_table(ff.write_corpus(tmp_path / "corpus.parquet"))
+    images = [png if i % 3 else None for i in range(ff.N)]
+    pq.write_table(
+        table.append_column("image", pa.array(images, pa.binary())), tmp_path / "c.parquet"
+    )
+    options = {"dtype": "float16", "faiss_factory": "Flat", "progress": False}
+    with mock.patch("latemm.pipeline.default_fde_config", ff._small_fde):
+        index_fields(
+            tmp_path / "c.parquet",
+            tmp_path / "new",
+            {"m": "embedding:emb_multi"},
+            keep_images=True,
+            **options,
+        )
+        index_corpus(tmp_path / "c.parquet", tmp_path / "plain", encoder=None, **options)
+    where = "image IS NULL AND year > 2003"
+    want = {f"p{i:02d}" for i in range(ff.N) if i % 3 == 0 and 2000 + i > 2003}
+    vectors = ff.query_vectors()["m"]
+    plain = Retriever(Index.open(tmp_path / "plain")).search_embeddings(
+        vectors, k=ff.N, candidates=ff.N, where=where
+    )
+    got = FieldRetriever(tmp_path / "new").search(
+        ff.QUERY_TEXTS, k=ff.N, candidates=ff.N, where=where, query_vectors={"m": vectors}
+    )
+    for result in (plain, got):
+        for row in result.doc_ids.tolist():
+            assert {d for d in row if d is not None} == want
