@@ -5,6 +5,9 @@ A BM25 field is rebuilt whole when documents are added (bm25s indexes are not in
 indexing 10,000 pages takes about a second). Each build is a new directory; the caller commits
 it by pointing ``fields.json`` at it. How texts are tokenised (``Tokenizer``: stop words and a
 Snowball stemmer) is recorded with the field, so queries are tokenised as the pages were.
+Each build also saves the term frequencies and document lengths behind bm25s's precomputed
+scores, so a sharded collection scores every shard with the collection's statistics without
+re-indexing (``BM25Index.merged``).
 Imports numpy, pyarrow and, lazily, bm25s and PyStemmer.
 """
 

@@ -586,7 +586,7 @@ class FieldRetriever:
         """Per field: searchable rows (per-segment masks for vector fields, one mask over the
         documents for bm25), from each vector field's own metadata and, for the page content
         columns it no longer keeps (text, image), from its folder's page store; the ids of an
-        unfinished delete are never searchable (a bm25 field was re-indexed without them on
+        unfinished delete are never searchable (a bm25 field left them out of its statistics on
         open). A bm25 field keeps the pages some vector field admits; searched alone, it is
         filtered on the page store."""
         out: dict[str, Any] = {}
