@@ -275,12 +275,23 @@ class BM25Index:
         self.doc_ids = np.array(table.column("doc_id").to_pylist(), dtype=object)
         self._texts = table.column("text")
         self.position = {d: i for i, d in enumerate(self.doc_ids)}
-        self.statistics: tuple[np.ndarray, np.ndarray] | None = None  # (tf, doc lengths)
-        if self.retriever is not None and {TERM_FREQUENCIES, DOC_LENGTHS} <= set(files):
-            self.statistics = (
+        self.has_statistics = self.retriever is not None and {
+            TERM_FREQUENCIES,
+            DOC_LENGTHS,
+        } <= set(files)
+
+    @property
+    def statistics(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(term frequencies, document lengths) the build saved (None: a build from before
+        they were), read on first use: only a sharded collection's merge needs them."""
+        if not self.has_statistics:
+            return None
+        if not hasattr(self, "_statistics"):
+            self._statistics = (
                 np.load(self.path / TERM_FREQUENCIES, allow_pickle=False),
                 np.load(self.path / DOC_LENGTHS, allow_pickle=False),
             )
+        return self._statistics
 
     def texts(self) -> list[str]:
         return list(self._texts.to_pylist())
@@ -330,9 +341,9 @@ class BM25Index:
         document lengths with the collection's statistics (document frequencies, number of
         documents and average length, summed over the parts, ``hidden`` ids left out), in the
         very arithmetic bm25s uses, so each page scores bit for bit as in one build over all
-        of them. Parts built before the statistics were saved (or with other BM25 settings)
+        of them (one part with ``hidden`` ids: as its build without them). Parts built before the statistics were saved (or with other BM25 settings)
         are re-indexed in memory (``union``)."""
-        if len(parts) <= 1 or not _mergeable(parts):
+        if (len(parts) == 1 and not hidden) or not _mergeable(parts):
             return cls.union(parts, hidden)
         return MergedBM25(parts, hidden)
 
@@ -344,7 +355,7 @@ class BM25Index:
         reader scores with when the saved build's statistics would not be the right ones."""
         out = object.__new__(cls)
         out.path, out.tokenizer, out.doc_ids, out._texts = path, tokenizer, doc_ids, texts
-        out.statistics = None
+        out.has_statistics = False
         out.position = {d: i for i, d in enumerate(doc_ids)}
         tokens = tokenizer.tokenize(out.texts(), return_ids=True)
         out.retriever = None
@@ -371,7 +382,7 @@ def _mergeable(parts: Sequence[BM25Index]) -> bool:
     """Whether every part has saved statistics and bm25s's Lucene BM25 with one set of
     settings (the only variant ``merged`` recomputes); empty parts do not count."""
     built = [p for p in parts if p.retriever is not None]
-    if not built or any(p.statistics is None for p in built):
+    if not built or not all(p.has_statistics for p in built):
         return False
     settings = {tuple(getattr(p.retriever, k, None) for k in _SETTINGS) for p in built}
     if len(settings) != 1 or len({p.tokenizer for p in parts}) != 1:
@@ -391,7 +402,7 @@ class MergedBM25:
 
         self.path = parts[0].path
         self.tokenizer = parts[0].tokenizer
-        self.statistics = None
+        self.has_statistics = False
         self._keeps = [
             np.fromiter((d not in hidden for d in p.doc_ids), dtype=bool, count=p.doc_ids.size)
             for p in parts
@@ -413,7 +424,13 @@ class MergedBM25:
             for term, col in source.vocab_dict.items():
                 if col < counts.size and counts[col]:
                     frequencies[term] = frequencies.get(term, 0) + int(counts[col])
-            lengths.append(part.statistics[1].astype(np.int64)[keep])  # type: ignore[index]
+            tf, doc_lengths = part.statistics  # type: ignore[misc]
+            if tf.shape != (indices.size,) or doc_lengths.shape != (part.doc_ids.size,):
+                raise IndexCorruptError(
+                    f"{part.path}: {TERM_FREQUENCIES} or {DOC_LENGTHS} does not match the "
+                    "build's score matrix; the build is damaged: rebuild the field"
+                )
+            lengths.append(doc_lengths.astype(np.int64)[keep])
         n_docs = int(sum(keep.sum() for _, keep, _ in built))
         # bm25s: np.array([len(doc) for doc in corpus]).mean(); a sum of integers, exact in
         # any order, so the shards' average is the whole's to the last bit.

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from index_store.errors import IndexFormatError
+from index_store.errors import IndexCorruptError, IndexFormatError
 from latemm import bm25
 from latemm.bm25 import BM25Index, MergedBM25
 from latemm.field_search import FieldRetriever
@@ -154,3 +154,25 @@ def test_builds_record_their_format_and_a_newer_one_is_refused(built, tmp_path) 
     with pytest.raises(IndexFormatError, match="newer than this latemm reads") as caught:
         FieldRetriever(path, fields=["b"])
     assert "upgrade latemm" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_one_build_with_hidden_pages_is_merged_not_reindexed(built) -> None:
+    """An unsharded field with an unfinished delete: its own statistics minus the hidden
+    pages, exactly as the re-index it replaces."""
+    one, _, queries = built
+    whole = _whole(one)
+    hidden = frozenset({"d0001", "d0002", "d0100"})
+    merged = BM25Index.merged([whole], hidden)
+    assert isinstance(merged, MergedBM25)
+    without = whole.without(hidden)
+    assert np.array_equal(_aligned(merged, without.doc_ids, queries), without.scores(queries))
+    assert BM25Index.merged([whole]) is whole  # nothing hidden: the build as it is
+
+
+def test_statistics_that_do_not_match_the_matrix_are_refused(built, tmp_path) -> None:
+    _, sharded, _ = built
+    parts = _parts(sharded)
+    tf, lengths = parts[1].statistics
+    parts[1]._statistics = (tf, lengths[:-1])  # as if the file were another build's
+    with pytest.raises(IndexCorruptError, match="does not match the build's score matrix"):
+        BM25Index.merged(parts)

@@ -82,3 +82,23 @@ def test_an_unknown_version_is_refused_as_damaged(new_index, tmp_path, version) 
     (path / "fields.json").write_text(json.dumps(payload))
     with pytest.raises(IndexFormatError, match="the file is damaged"):
         read_fields(path)
+
+
+def test_a_version_1_file_with_a_page_store_opens_and_moves_to_2_when_written(
+    new_index, tmp_path
+) -> None:
+    """Indexes written with a page store before the version bump say 1: they open and search
+    as before, and the next write records 2."""
+    path = tmp_path / "v1-store"
+    shutil.copytree(new_index, path)
+    payload = json.loads((path / "fields.json").read_text())
+    payload["format_version"] = 1
+    (path / "fields.json").write_text(json.dumps(payload))
+    want = ff.search_fields(new_index)
+    assert ff.search_fields(path) == want
+    assert _version(path) == 1  # a reader never writes
+    from latemm.fields import write_search_defaults
+
+    write_search_defaults(path, None)  # a writer commits fields.json again
+    assert _version(path) == 2
+    assert ff.search_fields(path) == want
