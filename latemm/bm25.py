@@ -5,6 +5,9 @@ A BM25 field is rebuilt whole when documents are added (bm25s indexes are not in
 indexing 10,000 pages takes about a second). Each build is a new directory; the caller commits
 it by pointing ``fields.json`` at it. How texts are tokenised (``Tokenizer``: stop words and a
 Snowball stemmer) is recorded with the field, so queries are tokenised as the pages were.
+Each build also saves the term frequencies and document lengths behind bm25s's precomputed
+scores, so a sharded collection scores every shard with the collection's statistics without
+re-indexing (``BM25Index.merged``).
 Imports numpy, pyarrow and, lazily, bm25s and PyStemmer.
 """
 
@@ -26,6 +29,14 @@ from index_store.fsio import fsync_dir, full_disk_error, index_path, is_full, sh
 from index_store.segment import check_files
 
 DOCS = "docs.parquet"
+# Saved since build format 2 beside bm25s's files (``_save_statistics``): the counts behind its
+# precomputed scores, so shards score with collection-wide statistics without re-indexing.
+TERM_FREQUENCIES = "latemm.tf.npy"
+DOC_LENGTHS = "latemm.doc_lengths.npy"
+# A bm25 field's build format (its ``format`` option in fields.json; absent: 1). 2 adds the
+# two files above; a reader of 1 verifies and ignores them, so a version-1 reader still scores
+# a version-2 build correctly (re-indexing shards at open, as it always did).
+BUILD_FORMAT = 2
 STOPWORD_LISTS = ("en", "en_plus")  # bm25s's English lists (NLTK's, and a longer one)
 
 
@@ -151,6 +162,7 @@ def build(
             retriever = bm25s.BM25()
             retriever.index(tokens, show_progress=False)
             retriever.save(str(tmp), allow_pickle=False)
+            _save_statistics(tmp, tokens.ids, retriever.scores)
         table = pa.table(
             {"doc_id": pa.array(doc_ids, pa.string()), "text": pa.array(texts, pa.string())}
         )
@@ -170,6 +182,35 @@ def build(
         p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
         for p in sorted(directory.iterdir())
     }
+
+
+def _save_statistics(directory: Path, token_ids: Sequence[Sequence[int]], matrix: Any) -> None:
+    """Beside bm25s's score matrix, what its scores are made of (``TERM_FREQUENCIES``: each
+    (term, document) entry's count, aligned with the matrix's entries; ``DOC_LENGTHS``: each
+    document's number of terms), so that the shards of a collection can be scored with the
+    collection's statistics without re-indexing (``merged``). Nothing is written when the
+    matrix is not laid out as expected (readers then re-index, as before)."""
+    docs, terms, counts = [], [], []
+    for d, ids in enumerate(token_ids):
+        unique, count = np.unique(np.asarray(ids, np.int64), return_counts=True)
+        docs.append(np.full(unique.size, d, np.int64))
+        terms.append(unique)
+        counts.append(count)
+    doc = np.concatenate(docs) if docs else np.zeros(0, np.int64)
+    term = np.concatenate(terms) if terms else np.zeros(0, np.int64)
+    count = np.concatenate(counts) if counts else np.zeros(0, np.int64)
+    order = np.lexsort((doc, term))  # by term, then document: bm25s's CSC layout
+    indptr = np.asarray(matrix["indptr"])
+    starts = np.searchsorted(term[order], np.arange(indptr.size - 1), side="left")
+    if not (
+        np.array_equal(np.asarray(matrix["indices"]), doc[order])
+        and np.array_equal(indptr[:-1], starts)
+        and int(indptr[-1]) == order.size
+    ):
+        return
+    lengths = np.array([len(ids) for ids in token_ids], dtype=np.int64)
+    np.save(directory / TERM_FREQUENCIES, count[order].astype(np.int32), allow_pickle=False)
+    np.save(directory / DOC_LENGTHS, lengths.astype(np.int32), allow_pickle=False)
 
 
 def _remove_tree(path: Path) -> None:
@@ -234,6 +275,23 @@ class BM25Index:
         self.doc_ids = np.array(table.column("doc_id").to_pylist(), dtype=object)
         self._texts = table.column("text")
         self.position = {d: i for i, d in enumerate(self.doc_ids)}
+        self.has_statistics = self.retriever is not None and {
+            TERM_FREQUENCIES,
+            DOC_LENGTHS,
+        } <= set(files)
+
+    @property
+    def statistics(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(term frequencies, document lengths) the build saved (None: a build from before
+        they were), read on first use: only a sharded collection's merge needs them."""
+        if not self.has_statistics:
+            return None
+        if not hasattr(self, "_statistics"):
+            self._statistics = (
+                np.load(self.path / TERM_FREQUENCIES, allow_pickle=False),
+                np.load(self.path / DOC_LENGTHS, allow_pickle=False),
+            )
+        return self._statistics
 
     def texts(self) -> list[str]:
         return list(self._texts.to_pylist())
@@ -277,6 +335,19 @@ class BM25Index:
         )
 
     @classmethod
+    def merged(cls, parts: Sequence[BM25Index], hidden: frozenset[str] = frozenset()) -> Any:
+        """``union``'s scores without re-indexing: each part (a shard's build) keeps its own
+        score matrix layout, and its entries are rescored from its saved term frequencies and
+        document lengths with the collection's statistics (document frequencies, number of
+        documents and average length, summed over the parts, ``hidden`` ids left out), in the
+        very arithmetic bm25s uses, so each page scores bit for bit as in one build over all
+        of them (one part with ``hidden`` ids: as its build without them). Parts built before the statistics were saved (or with other BM25 settings)
+        are re-indexed in memory (``union``)."""
+        if (len(parts) == 1 and not hidden) or not _mergeable(parts):
+            return cls.union(parts, hidden)
+        return MergedBM25(parts, hidden)
+
+    @classmethod
     def _in_memory(
         cls, path: Path, tokenizer: Tokenizer, doc_ids: np.ndarray, texts: Any
     ) -> BM25Index:
@@ -284,6 +355,7 @@ class BM25Index:
         reader scores with when the saved build's statistics would not be the right ones."""
         out = object.__new__(cls)
         out.path, out.tokenizer, out.doc_ids, out._texts = path, tokenizer, doc_ids, texts
+        out.has_statistics = False
         out.position = {d: i for i, d in enumerate(doc_ids)}
         tokens = tokenizer.tokenize(out.texts(), return_ids=True)
         out.retriever = None
@@ -301,3 +373,120 @@ class BM25Index:
             if tokens:
                 out[q] = self.retriever.get_scores(tokens)
         return out
+
+
+_SETTINGS = ("k1", "b", "method", "idf_method", "dtype")
+
+
+def _mergeable(parts: Sequence[BM25Index]) -> bool:
+    """Whether every part has saved statistics and bm25s's Lucene BM25 with one set of
+    settings (the only variant ``merged`` recomputes); empty parts do not count."""
+    built = [p for p in parts if p.retriever is not None]
+    if not built or not all(p.has_statistics for p in built):
+        return False
+    settings = {tuple(getattr(p.retriever, k, None) for k in _SETTINGS) for p in built}
+    if len(settings) != 1 or len({p.tokenizer for p in parts}) != 1:
+        return False
+    _, _, method, idf_method, dtype = next(iter(settings))
+    return method == "lucene" and idf_method in ("lucene", None) and dtype == "float32"
+
+
+class MergedBM25:
+    """One BM25 field over the shards of a collection, scored with its collection-wide
+    statistics (``BM25Index.merged``): ``doc_ids`` (the parts' in order, ``hidden`` ones
+    left out), ``position``, ``texts()`` and ``scores(queries)`` as ``BM25Index`` has them."""
+
+    def __init__(self, parts: Sequence[BM25Index], hidden: frozenset[str]) -> None:
+        import copy
+        import math
+
+        self.path = parts[0].path
+        self.tokenizer = parts[0].tokenizer
+        self.has_statistics = False
+        self._keeps = [
+            np.fromiter((d not in hidden for d in p.doc_ids), dtype=bool, count=p.doc_ids.size)
+            for p in parts
+        ]
+        built: list[tuple[BM25Index, np.ndarray, Any]] = [
+            (p, keep, p.retriever)
+            for p, keep in zip(parts, self._keeps, strict=True)
+            if p.retriever is not None
+        ]
+        columns: list[np.ndarray] = []  # per built part: each matrix entry's term column
+        frequencies: dict[str, int] = {}
+        lengths = []
+        for part, keep, source in built:
+            indptr = np.asarray(source.scores["indptr"], np.int64)
+            indices = np.asarray(source.scores["indices"], np.int64)
+            column = np.repeat(np.arange(indptr.size - 1), np.diff(indptr))
+            columns.append(column)
+            counts = np.bincount(column[keep[indices]], minlength=indptr.size - 1)
+            for term, col in source.vocab_dict.items():
+                if col < counts.size and counts[col]:
+                    frequencies[term] = frequencies.get(term, 0) + int(counts[col])
+            tf, doc_lengths = part.statistics  # type: ignore[misc]
+            if tf.shape != (indices.size,) or doc_lengths.shape != (part.doc_ids.size,):
+                raise IndexCorruptError(
+                    f"{part.path}: {TERM_FREQUENCIES} or {DOC_LENGTHS} does not match the "
+                    "build's score matrix; the build is damaged: rebuild the field"
+                )
+            lengths.append(doc_lengths.astype(np.int64)[keep])
+        n_docs = int(sum(keep.sum() for _, keep, _ in built))
+        # bm25s: np.array([len(doc) for doc in corpus]).mean(); a sum of integers, exact in
+        # any order, so the shards' average is the whole's to the last bit.
+        average = np.concatenate(lengths).mean() if n_docs else np.float64(1.0)
+        settings = built[0][2]
+        k1, b = settings.k1, settings.b
+        # bm25s stores idf * tfc in float32, with tfc = tf / (k1 * (1 - b + b * l_d / l_avg)
+        # + tf) computed from a float32 tf and a float64 scalar: float64 under NumPy 2's
+        # promotion, float32 under NumPy 1's. The same arithmetic, for every entry at once:
+        work = np.result_type(np.float64(1.0), np.zeros(1, np.float32))
+        self._retrievers = []
+        for (part, _, source), column in zip(built, columns, strict=True):
+            tf, doc_lengths = part.statistics  # type: ignore[misc]
+            n_columns = np.asarray(source.scores["indptr"]).size - 1
+            idf = np.zeros(n_columns, dtype=np.float32)
+            for term, col in source.vocab_dict.items():
+                df = frequencies.get(term, 0)
+                if col < n_columns and df:
+                    idf[col] = math.log(1 + (n_docs - df + 0.5) / (df + 0.5))
+            indices = np.asarray(source.scores["indices"], np.int64)
+            l_d = doc_lengths.astype(np.int64)[indices]
+            scale = k1 * ((1 - b) + b * l_d / average)  # float64, as bm25s's scalar
+            tf_work = tf.astype(np.float32).astype(work)
+            tfc = tf_work / (scale.astype(work) + tf_work)
+            data = (idf[column].astype(work) * tfc).astype(np.float32)
+            retriever = copy.copy(source)
+            retriever.scores = {**source.scores, "data": data}
+            self._retrievers.append(retriever)
+        self._parts = list(parts)
+        self.doc_ids = (
+            np.concatenate([p.doc_ids[k] for p, k in zip(parts, self._keeps, strict=True)])
+            if parts
+            else np.zeros(0, object)
+        ).astype(object)
+        self.position = {d: i for i, d in enumerate(self.doc_ids)}
+
+    def texts(self) -> list[str]:
+        out: list[str] = []
+        for part, keep in zip(self._parts, self._keeps, strict=True):
+            texts = part.texts()
+            out.extend(t for t, k in zip(texts, keep, strict=True) if k)
+        return out
+
+    def scores(self, queries: Sequence[str]) -> np.ndarray:
+        """(Q, n) float32 BM25 scores of every document for every query text."""
+        tokens = self.tokenizer.tokenize(queries)
+        pieces = []
+        retrievers: Any = iter(self._retrievers)
+        for part, keep in zip(self._parts, self._keeps, strict=True):
+            out = np.zeros((len(queries), part.doc_ids.size), dtype=np.float32)
+            if part.retriever is not None:
+                retriever = next(retrievers)
+                for q, terms in enumerate(tokens):
+                    if terms:
+                        out[q] = retriever.get_scores(terms)
+            pieces.append(out[:, keep])
+        if not pieces:
+            return np.zeros((len(queries), 0), dtype=np.float32)
+        return np.concatenate(pieces, axis=1)

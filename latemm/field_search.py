@@ -36,9 +36,9 @@ from latemm.fields import (
     read_fields,
     read_journal,
 )
+from latemm.filters import filter_masks, matching_rows
 from latemm.retriever import (
     Candidates,
-    Retriever,
     SearchResult,
     Where,
     as_query_arrays,
@@ -323,7 +323,7 @@ class FieldRetriever:
             if self.specs[name].kind == "bm25":  # one field over the collection: its statistics
                 from latemm.bm25 import BM25Index
 
-                self.parts[name] = [BM25Index.union(parts, self.hidden)]
+                self.parts[name] = [BM25Index.merged(parts, self.hidden)]
         given = dict(encoders or {})
         self.encoders = {
             n: given[n] if n in given else encoder_from_spec(s, device=device)
@@ -584,15 +584,18 @@ class FieldRetriever:
 
     def _allowed(self, where: str | None) -> dict[str, Any]:
         """Per field: searchable rows (per-segment masks for vector fields, one mask over the
-        documents for bm25), from each vector field's own metadata; the ids of an unfinished
-        delete are never searchable (a bm25 field was re-indexed without them on open)."""
+        documents for bm25), from each vector field's own metadata and, for the page content
+        columns it no longer keeps (text, image), from its folder's page store; the ids of an
+        unfinished delete are never searchable (a bm25 field left them out of its statistics on
+        open). A bm25 field keeps the pages some vector field admits; searched alone, it is
+        filtered on the page store."""
         out: dict[str, Any] = {}
         admitted: set[str] = set()
         vector = [n for n in self.parts if self.specs[n].kind != "bm25"]
         for name in vector:
             out[name] = []  # per part: per segment
             for index in self.parts[name]:
-                masks = Retriever(index)._allowed(where)
+                masks = self._part_masks(index, where)
                 if self.hidden:
                     masks = [
                         _without(seg.doc_ids, mask if mask is not None else seg.live, self.hidden)
@@ -607,14 +610,79 @@ class FieldRetriever:
             if name not in vector:
                 index = parts[0]
                 if where is not None and not vector:
-                    raise InputError(
-                        f"--where needs the page metadata, which vector fields keep; field "
-                        f"{name!r} is bm25 only. Search a vector field too"
-                    )
+                    out[name] = self._store_mask(name, index.doc_ids, where)
+                    continue
                 out[name] = (
                     None if where is None else np.array([d in admitted for d in index.doc_ids])
                 )
         return out
+
+    def _part_masks(self, index: Index, where: str | None) -> list[np.ndarray | None]:
+        """Per segment of a vector field's part: the live rows that satisfy ``where`` (None:
+        every row, no filter and nothing deleted)."""
+        if where is None:
+            return [None if not seg.deleted.any() else seg.live.copy() for seg in index.segments]
+        store = None if self.manifest.legacy else self._store(index.path.parent.parent)
+        if store is None:
+            return list(filter_masks(index, where))
+        return list(
+            filter_masks(
+                index,
+                where,
+                content=store.columns(),
+                read_content=lambda names, meta: store.read_columns(
+                    meta.column("doc_id").to_pylist(), names
+                ),
+            )
+        )
+
+    def _store(self, folder: Path) -> Any:
+        """The page store of ``folder`` (the index, or one shard), opened once; None for a
+        folder written before the page store existed."""
+        from latemm.pagestore import open_store
+
+        if not hasattr(self, "_folder_stores"):
+            self._folder_stores: dict[Path, Any] = {}
+        if folder not in self._folder_stores:
+            record = next((m.pages for f, m in self._layout if f == folder), None)
+            self._folder_stores[folder] = open_store(folder, record, self.hidden)
+        return self._folder_stores[folder]
+
+    def _store_mask(self, name: str, doc_ids: np.ndarray, where: str) -> np.ndarray:
+        """A bm25 field searched without a vector field: the documents whose page store
+        content (text, source, page, ...) and doc_id satisfy ``where``."""
+        import pyarrow as pa
+
+        stores = [s for s in (self._store(folder) for folder, _ in self._layout) if s is not None]
+        if not stores:
+            raise InputError(
+                f"--where needs the page metadata, which vector fields keep; field "
+                f"{name!r} is bm25 only. Search a vector field too"
+            )
+        ids = [str(d) for d in doc_ids]
+        columns = tuple(dict.fromkeys(c for store in stores for c in store.columns()))
+        meta = pa.table(
+            {
+                "doc_id": pa.array(ids, pa.string()),
+                "_segment": pa.array(np.zeros(len(ids), np.int32)),
+                "_row": pa.array(np.arange(len(ids), dtype=np.int64)),
+            }
+        )
+
+        def read(names: list[str], table: pa.Table) -> pa.Table:
+            merged = {c: [None] * len(ids) for c in names}
+            for store in stores:  # each page lives in one shard's store
+                got = store.read_columns(ids, names)
+                for c in names:
+                    for i, value in enumerate(got.column(c).to_pylist()):
+                        if value is not None:
+                            merged[c][i] = value
+            return pa.table({c: pa.array(v) for c, v in merged.items()})
+
+        _, rows = matching_rows(meta, where, content=columns, read_content=read)
+        mask = np.zeros(len(ids), dtype=bool)
+        mask[rows] = True
+        return mask
 
     def _first_phase(self, name: str, query: Any, n_cand: int, allowed: Any) -> Hits:
         """One field's first phase: per part (shard), then merged (``merge_hits``)."""

@@ -16,7 +16,8 @@ Writers hold the collection's lock (``sharded.writer_lock``) for their whole run
 fields are written by ``latemm.fields.index_fields`` and ``latemm.field_maintenance``, as for
 an unsharded index. Readers never write: ``latemm.field_search.FieldRetriever`` opens every
 shard's fields as parts of one field, leaves out the ids of an unfinished delete, and scores
-BM25 with the collection's statistics (``latemm.bm25.BM25Index.union``).
+BM25 with the collection's statistics, merged from each shard's saved ones
+(``latemm.bm25.BM25Index.merged``).
 """
 
 from __future__ import annotations

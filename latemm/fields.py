@@ -53,7 +53,12 @@ from latemm.pagestore import (
 )
 
 FIELDS_FILE = "fields.json"
-FORMAT_VERSION = 1
+# 1: each vector field keeps its pages' text and image (written before the page store);
+# 2: a page store (``pages``) holds them once. An index records the lowest version that reads
+# it (one without a page store keeps 1), so a latemm that reads only 1 refuses a page-store
+# index with a clear error instead of opening it without its pages' content.
+FORMAT_VERSION = 2
+LEGACY_FORMAT_VERSION = 1
 KINDS = ("multi", "single", "bm25")
 READS = ("text", "image", "image+text", "embedding")
 LEGACY_FIELD = "default"
@@ -217,8 +222,9 @@ class FieldsManifest:
         return replace(self, pages=pages)
 
     def to_dict(self) -> dict[str, Any]:
+        version = FORMAT_VERSION if self.pages is not None else LEGACY_FORMAT_VERSION
         out: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
+            "format_version": version,
             "fields": [f.to_dict() for f in self.fields],
         }
         if self.pages is not None:
@@ -249,11 +255,7 @@ def read_fields(index_dir: str | Path) -> FieldsManifest:
         )
     refuse_links(root)  # an index is untrusted data: nothing in it may point outside
     payload = read_json_object(path)
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise IndexFormatError(
-            f"{path} has format_version {payload.get('format_version')}; this latemm reads "
-            f"version {FORMAT_VERSION}"
-        )
+    check_format_version(path, payload.get("format_version"))
     pages = None
     if "pages" in payload:
         try:
@@ -264,6 +266,22 @@ def read_fields(index_dir: str | Path) -> FieldsManifest:
     return FieldsManifest(
         specs, pages=pages, search_defaults=_recorded_defaults(path, payload, specs)
     )
+
+
+def check_format_version(path: Path, version: Any) -> None:
+    """Refuse a ``fields.json`` whose ``format_version`` this latemm cannot read: a newer one
+    (written by a newer latemm: upgrade) or one that is not a known version at all."""
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise IndexFormatError(
+            f"{path} has format_version {version}, newer than this latemm reads (up to "
+            f"{FORMAT_VERSION}); upgrade latemm (pip install -U latemm) to open this index"
+        )
+    if version not in (LEGACY_FORMAT_VERSION, FORMAT_VERSION) or isinstance(version, bool):
+        raise IndexFormatError(
+            f"{path} has format_version {version!r}; this latemm reads versions "
+            f"{LEGACY_FORMAT_VERSION} to {FORMAT_VERSION}: the file is damaged, restore it "
+            "from a backup or rebuild the index into a new folder"
+        )
 
 
 def _recorded_defaults(
@@ -345,8 +363,15 @@ def open_field(
     """A field's sub-index opened for reading: an ``Index`` or a ``latemm.bm25.BM25Index``."""
     path = field_dir(index_dir, spec, legacy)
     if spec.kind == "bm25":
-        from latemm.bm25 import BM25Index
+        from latemm.bm25 import BUILD_FORMAT, BM25Index
 
+        version = spec.options.get("format", 1)
+        if not isinstance(version, int) or version > BUILD_FORMAT:
+            raise IndexFormatError(
+                f"{Path(index_dir) / FIELDS_FILE}: bm25 field {spec.name!r} has build format "
+                f"{version!r}, newer than this latemm reads (up to {BUILD_FORMAT}); upgrade "
+                "latemm (pip install -U latemm) to open this index"
+            )
         return BM25Index(path, spec.options["files"], tokenizer=bm25_tokenizer(spec), verify=verify)
     return Index.open(path, verify=verify)
 
@@ -935,15 +960,15 @@ def write_bm25_build(
     generation = int(committed.lstrip("g")) if committed else 0
     name = f"g{generation + 1:06d}"
     files = bm25.build(base / name, list(texts), list(texts.values()), tokenizer=tokenizer)
-    return replace(
-        spec,
-        options={
-            "dir": name,
-            "files": files,
-            "documents": len(texts),
-            "tokenizer": tokenizer.to_dict(),
-        },
-    )
+    options = {
+        "dir": name,
+        "files": files,
+        "documents": len(texts),
+        "tokenizer": tokenizer.to_dict(),
+    }
+    if {bm25.TERM_FREQUENCIES, bm25.DOC_LENGTHS} <= set(files):
+        options["format"] = bm25.BUILD_FORMAT  # its statistics: shards merge them at open
+    return replace(spec, options=options)
 
 
 def _remove(path: Path) -> None:

@@ -14,6 +14,7 @@ Imports ``duckdb`` (the ``filters`` extra), ``numpy``, ``pyarrow`` and ``index_s
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ import pyarrow as pa
 
 from index_store import Index
 from index_store.errors import InputError, require
+from index_store.store import CONTENT_COLUMNS
 
 # Columns the metadata table adds to locate documents; not the user's to filter on.
 RESERVED_COLUMNS = ("_segment", "_row")
@@ -109,11 +111,14 @@ def _parse(con: Any, where: str) -> dict[str, Any]:
     return dict(clause)
 
 
-def _check(node: Any, where: str, columns: list[str], scalars: set[str]) -> None:
-    """Walk the parsed expression: allowed node classes, known columns, scalar functions."""
+def _check(
+    node: Any, where: str, columns: list[str], scalars: set[str], content: Sequence[str] = ()
+) -> None:
+    """Walk the parsed expression: allowed node classes, known columns (metadata ``columns``
+    or page ``content`` columns), scalar functions."""
     if isinstance(node, list):
         for item in node:
-            _check(item, where, columns, scalars)
+            _check(item, where, columns, scalars, content)
         return
     if not isinstance(node, dict):
         return
@@ -126,10 +131,12 @@ def _check(node: Any, where: str, columns: list[str], scalars: set[str]) -> None
     if kind == "COLUMN_REF":
         names = node.get("column_names") or []
         name = names[-1] if names else ""
-        if len(names) > 2 or (len(names) == 2 and names[0] != "meta") or name not in columns:
+        known = name in columns or name in content
+        if len(names) > 2 or (len(names) == 2 and names[0] != "meta") or not known:
             raise InputError(
                 f"--where {where!r}: no metadata column {'.'.join(names)!r}. "
                 f"Metadata columns: {', '.join(columns)}"
+                + (f"; page content columns: {', '.join(content)}" if content else "")
             )
     if kind == "FUNCTION":
         name = str(node.get("function_name", "")).lower()
@@ -148,7 +155,7 @@ def _check(node: Any, where: str, columns: list[str], scalars: set[str]) -> None
                 "(table functions such as read_csv, aggregates and settings are not allowed)"
             )
     for value in node.values():
-        _check(value, where, columns, scalars)
+        _check(value, where, columns, scalars, content)
 
 
 def metadata_columns(index: Index) -> list[str]:
@@ -157,27 +164,40 @@ def metadata_columns(index: Index) -> list[str]:
     return [n for n in names if n not in RESERVED_COLUMNS]
 
 
-def filter_masks(index: Index, where: str) -> list[np.ndarray]:
-    """Per segment of ``index``: a bool mask of the live rows whose metadata satisfies ``where``.
+def named_columns(node: Any) -> set[str]:
+    """The column names a parsed expression refers to."""
+    if isinstance(node, list):
+        return set().union(*(named_columns(item) for item in node)) if node else set()
+    if not isinstance(node, dict):
+        return set()
+    out: set[str] = set()
+    if node.get("class") == "COLUMN_REF" and node.get("column_names"):
+        out.add(str(node["column_names"][-1]))
+    for value in node.values():
+        out |= named_columns(value)
+    return out
 
-    Parameters
-    ----------
-    index
-        An open index.
-    where
-        One SQL condition over the metadata columns (DuckDB syntax), e.g.
-        ``"year >= 2020 AND source = 'esg'"``.
 
-    Raises
-    ------
-    InputError
-        If ``where`` is not a single condition over metadata columns with scalar functions, or
-        cannot be evaluated (the message lists the metadata columns).
-    """
+# Reads the page content columns a condition names, one row per row of the metadata table:
+# (column names, the metadata table) -> a table with those columns.
+ContentReader = Callable[[list[str], pa.Table], pa.Table]
+
+
+def matching_rows(
+    table: pa.Table,
+    where: str,
+    *,
+    content: Sequence[str] = (),
+    read_content: ContentReader | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``_segment`` and ``_row`` of the rows of ``table`` (metadata with ``_segment`` and
+    ``_row`` columns) that satisfy ``where``. ``content``: page content columns (text, image,
+    ...) a condition may also name; only those it names are read, by ``read_content``, and
+    only after the condition has been checked."""
     if not isinstance(where, str) or not where.strip():
         raise InputError(f"--where must be a non-empty SQL condition, got {where!r}")
-    table: pa.Table = index.metadata()
     columns = [n for n in table.column_names if n not in RESERVED_COLUMNS]
+    extra = [c for c in content if c not in columns]
     con = _connect()
     try:
         clause = _parse(con, where)
@@ -188,20 +208,78 @@ def filter_masks(index: Index, where: str) -> list[np.ndarray]:
                 "WHERE function_type IN ('scalar', 'macro')"
             ).fetchall()
         }
-        _check(clause, where, columns, scalars)
+        _check(clause, where, columns, scalars, extra)
+        wanted = [c for c in extra if c in named_columns(clause)]
+        if wanted and read_content is not None:
+            read = read_content(wanted, table)
+            for name in wanted:
+                table = table.append_column(name, read.column(name))
         con.register("meta", table)
         try:
             hits = con.execute(_PREFIX + where).fetchnumpy()
         except Exception as exc:  # noqa: BLE001 - duckdb raises many error types
+            listed = ", ".join(columns) + (
+                f"; page content columns: {', '.join(extra)}" if extra else ""
+            )
             raise InputError(
-                f"cannot apply --where {where!r}: {exc}. Metadata columns: {', '.join(columns)}"
+                f"cannot apply --where {where!r}: {exc}. Metadata columns: {listed}"
             ) from exc
     finally:
         con.close()
+    return np.asarray(hits["_segment"]), np.asarray(hits["_row"])
+
+
+def filter_masks(
+    index: Index,
+    where: str,
+    *,
+    content: Sequence[str] = (),
+    read_content: ContentReader | None = None,
+) -> list[np.ndarray]:
+    """Per segment of ``index``: a bool mask of the live rows whose metadata satisfies ``where``.
+
+    Parameters
+    ----------
+    index
+        An open index.
+    where
+        One SQL condition over the metadata columns (DuckDB syntax), e.g.
+        ``"year >= 2020 AND source = 'esg'"``. It may also name the page content columns
+        (``text``, ``image``) the index holds, or those ``content`` names (a page store's,
+        read by ``read_content``): only the columns it names are read.
+
+    Raises
+    ------
+    InputError
+        If ``where`` is not a single condition over metadata columns with scalar functions, or
+        cannot be evaluated (the message lists the metadata columns).
+    """
+    table: pa.Table = index.metadata()
+    columns = [n for n in table.column_names if n not in RESERVED_COLUMNS]
+    own = [
+        c
+        for c in CONTENT_COLUMNS
+        if c not in columns and any(c in seg.schema.names for seg in index.segments)
+    ]
+    extra = [c for c in content if c not in columns and c not in own]
+
+    def read(names: list[str], meta: pa.Table) -> pa.Table:
+        mine = [c for c in names if c in own]
+        out = index.metadata(columns=mine) if mine else meta.select([])
+        got = {c: out.column(c) if c in out.column_names else None for c in mine}
+        others = [c for c in names if c not in own]
+        if others and read_content is not None:
+            read_others = read_content(others, meta)
+            got.update({c: read_others.column(c) for c in others})
+        return pa.table(
+            {c: got[c] if got[c] is not None else pa.nulls(meta.num_rows) for c in names}
+        )
+
+    segments, rows = matching_rows(table, where, content=own + extra, read_content=read)
     masks = []
     for s, seg in enumerate(index.segments):
         mask = np.zeros(seg.num_docs, dtype=bool)
-        mask[np.asarray(hits["_row"])[np.asarray(hits["_segment"]) == s]] = True
+        mask[rows[segments == s]] = True
         masks.append(mask & seg.live)
     return masks
 

@@ -171,6 +171,43 @@ class PageStore:
                 out[doc_id] = row
         return out
 
+    def columns(self) -> tuple[str, ...]:
+        """The content columns some part of the store holds, in ``CONTENT`` order."""
+        held = {c for p in self.record.parts if p.kind == "pages" for c in p.columns}
+        return tuple(c for c in CONTENT if c in held)
+
+    def read_columns(self, doc_ids: Sequence[str], columns: Sequence[str]) -> pa.Table:
+        """A table of ``columns`` with one row per entry of ``doc_ids`` (null where the store
+        does not hold the page, or its part has no such column): only those columns are read,
+        and only the row groups that hold the pages (a text filter never reads an image)."""
+        positions: dict[int, list[int]] = {}
+        for i, doc_id in enumerate(doc_ids):
+            if doc_id in self.where:
+                positions.setdefault(self.where[doc_id][0], []).append(i)
+        out: dict[str, pa.Array] = {}
+        for name in columns:
+            values: pa.Array = pa.nulls(len(doc_ids))
+            pieces: list[tuple[np.ndarray, pa.Array]] = []
+            for p, where in positions.items():
+                part = self.record.parts[p]
+                if name not in part.columns:
+                    continue
+                rows = [self.where[doc_ids[i]][1] for i in where]
+                got = _read_rows(self.root, part, [name], rows).column(name).combine_chunks()
+                pieces.append((np.asarray(where, np.int64), got))
+            if pieces:
+                kind = pieces[0][1].type
+                arrays = [a if a.type == kind else a.cast(kind) for _, a in pieces]
+                missing = len(doc_ids) - sum(len(a) for a in arrays)
+                stacked = pa.concat_arrays([*arrays, pa.nulls(missing, kind)])
+                order = np.concatenate([w for w, _ in pieces])
+                slot = np.full(len(doc_ids), -1, np.int64)
+                slot[order] = np.arange(order.size)
+                slot[slot < 0] = order.size + np.arange(missing)
+                values = stacked.take(pa.array(slot, pa.int64()))
+            out[name] = values
+        return pa.table(out) if out else pa.table({}).slice(0, 0)
+
 
 def _read_part(root: Path, part: Part, columns: list[str]) -> pa.Table:
     path = part_path(root, part)
