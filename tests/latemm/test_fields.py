@@ -13,7 +13,7 @@ import pytest
 
 from index_store import Index, IndexConfig, InputError, create
 from latemm.field_search import FieldRetriever
-from latemm.fields import index_fields, parse_field, read_fields
+from latemm.fields import FORMAT_VERSION, index_fields, parse_field, read_fields
 from latemm.retriever import Retriever
 from tests.helpers import SMALL_DIM as DIM
 
@@ -266,7 +266,7 @@ def test_single_vector_index_first_stage_is_exact_inner_product(tmp_path, corpus
 
 def test_layout_on_disk_and_pages_a_field_cannot_read(index) -> None:
     manifest = json.loads((index / "fields.json").read_text())
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == FORMAT_VERSION  # 2: the index has a page store
     assert [(f["name"], f["kind"], f["reads"]) for f in manifest["fields"]] == [
         ("m", "multi", "embedding"),
         ("s", "single", "embedding"),
