@@ -20,6 +20,7 @@ from latemm.field_search import FieldRetriever  # noqa: E402
 from tests.latemm.test_field_shards import TEXTS, _queries, pair  # noqa: E402, F401
 from tests.latemm.test_fields import corpus  # noqa: E402, F401 - pair's fixture
 from tests.latemm.test_ray import cluster  # noqa: E402, F401 - the module's Ray cluster
+from tests.latemm.test_shard_cases import TextLengthJudge  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -63,29 +64,48 @@ def _assert_identical(got, want) -> None:
         assert np.array_equal(got.field_scores[name], values, equal_nan=True), name
 
 
-def test_a_fields_collection_on_ray_ranks_exactly_as_in_process(collection) -> None:
-    """3 shards, a vector field and a bm25 field, RRF and weighted fusion, with and without a
-    condition (one for all queries, one per query, one matching nothing), k below the
-    candidates (the bounded second phase) and above: the parts served by one Ray actor per
-    shard give the in-process search's ids and scores, bit for bit."""
-    from latemm.distributed import ActorPart, FieldShardActors
+@pytest.fixture(scope="module")
+def served(collection):
+    """One Ray actor per shard of the collection, shared by the tests that leave it alive."""
+    from latemm.distributed import FieldShardActors
 
     _, sharded, _ = collection
-    served = FieldShardActors(sharded, address="local")
-    try:
-        for fusion in ("rrf", "weighted"):
-            for where in (None, "year >= 2020", ["year < 2010", None, "year > 3000", None]):
-                for k, candidates in ((10, None), (2, 36)):
-                    options = dict(fusion=fusion, fields=["m", "b"], where=where, k=k)
-                    want = _field_search(sharded, candidates=candidates, **options)
-                    got = _field_search(sharded, lambda _: served, candidates=candidates, **options)
-                    _assert_identical(got, want)  # the unsharded index's: test_field_shards
-        assert len(served.actors) == 3  # one actor per shard, reused by every retriever
-        retriever = FieldRetriever(sharded, actors=lambda _: served, fields=["m", "s", "b"])
-        assert all(isinstance(p, ActorPart) for n in ("m", "s") for p in retriever.parts[n])
-        assert len(retriever.parts["b"]) == 1  # bm25: the collection's one index, held here
-    finally:
-        served.close()
+    actors = FieldShardActors(sharded, address="local")
+    yield actors
+    actors.close()
+
+
+@pytest.mark.parametrize("fusion", ["rrf", "weighted"])
+def test_a_fields_collection_on_ray_ranks_exactly_as_in_process(collection, served, fusion):
+    """3 shards, a vector field and a bm25 field, with and without a condition (one for all
+    queries, one per query, one matching nothing), k below the candidates (the bounded second
+    phase) and above: the parts served by one Ray actor per shard give the in-process search's
+    ids and scores, bit for bit."""
+    _, sharded, _ = collection
+    for where in (None, "year >= 2020", ["year < 2010", None, "year > 3000", None]):
+        for k, candidates in ((10, None), (2, 36)):
+            options = dict(fusion=fusion, fields=["m", "b"], where=where, k=k)
+            want = _field_search(sharded, candidates=candidates, **options)
+            got = _field_search(sharded, lambda _: served, candidates=candidates, **options)
+            _assert_identical(got, want)  # the unsharded index's too: test_field_shards
+    assert len(served.actors) == 3  # one actor per shard, reused by every retriever
+
+
+def test_reranked_on_the_coordinator_with_ray(collection, served) -> None:
+    """Every field (two vector fields on the actors, bm25 here) and a reranker: reranked on the
+    coordinator after the shards' phases, pages read from the page stores there."""
+    from latemm.distributed import ActorPart
+
+    _, sharded, _ = collection
+    judge = dict(reranker=TextLengthJudge(), rerank_depth=6, fusion="rrf", k=4)
+    want = _field_search(sharded, **judge)
+    got = _field_search(sharded, lambda _: served, **judge)
+    _assert_identical(got, want)
+    assert np.array_equal(got.rerank_scores, want.rerank_scores, equal_nan=True)
+    assert not np.isnan(got.rerank_scores).all()
+    retriever = FieldRetriever(sharded, actors=lambda _: served)
+    assert all(isinstance(p, ActorPart) for n in ("m", "s") for p in retriever.parts[n])
+    assert len(retriever.parts["b"]) == 1  # bm25: the collection's one index, held here
 
 
 def test_a_fields_collection_on_ray_after_a_delete(collection, tmp_path) -> None:
