@@ -650,6 +650,12 @@ class FieldShardServer:
         return getattr(part, method)(*args, **kwargs)
 
 
+# Arrays of at least this many items go to the object store once per search step (``shared``);
+# the last SHARED_KEPT of them are kept there.
+SHARED_SIZE = 10_000
+SHARED_KEPT = 16
+
+
 class FieldShardActors:
     """One ``FieldShardServer`` actor per folder of a fields collection, started when
     ``FieldRetriever`` opens a vector field there (``open``, its ``actors`` hook); restarted up
@@ -659,6 +665,7 @@ class FieldShardActors:
     def __init__(self, root: str | Path, *, address: str | None = "local") -> None:
         self.root, self.address = Path(root), address
         self.actors: dict[Path, Any] = {}
+        self._refs: dict[int, tuple[Any, Any]] = {}  # id -> (array, its object-store copy)
         self.ray: Any = None  # connected at the first field opened: a refused request starts none
 
     def _server(self) -> Any:
@@ -694,6 +701,21 @@ class FieldShardActors:
             if found is None:
                 raise
             raise type(found)(f"shard {label}: {found}") from exc
+
+    def shared(self, value: Any) -> Any:
+        """``value`` as a call's argument: a large array, which the coordinator passes to every
+        shard's actor (the queries, their FDEs, the pooled doc ids), goes to the object store
+        once, not once per shard. The array is held with its copy, so its id names it."""
+        import numpy as np
+
+        if not isinstance(value, np.ndarray) or value.size < SHARED_SIZE:
+            return value
+        key = id(value)
+        if key not in self._refs:
+            if len(self._refs) >= SHARED_KEPT:
+                del self._refs[next(iter(self._refs))]  # the oldest
+            self._refs[key] = (value, self.ray.put(value))
+        return self._refs[key][1]
 
     def close(self) -> None:
         """End the actors (the cluster stays: ``connect`` may have joined a running one)."""
@@ -733,6 +755,7 @@ class ActorPart:
         self.path, self.generation, self.config = path, generation, config
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Pending:
+        args = tuple(self.owner.shared(a) for a in args)
         future = self.actor.call.remote(
             self.spec, self.legacy, self.generation, method, *args, **kwargs
         )
