@@ -542,6 +542,11 @@ def _search_fields(args: argparse.Namespace, start: float) -> int:
             "--refine-depth applies to an ordinary index; fused fields score every candidate "
             "from a field's refine copy"
         )
+    if args.ray is not None and args.device and not args.device.startswith("cpu"):
+        raise InputError(
+            f"--device {args.device}: with --ray the shards' actors score on CPUs (no GPU is "
+            "reserved for them); leave out --device or --ray"
+        )
     _check_fusion_flags(args)
     run = search_fields_file(
         args.index,

@@ -171,6 +171,10 @@ def test_cli_search_ray_on_a_fields_collection(collection, tmp_path, capsys) -> 
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "--refine-depth" in err and err.count("\n") == 1 and "Traceback" not in err
+    argv = ["search", str(sharded), str(queries), "--out", str(out), "--ray", "--device", "cuda"]
+    assert main(argv) == 2  # the actors reserve no GPU: never silently on the CPU
+    err = capsys.readouterr().err
+    assert "--device cuda" in err and err.count("\n") == 1 and "Traceback" not in err
     one, _, _ = collection
     argv = ["search", str(one), str(queries), "--out", str(out), "--ray"]
     assert main(argv) == 2  # an unsharded fields index: one actor would serve all of it
