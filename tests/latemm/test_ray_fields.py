@@ -192,7 +192,8 @@ def test_cli_search_ray_on_a_fields_collection(collection, tmp_path, capsys) -> 
 
 @pytest.mark.slow  # two Ray actor sets: about 25 s on 2 busy cores
 def test_api_search_on_ray_and_actors_over_an_unsharded_fields_index(collection, tmp_path) -> None:
-    """``latemm.search(..., ray="local")`` gives the CLI's ``--ray`` run; the part protocol
+    """``latemm.search(..., ray="local")`` gives the CLI's ``--ray`` run (and serves a plain
+    sharded index with the in-process run); the part protocol
     also serves an unsharded fields index from one actor (``FieldRetriever(actors=)``; the
     CLI and the API refuse it, see above) with the in-process results."""
     from latemm.distributed import FieldShardActors
@@ -202,6 +203,16 @@ def test_api_search_on_ray_and_actors_over_an_unsharded_fields_index(collection,
     _assert_same_run(there, here)
     api = latemm.search(sharded, queries, fields=["m", "b"], fusion="rrf", ray="local")
     assert api.equals(there)
+    # ray= serves a plain sharded index too (latemm.sharded, ShardActors).
+    from tests.helpers import write_corpus
+    from tests.helpers import write_queries as write_vector_queries
+
+    pages, plain_queries, plain = tmp_path / "c.parquet", tmp_path / "q.parquet", tmp_path / "p"
+    write_corpus(pages, 60)
+    write_vector_queries(plain_queries, 5)
+    assert main(["index", str(pages), "--index", str(plain), "--shards", "2", "--quiet"]) == 0
+    want = latemm.search(plain, plain_queries, k=5)
+    assert want.num_rows and latemm.search(plain, plain_queries, k=5, ray="local").equals(want)
     served = FieldShardActors(one, address="local")
     try:
         for fusion in ("rrf", "weighted"):
