@@ -7,8 +7,9 @@
   ``pipeline.index_corpus`` on its partition, then ``sharded.commit_shards``.
 - ``ShardActors``: one actor per shard holding a memory-mapped ``Retriever``; a query batch is
   scattered to all of them and ``ShardedRetriever`` merges their top-k exactly.
-- ``FieldShardActors``: one actor per shard of a fields collection (an unsharded fields index
-  is one shard) holding its vector fields memory-mapped; ``FieldRetriever`` calls the per-part
+- ``FieldShardActors``: one actor per shard of a fields collection (in Python an unsharded
+  fields index can be one shard; the CLI and ``latemm.search`` refuse it) holding its vector
+  fields memory-mapped; ``FieldRetriever`` calls the per-part
   phases there (``latemm.field_parts``: first stage, locate, MaxSim of given candidates) on
   every shard at once, and merges, fuses and reranks on the coordinator as in-process. A bm25
   field is one index over the collection (its statistics are collection-wide): the

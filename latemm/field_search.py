@@ -254,8 +254,8 @@ class FieldRetriever:
     actors
         None opens every part here. Otherwise ``actors(index_dir)`` returns what serves the
         vector fields' parts elsewhere, e.g. ``latemm.distributed.FieldShardActors`` (one Ray
-        actor per shard; ``latemm.jobs.open_field_retriever(..., ray=ADDRESS)``): the same
-        phases run there, merged, fused and reranked here. ``close()`` releases them.
+        actor per shard; what ``latemm search --ray`` and ``latemm.search(..., ray=)`` pass):
+        the same phases run there, merged, fused and reranked here. ``close()`` releases them.
     """
 
     def __init__(
@@ -675,8 +675,8 @@ class FieldRetriever:
             if bound and multi and name in self.plan.rescore:
                 flat, offsets = encoded[name]
                 parts = self.parts[name]
-                where = resolve([phases(p).locate(pool) for p in parts])
-                located = list(zip(parts, where, strict=True))
+                held = resolve([phases(p).locate(pool) for p in parts])
+                located = list(zip(parts, held, strict=True))
                 fast = _bounded_parts(located, flat, offsets, pool.shape, self.device)
             if fast is None:
                 exact = self._second_phase(name, encoded[name], pool, hits.get(name))
