@@ -246,3 +246,13 @@ def test_a_dead_shard_actor_is_restarted_or_named(collection) -> None:
             retriever.search(TEXTS, query_vectors=vectors)
     finally:
         served.close()
+
+
+def test_help_and_readme_say_fields_collections_are_served(capsys) -> None:
+    from pathlib import Path
+
+    with pytest.raises(SystemExit):
+        main(["search", "--help"])
+    assert "sharded fields collection from Ray actors" in " ".join(capsys.readouterr().out.split())
+    readme = " ".join((Path(__file__).parents[2] / "README.md").read_text().split())
+    assert "`search --ray` serves a sharded fields collection too" in readme
