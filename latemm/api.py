@@ -124,6 +124,7 @@ def search(
     preset: str | None = None,
     normalization: str | None = None,
     rrf_k: int | None = None,
+    ray: str | None = None,
 ) -> pa.Table:
     """Search a list of text queries, or a queries Parquet file, and return the run table
     (``query_id, doc_id, rank, score, fde_score, maxsim_score, rerank_score``).
@@ -136,7 +137,12 @@ def search(
 
     ``where``: one SQL condition over the metadata columns for every query, or a list with one
     per query (None: none for that query). A queries file gives per-query conditions in a
-    ``where`` column instead; ``where=`` (one string) is then joined to each by AND."""
+    ``where`` column instead; ``where=`` (one string) is then joined to each by AND.
+
+    ``ray``: ``"local"`` or a cluster address serves a sharded index or a sharded fields
+    collection from Ray actors, one per shard (``latemm.distributed``, ``pip install
+    'latemm[ray]'``), with the same results; the actors end with the call. An unsharded index
+    is refused (one actor would serve all of it)."""
     from latemm.fields import is_fields_index
     from latemm.retriever import Retriever
     from latemm.sharded import (
@@ -164,7 +170,7 @@ def search(
         from latemm.reranker import MLLMReranker
 
         reranker = MLLMReranker(str(reranker))
-    named = dict(
+    named: dict[str, Any] = dict(
         fields=fields,
         fusion=fusion,
         weights=weights,
@@ -182,9 +188,31 @@ def search(
             "one string, or put each query's condition in the queries file's 'where' column"
         )
     if any(v is not None for v in named.values()) or is_fields_index(path) or is_field_shards(path):
+        if ray is not None and not is_field_shards(path):
+            from index_store.errors import InputError
+
+            raise InputError(
+                f"ray={ray!r} serves the shards of a sharded index or fields collection; {path} "
+                "is an unsharded multi-field index, searched in this process: leave out ray=, "
+                "or build it with latemm.build_index(..., fields=..., num_shards=N)"
+            )
+        if ray is not None:
+            from functools import partial
+
+            from latemm.distributed import FieldShardActors
+
+            named["actors"] = partial(FieldShardActors, address=ray)
         return _search_fields(path, queries, k, candidates, where, reranker, rerank_depth, named)
 
     sharded = not isinstance(index, Index) and is_sharded(index)
+    if ray is not None and not sharded:
+        from index_store.errors import InputError
+
+        raise InputError(
+            f"ray={ray!r} serves the shards of a sharded index or fields collection; {path} is "
+            "an ordinary index. Build a sharded one with latemm.build_index(CORPUS, DIR, "
+            "num_shards=N), or leave out ray="
+        )
     opened = None if sharded else index if isinstance(index, Index) else Index.open(index)
     if opened is None:
         from latemm.sharded import read_manifest
@@ -213,18 +241,23 @@ def search(
                 reranker=reranker,
                 rerank_depth=rerank_depth,
                 progress=False,
+                ray=ray,
             )
         )
     if opened is None:
-        from latemm.sharded import ShardedRetriever
+        from latemm.jobs import open_retriever
 
-        retriever: Any = ShardedRetriever(
-            path, encoder=encoder, reranker=reranker, rerank_depth=rerank_depth
+        retriever: Any = open_retriever(
+            path, encoder=encoder, reranker=reranker, rerank_depth=rerank_depth, ray=ray
         )
     else:
         retriever = Retriever(opened, encoder=encoder, reranker=reranker, rerank_depth=rerank_depth)
     texts = [str(queries)] if isinstance(queries, (str, Path)) else list(queries)
-    return retriever.search(texts, k=k, candidates=candidates, where=where).to_arrow()
+    try:
+        return retriever.search(texts, k=k, candidates=candidates, where=where).to_arrow()
+    finally:
+        if ray is not None:
+            retriever.close()
 
 
 def _run_of_file(search: Callable[[Path], pa.Table]) -> pa.Table:
@@ -249,7 +282,7 @@ def _search_fields(
     from latemm.jobs import search_fields_file
 
     if isinstance(queries, (str, Path)) and Path(queries).suffix == ".parquet":
-        return _run_of_file(
+        return _run_of_file(  # Ray actors, if any, end as their handles go out of scope
             lambda out: search_fields_file(
                 index,
                 queries,
@@ -266,7 +299,10 @@ def _search_fields(
     retriever = FieldRetriever(index, reranker=reranker, rerank_depth=rerank_depth, **named)
     assert not isinstance(queries, Path)  # a Path is a queries file, handled above
     texts = [queries] if isinstance(queries, str) else [str(q) for q in queries]
-    result = retriever.search(texts, k=k, candidates=candidates, where=where)
+    try:
+        result = retriever.search(texts, k=k, candidates=candidates, where=where)
+    finally:
+        retriever.close()  # the Ray actors serving it, if any
     return result.to_arrow().cast(run_schema(retriever.plan.scored))
 
 

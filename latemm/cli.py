@@ -492,10 +492,12 @@ def _check_index_kind(args: argparse.Namespace, named: Any) -> None:
             f"{', '.join(given)}: {args.index} is a sharded index with one field (no named "
             "fields to fuse); leave the option out"
         )
-    if args.ray is not None and (named or fields_kind):
+    if args.ray is not None and (named or fields_kind) and not is_field_shards(args.index):
+        # One actor would serve the whole index: no work spread, the index mapped once more.
         raise InputError(
-            f"--ray serves a sharded index; {args.index} is a multi-field index, searched in "
-            "this process: leave out --ray"
+            f"--ray serves the shards of a sharded index or fields collection; {args.index} is "
+            "an unsharded multi-field index, searched in this process: leave out --ray, or "
+            "build it with --shards N to serve its shards from Ray actors"
         )
 
 
@@ -540,6 +542,11 @@ def _search_fields(args: argparse.Namespace, start: float) -> int:
             "--refine-depth applies to an ordinary index; fused fields score every candidate "
             "from a field's refine copy"
         )
+    if args.ray is not None and args.device and not args.device.startswith("cpu"):
+        raise InputError(
+            f"--device {args.device}: with --ray the shards' actors score on CPUs (no GPU is "
+            "reserved for them); leave out --device or --ray"
+        )
     _check_fusion_flags(args)
     run = search_fields_file(
         args.index,
@@ -567,6 +574,7 @@ def _search_fields(args: argparse.Namespace, start: float) -> int:
         rerank_depth=args.rerank_depth,
         rerank_fusion=args.rerank_fusion,
         query_columns=_query_columns(args.query_column),
+        actors=_field_actors(args.ray),
     )
     queries = len(set(run.column("query_id").to_pylist()))
     elapsed = time.perf_counter() - start
@@ -578,6 +586,18 @@ def _search_fields(args: argparse.Namespace, start: float) -> int:
         out=str(args.out),
     )
     return 0
+
+
+def _field_actors(ray: str | None) -> Any:
+    """With ``--ray``: what serves a fields collection's vector fields, one Ray actor per shard
+    (``latemm.distributed.FieldShardActors``); None searches in this process."""
+    if ray is None:
+        return None
+    from functools import partial
+
+    from latemm.distributed import FieldShardActors
+
+    return partial(FieldShardActors, address=ray)
 
 
 def _query_columns(items: list[str] | None) -> dict[str, str] | None:
@@ -1032,7 +1052,13 @@ def _add_ray_flags(parser: argparse.ArgumentParser, *, shards: str, workers: boo
         default=None,
         metavar="ADDRESS",
         help="run on a Ray cluster: 'local' (the default) starts one here, an address "
-        "(ray://host:10001, auto) joins a running one; needs pip install 'latemm[ray]'",
+        "(ray://host:10001, auto) joins a running one; needs pip install 'latemm[ray]'"
+        + (
+            ". search serves a sharded index or a sharded fields collection from Ray actors "
+            "(one per shard; a bm25 field stays in this process)"
+            if not shards
+            else ""
+        ),
     )
     if shards:
         parser.add_argument("--shards", type=int, default=None, metavar="N", help=shards)

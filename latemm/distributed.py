@@ -7,6 +7,13 @@
   ``pipeline.index_corpus`` on its partition, then ``sharded.commit_shards``.
 - ``ShardActors``: one actor per shard holding a memory-mapped ``Retriever``; a query batch is
   scattered to all of them and ``ShardedRetriever`` merges their top-k exactly.
+- ``FieldShardActors``: one actor per shard of a fields collection (in Python an unsharded
+  fields index can be one shard; the CLI and ``latemm.search`` refuse it) holding its vector
+  fields memory-mapped; ``FieldRetriever`` calls the per-part
+  phases there (``latemm.field_parts``: first stage, locate, MaxSim of given candidates) on
+  every shard at once, and merges, fuses and reranks on the coordinator as in-process. A bm25
+  field is one index over the collection (its statistics are collection-wide): the
+  coordinator holds it.
 
 Failures: Ray Data restarts a dead encoder actor and retries its batch (``max_restarts``,
 ``max_task_retries``); a block's output exists only once its task finished, so nothing is lost
@@ -34,6 +41,7 @@ import pyarrow as pa
 
 from index_store.errors import InputError, LatemmError, ShardUnavailableError, require
 from latemm.encoders.base import Encoder
+from latemm.field_parts import Pending
 from latemm.io import Columns, count_rows, open_dataset, read_batches, table_batch
 from latemm.pipeline import IndexReport, encode_corpus, index_corpus
 from latemm.retriever import SearchResult
@@ -596,3 +604,185 @@ class ShardActors:
     def close(self) -> None:
         for actor in self.actors:
             self.ray.kill(actor)
+
+
+class FieldShardServer:
+    """A Ray actor's state: the vector fields of one folder (a shard of a fields collection,
+    or an unsharded fields index), each opened memory-mapped as a ``field_parts.IndexPart``.
+
+    Every call names the field and the generation the coordinator opened: an actor restarted
+    by Ray opens the field again, and a field that changed meanwhile is an error, never a
+    result from another state of the index."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+        self.parts: dict[str, Any] = {}
+
+    def open(self, spec: dict[str, Any], legacy: bool) -> tuple[str, int, Any]:
+        """Open (again) a field: its sub-index's path, generation and config."""
+        from latemm.field_parts import IndexPart
+        from latemm.fields import FieldSpec, open_field
+
+        index = open_field(self.folder, FieldSpec.from_dict(spec), legacy=legacy)
+        self.parts[spec["name"]] = IndexPart(index)
+        return str(index.path), index.generation, index.config
+
+    def call(
+        self,
+        spec: dict[str, Any],
+        legacy: bool,
+        generation: int,
+        method: str,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        """``IndexPart.method(*args, **kwargs)`` on field ``spec`` at ``generation``."""
+        part = self.parts.get(spec["name"])
+        if part is None or part.index.generation != generation:
+            path, now, _ = self.open(spec, legacy)
+            if now != generation:
+                from index_store.errors import IndexLockedError
+
+                raise IndexLockedError(
+                    f"{path} is at generation {now}, not {generation} as when the search "
+                    "opened it (a writer changed it meanwhile); search again"
+                )
+            part = self.parts[spec["name"]]
+        return getattr(part, method)(*args, **kwargs)
+
+
+# Arrays of at least this many items go to the object store once per search step (``shared``);
+# the last SHARED_KEPT of them are kept there.
+SHARED_SIZE = 10_000
+SHARED_KEPT = 16
+
+
+class FieldShardActors:
+    """One ``FieldShardServer`` actor per folder of a fields collection, started when
+    ``FieldRetriever`` opens a vector field there (``open``, its ``actors`` hook); restarted up
+    to ``RETRIES`` times when it dies, its pending call retried. A part's calls return at
+    once (``field_parts.Pending``), so every shard works at the same time."""
+
+    def __init__(self, root: str | Path, *, address: str | None = "local") -> None:
+        self.root, self.address = Path(root), address
+        self.actors: dict[Path, Any] = {}
+        self._refs: dict[int, tuple[Any, Any]] = {}  # id -> (array, its object-store copy)
+        self.ray: Any = None  # connected at the first field opened: a refused request starts none
+
+    def _server(self) -> Any:
+        if self.ray is None:
+            self.ray = connect(self.address)
+            self.server = self.ray.remote(max_restarts=RETRIES, max_task_retries=RETRIES)(
+                FieldShardServer
+            )
+        return self.server
+
+    def open(self, folder: str | Path, spec: Any, *, legacy: bool = False) -> ActorPart:
+        """Field ``spec`` (a ``fields.FieldSpec``) of ``folder``, opened in its actor."""
+        where = Path(folder)
+        if where not in self.actors:
+            self.actors[where] = self._server().remote(str(where))
+        actor, recorded = self.actors[where], spec.to_dict()
+        path, generation, config = self.get(where, actor.open.remote(recorded, legacy))
+        return ActorPart(self, where, actor, recorded, legacy, Path(path), generation, config)
+
+    def get(self, folder: Path, future: Any) -> Any:
+        """The value of an actor's call; a dead actor or a failed call names its shard."""
+        label = self.root.name if folder == self.root else folder.name
+        try:
+            return self.ray.get(future)
+        except self.ray.exceptions.RayActorError as exc:
+            raise ShardUnavailableError(
+                f"{self.root}: shard {label}'s actor died and was not restarted ({RETRIES} "
+                "restarts allowed); no partial result is returned. Check the worker's memory "
+                f"and logs, then search again ({exc.__class__.__name__})"
+            ) from exc
+        except self.ray.exceptions.RayTaskError as exc:
+            found = _latemm_error(exc)
+            if found is None:
+                raise
+            raise type(found)(f"shard {label}: {found}") from exc
+
+    def shared(self, value: Any) -> Any:
+        """``value`` as a call's argument: a large array, which the coordinator passes to every
+        shard's actor (the queries, their FDEs, the pooled doc ids), goes to the object store
+        once, not once per shard. The array is held with its copy, so its id names it."""
+        import numpy as np
+
+        if not isinstance(value, np.ndarray) or value.size < SHARED_SIZE:
+            return value
+        key = id(value)
+        if key not in self._refs:
+            if len(self._refs) >= SHARED_KEPT:
+                del self._refs[next(iter(self._refs))]  # the oldest
+            self._refs[key] = (value, self.ray.put(value))
+        return self._refs[key][1]
+
+    def close(self) -> None:
+        """End the actors (the cluster stays: ``connect`` may have joined a running one)."""
+        for actor in self.actors.values():
+            self.ray.kill(actor)
+        self.actors.clear()
+
+
+class _RayPending(Pending):
+    """An actor's call under way; ``result()`` waits for it (``FieldShardActors.get``)."""
+
+    def __init__(self, owner: FieldShardActors, folder: Path, future: Any) -> None:
+        self.owner, self.folder, self.future = owner, folder, future
+
+    def result(self) -> Any:
+        return self.owner.get(self.folder, self.future)
+
+
+class ActorPart:
+    """A vector field's part served by a ``FieldShardServer`` actor: the phases of
+    ``field_parts.PartPhases``, each started at once and returned as a ``Pending``, and the
+    ``path``, ``generation`` and ``config`` of the sub-index the actor opened."""
+
+    def __init__(
+        self,
+        owner: FieldShardActors,
+        folder: Path,
+        actor: Any,
+        spec: dict[str, Any],
+        legacy: bool,
+        path: Path,
+        generation: int,
+        config: Any,
+    ) -> None:
+        self.owner, self.folder, self.actor = owner, folder, actor
+        self.spec, self.legacy = spec, legacy
+        self.path, self.generation, self.config = path, generation, config
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Pending:
+        args = tuple(self.owner.shared(a) for a in args)
+        future = self.actor.call.remote(
+            self.spec, self.legacy, self.generation, method, *args, **kwargs
+        )
+        return _RayPending(self.owner, self.folder, future)
+
+    def allowed(self, where: str | None, hidden: frozenset[str], store: Any = None) -> Pending:
+        return self._call("allowed", where, hidden, store)
+
+    def first_stage(
+        self, matrix: Any, n_cand: int, masks: Any, *, nprobe: int, ef_search: int
+    ) -> Pending:
+        return self._call("first_stage", matrix, n_cand, masks, nprobe=nprobe, ef_search=ef_search)
+
+    def locate(self, pool: Any) -> Pending:
+        return self._call("locate", pool)
+
+    def rescore(self, flat: Any, offsets: Any, cands: Any, device: str | None) -> Pending:
+        return self._call("rescore", flat, offsets, cands, device)
+
+    def bounded(self, flat: Any, offsets: Any, cands: Any, device: str | None) -> Pending:
+        return self._call("bounded", flat, offsets, cands, device)
+
+    def rescore_chosen(
+        self, flat: Any, offsets: Any, cands: Any, chosen: Any, device: str | None
+    ) -> Pending:
+        return self._call("rescore_chosen", flat, offsets, cands, chosen, device)
+
+    def pages(self, doc_ids: Any, allow_files: Any) -> Pending:
+        return self._call("pages", list(doc_ids), tuple(allow_files))

@@ -15,16 +15,16 @@ The run keeps every field's second-phase score (``score_<field>``). Kernels live
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from index_store import Index
 from index_store.errors import IndexLockedError, InputError
 from latemm import fusion as fusion_lib
+from latemm.field_parts import phases, resolve
 from latemm.field_shards import FieldShards, hidden_ids, read_field_shards, shard_layout
 from latemm.fields import (
     PRESETS,
@@ -36,24 +36,18 @@ from latemm.fields import (
     read_fields,
     read_journal,
 )
-from latemm.filters import filter_masks, matching_rows
+from latemm.filters import matching_rows
 from latemm.retriever import (
     Candidates,
     SearchResult,
     Where,
     as_query_arrays,
-    bounded_scores,
     by_scope,
     check_request,
-    doc_ids_of,
-    first_stage,
     first_stage_queries,
     gather,
     query_ids_for,
-    read_pages,
     rerank_result,
-    rescore,
-    rescore_chosen,
     scopes_of,
     take_queries,
     top_k,
@@ -217,17 +211,6 @@ def align(pool: np.ndarray, doc_ids: np.ndarray, values: np.ndarray) -> np.ndarr
     return out
 
 
-def locate(index: Index, pool: np.ndarray) -> Candidates:
-    """(segment, row) of each pooled doc id in ``index``; -1 where it is not there."""
-    locations = index.locations()
-    segs = np.full(pool.shape, -1, dtype=np.int64)
-    rows = np.full(pool.shape, -1, dtype=np.int64)
-    for (q, u), d in np.ndenumerate(pool):
-        if d is not None and d in locations:
-            segs[q, u], rows[q, u] = locations[d]
-    return Candidates(segs, rows, np.zeros(pool.shape, np.float32))
-
-
 def bm25_hits(full: np.ndarray, doc_ids: np.ndarray, allowed: np.ndarray | None, n: int) -> Hits:
     """Top ``n`` of (Q, n_docs) BM25 scores, ties by doc_id, skipping disallowed documents and
     those that match no query term (score 0: BM25 retrieves nothing it did not match)."""
@@ -269,6 +252,11 @@ class FieldRetriever:
     encoders
         name -> Encoder, overriding the recorded ones (and needed for none: precomputed fields
         take ``query_vectors``).
+    actors
+        None opens every part here. Otherwise ``actors(index_dir)`` returns what serves the
+        vector fields' parts elsewhere, e.g. ``latemm.distributed.FieldShardActors`` (one Ray
+        actor per shard; what ``latemm search --ray`` and ``latemm.search(..., ray=)`` pass):
+        the same phases run there, merged, fused and reranked here. ``close()`` releases them.
     """
 
     def __init__(
@@ -289,8 +277,13 @@ class FieldRetriever:
         reranker: Any = None,
         rerank_depth: int = 20,
         rerank_fusion: str = "none",
+        actors: Callable[[Path], Any] | None = None,
     ) -> None:
         self.path = Path(index_dir)
+        # What serves the vector fields' parts elsewhere (``latemm.distributed.
+        # FieldShardActors`` on Ray): ``open(folder, spec, legacy=)`` returns a part whose
+        # phases (``latemm.field_parts.PartPhases``) run there. Injected: never Ray here.
+        self._actors = None if actors is None else actors(self.path)
         self.sharded = is_field_shards(self.path)
         for _ in range(OPEN_ATTEMPTS):  # every field from one state of the index
             # A reader never writes: an unfinished delete (its journal) is not finished here
@@ -425,18 +418,23 @@ class FieldRetriever:
         pages: dict[str, Any] = {}
         for store in self._stores:  # the index's store, or each shard's
             pages.update(read_stored(store, [d for d in doc_ids if d not in pages], allow))
-        for index in (part for parts in self.parts.values() for part in parts):
+        for name, index in ((n, part) for n, parts in self.parts.items() for part in parts):
             missing = [d for d in doc_ids if d not in pages]
             if not missing:
                 break
-            if isinstance(index, Index):
-                pages.update(read_pages(index, missing, allow))
+            if self.specs[name].kind != "bm25":
+                pages.update(resolve([phases(index).pages(missing, allow)])[0])
             else:
                 texts = index.texts()
                 pages.update(
                     {d: Page(text=texts[index.position[d]]) for d in missing if d in index.position}
                 )
         return pages
+
+    def close(self) -> None:
+        """Release the actors serving the parts (nothing to do in-process)."""
+        if self._actors is not None:
+            self._actors.close()
 
     def state(self) -> dict[str, Any]:
         """What the searched fields hold now: each vector field's generation, each bm25
@@ -454,7 +452,8 @@ class FieldRetriever:
         the shards of a sharded collection."""
         out: dict[str, Any] = {}
         for name, parts in self.parts.items():
-            states = [p.generation if isinstance(p, Index) else p.path.name for p in parts]
+            bm25 = self.specs[name].kind == "bm25"
+            states = [p.path.name if bm25 else p.generation for p in parts]
             out[name] = states if self.sharded else states[0]
         return out
 
@@ -474,15 +473,18 @@ class FieldRetriever:
     ) -> list[Any]:
         """Field ``name`` opened in every folder of ``layout`` that holds it; a shard whose
         field holds no page yet is left out."""
+        # A vector field's parts are opened here, or served by ``actors`` (a Ray actor per
+        # folder); a bm25 field is one index of the collection, on the coordinator.
+        opener = open_field if self._actors is None or spec.kind == "bm25" else self._actors.open
         if not self.sharded:
-            return [open_field(self.path, spec, legacy=self.manifest.legacy)]
+            return [opener(self.path, spec, legacy=self.manifest.legacy)]
         parts = []
         for folder, fields in layout:
             if name not in fields.names:
                 continue
             own = fields.get(name)
             if own.kind == "bm25" or (field_dir(folder, own) / "manifest.json").is_file():
-                parts.append(open_field(folder, own))
+                parts.append(opener(folder, own))
         return parts
 
     def resume_record(
@@ -577,9 +579,9 @@ class FieldRetriever:
             return False
         return all(
             Manifest.read(index.path).generation == index.generation
-            for parts in self.parts.values()
+            for name, parts in self.parts.items()
             for index in parts
-            if isinstance(index, Index)
+            if self.specs[name].kind != "bm25"
         )
 
     def _allowed(self, where: str | None) -> dict[str, Any]:
@@ -592,20 +594,15 @@ class FieldRetriever:
         out: dict[str, Any] = {}
         admitted: set[str] = set()
         vector = [n for n in self.parts if self.specs[n].kind != "bm25"]
-        for name in vector:
-            out[name] = []  # per part: per segment
-            for index in self.parts[name]:
-                masks = self._part_masks(index, where)
-                if self.hidden:
-                    masks = [
-                        _without(seg.doc_ids, mask if mask is not None else seg.live, self.hidden)
-                        for seg, mask in zip(index.segments, masks, strict=True)
-                    ]
-                if where is not None:
-                    for s, mask in enumerate(masks):
-                        seg = index.segments[s]
-                        admitted.update(seg.doc_ids[mask if mask is not None else seg.live])
-                out[name].append(masks)
+        for name in vector:  # per part: per segment
+            got = resolve(
+                [
+                    phases(p).allowed(where, self.hidden, self._part_store(p, where))
+                    for p in self.parts[name]
+                ]
+            )
+            out[name] = [masks for masks, _ in got]
+            admitted.update(*(ids for _, ids in got))
         for name, parts in self.parts.items():
             if name not in vector:
                 index = parts[0]
@@ -617,24 +614,13 @@ class FieldRetriever:
                 )
         return out
 
-    def _part_masks(self, index: Index, where: str | None) -> list[np.ndarray | None]:
-        """Per segment of a vector field's part: the live rows that satisfy ``where`` (None:
-        every row, no filter and nothing deleted)."""
-        if where is None:
-            return [None if not seg.deleted.any() else seg.live.copy() for seg in index.segments]
-        store = None if self.manifest.legacy else self._store(index.path.parent.parent)
-        if store is None:
-            return list(filter_masks(index, where))
-        return list(
-            filter_masks(
-                index,
-                where,
-                content=store.columns(),
-                read_content=lambda names, meta: store.read_columns(
-                    meta.column("doc_id").to_pylist(), names
-                ),
-            )
-        )
+    def _part_store(self, part: Any, where: str | None) -> Any:
+        """The page store ``where`` may read content columns from for a vector field's part
+        (an opened ``Index`` or an actor's part, both with ``path``): None without ``where``
+        or for an index written before the page store."""
+        if where is None or self.manifest.legacy:
+            return None
+        return self._store(Path(part.path).parent.parent)
 
     def _store(self, folder: Path) -> Any:
         """The page store of ``folder`` (the index, or one shard), opened once; None for a
@@ -690,17 +676,18 @@ class FieldRetriever:
         if self.specs[name].kind == "bm25":
             return bm25_hits(parts[0].scores(query), parts[0].doc_ids, allowed, n_cand)
         flat, offsets = query
-        hits = []
+        pending = []
         matrices: dict[str, np.ndarray] = {}  # shards share a config: the queries' FDEs once
         for index, masks in zip(parts, allowed, strict=True):
             key = repr(index.config.to_dict())
             if key not in matrices:
                 matrices[key] = first_stage_queries(index, flat, offsets, device=self.device)
-            matrix = matrices[key]
-            cands = first_stage(
-                index, matrix, n_cand, masks, nprobe=self.nprobe, ef_search=self.ef_search
+            pending.append(
+                phases(index).first_stage(
+                    matrices[key], n_cand, masks, nprobe=self.nprobe, ef_search=self.ef_search
+                )
             )
-            hits.append(Hits(doc_ids_of(index, cands), np.where(cands.valid, cands.scores, np.nan)))
+        hits = [Hits(ids, scores) for ids, scores in resolve(pending)]
         return merge_hits(hits, n_cand, offsets.size - 1)
 
     def _candidates(
@@ -750,7 +737,9 @@ class FieldRetriever:
             multi = spec.kind == "multi"
             if bound and multi and name in self.plan.rescore:
                 flat, offsets = encoded[name]
-                located = [(index, locate(index, pool)) for index in self.parts[name]]
+                parts = self.parts[name]
+                held = resolve([phases(p).locate(pool) for p in parts])
+                located = list(zip(parts, held, strict=True))
                 fast = _bounded_parts(located, flat, offsets, pool.shape, self.device)
             if fast is None:
                 exact = self._second_phase(name, encoded[name], pool, hits.get(name))
@@ -816,9 +805,14 @@ class FieldRetriever:
         if spec.kind == "single" or name in self.plan.rescore:
             flat, offsets = query
             out = np.full(pool.shape, np.nan, dtype=np.float64)
-            for index in parts:  # each candidate is scored where it lives
-                cands = locate(index, pool)
-                scores = rescore(index, flat, offsets, cands, device=self.device)
+            located = resolve([phases(index).locate(pool) for index in parts])
+            got = resolve(  # each candidate is scored where it lives
+                [
+                    phases(index).rescore(flat, offsets, cands, self.device)
+                    for index, cands in zip(parts, located, strict=True)
+                ]
+            )
+            for cands, scores in zip(located, got, strict=True):
                 out = np.where(cands.valid, scores.astype(np.float64), out)
             return out
         assert hits is not None  # a field outside rescore is a searched one
@@ -889,7 +883,7 @@ class FieldRetriever:
 
 
 def _bounded_parts(
-    located: list[tuple[Index, Candidates]],
+    located: list[tuple[Any, Candidates]],
     flat: np.ndarray,
     offsets: np.ndarray,
     shape: tuple[int, ...],
@@ -900,8 +894,8 @@ def _bounded_parts(
     pass does not run."""
     fast = np.full(shape, np.nan, dtype=np.float64)
     bounds = np.full(shape, np.nan, dtype=np.float64)
-    for index, cands in located:
-        got = bounded_scores(index, flat, offsets, cands, device)
+    results = resolve([phases(index).bounded(flat, offsets, c, device) for index, c in located])
+    for (_, cands), got in zip(located, results, strict=True):
         if got is None:
             return None
         if len(located) == 1:
@@ -912,7 +906,7 @@ def _bounded_parts(
 
 
 def _rescore_chosen_parts(
-    located: list[tuple[Index, Candidates]],
+    located: list[tuple[Any, Candidates]],
     flat: np.ndarray,
     offsets: np.ndarray,
     chosen: np.ndarray,
@@ -921,13 +915,13 @@ def _rescore_chosen_parts(
     """``retriever.rescore_chosen`` of the ``chosen`` candidates, each in its part."""
     if len(located) == 1:
         index, cands = located[0]
-        return rescore_chosen(index, flat, offsets, cands, chosen, device)
+        return resolve([phases(index).rescore_chosen(flat, offsets, cands, chosen, device)])[0]
     out = np.full(chosen.shape, np.nan, dtype=np.float32)
-    for index, cands in located:
-        mine = chosen & cands.valid
-        if mine.any():
-            got = rescore_chosen(index, flat, offsets, cands, mine, device)
-            out = np.where(mine, got, out)
+    mine = [(index, cands, chosen & cands.valid) for index, cands in located]
+    mine = [(index, cands, m) for index, cands, m in mine if m.any()]
+    got = resolve([phases(i).rescore_chosen(flat, offsets, c, m, device) for i, c, m in mine])
+    for (_, _, m), scores in zip(mine, got, strict=True):
+        out = np.where(m, scores, out)
     return out
 
 
@@ -962,10 +956,3 @@ def run_schema(fields: Sequence[str]) -> Any:
     from latemm.io import RUN_SCHEMA
 
     return pa.schema([*RUN_SCHEMA, *(pa.field(f"score_{n}", pa.float32()) for n in fields)])
-
-
-def _without(doc_ids: Any, mask: np.ndarray | None, hidden: frozenset[str]) -> np.ndarray:
-    """``mask`` (None: every row) with the rows whose id is in ``hidden`` turned off."""
-    out = np.ones(len(doc_ids), dtype=bool) if mask is None else np.array(mask, dtype=bool)
-    out &= np.fromiter((d not in hidden for d in doc_ids), dtype=bool, count=len(doc_ids))
-    return out

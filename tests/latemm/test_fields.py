@@ -164,7 +164,7 @@ def test_fused_top_k_on_near_ties_is_exact_and_computes_few_exact_scores(
     # apart, fused with bm25: the top 3 (ties by doc_id) and every score in it equal brute
     # force over the stored values, while only the scores the top 3 depends on are computed
     # exactly (all of them under z-score, whose mean and spread involve every candidate).
-    from latemm import field_search
+    from latemm import field_parts  # the in-process part's exact pass (latemm.field_parts)
 
     rng = np.random.default_rng(21)
     base = rng.standard_normal((6, DIM)).astype(np.float16)
@@ -188,13 +188,13 @@ def test_fused_top_k_on_near_ties_is_exact_and_computes_few_exact_scores(
         path, tmp_path / "idx", {"m": "embedding:emb", "b": "bm25"}, dtype="float16", progress=False
     )
     computed = []
-    exact_scores = field_search.rescore_chosen
+    exact_scores = field_parts.rescore_chosen
 
     def counting(index, flat, offsets, cands, chosen, device=None):
         computed.append(int(chosen.sum()))
         return exact_scores(index, flat, offsets, cands, chosen, device)
 
-    monkeypatch.setattr(field_search, "rescore_chosen", counting)
+    monkeypatch.setattr(field_parts, "rescore_chosen", counting)
     queries = [base[[0, 2, 4]].astype(np.float32), base[[1, 3]].astype(np.float32) + 0.01]
     query_texts = ["cash growth", "audit risk"]
     retriever = FieldRetriever(tmp_path / "idx", fusion=fusion, normalization=normalization)
