@@ -27,8 +27,9 @@ MaxSim top-10 over the same stored (float16) vectors, computed in this run by br
 float32 matrix product per block of pages for all queries, a max per page, a sum per query,
 on all threads); and the speedup against that brute force's time per query. The in-process
 shapes report the first pass over the queries (the index's files were just written, so they are
-in the page cache: dropping the cache needs root, so this is not a cold-disk figure) and the
-median of ``--passes`` repeated passes (warm).
+in the page cache: not a cold-disk figure) and the median of ``--passes`` repeated passes
+(warm); with ``--cold`` (root only), one more pass at the first candidate count after
+``sync; echo 3 > /proc/sys/vm/drop_caches``, every candidate read from disk.
 
 ``--against COMMIT`` checks the commit out into a temporary git worktree and runs the same
 workers with ``PYTHONPATH`` at each checkout, alternating A and B for ``--rounds`` rounds (the
