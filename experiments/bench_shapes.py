@@ -27,8 +27,9 @@ MaxSim top-10 over the same stored (float16) vectors, computed in this run by br
 float32 matrix product per block of pages for all queries, a max per page, a sum per query,
 on all threads); and the speedup against that brute force's time per query. The in-process
 shapes report the first pass over the queries (the index's files were just written, so they are
-in the page cache: dropping the cache needs root, so this is not a cold-disk figure) and the
-median of ``--passes`` repeated passes (warm).
+in the page cache: not a cold-disk figure) and the median of ``--passes`` repeated passes
+(warm); with ``--cold`` (root only), one more pass at the first candidate count after
+``sync; echo 3 > /proc/sys/vm/drop_caches``, every candidate read from disk.
 
 ``--against COMMIT`` checks the commit out into a temporary git worktree and runs the same
 workers with ``PYTHONPATH`` at each checkout, alternating A and B for ``--rounds`` rounds (the
@@ -99,6 +100,17 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
             passes.append(times)
             ids = found
         out["by_candidates"][str(candidates)] = {"passes_s": passes, "ids": ids}
+    if spec.get("cold"):
+        # One pass more at the first candidate count with the page cache dropped (root only):
+        # every candidate read comes from disk.
+        subprocess.run(["sync"], check=True)
+        Path("/proc/sys/vm/drop_caches").write_text("3\n", encoding="utf-8")
+        times = []
+        for query in queries:
+            start = time.perf_counter()
+            retriever.search_embeddings([query], k=K, candidates=spec["candidates"][0])
+            times.append(time.perf_counter() - start)
+        out["cold_s"] = times
     return out
 
 
@@ -287,13 +299,19 @@ def prepare_synthetic(
 
 
 def run_synthetic(
-    prep: dict[str, Any], checkout: Path, index: Path, passes: int, candidates: list[int | None]
+    prep: dict[str, Any],
+    checkout: Path,
+    index: Path,
+    passes: int,
+    candidates: list[int | None],
+    cold: bool = False,
 ) -> dict[str, Any]:
     """The worker in a fresh process of ``checkout``: build (once per index) and search at
     each candidate count (None: the retriever's default); the first count's figures are the
     row's, the others go under ``by_candidates``."""
     spec = {"data": str(prep["folder"]), "index": str(index), "passes": passes}
     spec["candidates"] = candidates
+    spec["cold"] = cold
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(spec, fh)
     done = subprocess.run(
@@ -313,6 +331,9 @@ def run_synthetic(
         out["by_candidates"] = rows
     if "build_s" in got:
         out["build_s"] = got["build_s"]
+    if "cold_s" in got:
+        out["cold_p50_ms"] = 1e3 * float(np.median(got["cold_s"]))
+        out["cold_mean_ms"] = 1e3 * float(np.mean(got["cold_s"]))
     return out
 
 
@@ -363,6 +384,12 @@ def main(argv: list[str] | None = None) -> None:
         help="shapes run on both checkouts with --against (long builds take minutes each)",
     )
     parser.add_argument("--name", default="", help="results/bench_shapes_NAME.json")
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="in-process shapes: one more pass at the first candidate count after dropping the "
+        "page cache (needs root; it empties every process's cache, so run it once)",
+    )
     args = parser.parse_args(argv)
     if args.worker:
         spec = json.loads(Path(args.worker).read_text(encoding="utf-8"))
@@ -415,7 +442,9 @@ def main(argv: list[str] | None = None) -> None:
                         got = run_short(prep, checkout, work, tag)
                     else:
                         index = work / f"{shape}-{tag}"
-                        got = run_synthetic(prep, checkout, index, args.passes, args.candidates)
+                        got = run_synthetic(
+                            prep, checkout, index, args.passes, args.candidates, args.cold
+                        )
                     runs[tag].append(got)
                     print(f"[{shape}] round {r + 1} {tag}: {json.dumps(got)}", flush=True)
                     # Written after every run, so that a long benchmark cut short keeps its rounds.
@@ -494,6 +523,9 @@ def _shape_blocks(r: dict[str, Any]) -> list[str]:
         else:
             header = ["checkout", "build s", "first pass p50 ms", "warm p50 ms", "warm mean ms"]
             keys = ["build_s", "first_pass_p50_ms", "p50_ms", "mean_ms"]
+            if any("cold_p50_ms" in row for row in block["median"].values()):
+                header.append("cold p50 ms")
+                keys.append("cold_p50_ms")
         header += ["recall@10", "x brute force"]
         keys += ["recall@10", "speedup_vs_brute_force"]
         rows = [

@@ -30,10 +30,12 @@ from index_store import Index
 from index_store.errors import InputError
 from latemm.scoring import (
     INT8_MAX_DIM,
+    LONG_PAGE_TOKENS,
     half_accumulates_in_float32,
     int8_products_are_exact,
     maxsim_half,
     maxsim_int8,
+    maxsim_pages,
     maxsim_pairs,
     may_reach_top,
 )
@@ -464,11 +466,28 @@ def _exact_scores(
     each query scores its own pages of a chunk in one call."""
     segs, rows, position = _distinct_pages(cands, chosen)
     tokens = _page_tokens(index, segs, rows)
+    views = _long_half_pages(index, segs, rows, tokens) if _on_cpu(device) else [None] * segs.size
+    rest = chosen.copy()
+    for q in np.flatnonzero(chosen.any(axis=1)).tolist():
+        cols = np.flatnonzero(position[q] >= 0)
+        pages = [views[i] for i in position[q, cols].tolist()]
+        if any(page is None for page in pages):
+            continue
+        # Long float16 pages only: each multiplied where it lies in the memory map, page by
+        # page (``maxsim_pages``), none copied to float32 first.
+        query = flat[offsets[q] : offsets[q + 1]]
+        out[q, cols] = maxsim_pages(query, np.array([0, len(query)]), pages)[0]
+        rest[q] = False
+    if not rest.any():
+        return
+    if not np.array_equal(rest, chosen):
+        segs, rows, position = _distinct_pages(cands, rest)
+        tokens = _page_tokens(index, segs, rows)
     for start, stop in _chunks(tokens * flat.shape[1] * 4, _EXACT_CHUNK_BYTES):
         span = slice(start, stop)
         vectors, set_offsets = _read_pages(index, segs[span], rows[span], tokens[span], np.float32)
         at = np.where((position >= start) & (position < stop), position - start, -1)
-        for q in np.flatnonzero((at >= 0).any(axis=1)):
+        for q in np.flatnonzero((at >= 0).any(axis=1)).tolist():
             cols = np.flatnonzero(at[q] >= 0)
             picks = at[q, cols]
             query = flat[offsets[q] : offsets[q + 1]]
@@ -480,6 +499,24 @@ def _exact_scores(
                 continue
             docs, doc_offsets = take_sets(vectors, set_offsets, picks)
             out[q, cols] = maxsim_pairs(query, docs, doc_offsets, device=device, float64=True)
+
+
+def _long_half_pages(
+    index: Index, segs: np.ndarray, rows: np.ndarray, tokens: np.ndarray
+) -> list[np.ndarray | None]:
+    """A view of the stored vectors of each page (segment, row) of a float16 segment with at
+    least ``LONG_PAGE_TOKENS`` tokens (``maxsim_pages`` reads those in place); None for the
+    others."""
+    views: list[np.ndarray | None] = []
+    for s, row, n in zip(segs.tolist(), rows.tolist(), tokens.tolist(), strict=True):
+        half = index.half_vectors(s) if n >= LONG_PAGE_TOKENS else None
+        if half is None:
+            views.append(None)
+            continue
+        vectors, seg_offsets, _ = half
+        start = int(seg_offsets[row])
+        views.append(vectors[start : start + n])
+    return views
 
 
 def _distinct_pages(
@@ -665,11 +702,19 @@ def _chunked_pass(
 
 def _in_place(index: Index, cands: Candidates, half: list[int]) -> list[int]:
     """The float16 segments among ``half`` holding at least ``_HALF_IN_PLACE_TOKENS``
-    candidate tokens: the fast pass reads those in place, one call each, and the others'
-    pages are copied into shared chunks (``_chunked_pass``)."""
+    candidate tokens, or only candidate pages of at least ``LONG_PAGE_TOKENS`` tokens: the
+    fast pass reads those in place, one call each, and the others' pages are copied into
+    shared chunks (``_chunked_pass``)."""
     segs, rows, _ = _distinct_pages(cands, cands.valid & np.isin(cands.segments, half))
     tokens = _page_tokens(index, segs, rows)
-    return [s for s in half if int(tokens[segs == s].sum()) >= _HALF_IN_PLACE_TOKENS]
+    out = []
+    for s in half:
+        mine = tokens[segs == s]
+        # Long pages are multiplied one by one where they lie (``maxsim_half``): a copy would
+        # only add a read and a write of every candidate byte.
+        if int(mine.sum()) >= _HALF_IN_PLACE_TOKENS or int(mine.min()) >= LONG_PAGE_TOKENS:
+            out.append(s)
+    return out
 
 
 def _page_max(index: Index, segs: np.ndarray, rows: np.ndarray) -> np.ndarray | None:

@@ -472,3 +472,105 @@ def test_search_over_text_pages_unpadded_equals_the_padded_path_and_brute_force(
             np.testing.assert_array_equal(unpadded.scores[q], exact[best])
         np.testing.assert_array_equal(everything.doc_ids[q], [ids[j] for j in best])
         np.testing.assert_array_equal(everything.scores[q], exact[best])
+
+
+def _long_pages(rng: np.random.Generator) -> list[np.ndarray]:
+    """Long text-like pages of 256 to 2,000 tokens (one of each end), two exact copies of one
+    page (a tie) and one page that copies another but for one value moved by a float32 ulp."""
+    lengths = [scoring.LONG_PAGE_TOKENS, 2000, *rng.integers(300, 1200, 10).tolist()]
+    pages = [_unit(rng, int(t)) for t in lengths]
+    twin = pages[3].copy()
+    twin[5, 7] = np.nextafter(twin[5, 7], np.float32(2.0))
+    return [*pages, pages[2].copy(), pages[2].copy(), twin]
+
+
+def test_maxsim_pages_equals_float64_brute_force_on_ragged_pages() -> None:
+    """Pages given one by one (1 token to 2,000, copies among them) score exactly as the
+    float64 kernel scores them in one flat array, in float16 and float32 storage."""
+    rng = np.random.default_rng(21)
+    pages = [_unit(rng, 1), *_long_pages(rng), _unit(rng, 2)]
+    queries, offsets = _flat([_unit(rng, 20), _unit(rng, 1), pages[5][:9] + 0.01])
+    for dtype in (np.float16, np.float32):
+        stored = [p.astype(dtype) for p in pages]
+        d, do = _flat(stored)
+        views = [d[a:b] for a, b in zip(do[:-1], do[1:], strict=True)]
+        got = scoring.maxsim_pages(queries, offsets, views)
+        want = maxsim(queries, offsets, d, do, float64=True)
+        np.testing.assert_array_equal(got, want)
+        assert got[:, 13].tolist() == got[:, 14].tolist()  # the two copies tie exactly
+
+
+@pytest.mark.parametrize("page_max", [False, True])
+@pytest.mark.parametrize("rows", [False, True])
+def test_long_pages_are_multiplied_in_place_within_their_bound(monkeypatch, page_max, rows) -> None:
+    """Pages of LONG_PAGE_TOKENS and more take the page-by-page path (no copy, no padding);
+    their fast scores are within the bound of float64 MaxSim and of the float32 kernel."""
+    rng = np.random.default_rng(22)
+    pages = _long_pages(rng)
+    half = _flat(pages)[0].astype(np.float16)
+    do = _flat(pages)[1]
+    wide = half.astype(np.float32)
+    q, qo = _flat([_unit(rng, 20), _unit(rng, 3), pages[4][10:30] + 0.02])
+    n = do.size - 1
+    picked = np.arange(n)[::-1].copy() if rows else None
+    stored = scoring.page_magnitudes(half, do) if page_max else None
+    calls: list[int] = []
+    inner = scoring._page_maxima
+    monkeypatch.setattr(
+        scoring, "_page_maxima", lambda *a, **kw: calls.append(1) or inner(*a, **kw)
+    )
+    fast, bound = maxsim_half(q, qo, half, do, rows=picked, page_max=stored)
+    assert calls
+    order = np.argsort(picked) if rows else np.arange(n)
+    _check_bound(q, qo, wide, do, fast[:, order], bound[:, order], tight=0.1)
+
+
+def test_search_over_long_pages_equals_brute_force_over_the_candidates(
+    tmp_path, monkeypatch
+) -> None:
+    """Long float16 pages (read in place by both passes) beside a segment of one-token pages:
+    the top k ids and scores are brute force's (float64 products rounded to float32, ties by
+    doc_id) over all pages, and over a subset of candidates smaller than k."""
+    from latemm import retriever
+    from latemm.retriever import Retriever
+
+    rng = np.random.default_rng(23)
+    docs = _long_pages(rng) + _long_pages(rng) + [_unit(rng, 1) for _ in range(6)]
+    ids = [f"d{i:03d}" for i in range(len(docs))]
+    with create(tmp_path / "idx", IndexConfig(dim=DIM)) as writer:  # float16 storage
+        for a, b in ((0, 15), (15, 30), (30, len(docs))):
+            writer.add(ids[a:b], docs[a:b])
+            writer.commit()
+    index = Index.open(tmp_path / "idx")
+    queries = [_unit(rng, 20), docs[2][:12] + 0.001, docs[31][:1].copy(), docs[20][40:60].copy()]
+    d, do = _flat([x.astype(np.float16).astype(np.float32) for x in docs])
+    calls: list[str] = []
+    for module, name in ((scoring, "_page_maxima"), (retriever, "maxsim_pages")):
+        inner = getattr(module, name)
+        monkeypatch.setattr(
+            module, name, lambda *a, _f=inner, _n=name, **kw: calls.append(_n) or _f(*a, **kw)
+        )
+    result = Retriever(index).search_embeddings(queries, k=10, candidates=len(docs))
+    # The long pages' fast pass and their exact pass (for a query whose top k are all long).
+    assert {"_page_maxima", "maxsim_pages"} <= set(calls)
+    for q, query in enumerate(queries):
+        exact = maxsim(query, np.array([0, len(query)]), d, do, float64=True)[0]
+        best = np.lexsort((np.array(ids), -exact))[:10]
+        assert list(result.doc_ids[q]) == [ids[j] for j in best]
+        np.testing.assert_array_equal(result.scores[q], exact[best])
+    # k larger than the candidates: every candidate is scored exactly.
+    flat, offsets = _flat(queries)
+    rows = np.concatenate([np.arange(s.num_docs) for s in index.segments])
+    segs = np.concatenate([np.full(s.num_docs, i) for i, s in enumerate(index.segments)])
+    pick = rng.choice(rows.size, 7, replace=False)
+    cands = Candidates(
+        np.tile(segs[pick], (len(queries), 1)),
+        np.tile(rows[pick], (len(queries), 1)),
+        np.zeros((len(queries), pick.size), np.float32),
+    )
+    got = rescore(index, flat, offsets, cands, k=12)
+    every = rescore(index, flat, offsets, cands)
+    np.testing.assert_array_equal(got, every)
+    for q, query in enumerate(queries):
+        exact = maxsim(query, np.array([0, len(query)]), d, do, float64=True)[0]
+        np.testing.assert_array_equal(got[q], exact[pick])
