@@ -53,6 +53,8 @@ MIN_CENTROIDS, MAX_CENTROIDS = 1 << 12, 1 << 18
 RESIDUAL_POINTS_PER_CENTROID = 16
 RESIDUAL_TRAIN_SAMPLE = 1 << 17
 RESIDUAL_NITER = 4
+# Lloyd-Max refinements of each dimension's buckets after PLAID's quantile start (``bucket_levels``).
+LLOYD_ITERATIONS = 20
 CENTROID_BYTES = 3  # centroid ids of up to 2^24 centroids, little-endian, before the residual
 
 
@@ -328,10 +330,64 @@ def train_residual(vectors: np.ndarray, nbits: int, *, seed: int = 0) -> np.ndar
     centroids = np.asarray(np.asarray(kmeans.centroids, dtype=np.float16), dtype=np.float32)
     _, assigned = kmeans.index.search(sample, 1)
     residuals = sample - centroids[assigned[:, 0]]  # (S, d)
+    cutoffs, weights = bucket_levels(residuals, nbits)
+    return np.concatenate([centroids, cutoffs, weights]).astype(np.float16)
+
+
+def bucket_levels(
+    residuals: np.ndarray, nbits: int, *, iterations: int = LLOYD_ITERATIONS
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension scalar quantisers of ``residuals`` (S, d): ((2^n - 1, d) cutoffs, (2^n, d)
+    weights). Started at PLAID's quantiles (cutoffs ``i / 2^n``, weights ``(i + 1/2) / 2^n``),
+    then ``iterations`` Lloyd-Max steps on the sample: each weight the mean of its bucket's
+    values, each cutoff midway between its two weights (the least squared error for the
+    weights; a bucket left empty keeps its weight). A value goes to the bucket of how many
+    cutoffs it exceeds, as ``residual_encode`` assigns it."""
     levels = 1 << nbits
     cutoffs = np.quantile(residuals, np.arange(1, levels) / levels, axis=0)  # (2^n - 1, d)
     weights = np.quantile(residuals, (np.arange(levels) + 0.5) / levels, axis=0)  # (2^n, d)
-    return np.concatenate([centroids, cutoffs, weights]).astype(np.float16)
+    if iterations <= 0 or residuals.shape[0] == 0:
+        return cutoffs, weights
+    s = residuals.shape[0]
+    for a in range(0, residuals.shape[1], 64):  # 64 columns at a time: (S, 64) sorted + sums
+        column = np.sort(residuals[:, a : a + 64], axis=0).astype(np.float64)
+        sums = np.zeros((s + 1, column.shape[1]))
+        np.cumsum(column, axis=0, out=sums[1:])
+        for j in range(column.shape[1]):
+            cut, weight = cutoffs[:, a + j].astype(np.float64), weights[:, a + j].astype(np.float64)
+            for _ in range(iterations):
+                # values <= cutoff b lie in buckets 0..b
+                ends = np.concatenate([[0], np.searchsorted(column[:, j], cut, "right"), [s]])
+                count = np.diff(ends)
+                total = np.diff(sums[ends, j])
+                weight = np.where(count > 0, total / np.maximum(count, 1), weight)
+                weight = np.maximum.accumulate(weight)  # empty buckets: stay in order
+                cut = (weight[:-1] + weight[1:]) / 2
+            cutoffs[:, a + j], weights[:, a + j] = cut, weight
+    return cutoffs, weights
+
+
+# The counts ``residual_training`` records (with ``buckets``, how the buckets were trained).
+RESIDUAL_TRAINING_COUNTS = ("centroids", "trained_on", "kmeans_iterations", "bucket_iterations")
+
+
+def residual_centroids(codebook: np.ndarray, dtype: str) -> int:
+    """K, the centroid rows of a ``dtype`` residual codebook."""
+    return int(codebook.shape[0]) - ((2 << RESIDUAL_BITS[dtype]) - 1)
+
+
+def residual_training(codebook: np.ndarray, dtype: str, num_vectors: int) -> dict[str, Any]:
+    """What a segment's manifest entry records of its residual codebook, trained by ``train``
+    on its ``num_vectors`` vectors here: the centroid count (``num_centroids``), the vectors
+    k-means and the buckets were trained on, k-means iterations, and the bucket training
+    (``bucket_levels``: PLAID's quantiles then Lloyd-Max steps)."""
+    return {
+        "centroids": residual_centroids(codebook, dtype),
+        "trained_on": min(num_vectors, RESIDUAL_TRAIN_SAMPLE),
+        "kmeans_iterations": RESIDUAL_NITER,
+        "buckets": "quantile+lloyd-max",
+        "bucket_iterations": LLOYD_ITERATIONS,
+    }
 
 
 def residual_parts(codebook: np.ndarray, nbits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
