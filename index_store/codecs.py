@@ -15,8 +15,12 @@ sub-vectors (``pair_table``), which a reader builds once per segment.
 Residual codecs ``res1`` / ``res2`` / ``res4`` (PLAID's centroid + n-bit residual coding, at 1, 2
 or 4 bits per dimension): coarse centroids trained with faiss k-means on a sample of a segment's
 vectors (``num_centroids``: 2^12 to 2^18 by the number of vectors, capped by the sample), and each
-vector's residual to its nearest centroid coded per dimension in ``2^n`` buckets whose cutoffs
-and weights are quantiles of the sample's residuals in that dimension. A code row is the centroid
+vector's residual to its nearest centroid coded per dimension in ``2^n`` buckets: cutoffs and
+weights start at quantiles of the sample's residuals in that dimension (PLAID's) and are refined
+by Lloyd-Max steps on the sample (``bucket_levels``: a weight is its bucket's mean, a cutoff lies
+midway between two weights), which cut res4's squared error 3x on Vaswani's MiniLM tokens
+(0.0158 -> 0.0053, codec-only recall@10 0.956 -> 0.982). Each segment's manifest entry records
+how its codebook was trained (``residual_training``). A code row is the centroid
 id (3 bytes, little-endian) then the bucket indices packed ``8 / n`` per byte, the first in the
 lowest bits. Decoded: the centroid plus the bucket weights. The segment's ``codebook.npy`` holds
 the centroids, then the cutoffs, then the weights, in float16 (``residual_parts``; residuals are
