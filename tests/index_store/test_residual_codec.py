@@ -393,3 +393,31 @@ def test_manifest_records_the_codebook_training(tmp_path) -> None:
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexCorruptError, match=r"field 'segments.*codec.centroids'"):
         Index.open(path)
+
+
+@pytest.mark.parametrize("dtype", RESIDUAL)
+def test_decode_into_a_buffer_equals_decode_to_a_new_array(dtype) -> None:
+    """``residual_decode`` into float32 and float16 buffers (rows of a larger one, as the
+    retriever reads pages), with and without a prebuilt table, gives exactly the float32
+    decoding (rounded once to float16): centroid + bucket weights, per the codebook."""
+    x = _clustered(13, 2000)
+    nbits = codecs.RESIDUAL_BITS[dtype]
+    codebook = codecs.train(x, dtype)
+    codes, _ = codecs.encode(x, dtype, codebook)
+    centroids, _, weights = codecs.residual_parts(codebook, nbits)
+    expected = codecs.residual_decode(codes, codebook, nbits)
+    buckets = np.unpackbits(codes[:, 3:, None], axis=2, bitorder="little")  # (n, d / per, 8)
+    buckets = buckets.reshape(len(x), DIM, nbits)  # per dimension, lowest bit first
+    level = (buckets * (1 << np.arange(nbits))).sum(axis=2)
+    oracle = centroids[codecs.centroid_ids(codes)] + weights[level, np.arange(DIM)]
+    np.testing.assert_array_equal(expected, oracle.astype(np.float32))
+    table = codecs.residual_table(weights, nbits)
+    for out in (np.float32, np.float16):
+        big = np.full((len(x) + 10, DIM), 7, dtype=out)
+        got = codecs.residual_decode(codes, codebook, nbits, out, table=table, into=big[5:-5])
+        assert got.base is big or got.base is big.base
+        np.testing.assert_array_equal(big[5:-5], expected.astype(out))
+        assert (big[:5] == 7).all() and (big[-5:] == 7).all()
+        np.testing.assert_array_equal(
+            codecs.residual_decode(codes, codebook, nbits, out), expected.astype(out)
+        )
