@@ -533,6 +533,7 @@ FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
     # After the Lloyd-Max buckets (codecs.bucket_levels): one run per set with fast-plaid.
     "residual_codec.vaswani_lloyd": (("residual_codec_vaswani_plaid",), table_residual_codec),
     "residual_codec.colbert_lloyd": (("residual_codec_colbert_plaid",), table_residual_codec),
+    "residual_codec.vaswani_speed": (("residual_codec_vaswani_x5",), table_residual_codec),
     "residual_codec.pool": (("residual_codec_vaswani_poolonly",), table_residual_codec),
     "residual_codec.candidates": (
         ("residual_codec_vaswani_candidates",),
