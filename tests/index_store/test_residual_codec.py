@@ -421,3 +421,25 @@ def test_decode_into_a_buffer_equals_decode_to_a_new_array(dtype) -> None:
         np.testing.assert_array_equal(
             codecs.residual_decode(codes, codebook, nbits, out), expected.astype(out)
         )
+
+
+def test_search_of_a_residual_index_scores_exactly_over_the_decoded_vectors(tmp_path) -> None:
+    """Rescoring a residual index (no float16 fast pass: its codes are decoded either way)
+    gives each query's top k with the exact MaxSim over the decoded vectors, as brute force."""
+    path = tmp_path / "idx"
+    with create(path, IndexConfig(dim=DIM, dtype="res4")) as writer:
+        writer.add([f"d{i}" for i in range(150)], _docs(14, 150))
+        writer.commit()
+    index = Index.open(path)
+    assert [s.dtype for s in index.segments] == ["res4"]
+    queries = _docs(15, 5, 2, 6)
+    result = Retriever(index).search_embeddings(queries, k=4, candidates=150)
+    ids = sorted(index.doc_ids())
+    decoded = [index.get(i).vectors for i in ids]
+    offsets = np.concatenate([[0], np.cumsum([len(v) for v in decoded])])
+    q_off = np.concatenate([[0], np.cumsum([len(q) for q in queries])])
+    brute = maxsim(np.concatenate(queries), q_off, np.concatenate(decoded), offsets)
+    for qi, row in enumerate(result.doc_ids):
+        order = np.lexsort((np.array(ids), -brute[qi]))[:4]
+        assert list(row) == [ids[j] for j in order]
+        np.testing.assert_allclose(result.scores[qi], brute[qi, order], rtol=1e-5, atol=1e-5)
