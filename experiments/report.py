@@ -534,6 +534,7 @@ FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
     "residual_codec.vaswani_lloyd": (("residual_codec_vaswani_plaid",), table_residual_codec),
     "residual_codec.colbert_lloyd": (("residual_codec_colbert_plaid",), table_residual_codec),
     "residual_codec.vaswani_speed": (("residual_codec_vaswani_x5",), table_residual_codec),
+    "residual_codec.vaswani_nofast": (("residual_codec_vaswani_x7",), table_residual_codec),
     "residual_codec.pool": (("residual_codec_vaswani_poolonly",), table_residual_codec),
     "residual_codec.candidates": (
         ("residual_codec_vaswani_candidates",),
