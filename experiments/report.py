@@ -530,6 +530,11 @@ FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
     "residual_codec.vaswani": (("residual_codec_vaswani_pool_plaid",), table_residual_codec),
     "residual_codec.colbert": (("residual_codec_colbert_pool_plaid",), table_residual_codec),
     "residual_rotation": (("residual_rotation_3000docs",), table_residual_rotation),
+    # After the Lloyd-Max buckets (codecs.bucket_levels): one run per set with fast-plaid.
+    "residual_codec.vaswani_lloyd": (("residual_codec_vaswani_plaid",), table_residual_codec),
+    "residual_codec.colbert_lloyd": (("residual_codec_colbert_plaid",), table_residual_codec),
+    "residual_codec.vaswani_speed": (("residual_codec_vaswani_x5",), table_residual_codec),
+    "residual_codec.vaswani_nofast": (("residual_codec_vaswani_x7",), table_residual_codec),
     "residual_codec.pool": (("residual_codec_vaswani_poolonly",), table_residual_codec),
     "residual_codec.candidates": (
         ("residual_codec_vaswani_candidates",),

@@ -1,7 +1,7 @@
 """The residual codecs (res1 / res2 / res4) against float16, int8, pq1 and pq2 on real vectors.
 
 Run: ``python -m experiments.residual_codec [--docs N] [--dtypes ...] [--sets ...] [--pool F ...]
-[--plaid]``. Writes ``results/residual_codec.json`` (``_<N>docs`` with ``--docs``, ``_<set>`` with
+[--plaid] [--repeats R]``. Writes ``results/residual_codec.json`` (``_<N>docs`` with ``--docs``, ``_<set>`` with
 ``--sets``, ``_pool`` with ``--pool``, ``_plaid`` with ``--plaid``), rewritten after every row.
 
 ``float16-flat`` is ``--dtype float16 --faiss Flat``, issue 29's yardstick for bytes (every file,
@@ -25,7 +25,7 @@ built through the API (one segment) and measured:
 - nDCG@10 against the qrels (ranx), where the set's qrels judge its documents.
 
 Timings (``index_s``: building the index through the API; ``search_s_per_query``: one batch
-search of every query, divided by the queries) are taken on a shared, loaded machine: compare
+search of every query, divided by the queries, the median of ``--repeats`` of them) are taken on a shared, loaded machine: compare
 them only as ratios within one run.
 """
 
@@ -76,6 +76,12 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         help="also search each index with these numbers of first-stage candidates",
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="batch searches timed per index (search_s_per_query is their median)",
+    )
     args = parser.parse_args(argv)
     name = "residual_codec" + (f"_{args.docs}docs" if args.docs else "")
     if args.sets != list(SETS):
@@ -83,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     name += ("_poolonly" if args.pool_only else "_pool") if args.pool else ""
     name += "_plaid" if args.plaid else ""
     name += "_candidates" if args.candidates else ""
+    name += f"_x{args.repeats}" if args.repeats > 1 else ""
     results: list[dict[str, Any]] = []
     for set_name in args.sets:
         data = vaswani_set(args.docs) if set_name == "vaswani" else colbert_set()
@@ -95,7 +102,15 @@ def main(argv: list[str] | None = None) -> None:
             if step == "plaid":
                 rows.extend(measure_plaid(data))
             else:
-                rows.append(measure(data, step[0], pool=step[1], candidates=args.candidates))
+                rows.append(
+                    measure(
+                        data,
+                        step[0],
+                        pool=step[1],
+                        candidates=args.candidates,
+                        repeats=args.repeats,
+                    )
+                )
             # Written after every row: a long run that is stopped keeps what it measured.
             path = write_result(
                 name,
@@ -170,7 +185,12 @@ def _ndcg(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) ->
 
 
 def measure(
-    data: dict[str, Any], dtype: str, *, pool: int = 1, candidates: list[int] | None = None
+    data: dict[str, Any],
+    dtype: str,
+    *,
+    pool: int = 1,
+    candidates: list[int] | None = None,
+    repeats: int = 1,
 ) -> dict[str, Any]:
     q, q_off = data["query_vectors"], data["query_offsets"]
     exact_top = exact_top10(data)
@@ -190,9 +210,12 @@ def measure(
     total, codes = sum(files.values()), sum(files.get(f, 0) for f in CODE_FILES)
     retriever = Retriever(index)
     retriever.search_embeddings(q[: q_off[1]], q_off[:2], k=100)  # warm-up
-    start = time.perf_counter()
-    result = retriever.search_embeddings(q, q_off, k=100, query_ids=data["query_ids"])
-    search_s = (time.perf_counter() - start) / (q_off.size - 1)
+    runs = []
+    for _ in range(max(repeats, 1)):
+        start = time.perf_counter()
+        result = retriever.search_embeddings(q, q_off, k=100, query_ids=data["query_ids"])
+        runs.append((time.perf_counter() - start) / (q_off.size - 1))
+    search_s = float(np.median(runs))
     # The codec alone: every document's decoded vectors scored exactly.
     (segment,) = index.segments
     decoded = segment.decode(segment.vectors, segment.scales, np.float32)
@@ -218,6 +241,7 @@ def measure(
         "index_s": index_s,
         "encode_pages_per_s": data["documents"] / index_s,
         "search_s_per_query": search_s,
+        "search_s_per_query_runs": runs,
         "by_candidates": {},
     }
     for c in candidates or []:

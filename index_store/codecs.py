@@ -15,8 +15,12 @@ sub-vectors (``pair_table``), which a reader builds once per segment.
 Residual codecs ``res1`` / ``res2`` / ``res4`` (PLAID's centroid + n-bit residual coding, at 1, 2
 or 4 bits per dimension): coarse centroids trained with faiss k-means on a sample of a segment's
 vectors (``num_centroids``: 2^12 to 2^18 by the number of vectors, capped by the sample), and each
-vector's residual to its nearest centroid coded per dimension in ``2^n`` buckets whose cutoffs
-and weights are quantiles of the sample's residuals in that dimension. A code row is the centroid
+vector's residual to its nearest centroid coded per dimension in ``2^n`` buckets: cutoffs and
+weights start at quantiles of the sample's residuals in that dimension (PLAID's) and are refined
+by Lloyd-Max steps on the sample (``bucket_levels``: a weight is its bucket's mean, a cutoff lies
+midway between two weights), which cut res4's squared error 3x on Vaswani's MiniLM tokens
+(0.0158 -> 0.0053, codec-only recall@10 0.956 -> 0.982). Each segment's manifest entry records
+how its codebook was trained (``residual_training``). A code row is the centroid
 id (3 bytes, little-endian) then the bucket indices packed ``8 / n`` per byte, the first in the
 lowest bits. Decoded: the centroid plus the bucket weights. The segment's ``codebook.npy`` holds
 the centroids, then the cutoffs, then the weights, in float16 (``residual_parts``; residuals are
@@ -53,6 +57,8 @@ MIN_CENTROIDS, MAX_CENTROIDS = 1 << 12, 1 << 18
 RESIDUAL_POINTS_PER_CENTROID = 16
 RESIDUAL_TRAIN_SAMPLE = 1 << 17
 RESIDUAL_NITER = 4
+# Lloyd-Max refinements of each dimension's buckets after PLAID's quantile start (``bucket_levels``).
+LLOYD_ITERATIONS = 20
 CENTROID_BYTES = 3  # centroid ids of up to 2^24 centroids, little-endian, before the residual
 
 
@@ -328,10 +334,64 @@ def train_residual(vectors: np.ndarray, nbits: int, *, seed: int = 0) -> np.ndar
     centroids = np.asarray(np.asarray(kmeans.centroids, dtype=np.float16), dtype=np.float32)
     _, assigned = kmeans.index.search(sample, 1)
     residuals = sample - centroids[assigned[:, 0]]  # (S, d)
+    cutoffs, weights = bucket_levels(residuals, nbits)
+    return np.concatenate([centroids, cutoffs, weights]).astype(np.float16)
+
+
+def bucket_levels(
+    residuals: np.ndarray, nbits: int, *, iterations: int = LLOYD_ITERATIONS
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension scalar quantisers of ``residuals`` (S, d): ((2^n - 1, d) cutoffs, (2^n, d)
+    weights). Started at PLAID's quantiles (cutoffs ``i / 2^n``, weights ``(i + 1/2) / 2^n``),
+    then ``iterations`` Lloyd-Max steps on the sample: each weight the mean of its bucket's
+    values, each cutoff midway between its two weights (the least squared error for the
+    weights; a bucket left empty keeps its weight). A value goes to the bucket of how many
+    cutoffs it exceeds, as ``residual_encode`` assigns it."""
     levels = 1 << nbits
     cutoffs = np.quantile(residuals, np.arange(1, levels) / levels, axis=0)  # (2^n - 1, d)
     weights = np.quantile(residuals, (np.arange(levels) + 0.5) / levels, axis=0)  # (2^n, d)
-    return np.concatenate([centroids, cutoffs, weights]).astype(np.float16)
+    if iterations <= 0 or residuals.shape[0] == 0:
+        return cutoffs, weights
+    s = residuals.shape[0]
+    for a in range(0, residuals.shape[1], 64):  # 64 columns at a time: (S, 64) sorted + sums
+        column = np.sort(residuals[:, a : a + 64], axis=0).astype(np.float64)
+        sums = np.zeros((s + 1, column.shape[1]))
+        np.cumsum(column, axis=0, out=sums[1:])
+        for j in range(column.shape[1]):
+            cut, weight = cutoffs[:, a + j].astype(np.float64), weights[:, a + j].astype(np.float64)
+            for _ in range(iterations):
+                # values <= cutoff b lie in buckets 0..b
+                ends = np.concatenate([[0], np.searchsorted(column[:, j], cut, "right"), [s]])
+                count = np.diff(ends)
+                total = np.diff(sums[ends, j])
+                weight = np.where(count > 0, total / np.maximum(count, 1), weight)
+                weight = np.maximum.accumulate(weight)  # empty buckets: stay in order
+                cut = (weight[:-1] + weight[1:]) / 2
+            cutoffs[:, a + j], weights[:, a + j] = cut, weight
+    return cutoffs, weights
+
+
+# The counts ``residual_training`` records (with ``buckets``, how the buckets were trained).
+RESIDUAL_TRAINING_COUNTS = ("centroids", "trained_on", "kmeans_iterations", "bucket_iterations")
+
+
+def residual_centroids(codebook: np.ndarray, dtype: str) -> int:
+    """K, the centroid rows of a ``dtype`` residual codebook."""
+    return int(codebook.shape[0]) - ((2 << RESIDUAL_BITS[dtype]) - 1)
+
+
+def residual_training(codebook: np.ndarray, dtype: str, num_vectors: int) -> dict[str, Any]:
+    """What a segment's manifest entry records of its residual codebook, trained by ``train``
+    on its ``num_vectors`` vectors here: the centroid count (``num_centroids``), the vectors
+    k-means and the buckets were trained on, k-means iterations, and the bucket training
+    (``bucket_levels``: PLAID's quantiles then Lloyd-Max steps)."""
+    return {
+        "centroids": residual_centroids(codebook, dtype),
+        "trained_on": min(num_vectors, RESIDUAL_TRAIN_SAMPLE),
+        "kmeans_iterations": RESIDUAL_NITER,
+        "buckets": "quantile+lloyd-max",
+        "bucket_iterations": LLOYD_ITERATIONS,
+    }
 
 
 def residual_parts(codebook: np.ndarray, nbits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -436,14 +496,27 @@ def residual_decode(
     if table is None:
         table = residual_table(weights, nbits)
     packed = np.asarray(codes[:, CENTROID_BYTES:])
-    index = packed.astype(np.intp)
-    index += np.arange(packed.shape[1], dtype=np.intp) * 256
-    decoded = np.take(table, index).view(np.float32).reshape(n, dim)  # (n, d) residuals
-    decoded += centroids[ids]
+    # Widened and offset in one pass; the residuals gathered as whole records (into the output
+    # when it is float32); centroids by np.take (2x fancy indexing's speed here); float16 by
+    # torch (3x numpy's conversion, the same rounding): 24,576 MiniLM tokens in ~half the time.
+    index = np.add(packed, np.arange(packed.shape[1], dtype=np.intp) * 256, dtype=np.intp)
+    direct = into is not None and into.dtype == np.float32
+    if direct:
+        assert into is not None
+        records = into.view(table.dtype).reshape(n, packed.shape[1])
+        np.take(table, index, out=records, mode="clip")  # in range: "raise" would buffer
+        decoded = into
+    else:
+        decoded = np.take(table, index).view(np.float32).reshape(n, dim)  # (n, d) residuals
+    decoded += np.take(centroids, ids, axis=0)
+    if direct or (into is None and np.dtype(dtype) == np.float32):
+        return decoded
     if into is not None:
-        into[...] = decoded
+        torch.from_numpy(into).copy_(torch.from_numpy(decoded))
         return into
-    return decoded if np.dtype(dtype) == np.float32 else decoded.astype(dtype)
+    if np.dtype(dtype) == np.float16:
+        return torch.from_numpy(decoded).half().numpy()
+    return decoded.astype(dtype)
 
 
 def residual_score_bound(query_vectors: np.ndarray, errors: np.ndarray) -> float:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from index_store.codecs import is_residual, is_trained, storage_dtype
+from index_store.codecs import RESIDUAL_TRAINING_COUNTS, is_residual, is_trained, storage_dtype
 from index_store.config import IndexConfig
 from index_store.errors import IndexCorruptError, IndexFormatError, InputError
 from index_store.fsio import read_json_object, write_json_atomic
@@ -155,6 +155,10 @@ class SegmentEntry:
     # What the vectors are stored as when not the config's dtype: float16 for a segment too
     # small to train the config's codec (``codecs.storage_dtype``). None: the config's dtype.
     dtype: str | None = None
+    # How a residual segment's codebook was trained (``codecs.residual_training``): its
+    # centroid count, the vectors sampled, k-means and bucket iterations. None: written before
+    # it was recorded, or a codec without one.
+    codec: dict[str, Any] | None = None
 
     def storage_dtype(self, config_dtype: str) -> str:
         return self.dtype or config_dtype
@@ -188,6 +192,8 @@ class SegmentEntry:
         }
         if self.dtype is not None:  # absent otherwise: segments stay as they were
             out["dtype"] = self.dtype
+        if self.codec is not None:  # readers before it ignore the key
+            out["codec"] = dict(self.codec)
         return out
 
     @classmethod
@@ -236,7 +242,17 @@ class SegmentEntry:
         elif num_deleted:
             raise r.error(f"{num_deleted} documents deleted but no bitmap", "deleted")
         num_vectors = r.count("num_vectors")
-        return cls(name, num_docs, num_vectors, tuple(files), deleted, num_deleted, stored)
+        codec = r.get("codec", dict, optional=True)
+        if codec is not None:
+            if not is_residual(kind):
+                raise r.error(f"a {kind} segment records no codec training", "codec")
+            c = r.sub("codec", codec)
+            for key in RESIDUAL_TRAINING_COUNTS:
+                c.count(key)
+            if c.count("centroids") < 1:
+                raise c.error("expected at least 1 centroid", "centroids")
+            c.get("buckets", str)
+        return cls(name, num_docs, num_vectors, tuple(files), deleted, num_deleted, stored, codec)
 
 
 @dataclass(frozen=True)

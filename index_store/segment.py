@@ -167,6 +167,9 @@ def write_segment(
         int(offsets[-1]),
         files,
         dtype=kind if kind != config.dtype else None,
+        codec=codecs.residual_training(codebook, kind, int(offsets[-1]))
+        if codebook is not None and codecs.is_residual(kind)
+        else None,
     )
 
 
@@ -439,6 +442,13 @@ def _check_arrays(
         )
     if "codebook" in arrays:
         problems += _codebook_problems(arrays["codebook"], kind, config.dim)
+        if entry.codec is not None and not problems:
+            k = codecs.residual_centroids(arrays["codebook"], kind)
+            if entry.codec["centroids"] != k:
+                problems.append(
+                    f"codebook.npy holds {k} centroids, the manifest records "
+                    f"{entry.codec['centroids']}"
+                )
     if "scales" in arrays and arrays["scales"].shape != (entry.num_vectors,):
         problems.append(f"scales.npy has shape {arrays['scales'].shape}")
     if "refine_vectors" in arrays:

@@ -5,6 +5,8 @@ close / open, compaction, ``verify`` and a failed write."""
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -249,3 +251,195 @@ def test_failed_write_of_a_residual_segment_changes_nothing(tmp_path, monkeypatc
     assert not [p for p in (path / "segments").iterdir() if p.name.startswith(".tmp")]
     assert sorted(Index.open(path).doc_ids()) == sorted(live)
     assert verify(path) == []
+
+
+def test_bucket_levels_refine_quantiles_to_a_lower_squared_error() -> None:
+    """Lloyd-Max steps from PLAID's quantile buckets: ordered cutoffs and weights, each cutoff
+    midway between its weights, each weight the mean of its bucket (a fixed point), and a
+    lower squared error than the quantile start on the sample, per dimension."""
+    rng = np.random.default_rng(11)
+    # Residual-like columns: Gaussian, heavy-tailed, skewed.
+    sample = np.stack(
+        [
+            0.1 * rng.standard_normal(20000),
+            0.05 * rng.standard_t(3, 20000),
+            0.1 * (rng.exponential(1.0, 20000) - 1.0),
+        ],
+        axis=1,
+    ).astype(np.float32)
+
+    def squared_error(cutoffs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        buckets = (sample[None, :, :] > cutoffs[:, None, :]).sum(axis=0)
+        decoded = np.take_along_axis(weights, buckets, axis=0)
+        return ((sample - decoded).astype(np.float64) ** 2).mean(axis=0)
+
+    sd = sample.std(axis=0)
+    for nbits in (1, 2, 4):
+        start = codecs.bucket_levels(sample, nbits, iterations=0)
+        cutoffs, weights = codecs.bucket_levels(sample, nbits, iterations=200)
+        levels = 1 << nbits
+        assert cutoffs.shape == (levels - 1, 3) and weights.shape == (levels, 3)
+        np.testing.assert_array_equal(
+            start[0], np.quantile(sample, np.arange(1, levels) / levels, axis=0)
+        )
+        assert (np.diff(weights, axis=0) > 0).all() and (np.diff(cutoffs, axis=0) > 0).all()
+        np.testing.assert_allclose(cutoffs, (weights[:-1] + weights[1:]) / 2, rtol=1e-12)
+        buckets = (sample[None, :, :] > cutoffs[:, None, :]).sum(axis=0)
+        for j in range(3):
+            for b in range(levels):
+                values = sample[buckets[:, j] == b, j].astype(np.float64)
+                np.testing.assert_allclose(weights[b, j], values.mean(), atol=0.005 * sd[j])
+        assert (squared_error(cutoffs, weights) < squared_error(*start)).all()
+
+
+def test_trained_codebook_reconstructs_better_than_plaid_quantiles() -> None:
+    """The trained codec (Lloyd-Max buckets) against the same centroids with PLAID's quantile
+    buckets: a lower mean squared reconstruction error on the vectors encoded."""
+    x = _clustered(12, 6000)
+    codebook = codecs.train(x, "res2")
+    centroids, _, _ = codecs.residual_parts(codebook, 2)
+    codes, _ = codecs.encode(x, "res2", codebook)
+    residuals = x - centroids[codecs.centroid_ids(codes)]
+    plaid = np.concatenate([centroids, *codecs.bucket_levels(residuals, 2, iterations=0)])
+    error = {}
+    for name, book in (("trained", codebook), ("plaid", plaid.astype(np.float16))):
+        c, _ = codecs.encode(x, "res2", book)
+        decoded = codecs.decode(c, None, "res2", DIM, book)
+        error[name] = float(((x - decoded) ** 2).sum(axis=1).mean())
+    assert error["trained"] < 0.95 * error["plaid"]
+
+
+RES4_V0 = Path(__file__).parent / "data" / "res4-index"
+
+
+def test_res4_index_written_before_lloyd_buckets_opens_and_searches_unchanged(tmp_path) -> None:
+    """A committed res4 index, written at commit 201c4cb (quantile buckets, before the Lloyd-Max
+    training): it verifies clean and searches (exactly, every document a candidate) to the ids
+    and scores it gave then. Regenerating it is never the fix for this test failing: a reader
+    decodes with the stored codebook, whatever trained it."""
+    path = tmp_path / "old"
+    shutil.copytree(RES4_V0, path)
+    assert verify(path) == []
+    index = Index.open(path, verify="full")
+    assert [s.dtype for s in index.segments] == ["res4"] and len(list(index.doc_ids())) == 119
+    rng = np.random.default_rng(29)
+    rng.standard_normal((40, 16))  # the generator's draws before the queries, as written
+    lengths = rng.integers(6, 14, 120)
+    rng.integers(0, 40, lengths.sum())
+    rng.standard_normal((lengths.sum(), 16))
+    queries = [rng.standard_normal((3, 16)).astype(np.float32) for _ in range(3)]
+    result = Retriever(index).search_embeddings(queries, k=5, candidates=119)
+    assert [list(r) for r in result.doc_ids] == [
+        ["d65", "d50", "d62", "d25", "d98"],
+        ["d16", "d83", "d17", "d47", "d117"],
+        ["d64", "d102", "d116", "d40", "d18"],
+    ]
+    np.testing.assert_allclose(
+        result.scores,
+        [
+            [
+                23.75265121459961,
+                23.329166412353516,
+                22.386157989501953,
+                22.264814376831055,
+                22.19815444946289,
+            ],
+            [
+                31.93964958190918,
+                31.098142623901367,
+                30.95388412475586,
+                30.54521369934082,
+                29.437734603881836,
+            ],
+            [
+                29.25543212890625,
+                29.171951293945312,
+                28.172821044921875,
+                28.04357147216797,
+                27.89093589782715,
+            ],
+        ],
+        rtol=1e-6,
+    )
+    assert [list(r) for r in result.doc_ids] == _brute_force_over_decoded(index, queries, 5)
+
+
+def test_manifest_records_the_codebook_training(tmp_path) -> None:
+    """Each residual segment's manifest entry records its centroid count (by corpus size,
+    ``num_centroids``) and how it was trained; a count that disagrees with codebook.npy is
+    refused on open and reported by ``verify``; the float16 segment records none."""
+    path = tmp_path / "idx"
+    _build(path, "res4")
+    manifest, entry, seg_dir = _residual_segment(path)
+    codec = entry["codec"]
+    k = np.load(seg_dir / "codebook.npy").shape[0] - 31
+    assert codec == {
+        "centroids": k,
+        "trained_on": entry["num_vectors"],
+        "kmeans_iterations": codecs.RESIDUAL_NITER,
+        "buckets": "quantile+lloyd-max",
+        "bucket_iterations": codecs.LLOYD_ITERATIONS,
+    }
+    assert k == codecs.num_centroids(entry["num_vectors"], entry["num_vectors"])
+    assert all("codec" not in s for s in manifest["segments"] if s.get("dtype") == "float16")
+    codec["centroids"] = k + 1
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    message = f"codebook.npy holds {k} centroids, the manifest records {k + 1}"
+    with pytest.raises(IndexCorruptError, match=message):
+        Index.open(path)
+    problems = verify(path)
+    assert len(problems) == 1 and message in problems[0]
+    codec["centroids"] = "many"
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexCorruptError, match=r"field 'segments.*codec.centroids'"):
+        Index.open(path)
+
+
+@pytest.mark.parametrize("dtype", RESIDUAL)
+def test_decode_into_a_buffer_equals_decode_to_a_new_array(dtype) -> None:
+    """``residual_decode`` into float32 and float16 buffers (rows of a larger one, as the
+    retriever reads pages), with and without a prebuilt table, gives exactly the float32
+    decoding (rounded once to float16): centroid + bucket weights, per the codebook."""
+    x = _clustered(13, 2000)
+    nbits = codecs.RESIDUAL_BITS[dtype]
+    codebook = codecs.train(x, dtype)
+    codes, _ = codecs.encode(x, dtype, codebook)
+    centroids, _, weights = codecs.residual_parts(codebook, nbits)
+    expected = codecs.residual_decode(codes, codebook, nbits)
+    buckets = np.unpackbits(codes[:, 3:, None], axis=2, bitorder="little")  # (n, d / per, 8)
+    buckets = buckets.reshape(len(x), DIM, nbits)  # per dimension, lowest bit first
+    level = (buckets * (1 << np.arange(nbits))).sum(axis=2)
+    oracle = centroids[codecs.centroid_ids(codes)] + weights[level, np.arange(DIM)]
+    np.testing.assert_array_equal(expected, oracle.astype(np.float32))
+    table = codecs.residual_table(weights, nbits)
+    for out in (np.float32, np.float16):
+        big = np.full((len(x) + 10, DIM), 7, dtype=out)
+        got = codecs.residual_decode(codes, codebook, nbits, out, table=table, into=big[5:-5])
+        assert got.base is big or got.base is big.base
+        np.testing.assert_array_equal(big[5:-5], expected.astype(out))
+        assert (big[:5] == 7).all() and (big[-5:] == 7).all()
+        np.testing.assert_array_equal(
+            codecs.residual_decode(codes, codebook, nbits, out), expected.astype(out)
+        )
+
+
+def test_search_of_a_residual_index_scores_exactly_over_the_decoded_vectors(tmp_path) -> None:
+    """Rescoring a residual index (no float16 fast pass: its codes are decoded either way)
+    gives each query's top k with the exact MaxSim over the decoded vectors, as brute force."""
+    path = tmp_path / "idx"
+    with create(path, IndexConfig(dim=DIM, dtype="res4")) as writer:
+        writer.add([f"d{i}" for i in range(150)], _docs(14, 150))
+        writer.commit()
+    index = Index.open(path)
+    assert [s.dtype for s in index.segments] == ["res4"]
+    queries = _docs(15, 5, 2, 6)
+    result = Retriever(index).search_embeddings(queries, k=4, candidates=150)
+    ids = sorted(index.doc_ids())
+    decoded = [index.get(i).vectors for i in ids]
+    offsets = np.concatenate([[0], np.cumsum([len(v) for v in decoded])])
+    q_off = np.concatenate([[0], np.cumsum([len(q) for q in queries])])
+    brute = maxsim(np.concatenate(queries), q_off, np.concatenate(decoded), offsets)
+    for qi, row in enumerate(result.doc_ids):
+        order = np.lexsort((np.array(ids), -brute[qi]))[:4]
+        assert list(row) == [ids[j] for j in order]
+        np.testing.assert_allclose(result.scores[qi], brute[qi, order], rtol=1e-5, atol=1e-5)
