@@ -557,6 +557,23 @@ class ShardServer:
         return self.retriever.search_embeddings(flat, offsets, **kwargs)
 
 
+def _shard_value(ray: Any, root: Path, label: str, future: Any) -> Any:
+    """The value of a shard actor's call; a dead actor or a failed call names shard ``label``."""
+    try:
+        return ray.get(future)
+    except ray.exceptions.RayActorError as exc:
+        raise ShardUnavailableError(
+            f"{root}: shard {label}'s actor died and was not restarted ({RETRIES} restarts "
+            "allowed); no partial result is returned. Check the worker's memory and logs, then "
+            f"search again ({exc.__class__.__name__})"
+        ) from exc
+    except ray.exceptions.RayTaskError as exc:
+        found = _latemm_error(exc)
+        if found is None:
+            raise
+        raise type(found)(f"shard {label}: {found}") from exc
+
+
 class ShardActors:
     """One ``ShardServer`` actor per shard (restarted up to ``RETRIES`` times when it dies,
     its pending call retried); ``search_embeddings`` scatters a query batch to all of them."""
@@ -578,22 +595,10 @@ class ShardActors:
                 raise IndexCorruptError(f"{error} (shard {shard_name(shard)}'s Ray actor)")
 
     def _gather(self, futures: list[Any]) -> list[Any]:
-        out = []
-        for shard, future in enumerate(futures):
-            try:
-                out.append(self.ray.get(future))
-            except self.ray.exceptions.RayActorError as exc:
-                raise ShardUnavailableError(
-                    f"{self.root}: shard {shard_name(shard)}'s actor died and was not restarted "
-                    f"({RETRIES} restarts allowed); no partial result is returned. Check the "
-                    f"worker's memory and logs, then search again ({exc.__class__.__name__})"
-                ) from exc
-            except self.ray.exceptions.RayTaskError as exc:
-                found = _latemm_error(exc)
-                if found is None:
-                    raise
-                raise type(found)(f"shard {shard_name(shard)}: {found}") from exc
-        return out
+        return [
+            _shard_value(self.ray, self.root, shard_name(shard), future)
+            for shard, future in enumerate(futures)
+        ]
 
     def search_embeddings(self, flat: Any, offsets: Any, **kwargs: Any) -> list[SearchResult]:
         flat_ref, offsets_ref = self.ray.put(flat), self.ray.put(offsets)
@@ -689,19 +694,7 @@ class FieldShardActors:
     def get(self, folder: Path, future: Any) -> Any:
         """The value of an actor's call; a dead actor or a failed call names its shard."""
         label = self.root.name if folder == self.root else folder.name
-        try:
-            return self.ray.get(future)
-        except self.ray.exceptions.RayActorError as exc:
-            raise ShardUnavailableError(
-                f"{self.root}: shard {label}'s actor died and was not restarted ({RETRIES} "
-                "restarts allowed); no partial result is returned. Check the worker's memory "
-                f"and logs, then search again ({exc.__class__.__name__})"
-            ) from exc
-        except self.ray.exceptions.RayTaskError as exc:
-            found = _latemm_error(exc)
-            if found is None:
-                raise
-            raise type(found)(f"shard {label}: {found}") from exc
+        return _shard_value(self.ray, self.root, label, future)
 
     def shared(self, value: Any) -> Any:
         """``value`` as a call's argument: a large array, which the coordinator passes to every

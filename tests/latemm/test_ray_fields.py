@@ -17,7 +17,13 @@ ray = pytest.importorskip("ray")
 import latemm  # noqa: E402
 from latemm.cli import main  # noqa: E402
 from latemm.field_search import FieldRetriever  # noqa: E402
-from tests.latemm.test_field_shards import TEXTS, _queries, pair  # noqa: E402, F401
+from tests.latemm.test_field_shards import (  # noqa: E402, F401 - pair: the collection's fixture
+    TEXTS,
+    _assert_identical,
+    _queries,
+    _search,
+    pair,
+)
 from tests.latemm.test_fields import corpus  # noqa: E402, F401 - pair's fixture
 from tests.latemm.test_ray import cluster  # noqa: E402, F401 - the module's Ray cluster
 from tests.latemm.test_shard_cases import TextLengthJudge  # noqa: E402
@@ -45,25 +51,6 @@ def collection(cluster, pair, tmp_path_factory):  # noqa: F811 - the fixture imp
     return one, sharded, queries
 
 
-def _field_search(path, actors=None, *, where=None, k=10, candidates=None, **options):
-    """``FieldRetriever.search`` of the four query texts and their vectors, in this process
-    (``actors`` None) or with the vector fields' parts served by ``actors``."""
-    retriever = FieldRetriever(path, actors=actors, **options)
-    vectors = {n: v for n, v in _queries().items() if n in retriever.specs}
-    return retriever.search(TEXTS, k=k, candidates=candidates, where=where, query_vectors=vectors)
-
-
-def _assert_identical(got, want) -> None:
-    """The same ids and the same scores, bit for bit (NaN where there is none)."""
-    assert got.doc_ids.tolist() == want.doc_ids.tolist()
-    for a, b in ((got.scores, want.scores), (got.fde_scores, want.fde_scores)):
-        assert np.array_equal(a, b, equal_nan=True)
-    assert np.array_equal(got.maxsim_scores, want.maxsim_scores, equal_nan=True)
-    assert set(got.field_scores) == set(want.field_scores)
-    for name, values in want.field_scores.items():
-        assert np.array_equal(got.field_scores[name], values, equal_nan=True), name
-
-
 @pytest.fixture(scope="module")
 def served(collection):
     """One Ray actor per shard of the collection, shared by the tests that leave it alive."""
@@ -86,8 +73,8 @@ def test_a_fields_collection_on_ray_ranks_exactly_as_in_process(collection, serv
     for where in (None, "year >= 2020", ["year < 2010", None, "year > 3000", page_text]):
         for k, candidates in ((10, None), (2, 36)):
             options = dict(fusion=fusion, fields=["m", "b"], where=where, k=k)
-            want = _field_search(sharded, candidates=candidates, **options)
-            got = _field_search(sharded, lambda _: served, candidates=candidates, **options)
+            want = _search(sharded, candidates=candidates, **options)
+            got = _search(sharded, actors=lambda _: served, candidates=candidates, **options)
             _assert_identical(got, want)  # the unsharded index's too: test_field_shards
     assert len(served.actors) == 3  # one actor per shard, reused by every retriever
 
@@ -99,8 +86,8 @@ def test_reranked_on_the_coordinator_with_ray(collection, served) -> None:
 
     _, sharded, _ = collection
     judge = dict(reranker=TextLengthJudge(), rerank_depth=6, fusion="rrf", k=4)
-    want = _field_search(sharded, **judge)
-    got = _field_search(sharded, lambda _: served, **judge)
+    want = _search(sharded, **judge)
+    got = _search(sharded, actors=lambda _: served, **judge)
     _assert_identical(got, want)
     assert np.array_equal(got.rerank_scores, want.rerank_scores, equal_nan=True)
     assert not np.isnan(got.rerank_scores).all()
@@ -130,8 +117,8 @@ def test_a_fields_collection_on_ray_after_a_delete(collection, tmp_path) -> None
             if state == "delete cut short":
                 (path / DELETING).write_text(json.dumps({"generation": 1, "doc_ids": GONE[2:]}))
             for fusion in ("rrf", "weighted"):
-                want = _field_search(path, fusion=fusion, fields=["m", "b"], k=36)
-                got = _field_search(path, lambda _: served, fusion=fusion, fields=["m", "b"], k=36)
+                want = _search(path, fusion=fusion, fields=["m", "b"], k=36)
+                got = _search(path, actors=lambda _: served, fusion=fusion, fields=["m", "b"], k=36)
                 _assert_identical(got, want)
                 gone = GONE[:2] if state == "deleted" else GONE
                 assert not set(gone) & set(got.doc_ids.ravel())
@@ -217,8 +204,8 @@ def test_api_search_on_ray_and_actors_over_an_unsharded_fields_index(collection,
     served = FieldShardActors(one, address="local")
     try:
         for fusion in ("rrf", "weighted"):
-            want = _field_search(one, fusion=fusion, where="year >= 2010", k=5)
-            got = _field_search(one, lambda _: served, fusion=fusion, where="year >= 2010", k=5)
+            want = _search(one, fusion=fusion, where="year >= 2010", k=5)
+            got = _search(one, actors=lambda _: served, fusion=fusion, where="year >= 2010", k=5)
             _assert_identical(got, want)
         assert list(served.actors) == [one]
     finally:
@@ -234,7 +221,7 @@ def test_a_dead_shard_actor_is_restarted_or_named(collection) -> None:
     _, sharded, _ = collection
     served = FieldShardActors(sharded, address="local")
     try:
-        want = _field_search(sharded, fusion="rrf", fields=["m", "b"])
+        want = _search(sharded, fusion="rrf", fields=["m", "b"])
         retriever = FieldRetriever(
             sharded, actors=lambda _: served, fields=["m", "b"], fusion="rrf"
         )
