@@ -11,9 +11,10 @@ numpy, torch and ``index_store.codecs`` (float16 page magnitudes, read as an ind
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -88,6 +89,13 @@ def maxsim(
     dev = torch.device(device) if device is not None else torch.device("cpu")
     q_offsets = np.asarray(query_offsets, dtype=np.int64)
     d_offsets = np.asarray(doc_offsets, dtype=np.int64)
+    numpy_inputs = not isinstance(query_vectors, torch.Tensor) and not isinstance(
+        doc_vectors, torch.Tensor
+    )
+    if numpy_inputs and _small_on_cpu(dev, q_offsets, d_offsets):
+        assert not isinstance(query_vectors, torch.Tensor)
+        assert not isinstance(doc_vectors, torch.Tensor)
+        return _maxsim_numpy(query_vectors, q_offsets, doc_vectors, d_offsets, float64)
     kind = torch.float64 if float64 else torch.float32
     queries = _tensor(query_vectors).float().to(dev, kind)  # (Nq, d), rounded to float32 first
     q_lengths = torch.from_numpy(np.diff(q_offsets)).to(dev)  # (Q,)
@@ -105,6 +113,56 @@ def maxsim(
         out[:, start:stop] = _segment_sum_columns(best, q_lengths).T.float().cpu().numpy()
         start = stop
     return out
+
+
+# Similarities ((document tokens) x (query tokens)) up to which ``maxsim`` on the CPU runs on
+# this thread alone (one-thread product, numpy reductions): torch's and numpy's BLAS thread
+# teams cost ~1-7 ms a small call on a loaded machine (480 x 384 by 12 x 384 in float64: 7.3 ms
+# on 2 threads, 0.08 ms on one), which dominated the exact pass of short pages (Vaswani: ~10
+# candidates of ~48 tokens per query, 5.7 ms per query).
+_NUMPY_MAX_SIMILARITIES = 1 << 18
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """torch products on this thread alone (its OpenMP setting is per thread), restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _small_on_cpu(dev: torch.device, q_offsets: np.ndarray, d_offsets: np.ndarray) -> bool:
+    """Whether ``maxsim`` of numpy arrays takes the one-thread path: on the CPU, every query
+    and document with a token, and few similarities."""
+    if dev.type != "cpu" or q_offsets.size < 2 or d_offsets.size < 2:
+        return False
+    tokens = int(d_offsets[-1] - d_offsets[0])
+    if tokens * int(q_offsets[-1] - q_offsets[0]) > _NUMPY_MAX_SIMILARITIES:
+        return False
+    return bool((np.diff(q_offsets) > 0).all() and (np.diff(d_offsets) > 0).all())
+
+
+def _maxsim_numpy(
+    query_vectors: np.ndarray,
+    q_offsets: np.ndarray,
+    doc_vectors: np.ndarray,
+    d_offsets: np.ndarray,
+    float64: bool,
+) -> np.ndarray:
+    """``maxsim`` of a small problem on one thread: the same products (queries rounded to
+    float32 first, float64 when asked), maxima per document and sums per query in numpy."""
+    kind = np.float64 if float64 else np.float32
+    used = int(q_offsets[-1] - q_offsets[0])  # as torch's path: rows from 0, by lengths
+    queries = np.asarray(query_vectors[:used], dtype=np.float32).astype(kind, copy=False)
+    docs = np.asarray(doc_vectors[d_offsets[0] : d_offsets[-1]]).astype(kind, copy=False)
+    with _one_thread():
+        sim = torch.mm(_tensor(docs), torch.from_numpy(queries).T).numpy()  # (Nd, Nq)
+    best = np.maximum.reduceat(sim, d_offsets[:-1] - d_offsets[0], axis=0)  # (n, Nq)
+    sums = np.add.reduceat(best, q_offsets[:-1] - q_offsets[0], axis=1)  # (n, Q)
+    return np.ascontiguousarray(sums.T, dtype=np.float32)
 
 
 def maxsim_pairs(
@@ -279,7 +337,11 @@ def _ragged_maxima(
         else:
             tokens = np.repeat(run_starts - local[:-1], lengths[first:stop]) + np.arange(local[-1])
             block = np.asarray(docs[tokens])
-        sim = torch.mm(q16, _tensor(block).T).float().numpy()  # (Nq, tokens), float16 values
+        # A small product runs on this thread alone (_NUMPY_MAX_SIMILARITIES): 12 x 384 by
+        # 10,900 x 384 float16, 1.4 ms on one thread against 3.0 ms on two (loaded machine).
+        alone = q16.shape[0] * block.shape[0] <= _NUMPY_MAX_SIMILARITIES
+        with _one_thread() if alone else contextlib.nullcontext():
+            sim = torch.mm(q16, _tensor(block).T).float().numpy()  # (Nq, tokens), float16 values
         best[first:stop] = np.maximum.reduceat(sim, local[:-1], axis=1).T
         if max_abs is not None:
             got = page_magnitudes(block, local) if page_max is None else page_max[first:stop]

@@ -280,3 +280,26 @@ def test_float16_nan_and_inf_are_found_by_their_bits() -> None:
     assert fde_encode.all_finite(finite.reshape(-1, 2))
     for value in values[~np.isfinite(values)]:  # every inf and NaN bit pattern
         assert not fde_encode.all_finite(np.append(finite[:7], value).reshape(2, 4))
+
+
+@pytest.mark.parametrize("length", [3, 48, 300])
+def test_projected_fdes_agree_whichever_is_summed_first(monkeypatch, length):
+    """Short documents project every token then sum, long ones sum each cell then project
+    (``_SUM_FIRST_TOKENS_PER_CELL``): both orders give the same FDE up to float32 rounding,
+    filled empty partitions included."""
+    config = FDEConfig(
+        dimension=32,
+        num_repetitions=3,
+        num_simhash_projections=4,
+        projection_type="ams_sketch",
+        projection_dimension=8,
+        fill_empty_partitions=True,
+    )
+    rng = np.random.default_rng(length)
+    sets = [rng.standard_normal((length + i, 32)).astype(np.float32) for i in range(5)]
+    got = {}
+    for threshold in (0, 10**9):  # always sum first, never sum first
+        monkeypatch.setattr(fde_encode, "_SUM_FIRST_TOKENS_PER_CELL", threshold)
+        got[threshold] = encode_documents(sets, config)
+    np.testing.assert_allclose(got[0], got[10**9], rtol=1e-5, atol=1e-5)
+    assert np.abs(got[0]).max() > 0

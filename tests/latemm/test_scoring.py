@@ -574,3 +574,35 @@ def test_search_over_long_pages_equals_brute_force_over_the_candidates(
     for q, query in enumerate(queries):
         exact = maxsim(query, np.array([0, len(query)]), d, do, float64=True)[0]
         np.testing.assert_array_equal(got[q], exact[pick])
+
+
+@pytest.mark.parametrize("float64", [False, True])
+def test_small_maxsim_on_one_thread_equals_the_torch_path_and_a_loop(monkeypatch, float64):
+    """Small problems (``_NUMPY_MAX_SIMILARITIES``) are scored on this thread alone: the same
+    scores as the blocked torch path, and as a plain loop over the pairs."""
+    rng = np.random.default_rng(11)
+    q_lengths, d_lengths = [3, 1, 5], [4, 1, 7, 2, 4]
+    queries = rng.standard_normal((sum(q_lengths), 16)).astype(np.float32)
+    docs = rng.standard_normal((sum(d_lengths), 16)).astype(np.float16)
+    qo = np.concatenate([[0], np.cumsum(q_lengths)]).astype(np.int64)
+    do = np.concatenate([[0], np.cumsum(d_lengths)]).astype(np.int64)
+    small = scoring.maxsim(queries, qo, docs, do, float64=float64)
+    monkeypatch.setattr(scoring, "_NUMPY_MAX_SIMILARITIES", 0)
+    blocked = scoring.maxsim(queries, qo, docs, do, float64=float64)
+    np.testing.assert_allclose(small, blocked, rtol=1e-6, atol=1e-6)
+    if float64:
+        np.testing.assert_array_equal(small, blocked)
+    want = [
+        [
+            (
+                queries[qo[i] : qo[i + 1]].astype(np.float64)
+                @ docs[do[j] : do[j + 1]].T.astype(np.float64)
+            )
+            .max(axis=1)
+            .sum()
+            for j in range(len(d_lengths))
+        ]
+        for i in range(len(q_lengths))
+    ]
+    np.testing.assert_allclose(small, want, rtol=1e-5, atol=1e-5)
+    assert small.dtype == np.float32 and small.shape == (3, 5)
