@@ -39,11 +39,11 @@ from latemm.fields import (
     FieldRequest,
     FieldsManifest,
     FieldSpec,
-    encoder_from_spec,
     is_fields_index,
     load_field_encoder,
     read_fields,
     read_journal,
+    recorded_request,
     verify_fields,
 )
 from latemm.sharded import (
@@ -175,7 +175,7 @@ def _requests(
     if fields is None:
         if existing is None or not existing.fields:
             raise InputError(f"{root} has no fields yet; name them with --field NAME=ENCODER")
-        requests = [_recorded(spec) for spec in existing.fields]
+        requests = [recorded_request(spec) for spec in existing.fields]
     elif isinstance(fields, Mapping):
         requests = [
             v if isinstance(v, FieldRequest)
@@ -203,15 +203,6 @@ def _requests(
 def _kind_of(encoder: Any) -> str:
     options = getattr(getattr(encoder, "info", None), "options", None) or {}
     return "single" if options.get("pooling") else "multi"
-
-
-def _recorded(spec: FieldSpec) -> FieldRequest:
-    """A recorded field as a request to add pages to it (its recorded encoder)."""
-    if spec.kind == "bm25":
-        return FieldRequest(spec.name, "bm25", "bm25")
-    if spec.encoder is None:
-        return FieldRequest(spec.name, f"embedding:{spec.options['embedding_column']}", spec.kind)
-    return FieldRequest(spec.name, encoder_from_spec(spec), spec.kind)
 
 
 def _shard_count(root: Path, num_shards: int | None, existing: FieldShards | None) -> int:

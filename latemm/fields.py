@@ -643,7 +643,7 @@ def index_fields(
         if fields is None:
             if not manifest.fields:
                 raise InputError(f"{root} has no fields yet; name them with --field NAME=ENCODER")
-            requests = [_recorded_request(spec) for spec in manifest.fields]
+            requests = [recorded_request(spec) for spec in manifest.fields]
         elif isinstance(fields, Mapping):
             requests = [_as_request(n, v) for n, v in fields.items()]
         else:
@@ -751,7 +751,8 @@ def _check_requests(requests: list[FieldRequest]) -> None:
         seen.add(req.name)
 
 
-def _recorded_request(spec: FieldSpec) -> FieldRequest:
+def recorded_request(spec: FieldSpec) -> FieldRequest:
+    """A recorded field as a request to add pages to it (its recorded encoder)."""
     if spec.kind == "bm25":
         return FieldRequest(spec.name, "bm25", "bm25")
     if spec.encoder is None:
