@@ -90,6 +90,11 @@ def train_codebook(
     edges = np.linspace(0, m, min(m, threads or _threads()) + 1).astype(int) * (fde.shape[1] // m)
 
     def train_block(block: int) -> np.ndarray:
+        # One OpenMP thread per pool thread (the setting is per thread): faiss's k-means over a
+        # few thousand 8-dimensional points is all barriers, and two pool threads running two
+        # OpenMP threads each on 2 cores, beside a build's other work, took 6.8 s where one
+        # each took 0.85 s (the Vaswani build, issue 33).
+        faiss.omp_set_num_threads(1)
         lo, hi = int(edges[block]), int(edges[block + 1])
         pq = faiss.ProductQuantizer(hi - lo, (hi - lo) * m // fde.shape[1], _BITS)
         pq.cp.seed = seed
