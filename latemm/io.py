@@ -120,6 +120,27 @@ def open_dataset(path: str | Path) -> ds.Dataset:
         raise InputError(f"{source} is not a readable Parquet file or directory: {exc}") from exc
 
 
+def scan_batches(
+    dataset: ds.Dataset, *, columns: list[str] | None = None, batch_size: int = 1024
+) -> Iterator[pa.RecordBatch]:
+    """``dataset.to_batches(columns=, batch_size=)``, file by file in the same order. A Parquet
+    file whose columns are the dataset's own is read with ``ParquetFile.iter_batches``: the
+    dataset scanner took 3-8 s where it took 1.4-1.7 s for Vaswani's 11,429 embedded abstracts
+    (one 396 MB row group, batches of 64). Other files (lacking a column the dataset has) and
+    datasets (Arrow files) go through the scanner, which fills missing columns with nulls."""
+    files = getattr(dataset, "files", None)
+    if not files or not isinstance(getattr(dataset, "format", None), ds.ParquetFileFormat):
+        yield from dataset.to_batches(columns=columns, batch_size=batch_size)
+        return
+    for file in files:
+        with pq.ParquetFile(file) as reader:
+            if reader.schema_arrow.equals(dataset.schema, check_metadata=False):
+                yield from reader.iter_batches(batch_size=batch_size, columns=columns)
+                continue
+        one = ds.dataset(file, schema=dataset.schema, format=dataset.format)
+        yield from one.to_batches(columns=columns, batch_size=batch_size)
+
+
 def count_rows(path: str | Path) -> int:
     return int(open_dataset(path).count_rows())
 
@@ -182,7 +203,7 @@ def read_batches(
     row = 0
     dim = None  # the vectors' dimension so far: a batch's odd row is the one blamed
     read = [n for n in names if n not in exclude] if exclude else None
-    for record_batch in dataset.to_batches(columns=read, batch_size=batch_size):
+    for record_batch in scan_batches(dataset, columns=read, batch_size=batch_size):
         start = row
         row += record_batch.num_rows
         if row <= skip_rows:
