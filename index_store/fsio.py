@@ -83,6 +83,13 @@ def find_links(root: str | Path) -> list[str]:
         folder = stack.pop()
         try:
             entries = list(os.scandir(folder))
+        except FileNotFoundError as exc:
+            # A folder gone since its parent was listed: a writer renamed its temporary
+            # segment into place or collected an old one while a reader opened the index.
+            if folder != Path(root):
+                continue
+            problems.append(f"{folder}: cannot be listed ({exc.strerror or exc})")
+            continue
         except OSError as exc:
             problems.append(f"{folder}: cannot be listed ({exc.strerror or exc})")
             continue
