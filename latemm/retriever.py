@@ -16,7 +16,9 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -24,8 +26,10 @@ from typing import Any, TypeAlias
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from fde import FDEInputError, as_flat, encode_queries
+from fde.encode import cpu_threads
 from index_store import Index
 from index_store.codecs import is_residual
 from index_store.errors import InputError
@@ -493,18 +497,32 @@ def _exact_scores(
         span = slice(start, stop)
         vectors, set_offsets = _read_pages(index, segs[span], rows[span], tokens[span], np.float32)
         at = np.where((position >= start) & (position < stop), position - start, -1)
-        for q in np.flatnonzero((at >= 0).any(axis=1)).tolist():
+
+        def one_query(
+            q: int,
+            at: np.ndarray = at,
+            size: int = stop - start,
+            vectors: np.ndarray = vectors,
+            set_offsets: np.ndarray = set_offsets,
+        ) -> None:
             cols = np.flatnonzero(at[q] >= 0)
             picks = at[q, cols]
             query = flat[offsets[q] : offsets[q + 1]]
-            if picks.size == stop - start and np.array_equal(np.sort(picks), np.arange(picks.size)):
+            if picks.size == size and np.array_equal(np.sort(picks), np.arange(picks.size)):
                 # The query's candidates are the whole chunk: no copy, scores put in its order.
                 out[q, cols] = maxsim_pairs(
                     query, vectors, set_offsets, device=device, float64=True
                 )[picks]
-                continue
+                return
             docs, doc_offsets = take_sets(vectors, set_offsets, picks)
             out[q, cols] = maxsim_pairs(query, docs, doc_offsets, device=device, float64=True)
+
+        queries = np.flatnonzero((at >= 0).any(axis=1)).tolist()
+        if _on_cpu(device):
+            _each_query(one_query, queries)
+        else:
+            for q in queries:
+                one_query(q)
 
 
 def _long_half_pages(
@@ -652,7 +670,8 @@ def _fast_scores(
                 index, flat, offsets, segs, rows, position, kind, scores, bounds, with_bounds
             )
             continue
-        for q in np.flatnonzero(mine.any(axis=1)).tolist():
+
+        def one_query(q: int, kind: str = kind, mine: np.ndarray = mine) -> None:
             one = Candidates(
                 cands.segments[q : q + 1], cands.rows[q : q + 1], cands.scores[q : q + 1]
             )
@@ -671,7 +690,34 @@ def _fast_scores(
                 bounds[at],
                 with_bounds,
             )
+
+        _each_query(one_query, np.flatnonzero(mine.any(axis=1)).tolist())
     return scores, bounds
+
+
+def _each_query(work: Callable[[int], None], queries: list[int]) -> None:
+    """``work(q)`` for each query, on one worker thread per core when there are several (each
+    running torch on one thread; the pages' copies, products and maxima release the GIL): the
+    fast pass of one query over its own short pages is a copy and a few products too small to
+    keep two cores busy, so two queries at once use both (Vaswani, batches of 64 queries)."""
+    workers = min(len(queries), cpu_threads(1))
+    if workers <= 1:
+        for q in queries:
+            work(q)
+        return
+
+    def task(q: int) -> None:
+        torch.set_num_threads(1)  # this pool thread's setting only (OpenMP's is per thread)
+        work(q)
+
+    list(_query_workers(workers).map(task, queries))  # re-raises a worker's error
+
+
+@functools.cache
+def _query_workers(n: int) -> ThreadPoolExecutor:
+    """A pool of ``n`` threads for ``_each_query``, started on first use and kept (apart from
+    ``latemm.scoring``'s pool, which a query's own pass may use)."""
+    return ThreadPoolExecutor(max_workers=n, thread_name_prefix="latemm-query")
 
 
 def _chunked_pass(
