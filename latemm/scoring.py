@@ -92,7 +92,7 @@ def maxsim(
     numpy_inputs = not isinstance(query_vectors, torch.Tensor) and not isinstance(
         doc_vectors, torch.Tensor
     )
-    if numpy_inputs and _small_on_cpu(dev, q_offsets, d_offsets):
+    if numpy_inputs and _small_on_cpu(dev, q_offsets, d_offsets, int(doc_vectors.shape[-1])):
         assert not isinstance(query_vectors, torch.Tensor)
         assert not isinstance(doc_vectors, torch.Tensor)
         return _maxsim_numpy(query_vectors, q_offsets, doc_vectors, d_offsets, float64)
@@ -121,6 +121,10 @@ def maxsim(
 # on 2 threads, 0.08 ms on one), which dominated the exact pass of short pages (Vaswani: ~10
 # candidates of ~48 tokens per query, 5.7 ms per query).
 _NUMPY_MAX_SIMILARITIES = 1 << 18
+# and multiply-adds (similarities x dimension) up to which it does: above it, two threads pay
+# on an idle machine (ColPali-shaped survivors, 10 pages of 1,030 x 128 by 24 query tokens in
+# float64, 31.6M: 1.1-1.2 ms on 2 threads against 1.8-1.9 ms on one; Vaswani's 2.2M stay).
+_NUMPY_MAX_MULTIPLY_ADDS = 1 << 23
 
 
 @contextlib.contextmanager
@@ -134,13 +138,15 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _small_on_cpu(dev: torch.device, q_offsets: np.ndarray, d_offsets: np.ndarray) -> bool:
+def _small_on_cpu(
+    dev: torch.device, q_offsets: np.ndarray, d_offsets: np.ndarray, dim: int
+) -> bool:
     """Whether ``maxsim`` of numpy arrays takes the one-thread path: on the CPU, every query
-    and document with a token, and few similarities."""
+    and document with a token, few similarities and few multiply-adds."""
     if dev.type != "cpu" or q_offsets.size < 2 or d_offsets.size < 2:
         return False
-    tokens = int(d_offsets[-1] - d_offsets[0])
-    if tokens * int(q_offsets[-1] - q_offsets[0]) > _NUMPY_MAX_SIMILARITIES:
+    similarities = int(d_offsets[-1] - d_offsets[0]) * int(q_offsets[-1] - q_offsets[0])
+    if similarities > _NUMPY_MAX_SIMILARITIES or similarities * dim > _NUMPY_MAX_MULTIPLY_ADDS:
         return False
     return bool((np.diff(q_offsets) > 0).all() and (np.diff(d_offsets) > 0).all())
 
