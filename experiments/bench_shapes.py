@@ -572,11 +572,12 @@ def render_section(r: dict[str, Any], sources: Any) -> str:
         "`experiments/bench_shapes.py`: Vaswani's real MiniLM token vectors through the CLI "
         "(whole process: `latemm index`, then `latemm search` of 465 queries), synthetic long "
         "text pages and ColPali-shaped pages through the Python API (one query per call). "
-        "Recall@10 is against exact MaxSim top-10 over the same stored vectors, and the speedup "
-        "against brute force (one float32 product per block of pages for all queries) is per "
-        "query, both from the same run; with `--against` the other commit ran alternately with "
-        "this one. Medians over rounds; absolute times on a loaded machine are noise, read the "
-        "ratios.",
+        "Recall@10 is against exact MaxSim top-10 over the same stored vectors, and the speedups "
+        "are per query against three brute forces timed in the same run: all queries at once "
+        "(one float32 torch product per block of pages), one query at a time with the same "
+        "products, and one query at a time with numpy (issue 33's measure); with `--against` "
+        "the other commit ran alternately with this one. Medians over rounds; absolute times "
+        "on a loaded machine are noise, read the ratios.",
     ]
     named = sorted(RESULTS.glob("bench_shapes_*.json"))
     for record in [r] + [json.loads(p.read_text(encoding="utf-8")) for p in named]:
@@ -633,13 +634,29 @@ def _shape_blocks(r: dict[str, Any]) -> list[str]:
         ]
         lines.append(render.table(header, rows))
         by = block["runs"]["head"][0].get("by_candidates")
-        if by:
+        if by and len(block["runs"]) == 1:
             lines += [
                 "",
                 render.table(
                     ["candidates", "first pass p50 ms", "warm p50 ms", "recall@10"],
                     [
                         [int(c), v["first_pass_p50_ms"], v["p50_ms"], v["recall@10"]]
+                        for c, v in by.items()
+                    ],
+                ),
+            ]
+        elif by:  # an A/B: each checkout's warm p50 per count, median over its rounds
+            tags = list(block["runs"])
+            lines += [
+                "",
+                render.table(
+                    ["candidates", "recall@10"] + [f"warm p50 ms {names[t]}" for t in tags],
+                    [
+                        [int(c), v["recall@10"]]
+                        + [
+                            float(np.median([run["by_candidates"][c]["p50_ms"] for run in runs]))
+                            for runs in block["runs"].values()
+                        ]
                         for c, v in by.items()
                     ],
                 ),
