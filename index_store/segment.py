@@ -402,7 +402,7 @@ class Segment:
 
     def metadata(self, columns: list[str] | None = None) -> pa.Table:
         try:
-            return self._meta.read(columns=columns)
+            return self._meta.read(columns=columns, use_threads=False)
         except (OSError, pa.ArrowException) as exc:
             raise IndexCorruptError(f"cannot read {self.path / 'meta.parquet'}: {exc}") from exc
 
@@ -547,8 +547,11 @@ def _load_arrays(path: Path, entry: SegmentEntry, config: IndexConfig) -> dict[s
 
 def _open_meta(path: Path, num_docs: int) -> tuple[pq.ParquetFile, np.ndarray]:
     try:
-        meta = pq.ParquetFile(pa.memory_map(str(path)))
-        ids = meta.read(columns=["doc_id"]).column("doc_id")
+        # Read on this thread (no pre-buffering, no thread pool): a threaded read left tasks of
+        # arrow's pools holding the memory map for a moment after it returned, so a failed
+        # step could still map a file it had deleted (test_full_disk, ~1 run in 4).
+        meta = pq.ParquetFile(pa.memory_map(str(path)), pre_buffer=False)
+        ids = meta.read(columns=["doc_id"], use_threads=False).column("doc_id")
     except (OSError, KeyError, pa.ArrowException) as exc:
         raise IndexCorruptError(f"cannot read {path}: {exc}") from exc
     if len(ids) != num_docs or not pa.types.is_string(ids.type) or ids.null_count:

@@ -14,6 +14,7 @@ BM25 build folder (in
 
 from __future__ import annotations
 
+import gc
 import re
 import shutil
 from pathlib import Path
@@ -113,3 +114,32 @@ def _run(kind: str, step: str, disk: Path, tmp_path: Path, free: int, capsys) ->
 def test_a_full_disk_is_a_storage_error_naming_the_file(disk, tmp_path, kind, step, capsys):
     errors = [_run(kind, step, disk, tmp_path, free, capsys) for free in FREE]
     assert any("no space left on device" in e for e in errors), errors  # the disk did fill
+
+
+def test_a_failed_delete_maps_no_index_file_at_any_fill_level(disk, tmp_path, capsys):
+    """A full disk hit at every point of a fields delete (1 KiB apart): when ``main`` returns,
+    no file of the index is mapped any more, without waiting for the garbage collector (it is
+    off) or for arrow's threads (a threaded read of a segment's meta.parquet kept it mapped
+    for a moment after returning in ~1 run of 2)."""
+    first = _corpus(tmp_path / "first.parquet", 40)
+    held, failed = [], 0
+    for free in range(0, 40 * 1024, 1024):
+        idx = disk / f"idx-{free}"
+        assert main(["index", str(first), "--index", str(idx), "--quiet", *KINDS["fields"]]) == 0
+        gc.collect()
+        gc.disable()
+        try:
+            filler = fill_disk(disk, free)
+            try:
+                code = main(["delete", str(idx), "--ids", "d00001", "d00002"])
+            finally:
+                filler.unlink()
+            failed += code == 2
+            if _mapped(idx):
+                held.append((free, capsys.readouterr().err, _mapped(idx)))
+        finally:
+            gc.enable()
+        capsys.readouterr()
+        shutil.rmtree(idx)
+    assert failed >= 5, "the disk never filled: the test tested nothing"
+    assert held == []
