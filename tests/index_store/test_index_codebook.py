@@ -337,3 +337,21 @@ def test_index_written_with_per_segment_codebooks_opens_and_searches_unchanged(t
     assert manifest["format_version"] == 3 and "vectors_codebook" not in manifest
     assert len(_own_codebooks(path)) == 3 and _codebook_files(path) == []
     assert verify(path) == []
+
+
+def test_documents_deleted_in_the_training_commit_are_not_rewritten(
+    tmp_path, low_threshold
+) -> None:
+    path = tmp_path / "idx"
+    with create(path, _config()) as writer:
+        for c in range(3):
+            writer.add([f"a{c}-{i}" for i in range(20)], _docs(c, 20))
+            writer.commit()
+        writer.delete(["a0-1", "a2-19"])
+        writer.add([f"b{i}" for i in range(150)], _docs(30, 150))
+        writer.commit()
+        assert [s.dtype for s in writer.index.segments] == ["res4"]
+        assert writer.index.manifest.vectors_codebook is not None
+    index = Index.open(path)
+    assert len(index) == 208 and "a0-1" not in index and "a2-19" not in index
+    assert not index.segments[0].deleted.any() and verify(path) == []
