@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fde import FDEConfig
-from index_store.codecs import DTYPES, check_dim
+from index_store.codecs import DTYPES, check_dim, is_residual
 from index_store.errors import FDEInputError, InputError
 
 # Storage of the optional refine copy (``IndexConfig.refine``), and the compact codes it may
@@ -17,6 +17,8 @@ REFINED_DTYPES = ("binary", "pq1", "pq2")
 # 32 keeps recall@10 at 0.99 on 3,000 ColPali-shaped pages, but 100k pages need 128 at C=384
 # (0.99; 64 gives 0.925): experiments/RESULTS.md section 5c.
 DEFAULT_REFINE_DEPTH = 128
+# Where a residual codec's codebook lives (``IndexConfig.residual_codebook``).
+RESIDUAL_CODEBOOKS = ("segment", "index")
 
 FACTORY_FORMS = (
     "Flat; HNSW<M> (M >= 2), optionally followed by ,Flat ,SQ8 ,SQ4 ,SQfp16 or ,PQ<m>; "
@@ -139,6 +141,13 @@ class IndexConfig:
     refine_depth
         How many of each query's best candidates on the compact codes are rescored from the
         refine copy (at least the search's k).
+    residual_codebook
+        For a residual ``dtype`` (``res1`` / ``res2`` / ``res4``): ``segment`` (default, and
+        every index written before the choice existed) trains a codebook per segment and
+        stores it in the segment; ``index`` trains one codebook for the whole index
+        (``vectors-codebook-g<gen>.npy``, see ``index_store.store``) once the index holds
+        enough vectors, stores the segments written before it in float16 and rewrites them
+        under it, and codes every later segment with it (what ``latemm index`` creates).
     """
 
     dim: int
@@ -149,6 +158,7 @@ class IndexConfig:
     single_vector: bool = False
     refine: str | None = None
     refine_depth: int = DEFAULT_REFINE_DEPTH
+    residual_codebook: str = "segment"
 
     def __post_init__(self) -> None:
         if not isinstance(self.single_vector, bool):
@@ -161,6 +171,16 @@ class IndexConfig:
             raise InputError(f"IndexConfig.dtype must be one of {DTYPES}, got {self.dtype!r}")
         check_dim(self.dtype, self.dim)
         self._check_refine()
+        if self.residual_codebook not in RESIDUAL_CODEBOOKS:
+            raise InputError(
+                f"IndexConfig.residual_codebook must be one of {RESIDUAL_CODEBOOKS}, got "
+                f"{self.residual_codebook!r}"
+            )
+        if self.residual_codebook == "index" and not is_residual(self.dtype):
+            raise InputError(
+                f"IndexConfig.residual_codebook='index' shares one residual codebook, but this "
+                f"index stores {self.dtype}; use it with dtype res1, res2 or res4, or leave it out"
+            )
         if self.fde is None:
             object.__setattr__(self, "fde", default_fde_config(self.dim))
         assert self.fde is not None
@@ -216,6 +236,8 @@ class IndexConfig:
         if self.refine is not None:  # likewise
             out["refine"] = self.refine
             out["refine_depth"] = self.refine_depth
+        if self.residual_codebook != "segment":  # likewise
+            out["residual_codebook"] = self.residual_codebook
         return out
 
     @classmethod
@@ -242,16 +264,25 @@ class IndexConfig:
             single_vector=payload.get("single_vector", False),
             refine=payload.get("refine"),
             refine_depth=payload.get("refine_depth", DEFAULT_REFINE_DEPTH),
+            residual_codebook=payload.get("residual_codebook", "segment"),
         )
 
     def differences(self, other: IndexConfig) -> list[str]:
         """``"field: recorded X, requested Y"`` for each setting ``other`` changes."""
         mine, theirs = self.to_dict(), other.to_dict()
         # Keys to_dict leaves out at their defaults.
-        absent = {"single_vector": False, "refine": None}
+        absent = {"single_vector": False, "refine": None, "residual_codebook": "segment"}
         return [
             f"{key}: recorded {mine.get(key, absent.get(key))!r}, "
             f"requested {theirs.get(key, absent.get(key))!r}"
-            for key in ("dim", "dtype", "faiss_factory", "fde", "single_vector", "refine")
+            for key in (
+                "dim",
+                "dtype",
+                "faiss_factory",
+                "fde",
+                "single_vector",
+                "refine",
+                "residual_codebook",
+            )
             if mine.get(key, absent.get(key)) != theirs.get(key, absent.get(key))
         ]

@@ -2,8 +2,8 @@
 collection of files the index wrote that no manifest references.
 
 Only names the index itself writes are ever removed (``seg-g<gen>`` segment directories,
-``deleted-g<gen>.npy`` bitmaps, ``rejects-g<gen>.parquet`` files, ``fde-pq-g<gen>.faiss``
-codebooks no manifest lists, and their ``.NAME.tmp-PID`` temporaries): a user's file in the
+``deleted-g<gen>.npy`` bitmaps, ``rejects-g<gen>.parquet`` files, ``fde-pq-g<gen>.faiss`` and
+``vectors-codebook-g<gen>.npy`` codebooks no manifest lists, and their ``.NAME.tmp-PID`` temporaries): a user's file in the
 folder is never touched.
 """
 
@@ -24,8 +24,16 @@ from index_store.manifest import (
     REJECTS_PATTERN,
     SEGMENT_PATTERN,
     SEGMENT_TMP_PATTERN,
+    VECTORS_CODEBOOK_PATTERN,
     Manifest,
 )
+
+# Files at the index root that the index writes (removed when no manifest lists them).
+_ROOT_PATTERNS = (REJECTS_PATTERN, CODEBOOK_PATTERN, VECTORS_CODEBOOK_PATTERN)
+
+
+def _root_file(name: str) -> bool:
+    return any(p.fullmatch(name) for p in _ROOT_PATTERNS)
 
 
 def acquire_lock(path: Path) -> IO[str]:
@@ -63,12 +71,7 @@ def _owned_by_index(child: Path) -> bool:
             SEGMENT_PATTERN.fullmatch(c.name) or SEGMENT_TMP_PATTERN.fullmatch(c.name)
             for c in child.iterdir()
         )
-    return (
-        name == "LOCK"
-        or bool(REJECTS_PATTERN.fullmatch(name))
-        or bool(CODEBOOK_PATTERN.fullmatch(name))
-        or bool(TMP_PATTERN.fullmatch(name))
-    )
+    return name == "LOCK" or _root_file(name) or bool(TMP_PATTERN.fullmatch(name))
 
 
 def prepare_folder(path: Path) -> None:
@@ -110,24 +113,11 @@ def collect_garbage(path: Path, manifest: Manifest) -> None:
             tmp = TMP_PATTERN.fullmatch(f.name)
             if f.name not in keep and DELETED_PATTERN.fullmatch(tmp[1] if tmp else f.name):
                 f.unlink(missing_ok=True)
-    kept = {
-        e.file
-        for e in (manifest.rejects.file if manifest.rejects else None, manifest.codebook)
-        if e is not None
-    }
+    kept = {e.file for d, e in manifest.files() if d == ""}
     for f in path.iterdir():
         tmp = TMP_PATTERN.fullmatch(f.name)
-        ours = (REJECTS_PATTERN.fullmatch(f.name) or CODEBOOK_PATTERN.fullmatch(f.name)) and (
-            f.name not in kept
-        )
-        if ours or (
-            tmp
-            and (
-                tmp[1] == MANIFEST
-                or REJECTS_PATTERN.fullmatch(tmp[1])
-                or CODEBOOK_PATTERN.fullmatch(tmp[1])
-            )
-        ):
+        ours = _root_file(f.name) and f.name not in kept
+        if ours or (tmp and (tmp[1] == MANIFEST or _root_file(tmp[1]))):
             f.unlink(missing_ok=True)
     if seg_root.is_dir():
         fsync_dir(seg_root)

@@ -23,6 +23,13 @@ Format version 2 adds the global first stage (``index_store.first_stage``): an o
 and segments whose files hold ``fde-codes.npy`` (codes under that codebook) instead of
 ``fde.faiss``. An index is written as version 2 from the commit that adds its codebook, as
 version 1 otherwise, so that indexes without one stay readable by older latemm.
+
+Format version 5 adds one residual codebook per index (``IndexConfig.residual_codebook ==
+"index"``, which only version 5 has): an optional ``"vectors_codebook": {"file":
+"vectors-codebook-g000006.npy", "size": B, "sha256": H, "codec": codecs.residual_training(...)}``
+at the top level; residual segments written after it hold no ``codebook.npy`` and are decoded
+with it, the float16 segments written before it are rewritten under it. An older latemm refuses
+such an index by its version instead of misreading it; per-segment indexes stay as they were.
 """
 
 from __future__ import annotations
@@ -46,13 +53,15 @@ PAGE_MAX_FILE = "page-max.npy"
 REFINE_FORMAT_VERSION = 4  # segments store a refine copy of compact codes (IndexConfig.refine)
 REFINE_FILE = "refine-vectors.npy"
 REFINE_SCALES_FILE = "refine-scales.npy"
-READABLE_VERSIONS = (1, 2, 3, 4)
+VECTORS_CODEBOOK_FORMAT_VERSION = 5  # one residual codebook for the index's segments
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 MANIFEST = "manifest.json"
 SEGMENT_PATTERN = re.compile(r"seg-g\d{6,}")
 SEGMENT_TMP_PATTERN = re.compile(r"\.tmp-seg-g\d{6,}-\d+")
 DELETED_PATTERN = re.compile(r"deleted-g\d{6,}\.npy")
 REJECTS_PATTERN = re.compile(r"rejects-g\d{6,}\.parquet")
 CODEBOOK_PATTERN = re.compile(r"fde-pq-g\d{6,}\.faiss")
+VECTORS_CODEBOOK_PATTERN = re.compile(r"vectors-codebook-g\d{6,}\.npy")
 SEGMENT_FILES = (
     "codebook.npy",
     "fde.faiss",
@@ -224,7 +233,10 @@ class SegmentEntry:
         first = "fde-codes.npy" if "fde-codes.npy" in have else "fde.faiss"
         needed = {first, "meta.parquet", "offsets.npy", "vectors.npy"}
         needed |= {"scales.npy"} if kind == "int8" or is_residual(kind) else set()
-        needed |= {"codebook.npy"} if is_trained(kind) else set()
+        # A residual segment written under the index's codebook has none of its own
+        # (``Manifest.vectors_codebook``; checked there).
+        own = not is_residual(kind) or "codebook.npy" in have
+        needed |= {"codebook.npy"} if is_trained(kind) and own else set()
         # A float16 segment stores its page magnitudes since format version 3.
         needed |= {PAGE_MAX_FILE} if kind == "float16" and PAGE_MAX_FILE in have else set()
         # Compact codes carry the index's refine copy (a float16 segment needs none).
@@ -244,15 +256,43 @@ class SegmentEntry:
         num_vectors = r.count("num_vectors")
         codec = r.get("codec", dict, optional=True)
         if codec is not None:
-            if not is_residual(kind):
-                raise r.error(f"a {kind} segment records no codec training", "codec")
-            c = r.sub("codec", codec)
-            for key in RESIDUAL_TRAINING_COUNTS:
-                c.count(key)
-            if c.count("centroids") < 1:
-                raise c.error("expected at least 1 centroid", "centroids")
-            c.get("buckets", str)
+            if not is_residual(kind) or "codebook.npy" not in have:
+                raise r.error(f"a {kind} segment without codebook.npy records no training", "codec")
+            codec = _check_codec(r, codec)
         return cls(name, num_docs, num_vectors, tuple(files), deleted, num_deleted, stored, codec)
+
+
+def vectors_codebook_name(generation: int) -> str:
+    """The file name of a residual index codebook first committed at ``generation``."""
+    return f"vectors-codebook-g{generation:06d}.npy"
+
+
+def _check_codec(r: _Reader, codec: Any) -> dict[str, Any]:
+    """A residual codebook's training record (``codecs.residual_training``), checked."""
+    c = r.sub("codec", codec)
+    for key in RESIDUAL_TRAINING_COUNTS:
+        c.count(key)
+    if c.count("centroids") < 1:
+        raise c.error("expected at least 1 centroid", "centroids")
+    c.get("buckets", str)
+    return dict(codec)
+
+
+@dataclass(frozen=True)
+class VectorsCodebookEntry:
+    """The index's residual codebook (``vectors-codebook-g<gen>.npy`` at the index root, the
+    layout of ``codecs.train_residual``) and how it was trained (``codecs.residual_training``)."""
+
+    file: FileEntry
+    codec: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.file.to_dict(), "codec": dict(self.codec)}
+
+    @classmethod
+    def from_reader(cls, r: _Reader) -> VectorsCodebookEntry:
+        entry = FileEntry.from_reader(r, r.name("file", VECTORS_CODEBOOK_PATTERN))
+        return cls(entry, _check_codec(r, r.get("codec", dict)))
 
 
 @dataclass(frozen=True)
@@ -292,6 +332,36 @@ def _codebook(
     return codebook
 
 
+def _vectors_codebook(
+    r: _Reader, config: IndexConfig, segments: tuple[SegmentEntry, ...], version: int
+) -> VectorsCodebookEntry | None:
+    """The ``vectors_codebook`` entry, consistent with the version, the config and segments."""
+    raw = r.get("vectors_codebook", dict, optional=True)
+    entry = None
+    if raw is not None:
+        if version < VECTORS_CODEBOOK_FORMAT_VERSION:
+            raise r.error(f"format version {version} has no vectors_codebook", "vectors_codebook")
+        if config.residual_codebook != "index":
+            raise r.error(
+                f"an index codebook in a {config.dtype} index with residual_codebook "
+                f"{config.residual_codebook!r}, which has none",
+                "vectors_codebook",
+            )
+        entry = VectorsCodebookEntry.from_reader(r.sub("vectors_codebook", raw))
+    shared = [
+        e.name
+        for e in segments
+        if is_residual(e.storage_dtype(config.dtype)) and e.file("codebook.npy") is None
+    ]
+    if shared and entry is None:
+        raise r.error(
+            f"segment {shared[0]} holds residual codes without codebook.npy but there is no "
+            "index codebook",
+            "vectors_codebook",
+        )
+    return entry
+
+
 @dataclass(frozen=True)
 class Manifest:
     """A committed state of an index (``manifest.json``)."""
@@ -301,6 +371,7 @@ class Manifest:
     segments: tuple[SegmentEntry, ...] = ()
     rejects: RejectsEntry | None = None
     codebook: FileEntry | None = None  # the global first stage's (index_store.first_stage)
+    vectors_codebook: VectorsCodebookEntry | None = None  # a residual index's (codecs)
     created: str = ""
     updated: str | None = None
     format_version: int = FORMAT_VERSION
@@ -318,6 +389,7 @@ class Manifest:
         """(directory relative to the index root, entry) of every file the manifest lists."""
         out = [(f"segments/{e.name}", f) for e in self.segments for f in e.all_files()]
         out += [("", self.codebook)] if self.codebook else []
+        out += [("", self.vectors_codebook.file)] if self.vectors_codebook else []
         return out + ([("", self.rejects.file)] if self.rejects else [])
 
     @property
@@ -330,6 +402,8 @@ class Manifest:
             needs = PAGE_MAX_FORMAT_VERSION
         if self.config.refine is not None:
             needs = REFINE_FORMAT_VERSION
+        if self.vectors_codebook is not None or self.config.residual_codebook == "index":
+            needs = VECTORS_CODEBOOK_FORMAT_VERSION
         return max(self.format_version, needs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -346,6 +420,8 @@ class Manifest:
             payload["updated"] = self.updated
         if self.codebook is not None:  # absent otherwise: version 1 manifests stay as they were
             payload["fde_codebook"] = self.codebook.to_dict()
+        if self.vectors_codebook is not None:  # absent otherwise (version 5 only with it)
+            payload["vectors_codebook"] = self.vectors_codebook.to_dict()
         return payload
 
     @classmethod
@@ -377,6 +453,11 @@ class Manifest:
                 f"a segment lists {PAGE_MAX_FILE}, which format version {version} does not have",
                 "segments",
             )
+        if version < VECTORS_CODEBOOK_FORMAT_VERSION and config.residual_codebook != "segment":
+            raise r.error(
+                f"the config sets residual_codebook, which format version {version} does not have",
+                "config",
+            )
         if version < REFINE_FORMAT_VERSION and config.refine is not None:
             raise r.error(
                 f"the config sets refine, which format version {version} does not have", "config"
@@ -384,6 +465,7 @@ class Manifest:
         raw_rejects = r.get("rejects", dict, optional=True)
         r.get("counts", dict, optional=True)
         codebook = _codebook(r, config, entries)
+        vectors_codebook = _vectors_codebook(r, config, entries, int(version))
         return cls(
             config=config,
             generation=r.count("generation"),
@@ -392,6 +474,7 @@ class Manifest:
             if raw_rejects
             else None,
             codebook=codebook,
+            vectors_codebook=vectors_codebook,
             created=r.get("created", str, optional=True) or "",
             updated=r.get("updated", str, optional=True),
             format_version=int(version),
@@ -400,6 +483,10 @@ class Manifest:
     def with_codebook(self, codebook: FileEntry | None) -> Manifest:
         """This manifest with ``codebook`` (written as version 2 at least: ``written_version``)."""
         return self if codebook is None else replace(self, codebook=codebook)
+
+    def with_vectors_codebook(self, entry: VectorsCodebookEntry | None) -> Manifest:
+        """This manifest with the residual codebook ``entry`` (written as version 5)."""
+        return self if entry is None else replace(self, vectors_codebook=entry)
 
     @classmethod
     def read(cls, root: Path) -> Manifest:

@@ -13,7 +13,8 @@ fast rescoring pass's error bound needs it; segments written before it existed l
 the pass reads it from the vectors), ``refine-vectors.npy`` (N, d) and for int8
 ``refine-scales.npy`` (N,): the refine copy beside compact codes (``IndexConfig.refine``); for
 a residual codec (``codecs.RESIDUAL_BITS``) ``codebook.npy`` holds the segment's centroids and
-bucket cutoffs and weights, and ``scales.npy`` each vector's recorded reconstruction error; and
+bucket cutoffs and weights (absent in a segment written under the index's residual codebook,
+``vectors-codebook-g<gen>.npy`` at the index root, which readers pass in), and ``scales.npy`` each vector's recorded reconstruction error; and
 ``meta.parquet`` with
 ``doc_id``, the page content and every metadata column. Deletions live in separate
 ``deleted-g<generation>.npy`` bitmaps, so a committed file is never modified.
@@ -88,6 +89,7 @@ def write_segment(
     codebook: np.ndarray | None = None,
     storage: str | None = None,
     refine: tuple[np.ndarray, np.ndarray | None] | None = None,
+    index_codebook: np.ndarray | None = None,
 ) -> SegmentEntry:
     """Write a complete segment under ``root/name`` and return its manifest entry.
 
@@ -101,6 +103,8 @@ def write_segment(
     codebook (or None before it exists): the FDEs are then stored as its codes,
     ``fde-codes.npy``, instead of a faiss index of their own. ``refine``: the refine copy's
     (codes, scales) in ``config.refine``, from which the FDEs are then computed.
+    ``index_codebook``: the index's residual codebook the codes are under (instead of
+    ``codebook``); it is not stored with the segment.
     """
     import faiss
 
@@ -122,7 +126,13 @@ def write_segment(
             # The FDE is computed from the stored (decoded) vectors so that compaction
             # reproduces it: the refine copy where there is one.
             if refine is None:
-                decoded = _as_stored(codes, scales, kind, config.dim, codebook)
+                decoded = _as_stored(
+                    codes,
+                    scales,
+                    kind,
+                    config.dim,
+                    codebook if codebook is not None else index_codebook,
+                )
             else:
                 decoded = _as_stored(*refine, str(config.refine), config.dim, None)
             fde = first_stage_vectors(decoded, offsets, config)
@@ -508,7 +518,7 @@ def _load_arrays(path: Path, entry: SegmentEntry, config: IndexConfig) -> dict[s
         "offsets": _array(path / "offsets.npy", mmap=False, dtype=np.dtype(np.int64), ndim=1),
         "vectors": _array(path / "vectors.npy", mmap=True, dtype=code_dtype, ndim=2),
     }
-    if codecs.is_trained(kind):
+    if codecs.is_trained(kind) and entry.file("codebook.npy") is not None:
         arrays["codebook"] = _array(
             path / "codebook.npy",
             mmap=False,
@@ -562,7 +572,18 @@ def _open_meta(path: Path, num_docs: int) -> tuple[pq.ParquetFile, np.ndarray]:
     return meta, np.array(ids.to_pylist(), dtype=object)
 
 
-def open_segment(root: Path, entry: SegmentEntry, config: IndexConfig, *, verify: str) -> Segment:
+def open_segment(
+    root: Path,
+    entry: SegmentEntry,
+    config: IndexConfig,
+    *,
+    verify: str,
+    index_codebook: np.ndarray | None = None,
+    tables: dict[str, np.ndarray] | None = None,
+) -> Segment:
+    """A committed segment, checked against its manifest entry. ``index_codebook``: the
+    index's residual codebook (``load_index_codebook``), the codebook of a residual segment
+    without one of its own; ``tables``: its decoding tables, shared by every such segment."""
     path = root / entry.name
     if verify != "none":
         problems = check_files(path, entry.all_files(), full=verify == "full")
@@ -573,6 +594,14 @@ def open_segment(root: Path, entry: SegmentEntry, config: IndexConfig, *, verify
                 + ". Run `latemm verify` for a full report; restore the files or rebuild the index"
             )
     arrays = _load_arrays(path, entry, config)
+    shared = "codebook" not in arrays and codecs.is_residual(entry.storage_dtype(config.dtype))
+    if shared:
+        if index_codebook is None:
+            raise IndexCorruptError(
+                f"segment {path} holds residual codes without codebook.npy and the index has no "
+                "codebook to decode them; restore the index's manifest or rebuild the index"
+            )
+        arrays["codebook"] = index_codebook
     meta, doc_ids = _open_meta(path / "meta.parquet", entry.num_docs)
     faiss_file = None
     if not entry.coded:
@@ -598,10 +627,32 @@ def open_segment(root: Path, entry: SegmentEntry, config: IndexConfig, *, verify
         page_max=arrays.get("page_max"),
         refine_vectors=arrays.get("refine_vectors"),
         refine_scales=arrays.get("refine_scales"),
+        _tables=tables if shared and tables is not None else {},
     )
 
 
-def check_segment(root: Path, entry: SegmentEntry, config: IndexConfig) -> list[str]:
+def load_index_codebook(path: Path, kind: str, dim: int, centroids: int) -> np.ndarray:
+    """The index's residual codebook at ``path`` (float16, ``codecs.train_residual``'s layout),
+    checked against the index's ``kind`` (a residual dtype), ``dim`` and the manifest's
+    recorded ``centroids``."""
+    codebook = _array(path, mmap=False, dtype=np.dtype(np.float16), ndim=2)
+    problems = _codebook_problems(codebook, kind, dim)
+    if not problems and codecs.residual_centroids(codebook, kind) != centroids:
+        problems = [
+            f"it holds {codecs.residual_centroids(codebook, kind)} centroids, the manifest "
+            f"records {centroids}"
+        ]
+    if problems:
+        why = "; ".join(p.removeprefix("codebook.npy ") for p in problems)
+        raise IndexCorruptError(
+            f"{path} is inconsistent with the manifest: {why}. Restore it or rebuild the index"
+        )
+    return codebook
+
+
+def check_segment(
+    root: Path, entry: SegmentEntry, config: IndexConfig, index_codebook: np.ndarray | None = None
+) -> list[str]:
     """Every problem ``latemm verify`` finds in a segment: files (size, checksum), then, when
     those are intact, the arrays and the faiss header against the manifest and the config."""
     path = root / entry.name
@@ -609,7 +660,7 @@ def check_segment(root: Path, entry: SegmentEntry, config: IndexConfig) -> list[
     if problems:
         return problems
     try:
-        segment = open_segment(root, entry, config, verify="none")
+        segment = open_segment(root, entry, config, verify="none", index_codebook=index_codebook)
         segment.check_faiss_header()
     except IndexCorruptError as exc:
         return [str(exc)]

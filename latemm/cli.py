@@ -1119,7 +1119,7 @@ def _index_parser(sub: Any) -> None:
         help="storage of the token vectors: float16 (default), float32, int8, binary (1-bit "
         "signs), pq1 / pq2 (product quantisation, 1 / 2 bits per dimension, codebook trained "
         "per segment; lossy, see experiments/RESULTS.md section 5), res1 / res2 / res4 "
-        "(k-means centroid + 1 / 2 / 4-bit residual per dimension, trained per segment; "
+        "(k-means centroid + 1 / 2 / 4-bit residual per dimension, one codebook per index; "
         "experiments/residual_codec.py)",
     )
     p.add_argument(

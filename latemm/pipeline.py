@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from index_store import Index, IndexConfig, create, default_fde_config
+from index_store.codecs import is_residual
 from index_store.config import DEFAULT_REFINE_DEPTH
 from index_store.errors import InputError
 from index_store.rejects import as_table as rejects_table
@@ -185,6 +186,9 @@ def resolve_config(
             single_vector=single_vector,
             refine=refine,
             refine_depth=refine_depth,
+            # A build commits every few hundred documents: one codebook for the whole index,
+            # not one per commit (IndexConfig.residual_codebook).
+            residual_codebook="index" if is_residual(dtype) else "segment",
         )
     config = Index.open(index_dir, verify="none").config
     recorded = config.encoder
@@ -578,7 +582,8 @@ def _write_batches(
                 writer.commit()
                 pending = 0
         writer = writer or create(index_dir, config)
-        generation = writer.commit()
+        # The build's last commit: a residual index trains its codebook now if it has not yet.
+        generation = writer.commit(final=True)
         return IndexReport(added, skipped, len(writer.index), generation, rejected)
     finally:
         if writer is not None:
