@@ -3,8 +3,8 @@ collection of files the index wrote that no manifest references.
 
 Only names the index itself writes are ever removed (``seg-g<gen>`` segment directories,
 ``deleted-g<gen>.npy`` bitmaps, ``rejects-g<gen>.parquet`` files, ``fde-pq-g<gen>.faiss`` and
-``vectors-codebook-g<gen>.npy`` codebooks no manifest lists, and their ``.NAME.tmp-PID`` temporaries): a user's file in the
-folder is never touched.
+``vectors-codebook-g<gen>.npy`` codebooks no manifest lists, and their ``.NAME.tmp-PID``
+temporaries): a user's file in the folder is never touched.
 """
 
 from __future__ import annotations

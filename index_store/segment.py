@@ -14,8 +14,8 @@ the pass reads it from the vectors), ``refine-vectors.npy`` (N, d) and for int8
 ``refine-scales.npy`` (N,): the refine copy beside compact codes (``IndexConfig.refine``); for
 a residual codec (``codecs.RESIDUAL_BITS``) ``codebook.npy`` holds the segment's centroids and
 bucket cutoffs and weights (absent in a segment written under the index's residual codebook,
-``vectors-codebook-g<gen>.npy`` at the index root, which readers pass in), and ``scales.npy`` each vector's recorded reconstruction error; and
-``meta.parquet`` with
+``vectors-codebook-g<gen>.npy`` at the index root, which readers pass in), and ``scales.npy``
+each vector's recorded reconstruction error; and ``meta.parquet`` with
 ``doc_id``, the page content and every metadata column. Deletions live in separate
 ``deleted-g<generation>.npy`` bitmaps, so a committed file is never modified.
 

@@ -114,16 +114,6 @@ def _open_commit(
         try:
             shared = _open_vectors_codebook(path, manifest, verify)
             tables: dict[str, np.ndarray] = {}  # its decoding tables, built once per reader
-            # Written once and never changed: a reused segment under it has its tables already.
-            under = [
-                s
-                for s in reuse
-                if codecs.is_residual(s.dtype) and s.entry.file("codebook.npy") is None
-            ]
-            if under and shared is not None:
-                mine = under[0].codebook
-                if mine is not None and np.array_equal(mine, shared):
-                    shared, tables = mine, under[0]._tables
             segments = [
                 known[e.name]
                 if e.name in known and known[e.name].entry == e
@@ -1057,12 +1047,15 @@ class IndexWriter:
         unshared = self.config.residual_codebook == "index" and any(
             s.dtype == "float16" or s.entry.file("codebook.npy") is not None for s in index.segments
         )
-        live_vectors = sum(int(np.diff(s.offsets)[s.live].sum()) for s in index.segments)
         if (
             len(index.segments) <= 1
             and not any(s.deleted.any() for s in index.segments)
             and not (uncoded and index.num_documents >= first_stage.MIN_TRAIN_DOCUMENTS)
-            and not (unshared and live_vectors >= codecs.MIN_TRAIN)
+            and not (
+                unshared
+                and sum(int(np.diff(s.offsets)[s.live].sum()) for s in index.segments)
+                >= codecs.MIN_TRAIN
+            )
         ):
             return index.generation
         batches = [
@@ -1085,8 +1078,8 @@ class IndexWriter:
 # give it neither more points nor more centroids. On Vaswani's MiniLM tokens (~5,500 abstracts
 # here, 11 commits of 512) recall@10 against exact was 0.960 with it and 0.956 training at
 # 2^17 (4,096 centroids), against 0.961 with per-segment codebooks
-# (experiments/results/index_codebook.json); smaller builds train it at their last commit (``commit(final=True)``) or at
-# compaction, on what they hold.
+# (experiments/results/index_codebook.json); smaller builds train it at their last commit
+# (``commit(final=True)``) or at compaction, on what they hold.
 INDEX_CODEBOOK_VECTORS = 1 << 18
 
 
