@@ -16,9 +16,7 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -43,6 +41,7 @@ from latemm.scoring import (
     maxsim_pages,
     maxsim_pairs,
     may_reach_top,
+    thread_pool,
 )
 
 # Candidates rescored exactly by default: recall@10 >= 0.98 against exhaustive MaxSim on
@@ -710,14 +709,8 @@ def _each_query(work: Callable[[int], None], queries: list[int]) -> None:
         torch.set_num_threads(1)  # this pool thread's setting only (OpenMP's is per thread)
         work(q)
 
-    list(_query_workers(workers).map(task, queries))  # re-raises a worker's error
-
-
-@functools.cache
-def _query_workers(n: int) -> ThreadPoolExecutor:
-    """A pool of ``n`` threads for ``_each_query``, started on first use and kept (apart from
-    ``latemm.scoring``'s pool, which a query's own pass may use)."""
-    return ThreadPoolExecutor(max_workers=n, thread_name_prefix="latemm-query")
+    # A pool apart from latemm.scoring's, which a query's own pass may use.
+    list(thread_pool(workers, "latemm-query").map(task, queries))  # re-raises a worker's error
 
 
 def _chunked_pass(

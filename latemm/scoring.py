@@ -392,7 +392,7 @@ def _page_maxima(
         finally:
             torch.set_num_threads(threads)  # work() set this thread's: restore it
         return
-    list(_workers(workers).map(work, tasks))  # re-raises a worker's error
+    list(thread_pool(workers).map(work, tasks))  # re-raises a worker's error
 
 
 def maxsim_pages(
@@ -425,10 +425,12 @@ def maxsim_pages(
 
 
 @functools.cache
-def _workers(n: int) -> ThreadPoolExecutor:
-    """A pool of ``n`` threads for ``_page_maxima``, started on first use and kept (starting
-    threads per call cost ~4 ms each on a loaded machine)."""
-    return ThreadPoolExecutor(max_workers=n, thread_name_prefix="latemm-maxsim")
+def thread_pool(n: int, name: str = "latemm-maxsim") -> ThreadPoolExecutor:
+    """A pool of ``n`` threads named ``name`` (``_page_maxima``'s by default), started on first
+    use and kept (starting threads per call cost ~4 ms each on a loaded machine). Work that
+    may itself call ``_page_maxima`` takes a pool of another name, so that it never waits on
+    the threads it occupies."""
+    return ThreadPoolExecutor(max_workers=n, thread_name_prefix=name)
 
 
 def _tensor(block: np.ndarray | torch.Tensor) -> torch.Tensor:

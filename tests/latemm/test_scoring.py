@@ -422,11 +422,7 @@ def test_pages_of_many_lengths_multiplied_unpadded_are_within_their_bound(
     n = do.size - 1
     picked = np.arange(n)[::-1].copy() if rows else None  # not consecutive: gathered
     stored = scoring.page_magnitudes(half, do) if page_max else None
-    calls: list[int] = []
-    ragged = scoring._ragged_maxima
-    monkeypatch.setattr(
-        scoring, "_ragged_maxima", lambda *a, **kw: calls.append(1) or ragged(*a, **kw)
-    )
+    calls = _spy(monkeypatch, "_ragged_maxima")
     fast, bound = maxsim_half(q, qo, half, do, rows=picked, page_max=stored)
     assert calls  # the case's pages (1 to 1,030 tokens) take the unpadded path
     order = picked if rows else np.arange(n)
@@ -514,11 +510,7 @@ def test_long_pages_are_multiplied_in_place_within_their_bound(monkeypatch, page
     n = do.size - 1
     picked = np.arange(n)[::-1].copy() if rows else None
     stored = scoring.page_magnitudes(half, do) if page_max else None
-    calls: list[int] = []
-    inner = scoring._page_maxima
-    monkeypatch.setattr(
-        scoring, "_page_maxima", lambda *a, **kw: calls.append(1) or inner(*a, **kw)
-    )
+    calls = _spy(monkeypatch, "_page_maxima")
     fast, bound = maxsim_half(q, qo, half, do, rows=picked, page_max=stored)
     assert calls
     order = np.argsort(picked) if rows else np.arange(n)
@@ -606,3 +598,11 @@ def test_small_maxsim_on_one_thread_equals_the_torch_path_and_a_loop(monkeypatch
     ]
     np.testing.assert_allclose(small, want, rtol=1e-5, atol=1e-5)
     assert small.dtype == np.float32 and small.shape == (3, 5)
+
+
+def _spy(monkeypatch, name: str) -> list[int]:
+    """Count the calls of ``latemm.scoring.<name>`` (each still runs): one entry per call."""
+    calls: list[int] = []
+    inner = getattr(scoring, name)
+    monkeypatch.setattr(scoring, name, lambda *a, **kw: calls.append(1) or inner(*a, **kw))
+    return calls
