@@ -306,6 +306,39 @@ def _search_fields(
     return result.to_arrow().cast(run_schema(retriever.plan.scored))
 
 
+def info(index: str | Path) -> dict[str, Any]:
+    """What ``latemm info`` prints for an index of any kind: documents, disk bytes (per page
+    too), encoder, fields, shards (``num_shards``), rejected rows, an unfinished delete."""
+    from latemm.collection import open_collection
+
+    return open_collection(index).info()
+
+
+def delete(index: str | Path, doc_ids: Sequence[Any], *, missing_ok: bool = False) -> int:
+    """Delete pages by id from an index of any kind (every field, each id from its shard);
+    returns how many were deleted. An id it does not hold is an error unless ``missing_ok``.
+    A delete cut short is never half-seen: readers leave its ids out, the next writer ends it."""
+    from latemm.collection import open_collection
+
+    return open_collection(index).delete(doc_ids, missing_ok=missing_ok)
+
+
+def compact(index: str | Path) -> dict[str, Any]:
+    """Rewrite an index of any kind without its deleted pages; returns ``{"generation": G}``
+    (or, for an unsharded multi-field index, ``{"fields": {name: generation or build}}``)."""
+    from latemm.collection import open_collection
+
+    return open_collection(index).compact()
+
+
+def verify(index: str | Path) -> list[str]:
+    """Every problem of an index of any kind (missing or damaged files, bad checksums, a
+    shard or field that disagrees), each naming its file; empty when it is intact."""
+    from latemm.collection import open_collection
+
+    return open_collection(index).verify()
+
+
 def evaluate(
     run: pa.Table | str | Path,
     qrels: str | Path | dict[str, dict[str, int]],

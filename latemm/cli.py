@@ -63,15 +63,9 @@ def _encoder(args: argparse.Namespace, name: str | None, index_dir: str | None =
             "recorded encoder is rebuilt with its recorded options"
         )
     if name is None and index_dir is not None:
-        from latemm.sharded import is_sharded, read_manifest
+        from latemm.collection import open_collection
 
-        recorded = None
-        if is_sharded(index_dir):
-            recorded = read_manifest(index_dir).config.encoder
-        elif (Path(index_dir) / "manifest.json").is_file():
-            from index_store import Index
-
-            recorded = Index.open(index_dir, verify="none").config.encoder
+        recorded = open_collection(index_dir).recorded_encoder()
         if recorded:
             _loading(args, str(recorded.get("name_or_path", "the recorded encoder")))
             return load_encoder(recorded, devices=devices, dtype=_model_dtype(args))
@@ -258,12 +252,10 @@ def _encoder_name(args: argparse.Namespace, index_dir: str | None) -> str | None
         return str(args.encoder)
     if index_dir is None:
         return None
-    from latemm.sharded import is_sharded, read_manifest
+    from latemm.collection import open_collection
 
-    if is_sharded(index_dir):
-        recorded = read_manifest(index_dir).config.encoder
-        return str(recorded["name_or_path"]) if recorded else None
-    return None
+    recorded = open_collection(index_dir).recorded_encoder()
+    return str(recorded["name_or_path"]) if recorded else None
 
 
 def _index_fields(
@@ -650,70 +642,10 @@ def _reranker(args: argparse.Namespace) -> Any:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from index_store import Index
-    from latemm.fields import is_fields_index, open_field, read_fields
-    from latemm.sharded import is_field_shards
+    from latemm.api import info
 
-    if is_field_shards(args.index):  # every shard's fields (latemm.field_shards)
-        from latemm.field_shards import field_shards_stats
-
-        print(json.dumps(field_shards_stats(args.index), indent=2))
-        return 0
-    if is_fields_index(args.index):
-        from latemm.fields import read_journal
-
-        pending = read_journal(args.index)  # a reader: an unfinished delete is reported, not run
-        fields = []
-        manifest = read_fields(args.index)
-        for spec in manifest.fields:
-            opened = open_field(args.index, spec)
-            if isinstance(opened, Index):
-                stats = _per_page(opened.stats(), opened)
-                if stats.get("rejected"):  # pages this field could not read: row, doc_id, file
-                    stats["rejects"] = opened.rejects().to_pylist()
-            else:
-                stats = {
-                    "documents": len(opened.doc_ids),
-                    "rejected": int(spec.options.get("rejected", 0)),
-                }
-            fields.append({**spec.to_dict(), "stats": stats})
-        report: dict[str, Any] = {"path": str(args.index), "fields": fields}
-        if manifest.pages is not None:  # each page's content, stored once (latemm.pagestore)
-            from latemm.pagestore import store_stats
-
-            report["page_store"] = store_stats(args.index, manifest.pages, pending or ())
-        defaults = read_fields(args.index).search_defaults
-        if defaults is not None:  # what a search naming no fusion option uses (latemm tune)
-            report["search_defaults"] = defaults.to_dict()
-        if pending is not None:  # searches leave these out; the next writer finishes it
-            report["unfinished_delete"] = len(pending)
-        print(json.dumps(report, indent=2))
-        return 0
-    from latemm.sharded import is_sharded, is_unfinished_build, sharded_stats
-
-    if is_sharded(args.index) or is_unfinished_build(args.index):
-        print(json.dumps(_per_page(sharded_stats(args.index)), indent=2))
-        return 0
-    index = Index.open(args.index)
-    stats = _per_page(index.stats(), index)
-    if stats.get("rejected"):  # the rows an ingest skipped: row, doc_id, source file, reason
-        stats["rejects"] = index.rejects().to_pylist()
-    print(json.dumps(stats, indent=2))
+    print(json.dumps(info(args.index), indent=2))
     return 0
-
-
-def _per_page(stats: dict[str, Any], index: Any = None) -> dict[str, Any]:
-    """``stats`` with the disk bytes per page and, for one index, the bytes its stored page
-    content (images, text, metadata: ``meta.parquet``) takes."""
-    documents = int(stats.get("documents") or 0)
-    if documents and stats.get("disk_bytes") is not None:
-        stats["disk_bytes_per_page"] = round(int(stats["disk_bytes"]) / documents)
-    if index is not None:
-        content = sum(f.size for _, f in index.manifest.files() if f.file == "meta.parquet")
-        stats["page_content_bytes"] = content
-        if documents:
-            stats["page_content_bytes_per_page"] = round(content / documents)
-    return stats
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -739,8 +671,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    from index_store import Index, create
-    from latemm.fields import is_fields_index
+    from latemm.api import delete
+    from latemm.collection import open_collection
 
     ids = list(args.ids or [])
     if args.ids_file:
@@ -749,76 +681,28 @@ def cmd_delete(args: argparse.Namespace) -> int:
         ids += [
             line.strip() for line in Path(args.ids_file).read_text().splitlines() if line.strip()
         ]
-    from latemm.sharded import is_field_shards
-
-    if is_field_shards(args.index):  # each id from its shard, every field (field_shards)
-        from latemm.field_shards import delete_field_shards
-
-        found = delete_field_shards(args.index, ids, missing_ok=args.missing_ok)
-        print(f"deleted {found} documents from every field of {args.index}")
-        return 0
-    if is_fields_index(args.index):  # every field at once (latemm.field_maintenance)
-        from latemm.field_maintenance import delete
-
-        found = delete(args.index, ids, missing_ok=args.missing_ok)
-        print(f"deleted {found} documents from every field of {args.index}")
-        return 0
-    from latemm.sharded import delete_sharded, is_sharded
-
-    if is_sharded(args.index):  # each id from its shard
-        found = delete_sharded(args.index, ids, missing_ok=args.missing_ok)
-        print(f"deleted {found} documents from {args.index}")
-        return 0
-    with create(args.index, Index.open(args.index, verify="none").config) as writer:
-        found = writer.delete(ids, missing_ok=args.missing_ok)
-        writer.commit()
-    print(f"deleted {found} documents from {args.index}")
+    found = delete(args.index, ids, missing_ok=args.missing_ok)
+    every = "every field of " if open_collection(args.index).named_fields else ""
+    print(f"deleted {found} documents from {every}{args.index}")
     return 0
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    from index_store import Index, create
-    from latemm.fields import is_fields_index
-    from latemm.sharded import is_field_shards
+    from latemm.api import compact
 
-    if is_field_shards(args.index):
-        from latemm.field_shards import compact_field_shards
-
-        print(f"compacted {args.index} (generation {compact_field_shards(args.index)})")
-        return 0
-    if is_fields_index(args.index):
-        from latemm.field_maintenance import compact
-
-        state = compact(args.index)
-        fields = ", ".join(f"{name}: {value}" for name, value in state.items())
+    state = compact(args.index)
+    if "fields" in state:
+        fields = ", ".join(f"{name}: {value}" for name, value in state["fields"].items())
         print(f"compacted {args.index} (fields {fields})")
-        return 0
-    from latemm.sharded import compact_sharded, is_sharded
-
-    if is_sharded(args.index):
-        print(f"compacted {args.index} (generation {compact_sharded(args.index)})")
-        return 0
-    with create(args.index, Index.open(args.index, verify="none").config) as writer:
-        generation = writer.compact()
-    print(f"compacted {args.index} (generation {generation})")
+    else:
+        print(f"compacted {args.index} (generation {state['generation']})")
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from index_store import verify
-    from latemm.fields import is_fields_index, verify_fields
-    from latemm.sharded import is_field_shards, is_sharded, is_unfinished_build, verify_sharded
+    from latemm.api import verify
 
-    if is_field_shards(args.index):
-        from latemm.field_shards import verify_field_shards
-
-        problems = verify_field_shards(args.index)
-    elif is_fields_index(args.index):
-        problems = verify_fields(args.index)
-    elif is_sharded(args.index) or is_unfinished_build(args.index):
-        problems = verify_sharded(args.index)
-    else:
-        problems = verify(args.index)
+    problems = verify(args.index)
     if problems:
         for problem in problems:
             print(problem, file=sys.stderr)

@@ -1,0 +1,223 @@
+"""An index folder of any kind as one collection: the one place that tells the kinds apart.
+
+latemm writes four kinds of index folder: a plain index (``manifest.json``: one field, the
+encoder's), a multi-field index (``fields.json``, ``latemm.fields``), a sharded index
+(``shards.json`` over plain shards, ``latemm.sharded``) and a sharded multi-field collection
+(``shards.json`` over fields shards, ``latemm.field_shards``). ``open_collection`` reads which
+one a folder holds, once, and returns an object with the same verbs for each: ``info``,
+``delete``, ``compact``, ``verify`` and ``recorded_encoder``. The CLI and the Python API call
+these verbs and never test the kind themselves.
+
+Imports ``index_store`` and ``latemm.{fields, field_maintenance, sharded, field_shards,
+pagestore}``; imported by ``latemm.api`` and ``latemm.cli``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+class Collection:
+    """The verbs every kind of index answers. ``path`` is the folder; ``sharded`` whether it is
+    split into shards; ``named_fields`` whether its fields are named (``--field``) rather than
+    the one field of an encoder (searched as field ``default``)."""
+
+    kind = "plain"
+    sharded = False
+    named_fields = False
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def info(self) -> dict[str, Any]:
+        """What ``latemm info`` prints: the collection's summary as JSON-ready values."""
+        from index_store import Index
+
+        index = Index.open(self.path)
+        stats = per_page(index.stats(), index)
+        if stats.get("rejected"):  # the rows an ingest skipped: row, doc_id, source file, reason
+            stats["rejects"] = index.rejects().to_pylist()
+        return stats
+
+    def delete(self, doc_ids: Sequence[Any], *, missing_ok: bool = False) -> int:
+        """Delete pages by id from every field (and shard); returns how many were deleted. An
+        id the collection does not hold is an error unless ``missing_ok``."""
+        from index_store import Index, create
+
+        with create(self.path, Index.open(self.path, verify="none").config) as writer:
+            found = writer.delete(list(doc_ids), missing_ok=missing_ok)
+            writer.commit()
+        return int(found)
+
+    def compact(self) -> dict[str, Any]:
+        """Rewrite the collection without its deleted pages; returns its state after it:
+        ``{"generation": G}``, or for an unsharded multi-field index each field's."""
+        from index_store import Index, create
+
+        with create(self.path, Index.open(self.path, verify="none").config) as writer:
+            return {"generation": writer.compact()}
+
+    def verify(self) -> list[str]:
+        """Every problem found (missing or damaged files, bad checksums), each naming its
+        file; empty when the collection is intact."""
+        from index_store import verify
+
+        return list(verify(self.path))
+
+    def recorded_encoder(self) -> dict[str, Any] | None:
+        """The encoder the one field of a plain or sharded index was built with (None for
+        precomputed vectors and for named fields, which record one per field)."""
+        from index_store import Index
+
+        if not (self.path / "manifest.json").is_file():
+            return None
+        encoder = Index.open(self.path, verify="none").config.encoder
+        return None if encoder is None else dict(encoder)
+
+
+class ShardedCollection(Collection):
+    """Plain shards behind ``shards.json`` (``latemm.sharded``); also an unfinished first
+    build, whose every verb names how to finish it."""
+
+    kind = "sharded"
+    sharded = True
+
+    def info(self) -> dict[str, Any]:
+        from latemm.sharded import sharded_stats
+
+        return per_page(sharded_stats(self.path))
+
+    def delete(self, doc_ids: Sequence[Any], *, missing_ok: bool = False) -> int:
+        from latemm.sharded import delete_sharded
+
+        return delete_sharded(self.path, doc_ids, missing_ok=missing_ok)
+
+    def compact(self) -> dict[str, Any]:
+        from latemm.sharded import compact_sharded
+
+        return {"generation": compact_sharded(self.path)}
+
+    def verify(self) -> list[str]:
+        from latemm.sharded import verify_sharded
+
+        return verify_sharded(self.path)
+
+    def recorded_encoder(self) -> dict[str, Any] | None:
+        from latemm.sharded import read_manifest
+
+        encoder = read_manifest(self.path).config.encoder
+        return None if encoder is None else dict(encoder)
+
+
+class FieldsCollection(Collection):
+    """Named fields over one page store (``latemm.fields``); deletes go through its journal
+    (``latemm.field_maintenance``)."""
+
+    kind = "fields"
+    named_fields = True
+
+    def info(self) -> dict[str, Any]:
+        from index_store import Index
+        from latemm.fields import open_field, read_fields, read_journal
+
+        pending = read_journal(self.path)  # a reader: an unfinished delete is reported, not run
+        fields = []
+        manifest = read_fields(self.path)
+        for spec in manifest.fields:
+            opened = open_field(self.path, spec)
+            if isinstance(opened, Index):
+                stats = per_page(opened.stats(), opened)
+                if stats.get("rejected"):  # pages this field could not read: row, doc_id, file
+                    stats["rejects"] = opened.rejects().to_pylist()
+            else:
+                stats = {
+                    "documents": len(opened.doc_ids),
+                    "rejected": int(spec.options.get("rejected", 0)),
+                }
+            fields.append({**spec.to_dict(), "stats": stats})
+        report: dict[str, Any] = {"path": str(self.path), "fields": fields}
+        if manifest.pages is not None:  # each page's content, stored once (latemm.pagestore)
+            from latemm.pagestore import store_stats
+
+            report["page_store"] = store_stats(self.path, manifest.pages, pending or ())
+        if manifest.search_defaults is not None:  # what a search naming no fusion uses (tune)
+            report["search_defaults"] = manifest.search_defaults.to_dict()
+        if pending is not None:  # searches leave these out; the next writer finishes it
+            report["unfinished_delete"] = len(pending)
+        return report
+
+    def delete(self, doc_ids: Sequence[Any], *, missing_ok: bool = False) -> int:
+        from latemm.field_maintenance import delete
+
+        return delete(self.path, doc_ids, missing_ok=missing_ok)
+
+    def compact(self) -> dict[str, Any]:
+        from latemm.field_maintenance import compact
+
+        return {"fields": compact(self.path)}
+
+    def verify(self) -> list[str]:
+        from latemm.fields import verify_fields
+
+        return verify_fields(self.path)
+
+    def recorded_encoder(self) -> dict[str, Any] | None:
+        return None
+
+
+class FieldShardsCollection(FieldsCollection):
+    """Named fields split into shards behind ``shards.json`` (``latemm.field_shards``)."""
+
+    kind = "field_shards"
+    sharded = True
+
+    def info(self) -> dict[str, Any]:
+        from latemm.field_shards import field_shards_stats
+
+        return field_shards_stats(self.path)
+
+    def delete(self, doc_ids: Sequence[Any], *, missing_ok: bool = False) -> int:
+        from latemm.field_shards import delete_field_shards
+
+        return delete_field_shards(self.path, doc_ids, missing_ok=missing_ok)
+
+    def compact(self) -> dict[str, Any]:
+        from latemm.field_shards import compact_field_shards
+
+        return {"generation": compact_field_shards(self.path)}
+
+    def verify(self) -> list[str]:
+        from latemm.field_shards import verify_field_shards
+
+        return verify_field_shards(self.path)
+
+
+def open_collection(path: str | Path) -> Collection:
+    """The collection in folder ``path``, of whichever kind it holds. A folder holding none is
+    a plain one, whose verbs then name what is missing (``index_store``'s errors)."""
+    from latemm.fields import is_fields_index
+    from latemm.sharded import is_field_shards, is_sharded, is_unfinished_build
+
+    if is_field_shards(path):
+        return FieldShardsCollection(path)
+    if is_fields_index(path):
+        return FieldsCollection(path)
+    if is_sharded(path) or is_unfinished_build(path):
+        return ShardedCollection(path)
+    return Collection(path)
+
+
+def per_page(stats: dict[str, Any], index: Any = None) -> dict[str, Any]:
+    """``stats`` with the disk bytes per page and, for one index, the bytes its stored page
+    content (images, text, metadata: ``meta.parquet``) takes."""
+    documents = int(stats.get("documents") or 0)
+    if documents and stats.get("disk_bytes") is not None:
+        stats["disk_bytes_per_page"] = round(int(stats["disk_bytes"]) / documents)
+    if index is not None:
+        content = sum(f.size for _, f in index.manifest.files() if f.file == "meta.parquet")
+        stats["page_content_bytes"] = content
+        if documents:
+            stats["page_content_bytes_per_page"] = round(content / documents)
+    return stats
