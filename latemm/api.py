@@ -199,9 +199,9 @@ def search(
         if ray is not None:
             from functools import partial
 
-            from latemm.distributed import FieldShardActors
+            from latemm.distributed import ShardActors
 
-            named["actors"] = partial(FieldShardActors, address=ray)
+            named["actors"] = partial(ShardActors, address=ray)
         return _search_fields(path, queries, k, candidates, where, reranker, rerank_depth, named)
 
     sharded = not isinstance(index, Index) and is_sharded(index)

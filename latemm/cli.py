@@ -582,14 +582,14 @@ def _search_fields(args: argparse.Namespace, start: float) -> int:
 
 def _field_actors(ray: str | None) -> Any:
     """With ``--ray``: what serves a fields collection's vector fields, one Ray actor per shard
-    (``latemm.distributed.FieldShardActors``); None searches in this process."""
+    (``latemm.distributed.ShardActors``); None searches in this process."""
     if ray is None:
         return None
     from functools import partial
 
-    from latemm.distributed import FieldShardActors
+    from latemm.distributed import ShardActors
 
-    return partial(FieldShardActors, address=ray)
+    return partial(ShardActors, address=ray)
 
 
 def _query_columns(items: list[str] | None) -> dict[str, str] | None:

@@ -105,8 +105,10 @@ class ShardedCollection(Collection):
         return verify_sharded(self.path)
 
     def recorded_encoder(self) -> dict[str, Any] | None:
-        from latemm.sharded import read_manifest
+        from latemm.sharded import SHARDS_MANIFEST, read_manifest
 
+        if not (self.path / SHARDS_MANIFEST).is_file():  # a first build not committed yet
+            return None
         encoder = read_manifest(self.path).config.encoder
         return None if encoder is None else dict(encoder)
 

@@ -5,15 +5,13 @@
   ``pipeline.encode_batch``, embeddings written as Parquet (one partition per index shard).
 - ``index_ray``: ``encode_ray`` into a staging folder, then one Ray task per shard running
   ``pipeline.index_corpus`` on its partition, then ``sharded.commit_shards``.
-- ``ShardActors``: one actor per shard holding a memory-mapped ``Retriever``; a query batch is
-  scattered to all of them and ``ShardedRetriever`` merges their top-k exactly.
-- ``FieldShardActors``: one actor per shard of a fields collection (in Python an unsharded
-  fields index can be one shard; the CLI and ``latemm.search`` refuse it) holding its vector
-  fields memory-mapped; ``FieldRetriever`` calls the per-part
-  phases there (``latemm.field_parts``: first stage, locate, MaxSim of given candidates) on
-  every shard at once, and merges, fuses and reranks on the coordinator as in-process. A bm25
-  field is one index over the collection (its statistics are collection-wide): the
-  coordinator holds it.
+- ``ShardActors``: one actor per shard of a sharded index or fields collection (in Python an
+  unsharded fields index can be one shard; the CLI and ``latemm.search`` refuse it) holding
+  its vector fields memory-mapped (a sharded index of one encoder: its field ``default``);
+  ``FieldRetriever`` calls the per-part phases there (``latemm.field_parts``: first stage,
+  locate, MaxSim of given candidates) on every shard at once, and merges, fuses and reranks
+  on the coordinator as in-process. A bm25 field is one index over the collection (its
+  statistics are collection-wide): the coordinator holds it.
 
 Failures: Ray Data restarts a dead encoder actor and retries its batch (``max_restarts``,
 ``max_task_retries``); a block's output exists only once its task finished, so nothing is lost
@@ -44,9 +42,7 @@ from latemm.encoders.base import Encoder
 from latemm.field_parts import Pending
 from latemm.io import Columns, count_rows, open_dataset, read_batches, table_batch
 from latemm.pipeline import IndexReport, encode_corpus, index_corpus
-from latemm.retriever import SearchResult
 from latemm.sharded import (
-    ShardManifest,
     assign_shards,
     check_encoder,
     check_new_folder,
@@ -537,26 +533,6 @@ def _index_ray(
 
 
 # ------------------------------------------------------------------------------ serving
-class ShardServer:
-    """A Ray actor's state: one shard opened memory-mapped, searched with a ``Retriever``."""
-
-    def __init__(self, root: str, shard: int, options: dict[str, Any]) -> None:
-        from latemm.retriever import Retriever
-        from latemm.sharded import open_shard
-
-        self.error: str | None = None
-        try:
-            self.retriever = Retriever(open_shard(root, shard), **options)
-        except LatemmError as exc:  # reported by ready(), so the driver can name the shard
-            self.error = f"{type(exc).__name__}: {exc}"
-
-    def ready(self) -> str | None:
-        return self.error
-
-    def search_embeddings(self, flat: Any, offsets: Any, **kwargs: Any) -> SearchResult:
-        return self.retriever.search_embeddings(flat, offsets, **kwargs)
-
-
 def _shard_value(ray: Any, root: Path, label: str, future: Any) -> Any:
     """The value of a shard actor's call; a dead actor or a failed call names shard ``label``."""
     try:
@@ -574,44 +550,7 @@ def _shard_value(ray: Any, root: Path, label: str, future: Any) -> Any:
         raise type(found)(f"shard {label}: {found}") from exc
 
 
-class ShardActors:
-    """One ``ShardServer`` actor per shard (restarted up to ``RETRIES`` times when it dies,
-    its pending call retried); ``search_embeddings`` scatters a query batch to all of them."""
-
-    def __init__(
-        self, root: Path, manifest: ShardManifest, *, address: str | None, **options: Any
-    ) -> None:
-        self.ray = connect(address)
-        self.root = root
-        server = self.ray.remote(max_restarts=RETRIES, max_task_retries=RETRIES)(ShardServer)
-        self.actors = [
-            server.remote(str(root), shard, options) for shard in range(manifest.num_shards)
-        ]
-        for shard, error in enumerate(self._gather([a.ready.remote() for a in self.actors])):
-            if error is not None:
-                self.close()
-                from index_store.errors import IndexCorruptError
-
-                raise IndexCorruptError(f"{error} (shard {shard_name(shard)}'s Ray actor)")
-
-    def _gather(self, futures: list[Any]) -> list[Any]:
-        return [
-            _shard_value(self.ray, self.root, shard_name(shard), future)
-            for shard, future in enumerate(futures)
-        ]
-
-    def search_embeddings(self, flat: Any, offsets: Any, **kwargs: Any) -> list[SearchResult]:
-        flat_ref, offsets_ref = self.ray.put(flat), self.ray.put(offsets)
-        return self._gather(
-            [a.search_embeddings.remote(flat_ref, offsets_ref, **kwargs) for a in self.actors]
-        )
-
-    def close(self) -> None:
-        for actor in self.actors:
-            self.ray.kill(actor)
-
-
-class FieldShardServer:
+class ShardServer:
     """A Ray actor's state: the vector fields of one folder (a shard of a fields collection,
     or an unsharded fields index), each opened memory-mapped as a ``field_parts.IndexPart``.
 
@@ -662,8 +601,8 @@ SHARED_SIZE = 10_000
 SHARED_KEPT = 16
 
 
-class FieldShardActors:
-    """One ``FieldShardServer`` actor per folder of a fields collection, started when
+class ShardActors:
+    """One ``ShardServer`` actor per folder of a collection (each shard), started when
     ``FieldRetriever`` opens a vector field there (``open``, its ``actors`` hook); restarted up
     to ``RETRIES`` times when it dies, its pending call retried. A part's calls return at
     once (``field_parts.Pending``), so every shard works at the same time."""
@@ -678,7 +617,7 @@ class FieldShardActors:
         if self.ray is None:
             self.ray = connect(self.address)
             self.server = self.ray.remote(max_restarts=RETRIES, max_task_retries=RETRIES)(
-                FieldShardServer
+                ShardServer
             )
         return self.server
 
@@ -719,9 +658,9 @@ class FieldShardActors:
 
 
 class _RayPending(Pending):
-    """An actor's call under way; ``result()`` waits for it (``FieldShardActors.get``)."""
+    """An actor's call under way; ``result()`` waits for it (``ShardActors.get``)."""
 
-    def __init__(self, owner: FieldShardActors, folder: Path, future: Any) -> None:
+    def __init__(self, owner: ShardActors, folder: Path, future: Any) -> None:
         self.owner, self.folder, self.future = owner, folder, future
 
     def result(self) -> Any:
@@ -729,13 +668,13 @@ class _RayPending(Pending):
 
 
 class ActorPart:
-    """A vector field's part served by a ``FieldShardServer`` actor: the phases of
+    """A vector field's part served by a ``ShardServer`` actor: the phases of
     ``field_parts.PartPhases``, each started at once and returned as a ``Pending``, and the
     ``path``, ``generation`` and ``config`` of the sub-index the actor opened."""
 
     def __init__(
         self,
-        owner: FieldShardActors,
+        owner: ShardActors,
         folder: Path,
         actor: Any,
         spec: dict[str, Any],

@@ -1,6 +1,6 @@
 """The per-part phases of a field search: what ``FieldRetriever`` asks of each part (one
 shard's sub-index of a vector field), whether that part is opened in this process or served
-by a Ray actor (``latemm.distributed.FieldShardActors``).
+by a Ray actor (``latemm.distributed.ShardActors``).
 
 ``IndexPart`` runs the phases on an opened ``Index``: the searchable rows under a condition,
 the first stage of given query encodings, where pooled doc ids live, and the fast and exact

@@ -22,16 +22,18 @@ from typing import Any
 
 import numpy as np
 
-from index_store.errors import IndexLockedError, InputError
+from index_store.errors import IndexCorruptError, IndexLockedError, InputError
 from latemm import fusion as fusion_lib
 from latemm.field_parts import phases, resolve
 from latemm.field_shards import FieldShards, hidden_ids, read_field_shards, shard_layout
 from latemm.fields import (
+    LEGACY_FIELD,
     PRESETS,
     FieldsManifest,
     FieldSpec,
     encoder_from_spec,
     field_dir,
+    one_field,
     open_field,
     read_fields,
     read_journal,
@@ -53,7 +55,7 @@ from latemm.retriever import (
     top_k,
     truncate,
 )
-from latemm.sharded import is_field_shards
+from latemm.sharded import is_field_shards, is_sharded
 
 # How often a reader re-opens the fields when a delete changed them while it opened them.
 OPEN_ATTEMPTS = 5
@@ -167,6 +169,8 @@ def plan(
                 f"--rescore-field {name!r} is a bm25 field; MaxSim rescoring needs a vector field"
             )
     scored = names + [n for n in rescore if n not in names]
+    if len(scored) == 1 and fusion == "auto":  # one field: its scores are the ranking
+        fusion = fusion_lib.IDENTITY
     return SearchPlan(
         tuple(names),
         fusion,
@@ -254,7 +258,7 @@ class FieldRetriever:
         take ``query_vectors``).
     actors
         None opens every part here. Otherwise ``actors(index_dir)`` returns what serves the
-        vector fields' parts elsewhere, e.g. ``latemm.distributed.FieldShardActors`` (one Ray
+        vector fields' parts elsewhere, e.g. ``latemm.distributed.ShardActors`` (one Ray
         actor per shard; what ``latemm search --ray`` and ``latemm.search(..., ray=)`` pass):
         the same phases run there, merged, fused and reranked here. ``close()`` releases them.
     """
@@ -281,10 +285,10 @@ class FieldRetriever:
     ) -> None:
         self.path = Path(index_dir)
         # What serves the vector fields' parts elsewhere (``latemm.distributed.
-        # FieldShardActors`` on Ray): ``open(folder, spec, legacy=)`` returns a part whose
+        # ShardActors`` on Ray): ``open(folder, spec, legacy=)`` returns a part whose
         # phases (``latemm.field_parts.PartPhases``) run there. Injected: never Ray here.
         self._actors = None if actors is None else actors(self.path)
-        self.sharded = is_field_shards(self.path)
+        self.sharded = is_sharded(self.path)  # shards.json: shards of named fields, or of one
         for _ in range(OPEN_ATTEMPTS):  # every field from one state of the index
             # A reader never writes: an unfinished delete (its journal) is not finished here
             # but honoured, its ids left out of every field; the next writer finishes it.
@@ -402,12 +406,25 @@ class FieldRetriever:
 
     def pages(self, doc_ids: Sequence[str]) -> dict[str, Any]:
         """Text and image of each doc id: from the index's page store (``latemm.pagestore``),
-        or, in an index written before it existed, from the first field holding it."""
+        or, in an index written before it existed, from the first field holding it. Page
+        images are read from the places the reranker allows (``allow_files``)."""
+        return self.pages_for(doc_ids, getattr(self.reranker, "allow_files", ()))
+
+    def pages_for(self, doc_ids: Sequence[str], allow: Sequence[Any]) -> dict[str, Any]:
+        """``pages``, with page images read from the places ``allow`` names. A page that
+        cannot be read is an error naming the best-ranked such page of ``doc_ids``."""
+        try:
+            return self._read_pages(doc_ids, allow)
+        except InputError:
+            for doc_id in doc_ids:  # one at a time, in rank order: the first failure is raised
+                self._read_pages([doc_id], allow)
+            raise
+
+    def _read_pages(self, doc_ids: Sequence[str], allow: Sequence[Any]) -> dict[str, Any]:
         from latemm.encoders.base import Page
         from latemm.pagestore import open_store
         from latemm.pagestore import read_pages as read_stored
 
-        allow = getattr(self.reranker, "allow_files", ())
         if not hasattr(
             self, "_stores"
         ):  # opened on first use: a search without rerank never reads them
@@ -463,6 +480,15 @@ class FieldRetriever:
         if not self.sharded:
             manifest = read_fields(self.path)
             return read_journal(self.path), manifest, [(self.path, manifest)]
+        if not is_field_shards(self.path):  # shards of one encoder: its field ``default``
+            from latemm.sharded import check_layout, pending_deletes, read_manifest, shard_dirs
+
+            sharded = read_manifest(self.path)
+            check_layout(self.path, sharded)
+            fields = one_field(sharded.config)
+            self._generation = sharded.generation
+            hidden = sorted(pending_deletes(self.path))
+            return hidden or None, fields, [(f, fields) for f in shard_dirs(self.path, sharded)]
         shards: FieldShards = read_field_shards(self.path)
         layout = [(folder, fields) for _, folder, fields in shard_layout(self.path, shards)]
         self._generation = shards.generation
@@ -482,9 +508,16 @@ class FieldRetriever:
         for folder, fields in layout:
             if name not in fields.names:
                 continue
-            own = fields.get(name)
-            if own.kind == "bm25" or (field_dir(folder, own) / "manifest.json").is_file():
-                parts.append(opener(folder, own))
+            own, legacy = fields.get(name), fields.legacy
+            if own.kind == "bm25" or (field_dir(folder, own, legacy) / "manifest.json").is_file():
+                try:
+                    parts.append(opener(folder, own, legacy=legacy))
+                except IndexCorruptError as exc:
+                    raise IndexCorruptError(
+                        f"{self.path}: shard {folder.name} ({folder}) cannot be opened: {exc}. "
+                        f"Rebuild it by re-running `latemm index` into {self.path} (indexing "
+                        "resumes and routes each doc_id to the same shard)"
+                    ) from exc
         return parts
 
     def resume_record(
@@ -880,6 +913,152 @@ class FieldRetriever:
             None,
             {n: gather(v, picks).astype(np.float32) for n, v in exact.items()},
         )
+
+
+class ShardedRetriever:
+    """A sharded index of one encoder (``latemm.sharded``) searched as one index: the
+    collection searcher, ``FieldRetriever``, over its shards' one field (``default``), with
+    ``Retriever``'s result columns and methods. The first stage's candidates are the best of
+    every shard's, each rescored where it lives, so its results are those of the unsharded
+    index built from the same pages.
+
+    Parameters
+    ----------
+    index
+        The sharded index directory.
+    encoder
+        Encodes queries (``search``); must match the encoder ``shards.json`` records.
+    reranker, rerank_depth, rerank_fusion
+        As for ``Retriever``: the merged top ``rerank_depth`` of each query is reranked here,
+        with page content read from the shard that holds it.
+    actors
+        None searches the shards in this process. Otherwise ``actors(index)`` serves them
+        elsewhere, as for ``FieldRetriever`` (``latemm.distributed.ShardActors`` on Ray, what
+        ``latemm.jobs.open_retriever(..., ray=ADDRESS)`` passes).
+    **options
+        ``device``, ``nprobe``, ``ef_search``, as for ``Retriever``.
+    """
+
+    def __init__(
+        self,
+        index: str | Path,
+        *,
+        encoder: Any = None,
+        actors: Callable[[Path], Any] | None = None,
+        reranker: Any = None,
+        rerank_depth: int = 20,
+        rerank_fusion: str = "none",
+        refine_depth: int | None = None,
+        **options: Any,
+    ) -> None:
+        from latemm.sharded import check_encoder, read_manifest
+
+        self.path = Path(index)
+        if refine_depth is not None:
+            raise InputError(
+                f"--refine-depth applies to an unsharded index; {self.path} is sharded, and its "
+                "shards score every candidate from their refine copy: leave the option out"
+            )
+        self.config = read_manifest(self.path).config
+        if encoder is not None:
+            check_encoder(self.config, encoder.info.to_dict(), self.path)
+        self.encoder = encoder
+        self.reranker, self.rerank_depth, self.rerank_fusion = reranker, rerank_depth, rerank_fusion
+        self.searcher = FieldRetriever(
+            self.path, encoders={LEGACY_FIELD: encoder}, actors=actors, **options
+        )
+
+    @property
+    def generation(self) -> int:
+        """The generation of ``shards.json`` the shards were opened at."""
+        return int(self.searcher._generation)
+
+    def indexes(self) -> list[Any]:
+        """Every shard, opened read-only (to check a ``where`` filter before searching)."""
+        from latemm.sharded import open_shard, read_manifest
+
+        return [open_shard(self.path, s) for s in range(read_manifest(self.path).num_shards)]
+
+    def search(
+        self,
+        queries: Sequence[Any],
+        *,
+        k: int = 10,
+        candidates: int | None = None,
+        where: Where = None,
+        query_ids: Sequence[str] | None = None,
+    ) -> SearchResult:
+        """Encode queries (text or ``Page``) once and search every shard (reranking the
+        merged top ``rerank_depth`` with the reranker, if any)."""
+        if self.encoder is None:
+            raise InputError(
+                "this ShardedRetriever has no encoder; pass encoder= or call search_embeddings "
+                "with precomputed vectors"
+            )
+        depth = max(k, self.rerank_depth) if self.reranker is not None else k
+        result = self._one_field(
+            self.searcher.search(
+                list(queries), k=depth, candidates=candidates, where=where, query_ids=query_ids
+            )
+        )
+        if self.reranker is not None:
+            result = self.rerank(result, list(queries))
+        return truncate(result, k)
+
+    def rerank(self, result: SearchResult, queries: Sequence[Any]) -> SearchResult:
+        """Reorder each query's top ``rerank_depth`` with the reranker (``rerank_result``),
+        reading each page from the shard that holds it."""
+        if self.reranker is None:
+            raise InputError("this ShardedRetriever has no reranker")
+        top = [d for d in result.doc_ids[:, : self.rerank_depth].ravel() if d is not None]
+        return rerank_result(
+            result,
+            queries,
+            self.searcher.pages_for(top, getattr(self.reranker, "allow_files", ())),
+            self.reranker,
+            depth=self.rerank_depth,
+            fusion=self.rerank_fusion,
+        )
+
+    def search_embeddings(
+        self,
+        query_vectors: Any,
+        query_offsets: Any = None,
+        *,
+        k: int = 10,
+        candidates: int | None = None,
+        where: Where = None,
+        query_ids: Sequence[str] | None = None,
+    ) -> SearchResult:
+        """As ``Retriever.search_embeddings``, over every shard."""
+        from fde import FDEInputError, as_flat
+
+        dim = self.config.dim
+        try:
+            flat, offsets = as_flat(query_vectors, dim, offsets=query_offsets, kind="query")
+        except FDEInputError as exc:
+            raise InputError(f"{exc} (the index stores {dim}-dimensional vectors)") from exc
+        vectors = [flat[offsets[q] : offsets[q + 1]] for q in range(offsets.size - 1)]
+        result = self.searcher.search(
+            [None] * len(vectors),
+            k=k,
+            candidates=candidates,
+            where=where,
+            query_ids=query_ids,
+            query_vectors={LEGACY_FIELD: vectors},
+        )
+        return self._one_field(result)
+
+    @staticmethod
+    def _one_field(result: SearchResult) -> SearchResult:
+        """The result as one index gives it: without the per-field score columns."""
+        return SearchResult(
+            result.query_ids, result.doc_ids, result.scores, result.fde_scores, result.maxsim_scores
+        )
+
+    def close(self) -> None:
+        """Release the shard actors (nothing to do in-process)."""
+        self.searcher.close()
 
 
 def _bounded_parts(

@@ -245,10 +245,7 @@ def read_fields(index_dir: str | Path) -> FieldsManifest:
     path = root / FIELDS_FILE
     if not path.is_file():
         if (root / "manifest.json").is_file():
-            config = Index.open(root, verify="none").config
-            kind = "single" if getattr(config, "single_vector", False) else "multi"
-            reads = _reads_of(None, config.encoder)
-            return FieldsManifest((FieldSpec(LEGACY_FIELD, kind, reads, config.encoder),), True)
+            return one_field(Index.open(root, verify="none").config)
         raise IndexCorruptError(
             f"{root} is not a latemm index (neither {FIELDS_FILE} nor manifest.json); create one "
             "with `latemm index CORPUS.parquet --index DIR --field NAME=ENCODER`"
@@ -266,6 +263,14 @@ def read_fields(index_dir: str | Path) -> FieldsManifest:
     return FieldsManifest(
         specs, pages=pages, search_defaults=_recorded_defaults(path, payload, specs)
     )
+
+
+def one_field(config: Any) -> FieldsManifest:
+    """The fields of an index of one encoder (``IndexConfig`` ``config``: a plain index, or each
+    shard of a sharded one): one field, ``default``, at the index folder itself."""
+    kind = "single" if getattr(config, "single_vector", False) else "multi"
+    reads = _reads_of(None, config.encoder)
+    return FieldsManifest((FieldSpec(LEGACY_FIELD, kind, reads, config.encoder),), True)
 
 
 def check_format_version(path: Path, version: Any) -> None:

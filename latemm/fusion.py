@@ -15,6 +15,8 @@ import numpy as np
 from index_store.errors import InputError
 
 FUSIONS = ("rrf", "weighted", "auto")
+# One scored field needs no fusion: its own scores are the ranking (what a plain index gives).
+IDENTITY = "identity"
 RRF_K = 60
 RRF_K_MAX = 10**9
 # Weights whose largest lies outside this range are divided by it (the ranking depends only on
@@ -145,7 +147,11 @@ def fuse(
     rrf_k: int = RRF_K,
 ) -> np.ndarray:
     """``rrf`` (with ``rrf_k``) or ``weighted`` (with ``normalization``) fusion, (Q, U)
-    float64; ``auto`` is ``rrf`` whose caller passes ``agreement_weights`` and ``rrf_k``."""
+    float64; ``auto`` is ``rrf`` whose caller passes ``agreement_weights`` and ``rrf_k``;
+    ``identity`` is the one field's own scores."""
+    if method == IDENTITY:
+        (scores,) = field_scores
+        return np.where(doc_ids == None, np.nan, scores).astype(np.float64)  # noqa: E711
     if method in ("rrf", "auto"):
         return rrf(field_scores, doc_ids, weights, k=rrf_k)
     if method == "weighted":
@@ -272,6 +278,8 @@ def fuse_bounds(
     """Lower and upper bounds, (Q, U), of ``fuse`` over every choice of each field's scores
     within [low, high] (NaN in both: no score); equal, and equal to ``fuse`` of the known
     scores, where every score a candidate's fused score depends on is known."""
+    if method == IDENTITY:
+        return fuse(method, lows, doc_ids, weights), fuse(method, highs, doc_ids, weights)
     lower, upper = np.zeros(doc_ids.shape), np.zeros(doc_ids.shape)
     for low, high, weight in zip(lows, highs, weights, strict=True):
         field_lo, field_hi = np.zeros(doc_ids.shape), np.zeros(doc_ids.shape)
@@ -309,6 +317,8 @@ def entangled(
     or greatest; under z-score every one in the row."""
     unknown = low < high  # NaN compares False
     out = unknown & unsure
+    if method == IDENTITY:  # each fused score is the candidate's own
+        return out
     for q in np.flatnonzero((unsure & ~np.isnan(low)).any(axis=1)):
         row_unsure = np.flatnonzero(unsure[q] & ~np.isnan(low[q]))
         if method in ("rrf", "auto"):

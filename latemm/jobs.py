@@ -24,11 +24,11 @@ import pyarrow.parquet as pq
 
 from index_store.errors import InputError
 from latemm.encoders.base import Encoder
-from latemm.field_search import FieldRetriever, run_schema
+from latemm.field_search import FieldRetriever, ShardedRetriever, run_schema
 from latemm.io import RUN_SCHEMA, Batch, Columns, count_rows, read_batches
 from latemm.pipeline import batch_pages, progress_bar, rows_named
 from latemm.retriever import SearchResult
-from latemm.sharded import ShardedRetriever, is_sharded
+from latemm.sharded import is_sharded
 
 
 def search_file(
@@ -370,8 +370,8 @@ def open_retriever(
     ray: str | None = None,
     **options: Any,
 ) -> Any:
-    """``Retriever`` for an ordinary index, ``ShardedRetriever`` for a sharded one (on Ray
-    actors with ``ray``)."""
+    """``Retriever`` for an ordinary index, ``ShardedRetriever`` for a sharded one (its
+    shards served by Ray actors with ``ray``)."""
     from latemm.retriever import Retriever
 
     if not is_sharded(index_dir):
@@ -382,7 +382,7 @@ def open_retriever(
             )
         return Retriever(index_dir, encoder=encoder, reranker=reranker, **options)
     actors = None
-    if ray is not None:  # one Ray actor per shard, built by the retriever on its manifest
+    if ray is not None:  # one Ray actor per shard, started as the searcher opens it
         from latemm.distributed import ShardActors
 
         actors = partial(ShardActors, address=ray)

@@ -88,7 +88,7 @@ def search_fields(path: Path) -> dict[str, Any]:
 
 def search_sharded(path: Path) -> dict[str, Any]:
     """The merged top ``K`` of the multi-vector queries over every shard."""
-    from latemm.sharded import ShardedRetriever
+    from latemm.field_search import ShardedRetriever
 
     return _rows(ShardedRetriever(path).search_embeddings(query_vectors()["m"], k=K))
 

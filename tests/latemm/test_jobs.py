@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from index_store.errors import InputError
+from latemm.field_search import ShardedRetriever
+from latemm.fields import open_field
 from latemm.jobs import open_retriever
-from latemm.retriever import Retriever, SearchResult
-from latemm.sharded import ShardedRetriever, ShardManifest, open_shard
+from latemm.retriever import Retriever
 from tests.latemm import format_fixtures as ff
 
 
@@ -25,18 +26,17 @@ def sharded(tmp_path) -> Path:
 
 
 class InProcessShards:
-    """Serves each shard from its own ``Retriever``, as one Ray actor per shard would, and
-    records what it was built with."""
+    """Serves each shard's field from this process, as one Ray actor per shard would (the
+    searcher's ``actors`` hook), and records what it was asked to open."""
 
-    def __init__(self, root: Path, manifest: ShardManifest, **options: Any) -> None:
-        self.built_with = (root, manifest.num_shards, options)
-        self.retrievers = [
-            Retriever(open_shard(root, s), **options) for s in range(manifest.num_shards)
-        ]
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.opened: list[tuple[str, str, bool]] = []
         self.closed = False
 
-    def search_embeddings(self, flat: Any, offsets: Any, **kwargs: Any) -> list[SearchResult]:
-        return [r.search_embeddings(flat, offsets, **kwargs) for r in self.retrievers]
+    def open(self, folder: Path, spec: Any, *, legacy: bool = False) -> Any:
+        self.opened.append((Path(folder).name, spec.name, legacy))
+        return open_field(folder, spec, legacy=legacy)  # an Index: its phases run here
 
     def close(self) -> None:
         self.closed = True
@@ -47,13 +47,14 @@ def test_injected_shard_servers_merge_exactly_like_local_shards(sharded) -> None
     local = ShardedRetriever(sharded).search_embeddings(queries, k=ff.K)
     built: list[InProcessShards] = []
 
-    def actors(root: Path, manifest: ShardManifest, **options: Any) -> InProcessShards:
-        built.append(InProcessShards(root, manifest, **options))
+    def actors(root: Path) -> InProcessShards:
+        built.append(InProcessShards(root))
         return built[-1]
 
     served = ShardedRetriever(sharded, actors=actors, nprobe=8)
     got = served.search_embeddings(queries, k=ff.K)
-    assert [b.built_with for b in built] == [(sharded, 3, {"nprobe": 8})]
+    assert [b.root for b in built] == [sharded]
+    assert built[0].opened == [(f"shard-{s:04d}", "default", True) for s in range(3)]
     assert got.doc_ids.tolist() == local.doc_ids.tolist()
     np.testing.assert_array_equal(got.scores, local.scores)
     served.close()

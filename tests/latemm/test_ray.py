@@ -177,7 +177,7 @@ def test_dead_shard_actor_is_restarted_or_named(indexes) -> None:
     qs = [rng.standard_normal((3, DIM)).astype(np.float32) for _ in range(4)]
     expected = Retriever(single).search_embeddings(qs, k=10, candidates=n)
     retriever = open_retriever(sharded, ray="local")
-    actors = retriever._actors.actors
+    actors = list(retriever.searcher._actors.actors.values())  # one per shard, in order
     ray.kill(actors[1], no_restart=False)  # dies; Ray restarts it and retries the call
     again = retriever.search_embeddings(qs, k=10, candidates=n)
     assert (again.doc_ids == expected.doc_ids).all()

@@ -1,4 +1,4 @@
-"""A fields collection served by Ray actors (issue 26, ``latemm.distributed.FieldShardActors``):
+"""A fields collection served by Ray actors (issue 26, ``latemm.distributed.ShardActors``):
 one actor per shard runs the per-part phases ``FieldRetriever`` calls (``latemm.field_parts``),
 the coordinator merges, fuses and reranks, and the result is the in-process search's, bit for
 bit: 3 shards, a vector field and a bm25 field, RRF and weighted fusion, with ``where``, after
@@ -54,10 +54,10 @@ def collection(cluster, pair, tmp_path_factory):  # noqa: F811 - the fixture imp
 @pytest.fixture(scope="module")
 def served(collection):
     """One Ray actor per shard of the collection, shared by the tests that leave it alive."""
-    from latemm.distributed import FieldShardActors
+    from latemm.distributed import ShardActors
 
     _, sharded, _ = collection
-    actors = FieldShardActors(sharded, address="local")
+    actors = ShardActors(sharded, address="local")
     yield actors
     actors.close()
 
@@ -102,7 +102,7 @@ def test_a_fields_collection_on_ray_after_a_delete(collection, tmp_path) -> None
     import json
     import shutil
 
-    from latemm.distributed import FieldShardActors
+    from latemm.distributed import ShardActors
     from latemm.field_shards import delete_field_shards
     from latemm.sharded import DELETING
     from tests.latemm.test_fields import GONE
@@ -111,7 +111,7 @@ def test_a_fields_collection_on_ray_after_a_delete(collection, tmp_path) -> None
     path = tmp_path / "sharded"
     shutil.copytree(sharded, path)
     assert delete_field_shards(path, GONE[:2]) == 2
-    served = FieldShardActors(path, address="local")
+    served = ShardActors(path, address="local")
     try:
         for state in ("deleted", "delete cut short"):
             if state == "delete cut short":
@@ -184,7 +184,7 @@ def test_api_search_on_ray_and_actors_over_an_unsharded_fields_index(collection,
     sharded index with the in-process run); the part protocol
     also serves an unsharded fields index from one actor (``FieldRetriever(actors=)``; the
     CLI and the API refuse it, see above) with the in-process results."""
-    from latemm.distributed import FieldShardActors
+    from latemm.distributed import ShardActors
 
     one, sharded, queries = collection
     here, there = _cli_runs(sharded, queries, tmp_path, "rrf")
@@ -201,7 +201,7 @@ def test_api_search_on_ray_and_actors_over_an_unsharded_fields_index(collection,
     assert main(["index", str(pages), "--index", str(plain), "--shards", "2", "--quiet"]) == 0
     want = latemm.search(plain, plain_queries, k=5)
     assert want.num_rows and latemm.search(plain, plain_queries, k=5, ray="local").equals(want)
-    served = FieldShardActors(one, address="local")
+    served = ShardActors(one, address="local")
     try:
         for fusion in ("rrf", "weighted"):
             want = _search(one, fusion=fusion, where="year >= 2010", k=5)
@@ -216,10 +216,10 @@ def test_api_search_on_ray_and_actors_over_an_unsharded_fields_index(collection,
 def test_a_dead_shard_actor_is_restarted_or_named(collection) -> None:
     """A shard's actor that dies is restarted by Ray and opens its fields again (the same
     results); one gone for good fails the search, naming the shard: never a partial result."""
-    from latemm.distributed import FieldShardActors, ShardUnavailableError
+    from latemm.distributed import ShardActors, ShardUnavailableError
 
     _, sharded, _ = collection
-    served = FieldShardActors(sharded, address="local")
+    served = ShardActors(sharded, address="local")
     try:
         want = _search(sharded, fusion="rrf", fields=["m", "b"])
         retriever = FieldRetriever(

@@ -16,12 +16,12 @@ import latemm
 from index_store import Index
 from index_store.housekeeping import acquire_lock, release_lock
 from latemm.cli import main
+from latemm.field_search import ShardedRetriever
 from latemm.retriever import Retriever
 from latemm.sharded import (
     BUILDING,
     DELETING,
     SHARDS_MANIFEST,
-    ShardedRetriever,
     read_manifest,
     shard_of,
 )

@@ -16,10 +16,10 @@ import pytest
 from index_store import Index
 from index_store.errors import IndexCorruptError, InputError
 from latemm.cli import main
+from latemm.field_search import ShardedRetriever
 from latemm.retriever import Retriever
 from latemm.sharded import (
     SHARDS_MANIFEST,
-    ShardedRetriever,
     assign_shards,
     index_sharded,
     read_manifest,
