@@ -5,6 +5,7 @@ shape shows before it lands (issue 33).
     python -m experiments.bench_shapes                          # the three shapes, this checkout
     python -m experiments.bench_shapes --against 50894ce        # A/B, alternating, 2 rounds
     python -m experiments.bench_shapes --shapes long --long-pages 10000
+    python -m experiments.bench_shapes --shapes short --short-shards 3 --against HEAD~1
     python -m experiments.bench_shapes --colpali-pages 100000   # the large ColPali option
 
 Shapes:
@@ -270,8 +271,11 @@ def prepare_short(cache: Path) -> dict[str, Any]:
     }
 
 
-def run_short(prep: dict[str, Any], checkout: Path, work: Path, tag: str) -> dict[str, Any]:
-    """One round of the CLI on one checkout: build, search all queries, search one."""
+def run_short(
+    prep: dict[str, Any], checkout: Path, work: Path, tag: str, shards: int | None = None
+) -> dict[str, Any]:
+    """One round of the CLI on one checkout: build (``--shards N`` with ``shards``), search all
+    queries, search one."""
     import pyarrow.parquet as pq
 
     folder = prep["folder"]
@@ -279,8 +283,10 @@ def run_short(prep: dict[str, Any], checkout: Path, work: Path, tag: str) -> dic
     run = work / f"short-{tag}.parquet"
     subprocess.run(["rm", "-rf", str(index)], check=True)
     latemm = _latemm()
+    sharding = [] if shards is None else ["--shards", str(shards)]
     build = _timed(
-        [latemm, "index", str(folder / "corpus.parquet"), "--index", str(index)], checkout
+        [latemm, "index", str(folder / "corpus.parquet"), "--index", str(index), *sharding],
+        checkout,
     )
     search = _timed(
         [latemm, "search", str(index), str(folder / "q.parquet"), "--out", str(run), "--k", str(K)],
@@ -448,6 +454,12 @@ def main(argv: list[str] | None = None) -> None:
         help="candidate counts searched by the in-process shapes (default: the retriever's); "
         "the first is each row's, all are recorded",
     )
+    parser.add_argument(
+        "--short-shards",
+        type=int,
+        default=None,
+        help="the short shape indexed with `latemm index --shards N` (a sharded index's search)",
+    )
     parser.add_argument("--passes", type=int, default=3, help="search passes per worker")
     parser.add_argument("--against", help="a commit to A/B against (git worktree, temp dir)")
     parser.add_argument("--rounds", type=int, default=2)
@@ -515,7 +527,7 @@ def main(argv: list[str] | None = None) -> None:
             for r in range(args.rounds if len(pair) > 1 or shape == "short" else 1):
                 for tag, checkout in pair.items():
                     if shape == "short":
-                        got = run_short(prep, checkout, work, tag)
+                        got = run_short(prep, checkout, work, tag, args.short_shards)
                     else:
                         index = work / (shape if args.share_index else f"{shape}-{tag}")
                         got = run_synthetic(
@@ -555,7 +567,10 @@ def _write(args: argparse.Namespace, shapes: dict[str, Any]) -> Path:
     from experiments.common import write_result
 
     name = "bench_shapes" + (f"_{args.name}" if args.name else "")
-    return write_result(name, {"against": args.against, "rounds": args.rounds, "shapes": shapes})
+    record = {"against": args.against, "rounds": args.rounds, "shapes": shapes}
+    if args.short_shards is not None:
+        record["short_shards"] = args.short_shards
+    return write_result(name, record)
 
 
 def render_section(r: dict[str, Any], sources: Any) -> str:
@@ -594,7 +609,9 @@ def _shape_blocks(r: dict[str, Any]) -> list[str]:
     for shape, block in r["shapes"].items():
         lines += [
             "",
-            f"**{shape}**: {block['documents']:,} pages of {block['tokens_per_page']:.0f} tokens "
+            f"**{shape}**"
+            + (f" ({r['short_shards']} shards)" if shape == "short" and "short_shards" in r else "")
+            + f": {block['documents']:,} pages of {block['tokens_per_page']:.0f} tokens "
             f"on average, {block['queries']} queries of {block['tokens_per_query']:.0f} tokens, "
             f"d = {block['dim']}; brute force {block['brute_force_s_per_query'] * 1e3:.0f} ms "
             "per query batched"
