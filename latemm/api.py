@@ -52,21 +52,19 @@ def build_index(
     import warnings
 
     from index_store.errors import InputError
+    from latemm.collection import open_collection
     from latemm.pipeline import index_corpus
-    from latemm.sharded import (
-        index_sharded,
-        is_field_shards,
-        is_sharded,
-        is_unfinished_build,
-        read_manifest,
-    )
+    from latemm.sharded import index_sharded, read_manifest
 
+    # Shards stay shards: an existing sharded collection (or an unfinished first build of one)
+    # is added to as such.
+    sharded = num_shards is not None or open_collection(index_dir).sharded
     if fields is not None:
         from latemm.fields import index_fields, read_fields
 
         if encoder is not None:
             raise InputError("give encoder= (one field) or fields= (named fields), not both")
-        if num_shards is not None or is_field_shards(index_dir) or is_unfinished_build(index_dir):
+        if sharded:
             from latemm.field_shards import index_field_shards, read_field_shards
 
             progress = options.pop("progress", False)
@@ -77,7 +75,6 @@ def build_index(
         index_fields(corpus, index_dir, fields, progress=options.pop("progress", False), **options)
         return read_fields(index_dir)
 
-    sharded = num_shards is not None or is_sharded(index_dir) or is_unfinished_build(index_dir)
     if sharded:
         report = index_sharded(
             corpus,
@@ -130,7 +127,8 @@ def search(
     (``query_id, doc_id, rank, score, fde_score, maxsim_score, rerank_score``).
 
     The encoder defaults to the one the index recorded. A sharded index (``latemm.sharded``)
-    is searched shard by shard and merged exactly. A multi-field index (or any of
+    is searched as one index: the best first-stage candidates over every shard, each rescored
+    in the shard that holds it. A multi-field index (or any of
     ``fields``, ``fusion``, ``weights``, ``rescore_fields``, ``preset``, ``normalization``,
     ``rrf_k``) searches named fields
     (``latemm.field_search``); the run then has a ``score_<field>`` column per field.
@@ -143,29 +141,22 @@ def search(
     collection from Ray actors, one per shard (``latemm.distributed``, ``pip install
     'latemm[ray]'``), with the same results; the actors end with the call. An unsharded index
     is refused (one actor would serve all of it)."""
-    from latemm.fields import is_fields_index
+    from index_store.errors import InputError
+    from latemm.collection import open_collection
     from latemm.retriever import Retriever
-    from latemm.sharded import (
-        is_field_shards,
-        is_sharded,
-        is_unfinished_build,
-        unfinished_build_message,
-    )
+    from latemm.sharded import is_unfinished_build, unfinished_build_message
 
-    index_path = index.path if isinstance(index, Index) else Path(index)
-    if is_unfinished_build(index_path):  # named before any model is loaded
-        from index_store.errors import InputError
-
-        raise InputError(unfinished_build_message(index_path))
+    path = index.path if isinstance(index, Index) else Path(index)
+    if is_unfinished_build(path):  # named before any model is loaded
+        raise InputError(unfinished_build_message(path))
     if not isinstance(index, Index) and not any(
-        (index_path / name).is_file() for name in ("manifest.json", "fields.json", "shards.json")
+        (path / name).is_file() for name in ("manifest.json", "fields.json", "shards.json")
     ):
-        from index_store.errors import InputError
-
         raise InputError(
-            f"{index_path} is not a latemm index (no manifest.json, fields.json or shards.json); "
+            f"{path} is not a latemm index (no manifest.json, fields.json or shards.json); "
             "create one with latemm.build_index(CORPUS, DIR)"
         )
+    collection = open_collection(path)
     if isinstance(reranker, (str, Path)):
         from latemm.reranker import MLLMReranker
 
@@ -179,18 +170,13 @@ def search(
         normalization=normalization,
         rrf_k=rrf_k,
     )
-    path = index.path if isinstance(index, Index) else Path(index)
     if not isinstance(where, (str, type(None))) and isinstance(queries, (str, Path)):
-        from index_store.errors import InputError
-
         raise InputError(
             f"where= holds one condition per query, but the queries are {str(queries)!r}: give "
             "one string, or put each query's condition in the queries file's 'where' column"
         )
-    if any(v is not None for v in named.values()) or is_fields_index(path) or is_field_shards(path):
-        if ray is not None and not is_field_shards(path):
-            from index_store.errors import InputError
-
+    if any(v is not None for v in named.values()) or collection.named_fields:
+        if ray is not None and not collection.sharded:
             raise InputError(
                 f"ray={ray!r} serves the shards of a sharded index or fields collection; {path} "
                 "is an unsharded multi-field index, searched in this process: leave out ray=, "
@@ -204,22 +190,15 @@ def search(
             named["actors"] = partial(ShardActors, address=ray)
         return _search_fields(path, queries, k, candidates, where, reranker, rerank_depth, named)
 
-    sharded = not isinstance(index, Index) and is_sharded(index)
+    sharded = not isinstance(index, Index) and collection.sharded
     if ray is not None and not sharded:
-        from index_store.errors import InputError
-
         raise InputError(
             f"ray={ray!r} serves the shards of a sharded index or fields collection; {path} is "
             "an ordinary index. Build a sharded one with latemm.build_index(CORPUS, DIR, "
             "num_shards=N), or leave out ray="
         )
     opened = None if sharded else index if isinstance(index, Index) else Index.open(index)
-    if opened is None:
-        from latemm.sharded import read_manifest
-
-        recorded = read_manifest(path).config.encoder
-    else:
-        path, recorded = opened.path, opened.config.encoder
+    recorded = collection.recorded_encoder() if opened is None else opened.config.encoder
     if encoder is None and recorded is not None:
         from latemm.encoders import load_encoder
 

@@ -10,9 +10,12 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from index_store.errors import InputError, LatemmError
+
+if TYPE_CHECKING:
+    from latemm.collection import Collection
 
 
 def _columns(args: argparse.Namespace, id_default: str) -> Any:
@@ -391,9 +394,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from latemm.fields import is_fields_index
+    from latemm.collection import open_collection
     from latemm.jobs import search_file
-    from latemm.sharded import is_field_shards
 
     if args.allow_files and not args.rerank:
         raise InputError(
@@ -411,8 +413,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         or args.normalization
         or args.rrf_k
     )
-    _check_index_kind(args, named)
-    if named or is_fields_index(args.index) or is_field_shards(args.index):
+    collection = open_collection(args.index)
+    _check_index_kind(args, named, collection)
+    if named or collection.named_fields:
         return _search_fields(args, start)
     _check_search_target(args)  # before any model is loaded
     encoder = _encoder(args, args.encoder, args.index)
@@ -460,13 +463,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_index_kind(args: argparse.Namespace, named: Any) -> None:
+def _check_index_kind(args: argparse.Namespace, named: Any, collection: Collection) -> None:
     """Options that cannot apply to this kind of index are an error naming the option."""
-    from latemm.fields import is_fields_index
-    from latemm.sharded import is_field_shards, is_sharded
-
-    fields_kind = is_fields_index(args.index) or is_field_shards(args.index)
-    if is_sharded(args.index) and not fields_kind and named:
+    if collection.sharded and not collection.named_fields and named:
         given = [
             flag
             for flag, value in (
@@ -484,7 +483,7 @@ def _check_index_kind(args: argparse.Namespace, named: Any) -> None:
             f"{', '.join(given)}: {args.index} is a sharded index with one field (no named "
             "fields to fuse); leave the option out"
         )
-    if args.ray is not None and (named or fields_kind) and not is_field_shards(args.index):
+    if args.ray is not None and (named or collection.named_fields) and not collection.sharded:
         # One actor would serve the whole index: no work spread, the index mapped once more.
         raise InputError(
             f"--ray serves the shards of a sharded index or fields collection; {args.index} is "
