@@ -705,8 +705,16 @@ class ActorPart:
     def locate(self, pool: Any) -> Pending:
         return self._call("locate", pool)
 
-    def rescore(self, flat: Any, offsets: Any, cands: Any, device: str | None) -> Pending:
-        return self._call("rescore", flat, offsets, cands, device)
+    def rescore(
+        self,
+        flat: Any,
+        offsets: Any,
+        cands: Any,
+        device: str | None,
+        k: int | None = None,
+        refine_depth: int | None = None,
+    ) -> Pending:
+        return self._call("rescore", flat, offsets, cands, device, k, refine_depth)
 
     def bounded(self, flat: Any, offsets: Any, cands: Any, device: str | None) -> Pending:
         return self._call("bounded", flat, offsets, cands, device)

@@ -58,9 +58,16 @@ class PartPhases(Protocol):
         """``Candidates``: (segment, row) of each pooled doc id held here, -1 elsewhere."""
 
     def rescore(
-        self, flat: np.ndarray, offsets: np.ndarray, cands: Candidates, device: str | None
+        self,
+        flat: np.ndarray,
+        offsets: np.ndarray,
+        cands: Candidates,
+        device: str | None,
+        k: int | None = None,
+        refine_depth: int | None = None,
     ) -> Any:
-        """(Q, C) exact MaxSim of the located candidates (``retriever.rescore``)."""
+        """(Q, C) MaxSim of the located candidates (``retriever.rescore``): exact, or with
+        ``k`` exact wherever a query's top k depends on it."""
 
     def bounded(
         self, flat: np.ndarray, offsets: np.ndarray, cands: Candidates, device: str | None
@@ -132,9 +139,17 @@ class IndexPart:
         return Candidates(segs, rows, np.zeros(pool.shape, np.float32))
 
     def rescore(
-        self, flat: np.ndarray, offsets: np.ndarray, cands: Candidates, device: str | None
+        self,
+        flat: np.ndarray,
+        offsets: np.ndarray,
+        cands: Candidates,
+        device: str | None,
+        k: int | None = None,
+        refine_depth: int | None = None,
     ) -> np.ndarray:
-        return rescore(self.index, flat, offsets, cands, device=device)
+        return rescore(
+            self.index, flat, offsets, cands, device=device, k=k, refine_depth=refine_depth
+        )
 
     def bounded(
         self, flat: np.ndarray, offsets: np.ndarray, cands: Candidates, device: str | None

@@ -282,6 +282,7 @@ class FieldRetriever:
         rerank_depth: int = 20,
         rerank_fusion: str = "none",
         actors: Callable[[Path], Any] | None = None,
+        refine_depth: int | None = None,
     ) -> None:
         self.path = Path(index_dir)
         # What serves the vector fields' parts elsewhere (``latemm.distributed.
@@ -327,8 +328,29 @@ class FieldRetriever:
             for n, s in self.specs.items()
             if s.kind != "bm25"
         }
+        self.refine_depth = self._checked_refine_depth(refine_depth)
         self.device, self.nprobe, self.ef_search = device, nprobe, ef_search
         self.reranker, self.rerank_depth, self.rerank_fusion = reranker, rerank_depth, rerank_fusion
+
+    def _checked_refine_depth(self, depth: int | None) -> int | None:
+        """``refine_depth``: candidates per query rescored from a refine copy, as for
+        ``Retriever``; it applies to one searched field, whose index has a refine copy."""
+        if depth is None:
+            return None
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+            raise InputError(f"refine_depth must be >= 1, got {depth!r}")
+        if self.plan.fusion != fusion_lib.IDENTITY:
+            raise InputError(
+                f"--refine-depth applies to one searched field; this search fuses "
+                f"{', '.join(self.plan.scored)}, each scored from its refine copy: leave it out"
+            )
+        (name,) = self.plan.scored
+        if not any(getattr(p.config, "refine", None) for p in self.parts[name]):
+            raise InputError(
+                f"refine_depth: the index {self.path} has no refine copy (it was built without "
+                "--refine); leave the depth out"
+            )
+        return depth
 
     # ------------------------------------------------------------------------------ API
     def search(
@@ -761,6 +783,12 @@ class FieldRetriever:
         # fast pass only adds its cost (2,000 ColPali-shaped pages, C = 512: k = 10 2.7x
         # faster bounded, k = 100 1.15x slower; experiments/bench_fusion_latency).
         # A top k of every candidate shows every score: nothing to spare.
+        if self.plan.fusion == fusion_lib.IDENTITY:
+            # One field: each part settles its own top k as ``Retriever`` does (from its refine
+            # copy at ``refine_depth``, if it has one); a candidate left with its fast score
+            # there is below that part's k-th exact score, so the merged top k is exact.
+            (name,) = self.plan.scored
+            return {name: self._second_phase(name, encoded[name], pool, hits.get(name), k)}
         share = _RRF_BOUNDED_SHARE if self.plan.fusion in ("rrf", "auto") else 1
         bound = share * k < pool.shape[1]
         lows, highs, work = {}, {}, {}
@@ -826,9 +854,10 @@ class FieldRetriever:
         }
 
     def _second_phase(
-        self, name: str, query: Any, pool: np.ndarray, hits: Hits | None
+        self, name: str, query: Any, pool: np.ndarray, hits: Hits | None, k: int | None = None
     ) -> np.ndarray:
-        """(Q, C) this field's exact scores of the candidates (NaN where it lacks one)."""
+        """(Q, C) this field's exact scores of the candidates (NaN where it lacks one); with
+        ``k``, exact wherever each part's top k depends on them (``retriever.rescore``)."""
         parts, spec = self.parts[name], self.specs[name]
         if spec.kind == "bm25":
             full = (
@@ -841,7 +870,7 @@ class FieldRetriever:
             located = resolve([phases(index).locate(pool) for index in parts])
             got = resolve(  # each candidate is scored where it lives
                 [
-                    phases(index).rescore(flat, offsets, cands, self.device)
+                    phases(index).rescore(flat, offsets, cands, self.device, k, self.refine_depth)
                     for index, cands in zip(parts, located, strict=True)
                 ]
             )
@@ -935,8 +964,8 @@ class ShardedRetriever:
         None searches the shards in this process. Otherwise ``actors(index)`` serves them
         elsewhere, as for ``FieldRetriever`` (``latemm.distributed.ShardActors`` on Ray, what
         ``latemm.jobs.open_retriever(..., ray=ADDRESS)`` passes).
-    **options
-        ``device``, ``nprobe``, ``ef_search``, as for ``Retriever``.
+    refine_depth, **options
+        ``refine_depth``, ``device``, ``nprobe``, ``ef_search``, as for ``Retriever``.
     """
 
     def __init__(
@@ -954,18 +983,17 @@ class ShardedRetriever:
         from latemm.sharded import check_encoder, read_manifest
 
         self.path = Path(index)
-        if refine_depth is not None:
-            raise InputError(
-                f"--refine-depth applies to an unsharded index; {self.path} is sharded, and its "
-                "shards score every candidate from their refine copy: leave the option out"
-            )
         self.config = read_manifest(self.path).config
         if encoder is not None:
             check_encoder(self.config, encoder.info.to_dict(), self.path)
         self.encoder = encoder
         self.reranker, self.rerank_depth, self.rerank_fusion = reranker, rerank_depth, rerank_fusion
         self.searcher = FieldRetriever(
-            self.path, encoders={LEGACY_FIELD: encoder}, actors=actors, **options
+            self.path,
+            encoders={LEGACY_FIELD: encoder},
+            actors=actors,
+            refine_depth=refine_depth,
+            **options,
         )
 
     @property

@@ -133,7 +133,46 @@ def test_a_sharded_index_ranks_as_the_unsharded_one(vectors) -> None:
     assert top not in set(hidden.doc_ids.ravel().tolist())
 
 
-def test_refine_depth_on_a_sharded_index_is_named(vectors) -> None:
-    _, three = vectors
-    with pytest.raises(InputError, match="--refine-depth applies to an unsharded index"):
+def test_refine_depth_on_a_sharded_index(vectors, tmp_path) -> None:
+    """``refine_depth`` works on a sharded index as on one index: each shard rescores its best
+    candidates on the compact codes from its refine copy; deep enough, every candidate, and
+    the answer is one index's. An index without a refine copy names the option."""
+    one, three = vectors
+    with pytest.raises(InputError, match="has no refine copy"):
         ShardedRetriever(three, refine_depth=8)
+    corpus = one.parent / "c.parquet"
+    refine = ["--dtype", "pq1", "--refine", "float16"]
+    plain = _index(corpus, tmp_path / "plain", refine)
+    sharded = _index(corpus, tmp_path / "sharded", [*refine, "--shards", "3"])
+    want = Retriever(plain, refine_depth=64).search_embeddings(_queries(), k=10, candidates=64)
+    got = ShardedRetriever(sharded, refine_depth=64).search_embeddings(
+        _queries(), k=10, candidates=64
+    )
+    assert got.doc_ids.tolist() == want.doc_ids.tolist()
+    np.testing.assert_array_equal(got.scores, want.scores)
+    shallow = ShardedRetriever(sharded, refine_depth=12).search_embeddings(
+        _queries(), k=10, candidates=64
+    )
+    exact = {  # every candidate rescored from the refine copy
+        (q, d): s
+        for q, (ids, scores) in enumerate(zip(want.doc_ids, want.scores, strict=True))
+        for d, s in zip(ids, scores, strict=True)
+    }
+    for q, (ids, scores) in enumerate(zip(shallow.doc_ids, shallow.scores, strict=True)):
+        for d, s in zip(ids, scores, strict=True):
+            if (q, d) in exact:
+                assert s == exact[(q, d)]
+
+
+def test_refine_depth_with_fused_fields_is_named(corpus, tmp_path) -> None:
+    idx = _index(corpus, tmp_path / "f", ["--field", "emb=embedding:embedding"])
+    assert main(["index", str(corpus), "--index", str(idx), "--field", "bm=bm25"]) == 0
+    with pytest.raises(InputError, match="--refine-depth applies to one searched field"):
+        FieldRetriever(idx, refine_depth=8)
+
+
+def test_named_fields_into_a_sharded_index_of_one_encoder_are_refused(corpus, tmp_path) -> None:
+    idx = _index(corpus, tmp_path / "s", ["--shards", "2"])
+    with pytest.raises(InputError, match="sharded index of one encoder"):
+        latemm.build_index(corpus, idx, fields={"emb": "embedding:embedding"})
+    assert not (idx / "fields.json").exists() and latemm.verify(idx) == []
