@@ -272,10 +272,15 @@ def prepare_short(cache: Path) -> dict[str, Any]:
 
 
 def run_short(
-    prep: dict[str, Any], checkout: Path, work: Path, tag: str, shards: int | None = None
+    prep: dict[str, Any],
+    checkout: Path,
+    work: Path,
+    tag: str,
+    shards: int | None = None,
+    candidates: int | None = None,
 ) -> dict[str, Any]:
     """One round of the CLI on one checkout: build (``--shards N`` with ``shards``), search all
-    queries, search one."""
+    queries (``--candidates`` with ``candidates``), search one."""
     import pyarrow.parquet as pq
 
     folder = prep["folder"]
@@ -288,8 +293,12 @@ def run_short(
         [latemm, "index", str(folder / "corpus.parquet"), "--index", str(index), *sharding],
         checkout,
     )
+    chosen = [] if candidates is None else ["--candidates", str(candidates)]
     search = _timed(
-        [latemm, "search", str(index), str(folder / "q.parquet"), "--out", str(run), "--k", str(K)],
+        [
+            *[latemm, "search", str(index), str(folder / "q.parquet"), "--out", str(run)],
+            *["--k", str(K), *chosen],
+        ],
         checkout,
     )
     one = _timed(
@@ -452,7 +461,7 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         default=[None],
         help="candidate counts searched by the in-process shapes (default: the retriever's); "
-        "the first is each row's, all are recorded",
+        "the first is each row's, all are recorded; the short shape's CLI searches use the first",
     )
     parser.add_argument(
         "--short-shards",
@@ -527,7 +536,9 @@ def main(argv: list[str] | None = None) -> None:
             for r in range(args.rounds if len(pair) > 1 or shape == "short" else 1):
                 for tag, checkout in pair.items():
                     if shape == "short":
-                        got = run_short(prep, checkout, work, tag, args.short_shards)
+                        got = run_short(
+                            prep, checkout, work, tag, args.short_shards, args.candidates[0]
+                        )
                     else:
                         index = work / (shape if args.share_index else f"{shape}-{tag}")
                         got = run_synthetic(
@@ -570,6 +581,8 @@ def _write(args: argparse.Namespace, shapes: dict[str, Any]) -> Path:
     record = {"against": args.against, "rounds": args.rounds, "shapes": shapes}
     if args.short_shards is not None:
         record["short_shards"] = args.short_shards
+    if "short" in shapes and args.candidates[0] is not None:
+        record["short_candidates"] = args.candidates[0]
     return write_result(name, record)
 
 
@@ -611,6 +624,11 @@ def _shape_blocks(r: dict[str, Any]) -> list[str]:
             "",
             f"**{shape}**"
             + (f" ({r['short_shards']} shards)" if shape == "short" and "short_shards" in r else "")
+            + (
+                f" (--candidates {r['short_candidates']})"
+                if shape == "short" and "short_candidates" in r
+                else ""
+            )
             + f": {block['documents']:,} pages of {block['tokens_per_page']:.0f} tokens "
             f"on average, {block['queries']} queries of {block['tokens_per_query']:.0f} tokens, "
             f"d = {block['dim']}; brute force {block['brute_force_s_per_query'] * 1e3:.0f} ms "
