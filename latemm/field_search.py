@@ -426,15 +426,14 @@ class FieldRetriever:
             fusion_lib.agreement_weights(lists, scored[:n]) + scored[n:],
         )
 
-    def pages(self, doc_ids: Sequence[str]) -> dict[str, Any]:
+    def pages(self, doc_ids: Sequence[str], allow: Sequence[Any] | None = None) -> dict[str, Any]:
         """Text and image of each doc id: from the index's page store (``latemm.pagestore``),
         or, in an index written before it existed, from the first field holding it. Page
-        images are read from the places the reranker allows (``allow_files``)."""
-        return self.pages_for(doc_ids, getattr(self.reranker, "allow_files", ()))
-
-    def pages_for(self, doc_ids: Sequence[str], allow: Sequence[Any]) -> dict[str, Any]:
-        """``pages``, with page images read from the places ``allow`` names. A page that
-        cannot be read is an error naming the best-ranked such page of ``doc_ids``."""
+        images named by path are read only under ``allow`` (default: the reranker's
+        ``allow_files``); a page that cannot be read is an error naming the best-ranked such
+        page of ``doc_ids``."""
+        if allow is None:
+            allow = getattr(self.reranker, "allow_files", ())
         try:
             return self._read_pages(doc_ids, allow)
         except InputError:
@@ -1042,7 +1041,7 @@ class ShardedRetriever:
         return rerank_result(
             result,
             queries,
-            self.searcher.pages_for(top, getattr(self.reranker, "allow_files", ())),
+            self.searcher.pages(top, getattr(self.reranker, "allow_files", ())),
             self.reranker,
             depth=self.rerank_depth,
             fusion=self.rerank_fusion,
