@@ -180,7 +180,8 @@ def resolve_config(
         return IndexConfig(
             dim=dim,
             dtype=dtype,
-            fde=default_fde_config(dim),
+            # A residual index's default FDE is half the float16 one's (index_store.config).
+            fde=default_fde_config(dim, dtype=dtype) if is_residual(dtype) else default_fde_config(dim),
             faiss_factory=faiss_factory,
             encoder=encoder.info.to_dict() if encoder is not None else None,
             single_vector=single_vector,
