@@ -106,3 +106,60 @@ def test_candidates_table_has_a_row_per_index_and_candidate_count() -> None:
     table = table_residual_candidates(record)
     assert "| res4 | 512 | 2.00 | 0.940 | 0.5000 | 500 |" in table
     assert "| res4 | 1024 | 2.00 | 0.950 | 0.5010 | 700 |" in table
+
+
+def test_residual_codec_table_renders_every_set_of_a_run_and_its_first_stage() -> None:
+    def row(dtype: str, kib: float, recall: float, **extra: object) -> dict[str, object]:
+        return {
+            "dtype": dtype,
+            "pool_factor": 1,
+            "bytes_per_doc_all_files": kib * 1024,
+            "bytes_per_token_all_files": kib * 1024 / 50,
+            "recall@10_search": recall,
+            "ndcg@10": 0.5,
+        } | extra
+
+    first = {"faiss_factory": "PQ640x4fs", "fde_dimension": 5120}
+    record = {
+        "command": "c",
+        "commit": "abc",
+        "machine": {},
+        "date": "d",
+        "sets": [
+            {
+                "set": name,
+                "documents": 10,
+                "tokens": 500,
+                "dim": 8,
+                "rows": [row("float16", 30.0, 0.98), row("res2", 5.0, 0.92, **first)],
+            }
+            for name in ("one", "two")
+        ],
+    }
+    table = table_residual_codec(record)
+    assert "one: 10 documents" in table and "two: 10 documents" in table
+    assert table.count("| res2 | 1 | 5.00 |") == 2
+    assert "| PQ640x4fs, 5120-d FDE |" in table and "| first stage |" in table
+
+
+def test_residual_first_stage_table_shows_recall_by_candidates() -> None:
+    from experiments.report import table_residual_first_stage
+
+    depth = {f"{w}@{c}": 0.9 for c in (256, 512, 2048) for w in ("fs", "res2")}
+    record = {
+        "command": "c",
+        "commit": "abc",
+        "machine": {},
+        "date": "d",
+        "sets": [
+            {
+                "set": "toy",
+                "documents": 5,
+                "rows": [{"spec": "20:4:16:640", "fde_dimension": 5120} | depth],
+            }
+        ],
+    }
+    table = table_residual_first_stage(record)
+    assert "| R:k:p:m | FDE dims | code B/doc | first stage@256 | res2@256 |" in table
+    assert "| 20:4:16:640 | 5120 | 320 | 0.900 | 0.900 | 0.900 | 0.900 |" in table
+    assert "@2048" not in table
