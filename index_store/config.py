@@ -27,10 +27,12 @@ FACTORY_FORMS = (
     "and one fast-scan search over all segments (the default, auto: PQ<D/8>x4fs)"
 )
 # SimHash bits of a residual index's default FDE: 2^4 partitions, 5,120 dimensions, so ``auto``
-# gives PQ640x4fs (320 bytes per document, not 640). The residual codes are ~10x smaller than
-# float16's, so the first stage's code became 10% of a res2 index; on Vaswani MiniLM (real
-# vectors, RESULTS) the smaller FDE keeps recall@10 after rescoring: res2 0.918 / res4 0.963
-# against 0.922 / 0.966 with k=5 and PQ1280x4fs (512 candidates; /tmp probe, see the commit).
+# gives PQ640x4fs (320 bytes per document, not 640, and half the FDE codebook). Residual codes
+# are ~7x smaller than float16's, so the first stage was 11% of a res2 index's bytes. Vaswani
+# MiniLM, recall@10 against exact after rescoring 512 candidates (experiments.residual_first_stage):
+# res4 0.963 / res2 0.918 against 0.966 / 0.922 with k=5 and PQ1280x4fs; PQ640x4fs on the k=5
+# FDE (dsub 16) is no better and keeps the 10,240-d float32 FDEs of pre-codebook segments;
+# ColPali-shaped pages' first stage 0.990 at 512 (k=5, PQ1280: 0.992; k=5, PQ640: 0.974).
 RESIDUAL_SIMHASH_PROJECTIONS = 4
 # The default: multi-vector indexes get the global fast-scan first stage (index_store.first_stage),
 # single-vector ones an exact Flat index per segment.

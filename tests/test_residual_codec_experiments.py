@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+import pytest
 
 from experiments import plaid_baseline
 from experiments.report import table_residual_candidates, table_residual_codec
@@ -163,3 +164,45 @@ def test_residual_first_stage_table_shows_recall_by_candidates() -> None:
     assert "| R:k:p:m | FDE dims | code B/doc | first stage@256 | res2@256 |" in table
     assert "| 20:4:16:640 | 5120 | 320 | 0.900 | 0.900 | 0.900 | 0.900 |" in table
     assert "@2048" not in table
+
+
+@pytest.mark.slow  # two real builds with a trained first stage: ~50 s on a loaded 2-core machine
+def test_residual_codec_measures_the_cli_build_and_its_first_stage(tmp_path, monkeypatch) -> None:
+    """A tiny real run of ``measure``: the index is built as ``latemm index`` builds it (one
+    codebook per index, trained at the last commit) and the row names its first stage and
+    counts the index codebook file among the codes."""
+    from experiments import residual_codec
+
+    monkeypatch.setattr(residual_codec, "CACHE", tmp_path)
+    rng = np.random.default_rng(3)
+    n, tokens, dim = 1100, 3, 16
+    centres = rng.standard_normal((40, dim)).astype(np.float32)
+    vectors = centres[rng.integers(0, 40, n * tokens)] + 0.1 * rng.standard_normal(
+        (n * tokens, dim)
+    ).astype(np.float32)
+    queries = vectors[: 4 * tokens] + 0.05
+    data = {
+        "set": "toy",
+        "ids": [f"d{i}" for i in range(n)],
+        "vectors": vectors,
+        "offsets": np.arange(n + 1, dtype=np.int64) * tokens,
+        "query_ids": ["q0", "q1", "q2", "q3"],
+        "query_vectors": queries,
+        "query_offsets": np.arange(5, dtype=np.int64) * tokens,
+        "qrels": {"q0": {"d0": 1}},
+        "documents": n,
+        "tokens": n * tokens,
+        "dim": dim,
+    }
+    row = residual_codec.measure(data, "res2")
+    assert row["residual_codebook"] == "index" and row["stored_as"] == "res2"
+    assert row["faiss_factory"] == "PQ640x4fs" and row["fde_dimension"] == 5120
+    assert row["bytes_by_file"]["fde-codes.npy"] == 128 + n * 320  # .npy header + codes
+    assert any(f.startswith("vectors-codebook-g") for f in row["bytes_by_file"])
+    codebook = next(v for f, v in row["bytes_by_file"].items() if f.startswith("vectors-codebook"))
+    assert row["bytes_per_token_codes"] * n * tokens == pytest.approx(
+        row["bytes_by_file"]["vectors.npy"] + row["bytes_by_file"]["scales.npy"] + codebook
+    )
+    old = residual_codec.measure(data, "res2", fde_simhash=5, faiss="PQ1280x4fs")
+    assert old["fde_dimension"] == 10240 and old["bytes_by_file"]["fde-codes.npy"] == 128 + n * 640
+    assert 0.0 <= row["recall@10_search"] <= 1.0
