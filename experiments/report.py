@@ -574,6 +574,9 @@ FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
     "residual_codec.pool": (("residual_codec_vaswani_poolonly",), table_residual_codec),
     # The residual dtypes' half FDE (k=4, PQ640x4fs): both sets and fast-plaid in one run.
     "residual_codec.half_fde": (("residual_codec_plaid",), table_residual_codec),
+    "residual_codec.half_fde_pool": (("residual_codec_pool_plaid",), table_residual_codec),
+    # The former residual first stage (k=5, PQ1280x4fs) with the index codebook: the A/B.
+    "residual_codec.fde10240": (("residual_codec_vaswani_fde10240",), table_residual_codec),
     "residual_first_stage": (("residual_first_stage",), table_residual_first_stage),
     "residual_codec.candidates": (
         ("residual_codec_vaswani_candidates",),
