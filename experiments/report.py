@@ -420,12 +420,18 @@ def table_cpu_encode(r: dict[str, Any]) -> str:
 
 
 def table_residual_codec(r: dict[str, Any]) -> str:
-    """Section 5d: every storage of ``experiments.residual_codec`` on one real set, with fast-plaid:
-    bytes every file counted (and as a fraction of float16 and of float16 --faiss Flat), recall@10
-    against exact float32 MaxSim, nDCG@10, and times (loaded machine: ratios only)."""
-    (block,) = r["sets"]
+    """Section 5d: every storage of ``experiments.residual_codec`` on each real set of the run, with
+    fast-plaid: bytes every file counted (and as a fraction of float16 and of float16 --faiss
+    Flat), recall@10 against exact float32 MaxSim, nDCG@10, and times (loaded machine: ratios
+    only); runs that record it (``fde_dimension``) also show each index's first stage."""
+    blocks = [_residual_codec_block(block) for block in r["sets"]]
+    return f"{_provenance(r)}\n\n" + "\n\n".join(blocks)
+
+
+def _residual_codec_block(block: dict[str, Any]) -> str:
     rows = [x for x in block["rows"] if "error" not in x]
     size = {x["dtype"]: x["bytes_per_doc_all_files"] for x in rows if x.get("pool_factor") == 1}
+    first_stage = any("fde_dimension" in x for x in rows)
     out = []
     for x in rows:
         b = x["bytes_per_doc_all_files"]
@@ -445,6 +451,15 @@ def table_residual_codec(r: dict[str, Any]) -> str:
                 f"{x['encode_pages_per_s']:.0f}" if "encode_pages_per_s" in x else "-",
                 f"{x['search_s_per_query'] * 1e3:.1f}" if "search_s_per_query" in x else "-",
             ]
+            + (
+                [
+                    f"{x['faiss_factory']}, {x['fde_dimension']}-d FDE"
+                    if "fde_dimension" in x
+                    else "-"
+                ]
+                if first_stage
+                else []
+            )
         )
     header = [
         "storage",
@@ -458,13 +473,34 @@ def table_residual_codec(r: dict[str, Any]) -> str:
         "nDCG@10",
         "build docs/s",
         "search ms/query",
-    ]
+    ] + (["first stage"] if first_stage else [])
     failed = [f"{x['dtype']}: {x['error'][:300]}" for x in block["rows"] if "error" in x]
     note = f"\n\nNot run: {'; '.join(failed)}" if failed else ""
     return (
-        f"{_provenance(r)}\n\n{block['set']}: {block['documents']:,} documents, "
+        f"{block['set']}: {block['documents']:,} documents, "
         f"{block['tokens']:,} tokens of {block['dim']} dimensions.\n\n{_table(header, out)}{note}"
     )
+
+
+def table_residual_first_stage(r: dict[str, Any]) -> str:
+    """Section 5d: FDE shapes and fast-scan codes for residual indexes (``R:k:p:m``), recall@10
+    after rescoring C candidates with res2 / res4 (Vaswani) and the first stage's own recall@C
+    (Vaswani and ColPali-shaped synthetic pages)."""
+    out = []
+    for block in r["sets"]:
+        shown = ("128", "256", "512", "1024")
+        depths = [k[3:] for k in block["rows"][0] if k.startswith("fs@") and k[3:] in shown]
+        codecs = [c for c in ("res2", "res4") if f"{c}@{depths[0]}" in block["rows"][0]]
+        header = ["R:k:p:m", "FDE dims", "code B/doc"] + [
+            f"{what}@{c}" for c in depths for what in ("first stage", *codecs)
+        ]
+        rows = [
+            [x["spec"], x["fde_dimension"], int(x["spec"].split(":")[3]) // 2]
+            + [f"{x[f'{what}@{c}']:.3f}" for c in depths for what in ("fs", *codecs)]
+            for x in block["rows"]
+        ]
+        out.append(f"{block['set']}: {block['documents']:,} documents.\n\n{_table(header, rows)}")
+    return f"{_provenance(r)}\n\n" + "\n\n".join(out)
 
 
 def table_residual_candidates(r: dict[str, Any]) -> str:
@@ -536,6 +572,12 @@ FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
     "residual_codec.vaswani_speed": (("residual_codec_vaswani_x5",), table_residual_codec),
     "residual_codec.vaswani_nofast": (("residual_codec_vaswani_x7",), table_residual_codec),
     "residual_codec.pool": (("residual_codec_vaswani_poolonly",), table_residual_codec),
+    # The residual dtypes' half FDE (k=4, PQ640x4fs): both sets and fast-plaid in one run.
+    "residual_codec.half_fde": (("residual_codec_plaid",), table_residual_codec),
+    "residual_codec.half_fde_pool": (("residual_codec_pool_plaid",), table_residual_codec),
+    # The former residual first stage (k=5, PQ1280x4fs) with the index codebook: the A/B.
+    "residual_codec.fde10240": (("residual_codec_vaswani_fde10240",), table_residual_codec),
+    "residual_first_stage": (("residual_first_stage",), table_residual_first_stage),
     "residual_codec.candidates": (
         ("residual_codec_vaswani_candidates",),
         table_residual_candidates,

@@ -35,6 +35,7 @@ import argparse
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,9 @@ from experiments.common import CACHE, load_npz_sets, shared_data_dir, vaswani_mi
 from experiments.plaid_baseline import run_fastplaid
 from experiments.storage_quality import by_file
 from fde.errors import LatemmError
-from index_store import Index, IndexConfig, create
+from index_store import Index, IndexConfig, create, default_fde_config
+from index_store.codecs import is_residual
+from index_store.config import RESIDUAL_CODEBOOKS
 from latemm.metrics import evaluate, load_qrels
 from latemm.pooling import pool_tokens
 from latemm.retriever import Retriever
@@ -55,6 +58,7 @@ FLAT = "float16-flat"  # --dtype float16 --faiss Flat
 PLAID_BUILDS = [{"nbits": 2}, {"nbits": 4}]
 SETS = ("vaswani", "colbert")
 CODE_FILES = ("vectors.npy", "scales.npy", "codebook.npy")
+INDEX_CODEBOOK = "vectors-codebook-g"  # a residual index's one codebook (--residual-codebook index)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,6 +81,26 @@ def main(argv: list[str] | None = None) -> None:
         help="also search each index with these numbers of first-stage candidates",
     )
     parser.add_argument(
+        "--residual-codebook",
+        choices=RESIDUAL_CODEBOOKS,
+        default="index",
+        help="residual dtypes: one codebook per index (what latemm index creates) or per segment",
+    )
+    parser.add_argument(
+        "--fde-simhash",
+        type=int,
+        default=None,
+        help="the FDE's SimHash bits k (2^k partitions) instead of the dtype's default",
+    )
+    parser.add_argument(
+        "--faiss",
+        default="auto",
+        help="the first stage's faiss factory for every dtype but float16-flat (default auto)",
+    )
+    parser.add_argument(
+        "--name", default=None, help="results file name (default: from the options)"
+    )
+    parser.add_argument(
         "--repeats",
         type=int,
         default=1,
@@ -90,6 +114,12 @@ def main(argv: list[str] | None = None) -> None:
     name += "_plaid" if args.plaid else ""
     name += "_candidates" if args.candidates else ""
     name += f"_x{args.repeats}" if args.repeats > 1 else ""
+    name = args.name or name
+    build = {
+        "residual_codebook": args.residual_codebook,
+        "fde_simhash": args.fde_simhash,
+        "faiss": args.faiss,
+    }
     results: list[dict[str, Any]] = []
     for set_name in args.sets:
         data = vaswani_set(args.docs) if set_name == "vaswani" else colbert_set()
@@ -109,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
                         pool=step[1],
                         candidates=args.candidates,
                         repeats=args.repeats,
+                        **build,
                     )
                 )
             # Written after every row: a long run that is stopped keeps what it measured.
@@ -191,23 +222,37 @@ def measure(
     pool: int = 1,
     candidates: list[int] | None = None,
     repeats: int = 1,
+    residual_codebook: str = "index",
+    fde_simhash: int | None = None,
+    faiss: str = "auto",
 ) -> dict[str, Any]:
     q, q_off = data["query_vectors"], data["query_offsets"]
     exact_top = exact_top10(data)
     vectors, offsets = data["vectors"], data["offsets"]
     if pool > 1:
         vectors, offsets = pool_tokens(vectors, offsets, pool)
-    storage, factory = ("float16", "Flat") if dtype == FLAT else (dtype, "auto")
+    storage, factory = ("float16", "Flat") if dtype == FLAT else (dtype, faiss)
+    fde = default_fde_config(data["dim"], dtype=storage)
+    if fde_simhash is not None and dtype != FLAT:
+        fde = replace(fde, num_simhash_projections=fde_simhash)
+    config = IndexConfig(
+        dim=data["dim"],
+        dtype=storage,
+        fde=fde,
+        faiss_factory=factory,
+        residual_codebook=residual_codebook if is_residual(storage) else "segment",
+    )
     path = CACHE / f"residual-codec-{data['set']}-{dtype}-pool{pool}"
     shutil.rmtree(path, ignore_errors=True)
     start = time.perf_counter()
-    with create(path, IndexConfig(dim=data["dim"], dtype=storage, faiss_factory=factory)) as writer:
+    with create(path, config) as writer:
         writer.add(data["ids"], vectors, offsets=offsets)
-        writer.commit()
+        writer.commit(final=True)  # as latemm index's last commit: trains the index codebook
     index_s = time.perf_counter() - start
     index = Index.open(path)
     files = by_file(path)
-    total, codes = sum(files.values()), sum(files.get(f, 0) for f in CODE_FILES)
+    total = sum(files.values())
+    codes = sum(n for f, n in files.items() if f in CODE_FILES or f.startswith(INDEX_CODEBOOK))
     retriever = Retriever(index)
     retriever.search_embeddings(q[: q_off[1]], q_off[:2], k=100)  # warm-up
     runs = []
@@ -231,6 +276,9 @@ def measure(
         if segment.codebook is None or segment.codebook.ndim != 2
         else int(segment.codebook.shape[0] - ((2 << int(dtype[3:])) - 1)),
         "faiss_factory": index.config.faiss_factory,
+        "fde_dimension": index.config.faiss_dimension,
+        "fde_simhash": index.config.fde_config.num_simhash_projections,
+        "residual_codebook": index.config.residual_codebook,
         "bytes_per_token_all_files": total / data["tokens"],
         "bytes_per_doc_all_files": total / data["documents"],
         "bytes_per_token_codes": codes / data["tokens"],

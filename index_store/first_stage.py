@@ -7,7 +7,8 @@ With a fast-scan factory (``PQ<m>x4fs``, the default for multi-vector indexes) t
   sha256. It is trained once, on the first commit that holds ``MIN_TRAIN_DOCUMENTS`` documents
   (with those committed before), and never rewritten;
 - per segment, ``fde-codes.npy``: the documents' FDEs encoded with it, (n, m / 2) uint8 (640
-  bytes per page for the default 10,240-dimensional FDE and m = 1,280).
+  bytes per page for the default 10,240-dimensional FDE and m = 1,280; 320 for a residual
+  index's 5,120-dimensional one and m = 640, ``index_store.config.default_fde_config``).
 
 Segments committed before the codebook existed keep the per-segment layout (``fde.faiss``, an
 exact Flat index over their FDEs); together they hold fewer than ``MIN_TRAIN_DOCUMENTS``

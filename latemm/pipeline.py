@@ -177,10 +177,13 @@ def resolve_config(
     ``refine`` and ``refine_depth`` only apply to a new index.
     """
     if not (Path(index_dir) / "manifest.json").is_file():
+        # A residual index's default FDE is half the float16 one's (index_store.config).
+        residual = is_residual(dtype)
+        fde = default_fde_config(dim, dtype=dtype) if residual else default_fde_config(dim)
         return IndexConfig(
             dim=dim,
             dtype=dtype,
-            fde=default_fde_config(dim),
+            fde=fde,
             faiss_factory=faiss_factory,
             encoder=encoder.info.to_dict() if encoder is not None else None,
             single_vector=single_vector,
@@ -188,7 +191,7 @@ def resolve_config(
             refine_depth=refine_depth,
             # A build commits every few hundred documents: one codebook for the whole index,
             # not one per commit (IndexConfig.residual_codebook).
-            residual_codebook="index" if is_residual(dtype) else "segment",
+            residual_codebook="index" if residual else "segment",
         )
     config = Index.open(index_dir, verify="none").config
     recorded = config.encoder

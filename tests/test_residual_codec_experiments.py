@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+import pytest
 
 from experiments import plaid_baseline
 from experiments.report import table_residual_candidates, table_residual_codec
@@ -106,3 +107,102 @@ def test_candidates_table_has_a_row_per_index_and_candidate_count() -> None:
     table = table_residual_candidates(record)
     assert "| res4 | 512 | 2.00 | 0.940 | 0.5000 | 500 |" in table
     assert "| res4 | 1024 | 2.00 | 0.950 | 0.5010 | 700 |" in table
+
+
+def test_residual_codec_table_renders_every_set_of_a_run_and_its_first_stage() -> None:
+    def row(dtype: str, kib: float, recall: float, **extra: object) -> dict[str, object]:
+        return {
+            "dtype": dtype,
+            "pool_factor": 1,
+            "bytes_per_doc_all_files": kib * 1024,
+            "bytes_per_token_all_files": kib * 1024 / 50,
+            "recall@10_search": recall,
+            "ndcg@10": 0.5,
+        } | extra
+
+    first = {"faiss_factory": "PQ640x4fs", "fde_dimension": 5120}
+    record = {
+        "command": "c",
+        "commit": "abc",
+        "machine": {},
+        "date": "d",
+        "sets": [
+            {
+                "set": name,
+                "documents": 10,
+                "tokens": 500,
+                "dim": 8,
+                "rows": [row("float16", 30.0, 0.98), row("res2", 5.0, 0.92, **first)],
+            }
+            for name in ("one", "two")
+        ],
+    }
+    table = table_residual_codec(record)
+    assert "one: 10 documents" in table and "two: 10 documents" in table
+    assert table.count("| res2 | 1 | 5.00 |") == 2
+    assert "| PQ640x4fs, 5120-d FDE |" in table and "| first stage |" in table
+
+
+def test_residual_first_stage_table_shows_recall_by_candidates() -> None:
+    from experiments.report import table_residual_first_stage
+
+    depth = {f"{w}@{c}": 0.9 for c in (256, 512, 2048) for w in ("fs", "res2")}
+    record = {
+        "command": "c",
+        "commit": "abc",
+        "machine": {},
+        "date": "d",
+        "sets": [
+            {
+                "set": "toy",
+                "documents": 5,
+                "rows": [{"spec": "20:4:16:640", "fde_dimension": 5120} | depth],
+            }
+        ],
+    }
+    table = table_residual_first_stage(record)
+    assert "| R:k:p:m | FDE dims | code B/doc | first stage@256 | res2@256 |" in table
+    assert "| 20:4:16:640 | 5120 | 320 | 0.900 | 0.900 | 0.900 | 0.900 |" in table
+    assert "@2048" not in table
+
+
+@pytest.mark.slow  # two real builds with a trained first stage: ~50 s on a loaded 2-core machine
+def test_residual_codec_measures_the_cli_build_and_its_first_stage(tmp_path, monkeypatch) -> None:
+    """A tiny real run of ``measure``: the index is built as ``latemm index`` builds it (one
+    codebook per index, trained at the last commit) and the row names its first stage and
+    counts the index codebook file among the codes."""
+    from experiments import residual_codec
+
+    monkeypatch.setattr(residual_codec, "CACHE", tmp_path)
+    rng = np.random.default_rng(3)
+    n, tokens, dim = 1100, 3, 16
+    centres = rng.standard_normal((40, dim)).astype(np.float32)
+    vectors = centres[rng.integers(0, 40, n * tokens)] + 0.1 * rng.standard_normal(
+        (n * tokens, dim)
+    ).astype(np.float32)
+    queries = vectors[: 4 * tokens] + 0.05
+    data = {
+        "set": "toy",
+        "ids": [f"d{i}" for i in range(n)],
+        "vectors": vectors,
+        "offsets": np.arange(n + 1, dtype=np.int64) * tokens,
+        "query_ids": ["q0", "q1", "q2", "q3"],
+        "query_vectors": queries,
+        "query_offsets": np.arange(5, dtype=np.int64) * tokens,
+        "qrels": {"q0": {"d0": 1}},
+        "documents": n,
+        "tokens": n * tokens,
+        "dim": dim,
+    }
+    row = residual_codec.measure(data, "res2")
+    assert row["residual_codebook"] == "index" and row["stored_as"] == "res2"
+    assert row["faiss_factory"] == "PQ640x4fs" and row["fde_dimension"] == 5120
+    assert row["bytes_by_file"]["fde-codes.npy"] == 128 + n * 320  # .npy header + codes
+    assert any(f.startswith("vectors-codebook-g") for f in row["bytes_by_file"])
+    codebook = next(v for f, v in row["bytes_by_file"].items() if f.startswith("vectors-codebook"))
+    assert row["bytes_per_token_codes"] * n * tokens == pytest.approx(
+        row["bytes_by_file"]["vectors.npy"] + row["bytes_by_file"]["scales.npy"] + codebook
+    )
+    old = residual_codec.measure(data, "res2", fde_simhash=5, faiss="PQ1280x4fs")
+    assert old["fde_dimension"] == 10240 and old["bytes_by_file"]["fde-codes.npy"] == 128 + n * 640
+    assert 0.0 <= row["recall@10_search"] <= 1.0
