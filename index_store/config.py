@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fde import FDEConfig
@@ -278,9 +278,23 @@ class IndexConfig:
             residual_codebook=payload.get("residual_codebook", "segment"),
         )
 
+    def _default_first_stage(self, fde: FDEConfig | None) -> bool:
+        """Whether this config's first stage is what ``IndexConfig`` gives by default over the
+        FDE ``fde`` (None: the default FDE of its dtype)."""
+        default = replace(self, fde=fde, faiss_factory="auto")
+        return (self.fde, self.faiss_factory) == (default.fde, default.faiss_factory)
+
     def differences(self, other: IndexConfig) -> list[str]:
         """``"field: recorded X, requested Y"`` for each setting ``other`` changes."""
         mine, theirs = self.to_dict(), other.to_dict()
+        # A residual index written when every dtype had the 10,240-d FDE (and its code), reopened
+        # with the defaults of today: both are the default of their day, the recorded one stays.
+        if (
+            is_residual(self.dtype)
+            and self._default_first_stage(default_fde_config(self.dim))
+            and other._default_first_stage(None)
+        ):
+            theirs["fde"], theirs["faiss_factory"] = mine["fde"], mine["faiss_factory"]
         # Keys to_dict leaves out at their defaults.
         absent = {"single_vector": False, "refine": None, "residual_codebook": "segment"}
         return [

@@ -104,3 +104,22 @@ def test_an_index_recorded_with_the_10240_fde_keeps_it_on_append(tmp_path) -> No
     assert verify(path) == []
     result = Retriever(index).search_embeddings(_docs(24, 3, 2, 5), k=5, candidates=2000)
     assert all(len(r) == 5 for r in result.doc_ids)
+
+
+def test_a_default_reopen_keeps_a_residual_index_written_with_the_former_default(tmp_path) -> None:
+    """``create(path, IndexConfig(dim, dtype="res4"))`` on an index written when residual
+    dtypes had the 10,240-d FDE: both first stages are the default of their day, so the index
+    opens for writing with its recorded one; a first stage asked for by name still differs."""
+    from index_store.errors import IndexFormatError
+
+    path = tmp_path / "old"
+    old = IndexConfig(dim=DIM, dtype="res4", fde=default_fde_config(DIM), faiss_factory="auto")
+    _build(path, old, MIN_TRAIN_DOCUMENTS)
+    with create(path, IndexConfig(dim=DIM, dtype="res4")) as writer:  # today's defaults
+        writer.add(["extra"], [_docs(23, 1, 4, 5)[0]])
+        writer.commit()
+    assert Index.open(path).config == old and "extra" in Index.open(path)
+    with pytest.raises(IndexFormatError, match="other settings"):
+        create(path, IndexConfig(dim=DIM, dtype="res4", faiss_factory="PQ320x4fs"))
+    with pytest.raises(IndexFormatError, match="other settings"):  # not a residual default
+        create(path, IndexConfig(dim=DIM, dtype="res2"))
