@@ -158,15 +158,29 @@ def vaswani_minilm(data_dir: Path | None = None) -> dict[str, np.ndarray]:
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as data:
             return dict(data)
-    from latemm.encoders.text import TextEncoder
-
     root = (data_dir or shared_data_dir()) / "vaswani"
     doc_ids, doc_texts = read_trec_docs(root / "doc-text.trec")
     query_ids, query_texts = read_trec_topics(root / "query-text.trec")
+    out = minilm_token_vectors(doc_ids, doc_texts, query_ids, query_texts)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    # numpy's stub declares savez(file, *args, allow_pickle: bool, **kwds), so mypy matches
+    # **out against allow_pickle too; out's keys are the six array names above.
+    np.savez(cache, **out)  # type: ignore[arg-type]
+    return out
+
+
+def minilm_token_vectors(
+    doc_ids: list[str], doc_texts: list[str], query_ids: list[str], query_texts: list[str]
+) -> dict[str, np.ndarray]:
+    """Documents and queries embedded token by token with the packaged MiniLM (float16 vectors,
+    int64 offsets): ``doc_ids``, ``doc_vectors`` (T, 384), ``doc_offsets`` (D+1,), and the same
+    three for the queries. The one encoding of the real-vector sets (Vaswani, MMLongBench)."""
+    from latemm.encoders.text import TextEncoder
+
     encoder = TextEncoder(minilm_path())
     docs = encoder.encode_documents(doc_texts, batch_size=64, progress=True)
     queries = encoder.encode_queries(query_texts)
-    out = {
+    return {
         "doc_ids": np.array(doc_ids),
         "doc_vectors": docs.vectors.astype(np.float16),
         "doc_offsets": docs.offsets,
@@ -174,11 +188,6 @@ def vaswani_minilm(data_dir: Path | None = None) -> dict[str, np.ndarray]:
         "query_vectors": queries.vectors.astype(np.float16),
         "query_offsets": queries.offsets,
     }
-    CACHE.mkdir(parents=True, exist_ok=True)
-    # numpy's stub declares savez(file, *args, allow_pickle: bool, **kwds), so mypy matches
-    # **out against allow_pickle too; out's keys are the six array names above.
-    np.savez(cache, **out)  # type: ignore[arg-type]
-    return out
 
 
 def mmlongbench_questions(
