@@ -578,6 +578,7 @@ FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
     # The former residual first stage (k=5, PQ1280x4fs) with the index codebook: the A/B.
     "residual_codec.fde10240": (("residual_codec_vaswani_fde10240",), table_residual_codec),
     "residual_first_stage": (("residual_first_stage",), table_residual_first_stage),
+    "residual_codec.mmlongbench": (("residual_codec_mmlongbench_plaid",), table_residual_codec),
     "residual_codec.candidates": (
         ("residual_codec_vaswani_candidates",),
         table_residual_candidates,
