@@ -670,7 +670,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    from latemm.api import delete
     from latemm.collection import open_collection
 
     ids = list(args.ids or [])
@@ -680,8 +679,9 @@ def cmd_delete(args: argparse.Namespace) -> int:
         ids += [
             line.strip() for line in Path(args.ids_file).read_text().splitlines() if line.strip()
         ]
-    found = delete(args.index, ids, missing_ok=args.missing_ok)
-    every = "every field of " if open_collection(args.index).named_fields else ""
+    collection = open_collection(args.index)
+    found = collection.delete(ids, missing_ok=args.missing_ok)
+    every = "every field of " if collection.named_fields else ""
     print(f"deleted {found} documents from {every}{args.index}")
     return 0
 

@@ -130,12 +130,10 @@ class IndexPart:
         return doc_ids_of(self.index, cands), np.where(cands.valid, cands.scores, np.nan)
 
     def locate(self, pool: np.ndarray) -> Candidates:
-        locations = self.index.locations()
-        segs = np.full(pool.shape, -1, dtype=np.int64)
-        rows = np.full(pool.shape, -1, dtype=np.int64)
-        for (q, u), d in np.ndenumerate(pool):
-            if d is not None and d in locations:
-                segs[q, u], rows[q, u] = locations[d]
+        locations, absent = self.index.locations(), (-1, -1)  # None pads and other parts' ids
+        found = [locations.get(d, absent) for d in pool.ravel().tolist()]  # a lookup each
+        segs = np.fromiter((s for s, _ in found), np.int64, len(found)).reshape(pool.shape)
+        rows = np.fromiter((r for _, r in found), np.int64, len(found)).reshape(pool.shape)
         return Candidates(segs, rows, np.zeros(pool.shape, np.float32))
 
     def rescore(
