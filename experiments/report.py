@@ -522,6 +522,29 @@ def table_residual_candidates(r: dict[str, Any]) -> str:
     return f"{_provenance(r)}\n\n{_table(header, rows)}"
 
 
+def table_residual_speed(r: dict[str, Any]) -> str:
+    """Section 5d: residual searches with and without a refine depth against the float16
+    default, alternated in one process (``experiments.residual_speed``)."""
+    out = []
+    for block in r["sets"]:
+        rows = [
+            [
+                k,
+                x["config"],
+                f"{x['bytes_per_doc_all_files'] / 1024:.2f}",
+                f"{x['search_s_per_query'] * 1e3:.2f}",
+                f"{x['ratio_to_float16']:.2f}x",
+                f"{x['recall@10']:.3f}",
+                f"{x['ndcg@10']:.4f}" if isinstance(x["ndcg@10"], float) else "-",
+            ]
+            for k, xs in block["by_k"].items()
+            for x in xs
+        ]
+        header = ["k", "search", "KiB/page", "ms/query", "vs float16", "recall@10", "nDCG@10"]
+        out.append(f"{block['set']}: {block['documents']:,} pages.\n\n{_table(header, rows)}")
+    return f"{_provenance(r)}\n\n" + "\n\n".join(out)
+
+
 def table_residual_rotation(r: dict[str, Any]) -> str:
     """Section 5d: the residual's quantile buckets on its own axes, on principal axes, and on
     principal axes with bits spread by variance (the codec's own loss, no first stage)."""
@@ -583,6 +606,8 @@ FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
         ("residual_codec_vaswani_candidates",),
         table_residual_candidates,
     ),
+    "residual_speed": (("residual_speed",), table_residual_speed),
+    "residual_speed.mmlongbench": (("residual_speed_mmlongbench",), table_residual_speed),
     "refine.ab": (
         ("ab_refine_before_1", "ab_refine_after_1", "ab_refine_before_2", "ab_refine_after_2"),
         table_ab_refine,

@@ -225,6 +225,13 @@ class IndexConfig:
             raise InputError(f"IndexConfig.refine_depth must be a positive int, got {depth!r}")
 
     @property
+    def takes_refine_depth(self) -> bool:
+        """Whether a search's ``refine_depth`` applies: each query's candidates are ranked on
+        compact codes first and only the depth best scored exactly, from the refine copy, or,
+        for a residual dtype, decoded (ranked by their tokens' centroids)."""
+        return self.refine is not None or is_residual(self.dtype)
+
+    @property
     def fde_config(self) -> FDEConfig:
         assert self.fde is not None
         return self.fde

@@ -343,12 +343,11 @@ class Segment:
         written into ``into`` ((n, d) C-contiguous of that dtype) when given."""
         if self.codebook is not None and codecs.is_residual(self.dtype):
             nbits = codecs.RESIDUAL_BITS[self.dtype]
+            wide = self.residual_codebook()
             if "residual" not in self._tables:  # built once per reader and segment
-                wide = self.codebook.astype(np.float32)
                 _, _, weights = codecs.residual_parts(wide, nbits)
                 self._tables["residual"] = codecs.residual_table(weights, nbits)
-                self._tables["residual-codebook"] = wide
-            table, wide = self._tables["residual"], self._tables["residual-codebook"]
+            table = self._tables["residual"]
             return codecs.residual_decode(codes, wide, nbits, out, table=table, into=into)
         if self.codebook is None:
             decoded = codecs.decode(codes, scales, self.dtype, self.config.dim, out=out)
@@ -360,6 +359,26 @@ class Segment:
         if key not in self._tables:  # built once per reader and segment
             self._tables[key] = codecs.pair_table(self.codebook, out)
         return codecs.pq_decode(codes, self._tables[key], out, into)
+
+    def residual_codebook(self) -> np.ndarray:
+        """This residual segment's codebook widened to float32 (once per reader and segment):
+        ``codecs.residual_parts`` splits it into centroids, cutoffs and weights."""
+        if self.codebook is None or not codecs.is_residual(self.dtype):
+            raise InputError(f"segment {self.path.name} holds {self.dtype} codes, not residual")
+        if "residual-codebook" not in self._tables:
+            self._tables["residual-codebook"] = self.codebook.astype(np.float32)
+        return self._tables["residual-codebook"]
+
+    def decoded_magnitude(self) -> float:
+        """At least the largest ``|value|`` of any of this residual segment's vectors decoded
+        to float32, read from its codebook (a centroid plus a bucket weight per dimension,
+        summed in float32: half an ulp more at most)."""
+        if "magnitude" not in self._tables:  # once per reader and segment
+            nbits = codecs.RESIDUAL_BITS[self.dtype]
+            centroids, _, weights = codecs.residual_parts(self.residual_codebook(), nbits)
+            top = np.abs(centroids).max(axis=0).astype(np.float64) + np.abs(weights).max(axis=0)
+            self._tables["magnitude"] = np.array(top.max() * (1.0 + 2.0**-22))
+        return float(self._tables["magnitude"])
 
     @property
     def num_docs(self) -> int:

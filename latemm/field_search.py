@@ -345,10 +345,10 @@ class FieldRetriever:
                 f"{', '.join(self.plan.scored)}, each scored from its refine copy: leave it out"
             )
         (name,) = self.plan.scored
-        if not any(getattr(p.config, "refine", None) for p in self.parts[name]):
+        if not any(getattr(p.config, "takes_refine_depth", False) for p in self.parts[name]):
             raise InputError(
                 f"refine_depth: the index {self.path} has no refine copy (it was built without "
-                "--refine); leave the depth out"
+                "--refine) and no residual codes; leave the depth out"
             )
         return depth
 

@@ -626,6 +626,37 @@ def maxsim_half(
     return scores, _bounds(best.T, max_abs, terms, q_offsets)
 
 
+def maxsim_float32(
+    query_vectors: np.ndarray,
+    doc_vectors: np.ndarray,
+    doc_offsets: np.ndarray,
+    magnitude: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One query's MaxSim in float32 products against n documents, with error bounds.
+
+    ``query_vectors`` (Tq, d) float32; ``doc_vectors`` (N, d) float32 with (n + 1,)
+    ``doc_offsets`` (every document has a vector); ``magnitude`` (n,): at least the largest
+    ``|value|`` of each document's vectors. Returns (n,) float32 scores and (n,) float64 bounds:
+    ``maxsim`` of the pair, and the exact pass's float64 score, are within the bound of the
+    score. Per similarity both float32 kernels are within ``gamma_d ||q||_1 m`` (plus ``d``
+    underflows of half a subnormal each) of the true product; ``_bounds`` adds the maxima's
+    float32 sums. ``(1, n)`` float32 products cost ~1/6 of the exact pass's float64 ones,
+    conversion included (24,576 MiniLM tokens against 10 query tokens: 4.3 against 28 ms).
+    """
+    queries = np.ascontiguousarray(query_vectors, dtype=np.float32)
+    starts = np.asarray(doc_offsets[:-1], dtype=np.int64) - int(doc_offsets[0])
+    docs = doc_vectors[int(doc_offsets[0]) : int(doc_offsets[-1])]
+    sim = torch.mm(_tensor(docs), torch.from_numpy(queries).T).numpy()  # (N, Tq)
+    best = np.maximum.reduceat(sim, starts, axis=0)  # (n, Tq)
+    q_offsets = np.array([0, queries.shape[0]], dtype=np.int64)
+    scores = _sum_rows(best.T, q_offsets)[0]
+    dim = queries.shape[1]
+    a = 2.0 * _gamma(dim) * np.abs(queries.astype(np.float64)).sum(axis=1)
+    c = np.full(queries.shape[0], dim * _TINY32)  # 2 kernels x d products x half a subnormal
+    bounds = _bounds(best.T, np.asarray(magnitude, np.float64), (a, c), q_offsets, 0.0, 0.0)
+    return scores.astype(np.float32), bounds[0]
+
+
 def maxsim_int8(
     query_vectors: np.ndarray,
     query_offsets: np.ndarray,

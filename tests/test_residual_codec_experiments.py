@@ -206,3 +206,44 @@ def test_residual_codec_measures_the_cli_build_and_its_first_stage(tmp_path, mon
     old = residual_codec.measure(data, "res2", fde_simhash=5, faiss="PQ1280x4fs")
     assert old["fde_dimension"] == 10240 and old["bytes_by_file"]["fde-codes.npy"] == 128 + n * 640
     assert 0.0 <= row["recall@10_search"] <= 1.0
+
+
+def test_residual_speed_alternates_the_searches_and_reports_ratios(tmp_path, monkeypatch) -> None:
+    """``experiments.residual_speed`` on a tiny clustered set: every configuration is timed in
+    every round, ratios are to float16's median, the depth is the one searched with, and the
+    report renders the record."""
+    from experiments import residual_speed
+    from experiments.report import table_residual_speed
+
+    monkeypatch.setattr(residual_speed, "CACHE", tmp_path)
+    rng = np.random.default_rng(5)
+    centres = rng.standard_normal((40, 16)).astype(np.float32)
+    lengths = rng.integers(4, 9, 300)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    vectors = centres[rng.integers(0, 40, offsets[-1])] + 0.1 * rng.standard_normal(
+        (offsets[-1], 16)
+    ).astype(np.float32)
+    queries = vectors[:12].copy()
+    data = {
+        "set": "tiny",
+        "ids": [f"d{i}" for i in range(300)],
+        "vectors": vectors,
+        "offsets": offsets,
+        "query_ids": ["q0", "q1", "q2"],
+        "query_vectors": queries,
+        "query_offsets": np.array([0, 4, 8, 12]),
+        "qrels": {"q0": {"d0": 1}},
+        "documents": 300,
+        "tokens": int(offsets[-1]),
+        "dim": 16,
+    }
+    block = residual_speed.measure_set(data, ["res4"], [8], [5], rounds=2)
+    rows = block["by_k"]["5"]
+    assert [r["config"] for r in rows] == ["float16", "res4", "res4 depth 8"]
+    assert [r["refine_depth"] for r in rows] == [None, None, 8]
+    assert all(len(r["search_s_per_query_runs"]) == 2 for r in rows)
+    assert rows[0]["ratio_to_float16"] == 1.0
+    assert all(0.0 <= r["recall@10"] <= 1.0 for r in rows)
+    assert rows[1]["bytes_per_doc_all_files"] == rows[2]["bytes_per_doc_all_files"]
+    table = table_residual_speed({"sets": [block], "command": "x", "commit": "c", "date": "d"})
+    assert "res4 depth 8" in table and "1.00x" in table

@@ -443,3 +443,70 @@ def test_search_of_a_residual_index_scores_exactly_over_the_decoded_vectors(tmp_
         order = np.lexsort((np.array(ids), -brute[qi]))[:4]
         assert list(row) == [ids[j] for j in order]
         np.testing.assert_allclose(result.scores[qi], brute[qi, order], rtol=1e-5, atol=1e-5)
+
+
+def _exact_over_decoded(index: Index, queries: list[np.ndarray], ids: list[str]) -> np.ndarray:
+    """(Q, len(ids)) float64 MaxSim of each query over the decoded vectors of ``ids``."""
+    return np.array(
+        [
+            [
+                (q.astype(np.float64) @ index.get(i).vectors.T.astype(np.float64)).max(1).sum()
+                for i in ids
+            ]
+            for q in queries
+        ]
+    )
+
+
+@pytest.mark.parametrize("dtype", RESIDUAL)
+def test_a_refine_depth_over_every_candidate_gives_the_exact_search(tmp_path, dtype) -> None:
+    """The depth path (float32 pass with bounds, float64 for those that may reach the top k)
+    returns the ids and scores of the exact path when the depth keeps every candidate."""
+    path = tmp_path / "idx"
+    with create(path, IndexConfig(dim=DIM, dtype=dtype)) as writer:
+        writer.add([f"d{i}" for i in range(160)], _docs(16, 160))
+        writer.commit()
+    index = Index.open(path)
+    queries = _docs(17, 6, 2, 6)
+    for k in (1, 5, 20):
+        exact = Retriever(index).search_embeddings(queries, k=k, candidates=160)
+        deep = Retriever(index, refine_depth=160).search_embeddings(queries, k=k, candidates=160)
+        assert (deep.doc_ids == exact.doc_ids).all()
+        np.testing.assert_array_equal(deep.scores, exact.scores)
+
+
+def test_a_refine_depth_decodes_the_best_candidates_by_their_centroids(tmp_path) -> None:
+    """With a depth under the candidates, each query's top k is the exact top k over its
+    ``depth`` candidates of highest centroid interaction (each token replaced by its centroid),
+    computed here by brute force from the codes."""
+    path = tmp_path / "idx"
+    n, depth, k = 200, 24, 5
+    with create(path, IndexConfig(dim=DIM, dtype="res4")) as writer:
+        writer.add([f"d{i}" for i in range(n)], _docs(18, n))
+        writer.commit()
+    index = Index.open(path)
+    (segment,) = index.segments
+    centroids, _, _ = codecs.residual_parts(segment.codebook, 4)
+    queries = _docs(19, 5, 2, 6)
+    result = Retriever(index, refine_depth=depth).search_embeddings(queries, k=k, candidates=n)
+    ids = list(segment.doc_ids)
+    for qi, q in enumerate(queries):
+        interaction = []
+        for row in range(n):
+            a, b = segment.offsets[row], segment.offsets[row + 1]
+            tokens = centroids[codecs.centroid_ids(np.asarray(segment.vectors[a:b]))]
+            interaction.append((q.astype(np.float64) @ tokens.T.astype(np.float64)).max(1).sum())
+        kept = [ids[j] for j in np.argsort(-np.array(interaction), kind="stable")[:depth]]
+        exact = _exact_over_decoded(index, [q], kept)[0]
+        order = np.lexsort((np.array(kept), -exact))[:k]
+        assert list(result.doc_ids[qi]) == [kept[j] for j in order]
+        np.testing.assert_allclose(result.scores[qi], exact[order], rtol=1e-6, atol=1e-6)
+
+
+def test_a_refine_depth_is_refused_where_it_cannot_apply(tmp_path) -> None:
+    path = tmp_path / "idx"
+    with create(path, IndexConfig(dim=DIM, dtype="float16")) as writer:
+        writer.add(["a"], _docs(20, 1))
+        writer.commit()
+    with pytest.raises(InputError, match="no refine copy .* and no residual codes"):
+        Retriever(Index.open(path), refine_depth=8)

@@ -173,7 +173,8 @@ def crash_and_resume(tmp_path: Path, kills: int, n_docs: int, seed: int = 0) -> 
             assert len(ids) >= previous, "a committed document was lost"
             previous = len(ids)
     assert killed > 0
-    subprocess.run(_index_cmd(corpus, idx), check=True, env=env, capture_output=True)
+    resumed = subprocess.run(_index_cmd(corpus, idx), env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, f"the resume after {killed} kills failed:\n{resumed.stderr}"
     crashy, clean = Index.open(idx), Index.open(tmp_path / "clean")
     assert (
         sorted(crashy.doc_ids())

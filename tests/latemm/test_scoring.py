@@ -606,3 +606,31 @@ def _spy(monkeypatch, name: str) -> list[int]:
     inner = getattr(scoring, name)
     monkeypatch.setattr(scoring, name, lambda *a, **kw: calls.append(1) or inner(*a, **kw))
     return calls
+
+
+def test_float32_maxsim_is_within_its_bound_of_the_exact_score() -> None:
+    """``maxsim_float32``'s scores are within their bounds of float64 MaxSim (and of the
+    float32 kernel), on values of very different magnitudes, and the bounds are tight enough
+    to prune: far below the gaps between scores."""
+    from latemm.scoring import maxsim_float32
+
+    rng = np.random.default_rng(3)
+    for scale in (1e-3, 1.0, 300.0):
+        lengths = rng.integers(1, 40, 60)
+        docs = (scale * rng.standard_normal((int(lengths.sum()), 48))).astype(np.float32)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        query = rng.standard_normal((7, 48)).astype(np.float32)
+        magnitude = np.array(
+            [np.abs(docs[a:b]).max() for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+        )
+        scores, bounds = maxsim_float32(query, docs, offsets, magnitude)
+        exact = np.array(
+            [
+                (query.astype(np.float64) @ docs[a:b].T.astype(np.float64)).max(1).sum()
+                for a, b in zip(offsets[:-1], offsets[1:], strict=True)
+            ]
+        )
+        kernel = maxsim(query, np.array([0, 7]), docs, offsets)[0]
+        assert (np.abs(scores - exact) <= bounds).all()
+        assert (np.abs(scores.astype(np.float64) - kernel) <= bounds).all()
+        assert (bounds < 1e-4 * np.abs(exact).max()).all()
