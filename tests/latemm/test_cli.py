@@ -238,3 +238,25 @@ def test_killed_search_resumes_to_the_same_run(tmp_path) -> None:
     )
     assert pq.read_table(out).equals(pq.read_table(clean))
     assert not parts.exists()
+
+
+def test_search_refine_depth_on_a_residual_index_and_its_error_elsewhere(tmp_path, capsys) -> None:
+    """``latemm search --refine-depth`` decodes a residual index's best candidates by their
+    centroids (a run of k rows per query); on a float16 index it is a one-line error, exit 2."""
+    corpus, queries = tmp_path / "corpus.parquet", tmp_path / "queries.parquet"
+    write_corpus(corpus, 300)
+    write_queries(queries, 4)
+    res4, plain = str(tmp_path / "res4"), str(tmp_path / "plain")
+    assert main(["index", str(corpus), "--index", res4, "--dtype", "res4", "--quiet"]) == 0
+    assert {s.dtype for s in Index.open(res4).segments} == {"res4"}
+    out = tmp_path / "run.parquet"
+    argv = ["search", res4, str(queries), "--out", str(out), "--k", "5", "--refine-depth", "16"]
+    assert main([*argv, "--quiet"]) == 0
+    run = pq.read_table(out).to_pydict()
+    assert len(run["query_id"]) == 4 * 5 and len(set(run["query_id"])) == 4
+    assert main(["index", str(corpus), "--index", plain, "--quiet"]) == 0
+    capsys.readouterr()
+    argv = ["search", plain, str(queries), "--out", str(tmp_path / "p.parquet")]
+    assert main([*argv, "--refine-depth", "16", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no residual codes" in err and err.count("\n") == 1 and "Traceback" not in err
