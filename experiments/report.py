@@ -607,6 +607,7 @@ FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
         table_residual_candidates,
     ),
     "residual_speed": (("residual_speed",), table_residual_speed),
+    "residual_codec.vaswani_all": (("residual_codec_vaswani_all",), table_residual_codec),
     "residual_speed.mmlongbench": (("residual_speed_mmlongbench",), table_residual_speed),
     "refine.ab": (
         ("ab_refine_before_1", "ab_refine_after_1", "ab_refine_before_2", "ab_refine_after_2"),
