@@ -479,18 +479,21 @@ def residual_decode(
     *,
     table: np.ndarray | None = None,
     into: np.ndarray | None = None,
+    centroids: bool = True,
 ) -> np.ndarray:
     """(n, 3 + d * n / 8) uint8 residual codes -> (n, d) ``dtype``: centroid + bucket weights,
     summed in float32 and rounded once. ``table``: ``residual_table`` of the codebook's weights
-    (float32), built here when absent; ``into``: (n, d) C-contiguous output of ``dtype``."""
-    centroids, _, weights = residual_parts(codebook, nbits)
+    (float32), built here when absent; ``into``: (n, d) C-contiguous output of ``dtype``.
+    ``centroids=False``: the bucket weights alone (the residuals), float32; adding each
+    token's centroid row to them in float32 gives the full decoding bit for bit."""
+    rows, _, weights = residual_parts(codebook, nbits)
     n = codes.shape[0]
-    dim = centroids.shape[1]
+    dim = rows.shape[1]
     ids = centroid_ids(codes)
-    if n and int(ids.max()) >= centroids.shape[0]:
-        row = int(np.argmax(ids >= centroids.shape[0]))
+    if n and int(ids.max()) >= rows.shape[0]:
+        row = int(np.argmax(ids >= rows.shape[0]))
         raise IndexCorruptError(
-            f"residual code {row} names centroid {int(ids[row])} of {centroids.shape[0]}; the "
+            f"residual code {row} names centroid {int(ids[row])} of {rows.shape[0]}; the "
             "vectors do not belong to this codebook. Restore the segment or rebuild the index"
         )
     if table is None:
@@ -508,7 +511,9 @@ def residual_decode(
         decoded = into
     else:
         decoded = np.take(table, index).view(np.float32).reshape(n, dim)  # (n, d) residuals
-    decoded += np.take(centroids, ids, axis=0)
+    if not centroids:
+        return decoded
+    decoded += np.take(rows, ids, axis=0)
     if direct or (into is None and np.dtype(dtype) == np.float32):
         return decoded
     if into is not None:

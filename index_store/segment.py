@@ -342,13 +342,7 @@ class Segment:
         """Codes of some of this segment's vectors -> (n, d) ``out`` (float32 or float16),
         written into ``into`` ((n, d) C-contiguous of that dtype) when given."""
         if self.codebook is not None and codecs.is_residual(self.dtype):
-            nbits = codecs.RESIDUAL_BITS[self.dtype]
-            wide = self.residual_codebook()
-            if "residual" not in self._tables:  # built once per reader and segment
-                _, _, weights = codecs.residual_parts(wide, nbits)
-                self._tables["residual"] = codecs.residual_table(weights, nbits)
-            table = self._tables["residual"]
-            return codecs.residual_decode(codes, wide, nbits, out, table=table, into=into)
+            return self.decode_residual(codes, out, into)
         if self.codebook is None:
             decoded = codecs.decode(codes, scales, self.dtype, self.config.dim, out=out)
             if into is None:
@@ -360,6 +354,21 @@ class Segment:
             self._tables[key] = codecs.pair_table(self.codebook, out)
         return codecs.pq_decode(codes, self._tables[key], out, into)
 
+    def decode_residual(
+        self, codes: np.ndarray, out: Any, into: Any = None, *, centroids: bool = True
+    ) -> np.ndarray:
+        """``decode`` of this residual segment's codes; ``centroids=False``: float32 residuals
+        alone (``codecs.residual_decode``)."""
+        nbits = codecs.RESIDUAL_BITS[self.dtype]
+        wide = self.residual_codebook()
+        if "residual" not in self._tables:  # built once per reader and segment
+            _, _, weights = codecs.residual_parts(wide, nbits)
+            self._tables["residual"] = codecs.residual_table(weights, nbits)
+        table = self._tables["residual"]
+        return codecs.residual_decode(
+            codes, wide, nbits, out, table=table, into=into, centroids=centroids
+        )
+
     def residual_codebook(self) -> np.ndarray:
         """This residual segment's codebook widened to float32 (once per reader and segment):
         ``codecs.residual_parts`` splits it into centroids, cutoffs and weights."""
@@ -370,14 +379,14 @@ class Segment:
         return self._tables["residual-codebook"]
 
     def decoded_magnitude(self) -> float:
-        """At least the largest ``|value|`` of any of this residual segment's vectors decoded
-        to float32, read from its codebook (a centroid plus a bucket weight per dimension,
-        summed in float32: half an ulp more at most)."""
+        """At least the largest ``|value|`` of this residual segment's centroids plus the
+        largest of its bucket weights: it bounds every centroid, every residual and every
+        decoded float32 vector's values (their sum rounds up by half an ulp at most)."""
         if "magnitude" not in self._tables:  # once per reader and segment
             nbits = codecs.RESIDUAL_BITS[self.dtype]
             centroids, _, weights = codecs.residual_parts(self.residual_codebook(), nbits)
-            top = np.abs(centroids).max(axis=0).astype(np.float64) + np.abs(weights).max(axis=0)
-            self._tables["magnitude"] = np.array(top.max() * (1.0 + 2.0**-22))
+            top = float(np.abs(centroids).max()) + float(np.abs(weights).max())
+            self._tables["magnitude"] = np.array(top * (1.0 + 2.0**-22))
         return float(self._tables["magnitude"])
 
     @property

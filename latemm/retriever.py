@@ -426,74 +426,85 @@ def _residual_rescore(
     out: np.ndarray,
 ) -> None:
     """``rescore`` of residual codes with ``k`` and a ``depth``, each query on a worker of its
-    own: its candidates' codes are read once; only its ``max(k, depth)`` best by centroid
-    interaction (``_centroid_interaction``, PLAID's pruning) are kept, the others left NaN;
-    those are decoded to float32 once, scored in float32 products with proven bounds
-    (``maxsim_float32``), and the ones that may reach the query's top k scored exactly
-    (float64, as ``_exact_scores``) from the same decoded vectors. Decoding is most of a
-    residual search: a depth of 128 of 512 candidates decodes a quarter, and the float32 pass
-    replaces float64 products (24,779 MiniLM tokens against a 10-token query: 7.7 against
-    50 ms)."""
+    own, as PLAID scores: the query's similarity to every centroid once (``_centroid_table``),
+    then its candidates' codes read once and ranked by centroid interaction (each token its
+    centroid), only the ``max(k, depth)`` best kept (the others left NaN); their residuals are
+    decoded (no centroid rows) and scored in float32 as centroid similarity + residual product,
+    with proven bounds (``maxsim_float32``); those that may reach the query's top k get their
+    centroid rows added (the full decoding, bit for bit) and the exact float64 pass. Decoding
+    is most of a residual search: a depth of 128 of 512 candidates decodes a quarter, and the
+    float32 pass replaces float64 products (24,779 MiniLM tokens against a 10-token query: 7.7
+    against 50 ms)."""
     bounded = _float32_products_exact_enough()
 
     def one_query(q: int) -> None:
         query = flat[offsets[q] : offsets[q + 1]]
-        parts = []  # per segment: candidate columns, codes, page offsets
+        parts = []  # per segment: segment, candidate columns, codes, page offsets
         for s in np.unique(cands.segments[q][cands.valid[q]]).tolist():
             cols = np.flatnonzero(cands.valid[q] & (cands.segments[q] == s))
             cols = cols[np.argsort(cands.rows[q, cols], kind="stable")]  # read in disk order
             codes, _, page_offsets = index.codes(s, cands.rows[q, cols])
-            parts.append((s, cols, codes, page_offsets))
+            parts.append((index.segments[s], cols, codes, page_offsets))
+        tables = [_centroid_table(seg, query) for seg, *_ in parts]  # (Tq, K) each
+        similarity = [t[:, centroid_ids(p[2])] for t, p in zip(tables, parts, strict=True)]
         keep = max(k, depth)
         if sum(p[1].size for p in parts) > keep:
             approx = np.concatenate(
-                [_centroid_interaction(index.segments[s], query, c, o) for s, _, c, o in parts]
+                [
+                    np.maximum.reduceat(sim, p[3][:-1], axis=1).sum(axis=0)
+                    for sim, p in zip(similarity, parts, strict=True)
+                ]
             )
             kept = np.zeros(approx.size, dtype=bool)
             kept[np.argsort(-approx, kind="stable")[:keep]] = True
             start, pruned = 0, []
-            for s, cols, codes, page_offsets in parts:
+            for seg, cols, codes, page_offsets in parts:
                 mine = np.flatnonzero(kept[start : start + cols.size])
                 start += cols.size
-                pruned.append((s, cols[mine], *take_sets(codes, page_offsets, mine)))
+                picked, picked_offsets = take_sets(codes, page_offsets, mine)
+                pruned.append((seg, cols[mine], picked, picked_offsets))
             parts = pruned
+            similarity = [t[:, centroid_ids(p[2])] for t, p in zip(tables, parts, strict=True)]
         cols = np.concatenate([p[1] for p in parts])
         lengths = np.concatenate([np.diff(p[3]) for p in parts])
         set_offsets = np.zeros(lengths.size + 1, dtype=np.int64)
         np.cumsum(lengths, out=set_offsets[1:])
-        vectors = np.empty((int(set_offsets[-1]), flat.shape[1]), dtype=np.float32)
+        residuals = np.empty((int(set_offsets[-1]), flat.shape[1]), dtype=np.float32)
+        add = np.ascontiguousarray(np.concatenate(similarity, axis=1).T)  # (N, Tq)
         start = 0
-        for s, _, codes, _ in parts:  # decoded in place: a third faster than new arrays
-            index.segments[s].decode(codes, None, np.float32, vectors[start : start + len(codes)])
+        for seg, _, codes, _ in parts:  # decoded in place: a third faster than new arrays
+            seg.decode_residual(
+                codes, np.float32, residuals[start : start + len(codes)], centroids=False
+            )
             start += len(codes)
-        magnitude = np.concatenate(
-            [np.full(p[1].size, index.segments[p[0]].decoded_magnitude()) for p in parts]
-        )
-        scores, bounds = maxsim_float32(query, vectors, set_offsets, magnitude)
+        magnitude = np.concatenate([np.full(p[1].size, p[0].decoded_magnitude()) for p in parts])
+        scores, bounds = maxsim_float32(query, residuals, set_offsets, magnitude, add)
         if not bounded:
             bounds[:] = np.inf
         need = np.flatnonzero(
             may_reach_top(scores[None], bounds[None], np.ones((1, cols.size), bool), k)[0]
         )
-        docs, doc_offsets = take_sets(vectors, set_offsets, need)
+        docs, doc_offsets = take_sets(residuals, set_offsets, need)
+        part_of = np.repeat(np.repeat(np.arange(len(parts)), [p[1].size for p in parts]), lengths)
+        ids = np.concatenate([centroid_ids(p[2]) for p in parts])
+        token_part = take_sets(part_of, set_offsets, need)[0]
+        token_ids = take_sets(ids, set_offsets, need)[0]
+        for i, (seg, *_) in enumerate(parts):  # the full decoding: centroid + residual
+            mine = token_part == i
+            centroids, _, _ = residual_parts(seg.residual_codebook(), RESIDUAL_BITS[seg.dtype])
+            docs[mine] += np.take(centroids, token_ids[mine], axis=0)
         scores[need] = maxsim_pairs(query, docs, doc_offsets, float64=True)
         out[q, cols] = scores
 
     _each_query(one_query, np.flatnonzero(cands.valid.any(axis=1)).tolist())
 
 
-def _centroid_interaction(
-    segment: Segment, query: np.ndarray, codes: np.ndarray, page_offsets: np.ndarray
-) -> np.ndarray:
-    """(n,) approximate MaxSim of a query against n pages of residual ``codes``: each token
-    stands for its centroid (one (Tq, K) product, then a gather), as PLAID's centroid
-    interaction ranks candidates before decoding any."""
-    nbits = RESIDUAL_BITS[segment.dtype]
-    centroids, _, _ = residual_parts(segment.residual_codebook(), nbits)
+def _centroid_table(segment: Segment, query: np.ndarray) -> np.ndarray:
+    """(Tq, K) float32: the query tokens' similarities to a residual segment's centroids, one
+    product (PLAID's centroid scores: a token's centroid similarity is then a gather)."""
+    centroids, _, _ = residual_parts(segment.residual_codebook(), RESIDUAL_BITS[segment.dtype])
     queries = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32))
-    table = torch.mm(queries, torch.from_numpy(centroids).T).numpy()  # (Tq, K)
-    best = np.maximum.reduceat(table[:, centroid_ids(codes)], page_offsets[:-1], axis=1)
-    return best.sum(axis=0)
+    return torch.mm(queries, torch.from_numpy(centroids).T).numpy()
 
 
 def _float32_products_exact_enough() -> bool:
