@@ -634,3 +634,32 @@ def test_float32_maxsim_is_within_its_bound_of_the_exact_score() -> None:
         assert (np.abs(scores - exact) <= bounds).all()
         assert (np.abs(scores.astype(np.float64) - kernel) <= bounds).all()
         assert (bounds < 1e-4 * np.abs(exact).max()).all()
+
+
+def test_float32_maxsim_split_into_centroids_and_residuals_is_within_its_bound() -> None:
+    """PLAID's split (``add``: centroid similarities, ``doc_vectors``: residuals): the score is
+    within its bound of float64 MaxSim over the float32 sums centroid + residual, and the
+    bound stays tight."""
+    from latemm.scoring import maxsim_float32
+
+    rng = np.random.default_rng(4)
+    for scale in (1e-2, 1.0, 50.0):
+        centroids = (scale * rng.standard_normal((64, 48))).astype(np.float32)
+        lengths = rng.integers(1, 30, 50)
+        n = int(lengths.sum())
+        ids = rng.integers(0, 64, n)
+        residuals = (0.1 * scale * rng.standard_normal((n, 48))).astype(np.float32)
+        decoded = centroids[ids] + residuals  # float32 sums, as the codec decodes
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        query = rng.standard_normal((6, 48)).astype(np.float32)
+        add = np.ascontiguousarray((query @ centroids.T)[:, ids].T)  # (N, Tq) float32
+        magnitude = np.full(50, float(np.abs(centroids).max() + np.abs(residuals).max()))
+        scores, bounds = maxsim_float32(query, residuals, offsets, magnitude, add)
+        exact = np.array(
+            [
+                (query.astype(np.float64) @ decoded[a:b].T.astype(np.float64)).max(1).sum()
+                for a, b in zip(offsets[:-1], offsets[1:], strict=True)
+            ]
+        )
+        assert (np.abs(scores - exact) <= bounds).all()
+        assert (bounds < 1e-4 * np.abs(exact).max()).all()
