@@ -42,6 +42,11 @@ from index_store.errors import IndexCorruptError, InputError
 DTYPES = ("float16", "float32", "int8", "binary", "pq1", "pq2", "res1", "res2", "res4")
 # Rows per block when int8 codes are scaled: 16,384 x 128 values stay in the cache.
 _SCALE_BLOCK_ROWS = 16384
+# Residual codes decoded per block: a whole segment at once built a (N, d / per) int64 index
+# of 8x the codes' bytes in fresh memory. 548,453 Vaswani tokens: 1.5-2.2 s at once in a fresh
+# process against 0.75 s in blocks, the same values bit for bit; 6.8 s at once inside a res4
+# build, whose profile went from 58.7 to 51.2 s.
+_DECODE_BLOCK_ROWS = 32768
 # Trained codecs: dimensions per sub-vector (4-bit codes, 16 centroids per sub-vector).
 PQ_SUBDIM = {"pq1": 4, "pq2": 2}
 KSUB = 16
@@ -498,6 +503,24 @@ def residual_decode(
         )
     if table is None:
         table = residual_table(weights, nbits)
+    if n > _DECODE_BLOCK_ROWS:  # in blocks: the (n, d / per) index stays small and reused
+        out = (
+            np.empty((n, dim), dtype=np.float32 if not centroids else dtype)
+            if into is None
+            else into
+        )
+        for a in range(0, n, _DECODE_BLOCK_ROWS):
+            block = slice(a, a + _DECODE_BLOCK_ROWS)
+            residual_decode(
+                codes[block],
+                codebook,
+                nbits,
+                out.dtype,
+                table=table,
+                into=out[block],
+                centroids=centroids,
+            )
+        return out
     packed = np.asarray(codes[:, CENTROID_BYTES:])
     # Widened and offset in one pass; the residuals gathered as whole records (into the output
     # when it is float32); centroids by np.take (2x fancy indexing's speed here); float16 by

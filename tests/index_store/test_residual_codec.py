@@ -510,3 +510,26 @@ def test_a_refine_depth_is_refused_where_it_cannot_apply(tmp_path) -> None:
         writer.commit()
     with pytest.raises(InputError, match="no refine copy .* and no residual codes"):
         Retriever(Index.open(path), refine_depth=8)
+
+
+@pytest.mark.parametrize("dtype", RESIDUAL)
+def test_decoding_in_blocks_gives_the_same_bits(dtype, monkeypatch) -> None:
+    """``residual_decode`` of more rows than a block decodes block by block: float32, float16,
+    into a given array and residuals alone, bit for bit as one block."""
+    x = _clustered(3, 1500)
+    codebook = codecs.train(x, dtype)
+    nbits = codecs.RESIDUAL_BITS[dtype]
+    codes, _ = codecs.encode(x, dtype, codebook)
+    whole = {
+        (out, centroids): codecs.residual_decode(codes, codebook, nbits, out, centroids=centroids)
+        for out in (np.float32, np.float16)
+        for centroids in (True, False)
+    }
+    monkeypatch.setattr(codecs, "_DECODE_BLOCK_ROWS", 97)
+    for (out, centroids), expected in whole.items():
+        got = codecs.residual_decode(codes, codebook, nbits, out, centroids=centroids)
+        assert got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected)
+    into = np.empty((1500, DIM), np.float16)
+    codecs.residual_decode(codes, codebook, nbits, np.float16, into=into)
+    np.testing.assert_array_equal(into, whole[(np.float16, True)])
