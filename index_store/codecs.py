@@ -353,13 +353,18 @@ def bucket_levels(
     weights; a bucket left empty keeps its weight). A value goes to the bucket of how many
     cutoffs it exceeds, as ``residual_encode`` assigns it."""
     levels = 1 << nbits
-    cutoffs = np.quantile(residuals, np.arange(1, levels) / levels, axis=0)  # (2^n - 1, d)
-    weights = np.quantile(residuals, (np.arange(levels) + 0.5) / levels, axis=0)  # (2^n, d)
-    if iterations <= 0 or residuals.shape[0] == 0:
-        return cutoffs, weights
-    s = residuals.shape[0]
-    for a in range(0, residuals.shape[1], 64):  # 64 columns at a time: (S, 64) sorted + sums
-        column = np.sort(residuals[:, a : a + 64], axis=0).astype(np.float64)
+    at_cutoffs, at_weights = np.arange(1, levels) / levels, (np.arange(levels) + 0.5) / levels
+    s, dim = residuals.shape
+    kind = np.quantile(residuals[:1, :1], at_cutoffs[:1], axis=0).dtype  # numpy's own
+    cutoffs, weights = np.empty((levels - 1, dim), kind), np.empty((levels, dim), kind)
+    for a in range(0, dim, 64):  # 64 columns at a time: (S, 64) sorted once, + sums
+        ordered = np.sort(residuals[:, a : a + 64], axis=0)
+        # the quantiles of sorted columns: the same values, without numpy sorting them again
+        cutoffs[:, a : a + 64] = np.quantile(ordered, at_cutoffs, axis=0)
+        weights[:, a : a + 64] = np.quantile(ordered, at_weights, axis=0)
+        if iterations <= 0:
+            continue
+        column = ordered.astype(np.float64)
         sums = np.zeros((s + 1, column.shape[1]))
         np.cumsum(column, axis=0, out=sums[1:])
         for j in range(column.shape[1]):
