@@ -360,31 +360,34 @@ class Segment:
         """``decode`` of this residual segment's codes; ``centroids=False``: float32 residuals
         alone (``codecs.residual_decode``)."""
         nbits = codecs.RESIDUAL_BITS[self.dtype]
-        wide = self.residual_codebook()
         if "residual" not in self._tables:  # built once per reader and segment
-            _, _, weights = codecs.residual_parts(wide, nbits)
-            self._tables["residual"] = codecs.residual_table(weights, nbits)
-        table = self._tables["residual"]
+            self._tables["residual"] = codecs.residual_table(self.residual_parts()[2], nbits)
         return codecs.residual_decode(
-            codes, wide, nbits, out, table=table, into=into, centroids=centroids
+            codes,
+            self._tables["residual-codebook"],
+            nbits,
+            out,
+            table=self._tables["residual"],
+            into=into,
+            centroids=centroids,
         )
 
-    def residual_codebook(self) -> np.ndarray:
-        """This residual segment's codebook widened to float32 (once per reader and segment):
-        ``codecs.residual_parts`` splits it into centroids, cutoffs and weights."""
+    def residual_parts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """This residual segment's codebook widened to float32 once per reader and segment,
+        as ``codecs.residual_parts`` splits it: (centroids, cutoffs, weights)."""
         if self.codebook is None or not codecs.is_residual(self.dtype):
             raise InputError(f"segment {self.path.name} holds {self.dtype} codes, not residual")
         if "residual-codebook" not in self._tables:
             self._tables["residual-codebook"] = self.codebook.astype(np.float32)
-        return self._tables["residual-codebook"]
+        wide = self._tables["residual-codebook"]
+        return codecs.residual_parts(wide, codecs.RESIDUAL_BITS[self.dtype])
 
     def decoded_magnitude(self) -> float:
         """At least the largest ``|value|`` of this residual segment's centroids plus the
         largest of its bucket weights: it bounds every centroid, every residual and every
         decoded float32 vector's values (their sum rounds up by half an ulp at most)."""
         if "magnitude" not in self._tables:  # once per reader and segment
-            nbits = codecs.RESIDUAL_BITS[self.dtype]
-            centroids, _, weights = codecs.residual_parts(self.residual_codebook(), nbits)
+            centroids, _, weights = self.residual_parts()
             top = float(np.abs(centroids).max()) + float(np.abs(weights).max())
             self._tables["magnitude"] = np.array(top * (1.0 + 2.0**-22))
         return float(self._tables["magnitude"])

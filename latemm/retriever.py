@@ -29,7 +29,7 @@ import torch
 from fde import FDEInputError, as_flat, encode_queries
 from fde.encode import cpu_threads
 from index_store import Index
-from index_store.codecs import RESIDUAL_BITS, centroid_ids, is_residual, residual_parts
+from index_store.codecs import centroid_ids, is_residual
 from index_store.errors import InputError
 from index_store.segment import Segment
 from latemm.scoring import (
@@ -439,60 +439,59 @@ def _residual_rescore(
 
     def one_query(q: int) -> None:
         query = flat[offsets[q] : offsets[q + 1]]
-        parts = []  # per segment: segment, candidate columns, codes, page offsets
+        parts = []  # per segment: segment, candidate columns, codes, page offsets, centroid ids
         for s in np.unique(cands.segments[q][cands.valid[q]]).tolist():
             cols = np.flatnonzero(cands.valid[q] & (cands.segments[q] == s))
             cols = cols[np.argsort(cands.rows[q, cols], kind="stable")]  # read in disk order
             codes, _, page_offsets = index.codes(s, cands.rows[q, cols])
-            parts.append((index.segments[s], cols, codes, page_offsets))
-        tables = [_centroid_table(seg, query) for seg, *_ in parts]  # (Tq, K) each
-        similarity = [t[:, centroid_ids(p[2])] for t, p in zip(tables, parts, strict=True)]
+            parts.append((index.segments[s], cols, codes, page_offsets, centroid_ids(codes)))
+        tables = [_centroid_table(p[0], query) for p in parts]  # (Tq, K) each
         keep = max(k, depth)
         if sum(p[1].size for p in parts) > keep:
             approx = np.concatenate(
                 [
-                    np.maximum.reduceat(sim, p[3][:-1], axis=1).sum(axis=0)
-                    for sim, p in zip(similarity, parts, strict=True)
+                    np.maximum.reduceat(t[:, p[4]], p[3][:-1], axis=1).sum(axis=0)
+                    for t, p in zip(tables, parts, strict=True)
                 ]
             )
             kept = np.zeros(approx.size, dtype=bool)
             kept[np.argsort(-approx, kind="stable")[:keep]] = True
             start, pruned = 0, []
-            for seg, cols, codes, page_offsets in parts:
+            for seg, cols, codes, page_offsets, ids in parts:
                 mine = np.flatnonzero(kept[start : start + cols.size])
                 start += cols.size
                 picked, picked_offsets = take_sets(codes, page_offsets, mine)
-                pruned.append((seg, cols[mine], picked, picked_offsets))
+                picked_ids = take_sets(ids, page_offsets, mine)[0]
+                pruned.append((seg, cols[mine], picked, picked_offsets, picked_ids))
             parts = pruned
-            similarity = [t[:, centroid_ids(p[2])] for t, p in zip(tables, parts, strict=True)]
         cols = np.concatenate([p[1] for p in parts])
         lengths = np.concatenate([np.diff(p[3]) for p in parts])
         set_offsets = np.zeros(lengths.size + 1, dtype=np.int64)
         np.cumsum(lengths, out=set_offsets[1:])
         residuals = np.empty((int(set_offsets[-1]), flat.shape[1]), dtype=np.float32)
-        add = np.ascontiguousarray(np.concatenate(similarity, axis=1).T)  # (N, Tq)
+        add = np.concatenate([t[:, p[4]] for t, p in zip(tables, parts, strict=True)], axis=1)
         start = 0
-        for seg, _, codes, _ in parts:  # decoded in place: a third faster than new arrays
+        for seg, _, codes, _, _ in parts:  # decoded in place: a third faster than new arrays
             seg.decode_residual(
                 codes, np.float32, residuals[start : start + len(codes)], centroids=False
             )
             start += len(codes)
         magnitude = np.concatenate([np.full(p[1].size, p[0].decoded_magnitude()) for p in parts])
-        scores, bounds = maxsim_float32(query, residuals, set_offsets, magnitude, add)
+        scores, bounds = maxsim_float32(
+            query, residuals, set_offsets, magnitude, np.ascontiguousarray(add.T)
+        )
         if not bounded:
             bounds[:] = np.inf
         need = np.flatnonzero(
             may_reach_top(scores[None], bounds[None], np.ones((1, cols.size), bool), k)[0]
         )
         docs, doc_offsets = take_sets(residuals, set_offsets, need)
-        part_of = np.repeat(np.repeat(np.arange(len(parts)), [p[1].size for p in parts]), lengths)
-        ids = np.concatenate([centroid_ids(p[2]) for p in parts])
-        token_part = take_sets(part_of, set_offsets, need)[0]
-        token_ids = take_sets(ids, set_offsets, need)[0]
-        for i, (seg, *_) in enumerate(parts):  # the full decoding: centroid + residual
-            mine = token_part == i
-            centroids, _, _ = residual_parts(seg.residual_codebook(), RESIDUAL_BITS[seg.dtype])
-            docs[mine] += np.take(centroids, token_ids[mine], axis=0)
+        ids = take_sets(np.concatenate([p[4] for p in parts]), set_offsets, need)[0]
+        # The full decoding, centroid + residual; each part's pages are a run of ``need``.
+        ends = np.searchsorted(need, np.cumsum([p[1].size for p in parts]))
+        for (seg, *_), a, b in zip(parts, np.concatenate([[0], ends[:-1]]), ends, strict=True):
+            run = slice(doc_offsets[a], doc_offsets[b])
+            docs[run] += np.take(seg.residual_parts()[0], ids[run], axis=0)
         scores[need] = maxsim_pairs(query, docs, doc_offsets, float64=True)
         out[q, cols] = scores
 
@@ -502,7 +501,7 @@ def _residual_rescore(
 def _centroid_table(segment: Segment, query: np.ndarray) -> np.ndarray:
     """(Tq, K) float32: the query tokens' similarities to a residual segment's centroids, one
     product (PLAID's centroid scores: a token's centroid similarity is then a gather)."""
-    centroids, _, _ = residual_parts(segment.residual_codebook(), RESIDUAL_BITS[segment.dtype])
+    centroids = segment.residual_parts()[0]
     queries = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32))
     return torch.mm(queries, torch.from_numpy(centroids).T).numpy()
 

@@ -533,3 +533,25 @@ def test_decoding_in_blocks_gives_the_same_bits(dtype, monkeypatch) -> None:
     into = np.empty((1500, DIM), np.float16)
     codecs.residual_decode(codes, codebook, nbits, np.float16, into=into)
     np.testing.assert_array_equal(into, whole[(np.float16, True)])
+
+
+def test_a_refine_depth_over_segments_of_their_own_codebooks_gives_the_exact_search(
+    tmp_path,
+) -> None:
+    """Candidates across three segments, each under its own residual codebook: the depth path
+    adds each page's own centroids back and returns the exact path's ids and scores."""
+    path = tmp_path / "idx"
+    with create(path, IndexConfig(dim=DIM, dtype="res4")) as writer:
+        for part in range(3):
+            ids = [f"d{part}-{i}" for i in range(90)]
+            writer.add(ids, _docs(30 + part, 90))
+            writer.commit()
+    index = Index.open(path)
+    assert [s.dtype for s in index.segments] == ["res4"] * 3
+    assert not np.array_equal(index.segments[0].codebook, index.segments[1].codebook)
+    queries = _docs(33, 6, 2, 6)
+    for k in (3, 30):
+        exact = Retriever(index).search_embeddings(queries, k=k, candidates=270)
+        deep = Retriever(index, refine_depth=270).search_embeddings(queries, k=k, candidates=270)
+        assert (deep.doc_ids == exact.doc_ids).all()
+        np.testing.assert_array_equal(deep.scores, exact.scores)
