@@ -90,14 +90,14 @@ def _on_ray(corpus: Path, out: Path, workers: int, shards: int) -> dict[str, Any
 def _search_overhead(single: Path, sharded: Path, repeats: int) -> dict[str, Any]:
     """Queries/s of one in-process index against the same corpus's shards on Ray actors."""
     from latemm.encoders import load_encoder
-    from latemm.field_search import ShardedRetriever
+    from latemm.field_search import OneFieldRetriever
     from latemm.jobs import open_retriever
     from latemm.retriever import Retriever
 
     _, topics = read_trec_topics(shared_data_dir() / "vaswani" / "query-text.trec")
     queries = load_encoder(minilm_path()).encode_queries(topics)
     one = Retriever(single)
-    local = ShardedRetriever(sharded)
+    local = OneFieldRetriever(sharded)
     actors = open_retriever(sharded, ray="local")
     out: dict[str, Any] = {"queries": len(topics)}
     results = {}

@@ -8,6 +8,7 @@ latemm.search("my-index", ["what was the revenue in 2020?"], k=10).to_pandas()
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,52 +49,45 @@ def build_index(
     ``num_shards`` builds (or adds to) a sharded index of that many shards (``latemm.sharded``;
     a sharded index keeps its N) and returns its ``ShardManifest``; with ``fields=`` it builds
     (or adds to) a sharded multi-field collection (``latemm.field_shards``) and returns its
-    ``FieldShards``."""
+    ``FieldShards``. A collection keeps its kind (``latemm.collection.index_route``, the rule
+    ``latemm index`` follows): given neither ``encoder`` nor ``fields``, the corpus is added to
+    the fields (or the encoder) the folder records."""
     import warnings
 
-    from index_store.errors import InputError
-    from latemm.collection import open_collection
+    from latemm.collection import index_route
     from latemm.pipeline import index_corpus
     from latemm.sharded import index_sharded, read_manifest
 
-    # Shards stay shards: an existing sharded collection (or an unfinished first build of one)
-    # is added to as such.
-    sharded = num_shards is not None or open_collection(index_dir).sharded
-    if fields is not None:
+    route = index_route(
+        index_dir,
+        encoder=encoder is not None,
+        fields=fields is not None,
+        num_shards=num_shards,
+        ray=False,
+    )  # a collection keeps its kind; what it cannot take is an error, before any model loads
+    progress = options.pop("progress", False)
+    if route == "field_shards":
+        from latemm.field_shards import index_field_shards, read_field_shards
+
+        index_field_shards(
+            corpus, index_dir, fields, num_shards=num_shards, progress=progress, **options
+        )
+        return read_field_shards(index_dir)
+    if route == "fields":
         from latemm.fields import index_fields, read_fields
 
-        if encoder is not None:
-            raise InputError("give encoder= (one field) or fields= (named fields), not both")
-        if sharded:
-            from latemm.field_shards import index_field_shards, read_field_shards
-
-            progress = options.pop("progress", False)
-            index_field_shards(
-                corpus, index_dir, fields, num_shards=num_shards, progress=progress, **options
-            )
-            return read_field_shards(index_dir)
-        index_fields(corpus, index_dir, fields, progress=options.pop("progress", False), **options)
+        index_fields(corpus, index_dir, fields, progress=progress, **options)
         return read_fields(index_dir)
-
-    if sharded:
-        report = index_sharded(
-            corpus,
-            index_dir,
-            num_shards=num_shards,
-            encoder=_as_encoder(encoder),
-            on_empty=on_empty,
-            progress=options.pop("progress", False),
-            **options,
-        )
-    else:
-        report = index_corpus(
-            corpus,
-            index_dir,
-            encoder=_as_encoder(encoder),
-            on_empty=on_empty,
-            progress=options.pop("progress", False),
-            **options,
-        )
+    sharded = route == "sharded"
+    build = partial(index_sharded, num_shards=num_shards) if sharded else index_corpus
+    report = build(
+        corpus,
+        index_dir,
+        encoder=_as_encoder(encoder),
+        on_empty=on_empty,
+        progress=progress,
+        **options,
+    )
     if report.rejected:
         warnings.warn(
             f"skipped {report.rejected} rows of {corpus} with nothing the encoder can read "
@@ -143,7 +137,6 @@ def search(
     is refused (one actor would serve all of it)."""
     from index_store.errors import InputError
     from latemm.collection import open_collection
-    from latemm.retriever import Retriever
     from latemm.sharded import is_unfinished_build, unfinished_build_message
 
     path = index.path if isinstance(index, Index) else Path(index)
@@ -190,15 +183,13 @@ def search(
             named["actors"] = partial(ShardActors, address=ray)
         return _search_fields(path, queries, k, candidates, where, reranker, rerank_depth, named)
 
-    sharded = not isinstance(index, Index) and collection.sharded
-    if ray is not None and not sharded:
+    if ray is not None and not collection.sharded:
         raise InputError(
             f"ray={ray!r} serves the shards of a sharded index or fields collection; {path} is "
             "an ordinary index. Build a sharded one with latemm.build_index(CORPUS, DIR, "
             "num_shards=N), or leave out ray="
         )
-    opened = None if sharded else index if isinstance(index, Index) else Index.open(index)
-    recorded = collection.recorded_encoder() if opened is None else opened.config.encoder
+    recorded = collection.recorded_encoder()
     if encoder is None and recorded is not None:
         from latemm.encoders import load_encoder
 
@@ -223,20 +214,17 @@ def search(
                 ray=ray,
             )
         )
-    if opened is None:
-        from latemm.jobs import open_retriever
+    from latemm.jobs import open_retriever
 
-        retriever: Any = open_retriever(
-            path, encoder=encoder, reranker=reranker, rerank_depth=rerank_depth, ray=ray
-        )
-    else:
-        retriever = Retriever(opened, encoder=encoder, reranker=reranker, rerank_depth=rerank_depth)
+    # One searcher for an index of one encoder, plain or sharded (``OneFieldRetriever``).
+    retriever = open_retriever(
+        path, encoder=encoder, reranker=reranker, rerank_depth=rerank_depth, ray=ray
+    )
     texts = [str(queries)] if isinstance(queries, (str, Path)) else list(queries)
     try:
         return retriever.search(texts, k=k, candidates=candidates, where=where).to_arrow()
     finally:
-        if ray is not None:
-            retriever.close()
+        retriever.close()  # the Ray actors serving it, if any
 
 
 def _run_of_file(search: Callable[[Path], pa.Table]) -> pa.Table:
@@ -279,7 +267,7 @@ def _search_fields(
     assert not isinstance(queries, Path)  # a Path is a queries file, handled above
     texts = [queries] if isinstance(queries, str) else [str(q) for q in queries]
     try:
-        result = retriever.search(texts, k=k, candidates=candidates, where=where)
+        result = retriever.search(texts, k=retriever.capped(k), candidates=candidates, where=where)
     finally:
         retriever.close()  # the Ray actors serving it, if any
     return result.to_arrow().cast(run_schema(retriever.plan.scored))

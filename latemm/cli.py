@@ -138,8 +138,9 @@ def _model_dtype(args: argparse.Namespace) -> Any:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    from latemm.collection import index_route
     from latemm.pipeline import index_corpus
-    from latemm.sharded import index_sharded, is_sharded, is_unfinished_build
+    from latemm.sharded import index_sharded
 
     start = time.perf_counter()
     options = dict(
@@ -156,43 +157,16 @@ def cmd_index(args: argparse.Namespace) -> int:
         refine_depth=args.refine_depth,
         **({"keep_images": True} if args.keep_images else {}),
     )
-    from latemm.fields import is_fields_index
-    from latemm.sharded import is_field_shards, is_unfinished_field_build
-
-    field_shards = is_field_shards(args.index) or is_unfinished_field_build(args.index)
-    if field_shards and args.encoder and not args.field:  # before any model is loaded
-        raise InputError(
-            f"--encoder builds a one-field index; {args.index} is a sharded multi-field "
-            "collection: leave --encoder out to add the corpus to every recorded field, or add "
-            "a field with --field NAME=ENCODER"
-        )
-    if args.field or (args.encoder is None and (is_fields_index(args.index) or field_shards)):
-        if args.ray is not None:
-            what = "--field" if args.field else f"{args.index}'s named fields"
-            raise InputError(
-                f"--ray cannot be combined with {what}: named fields are indexed in this "
-                "process (--shards N shards them); leave out --ray"
-            )
-        if args.shards is not None and is_fields_index(args.index):
-            raise InputError(
-                f"--shards: {args.index} holds a multi-field index, which is not sharded; leave "
-                "out --shards to add to it, or index into a new folder to shard"
-            )
-        if args.shards is not None or field_shards:
-            return _index_fields(args, start, options, sharded=True)
-        if is_sharded(args.index):
-            raise InputError(
-                f"--field: {args.index} is a sharded index (one encoder); named fields need an "
-                "unsharded index: index into a new folder"
-            )
-        return _index_fields(args, start, options)  # no --field: the fields it records
-    if is_fields_index(args.index):
-        raise InputError(
-            f"{args.index} holds named fields; --encoder builds a one-field index. Leave "
-            "--encoder out to add the corpus to every recorded field, or add a field with "
-            "--field NAME=ENCODER"
-        )
-    if args.ray is not None:
+    route = index_route(
+        args.index,
+        encoder=args.encoder is not None,
+        fields=bool(args.field),
+        num_shards=args.shards,
+        ray=args.ray is not None,
+    )  # before any model is loaded
+    if route in ("fields", "field_shards"):  # without --field: the fields it records
+        return _index_fields(args, start, options, sharded=route == "field_shards")
+    if route == "ray":
         from latemm.distributed import index_ray
 
         report = index_ray(
@@ -205,7 +179,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             model_dtype=args.model_dtype,
             **options,
         )
-    elif args.shards is not None or is_sharded(args.index) or is_unfinished_build(args.index):
+    elif route == "sharded":
         report = index_sharded(
             args.corpus,
             args.index,
@@ -271,10 +245,6 @@ def _index_fields(
     from latemm.field_shards import index_field_shards
     from latemm.fields import index_fields, parse_field
 
-    if args.encoder:
-        raise InputError(
-            "give --encoder (one field) or --field NAME=ENCODER (named fields), not both"
-        )
     if getattr(args, "quantize", None):
         raise InputError("--quantize applies to one --encoder, not to --field encoders; drop it")
     kinds = dict(_pairs(args.field_kind or [], "--field-kind"))

@@ -211,6 +211,70 @@ def open_collection(path: str | Path) -> Collection:
     return Collection(path)
 
 
+def index_route(
+    index_dir: str | Path, *, encoder: bool, fields: bool, num_shards: int | None, ray: bool
+) -> str:
+    """Which builder ``latemm index`` and ``latemm.build_index`` use to index into ``index_dir``,
+    given what was asked (an encoder, named fields, a shard count, Ray) and what the folder
+    holds: ``"plain"``, ``"sharded"``, ``"ray"`` (sharded, encoded on Ray), ``"fields"`` or
+    ``"field_shards"``. A request the folder cannot take is an error naming the option, raised
+    before any model is loaded. A collection keeps its kind: shards stay shards, named fields
+    stay named, and without ``--encoder``/``--field`` the corpus goes into what it records."""
+    from index_store.errors import InputError
+    from latemm.fields import is_fields_index
+    from latemm.sharded import (
+        is_field_shards,
+        is_sharded,
+        is_unfinished_build,
+        is_unfinished_field_build,
+    )
+
+    root = Path(index_dir)
+    if encoder and fields:
+        raise InputError(
+            "give --encoder (encoder=: one field) or --field NAME=ENCODER (fields=: named "
+            "fields), not both"
+        )
+    field_shards = is_field_shards(root) or is_unfinished_field_build(root)
+    if field_shards and encoder:
+        raise InputError(
+            f"--encoder builds a one-field index; {root} is a sharded multi-field collection: "
+            "leave --encoder out to add the corpus to every recorded field, or add a field with "
+            "--field NAME=ENCODER"
+        )
+    if fields or (not encoder and (is_fields_index(root) or field_shards)):
+        if ray:
+            what = "--field" if fields else f"{root}'s named fields"
+            raise InputError(
+                f"--ray cannot be combined with {what}: named fields are indexed in this "
+                "process (--shards N shards them); leave out --ray"
+            )
+        if num_shards is not None and is_fields_index(root):
+            raise InputError(
+                f"--shards: {root} holds a multi-field index, which is not sharded; leave out "
+                "--shards to add to it, or index into a new folder to shard"
+            )
+        if num_shards is not None or field_shards:
+            return "field_shards"
+        if is_sharded(root):
+            raise InputError(
+                f"--field: {root} is a sharded index of one encoder; named fields need an "
+                "unsharded index: index into a new folder"
+            )
+        return "fields"
+    if is_fields_index(root):
+        raise InputError(
+            f"{root} holds named fields; --encoder builds a one-field index. Leave --encoder "
+            "out to add the corpus to every recorded field, or add a field with --field "
+            "NAME=ENCODER"
+        )
+    if ray:
+        return "ray"
+    if num_shards is not None or is_sharded(root) or is_unfinished_build(root):
+        return "sharded"
+    return "plain"
+
+
 def per_page(stats: dict[str, Any], index: Any = None) -> dict[str, Any]:
     """``stats`` with the disk bytes per page and, for one index, the bytes its stored page
     content (images, text, metadata: ``meta.parquet``) takes."""

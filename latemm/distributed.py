@@ -38,13 +38,12 @@ from typing import IO, Any, cast
 import pyarrow as pa
 
 from index_store.errors import InputError, LatemmError, ShardUnavailableError, require
-from latemm.encoders.base import Encoder
+from latemm.encoders.base import Encoder, check_recorded
 from latemm.field_parts import Pending
 from latemm.io import Columns, count_rows, open_dataset, read_batches, table_batch
 from latemm.pipeline import IndexReport, encode_corpus, index_corpus
 from latemm.sharded import (
     assign_shards,
-    check_encoder,
     check_new_folder,
     commit_shards,
     prepare,
@@ -481,7 +480,7 @@ def _index_ray(
         # free of model weights.
         info = ray.get(ray.remote(num_cpus=1)(_encoder_info).remote(loader))
         if existing is not None:
-            check_encoder(existing.config, info, root)
+            check_recorded(existing.config.encoder, info, root)
     embedded = staging / "embeddings"
     encode_ray(
         corpus,
@@ -562,14 +561,14 @@ class ShardServer:
         self.folder = Path(folder)
         self.parts: dict[str, Any] = {}
 
-    def open(self, spec: dict[str, Any], legacy: bool) -> tuple[str, int, Any]:
-        """Open (again) a field: its sub-index's path, generation and config."""
+    def open(self, spec: dict[str, Any], legacy: bool) -> tuple[str, int, Any, int]:
+        """Open (again) a field: its sub-index's path, generation, config and documents."""
         from latemm.field_parts import IndexPart
         from latemm.fields import FieldSpec, open_field
 
         index = open_field(self.folder, FieldSpec.from_dict(spec), legacy=legacy)
         self.parts[spec["name"]] = IndexPart(index)
-        return str(index.path), index.generation, index.config
+        return str(index.path), index.generation, index.config, len(index)
 
     def call(
         self,
@@ -583,7 +582,7 @@ class ShardServer:
         """``IndexPart.method(*args, **kwargs)`` on field ``spec`` at ``generation``."""
         part = self.parts.get(spec["name"])
         if part is None or part.index.generation != generation:
-            path, now, _ = self.open(spec, legacy)
+            path, now, _, _ = self.open(spec, legacy)
             if now != generation:
                 from index_store.errors import IndexLockedError
 
@@ -627,8 +626,10 @@ class ShardActors:
         if where not in self.actors:
             self.actors[where] = self._server().remote(str(where))
         actor, recorded = self.actors[where], spec.to_dict()
-        path, generation, config = self.get(where, actor.open.remote(recorded, legacy))
-        return ActorPart(self, where, actor, recorded, legacy, Path(path), generation, config)
+        path, generation, config, documents = self.get(where, actor.open.remote(recorded, legacy))
+        part = ActorPart(self, where, actor, recorded, legacy, Path(path), generation, config)
+        part.documents = documents
+        return part
 
     def get(self, folder: Path, future: Any) -> Any:
         """The value of an actor's call; a dead actor or a failed call names its shard."""
@@ -686,6 +687,10 @@ class ActorPart:
         self.owner, self.folder, self.actor = owner, folder, actor
         self.spec, self.legacy = spec, legacy
         self.path, self.generation, self.config = path, generation, config
+        self.documents = 0  # the documents of the sub-index the actor opened
+
+    def __len__(self) -> int:
+        return self.documents
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Pending:
         args = tuple(self.owner.shared(a) for a in args)

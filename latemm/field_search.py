@@ -16,12 +16,13 @@ The run keeps every field's second-phase score (``score_<field>``). Kernels live
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from index_store import Index
 from index_store.errors import IndexCorruptError, IndexLockedError, InputError
 from latemm import fusion as fusion_lib
 from latemm.field_parts import phases, resolve
@@ -322,6 +323,12 @@ class FieldRetriever:
                 from latemm.bm25 import BM25Index
 
                 self.parts[name] = [BM25Index.merged(parts, self.hidden)]
+        # The most documents a searched field holds over its parts: an upper bound on what a
+        # search returns (``capped``).
+        self.documents = max(
+            sum(p.doc_ids.size if self.specs[n].kind == "bm25" else len(p) for p in parts)
+            for n, parts in self.parts.items()
+        )
         given = dict(encoders or {})
         self.encoders = {
             n: given[n] if n in given else encoder_from_spec(s, device=device)
@@ -362,6 +369,7 @@ class FieldRetriever:
         where: Where = None,
         query_ids: Sequence[str] | None = None,
         query_vectors: dict[str, Any] | None = None,
+        rerank: bool = True,
     ) -> SearchResult:
         """Search text or ``Page`` queries over the planned fields.
 
@@ -369,9 +377,13 @@ class FieldRetriever:
         none for that query), applied before the first phase.
 
         ``query_vectors``: field name -> the queries' precomputed vectors (a sequence of
-        (T, d) arrays) for fields without an encoder, or to skip encoding."""
+        (T, d) arrays) for fields without an encoder, or to skip encoding.
+
+        ``rerank=False`` leaves the reranker out (queries given only as vectors: ``rerank``
+        then reorders the result with their text or images)."""
         ids = query_ids_for(query_ids, len(queries))
-        depth = max(k, self.rerank_depth) if self.reranker is not None else k
+        rerank = rerank and self.reranker is not None
+        depth = max(k, self.rerank_depth) if rerank else k
         n_cand = check_request(depth, candidates)
         encoded = self._encode(list(queries), query_vectors or {})
         scopes = scopes_of(where, len(ids))
@@ -389,17 +401,24 @@ class FieldRetriever:
                     depth,
                 ),
             )
-        if self.reranker is not None:
-            top = [d for d in result.doc_ids[:, : self.rerank_depth].ravel() if d is not None]
-            result = rerank_result(
-                result,
-                list(queries),
-                self.pages(top),
-                self.reranker,
-                depth=self.rerank_depth,
-                fusion=self.rerank_fusion,
-            )
+        if rerank:
+            result = self.rerank(result, queries)
         return truncate(result, k)
+
+    def rerank(self, result: SearchResult, queries: Sequence[Any]) -> SearchResult:
+        """Reorder each query's top ``rerank_depth`` with the reranker (``rerank_result``),
+        each page read from the page store (or shard) that holds it."""
+        if self.reranker is None:
+            raise InputError("this searcher has no reranker")
+        top = [d for d in result.doc_ids[:, : self.rerank_depth].ravel() if d is not None]
+        return rerank_result(
+            result,
+            list(queries),
+            self.pages(top),
+            self.reranker,
+            depth=self.rerank_depth,
+            fusion=self.rerank_fusion,
+        )
 
     def _ranked(
         self, encoded: dict[str, Any], ids: list[str], where: str | None, n_cand: int, depth: int
@@ -473,6 +492,12 @@ class FieldRetriever:
         """Release the actors serving the parts (nothing to do in-process)."""
         if self._actors is not None:
             self._actors.close()
+
+    def capped(self, k: int) -> int:
+        """``k`` at most the documents the searched fields hold (at least 1): results are
+        (Q, k) arrays, so a k far beyond the collection (``--k 300000000``) is capped, not
+        allocated; a run holds the same rows either way."""
+        return min(k, max(1, self.documents))
 
     def state(self) -> dict[str, Any]:
         """What the searched fields hold now: each vector field's generation, each bm25
@@ -943,26 +968,28 @@ class FieldRetriever:
         )
 
 
-class ShardedRetriever:
-    """A sharded index of one encoder (``latemm.sharded``) searched as one index: the
-    collection searcher, ``FieldRetriever``, over its shards' one field (``default``), with
-    ``Retriever``'s result columns and methods. The first stage's candidates are the best of
-    every shard's, each rescored where it lives, so its results are those of the unsharded
-    index built from the same pages.
+class OneFieldRetriever:
+    """An index of one encoder, plain (``manifest.json``) or sharded (``latemm.sharded``),
+    searched through the collection searcher, ``FieldRetriever``, as its one field
+    (``default``), with ``Retriever``'s result columns and methods. Sharded, the first stage's
+    candidates are the best of every shard's, each rescored where it lives, so its results are
+    those of the unsharded index built from the same pages. What ``latemm search`` and
+    ``latemm.search`` use for either kind (``latemm.jobs.open_retriever``); ``Retriever``
+    remains the in-process kernel over one opened ``Index``.
 
     Parameters
     ----------
     index
-        The sharded index directory.
+        The index directory (plain or sharded).
     encoder
-        Encodes queries (``search``); must match the encoder ``shards.json`` records.
+        Encodes queries (``search``); must match the encoder the index records.
     reranker, rerank_depth, rerank_fusion
         As for ``Retriever``: the merged top ``rerank_depth`` of each query is reranked here,
-        with page content read from the shard that holds it.
+        with page content read from the folder (shard) that holds it.
     actors
         None searches the shards in this process. Otherwise ``actors(index)`` serves them
         elsewhere, as for ``FieldRetriever`` (``latemm.distributed.ShardActors`` on Ray, what
-        ``latemm.jobs.open_retriever(..., ray=ADDRESS)`` passes).
+        ``latemm.jobs.open_retriever(..., ray=ADDRESS)`` passes); sharded indexes only.
     refine_depth, **options
         ``refine_depth``, ``device``, ``nprobe``, ``ef_search``, as for ``Retriever``.
     """
@@ -979,12 +1006,27 @@ class ShardedRetriever:
         refine_depth: int | None = None,
         **options: Any,
     ) -> None:
-        from latemm.sharded import check_encoder, read_manifest
+        from latemm.encoders.base import check_recorded
+        from latemm.sharded import read_manifest
 
         self.path = Path(index)
-        self.config = read_manifest(self.path).config
+        self.sharded = is_sharded(self.path)
+        if self.sharded:
+            self.config = read_manifest(self.path).config
+        elif (self.path / "fields.json").is_file():
+            raise InputError(
+                f"{self.path} is a multi-field index: search it by its fields (FieldRetriever, "
+                "latemm.search or `latemm search`), not as one encoder's index"
+            )
+        else:
+            self.config = Index.open(self.path, verify="none").config
+        if actors is not None and not self.sharded:
+            raise InputError(
+                f"--ray serves a sharded index; {self.path} is an ordinary one. Build a sharded "
+                "index with `latemm index CORPUS --index DIR --shards N`, or leave out --ray"
+            )
         if encoder is not None:
-            check_encoder(self.config, encoder.info.to_dict(), self.path)
+            check_recorded(self.config.encoder, encoder.info, self.path)
         self.encoder = encoder
         self.reranker, self.rerank_depth, self.rerank_fusion = reranker, rerank_depth, rerank_fusion
         self.searcher = FieldRetriever(
@@ -992,16 +1034,24 @@ class ShardedRetriever:
             encoders={LEGACY_FIELD: encoder},
             actors=actors,
             refine_depth=refine_depth,
+            reranker=reranker,
+            rerank_depth=rerank_depth,
+            rerank_fusion=rerank_fusion,
             **options,
         )
 
     @property
     def generation(self) -> int:
-        """The generation of ``shards.json`` the shards were opened at."""
-        return int(self.searcher._generation)
+        """The generation the index was opened at (of ``shards.json`` when sharded)."""
+        if self.sharded:
+            return int(self.searcher._generation)
+        return int(self.searcher.state()[LEGACY_FIELD])
 
     def indexes(self) -> list[Any]:
-        """Every shard, opened read-only (to check a ``where`` filter before searching)."""
+        """Every shard (or the one index), opened read-only (to check a ``where`` filter
+        before searching)."""
+        if not self.sharded:
+            return [self.searcher.indexes[LEGACY_FIELD]]
         from latemm.sharded import open_shard, read_manifest
 
         return [open_shard(self.path, s) for s in range(read_manifest(self.path).num_shards)]
@@ -1019,33 +1069,22 @@ class ShardedRetriever:
         merged top ``rerank_depth`` with the reranker, if any)."""
         if self.encoder is None:
             raise InputError(
-                "this ShardedRetriever has no encoder; pass encoder= or call search_embeddings "
+                "this OneFieldRetriever has no encoder; pass encoder= or call search_embeddings "
                 "with precomputed vectors"
             )
-        depth = max(k, self.rerank_depth) if self.reranker is not None else k
-        result = self._one_field(
-            self.searcher.search(
-                list(queries), k=depth, candidates=candidates, where=where, query_ids=query_ids
-            )
+        result = self.searcher.search(
+            list(queries),
+            k=self.searcher.capped(k),  # as ``Retriever``: no more results than documents
+            candidates=candidates,
+            where=where,
+            query_ids=query_ids,
         )
-        if self.reranker is not None:
-            result = self.rerank(result, list(queries))
-        return truncate(result, k)
+        return self._one_field(result)
 
     def rerank(self, result: SearchResult, queries: Sequence[Any]) -> SearchResult:
         """Reorder each query's top ``rerank_depth`` with the reranker (``rerank_result``),
-        reading each page from the shard that holds it."""
-        if self.reranker is None:
-            raise InputError("this ShardedRetriever has no reranker")
-        top = [d for d in result.doc_ids[:, : self.rerank_depth].ravel() if d is not None]
-        return rerank_result(
-            result,
-            queries,
-            self.searcher.pages(top, getattr(self.reranker, "allow_files", ())),
-            self.reranker,
-            depth=self.rerank_depth,
-            fusion=self.rerank_fusion,
-        )
+        reading each page from the folder (shard) that holds it."""
+        return self.searcher.rerank(result, queries)
 
     def search_embeddings(
         self,
@@ -1057,7 +1096,7 @@ class ShardedRetriever:
         where: Where = None,
         query_ids: Sequence[str] | None = None,
     ) -> SearchResult:
-        """As ``Retriever.search_embeddings``, over every shard."""
+        """As ``Retriever.search_embeddings``, over every shard (or the one index)."""
         from fde import FDEInputError, as_flat
 
         dim = self.config.dim
@@ -1068,20 +1107,19 @@ class ShardedRetriever:
         vectors = [flat[offsets[q] : offsets[q + 1]] for q in range(offsets.size - 1)]
         result = self.searcher.search(
             [None] * len(vectors),
-            k=k,
+            k=self.searcher.capped(k),
             candidates=candidates,
             where=where,
             query_ids=query_ids,
             query_vectors={LEGACY_FIELD: vectors},
+            rerank=False,  # no query text or images here: ``rerank`` takes them
         )
         return self._one_field(result)
 
     @staticmethod
     def _one_field(result: SearchResult) -> SearchResult:
         """The result as one index gives it: without the per-field score columns."""
-        return SearchResult(
-            result.query_ids, result.doc_ids, result.scores, result.fde_scores, result.maxsim_scores
-        )
+        return replace(result, field_scores=None)
 
     def close(self) -> None:
         """Release the shard actors (nothing to do in-process)."""

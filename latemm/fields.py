@@ -11,7 +11,6 @@ field named ``default``. Searching is ``latemm.field_search``.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -37,7 +36,6 @@ from index_store.fsio import (
     find_links,
     fsync_dir,
     index_path,
-    open_lock_file,
     read_json_object,
     refuse_links,
     write_json_atomic,
@@ -525,21 +523,17 @@ def encoder_from_spec(spec: FieldSpec, *, device: str | None = None) -> Any:
 # ------------------------------------------------------------------------------ building
 @contextmanager
 def locked(root: Path) -> Iterator[None]:
-    """One writer of ``fields.json`` at a time (each sub-index also locks itself)."""
-    from index_store.errors import IndexLockedError
+    """One writer of ``fields.json`` at a time: the collection's ``DIR/LOCK``, as every kind
+    of index takes it (``index_store.housekeeping.acquire_lock``; each sub-index also locks
+    itself)."""
+    from index_store.housekeeping import acquire_lock, release_lock
 
     root.mkdir(parents=True, exist_ok=True)
-    with open_lock_file(root / "LOCK") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise IndexLockedError(
-                f"{root} is being written by another process; one writer at a time"
-            ) from exc
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    lock = acquire_lock(root)
+    try:
+        yield
+    finally:
+        release_lock(lock)
 
 
 def _as_request(name: str, value: Any) -> FieldRequest:

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from index_store.errors import InputError
 from latemm.encoders.base import Encoder
-from latemm.field_search import FieldRetriever, ShardedRetriever, run_schema
+from latemm.field_search import FieldRetriever, OneFieldRetriever, run_schema
 from latemm.io import RUN_SCHEMA, Batch, Columns, count_rows, read_batches
 from latemm.pipeline import batch_pages, progress_bar, rows_named
 from latemm.retriever import SearchResult
@@ -151,24 +151,22 @@ def run_queries(
 
 
 def _resume_record(
-    retriever: Any,
+    retriever: OneFieldRetriever,
     queries: str | Path,
     search: dict[str, Any],
     rerank: tuple[Any, int, str],
 ) -> dict[str, Any]:
     """What a search's part files belong to (checking ``where`` first, before any part file):
     a re-run resumes them only when every entry is the same."""
-    sharded = not hasattr(retriever, "index")
-    index_path = retriever.path if sharded else retriever.index.path
     if search["where"] is not None:
         from latemm.filters import filter_masks
 
-        for served in retriever.indexes() if sharded else [retriever.index]:
+        for served in retriever.indexes():
             filter_masks(served, search["where"])
     reranker, rerank_depth, rerank_fusion = rerank
     return {
-        "index": str(Path(index_path).resolve()),
-        "generation": retriever.generation if sharded else retriever.index.generation,
+        "index": str(Path(retriever.path).resolve()),
+        "generation": retriever.generation,
         "queries": str(Path(queries).resolve()),
         **search,
         "encoder": None if retriever.encoder is None else retriever.encoder.info.to_dict(),
@@ -181,7 +179,12 @@ def _resume_record(
 
 
 def _search_batch(
-    retriever: Any, batch: Batch, queries: Path, k: int, candidates: int | None, where: str | None
+    retriever: OneFieldRetriever,
+    batch: Batch,
+    queries: Path,
+    k: int,
+    candidates: int | None,
+    where: str | None,
 ) -> Any:
     """The SearchResult of one batch of queries: precomputed vectors or encoded pages, each
     query under ``where`` AND its own ``where`` column, if the file has one."""
@@ -369,24 +372,23 @@ def open_retriever(
     reranker: Any = None,
     ray: str | None = None,
     **options: Any,
-) -> Any:
-    """``Retriever`` for an ordinary index, ``ShardedRetriever`` for a sharded one (its
-    shards served by Ray actors with ``ray``)."""
-    from latemm.retriever import Retriever
-
-    if not is_sharded(index_dir):
-        if ray is not None:
-            raise InputError(
-                f"--ray serves a sharded index; {index_dir} is an ordinary one. Build a sharded "
-                "index with `latemm index CORPUS --index DIR --shards N`, or leave out --ray"
-            )
-        return Retriever(index_dir, encoder=encoder, reranker=reranker, **options)
+) -> OneFieldRetriever:
+    """The searcher of an index of one encoder, plain or sharded (``OneFieldRetriever``: the
+    collection searcher over its one field), a sharded one's shards served by Ray actors with
+    ``ray``."""
     actors = None
     if ray is not None:  # one Ray actor per shard, started as the searcher opens it
         from latemm.distributed import ShardActors
 
+        if not is_sharded(index_dir):  # refused before Ray starts
+            raise InputError(
+                f"--ray serves a sharded index; {index_dir} is an ordinary one. Build a sharded "
+                "index with `latemm index CORPUS --index DIR --shards N`, or leave out --ray"
+            )
         actors = partial(ShardActors, address=ray)
-    return ShardedRetriever(index_dir, encoder=encoder, reranker=reranker, actors=actors, **options)
+    return OneFieldRetriever(
+        index_dir, encoder=encoder, reranker=reranker, actors=actors, **options
+    )
 
 
 def search_fields_file(
@@ -434,7 +436,7 @@ def search_fields_file(
             pages, given = _batch_queries(batch, Path(queries), precomputed, named)
             return retriever.search(
                 pages,
-                k=k,
+                k=retriever.capped(k),
                 candidates=candidates,
                 where=query_conditions(batch.table, where),
                 query_ids=batch.ids,

@@ -28,7 +28,7 @@ from index_store.config import DEFAULT_REFINE_DEPTH
 from index_store.errors import InputError
 from index_store.rejects import as_table as rejects_table
 from index_store.rejects import read as read_rejects
-from latemm.encoders.base import Encoder, Page, is_compatible
+from latemm.encoders.base import Encoder, Page, check_recorded
 from latemm.io import (
     Batch,
     Columns,
@@ -194,15 +194,8 @@ def resolve_config(
             residual_codebook="index" if residual else "segment",
         )
     config = Index.open(index_dir, verify="none").config
-    recorded = config.encoder
-    reason = is_compatible(recorded, encoder.info) if recorded and encoder else None
-    if reason is not None and recorded and encoder:
-        raise InputError(
-            f"the index {index_dir} was built with encoder {recorded['name_or_path']!r}, not "
-            f"{encoder.info.name_or_path!r} as configured ({reason}); vectors of different "
-            "encoders cannot share an index (leave out --encoder to use the recorded one, "
-            "or index into a new folder)"
-        )
+    if encoder is not None:
+        check_recorded(config.encoder, encoder.info, index_dir)
     if config.dim != dim:
         raise InputError(
             f"{source}: vectors have dimension {dim}, the index {index_dir} stores {config.dim}; "

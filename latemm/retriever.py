@@ -1098,18 +1098,10 @@ class Retriever:
         self.reranker = reranker
         self.rerank_depth = rerank_depth
         self.rerank_fusion = rerank_fusion
-        recorded = self.index.config.encoder
-        if encoder is not None and recorded is not None:
-            from latemm.encoders.base import is_compatible
+        if encoder is not None:
+            from latemm.encoders.base import check_recorded
 
-            reason = is_compatible(recorded, encoder.info)
-            if reason is not None:
-                raise InputError(
-                    f"the index {self.index.path} was built with encoder {recorded['name_or_path']!r} "
-                    f"(dim {recorded['dim']}); queries would be encoded with "
-                    f"{encoder.info.name_or_path!r} (dim {encoder.info.dim}), which differs: "
-                    f"{reason}. Use the index's encoder (leave out --encoder)"
-                )
+            check_recorded(self.index.config.encoder, encoder.info, self.index.path)
 
     # ------------------------------------------------------------------------------ API
     def search(

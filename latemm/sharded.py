@@ -39,6 +39,7 @@ from index_store import Index, IndexConfig, create
 from index_store.errors import IndexCorruptError, IndexFormatError, InputError
 from index_store.fsio import find_links, read_json_object, refuse_links, write_json_atomic
 from index_store.housekeeping import acquire_lock, release_lock
+from latemm.encoders.base import check_recorded
 from latemm.io import Columns, open_dataset
 from latemm.pipeline import IndexReport, index_corpus
 
@@ -540,8 +541,8 @@ def _index_sharded(
     options: dict[str, Any],
 ) -> IndexReport:
     n, existing = prepare(root, num_shards)
-    if existing is not None and encoder is not None and existing.config.encoder:
-        check_encoder(existing.config, encoder.info.to_dict(), root)
+    if existing is not None and encoder is not None:
+        check_recorded(existing.config.encoder, encoder.info, root)
     added = skipped = rejected = 0
     parts = partition_corpus(corpus, staging, n, columns=columns)
     if existing is None:
@@ -562,23 +563,6 @@ def _index_sharded(
     info = encoder.info.to_dict() if encoder is not None else None
     manifest = commit_shards(root, n, encoder_info=info, existing=existing)
     return IndexReport(added, skipped, sum(manifest.documents), manifest.generation, rejected)
-
-
-def check_encoder(config: IndexConfig, info: dict[str, Any], where: str | Path) -> None:
-    """The query/corpus encoder must be the one the sharded index recorded: the same rule as
-    one index (``is_compatible``: model, revision, dimension, templates and options)."""
-    from latemm.encoders.base import is_compatible
-
-    recorded = config.encoder
-    if recorded is None:
-        return
-    reason = is_compatible(recorded, info)
-    if reason is not None:
-        raise InputError(
-            f"the index {where} was built with encoder {recorded['name_or_path']!r} (dim "
-            f"{recorded['dim']}); these vectors would come from {info['name_or_path']!r} (dim "
-            f"{info['dim']}), which differs: {reason}. Use the index's encoder"
-        )
 
 
 # ------------------------------------------------------------------------------ maintaining

@@ -133,6 +133,28 @@ def is_compatible(
     return "; ".join(differences) or None
 
 
+def check_recorded(
+    recorded: EncoderInfo | dict[str, Any] | None,
+    given: EncoderInfo | dict[str, Any] | None,
+    where: Any,
+) -> None:
+    """Refuse vectors (pages to add, or queries) of encoder ``given`` for the index at
+    ``where``, which recorded ``recorded`` (``is_compatible``); nothing to check when either
+    is unknown (precomputed vectors)."""
+    if not recorded or not given:
+        return
+    reason = is_compatible(recorded, given)
+    if reason is not None:
+        a = recorded.to_dict() if isinstance(recorded, EncoderInfo) else dict(recorded)
+        b = given.to_dict() if isinstance(given, EncoderInfo) else dict(given)
+        raise InputError(
+            f"the index {where} was built with encoder {a['name_or_path']!r}, not "
+            f"{b['name_or_path']!r}, which differs: {reason}; vectors of different encoders "
+            "cannot share an index: use the recorded encoder (leave out --encoder), or index "
+            "into a new folder"
+        )
+
+
 def _prefixed(record: dict[str, Any]) -> dict[str, Any]:
     return {f"options.{k}": v for k, v in (record.get("options") or {}).items()}
 

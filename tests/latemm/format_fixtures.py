@@ -88,9 +88,9 @@ def search_fields(path: Path) -> dict[str, Any]:
 
 def search_sharded(path: Path) -> dict[str, Any]:
     """The merged top ``K`` of the multi-vector queries over every shard."""
-    from latemm.field_search import ShardedRetriever
+    from latemm.field_search import OneFieldRetriever
 
-    return _rows(ShardedRetriever(path).search_embeddings(query_vectors()["m"], k=K))
+    return _rows(OneFieldRetriever(path).search_embeddings(query_vectors()["m"], k=K))
 
 
 def _small_fde(dim: int) -> Any:

@@ -15,7 +15,7 @@ import latemm
 from index_store.errors import InputError
 from latemm.cli import main
 from latemm.collection import open_collection
-from latemm.field_search import FieldRetriever, ShardedRetriever
+from latemm.field_search import FieldRetriever, OneFieldRetriever
 from latemm.retriever import Retriever
 from tests.helpers import DIM, write_corpus, write_pages
 
@@ -120,14 +120,14 @@ def test_a_sharded_index_ranks_as_the_unsharded_one(vectors) -> None:
     one, three = vectors
     for candidates in (None, 24, 100):
         want = Retriever(one).search_embeddings(_queries(), k=10, candidates=candidates)
-        got = ShardedRetriever(three).search_embeddings(_queries(), k=10, candidates=candidates)
+        got = OneFieldRetriever(three).search_embeddings(_queries(), k=10, candidates=candidates)
         assert got.doc_ids.tolist() == want.doc_ids.tolist(), candidates
         np.testing.assert_array_equal(got.scores, want.scores)
         np.testing.assert_array_equal(got.fde_scores, want.fde_scores)
     top = str(want.doc_ids[0, 0])
     (three / "deleting.json").write_text(json.dumps({"generation": 1, "doc_ids": [top]}))
     try:
-        hidden = ShardedRetriever(three).search_embeddings(_queries(), k=10)
+        hidden = OneFieldRetriever(three).search_embeddings(_queries(), k=10)
     finally:
         (three / "deleting.json").unlink()
     assert top not in set(hidden.doc_ids.ravel().tolist())
@@ -139,18 +139,18 @@ def test_refine_depth_on_a_sharded_index(vectors, tmp_path) -> None:
     the answer is one index's. An index without a refine copy names the option."""
     one, three = vectors
     with pytest.raises(InputError, match="has no refine copy"):
-        ShardedRetriever(three, refine_depth=8)
+        OneFieldRetriever(three, refine_depth=8)
     corpus = one.parent / "c.parquet"
     refine = ["--dtype", "pq1", "--refine", "float16"]
     plain = _index(corpus, tmp_path / "plain", refine)
     sharded = _index(corpus, tmp_path / "sharded", [*refine, "--shards", "3"])
     want = Retriever(plain, refine_depth=64).search_embeddings(_queries(), k=10, candidates=64)
-    got = ShardedRetriever(sharded, refine_depth=64).search_embeddings(
+    got = OneFieldRetriever(sharded, refine_depth=64).search_embeddings(
         _queries(), k=10, candidates=64
     )
     assert got.doc_ids.tolist() == want.doc_ids.tolist()
     np.testing.assert_array_equal(got.scores, want.scores)
-    shallow = ShardedRetriever(sharded, refine_depth=12).search_embeddings(
+    shallow = OneFieldRetriever(sharded, refine_depth=12).search_embeddings(
         _queries(), k=10, candidates=64
     )
     exact = {  # every candidate rescored from the refine copy

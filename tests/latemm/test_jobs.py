@@ -1,5 +1,6 @@
-"""latemm.jobs.open_retriever, and the shard servers a ShardedRetriever is handed (``actors=``,
-what ``--ray`` builds on Ray actors) in place of searching its shards in this process."""
+"""latemm.jobs.open_retriever (one searcher for plain and sharded indexes), and the shard
+servers a OneFieldRetriever is handed (``actors=``, what ``--ray`` builds on Ray actors) in
+place of searching its shards in this process."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from index_store.errors import InputError
-from latemm.field_search import ShardedRetriever
+from latemm.field_search import OneFieldRetriever
 from latemm.fields import open_field
 from latemm.jobs import open_retriever
 from latemm.retriever import Retriever
@@ -44,14 +45,14 @@ class InProcessShards:
 
 def test_injected_shard_servers_merge_exactly_like_local_shards(sharded) -> None:
     queries = ff.query_vectors()["m"]
-    local = ShardedRetriever(sharded).search_embeddings(queries, k=ff.K)
+    local = OneFieldRetriever(sharded).search_embeddings(queries, k=ff.K)
     built: list[InProcessShards] = []
 
     def actors(root: Path) -> InProcessShards:
         built.append(InProcessShards(root))
         return built[-1]
 
-    served = ShardedRetriever(sharded, actors=actors, nprobe=8)
+    served = OneFieldRetriever(sharded, actors=actors, nprobe=8)
     got = served.search_embeddings(queries, k=ff.K)
     assert [b.root for b in built] == [sharded]
     assert built[0].opened == [(f"shard-{s:04d}", "default", True) for s in range(3)]
@@ -61,10 +62,16 @@ def test_injected_shard_servers_merge_exactly_like_local_shards(sharded) -> None
     assert built[0].closed
 
 
-def test_open_retriever_picks_the_kind(sharded, tmp_path) -> None:
-    assert isinstance(open_retriever(sharded), ShardedRetriever)
+def test_open_retriever_is_one_searcher_for_both_kinds(sharded, tmp_path) -> None:
+    assert isinstance(open_retriever(sharded), OneFieldRetriever)
     plain = tmp_path / "plain"
     shutil.copytree(ff.DATA / "fields-index" / "fields" / "m", plain)
-    assert isinstance(open_retriever(plain), Retriever)
+    searcher = open_retriever(plain)  # issue 26: a plain index through the collection searcher
+    assert isinstance(searcher, OneFieldRetriever)
+    queries = ff.query_vectors()["m"]
+    got = searcher.search_embeddings(queries, k=ff.K)
+    want = Retriever(plain).search_embeddings(queries, k=ff.K)  # the one-index kernel
+    np.testing.assert_array_equal(got.doc_ids, want.doc_ids)
+    np.testing.assert_array_equal(got.scores, want.scores)
     with pytest.raises(InputError, match="--ray serves a sharded index; .* is an ordinary one"):
         open_retriever(plain, ray="local")

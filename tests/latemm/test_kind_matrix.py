@@ -60,6 +60,15 @@ def test_where_that_matches_no_page_is_an_empty_run(indexes, kind, tmp_path, cap
     capsys.readouterr()
 
 
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_k_beyond_the_collection_is_capped_on_every_kind(indexes, kind, tmp_path) -> None:
+    out = tmp_path / "run.parquet"
+    argv = ["search", indexes[kind], indexes["queries"], "--out", out, "--quiet"]
+    assert run(*argv, "--k", "300000000") == 0  # no (Q, k) arrays of that width
+    counts = pq.read_table(out).group_by("query_id").aggregate([("doc_id", "count")])
+    assert counts.column("doc_id_count").to_pylist() == [60] * 4
+
+
 def test_where_empty_through_the_api(indexes) -> None:
     for kind in KINDS:
         got = latemm.search(indexes[kind], indexes["queries"], where="year > 3000")
@@ -166,6 +175,29 @@ def test_api_build_index_with_num_shards(indexes, tmp_path) -> None:
     )
     assert collection.num_shards == 2 and sum(collection.documents) == 60
     assert read_manifest(tmp_path / "api").generation == 2
+
+
+def test_api_build_index_keeps_each_kind_as_the_cli_does(indexes, tmp_path) -> None:
+    """latemm.build_index follows latemm index's rule (``latemm.collection.index_route``): a
+    folder keeps its kind, and a request it cannot take is an error naming the option."""
+    from index_store.errors import InputError
+    from latemm.fields import FieldsManifest
+
+    fields = tmp_path / "fields"
+    latemm.build_index(indexes["corpus"], fields, fields={"emb": "embedding:embedding"})
+    # Neither encoder= nor fields=: the corpus goes into the fields it records (as the CLI).
+    again = latemm.build_index(indexes["corpus"], fields)
+    assert isinstance(again, FieldsManifest) and again.names == ["emb"]
+    a = latemm.search(fields, indexes["queries"], k=10)
+    b = latemm.search(indexes["fields"], indexes["queries"], k=10)
+    assert a.equals(b)
+    for target, request, named in (
+        (indexes["sharded"], dict(fields={"e": "embedding:embedding"}), "--field"),
+        (fields, dict(num_shards=3), "--shards"),
+        (fields, dict(encoder="x", fields={"e": "bm25"}), "not both"),
+    ):
+        with pytest.raises(InputError, match=named):
+            latemm.build_index(indexes["corpus"], target, **request)
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ import latemm
 from index_store import Index
 from index_store.housekeeping import acquire_lock, release_lock
 from latemm.cli import main
-from latemm.field_search import ShardedRetriever
+from latemm.field_search import OneFieldRetriever
 from latemm.retriever import Retriever
 from latemm.sharded import (
     BUILDING,
@@ -309,7 +309,7 @@ def test_rerank_on_shards_equals_rerank_on_one_index(corpus, tmp_path) -> None:
     texts = ["revenue growth market"] * 5
     judge = TextLengthJudge()
     one = Retriever(plain, reranker=judge, rerank_depth=12)
-    three = ShardedRetriever(idx, reranker=judge, rerank_depth=12)
+    three = OneFieldRetriever(idx, reranker=judge, rerank_depth=12)
     got = [r.rerank(r.search_embeddings(queries, k=12, candidates=80), texts) for r in (one, three)]
     assert (got[0].doc_ids == got[1].doc_ids).all()
     np.testing.assert_array_equal(got[0].scores, got[1].scores)
@@ -377,10 +377,10 @@ def test_sharded_search_checks_the_encoder_as_one_index_does(tmp_path) -> None:
         and single.dim == read_manifest(tmp_path / "idx").config.dim
     )
     with pytest.raises(InputError, match="which differs"):
-        ShardedRetriever(tmp_path / "idx", encoder=single)
+        OneFieldRetriever(tmp_path / "idx", encoder=single)
     with pytest.raises(InputError, match="which differs"):
         Retriever(tmp_path / "one", encoder=single)
-    same = ShardedRetriever(tmp_path / "idx", encoder=multi)
+    same = OneFieldRetriever(tmp_path / "idx", encoder=multi)
     assert same.search(["revenue"], k=3).doc_ids.shape == (1, 3)
 
 
@@ -410,7 +410,7 @@ def test_p16_searches_during_deletes_see_one_state_and_never_fail(corpus, tmp_pa
     queries = [np.ones((2, DIM), np.float32)]
     try:
         while writer.poll() is None or not views:
-            got = ShardedRetriever(idx).search_embeddings(queries, k=80, candidates=80)
+            got = OneFieldRetriever(idx).search_embeddings(queries, k=80, candidates=80)
             found = {d for d in got.doc_ids[0] if d is not None}
             gone = every - found
             j = len(gone) // 8

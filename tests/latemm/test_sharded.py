@@ -16,7 +16,7 @@ import pytest
 from index_store import Index
 from index_store.errors import IndexCorruptError, InputError
 from latemm.cli import main
-from latemm.field_search import ShardedRetriever
+from latemm.field_search import OneFieldRetriever
 from latemm.retriever import Retriever
 from latemm.sharded import (
     SHARDS_MANIFEST,
@@ -53,7 +53,7 @@ def test_four_shards_return_the_top_k_of_one_index(built) -> None:
     queries = _queries()
     # Candidates >= corpus size: both sides rescore every document, so both are exact.
     one = Retriever(single).search_embeddings(queries, k=20, candidates=N_DOCS)
-    four = ShardedRetriever(sharded).search_embeddings(queries, k=20, candidates=N_DOCS)
+    four = OneFieldRetriever(sharded).search_embeddings(queries, k=20, candidates=N_DOCS)
     assert (one.doc_ids == four.doc_ids).all()
     np.testing.assert_array_equal(one.scores, four.scores)
     np.testing.assert_array_equal(one.fde_scores, four.fde_scores)
@@ -61,7 +61,9 @@ def test_four_shards_return_the_top_k_of_one_index(built) -> None:
     # A filter applies per shard and still merges to the single index's answer.
     where = "source = 'esg' AND year >= 2015"
     one = Retriever(single).search_embeddings(queries, k=7, candidates=N_DOCS, where=where)
-    four = ShardedRetriever(sharded).search_embeddings(queries, k=7, candidates=N_DOCS, where=where)
+    four = OneFieldRetriever(sharded).search_embeddings(
+        queries, k=7, candidates=N_DOCS, where=where
+    )
     assert (one.doc_ids == four.doc_ids).all()
     np.testing.assert_array_equal(one.scores, four.scores)
 
@@ -198,7 +200,7 @@ def test_missing_or_damaged_shard_is_named(tmp_path, capsys) -> None:
     meta = seg / "meta.parquet"
     meta.write_bytes(meta.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(IndexCorruptError, match="shard shard-0001 .*cannot be opened"):
-        ShardedRetriever(idx)
+        OneFieldRetriever(idx)
     assert main(["verify", str(idx)]) == 1
     err = capsys.readouterr().err
     assert "shard shard-0001: " in err and "meta.parquet" in err and "shard-0000" not in err
