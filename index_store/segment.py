@@ -392,6 +392,29 @@ class Segment:
             self._tables["magnitude"] = np.array(top * (1.0 + 2.0**-22))
         return float(self._tables["magnitude"])
 
+    def token_centroids(self) -> np.ndarray:
+        """(N,) int32: the centroid of every token of this residual segment (the first bytes
+        of its codes), read once per reader and segment."""
+        if "token-centroids" not in self._tables:
+            self.residual_parts()  # refuses a segment without residual codes
+            ids = codecs.centroid_ids(self.vectors).astype(np.int32)
+            self._tables["token-centroids"] = ids
+        return self._tables["token-centroids"]
+
+    def centroid_pages(self) -> tuple[np.ndarray, np.ndarray]:
+        """PLAID's inverted file of this residual segment, built once per reader and segment
+        from its codes: ``(starts, rows)``, the rows (pages) holding a token of centroid ``c``
+        being ``rows[starts[c]:starts[c + 1]]``, each once, ascending."""
+        if "centroid-rows" not in self._tables:
+            ids = self.token_centroids().astype(np.int64)
+            n = max(self.num_docs, 1)
+            page = np.repeat(np.arange(self.num_docs, dtype=np.int64), np.diff(self.offsets))
+            centroid, rows = np.divmod(np.unique(ids * n + page), n)
+            k = self.residual_parts()[0].shape[0]
+            self._tables["centroid-starts"] = np.searchsorted(centroid, np.arange(k + 1))
+            self._tables["centroid-rows"] = rows.astype(np.int64)
+        return self._tables["centroid-starts"], self._tables["centroid-rows"]
+
     @property
     def num_docs(self) -> int:
         return int(self.offsets.size - 1)

@@ -116,6 +116,7 @@ def search(
     normalization: str | None = None,
     rrf_k: int | None = None,
     ray: str | None = None,
+    first_stage: str = "fde",
 ) -> pa.Table:
     """Search a list of text queries, or a queries Parquet file, and return the run table
     (``query_id, doc_id, rank, score, fde_score, maxsim_score, rerank_score``).
@@ -134,7 +135,10 @@ def search(
     ``ray``: ``"local"`` or a cluster address serves a sharded index or a sharded fields
     collection from Ray actors, one per shard (``latemm.distributed``, ``pip install
     'latemm[ray]'``), with the same results; the actors end with the call. An unsharded index
-    is refused (one actor would serve all of it)."""
+    is refused (one actor would serve all of it).
+
+    ``first_stage``: ``"fde"`` (FDE + faiss) or, for residual codes (``--dtype res2/res4``),
+    ``"centroids"``: PLAID's candidate generation (``latemm.retriever.centroid_first_stage``)."""
     from index_store.errors import InputError
     from latemm.collection import open_collection
     from latemm.sharded import is_unfinished_build, unfinished_build_message
@@ -181,6 +185,7 @@ def search(
             from latemm.distributed import ShardActors
 
             named["actors"] = partial(ShardActors, address=ray)
+        named["first_stage"] = first_stage
         return _search_fields(path, queries, k, candidates, where, reranker, rerank_depth, named)
 
     if ray is not None and not collection.sharded:
@@ -212,13 +217,19 @@ def search(
                 rerank_depth=rerank_depth,
                 progress=False,
                 ray=ray,
+                first_stage=first_stage,
             )
         )
     from latemm.jobs import open_retriever
 
     # One searcher for an index of one encoder, plain or sharded (``OneFieldRetriever``).
     retriever = open_retriever(
-        path, encoder=encoder, reranker=reranker, rerank_depth=rerank_depth, ray=ray
+        path,
+        encoder=encoder,
+        reranker=reranker,
+        rerank_depth=rerank_depth,
+        ray=ray,
+        first_stage=first_stage,
     )
     texts = [str(queries)] if isinstance(queries, (str, Path)) else list(queries)
     try:

@@ -419,6 +419,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         rerank_fusion=args.rerank_fusion,
         ray=args.ray,
         refine_depth=args.refine_depth,
+        first_stage=args.first_stage,
     )
     queries = len(set(run.column("query_id").to_pylist()))
     elapsed = time.perf_counter() - start
@@ -536,6 +537,7 @@ def _search_fields(args: argparse.Namespace, start: float) -> int:
         rerank_fusion=args.rerank_fusion,
         query_columns=_query_columns(args.query_column),
         actors=_field_actors(args.ray),
+        first_stage=args.first_stage,
     )
     queries = len(set(run.column("query_id").to_pylist()))
     elapsed = time.perf_counter() - start
@@ -1102,6 +1104,15 @@ def _search_parser(sub: Any) -> None:
         "(--dtype res1/res2/res4): candidates per query decoded, the best by their tokens' "
         "centroids, as PLAID prunes (default: every candidate; 128 of 512 keeps Vaswani's "
         "recall@10 and is faster than float16, experiments/RESULTS.md section 5d)",
+    )
+    p.add_argument(
+        "--first-stage",
+        choices=("fde", "centroids"),
+        default="fde",
+        help="how candidates are found (default: fde): the FDE with faiss (fde, every index), "
+        "or for residual codes (--dtype res2/res4) PLAID's candidate generation (centroids: "
+        "pages holding the query tokens' nearest centroids, ranked by their tokens' centroids; "
+        "better on long pages, experiments/RESULTS.md section 5d)",
     )
     p.add_argument(
         "--where",

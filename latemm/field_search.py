@@ -46,7 +46,8 @@ from latemm.retriever import (
     Where,
     as_query_arrays,
     by_scope,
-    check_request,
+    check_first_stage,
+    first_candidates,
     first_stage_queries,
     gather,
     query_ids_for,
@@ -262,6 +263,9 @@ class FieldRetriever:
         vector fields' parts elsewhere, e.g. ``latemm.distributed.ShardActors`` (one Ray
         actor per shard; what ``latemm search --ray`` and ``latemm.search(..., ray=)`` pass):
         the same phases run there, merged, fused and reranked here. ``close()`` releases them.
+    refine_depth, first_stage
+        As for ``Retriever``: ``first_stage="centroids"`` finds every vector field's
+        candidates by PLAID's candidate generation (residual codes only).
     """
 
     def __init__(
@@ -284,6 +288,7 @@ class FieldRetriever:
         rerank_fusion: str = "none",
         actors: Callable[[Path], Any] | None = None,
         refine_depth: int | None = None,
+        first_stage: str = "fde",
     ) -> None:
         self.path = Path(index_dir)
         # What serves the vector fields' parts elsewhere (``latemm.distributed.
@@ -336,6 +341,12 @@ class FieldRetriever:
             if s.kind != "bm25"
         }
         self.refine_depth = self._checked_refine_depth(refine_depth)
+        vector_parts = [
+            (n, p) for n, parts in self.parts.items() if self.specs[n].kind != "bm25" for p in parts
+        ]
+        for name, part in vector_parts:  # each field's parts, named in the error
+            check_first_stage(first_stage, [part.config], f"field {name!r} of {self.path}")
+        self.first_stage = check_first_stage(first_stage, [], self.path)
         self.device, self.nprobe, self.ef_search = device, nprobe, ef_search
         self.reranker, self.rerank_depth, self.rerank_fusion = reranker, rerank_depth, rerank_fusion
 
@@ -384,7 +395,7 @@ class FieldRetriever:
         ids = query_ids_for(query_ids, len(queries))
         rerank = rerank and self.reranker is not None
         depth = max(k, self.rerank_depth) if rerank else k
-        n_cand = check_request(depth, candidates)
+        n_cand = first_candidates(depth, candidates, self.first_stage, self.refine_depth)
         encoded = self._encode(list(queries), query_vectors or {})
         scopes = scopes_of(where, len(ids))
         if scopes is None:
@@ -597,6 +608,8 @@ class FieldRetriever:
             else str(getattr(reranker, "model_id", type(reranker).__name__)),
             "rerank_depth": self.rerank_depth if reranker is not None else None,
             "rerank_fusion": self.rerank_fusion if reranker is not None else None,
+            # absent for the FDE: records written before there was a choice still resume
+            **({"first_stage": self.first_stage} if self.first_stage != "fde" else {}),
         }
 
     # -------------------------------------------------------------------------- stages
@@ -760,7 +773,13 @@ class FieldRetriever:
         for index, masks in zip(parts, allowed, strict=True):
             key = repr(index.config.to_dict())
             if key not in matrices:
-                matrices[key] = first_stage_queries(index, flat, offsets, device=self.device)
+                matrices[key] = first_stage_queries(
+                    index,
+                    flat,
+                    offsets,
+                    device=self.device,
+                    centroids=self.first_stage == "centroids",
+                )
             pending.append(
                 phases(index).first_stage(
                     matrices[key], n_cand, masks, nprobe=self.nprobe, ef_search=self.ef_search
@@ -991,7 +1010,8 @@ class OneFieldRetriever:
         elsewhere, as for ``FieldRetriever`` (``latemm.distributed.ShardActors`` on Ray, what
         ``latemm.jobs.open_retriever(..., ray=ADDRESS)`` passes); sharded indexes only.
     refine_depth, **options
-        ``refine_depth``, ``device``, ``nprobe``, ``ef_search``, as for ``Retriever``.
+        ``refine_depth``, ``first_stage``, ``device``, ``nprobe``, ``ef_search``, as for
+        ``Retriever``.
     """
 
     def __init__(

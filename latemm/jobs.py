@@ -49,6 +49,7 @@ def search_file(
     rerank_fusion: str = "none",
     ray: str | None = None,
     refine_depth: int | None = None,
+    first_stage: str = "fde",
 ) -> pa.Table:
     """Search every query of a Parquet file and write the run (Parquet, and TREC if asked).
     Interrupted runs resume: a re-run skips the queries whose results were already written.
@@ -56,7 +57,8 @@ def search_file(
     With a ``reranker``, each query's top ``rerank_depth`` pages are reordered by it (the page
     content is read from the index); the run's ``rerank_score`` column holds its scores.
     ``refine_depth``: for an index with a refine copy, candidates per query rescored from it
-    (default: the index's recorded depth)."""
+    (default: the index's recorded depth). ``first_stage``: ``"fde"`` or, for residual codes,
+    ``"centroids"`` (``latemm.retriever.centroid_first_stage``)."""
     # A sharded index (latemm.sharded) is searched shard by shard and merged exactly, in this
     # process or, with ``ray`` ("local" or a cluster address), on one Ray actor per shard.
     check_search_args(queries, out, k=k, candidates=candidates, batch_size=batch_size)
@@ -68,10 +70,13 @@ def search_file(
         rerank_fusion=rerank_fusion,
         ray=ray,
         refine_depth=refine_depth,
+        first_stage=first_stage,
     )
     search: dict[str, Any] = dict(k=k, candidates=candidates, where=where)
     if refine_depth is not None:  # absent otherwise: records written before it still resume
         search["refine_depth"] = refine_depth
+    if first_stage != "fde":  # as refine_depth
+        search["first_stage"] = first_stage
     if columns is not None and columns != Columns(id="query_id"):  # which columns are read
         from dataclasses import asdict
 

@@ -50,6 +50,16 @@ from latemm.scoring import (
 # MiniLM-embedded Vaswani and ColPali-shaped pages (experiments/bench_search.py).
 DEFAULT_CANDIDATES = 512
 
+# The first stages a search can take (``--first-stage``): the FDE's inner product (faiss, every
+# index), or PLAID's candidate generation over residual codes (``centroid_first_stage``).
+FIRST_STAGES = ("fde", "centroids")
+
+# Each query token's nearest centroids whose pages become candidates in the centroid first
+# stage (PLAID's ncells): on MMLongBench res4 (1,728 long pages) 2 probes keep the recall@10
+# of probing every centroid within 0.001 at depths 64-256; 1 loses 0.007 at 256
+# (``python -m experiments.centroid_probe``, RESULTS section 5d).
+CENTROID_PROBE = 2
+
 
 @dataclass(frozen=True)
 class SearchResult:
@@ -252,6 +262,17 @@ def check_request(k: int, candidates: int | None) -> int:
     return max(k, candidates if candidates is not None else DEFAULT_CANDIDATES)
 
 
+def first_candidates(
+    k: int, candidates: int | None, first_stage: str, refine_depth: int | None
+) -> int:
+    """``check_request``'s candidates, at most ``max(k, refine_depth)`` under the centroid
+    first stage: it already ranks them by centroid interaction, the order the depth keeps."""
+    n_cand = check_request(k, candidates)
+    if first_stage == "centroids" and refine_depth is not None:
+        return min(n_cand, max(k, refine_depth))
+    return n_cand
+
+
 def query_ids_for(query_ids: Sequence[str] | None, n_queries: int) -> list[str]:
     ids = [str(i) for i in (query_ids if query_ids is not None else range(n_queries))]
     if len(ids) != n_queries:
@@ -268,12 +289,44 @@ def as_query_arrays(index: Index, query_vectors: Any, query_offsets: Any) -> tup
         raise InputError(f"{exc} (the index stores {dim}-dimensional vectors)") from exc
 
 
+@dataclass(frozen=True)
+class CentroidQueries:
+    """What the centroid first stage searches with: the queries' flat (N, d) float32 vectors
+    and (Q + 1,) offsets (``first_stage_queries(..., centroids=True)``)."""
+
+    flat: np.ndarray
+    offsets: np.ndarray
+
+
+def check_first_stage(name: str, configs: Sequence[Any], where: Any) -> str:
+    """``name`` if every index config of ``configs`` can take that first stage; an error
+    naming ``--first-stage`` otherwise."""
+    if name not in FIRST_STAGES:
+        raise InputError(f"--first-stage must be one of {', '.join(FIRST_STAGES)}, got {name!r}")
+    for config in configs if name == "centroids" else ():
+        if not is_residual(config.dtype) or getattr(config, "single_vector", False):
+            raise InputError(
+                f"--first-stage centroids ranks pages by their tokens' residual-code centroids; "
+                f"{where} stores {config.dtype} vectors. Leave --first-stage out, or build the "
+                "index with --dtype res2 or res4"
+            )
+    return name
+
+
 def first_stage_queries(
-    index: Index, flat: np.ndarray, offsets: np.ndarray, *, device: str | None = None
-) -> np.ndarray:
+    index: Index,
+    flat: np.ndarray,
+    offsets: np.ndarray,
+    *,
+    device: str | None = None,
+    centroids: bool = False,
+) -> Any:
     """What faiss searches with, (Q, D) float32: the queries' FDEs, or for a single-vector
     index the sum of each query's vectors (whose inner product with a one-vector document is
-    exactly that document's MaxSim)."""
+    exactly that document's MaxSim). ``centroids``: the query vectors themselves
+    (``CentroidQueries``), for ``centroid_first_stage``."""
+    if centroids:
+        return CentroidQueries(np.ascontiguousarray(flat, dtype=np.float32), offsets)
     if getattr(index.config, "single_vector", False):
         sums = np.add.reduceat(flat, offsets[:-1], axis=0) if flat.shape[0] else flat[:0]
         return np.ascontiguousarray(sums, dtype=np.float32)  # (Q, d)
@@ -294,7 +347,10 @@ def first_stage(
     ``query_matrix`` (Q, D) float32 from ``first_stage_queries``; ``allowed`` per segment a bool
     mask of searchable rows, or None for all rows. Segments coded under the index's codebook are
     searched together by one structure (``Index.global_first_stage``), whatever their number;
-    the others (``--faiss`` factories, segments older than the codebook) one faiss index each."""
+    the others (``--faiss`` factories, segments older than the codebook) one faiss index each.
+    ``CentroidQueries`` take the centroid first stage instead (``centroid_first_stage``)."""
+    if isinstance(query_matrix, CentroidQueries):
+        return centroid_first_stage(index, query_matrix, n_cand, allowed)
     n_queries = query_matrix.shape[0]
     all_seg, all_row, all_score = [], [], []
     coded = index.coded_segments()
@@ -327,6 +383,88 @@ def first_stage(
         row_of = np.take_along_axis(row_of, top, 1)
         score = np.take_along_axis(score, top, 1)
     return Candidates(seg_of.astype(np.int64), row_of.astype(np.int64), score.astype(np.float32))
+
+
+def centroid_first_stage(
+    index: Index,
+    queries: CentroidQueries,
+    n_cand: int,
+    allowed: list[np.ndarray | None],
+    *,
+    probe: int = CENTROID_PROBE,
+) -> Candidates:
+    """Top ``n_cand`` (segment, row, score) per query by centroid interaction, PLAID's
+    candidate generation over residual codes: each query token's ``probe`` nearest centroids
+    name the pages that hold a token of theirs (``Segment.centroid_pages``, the inverted file
+    built from the codes); each such page is scored as MaxSim with every token standing for its
+    centroid (a gather from the query x centroid table, no decoding), and the best are the
+    candidates, their interaction the first-stage score. ``allowed`` as for ``first_stage``.
+    A segment too small to train the codec (stored in float16) is scored exactly. Unlike the
+    FDE, whose partitions blur a long page's hundreds of tokens, the centroids keep each
+    token apart: on MMLongBench's long pages it is the better first stage (issue 29)."""
+    flat, offsets = queries.flat, queries.offsets
+    n_queries = offsets.size - 1
+    seg_out = np.full((n_queries, n_cand), -1, dtype=np.int64)
+    row_out = np.full((n_queries, n_cand), -1, dtype=np.int64)
+    score_out = np.full((n_queries, n_cand), -np.inf, dtype=np.float32)
+    searched = [
+        s
+        for s, (seg, mask) in enumerate(zip(index.segments, allowed, strict=True))
+        if seg.num_docs and (mask is None or mask.any())
+    ]
+    for s in searched:  # built before the workers start, once per reader and segment
+        if is_residual(index.segments[s].dtype):
+            index.segments[s].centroid_pages()
+
+    def one_query(q: int) -> None:
+        query = flat[offsets[q] : offsets[q + 1]]
+        segs, rows, scores = [], [], []
+        for s in searched:
+            seg, mask = index.segments[s], allowed[s]
+            if is_residual(seg.dtype):
+                got_rows, got = _centroid_candidates(seg, query, mask, probe)
+            else:  # fewer tokens than the codec trains on: scored exactly, all of them
+                got_rows = np.flatnonzero(seg.live if mask is None else mask)
+                docs, doc_offsets = take_sets(seg.vectors, seg.offsets, got_rows)
+                got = maxsim_pairs(query, docs.astype(np.float32), doc_offsets)
+            segs.append(np.full(got_rows.size, s, dtype=np.int64))
+            rows.append(got_rows)
+            scores.append(got.astype(np.float32))
+        if not segs:
+            return
+        seg_of, row_of, score = np.concatenate(segs), np.concatenate(rows), np.concatenate(scores)
+        top = np.argsort(-score, kind="stable")[:n_cand]  # ties in segment and row order
+        seg_out[q, : top.size], row_out[q, : top.size] = seg_of[top], row_of[top]
+        score_out[q, : top.size] = score[top]
+
+    _each_query(one_query, list(range(n_queries)))
+    return Candidates(seg_out, row_out, score_out)
+
+
+def _centroid_candidates(
+    seg: Segment, query: np.ndarray, mask: np.ndarray | None, probe: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A residual segment's rows whose tokens include one of the query tokens' ``probe``
+    nearest centroids (searchable under ``mask``), and their centroid interaction scores."""
+    table = _centroid_table(seg, query)  # (Tq, K)
+    near = np.argpartition(table, -probe, axis=1)[:, -probe:] if probe < table.shape[1] else None
+    starts, pages = seg.centroid_pages()
+    if near is None:
+        rows = np.arange(seg.num_docs, dtype=np.int64)
+    else:
+        probed = np.unique(near)
+        lengths = starts[probed + 1] - starts[probed]
+        at = np.repeat(starts[probed] - np.cumsum(lengths) + lengths, lengths)
+        rows = np.unique(pages[at + np.arange(int(lengths.sum()))])
+    if mask is not None:
+        rows = rows[mask[rows]]
+    elif seg.deleted.any():
+        rows = rows[seg.live[rows]]
+    if not rows.size:
+        return rows, np.zeros(0, dtype=np.float32)
+    tokens, token_offsets = take_sets(seg.token_centroids(), seg.offsets, rows)
+    sims = np.take(table, tokens, axis=1)  # (Tq, tokens of the candidates)
+    return rows, np.maximum.reduceat(sims, token_offsets[:-1], axis=1).sum(axis=0)
 
 
 def search_params(
@@ -1067,6 +1205,9 @@ class Retriever:
         For an index with a refine copy: candidates per query rescored from the copy (default:
         the index's ``IndexConfig.refine_depth``). For residual codes: candidates per query
         decoded and scored exactly, the best by centroid interaction (default: every one).
+    first_stage
+        ``"fde"`` (FDE + faiss) or, for residual codes, ``"centroids"`` (PLAID's candidate
+        generation: ``centroid_first_stage``).
     """
 
     def __init__(
@@ -1081,8 +1222,10 @@ class Retriever:
         rerank_depth: int = 20,
         rerank_fusion: str = "none",
         refine_depth: int | None = None,
+        first_stage: str = "fde",
     ) -> None:
         self.index = index if isinstance(index, Index) else Index.open(index)
+        self.first_stage = check_first_stage(first_stage, [self.index.config], self.index.path)
         if refine_depth is not None and refine_depth < 1:
             raise InputError(f"refine_depth must be >= 1, got {refine_depth}")
         if refine_depth is not None and not self.index.config.takes_refine_depth:
@@ -1183,7 +1326,7 @@ class Retriever:
         ids = query_ids_for(query_ids, offsets.size - 1)
         # No more results than live documents: the result arrays are (Q, k).
         k = min(k, max(1, len(self.index)))
-        n_cand = check_request(k, candidates)
+        n_cand = first_candidates(k, candidates, self.first_stage, self.refine_depth)
         scopes = scopes_of(where, len(ids))
         if scopes is not None:
             return by_scope(
@@ -1208,7 +1351,13 @@ class Retriever:
         self, flat: np.ndarray, offsets: np.ndarray, n_cand: int, allowed: list[np.ndarray | None]
     ) -> Candidates:
         """The first stage for flat query vectors with (Q + 1,) offsets."""
-        matrix = first_stage_queries(self.index, flat, offsets, device=self.device)
+        matrix = first_stage_queries(
+            self.index,
+            flat,
+            offsets,
+            device=self.device,
+            centroids=self.first_stage == "centroids",
+        )
         return first_stage(
             self.index, matrix, n_cand, allowed, nprobe=self.nprobe, ef_search=self.ef_search
         )
