@@ -545,6 +545,25 @@ def table_residual_speed(r: dict[str, Any]) -> str:
     return f"{_provenance(r)}\n\n" + "\n\n".join(out)
 
 
+def table_centroid_probe(r: dict[str, Any]) -> str:
+    """Section 5d: recall@10 of the centroid first stage by probes and depth, beside the FDE's
+    default candidates at the same depths (``experiments.centroid_probe``)."""
+    rows = [
+        [
+            block["set"],
+            x["first_stage"],
+            "-" if x["probe"] is None else x["probe"],
+            x["depth"],
+            x["candidates"],
+            f"{x['recall@10']:.3f}",
+        ]
+        for block in r["sets"]
+        for x in block["rows"]
+    ]
+    header = ["set", "first stage", "probes", "depth", "candidates", "recall@10"]
+    return f"{_provenance(r)}\n\n{_table(header, rows)}"
+
+
 def table_residual_rotation(r: dict[str, Any]) -> str:
     """Section 5d: the residual's quantile buckets on its own axes, on principal axes, and on
     principal axes with bits spread by variance (the codec's own loss, no first stage)."""
@@ -609,6 +628,13 @@ FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
     "residual_speed": (("residual_speed",), table_residual_speed),
     "residual_codec.vaswani_all": (("residual_codec_vaswani_all",), table_residual_codec),
     "residual_speed.mmlongbench": (("residual_speed_mmlongbench",), table_residual_speed),
+    # The centroid first stage (--first-stage centroids, PLAID's candidate generation).
+    "centroid_probe": (("centroid_probe",), table_centroid_probe),
+    "residual_speed.centroids": (("residual_speed_centroids",), table_residual_speed),
+    "residual_speed.mmlongbench_centroids": (
+        ("residual_speed_mmlongbench_centroids",),
+        table_residual_speed,
+    ),
     "refine.ab": (
         ("ab_refine_before_1", "ab_refine_after_1", "ab_refine_before_2", "ab_refine_after_2"),
         table_ab_refine,

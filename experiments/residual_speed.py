@@ -8,9 +8,11 @@ Each set's indexes are built once through the API (one segment, as ``experiments
 builds them): float16 (the default index: 10,240-d FDE under PQ1280x4fs) and each residual dtype
 (its default first stage, one index codebook). Then, for each k, every configuration searches the
 whole query batch once per round, the configurations alternating inside each round: float16;
-each residual dtype decoding every candidate (no depth); and each residual dtype with
+each residual dtype decoding every candidate (no depth); each residual dtype with
 ``refine_depth`` D, which decodes only each query's D best candidates by centroid interaction
-(PLAID's pruning) and scores them in float32 with proven bounds before the exact pass. Reported:
+(PLAID's pruning) and scores them in float32 with proven bounds before the exact pass; and,
+with ``--centroids D ...``, the same depths over candidates found by the centroid first stage
+(``--first-stage centroids``: PLAID's candidate generation) instead of the FDE. Reported:
 the median of the rounds' per-query times and its ratio to float16's in the same run, recall@10
 against the exact float32 MaxSim top-10 over the unquantised vectors, nDCG@10 against the qrels,
 and each index's bytes per page (every file).
@@ -50,7 +52,12 @@ def build(data: dict[str, Any], dtype: str) -> Index:
 
 
 def measure_set(
-    data: dict[str, Any], dtypes: list[str], depths: list[int], ks: list[int], rounds: int
+    data: dict[str, Any],
+    dtypes: list[str],
+    depths: list[int],
+    ks: list[int],
+    rounds: int,
+    centroids: list[int] | None = None,
 ) -> dict[str, Any]:
     q, q_off = data["query_vectors"], data["query_offsets"]
     n_queries = q_off.size - 1
@@ -61,6 +68,10 @@ def measure_set(
         configs[dtype] = Retriever(indexes[dtype])
         for depth in depths:
             configs[f"{dtype} depth {depth}"] = Retriever(indexes[dtype], refine_depth=depth)
+        for depth in centroids or ():  # PLAID's candidate generation instead of the FDE
+            configs[f"{dtype} centroids {depth}"] = Retriever(
+                indexes[dtype], refine_depth=depth, first_stage="centroids"
+            )
     by_k: dict[str, Any] = {}
     for k in ks:
         times: dict[str, list[float]] = {name: [] for name in configs}
@@ -84,6 +95,7 @@ def measure_set(
                     "config": name,
                     "dtype": dtype,
                     "refine_depth": configs[name].refine_depth,
+                    "first_stage": configs[name].first_stage,
                     "bytes_per_doc_all_files": sum(by_file(indexes[dtype].path).values())
                     / data["documents"],
                     "search_s_per_query": median,
@@ -113,6 +125,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtypes", nargs="+", default=["res4"], choices=("res1", "res2", "res4"))
     parser.add_argument("--depths", nargs="+", type=int, default=[64, 128])
     parser.add_argument("--ks", nargs="+", type=int, default=[10, 100])
+    parser.add_argument(
+        "--centroids",
+        nargs="+",
+        type=int,
+        default=[],
+        help="depths searched with the centroid first stage (--first-stage centroids)",
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--docs", type=int, default=None, help="first N Vaswani abstracts")
     parser.add_argument("--name", default=None, help="results file name")
@@ -123,7 +142,9 @@ def main(argv: list[str] | None = None) -> None:
     sets = []
     for set_name in args.sets:
         data = vaswani_set(args.docs) if set_name == "vaswani" else mmlongbench_set()
-        sets.append(measure_set(data, args.dtypes, args.depths, args.ks, args.rounds))
+        sets.append(
+            measure_set(data, args.dtypes, args.depths, args.ks, args.rounds, args.centroids)
+        )
         path = write_result(
             name,
             {"sets": sets, "timings": "alternated within each round, one process, 2 cores"},
