@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from index_store import Index
 from index_store.errors import IndexCorruptError, IndexLockedError, InputError
 from latemm import fusion as fusion_lib
 from latemm.field_parts import phases, resolve
@@ -341,12 +340,11 @@ class FieldRetriever:
             if s.kind != "bm25"
         }
         self.refine_depth = self._checked_refine_depth(refine_depth)
-        vector_parts = [
-            (n, p) for n, parts in self.parts.items() if self.specs[n].kind != "bm25" for p in parts
-        ]
-        for name, part in vector_parts:  # each field's parts, named in the error
-            check_first_stage(first_stage, [part.config], f"field {name!r} of {self.path}")
         self.first_stage = check_first_stage(first_stage, [], self.path)
+        for name, parts in self.parts.items():  # every vector field's parts can take it
+            if self.specs[name].kind != "bm25":
+                configs = [p.config for p in parts]
+                check_first_stage(first_stage, configs, f"field {name!r} of {self.path}")
         self.device, self.nprobe, self.ef_search = device, nprobe, ef_search
         self.reranker, self.rerank_depth, self.rerank_fusion = reranker, rerank_depth, rerank_fusion
 
@@ -1031,22 +1029,16 @@ class OneFieldRetriever:
 
         self.path = Path(index)
         self.sharded = is_sharded(self.path)
-        if self.sharded:
-            self.config = read_manifest(self.path).config
-        elif (self.path / "fields.json").is_file():
+        if not self.sharded and (self.path / "fields.json").is_file():
             raise InputError(
                 f"{self.path} is a multi-field index: search it by its fields (FieldRetriever, "
                 "latemm.search or `latemm search`), not as one encoder's index"
             )
-        else:
-            self.config = Index.open(self.path, verify="none").config
-        if actors is not None and not self.sharded:
+        if actors is not None and not self.sharded:  # before any actor connects
             raise InputError(
                 f"--ray serves a sharded index; {self.path} is an ordinary one. Build a sharded "
                 "index with `latemm index CORPUS --index DIR --shards N`, or leave out --ray"
             )
-        if encoder is not None:
-            check_recorded(self.config.encoder, encoder.info, self.path)
         self.encoder = encoder
         self.reranker, self.rerank_depth, self.rerank_fusion = reranker, rerank_depth, rerank_fusion
         self.searcher = FieldRetriever(
@@ -1059,6 +1051,14 @@ class OneFieldRetriever:
             rerank_fusion=rerank_fusion,
             **options,
         )
+        # The recorded config: shards.json's, or the one index's as the searcher opened it.
+        self.config = (
+            read_manifest(self.path).config
+            if self.sharded
+            else self.searcher.indexes[LEGACY_FIELD].config
+        )
+        if encoder is not None:
+            check_recorded(self.config.encoder, encoder.info, self.path)
 
     @property
     def generation(self) -> int:

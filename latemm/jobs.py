@@ -28,7 +28,6 @@ from latemm.field_search import FieldRetriever, OneFieldRetriever, run_schema
 from latemm.io import RUN_SCHEMA, Batch, Columns, count_rows, read_batches
 from latemm.pipeline import batch_pages, progress_bar, rows_named
 from latemm.retriever import SearchResult
-from latemm.sharded import is_sharded
 
 
 def search_file(
@@ -382,15 +381,10 @@ def open_retriever(
     collection searcher over its one field), a sharded one's shards served by Ray actors with
     ``ray``."""
     actors = None
-    if ray is not None:  # one Ray actor per shard, started as the searcher opens it
+    if ray is not None:  # one Ray actor per shard, connected as the searcher opens them
         from latemm.distributed import ShardActors
 
-        if not is_sharded(index_dir):  # refused before Ray starts
-            raise InputError(
-                f"--ray serves a sharded index; {index_dir} is an ordinary one. Build a sharded "
-                "index with `latemm index CORPUS --index DIR --shards N`, or leave out --ray"
-            )
-        actors = partial(ShardActors, address=ray)
+        actors = partial(ShardActors, address=ray)  # an unsharded index: refused before Ray
     return OneFieldRetriever(
         index_dir, encoder=encoder, reranker=reranker, actors=actors, **options
     )
