@@ -394,26 +394,28 @@ class Segment:
 
     def token_centroids(self) -> np.ndarray:
         """(N,) int32: the centroid of every token of this residual segment (the first bytes
-        of its codes), read once per reader and segment."""
-        if "token-centroids" not in self._tables:
+        of its codes), read once per reader and segment (keyed by its name: segments under the
+        index's codebook share ``_tables``)."""
+        key = f"token-centroids/{self.name}"
+        if key not in self._tables:
             self.residual_parts()  # refuses a segment without residual codes
-            ids = codecs.centroid_ids(self.vectors).astype(np.int32)
-            self._tables["token-centroids"] = ids
-        return self._tables["token-centroids"]
+            self._tables[key] = codecs.centroid_ids(self.vectors).astype(np.int32)
+        return self._tables[key]
 
     def centroid_pages(self) -> tuple[np.ndarray, np.ndarray]:
         """PLAID's inverted file of this residual segment, built once per reader and segment
         from its codes: ``(starts, rows)``, the rows (pages) holding a token of centroid ``c``
         being ``rows[starts[c]:starts[c + 1]]``, each once, ascending."""
-        if "centroid-rows" not in self._tables:
+        starts, pages = f"centroid-starts/{self.name}", f"centroid-rows/{self.name}"
+        if pages not in self._tables:
             ids = self.token_centroids().astype(np.int64)
             n = max(self.num_docs, 1)
             page = np.repeat(np.arange(self.num_docs, dtype=np.int64), np.diff(self.offsets))
             centroid, rows = np.divmod(np.unique(ids * n + page), n)
             k = self.residual_parts()[0].shape[0]
-            self._tables["centroid-starts"] = np.searchsorted(centroid, np.arange(k + 1))
-            self._tables["centroid-rows"] = rows.astype(np.int64)
-        return self._tables["centroid-starts"], self._tables["centroid-rows"]
+            self._tables[starts] = np.searchsorted(centroid, np.arange(k + 1))
+            self._tables[pages] = rows.astype(np.int64)
+        return self._tables[starts], self._tables[pages]
 
     @property
     def num_docs(self) -> int:

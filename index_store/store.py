@@ -655,7 +655,8 @@ class IndexWriter:
         buffered = _kept_vectors(
             vectors, flat, nonzero & np.repeat(keep, np.diff(bounds)), self._buffer_dtype
         )
-        _check_float16_range(buffered, new_offsets, kept_ids, rows, source)
+        if buffered.dtype == np.float16 or codecs.is_residual(self.config.dtype):
+            _check_float16_range(buffered, new_offsets, kept_ids, rows, source)
         if upsert:
             self._replace(ids, keep)
         batch = PendingBatch(
@@ -1126,15 +1127,24 @@ def _check_float16_range(
     vectors: np.ndarray, offsets: np.ndarray, ids: tuple[str, ...], rows: np.ndarray, source: str
 ) -> None:
     """Refuse float16 vectors that overflowed (finite input beyond +-65504 rounds to inf):
-    ``vectors`` (N, d) are the documents ``ids`` (rows ``rows`` of the batch) as buffered."""
-    if vectors.dtype != np.float16 or all_finite(vectors):
-        return
-    vector = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
+    ``vectors`` (N, d) are the documents ``ids`` (rows ``rows`` of the batch) as buffered, in
+    float16, or in float32 for residual codes (their centroids, errors and the segments too
+    small to train are float16 too)."""
+    if vectors.dtype == np.float16:
+        if all_finite(vectors):
+            return
+        beyond = ~np.isfinite(vectors).all(axis=1)
+    else:
+        beyond = np.abs(vectors).max(axis=1, initial=0.0) > float(np.finfo(np.float16).max)
+        if not beyond.any():
+            return
+    vector = int(np.flatnonzero(beyond)[0])
     doc = int(np.searchsorted(offsets, vector, side="right") - 1)
     row = int(rows[doc])
     raise InputError(
         f"{source}, row {row}: document {ids[doc]!r} has values beyond float16's range "
-        f"(+-65504) in vector {vector - int(offsets[doc])}; this index stores float16: scale "
+        f"(+-65504) in vector {vector - int(offsets[doc])}; this index stores float16 (or "
+        "residual codes of float16 parts): scale "
         "the vectors (e.g. normalise them) or index into a float32 index",
         item=row,
     )

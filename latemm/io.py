@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from index_store.codecs import is_residual
 from index_store.errors import InputError
 
 # Columns the index's metadata table adds to locate documents (index_store.Index.metadata).
@@ -431,9 +432,12 @@ def check_storable(
     (larger values become inf), and a vector whose values all lie below its smallest normal
     number (6.1e-05) would be flushed to zero or keep only a few bits (every score 0, pages
     ranked by id)."""
-    if (dtype != "float16" and refine != "float16") or vectors.size == 0:
+    # residual codes keep float16 centroids and store the segments too small to train in float16
+    if (dtype != "float16" and not is_residual(dtype) and refine != "float16") or not vectors.size:
         return
-    fix = "index with --dtype float32" if dtype == "float16" else "keep the copy with --refine int8"
+    fix = (
+        "keep the copy with --refine int8" if refine == "float16" else "index with --dtype float32"
+    )
     if offsets is None:  # one vector per document
         offsets = np.arange(len(ids) + 1)
     largest = np.abs(vectors).max(axis=1)  # (T,): one pass over the vectors for both checks
