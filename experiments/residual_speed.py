@@ -12,7 +12,9 @@ each residual dtype decoding every candidate (no depth); each residual dtype wit
 ``refine_depth`` D, which decodes only each query's D best candidates by centroid interaction
 (PLAID's pruning) and scores them in float32 with proven bounds before the exact pass; and,
 with ``--centroids D ...``, the same depths over candidates found by the centroid first stage
-(``--first-stage centroids``: PLAID's candidate generation) instead of the FDE. Reported:
+(``--first-stage centroids``: PLAID's candidate generation) instead of the FDE. ``--dtypes
+default float16-flat`` adds the index ``latemm index`` builds when given no option (committed
+every 512 pages) and ``--dtype float16 --faiss Flat``, each searched with no option. Reported:
 the median of the rounds' per-query times and its ratio to float16's in the same run, recall@10
 against the exact float32 MaxSim top-10 over the unquantised vectors, nDCG@10 against the qrels,
 and each index's bytes per page (every file).
@@ -33,21 +35,41 @@ from experiments.residual_codec import _ndcg, _recall, exact_top10, vaswani_set
 from experiments.storage_quality import by_file
 from index_store import Index, IndexConfig, create, default_fde_config
 from index_store.codecs import is_residual
+from latemm.pipeline import resolve_config
 from latemm.retriever import Retriever
+
+# What ``latemm index`` commits at (``index_corpus``'s commit_every).
+COMMIT_EVERY = 512
+# Indexes searched once, with no search option: what a user gets by default.
+SEARCHED_AS_BUILT = ("default", "float16-flat")
 
 
 def build(data: dict[str, Any], dtype: str) -> Index:
+    """``dtype``'s index in one segment; ``default``: what ``latemm index`` builds when no
+    option is given (``latemm.pipeline.resolve_config``), committed every ``COMMIT_EVERY``
+    pages as it commits; ``float16-flat``: ``--dtype float16 --faiss Flat``."""
     path = CACHE / f"residual-speed-{data['set']}-{dtype}"
     shutil.rmtree(path, ignore_errors=True)
-    config = IndexConfig(
-        dim=data["dim"],
-        dtype=dtype,
-        fde=default_fde_config(data["dim"], dtype=dtype),
-        residual_codebook="index" if is_residual(dtype) else "segment",
-    )
+    if dtype == "default":
+        config = resolve_config(path, dim=data["dim"], encoder=None)
+        every = COMMIT_EVERY
+    else:
+        name = dtype.removesuffix("-flat")
+        config = IndexConfig(
+            dim=data["dim"],
+            dtype=name,
+            fde=default_fde_config(data["dim"], dtype=name),
+            faiss_factory="Flat" if dtype.endswith("-flat") else "auto",
+            residual_codebook="index" if is_residual(name) else "segment",
+        )
+        every = len(data["ids"])
+    offsets = data["offsets"]
     with create(path, config) as writer:
-        writer.add(data["ids"], data["vectors"], offsets=data["offsets"])
-        writer.commit(final=True)
+        for a in range(0, len(data["ids"]), every):
+            b = min(a + every, len(data["ids"]))
+            rows = data["vectors"][offsets[a] : offsets[b]]
+            writer.add(data["ids"][a:b], rows, offsets=offsets[a : b + 1] - offsets[a])
+            writer.commit(final=b == len(data["ids"]))
     return Index.open(path)
 
 
@@ -65,9 +87,15 @@ def measure_set(
     indexes = {dtype: build(data, dtype) for dtype in ["float16", *dtypes]}
     configs: dict[str, Retriever] = {"float16": Retriever(indexes["float16"])}
     for dtype in dtypes:
-        configs[dtype] = Retriever(indexes[dtype])
+        # the search options of the rows below, named; the index's own defaults otherwise
+        stage = None if dtype in SEARCHED_AS_BUILT else "fde"
+        configs[dtype] = Retriever(indexes[dtype], first_stage=stage)
+        if dtype in SEARCHED_AS_BUILT:
+            continue
         for depth in depths:
-            configs[f"{dtype} depth {depth}"] = Retriever(indexes[dtype], refine_depth=depth)
+            configs[f"{dtype} depth {depth}"] = Retriever(
+                indexes[dtype], refine_depth=depth, first_stage="fde"
+            )
         for depth in centroids or ():  # PLAID's candidate generation instead of the FDE
             configs[f"{dtype} centroids {depth}"] = Retriever(
                 indexes[dtype], refine_depth=depth, first_stage="centroids"
@@ -90,10 +118,12 @@ def measure_set(
             result = found[name]
             median = float(np.median(runs))
             dtype = name.split()[0]
+            config = indexes[dtype].config
             rows.append(
                 {
                     "config": name,
-                    "dtype": dtype,
+                    "dtype": config.dtype if dtype == "default" else dtype,
+                    "faiss_factory": config.faiss_factory,
                     "refine_depth": configs[name].refine_depth,
                     "first_stage": configs[name].first_stage,
                     "bytes_per_doc_all_files": sum(by_file(indexes[dtype].path).values())
@@ -122,7 +152,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--sets", nargs="+", default=["vaswani"], choices=("vaswani", "mmlongbench")
     )
-    parser.add_argument("--dtypes", nargs="+", default=["res4"], choices=("res1", "res2", "res4"))
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=["res4"],
+        choices=("res1", "res2", "res4", *SEARCHED_AS_BUILT),
+        help="besides float16: residual dtypes (searched decoding every candidate, then at "
+        "each depth), or searched with no option: default (what latemm index builds, committed "
+        "every 512 pages) and float16-flat (--dtype float16 --faiss Flat)",
+    )
     parser.add_argument("--depths", nargs="+", type=int, default=[64, 128])
     parser.add_argument("--ks", nargs="+", type=int, default=[10, 100])
     parser.add_argument(

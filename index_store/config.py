@@ -19,6 +19,9 @@ REFINED_DTYPES = ("binary", "pq1", "pq2")
 DEFAULT_REFINE_DEPTH = 128
 # Where a residual codec's codebook lives (``IndexConfig.residual_codebook``).
 RESIDUAL_CODEBOOKS = ("segment", "index")
+# How a search finds candidates (``IndexConfig.first_stage``): the FDE + faiss, or for residual
+# codes PLAID's candidate generation from the tokens' centroids (latemm.retriever).
+FIRST_STAGES = ("fde", "centroids")
 
 FACTORY_FORMS = (
     "Flat; HNSW<M> (M >= 2), optionally followed by ,Flat ,SQ8 ,SQ4 ,SQfp16 or ,PQ<m>; "
@@ -93,6 +96,24 @@ def check_factory(factory: object, fde_dimension: int) -> None:
             )
 
 
+# What a new index stores when no dtype is named (``new_index_dtype``): res4 with the centroid
+# first stage and a depth of 128 held Vaswani MiniLM's recall@10 (0.976 against exact) and
+# nDCG@10 (within 0.005) at 1/7.5 of float16 + Flat's bytes and 0.96x its search time, and beat
+# float16 on MMLongBench's long pages (0.953 against 0.930, 0.88x): experiments/RESULTS.md 5d.
+DEFAULT_DTYPE = "res4"
+
+
+def new_index_dtype(dtype: str, dim: int, single_vector: bool = False) -> str:
+    """``dtype`` for a new index, ``auto`` resolved: ``DEFAULT_DTYPE`` for token vectors whose
+    dimension it packs, float16 for single vectors (one per page: nothing to cluster) or an
+    odd dimension."""
+    if dtype != "auto":
+        return dtype
+    if single_vector or dim % (8 // 4):
+        return "float16"
+    return DEFAULT_DTYPE
+
+
 def default_factory(faiss_dimension: int, single_vector: bool) -> str:
     """What ``faiss_factory="auto"`` becomes: ``PQ<D/8>x4fs`` (8-dimensional sub-vectors, 4 bits:
     640 bytes per 10,240-dimensional FDE; experiments/bench_first_stage.py), or ``Flat`` for a
@@ -159,6 +180,11 @@ class IndexConfig:
         (``vectors-codebook-g<gen>.npy``, see ``index_store.store``) once the index holds
         enough vectors, stores the segments written before it in float16 and rewrites them
         under it, and codes every later segment with it (what ``latemm index`` creates).
+    first_stage
+        The first stage a search takes when it names none: ``fde`` (default, and every index
+        written before the choice existed), or for residual codes ``centroids`` (PLAID's
+        candidate generation; what ``latemm index`` records for a residual index, with
+        ``refine_depth`` as the candidates each query decodes: ``default_depth``).
     """
 
     dim: int
@@ -170,6 +196,7 @@ class IndexConfig:
     refine: str | None = None
     refine_depth: int = DEFAULT_REFINE_DEPTH
     residual_codebook: str = "segment"
+    first_stage: str = "fde"
 
     def __post_init__(self) -> None:
         if not isinstance(self.single_vector, bool):
@@ -192,6 +219,7 @@ class IndexConfig:
                 f"IndexConfig.residual_codebook='index' shares one residual codebook, but this "
                 f"index stores {self.dtype}; use it with dtype res1, res2 or res4, or leave it out"
             )
+        self._check_first_stage()
         if self.fde is None:
             object.__setattr__(self, "fde", default_fde_config(self.dim, dtype=self.dtype))
         assert self.fde is not None
@@ -223,6 +251,27 @@ class IndexConfig:
         depth = self.refine_depth
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
             raise InputError(f"IndexConfig.refine_depth must be a positive int, got {depth!r}")
+
+    def _check_first_stage(self) -> None:
+        if self.first_stage not in FIRST_STAGES:
+            raise InputError(
+                f"IndexConfig.first_stage must be one of {FIRST_STAGES}, got {self.first_stage!r}"
+            )
+        if self.first_stage == "centroids" and (not is_residual(self.dtype) or self.single_vector):
+            raise InputError(
+                "IndexConfig.first_stage='centroids' ranks pages by their tokens' residual-code "
+                f"centroids, but this index stores {self.dtype}"
+                f"{' single vectors' if self.single_vector else ''}; use it with a multi-vector "
+                "index of dtype res1, res2 or res4, or leave it out"
+            )
+
+    @property
+    def default_depth(self) -> int | None:
+        """The ``refine_depth`` a search takes when it names none: the recorded one for a refine
+        copy or a recorded centroid first stage; None (decode every candidate) otherwise."""
+        if self.refine is not None or self.first_stage == "centroids":
+            return self.refine_depth
+        return None
 
     @property
     def takes_refine_depth(self) -> bool:
@@ -256,6 +305,9 @@ class IndexConfig:
             out["refine_depth"] = self.refine_depth
         if self.residual_codebook != "segment":  # likewise
             out["residual_codebook"] = self.residual_codebook
+        if self.first_stage != "fde":  # likewise; the search defaults it records
+            out["first_stage"] = self.first_stage
+            out["refine_depth"] = self.refine_depth
         return out
 
     @classmethod
@@ -283,6 +335,7 @@ class IndexConfig:
             refine=payload.get("refine"),
             refine_depth=payload.get("refine_depth", DEFAULT_REFINE_DEPTH),
             residual_codebook=payload.get("residual_codebook", "segment"),
+            first_stage=payload.get("first_stage", "fde"),
         )
 
     def _default_first_stage(self, fde: FDEConfig | None) -> bool:

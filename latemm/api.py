@@ -116,7 +116,7 @@ def search(
     normalization: str | None = None,
     rrf_k: int | None = None,
     ray: str | None = None,
-    first_stage: str = "fde",
+    first_stage: str | None = None,
 ) -> pa.Table:
     """Search a list of text queries, or a queries Parquet file, and return the run table
     (``query_id, doc_id, rank, score, fde_score, maxsim_score, rerank_score``).
@@ -138,7 +138,9 @@ def search(
     is refused (one actor would serve all of it).
 
     ``first_stage``: ``"fde"`` (FDE + faiss) or, for residual codes (``--dtype res2/res4``),
-    ``"centroids"``: PLAID's candidate generation (``latemm.retriever.centroid_first_stage``)."""
+    ``"centroids"``: PLAID's candidate generation (``latemm.retriever.centroid_first_stage``);
+    default: what the index records (centroids for the residual codes ``latemm index`` writes
+    by default, fde otherwise)."""
     from index_store.errors import InputError
     from latemm.collection import open_collection
     from latemm.sharded import is_unfinished_build, unfinished_build_message

@@ -969,9 +969,10 @@ def _index_parser(sub: Any) -> None:
     _add_encoder_flags(p)
     p.add_argument(
         "--dtype",
-        default="float16",
-        choices=DTYPES,
-        help="storage of the token vectors: float16 (default), float32, int8, binary (1-bit "
+        default="auto",
+        choices=("auto", *DTYPES),
+        help="storage of the token vectors (default: auto, res4 for token vectors and float16 "
+        "for single vectors: experiments/RESULTS.md section 5d): float16, float32, int8, binary (1-bit "
         "signs), pq1 / pq2 (product quantisation, 1 / 2 bits per dimension, codebook trained "
         "per segment; lossy, see experiments/RESULTS.md section 5), res1 / res2 / res4 "
         "(k-means centroid + 1 / 2 / 4-bit residual per dimension, one codebook per index; "
@@ -1102,15 +1103,17 @@ def _search_parser(sub: Any) -> None:
         help="an index with a refine copy (latemm index --refine): candidates per query "
         "rescored from the copy (default: the depth the index recorded); residual codes "
         "(--dtype res1/res2/res4): candidates per query decoded, the best by their tokens' "
-        "centroids, as PLAID prunes (default: every candidate; 128 of 512 keeps Vaswani's "
-        "recall@10 and is faster than float16, experiments/RESULTS.md section 5d)",
+        "centroids, as PLAID prunes (default: the depth the index recorded, 128 for residual "
+        "codes written by this version, every candidate before; 128 keeps Vaswani's recall@10 "
+        "and is faster than float16, experiments/RESULTS.md section 5d)",
     )
     p.add_argument(
         "--first-stage",
         choices=("fde", "centroids"),
-        default="fde",
-        help="how candidates are found (default: fde): the FDE with faiss (fde, every index), "
-        "or for residual codes (--dtype res2/res4) PLAID's candidate generation (centroids: "
+        default=None,
+        help="how candidates are found (default: the index's: centroids for residual codes "
+        "written by this version, fde otherwise): the FDE with faiss (fde, every index), or "
+        "for residual codes (--dtype res2/res4) PLAID's candidate generation (centroids: "
         "pages holding the query tokens' nearest centroids, ranked by their tokens' centroids; "
         "better on long pages, experiments/RESULTS.md section 5d)",
     )

@@ -49,6 +49,7 @@ from latemm.sharded import (
     prepare,
     record_building,
     shard_name,
+    shard_options,
     staging_dir,
     writer_lock,
 )
@@ -500,8 +501,8 @@ def _index_ray(
     task = ray.remote(num_cpus=1, max_retries=RETRIES)(_index_shard)
     # Encoded partitions have canonical column names; a precomputed corpus keeps the user's
     # names and its pooling is still to do.
-    shard_options = {
-        **options,
+    per_shard = {
+        **shard_options(options),
         "batch_size": batch_size,
         "columns": columns if encoder is None else None,
         "pool_factor": pool_factor if encoder is None else 1,
@@ -510,7 +511,7 @@ def _index_ray(
         shard: task.remote(
             str(embedded / f"{SHARD_COLUMN}={shard}"),
             str(root / "shards" / shard_name(shard)),
-            shard_options,
+            per_shard,
         )
         for shard in range(n)
         if (embedded / f"{SHARD_COLUMN}={shard}").is_dir()

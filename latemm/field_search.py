@@ -264,7 +264,8 @@ class FieldRetriever:
         the same phases run there, merged, fused and reranked here. ``close()`` releases them.
     refine_depth, first_stage
         As for ``Retriever``: ``first_stage="centroids"`` finds every vector field's
-        candidates by PLAID's candidate generation (residual codes only).
+        candidates by PLAID's candidate generation (residual codes only). Left out, each
+        field takes what its index records (``IndexConfig.first_stage`` / ``default_depth``).
     """
 
     def __init__(
@@ -287,7 +288,7 @@ class FieldRetriever:
         rerank_fusion: str = "none",
         actors: Callable[[Path], Any] | None = None,
         refine_depth: int | None = None,
-        first_stage: str = "fde",
+        first_stage: str | None = None,
     ) -> None:
         self.path = Path(index_dir)
         # What serves the vector fields' parts elsewhere (``latemm.distributed.
@@ -340,9 +341,10 @@ class FieldRetriever:
             if s.kind != "bm25"
         }
         self.refine_depth = self._checked_refine_depth(refine_depth)
-        self.first_stage = check_first_stage(first_stage, [], self.path)
+        # None: each field's recorded first stage (``_stage``)
+        self.first_stage = first_stage and check_first_stage(first_stage, [], self.path)
         for name, parts in self.parts.items():  # every vector field's parts can take it
-            if self.specs[name].kind != "bm25":
+            if self.specs[name].kind != "bm25" and first_stage is not None:
                 configs = [p.config for p in parts]
                 check_first_stage(first_stage, configs, f"field {name!r} of {self.path}")
         self.device, self.nprobe, self.ef_search = device, nprobe, ef_search
@@ -393,7 +395,7 @@ class FieldRetriever:
         ids = query_ids_for(query_ids, len(queries))
         rerank = rerank and self.reranker is not None
         depth = max(k, self.rerank_depth) if rerank else k
-        n_cand = first_candidates(depth, candidates, self.first_stage, self.refine_depth)
+        n_cand = first_candidates(depth, candidates, *self._sizing())
         encoded = self._encode(list(queries), query_vectors or {})
         scopes = scopes_of(where, len(ids))
         if scopes is None:
@@ -413,6 +415,18 @@ class FieldRetriever:
         if rerank:
             result = self.rerank(result, queries)
         return truncate(result, k)
+
+    def _sizing(self) -> tuple[str, int | None]:
+        """The first stage and depth that size each query's candidates (``first_candidates``):
+        those given, else what the one searched vector field records (a fused search keeps
+        every field's candidates whole)."""
+        stage, depth = self.first_stage, self.refine_depth
+        (name, *others) = self.plan.scored
+        if not others and self.specs[name].kind != "bm25":
+            config = self.parts[name][0].config
+            stage = stage or config.first_stage
+            depth = depth if depth is not None else config.default_depth
+        return stage or "fde", depth
 
     def rerank(self, result: SearchResult, queries: Sequence[Any]) -> SearchResult:
         """Reorder each query's top ``rerank_depth`` with the reranker (``rerank_result``),
@@ -607,7 +621,7 @@ class FieldRetriever:
             "rerank_depth": self.rerank_depth if reranker is not None else None,
             "rerank_fusion": self.rerank_fusion if reranker is not None else None,
             # absent for the FDE: records written before there was a choice still resume
-            **({"first_stage": self.first_stage} if self.first_stage != "fde" else {}),
+            **({"first_stage": self.first_stage} if self.first_stage not in (None, "fde") else {}),
         }
 
     # -------------------------------------------------------------------------- stages
@@ -776,7 +790,7 @@ class FieldRetriever:
                     flat,
                     offsets,
                     device=self.device,
-                    centroids=self.first_stage == "centroids",
+                    centroids=(self.first_stage or index.config.first_stage) == "centroids",
                 )
             pending.append(
                 phases(index).first_stage(

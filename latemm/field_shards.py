@@ -62,6 +62,7 @@ from latemm.sharded import (
     read_manifest,
     shard_name,
     shard_of,
+    shard_options,
     staging_dir,
     writer_lock,
 )
@@ -292,7 +293,7 @@ def index_field_shards(
                     columns=cols,
                     device=device,
                     progress=progress,
-                    **options,
+                    **shard_options(options),
                 )
             except InputError as exc:  # name the user's file and row, not the shard's part
                 raise _in_user_terms(exc, part, Path(corpus), shard, n, cols) from exc

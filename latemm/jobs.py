@@ -48,7 +48,7 @@ def search_file(
     rerank_fusion: str = "none",
     ray: str | None = None,
     refine_depth: int | None = None,
-    first_stage: str = "fde",
+    first_stage: str | None = None,
 ) -> pa.Table:
     """Search every query of a Parquet file and write the run (Parquet, and TREC if asked).
     Interrupted runs resume: a re-run skips the queries whose results were already written.
@@ -57,7 +57,7 @@ def search_file(
     content is read from the index); the run's ``rerank_score`` column holds its scores.
     ``refine_depth``: for an index with a refine copy, candidates per query rescored from it
     (default: the index's recorded depth). ``first_stage``: ``"fde"`` or, for residual codes,
-    ``"centroids"`` (``latemm.retriever.centroid_first_stage``)."""
+    ``"centroids"`` (``latemm.retriever.centroid_first_stage``); default: the index's."""
     # A sharded index (latemm.sharded) is searched shard by shard and merged exactly, in this
     # process or, with ``ray`` ("local" or a cluster address), on one Ray actor per shard.
     check_search_args(queries, out, k=k, candidates=candidates, batch_size=batch_size)
@@ -74,7 +74,7 @@ def search_file(
     search: dict[str, Any] = dict(k=k, candidates=candidates, where=where)
     if refine_depth is not None:  # absent otherwise: records written before it still resume
         search["refine_depth"] = refine_depth
-    if first_stage != "fde":  # as refine_depth
+    if first_stage not in (None, "fde"):  # as refine_depth
         search["first_stage"] = first_stage
     if columns is not None and columns != Columns(id="query_id"):  # which columns are read
         from dataclasses import asdict

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from index_store import Index, IndexConfig, create, default_fde_config
 from index_store.codecs import is_residual
-from index_store.config import DEFAULT_REFINE_DEPTH
+from index_store.config import DEFAULT_REFINE_DEPTH, new_index_dtype
 from index_store.errors import InputError
 from index_store.rejects import as_table as rejects_table
 from index_store.rejects import read as read_rejects
@@ -162,7 +162,7 @@ def resolve_config(
     *,
     dim: int,
     encoder: Encoder | None,
-    dtype: str = "float16",
+    dtype: str = "auto",
     faiss_factory: str = "auto",
     single_vector: bool = False,
     source: str | Path = "the corpus",
@@ -177,6 +177,7 @@ def resolve_config(
     ``refine`` and ``refine_depth`` only apply to a new index.
     """
     if not (Path(index_dir) / "manifest.json").is_file():
+        dtype = new_index_dtype(dtype, dim, single_vector)
         # A residual index's default FDE is half the float16 one's (index_store.config).
         residual = is_residual(dtype)
         fde = default_fde_config(dim, dtype=dtype) if residual else default_fde_config(dim)
@@ -192,6 +193,9 @@ def resolve_config(
             # A build commits every few hundred documents: one codebook for the whole index,
             # not one per commit (IndexConfig.residual_codebook).
             residual_codebook="index" if residual else "segment",
+            # Its search defaults: PLAID's candidate generation, the best refine_depth decoded
+            # (experiments/RESULTS.md section 5d: above float16's recall and no slower).
+            first_stage="centroids" if residual and not single_vector else "fde",
         )
     config = Index.open(index_dir, verify="none").config
     if encoder is not None:
@@ -389,7 +393,7 @@ def index_corpus(
     *,
     encoder: Encoder | None = None,
     columns: Columns | None = None,
-    dtype: str = "float16",
+    dtype: str = "auto",
     faiss_factory: str = "auto",
     single_vector: bool = False,
     commit_every: int = 512,
@@ -414,7 +418,9 @@ def index_corpus(
     document, searched directly by faiss instead of through an FDE. ``refine`` (with compact
     ``dtype`` codes): a new index also keeps the vectors in that dtype for the final exact
     pass of each query's ``refine_depth`` best candidates (``IndexConfig.refine``).
-    ``keep_images``: store the page images in the index; by default only when the encoder
+    ``dtype``: how a new index stores the vectors; ``auto`` (default) is res4, PLAID's centroid
+    + 4-bit residual codes, searched by their centroids (``index_store.config.new_index_dtype``:
+    float16 for single vectors). ``keep_images``: store the page images in the index; by default only when the encoder
     reads images (a text encoder's index keeps the text, source and page, not the images).
     ``view``: index only part of the file, read in place (``CorpusView``: a named field).
     """

@@ -30,6 +30,7 @@ from fde import FDEInputError, as_flat, encode_queries
 from fde.encode import cpu_threads
 from index_store import Index
 from index_store.codecs import centroid_ids, is_residual
+from index_store.config import FIRST_STAGES
 from index_store.errors import InputError
 from index_store.segment import Segment
 from latemm.scoring import (
@@ -49,10 +50,6 @@ from latemm.scoring import (
 # Candidates rescored exactly by default: recall@10 >= 0.98 against exhaustive MaxSim on
 # MiniLM-embedded Vaswani and ColPali-shaped pages (experiments/bench_search.py).
 DEFAULT_CANDIDATES = 512
-
-# The first stages a search can take (``--first-stage``): the FDE's inner product (faiss, every
-# index), or PLAID's candidate generation over residual codes (``centroid_first_stage``).
-FIRST_STAGES = ("fde", "centroids")
 
 # Each query token's nearest centroids whose pages become candidates in the centroid first
 # stage (PLAID's ncells): on MMLongBench res4 (1,728 long pages) 2 probes keep the recall@10
@@ -525,15 +522,17 @@ def rescore(
     An index with a refine copy (``IndexConfig.refine``) is scored from the copy: with ``k``
     on the CPU, only each query's ``refine_depth`` (default: the config's) best candidates on
     the compact codes (``_refine_picks``; the others are NaN); otherwise every candidate.
-    Residual codes with ``k`` and a ``refine_depth``, on the CPU: only each query's depth
-    best candidates by their tokens' centroids are decoded (``_residual_rescore``; the others
-    are NaN); without a depth, every candidate is decoded and scored exactly.
+    Residual codes with ``k`` and a ``refine_depth`` (default: ``IndexConfig.default_depth``),
+    on the CPU: only each query's depth best candidates by their tokens' centroids are decoded
+    (``_residual_rescore``; the others are NaN); without a depth, every candidate is decoded
+    and scored exactly.
     """
+    if refine_depth is None:
+        refine_depth = index.config.default_depth
     refined = index.refined()
     if refined is not index:
         if k is not None and _on_cpu(device) and half_accumulates_in_float32():
-            depth = refine_depth or index.config.refine_depth
-            cands = _refine_picks(index, flat, offsets, cands, max(k, depth))
+            cands = _refine_picks(index, flat, offsets, cands, max(k, refine_depth or 0))
         return rescore(refined, flat, offsets, cands, device=device, k=k)
     out = np.full(cands.segments.shape, np.nan, dtype=np.float32)
     exact = cands.valid
@@ -1202,12 +1201,13 @@ class Retriever:
     nprobe, ef_search
         faiss search parameters for IVF and HNSW indexes.
     refine_depth
-        For an index with a refine copy: candidates per query rescored from the copy (default:
-        the index's ``IndexConfig.refine_depth``). For residual codes: candidates per query
-        decoded and scored exactly, the best by centroid interaction (default: every one).
+        For an index with a refine copy: candidates per query rescored from the copy. For
+        residual codes: candidates per query decoded and scored exactly, the best by centroid
+        interaction. Default: what the index records (``IndexConfig.default_depth``; for
+        residual codes written before it did, every candidate).
     first_stage
         ``"fde"`` (FDE + faiss) or, for residual codes, ``"centroids"`` (PLAID's candidate
-        generation: ``centroid_first_stage``).
+        generation: ``centroid_first_stage``). Default: the index's ``IndexConfig.first_stage``.
     """
 
     def __init__(
@@ -1222,10 +1222,13 @@ class Retriever:
         rerank_depth: int = 20,
         rerank_fusion: str = "none",
         refine_depth: int | None = None,
-        first_stage: str = "fde",
+        first_stage: str | None = None,
     ) -> None:
         self.index = index if isinstance(index, Index) else Index.open(index)
-        self.first_stage = check_first_stage(first_stage, [self.index.config], self.index.path)
+        config = self.index.config
+        self.first_stage = check_first_stage(
+            first_stage or config.first_stage, [config], self.index.path
+        )
         if refine_depth is not None and refine_depth < 1:
             raise InputError(f"refine_depth must be >= 1, got {refine_depth}")
         if refine_depth is not None and not self.index.config.takes_refine_depth:
@@ -1233,7 +1236,7 @@ class Retriever:
                 f"refine_depth: the index {self.index.path} has no refine copy (it was built "
                 "without --refine) and no residual codes; leave the depth out"
             )
-        self.refine_depth = refine_depth
+        self.refine_depth = refine_depth if refine_depth is not None else config.default_depth
         self.encoder = encoder
         self.device = device
         self.nprobe = nprobe

@@ -503,6 +503,16 @@ def commit_shards(
     return manifest
 
 
+def shard_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``index_corpus``'s ``options`` for each shard of a collection: there ``dtype="auto"``
+    (or none) is float16, not the residual codes of an unsharded index. Each index trains its
+    own residual codebook, so shards coded apart would not rank as the one index built from
+    the same pages; until the shards share one codebook, they store float16."""
+    if options.get("dtype", "auto") == "auto":
+        return {**options, "dtype": "float16"}
+    return options
+
+
 def index_sharded(
     corpus: str | Path,
     index_dir: str | Path,
@@ -556,7 +566,7 @@ def _index_sharded(
             encoder=encoder,
             columns=columns,
             progress=progress,
-            **options,
+            **shard_options(options),
         )
         added, skipped = added + report.added, skipped + report.skipped
         rejected += report.rejected

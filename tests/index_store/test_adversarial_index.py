@@ -53,7 +53,9 @@ def built(tmp_path_factory) -> tuple[Path, Path]:
         root / "queries.parquet",
     )
     idx = root / "idx"
-    args = ["index", str(root / "corpus.parquet"), "--index", str(idx), "--quiet"]
+    # float16: its searches read fde.faiss (a residual index's default centroid stage does not)
+    args = ["index", str(root / "corpus.parquet"), "--index", str(idx), "--dtype", "float16"]
+    args.append("--quiet")
     assert main([*args, "--commit-every", "20", "--batch-size", "20"]) == 0
     assert main(["delete", str(idx), "--ids", "doc-3"]) == 0
     (idx / "LOCK").unlink()

@@ -245,7 +245,7 @@ def test_cli_builds_and_searches_an_index_with_a_copy(tmp_path, capsys) -> None:
     assert main(bad) == 2
     assert "use it with dtype one of ('binary', 'pq1', 'pq2')" in capsys.readouterr().err
     plain = str(tmp_path / "plain")
-    assert main(["index", str(corpus), "--index", plain, "--quiet"]) == 0
+    assert main(["index", str(corpus), "--index", plain, "--dtype", "float16", "--quiet"]) == 0
     capsys.readouterr()
     search = ["search", plain, str(queries), "--out", str(tmp_path / "r.parquet")]
     assert main([*search, "--refine-depth", "8", "--quiet"]) == 2

@@ -54,7 +54,15 @@ def test_the_cli_config_of_a_new_residual_index_is_the_half_fde(tmp_path) -> Non
     config = resolve_config(tmp_path / "new", dim=DIM, encoder=None, dtype="res4")
     assert config.faiss_dimension == 5120 and config.faiss_factory == "PQ640x4fs"
     assert config.residual_codebook == "index"
-    assert resolve_config(tmp_path / "new", dim=DIM, encoder=None).faiss_dimension == 10240
+    float16 = resolve_config(tmp_path / "new", dim=DIM, encoder=None, dtype="float16")
+    assert float16.faiss_dimension == 10240
+    # what latemm index builds when no --dtype is named: res4, its half FDE, its search defaults
+    default = resolve_config(tmp_path / "new", dim=DIM, encoder=None)
+    assert (default.dtype, default.faiss_dimension, default.first_stage) == (
+        "res4",
+        5120,
+        "centroids",
+    )
 
 
 def _build(path, config: IndexConfig, n: int) -> dict[str, np.ndarray]:

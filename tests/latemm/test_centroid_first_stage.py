@@ -20,17 +20,20 @@ from latemm.scoring import maxsim_pairs
 from tests.index_store.test_residual_codec import DIM, _docs
 
 
-def _index(path, dtype: str = "res4") -> Index:
+def _index(path, dtype: str = "res4", codebook: str = "segment") -> Index:
     """A small segment (too few tokens to train: float16), two residual segments of their own
-    codebooks, two deletions."""
-    with create(path, IndexConfig(dim=DIM, dtype=dtype)) as writer:
+    codebooks, two deletions. ``codebook="index"``: the codebook trained by the second commit
+    (its segment merges the first two), the third segment coded under it (as ``latemm index``
+    builds)."""
+    config = IndexConfig(dim=DIM, dtype=dtype, residual_codebook=codebook)
+    with create(path, config) as writer:
         writer.add([f"s{i}" for i in range(4)], _docs(40, 4))
         writer.commit()
         for part in range(2):
             writer.add([f"d{part}-{i}" for i in range(120)], _docs(41 + part, 120))
-            writer.commit()
+            writer.commit(final=codebook == "index" and part == 0)
         writer.delete(["s2", "d1-5"])
-        writer.commit()
+        writer.commit(final=True)
     return Index.open(path)
 
 
@@ -58,16 +61,24 @@ def _oracle(index: Index, query: np.ndarray, probe: int, allowed) -> dict[tuple[
     return out
 
 
-@pytest.mark.parametrize("probe", [1, 3])
-def test_candidates_and_scores_are_those_of_brute_force_over_the_codes(tmp_path, probe) -> None:
-    index = _index(tmp_path / "idx")
-    assert [s.dtype for s in index.segments] == ["float16", "res4", "res4"]
+@pytest.mark.parametrize(
+    ("probe", "codebook", "dtypes"),
+    [
+        (1, "segment", ["float16", "res4", "res4"]),
+        (3, "segment", ["float16", "res4", "res4"]),
+        (2, "index", ["res4", "res4"]),  # segments sharing one codebook (and its tables)
+    ],
+)
+def test_candidates_and_scores_are_those_of_brute_force_over_the_codes(
+    tmp_path, probe, codebook, dtypes
+) -> None:
+    index = _index(tmp_path / "idx", codebook=codebook)
+    assert [s.dtype for s in index.segments] == dtypes
     queries = _docs(50, 5, 2, 6)
     flat = np.concatenate(queries).astype(np.float32)
     offsets = np.concatenate([[0], np.cumsum([len(q) for q in queries])])
-    where = [None, None, np.arange(120) % 3 != 0]  # a filter on the last segment
     allowed = [seg.live.copy() if seg.deleted.any() else None for seg in index.segments]
-    allowed[2] = where[2] & index.segments[2].live
+    allowed[-1] = (np.arange(120) % 3 != 0) & index.segments[-1].live  # a filter on the last
     for n_cand in (7, 400):
         cands = centroid_first_stage(
             index, first_stage_queries(index, flat, offsets, centroids=True), n_cand, allowed,
@@ -179,3 +190,68 @@ def test_cli_search_with_the_centroid_first_stage(tmp_path, capsys) -> None:
     assert main([*argv, "--first-stage", "centroids"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--first-stage centroids" in err and "Traceback" not in err
+
+
+def _corpus(tmp_path, n: int = 150):
+    docs = _docs(60, n)
+    corpus = tmp_path / "c.parquet"
+    vectors = pa.array([v.tolist() for v in docs], pa.list_(pa.list_(pa.float32(), DIM)))
+    pq.write_table(pa.table({"doc_id": [f"p{i}" for i in range(n)], "embedding": vectors}), corpus)
+    return corpus
+
+
+def test_a_residual_index_records_its_search_defaults(tmp_path) -> None:
+    """``latemm index --dtype res4`` records the centroid first stage and a depth of 128 in
+    the manifest; a search that names neither takes them, through the kernel, the collection
+    searcher and the CLI. Naming ``--first-stage fde`` still takes the FDE."""
+    from latemm.field_search import OneFieldRetriever
+
+    index = tmp_path / "res4"
+    assert main(["index", str(_corpus(tmp_path)), "--index", str(index), "--dtype", "res4",
+                 "--quiet"]) == 0  # fmt: skip
+    config = Index.open(index).config
+    assert (config.first_stage, config.default_depth) == ("centroids", 128)
+    recorded = IndexConfig.from_dict(config.to_dict())
+    assert (recorded.first_stage, recorded.refine_depth) == ("centroids", 128)
+    queries = _docs(62, 4, 2, 6)
+    named = Retriever(index, first_stage="centroids", refine_depth=128)
+    assert (Retriever(index).first_stage, Retriever(index).refine_depth) == ("centroids", 128)
+    want = named.search_embeddings(queries, k=5)
+    for got in (
+        Retriever(index).search_embeddings(queries, k=5),
+        OneFieldRetriever(index).search_embeddings(queries, k=5),
+    ):
+        assert (got.doc_ids == want.doc_ids).all()
+        np.testing.assert_array_equal(got.scores, want.scores)
+    fde = Retriever(index, first_stage="fde").search_embeddings(queries, k=5)
+    assert Retriever(index, first_stage="fde").first_stage == "fde"
+    assert fde.doc_ids.shape == want.doc_ids.shape
+
+
+def test_a_residual_index_written_before_the_defaults_keeps_its_search(tmp_path) -> None:
+    """A residual manifest without ``first_stage`` (every one written before it was recorded)
+    searches as it did: the FDE, every candidate decoded."""
+    old = IndexConfig.from_dict(
+        {
+            k: v
+            for k, v in IndexConfig(dim=DIM, dtype="res4", first_stage="centroids")
+            .to_dict()
+            .items()
+            if k not in ("first_stage", "refine_depth")
+        }  # fmt: skip
+    )
+    assert (old.first_stage, old.default_depth) == ("fde", None)
+    index = _index(tmp_path / "idx")
+    assert index.config.first_stage == "fde"
+    retriever = Retriever(index)
+    assert (retriever.first_stage, retriever.refine_depth) == ("fde", None)
+
+
+def test_the_centroid_first_stage_is_recorded_only_for_residual_multi_vectors() -> None:
+    with pytest.raises(InputError, match="first_stage='centroids' .* float16"):
+        IndexConfig(dim=DIM, first_stage="centroids")
+    with pytest.raises(InputError, match="single vectors"):
+        IndexConfig(dim=DIM, dtype="res4", single_vector=True, first_stage="centroids")
+    with pytest.raises(InputError, match="first_stage must be one of"):
+        IndexConfig(dim=DIM, dtype="res4", first_stage="plaid")
+    assert "first_stage" not in IndexConfig(dim=DIM, dtype="res4").to_dict()

@@ -254,7 +254,7 @@ def test_search_refine_depth_on_a_residual_index_and_its_error_elsewhere(tmp_pat
     assert main([*argv, "--quiet"]) == 0
     run = pq.read_table(out).to_pydict()
     assert len(run["query_id"]) == 4 * 5 and len(set(run["query_id"])) == 4
-    assert main(["index", str(corpus), "--index", plain, "--quiet"]) == 0
+    assert main(["index", str(corpus), "--index", plain, "--dtype", "float16", "--quiet"]) == 0
     capsys.readouterr()
     argv = ["search", plain, str(queries), "--out", str(tmp_path / "p.parquet")]
     assert main([*argv, "--refine-depth", "16", "--quiet"]) == 2

@@ -85,7 +85,8 @@ def test_api_verify_names_a_damaged_file(corpus, tmp_path) -> None:
 def vectors(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("one-searcher")
     write_corpus(tmp / "c.parquet", 600)
-    return _index(tmp / "c.parquet", tmp / "one", []), _index(
+    # the one index stored as the shards are (float16: latemm.sharded.shard_options)
+    return _index(tmp / "c.parquet", tmp / "one", ["--dtype", "float16"]), _index(
         tmp / "c.parquet", tmp / "three", ["--shards", "3"]
     )
 

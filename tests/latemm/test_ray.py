@@ -142,7 +142,10 @@ def indexes(cluster, tmp_path_factory) -> tuple[Path, Path, Path, int]:
     write_corpus(corpus, n)
     write_queries(queries, 16)
     single, sharded = tmp / "single", tmp / "sharded"
-    assert main(["index", str(corpus), "--index", str(single), "--quiet"]) == 0
+    # stored as the shards are (float16: latemm.sharded.shard_options)
+    assert (
+        main(["index", str(corpus), "--index", str(single), "--dtype", "float16", "--quiet"]) == 0
+    )
     assert (
         main(["index", str(corpus), "--index", str(sharded), "--ray", "--shards", "4", "--quiet"])
         == 0

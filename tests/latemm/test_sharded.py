@@ -38,7 +38,10 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, P
     write_corpus(corpus, N_DOCS)
     write_queries(queries, 12)
     single, sharded = tmp / "single", tmp / "sharded"
-    assert main(["index", str(corpus), "--index", str(single), "--quiet"]) == 0
+    # stored as the shards are (float16: latemm.sharded.shard_options)
+    assert (
+        main(["index", str(corpus), "--index", str(single), "--dtype", "float16", "--quiet"]) == 0
+    )
     assert main(["index", str(corpus), "--index", str(sharded), "--shards", "4", "--quiet"]) == 0
     return corpus, queries, single, sharded
 

@@ -1,0 +1,74 @@
+"""What ``latemm index`` stores when no ``--dtype`` is named (``index_store.config.
+new_index_dtype``): res4 with its search defaults for token vectors, float16 where residual
+codes cannot go (an odd dimension, single vectors, the shards of a collection), and the
+recorded dtype of an index that already exists."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from index_store import Index, IndexConfig, InputError, create
+from index_store.config import new_index_dtype
+from latemm.cli import main
+from latemm.sharded import read_manifest
+from tests.helpers import DIM, write_corpus
+
+
+def _index(corpus, path, *flags: str) -> Index:
+    assert main(["index", str(corpus), "--index", str(path), *flags, "--quiet"]) == 0
+    return Index.open(path)
+
+
+def test_token_vectors_get_residual_codes_and_their_search_defaults(tmp_path) -> None:
+    corpus = tmp_path / "c.parquet"
+    write_corpus(corpus, 300)  # about 3,000 vectors: enough to train the codebook
+    index = _index(corpus, tmp_path / "idx")
+    config = index.config
+    assert (config.dtype, config.first_stage, config.default_depth) == ("res4", "centroids", 128)
+    assert config.residual_codebook == "index"
+    assert {s.dtype for s in index.segments} == {"res4"}
+    # adding to it later keeps what it records, whatever the default
+    more = tmp_path / "more.parquet"
+    write_corpus(more, 10, seed=5)
+    table = pq.read_table(more)
+    ids = pa.array([f"new-{i}" for i in range(10)])
+    pq.write_table(table.set_column(0, "doc_id", ids), more)
+    assert _index(more, tmp_path / "idx").config == config
+
+
+def test_float16_where_residual_codes_cannot_go(tmp_path) -> None:
+    """An odd dimension (4 bits per dimension fill whole bytes only in pairs) and single
+    vectors keep float16; so do the shards of a collection (each index trains its own
+    codebook, and shards coded apart would not rank as one index)."""
+    assert new_index_dtype("auto", 15) == "float16"
+    assert new_index_dtype("auto", 16, single_vector=True) == "float16"
+    assert new_index_dtype("auto", 16) == "res4"
+    assert new_index_dtype("int8", 16) == "int8"
+    odd = tmp_path / "odd.parquet"
+    write_corpus(odd, 40, dim=15)
+    assert _index(odd, tmp_path / "odd").config.dtype == "float16"
+    corpus = tmp_path / "c.parquet"
+    write_corpus(corpus, 120)
+    assert main(["index", str(corpus), "--index", str(tmp_path / "s"), "--shards", "2"]) == 0
+    assert read_manifest(tmp_path / "s").config.dtype == "float16"
+    named = tmp_path / "named"
+    assert (
+        main(["index", str(corpus), "--index", str(named), "--shards", "2", "--dtype", "int8"]) == 0
+    )
+    assert read_manifest(named).config.dtype == "int8"
+
+
+def test_a_residual_index_refuses_values_beyond_float16(tmp_path) -> None:
+    """Its centroids, its reconstruction errors and its segments too small to train are
+    float16: a value beyond 65504 is refused naming the document, not stored as inf."""
+    config = IndexConfig(dim=DIM, dtype="res4", residual_codebook="index")
+    good = np.ones((3, DIM), np.float32)
+    with create(tmp_path / "idx", config) as writer:
+        writer.add(["a"], [good])
+        with pytest.raises(InputError, match=r"row 1: document 'b' has values beyond float16"):
+            writer.add(["a2", "b"], [good, np.full((2, DIM), 7e4, np.float32)])
+        writer.commit(final=True)
+    assert list(Index.open(tmp_path / "idx").doc_ids()) == ["a"]
