@@ -396,7 +396,10 @@ def centroid_first_stage(
     built from the codes); each such page is scored as MaxSim with every token standing for its
     centroid (a gather from the query x centroid table, no decoding), and the best are the
     candidates, their interaction the first-stage score. ``allowed`` as for ``first_stage``.
-    A segment too small to train the codec (stored in float16) is scored exactly. Unlike the
+    A query whose probed centroids name fewer than ``n_cand`` pages probes twice as many, until
+    they do or every centroid is probed: a search over at least k pages returns k (PLAID would
+    return fewer). A segment too small to train the codec (stored in float16) is scored
+    exactly. Unlike the
     FDE, whose partitions blur a long page's hundreds of tokens, the centroids keep each
     token apart: on MMLongBench's long pages it is the better first stage (issue 29)."""
     flat, offsets = queries.flat, queries.offsets
@@ -415,20 +418,33 @@ def centroid_first_stage(
 
     def one_query(q: int) -> None:
         query = flat[offsets[q] : offsets[q + 1]]
-        segs, rows, scores = [], [], []
+        exact: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        tables: dict[int, np.ndarray] = {}
         for s in searched:
             seg, mask = index.segments[s], allowed[s]
             if is_residual(seg.dtype):
-                got_rows, got = _centroid_candidates(seg, query, mask, probe)
+                tables[s] = _centroid_table(seg, query)  # (Tq, K)
             else:  # fewer tokens than the codec trains on: scored exactly, all of them
                 got_rows = np.flatnonzero(seg.live if mask is None else mask)
                 docs, doc_offsets = take_sets(seg.vectors, seg.offsets, got_rows)
-                got = maxsim_pairs(query, docs.astype(np.float32), doc_offsets)
-            segs.append(np.full(got_rows.size, s, dtype=np.int64))
-            rows.append(got_rows)
-            scores.append(got.astype(np.float32))
-        if not segs:
+                exact[s] = got_rows, maxsim_pairs(query, docs.astype(np.float32), doc_offsets)
+        widest = max((t.shape[1] for t in tables.values()), default=0)
+        p = probe
+        while True:  # wider until n_cand pages or every centroid
+            found = {  # in segment order: ties go to the earlier segment
+                s: exact[s]
+                if s in exact
+                else _centroid_candidates(index.segments[s], tables[s], allowed[s], p)
+                for s in searched
+            }
+            if sum(r.size for r, _ in found.values()) >= n_cand or p >= widest:
+                break
+            p *= 2
+        if not found:
             return
+        segs = [np.full(r.size, s, dtype=np.int64) for s, (r, _) in found.items()]
+        rows = [r for r, _ in found.values()]
+        scores = [got.astype(np.float32) for _, got in found.values()]
         seg_of, row_of, score = np.concatenate(segs), np.concatenate(rows), np.concatenate(scores)
         top = np.argsort(-score, kind="stable")[:n_cand]  # ties in segment and row order
         seg_out[q, : top.size], row_out[q, : top.size] = seg_of[top], row_of[top]
@@ -439,11 +455,11 @@ def centroid_first_stage(
 
 
 def _centroid_candidates(
-    seg: Segment, query: np.ndarray, mask: np.ndarray | None, probe: int
+    seg: Segment, table: np.ndarray, mask: np.ndarray | None, probe: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """A residual segment's rows whose tokens include one of the query tokens' ``probe``
-    nearest centroids (searchable under ``mask``), and their centroid interaction scores."""
-    table = _centroid_table(seg, query)  # (Tq, K)
+    nearest centroids (searchable under ``mask``), and their centroid interaction scores;
+    ``table`` (Tq, K) the query tokens' similarities to the segment's centroids."""
     near = np.argpartition(table, -probe, axis=1)[:, -probe:] if probe < table.shape[1] else None
     starts, pages = seg.centroid_pages()
     if near is None:

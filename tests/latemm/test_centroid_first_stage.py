@@ -61,6 +61,21 @@ def _oracle(index: Index, query: np.ndarray, probe: int, allowed) -> dict[tuple[
     return out
 
 
+def _widened(index: Index, query: np.ndarray, probe: int, allowed, n_cand: int):
+    """``_oracle`` at ``probe``, doubled until it names ``n_cand`` pages or probes every
+    centroid (what the first stage does for a query whose probes name too few pages)."""
+    widest = max(
+        codecs.residual_parts(s.codebook.astype(np.float32), 4)[0].shape[0]
+        for s in index.segments
+        if s.dtype == "res4"
+    )
+    while True:
+        want = _oracle(index, query, probe, allowed)
+        if len(want) >= n_cand or probe >= widest:
+            return want
+        probe *= 2
+
+
 @pytest.mark.parametrize(
     ("probe", "codebook", "dtypes"),
     [
@@ -85,7 +100,7 @@ def test_candidates_and_scores_are_those_of_brute_force_over_the_codes(
             probe=probe,
         )  # fmt: skip
         for q, query in enumerate(queries):
-            want = _oracle(index, query, probe, allowed)
+            want = _widened(index, query, probe, allowed, n_cand)
             order = sorted(want, key=lambda key: -want[key])[:n_cand]
             valid = cands.valid[q]
             got = list(
@@ -255,3 +270,24 @@ def test_the_centroid_first_stage_is_recorded_only_for_residual_multi_vectors() 
     with pytest.raises(InputError, match="first_stage must be one of"):
         IndexConfig(dim=DIM, dtype="res4", first_stage="plaid")
     assert "first_stage" not in IndexConfig(dim=DIM, dtype="res4").to_dict()
+
+
+def test_a_search_over_k_pages_returns_k(tmp_path) -> None:
+    """Two-token queries probe 4 centroids, whose pages are fewer than k = 100 of 244: the
+    probes widen until they name k (every page here), so the search returns k results, the
+    exact top k when the depth decodes them all."""
+    index = _index(tmp_path / "idx")
+    queries = _docs(54, 5, 2, 3)
+    got = Retriever(index, first_stage="centroids", refine_depth=300).search_embeddings(
+        queries, k=100
+    )
+    exact = Retriever(index).search_embeddings(queries, k=100, candidates=300)
+    assert all(sum(d is not None for d in row) == 100 for row in got.doc_ids)
+    assert (got.doc_ids == exact.doc_ids).all()
+    narrow = centroid_first_stage(
+        index,
+        first_stage_queries(index, np.concatenate(queries[:1]), np.array([0, 2]), centroids=True),
+        1,
+        [None] * 3,
+    )
+    assert narrow.valid.sum() == 1
