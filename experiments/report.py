@@ -635,6 +635,12 @@ FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
         ("residual_speed_mmlongbench_centroids",),
         table_residual_speed,
     ),
+    # The default index (res4 searched by its centroids) against the float16 ones.
+    "residual_speed.default": (("residual_speed_default",), table_residual_speed),
+    "residual_speed.mmlongbench_default": (
+        ("residual_speed_mmlongbench_default",),
+        table_residual_speed,
+    ),
     "refine.ab": (
         ("ab_refine_before_1", "ab_refine_after_1", "ab_refine_before_2", "ab_refine_after_2"),
         table_ab_refine,

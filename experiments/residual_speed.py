@@ -13,8 +13,9 @@ each residual dtype decoding every candidate (no depth); each residual dtype wit
 (PLAID's pruning) and scores them in float32 with proven bounds before the exact pass; and,
 with ``--centroids D ...``, the same depths over candidates found by the centroid first stage
 (``--first-stage centroids``: PLAID's candidate generation) instead of the FDE. ``--dtypes
-default float16-flat`` adds the index ``latemm index`` builds when given no option (committed
-every 512 pages) and ``--dtype float16 --faiss Flat``, each searched with no option. Reported:
+default float16-default float16-flat`` adds the index ``latemm index`` builds when given no
+option (committed every 512 pages), the same with ``--dtype float16`` (the default before) and
+``--dtype float16 --faiss Flat``, each searched with no option. Reported:
 the median of the rounds' per-query times and its ratio to float16's in the same run, recall@10
 against the exact float32 MaxSim top-10 over the unquantised vectors, nDCG@10 against the qrels,
 and each index's bytes per page (every file).
@@ -41,17 +42,19 @@ from latemm.retriever import Retriever
 # What ``latemm index`` commits at (``index_corpus``'s commit_every).
 COMMIT_EVERY = 512
 # Indexes searched once, with no search option: what a user gets by default.
-SEARCHED_AS_BUILT = ("default", "float16-flat")
+SEARCHED_AS_BUILT = ("default", "float16-default", "float16-flat")
 
 
 def build(data: dict[str, Any], dtype: str) -> Index:
     """``dtype``'s index in one segment; ``default``: what ``latemm index`` builds when no
     option is given (``latemm.pipeline.resolve_config``), committed every ``COMMIT_EVERY``
-    pages as it commits; ``float16-flat``: ``--dtype float16 --faiss Flat``."""
+    pages as it commits, and ``float16-default`` the same with ``--dtype float16`` (the
+    default before); ``float16-flat``: ``--dtype float16 --faiss Flat``."""
     path = CACHE / f"residual-speed-{data['set']}-{dtype}"
     shutil.rmtree(path, ignore_errors=True)
-    if dtype == "default":
-        config = resolve_config(path, dim=data["dim"], encoder=None)
+    if dtype in ("default", "float16-default"):
+        named = "float16" if dtype == "float16-default" else "auto"
+        config = resolve_config(path, dim=data["dim"], encoder=None, dtype=named)
         every = COMMIT_EVERY
     else:
         name = dtype.removesuffix("-flat")
@@ -122,7 +125,7 @@ def measure_set(
             rows.append(
                 {
                     "config": name,
-                    "dtype": config.dtype if dtype == "default" else dtype,
+                    "dtype": config.dtype,
                     "faiss_factory": config.faiss_factory,
                     "refine_depth": configs[name].refine_depth,
                     "first_stage": configs[name].first_stage,
@@ -159,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
         choices=("res1", "res2", "res4", *SEARCHED_AS_BUILT),
         help="besides float16: residual dtypes (searched decoding every candidate, then at "
         "each depth), or searched with no option: default (what latemm index builds, committed "
-        "every 512 pages) and float16-flat (--dtype float16 --faiss Flat)",
+        "every 512 pages), float16-default (the same with --dtype float16, the default before) "
+        "and float16-flat (--dtype float16 --faiss Flat)",
     )
     parser.add_argument("--depths", nargs="+", type=int, default=[64, 128])
     parser.add_argument("--ks", nargs="+", type=int, default=[10, 100])

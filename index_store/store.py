@@ -67,6 +67,7 @@ from index_store.manifest import (
     vectors_codebook_name,
 )
 from index_store.segment import (
+    CentroidFile,
     Segment,
     check_files,
     check_segment,
@@ -244,6 +245,7 @@ class Index:
         self._codebook_file = _open_codebook(self.path, self.manifest, verify)
         self._codebook: Any = None
         self._global: first_stage.GlobalFirstStage | None = None
+        self._centroid_files: list[CentroidFile] | None = None
         self._refined: Index | None = None
 
     @classmethod
@@ -265,7 +267,7 @@ class Index:
         index.path, index.manifest, index.segments = path, manifest, []
         index.config, index._rejects_file, index._locations = manifest.config, None, None
         index._codebook_file, index._codebook, index._global = None, None, None
-        index._refined, index.vectors_codebook = None, None
+        index._refined, index.vectors_codebook, index._centroid_files = None, None, None
         return index
 
     def refined(self) -> Index:
@@ -304,6 +306,21 @@ class Index:
             blocks = [(s, np.asarray(self.segments[s].fde_codes)) for s in coded]
             self._global = first_stage.GlobalFirstStage.assemble(self.codebook(), blocks)
         return self._global
+
+    def centroid_files(self) -> list[CentroidFile]:
+        """PLAID's inverted files of the residual segments, one per codebook (built on first
+        use): the segments under the index's codebook share one, a segment with a codebook of
+        its own has its own. Segments stored in float16 (too small to train) are in none."""
+        if self._centroid_files is None:
+            by_codebook: dict[int, list[int]] = {}
+            for s, seg in enumerate(self.segments):
+                if seg.num_docs and codecs.is_residual(seg.dtype):
+                    by_codebook.setdefault(id(seg.codebook), []).append(s)
+            self._centroid_files = [
+                CentroidFile.build(numbers, [self.segments[s] for s in numbers])
+                for numbers in by_codebook.values()
+            ]
+        return self._centroid_files
 
     def coded_segments(self) -> list[int]:
         """Numbers of the segments searched by ``global_first_stage`` (the others have a faiss

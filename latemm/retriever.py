@@ -32,7 +32,7 @@ from index_store import Index
 from index_store.codecs import centroid_ids, is_residual
 from index_store.config import FIRST_STAGES
 from index_store.errors import InputError
-from index_store.segment import Segment
+from index_store.segment import CentroidFile, Segment
 from latemm.scoring import (
     INT8_MAX_DIM,
     LONG_PAGE_TOKENS,
@@ -392,15 +392,14 @@ def centroid_first_stage(
 ) -> Candidates:
     """Top ``n_cand`` (segment, row, score) per query by centroid interaction, PLAID's
     candidate generation over residual codes: each query token's ``probe`` nearest centroids
-    name the pages that hold a token of theirs (``Segment.centroid_pages``, the inverted file
+    name the pages that hold a token of theirs (``Index.centroid_files``, the inverted files
     built from the codes); each such page is scored as MaxSim with every token standing for its
     centroid (a gather from the query x centroid table, no decoding), and the best are the
     candidates, their interaction the first-stage score. ``allowed`` as for ``first_stage``.
     A query whose probed centroids name fewer than ``n_cand`` pages probes twice as many, until
     they do or every centroid is probed: a search over at least k pages returns k (PLAID would
     return fewer). A segment too small to train the codec (stored in float16) is scored
-    exactly. Unlike the
-    FDE, whose partitions blur a long page's hundreds of tokens, the centroids keep each
+    exactly. Unlike the FDE, whose partitions blur a long page's hundreds of tokens, the centroids keep each
     token apart: on MMLongBench's long pages it is the better first stage (issue 29)."""
     flat, offsets = queries.flat, queries.offsets
     n_queries = offsets.size - 1
@@ -412,41 +411,37 @@ def centroid_first_stage(
         for s, (seg, mask) in enumerate(zip(index.segments, allowed, strict=True))
         if seg.num_docs and (mask is None or mask.any())
     ]
-    for s in searched:  # built before the workers start, once per reader and segment
-        if is_residual(index.segments[s].dtype):
-            index.segments[s].centroid_pages()
+    exact = [s for s in searched if not is_residual(index.segments[s].dtype)]
+    # built before the workers start, once per reader; each file's searchable pages
+    files = [(f, _file_mask(index, f, allowed)) for f in index.centroid_files()]
+    files = [(f, mask) for f, mask in files if mask is None or mask.any()]
 
     def one_query(q: int) -> None:
         query = flat[offsets[q] : offsets[q + 1]]
-        exact: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        tables: dict[int, np.ndarray] = {}
-        for s in searched:
+        found = []  # (segment numbers, rows, scores) of each part
+        for s in exact:  # too few tokens to train the codec: scored exactly, all of them
             seg, mask = index.segments[s], allowed[s]
-            if is_residual(seg.dtype):
-                tables[s] = _centroid_table(seg, query)  # (Tq, K)
-            else:  # fewer tokens than the codec trains on: scored exactly, all of them
-                got_rows = np.flatnonzero(seg.live if mask is None else mask)
-                docs, doc_offsets = take_sets(seg.vectors, seg.offsets, got_rows)
-                exact[s] = got_rows, maxsim_pairs(query, docs.astype(np.float32), doc_offsets)
-        widest = max((t.shape[1] for t in tables.values()), default=0)
+            rows = np.flatnonzero(seg.live if mask is None else mask)
+            docs, doc_offsets = take_sets(seg.vectors, seg.offsets, rows)
+            scores = maxsim_pairs(query, docs.astype(np.float32), doc_offsets)
+            found.append((np.full(rows.size, s, dtype=np.int64), rows, scores))
+        tables = [_centroid_table(index.segments[f.segments[0]], query) for f, _ in files]
+        widest = max((t.shape[1] for t in tables), default=0)
         p = probe
         while True:  # wider until n_cand pages or every centroid
-            found = {  # in segment order: ties go to the earlier segment
-                s: exact[s]
-                if s in exact
-                else _centroid_candidates(index.segments[s], tables[s], allowed[s], p)
-                for s in searched
-            }
-            if sum(r.size for r, _ in found.values()) >= n_cand or p >= widest:
+            coded = [
+                _centroid_candidates(f, table, _probed_centroids(table, p), mask)
+                for (f, mask), table in zip(files, tables, strict=True)
+            ]
+            if sum(c[1].size for c in found + coded) >= n_cand or p >= widest:
                 break
             p *= 2
-        if not found:
+        parts = found + coded
+        if not parts:
             return
-        segs = [np.full(r.size, s, dtype=np.int64) for s, (r, _) in found.items()]
-        rows = [r for r, _ in found.values()]
-        scores = [got.astype(np.float32) for _, got in found.values()]
-        seg_of, row_of, score = np.concatenate(segs), np.concatenate(rows), np.concatenate(scores)
-        top = np.argsort(-score, kind="stable")[:n_cand]  # ties in segment and row order
+        seg_of, row_of, score = (np.concatenate([c[i] for c in parts]) for i in range(3))
+        score = score.astype(np.float32)
+        top = np.lexsort((row_of, seg_of, -score))[:n_cand]  # ties in segment and row order
         seg_out[q, : top.size], row_out[q, : top.size] = seg_of[top], row_of[top]
         score_out[q, : top.size] = score[top]
 
@@ -454,30 +449,54 @@ def centroid_first_stage(
     return Candidates(seg_out, row_out, score_out)
 
 
+def _file_mask(
+    index: Index, file: CentroidFile, allowed: list[np.ndarray | None]
+) -> np.ndarray | None:
+    """(P,) bool: the pages of ``file`` a search may return (``allowed`` per segment, None:
+    the live ones); None when that is every page."""
+    masks = [allowed[s] for s in file.segments]
+    if all(m is None for m in masks) and not any(
+        index.segments[s].deleted.any() for s in file.segments
+    ):
+        return None
+    return np.concatenate(
+        [
+            index.segments[s].live if m is None else m
+            for s, m in zip(file.segments, masks, strict=True)
+        ]
+    )
+
+
+def _probed_centroids(table: np.ndarray, probe: int) -> np.ndarray | None:
+    """The centroids among some query token's ``probe`` nearest (``table`` (Tq, K) their
+    similarities), ascending; None when that is every centroid."""
+    if probe >= table.shape[1]:
+        return None
+    return np.unique(np.argpartition(table, -probe, axis=1)[:, -probe:])
+
+
 def _centroid_candidates(
-    seg: Segment, table: np.ndarray, mask: np.ndarray | None, probe: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """A residual segment's rows whose tokens include one of the query tokens' ``probe``
-    nearest centroids (searchable under ``mask``), and their centroid interaction scores;
-    ``table`` (Tq, K) the query tokens' similarities to the segment's centroids."""
-    near = np.argpartition(table, -probe, axis=1)[:, -probe:] if probe < table.shape[1] else None
-    starts, pages = seg.centroid_pages()
-    if near is None:
-        rows = np.arange(seg.num_docs, dtype=np.int64)
+    file: CentroidFile, table: np.ndarray, probed: np.ndarray | None, mask: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The (segment numbers, rows) of ``file``'s pages holding a token of one of the
+    ``probed`` centroids (None: any) and searchable under ``mask`` (per page), and their
+    centroid interaction scores; ``table`` (Tq, K) the query tokens' similarities to the
+    file's centroids."""
+    if probed is None:
+        pages = np.arange(file.offsets.size - 1, dtype=np.int64)
     else:
-        probed = np.unique(near)
-        lengths = starts[probed + 1] - starts[probed]
-        at = np.repeat(starts[probed] - np.cumsum(lengths) + lengths, lengths)
-        rows = np.unique(pages[at + np.arange(int(lengths.sum()))])
+        lengths = file.starts[probed + 1] - file.starts[probed]
+        at = np.repeat(file.starts[probed] - np.cumsum(lengths) + lengths, lengths)
+        pages = np.unique(file.pages[at + np.arange(int(lengths.sum()))])
     if mask is not None:
-        rows = rows[mask[rows]]
-    elif seg.deleted.any():
-        rows = rows[seg.live[rows]]
-    if not rows.size:
-        return rows, np.zeros(0, dtype=np.float32)
-    tokens, token_offsets = take_sets(seg.token_centroids(), seg.offsets, rows)
+        pages = pages[mask[pages]]
+    if not pages.size:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0, dtype=np.float32)
+    tokens, token_offsets = take_sets(file.tokens, file.offsets, pages)
     sims = np.take(table, tokens, axis=1)  # (Tq, tokens of the candidates)
-    return rows, np.maximum.reduceat(sims, token_offsets[:-1], axis=1).sum(axis=0)
+    scores = np.maximum.reduceat(sims, token_offsets[:-1], axis=1).sum(axis=0)
+    return (*file.locate(pages), scores)
 
 
 def search_params(
@@ -598,7 +617,7 @@ def _residual_rescore(
             cols = cols[np.argsort(cands.rows[q, cols], kind="stable")]  # read in disk order
             codes, _, page_offsets = index.codes(s, cands.rows[q, cols])
             parts.append((index.segments[s], cols, codes, page_offsets, centroid_ids(codes)))
-        tables = [_centroid_table(p[0], query) for p in parts]  # (Tq, K) each
+        tables = _centroid_tables([p[0] for p in parts], query)  # (Tq, K) each
         keep = max(k, depth)
         if sum(p[1].size for p in parts) > keep:
             approx = np.concatenate(
@@ -649,6 +668,17 @@ def _residual_rescore(
         out[q, cols] = scores
 
     _each_query(one_query, np.flatnonzero(cands.valid.any(axis=1)).tolist())
+
+
+def _centroid_tables(segments: Sequence[Segment], query: np.ndarray) -> list[np.ndarray]:
+    """``_centroid_table`` of each residual segment, one product per codebook: the segments
+    coded under the index's codebook share it (and the table), so a search over a build's
+    many commits does not multiply the query by the same centroids once per segment."""
+    by_codebook: dict[int, np.ndarray] = {}
+    for seg in segments:
+        if id(seg.codebook) not in by_codebook:
+            by_codebook[id(seg.codebook)] = _centroid_table(seg, query)
+    return [by_codebook[id(seg.codebook)] for seg in segments]
 
 
 def _centroid_table(segment: Segment, query: np.ndarray) -> np.ndarray:

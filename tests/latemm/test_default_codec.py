@@ -72,3 +72,27 @@ def test_a_residual_index_refuses_values_beyond_float16(tmp_path) -> None:
             writer.add(["a2", "b"], [good, np.full((2, DIM), 7e4, np.float32)])
         writer.commit(final=True)
     assert list(Index.open(tmp_path / "idx").doc_ids()) == ["a"]
+
+
+def test_a_fields_index_searches_each_field_by_what_it_records(tmp_path) -> None:
+    """A vector field of a fields index is a residual index too; the collection searcher takes
+    its recorded first stage and depth when the search names neither."""
+    from latemm.field_search import FieldRetriever
+
+    corpus = tmp_path / "c.parquet"
+    write_corpus(corpus, 300)
+    idx = tmp_path / "fields"
+    assert main(["index", str(corpus), "--index", str(idx), "--field", "emb=embedding:embedding",
+                 "--quiet"]) == 0  # fmt: skip
+    searcher = FieldRetriever(idx)
+    config = searcher.parts["emb"][0].config
+    assert (config.dtype, config.first_stage, config.default_depth) == ("res4", "centroids", 128)
+    assert searcher._sizing() == ("centroids", 128)
+    rng = np.random.default_rng(2)
+    queries = [rng.standard_normal((3, DIM)).astype(np.float32) for _ in range(4)]
+    named = FieldRetriever(idx, first_stage="centroids", refine_depth=128)
+    want = named.search([None] * 4, k=10, query_vectors={"emb": queries})
+    got = searcher.search([None] * 4, k=10, query_vectors={"emb": queries})
+    assert got.doc_ids.tolist() == want.doc_ids.tolist()
+    np.testing.assert_array_equal(got.scores, want.scores)
+    assert FieldRetriever(idx, first_stage="fde")._sizing() == ("fde", 128)
