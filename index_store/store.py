@@ -578,6 +578,7 @@ class IndexWriter:
         # The residual codebook written by this commit, not yet committed, and its array.
         self._new_vectors_codebook: VectorsCodebookEntry | None = None
         self._vectors_trained: np.ndarray | None = None
+        self._trained_on = 0  # the vectors it was trained on
 
     def _open_or_new(self, config: IndexConfig | None) -> Index:
         self._durable = (self.path / MANIFEST).is_file()
@@ -934,16 +935,41 @@ class IndexWriter:
         if shared is None and flat.shape[0] >= (
             codecs.MIN_TRAIN if final else INDEX_CODEBOOK_VECTORS
         ):
-            shared = codecs.train(flat, dtype)
-            fpath = self.path / vectors_codebook_name(generation)
-            data = npy_bytes(shared)
-            write_bytes_atomic(fpath, data)
-            self._new_vectors_codebook = VectorsCodebookEntry(
-                FileEntry(fpath.name, len(data), sha256_file(fpath)),
-                codecs.residual_training(shared, dtype, flat.shape[0]),
-            )
-            self._vectors_trained = shared
+            shared = self._vectors_trained = codecs.train(flat, dtype)
+            self._trained_on = flat.shape[0]
+        if shared is not None and self.index.vectors_codebook is None:  # new: recorded now
+            if self._new_vectors_codebook is None:
+                fpath = self.path / vectors_codebook_name(generation)
+                data = npy_bytes(shared)
+                write_bytes_atomic(fpath, data)
+                self._new_vectors_codebook = VectorsCodebookEntry(
+                    FileEntry(fpath.name, len(data), sha256_file(fpath)),
+                    codecs.residual_training(shared, dtype, self._trained_on),
+                )
         return (dtype, None, shared) if shared is not None else ("float16", None, None)
+
+    def train_vectors_codebook(self, sample: np.ndarray) -> None:
+        """Train a residual index's one codebook now, on ``sample`` (N, d) float32, vectors
+        drawn from the whole corpus (as PLAID trains its centroids), not on the first
+        ``INDEX_CODEBOOK_VECTORS`` vectors added: a corpus added in order (a PDF's pages after
+        another's) would code its later documents under centroids of the first ones
+        (MMLongBench, 1,728 pages: recall@10 0.902 against 0.953). The next commit records
+        it; every segment written from then on is coded with it."""
+        if self.config.residual_codebook != "index" or not codecs.is_residual(self.config.dtype):
+            raise InputError(
+                f"{self.path}: a codebook trained from a sample is the index's residual one; this "
+                f"index stores {self.config.dtype} with residual_codebook="
+                f"{self.config.residual_codebook!r}"
+            )
+        if self._residual_codebook() is not None or self.index.segments or self._pending:
+            raise InputError(
+                f"{self.path} already holds vectors or a codebook: train it from a sample "
+                "before the first add"
+            )
+        self._vectors_trained = codecs.train(
+            np.asarray(sample, dtype=np.float32), self.config.dtype
+        )
+        self._trained_on = len(sample)
 
     def _live_rows(self, s: int) -> np.ndarray:
         """Rows of segment ``s`` live after this commit's deletions."""

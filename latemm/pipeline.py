@@ -22,12 +22,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from index_store import Index, IndexConfig, create, default_fde_config
+from index_store import Index, IndexConfig, codecs, create, default_fde_config
 from index_store.codecs import is_residual
 from index_store.config import DEFAULT_REFINE_DEPTH, new_index_dtype
 from index_store.errors import InputError
 from index_store.rejects import as_table as rejects_table
 from index_store.rejects import read as read_rejects
+from index_store.store import INDEX_CODEBOOK_VECTORS, IndexWriter
 from latemm.encoders.base import Encoder, Page, check_recorded
 from latemm.io import (
     Batch,
@@ -466,6 +467,9 @@ def index_corpus(
         drop=drop,
         view=view,
     )
+    sample = None
+    if config.residual_codebook == "index" and not (Path(index_dir) / "manifest.json").is_file():
+        sample = codebook_sample(source, cols, used, config.dim, view, batch_size, pool_factor)
     bar = progress_bar(total, "indexing", progress)
     try:
         return _write_batches(
@@ -477,9 +481,54 @@ def index_corpus(
             sidecar=recorded,
             bar=bar,
             source=source,
+            sample=sample,
         )
     finally:
         bar.close()
+
+
+def codebook_sample(
+    source: Path,
+    columns: Columns,
+    encoder: Encoder | None,
+    dim: int,
+    view: CorpusView | None,
+    batch_size: int,
+    pool_factor: int,
+) -> np.ndarray | None:
+    """Vectors of pages drawn at random from the whole corpus (fixed seed), to train a new
+    residual index's codebook on before the build (``IndexWriter.train_vectors_codebook``),
+    as PLAID samples its collection: up to ``codecs.RESIDUAL_TRAIN_SAMPLE`` vectors. None when
+    the first batch drawn says the corpus holds no more than ``INDEX_CODEBOOK_VECTORS`` (the
+    build's last commit then trains on all of it) or the draw gives too few to train. Pages
+    an encoder reads here are read again by the build: at most the sample's vectors' worth."""
+    rows = view.rows if view is not None else np.arange(count_rows(source), dtype=np.int64)
+    order = np.random.default_rng(0).permutation(rows)
+    got: list[np.ndarray] = []
+    held = drawn = 0
+    for start in range(0, order.size, batch_size):
+        part = CorpusView(
+            np.sort(order[start : start + batch_size]),
+            exclude=view.exclude if view is not None else (),
+        )
+        for batch in encoded_batches(
+            source,
+            columns=columns,
+            encoder=encoder,
+            dim=dim,
+            batch_size=batch_size,
+            pool_factor=pool_factor,
+            drop=("text", "image"),
+            view=part,
+        ):
+            got.append(np.asarray(batch.vectors, dtype=np.float32))
+            held += len(batch.vectors)
+        drawn += part.rows.size
+        if start == 0 and held / max(drawn, 1) * order.size <= INDEX_CODEBOOK_VECTORS:
+            return None
+        if held >= codecs.RESIDUAL_TRAIN_SAMPLE:
+            break
+    return np.concatenate(got) if held >= codecs.MIN_TRAIN else None
 
 
 def _encoder_used(source: Path, columns: Columns, encoder: Encoder | None) -> Encoder | None:
@@ -542,19 +591,28 @@ def _write_batches(
     sidecar: pa.Table | list[dict[str, Any]] | None,
     bar: Any,
     source: Path,
+    sample: np.ndarray | None = None,
 ) -> IndexReport:
-    """The writer loop: add each batch and its rejects, commit every ``commit_every`` rows."""
+    """The writer loop: add each batch and its rejects, commit every ``commit_every`` rows.
+    ``sample``: vectors a new residual index trains its codebook on first."""
     writer = None
     added = skipped = rejected = pending = 0
+
+    def opened() -> IndexWriter:
+        new = create(index_dir, config)
+        if sample is not None:
+            new.train_vectors_codebook(sample)
+        return new
+
     try:
         if sidecar is not None:  # rows `latemm encode` skipped: they belong in the rejects too
-            writer = create(index_dir, config)
+            writer = opened()
             rejected += writer.reject(sidecar)
             pending += rejected
         for batch in batches:
             skipped += batch.skipped
             if batch.ids or batch.rejects:
-                writer = writer or create(index_dir, config)
+                writer = writer or opened()
                 n = 0
                 if batch.ids:
                     where = f"{source} (rows from {batch.first_row})"
@@ -583,7 +641,7 @@ def _write_batches(
             if writer is not None and pending >= commit_every:
                 writer.commit()
                 pending = 0
-        writer = writer or create(index_dir, config)
+        writer = writer or opened()
         # The build's last commit: a residual index trains its codebook now if it has not yet.
         generation = writer.commit(final=True)
         return IndexReport(added, skipped, len(writer.index), generation, rejected)

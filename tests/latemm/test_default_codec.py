@@ -96,3 +96,41 @@ def test_a_fields_index_searches_each_field_by_what_it_records(tmp_path) -> None
     assert got.doc_ids.tolist() == want.doc_ids.tolist()
     np.testing.assert_array_equal(got.scores, want.scores)
     assert FieldRetriever(idx, first_stage="fde")._sizing() == ("fde", 128)
+
+
+def test_the_codebook_is_trained_on_pages_from_the_whole_corpus(tmp_path, monkeypatch) -> None:
+    """A corpus whose second half lies elsewhere than its first (a PDF after another): the
+    build trains its codebook on pages drawn from all of it before the first commit
+    (``codebook_sample``), so the second half is coded as well as the first. Trained on the
+    first vectors added (once the index holds ``INDEX_CODEBOOK_VECTORS``), its errors were
+    several times the first half's."""
+    import index_store.store
+    import latemm.pipeline
+
+    for module in (index_store.store, latemm.pipeline):
+        monkeypatch.setattr(module, "INDEX_CODEBOOK_VECTORS", 4096)
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((2, 64, DIM)).astype(np.float32) * 3
+    docs = []
+    for half in (0, 1):
+        for _ in range(400):
+            picks = centres[half][rng.integers(0, 64, 12)]
+            docs.append(picks + 0.1 * rng.standard_normal((12, DIM)).astype(np.float32))
+    corpus = tmp_path / "ordered.parquet"
+    table = pa.table(
+        {
+            "doc_id": [f"p{i:04d}" for i in range(800)],
+            "embedding": pa.array([d.tolist() for d in docs], pa.list_(pa.list_(pa.float32()))),
+        }
+    )
+    pq.write_table(table, corpus)
+    index = _index(corpus, tmp_path / "idx", "--commit-every", "100")
+    assert index.segments[0].dtype == "res4"  # trained before the first commit
+    errors = {}
+    for seg in index.segments:
+        for row, doc_id in enumerate(seg.doc_ids):
+            a, b = seg.offsets[row], seg.offsets[row + 1]
+            errors[doc_id] = float(np.asarray(seg.scales[a:b], dtype=np.float32).mean())
+    first = np.mean([errors[f"p{i:04d}"] for i in range(400)])
+    second = np.mean([errors[f"p{i:04d}"] for i in range(400, 800)])
+    assert second < 1.5 * first, (first, second)

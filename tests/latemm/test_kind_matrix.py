@@ -112,7 +112,9 @@ def test_fields_sharded_equals_fields_after_delete_and_compact(indexes, tmp_path
     runs = {}
     for kind in ("fields", "fields-sharded"):
         idx = tmp_path / kind
-        assert run("index", indexes["corpus"], "--index", idx, *KINDS[kind], "--quiet") == 0
+        # stored as shards store by default (float16: latemm.sharded.shard_options)
+        flags = [*KINDS[kind], "--dtype", "float16"]
+        assert run("index", indexes["corpus"], "--index", idx, *flags, "--quiet") == 0
         out = tmp_path / f"{kind}-before.parquet"
         assert run("search", idx, indexes["queries"], "--out", out, "--k", "25") == 0
         runs[kind, "before"] = pq.read_table(out)
@@ -167,7 +169,9 @@ def test_api_build_index_with_num_shards(indexes, tmp_path) -> None:
     again = latemm.build_index(indexes["corpus"], tmp_path / "api")  # adds to it: keeps N
     assert again.num_shards == 3 and sum(again.documents) == 60
     a = latemm.search(tmp_path / "api", indexes["queries"], k=10)
-    b = latemm.search(indexes["plain"], indexes["queries"], k=10)
+    # the one index stored as shards store by default (float16: latemm.sharded.shard_options)
+    latemm.build_index(indexes["corpus"], tmp_path / "one", dtype="float16")
+    b = latemm.search(tmp_path / "one", indexes["queries"], k=10)
     assert a.equals(b)
     # fields= with num_shards: a sharded multi-field collection (issue 26, fields x shards).
     collection = latemm.build_index(
