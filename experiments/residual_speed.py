@@ -36,7 +36,8 @@ from experiments.residual_codec import _ndcg, _recall, exact_top10, vaswani_set
 from experiments.storage_quality import by_file
 from index_store import Index, IndexConfig, create, default_fde_config
 from index_store.codecs import is_residual
-from latemm.pipeline import resolve_config
+from index_store.store import INDEX_CODEBOOK_VECTORS
+from latemm.pipeline import CODEBOOK_SAMPLE_VECTORS, resolve_config
 from latemm.retriever import Retriever
 
 # What ``latemm index`` commits at (``index_corpus``'s commit_every).
@@ -48,32 +49,48 @@ SEARCHED_AS_BUILT = ("default", "float16-default", "float16-flat")
 def build(data: dict[str, Any], dtype: str) -> Index:
     """``dtype``'s index in one segment; ``default``: what ``latemm index`` builds when no
     option is given (``latemm.pipeline.resolve_config``), committed every ``COMMIT_EVERY``
-    pages as it commits, and ``float16-default`` the same with ``--dtype float16`` (the
-    default before); ``float16-flat``: ``--dtype float16 --faiss Flat``."""
+    pages as it commits, and the same with ``--dtype float16`` (``float16-default``, the
+    default before) and ``--dtype float16 --faiss Flat`` (``float16-flat``)."""
     path = CACHE / f"residual-speed-{data['set']}-{dtype}"
     shutil.rmtree(path, ignore_errors=True)
-    if dtype in ("default", "float16-default"):
-        named = "float16" if dtype == "float16-default" else "auto"
-        config = resolve_config(path, dim=data["dim"], encoder=None, dtype=named)
+    if dtype in SEARCHED_AS_BUILT:  # as latemm index builds them
+        named = {"default": "auto"}.get(dtype, "float16")
+        factory = "Flat" if dtype == "float16-flat" else "auto"
+        config = resolve_config(
+            path, dim=data["dim"], encoder=None, dtype=named, faiss_factory=factory
+        )
         every = COMMIT_EVERY
     else:
-        name = dtype.removesuffix("-flat")
         config = IndexConfig(
             dim=data["dim"],
-            dtype=name,
-            fde=default_fde_config(data["dim"], dtype=name),
-            faiss_factory="Flat" if dtype.endswith("-flat") else "auto",
-            residual_codebook="index" if is_residual(name) else "segment",
+            dtype=dtype,
+            fde=default_fde_config(data["dim"], dtype=dtype),
+            residual_codebook="index" if is_residual(dtype) else "segment",
         )
         every = len(data["ids"])
     offsets = data["offsets"]
     with create(path, config) as writer:
+        if dtype == "default" and offsets[-1] > INDEX_CODEBOOK_VECTORS:
+            writer.train_vectors_codebook(_drawn(data))
         for a in range(0, len(data["ids"]), every):
             b = min(a + every, len(data["ids"]))
             rows = data["vectors"][offsets[a] : offsets[b]]
             writer.add(data["ids"][a:b], rows, offsets=offsets[a : b + 1] - offsets[a])
             writer.commit(final=b == len(data["ids"]))
     return Index.open(path)
+
+
+def _drawn(data: dict[str, Any]) -> np.ndarray:
+    """The vectors ``latemm.pipeline.codebook_sample`` draws from a corpus of these pages,
+    which ``latemm index`` trains a new residual index's codebook on: the same seed and order,
+    pages until ``CODEBOOK_SAMPLE_VECTORS`` vectors or half the pages (the build reads whole
+    batches of pages, so it may take up to a batch more)."""
+    offsets = data["offsets"]
+    order = np.random.default_rng(0).permutation(len(data["ids"]))
+    ends = np.cumsum(np.diff(offsets)[order])
+    drawn = int(np.searchsorted(ends, CODEBOOK_SAMPLE_VECTORS)) + 1
+    pages = order[: min(drawn, order.size // 2)]
+    return np.concatenate([data["vectors"][offsets[p] : offsets[p + 1]] for p in pages])
 
 
 def measure_set(

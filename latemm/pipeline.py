@@ -487,6 +487,12 @@ def index_corpus(
         bar.close()
 
 
+# Vectors of the pages ``codebook_sample`` draws: twice what k-means samples from them, so its
+# tokens come from twice as many pages (MMLongBench's long pages, drawn to 2^17 vectors:
+# recall@10 0.923 against 0.953 trained on tokens drawn from every page).
+CODEBOOK_SAMPLE_VECTORS = 2 * codecs.RESIDUAL_TRAIN_SAMPLE
+
+
 def codebook_sample(
     source: Path,
     columns: Columns,
@@ -498,7 +504,8 @@ def codebook_sample(
 ) -> np.ndarray | None:
     """Vectors of pages drawn at random from the whole corpus (fixed seed), to train a new
     residual index's codebook on before the build (``IndexWriter.train_vectors_codebook``),
-    as PLAID samples its collection: up to ``codecs.RESIDUAL_TRAIN_SAMPLE`` vectors. None when
+    as PLAID samples its collection: pages until ``CODEBOOK_SAMPLE_VECTORS`` vectors, at most
+    half the corpus's pages (k-means takes ``codecs.RESIDUAL_TRAIN_SAMPLE`` of them). None when
     the first batch drawn says the corpus holds no more than ``INDEX_CODEBOOK_VECTORS`` (the
     build's last commit then trains on all of it) or the draw gives too few to train. Pages
     an encoder reads here are read again by the build: at most the sample's vectors' worth."""
@@ -526,7 +533,7 @@ def codebook_sample(
         drawn += part.rows.size
         if start == 0 and held / max(drawn, 1) * order.size <= INDEX_CODEBOOK_VECTORS:
             return None
-        if held >= codecs.RESIDUAL_TRAIN_SAMPLE:
+        if held >= CODEBOOK_SAMPLE_VECTORS or drawn >= order.size // 2:
             break
     return np.concatenate(got) if held >= codecs.MIN_TRAIN else None
 
