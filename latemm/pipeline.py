@@ -467,8 +467,9 @@ def index_corpus(
         drop=drop,
         view=view,
     )
-    sample = None
-    if config.residual_codebook == "index" and not (Path(index_dir) / "manifest.json").is_file():
+    sample = None  # precomputed vectors only: an encoder would read the drawn pages twice
+    new = not (Path(index_dir) / "manifest.json").is_file()
+    if used is None and config.residual_codebook == "index" and new:
         sample = codebook_sample(source, cols, used, config.dim, view, batch_size, pool_factor)
     bar = progress_bar(total, "indexing", progress)
     try:
@@ -507,8 +508,7 @@ def codebook_sample(
     as PLAID samples its collection: pages until ``CODEBOOK_SAMPLE_VECTORS`` vectors, at most
     half the corpus's pages (k-means takes ``codecs.RESIDUAL_TRAIN_SAMPLE`` of them). None when
     the first batch drawn says the corpus holds no more than ``INDEX_CODEBOOK_VECTORS`` (the
-    build's last commit then trains on all of it) or the draw gives too few to train. Pages
-    an encoder reads here are read again by the build: at most the sample's vectors' worth."""
+    build's last commit then trains on all of it) or the draw gives too few to train."""
     rows = view.rows if view is not None else np.arange(count_rows(source), dtype=np.int64)
     order = np.random.default_rng(0).permutation(rows)
     got: list[np.ndarray] = []
