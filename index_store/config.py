@@ -257,13 +257,18 @@ class IndexConfig:
             raise InputError(
                 f"IndexConfig.first_stage must be one of {FIRST_STAGES}, got {self.first_stage!r}"
             )
-        if self.first_stage == "centroids" and (not is_residual(self.dtype) or self.single_vector):
+        if self.first_stage == "centroids" and not self.takes_centroids:
             raise InputError(
                 "IndexConfig.first_stage='centroids' ranks pages by their tokens' residual-code "
                 f"centroids, but this index stores {self.dtype}"
                 f"{' single vectors' if self.single_vector else ''}; use it with a multi-vector "
                 "index of dtype res1, res2 or res4, or leave it out"
             )
+
+    @property
+    def takes_centroids(self) -> bool:
+        """Whether the centroid first stage can search this index: residual multi-vectors."""
+        return is_residual(self.dtype) and not self.single_vector
 
     @property
     def default_depth(self) -> int | None:

@@ -937,15 +937,15 @@ class IndexWriter:
         ):
             shared = self._vectors_trained = codecs.train(flat, dtype)
             self._trained_on = flat.shape[0]
-        if shared is not None and self.index.vectors_codebook is None:  # new: recorded now
-            if self._new_vectors_codebook is None:
-                fpath = self.path / vectors_codebook_name(generation)
-                data = npy_bytes(shared)
-                write_bytes_atomic(fpath, data)
-                self._new_vectors_codebook = VectorsCodebookEntry(
-                    FileEntry(fpath.name, len(data), sha256_file(fpath)),
-                    codecs.residual_training(shared, dtype, self._trained_on),
-                )
+        recorded = self.index.vectors_codebook is not None or self._new_vectors_codebook is not None
+        if shared is not None and not recorded:  # trained by this commit or before it: record it
+            fpath = self.path / vectors_codebook_name(generation)
+            data = npy_bytes(shared)
+            write_bytes_atomic(fpath, data)
+            self._new_vectors_codebook = VectorsCodebookEntry(
+                FileEntry(fpath.name, len(data), sha256_file(fpath)),
+                codecs.residual_training(shared, dtype, self._trained_on),
+            )
         return (dtype, None, shared) if shared is not None else ("float16", None, None)
 
     def train_vectors_codebook(self, sample: np.ndarray) -> None:

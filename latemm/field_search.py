@@ -341,7 +341,7 @@ class FieldRetriever:
             if s.kind != "bm25"
         }
         self.refine_depth = self._checked_refine_depth(refine_depth)
-        # None: each field's recorded first stage (``_stage``)
+        # None: each field's recorded first stage (``IndexConfig.first_stage``, ``_sizing``)
         self.first_stage = first_stage and check_first_stage(first_stage, [], self.path)
         for name, parts in self.parts.items():  # every vector field's parts can take it
             if self.specs[name].kind != "bm25" and first_stage is not None:

@@ -301,7 +301,7 @@ def check_first_stage(name: str, configs: Sequence[Any], where: Any) -> str:
     if name not in FIRST_STAGES:
         raise InputError(f"--first-stage must be one of {', '.join(FIRST_STAGES)}, got {name!r}")
     for config in configs if name == "centroids" else ():
-        if not is_residual(config.dtype) or getattr(config, "single_vector", False):
+        if not config.takes_centroids:
             raise InputError(
                 f"--first-stage centroids ranks pages by their tokens' residual-code centroids; "
                 f"{where} stores {config.dtype} vectors. Leave --first-stage out, or build the "
