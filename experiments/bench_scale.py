@@ -6,8 +6,9 @@ Run: ``python -m experiments.bench_scale --pages 100000`` (or ``--pages 1000000`
 Writes ``results/bench_scale_<pages>.json`` (after every phase, so a long run keeps what it
 finished); ``python -m experiments.report`` renders it into RESULTS.md.
 
-- The index config is ``IndexConfig(dim=128)`` unless ``--dtype`` / ``--faiss`` override it, so
-  the run measures whatever the defaults are when it runs; the JSON records the config used.
+- The index config is what ``latemm index`` gives a new index of 128-d vectors unless ``--dtype``
+  / ``--faiss`` override it, so the run measures whatever the defaults are when it runs; the
+  JSON records the config used.
 - Disk: two small probe indexes (same config) give bytes per page and a fixed part; the run
   refuses to start when the estimate for N pages does not fit the free space of ``--dir``.
 - Build: seeded ``experiments.synthetic`` pages (1,030 x 128) are generated in batches, one batch
@@ -52,6 +53,7 @@ from experiments.render import Sources
 from experiments.synthetic import SyntheticCorpus
 from index_store import Index, IndexConfig, create
 from index_store.first_stage import MIN_TRAIN_DOCUMENTS
+from latemm.pipeline import new_index_config
 from latemm.retriever import Retriever
 from latemm.scoring import maxsim
 
@@ -403,9 +405,8 @@ def evaluate_latemm(
                 retriever.search_embeddings([q], k=k, candidates=max(candidates))
         rows += _sweep(retriever, queries, exact_ids, candidates, batch_size, k, progress)
         for row in rows[-len(candidates) :]:
-            row["refine_depth"] = (
-                depth or index.config.refine_depth if index.config.refine else None
-            )
+            row["refine_depth"] = depth or index.config.default_depth
+            row["first_stage"] = retriever.first_stage
     return rows
 
 
@@ -523,13 +524,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def make_config(
     corpus: SyntheticCorpus, dtype: str | None, faiss: str | None, refine: str | None = None
 ) -> IndexConfig:
-    """The index's defaults for ``corpus.dim``, with only the given fields overridden."""
-    overrides: dict[str, Any] = {"refine": refine} if refine else {}
-    if dtype is not None:
-        overrides["dtype"] = dtype
-    if faiss is not None:
-        overrides["faiss_factory"] = faiss
-    return IndexConfig(dim=corpus.dim, **overrides)
+    """What ``latemm index`` gives a new index of ``corpus.dim`` dimensions
+    (``latemm.pipeline.new_index_config``), with only the given fields overridden."""
+    return new_index_config(
+        corpus.dim, dtype=dtype or "auto", faiss_factory=faiss or "auto", refine=refine
+    )
 
 
 def recall_sample(
