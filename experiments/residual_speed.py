@@ -36,8 +36,7 @@ from experiments.residual_codec import _ndcg, _recall, exact_top10, vaswani_set
 from experiments.storage_quality import by_file
 from index_store import Index, IndexConfig, create, default_fde_config
 from index_store.codecs import is_residual
-from index_store.store import INDEX_CODEBOOK_VECTORS
-from latemm.pipeline import CODEBOOK_SAMPLE_VECTORS, resolve_config
+from latemm.pipeline import resolve_config, token_sample
 from latemm.retriever import Retriever
 
 # What ``latemm index`` commits at (``index_corpus``'s commit_every).
@@ -70,27 +69,15 @@ def build(data: dict[str, Any], dtype: str) -> Index:
         every = len(data["ids"])
     offsets = data["offsets"]
     with create(path, config) as writer:
-        if dtype == "default" and offsets[-1] > INDEX_CODEBOOK_VECTORS:
-            writer.train_vectors_codebook(_drawn(data))
+        sample = token_sample([data["vectors"]]) if dtype == "default" else None
+        if sample is not None:  # as latemm.pipeline.codebook_sample draws it from the file
+            writer.train_vectors_codebook(sample)
         for a in range(0, len(data["ids"]), every):
             b = min(a + every, len(data["ids"]))
             rows = data["vectors"][offsets[a] : offsets[b]]
             writer.add(data["ids"][a:b], rows, offsets=offsets[a : b + 1] - offsets[a])
             writer.commit(final=b == len(data["ids"]))
     return Index.open(path)
-
-
-def _drawn(data: dict[str, Any]) -> np.ndarray:
-    """The vectors ``latemm.pipeline.codebook_sample`` draws from a corpus of these pages,
-    which ``latemm index`` trains a new residual index's codebook on: the same seed and order,
-    pages until ``CODEBOOK_SAMPLE_VECTORS`` vectors or half the pages (the build reads whole
-    batches of pages, so it may take up to a batch more)."""
-    offsets = data["offsets"]
-    order = np.random.default_rng(0).permutation(len(data["ids"]))
-    ends = np.cumsum(np.diff(offsets)[order])
-    drawn = int(np.searchsorted(ends, CODEBOOK_SAMPLE_VECTORS)) + 1
-    pages = order[: min(drawn, order.size // 2)]
-    return np.concatenate([data["vectors"][offsets[p] : offsets[p + 1]] for p in pages])
 
 
 def measure_set(

@@ -220,6 +220,8 @@ def read_batches(
             if batch.vectors is not None and batch.vectors.size:
                 dim = batch.vectors.shape[1]
             yield batch
+        if rows is not None and (rows.size == 0 or row > rows[-1]):
+            break  # past the last row asked for: the rest of the file is not read
 
 
 def _runs(table: pa.Table, start: int, rows: np.ndarray | None) -> Iterator[tuple[int, pa.Table]]:

