@@ -633,23 +633,38 @@ def token_sample(batches: Iterable[np.ndarray]) -> np.ndarray | None:
     (``experiments/results/residual_speed_mmlongbench_default.json``). None when the batches hold
     no more than ``INDEX_CODEBOOK_VECTORS``."""
     rng = np.random.default_rng(1)
-    keys = np.zeros(0)
-    kept: np.ndarray | None = None
-    seen = 0
+    size = CODEBOOK_SAMPLE_VECTORS
+    keys: list[np.ndarray] = []
+    kept: list[np.ndarray] = []
+    held = seen = 0
+    bar = np.inf  # the size-th smallest key so far: a vector keyed above it is never kept
     for vectors in batches:
         seen += len(vectors)
         mine = rng.random(len(vectors))
-        if kept is None:
-            keys, kept = mine, vectors
-        else:
-            keys, kept = np.concatenate([keys, mine]), np.concatenate([kept, vectors])
-        if keys.size > CODEBOOK_SAMPLE_VECTORS:
-            best = np.argpartition(keys, CODEBOOK_SAMPLE_VECTORS)[:CODEBOOK_SAMPLE_VECTORS]
-            best.sort()
-            keys, kept = keys[best], kept[best]
-    if kept is None or seen <= INDEX_CODEBOOK_VECTORS or len(kept) < codecs.MIN_TRAIN:
+        if np.isfinite(bar):
+            below = mine < bar
+            mine, vectors = mine[below], vectors[below]
+        keys.append(mine)
+        kept.append(vectors)
+        held += len(mine)
+        if held > 2 * size:  # keep the smallest keys only, now and then (copies stay few)
+            keys, kept, bar = _smallest(keys, kept, size)
+            held = size
+    if seen <= INDEX_CODEBOOK_VECTORS or held < codecs.MIN_TRAIN:
         return None
-    return kept
+    return _smallest(keys, kept, size)[1][0]
+
+
+def _smallest(
+    keys: list[np.ndarray], kept: list[np.ndarray], size: int
+) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+    """The ``size`` vectors of ``kept`` with the smallest ``keys``, in their order, as one
+    array each, and the largest key kept (inf while fewer than ``size`` are held)."""
+    all_keys, all_kept = np.concatenate(keys), np.concatenate(kept)
+    if all_keys.size <= size:
+        return [all_keys], [all_kept], np.inf
+    best = np.sort(np.argpartition(all_keys, size)[:size])
+    return [all_keys[best]], [all_kept[best]], float(all_keys[best].max())
 
 
 def page_draw(
