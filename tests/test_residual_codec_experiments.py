@@ -247,3 +247,30 @@ def test_residual_speed_alternates_the_searches_and_reports_ratios(tmp_path, mon
     assert rows[1]["bytes_per_doc_all_files"] == rows[2]["bytes_per_doc_all_files"]
     table = table_residual_speed({"sets": [block], "command": "x", "commit": "c", "date": "d"})
     assert "res4 depth 8" in table and "1.00x" in table
+
+
+def test_codebook_draw_takes_whole_pages_or_tokens_of_every_page(monkeypatch) -> None:
+    """``experiments.codebook_draw``'s draws at a tiny size: ``pages`` is whole pages (each
+    drawn page's vectors, none of another), ``tokens`` the pipeline's uniform token sample,
+    ``first`` none (the build trains on its first vectors)."""
+    import latemm.pipeline
+    from experiments.codebook_draw import draw
+
+    monkeypatch.setattr(latemm.pipeline, "CODEBOOK_SAMPLE_VECTORS", 1200)
+    monkeypatch.setattr(latemm.pipeline, "INDEX_CODEBOOK_VECTORS", 1000)
+    monkeypatch.setattr(latemm.pipeline.codecs, "MIN_TRAIN", 100)
+    lengths = np.random.default_rng(0).integers(5, 40, 300)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    vectors = np.zeros((offsets[-1], 2), np.float32)
+    for page in range(300):
+        vectors[offsets[page] : offsets[page + 1], 0] = page
+        vectors[offsets[page] : offsets[page + 1], 1] = np.arange(lengths[page])
+    data = {"vectors": vectors, "offsets": offsets, "ids": [f"p{i}" for i in range(300)]}
+    pages = draw(data, "pages")
+    assert pages is not None and len(pages) >= 1200 - 40
+    drawn = np.unique(pages[:, 0]).astype(int)
+    assert len(pages) == lengths[drawn].sum()  # whole pages, each once
+    tokens = draw(data, "tokens")
+    assert tokens is not None and len(tokens) == 1200
+    assert len(np.unique(tokens[:, 0])) > len(drawn)  # from more pages than whole pages give
+    assert draw(data, "first") is None
