@@ -387,6 +387,7 @@ def evaluate_latemm(
     progress: bool = True,
     warm: bool = False,
     refine_depths: list[int] | None = None,
+    first_stage: str | None = None,
 ) -> list[dict[str, Any]]:
     """Per candidate count: one query at a time (p50/p95), batches (queries/s), and recall@10
     of the first ``len(exact_ids)`` queries (from the batched results). With ``warm``, every
@@ -399,13 +400,13 @@ def evaluate_latemm(
     if refine_depths:
         depths = list(refine_depths)
     for depth in depths:
-        retriever = Retriever(index, refine_depth=depth)
+        retriever = Retriever(index, refine_depth=depth, first_stage=first_stage)
         if warm:
             for q in queries:
                 retriever.search_embeddings([q], k=k, candidates=max(candidates))
         rows += _sweep(retriever, queries, exact_ids, candidates, batch_size, k, progress)
         for row in rows[-len(candidates) :]:
-            row["refine_depth"] = depth or index.config.default_depth
+            row["refine_depth"] = retriever.refine_depth
             row["first_stage"] = retriever.first_stage
     return rows
 
@@ -497,6 +498,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         nargs="+",
         default=None,
         help="with --refine: candidates per query rescored from the copy (each is measured)",
+    )
+    parser.add_argument(
+        "--first-stage",
+        default=None,
+        choices=("fde", "centroids"),
+        help="the searches' first stage (default: the index's recorded one)",
     )
     parser.add_argument("--plaid-max", type=int, default=2000, help="largest N for fast-plaid")
     parser.add_argument("--name", default=None, help="result name (default bench_scale_<pages>)")
@@ -632,6 +639,7 @@ def _measure(
         batch_size=args.batch_size,
         warm=args.warm,
         refine_depths=args.refine_depth,
+        first_stage=args.first_stage,
     )
     result["warm"] = args.warm
     result["targets"] = against_targets(result)

@@ -545,6 +545,66 @@ def table_residual_speed(r: dict[str, Any]) -> str:
     return f"{_provenance(r)}\n\n" + "\n\n".join(out)
 
 
+def table_codebook_draw(*runs: dict[str, Any]) -> str:
+    """Section 5d: the default index's recall with its codebook trained on the first vectors
+    added, on whole pages drawn at random, or on tokens drawn over every page
+    (``experiments.codebook_draw``)."""
+    out = []
+    for r in runs:
+        rows = [
+            [
+                block["set"],
+                x["draw"],
+                "-" if x["sample_vectors"] is None else f"{x['sample_vectors']:,}",
+                f"{x['recall@10']:.3f}",
+                f"{x['ndcg@10']:.4f}" if isinstance(x["ndcg@10"], float) else "-",
+            ]
+            for block in r["sets"]
+            for x in block["rows"]
+        ]
+        header = ["set", "codebook trained on", "vectors drawn", "recall@10", "nDCG@10"]
+        out.append(f"{_provenance(r)}\n\n{_table(header, rows)}")
+    return "\n\n".join(out)
+
+
+def table_scale_residual(*runs: dict[str, Any]) -> str:
+    """Section 5d: the 100k ColPali-shaped latency runs on the default index (res4 searched by
+    its centroids, ``experiments.bench_scale``): the build's run, then searches of the same
+    index with other depths or first stages, per candidate count."""
+    r = runs[0]
+    disk, build, exact = r["disk"], r["build"], r["exact"]
+    head = (
+        f"{r['pages']:,} pages, {disk['bytes_per_page'] / 1024:.1f} KiB per page every file "
+        f"counted ({disk['manifest_files_bytes'] / 2**30:.2f} GiB), built at "
+        f"{build['pages_per_s_wall']:.1f} pages/s; brute force "
+        f"{exact['brute_force_single_query_s']:.1f} s for one query (float32 in RAM)."
+    )
+    rows = [
+        [
+            x.get("first_stage", "-"),
+            x["refine_depth"],
+            x["candidates"],
+            f"{x['recall@10']:.3f}",
+            _sig3(x["p50_ms"]),
+            _sig3(x["p95_ms"]),
+            f"{x['batch_queries_per_s']:.1f}",
+        ]
+        for run in runs
+        for x in run["latemm"]
+    ]
+    header = [
+        "first stage",
+        "depth",
+        "C",
+        "recall@10",
+        "p50 ms",
+        "p95 ms",
+        "queries/s batched",
+    ]
+    provenance = "\n\n".join(_provenance(run) for run in runs)
+    return f"{provenance}\n\n{head}\n\n{_table(header, rows)}"
+
+
 def table_centroid_probe(r: dict[str, Any]) -> str:
     """Section 5d: recall@10 of the centroid first stage by probes and depth, beside the FDE's
     default candidates at the same depths (``experiments.centroid_probe``)."""
@@ -640,6 +700,15 @@ FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
     "residual_speed.mmlongbench_default": (
         ("residual_speed_mmlongbench_default",),
         table_residual_speed,
+    ),
+    "codebook_draw": (("codebook_draw_mmlongbench",), table_codebook_draw),
+    "scale.res4": (
+        (
+            "bench_scale_100000_res4",
+            "bench_scale_100000_res4_depth",
+            "bench_scale_100000_res4_fde",
+        ),
+        table_scale_residual,
     ),
     "refine.ab": (
         ("ab_refine_before_1", "ab_refine_after_1", "ab_refine_before_2", "ab_refine_after_2"),
