@@ -265,19 +265,21 @@ def table_refine(r: dict[str, Any]) -> str:
     return _table(header + ["recall@10", "nDCG@10"], rows)
 
 
+def _scale_row(x: dict[str, Any]) -> list[Any]:
+    """A bench_scale search row: depth, C, recall@10, p50, p95, batched queries/s."""
+    return [
+        x["refine_depth"],
+        x["candidates"],
+        f"{x['recall@10']:.3f}",
+        _sig3(x["p50_ms"]),
+        _sig3(x["p95_ms"]),
+        f"{x['batch_queries_per_s']:.1f}",
+    ]
+
+
 def table_refine_scale(r: dict[str, Any]) -> str:
     """Section 5c: 100k ColPali-shaped pages, pq1 codes with an int8 copy, per depth and C."""
-    rows = [
-        [
-            x["refine_depth"],
-            x["candidates"],
-            f"{x['recall@10']:.3f}",
-            _sig3(x["p50_ms"]),
-            _sig3(x["p95_ms"]),
-            f"{x['batch_queries_per_s']:.1f}",
-        ]
-        for x in r["latemm"]
-    ]
+    rows = [_scale_row(x) for x in r["latemm"]]
     header = ["depth", "C", "recall@10", "p50 ms", "p95 ms", "queries/s batched"]
     return _table(header, rows)
 
@@ -579,19 +581,7 @@ def table_scale_residual(*runs: dict[str, Any]) -> str:
         f"{build['pages_per_s_wall']:.1f} pages/s; brute force "
         f"{exact['brute_force_single_query_s']:.1f} s for one query (float32 in RAM)."
     )
-    rows = [
-        [
-            x.get("first_stage", "-"),
-            x["refine_depth"],
-            x["candidates"],
-            f"{x['recall@10']:.3f}",
-            _sig3(x["p50_ms"]),
-            _sig3(x["p95_ms"]),
-            f"{x['batch_queries_per_s']:.1f}",
-        ]
-        for run in runs
-        for x in run["latemm"]
-    ]
+    rows = [[x.get("first_stage", "-"), *_scale_row(x)] for run in runs for x in run["latemm"]]
     header = [
         "first stage",
         "depth",

@@ -586,51 +586,38 @@ def codebook_sample(
     ends the draw, not the ingest: the build reports it when it reaches that row, in file
     order, after committing the rows before it."""
     try:
-        return _codebook_sample(source, columns, encoder, dim, view, batch_size, pool_factor, known)
+        rows = view.rows if view is not None else np.arange(count_rows(source), dtype=np.int64)
+        exclude = view.exclude if view is not None else ()
+        if encoder is None:
+            batches = encoded_batches(
+                source,
+                columns=columns,
+                encoder=None,
+                dim=dim,
+                batch_size=batch_size,
+                pool_factor=pool_factor,
+                drop=("text", "image"),
+                view=view,
+            )
+            return token_sample(np.asarray(b.vectors, dtype=np.float32) for b in batches)
+        return page_draw(
+            lambda part: _encode_drawn(
+                source, columns, encoder, part, exclude, pool_factor, batch_size, known
+            ),
+            rows,
+            batch_size,
+        )
     except InputError:
         return None
-
-
-def _codebook_sample(
-    source: Path,
-    columns: Columns,
-    encoder: Encoder | None,
-    dim: int,
-    view: CorpusView | None,
-    batch_size: int,
-    pool_factor: int,
-    known: dict[str, np.ndarray] | None,
-) -> np.ndarray | None:
-    rows = view.rows if view is not None else np.arange(count_rows(source), dtype=np.int64)
-    exclude = view.exclude if view is not None else ()
-    if encoder is None:
-        batches = encoded_batches(
-            source,
-            columns=columns,
-            encoder=None,
-            dim=dim,
-            batch_size=batch_size,
-            pool_factor=pool_factor,
-            drop=("text", "image"),
-            view=view,
-        )
-        return token_sample(np.asarray(b.vectors, dtype=np.float32) for b in batches)
-    return page_draw(
-        lambda part: _encode_drawn(
-            source, columns, encoder, part, exclude, pool_factor, batch_size, known
-        ),
-        rows,
-        batch_size,
-    )
 
 
 def token_sample(batches: Iterable[np.ndarray]) -> np.ndarray | None:
     """``CODEBOOK_SAMPLE_VECTORS`` of the vectors in ``batches`` ((N, d) each, in corpus order),
     drawn uniformly in one pass: each vector gets a random key (seed 1, one stream whatever the
     batches) and the smallest keys are kept. A sample of whole pages does worse: on MMLongBench's
-    long pages, whose tokens cluster by page, the default index kept recall@10 0.953 trained on
-    tokens of every page and 0.933 on the same number of tokens from whole pages drawn at random
-    (``experiments/results/residual_speed_mmlongbench_default.json``). None when the batches hold
+    long pages, whose tokens cluster by page, the default index kept recall@10 0.956 trained on
+    tokens of every page and 0.938 on whole pages drawn at random (0.902 on the first vectors
+    added; ``experiments/results/codebook_draw_mmlongbench.json``). None when the batches hold
     no more than ``INDEX_CODEBOOK_VECTORS``."""
     rng = np.random.default_rng(1)
     size = CODEBOOK_SAMPLE_VECTORS

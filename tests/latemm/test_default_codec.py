@@ -22,6 +22,16 @@ def _index(corpus, path, *flags: str) -> Index:
     return Index.open(path)
 
 
+def _mean_errors(index: Index) -> dict[str, float]:
+    """Each document's mean reconstruction error, as its residual codes record it."""
+    errors = {}
+    for seg in index.segments:
+        for row, doc_id in enumerate(seg.doc_ids):
+            a, b = seg.offsets[row], seg.offsets[row + 1]
+            errors[doc_id] = float(np.asarray(seg.scales[a:b], dtype=np.float32).mean())
+    return errors
+
+
 def test_token_vectors_get_residual_codes_and_their_search_defaults(tmp_path) -> None:
     corpus = tmp_path / "c.parquet"
     write_corpus(corpus, 300)  # about 3,000 vectors: enough to train the codebook
@@ -126,11 +136,7 @@ def test_the_codebook_is_trained_on_pages_from_the_whole_corpus(tmp_path, monkey
     pq.write_table(table, corpus)
     index = _index(corpus, tmp_path / "idx", "--commit-every", "100")
     assert index.segments[0].dtype == "res4"  # trained before the first commit
-    errors = {}
-    for seg in index.segments:
-        for row, doc_id in enumerate(seg.doc_ids):
-            a, b = seg.offsets[row], seg.offsets[row + 1]
-            errors[doc_id] = float(np.asarray(seg.scales[a:b], dtype=np.float32).mean())
+    errors = _mean_errors(index)
     first = np.mean([errors[f"p{i:04d}"] for i in range(400)])
     second = np.mean([errors[f"p{i:04d}"] for i in range(400, 800)])
     assert second < 1.5 * first, (first, second)
@@ -174,11 +180,7 @@ def test_an_encoder_build_trains_on_drawn_pages_and_encodes_each_page_once(
     assert len(scans) == 3  # the draw's two reads (a first batch, then the rest) and the build's
     index = Index.open(tmp_path / "idx")
     assert index.segments[0].dtype == "res4"  # trained before the first commit
-    errors = {}
-    for seg in index.segments:
-        for row, doc_id in enumerate(seg.doc_ids):
-            a, b = seg.offsets[row], seg.offsets[row + 1]
-            errors[doc_id] = float(np.asarray(seg.scales[a:b], dtype=np.float32).mean())
+    errors = _mean_errors(index)
     first = np.mean([e for d, e in errors.items() if int(d[1:]) < 200])
     second = np.mean([e for d, e in errors.items() if int(d[1:]) >= 200])
     assert second < 1.5 * first, (first, second)
