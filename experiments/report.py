@@ -691,7 +691,10 @@ FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
         ("residual_speed_mmlongbench_default",),
         table_residual_speed,
     ),
-    "codebook_draw": (("codebook_draw_mmlongbench",), table_codebook_draw),
+    "codebook_draw": (
+        ("codebook_draw_mmlongbench", "codebook_draw_vaswani"),
+        table_codebook_draw,
+    ),
     "scale.res4": (
         (
             "bench_scale_100000_res4",
