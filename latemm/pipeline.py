@@ -586,8 +586,6 @@ def codebook_sample(
     ends the draw, not the ingest: the build reports it when it reaches that row, in file
     order, after committing the rows before it."""
     try:
-        rows = view.rows if view is not None else np.arange(count_rows(source), dtype=np.int64)
-        exclude = view.exclude if view is not None else ()
         if encoder is None:
             batches = encoded_batches(
                 source,
@@ -600,6 +598,8 @@ def codebook_sample(
                 view=view,
             )
             return token_sample(np.asarray(b.vectors, dtype=np.float32) for b in batches)
+        rows = view.rows if view is not None else np.arange(count_rows(source), dtype=np.int64)
+        exclude = view.exclude if view is not None else ()
         return page_draw(
             lambda part: _encode_drawn(
                 source, columns, encoder, part, exclude, pool_factor, batch_size, known
