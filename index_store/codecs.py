@@ -32,7 +32,7 @@ MaxSim over decoded vectors is within ``sum_i ||q_i|| * max error`` of the exact
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -131,6 +131,20 @@ def train(vectors: np.ndarray, dtype: str, *, seed: int = 0) -> np.ndarray:
     pq.cp.seed = seed
     pq.train(np.ascontiguousarray(vectors, dtype=np.float32))
     return faiss.vector_to_array(pq.centroids).astype(np.float32).reshape(shape)
+
+
+class TrainedCodebook(NamedTuple):
+    """A residual index's codebook (``train``'s) and the number of vectors it was trained on,
+    which the manifest records (``residual_training``)."""
+
+    values: np.ndarray
+    trained_on: int
+
+
+def train_codebook(sample: np.ndarray, dtype: str) -> TrainedCodebook:
+    """A residual codebook trained on ``sample`` (N, d), to code one index or every shard of a
+    collection with (``IndexWriter.use_vectors_codebook``)."""
+    return TrainedCodebook(train(np.asarray(sample, dtype=np.float32), dtype), len(sample))
 
 
 def _quantizer(codebook: np.ndarray) -> Any:

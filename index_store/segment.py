@@ -538,7 +538,7 @@ def _check_arrays(
             f"for {kind} vectors of dimension {config.dim} (config.dim)"
         )
     if "codebook" in arrays:
-        problems += _codebook_problems(arrays["codebook"], kind, config.dim)
+        problems += codebook_problems(arrays["codebook"], kind, config.dim)
         if entry.codec is not None and not problems:
             k = codecs.residual_centroids(arrays["codebook"], kind)
             if entry.codec["centroids"] != k:
@@ -574,7 +574,9 @@ def _check_arrays(
         )
 
 
-def _codebook_problems(codebook: np.ndarray, kind: str, dim: int) -> list[str]:
+def codebook_problems(codebook: np.ndarray, kind: str, dim: int) -> list[str]:
+    """What is wrong with ``codebook`` as the codebook of ``kind`` codes of ``dim`` dimensions
+    (its shape, non-finite values); empty when it fits."""
     if codecs.is_residual(kind):
         bucket_rows = (2 << codecs.RESIDUAL_BITS[kind]) - 1
         if codebook.shape[1] != dim or not (
@@ -723,7 +725,7 @@ def load_index_codebook(path: Path, kind: str, dim: int, centroids: int) -> np.n
     checked against the index's ``kind`` (a residual dtype), ``dim`` and the manifest's
     recorded ``centroids``."""
     codebook = _array(path, mmap=False, dtype=np.dtype(np.float16), ndim=2)
-    problems = _codebook_problems(codebook, kind, dim)
+    problems = codebook_problems(codebook, kind, dim)
     if not problems and codecs.residual_centroids(codebook, kind) != centroids:
         problems = [
             f"it holds {codecs.residual_centroids(codebook, kind)} centroids, the manifest "

@@ -71,6 +71,7 @@ from index_store.segment import (
     Segment,
     check_files,
     check_segment,
+    codebook_problems,
     load_index_codebook,
     open_segment,
     write_segment,
@@ -452,6 +453,14 @@ class Index:
                 }
             )
         return pa.concat_tables(tables, promote_options="default")
+
+    def trained_codebook(self) -> codecs.TrainedCodebook | None:
+        """The residual codebook of the whole index and the number of vectors it was trained
+        on, as ``IndexWriter.use_vectors_codebook`` takes it; None without one."""
+        entry = self.manifest.vectors_codebook
+        if entry is None or self.vectors_codebook is None:
+            return None
+        return codecs.TrainedCodebook(self.vectors_codebook, int(entry.codec["trained_on"]))
 
     def rejects(self) -> pa.Table:
         """Rows an ingest skipped: ``doc_id``, ``source``, ``row`` (int64), ``reason``; one per
@@ -955,6 +964,12 @@ class IndexWriter:
         another's) would code its later documents under centroids of the first ones
         (MMLongBench, 1,728 pages: recall@10 0.902 against 0.953). The next commit records
         it; every segment written from then on is coded with it."""
+        self.use_vectors_codebook(codecs.train_codebook(sample, self.config.dtype))
+
+    def use_vectors_codebook(self, trained: codecs.TrainedCodebook) -> None:
+        """Code this new residual index with a codebook trained elsewhere
+        (``codecs.train_codebook``): the shards of a collection share one, so each page is
+        coded as the unsharded index codes it. The next commit records it."""
         if self.config.residual_codebook != "index" or not codecs.is_residual(self.config.dtype):
             raise InputError(
                 f"{self.path}: a codebook trained from a sample is the index's residual one; this "
@@ -966,10 +981,11 @@ class IndexWriter:
                 f"{self.path} already holds vectors or a codebook: train it from a sample "
                 "before the first add"
             )
-        self._vectors_trained = codecs.train(
-            np.asarray(sample, dtype=np.float32), self.config.dtype
-        )
-        self._trained_on = len(sample)
+        problems = codebook_problems(trained.values, self.config.dtype, self.config.dim)
+        if problems:
+            raise InputError(f"{self.path}: the codebook given does not fit: {'; '.join(problems)}")
+        self._vectors_trained = trained.values
+        self._trained_on = trained.trained_on
 
     def _live_rows(self, s: int) -> np.ndarray:
         """Rows of segment ``s`` live after this commit's deletions."""

@@ -41,7 +41,13 @@ from index_store.errors import InputError, LatemmError, ShardUnavailableError, r
 from latemm.encoders.base import Encoder, check_recorded
 from latemm.field_parts import Pending
 from latemm.io import Columns, count_rows, open_dataset, read_batches, table_batch
-from latemm.pipeline import IndexReport, encode_corpus, index_corpus
+from latemm.pipeline import (
+    DrawnCodebook,
+    IndexReport,
+    encode_corpus,
+    index_corpus,
+    shard_codebook,
+)
 from latemm.sharded import (
     assign_shards,
     check_new_folder,
@@ -49,7 +55,6 @@ from latemm.sharded import (
     prepare,
     record_building,
     shard_name,
-    shard_options,
     staging_dir,
     writer_lock,
 )
@@ -419,6 +424,20 @@ def _encoder_info(loader: Callable[[], Encoder]) -> dict[str, Any]:
     return loader().info.to_dict()
 
 
+def _shard_codebook(
+    folders: list[Path],
+    corpus: str | Path,
+    options: dict[str, Any],
+    loader: Callable[[], Encoder],
+    draw: dict[str, Any],
+) -> tuple[dict[str, Any], DrawnCodebook | None]:
+    """``shard_codebook`` with the encoder ``loader`` loads, in the worker that calls it: the
+    draw an in-process build of the same corpus makes. The drawn pages' vectors stay here
+    (Ray Data encodes every page)."""
+    options, drawn = shard_codebook(folders, corpus, options, encoder=loader(), **draw)
+    return options, None if drawn is None else DrawnCodebook(drawn.trained, {})
+
+
 def _index_shard(partition: str, shard_dir: str, options: dict[str, Any]) -> tuple[int, int, int]:
     report = index_corpus(partition, shard_dir, progress=False, **options)
     return report.added, report.skipped, report.rejected
@@ -501,11 +520,21 @@ def _index_ray(
     task = ray.remote(num_cpus=1, max_retries=RETRIES)(_index_shard)
     # Encoded partitions have canonical column names; a precomputed corpus keeps the user's
     # names and its pooling is still to do.
+    codebook = None
+    if existing is None:  # every shard codes with one residual codebook, as in-process shards
+        folders = [root / "shards" / shard_name(s) for s in range(n)]
+        draw = {"columns": columns, "batch_size": batch_size, "pool_factor": pool_factor}
+        if loader is None:
+            options, codebook = shard_codebook(folders, corpus, options, **draw)
+        else:  # the draw encodes pages: in a worker, which loads the model
+            drawn = ray.remote(num_cpus=1)(_shard_codebook)
+            options, codebook = ray.get(drawn.remote(folders, corpus, options, loader, draw))
     per_shard = {
-        **shard_options(options),
+        **options,
         "batch_size": batch_size,
         "columns": columns if encoder is None else None,
         "pool_factor": pool_factor if encoder is None else 1,
+        "codebook": codebook,
     }
     futures = {
         shard: task.remote(

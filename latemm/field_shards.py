@@ -62,7 +62,6 @@ from latemm.sharded import (
     read_manifest,
     shard_name,
     shard_of,
-    shard_options,
     staging_dir,
     writer_lock,
 )
@@ -282,6 +281,7 @@ def index_field_shards(
         if existing is None and not (root / BUILDING).is_file():
             payload = {"shard_kind": FIELDS_SHARD_KIND, "hash": HASH, "num_shards": n}
             write_json_atomic(root / BUILDING, payload)
+        codebooks = _codebooks(root, corpus, requests, existing, n, cols, options)
         for shard, part in enumerate(parts):
             if part is None:
                 continue
@@ -293,7 +293,8 @@ def index_field_shards(
                     columns=cols,
                     device=device,
                     progress=progress,
-                    **shard_options(options),
+                    codebooks=codebooks,
+                    **options,
                 )
             except InputError as exc:  # name the user's file and row, not the shard's part
                 raise _in_user_terms(exc, part, Path(corpus), shard, n, cols) from exc
@@ -303,6 +304,32 @@ def index_field_shards(
         for spec in manifest.fields:
             counts[spec.name] = counts.get(spec.name, 0) + _field_documents(folder, spec)
     return {spec.name: counts.get(spec.name, 0) for spec in committed.fields}
+
+
+def _codebooks(
+    root: Path,
+    corpus: str | Path,
+    requests: list[FieldRequest],
+    existing: FieldShards | None,
+    n: int,
+    cols: Any,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """Field name -> the residual codebook every shard codes that new vector field with
+    (``latemm.fields.field_codebook``). A field the collection already records keeps the
+    codebooks its shards hold."""
+    from latemm.fields import field_codebook
+
+    recorded = {spec.name for spec in existing.fields} if existing is not None else set()
+    codebooks = {}
+    for req in requests:
+        if req.name in recorded:
+            continue
+        folders = [shard_dir(root, s) / "fields" / req.name for s in range(n)]
+        codebook = field_codebook(corpus, req, requests, folders, columns=cols, **options)
+        if codebook is not None:
+            codebooks[req.name] = codebook
+    return codebooks
 
 
 _ROW = re.compile(r"\b(rows?) (\d+)")

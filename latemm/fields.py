@@ -15,7 +15,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -608,6 +608,7 @@ def index_fields(
     columns: Any = None,
     device: str | None = None,
     progress: bool = True,
+    codebooks: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> dict[str, int]:
     """Index a Parquet corpus into the named fields of ``index_dir`` (created if needed).
@@ -619,6 +620,9 @@ def index_fields(
         folder, or an ``Encoder``), or ``FieldRequest`` s. Only these fields are encoded; fields
         already in the index and not named are left as they are (so a field can be added
         later). None re-indexes every recorded field with its recorded encoder.
+    codebooks
+        field name -> the residual codebook a new vector field is coded with
+        (``field_codebook``: the shards of a collection share one per field).
     options
         As for ``latemm.pipeline.index_corpus`` (dtype, faiss_factory, on_existing, ...).
 
@@ -660,8 +664,9 @@ def index_fields(
         content = manifest.pages is None  # no page store (an index from before it): as then
         counts = {}
         for req, plan in zip(requests, planned, strict=True):
+            codebook = (codebooks or {}).get(req.name)
             spec, count = _index_one(
-                root, source, req, plan, cols, drop_all, progress, options, content
+                root, source, req, plan, cols, drop_all, progress, options, content, codebook
             )
             manifest = manifest.with_field(spec)
             write_json_atomic(root / FIELDS_FILE, manifest.to_dict())  # commits this field
@@ -807,18 +812,16 @@ def _index_one(
     progress: bool,
     options: dict[str, Any],
     content: bool,
+    codebook: Any = None,
 ) -> tuple[FieldSpec, int]:
     """Build or extend one field from the rows of ``source`` it can read, read in place (no
     copy); returns its new spec and its document count. ``content=False``: a page store holds
-    the pages' text and image, so a vector field keeps neither."""
+    the pages' text and image, so a vector field keeps neither. ``codebook``: the residual
+    codebook a new vector field is coded with."""
     encoder, spec, recorded = plan.encoder, plan.spec, plan.recorded
-    column = {"text": cols.text, "embedding": spec.options.get("embedding_column")}.get(
-        spec.reads, cols.image
-    )
-    own = spec.options.get("embedding_column")
     base = index_path(root, "fields", req.name, what=f"field {req.name!r}'s folder")
     base.mkdir(parents=True, exist_ok=True)
-    rows, rejects = field_rows(source, reads=spec.reads, column=column, id_column=cols.id)
+    rows, rejects = _rows_of(source, spec, cols)
     if rejects and options.get("on_empty") == "error":
         first = rejects[0]
         raise InputError(
@@ -832,15 +835,68 @@ def _index_one(
             if rejects:  # no Index to hold the records: the last build's count
                 spec = replace(spec, options={**spec.options, "rejected": len(rejects)})
             return spec, int(spec.options["documents"])
-        from latemm.pipeline import CorpusView
-
-        view = CorpusView(rows, tuple(sorted(drop_all - {own})), tuple(rejects), content)
-        return spec, _index_vectors(base, source, view, spec, encoder, cols, progress, options)
+        view = _view(rows, rejects, spec, drop_all, content)
+        count = _index_vectors(base, source, view, spec, encoder, cols, progress, options, codebook)
+        return spec, count
     except InputError as exc:  # a bad row names the user's file and row: add the field
         text = str(exc)
         if str(source) not in text or f"field {req.name!r}" in text:
             raise
         raise type(exc)(f"{text} (field {req.name!r})") from exc
+
+
+def _rows_of(source: Path, spec: FieldSpec, cols: Any) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """The rows of ``source`` field ``spec`` can read, and the rejects records of the others."""
+    column = {"text": cols.text, "embedding": spec.options.get("embedding_column")}.get(
+        spec.reads, cols.image
+    )
+    return field_rows(source, reads=spec.reads, column=column, id_column=cols.id)
+
+
+def _view(
+    rows: np.ndarray,
+    rejects: list[dict[str, Any]],
+    spec: FieldSpec,
+    drop_all: set[str],
+    content: bool,
+) -> Any:
+    """The ``latemm.pipeline.CorpusView`` a vector field reads: its rows, without the other
+    fields' embedding columns."""
+    from latemm.pipeline import CorpusView
+
+    own = spec.options.get("embedding_column")
+    return CorpusView(rows, tuple(sorted(drop_all - {own})), tuple(rejects), content)
+
+
+def field_codebook(
+    corpus: str | Path,
+    req: FieldRequest,
+    requests: Sequence[FieldRequest],
+    built: Sequence[Path],
+    *,
+    columns: Any = None,
+    **options: Any,
+) -> Any:
+    """The residual codebook every shard codes its part of vector field ``req`` with, drawn
+    from the whole ``corpus`` (``latemm.pipeline.shard_codebook``; ``built``: the field's
+    folder in each shard, whose committed codebook a resumed build keeps). None for a BM25
+    or single-vector field, or a field that is not residual. ``requests``: every field of the
+    build (their embedding columns are not read)."""
+    from latemm.io import Columns
+    from latemm.pipeline import shard_codebook
+
+    cols = columns or Columns()
+    encoder, spec = _spec_for(req, cols, None)
+    if spec.kind != "multi":
+        return None
+    source = Path(corpus)
+    rows, rejects = _rows_of(source, spec, cols)
+    if len(rows) == 0:
+        return None
+    view = _view(rows, rejects, spec, _embedding_columns(list(requests), cols), False)
+    field_cols = replace(cols, embedding=spec.options.get("embedding_column", "\0none"))
+    draw = {"encoder": encoder, "columns": field_cols, "view": view}
+    return shard_codebook(built, source, options, **draw)[1]
 
 
 def _spec_for(req: FieldRequest, cols: Any, device: str | None) -> tuple[Any, FieldSpec]:
@@ -870,6 +926,7 @@ def _index_vectors(
     cols: Any,
     progress: bool,
     options: dict[str, Any],
+    codebook: Any = None,
 ) -> int:
     """Add the rows of ``view`` (a ``latemm.pipeline.CorpusView`` of ``corpus``) to a vector
     field's sub-index; returns its document count."""
@@ -886,6 +943,7 @@ def _index_vectors(
         single_vector=spec.kind == "single",
         progress=progress,
         view=view,
+        codebook=codebook,
         **options,
     )
     return report.documents

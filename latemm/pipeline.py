@@ -465,6 +465,7 @@ def index_corpus(
     refine_depth: int = DEFAULT_REFINE_DEPTH,
     keep_images: bool | None = None,
     view: CorpusView | None = None,
+    codebook: DrawnCodebook | None = None,
 ) -> IndexReport:
     """Add a Parquet corpus (file or directory) to an index, creating it if needed.
 
@@ -482,6 +483,8 @@ def index_corpus(
     float16 for single vectors). ``keep_images``: store the page images in the index; by default only when the encoder
     reads images (a text encoder's index keeps the text, source and page, not the images).
     ``view``: index only part of the file, read in place (``CorpusView``: a named field).
+    ``codebook``: the residual codebook a new index is coded with (``draw_codebook``: the one
+    a collection's shards share), instead of one drawn from this corpus.
     """
     if on_existing not in ON_EXISTING:
         raise InputError(f"on_existing must be 'skip', 'upsert' or 'error', got {on_existing!r}")
@@ -513,7 +516,14 @@ def index_corpus(
     drop = _unread_images(used, cols, keep_images)
     if view is not None and not view.content:
         drop = [*drop, "text", "image"]
-    known: dict[str, np.ndarray] = {}  # pages the codebook's draw has encoded already
+    new = not (Path(index_dir) / "manifest.json").is_file()
+    if not new or config.residual_codebook != "index":
+        codebook = None
+    elif codebook is None and total > commit_every:
+        # The build commits more than once, so it would train on the first vectors it adds.
+        codebook = draw_codebook(
+            source, cols, used, config, view=view, batch_size=batch_size, pool_factor=pool_factor
+        )
     batches = encoded_batches(
         source,
         columns=cols,
@@ -525,15 +535,8 @@ def index_corpus(
         pool_factor=pool_factor,
         drop=drop,
         view=view,
-        known=known,
+        known=codebook.known if codebook is not None else None,
     )
-    sample = None
-    new = not (Path(index_dir) / "manifest.json").is_file()
-    if config.residual_codebook == "index" and new and total > commit_every:
-        # The build commits more than once, so it would train on the first vectors it adds.
-        sample = codebook_sample(
-            source, cols, used, config.dim, view, batch_size, pool_factor, known
-        )
     bar = progress_bar(total, "indexing", progress)
     try:
         return _write_batches(
@@ -545,7 +548,7 @@ def index_corpus(
             sidecar=recorded,
             bar=bar,
             source=source,
-            sample=sample,
+            codebook=codebook.trained if codebook is not None else None,
         )
     finally:
         bar.close()
@@ -561,6 +564,95 @@ def rows_to_read(source: Path, view: CorpusView | None) -> int:
     return int(view.rows.size) if view is not None else count_rows(source)
 
 
+@dataclass
+class DrawnCodebook:
+    """A new residual index's codebook, trained on vectors drawn from the whole corpus, and
+    the vectors the encoder made for the draw, by doc id, for the build to take from there
+    (``encoded_batches(known=...)``: each page is encoded once)."""
+
+    trained: codecs.TrainedCodebook
+    known: dict[str, np.ndarray]
+
+
+def draw_codebook(
+    source: Path,
+    columns: Columns,
+    encoder: Encoder | None,
+    config: IndexConfig,
+    *,
+    view: CorpusView | None = None,
+    batch_size: int = 64,
+    pool_factor: int = 1,
+    whole: bool = False,
+) -> DrawnCodebook | None:
+    """The codebook of a new residual index (``config``), trained on ``codebook_sample``'s
+    draw from ``source``; None when the draw gives none (below). ``whole``: a corpus of no
+    more than ``INDEX_CODEBOOK_VECTORS`` is drawn whole, rather than left to the build's last
+    commit: the shards of a collection then share the codebook the unsharded index trains."""
+    known: dict[str, np.ndarray] = {}
+    sample = codebook_sample(
+        source, columns, encoder, config.dim, view, batch_size, pool_factor, known, whole=whole
+    )
+    if sample is None:
+        return None
+    return DrawnCodebook(codecs.train_codebook(sample, config.dtype), known)
+
+
+def collection_codebook(
+    corpus: str | Path,
+    *,
+    encoder: Encoder | None = None,
+    columns: Columns | None = None,
+    view: CorpusView | None = None,
+    dtype: str = "auto",
+    single_vector: bool = False,
+    batch_size: int = 64,
+    pool_factor: int = 1,
+    **_: Any,
+) -> DrawnCodebook | None:
+    """The residual codebook every shard of a new collection is coded with, drawn from the
+    whole corpus (``draw_codebook(whole=True)``), so that each shard codes a page exactly as
+    the unsharded index of the same corpus does and their centroid scores compare. None when
+    a new index of these vectors is not residual (single vectors, a ``dtype`` given) or the
+    corpus is too small to train one. Takes ``index_corpus``'s options, ignoring the others."""
+    source = Path(corpus)
+    cols = columns or Columns()
+    used = _encoder_used(source, cols, encoder)
+    dim = used.dim if used is not None else first_dim(source, cols, view)
+    config = new_index_config(dim, encoder=used, dtype=dtype, single_vector=single_vector)
+    if config.residual_codebook != "index":
+        return None
+    return draw_codebook(
+        source,
+        cols,
+        used,
+        config,
+        view=view,
+        batch_size=batch_size,
+        pool_factor=pool_factor,
+        whole=True,
+    )
+
+
+def shard_codebook(
+    shard_dirs: Sequence[Path], corpus: str | Path, options: dict[str, Any], **draw: Any
+) -> tuple[dict[str, Any], DrawnCodebook | None]:
+    """``index_corpus``'s options for each shard of a new collection (``shard_dirs``), and the
+    residual codebook they share: every shard codes a page as the unsharded index of
+    ``corpus`` does, so their centroid scores compare and merge exactly
+    (``latemm.pipeline.collection_codebook``; ``draw``: its encoder, columns, view).
+
+    A first build cut short and run again takes the dtype and codebook of the shards it
+    committed, so the shards still share one."""
+    for folder in shard_dirs:
+        if (folder / "manifest.json").is_file():
+            built = Index.open(folder, verify="none")
+            trained = built.trained_codebook()
+            kept = {**options, "dtype": built.config.dtype}
+            return kept, (DrawnCodebook(trained, {}) if trained is not None else None)
+    return options, collection_codebook(corpus, **draw, **options)
+
+
 def codebook_sample(
     source: Path,
     columns: Columns,
@@ -570,12 +662,14 @@ def codebook_sample(
     batch_size: int,
     pool_factor: int,
     known: dict[str, np.ndarray] | None = None,
+    *,
+    whole: bool = False,
 ) -> np.ndarray | None:
     """Vectors drawn from the whole corpus, to train a new residual index's codebook on
-    before the build (``IndexWriter.train_vectors_codebook``) rather than on the first vectors
+    before the build (``IndexWriter.use_vectors_codebook``) rather than on the first vectors
     added, as PLAID samples its collection. None when the corpus holds no more than
-    ``INDEX_CODEBOOK_VECTORS`` (the build's last commit then trains on all of it) or the draw
-    gives fewer than ``codecs.MIN_TRAIN``.
+    ``INDEX_CODEBOOK_VECTORS`` (the build's last commit then trains on all of it; ``whole``:
+    all of it is the sample) or the draw gives fewer than ``codecs.MIN_TRAIN``.
 
     Precomputed vectors are read once more, in file order, and ``token_sample`` keeps
     ``CODEBOOK_SAMPLE_VECTORS`` of them drawn uniformly. An ``encoder``'s pages are drawn
@@ -597,7 +691,9 @@ def codebook_sample(
                 drop=("text", "image"),
                 view=view,
             )
-            return token_sample(np.asarray(b.vectors, dtype=np.float32) for b in batches)
+            return token_sample(
+                (np.asarray(b.vectors, dtype=np.float32) for b in batches), whole=whole
+            )
         rows = view.rows if view is not None else np.arange(count_rows(source), dtype=np.int64)
         exclude = view.exclude if view is not None else ()
         return page_draw(
@@ -606,19 +702,21 @@ def codebook_sample(
             ),
             rows,
             batch_size,
+            whole=whole,
         )
     except InputError:
         return None
 
 
-def token_sample(batches: Iterable[np.ndarray]) -> np.ndarray | None:
+def token_sample(batches: Iterable[np.ndarray], *, whole: bool = False) -> np.ndarray | None:
     """``CODEBOOK_SAMPLE_VECTORS`` of the vectors in ``batches`` ((N, d) each, in corpus order),
     drawn uniformly in one pass: each vector gets a random key (seed 1, one stream whatever the
     batches) and the smallest keys are kept. A sample of whole pages does worse: on MMLongBench's
     long pages, whose tokens cluster by page, the default index kept recall@10 0.956 trained on
     tokens of every page and 0.938 on whole pages drawn at random (0.902 on the first vectors
     added; ``experiments/results/codebook_draw_mmlongbench.json``). None when the batches hold
-    no more than ``INDEX_CODEBOOK_VECTORS``."""
+    no more than ``INDEX_CODEBOOK_VECTORS`` (``whole``: all of them, in order) or fewer than
+    ``codecs.MIN_TRAIN``."""
     rng = np.random.default_rng(1)
     size = CODEBOOK_SAMPLE_VECTORS
     keys: list[np.ndarray] = []
@@ -637,7 +735,7 @@ def token_sample(batches: Iterable[np.ndarray]) -> np.ndarray | None:
         if held > 2 * size:  # keep the smallest keys only, now and then (copies stay few)
             keys, kept, bar = _smallest(keys, kept, size)
             held = size
-    if seen <= INDEX_CODEBOOK_VECTORS or held < codecs.MIN_TRAIN:
+    if (seen <= INDEX_CODEBOOK_VECTORS and not whole) or held < codecs.MIN_TRAIN:
         return None
     return _smallest(keys, kept, size)[1][0]
 
@@ -655,20 +753,26 @@ def _smallest(
 
 
 def page_draw(
-    read: Callable[[np.ndarray], np.ndarray], rows: np.ndarray, batch_size: int
+    read: Callable[[np.ndarray], np.ndarray],
+    rows: np.ndarray,
+    batch_size: int,
+    *,
+    whole: bool = False,
 ) -> np.ndarray | None:
     """Whole pages drawn at random (seed 0) from ``rows`` until ``CODEBOOK_SAMPLE_VECTORS``
     vectors, at most half the pages; ``read(sorted rows)`` gives their (N, d) vectors. Two
     reads: a first batch of pages says how many vectors a page holds, then the pages that
     should bring the rest. None when the first batch says the corpus holds no more than
-    ``INDEX_CODEBOOK_VECTORS``."""
+    ``INDEX_CODEBOOK_VECTORS``; ``whole``: every page then, the first batch and the rest.
+    None too when the draw holds fewer than ``codecs.MIN_TRAIN`` vectors."""
     order = np.random.default_rng(0).permutation(rows)
     first = read(np.sort(order[:batch_size]))
     per_page = len(first) / max(min(batch_size, order.size), 1)
-    if per_page * order.size <= INDEX_CODEBOOK_VECTORS:
+    small = per_page * order.size <= INDEX_CODEBOOK_VECTORS
+    if small and not whole:
         return None
     more = int(np.ceil(max(CODEBOOK_SAMPLE_VECTORS - len(first), 0) / max(per_page, 1e-9)))
-    stop = min(batch_size + more, order.size // 2)
+    stop = order.size if small else min(batch_size + more, order.size // 2)
     rest = read(np.sort(order[batch_size:stop])) if stop > batch_size else first[:0]
     sample = np.concatenate([first, rest])
     return sample if len(sample) >= codecs.MIN_TRAIN else None
@@ -780,17 +884,17 @@ def _write_batches(
     sidecar: pa.Table | list[dict[str, Any]] | None,
     bar: Any,
     source: Path,
-    sample: np.ndarray | None = None,
+    codebook: codecs.TrainedCodebook | None = None,
 ) -> IndexReport:
     """The writer loop: add each batch and its rejects, commit every ``commit_every`` rows.
-    ``sample``: vectors a new residual index trains its codebook on first."""
+    ``codebook``: the residual codebook a new index is coded with."""
     writer = None
     added = skipped = rejected = pending = 0
 
     def opened() -> IndexWriter:
         new = create(index_dir, config)
-        if sample is not None:
-            new.train_vectors_codebook(sample)
+        if codebook is not None:
+            new.use_vectors_codebook(codebook)
         return new
 
     try:

@@ -41,7 +41,7 @@ from index_store.fsio import find_links, read_json_object, refuse_links, write_j
 from index_store.housekeeping import acquire_lock, release_lock
 from latemm.encoders.base import check_recorded
 from latemm.io import Columns, open_dataset
-from latemm.pipeline import IndexReport, index_corpus
+from latemm.pipeline import IndexReport, index_corpus, shard_codebook
 
 SHARDS_MANIFEST = "shards.json"
 SHARDS_FORMAT_VERSION = 1
@@ -503,16 +503,6 @@ def commit_shards(
     return manifest
 
 
-def shard_options(options: dict[str, Any]) -> dict[str, Any]:
-    """``index_corpus``'s ``options`` for each shard of a collection: there ``dtype="auto"``
-    (or none) is float16, not the residual codes of an unsharded index. Each index trains its
-    own residual codebook, so shards coded apart would not rank as the one index built from
-    the same pages; until the shards share one codebook, they store float16."""
-    if options.get("dtype", "auto") == "auto":
-        return {**options, "dtype": "float16"}
-    return options
-
-
 def index_sharded(
     corpus: str | Path,
     index_dir: str | Path,
@@ -555,8 +545,13 @@ def _index_sharded(
         check_recorded(existing.config.encoder, encoder.info, root)
     added = skipped = rejected = 0
     parts = partition_corpus(corpus, staging, n, columns=columns)
+    codebook = None
     if existing is None:
         record_building(root, n)
+        folders = [root / "shards" / shard_name(s) for s in range(n)]
+        options, codebook = shard_codebook(
+            folders, corpus, options, encoder=encoder, columns=columns
+        )
     for shard, part in enumerate(parts):
         if part is None:
             continue
@@ -566,7 +561,8 @@ def _index_sharded(
             encoder=encoder,
             columns=columns,
             progress=progress,
-            **shard_options(options),
+            codebook=codebook,
+            **options,
         )
         added, skipped = added + report.added, skipped + report.skipped
         rejected += report.rejected

@@ -85,9 +85,11 @@ def test_api_verify_names_a_damaged_file(corpus, tmp_path) -> None:
 def vectors(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("one-searcher")
     write_corpus(tmp / "c.parquet", 600)
-    # the one index stored as the shards are (float16: latemm.sharded.shard_options)
+    # float16 on both sides: the FDE first stage of each shard scores a page as the one index
+    # does at every candidate count (a res4 shard probes its own centroids: test_sharded's
+    # test_sharded_res4_shares_the_unsharded_codebook compares those over every page)
     return _index(tmp / "c.parquet", tmp / "one", ["--dtype", "float16"]), _index(
-        tmp / "c.parquet", tmp / "three", ["--shards", "3"]
+        tmp / "c.parquet", tmp / "three", ["--shards", "3", "--dtype", "float16"]
     )
 
 

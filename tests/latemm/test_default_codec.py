@@ -51,8 +51,9 @@ def test_token_vectors_get_residual_codes_and_their_search_defaults(tmp_path) ->
 
 def test_float16_where_residual_codes_cannot_go(tmp_path) -> None:
     """An odd dimension (4 bits per dimension fill whole bytes only in pairs) and single
-    vectors keep float16; so do the shards of a collection (each index trains its own
-    codebook, and shards coded apart would not rank as one index)."""
+    vectors keep float16. The shards of a collection store res4 like one index: they share
+    one codebook (``latemm.pipeline.shard_codebook``; test_sharded compares them with the
+    unsharded index); a dtype given is kept."""
     assert new_index_dtype("auto", 15) == "float16"
     assert new_index_dtype("auto", 16, single_vector=True) == "float16"
     assert new_index_dtype("auto", 16) == "res4"
@@ -63,7 +64,7 @@ def test_float16_where_residual_codes_cannot_go(tmp_path) -> None:
     corpus = tmp_path / "c.parquet"
     write_corpus(corpus, 120)
     assert main(["index", str(corpus), "--index", str(tmp_path / "s"), "--shards", "2"]) == 0
-    assert read_manifest(tmp_path / "s").config.dtype == "float16"
+    assert read_manifest(tmp_path / "s").config.dtype == "res4"
     named = tmp_path / "named"
     assert (
         main(["index", str(corpus), "--index", str(named), "--shards", "2", "--dtype", "int8"]) == 0

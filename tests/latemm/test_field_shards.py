@@ -369,3 +369,42 @@ def test_cli_options_that_cannot_apply_to_a_collection(pair, corpus, capsys) -> 
         err = capsys.readouterr().err
         assert named in err and err.count("\n") == 1 and "Traceback" not in err, err
     assert read_field_shards(sharded).generation == 1  # nothing was written
+
+
+def test_default_res4_fields_share_each_fields_codebook_across_shards(tmp_path) -> None:
+    """Built with the default dtype, each vector field of every shard stores res4 under the
+    codebook the unsharded fields index trains for that field (drawn from the whole corpus,
+    ``latemm.fields.field_codebook``), also for a field added later; over every page the
+    collection then gives the unsharded index's ids and scores."""
+    from index_store import Index
+    from tests.helpers import write_corpus
+
+    path, n = tmp_path / "c.parquet", 300
+    write_corpus(path, n)
+    table = pq.read_table(path)
+    table = table.append_column("emb2", table.column("embedding"))
+    pq.write_table(table, path)
+    one, sharded = tmp_path / "one", tmp_path / "sharded"
+    first, later = {"e": "embedding:embedding"}, {"f": "embedding:emb2"}
+    for fields in (first, later):
+        index_fields(path, one, fields, progress=False)
+        index_field_shards(path, sharded, fields, num_shards=SHARDS, progress=False)
+    for name in ("e", "f"):
+        whole = Index.open(one / "fields" / name)
+        assert whole.config.dtype == "res4"
+        trained = whole.trained_codebook()
+        assert trained is not None
+        for shard in range(SHARDS):
+            part = Index.open(shard_dir(sharded, shard) / "fields" / name)
+            assert np.array_equal(part.trained_codebook().values, trained.values), (name, shard)
+    rng = np.random.default_rng(2)
+    queries = [rng.standard_normal((3, 16)).astype(np.float32) for _ in range(4)]
+    for name in ("e", "f"):
+        got, want = (
+            FieldRetriever(folder, fields=[name], refine_depth=n).search(
+                TEXTS, k=10, candidates=n, query_vectors={name: queries}
+            )
+            for folder in (sharded, one)
+        )
+        assert got.doc_ids.tolist() == want.doc_ids.tolist(), name
+        np.testing.assert_allclose(got.scores, want.scores, rtol=1e-6)

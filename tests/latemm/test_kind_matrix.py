@@ -169,8 +169,9 @@ def test_api_build_index_with_num_shards(indexes, tmp_path) -> None:
     again = latemm.build_index(indexes["corpus"], tmp_path / "api")  # adds to it: keeps N
     assert again.num_shards == 3 and sum(again.documents) == 60
     a = latemm.search(tmp_path / "api", indexes["queries"], k=10)
-    # the one index stored as shards store by default (float16: latemm.sharded.shard_options)
-    latemm.build_index(indexes["corpus"], tmp_path / "one", dtype="float16")
+    # the one index stored as shards store by default: res4 under the codebook they share
+    # (latemm.pipeline.shard_codebook); 60 pages, so every centroid is probed on both sides
+    latemm.build_index(indexes["corpus"], tmp_path / "one")
     b = latemm.search(tmp_path / "one", indexes["queries"], k=10)
     assert a.equals(b)
     # fields= with num_shards: a sharded multi-field collection (issue 26, fields x shards).

@@ -142,14 +142,11 @@ def indexes(cluster, tmp_path_factory) -> tuple[Path, Path, Path, int]:
     write_corpus(corpus, n)
     write_queries(queries, 16)
     single, sharded = tmp / "single", tmp / "sharded"
-    # stored as the shards are (float16: latemm.sharded.shard_options)
-    assert (
-        main(["index", str(corpus), "--index", str(single), "--dtype", "float16", "--quiet"]) == 0
-    )
-    assert (
-        main(["index", str(corpus), "--index", str(sharded), "--ray", "--shards", "4", "--quiet"])
-        == 0
-    )
+    # float16 on both sides: the FDE first stage of each shard scores a page as the one index
+    # does at every candidate count (res4 shards on Ray: test_ray_shards_share_one_codebook)
+    for folder, flags in ((single, []), (sharded, ["--ray", "--shards", "4"])):
+        args = ["index", str(corpus), "--index", str(folder), "--dtype", "float16", *flags]
+        assert main([*args, "--quiet"]) == 0
     return queries, single, sharded, n
 
 
@@ -172,6 +169,34 @@ def test_four_shards_on_ray_return_exactly_one_index_top_k(indexes, tmp_path) ->
         assert main(args + ["--candidates", str(n)] + extra) == 0
         runs[name] = pq.read_table(out)
     assert runs["one"].equals(runs["ray"])
+
+
+def test_ray_shards_share_one_codebook(cluster, tmp_path) -> None:
+    """Shards built on Ray store the default res4 under one codebook, the one an in-process
+    build of the same corpus trains (drawn from the user's file, not from the shards'
+    partitions), so over every page they rank as the unsharded index."""
+    from index_store import Index
+
+    corpus, n = tmp_path / "corpus.parquet", 300
+    write_corpus(corpus, n)
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    assert main(["index", str(corpus), "--index", str(single), "--quiet"]) == 0
+    args = ["index", str(corpus), "--index", str(sharded), "--ray", "--shards", "3", "--quiet"]
+    assert main(args) == 0
+    trained = Index.open(single).trained_codebook()
+    assert trained is not None
+    for folder in sorted((sharded / "shards").iterdir()):
+        shard = Index.open(folder)
+        assert shard.config.dtype == "res4" and shard.trained_codebook() is not None
+        np.testing.assert_array_equal(shard.trained_codebook().values, trained.values)
+    rng = np.random.default_rng(7)
+    qs = [rng.standard_normal((4, DIM)).astype(np.float32) for _ in range(8)]
+    one = Retriever(single, refine_depth=n).search_embeddings(qs, k=10, candidates=n)
+    three = open_retriever(sharded, ray="local", refine_depth=n).search_embeddings(
+        qs, k=10, candidates=n
+    )
+    assert (one.doc_ids == three.doc_ids).all()
+    np.testing.assert_allclose(three.scores, one.scores, rtol=1e-6)
 
 
 def test_dead_shard_actor_is_restarted_or_named(indexes) -> None:

@@ -38,11 +38,11 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, P
     write_corpus(corpus, N_DOCS)
     write_queries(queries, 12)
     single, sharded = tmp / "single", tmp / "sharded"
-    # stored as the shards are (float16: latemm.sharded.shard_options)
-    assert (
-        main(["index", str(corpus), "--index", str(single), "--dtype", "float16", "--quiet"]) == 0
-    )
-    assert main(["index", str(corpus), "--index", str(sharded), "--shards", "4", "--quiet"]) == 0
+    # float16 on both sides: their FDE first stage rescores every document at candidates >=
+    # the corpus (the default res4 is test_sharded_res4_shares_the_unsharded_codebook's).
+    for folder, shards in ((single, []), (sharded, ["--shards", "4"])):
+        args = ["index", str(corpus), "--index", str(folder), "--dtype", "float16", *shards]
+        assert main([*args, "--quiet"]) == 0
     return corpus, queries, single, sharded
 
 
@@ -230,3 +230,76 @@ def test_ray_flag_needs_a_sharded_index(built, tmp_path, capsys) -> None:
     out = tmp_path / "run.parquet"
     assert main(["search", str(single), str(queries), "--out", str(out), "--ray"]) == 2
     assert "--ray serves a sharded index" in capsys.readouterr().err
+
+
+def test_sharded_res4_shares_the_unsharded_codebook(tmp_path) -> None:
+    """A sharded collection stores the default residual codes (res4), not float16: its shards
+    share one codebook, drawn from the whole corpus, and it is the one the unsharded index of
+    the same corpus trains. Every page is then coded as that index codes it, so searched over
+    every page (depth and candidates >= the corpus) the shards give its ids and scores."""
+    corpus = tmp_path / "corpus.parquet"
+    write_corpus(corpus, N_DOCS)
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    assert main(["index", str(corpus), "--index", str(single), "--quiet"]) == 0
+    assert main(["index", str(corpus), "--index", str(sharded), "--shards", "4", "--quiet"]) == 0
+    one = Index.open(single)
+    assert one.config.dtype == "res4" and one.config.first_stage == "centroids"
+    trained = one.trained_codebook()
+    assert trained is not None
+    shards = sorted((sharded / "shards").iterdir())
+    assert len(shards) == 4
+    for folder in shards:
+        shard = Index.open(folder)
+        assert shard.config == one.config
+        got = shard.trained_codebook()
+        assert got is not None and got.trained_on == trained.trained_on
+        assert np.array_equal(got.values, trained.values)
+    queries = _queries()
+    exact = Retriever(single, refine_depth=N_DOCS).search_embeddings(
+        queries, k=20, candidates=N_DOCS
+    )
+    four = OneFieldRetriever(sharded, refine_depth=N_DOCS).search_embeddings(
+        queries, k=20, candidates=N_DOCS
+    )
+    assert (exact.doc_ids == four.doc_ids).all()
+    np.testing.assert_allclose(four.scores, exact.scores, rtol=1e-6)
+    # Codes of 11 bytes per 16-d vector (3 for the centroid, 8 for the residual) against 32.
+    float16 = tmp_path / "float16"
+    assert main(["index", str(corpus), "--index", str(float16), "--shards", "4",
+                 "--dtype", "float16", "--quiet"]) == 0  # fmt: skip
+    vectors = {
+        name: sum(f.stat().st_size for f in (root / "shards").rglob("vectors.npy"))
+        for name, root in (("res4", sharded), ("float16", float16))
+    }
+    assert vectors["res4"] * 2 < vectors["float16"]
+
+
+def test_a_first_build_cut_short_keeps_the_codebook_of_its_committed_shards(
+    tmp_path, monkeypatch
+) -> None:
+    """Run again (here over a corpus that grew meanwhile, whose draw would differ), the build
+    codes its remaining shards with the codebook of the shards it committed."""
+    import latemm.sharded
+
+    corpus = tmp_path / "corpus.parquet"
+    write_corpus(corpus, N_DOCS)
+    idx = tmp_path / "idx"
+    real, calls = latemm.sharded.index_corpus, []
+
+    def cut_short(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(latemm.sharded, "index_corpus", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        index_sharded(corpus, idx, num_shards=4, progress=False)
+    monkeypatch.undo()
+    committed = Index.open(calls[0]).trained_codebook()
+    assert committed is not None
+    write_corpus(corpus, N_DOCS + 100, seed=5)  # other vectors: another draw
+    index_sharded(corpus, idx, progress=False)
+    for folder in sorted((idx / "shards").iterdir()):
+        got = Index.open(folder).trained_codebook()
+        assert got is not None and np.array_equal(got.values, committed.values), folder.name
