@@ -311,8 +311,10 @@ def run_short(
         found[row["query_id"]].append(row["doc_id"])
     n = prep["queries"]
     recall = _recall([found[q] for q in prep["query_ids"]], prep["exact"])
+    disk = sum(f.stat().st_size for f in index.rglob("*") if f.is_file())
     subprocess.run(["rm", "-rf", str(index)], check=True)
     return {
+        "disk_mib": disk / 2**20,
         "build_s": build,
         "search_s": search,
         "search_one_s": one,
@@ -648,6 +650,9 @@ def _shape_blocks(r: dict[str, Any]) -> list[str]:
         if shape == "short":
             header = ["checkout", "build s", "ms/query (whole)", "ms/query (marginal)"]
             keys = ["build_s", "ms_per_query", "marginal_ms_per_query"]
+            if any("disk_mib" in row for row in block["median"].values()):
+                header.append("MiB on disk")
+                keys.append("disk_mib")
         else:
             header = ["checkout", "build s", "first pass p50 ms", "warm p50 ms", "warm mean ms"]
             keys = ["build_s", "first_pass_p50_ms", "p50_ms", "mean_ms"]
