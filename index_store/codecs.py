@@ -32,11 +32,13 @@ MaxSim over decoded vectors is within ``sum_i ||q_i|| * max error`` of the exact
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
+from fde.encode import cpu_threads
 from index_store.errors import IndexCorruptError, InputError
 
 DTYPES = ("float16", "float32", "int8", "binary", "pq1", "pq2", "res1", "res2", "res4")
@@ -351,8 +353,8 @@ def train_residual(vectors: np.ndarray, nbits: int, *, seed: int = 0) -> np.ndar
     kmeans.train(sample)
     # (K, d), rounded to what is stored
     centroids = np.asarray(np.asarray(kmeans.centroids, dtype=np.float16), dtype=np.float32)
-    _, assigned = kmeans.index.search(sample, 1)
-    residuals = sample - centroids[assigned[:, 0]]  # (S, d)
+    assigned = nearest_centroids(sample, kmeans.centroids)
+    residuals = sample - centroids[assigned]  # (S, d)
     cutoffs, weights = bucket_levels(residuals, nbits)
     return np.concatenate([centroids, cutoffs, weights]).astype(np.float16)
 
@@ -453,26 +455,68 @@ def centroid_ids(codes: np.ndarray) -> np.ndarray:
     return c[:, 0] | (c[:, 1] << 8) | (c[:, 2] << 16)
 
 
+# Scores per block of ``nearest_centroids`` (rows x centroids): 64 MiB of float32.
+_ASSIGN_BLOCK_SCORES = 1 << 24
+
+
+def nearest_centroids(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """(N,) int64: the nearest of ``centroids`` (K, d) in L2 to each of ``vectors`` (N, d),
+    the lowest id on a tie. One float32 product per block, ``[x, 1]`` by ``[c, -|c|^2 / 2]``
+    (the argmax of ``x.c - |c|^2 / 2`` is the argmin of ``|x - c|``), then an argmax: 3-4x
+    faster than faiss's ``IndexFlatL2.search`` (16,384 x 384 against 8,192 centroids: 1.0
+    against 3.2-4.1 s on 2 cores), which spends most of its time outside the product. Blocks
+    run on worker threads with one torch thread each, so the ids do not depend on how many
+    threads the process runs: a shard built by a Ray actor (one thread) codes a page as an
+    in-process build does."""
+    centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+    k, dim = centroids.shape
+    weights = np.empty((dim + 1, k), dtype=np.float32)
+    weights[:dim] = centroids.T
+    weights[dim] = -0.5 * np.einsum("kd,kd->k", centroids, centroids)
+    table = torch.from_numpy(weights)
+    n = len(vectors)
+    out = np.empty(n, dtype=np.int64)
+    rows = max(1, _ASSIGN_BLOCK_SCORES // k)
+    starts = range(0, n, rows)
+    workers = min(len(starts), cpu_threads(1))
+
+    def block(start: int) -> None:
+        if workers > 1:
+            torch.set_num_threads(1)  # this pool thread's setting only (OpenMP's is per thread)
+        x = vectors[start : start + rows]
+        lifted = torch.ones((len(x), dim + 1), dtype=torch.float32)
+        lifted[:, :dim] = torch.from_numpy(np.asarray(x, dtype=np.float32))
+        out[start : start + len(x)] = torch.mm(lifted, table).argmax(dim=1).numpy()
+
+    if workers <= 1:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)  # as in the pool: the same products whatever the threads
+        try:
+            for start in starts:
+                block(start)
+        finally:
+            torch.set_num_threads(before)
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(block, starts))
+    return out
+
+
 def residual_encode(
     vectors: np.ndarray, codebook: np.ndarray, nbits: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(N, d) float32 -> ((N, 3 + d * n / 8) uint8 codes, (N,) float16 reconstruction errors
     ``||x - decode(code)||_2``, rounded up (and 1e-5 relative) so that they bound the float32
     decoding's error however its norm is summed; infinite beyond float16's range)."""
-    import faiss
-
     centroids, cutoffs, weights = residual_parts(codebook, nbits)
     n, dim = vectors.shape
     per = 8 // nbits
-    flat = faiss.IndexFlatL2(dim)
-    flat.add(np.ascontiguousarray(centroids))
     codes = np.empty((n, CENTROID_BYTES + dim // per), dtype=np.uint8)
     errors = np.empty(n, dtype=np.float16)
     shifts = (np.arange(per) * nbits).astype(np.uint8)
     for a in range(0, n, _SCALE_BLOCK_ROWS):
         x = vectors[a : a + _SCALE_BLOCK_ROWS]  # (B, d)
-        _, nearest = flat.search(x, 1)
-        ids = nearest[:, 0]
+        ids = nearest_centroids(x, centroids)
         base = centroids[ids]  # (B, d)
         residual = x - base
         buckets = np.zeros(x.shape, dtype=np.uint8)

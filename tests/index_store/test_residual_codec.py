@@ -555,3 +555,31 @@ def test_a_refine_depth_over_segments_of_their_own_codebooks_gives_the_exact_sea
         deep = Retriever(index, refine_depth=270).search_embeddings(queries, k=k, candidates=270)
         assert (deep.doc_ids == exact.doc_ids).all()
         np.testing.assert_array_equal(deep.scores, exact.scores)
+
+
+def test_nearest_centroids_is_the_l2_argmin_whatever_the_threads(monkeypatch) -> None:
+    """``codecs.nearest_centroids`` against float64 brute force (every vector whose best and
+    second-best squared distances differ by more than 1e-3: no float32 near-tie), and the
+    same ids with one torch thread or two, in blocks of one row or many."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((3000, 24)).astype(np.float32)
+    centroids = (rng.standard_normal((300, 24)) * rng.uniform(0.2, 2, (300, 1))).astype(np.float32)
+    got = codecs.nearest_centroids(vectors, centroids)
+    d2 = ((vectors[:, None, :].astype(np.float64) - centroids[None].astype(np.float64)) ** 2).sum(
+        -1
+    )
+    order = np.sort(d2, axis=1)
+    clear = order[:, 1] - order[:, 0] > 1e-3
+    assert clear.mean() > 0.99
+    np.testing.assert_array_equal(got[clear], d2.argmin(axis=1)[clear])
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = codecs.nearest_centroids(vectors, centroids)
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(one, got)
+    monkeypatch.setattr(codecs, "_ASSIGN_BLOCK_SCORES", 1)  # one row per block
+    np.testing.assert_array_equal(codecs.nearest_centroids(vectors, centroids), got)
