@@ -15,6 +15,7 @@ The run keeps every field's second-phase score (``score_<field>``). Kernels live
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -58,8 +59,12 @@ from latemm.retriever import (
 )
 from latemm.sharded import is_field_shards, is_sharded
 
-# How often a reader re-opens the fields when a delete changed them while it opened them.
-OPEN_ATTEMPTS = 5
+# How long a reader keeps re-opening the fields while writers change them under it (a delete
+# changes every shard in turn; a batch of deletes, one after another), waiting twice as long
+# after each try from OPEN_FIRST_WAIT_S to at most OPEN_MAX_WAIT_S, before it gives up.
+OPEN_PATIENCE_S = 30.0
+OPEN_FIRST_WAIT_S = 0.01
+OPEN_MAX_WAIT_S = 0.5
 
 # RRF fusion uses bounded scores (``FieldRetriever._second_phases``) while k is at most this
 # fraction's inverse of the candidates.
@@ -296,7 +301,9 @@ class FieldRetriever:
         # phases (``latemm.field_parts.PartPhases``) run there. Injected: never Ray here.
         self._actors = None if actors is None else actors(self.path)
         self.sharded = is_sharded(self.path)  # shards.json: shards of named fields, or of one
-        for _ in range(OPEN_ATTEMPTS):  # every field from one state of the index
+        deadline, wait, tries = time.monotonic() + OPEN_PATIENCE_S, OPEN_FIRST_WAIT_S, 0
+        while True:  # every field from one state of the index
+            tries += 1
             # A reader never writes: an unfinished delete (its journal) is not finished here
             # but honoured, its ids left out of every field; the next writer finishes it.
             pending, self.manifest, layout = self._state()
@@ -316,11 +323,13 @@ class FieldRetriever:
             self._layout = layout
             if self._unchanged(pending, layout):
                 break
-        else:
-            raise IndexLockedError(
-                f"{self.path} changed {OPEN_ATTEMPTS} times while it was being opened (deletes "
-                "under way); search it again when they finish"
-            )
+            if time.monotonic() + wait > deadline:
+                raise IndexLockedError(
+                    f"{self.path} changed {tries} times in {OPEN_PATIENCE_S:.0f} s while it was "
+                    "being opened (writes under way); search it again when they finish"
+                )
+            time.sleep(wait)  # let the writer finish the change it is making
+            wait = min(2 * wait, OPEN_MAX_WAIT_S)
         self.hidden = frozenset(pending or ())
         self._built = self._builds()
         for name, parts in self.parts.items():
