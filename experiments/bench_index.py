@@ -27,12 +27,12 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from experiments import render
-from experiments.render import Sources
+if TYPE_CHECKING:  # the child imports this file from the baseline's tree, which predates render
+    from experiments.render import Sources
 
 # The code before the ingest speed-ups of issue 14 (goal 5).
 BASELINE_REV = "5ea98e8"
@@ -213,6 +213,8 @@ def _index_repeats(r: dict[str, Any], results: Path) -> list[dict[str, Any]]:
 
 def render_section(r: dict[str, Any], sources: Sources) -> str:
     """Section 2: one row per code and size, each run's pages/s and CPU ms/page side by side."""
+    from experiments import render
+
     out = [
         "## 2. Ingest: throughput, memory, bytes per page",
         render.provenance(r, sources.optional_writeup("bench_index.provenance")),
