@@ -353,7 +353,7 @@ def train_residual(vectors: np.ndarray, nbits: int, *, seed: int = 0) -> np.ndar
     kmeans.train(sample)
     # (K, d), rounded to what is stored
     centroids = np.asarray(np.asarray(kmeans.centroids, dtype=np.float16), dtype=np.float32)
-    assigned = nearest_centroids(sample, kmeans.centroids)
+    assigned = nearest_centroids(sample, np.asarray(kmeans.centroids, dtype=np.float32))
     residuals = sample - centroids[assigned]  # (S, d)
     cutoffs, weights = bucket_levels(residuals, nbits)
     return np.concatenate([centroids, cutoffs, weights]).astype(np.float16)
