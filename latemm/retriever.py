@@ -16,7 +16,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -364,7 +365,15 @@ def first_stage(
             continue
         faiss_index = seg.faiss_index()
         params = search_params(faiss_index, mask, nprobe=nprobe, ef_search=ef_search)
-        scores, rows = faiss_index.search(query_matrix, min(n_cand, seg.num_docs), params=params)
+        k = min(n_cand, seg.num_docs)
+        if n_queries < _faiss_blas_threshold():
+            with _one_openmp_thread():  # query by query: see _one_openmp_thread
+                found = [faiss_index.search(query_matrix[q : q + 1], k, params=params)
+                         for q in range(n_queries)]  # fmt: skip
+            scores = np.concatenate([f[0] for f in found])
+            rows = np.concatenate([f[1] for f in found])
+        else:
+            scores, rows = faiss_index.search(query_matrix, k, params=params)
         all_seg.append(np.where(rows >= 0, s, -1))
         all_row.append(rows)
         all_score.append(np.where(rows >= 0, scores, -np.inf))
@@ -497,6 +506,30 @@ def _centroid_candidates(
     sims = np.take(table, tokens, axis=1)  # (Tq, tokens of the candidates)
     scores = np.maximum.reduceat(sims, token_offsets[:-1], axis=1).sum(axis=0)
     return (*file.locate(pages), scores)
+
+
+def _faiss_blas_threshold() -> int:
+    """The fewest queries faiss searches with one matrix product (below, query by query)."""
+    import faiss as faiss_module
+
+    faiss: Any = faiss_module  # its stubs lack cvar
+    return int(faiss.cvar.distance_compute_blas_threshold)
+
+
+@contextmanager
+def _one_openmp_thread() -> Iterator[None]:
+    """faiss on one OpenMP thread of this thread. Below its matrix-product threshold, faiss
+    rounds a query's float32 scores differently by thread count and by the queries searched
+    with it (3e-5 on 10,240-d FDEs); searched alone on one thread, a page gets the same score
+    in every process and batch: a Ray actor runs one thread where the coordinator runs all."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def search_params(
