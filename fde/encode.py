@@ -9,8 +9,10 @@ them, and chunks run on several threads. Imports numpy, scipy and torch only; no
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -322,6 +324,17 @@ def cpu_threads(per_call: int | None = None) -> int:
         cores = os.cpu_count() or 1
     threads = torch.get_num_threads() if per_call is None else per_call
     return max(1, cores // max(1, threads))
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch products on this thread alone (its OpenMP setting is per thread), restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @functools.lru_cache(maxsize=8)

@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from fde.encode import cpu_threads
+from fde.encode import cpu_threads, one_torch_thread
 from index_store.errors import IndexCorruptError, InputError
 
 DTYPES = ("float16", "float32", "int8", "binary", "pq1", "pq2", "res1", "res2", "res4")
@@ -489,13 +489,9 @@ def nearest_centroids(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
         out[start : start + len(x)] = torch.mm(lifted, table).argmax(dim=1).numpy()
 
     if workers <= 1:
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)  # as in the pool: the same products whatever the threads
-        try:
+        with one_torch_thread():  # as in the pool: the same products whatever the threads
             for start in starts:
                 block(start)
-        finally:
-            torch.set_num_threads(before)
     else:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(block, starts))

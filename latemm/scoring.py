@@ -14,12 +14,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
+from fde.encode import one_torch_thread
 from index_store.codecs import page_magnitudes
 
 # Document tokens per matrix product; (block, query tokens) float32 similarities stay in cache.
@@ -127,17 +128,6 @@ _NUMPY_MAX_SIMILARITIES = 1 << 18
 _NUMPY_MAX_MULTIPLY_ADDS = 1 << 23
 
 
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """torch products on this thread alone (its OpenMP setting is per thread), restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _small_on_cpu(
     dev: torch.device, q_offsets: np.ndarray, d_offsets: np.ndarray, dim: int
 ) -> bool:
@@ -164,7 +154,7 @@ def _maxsim_numpy(
     used = int(q_offsets[-1] - q_offsets[0])  # as torch's path: rows from 0, by lengths
     queries = np.asarray(query_vectors[:used], dtype=np.float32).astype(kind, copy=False)
     docs = np.asarray(doc_vectors[d_offsets[0] : d_offsets[-1]]).astype(kind, copy=False)
-    with _one_thread():
+    with one_torch_thread():
         sim = torch.mm(_tensor(docs), torch.from_numpy(queries).T).numpy()  # (Nd, Nq)
     best = np.maximum.reduceat(sim, d_offsets[:-1] - d_offsets[0], axis=0)  # (n, Nq)
     sums = np.add.reduceat(best, q_offsets[:-1] - q_offsets[0], axis=1)  # (n, Q)
@@ -346,7 +336,7 @@ def _ragged_maxima(
         # A small product runs on this thread alone (_NUMPY_MAX_SIMILARITIES): 12 x 384 by
         # 10,900 x 384 float16, 1.4 ms on one thread against 3.0 ms on two (loaded machine).
         alone = q16.shape[0] * block.shape[0] <= _NUMPY_MAX_SIMILARITIES
-        with _one_thread() if alone else contextlib.nullcontext():
+        with one_torch_thread() if alone else contextlib.nullcontext():
             sim = torch.mm(q16, _tensor(block).T).float().numpy()  # (Nq, tokens), float16 values
         best[first:stop] = np.maximum.reduceat(sim, local[:-1], axis=1).T
         if max_abs is not None:
