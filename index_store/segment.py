@@ -27,6 +27,7 @@ pulls a file from under it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -437,6 +438,18 @@ class Segment:
             self._tables["residual-codebook"] = self.codebook.astype(np.float32)
         wide = self._tables["residual-codebook"]
         return codecs.residual_parts(wide, codecs.RESIDUAL_BITS[self.dtype])
+
+    def codebook_digest(self) -> bytes:
+        """A digest of this residual segment's codebook, once per reader and codebook: equal
+        for the segments, and the shards, coded under one codebook
+        (``latemm.retriever.centroid_tables`` shares their query x centroid tables by it)."""
+        if "codebook-digest" not in self._tables:
+            if self.codebook is None or not codecs.is_residual(self.dtype):
+                raise InputError(f"segment {self.path.name} holds {self.dtype} codes, not residual")
+            stored = np.ascontiguousarray(self.codebook)
+            digest = hashlib.blake2b(stored.data, digest_size=16).digest()
+            self._tables["codebook-digest"] = np.frombuffer(digest, dtype=np.uint8)
+        return self._tables["codebook-digest"].tobytes()
 
     def decoded_magnitude(self) -> float:
         """At least the largest ``|value|`` of this residual segment's centroids plus the

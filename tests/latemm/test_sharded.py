@@ -15,6 +15,7 @@ import pytest
 
 from index_store import Index
 from index_store.errors import IndexCorruptError, InputError
+from latemm import retriever as retriever_module
 from latemm.cli import main
 from latemm.field_search import OneFieldRetriever
 from latemm.retriever import Retriever
@@ -272,6 +273,33 @@ def test_sharded_res4_shares_the_unsharded_codebook(tmp_path) -> None:
         for name, root in (("res4", sharded), ("float16", float16))
     }
     assert vectors["res4"] * 2 < vectors["float16"]
+
+
+def test_res4_shards_multiply_a_query_by_the_centroids_once(tmp_path, monkeypatch) -> None:
+    """PLAID's query x centroid table, which a residual index's first stage and rescoring
+    both read, is one product per query for the whole collection: its shards are coded under
+    one codebook, so they share the table rather than each phase of each shard making its own
+    (4 shards: 8 products a query before). The results are those of per-query products."""
+    corpus = tmp_path / "corpus.parquet"
+    write_corpus(corpus, N_DOCS)
+    sharded = tmp_path / "sharded"
+    assert main(["index", str(corpus), "--index", str(sharded), "--shards", "4", "--quiet"]) == 0
+    queries = _queries(seed=7)  # vectors no other test searches: none of their tables is kept
+    products = []
+    real = retriever_module._centroid_table
+    monkeypatch.setattr(
+        retriever_module,
+        "_centroid_table",
+        lambda segment, query: products.append(len(query)) or real(segment, query),
+    )
+    got = OneFieldRetriever(sharded).search_embeddings(queries, k=10)
+    assert len(products) == len(queries)
+    # Without the kept tables (each query's own product in each phase of each shard).
+    monkeypatch.setattr(retriever_module, "TABLE_CACHE_BYTES", 0)
+    alone = OneFieldRetriever(sharded).search_embeddings(queries, k=10)
+    assert len(products) == len(queries) * 9
+    assert (got.doc_ids == alone.doc_ids).all()
+    np.testing.assert_array_equal(got.scores, alone.scores)
 
 
 def test_a_first_build_cut_short_keeps_the_codebook_of_its_committed_shards(
