@@ -547,6 +547,27 @@ def table_residual_speed(r: dict[str, Any]) -> str:
     return f"{_provenance(r)}\n\n" + "\n\n".join(out)
 
 
+def table_kmeans_seeds(r: dict[str, Any]) -> str:
+    """Section 5d: the default Vaswani index with latemm's k-means and with faiss's, over seeds
+    (``experiments.kmeans_seeds``)."""
+    rows = [
+        [
+            x["seed"],
+            x["kmeans"],
+            f"{x['build_s']:.0f}",
+            f"{x['recall@10']:.3f}",
+            f"{x['ndcg@10']:.4f}",
+        ]
+        for x in r["runs"]
+    ]
+    rows += [
+        ["mean", name, f"{m['build_s']:.0f}", f"{m['recall@10']:.3f}", f"{m['ndcg@10']:.4f}"]
+        for name, m in r["means"].items()
+    ]
+    header = ["seed", "k-means", "build s", "recall@10", "nDCG@10"]
+    return f"{_provenance(r)}\n\n{_table(header, rows)}"
+
+
 def table_codebook_draw(*runs: dict[str, Any]) -> str:
     """Section 5d: the default index's recall with its codebook trained on the first vectors
     added, on whole pages drawn at random, or on tokens drawn over every page
@@ -691,6 +712,7 @@ FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
         ("residual_speed_mmlongbench_default",),
         table_residual_speed,
     ),
+    "kmeans_seeds": (("kmeans_seeds",), table_kmeans_seeds),
     "codebook_draw": (
         ("codebook_draw_mmlongbench", "codebook_draw_vaswani"),
         table_codebook_draw,
