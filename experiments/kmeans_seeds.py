@@ -1,8 +1,9 @@
 """The residual codebook's k-means: latemm's (``index_store.codecs.kmeans``) against faiss's
-``Kmeans``, over several seeds, on the default Vaswani MiniLM index.
+``Kmeans``, over several seeds, on the default index of Vaswani's or MMLongBench's MiniLM
+vectors.
 
-Run: ``python -m experiments.kmeans_seeds [--seeds 0 1 2] [--docs N]``. Writes
-``results/kmeans_seeds.json``.
+Run: ``python -m experiments.kmeans_seeds [--set vaswani|mmlongbench] [--seeds 0 1 2]
+[--docs N]``. Writes ``results/kmeans_seeds.json`` (``kmeans_seeds_mmlongbench.json``).
 
 For each seed and each k-means, the default index (``residual_speed.build``: what ``latemm
 index`` builds with no option, res4 under one index codebook, committed every 512 pages) is
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments.codec_sets import mmlongbench_set
 from experiments.common import write_result
 from experiments.residual_codec import _ndcg, _recall, exact_top10, vaswani_set
 from experiments.residual_speed import build
@@ -75,11 +77,12 @@ def measure(data: dict[str, Any], name: str, seed: int, exact: list[set[str]]) -
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--set", default="vaswani", choices=("vaswani", "mmlongbench"))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--docs", type=int, default=None, help="first N Vaswani abstracts")
-    parser.add_argument("--name", default="kmeans_seeds", help="results file name")
+    parser.add_argument("--name", default=None, help="results file name")
     args = parser.parse_args(argv)
-    data = vaswani_set(args.docs)
+    data = vaswani_set(args.docs) if args.set == "vaswani" else mmlongbench_set()
     exact = exact_top10(data)
     runs = []
     for seed in args.seeds:
@@ -94,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         for name in ("latemm", "faiss")
     }
     print(f"means over seeds {args.seeds}: {summary}")
-    path = write_result(args.name, {"set": data["set"], "runs": runs, "means": summary})
+    name = args.name or "kmeans_seeds" + ("" if args.set == "vaswani" else f"_{args.set}")
+    path = write_result(name, {"set": data["set"], "runs": runs, "means": summary})
     print(f"wrote {path}")
 
 

@@ -751,6 +751,7 @@ def centroid_tables(segment: Segment, flat: np.ndarray, offsets: np.ndarray) -> 
         )
 
     _each_query(one_query, list(range(offsets.size - 1)))
+    table.flags.writeable = False  # shared by every search of the batch
     with _recent_tables_lock:
         _recent_tables[key] = table
         while sum(t.nbytes for t in _recent_tables.values()) > TABLE_CACHE_BYTES:
