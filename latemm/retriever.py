@@ -738,7 +738,9 @@ def centroid_tables(segment: Segment, flat: np.ndarray, offsets: np.ndarray) -> 
     if flat.shape[0] * centroids.shape[0] * 4 > TABLE_CACHE_BYTES:
         return None
     queries = np.ascontiguousarray(flat, dtype=np.float32)
-    key = (segment.codebook_digest(), hashlib.blake2b(queries.data, digest_size=16).digest())
+    digest = hashlib.blake2b(queries.data, digest_size=16)
+    digest.update(np.ascontiguousarray(offsets, dtype=np.int64).data)  # each query's product
+    key = (segment.codebook_digest(), digest.digest())
     with _recent_tables_lock:
         if key in _recent_tables:
             _recent_tables.move_to_end(key)
