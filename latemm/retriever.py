@@ -650,9 +650,9 @@ def _residual_rescore(
     bounded = _float32_products_exact_enough()
     batch = {}  # each candidates' codebook's table of the batch (None: too large to keep)
     for s in np.unique(cands.segments[cands.valid]).tolist():
-        seg = index.segments[s]
-        if seg.codebook_digest() not in batch:
-            batch[seg.codebook_digest()] = centroid_tables(seg, flat, offsets)
+        digest = index.segments[s].codebook_digest()
+        if digest not in batch:
+            batch[digest] = centroid_tables(index.segments[s], flat, offsets)
 
     def one_query(q: int) -> None:
         query = flat[offsets[q] : offsets[q + 1]]
