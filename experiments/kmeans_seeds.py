@@ -3,7 +3,10 @@
 vectors.
 
 Run: ``python -m experiments.kmeans_seeds [--set vaswani|mmlongbench] [--seeds 0 1 2]
-[--docs N]``. Writes ``results/kmeans_seeds.json`` (``kmeans_seeds_mmlongbench.json``).
+[--kmeans latemm faiss] [--iterations 4] [--docs N]``. Writes ``results/kmeans_seeds.json``
+(``kmeans_seeds_mmlongbench.json``). ``--iterations 4 10`` builds with each count of Lloyd
+iterations (the codec's is ``codecs.RESIDUAL_NITER``); a k-means run at another count than the
+codec's is named with it (``latemm@10``).
 
 For each seed and each k-means, the default index (``residual_speed.build``: what ``latemm
 index`` builds with no option, res4 under one index codebook, committed every 512 pages) is
@@ -48,12 +51,15 @@ def faiss_kmeans(
     return np.asarray(km.centroids, dtype=np.float32)
 
 
-def measure(data: dict[str, Any], name: str, seed: int, exact: list[set[str]]) -> dict[str, Any]:
-    """Build the default index with ``name``'s k-means at ``seed`` and search it as built."""
+def measure(
+    data: dict[str, Any], name: str, seed: int, lloyd: int, exact: list[set[str]]
+) -> dict[str, Any]:
+    """Build the default index with ``name``'s k-means at ``seed``, ``lloyd`` Lloyd
+    iterations, and search it as built."""
     chosen = {"latemm": LATEMM_KMEANS, "faiss": faiss_kmeans}[name]
 
     def kmeans(sample: np.ndarray, k: int, iterations: int, **options: Any) -> np.ndarray:
-        return chosen(sample, k, iterations, **{**options, "seed": seed})
+        return chosen(sample, k, lloyd, **{**options, "seed": seed})
 
     codecs.kmeans = kmeans  # what train_residual calls
     try:
@@ -67,7 +73,7 @@ def measure(data: dict[str, Any], name: str, seed: int, exact: list[set[str]]) -
     )
     shutil.rmtree(index.path, ignore_errors=True)
     return {
-        "kmeans": name,
+        "kmeans": name if lloyd == codecs.RESIDUAL_NITER else f"{name}@{lloyd}",
         "seed": seed,
         "build_s": build_s,
         "recall@10": _recall([list(r)[:10] for r in result.doc_ids], exact),
@@ -78,7 +84,21 @@ def measure(data: dict[str, Any], name: str, seed: int, exact: list[set[str]]) -
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--set", default="vaswani", choices=("vaswani", "mmlongbench"))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="(default: 0 1 2)")
+    parser.add_argument(
+        "--kmeans",
+        nargs="+",
+        default=["latemm", "faiss"],
+        choices=("latemm", "faiss"),
+        help="the k-means to compare (default: latemm faiss)",
+    )
+    parser.add_argument(
+        "--iterations",
+        nargs="+",
+        type=int,
+        default=[codecs.RESIDUAL_NITER],
+        help=f"Lloyd iterations, each built in turn (default: {codecs.RESIDUAL_NITER})",
+    )
     parser.add_argument("--docs", type=int, default=None, help="first N Vaswani abstracts")
     parser.add_argument("--name", default=None, help="results file name")
     args = parser.parse_args(argv)
@@ -86,15 +106,16 @@ def main(argv: list[str] | None = None) -> None:
     exact = exact_top10(data)
     runs = []
     for seed in args.seeds:
-        for name in ("latemm", "faiss"):
-            runs.append(measure(data, name, seed, exact))
-            print(runs[-1], flush=True)
+        for iterations in args.iterations:
+            for name in args.kmeans:
+                runs.append(measure(data, name, seed, iterations, exact))
+                print(runs[-1], flush=True)
     summary = {
         name: {
             key: float(np.mean([r[key] for r in runs if r["kmeans"] == name]))
             for key in ("build_s", "recall@10", "ndcg@10")
         }
-        for name in ("latemm", "faiss")
+        for name in dict.fromkeys(r["kmeans"] for r in runs)
     }
     print(f"means over seeds {args.seeds}: {summary}")
     name = args.name or "kmeans_seeds" + ("" if args.set == "vaswani" else f"_{args.set}")
