@@ -21,9 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from experiments.common import read_trec_docs, read_trec_topics
-from latemm.bm25 import BM25Index
-from latemm.field_search import FieldRetriever
-from latemm.field_shards import index_field_shards
+from latemm.index.bm25 import BM25Index
+from latemm.index.field_shards import index_field_shards
+from latemm.retrieval.field_search import FieldRetriever
 from tests.conftest import shared_data_dir
 
 

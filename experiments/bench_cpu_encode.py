@@ -33,7 +33,7 @@ from experiments.common import (
     write_result,
 )
 from latemm.encoders import MultiVectors, load_encoder
-from latemm.metrics import load_qrels
+from latemm.runs.metrics import load_qrels
 
 KINDS = ("float32", "int8")
 

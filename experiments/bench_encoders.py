@@ -67,7 +67,7 @@ def page_images(n: int) -> list[bytes]:
     """The first n pages of MMLongBench-Doc's PDFs, rendered as JPEG at 96 dpi."""
     import pypdfium2
 
-    from latemm.ingest import render_page
+    from latemm.data.ingest import render_page
 
     out: list[bytes] = []
     for pdf_path in sorted((shared_data_dir() / "mmlongbench" / "pdfs").glob("*.pdf")):

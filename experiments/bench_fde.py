@@ -31,7 +31,7 @@ from experiments.common import (
 from experiments.render import Sources
 from fde import FDEConfig, encode_documents, encode_queries
 from fde.reference import reference_encode
-from latemm.scoring import maxsim
+from latemm.ranking.scoring import maxsim
 
 BENCH_CONFIG = FDEConfig(
     dimension=128,

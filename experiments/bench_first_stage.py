@@ -14,7 +14,7 @@ Run: ``python -m experiments.bench_first_stage [--sections quality,scale,segment
   from one block or from 512-document segments, with and without 2% deleted.
 - ``segments``: a fixed corpus committed as 1, 10 or 100 segments into a real index, with the
   default global first stage and with ``--faiss Flat`` (today's per-segment layout), timing
-  ``latemm.retriever.first_stage`` in the same run; the ratio 100 / 1 segments is printed.
+  ``latemm.retrieval.retriever.first_stage`` in the same run; the ratio 100 / 1 segments is printed.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from index_store import Index
 from index_store.first_stage import GlobalFirstStage, encode_codes, train_codebook
 
 if TYPE_CHECKING:
-    from latemm.retriever import Candidates
+    from latemm.retrieval.retriever import Candidates
 
 K_MAX = 4096  # candidates searched to locate the exact top-10 in each ordering
 RECALL_AT = (64, 128, 256, 512, 1024)
@@ -164,7 +164,7 @@ def quality(threads: int, synthetic: bool = True) -> list[dict[str, Any]]:
     from experiments.synthetic import SyntheticCorpus
     from fde import encode_documents, encode_queries
     from index_store import default_fde_config
-    from latemm.scoring import maxsim
+    from latemm.ranking.scoring import maxsim
 
     out = []
     data = vaswani_minilm()
@@ -271,14 +271,14 @@ def _one_at_a_time(
 ) -> list[Candidates]:
     """latemm's first stage at 512 candidates for each of the first ``n_queries`` rows of the
     query matrix alone."""
-    from latemm.retriever import first_stage
+    from latemm.retrieval.retriever import first_stage
 
     return [first_stage(index, matrix[q : q + 1], 512, allowed) for q in range(n_queries)]
 
 
 def segments(n_docs: int, counts: tuple[int, ...], n_queries: int) -> dict[str, Any]:
     """First-stage ms/query for one corpus committed as 1, 10, 100 segments, both layouts."""
-    from latemm.retriever import first_stage, first_stage_queries
+    from latemm.retrieval.retriever import first_stage, first_stage_queries
 
     rng = np.random.default_rng(0)
     dim, tokens = 128, 16  # the first stage sees FDEs only: short pages build fast

@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 
 from experiments.common import CACHE, write_result
 from experiments.synthetic import SyntheticCorpus
-from latemm.field_search import FieldRetriever
-from latemm.fields import index_fields
+from latemm.index.fields import index_fields
+from latemm.retrieval.field_search import FieldRetriever
 
 WORDS = 600  # vocabulary: each concept has its words, so text and image agree on topics
 

@@ -4,9 +4,9 @@ throughput in bf16 against float32, and the exact top-10 of bench_scale's 1M-pag
 Sections (``--sections``, all by default except ``exact``):
 
 - ``maxsim``: rescoring C ColPali-shaped pages (1,030 x 128) for 1 and 8 queries, pages in GPU
-  memory: ``latemm.scoring.maxsim`` (float32 products, as the exact pass runs), the same from
-  host memory (what ``Retriever(device="cuda")`` does today), float16 products with the max taken
-  in place, a plain padded einsum, and the float16 product alone (the limit); and brute force
+  memory: ``latemm.ranking.scoring.maxsim`` (float32 products, as the exact pass runs), the same
+  from host memory (what ``Retriever(device="cuda")`` does today), float16 products with the max
+  taken in place, a plain padded einsum, and the float16 product alone (the limit); and brute force
   over 100k resident pages.
 - ``fde``: FDE documents and queries per second, GPU against the host's CPU, same pages.
 - ``encoders``: a ColQwen2 model of Qwen2-VL-2B's shape (random weights: the speed does not
@@ -38,7 +38,7 @@ import torch
 
 from experiments.common import write_result
 from experiments.synthetic import SyntheticCorpus
-from latemm.scoring import maxsim
+from latemm.ranking.scoring import maxsim
 
 TOKENS, DIM, QUERY_TOKENS = 1030, 128, 28
 

@@ -13,9 +13,9 @@ directly. The limit of a dtype is a bare product of the same shapes in that dtyp
 tokens x all query tokens, output in that dtype, no maximum). Methods are timed round-robin
 and each keeps its best round, because the machine is shared (the load average is recorded).
 
-Kernel section: ``half_pass`` is ``latemm.scoring.maxsim_half`` (float16 products, per-page
-maxima in float16, and its error bounds), ``float32_kernel`` is ``latemm.scoring.maxsim`` on the
-float16 pages (widened to float32 block by block), called one query at a time as rescoring did.
+Kernel section: ``half_pass`` is ``latemm.ranking.scoring.maxsim_half`` (float16 products, per-page
+maxima in float16, and its error bounds), ``float32_kernel`` is ``latemm.ranking.scoring.maxsim`` on
+the float16 pages (widened to float32 block by block), called one query at a time as rescoring did.
 The same pages as int8 codes: ``int8_pass`` multiplies the codes in place (the query split into
 two int8 parts, two exact int8 products, each similarity scaled in float32), against
 ``int8_decoded_half_pass``, the previous path (decode to float16, then the float16 pass); the
@@ -23,9 +23,9 @@ int8 limit is one bare int8 product of the same shape (the pass makes two).
 Rescore section: an index of ``--index-pages`` float16 pages; each query's first ``C``
 candidates from the index's own first stage; ``old`` is the previous ``rescore`` (every
 candidate decoded to float32, copied per query, float32 kernel), ``new`` is
-``latemm.retriever.rescore(k=10)`` (float16 pass, then the float32 kernel on the candidates that
-may reach the top 10). Both top 10s are checked equal (ids; scores to float32 rounding, as the
-exact pass now multiplies in float64).
+``latemm.retrieval.retriever.rescore(k=10)`` (float16 pass, then the float32 kernel on the
+candidates that may reach the top 10). Both top 10s are checked equal (ids; scores to float32
+rounding, as the exact pass now multiplies in float64).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def _kernel_methods(pages: np.ndarray, queries: np.ndarray) -> dict[str, Callabl
     import torch
 
     from index_store import codecs
-    from latemm.scoring import maxsim, maxsim_half, maxsim_pairs
+    from latemm.ranking.scoring import maxsim, maxsim_half, maxsim_pairs
 
     n, tokens, dim = pages.shape
     docs16 = pages.reshape(-1, dim).astype(np.float16)
@@ -133,7 +133,7 @@ def _kernel_methods(pages: np.ndarray, queries: np.ndarray) -> dict[str, Callabl
 
 def run_kernel(corpus: Any, n_pages: int, n_queries: int, rounds: int) -> dict[str, Any]:
     """One shape: ``n_queries`` queries, each against the same ``n_pages`` pages."""
-    from latemm.scoring import maxsim_half
+    from latemm.ranking.scoring import maxsim_half
 
     pages = corpus.pages(0, n_pages)
     queries, _ = corpus.queries(n_queries, n_pages)
@@ -166,9 +166,9 @@ def run_kernel(corpus: Any, n_pages: int, n_queries: int, rounds: int) -> dict[s
 
 
 def _old_rescore(index: Any, flat: np.ndarray, offsets: np.ndarray, cands: Any) -> np.ndarray:
-    """``latemm.retriever.rescore`` as it was before the float16 pass (commit ced3790)."""
-    from latemm.retriever import take_sets
-    from latemm.scoring import maxsim_pairs
+    """``latemm.retrieval.retriever.rescore`` as it was before the float16 pass (commit ced3790)."""
+    from latemm.ranking.scoring import maxsim_pairs
+    from latemm.retrieval.retriever import take_sets
 
     out = np.full(cands.segments.shape, np.nan, dtype=np.float32)
     for s in np.unique(cands.segments[cands.valid]):
@@ -199,7 +199,7 @@ def build_index(corpus: Any, n_pages: int, workdir: Path) -> Path:
 
 
 def _top(index: Any, cands: Any, scores: np.ndarray) -> tuple[list, np.ndarray]:
-    from latemm.retriever import doc_ids_of, gather, top_k
+    from latemm.retrieval.retriever import doc_ids_of, gather, top_k
 
     ids = doc_ids_of(index, cands)
     picks = top_k(ids, scores, TOP_K)
@@ -212,8 +212,8 @@ def run_rescore(index: Any, queries: np.ndarray, n_cand: int, rounds: int) -> di
     x its tokens), timed round-robin."""
     import torch
 
-    from latemm.retriever import Retriever, rescore
-    from latemm.scoring import maxsim_half, may_reach_top
+    from latemm.ranking.scoring import maxsim_half, may_reach_top
+    from latemm.retrieval.retriever import Retriever, rescore
 
     retriever = Retriever(index)
     flat = queries.reshape(-1, queries.shape[2])

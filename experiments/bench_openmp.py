@@ -73,7 +73,7 @@ def operation(name: str) -> Any:
         pages = torch.from_numpy(rng.standard_normal((256 * 1030, 128)).astype(np.float32))
         return lambda: pages @ torch.from_numpy(query).T
     if name == "int8_pass_320_pages":
-        from latemm.scoring import maxsim_half
+        from latemm.ranking.scoring import maxsim_half
 
         codes = rng.integers(-127, 128, (320 * 1030, 128), dtype=np.int8)
         scales = rng.uniform(0.001, 0.003, 320 * 1030).astype(np.float32)

@@ -1,7 +1,7 @@
 """Encode + index on Ray against the in-process pipeline, and a plan for 10M ColPali pages.
 
 Run: ``python -m experiments.bench_ray [--quick]``. MiniLM (real weights) on Vaswani abstracts:
-the in-process ``index_corpus`` (torch on all cores) and ``latemm.distributed.index_ray`` with
+the in-process ``index_corpus`` (torch on all cores) and ``latemm.runs.distributed.index_ray`` with
 1 and 2 encoder actors (one torch thread each) on a local Ray cluster over this machine's cores,
 into a 2-shard index, all in the same run; each job is timed end to end (model loading
 included; the cluster's start-up is reported apart). Then the search overhead of serving the
@@ -51,7 +51,7 @@ def _in_process(corpus: Path, out: Path) -> dict[str, Any]:
     import torch
 
     from latemm.encoders import load_encoder
-    from latemm.pipeline import index_corpus
+    from latemm.index.pipeline import index_corpus
 
     start = time.perf_counter()
     encoder = load_encoder(minilm_path())
@@ -69,7 +69,7 @@ def _in_process(corpus: Path, out: Path) -> dict[str, Any]:
 def _on_ray(corpus: Path, out: Path, workers: int, shards: int) -> dict[str, Any]:
     import ray
 
-    from latemm.distributed import _workers, index_ray
+    from latemm.runs.distributed import _workers, index_ray
 
     _, _, cpus = _workers(ray, workers)
     start = time.perf_counter()
@@ -90,9 +90,9 @@ def _on_ray(corpus: Path, out: Path, workers: int, shards: int) -> dict[str, Any
 def _search_overhead(single: Path, sharded: Path, repeats: int) -> dict[str, Any]:
     """Queries/s of one in-process index against the same corpus's shards on Ray actors."""
     from latemm.encoders import load_encoder
-    from latemm.field_search import OneFieldRetriever
-    from latemm.jobs import open_retriever
-    from latemm.retriever import Retriever
+    from latemm.retrieval.field_search import OneFieldRetriever
+    from latemm.retrieval.retriever import Retriever
+    from latemm.runs.jobs import open_retriever
 
     _, topics = read_trec_topics(shared_data_dir() / "vaswani" / "query-text.trec")
     queries = load_encoder(minilm_path()).encode_queries(topics)

@@ -18,10 +18,10 @@ finished); ``python -m experiments.report`` renders it into RESULTS.md.
   lists (by file name) and on disk, and the process's resident memory sampled every 0.25 s
   (total, and anonymous: memory-mapped index files are page cache, not heap).
 - Exact top-10 for the first ``--recall-queries`` queries: the corpus is regenerated from the
-  seed in chunks and each chunk is scored with ``latemm.scoring.maxsim`` in float32 (all sample
-  queries in one product per block), keeping a running top-10. The same pass times brute force:
-  the batched pass per query, and one query alone against every chunk (vectors already in RAM as
-  float32, generation excluded: a lower bound for a brute force that reads them from disk).
+  seed in chunks and each chunk is scored with ``latemm.ranking.scoring.maxsim`` in float32 (all
+  sample queries in one product per block), keeping a running top-10. The same pass times brute
+  force: the batched pass per query, and one query alone against every chunk (vectors already in RAM
+  as float32, generation excluded: a lower bound for a brute force that reads them from disk).
 - latemm: for each ``--candidates`` count, every query one at a time (p50/p95 ms), then all in
   batches of ``--batch-size`` (queries/s), and recall@10 of the sample against the exact top-10.
 - fast-plaid (its own venv, ``experiments.plaid_baseline``) when N <= ``--plaid-max``; its CPU
@@ -53,9 +53,9 @@ from experiments.render import Sources
 from experiments.synthetic import SyntheticCorpus
 from index_store import Index, IndexConfig, create
 from index_store.first_stage import MIN_TRAIN_DOCUMENTS
-from latemm.pipeline import new_index_config
-from latemm.retriever import Retriever
-from latemm.scoring import maxsim
+from latemm.index.pipeline import new_index_config
+from latemm.ranking.scoring import maxsim
+from latemm.retrieval.retriever import Retriever
 
 CANDIDATES = [64, 128, 256, 512, 1024]
 DEFAULT_DIR = REPO.parent / "tmp"
@@ -532,7 +532,7 @@ def make_config(
     corpus: SyntheticCorpus, dtype: str | None, faiss: str | None, refine: str | None = None
 ) -> IndexConfig:
     """What ``latemm index`` gives a new index of ``corpus.dim`` dimensions
-    (``latemm.pipeline.new_index_config``), with only the given fields overridden."""
+    (``latemm.index.pipeline.new_index_config``), with only the given fields overridden."""
     return new_index_config(
         corpus.dim, dtype=dtype or "auto", faiss_factory=faiss or "auto", refine=refine
     )

@@ -7,7 +7,8 @@ Writes ``results/bench_search.json`` and ``results/bench_search.png``.
 For every corpus size, in one process and with the same threads (torch and faiss on all cores):
 - exact top-10 for every query by brute force (one batched pass), the recall reference;
 - brute-force latency: one query against the whole corpus (one matrix product per block of
-  pages, a max per page, a sum per query; ``latemm.scoring.maxsim``), median of a few queries;
+  pages, a max per page, a sum per query; ``latemm.ranking.scoring.maxsim``), median of a few
+  queries;
 - latemm latency (one query per call) and throughput (all queries in one call) and recall@10 for
   several candidate counts C;
 - fast-plaid (its own venv) on the same vectors where the corpus fits its in-memory build;
@@ -33,8 +34,8 @@ from experiments.common import CACHE, RESULTS, median_time, vaswani_minilm, writ
 from experiments.render import Sources
 from experiments.synthetic import SyntheticCorpus
 from index_store import Index, IndexConfig, create
-from latemm.retriever import Retriever
-from latemm.scoring import maxsim
+from latemm.ranking.scoring import maxsim
+from latemm.retrieval.retriever import Retriever
 
 CANDIDATES = [64, 128, 256, 512, 1024]
 

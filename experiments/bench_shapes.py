@@ -68,7 +68,7 @@ LONG_QUERY_TOKENS = 20
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Build (unless the index exists) and search one shape with this process's checkout."""
     from index_store import Index, IndexConfig, create
-    from latemm.retriever import Retriever
+    from latemm.retrieval.retriever import Retriever
 
     data = Path(spec["data"])
     out: dict[str, Any] = {}

@@ -32,7 +32,7 @@ from experiments.render import Sources
 from experiments.synthetic import SyntheticCorpus
 from fde import encode_documents, encode_queries
 from index_store import default_fde_config
-from latemm.scoring import maxsim
+from latemm.ranking.scoring import maxsim
 
 TARGETS = (0.9, 0.95, 0.99)
 

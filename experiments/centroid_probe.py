@@ -1,6 +1,6 @@
 """How many centroids per query token the centroid first stage should probe, and what its
 candidates keep: recall@10 against the exact float32 MaxSim top-10 of a res4 index searched with
-``--first-stage centroids`` at several probes (``latemm.retriever.CENTROID_PROBE`` is the
+``--first-stage centroids`` at several probes (``latemm.retrieval.retriever.CENTROID_PROBE`` is the
 default) and depths, beside the same depths over every page (probing every centroid) and over
 the FDE's default 512 candidates. Recall only, no timings (``experiments.residual_speed`` times
 the searches).
@@ -19,7 +19,7 @@ from experiments.codec_sets import mmlongbench_set
 from experiments.common import write_result
 from experiments.residual_codec import _recall, exact_top10, vaswani_set
 from experiments.residual_speed import build
-from latemm.retriever import (
+from latemm.retrieval.retriever import (
     DEFAULT_CANDIDATES,
     Retriever,
     centroid_first_stage,

@@ -11,10 +11,10 @@ Draws (each trains the codebook before the build, ``IndexWriter.train_vectors_co
 - ``first``: none; the build trains on the first ``INDEX_CODEBOOK_VECTORS`` vectors it adds (what
   a build did before any draw, and what a build still does when the draw finds bad input);
 - ``pages``: whole pages at random until ``CODEBOOK_SAMPLE_VECTORS`` vectors, at most half of
-  them (``latemm.pipeline.page_draw``: what an encoder's build draws, and what a build of
+  them (``latemm.index.pipeline.page_draw``: what an encoder's build draws, and what a build of
   precomputed vectors drew before ``token_sample``);
 - ``tokens``: ``CODEBOOK_SAMPLE_VECTORS`` vectors drawn uniformly over every page
-  (``latemm.pipeline.token_sample``: what a build of precomputed vectors draws now).
+  (``latemm.index.pipeline.token_sample``: what a build of precomputed vectors draws now).
 
 Reported: recall@10 against the exact float32 MaxSim top-10, nDCG@10 against the qrels, and the
 build's seconds (the draw excluded).
@@ -34,8 +34,8 @@ from experiments.common import CACHE, write_result
 from experiments.residual_codec import _ndcg, _recall, exact_top10, vaswani_set
 from experiments.residual_speed import COMMIT_EVERY
 from index_store import Index, create
-from latemm.pipeline import page_draw, resolve_config, token_sample
-from latemm.retriever import Retriever
+from latemm.index.pipeline import page_draw, resolve_config, token_sample
+from latemm.retrieval.retriever import Retriever
 
 DRAWS = ("first", "pages", "tokens")
 BATCH = 64  # latemm index's --batch-size

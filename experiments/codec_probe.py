@@ -6,9 +6,10 @@ Run: ``python -m experiments.codec_probe [--pages 1000] [--queries 50]``; writes
 
 Data: seeded ``experiments.synthetic`` pages (1,030 x 128) and queries. Every codec is trained
 on the same 200,000 sampled tokens and applied to every token; each query then scores every
-page with exact MaxSim (``latemm.scoring.maxsim``, float64 products) over the decoded tokens, and recall@10 is measured against
-the top-10 over the original float32 tokens. No first stage: this is the codec's own loss,
-the ceiling of any index that stores it. 20 KB per page leaves at most ~19 bytes per token.
+page with exact MaxSim (``latemm.ranking.scoring.maxsim``, float64 products) over the decoded
+tokens, and recall@10 is measured against the top-10 over the original float32 tokens. No first
+stage: this is the codec's own loss, the ceiling of any index that stores it. 20 KB per page leaves
+at most ~19 bytes per token.
 
 Then a bound for codecs not tried: recall@10 against the root-mean-square error per token when
 every token gets isotropic Gaussian error of that size (``--errors``), next to each codec's own
@@ -33,7 +34,7 @@ import numpy as np
 from experiments.bench_search import recall
 from experiments.common import write_result
 from experiments.synthetic import SyntheticCorpus
-from latemm.scoring import maxsim
+from latemm.ranking.scoring import maxsim
 
 
 def codecs(train: np.ndarray) -> dict[str, tuple[int, Callable[[np.ndarray], np.ndarray]]]:

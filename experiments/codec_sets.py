@@ -3,9 +3,9 @@
 ``mmlongbench_set`` gives the pages of ``../shared/data/mmlongbench/pdfs`` as MiniLM token vectors
 in the dict shape ``experiments.residual_codec`` measures (``vaswani_set`` / ``colbert_set``):
 page ids ``{pdf}#p{page}``, token vectors and offsets, the answerable questions as queries and
-their page qrels (``latemm.mmlongbench.questions``).
+their page qrels (``latemm.data.mmlongbench.questions``).
 
-A page's text is its PDF text layer, read by ``latemm.ingest.ingest_pdfs`` as ``latemm ingest
+A page's text is its PDF text layer, read by ``latemm.data.ingest.ingest_pdfs`` as ``latemm ingest
 --no-images --ocr never`` reads it (no OCR: a page without a text layer is left out and counted in
 the set's record). Pages and questions are embedded token by token with the packaged MiniLM
 through ``experiments.common.minilm_token_vectors``, the encoding ``vaswani_minilm`` uses.
@@ -50,7 +50,7 @@ def mmlongbench_pages(
     The record counts the PDFs, their pages, the pages kept and the pages left out for having no
     text layer (with their ids), and any other problem ingest reported.
     """
-    from latemm.ingest import ingest_pdfs
+    from latemm.data.ingest import ingest_pdfs
 
     files = sorted(p for p in Path(pdfs_dir).iterdir() if p.suffix.lower() == ".pdf")
     if pdfs is not None:

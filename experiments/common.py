@@ -195,8 +195,8 @@ def mmlongbench_questions(
 ) -> tuple[list[str], list[str], dict[str, dict[str, int]]]:
     """(query ids, questions, qrels) of MMLongBench-Doc's answerable questions (about ``pdfs``,
     file names, when given); a question's relevant pages are ``{pdf}#p{page}`` for each 1-based
-    evidence page (``latemm.mmlongbench.questions``)."""
-    from latemm.mmlongbench import questions
+    evidence page (``latemm.data.mmlongbench.questions``)."""
+    from latemm.data.mmlongbench import questions
 
     root = (data_dir or shared_data_dir()) / "mmlongbench"
     return questions(root / "samples.json", pdfs=pdfs)

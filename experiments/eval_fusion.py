@@ -53,8 +53,8 @@ from experiments.common import (
 )
 from experiments.eval_text import TextBench, vaswani_files
 from experiments.render import Sources
-from latemm import fusion
-from latemm.metrics import compare, evaluate, load_run
+from latemm.ranking import fusion
+from latemm.runs.metrics import compare, evaluate, load_run
 
 SINGLE = ("bm25", "bm25-unstemmed", "minilm-multivector")
 FUSED = ("text", "bm25")
@@ -170,7 +170,7 @@ def pool_scores(run_file: Path) -> dict[str, tuple[list[str], np.ndarray]]:
 
 def refuse(pools: dict[str, tuple[list[str], np.ndarray]], w: float) -> dict[str, Any]:
     """The run ``--fusion weighted --weights text=w,bm25=1-w`` gives over the same candidates
-    (``latemm.fusion.weighted``, min-max per query over them)."""
+    (``latemm.ranking.fusion.weighted``, min-max per query over them)."""
     run = {}
     for q, (docs, scores) in pools.items():
         ids = np.array([docs], dtype=object)

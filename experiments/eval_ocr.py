@@ -83,8 +83,8 @@ def born_digital_pages(pdfs: list[Path], min_chars: int = 200) -> list[tuple[Pat
 def oracle(data: Path, sample: int, seed: int, budget: float | None) -> dict[str, Any]:
     import pypdfium2 as pdfium
 
-    from latemm.ingest import _render_for_ocr
-    from latemm.ocr import OcrPool, default_engine, default_workers
+    from latemm.data.ingest import _render_for_ocr
+    from latemm.data.ocr import OcrPool, default_engine, default_workers
 
     pdfs = sorted((data / "mmlongbench" / "pdfs").glob("*.pdf"))
     candidates = born_digital_pages(pdfs)
@@ -146,7 +146,7 @@ def oracle(data: Path, sample: int, seed: int, budget: float | None) -> dict[str
 
 
 def _ingest(pdfs: list[Path], corpus: Path, ocr: str) -> dict[str, Any]:
-    from latemm.ingest import ingest_pdfs
+    from latemm.data.ingest import ingest_pdfs
 
     start = time.perf_counter()
     report = ingest_pdfs(pdfs, corpus, images=False, progress=True, ocr=ocr)
@@ -174,9 +174,9 @@ def _retrieve(
     ``retrieve-LABEL.json`` when it was written, else None)."""
     from index_store import Index
     from latemm.encoders.text import TextEncoder
-    from latemm.jobs import search_file
-    from latemm.metrics import load_run
-    from latemm.pipeline import index_corpus
+    from latemm.index.pipeline import index_corpus
+    from latemm.runs.jobs import search_file
+    from latemm.runs.metrics import load_run
 
     index = work / f"idx-{label}"
     run = work / f"run-{label}.parquet"
@@ -244,7 +244,7 @@ def pages_to_ocr(path: Path) -> int:
     """Pages of a PDF that ``--ocr auto`` reads (text layer under 20 visible characters)."""
     import pypdfium2 as pdfium
 
-    from latemm.ingest import NEARLY_EMPTY_CHARS
+    from latemm.data.ingest import NEARLY_EMPTY_CHARS
 
     pdf = pdfium.PdfDocument(str(path))
     try:
@@ -259,8 +259,8 @@ def pages_to_ocr(path: Path) -> int:
 def main_job(data: Path, work: Path, max_ocr_pages: int | None, reuse: bool) -> dict[str, Any]:
     import pyarrow as pa
 
-    from latemm.metrics import compare, evaluate
-    from latemm.mmlongbench import questions
+    from latemm.data.mmlongbench import questions
+    from latemm.runs.metrics import compare, evaluate
 
     every = sorted((data / "mmlongbench" / "pdfs").glob("*.pdf"))
     ocr_pages = {p.name: pages_to_ocr(p) for p in every}

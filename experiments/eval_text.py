@@ -36,9 +36,9 @@ from experiments.common import (
 )
 from experiments.render import Sources
 from latemm.encoders.text import TextEncoder
-from latemm.jobs import search_file
-from latemm.metrics import compare, evaluate, load_qrels, load_run
-from latemm.pipeline import index_corpus
+from latemm.index.pipeline import index_corpus
+from latemm.runs.jobs import search_file
+from latemm.runs.metrics import compare, evaluate, load_qrels, load_run
 
 
 def bm25_run(
@@ -138,7 +138,7 @@ def mmlongbench_files(data: Path, work: Path, quick: bool) -> TextBench:
     """MMLongBench-Doc's PDFs ingested as page text (``latemm ingest --no-images``) and its
     answerable questions whose PDFs are all present, as Parquet files (``eval_fusion`` reuses
     them)."""
-    from latemm.ingest import ingest_pdfs
+    from latemm.data.ingest import ingest_pdfs
 
     pdfs = sorted((data / "mmlongbench" / "pdfs").glob("*.pdf"))
     if quick:

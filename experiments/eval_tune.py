@@ -29,7 +29,7 @@ from experiments import render
 from experiments.common import CACHE, RESULTS, shared_data_dir, write_result
 from experiments.eval_fusion import build_index, cli, mmlongbench_bench
 from experiments.eval_text import vaswani_files
-from latemm import tune as tune_lib
+from latemm.runs import tune as tune_lib
 
 METRICS = {"vaswani": "ndcg@10", "mmlongbench": "ndcg@5"}
 FIELDS = ["text", "bm25"]
@@ -79,7 +79,7 @@ def tune_one(name: str, bench: Any, work: Path) -> dict[str, Any]:
 def real_search(index_dir: Path, bench: Any, setting: Any, metric: str) -> dict[str, Any]:
     """A real search of every judged query with ``setting`` (``FieldRetriever``): its mean
     ``metric``, to set beside the re-fused one ``tune`` computed, and its time."""
-    from latemm.field_search import FieldRetriever
+    from latemm.retrieval.field_search import FieldRetriever
 
     judged = [
         (q, t)

@@ -26,9 +26,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from experiments.common import shared_data_dir, write_result
-from latemm import fields as fields_module
-from latemm.fields import index_fields
-from latemm.ingest import ingest_pdfs
+from latemm.data.ingest import ingest_pdfs
+from latemm.index import fields as fields_module
+from latemm.index.fields import index_fields
 
 KINDS = {  # file kind -> how a file is recognised
     "vectors": lambda p: (

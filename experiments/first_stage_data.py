@@ -22,7 +22,7 @@ from experiments.common import CACHE
 from experiments.synthetic import SyntheticCorpus
 from fde import encode_documents, encode_queries
 from index_store import default_fde_config
-from latemm.scoring import maxsim
+from latemm.ranking.scoring import maxsim
 
 
 def cache_path(pages: int, queries: int) -> Path:

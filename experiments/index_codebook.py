@@ -46,7 +46,7 @@ def build(index: Path, corpus: Path, threshold: int | None) -> float:
 
 def exact_top10(corpus: Path, queries: list[np.ndarray], cache: Path) -> list[list[str]]:
     """Each query's 10 best abstracts by exact float32 MaxSim (cached in ``cache``)."""
-    from latemm.scoring import maxsim
+    from latemm.ranking.scoring import maxsim
 
     if cache.is_file():
         return list(json.loads(cache.read_text()))
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-build", action="store_true")
     args = parser.parse_args(argv)
     from index_store import Index
-    from latemm.retriever import Retriever
+    from latemm.retrieval.retriever import Retriever
 
     corpus = SHAPES / "corpus.parquet"
     seconds = None if args.no_build else build(args.index, corpus, args.threshold)

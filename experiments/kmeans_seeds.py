@@ -31,7 +31,7 @@ from experiments.common import write_result
 from experiments.residual_codec import _ndcg, _recall, exact_top10, vaswani_set
 from experiments.residual_speed import build
 from index_store import codecs
-from latemm.retriever import Retriever
+from latemm.retrieval.retriever import Retriever
 
 LATEMM_KMEANS = codecs.kmeans
 

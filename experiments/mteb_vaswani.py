@@ -38,7 +38,7 @@ def vaswani_slice(
     """(corpus {doc_id: text}, queries {query_id: text}, qrels) of Vaswani. A slice keeps the
     first ``queries`` queries and the first ``docs`` documents plus every document judged for
     a kept query, so each kept query can find its relevant documents."""
-    from latemm.metrics import load_qrels
+    from latemm.runs.metrics import load_qrels
 
     root = data / "vaswani"
     doc_ids, texts = read_trec_docs(root / "doc-text.trec")

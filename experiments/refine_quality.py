@@ -28,9 +28,9 @@ from experiments.common import CACHE, shared_data_dir, vaswani_minilm, write_res
 from experiments.storage_quality import disk_bytes
 from experiments.synthetic import SyntheticCorpus
 from index_store import Index, IndexConfig, create
-from latemm.metrics import evaluate, load_qrels
-from latemm.retriever import Retriever
-from latemm.scoring import maxsim
+from latemm.ranking.scoring import maxsim
+from latemm.retrieval.retriever import Retriever
+from latemm.runs.metrics import evaluate, load_qrels
 
 # (label, dtype, refine)
 STORAGES = [

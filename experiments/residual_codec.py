@@ -6,7 +6,7 @@ Run: ``python -m experiments.residual_codec [--docs N] [--dtypes ...] [--sets ..
 
 ``float16-flat`` is ``--dtype float16 --faiss Flat``, issue 29's yardstick for bytes (every file,
 the Flat first stage's float32 FDEs included). ``--pool F`` adds, for each dtype, an index of
-the documents' tokens pooled by ``latemm.pooling.pool_tokens`` (Ward clustering, factor F),
+the documents' tokens pooled by ``latemm.ranking.pooling.pool_tokens`` (Ward clustering, factor F),
 judged against the exact top-10 over the unpooled vectors. ``--plaid`` runs fast-plaid (its own
 virtual environment, ``experiments.plaid_baseline``; ``$LATEMM_PLAID_PYTHON``) at nbits 2 and 4
 on the same vectors in the same run: its index folder's bytes and the recall@10 of its top-10
@@ -52,10 +52,10 @@ from fde.errors import LatemmError
 from index_store import Index, IndexConfig, create, default_fde_config
 from index_store.codecs import is_residual
 from index_store.config import RESIDUAL_CODEBOOKS
-from latemm.metrics import evaluate, load_qrels
-from latemm.pooling import pool_tokens
-from latemm.retriever import Retriever
-from latemm.scoring import maxsim
+from latemm.ranking.pooling import pool_tokens
+from latemm.ranking.scoring import maxsim
+from latemm.retrieval.retriever import Retriever
+from latemm.runs.metrics import evaluate, load_qrels
 
 DTYPES = ("float16", "int8", "pq1", "pq2", "res1", "res2", "res4")
 FLAT = "float16-flat"  # --dtype float16 --faiss Flat

@@ -35,7 +35,7 @@ from experiments.synthetic import SyntheticCorpus
 from fde import FDEConfig, encode_documents, encode_queries
 from index_store import codecs
 from index_store.first_stage import GlobalFirstStage, encode_codes, train_codebook
-from latemm.scoring import maxsim
+from latemm.ranking.scoring import maxsim
 
 SPECS = ("20:5:16:1280", "20:5:16:640", "20:4:16:640", "20:4:16:512", "20:3:16:320", "10:5:16:640")
 DEPTHS = (256, 512, 768, 1024, 2048)

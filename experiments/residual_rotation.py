@@ -29,7 +29,7 @@ import numpy as np
 
 from experiments.common import vaswani_minilm, write_result
 from index_store.codecs import RESIDUAL_NITER, num_centroids
-from latemm.scoring import maxsim
+from latemm.ranking.scoring import maxsim
 
 ALLOWED_BITS = np.array([0, 1, 2, 4, 8])
 

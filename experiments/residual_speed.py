@@ -36,8 +36,8 @@ from experiments.residual_codec import _ndcg, _recall, exact_top10, vaswani_set
 from experiments.storage_quality import by_file
 from index_store import Index, IndexConfig, create, default_fde_config
 from index_store.codecs import is_residual
-from latemm.pipeline import resolve_config, token_sample
-from latemm.retriever import Retriever
+from latemm.index.pipeline import resolve_config, token_sample
+from latemm.retrieval.retriever import Retriever
 
 # What ``latemm index`` commits at (``index_corpus``'s commit_every).
 COMMIT_EVERY = 512
@@ -47,7 +47,7 @@ SEARCHED_AS_BUILT = ("default", "float16-default", "float16-flat")
 
 def build(data: dict[str, Any], dtype: str) -> Index:
     """``dtype``'s index in one segment; ``default``: what ``latemm index`` builds when no
-    option is given (``latemm.pipeline.resolve_config``), committed every ``COMMIT_EVERY``
+    option is given (``latemm.index.pipeline.resolve_config``), committed every ``COMMIT_EVERY``
     pages as it commits, and the same with ``--dtype float16`` (``float16-default``, the
     default before) and ``--dtype float16 --faiss Flat`` (``float16-flat``)."""
     path = CACHE / f"residual-speed-{data['set']}-{dtype}"
@@ -70,7 +70,7 @@ def build(data: dict[str, Any], dtype: str) -> Index:
     offsets = data["offsets"]
     with create(path, config) as writer:
         sample = token_sample([data["vectors"]]) if dtype == "default" else None
-        if sample is not None:  # as latemm.pipeline.codebook_sample draws it from the file
+        if sample is not None:  # as latemm.index.pipeline.codebook_sample draws it from the file
             writer.train_vectors_codebook(sample)
         for a in range(0, len(data["ids"]), every):
             b = min(a + every, len(data["ids"]))

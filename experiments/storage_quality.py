@@ -30,10 +30,10 @@ from experiments.render import Sources
 from experiments.synthetic import SyntheticCorpus
 from index_store import Index, IndexConfig, codecs, create
 from index_store.codecs import bytes_per_vector
-from latemm.metrics import evaluate, load_qrels
-from latemm.pooling import pool_tokens
-from latemm.retriever import Retriever
-from latemm.scoring import maxsim
+from latemm.ranking.pooling import pool_tokens
+from latemm.ranking.scoring import maxsim
+from latemm.retrieval.retriever import Retriever
+from latemm.runs.metrics import evaluate, load_qrels
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -318,7 +318,7 @@ def page_magnitudes(vectors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     integer maxima per set and no temporary copy (0.03 ms per ColPali page): as int16 a
     non-negative float's bits are its magnitude, as uint16 a negative one's are 0x8000 plus
     its magnitude (NaN's bits sort above infinity's, so a set holding NaN gets NaN). The fast
-    pass's error bound scales with it (``latemm.scoring``, which also reads blocks of pages
+    pass's error bound scales with it (``latemm.ranking.scoring``, which also reads blocks of pages
     without stored magnitudes through this)."""
     flat = np.asarray(vectors).reshape(-1)
     starts = np.asarray(offsets[:-1], dtype=np.int64) * vectors.shape[1]

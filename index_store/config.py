@@ -20,7 +20,7 @@ DEFAULT_REFINE_DEPTH = 128
 # Where a residual codec's codebook lives (``IndexConfig.residual_codebook``).
 RESIDUAL_CODEBOOKS = ("segment", "index")
 # How a search finds candidates (``IndexConfig.first_stage``): the FDE + faiss, or for residual
-# codes PLAID's candidate generation from the tokens' centroids (latemm.retriever).
+# codes PLAID's candidate generation from the tokens' centroids (latemm.retrieval.retriever).
 FIRST_STAGES = ("fde", "centroids")
 
 FACTORY_FORMS = (

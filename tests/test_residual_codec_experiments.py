@@ -253,12 +253,12 @@ def test_codebook_draw_takes_whole_pages_or_tokens_of_every_page(monkeypatch) ->
     """``experiments.codebook_draw``'s draws at a tiny size: ``pages`` is whole pages (each
     drawn page's vectors, none of another), ``tokens`` the pipeline's uniform token sample,
     ``first`` none (the build trains on its first vectors)."""
-    import latemm.pipeline
+    import latemm.index.pipeline
     from experiments.codebook_draw import draw
 
-    monkeypatch.setattr(latemm.pipeline, "CODEBOOK_SAMPLE_VECTORS", 1200)
-    monkeypatch.setattr(latemm.pipeline, "INDEX_CODEBOOK_VECTORS", 1000)
-    monkeypatch.setattr(latemm.pipeline.codecs, "MIN_TRAIN", 100)
+    monkeypatch.setattr(latemm.index.pipeline, "CODEBOOK_SAMPLE_VECTORS", 1200)
+    monkeypatch.setattr(latemm.index.pipeline, "INDEX_CODEBOOK_VECTORS", 1000)
+    monkeypatch.setattr(latemm.index.pipeline.codecs, "MIN_TRAIN", 100)
     lengths = np.random.default_rng(0).integers(5, 40, 300)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     vectors = np.zeros((offsets[-1], 2), np.float32)

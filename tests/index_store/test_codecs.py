@@ -12,8 +12,8 @@ import pytest
 
 from index_store import Index, IndexConfig, IndexCorruptError, InputError, codecs, create, verify
 from index_store.store import IndexWriter
-from latemm.retriever import Retriever
-from latemm.scoring import maxsim
+from latemm.ranking.scoring import maxsim
+from latemm.retrieval.retriever import Retriever
 from tests.helpers import DIM
 
 

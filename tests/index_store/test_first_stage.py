@@ -16,8 +16,8 @@ from fde import FDEConfig
 from index_store import Index, IndexConfig, IndexCorruptError, create, verify
 from index_store import first_stage as fs
 from index_store.manifest import Manifest
-from latemm.retriever import Retriever, first_stage, first_stage_queries
-from latemm.scoring import maxsim
+from latemm.ranking.scoring import maxsim
+from latemm.retrieval.retriever import Retriever, first_stage, first_stage_queries
 from tests.helpers import SMALL_DIM as DIM
 
 FDE = FDEConfig(

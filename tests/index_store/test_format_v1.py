@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from index_store import Index, verify
-from latemm.retriever import Retriever
+from latemm.retrieval.retriever import Retriever
 
 V1 = Path(__file__).parent / "data" / "v1-index"
 DIM = 8

@@ -29,7 +29,7 @@ from index_store import (
     verify,
 )
 from index_store.errors import StorageError
-from latemm.retriever import Retriever
+from latemm.retrieval.retriever import Retriever
 from tests.helpers import SMALL_DIM as DIM
 
 REPO = Path(__file__).resolve().parents[2]

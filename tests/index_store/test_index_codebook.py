@@ -18,7 +18,7 @@ from index_store import store as store_module
 from index_store.fsio import sha256_file
 from index_store.manifest import Manifest
 from index_store.store import IndexWriter
-from latemm.retriever import Retriever
+from latemm.retrieval.retriever import Retriever
 from tests.helpers import write_corpus
 from tests.index_store.test_codecs import _brute_force_over_decoded
 from tests.index_store.test_residual_codec import DIM, _docs

@@ -14,8 +14,8 @@ import pytest
 from index_store import Index, IndexConfig, codecs, create, verify
 from index_store.errors import IndexCorruptError
 from index_store.fsio import sha256_file
-from latemm.retriever import Retriever
-from latemm.scoring import _max_abs, maxsim, maxsim_half
+from latemm.ranking.scoring import _max_abs, maxsim, maxsim_half
+from latemm.retrieval.retriever import Retriever
 from tests.helpers import DIM
 
 

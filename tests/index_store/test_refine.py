@@ -23,8 +23,14 @@ from index_store import (
 from index_store.errors import IndexFormatError
 from index_store.store import IndexWriter
 from latemm.cli import main
-from latemm.retriever import Retriever, doc_ids_of, first_stage, first_stage_queries, rescore
-from latemm.scoring import maxsim
+from latemm.ranking.scoring import maxsim
+from latemm.retrieval.retriever import (
+    Retriever,
+    doc_ids_of,
+    first_stage,
+    first_stage_queries,
+    rescore,
+)
 from tests.helpers import write_corpus, write_queries
 from tests.index_store.test_codecs import DIM, _docs
 from tests.index_store.test_codecs import _build as build

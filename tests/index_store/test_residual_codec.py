@@ -15,8 +15,8 @@ from index_store import Index, IndexConfig, IndexCorruptError, InputError, codec
 from index_store import segment as segment_module
 from index_store.fsio import sha256_file
 from index_store.store import IndexWriter
-from latemm.retriever import Retriever
-from latemm.scoring import maxsim
+from latemm.ranking.scoring import maxsim
+from latemm.retrieval.retriever import Retriever
 from tests.index_store.test_codecs import _brute_force_over_decoded
 
 DIM = 32

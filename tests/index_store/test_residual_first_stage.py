@@ -12,8 +12,8 @@ from index_store import Index, IndexConfig, create, default_fde_config, verify
 from index_store.config import RESIDUAL_SIMHASH_PROJECTIONS
 from index_store.first_stage import CODES_FILE, MIN_TRAIN_DOCUMENTS
 from index_store.store import IndexWriter
-from latemm.pipeline import resolve_config
-from latemm.retriever import Retriever
+from latemm.index.pipeline import resolve_config
+from latemm.retrieval.retriever import Retriever
 from tests.index_store.test_codecs import _brute_force_over_decoded
 from tests.index_store.test_residual_codec import _docs
 

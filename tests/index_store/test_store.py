@@ -18,8 +18,8 @@ from index_store import (
     create,
     verify,
 )
-from latemm.retriever import Retriever
-from latemm.scoring import maxsim
+from latemm.ranking.scoring import maxsim
+from latemm.retrieval.retriever import Retriever
 from tests.helpers import SMALL_DIM as DIM
 
 

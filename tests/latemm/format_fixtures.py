@@ -76,7 +76,7 @@ def _rows(result: Any) -> dict[str, Any]:
 
 def search_fields(path: Path) -> dict[str, Any]:
     """Each fusion's top ``K`` of the three queries, ids and final scores."""
-    from latemm.field_search import FieldRetriever
+    from latemm.retrieval.field_search import FieldRetriever
 
     out = {}
     for fusion in FUSIONS:
@@ -88,7 +88,7 @@ def search_fields(path: Path) -> dict[str, Any]:
 
 def search_sharded(path: Path) -> dict[str, Any]:
     """The merged top ``K`` of the multi-vector queries over every shard."""
-    from latemm.field_search import OneFieldRetriever
+    from latemm.retrieval.field_search import OneFieldRetriever
 
     return _rows(OneFieldRetriever(path).search_embeddings(query_vectors()["m"], k=K))
 
@@ -103,13 +103,13 @@ def build(out: Path) -> dict[str, Any]:
     """Write the three indexes under ``out`` and return their expected searches."""
     from unittest import mock
 
-    from latemm.field_maintenance import begin_delete
-    from latemm.fields import index_fields
-    from latemm.sharded import index_sharded
+    from latemm.index.field_maintenance import begin_delete
+    from latemm.index.fields import index_fields
+    from latemm.index.sharded import index_sharded
 
     # A 32-dimensional FDE (2 repetitions x 4 partitions x 4) instead of the default 10,240, so
     # the committed files stay a few KB; it is recorded in each manifest like any other config.
-    small_fde = mock.patch("latemm.pipeline.default_fde_config", _small_fde)
+    small_fde = mock.patch("latemm.index.pipeline.default_fde_config", _small_fde)
     with tempfile.TemporaryDirectory() as tmp, small_fde:
         corpus = write_corpus(Path(tmp) / "corpus.parquet")
         fields = out / "fields-index"

@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from index_store import codecs
-from latemm import scoring
 from latemm.cli import main
+from latemm.ranking import scoring
 from tests.helpers import DIM, VECTORS
 
 
@@ -467,7 +467,7 @@ def test_long_query_is_capped_at_the_encoders_max_query_tokens() -> None:
 def test_two_precomputed_fields_are_searched_with_a_column_each(tmp_path, capsys) -> None:
     """P11: --query-column FIELD=COLUMN gives each precomputed field its query vectors; the
     result equals the Python API given the same vectors."""
-    from latemm.field_search import FieldRetriever
+    from latemm.retrieval.field_search import FieldRetriever
 
     path = corpus(tmp_path / "c.parquet", other=embeddings(30, seed=5, dim=8))
     idx = tmp_path / "idx"

@@ -39,6 +39,6 @@ def test_evaluate_stays_a_function_after_the_metrics_module_loads() -> None:
     """latemm.evaluate once shared its name with a submodule: importing the submodule (as the
     first call itself did) replaced the function on the package."""
     import latemm
-    import latemm.metrics  # noqa: F401
+    import latemm.runs.metrics  # noqa: F401
 
     assert callable(latemm.evaluate) and latemm.evaluate.__module__ == "latemm.api"

@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from index_store.errors import IndexCorruptError, IndexFormatError
-from latemm import bm25
-from latemm.bm25 import BM25Index, MergedBM25
-from latemm.field_search import FieldRetriever
-from latemm.field_shards import index_field_shards, shard_dir
-from latemm.fields import field_dir, index_fields, open_field, read_fields
+from latemm.index import bm25
+from latemm.index.bm25 import BM25Index, MergedBM25
+from latemm.index.field_shards import index_field_shards, shard_dir
+from latemm.index.fields import field_dir, index_fields, open_field, read_fields
+from latemm.retrieval.field_search import FieldRetriever
 
 SHARDS = 3
 N = 400

@@ -11,12 +11,12 @@ import pytest
 
 from index_store import Index, IndexConfig, InputError, codecs, create
 from latemm.cli import main
-from latemm.retriever import (
+from latemm.ranking.scoring import maxsim_pairs
+from latemm.retrieval.retriever import (
     Retriever,
     centroid_first_stage,
     first_stage_queries,
 )
-from latemm.scoring import maxsim_pairs
 from tests.index_store.test_residual_codec import DIM, _docs
 
 
@@ -219,7 +219,7 @@ def test_a_residual_index_records_its_search_defaults(tmp_path) -> None:
     """``latemm index --dtype res4`` records the centroid first stage and a depth of 128 in
     the manifest; a search that names neither takes them, through the kernel, the collection
     searcher and the CLI. Naming ``--first-stage fde`` still takes the FDE."""
-    from latemm.field_search import OneFieldRetriever
+    from latemm.retrieval.field_search import OneFieldRetriever
 
     index = tmp_path / "res4"
     assert main(["index", str(_corpus(tmp_path)), "--index", str(index), "--dtype", "res4",

@@ -132,7 +132,7 @@ def _index_cmd(corpus: Path, idx: Path) -> list[str]:
 def crash_and_resume(tmp_path: Path, kills: int, n_docs: int, seed: int = 0) -> None:
     """Kill `latemm index` with SIGKILL at random moments, check the committed state after
     each kill, resume, and compare the finished index with a clean build."""
-    from latemm.retriever import Retriever
+    from latemm.retrieval.retriever import Retriever
 
     corpus = tmp_path / "corpus.parquet"
     write_corpus(corpus, n_docs)

@@ -1,4 +1,4 @@
-"""One collection (issue 26): ``latemm.collection`` tells the four kinds of index apart in one
+"""One collection (issue 26): ``latemm.index.collection`` tells the four kinds of index apart in one
 place; the Python API has every maintenance verb the CLI has, on every kind, with the same
 answers; and one searcher, ``FieldRetriever``, searches every kind: a plain index and a
 sharded one as their one field ``default``, with exactly ``Retriever``'s ids and scores."""
@@ -14,9 +14,9 @@ import pytest
 import latemm
 from index_store.errors import InputError
 from latemm.cli import main
-from latemm.collection import open_collection
-from latemm.field_search import FieldRetriever, OneFieldRetriever
-from latemm.retriever import Retriever
+from latemm.index.collection import open_collection
+from latemm.retrieval.field_search import FieldRetriever, OneFieldRetriever
+from latemm.retrieval.retriever import Retriever
 from tests.helpers import DIM, write_corpus, write_pages
 
 KINDS = {

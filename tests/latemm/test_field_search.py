@@ -1,5 +1,6 @@
-"""Searching a multi-field index (``latemm.field_search``): what rank fusion does with pages a
-BM25 field did not match (#30 B10, P8), run through the CLI as the issue's script runs it."""
+"""Searching a multi-field index (``latemm.retrieval.field_search``): what rank fusion does with
+pages a BM25 field did not match (#30 B10, P8), run through the CLI as the issue's script runs
+it."""
 
 from __future__ import annotations
 
@@ -139,8 +140,8 @@ def test_auto_fusion_equals_its_definition_written_out(tmp_path, k) -> None:
     import bm25s
     import Stemmer
 
-    from latemm.field_search import FieldRetriever
-    from latemm.fields import index_fields
+    from latemm.index.fields import index_fields
+    from latemm.retrieval.field_search import FieldRetriever
 
     rng = np.random.default_rng(11)
     n, dim = 36, 8
@@ -201,8 +202,8 @@ def test_auto_fusion_does_not_lose_to_the_best_field_when_one_field_is_noise(tmp
     better, ``b``) and one of pure noise (``noise``). With every query asking for one topic,
     ``auto`` (the default) is at least as good as the best field alone in mean nDCG@10,
     where plain RRF (k = 60, equal weights) loses to it."""
-    from latemm.field_search import FieldRetriever
-    from latemm.fields import index_fields
+    from latemm.index.fields import index_fields
+    from latemm.retrieval.field_search import FieldRetriever
 
     rng = np.random.default_rng(21)
     n, topics, dim = 300, 30, 16

@@ -14,19 +14,19 @@ import pyarrow.parquet as pq
 import pytest
 
 from index_store.errors import InputError
-from latemm.bm25 import BM25Index
 from latemm.cli import main
-from latemm.field_maintenance import begin_delete, compact, delete
-from latemm.field_search import FieldRetriever
-from latemm.field_shards import (
+from latemm.index.bm25 import BM25Index
+from latemm.index.field_maintenance import begin_delete, compact, delete
+from latemm.index.field_shards import (
     compact_field_shards,
     delete_field_shards,
     index_field_shards,
     read_field_shards,
     shard_dir,
 )
-from latemm.fields import index_fields, open_field, read_fields
-from latemm.sharded import BUILDING, DELETING, SHARDS_MANIFEST, is_field_shards, shard_of
+from latemm.index.fields import index_fields, open_field, read_fields
+from latemm.index.sharded import BUILDING, DELETING, SHARDS_MANIFEST, is_field_shards, shard_of
+from latemm.retrieval.field_search import FieldRetriever
 from tests.helpers import SMALL_DIM as DIM
 from tests.latemm.test_fields import FIELDS, GONE, N, corpus  # noqa: F401 - the fixture
 
@@ -265,7 +265,7 @@ def test_reranked_on_the_coordinator_like_the_unsharded_index(pair, tmp_path) ->
     """The fused top ``rerank_depth`` is reranked once, after the shards' phases, with each
     page read from the shard that holds it: the unsharded index's order and scores."""
     pytest.importorskip("torchvision")  # Qwen2-VL's processor needs its video processor
-    from latemm.reranker import MLLMReranker
+    from latemm.retrieval.reranker import MLLMReranker
     from tests.latemm.tiny_models import build_qwen2_vl
 
     reranker = MLLMReranker(str(build_qwen2_vl(tmp_path / "qwen")), template="yesno")
@@ -374,7 +374,7 @@ def test_cli_options_that_cannot_apply_to_a_collection(pair, corpus, capsys) -> 
 def test_default_res4_fields_share_each_fields_codebook_across_shards(tmp_path) -> None:
     """Built with the default dtype, each vector field of every shard stores res4 under the
     codebook the unsharded fields index trains for that field (drawn from the whole corpus,
-    ``latemm.fields.field_codebook``), also for a field added later; over every page the
+    ``latemm.index.fields.field_codebook``), also for a field added later; over every page the
     collection then gives the unsharded index's ids and scores."""
     from index_store import Index
     from tests.helpers import write_corpus

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from index_store import Index, IndexConfig, InputError, create
-from latemm.field_search import FieldRetriever
-from latemm.fields import FORMAT_VERSION, index_fields, parse_field, read_fields
-from latemm.retriever import Retriever
+from latemm.index.fields import FORMAT_VERSION, index_fields, parse_field, read_fields
+from latemm.retrieval.field_search import FieldRetriever
+from latemm.retrieval.retriever import Retriever
 from tests.helpers import SMALL_DIM as DIM
 
 N = 36
@@ -164,7 +164,7 @@ def test_fused_top_k_on_near_ties_is_exact_and_computes_few_exact_scores(
     # apart, fused with bm25: the top 3 (ties by doc_id) and every score in it equal brute
     # force over the stored values, while only the scores the top 3 depends on are computed
     # exactly (all of them under z-score, whose mean and spread involve every candidate).
-    from latemm import field_parts  # the in-process part's exact pass (latemm.field_parts)
+    from latemm.retrieval import field_parts  # the in-process part's exact pass
 
     rng = np.random.default_rng(21)
     base = rng.standard_normal((6, DIM)).astype(np.float16)
@@ -485,7 +485,7 @@ def test_query_file_embeddings_serve_the_precomputed_field(index, tmp_path) -> N
 def test_fused_results_are_reranked_from_the_fields_pages(index, tmp_path_factory) -> None:
     pytest.importorskip("torchvision")  # Qwen2-VL's processor needs its video processor
     from latemm.encoders.base import Page
-    from latemm.reranker import MLLMReranker
+    from latemm.retrieval.reranker import MLLMReranker
     from tests.latemm.tiny_models import build_qwen2_vl
 
     reranker = MLLMReranker(str(build_qwen2_vl(tmp_path_factory.mktemp("qwen"))), template="yesno")
@@ -509,7 +509,7 @@ def test_fused_results_are_reranked_from_the_fields_pages(index, tmp_path_factor
 
 
 def test_weights_text_is_parsed_or_refused() -> None:
-    from latemm.fusion import parse_weights
+    from latemm.ranking.fusion import parse_weights
 
     assert parse_weights("text=0.7, bm25=0.3") == {"text": 0.7, "bm25": 0.3}
     for bad in ("text", "text=high", "=1", ","):
@@ -565,7 +565,7 @@ def _assert_same_results(got, want) -> None:
 
 
 def _held(path):
-    from latemm.field_maintenance import held_ids
+    from latemm.index.field_maintenance import held_ids
 
     return {spec.name: held_ids(path, spec) for spec in read_fields(path).fields}
 
@@ -594,7 +594,7 @@ def test_delete_and_compact_change_every_field_as_a_build_without_the_pages(
     assert len(Index.open(idx / "fields" / "m")) == N - 4
     assert main(["verify", str(idx)]) == 0
     # Every page deleted: the bm25 field is empty, and searching it finds nothing.
-    from latemm.field_maintenance import delete
+    from latemm.index.field_maintenance import delete
 
     delete(idx, [f"p{i:02d}" for i in range(N)], missing_ok=True)
     assert FieldRetriever(idx, fields=["b"]).search(["cash"], k=3).doc_ids.tolist() == [[None] * 3]
@@ -605,8 +605,8 @@ def test_a_delete_cut_short_is_finished_when_the_index_is_next_opened(
     corpus, without_gone, tmp_path, capsys, applied
 ) -> None:
     from latemm.cli import main
-    from latemm.field_maintenance import begin_delete, delete, recover
-    from latemm.fields import locked
+    from latemm.index.field_maintenance import begin_delete, delete, recover
+    from latemm.index.fields import locked
 
     idx = _build(corpus[0], tmp_path / "idx")
     # The state a process killed midway leaves: the journal, and the fields changed so far.
@@ -642,8 +642,8 @@ def test_a_reader_opens_every_field_from_one_state_of_the_index(
     """A delete that starts and changes a field while a reader opens the fields (issue 30 P16):
     the reader notices, opens them again, and leaves the delete's ids out; it never fails and
     never sees fields that disagree."""
-    import latemm.field_search as field_search
-    from latemm.field_maintenance import begin_delete
+    import latemm.retrieval.field_search as field_search
+    from latemm.index.field_maintenance import begin_delete
 
     idx = _build(corpus[0], tmp_path / "idx")
     opened = []
@@ -717,7 +717,7 @@ def test_an_interrupted_field_search_resumes_only_with_the_same_arguments(
     ("method", "normalization"), [("rrf", "minmax"), ("weighted", "minmax"), ("weighted", "zscore")]
 )
 def test_fuse_bounds_hold_for_every_choice_and_are_fuse_when_known(method, normalization) -> None:
-    from latemm import fusion
+    from latemm.ranking import fusion
 
     rng = np.random.default_rng(3)
     ids = np.array([[f"d{i:02d}" for i in range(12)] for _ in range(4)], dtype=object)

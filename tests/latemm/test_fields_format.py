@@ -15,8 +15,8 @@ import pytest
 
 from index_store.errors import IndexFormatError
 from latemm.cli import main
-from latemm.field_search import FieldRetriever
-from latemm.fields import FORMAT_VERSION, index_fields, read_fields
+from latemm.index.fields import FORMAT_VERSION, index_fields, read_fields
+from latemm.retrieval.field_search import FieldRetriever
 from tests.latemm import format_fixtures as ff
 
 
@@ -24,7 +24,7 @@ from tests.latemm import format_fixtures as ff
 def new_index(tmp_path_factory):
     """The committed fixture's corpus and fields, built by today's code (with a page store)."""
     tmp = tmp_path_factory.mktemp("fmt")
-    with mock.patch("latemm.pipeline.default_fde_config", ff._small_fde):
+    with mock.patch("latemm.index.pipeline.default_fde_config", ff._small_fde):
         corpus = ff.write_corpus(tmp / "corpus.parquet")
         index_fields(
             corpus, tmp / "idx", ff.FIELDS, dtype="float16", faiss_factory="Flat", progress=False
@@ -97,7 +97,7 @@ def test_a_version_1_file_with_a_page_store_opens_and_moves_to_2_when_written(
     want = ff.search_fields(new_index)
     assert ff.search_fields(path) == want
     assert _version(path) == 1  # a reader never writes
-    from latemm.fields import write_search_defaults
+    from latemm.index.fields import write_search_defaults
 
     write_search_defaults(path, None)  # a writer commits fields.json again
     assert _version(path) == 2

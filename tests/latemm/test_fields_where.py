@@ -18,12 +18,12 @@ import pytest
 from index_store import Index
 from index_store.errors import InputError
 from latemm.cli import main
-from latemm.field_search import FieldRetriever
-from latemm.field_shards import index_field_shards
-from latemm.fields import index_fields
-from latemm.pagestore import PageStore
-from latemm.pipeline import index_corpus
-from latemm.retriever import Retriever
+from latemm.index.field_shards import index_field_shards
+from latemm.index.fields import index_fields
+from latemm.index.pagestore import PageStore
+from latemm.index.pipeline import index_corpus
+from latemm.retrieval.field_search import FieldRetriever
+from latemm.retrieval.retriever import Retriever
 from tests.latemm import format_fixtures as ff
 
 # Conditions the old fixture (text and year, no source/page) can answer too.
@@ -51,7 +51,7 @@ def built(tmp_path_factory):
     collection and a plain index, with the fixture's small FDE."""
     tmp = tmp_path_factory.mktemp("where")
     options = {"dtype": "float16", "faiss_factory": "Flat", "progress": False}
-    with mock.patch("latemm.pipeline.default_fde_config", ff._small_fde):
+    with mock.patch("latemm.index.pipeline.default_fde_config", ff._small_fde):
         corpus = _with_source_and_page(ff.write_corpus(tmp / "corpus.parquet"))
         index_fields(corpus, tmp / "new", ff.FIELDS, **options)
         index_field_shards(corpus, tmp / "sharded", ff.FIELDS, num_shards=3, **options)
@@ -207,7 +207,7 @@ def test_an_image_condition_reads_the_stored_images(tmp_path) -> None:
         table.append_column("image", pa.array(images, pa.binary())), tmp_path / "c.parquet"
     )
     options = {"dtype": "float16", "faiss_factory": "Flat", "progress": False}
-    with mock.patch("latemm.pipeline.default_fde_config", ff._small_fde):
+    with mock.patch("latemm.index.pipeline.default_fde_config", ff._small_fde):
         index_fields(
             tmp_path / "c.parquet",
             tmp_path / "new",

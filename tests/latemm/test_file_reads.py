@@ -1,5 +1,5 @@
 """Page images that an index names by file path (issue 30 B4, P22): one read policy
-(``latemm.io.read_image_file``) for `latemm show`, its heat map and the reranker: only under
+(``latemm.data.io.read_image_file``) for `latemm show`, its heat map and the reranker: only under
 ``--allow-files``, only regular files, under a size cap checked before reading. An image over
 Pillow's decompression-bomb limit is a rejected row at index time, not a traceback."""
 
@@ -17,7 +17,7 @@ import pytest
 
 from index_store.errors import InputError
 from latemm.cli import main
-from latemm.io import image_bytes, read_image_file
+from latemm.data.io import image_bytes, read_image_file
 from tests.latemm.tiny_models import build_colpali, build_qwen2_vl, png_bytes
 
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])

@@ -1,6 +1,7 @@
-"""Conditions per query (``latemm.filters.query_conditions``, ``latemm.retriever.by_scope``): a
-queries file's ``where`` column scopes each query before the first stage, exactly as ``--where``
-would, on plain, sharded and multi-field indexes, from the CLI and the Python API."""
+"""Conditions per query (``latemm.ranking.filters.query_conditions``,
+``latemm.retrieval.retriever.by_scope``): a queries file's ``where`` column scopes each query before
+the first stage, exactly as ``--where`` would, on plain, sharded and multi-field indexes, from the
+CLI and the Python API."""
 
 from __future__ import annotations
 
@@ -157,7 +158,7 @@ def test_python_api_takes_one_condition_or_one_per_query(corpus, tmp_path) -> No
         tmp_path / "idx",
         fields={"bm25": "bm25", "emb": "embedding:embedding"},
     )
-    from latemm.field_search import FieldRetriever
+    from latemm.retrieval.field_search import FieldRetriever
 
     rng = np.random.default_rng(8)
     vectors = [rng.standard_normal((3, DIM)).astype(np.float32) for _ in range(3)]
@@ -217,7 +218,7 @@ def test_a_where_column_that_is_not_text_is_refused(corpus, tmp_path, capsys) ->
 
 
 def test_conjoin_checks_each_condition_alone() -> None:
-    from latemm.filters import conjoin
+    from latemm.ranking.filters import conjoin
 
     assert conjoin(None, None) is None
     assert conjoin("a = 1", None) == "a = 1"

@@ -1,11 +1,11 @@
-"""``latemm.fusion`` kernels: bounds of fused scores with a field of weight 0, and per-query
+"""``latemm.ranking.fusion`` kernels: bounds of fused scores with a field of weight 0, and per-query
 (``auto``) weights."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from latemm import fusion
+from latemm.ranking import fusion
 
 
 def test_a_field_of_weight_zero_leaves_the_bounds_finite_and_tight() -> None:

@@ -11,9 +11,9 @@ import torch
 from fde import encode_documents, encode_queries
 from index_store import Index, IndexConfig, create
 from latemm.encoders import Page, load_encoder
-from latemm.reranker import MLLMReranker
-from latemm.retriever import Retriever
-from latemm.scoring import maxsim
+from latemm.ranking.scoring import maxsim
+from latemm.retrieval.reranker import MLLMReranker
+from latemm.retrieval.retriever import Retriever
 from tests.latemm.tiny_models import (
     build_colbert_pylate,
     build_colmodernvbert,

@@ -1,4 +1,4 @@
-"""latemm.hf_datasets: ViDoRe v3 converted with every column kept, and Hugging Face dataset
+"""latemm.data.hf_datasets: ViDoRe v3 converted with every column kept, and Hugging Face dataset
 folders (save_to_disk, data/*.parquet shards) read by the commands as they are."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ datasets = pytest.importorskip("datasets")
 PIL = pytest.importorskip("PIL.Image")
 
 from latemm.cli import main  # noqa: E402
-from latemm.io import count_rows, open_dataset  # noqa: E402
-from latemm.loaders import convert, detect_format  # noqa: E402
-from latemm.metrics import load_qrels  # noqa: E402
+from latemm.data.io import count_rows, open_dataset  # noqa: E402
+from latemm.data.loaders import convert, detect_format  # noqa: E402
+from latemm.runs.metrics import load_qrels  # noqa: E402
 
 
 def _png(shade: int) -> bytes:

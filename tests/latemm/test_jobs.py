@@ -1,4 +1,4 @@
-"""latemm.jobs.open_retriever (one searcher for plain and sharded indexes), and the shard
+"""latemm.runs.jobs.open_retriever (one searcher for plain and sharded indexes), and the shard
 servers a OneFieldRetriever is handed (``actors=``, what ``--ray`` builds on Ray actors) in
 place of searching its shards in this process."""
 
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from index_store.errors import InputError
-from latemm.field_search import OneFieldRetriever
-from latemm.fields import open_field
-from latemm.jobs import open_retriever
-from latemm.retriever import Retriever
+from latemm.index.fields import open_field
+from latemm.retrieval.field_search import OneFieldRetriever
+from latemm.retrieval.retriever import Retriever
+from latemm.runs.jobs import open_retriever
 from tests.latemm import format_fixtures as ff
 
 

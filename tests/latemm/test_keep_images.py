@@ -62,7 +62,7 @@ def test_pages_of_a_lean_index_are_rendered_from_their_source_pdf(colbert, tmp_p
     row's source PDF, found under --allow-files, is rendered at its page (issue #32 item 4)."""
     from PIL import Image
 
-    from latemm.retriever import read_pages
+    from latemm.retrieval.retriever import read_pages
 
     pytest.importorskip("pypdfium2")
     (tmp_path / "pdfs").mkdir()

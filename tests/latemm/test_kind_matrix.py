@@ -12,7 +12,7 @@ import pytest
 
 import latemm
 from latemm.cli import main
-from latemm.sharded import ShardManifest, read_manifest
+from latemm.index.sharded import ShardManifest, read_manifest
 from tests.helpers import read_run, write_pages, write_questions
 
 KINDS = {
@@ -112,7 +112,7 @@ def test_fields_sharded_equals_fields_after_delete_and_compact(indexes, tmp_path
     runs = {}
     for kind in ("fields", "fields-sharded"):
         idx = tmp_path / kind
-        # stored as shards store by default (float16: latemm.sharded.shard_options)
+        # stored as shards store by default (float16: latemm.index.sharded.shard_options)
         flags = [*KINDS[kind], "--dtype", "float16"]
         assert run("index", indexes["corpus"], "--index", idx, *flags, "--quiet") == 0
         out = tmp_path / f"{kind}-before.parquet"
@@ -170,7 +170,7 @@ def test_api_build_index_with_num_shards(indexes, tmp_path) -> None:
     assert again.num_shards == 3 and sum(again.documents) == 60
     a = latemm.search(tmp_path / "api", indexes["queries"], k=10)
     # the one index stored as shards store by default: res4 under the codebook they share
-    # (latemm.pipeline.shard_codebook); 60 pages, so every centroid is probed on both sides
+    # (latemm.index.pipeline.shard_codebook); 60 pages, so every centroid is probed on both sides
     latemm.build_index(indexes["corpus"], tmp_path / "one")
     b = latemm.search(tmp_path / "one", indexes["queries"], k=10)
     assert a.equals(b)
@@ -183,10 +183,10 @@ def test_api_build_index_with_num_shards(indexes, tmp_path) -> None:
 
 
 def test_api_build_index_keeps_each_kind_as_the_cli_does(indexes, tmp_path) -> None:
-    """latemm.build_index follows latemm index's rule (``latemm.collection.index_route``): a
+    """latemm.build_index follows latemm index's rule (``latemm.index.collection.index_route``): a
     folder keeps its kind, and a request it cannot take is an error naming the option."""
     from index_store.errors import InputError
-    from latemm.fields import FieldsManifest
+    from latemm.index.fields import FieldsManifest
 
     fields = tmp_path / "fields"
     latemm.build_index(indexes["corpus"], fields, fields={"emb": "embedding:embedding"})

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from latemm.cli import main
-from latemm.io import image_bytes
-from latemm.metrics import load_qrels
+from latemm.data.io import image_bytes
+from latemm.runs.metrics import load_qrels
 
 
 def png(color: tuple[int, int, int]) -> dict[str, object]:

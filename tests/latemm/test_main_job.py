@@ -17,7 +17,7 @@ import pytest
 
 from index_store import Index
 from latemm.cli import main
-from latemm.mmlongbench import write_questions
+from latemm.data.mmlongbench import write_questions
 
 REPO = Path(__file__).resolve().parents[2]
 # Two small PDFs with image-only pages (2 of 20, 2 of 16); the slow test runs all 46, Macbook_air.pdf

@@ -1,4 +1,4 @@
-"""latemm.metrics' run comparison: ``latemm eval A B C --format ...`` prints ranx's numbers and
+"""latemm.runs.metrics' run comparison: ``latemm eval A B C --format ...`` prints ranx's numbers and
 p-values, with a multiple-comparison correction checked against its definition."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 ranx = pytest.importorskip("ranx")
 
 from latemm.cli import main  # noqa: E402
-from latemm.metrics import (  # noqa: E402
+from latemm.runs.metrics import (  # noqa: E402
     _adjust,
     compare_runs,
     load_qrels,

@@ -1,6 +1,7 @@
-"""OCR at ingest (latemm.ocr, latemm.ingest): reading order, pages drawn with known text read back
-through ``latemm ingest --ocr``, ``auto`` leaving text-layer pages alone, resuming an interrupted
-ingest without OCR-ing finished pages again, and each bad input named by file and page."""
+"""OCR at ingest (latemm.data.ocr, latemm.data.ingest): reading order, pages drawn with known text
+read back through ``latemm ingest --ocr``, ``auto`` leaving text-layer pages alone, resuming an
+interrupted ingest without OCR-ing finished pages again, and each bad input named by file and
+page."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-import latemm.ingest as ingest
-import latemm.ocr as ocr
+import latemm.data.ingest as ingest
+import latemm.data.ocr as ocr
 from latemm.cli import main
-from latemm.ocr import OcrLine, parse_tesseract_tsv, reading_order
+from latemm.data.ocr import OcrLine, parse_tesseract_tsv, reading_order
 
 FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 QUARTER = "Quarterly revenue grew by eleven percent"

@@ -17,7 +17,7 @@ from index_store import Index, verify
 from index_store.errors import InputError
 from latemm.cli import main
 from latemm.encoders.text import TextEncoder
-from latemm.pipeline import index_corpus
+from latemm.index.pipeline import index_corpus
 from tests.latemm.tiny_models import build_colqwen2, png_bytes
 
 
@@ -183,7 +183,7 @@ def test_encode_writes_a_rejects_sidecar_that_index_records(minilm, tmp_path, ca
     assert Index.open(idx).rejects().to_pylist() == pq.read_table(sidecar).to_pylist()
     assert len(Index.open(idx)) == 5
     with pytest.raises(InputError, match=r"row 2, doc_id 'd2': document 2 is empty text"):
-        from latemm.pipeline import encode_corpus
+        from latemm.index.pipeline import encode_corpus
 
         encode_corpus(corpus, out, encoder=TextEncoder(minilm), on_empty="error", progress=False)
 

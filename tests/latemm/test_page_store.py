@@ -15,14 +15,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from latemm import fields as fields_module
 from latemm.cli import main
 from latemm.encoders.base import Page
-from latemm.field_maintenance import begin_delete, compact, delete
-from latemm.field_search import FieldRetriever
-from latemm.fields import index_fields, read_fields, verify_fields
-from latemm.pagestore import STORE_DIR, PageStore
-from latemm.show import page_lookup
+from latemm.index import fields as fields_module
+from latemm.index.field_maintenance import begin_delete, compact, delete
+from latemm.index.fields import index_fields, read_fields, verify_fields
+from latemm.index.pagestore import STORE_DIR, PageStore
+from latemm.retrieval.field_search import FieldRetriever
+from latemm.runs.show import page_lookup
 from tests.helpers import fill_disk, mounted_tmpfs
 
 DIM = 8
@@ -177,7 +177,7 @@ def test_search_pages_and_show_lookup_are_identical_to_the_old_layout(built) -> 
 def test_rerank_is_identical_to_the_old_layout(built, tmp_path) -> None:
     """The reranker reads the pages from the store: the same scores as from the fields (~35 s
     on a loaded 2-core machine: slow)."""
-    from latemm.reranker import MLLMReranker
+    from latemm.retrieval.reranker import MLLMReranker
     from tests.latemm.tiny_models import build_qwen2_vl
 
     _, new, old = built

@@ -1,4 +1,4 @@
-"""``latemm.pipeline``'s build helpers: the corpus dimension is read from the first row alone,
+"""``latemm.index.pipeline``'s build helpers: the corpus dimension is read from the first row alone,
 and a first row without vectors is still refused by name."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from index_store.errors import InputError
-from latemm.io import Columns
-from latemm.pipeline import first_dim
+from latemm.data.io import Columns
+from latemm.index.pipeline import first_dim
 
 
 def _write(path, rows: list[list[list[float]] | None]) -> None:

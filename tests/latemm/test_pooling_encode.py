@@ -9,7 +9,7 @@ import pytest
 
 from index_store import Index
 from latemm.cli import main
-from latemm.pooling import pool_tokens
+from latemm.ranking.pooling import pool_tokens
 
 
 def test_pool_tokens_merges_near_duplicates_and_keeps_distinct_vectors() -> None:

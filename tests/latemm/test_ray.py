@@ -23,18 +23,18 @@ ray = pytest.importorskip("ray")
 
 import latemm  # noqa: E402
 from latemm.cli import main  # noqa: E402
-from latemm.distributed import (  # noqa: E402
+from latemm.data.io import Columns, read_batches  # noqa: E402
+from latemm.encoders.base import Encoder, MultiVectors  # noqa: E402
+from latemm.index.pipeline import encode_corpus  # noqa: E402
+from latemm.index.sharded import read_manifest  # noqa: E402
+from latemm.retrieval.retriever import Retriever  # noqa: E402
+from latemm.runs.distributed import (  # noqa: E402
     ShardUnavailableError,
     connect,
     encode_ray,
     load_named_encoder,
 )
-from latemm.encoders.base import Encoder, MultiVectors  # noqa: E402
-from latemm.io import Columns, read_batches  # noqa: E402
-from latemm.jobs import open_retriever  # noqa: E402
-from latemm.pipeline import encode_corpus  # noqa: E402
-from latemm.retriever import Retriever  # noqa: E402
-from latemm.sharded import read_manifest  # noqa: E402
+from latemm.runs.jobs import open_retriever  # noqa: E402
 from tests.helpers import DIM, write_corpus, write_queries  # noqa: E402
 from tests.latemm.tiny_models import WORDS  # noqa: E402
 
@@ -241,7 +241,7 @@ def test_index_text_corpus_on_ray_records_the_encoder(cluster, tmp_path) -> None
 # nothing until it is killed.
 DRIVER = """
 import sys, time
-from latemm.jobs import open_retriever
+from latemm.runs.jobs import open_retriever
 retriever = open_retriever(sys.argv[1], ray="local")
 print("serving", flush=True)
 time.sleep(600)
@@ -309,7 +309,7 @@ def test_a_killed_driver_leaves_no_ray_process_behind(tmp_path) -> None:
 
 EXITING_DRIVER = """
 import time
-from latemm import distributed
+from latemm.runs import distributed
 
 ray = distributed.connect("local", num_cpus=1)
 ray.get(ray.put(1))

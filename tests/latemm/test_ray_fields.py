@@ -1,9 +1,10 @@
-"""A fields collection served by Ray actors (issue 26, ``latemm.distributed.ShardActors``):
-one actor per shard runs the per-part phases ``FieldRetriever`` calls (``latemm.field_parts``),
-the coordinator merges, fuses and reranks, and the result is the in-process search's, bit for
-bit: 3 shards, a vector field and a bm25 field, RRF and weighted fusion, with ``where``, after
-a delete, through the CLI (``--ray``) and the API (``ray=``). One local Ray cluster serves the
-module (``test_ray.cluster``: started with its watchdog, shut down after the last test)."""
+"""A fields collection served by Ray actors (issue 26, ``latemm.runs.distributed.ShardActors``):
+one actor per shard runs the per-part phases ``FieldRetriever`` calls
+(``latemm.retrieval.field_parts``), the coordinator merges, fuses and reranks, and the result is the
+in-process search's, bit for bit: 3 shards, a vector field and a bm25 field, RRF and weighted
+fusion, with ``where``, after a delete, through the CLI (``--ray``) and the API (``ray=``). One
+local Ray cluster serves the module (``test_ray.cluster``: started with its watchdog, shut down
+after the last test)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ ray = pytest.importorskip("ray")
 
 import latemm  # noqa: E402
 from latemm.cli import main  # noqa: E402
-from latemm.field_search import FieldRetriever  # noqa: E402
+from latemm.retrieval.field_search import FieldRetriever  # noqa: E402
 from tests.latemm.test_field_shards import (  # noqa: E402, F401 - pair: the collection's fixture
     TEXTS,
     _assert_identical,
@@ -54,7 +55,7 @@ def collection(cluster, pair, tmp_path_factory):  # noqa: F811 - the fixture imp
 @pytest.fixture(scope="module")
 def served(collection):
     """One Ray actor per shard of the collection, shared by the tests that leave it alive."""
-    from latemm.distributed import ShardActors
+    from latemm.runs.distributed import ShardActors
 
     _, sharded, _ = collection
     actors = ShardActors(sharded, address="local")
@@ -82,7 +83,7 @@ def test_a_fields_collection_on_ray_ranks_exactly_as_in_process(collection, serv
 def test_reranked_on_the_coordinator_with_ray(collection, served) -> None:
     """Every field (two vector fields on the actors, bm25 here) and a reranker: reranked on the
     coordinator after the shards' phases, pages read from the page stores there."""
-    from latemm.distributed import ActorPart
+    from latemm.runs.distributed import ActorPart
 
     _, sharded, _ = collection
     judge = dict(reranker=TextLengthJudge(), rerank_depth=6, fusion="rrf", k=4)
@@ -102,9 +103,9 @@ def test_a_fields_collection_on_ray_after_a_delete(collection, tmp_path) -> None
     import json
     import shutil
 
-    from latemm.distributed import ShardActors
-    from latemm.field_shards import delete_field_shards
-    from latemm.sharded import DELETING
+    from latemm.index.field_shards import delete_field_shards
+    from latemm.index.sharded import DELETING
+    from latemm.runs.distributed import ShardActors
     from tests.latemm.test_fields import GONE
 
     _, sharded, _ = collection
@@ -184,14 +185,14 @@ def test_api_search_on_ray_and_actors_over_an_unsharded_fields_index(collection,
     sharded index with the in-process run); the part protocol
     also serves an unsharded fields index from one actor (``FieldRetriever(actors=)``; the
     CLI and the API refuse it, see above) with the in-process results."""
-    from latemm.distributed import ShardActors
+    from latemm.runs.distributed import ShardActors
 
     one, sharded, queries = collection
     here, there = _cli_runs(sharded, queries, tmp_path, "rrf")
     _assert_same_run(there, here)
     api = latemm.search(sharded, queries, fields=["m", "b"], fusion="rrf", ray="local")
     assert api.equals(there)
-    # ray= serves a plain sharded index too (latemm.sharded, ShardActors).
+    # ray= serves a plain sharded index too (latemm.index.sharded, ShardActors).
     from tests.helpers import write_corpus
     from tests.helpers import write_queries as write_vector_queries
 
@@ -216,7 +217,7 @@ def test_api_search_on_ray_and_actors_over_an_unsharded_fields_index(collection,
 def test_a_dead_shard_actor_is_restarted_or_named(collection) -> None:
     """A shard's actor that dies is restarted by Ray and opens its fields again (the same
     results); one gone for good fails the search, naming the shard: never a partial result."""
-    from latemm.distributed import ShardActors, ShardUnavailableError
+    from latemm.runs.distributed import ShardActors, ShardUnavailableError
 
     _, sharded, _ = collection
     served = ShardActors(sharded, address="local")

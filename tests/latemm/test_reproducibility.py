@@ -12,9 +12,9 @@ import torch
 
 import latemm
 from latemm.encoders.text import TextEncoder
-from latemm.jobs import search_file
-from latemm.metrics import run_provenance
-from latemm.pipeline import index_corpus
+from latemm.index.pipeline import index_corpus
+from latemm.runs.jobs import search_file
+from latemm.runs.metrics import run_provenance
 
 WORDS = "revenue margin profit asset equity cash debt growth risk audit tax loan bond".split()
 

@@ -10,7 +10,7 @@ import torch
 
 from index_store.errors import InputError
 from latemm.encoders import Page
-from latemm.reranker import MLLMReranker, PromptTemplate, rerank_order
+from latemm.retrieval.reranker import MLLMReranker, PromptTemplate, rerank_order
 from tests.latemm.tiny_models import build_qwen2_vl, png_bytes
 
 pytest.importorskip("torchvision")  # Qwen2-VL's processor needs its video processor

@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from index_store import Index, IndexConfig, create
-from latemm.retriever import (
+from latemm.ranking.scoring import maxsim
+from latemm.retrieval.retriever import (
     Candidates,
     Retriever,
     SearchResult,
@@ -21,7 +22,6 @@ from latemm.retriever import (
     take_sets,
     top_k,
 )
-from latemm.scoring import maxsim
 
 DIM = 6
 

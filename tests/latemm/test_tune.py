@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from index_store.errors import IndexCorruptError, InputError
-from latemm import tune as tune_lib
-from latemm.field_search import FieldRetriever
-from latemm.fields import index_fields, read_fields, write_search_defaults
+from latemm.index.fields import index_fields, read_fields, write_search_defaults
+from latemm.retrieval.field_search import FieldRetriever
+from latemm.runs import tune as tune_lib
 
 WORDS = "revenue margin profit asset equity cash debt growth risk audit tax loss".split()
 N_PAGES = 40

@@ -9,7 +9,7 @@ whoever opens the index next finishes the delete before reading anything (``reco
 search ever sees fields that disagree about which pages exist. Compacting changes no field's
 documents, so a compaction cut short needs no repair (the next one finishes it).
 
-Imports ``index_store`` and ``latemm.fields``, ``latemm.bm25``.
+Imports ``index_store`` and ``latemm.index.fields``, ``latemm.index.bm25``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 from index_store import create
 from index_store.errors import IndexLockedError, InputError
 from index_store.fsio import write_json_atomic
-from latemm.fields import (  # the journal's format and replay live with the fields
+from latemm.index.fields import (  # the journal's format and replay live with the fields
     FIELDS_FILE,
     JOURNAL,
     FieldSpec,
@@ -50,7 +50,7 @@ def _fields_root(index_dir: str | Path) -> Path:
 
 def held_ids(index_dir: str | Path, spec: FieldSpec) -> set[str]:
     """The doc ids field ``spec`` of ``index_dir`` holds."""
-    from latemm import bm25
+    from latemm.index import bm25
 
     root = Path(index_dir)
     if spec.kind == "bm25":

@@ -66,7 +66,7 @@ class Batch:
 
 def open_dataset(path: str | Path) -> ds.Dataset:
     """A Parquet file, a directory of Parquet files, or a Hugging Face dataset folder
-    (``latemm.hf_datasets``: ``save_to_disk`` output, ``data/*.parquet`` shards) as a pyarrow
+    (``latemm.data.hf_datasets``: ``save_to_disk`` output, ``data/*.parquet`` shards) as a pyarrow
     dataset.
 
     The files of a directory may have different columns: the dataset has all of them, null where
@@ -75,7 +75,7 @@ def open_dataset(path: str | Path) -> ds.Dataset:
     source = Path(path)
     if not source.exists():
         raise InputError(f"{source} does not exist")
-    from latemm.hf_datasets import hf_dataset
+    from latemm.data.hf_datasets import hf_dataset
 
     saved = hf_dataset(source)  # a save_to_disk folder or a dataset repo's Parquet shards
     if saved is not None:
@@ -298,7 +298,7 @@ def table_batch(
 ) -> Batch:
     """One table of a corpus or query file (rows from ``first_row``, the file's own column
     names) as a validated ``Batch``; ``read_batches`` streams a file through it, and Ray Data
-    workers (``latemm.distributed``) call it on the blocks they are handed. ``dim``: the
+    workers (``latemm.runs.distributed``) call it on the blocks they are handed. ``dim``: the
     dimension of the file's earlier vectors (else the batch's most common one), so that a row
     of another dimension is the one named."""
     source = Path(source)

@@ -1,6 +1,6 @@
 """The per-part phases of a field search: what ``FieldRetriever`` asks of each part (one
 shard's sub-index of a vector field), whether that part is opened in this process or served
-by a Ray actor (``latemm.distributed.ShardActors``).
+by a Ray actor (``latemm.runs.distributed.ShardActors``).
 
 ``IndexPart`` runs the phases on an opened ``Index``: the searchable rows under a condition,
 the first stage of given query encodings, where pooled doc ids live, and the fast and exact
@@ -10,7 +10,7 @@ methods; its handle on the coordinator (``ActorPart``) returns each call's resul
 (``resolve``). ``FieldRetriever`` merges, fuses and reranks on the coordinator either way:
 there is one implementation of the search.
 
-Imports ``index_store`` and ``latemm.retriever``; never Ray.
+Imports ``index_store`` and ``latemm.retrieval.retriever``; never Ray.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from index_store import Index
-from latemm.filters import filter_masks
-from latemm.retriever import (
+from latemm.ranking.filters import filter_masks
+from latemm.retrieval.retriever import (
     Candidates,
     Retriever,
     bounded_scores,

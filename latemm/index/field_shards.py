@@ -2,22 +2,22 @@
 
 Layout::
 
-    DIR/shards.json             the commit point (``latemm.sharded``'s file, format_version 2,
+    DIR/shards.json             the commit point (``latemm.index.sharded``'s file, format_version 2,
                                 ``"shard_kind": "fields"``): shard names, pages per shard,
                                 the collection's fields (name, kind, reads, encoder, options),
                                 generation
-    DIR/shards/shard-0000/      a fields index (``latemm.fields``) over the pages routed to
+    DIR/shards/shard-0000/      a fields index (``latemm.index.fields``) over the pages routed to
                                 it by ``shard_of(doc_id, N)``; a shard no page routes to has
                                 no folder yet
     DIR/building.json           a first build's N, until shards.json is committed
     DIR/deleting.json           a delete's ids, until every shard has dropped them
 
 Writers hold the collection's lock (``sharded.writer_lock``) for their whole run; each shard's
-fields are written by ``latemm.fields.index_fields`` and ``latemm.field_maintenance``, as for
-an unsharded index. Readers never write: ``latemm.field_search.FieldRetriever`` opens every
-shard's fields as parts of one field, leaves out the ids of an unfinished delete, and scores
-BM25 with the collection's statistics, merged from each shard's saved ones
-(``latemm.bm25.BM25Index.merged``).
+fields are written by ``latemm.index.fields.index_fields`` and ``latemm.index.field_maintenance``,
+as for an unsharded index. Readers never write: ``latemm.retrieval.field_search.FieldRetriever``
+opens every shard's fields as parts of one field, leaves out the ids of an unfinished delete, and
+scores BM25 with the collection's statistics, merged from each shard's saved ones
+(``latemm.index.bm25.BM25Index.merged``).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ import numpy as np
 
 from index_store.errors import IndexCorruptError, IndexFormatError, InputError
 from index_store.fsio import find_links, read_json_object, refuse_links, write_json_atomic
-from latemm import field_maintenance
-from latemm.fields import (
+from latemm.index import field_maintenance
+from latemm.index.fields import (
     FIELDS_FILE,
     FieldRequest,
     FieldsManifest,
@@ -46,7 +46,7 @@ from latemm.fields import (
     recorded_request,
     verify_fields,
 )
-from latemm.sharded import (
+from latemm.index.sharded import (
     BUILDING,
     DELETING,
     FIELDS_SHARD_KIND,
@@ -170,7 +170,7 @@ def _requests(
     device: str | None,
 ) -> list[FieldRequest]:
     """The fields to build, each encoder loaded once for every shard."""
-    from latemm.fields import parse_field
+    from latemm.index.fields import parse_field
 
     if fields is None:
         if existing is None or not existing.fields:
@@ -251,12 +251,12 @@ def index_field_shards(
 ) -> dict[str, int]:
     """Index a Parquet corpus into the named fields of a sharded collection (created with
     ``num_shards`` shards if new): the corpus is split by ``shard_of`` and each shard's pages
-    go into that shard's fields index (``latemm.fields.index_fields``), then ``shards.json``
+    go into that shard's fields index (``latemm.index.fields.index_fields``), then ``shards.json``
     is committed. ``fields`` as for ``index_fields`` (None: every recorded field; a field
     named for the first time is added to every shard). Re-running resumes an interrupted
     build. Returns field name -> documents in that field over every shard."""
-    from latemm.fields import index_fields
-    from latemm.io import Columns
+    from latemm.data.io import Columns
+    from latemm.index.fields import index_fields
 
     root = Path(index_dir)
     if (root / "manifest.json").is_file() or is_fields_index(root):
@@ -316,9 +316,9 @@ def _codebooks(
     options: dict[str, Any],
 ) -> dict[str, Any]:
     """Field name -> the residual codebook every shard codes that new vector field with
-    (``latemm.fields.field_codebook``). A field the collection already records keeps the
+    (``latemm.index.fields.field_codebook``). A field the collection already records keeps the
     codebooks its shards hold."""
-    from latemm.fields import field_codebook
+    from latemm.index.fields import field_codebook
 
     recorded = {spec.name for spec in existing.fields} if existing is not None else set()
     codebooks = {}
@@ -467,7 +467,7 @@ def field_shards_stats(index_dir: str | Path) -> dict[str, Any]:
     """``latemm info`` of a sharded collection: its summary, each field's documents over the
     shards, each shard's fields."""
     from index_store import Index
-    from latemm.fields import open_field
+    from latemm.index.fields import open_field
 
     root = Path(index_dir)
     shards = read_field_shards(root)

@@ -8,7 +8,7 @@
 - ``ShardActors``: one actor per shard of a sharded index or fields collection (in Python an
   unsharded fields index can be one shard; the CLI and ``latemm.search`` refuse it) holding
   its vector fields memory-mapped (a sharded index of one encoder: its field ``default``);
-  ``FieldRetriever`` calls the per-part phases there (``latemm.field_parts``: first stage,
+  ``FieldRetriever`` calls the per-part phases there (``latemm.retrieval.field_parts``: first stage,
   locate, MaxSim of given candidates) on every shard at once, and merges, fuses and reranks
   on the coordinator as in-process. A bm25 field is one index over the collection (its
   statistics are collection-wide): the coordinator holds it.
@@ -38,17 +38,16 @@ from typing import IO, Any, cast
 import pyarrow as pa
 
 from index_store.errors import InputError, LatemmError, ShardUnavailableError, require
+from latemm.data.io import Columns, count_rows, open_dataset, read_batches, table_batch
 from latemm.encoders.base import Encoder, check_recorded
-from latemm.field_parts import Pending
-from latemm.io import Columns, count_rows, open_dataset, read_batches, table_batch
-from latemm.pipeline import (
+from latemm.index.pipeline import (
     DrawnCodebook,
     IndexReport,
     encode_corpus,
     index_corpus,
     shard_codebook,
 )
-from latemm.sharded import (
+from latemm.index.sharded import (
     assign_shards,
     check_new_folder,
     commit_shards,
@@ -58,6 +57,7 @@ from latemm.sharded import (
     staging_dir,
     writer_lock,
 )
+from latemm.retrieval.field_parts import Pending
 
 # Restarts of a dead actor (and retries of its calls / of a dead task) before giving up.
 RETRIES = 3
@@ -593,8 +593,8 @@ class ShardServer:
 
     def open(self, spec: dict[str, Any], legacy: bool) -> tuple[str, int, Any, int]:
         """Open (again) a field: its sub-index's path, generation, config and documents."""
-        from latemm.field_parts import IndexPart
-        from latemm.fields import FieldSpec, open_field
+        from latemm.index.fields import FieldSpec, open_field
+        from latemm.retrieval.field_parts import IndexPart
 
         index = open_field(self.folder, FieldSpec.from_dict(spec), legacy=legacy)
         self.parts[spec["name"]] = IndexPart(index)

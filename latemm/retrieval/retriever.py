@@ -10,8 +10,8 @@
 4. ``rerank_result``: a reranker reorders each query's top ``depth`` pages (``read_pages`` reads
    only their text and image columns).
 
-``Retriever`` strings them together; ``latemm.fields`` reuses them per field. Imports ``fde``,
-``index_store`` and ``latemm.scoring``; encoders and the reranker only when given one.
+``Retriever`` strings them together; ``latemm.index.fields`` reuses them per field. Imports ``fde``,
+``index_store`` and ``latemm.ranking.scoring``; encoders and the reranker only when given one.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from index_store.codecs import centroid_ids, is_residual
 from index_store.config import FIRST_STAGES
 from index_store.errors import InputError
 from index_store.segment import CentroidFile, Segment
-from latemm.scoring import (
+from latemm.ranking.scoring import (
     INT8_MAX_DIM,
     LONG_PAGE_TOKENS,
     half_accumulates_in_float32,
@@ -78,7 +78,7 @@ class SearchResult:
     field_scores: dict[str, np.ndarray] | None = None  # name -> (Q, k) float32, NaN if absent
 
     def to_run(self) -> dict[str, dict[str, float]]:
-        """``{query_id: {doc_id: score}}``, what ``latemm.metrics.evaluate`` reads."""
+        """``{query_id: {doc_id: score}}``, what ``latemm.runs.metrics.evaluate`` reads."""
         return {
             q: {
                 d: float(s)
@@ -1086,7 +1086,7 @@ def _each_query(work: Callable[[int], None], queries: list[int]) -> None:
         torch.set_num_threads(1)  # this pool thread's setting only (OpenMP's is per thread)
         work(q)
 
-    # A pool apart from latemm.scoring's, which a query's own pass may use.
+    # A pool apart from latemm.ranking.scoring's, which a query's own pass may use.
     list(thread_pool(workers, "latemm-query").map(task, queries))  # re-raises a worker's error
 
 
@@ -1249,10 +1249,10 @@ def read_pages(
 ) -> dict[str, Any]:
     """``Page`` (text and image) of each doc_id, reading only those two columns, once per
     segment that holds any of them. An image the index names by path is read only under
-    ``allow_files`` (``latemm.io.read_image_file``; by default none): an error names the
+    ``allow_files`` (``latemm.data.io.read_image_file``; by default none): an error names the
     doc_id, the path and the fix."""
+    from latemm.data.io import image_bytes, source_page_image
     from latemm.encoders.base import Page
-    from latemm.io import image_bytes, source_page_image
 
     locations = index.locations()
     by_segment: dict[int, list[str]] = {}
@@ -1291,7 +1291,7 @@ def rerank_result(
     The reranked documents come first, by rerank score with ties broken by the stage before
     (or by reciprocal rank fusion with it, ``fusion="rrf"``); the rest keep their order. The
     final ``score`` of a reranked document is its rerank score (or fused score)."""
-    from latemm.reranker import rerank_order
+    from latemm.retrieval.reranker import rerank_order
 
     doc_ids, scores = result.doc_ids.copy(), result.scores.copy()
     carried = [result.fde_scores.copy(), result.maxsim_scores.copy()]
@@ -1541,6 +1541,6 @@ class Retriever:
             masks.append(None if not seg.deleted.any() else seg.live.copy())
         if where is None:
             return masks
-        from latemm.filters import filter_masks
+        from latemm.ranking.filters import filter_masks
 
         return list(filter_masks(self.index, where))

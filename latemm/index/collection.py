@@ -1,14 +1,14 @@
 """An index folder of any kind as one collection: the one place that tells the kinds apart.
 
 latemm writes four kinds of index folder: a plain index (``manifest.json``: one field, the
-encoder's), a multi-field index (``fields.json``, ``latemm.fields``), a sharded index
-(``shards.json`` over plain shards, ``latemm.sharded``) and a sharded multi-field collection
-(``shards.json`` over fields shards, ``latemm.field_shards``). ``open_collection`` reads which
+encoder's), a multi-field index (``fields.json``, ``latemm.index.fields``), a sharded index
+(``shards.json`` over plain shards, ``latemm.index.sharded``) and a sharded multi-field collection
+(``shards.json`` over fields shards, ``latemm.index.field_shards``). ``open_collection`` reads which
 one a folder holds, once, and returns an object with the same verbs for each: ``info``,
 ``delete``, ``compact``, ``verify`` and ``recorded_encoder``. The CLI and the Python API call
 these verbs and never test the kind themselves.
 
-Imports ``index_store`` and ``latemm.{fields, field_maintenance, sharded, field_shards,
+Imports ``index_store`` and ``latemm.index.{fields, field_maintenance, sharded, field_shards,
 pagestore}``; imported by ``latemm.api`` and ``latemm.cli``.
 """
 
@@ -78,34 +78,34 @@ class Collection:
 
 
 class ShardedCollection(Collection):
-    """Plain shards behind ``shards.json`` (``latemm.sharded``); also an unfinished first
+    """Plain shards behind ``shards.json`` (``latemm.index.sharded``); also an unfinished first
     build, whose every verb names how to finish it."""
 
     kind = "sharded"
     sharded = True
 
     def info(self) -> dict[str, Any]:
-        from latemm.sharded import sharded_stats
+        from latemm.index.sharded import sharded_stats
 
         return per_page(sharded_stats(self.path))
 
     def delete(self, doc_ids: Sequence[Any], *, missing_ok: bool = False) -> int:
-        from latemm.sharded import delete_sharded
+        from latemm.index.sharded import delete_sharded
 
         return delete_sharded(self.path, doc_ids, missing_ok=missing_ok)
 
     def compact(self) -> dict[str, Any]:
-        from latemm.sharded import compact_sharded
+        from latemm.index.sharded import compact_sharded
 
         return {"generation": compact_sharded(self.path)}
 
     def verify(self) -> list[str]:
-        from latemm.sharded import verify_sharded
+        from latemm.index.sharded import verify_sharded
 
         return verify_sharded(self.path)
 
     def recorded_encoder(self) -> dict[str, Any] | None:
-        from latemm.sharded import SHARDS_MANIFEST, read_manifest
+        from latemm.index.sharded import SHARDS_MANIFEST, read_manifest
 
         if not (self.path / SHARDS_MANIFEST).is_file():  # a first build not committed yet
             return None
@@ -114,15 +114,15 @@ class ShardedCollection(Collection):
 
 
 class FieldsCollection(Collection):
-    """Named fields over one page store (``latemm.fields``); deletes go through its journal
-    (``latemm.field_maintenance``)."""
+    """Named fields over one page store (``latemm.index.fields``); deletes go through its journal
+    (``latemm.index.field_maintenance``)."""
 
     kind = "fields"
     named_fields = True
 
     def info(self) -> dict[str, Any]:
         from index_store import Index
-        from latemm.fields import open_field, read_fields, read_journal
+        from latemm.index.fields import open_field, read_fields, read_journal
 
         pending = read_journal(self.path)  # a reader: an unfinished delete is reported, not run
         fields = []
@@ -140,8 +140,8 @@ class FieldsCollection(Collection):
                 }
             fields.append({**spec.to_dict(), "stats": stats})
         report: dict[str, Any] = {"path": str(self.path), "fields": fields}
-        if manifest.pages is not None:  # each page's content, stored once (latemm.pagestore)
-            from latemm.pagestore import store_stats
+        if manifest.pages is not None:  # each page's content, stored once (latemm.index.pagestore)
+            from latemm.index.pagestore import store_stats
 
             report["page_store"] = store_stats(self.path, manifest.pages, pending or ())
         if manifest.search_defaults is not None:  # what a search naming no fusion uses (tune)
@@ -151,17 +151,17 @@ class FieldsCollection(Collection):
         return report
 
     def delete(self, doc_ids: Sequence[Any], *, missing_ok: bool = False) -> int:
-        from latemm.field_maintenance import delete
+        from latemm.index.field_maintenance import delete
 
         return delete(self.path, doc_ids, missing_ok=missing_ok)
 
     def compact(self) -> dict[str, Any]:
-        from latemm.field_maintenance import compact
+        from latemm.index.field_maintenance import compact
 
         return {"fields": compact(self.path)}
 
     def verify(self) -> list[str]:
-        from latemm.fields import verify_fields
+        from latemm.index.fields import verify_fields
 
         return verify_fields(self.path)
 
@@ -170,28 +170,28 @@ class FieldsCollection(Collection):
 
 
 class FieldShardsCollection(FieldsCollection):
-    """Named fields split into shards behind ``shards.json`` (``latemm.field_shards``)."""
+    """Named fields split into shards behind ``shards.json`` (``latemm.index.field_shards``)."""
 
     kind = "field_shards"
     sharded = True
 
     def info(self) -> dict[str, Any]:
-        from latemm.field_shards import field_shards_stats
+        from latemm.index.field_shards import field_shards_stats
 
         return field_shards_stats(self.path)
 
     def delete(self, doc_ids: Sequence[Any], *, missing_ok: bool = False) -> int:
-        from latemm.field_shards import delete_field_shards
+        from latemm.index.field_shards import delete_field_shards
 
         return delete_field_shards(self.path, doc_ids, missing_ok=missing_ok)
 
     def compact(self) -> dict[str, Any]:
-        from latemm.field_shards import compact_field_shards
+        from latemm.index.field_shards import compact_field_shards
 
         return {"generation": compact_field_shards(self.path)}
 
     def verify(self) -> list[str]:
-        from latemm.field_shards import verify_field_shards
+        from latemm.index.field_shards import verify_field_shards
 
         return verify_field_shards(self.path)
 
@@ -199,8 +199,8 @@ class FieldShardsCollection(FieldsCollection):
 def open_collection(path: str | Path) -> Collection:
     """The collection in folder ``path``, of whichever kind it holds. A folder holding none is
     a plain one, whose verbs then name what is missing (``index_store``'s errors)."""
-    from latemm.fields import is_fields_index
-    from latemm.sharded import is_field_shards, is_sharded, is_unfinished_build
+    from latemm.index.fields import is_fields_index
+    from latemm.index.sharded import is_field_shards, is_sharded, is_unfinished_build
 
     if is_field_shards(path):
         return FieldShardsCollection(path)
@@ -221,8 +221,8 @@ def index_route(
     before any model is loaded. A collection keeps its kind: shards stay shards, named fields
     stay named, and without ``--encoder``/``--field`` the corpus goes into what it records."""
     from index_store.errors import InputError
-    from latemm.fields import is_fields_index
-    from latemm.sharded import (
+    from latemm.index.fields import is_fields_index
+    from latemm.index.sharded import (
         is_field_shards,
         is_sharded,
         is_unfinished_build,

@@ -16,7 +16,7 @@ crash in between leaves an unreferenced file, which the next writer removes
 ``compact`` rewrites the live pages into one part. An index written before the page store
 existed records none: its readers fall back to each field's own metadata, as before.
 
-Imports ``index_store`` (files, errors) and ``latemm.io`` (reading a corpus in place).
+Imports ``index_store`` (files, errors) and ``latemm.data.io`` (reading a corpus in place).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from index_store.fsio import (
 )
 
 STORE_DIR = "pages"
-# Content columns (their canonical names, ``latemm.io.Columns`` renames the user's): what a
+# Content columns (their canonical names, ``latemm.data.io.Columns`` renames the user's): what a
 # page store holds and what a vector field over it no longer keeps (``CONTENT_ONLY``).
 CONTENT = ("text", "image", "source", "page")
 CONTENT_ONLY = ("text", "image")  # source and page stay in the fields too: --where uses them
@@ -270,7 +270,7 @@ def add_pages(
     without the image column that is wanted now. Nothing is written when no page is new or the
     corpus has no content column. A full disk is a ``StorageError`` naming the part (removed).
     """
-    from latemm.io import open_dataset
+    from latemm.data.io import open_dataset
 
     root, source = Path(root), Path(corpus)
     record = record or StoreRecord()
@@ -469,12 +469,12 @@ def read_pages(
     store: PageStore, doc_ids: Sequence[str], allow_files: Sequence[Any] = ()
 ) -> dict[str, Any]:
     """``Page`` (text and image) of each of ``doc_ids`` the store holds, as
-    ``latemm.retriever.read_pages`` reads them from an index: an image named by path is read
-    only under ``allow_files``, and a page stored without an image is rendered from its source
+    ``latemm.retrieval.retriever.read_pages`` reads them from an index: an image named by path is
+    read only under ``allow_files``, and a page stored without an image is rendered from its source
     PDF when allowed; an error names the store, the doc_id and the fix."""
     from index_store.errors import InputError
+    from latemm.data.io import image_bytes, source_page_image
     from latemm.encoders.base import Page
-    from latemm.io import image_bytes, source_page_image
 
     pages = {}
     for doc_id, cell in store.pages(doc_ids).items():

@@ -6,9 +6,9 @@ file over an index of any kind (plain, sharded, named fields) and write the run,
 loop that appends finished query batches to the run file's parts so that a re-run continues
 after the last one.
 
-Layering: this module sits above ``latemm.pipeline``, ``latemm.sharded`` and
-``latemm.field_search`` (and imports ``latemm.distributed`` only when ``ray`` is asked for);
-none of them imports it.
+Layering: this module sits above ``latemm.index.pipeline``, ``latemm.index.sharded`` and
+``latemm.retrieval.field_search`` (and imports ``latemm.runs.distributed`` only when ``ray`` is
+asked for); none of them imports it.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from index_store.errors import InputError
+from latemm.data.io import RUN_SCHEMA, Batch, Columns, count_rows, read_batches
 from latemm.encoders.base import Encoder
-from latemm.field_search import FieldRetriever, OneFieldRetriever, run_schema
-from latemm.io import RUN_SCHEMA, Batch, Columns, count_rows, read_batches
-from latemm.pipeline import batch_pages, progress_bar, rows_named
-from latemm.retriever import SearchResult
+from latemm.index.pipeline import batch_pages, progress_bar, rows_named
+from latemm.retrieval.field_search import FieldRetriever, OneFieldRetriever, run_schema
+from latemm.retrieval.retriever import SearchResult
 
 
 def search_file(
@@ -57,8 +57,8 @@ def search_file(
     content is read from the index); the run's ``rerank_score`` column holds its scores.
     ``refine_depth``: for an index with a refine copy, candidates per query rescored from it
     (default: the index's recorded depth). ``first_stage``: ``"fde"`` or, for residual codes,
-    ``"centroids"`` (``latemm.retriever.centroid_first_stage``); default: the index's."""
-    # A sharded index (latemm.sharded) is searched shard by shard and merged exactly, in this
+    ``"centroids"`` (``latemm.retrieval.retriever.centroid_first_stage``); default: the index's."""
+    # A sharded index (latemm.index.sharded) is searched shard by shard and merged exactly, in this
     # process or, with ``ray`` ("local" or a cluster address), on one Ray actor per shard.
     check_search_args(queries, out, k=k, candidates=candidates, batch_size=batch_size)
     retriever = open_retriever(
@@ -111,8 +111,8 @@ def run_queries(
     trec: str | Path | None = None,
     progress: bool = True,
 ) -> pa.Table:
-    """The resumable loop of a search job (``search_file``, ``latemm.field_search``): read the
-    query file in batches, ``search_batch(batch)`` -> ``SearchResult`` for each, and write the
+    """The resumable loop of a search job (``search_file``, ``latemm.retrieval.field_search``): read
+    the query file in batches, ``search_batch(batch)`` -> ``SearchResult`` for each, and write the
     run (Parquet, and TREC if asked).
 
     Finished batches go to numbered part files beside the output with ``search.json``, the
@@ -163,7 +163,7 @@ def _resume_record(
     """What a search's part files belong to (checking ``where`` first, before any part file):
     a re-run resumes them only when every entry is the same."""
     if search["where"] is not None:
-        from latemm.filters import filter_masks
+        from latemm.ranking.filters import filter_masks
 
         for served in retriever.indexes():
             filter_masks(served, search["where"])
@@ -192,8 +192,8 @@ def _search_batch(
 ) -> Any:
     """The SearchResult of one batch of queries: precomputed vectors or encoded pages, each
     query under ``where`` AND its own ``where`` column, if the file has one."""
-    from latemm.filters import query_conditions
-    from latemm.retriever import truncate
+    from latemm.ranking.filters import query_conditions
+    from latemm.retrieval.retriever import truncate
 
     with rows_named(batch, queries, "query_id"):
         conditions = query_conditions(batch.table, where)
@@ -248,7 +248,7 @@ def _finish_run(
     provenance: dict[str, Any] | None = None,
 ) -> pa.Table:
     """Write the whole run atomically (and the TREC file if asked), then drop the parts. The
-    Parquet schema metadata ``latemm.run`` records how it was made (``latemm.metrics.
+    Parquet schema metadata ``latemm.run`` records how it was made (``latemm.runs.metrics.
     run_provenance``): the latemm version and the search's settings (index and generation,
     queries, k, candidates, where, encoder, fields, reranker, ..., batch size)."""
     run = pa.concat_tables(tables) if tables else schema.empty_table()
@@ -266,7 +266,7 @@ def _finish_run(
     tmp.replace(out_path)
     _remove_parts(parts)
     if trec is not None:
-        from latemm.io import write_run_trec
+        from latemm.data.io import write_run_trec
 
         write_run_trec(run, trec)
     return run
@@ -355,7 +355,7 @@ def _claim_parts(parts: Path, settings: dict[str, Any]) -> None:
 
 def _check_query_ids(batch: Batch, source: Path, row_of: dict[str, int], *, trec: bool) -> None:
     """Query ids must be unique in the file (and TREC-safe when a TREC run is asked for)."""
-    from latemm.io import trec_safe
+    from latemm.data.io import trec_safe
 
     for i, query_id in enumerate(batch.ids):
         row = batch.first_row + i
@@ -382,7 +382,7 @@ def open_retriever(
     ``ray``."""
     actors = None
     if ray is not None:  # one Ray actor per shard, connected as the searcher opens them
-        from latemm.distributed import ShardActors
+        from latemm.runs.distributed import ShardActors
 
         actors = partial(ShardActors, address=ray)  # an unsharded index: refused before Ray
     return OneFieldRetriever(
@@ -413,7 +413,7 @@ def search_fields_file(
 
     It runs the resumable loop of ``search_file``: an interrupted search re-run
     with the same arguments (and the index unchanged) skips the queries already written."""
-    from latemm.filters import query_conditions
+    from latemm.ranking.filters import query_conditions
 
     check_search_args(queries, out, k=k, candidates=candidates, batch_size=batch_size)
     retriever = FieldRetriever(index_dir, **options)
@@ -464,9 +464,9 @@ def _batch_queries(
     """A query batch as texts or pages (image queries), and the query vectors of the
     precomputed fields: from the columns ``named`` (field -> column), and the ``embedding``
     column for the one precomputed field left (if exactly one is)."""
+    from latemm.data.io import column_vectors
     from latemm.encoders.base import Page
-    from latemm.io import column_vectors
-    from latemm.pipeline import batch_pages
+    from latemm.index.pipeline import batch_pages
 
     given = {}
     named = named or {}

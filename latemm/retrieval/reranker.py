@@ -97,7 +97,7 @@ class MLLMReranker:
         SQLite file for scores; None disables caching.
     allow_files
         Folders under which page images that an index names by file path may be read (the
-        ``--allow-files`` policy of ``latemm show``, ``latemm.io.read_image_file``); by default
+        ``--allow-files`` policy of ``latemm show``, ``latemm.data.io.read_image_file``); by default
         none: an index is untrusted data and must not make the reranker read arbitrary files.
     """
 
@@ -145,7 +145,7 @@ class MLLMReranker:
         self.model_id = f"{name_or_path}@{revision or ''}+{adapter or ''}"
         self._cache = _ScoreCache(Path(cache)) if cache is not None else None
         # Page images an index names by path are read only under these folders
-        # (latemm.io.read_image_file): an index must not make the reranker read any file.
+        # (latemm.data.io.read_image_file): an index must not make the reranker read any file.
         self.allow_files = tuple(Path(folder) for folder in allow_files)
 
     def _single_token(self, answer: str) -> int:

@@ -10,7 +10,8 @@
 3. The MLLM reranker, if given, reorders the top ``rerank_depth``.
 
 The run keeps every field's second-phase score (``score_<field>``). Kernels live in
-``latemm.retriever`` (stages) and ``latemm.fusion``; this module wires them per field.
+``latemm.retrieval.retriever`` (stages) and ``latemm.ranking.fusion``; this module wires them per
+field.
 """
 
 from __future__ import annotations
@@ -24,10 +25,8 @@ from typing import Any
 import numpy as np
 
 from index_store.errors import IndexCorruptError, IndexLockedError, InputError
-from latemm import fusion as fusion_lib
-from latemm.field_parts import phases, resolve
-from latemm.field_shards import FieldShards, hidden_ids, read_field_shards, shard_layout
-from latemm.fields import (
+from latemm.index.field_shards import FieldShards, hidden_ids, read_field_shards, shard_layout
+from latemm.index.fields import (
     LEGACY_FIELD,
     PRESETS,
     FieldsManifest,
@@ -39,8 +38,11 @@ from latemm.fields import (
     read_fields,
     read_journal,
 )
-from latemm.filters import matching_rows
-from latemm.retriever import (
+from latemm.index.sharded import is_field_shards, is_sharded
+from latemm.ranking import fusion as fusion_lib
+from latemm.ranking.filters import matching_rows
+from latemm.retrieval.field_parts import phases, resolve
+from latemm.retrieval.retriever import (
     Candidates,
     SearchResult,
     Where,
@@ -57,7 +59,6 @@ from latemm.retriever import (
     top_k,
     truncate,
 )
-from latemm.sharded import is_field_shards, is_sharded
 
 # How long a reader keeps re-opening the fields while writers change them under it (a delete
 # changes every shard in turn; a batch of deletes, one after another), waiting twice as long
@@ -264,7 +265,7 @@ class FieldRetriever:
         take ``query_vectors``).
     actors
         None opens every part here. Otherwise ``actors(index_dir)`` returns what serves the
-        vector fields' parts elsewhere, e.g. ``latemm.distributed.ShardActors`` (one Ray
+        vector fields' parts elsewhere, e.g. ``latemm.runs.distributed.ShardActors`` (one Ray
         actor per shard; what ``latemm search --ray`` and ``latemm.search(..., ray=)`` pass):
         the same phases run there, merged, fused and reranked here. ``close()`` releases them.
     refine_depth, first_stage
@@ -296,9 +297,9 @@ class FieldRetriever:
         first_stage: str | None = None,
     ) -> None:
         self.path = Path(index_dir)
-        # What serves the vector fields' parts elsewhere (``latemm.distributed.
+        # What serves the vector fields' parts elsewhere (``latemm.runs.distributed.
         # ShardActors`` on Ray): ``open(folder, spec, legacy=)`` returns a part whose
-        # phases (``latemm.field_parts.PartPhases``) run there. Injected: never Ray here.
+        # phases (``latemm.retrieval.field_parts.PartPhases``) run there. Injected: never Ray here.
         self._actors = None if actors is None else actors(self.path)
         self.sharded = is_sharded(self.path)  # shards.json: shards of named fields, or of one
         deadline, wait, tries = time.monotonic() + OPEN_PATIENCE_S, OPEN_FIRST_WAIT_S, 0
@@ -334,7 +335,7 @@ class FieldRetriever:
         self._built = self._builds()
         for name, parts in self.parts.items():
             if self.specs[name].kind == "bm25":  # one field over the collection: its statistics
-                from latemm.bm25 import BM25Index
+                from latemm.index.bm25 import BM25Index
 
                 self.parts[name] = [BM25Index.merged(parts, self.hidden)]
         # The most documents a searched field holds over its parts: an upper bound on what a
@@ -478,7 +479,7 @@ class FieldRetriever:
         )
 
     def pages(self, doc_ids: Sequence[str], allow: Sequence[Any] | None = None) -> dict[str, Any]:
-        """Text and image of each doc id: from the index's page store (``latemm.pagestore``),
+        """Text and image of each doc id: from the index's page store (``latemm.index.pagestore``),
         or, in an index written before it existed, from the first field holding it. Page
         images named by path are read only under ``allow`` (default: the reranker's
         ``allow_files``); a page that cannot be read is an error naming the best-ranked such
@@ -494,8 +495,8 @@ class FieldRetriever:
 
     def _read_pages(self, doc_ids: Sequence[str], allow: Sequence[Any]) -> dict[str, Any]:
         from latemm.encoders.base import Page
-        from latemm.pagestore import open_store
-        from latemm.pagestore import read_pages as read_stored
+        from latemm.index.pagestore import open_store
+        from latemm.index.pagestore import read_pages as read_stored
 
         if not hasattr(
             self, "_stores"
@@ -559,7 +560,12 @@ class FieldRetriever:
             manifest = read_fields(self.path)
             return read_journal(self.path), manifest, [(self.path, manifest)]
         if not is_field_shards(self.path):  # shards of one encoder: its field ``default``
-            from latemm.sharded import check_layout, pending_deletes, read_manifest, shard_dirs
+            from latemm.index.sharded import (
+                check_layout,
+                pending_deletes,
+                read_manifest,
+                shard_dirs,
+            )
 
             sharded = read_manifest(self.path)
             check_layout(self.path, sharded)
@@ -602,7 +608,7 @@ class FieldRetriever:
         self, queries: str | Path, *, k: int, candidates: int | None, where: str | None
     ) -> dict[str, Any]:
         """The settings a search of a query file records beside its finished batches
-        (``latemm.jobs.run_queries``): the index and its fields' state, the plan, the
+        (``latemm.runs.jobs.run_queries``): the index and its fields' state, the plan, the
         encoders, the reranker. ``where`` is checked here, before any batch is written."""
         self._allowed(where)
         reranker = self.reranker
@@ -738,7 +744,7 @@ class FieldRetriever:
     def _store(self, folder: Path) -> Any:
         """The page store of ``folder`` (the index, or one shard), opened once; None for a
         folder written before the page store existed."""
-        from latemm.pagestore import open_store
+        from latemm.index.pagestore import open_store
 
         if not hasattr(self, "_folder_stores"):
             self._folder_stores: dict[Path, Any] = {}
@@ -1009,12 +1015,12 @@ class FieldRetriever:
 
 
 class OneFieldRetriever:
-    """An index of one encoder, plain (``manifest.json``) or sharded (``latemm.sharded``),
+    """An index of one encoder, plain (``manifest.json``) or sharded (``latemm.index.sharded``),
     searched through the collection searcher, ``FieldRetriever``, as its one field
     (``default``), with ``Retriever``'s result columns and methods. Sharded, the first stage's
     candidates are the best of every shard's, each rescored where it lives, so its results are
     those of the unsharded index built from the same pages. What ``latemm search`` and
-    ``latemm.search`` use for either kind (``latemm.jobs.open_retriever``); ``Retriever``
+    ``latemm.search`` use for either kind (``latemm.runs.jobs.open_retriever``); ``Retriever``
     remains the in-process kernel over one opened ``Index``.
 
     Parameters
@@ -1028,8 +1034,8 @@ class OneFieldRetriever:
         with page content read from the folder (shard) that holds it.
     actors
         None searches the shards in this process. Otherwise ``actors(index)`` serves them
-        elsewhere, as for ``FieldRetriever`` (``latemm.distributed.ShardActors`` on Ray, what
-        ``latemm.jobs.open_retriever(..., ray=ADDRESS)`` passes); sharded indexes only.
+        elsewhere, as for ``FieldRetriever`` (``latemm.runs.distributed.ShardActors`` on Ray, what
+        ``latemm.runs.jobs.open_retriever(..., ray=ADDRESS)`` passes); sharded indexes only.
     refine_depth, **options
         ``refine_depth``, ``first_stage``, ``device``, ``nprobe``, ``ef_search``, as for
         ``Retriever``.
@@ -1048,7 +1054,7 @@ class OneFieldRetriever:
         **options: Any,
     ) -> None:
         from latemm.encoders.base import check_recorded
-        from latemm.sharded import read_manifest
+        from latemm.index.sharded import read_manifest
 
         self.path = Path(index)
         self.sharded = is_sharded(self.path)
@@ -1095,7 +1101,7 @@ class OneFieldRetriever:
         before searching)."""
         if not self.sharded:
             return [self.searcher.indexes[LEGACY_FIELD]]
-        from latemm.sharded import open_shard, read_manifest
+        from latemm.index.sharded import open_shard, read_manifest
 
         return [open_shard(self.path, s) for s in range(read_manifest(self.path).num_shards)]
 
@@ -1237,9 +1243,9 @@ def _texts(queries: list[Any], name: str, spec: FieldSpec) -> list[str]:
 
 
 def run_schema(fields: Sequence[str]) -> Any:
-    """The run table's schema: ``latemm.io.RUN_SCHEMA`` plus ``score_<field>`` per field."""
+    """The run table's schema: ``latemm.data.io.RUN_SCHEMA`` plus ``score_<field>`` per field."""
     import pyarrow as pa
 
-    from latemm.io import RUN_SCHEMA
+    from latemm.data.io import RUN_SCHEMA
 
     return pa.schema([*RUN_SCHEMA, *(pa.field(f"score_{n}", pa.float32()) for n in fields)])

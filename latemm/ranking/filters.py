@@ -287,7 +287,8 @@ def filter_masks(
 # ------------------------------------------------------------------ conditions per query
 # A queries file may carry a ``where`` column: per query, one condition of the kind ``--where``
 # takes (null: no condition of its own). It is checked on its own, then joined to ``--where`` by
-# AND, and applied before the first stage as ``--where`` is (``latemm.retriever.by_scope``).
+# AND, and applied before the first stage as ``--where`` is
+# (``latemm.retrieval.retriever.by_scope``).
 WHERE_COLUMN = "where"
 
 

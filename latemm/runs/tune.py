@@ -8,9 +8,10 @@ fusion steps, no search repeated: the same top k a real search with the setting 
 Per fold, the setting with the best mean metric on the other folds' queries ranks the fold's
 own queries; the held-out scores make the cross-validated estimate, compared by ranx's paired
 t-test with the default (``auto``) and with each field alone. The setting chosen on all the
-queries can be recorded as the index's search default (``latemm.fields.SearchDefaults``).
+queries can be recorded as the index's search default (``latemm.index.fields.SearchDefaults``).
 
-Imports ``latemm.field_search``, ``latemm.fields``, ``latemm.fusion``, ``latemm.metrics``.
+Imports ``latemm.retrieval.field_search``, ``latemm.index.fields``, ``latemm.ranking.fusion``,
+``latemm.runs.metrics``.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from typing import Any
 import numpy as np
 
 from index_store.errors import InputError
-from latemm import fusion as fusion_lib
-from latemm.field_search import FieldRetriever, Hits, plan, union
-from latemm.fields import SearchDefaults, write_search_defaults
-from latemm.retriever import check_request
+from latemm.index.fields import SearchDefaults, write_search_defaults
+from latemm.ranking import fusion as fusion_lib
+from latemm.retrieval.field_search import FieldRetriever, Hits, plan, union
+from latemm.retrieval.retriever import check_request
 
 FOLDS = 5
 METRIC = "ndcg@10"
@@ -189,7 +190,7 @@ def per_query(
     """(S, Q) ranx's ``metric`` of each ranking ((Q, k) doc ids, best first) per query; every
     query needs a relevant document in ``qrels``."""
     from index_store.errors import require
-    from latemm.metrics import check_metrics
+    from latemm.runs.metrics import check_metrics
 
     ranx = require("ranx", "eval")
     check_metrics([metric])
@@ -347,7 +348,7 @@ def metric_depth(metric: str) -> int:
 
 def read_queries(path: str | Path) -> tuple[list[str], list[str]]:
     """(query ids, texts) of a queries Parquet file (``query_id``, ``text``)."""
-    from latemm.io import Columns, check_ids, open_dataset
+    from latemm.data.io import Columns, check_ids, open_dataset
 
     source = Path(path)
     if not source.exists():
@@ -394,7 +395,7 @@ def tune(
     phase's depth, as ``latemm search --candidates``. ``save``: record the setting chosen on
     every query as the index's search default (``fields.json``), which a search naming no
     fusion option then uses."""
-    from latemm.metrics import check_metrics, compare, load_qrels
+    from latemm.runs.metrics import check_metrics, compare, load_qrels
 
     check_metrics([metric])
     query_ids, texts = read_queries(queries)

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from index_store.errors import InputError
-from latemm.io import open_dataset, trec_safe, write_parquet
+from latemm.data.io import open_dataset, trec_safe, write_parquet
 
 FORMATS = ("vidore-v1", "vidore-v2", "vidore-v3", "beir")
 # Per-query columns of ViDoRe v1 rows: they describe the question, not the page.

@@ -4,11 +4,11 @@
   ``state.json`` and ``data-*.arrow``; a ``DatasetDict``: ``dataset_dict.json`` and one such
   folder per split) or a dataset repository's Parquet shards (``data/*.parquet``, or
   ``<config>/<split>-*.parquet`` beside a ``README.md``) as one pyarrow dataset, so every
-  command that reads a corpus or queries file takes such a folder directly (``latemm.io``'s
+  command that reads a corpus or queries file takes such a folder directly (``latemm.data.io``'s
   ``open_dataset`` asks here first). ``save_to_disk``'s Arrow files are streams, memory-mapped,
   not copied.
 
-ViDoRe v3's converter (``latemm.loaders.vidore_v3``) reads its parts through here.
+ViDoRe v3's converter (``latemm.data.loaders.vidore_v3``) reads its parts through here.
 
 Imports pyarrow only.
 """

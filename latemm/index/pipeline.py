@@ -2,7 +2,7 @@
 
 They stream their input in record batches, show progress, and are safe to interrupt: indexing
 commits every ``commit_every`` rows and a re-run skips what is committed or rejected. Searching a
-query file is ``latemm.jobs`` (above this module, which never imports it).
+query file is ``latemm.runs.jobs`` (above this module, which never imports it).
 
 Indexing is three stages: ``resolve_config`` (the index's configuration and the one compatibility
 check), ``encoded_batches`` (rows to vectors: done ids skipped before encoding, rows the encoder
@@ -29,8 +29,7 @@ from index_store.errors import InputError
 from index_store.rejects import as_table as rejects_table
 from index_store.rejects import read as read_rejects
 from index_store.store import INDEX_CODEBOOK_VECTORS, IndexWriter
-from latemm.encoders.base import Encoder, Page, check_recorded
-from latemm.io import (
+from latemm.data.io import (
     Batch,
     Columns,
     check_storable,
@@ -41,6 +40,7 @@ from latemm.io import (
     read_batches,
     write_parquet,
 )
+from latemm.encoders.base import Encoder, Page, check_recorded
 
 ON_EXISTING = ("skip", "upsert", "error")
 ON_EMPTY = ("skip", "error")
@@ -81,11 +81,11 @@ class EncodedBatch:
 @dataclass(frozen=True)
 class CorpusView:
     """The part of a corpus file one index takes, read in place (a named field's pages,
-    ``latemm.fields``): only ``rows`` (sorted row numbers of the file), never the columns in
+    ``latemm.index.fields``): only ``rows`` (sorted row numbers of the file), never the columns in
     ``exclude`` (other fields' vectors). ``rejects``: records of the rows left out, recorded as
     the index's rejects when it reads precomputed vectors. ``content=False``: the pages' text
     and image stay out of the index's metadata (a page store holds them,
-    ``latemm.pagestore``)."""
+    ``latemm.index.pagestore``)."""
 
     rows: np.ndarray  # (n,) int64, sorted
     exclude: tuple[str, ...] = ()
@@ -421,7 +421,7 @@ def encoded_batches(
                 batch, fresh, source, encoder, on_empty, known
             )
         if pool_factor > 1 and rows:
-            from latemm.pooling import pool_tokens
+            from latemm.ranking.pooling import pool_tokens
 
             vectors, offsets = pool_tokens(vectors, offsets, pool_factor)
         signal = _has_signal(vectors, offsets)
@@ -474,9 +474,9 @@ def index_corpus(
     or ``error``. ``on_empty``: ``skip`` records rows with nothing the encoder can read (blank
     pages, empty text, all-zero vectors) in the index's rejects (``Index.rejects()``) and goes
     on; ``error`` stops at the first. ``pool_factor`` > 1 pools each document's vectors
-    (``latemm.pooling``) before storing them. ``single_vector``: a new index holds one vector per
-    document, searched directly by faiss instead of through an FDE. ``refine`` (with compact
-    ``dtype`` codes): a new index also keeps the vectors in that dtype for the final exact
+    (``latemm.ranking.pooling``) before storing them. ``single_vector``: a new index holds one
+    vector per document, searched directly by faiss instead of through an FDE. ``refine`` (with
+    compact ``dtype`` codes): a new index also keeps the vectors in that dtype for the final exact
     pass of each query's ``refine_depth`` best candidates (``IndexConfig.refine``).
     ``dtype``: how a new index stores the vectors; ``auto`` (default) is res4, PLAID's centroid
     + 4-bit residual codes, searched by their centroids (``index_store.config.new_index_dtype``:
@@ -640,7 +640,7 @@ def shard_codebook(
     """``index_corpus``'s options for each shard of a new collection (``shard_dirs``), and the
     residual codebook they share: every shard codes a page as the unsharded index of
     ``corpus`` does, so their centroid scores compare and merge exactly
-    (``latemm.pipeline.collection_codebook``; ``draw``: its encoder, columns, view).
+    (``latemm.index.pipeline.collection_codebook``; ``draw``: its encoder, columns, view).
 
     A first build cut short and run again takes the dtype and codebook of the shards it
     committed, so the shards still share one."""
@@ -816,7 +816,7 @@ def _encode_drawn(
             ids = [batch.ids[i] for batch, i in where[at : at + batch_size]]
             known.update(zip(ids, _split(vectors, offsets), strict=True))
         if pool_factor > 1:
-            from latemm.pooling import pool_tokens
+            from latemm.ranking.pooling import pool_tokens
 
             vectors, offsets = pool_tokens(vectors, offsets, pool_factor)
         vectors = np.asarray(vectors, dtype=np.float32)
@@ -947,7 +947,7 @@ def brute_force_scores(
     index: Index, query_vectors: np.ndarray, query_offsets: np.ndarray
 ) -> tuple[list[str], np.ndarray]:
     """Exact MaxSim of queries against every live document: (doc ids, (Q, n) scores)."""
-    from latemm.scoring import maxsim
+    from latemm.ranking.scoring import maxsim
 
     ids, blocks = [], []
     for s, seg in enumerate(index.segments):

@@ -3,10 +3,10 @@
 A multi-field index ``DIR/`` holds ``DIR/fields.json`` (the commit point: format version and,
 per field, its name, kind, what it reads, the encoder's identity and options) and one
 sub-index per field under ``DIR/fields/<name>/``: an ``index_store`` index for ``multi``- and
-``single``-vector fields, bm25s's own files for ``bm25`` fields (``latemm.bm25``). Pages a field
-cannot read (no text for a text field, no image for an image field) are simply absent from it.
+``single``-vector fields, bm25s's own files for ``bm25`` fields (``latemm.index.bm25``). Pages a
+field cannot read (no text for a text field, no image for an image field) are simply absent from it.
 An index built before fields existed (``DIR/manifest.json``, no ``fields.json``) opens as one
-field named ``default``. Searching is ``latemm.field_search``.
+field named ``default``. Searching is ``latemm.retrieval.field_search``.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from index_store.fsio import (
     write_json_atomic,
 )
 from latemm.encoders.base import is_compatible
-from latemm.pagestore import (
+from latemm.index.pagestore import (
     StoreRecord,
     add_pages,
     compact_pages,
@@ -88,7 +88,7 @@ class FieldSpec:
         ``EncoderInfo.to_dict()`` of its encoder; None for bm25 and precomputed vectors.
     options
         Kind-specific: ``embedding_column``; for bm25 the current build's ``dir``, ``files``,
-        ``documents`` and ``tokenizer`` (``latemm.bm25.Tokenizer.to_dict()``; absent in fields
+        ``documents`` and ``tokenizer`` (``latemm.index.bm25.Tokenizer.to_dict()``; absent in fields
         built before it was recorded, which keep bm25s's English stop words without stemming).
     """
 
@@ -145,7 +145,7 @@ class SearchDefaults:
     tuned: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from latemm import fusion as fusion_lib
+        from latemm.ranking import fusion as fusion_lib
 
         if not self.fields or not all(isinstance(n, str) for n in self.fields):
             raise InputError(f"search defaults name no fields (got {self.fields!r})")
@@ -363,10 +363,10 @@ def field_dir(index_dir: str | Path, spec: FieldSpec, legacy: bool = False) -> P
 def open_field(
     index_dir: str | Path, spec: FieldSpec, *, legacy: bool = False, verify: str = "fast"
 ) -> Any:
-    """A field's sub-index opened for reading: an ``Index`` or a ``latemm.bm25.BM25Index``."""
+    """A field's sub-index opened for reading: an ``Index`` or a ``latemm.index.bm25.BM25Index``."""
     path = field_dir(index_dir, spec, legacy)
     if spec.kind == "bm25":
-        from latemm.bm25 import BUILD_FORMAT, BM25Index
+        from latemm.index.bm25 import BUILD_FORMAT, BM25Index
 
         version = spec.options.get("format", 1)
         if not isinstance(version, int) or version > BUILD_FORMAT:
@@ -380,8 +380,9 @@ def open_field(
 
 
 def bm25_tokenizer(spec: FieldSpec) -> Any:
-    """The ``latemm.bm25.Tokenizer`` a bm25 field records (the legacy one if it records none)."""
-    from latemm.bm25 import Tokenizer
+    """The ``latemm.index.bm25.Tokenizer`` a bm25 field records (the legacy one if it records
+    none)."""
+    from latemm.index.bm25 import Tokenizer
 
     return Tokenizer.from_dict(spec.options.get("tokenizer"))
 
@@ -390,7 +391,7 @@ def verify_fields(index_dir: str | Path) -> list[str]:
     """Every problem with a multi-field index's files (each sub-index's checksums, each bm25
     build's), field by field. Empty means intact."""
     from index_store import verify
-    from latemm.bm25 import check_build
+    from latemm.index.bm25 import check_build
 
     links = find_links(index_dir)
     if links:  # reported, and nothing is read through them
@@ -445,7 +446,7 @@ class FieldRequest:
 def parse_field(text: str, kinds: Mapping[str, str] | None = None) -> FieldRequest:
     """``NAME=ENCODER`` (``--field``); ``single:ENCODER`` or ``kinds[NAME] == "single"`` for a
     single-vector field; ``NAME=bm25`` for BM25 (stemmed English; ``NAME=bm25:stemmer=none``
-    and ``stopwords=none`` change the tokenizer, see ``latemm.bm25.parse_tokenizer``)."""
+    and ``stopwords=none`` change the tokenizer, see ``latemm.index.bm25.parse_tokenizer``)."""
     name, sep, source = text.partition("=")
     name, source = name.strip(), source.strip()
     if not sep or not name or not source:
@@ -459,7 +460,7 @@ def parse_field(text: str, kinds: Mapping[str, str] | None = None) -> FieldReque
     if source == "bm25" or source.startswith("bm25:"):
         kind = "bm25"
         if source != "bm25":
-            from latemm.bm25 import parse_tokenizer
+            from latemm.index.bm25 import parse_tokenizer
 
             parse_tokenizer(source[len("bm25:") :])  # refused here, before any work
     if kind not in KINDS:
@@ -562,7 +563,7 @@ def field_rows(
     """The rows of ``corpus`` a field can read (non-empty ``column``), read in place from the
     id column and ``column`` alone: their sorted row numbers, and a reject record (doc_id, the
     corpus file, its row, the reason) for each row left out."""
-    from latemm.io import open_dataset
+    from latemm.data.io import open_dataset
 
     dataset = open_dataset(corpus)
     names = [n for n in (id_column, column) if n in dataset.schema.names]
@@ -624,13 +625,13 @@ def index_fields(
         field name -> the residual codebook a new vector field is coded with
         (``field_codebook``: the shards of a collection share one per field).
     options
-        As for ``latemm.pipeline.index_corpus`` (dtype, faiss_factory, on_existing, ...).
+        As for ``latemm.index.pipeline.index_corpus`` (dtype, faiss_factory, on_existing, ...).
 
     Returns
     -------
     name -> documents in that field after indexing.
     """
-    from latemm.io import Columns
+    from latemm.data.io import Columns
 
     root, source = Path(index_dir), Path(corpus)
     if (root / "manifest.json").is_file() and not is_fields_index(root):
@@ -654,7 +655,7 @@ def index_fields(
         if not requests:
             raise InputError("no fields to index; name at least one with --field NAME=ENCODER")
         _check_requests(requests)
-        from latemm.io import check_ids
+        from latemm.data.io import check_ids
 
         check_ids(source, columns=cols)  # null or duplicate ids: refused before any field is built
         planned = [_plan(req, manifest, cols, device) for req in requests]
@@ -710,7 +711,7 @@ def _store_pages(
 def compact_store(index_dir: str | Path) -> None:
     """Rewrite the page store without deleted and superseded pages and pages no field holds,
     and commit it (``latemm compact``); the caller holds the lock, no delete is unfinished."""
-    from latemm import bm25
+    from latemm.index import bm25
 
     root = Path(index_dir)
     manifest = read_fields(root)
@@ -731,7 +732,7 @@ def compact_store(index_dir: str | Path) -> None:
 
 def _check_bm25_text(source: Path, planned: list[_Plan], cols: Any) -> None:
     """A bm25 field over a corpus without the text column is refused before any work."""
-    from latemm.io import open_dataset
+    from latemm.data.io import open_dataset
 
     names = open_dataset(source).schema.names
     for plan in planned:
@@ -860,9 +861,9 @@ def _view(
     drop_all: set[str],
     content: bool,
 ) -> Any:
-    """The ``latemm.pipeline.CorpusView`` a vector field reads: its rows, without the other
+    """The ``latemm.index.pipeline.CorpusView`` a vector field reads: its rows, without the other
     fields' embedding columns."""
-    from latemm.pipeline import CorpusView
+    from latemm.index.pipeline import CorpusView
 
     own = spec.options.get("embedding_column")
     return CorpusView(rows, tuple(sorted(drop_all - {own})), tuple(rejects), content)
@@ -878,12 +879,12 @@ def field_codebook(
     **options: Any,
 ) -> Any:
     """The residual codebook every shard codes its part of vector field ``req`` with, drawn
-    from the whole ``corpus`` (``latemm.pipeline.shard_codebook``; ``built``: the field's
+    from the whole ``corpus`` (``latemm.index.pipeline.shard_codebook``; ``built``: the field's
     folder in each shard, whose committed codebook a resumed build keeps). None for a BM25
     or single-vector field, or a field that is not residual. ``requests``: every field of the
     build (their embedding columns are not read)."""
-    from latemm.io import Columns
-    from latemm.pipeline import shard_codebook
+    from latemm.data.io import Columns
+    from latemm.index.pipeline import shard_codebook
 
     cols = columns or Columns()
     encoder, spec = _spec_for(req, cols, None)
@@ -903,7 +904,7 @@ def _spec_for(req: FieldRequest, cols: Any, device: str | None) -> tuple[Any, Fi
     if req.kind == "bm25" or req.source == "bm25":
         options = {}
         if isinstance(req.source, str) and req.source.startswith("bm25:"):
-            from latemm.bm25 import parse_tokenizer
+            from latemm.index.bm25 import parse_tokenizer
 
             options["tokenizer"] = parse_tokenizer(req.source[len("bm25:") :]).to_dict()
         return None, FieldSpec(req.name, "bm25", "text", None, options)
@@ -928,9 +929,9 @@ def _index_vectors(
     options: dict[str, Any],
     codebook: Any = None,
 ) -> int:
-    """Add the rows of ``view`` (a ``latemm.pipeline.CorpusView`` of ``corpus``) to a vector
+    """Add the rows of ``view`` (a ``latemm.index.pipeline.CorpusView`` of ``corpus``) to a vector
     field's sub-index; returns its document count."""
-    from latemm.pipeline import index_corpus
+    from latemm.index.pipeline import index_corpus
 
     if len(view.rows) == 0:
         return len(Index.open(base)) if (base / "manifest.json").is_file() else 0
@@ -961,7 +962,7 @@ def _index_bm25(
     """Rebuild the BM25 field from its committed texts and the corpus's (a new build folder;
     ``fields.json`` then points at it and older builds are removed). A field keeps the
     tokenizer it was built with; asking for another one is an error naming the field."""
-    from latemm import bm25
+    from latemm.index import bm25
 
     texts: dict[str, str] = {}
     tokenizer = (
@@ -980,7 +981,7 @@ def _index_bm25(
             )
         tokenizer = kept
     on_existing = options.get("on_existing", "skip")
-    from latemm.io import open_dataset
+    from latemm.data.io import open_dataset
 
     table = open_dataset(corpus).to_table(columns=[cols.id, cols.text]).take(pa.array(rows))
     for doc_id, text in zip(
@@ -1008,7 +1009,7 @@ def write_bm25_build(
     next to the committed build of ``recorded`` (readers keep using it until the caller moves
     ``fields.json`` on); returns the spec that points at the new build. Builds left by an
     interrupted run (never committed) are removed first."""
-    from latemm import bm25
+    from latemm.index import bm25
 
     committed = recorded.options["dir"] if recorded is not None else None
     index_path(base.parent, base.name, what="a bm25 field's folder")  # never a link out
@@ -1051,7 +1052,7 @@ def remove_stale_builds(index_dir: str | Path) -> None:
 
 
 # ------------------------------------------------------------------ the delete journal
-# A multi-field delete is recorded here before any field changes (latemm.field_maintenance
+# A multi-field delete is recorded here before any field changes (latemm.index.field_maintenance
 # writes it); readers honour it, writers finish it (``finish_delete``).
 JOURNAL = "journal.json"
 
@@ -1083,7 +1084,8 @@ def read_journal(index_dir: str | Path) -> list[str] | None:
 
 def finish_delete(root: Path) -> int:
     """Apply the journal's delete to every field, then remove the journal; the caller holds
-    the index's lock (``latemm.fields.locked``). Returns how many ids it held (0 when there was no journal)."""
+    the index's lock (``latemm.index.fields.locked``). Returns how many ids it held (0 when there
+    was no journal)."""
     ids = read_journal(root)
     if ids is None:
         return 0
@@ -1113,7 +1115,7 @@ def _delete_bm25(
 ) -> FieldsManifest:
     """Rebuild a bm25 field without ``ids`` and commit it in ``fields.json`` (no change when
     it holds none of them)."""
-    from latemm import bm25
+    from latemm.index import bm25
 
     texts = bm25.read_docs(field_dir(root, spec))
     if not ids & texts.keys():

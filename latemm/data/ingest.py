@@ -2,7 +2,7 @@
 
 Pages stream through a Parquet writer, so a 1,000-page PDF never sits in memory. A page's text is
 its PDF text layer or, for pages without one (and for image files: PNG, JPEG, TIFF with all its
-frames), what OCR reads on the page image ingest renders anyway (``latemm.ocr``, in worker
+frames), what OCR reads on the page image ingest renders anyway (``latemm.data.ocr``, in worker
 processes); each row records where its text came from (``text_source``: ``layer``, ``ocr`` or
 ``none``) and the OCR's mean line confidence. OCR results are appended to a sidecar file as they
 arrive, so an interrupted ingest re-run with the same output resumes without OCR-ing finished
@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from index_store.errors import InputError, require
-from latemm.ocr import (
+from latemm.data.ocr import (
     EMPTY_REASON,
     ENGINES,
     OCR_MODES,

@@ -354,7 +354,7 @@ class OcrPool:
             # forkserver: workers fork from a clean server process, not from this one with its
             # threads (tqdm's monitor, torch's pools).
             context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["latemm.ocr"])
+            context.set_forkserver_preload(["latemm.data.ocr"])
             self._pool = ProcessPoolExecutor(
                 self.workers,
                 mp_context=context,

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from index_store import Index
 from index_store.errors import InputError, LatemmError
-from latemm.io import image_bytes, source_page_image
+from latemm.data.io import image_bytes, source_page_image
 
 SCORE_COLUMNS = ("score", "fde_score", "maxsim_score", "rerank_score")
 TEXT_LIMIT = 6000  # characters of page text shown per page
@@ -84,7 +84,7 @@ def _thumbnail(data: bytes, width: int = 320, heat: np.ndarray | None = None) ->
 def _page_image(value: Any, allow_files: list[Path]) -> tuple[bytes | None, str | None]:
     """The image bytes of an ``image`` cell, and a note when they are withheld: a cell that
     names a local file (``{"path": ...}`` without bytes) is read only under ``allow_files``, so
-    an index cannot make the report embed arbitrary files (``latemm.io.read_image_file``, the
+    an index cannot make the report embed arbitrary files (``latemm.data.io.read_image_file``, the
     policy the reranker follows too)."""
     try:
         return image_bytes(value, allow_files, refused="not shown"), None
@@ -136,13 +136,25 @@ def page_lookup(index_dir: str | Path) -> tuple[Lookup, dict[str, str], Any]:
     """A function doc_id -> the page's metadata (None when the index lacks it), the score
     legend of the index's fields (``score_<field>`` -> line) and its recorded encoder info
     (the vision field's for a fields index; None if none), for every kind of index."""
-    from latemm.fields import field_dir, is_fields_index, open_field, read_fields, read_journal
-    from latemm.pagestore import open_store
-    from latemm.sharded import is_field_shards, is_sharded, open_shard, read_manifest, shard_of
+    from latemm.index.fields import (
+        field_dir,
+        is_fields_index,
+        open_field,
+        read_fields,
+        read_journal,
+    )
+    from latemm.index.pagestore import open_store
+    from latemm.index.sharded import (
+        is_field_shards,
+        is_sharded,
+        open_shard,
+        read_manifest,
+        shard_of,
+    )
 
     root = Path(index_dir)
     if is_field_shards(root):  # each page from its shard's fields
-        from latemm.field_shards import read_field_shards, shard_layout
+        from latemm.index.field_shards import read_field_shards, shard_layout
 
         collection = read_field_shards(root)
         layout = shard_layout(root, collection)
@@ -159,7 +171,7 @@ def page_lookup(index_dir: str | Path) -> tuple[Lookup, dict[str, str], Any]:
 
         return shards_lookup, legend, encoder
     if is_fields_index(root):
-        from latemm import bm25
+        from latemm.index import bm25
 
         manifest = read_fields(root)
         store = open_store(root, manifest.pages, read_journal(root) or ())

@@ -12,11 +12,11 @@ its UTF-8 id, mod N): re-runs and appends send every id to the same shard, so no
 two shards and ``on_existing`` (skip/upsert) keeps working per shard.
 
 Searching scatters the query batch over the shards (in this process, or on Ray actors that the
-caller builds with ``latemm.distributed`` and hands in) and merges the shards' top-k by final
+caller builds with ``latemm.runs.distributed`` and hands in) and merges the shards' top-k by final
 score, ties by doc_id, which is how ``Retriever`` orders one index: the merge is exactly the top-k of one index over the same
 corpus whenever each shard's own top-k is exact.
 
-Imports ``index_store`` and ``latemm``'s pipeline and retriever; never Ray.
+Imports ``index_store``, ``latemm.data.io`` and ``latemm.index.pipeline``; never Ray.
 """
 
 from __future__ import annotations
@@ -39,13 +39,13 @@ from index_store import Index, IndexConfig, create
 from index_store.errors import IndexCorruptError, IndexFormatError, InputError
 from index_store.fsio import find_links, read_json_object, refuse_links, write_json_atomic
 from index_store.housekeeping import acquire_lock, release_lock
+from latemm.data.io import Columns, open_dataset
 from latemm.encoders.base import check_recorded
-from latemm.io import Columns, open_dataset
-from latemm.pipeline import IndexReport, index_corpus, shard_codebook
+from latemm.index.pipeline import IndexReport, index_corpus, shard_codebook
 
 SHARDS_MANIFEST = "shards.json"
 SHARDS_FORMAT_VERSION = 1
-# A sharded multi-field collection (``latemm.field_shards``) records format_version 2 and
+# A sharded multi-field collection (``latemm.index.field_shards``) records format_version 2 and
 # ``"shard_kind": "fields"``: latemm versions that read only ordinary shards refuse it by its
 # version, and ordinary sharded indexes keep version 1 (old ones open as they are).
 FIELDS_SHARD_KIND = "fields"
@@ -145,7 +145,7 @@ def is_sharded(path: str | Path) -> bool:
 
 def is_field_shards(path: str | Path) -> bool:
     """True when ``path`` holds a sharded multi-field collection: a ``shards.json`` whose
-    shards are fields indexes (``latemm.field_shards``), not ordinary ones."""
+    shards are fields indexes (``latemm.index.field_shards``), not ordinary ones."""
     manifest = Path(path) / SHARDS_MANIFEST
     if not manifest.is_file():
         return False
