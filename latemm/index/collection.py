@@ -5,7 +5,7 @@ encoder's), a multi-field index (``fields.json``, ``latemm.index.fields``), a sh
 (``shards.json`` over plain shards, ``latemm.index.sharded``) and a sharded multi-field collection
 (``shards.json`` over fields shards, ``latemm.index.field_shards``). ``open_collection`` reads which
 one a folder holds, once, and returns an object with the same verbs for each: ``info``,
-``delete``, ``compact``, ``verify`` and ``recorded_encoder``. The CLI and the Python API call
+``delete``, ``compact``, ``verify``, ``recorded_encoder`` and ``page_lookup``. The CLI and the Python API call
 these verbs and never test the kind themselves.
 
 Imports ``index_store`` and ``latemm.index.{fields, field_maintenance, sharded, field_shards,
@@ -14,9 +14,13 @@ pagestore}``; imported by ``latemm.api`` and ``latemm.cli``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+# doc_id -> the page's stored content and metadata (text, image, source, page...), or None when
+# the collection does not hold the page.
+Lookup = Callable[[str], dict[str, Any] | None]
 
 
 class Collection:
@@ -76,6 +80,19 @@ class Collection:
         encoder = Index.open(self.path, verify="none").config.encoder
         return None if encoder is None else dict(encoder)
 
+    def page_lookup(self) -> tuple[Lookup, list[Any], dict[str, Any] | None]:
+        """What ``latemm show`` reads: a ``Lookup`` of the collection's pages, its named fields
+        (``FieldSpec``s; none for one encoder's field) and the encoder its page images went
+        through (a named image field's; None for precomputed vectors and text only)."""
+        from index_store import Index
+
+        index = Index.open(self.path)
+
+        def lookup(doc_id: str) -> dict[str, Any] | None:
+            return dict(index.get(doc_id).metadata) if doc_id in index else None
+
+        return lookup, [], index.config.encoder
+
 
 class ShardedCollection(Collection):
     """Plain shards behind ``shards.json`` (``latemm.index.sharded``); also an unfinished first
@@ -111,6 +128,22 @@ class ShardedCollection(Collection):
             return None
         encoder = read_manifest(self.path).config.encoder
         return None if encoder is None else dict(encoder)
+
+    def page_lookup(self) -> tuple[Lookup, list[Any], dict[str, Any] | None]:
+        from index_store import Index
+        from latemm.index.sharded import open_shard, read_manifest, shard_of
+
+        sharded = read_manifest(self.path)
+        shards: dict[int, Index] = {}
+
+        def lookup(doc_id: str) -> dict[str, Any] | None:
+            shard = shard_of(doc_id, sharded.num_shards)
+            if shard not in shards:
+                shards[shard] = open_shard(self.path, shard, verify="none")
+            index = shards[shard]
+            return dict(index.get(doc_id).metadata) if doc_id in index else None
+
+        return lookup, [], sharded.config.encoder
 
 
 class FieldsCollection(Collection):
@@ -168,6 +201,41 @@ class FieldsCollection(Collection):
     def recorded_encoder(self) -> dict[str, Any] | None:
         return None
 
+    def page_lookup(self) -> tuple[Lookup, list[Any], dict[str, Any] | None]:
+        from latemm.index import bm25
+        from latemm.index.fields import field_dir, open_field, read_fields, read_journal
+        from latemm.index.pagestore import open_store
+
+        manifest = read_fields(self.path)
+        store = open_store(self.path, manifest.pages, read_journal(self.path) or ())
+        indexes, texts, encoder = [], [], None
+        for spec in manifest.fields:
+            if spec.kind == "bm25":
+                texts.append(bm25.read_docs(field_dir(self.path, spec)))
+            else:
+                indexes.append(open_field(self.path, spec, verify="none"))
+                if encoder is None and spec.reads == "image" and spec.encoder:
+                    encoder = spec.encoder
+
+        def lookup(doc_id: str) -> dict[str, Any] | None:
+            found: dict[str, Any] | None = None
+            for index in indexes:
+                if doc_id in index:
+                    meta = index.get(doc_id).metadata
+                    if found is None:
+                        found = dict(meta)
+                    elif meta.get("image") is not None and found.get("image") is None:
+                        found["image"] = meta["image"]
+            if store is not None and doc_id in store:  # the content, stored once
+                found = {**(found or {}), **store.pages([doc_id])[doc_id]}
+            for docs in texts:
+                if doc_id in docs:
+                    found = found if found is not None else {}
+                    found.setdefault("text", docs[doc_id])
+            return found
+
+        return lookup, list(manifest.fields), encoder
+
 
 class FieldShardsCollection(FieldsCollection):
     """Named fields split into shards behind ``shards.json`` (``latemm.index.field_shards``)."""
@@ -194,6 +262,26 @@ class FieldShardsCollection(FieldsCollection):
         from latemm.index.field_shards import verify_field_shards
 
         return verify_field_shards(self.path)
+
+    def page_lookup(self) -> tuple[Lookup, list[Any], dict[str, Any] | None]:
+        """Each page from its shard's fields."""
+        from latemm.index.field_shards import read_field_shards, shard_layout
+        from latemm.index.sharded import shard_of
+
+        collection = read_field_shards(self.path)
+        lookups: dict[int, Lookup] = {}
+        specs: dict[str, Any] = {}
+        encoder = None
+        for shard, folder, _ in shard_layout(self.path, collection):
+            lookups[shard], own, recorded = FieldsCollection(folder).page_lookup()
+            specs = {**{spec.name: spec for spec in own}, **specs}
+            encoder = encoder or recorded
+
+        def lookup(doc_id: str) -> dict[str, Any] | None:
+            shard = shard_of(doc_id, collection.num_shards)
+            return lookups[shard](doc_id) if shard in lookups else None
+
+        return lookup, list(specs.values()), encoder
 
 
 def open_collection(path: str | Path) -> Collection:

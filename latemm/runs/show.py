@@ -16,7 +16,7 @@ import html
 import io
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from index_store import Index
 from index_store.errors import InputError, LatemmError
 from latemm.data.io import image_bytes, source_page_image
+from latemm.index.collection import Lookup
 
 SCORE_COLUMNS = ("score", "fde_score", "maxsim_score", "rerank_score")
 TEXT_LIMIT = 6000  # characters of page text shown per page
@@ -59,8 +59,6 @@ STOP_WORDS = frozenset(
     "if no up us you your they their there these those than then into also can not but all any "
     "about".split()
 )
-
-Lookup = Callable[[str], "dict[str, Any] | None"]
 
 
 def _thumbnail(data: bytes, width: int = 320, heat: np.ndarray | None = None) -> str:
@@ -135,102 +133,22 @@ def _load_rows(
 def page_lookup(index_dir: str | Path) -> tuple[Lookup, dict[str, str], Any]:
     """A function doc_id -> the page's metadata (None when the index lacks it), the score
     legend of the index's fields (``score_<field>`` -> line) and its recorded encoder info
-    (the vision field's for a fields index; None if none), for every kind of index."""
-    from latemm.index.fields import (
-        field_dir,
-        is_fields_index,
-        open_field,
-        read_fields,
-        read_journal,
-    )
-    from latemm.index.pagestore import open_store
-    from latemm.index.sharded import (
-        is_field_shards,
-        is_sharded,
-        open_shard,
-        read_manifest,
-        shard_of,
-    )
+    (the vision field's for a fields index; None if none), for every kind of index
+    (``Collection.page_lookup``)."""
+    from latemm.index.collection import open_collection
 
-    root = Path(index_dir)
-    if is_field_shards(root):  # each page from its shard's fields
-        from latemm.index.field_shards import read_field_shards, shard_layout
-
-        collection = read_field_shards(root)
-        layout = shard_layout(root, collection)
-        lookups: dict[int, Lookup] = {}
-        legend: dict[str, str] = {}
-        encoder = None
-        for shard, folder, _ in layout:
-            lookups[shard], own, recorded = page_lookup(folder)
-            legend, encoder = {**own, **legend}, encoder or recorded
-
-        def shards_lookup(doc_id: str) -> dict[str, Any] | None:
-            shard = shard_of(doc_id, collection.num_shards)
-            return lookups[shard](doc_id) if shard in lookups else None
-
-        return shards_lookup, legend, encoder
-    if is_fields_index(root):
-        from latemm.index import bm25
-
-        manifest = read_fields(root)
-        store = open_store(root, manifest.pages, read_journal(root) or ())
-        indexes, texts, encoder = [], [], None
-        legend = {}
-        for spec in manifest.fields:
-            what = FIELD_KIND_LEGEND.get(spec.kind, spec.kind)
-            source = str((spec.encoder or {}).get("name_or_path") or "")
-            if source.startswith("/"):  # a local folder: its name says enough
-                source = (
-                    Path(source).name if Path(source).name != "model" else Path(source).parent.name
-                )
-            source = source or str(spec.options.get("embedding_column", ""))
-            legend[f"score_{spec.name}"] = f"field {spec.name}: {what}" + (
-                f" ({source})" if source else ""
-            )
-            if spec.kind == "bm25":
-                texts.append(bm25.read_docs(field_dir(root, spec)))
-            else:
-                indexes.append(open_field(root, spec, verify="none"))
-                if encoder is None and spec.reads == "image" and spec.encoder:
-                    encoder = spec.encoder
-
-        def fields_lookup(doc_id: str) -> dict[str, Any] | None:
-            found: dict[str, Any] | None = None
-            for index in indexes:
-                if doc_id in index:
-                    meta = index.get(doc_id).metadata
-                    if found is None:
-                        found = dict(meta)
-                    elif meta.get("image") is not None and found.get("image") is None:
-                        found["image"] = meta["image"]
-            if store is not None and doc_id in store:  # the content, stored once
-                found = {**(found or {}), **store.pages([doc_id])[doc_id]}
-            for docs in texts:
-                if doc_id in docs:
-                    found = found if found is not None else {}
-                    found.setdefault("text", docs[doc_id])
-            return found
-
-        return fields_lookup, legend, encoder
-    if is_sharded(root):
-        sharded = read_manifest(root)
-        shards: dict[int, Index] = {}
-
-        def sharded_lookup(doc_id: str) -> dict[str, Any] | None:
-            shard = shard_of(doc_id, sharded.num_shards)
-            if shard not in shards:
-                shards[shard] = open_shard(root, shard, verify="none")
-            index = shards[shard]
-            return dict(index.get(doc_id).metadata) if doc_id in index else None
-
-        return sharded_lookup, {}, sharded.config.encoder
-    index = Index.open(root)
-
-    def lookup(doc_id: str) -> dict[str, Any] | None:
-        return dict(index.get(doc_id).metadata) if doc_id in index else None
-
-    return lookup, {}, index.config.encoder
+    lookup, fields, encoder = open_collection(index_dir).page_lookup()
+    legend = {}
+    for spec in fields:
+        what = FIELD_KIND_LEGEND.get(spec.kind, spec.kind)
+        source = str((spec.encoder or {}).get("name_or_path") or "")
+        if source.startswith("/"):  # a local folder: its name says enough
+            source = Path(source).name if Path(source).name != "model" else Path(source).parent.name
+        source = source or str(spec.options.get("embedding_column", ""))
+        legend[f"score_{spec.name}"] = f"field {spec.name}: {what}" + (
+            f" ({source})" if source else ""
+        )
+    return lookup, legend, encoder
 
 
 def query_terms(query_text: str | None) -> list[str]:
