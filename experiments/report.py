@@ -711,6 +711,7 @@ FRAGMENT_TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
         table_residual_speed,
     ),
     "kmeans_seeds": (("kmeans_seeds", "kmeans_seeds_mmlongbench"), table_kmeans_seeds),
+    "kmeans_iterations": (("kmeans_iterations",), table_kmeans_seeds),
     "codebook_draw": (
         ("codebook_draw_mmlongbench", "codebook_draw_vaswani"),
         table_codebook_draw,
