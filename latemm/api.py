@@ -144,19 +144,10 @@ def search(
     (centroids for the residual codes ``latemm index`` writes by default, fde otherwise)."""
     from index_store.errors import InputError
     from latemm.index.collection import open_collection
-    from latemm.index.sharded import is_unfinished_build, unfinished_build_message
 
     path = index.path if isinstance(index, Index) else Path(index)
-    if is_unfinished_build(path):  # named before any model is loaded
-        raise InputError(unfinished_build_message(path))
-    if not isinstance(index, Index) and not any(
-        (path / name).is_file() for name in ("manifest.json", "fields.json", "shards.json")
-    ):
-        raise InputError(
-            f"{path} is not a latemm index (no manifest.json, fields.json or shards.json); "
-            "create one with latemm.build_index(CORPUS, DIR)"
-        )
     collection = open_collection(path)
+    collection.check_searchable("latemm.build_index(CORPUS, DIR)")  # before any model loads
     if isinstance(reranker, (str, Path)):
         from latemm.retrieval.reranker import MLLMReranker
 

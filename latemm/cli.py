@@ -387,7 +387,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     _check_index_kind(args, named, collection)
     if named or collection.named_fields:
         return _search_fields(args, start)
-    _check_search_target(args)  # before any model is loaded
+    _check_search_target(args, collection)  # before any model is loaded
     encoder = _encoder(args, args.encoder, args.index)
     reranker = None
     if args.rerank:
@@ -463,9 +463,8 @@ def _check_index_kind(args: argparse.Namespace, named: Any, collection: Collecti
         )
 
 
-def _check_search_target(args: argparse.Namespace) -> None:
+def _check_search_target(args: argparse.Namespace, collection: Collection) -> None:
     """The search's arguments and index, checked before an encoder or reranker is loaded."""
-    from latemm.index.sharded import is_sharded, is_unfinished_build, unfinished_build_message
     from latemm.runs.jobs import check_search_args
 
     check_search_args(
@@ -473,15 +472,8 @@ def _check_search_target(args: argparse.Namespace) -> None:
     )
     if args.rerank and args.rerank_depth < 1:
         raise InputError(f"--rerank-depth must be a positive integer, got {args.rerank_depth}")
-    if is_unfinished_build(args.index):
-        raise InputError(unfinished_build_message(args.index))
-    sharded = is_sharded(args.index)
-    if not sharded and not (Path(args.index) / "manifest.json").is_file():
-        raise InputError(
-            f"{args.index} is not a latemm index (no manifest.json, fields.json or "
-            "shards.json); create one with `latemm index CORPUS --index DIR`"
-        )
-    if args.ray is not None and not sharded:
+    collection.check_searchable("`latemm index CORPUS --index DIR`")
+    if args.ray is not None and not collection.sharded:
         raise InputError(
             f"--ray serves a sharded index; {args.index} is an ordinary one. Build a sharded "
             "index with `latemm index CORPUS --index DIR --shards N`, or leave out --ray"

@@ -5,7 +5,8 @@ encoder's), a multi-field index (``fields.json``, ``latemm.index.fields``), a sh
 (``shards.json`` over plain shards, ``latemm.index.sharded``) and a sharded multi-field collection
 (``shards.json`` over fields shards, ``latemm.index.field_shards``). ``open_collection`` reads which
 one a folder holds, once, and returns an object with the same verbs for each: ``info``,
-``delete``, ``compact``, ``verify``, ``recorded_encoder`` and ``page_lookup``. The CLI and the Python API call
+``delete``, ``compact``, ``verify``, ``recorded_encoder``, ``page_lookup`` and
+``check_searchable``. The CLI and the Python API call
 these verbs and never test the kind themselves.
 
 Imports ``index_store`` and ``latemm.index.{fields, field_maintenance, sharded, field_shards,
@@ -34,6 +35,18 @@ class Collection:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+
+    def check_searchable(self, create: str) -> None:
+        """Refuse, before any model is loaded, a folder a search cannot read: one holding no
+        index (``create`` says how to make one) or an unfinished first build (how to finish
+        it)."""
+        from index_store.errors import InputError
+
+        if not (self.path / "manifest.json").is_file():
+            raise InputError(
+                f"{self.path} is not a latemm index (no manifest.json, fields.json or "
+                f"shards.json); create one with {create}"
+            )
 
     def info(self) -> dict[str, Any]:
         """What ``latemm info`` prints: the collection's summary as JSON-ready values."""
@@ -101,6 +114,13 @@ class ShardedCollection(Collection):
     kind = "sharded"
     sharded = True
 
+    def check_searchable(self, create: str) -> None:
+        from index_store.errors import InputError
+        from latemm.index.sharded import is_unfinished_build, unfinished_build_message
+
+        if is_unfinished_build(self.path):
+            raise InputError(unfinished_build_message(self.path))
+
     def info(self) -> dict[str, Any]:
         from latemm.index.sharded import sharded_stats
 
@@ -152,6 +172,9 @@ class FieldsCollection(Collection):
 
     kind = "fields"
     named_fields = True
+
+    def check_searchable(self, create: str) -> None:
+        """A fields collection opens as committed (``fields.json`` or ``shards.json``)."""
 
     def info(self) -> dict[str, Any]:
         from index_store import Index
