@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from experiments import render
 from experiments.common import (
     minilm_path,
     read_trec_docs,
@@ -170,6 +171,47 @@ def main(argv: list[str] | None = None) -> None:
     )
     payload["join"] = args.join
     print(write_result(args.name, payload))
+
+
+# Tables that hand-written fragments place with a <!-- table: NAME --> line: NAME -> (the
+# results JSONs it reads, without .json; the function that renders it from those records).
+def table_cpu_encode(r: dict[str, Any]) -> str:
+    """Section 7c: MiniLM on the CPU, float32 against ``--quantize int8``, same run."""
+    speed = ", ".join(f"{c['int8_speedup']:.2f}" for c in r["chunks"])
+    rows = [
+        [
+            kind,
+            r["pages_per_s"][kind],
+            r["tokens_per_s"][kind],
+            1.0 if kind == "float32" else r["recall_at_10_int8_vs_float32_exact"],
+            "n/a" if r["ndcg_at_10"][kind] is None else r["ndcg_at_10"][kind],
+        ]
+        for kind in ("float32", "int8")
+    ]
+    header = ["MiniLM", "pages/s", "tokens/s", "recall@10 vs float32 (exact)", "nDCG@10"]
+    cos = r["token_cosine"]
+    join = int(r.get("join", 1))
+    pages = (
+        f"{r['documents']:,} pages of {join} Vaswani abstracts joined"
+        if join > 1
+        else f"{r['documents']:,} Vaswani abstracts"
+    )
+    judged = (
+        "nDCG is not measured on joined pages (the qrels judge abstracts)"
+        if join > 1
+        else f"nDCG@10 over the {r['queries_judged']} queries with a relevant document among them"
+    )
+    return (
+        render.provenance(r)
+        + "\n\n"
+        + render.table(header, rows)
+        + f"\n\n{pages} ({r['tokens']:,} tokens), "
+        f"{r['torch_threads']} torch threads, batch {r['batch_size']}; int8 / float32 speed per "
+        f"alternated chunk: {speed} (median {r['int8_speedup_median']:.2f}). {judged}. "
+        "Token vectors' "
+        f"cosine to float32: mean {cos['mean']:.3f}, 1st percentile {cos['p1']:.3f}, "
+        f"min {cos['min']:.3f}."
+    )
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from experiments import render
 from experiments.candidates import needed, recall_curve
 from experiments.common import median_time, write_result
 from index_store import Index
@@ -348,6 +349,39 @@ def main(argv: list[str] | None = None) -> None:
     if "segments" in sections:
         payload["segments"] = segments(args.segment_docs, (1, 10, 100), 20)
     write_result(args.name, payload)
+
+
+def table_first_stage_segments(r: dict[str, Any]) -> str:
+    """Section 6b: first-stage cost of the same documents committed as 1, 10 or 100 segments."""
+    rows = [
+        [
+            x["layout"],
+            x["segments"],
+            f"{x['documents']:,}",
+            f"{x['ms_per_query']:.2f}",
+            f"{x['disk_bytes_per_document']:,.0f}",
+        ]
+        for x in r["segments"]["rows"]
+    ]
+    header = ["layout", "segments", "documents", "first-stage ms/query", "disk bytes/page"]
+    return render.table(header, rows)
+
+
+def table_first_stage_timing(r: dict[str, Any]) -> str:
+    """Section 6b: the global fast-scan structure over 10k and 100k documents' codes."""
+    rows = [
+        [
+            f"{x['documents']:,}",
+            x["segments"],
+            f"{x['ms_per_query_one_at_a_time']:.2f}",
+            f"{x['ms_per_query_2pct_deleted']:.2f}",
+            f"{x['queries_per_s_batch']:.0f}",
+            f"{x['assemble_s']:.2f}",
+        ]
+        for x in r["timing"]
+    ]
+    header = ["documents", "segments", "ms/query (one at a time)", "ms/query, 2% deleted"]
+    return render.table([*header, "queries/s (batch of 16)", "assemble s"], rows)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,16 @@ pages and a ``text`` column of words drawn per page topic) and builds the index 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from experiments import render
 from experiments.common import CACHE, write_result
 from experiments.synthetic import SyntheticCorpus
 from latemm.index.fields import index_fields
@@ -100,6 +103,26 @@ def main(argv: list[str] | None = None) -> None:
             print(row, flush=True)
             rows.append(row)
     write_result(args.name, {"pages": args.pages, "queries": args.queries, "rows": rows})
+
+
+def table_fusion_latency(*runs: dict[str, Any]) -> str:
+    """Section 4b (cont.): one fused query (a ColPali-shaped MaxSim field and BM25), checkouts
+    before and after alternating (``experiments.bench_fusion_latency``; runs given as before,
+    after, before, after)."""
+    rows = []
+    for i, x in enumerate(runs[0]["rows"]):
+        p50 = [r["rows"][i]["p50_ms"] for r in runs]
+        before, after = p50[0::2], p50[1::2]
+        rows.append(
+            [
+                x["fusion"],
+                x["k"],
+                " / ".join(render.sig3(v) for v in before),
+                " / ".join(render.sig3(v) for v in after),
+                f"{statistics.mean(before) / statistics.mean(after):.1f}x",
+            ]
+        )
+    return render.table(["fusion", "k", "p50 ms before", "p50 ms after", "speed-up (means)"], rows)
 
 
 if __name__ == "__main__":

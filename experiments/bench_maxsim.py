@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from experiments import render
+
 THREADS_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 QUERY_TOKENS = 28
 TOP_K = 10
@@ -311,6 +313,48 @@ def _print(kernel: list[dict[str, Any]], rescoring: list[dict[str, Any]]) -> Non
             f"new {e['new']['fraction_of_limit']:.0%} of float16 limit, "
             f"exact share {e['exact_share_query0']:.1%}"
         )
+
+
+def table_maxsim_kernel(r: dict[str, Any]) -> str:
+    """Section 7c: each MaxSim method's GFLOP/s for 1 and 8 queries against its dtype's limit."""
+    one, batch = r["kernel"][0]["methods"], r["kernel"][1]["methods"]
+    rows = []
+    for name, x in one.items():
+        y = batch[name]
+        if "limit" not in x:  # a bare product: the limit the others are measured against
+            rows.append([name, f"{x['gflops']:.1f}", "-", f"{y['gflops']:.1f}", "-", "-"])
+            continue
+        rows.append(
+            [
+                name,
+                f"{x['gflops']:.1f}",
+                f"{x['fraction_of_limit']:.0%} of {x['limit']}",
+                f"{y['gflops']:.1f}",
+                f"{y['fraction_of_limit']:.0%} of {y['limit']}",
+                f"{y['max_abs_error']:.1e}",
+            ]
+        )
+    header = ["method", "1 query: GFLOP/s", "of limit", "8 queries: GFLOP/s", "of limit"]
+    return render.table([*header, "max abs. error (8 q.)"], rows)
+
+
+def table_maxsim_rescore(r: dict[str, Any]) -> str:
+    """Section 7c: the whole rescore path, old against new, per candidate count and batch."""
+    rows = [
+        [
+            x["candidates"],
+            x["queries"],
+            f"{x['old']['ms_per_query']:.1f}",
+            f"{x['new']['ms_per_query']:.1f}",
+            f"{x['speedup']:.1f}x",
+            f"{x['new']['gflops']:.1f}",
+            f"{x['new']['fraction_of_limit']:.0%}",
+            f"{x['exact_share_query0']:.1%}",
+        ]
+        for x in r["rescore"]
+    ]
+    header = ["C", "queries", "old ms/query", "new ms/query", "speedup", "new GFLOP/s"]
+    return render.table([*header, "new, of float16 limit", "rescored in float32 (query 0)"], rows)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -832,6 +833,113 @@ def render_section(records: list[dict[str, Any]], sources: Sources) -> str:
         if skipped:
             out.append(f"fast-plaid not run at {r['pages']:,} pages ({skipped}).")
     return "\n".join(out)
+
+
+def table_int8_in_place(
+    a: dict[str, Any], b: dict[str, Any], c: dict[str, Any], decode: dict[str, Any]
+) -> str:
+    """Section 3b (cont. 2): three searches of one 100k int8 index (a: after profiling, b: cold
+    page cache, c: ``--warm``) and the float16-decode pass's p50 where it measured the same C."""
+    before = {x["candidates"]: x for x in decode["latemm"]}
+    rows = []
+    for xa, xb, xc in zip(a["latemm"], b["latemm"], c["latemm"], strict=True):
+        old = before.get(xa["candidates"])
+        rows.append(
+            [
+                xa["candidates"],
+                xa["recall@10"],
+                render.sig3(xa["p50_ms"]),
+                render.sig3(xb["p50_ms"]),
+                render.sig3(xc["p50_ms"]),
+                render.sig3(xc["p95_ms"]),
+                f"{xc['batch_queries_per_s']:.1f}",
+                render.sig3(old["p50_ms"]) if old else "",
+            ]
+        )
+    header = ["C", "recall@10", "p50 ms (a)", "p50 ms (b) cold", "p50 ms (c) warm", "p95 ms (c)"]
+    header += ["queries/s batched (c)", "p50 ms, float16-decode pass (3b cont., other sample)"]
+    return render.table(header, rows)
+
+
+def _scale_row(x: dict[str, Any]) -> list[Any]:
+    """A bench_scale search row: depth, C, recall@10, p50, p95, batched queries/s."""
+    return [
+        x["refine_depth"],
+        x["candidates"],
+        f"{x['recall@10']:.3f}",
+        render.sig3(x["p50_ms"]),
+        render.sig3(x["p95_ms"]),
+        f"{x['batch_queries_per_s']:.1f}",
+    ]
+
+
+def table_refine_scale(r: dict[str, Any]) -> str:
+    """Section 5c: 100k ColPali-shaped pages, pq1 codes with an int8 copy, per depth and C."""
+    rows = [_scale_row(x) for x in r["latemm"]]
+    header = ["depth", "C", "recall@10", "p50 ms", "p95 ms", "queries/s batched"]
+    return render.table(header, rows)
+
+
+def table_plan_10m(int8: dict[str, Any], refined: dict[str, Any]) -> str:
+    """Section 7b (cont.): 10M ColPali pages as 100 shards of 100k, from today's 100k runs:
+    int8 storage (C=320) and pq1 codes with an int8 copy (C=384, depth 128), 2 cores per shard
+    on 32-core nodes (16 shards a node)."""
+    shards, per_node = 100, 16
+    nodes = math.ceil(shards / per_node)
+    rows = []
+    for label, r, pick in (
+        ("int8 (C=320)", int8, lambda x: x["candidates"] == 320),
+        (
+            "pq1 + int8 copy (C=384, depth 128)",
+            refined,
+            lambda x: x["candidates"] == 384 and x["refine_depth"] == 128,
+        ),
+    ):
+        (x,) = [x for x in r["latemm"] if pick(x)]
+        disk = r["disk"]["by_file"]
+        copy = disk.get("refine-vectors.npy", 0) + disk.get("refine-scales.npy", 0)
+        resident = (r["disk"]["manifest_files_bytes"] - copy) * per_node / 1e9
+        rows.append(
+            [
+                label,
+                f"{x['recall@10']:.2f}",
+                render.sig3(x["p50_ms"]),
+                f"{shards * 2 * x['p50_ms'] / 1e3:.1f}",
+                nodes,
+                f"{r['disk']['manifest_files_bytes'] * per_node / 1e9:.0f}",
+                f"{resident:.0f}",
+                f"{x['batch_queries_per_s']:.0f}",
+            ]
+        )
+    header = ["storage", "recall@10 per shard", "shard p50 ms", "core-s per query", "nodes"]
+    header += ["GB on disk per node", "GB to keep in memory per node", "queries/s (batched)"]
+    return render.table(header, rows)
+
+
+def table_scale_residual(*runs: dict[str, Any]) -> str:
+    """Section 5d: the 100k ColPali-shaped latency runs on the default index (res4 searched by
+    its centroids, ``experiments.bench_scale``): the build's run, then searches of the same
+    index with other depths or first stages, per candidate count."""
+    r = runs[0]
+    disk, build, exact = r["disk"], r["build"], r["exact"]
+    head = (
+        f"{r['pages']:,} pages, {disk['bytes_per_page'] / 1024:.1f} KiB per page every file "
+        f"counted ({disk['manifest_files_bytes'] / 2**30:.2f} GiB), built at "
+        f"{build['pages_per_s_wall']:.1f} pages/s; brute force "
+        f"{exact['brute_force_single_query_s']:.1f} s for one query (float32 in RAM)."
+    )
+    rows = [[x.get("first_stage", "-"), *_scale_row(x)] for run in runs for x in run["latemm"]]
+    header = [
+        "first stage",
+        "depth",
+        "C",
+        "recall@10",
+        "p50 ms",
+        "p95 ms",
+        "queries/s batched",
+    ]
+    provenance = "\n\n".join(render.provenance(run) for run in runs)
+    return f"{provenance}\n\n{head}\n\n{render.table(header, rows)}"
 
 
 if __name__ == "__main__":

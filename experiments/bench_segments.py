@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from experiments import render
 from experiments.bench_scale import evaluate_latemm
 from experiments.common import CACHE, vaswani_minilm, write_result
 from index_store import Index, IndexConfig, create
@@ -72,6 +74,26 @@ def main(argv: list[str] | None = None) -> None:
             "appended_over_compacted": ratio,
         },
     )
+
+
+def table_segments(*runs: dict[str, Any]) -> str:
+    """Section 7c (cont. 3): Vaswani float16, 83 appended segments against one compacted,
+    checkouts before and after alternating (``experiments.bench_segments``; runs given as
+    before, after, before, after)."""
+    rows = []
+    for i, r in enumerate(runs):
+        appended, compacted = r["indexes"]["appended"], r["indexes"]["compacted"]
+        rows.append(
+            [
+                ("before" if i % 2 == 0 else "after") + f" ({r['commit']})",
+                f"{appended['segments']} / {compacted['segments']}",
+                f"{render.sig3(appended['p50_ms'])} / {render.sig3(compacted['p50_ms'])}",
+                f"{r['appended_over_compacted']['p50']:.2f}",
+                f"{appended['batch_queries_per_s']:.1f} / {compacted['batch_queries_per_s']:.1f}",
+            ]
+        )
+    header = ["checkout", "segments", "p50 ms", "p50 appended / compacted"]
+    return render.table(header + ["queries/s batched"], rows)
 
 
 if __name__ == "__main__":

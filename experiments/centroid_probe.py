@@ -15,6 +15,7 @@ import argparse
 import shutil
 from typing import Any
 
+from experiments import render
 from experiments.codec_sets import mmlongbench_set
 from experiments.common import write_result
 from experiments.residual_codec import _recall, exact_top10, vaswani_set
@@ -82,6 +83,25 @@ def main(argv: list[str] | None = None) -> None:
         sets.append(measure(data, args.probes, args.depths))
         path = write_result("centroid_probe", {"sets": sets})
     print(f"wrote {path}")
+
+
+def table_centroid_probe(r: dict[str, Any]) -> str:
+    """Section 5d: recall@10 of the centroid first stage by probes and depth, beside the FDE's
+    default candidates at the same depths (``experiments.centroid_probe``)."""
+    rows = [
+        [
+            block["set"],
+            x["first_stage"],
+            "-" if x["probe"] is None else x["probe"],
+            x["depth"],
+            x["candidates"],
+            f"{x['recall@10']:.3f}",
+        ]
+        for block in r["sets"]
+        for x in block["rows"]
+    ]
+    header = ["set", "first stage", "probes", "depth", "candidates", "recall@10"]
+    return f"{render.provenance(r)}\n\n{render.table(header, rows)}"
 
 
 if __name__ == "__main__":

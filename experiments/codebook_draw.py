@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments import render
 from experiments.codec_sets import mmlongbench_set
 from experiments.common import CACHE, write_result
 from experiments.residual_codec import _ndcg, _recall, exact_top10, vaswani_set
@@ -106,6 +107,28 @@ def main(argv: list[str] | None = None) -> None:
         sets.append({key: data[key] for key in keys} | {"rows": rows})
         path = write_result(args.name, {"sets": sets})
     print(f"wrote {path}")
+
+
+def table_codebook_draw(*runs: dict[str, Any]) -> str:
+    """Section 5d: the default index's recall with its codebook trained on the first vectors
+    added, on whole pages drawn at random, or on tokens drawn over every page
+    (``experiments.codebook_draw``)."""
+    out = []
+    for r in runs:
+        rows = [
+            [
+                block["set"],
+                x["draw"],
+                "-" if x["sample_vectors"] is None else f"{x['sample_vectors']:,}",
+                f"{x['recall@10']:.3f}",
+                f"{x['ndcg@10']:.4f}" if isinstance(x["ndcg@10"], float) else "-",
+            ]
+            for block in r["sets"]
+            for x in block["rows"]
+        ]
+        header = ["set", "codebook trained on", "vectors drawn", "recall@10", "nDCG@10"]
+        out.append(f"{render.provenance(r)}\n\n{render.table(header, rows)}")
+    return "\n\n".join(out)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments import render
 from experiments.bench_search import recall
 from experiments.common import write_result
 from experiments.synthetic import SyntheticCorpus
@@ -168,6 +169,30 @@ def shannon_rms(corpus: SyntheticCorpus, bits: float) -> float:
     d = corpus.dim
     per_dim = corpus.noise**2 / (d * (1.0 + corpus.noise**2))
     return float(np.sqrt((d - 1) * per_dim * 2.0 ** (-2.0 * bits / (d - 1))))
+
+
+def table_codecs(r: dict[str, Any]) -> str:
+    """Section 5b: each faiss codec's size and recall with every page rescored."""
+    rows = [
+        [x["codec"], x["bytes_per_token"], x["kib_per_page_tokens"], f"{x['recall@10']:.3f}"]
+        for x in r["rows"]
+    ]
+    header = ["codec", "bytes/token", "KiB/page (tokens only)", "recall@10 (every page rescored)"]
+    return render.table(header, rows)
+
+
+def table_shannon(r: dict[str, Any]) -> str:
+    """Section 5b: Shannon's least RMS error of any code of a given size on the generator."""
+    bound = r["shannon_bound"]
+    return render.table(
+        ["bytes per token", *[str(x["bytes_per_token"]) for x in bound]],
+        [
+            [
+                "least RMS error of any code (Shannon)",
+                *[f"{x['rms_error_at_least']:.3f}" for x in bound],
+            ]
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments import render
 from experiments.codec_sets import mmlongbench_set
 from experiments.common import write_result
 from experiments.residual_codec import _ndcg, _recall, exact_top10, vaswani_set
@@ -121,6 +122,25 @@ def main(argv: list[str] | None = None) -> None:
     name = args.name or "kmeans_seeds" + ("" if args.set == "vaswani" else f"_{args.set}")
     path = write_result(name, {"set": data["set"], "runs": runs, "means": summary})
     print(f"wrote {path}")
+
+
+def table_kmeans_seeds(*runs: dict[str, Any]) -> str:
+    """Section 5d: the default index with latemm's k-means and with faiss's, over seeds, one
+    table per set (``experiments.kmeans_seeds``)."""
+    out = []
+    for r in runs:
+        rows = [
+            [x["seed"], x["kmeans"], f"{x['build_s']:.0f}", f"{x['recall@10']:.3f}"]
+            + [f"{x['ndcg@10']:.4f}"]
+            for x in r["runs"]
+        ]
+        rows += [
+            ["mean", name, f"{m['build_s']:.0f}", f"{m['recall@10']:.3f}", f"{m['ndcg@10']:.4f}"]
+            for name, m in r["means"].items()
+        ]
+        header = ["seed", "k-means", "build s", "recall@10", "nDCG@10"]
+        out.append(f"{render.provenance(r)} {r['set']}:\n\n{render.table(header, rows)}")
+    return "\n\n".join(out)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments import render
 from experiments.common import CACHE, shared_data_dir, vaswani_minilm, write_result
 from experiments.storage_quality import disk_bytes
 from experiments.synthetic import SyntheticCorpus
@@ -171,6 +172,28 @@ def vaswani() -> list[dict[str, Any]]:
             print(f"Vaswani {label:>16} depth {depth}: {rows[-1]}", flush=True)
         shutil.rmtree(path, ignore_errors=True)
     return rows
+
+
+def table_refine(r: dict[str, Any]) -> str:
+    """Section 5c: storages with and without a refine copy, bytes per page split into what a
+    search reads for every candidate and the copy, recall@10 (and nDCG@10 on Vaswani)."""
+    rows = []
+    for data, key in (("ColPali-shaped", "colpali"), ("Vaswani MiniLM", "vaswani")):
+        for x in r.get(key, []):
+            copy = x["copy_bytes_per_doc"]
+            rows.append(
+                [
+                    f"{data} ({x['pages']:,} pages)" if "pages" in x else data,
+                    x["storage"],
+                    x["depth"] if x["depth"] is not None else "-",
+                    f"{(x['bytes_per_doc'] - copy) / 1000:.1f}",
+                    f"{copy / 1000:.1f}" if copy else "-",
+                    f"{x['recall@10']:.3f}",
+                    f"{x['ndcg@10']:.3f}" if "ndcg@10" in x else "",
+                ]
+            )
+    header = ["data", "storage", "depth", "kB/page without the copy", "kB/page copy"]
+    return render.table(header + ["recall@10", "nDCG@10"], rows)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments import render
 from experiments.codec_sets import mmlongbench_set
 from experiments.common import CACHE, load_npz_sets, shared_data_dir, vaswani_minilm, write_result
 from experiments.plaid_baseline import run_fastplaid
@@ -369,6 +370,88 @@ def measure_plaid(data: dict[str, Any]) -> list[dict[str, Any]]:
         )
         rows.append(row)
     return rows
+
+
+def table_residual_codec(r: dict[str, Any]) -> str:
+    """Section 5d: every storage of ``experiments.residual_codec`` on each real set of the run, with
+    fast-plaid: bytes every file counted (and as a fraction of float16 and of float16 --faiss
+    Flat), recall@10 against exact float32 MaxSim, nDCG@10, and times (loaded machine: ratios
+    only); runs that record it (``fde_dimension``) also show each index's first stage."""
+    blocks = [_residual_codec_block(block) for block in r["sets"]]
+    return f"{render.provenance(r)}\n\n" + "\n\n".join(blocks)
+
+
+def _residual_codec_block(block: dict[str, Any]) -> str:
+    rows = [x for x in block["rows"] if "error" not in x]
+    size = {x["dtype"]: x["bytes_per_doc_all_files"] for x in rows if x.get("pool_factor") == 1}
+    first_stage = any("fde_dimension" in x for x in rows)
+    out = []
+    for x in rows:
+        b = x["bytes_per_doc_all_files"]
+        ndcg = x["ndcg@10"]
+        codec = x.get("recall@10_codec_only")
+        out.append(
+            [
+                x["dtype"],
+                x.get("pool_factor", 1),
+                f"{b / 1024:.2f}",
+                f"{x['bytes_per_token_all_files']:.1f}",
+                f"1/{size['float16'] / b:.1f}" if "float16" in size else "-",
+                f"1/{size['float16-flat'] / b:.1f}" if "float16-flat" in size else "-",
+                f"{x['recall@10_search']:.3f}",
+                "-" if codec is None else f"{codec:.3f}",
+                f"{ndcg:.4f}" if isinstance(ndcg, float) else "-",
+                f"{x['encode_pages_per_s']:.0f}" if "encode_pages_per_s" in x else "-",
+                f"{x['search_s_per_query'] * 1e3:.1f}" if "search_s_per_query" in x else "-",
+            ]
+            + (
+                [
+                    f"{x['faiss_factory']}, {x['fde_dimension']}-d FDE"
+                    if "fde_dimension" in x
+                    else "-"
+                ]
+                if first_stage
+                else []
+            )
+        )
+    header = [
+        "storage",
+        "pool",
+        "KiB/doc (every file)",
+        "B/token",
+        "of float16",
+        "of float16 Flat",
+        "recall@10",
+        "recall@10 codec only",
+        "nDCG@10",
+        "build docs/s",
+        "search ms/query",
+    ] + (["first stage"] if first_stage else [])
+    failed = [f"{x['dtype']}: {x['error'][:300]}" for x in block["rows"] if "error" in x]
+    note = f"\n\nNot run: {'; '.join(failed)}" if failed else ""
+    return (
+        f"{block['set']}: {block['documents']:,} documents, "
+        f"{block['tokens']:,} tokens of {block['dim']} dimensions.\n\n{render.table(header, out)}{note}"
+    )
+
+
+def table_residual_candidates(r: dict[str, Any]) -> str:
+    """Section 5d: the same indexes searched with more first-stage candidates (one run)."""
+    (block,) = r["sets"]
+    rows = [
+        [
+            x["dtype"],
+            c,
+            f"{x['bytes_per_doc_all_files'] / 1024:.2f}",
+            f"{y['recall@10_search']:.3f}",
+            f"{y['ndcg@10']:.4f}" if isinstance(y["ndcg@10"], float) else "-",
+            f"{y['search_s_per_query'] * 1e3:.0f}",
+        ]
+        for x in block["rows"]
+        for c, y in x.get("by_candidates", {}).items()
+    ]
+    header = ["storage", "candidates", "KiB/doc", "recall@10", "nDCG@10", "search ms/query"]
+    return f"{render.provenance(r)}\n\n{render.table(header, rows)}"
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments import render
 from experiments.common import vaswani_minilm, write_result
 from experiments.synthetic import SyntheticCorpus
 from fde import FDEConfig, encode_documents, encode_queries
@@ -175,6 +176,29 @@ def main(argv: list[str] | None = None) -> None:
         sets.append(synthetic(args.specs, args.synthetic_pages))
     name = "residual_first_stage" + (f"_k{args.centroids}" if args.centroids else "")
     print(f"wrote {write_result(name, {'sets': sets})}")
+
+
+def table_residual_first_stage(r: dict[str, Any]) -> str:
+    """Section 5d: FDE shapes and fast-scan codes for residual indexes (``R:k:p:m``), recall@10
+    after rescoring C candidates with res2 / res4 (Vaswani) and the first stage's own recall@C
+    (Vaswani and ColPali-shaped synthetic pages)."""
+    out = []
+    for block in r["sets"]:
+        shown = ("128", "256", "512", "1024")
+        depths = [k[3:] for k in block["rows"][0] if k.startswith("fs@") and k[3:] in shown]
+        codecs = [c for c in ("res2", "res4") if f"{c}@{depths[0]}" in block["rows"][0]]
+        header = ["R:k:p:m", "FDE dims", "code B/doc"] + [
+            f"{what}@{c}" for c in depths for what in ("first stage", *codecs)
+        ]
+        rows = [
+            [x["spec"], x["fde_dimension"], int(x["spec"].split(":")[3]) // 2]
+            + [f"{x[f'{what}@{c}']:.3f}" for c in depths for what in ("fs", *codecs)]
+            for x in block["rows"]
+        ]
+        out.append(
+            f"{block['set']}: {block['documents']:,} documents.\n\n{render.table(header, rows)}"
+        )
+    return f"{render.provenance(r)}\n\n" + "\n\n".join(out)
 
 
 if __name__ == "__main__":

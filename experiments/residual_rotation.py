@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments import render
 from experiments.common import vaswani_minilm, write_result
 from index_store.codecs import RESIDUAL_NITER, num_centroids
 from latemm.ranking.scoring import maxsim
@@ -131,6 +132,27 @@ def main(argv: list[str] | None = None) -> None:
                 },
             )
     print(f"wrote {path}")
+
+
+def table_residual_rotation(r: dict[str, Any]) -> str:
+    """Section 5d: the residual's quantile buckets on its own axes, on principal axes, and on
+    principal axes with bits spread by variance (the codec's own loss, no first stage)."""
+    rows = [
+        [
+            x["coding"],
+            x["bits_per_dim"],
+            x["bits_per_token"],
+            ", ".join(f"{n} x {b}" for b, n in (x["tiers"] or {}).items() if n) or "-",
+            f"{x['recall@10_codec_only']:.3f}",
+            f"{x['mse']:.4f}",
+        ]
+        for x in r["rows"]
+    ]
+    header = ["coding", "bits/dim", "bits/token", "axes x bits", "recall@10 codec only", "MSE"]
+    return (
+        f"{render.provenance(r)}\n\nFirst {r['documents']:,} Vaswani abstracts, {r['tokens']:,} "
+        f"tokens, {r['centroids']:,} centroids.\n\n{render.table(header, rows)}"
+    )
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments import render
 from experiments.codec_sets import mmlongbench_set
 from experiments.common import CACHE, write_result
 from experiments.residual_codec import _ndcg, _recall, exact_top10, vaswani_set
@@ -196,6 +197,29 @@ def main(argv: list[str] | None = None) -> None:
             {"sets": sets, "timings": "alternated within each round, one process, 2 cores"},
         )
     print(f"wrote {path}")
+
+
+def table_residual_speed(r: dict[str, Any]) -> str:
+    """Section 5d: residual searches with and without a refine depth against the float16
+    default, alternated in one process (``experiments.residual_speed``)."""
+    out = []
+    for block in r["sets"]:
+        rows = [
+            [
+                k,
+                x["config"],
+                f"{x['bytes_per_doc_all_files'] / 1024:.2f}",
+                f"{x['search_s_per_query'] * 1e3:.2f}",
+                f"{x['ratio_to_float16']:.2f}x",
+                f"{x['recall@10']:.3f}",
+                f"{x['ndcg@10']:.4f}" if isinstance(x["ndcg@10"], float) else "-",
+            ]
+            for k, xs in block["by_k"].items()
+            for x in xs
+        ]
+        header = ["k", "search", "KiB/page", "ms/query", "vs float16", "recall@10", "nDCG@10"]
+        out.append(f"{block['set']}: {block['documents']:,} pages.\n\n{render.table(header, rows)}")
+    return f"{render.provenance(r)}\n\n" + "\n\n".join(out)
 
 
 if __name__ == "__main__":

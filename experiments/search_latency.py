@@ -12,7 +12,10 @@ measures them. The queries are ``bench_scale``'s (the first
 from __future__ import annotations
 
 import argparse
+import statistics
+from typing import Any
 
+from experiments import render
 from experiments.bench_scale import evaluate_latemm
 from experiments.common import write_result
 from experiments.synthetic import SyntheticCorpus
@@ -37,6 +40,29 @@ def main(argv: list[str] | None = None) -> None:
         for row in evaluate_latemm(index, queries, None, [c], batch_size=len(queries), warm=True)
     ]
     write_result(args.name, {"index": args.index, "pages": args.pages, "rows": rows})
+
+
+def table_ab_refine(*runs: dict[str, Any]) -> str:
+    """Search latency of one index from two checkouts, alternating (``experiments.search_latency``;
+    runs given as before, after, before, after): 5c (cont.) on the 100k refine index, 7c (cont.
+    3) on a 10k one."""
+    rows = []
+    for i, c in enumerate(x["candidates"] for x in runs[0]["rows"]):
+        p50 = [r["rows"][i]["p50_ms"] for r in runs]
+        qps = [r["rows"][i]["batch_queries_per_s"] for r in runs]
+        before, after = p50[0::2], p50[1::2]
+        rows.append(
+            [
+                c,
+                " / ".join(render.sig3(v) for v in before),
+                " / ".join(render.sig3(v) for v in after),
+                f"{statistics.mean(after) / statistics.mean(before):.2f}",
+                " / ".join(f"{v:.1f}" for v in qps[0::2]),
+                " / ".join(f"{v:.1f}" for v in qps[1::2]),
+            ]
+        )
+    header = ["C", "p50 ms before", "p50 ms after", "after / before (means)"]
+    return render.table(header + ["queries/s batched before", "after"], rows)
 
 
 if __name__ == "__main__":

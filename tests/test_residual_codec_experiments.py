@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments import plaid_baseline
-from experiments.report import table_residual_candidates, table_residual_codec
+from experiments.residual_codec import table_residual_candidates, table_residual_codec
 from experiments.residual_rotation import ALLOWED_BITS, bucket_code, tiered_bits
 
 
@@ -144,7 +144,7 @@ def test_residual_codec_table_renders_every_set_of_a_run_and_its_first_stage() -
 
 
 def test_residual_first_stage_table_shows_recall_by_candidates() -> None:
-    from experiments.report import table_residual_first_stage
+    from experiments.residual_first_stage import table_residual_first_stage
 
     depth = {f"{w}@{c}": 0.9 for c in (256, 512, 2048) for w in ("fs", "res2")}
     record = {
@@ -213,7 +213,7 @@ def test_residual_speed_alternates_the_searches_and_reports_ratios(tmp_path, mon
     every round, ratios are to float16's median, the depth is the one searched with, and the
     report renders the record."""
     from experiments import residual_speed
-    from experiments.report import table_residual_speed
+    from experiments.residual_speed import table_residual_speed
 
     monkeypatch.setattr(residual_speed, "CACHE", tmp_path)
     rng = np.random.default_rng(5)
