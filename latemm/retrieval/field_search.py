@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from index_store.errors import IndexCorruptError, IndexLockedError, InputError
+from latemm.index.collection import open_collection
 from latemm.index.field_shards import FieldShards, hidden_ids, read_field_shards, shard_layout
 from latemm.index.fields import (
     LEGACY_FIELD,
@@ -38,7 +39,6 @@ from latemm.index.fields import (
     read_fields,
     read_journal,
 )
-from latemm.index.sharded import is_field_shards, is_sharded
 from latemm.ranking import fusion as fusion_lib
 from latemm.ranking.filters import matching_rows
 from latemm.retrieval.field_parts import phases, resolve
@@ -301,7 +301,9 @@ class FieldRetriever:
         # ShardActors`` on Ray): ``open(folder, spec, legacy=)`` returns a part whose
         # phases (``latemm.retrieval.field_parts.PartPhases``) run there. Injected: never Ray here.
         self._actors = None if actors is None else actors(self.path)
-        self.sharded = is_sharded(self.path)  # shards.json: shards of named fields, or of one
+        # shards.json: shards of named fields, or of one encoder's field
+        self._collection = open_collection(self.path)
+        self.sharded = self._collection.sharded
         deadline, wait, tries = time.monotonic() + OPEN_PATIENCE_S, OPEN_FIRST_WAIT_S, 0
         while True:  # every field from one state of the index
             tries += 1
@@ -559,7 +561,7 @@ class FieldRetriever:
         if not self.sharded:
             manifest = read_fields(self.path)
             return read_journal(self.path), manifest, [(self.path, manifest)]
-        if not is_field_shards(self.path):  # shards of one encoder: its field ``default``
+        if not self._collection.named_fields:  # shards of one encoder: its field ``default``
             from latemm.index.sharded import (
                 check_layout,
                 pending_deletes,
@@ -1057,8 +1059,9 @@ class OneFieldRetriever:
         from latemm.index.sharded import read_manifest
 
         self.path = Path(index)
-        self.sharded = is_sharded(self.path)
-        if not self.sharded and (self.path / "fields.json").is_file():
+        collection = open_collection(self.path)
+        self.sharded = collection.sharded
+        if collection.named_fields and not self.sharded:
             raise InputError(
                 f"{self.path} is a multi-field index: search it by its fields (FieldRetriever, "
                 "latemm.search or `latemm search`), not as one encoder's index"
