@@ -6,11 +6,12 @@ encoder's), a multi-field index (``fields.json``, ``latemm.index.fields``), a sh
 (``shards.json`` over fields shards, ``latemm.index.field_shards``). ``open_collection`` reads which
 one a folder holds, once, and returns an object with the same verbs for each: ``info``,
 ``delete``, ``compact``, ``verify``, ``recorded_encoder``, ``page_lookup`` and
-``check_searchable``. The CLI and the Python API call
-these verbs and never test the kind themselves.
+``check_searchable``, and says whether it is ``sharded`` and has ``named_fields``. The CLI, the
+Python API, the searchers (``latemm.retrieval.field_search``) and ``latemm show`` call these
+and never test the kind themselves.
 
 Imports ``index_store`` and ``latemm.index.{fields, field_maintenance, sharded, field_shards,
-pagestore}``; imported by ``latemm.api`` and ``latemm.cli``.
+pagestore, bm25}``.
 """
 
 from __future__ import annotations
