@@ -116,8 +116,8 @@ def _optional_writeup(name: str) -> str:
 
 
 def _table_in(module: str, name: str) -> Callable[..., str]:
-    """The table function ``name`` of ``experiments/<module>.py`` (from its records), imported
-    when the report is rendered."""
+    """The function ``name`` of ``experiments/<module>.py`` (a table or a section, rendered from
+    records), imported when the report is rendered."""
 
     def table(*records: Any) -> str:
         return str(getattr(importlib.import_module(f"experiments.{module}"), name)(*records))
@@ -308,13 +308,8 @@ def _sources() -> Sources:
 def _rendered_by(module: str) -> Callable[[Any], str]:
     """The section ``experiments/<module>.py`` renders (its ``render_section``), imported when
     the report is rendered."""
-
-    def render_section(record: Any) -> str:
-        return str(
-            importlib.import_module(f"experiments.{module}").render_section(record, _sources())
-        )
-
-    return render_section
+    section = _table_in(module, "render_section")
+    return lambda record: section(record, _sources())
 
 
 # Experiment name -> its section's renderer (from its record). Each experiment module renders

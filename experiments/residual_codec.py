@@ -431,7 +431,8 @@ def _residual_codec_block(block: dict[str, Any]) -> str:
     note = f"\n\nNot run: {'; '.join(failed)}" if failed else ""
     return (
         f"{block['set']}: {block['documents']:,} documents, "
-        f"{block['tokens']:,} tokens of {block['dim']} dimensions.\n\n{render.table(header, out)}{note}"
+        f"{block['tokens']:,} tokens of {block['dim']} dimensions.\n\n"
+        f"{render.table(header, out)}{note}"
     )
 
 

@@ -364,11 +364,11 @@ def kmeans(
     """(k, d) float32: Lloyd's k-means of ``sample`` (S, d) float32, run as faiss's
     ``Clustering`` runs it: started at ``k`` distinct sample points drawn at random (or at
     ``start``, (k, d) centroids), then ``iterations`` times each point assigned to its nearest
-    centroid and each centroid moved to the mean of its points; a centroid left without points takes half of a cluster drawn
-    with odds of its size less one, the two halves set apart by ``_SPLIT_EPS``. The
-    assignment is ``nearest_centroids`` (faiss's ``IndexFlatL2`` search took 104 of a Vaswani
-    build's 177 s) and every step is done in a fixed order, so the centroids do not depend on
-    the process's threads."""
+    centroid and each centroid moved to the mean of its points; a centroid left without points
+    takes half of a cluster drawn with odds of its size less one, the two halves set apart by
+    ``_SPLIT_EPS``. The assignment is ``nearest_centroids`` (faiss's ``IndexFlatL2`` search took
+    104 of a Vaswani build's 177 s) and every step is done in a fixed order, so the centroids do
+    not depend on the process's threads."""
     rng = np.random.default_rng(seed)
     n, dim = sample.shape
     if start is None:

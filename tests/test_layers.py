@@ -1,8 +1,8 @@
 """The package's shape (issue 26): the version in one place; no module importing another
 module's private names; no import cycle among the modules of ``fde``, ``index_store`` and
 ``latemm``; every module importing only its own package and the layers below it (``LAYERS``,
-the folder list of ``latemm/``); every error class in the one errors module. Function-level imports count like
-module-level ones: a cycle hidden inside a function is still a cycle."""
+the folder list of ``latemm/``); every error class in the one errors module. Function-level
+imports count like module-level ones: a cycle hidden inside a function is still a cycle."""
 
 from __future__ import annotations
 
